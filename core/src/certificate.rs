@@ -1,0 +1,172 @@
+//! Quorum certificates and equivocation evidence: proofs anyone holding the validator set can
+//! check offline, without trusting the replica that handed them out.
+
+use alloc::vec::Vec;
+use core::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{ChainId, ReplicaId, ValidatorSet};
+use crate::crypto::{BatchVerifier, Digest, Signature};
+use crate::merkle::{self, InclusionProof};
+use crate::message::{Phase, Request, Vote, vote_digest};
+
+/// Proof that a batch committed: a quorum of commit signatures on one
+/// (chain, epoch, view, seq, batch digest).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuorumCertificate {
+    /// The network.
+    pub chain_id: ChainId,
+    /// The validator set that signed.
+    pub epoch: u64,
+    /// The view the batch committed in.
+    pub view: u64,
+    /// The sequence number.
+    pub seq: u64,
+    /// The batch's Merkle root.
+    pub digest: Digest,
+    /// Commit signatures, in strictly increasing signer order (one per signer).
+    pub signatures: Vec<(ReplicaId, Signature)>,
+}
+
+/// Why a certificate, inclusion proof or piece of evidence does not hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CertificateError {
+    /// Made for another network.
+    WrongChain,
+    /// Made by another epoch's validator set.
+    WrongEpoch {
+        /// The certificate's epoch.
+        got: u64,
+        /// The set's epoch.
+        expected: u64,
+    },
+    /// Fewer distinct signers than a quorum.
+    TooFewSignatures {
+        /// Signatures present.
+        got: usize,
+        /// The quorum.
+        needed: usize,
+    },
+    /// Signers are repeated or out of order.
+    DuplicateSigner(ReplicaId),
+    /// A signer is not in the validator set.
+    UnknownSigner(ReplicaId),
+    /// At least one signature does not verify.
+    BadSignature,
+    /// The inclusion proof does not lead to the certificate's digest.
+    NotIncluded,
+    /// The two votes do not conflict (different slot, phase or signer, or the same digest).
+    NotConflicting,
+}
+
+impl fmt::Display for CertificateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CertificateError::WrongChain => f.write_str("certificate is for another chain"),
+            CertificateError::WrongEpoch { got, expected } => {
+                write!(f, "certificate is for epoch {got}, validator set is epoch {expected}")
+            }
+            CertificateError::TooFewSignatures { got, needed } => {
+                write!(f, "{got} signatures, a quorum is {needed}")
+            }
+            CertificateError::DuplicateSigner(id) => write!(f, "signer {id} repeated or out of order"),
+            CertificateError::UnknownSigner(id) => write!(f, "signer {id} is not a validator"),
+            CertificateError::BadSignature => f.write_str("a signature does not verify"),
+            CertificateError::NotIncluded => f.write_str("request is not in the certified batch"),
+            CertificateError::NotConflicting => f.write_str("the votes do not conflict"),
+        }
+    }
+}
+
+/// Checks a QC with nothing but the chain id and the validator set.
+pub fn verify_qc(
+    chain: &ChainId,
+    validators: &ValidatorSet,
+    qc: &QuorumCertificate,
+) -> Result<(), CertificateError> {
+    if qc.chain_id != *chain {
+        return Err(CertificateError::WrongChain);
+    }
+    if qc.epoch != validators.epoch() {
+        return Err(CertificateError::WrongEpoch {
+            got: qc.epoch,
+            expected: validators.epoch(),
+        });
+    }
+    let needed = validators.quorum();
+    if qc.signatures.len() < needed {
+        return Err(CertificateError::TooFewSignatures {
+            got: qc.signatures.len(),
+            needed,
+        });
+    }
+    let signed = vote_digest(chain, qc.epoch, Phase::Commit, qc.view, qc.seq, &qc.digest);
+    let mut batch = BatchVerifier::new();
+    let mut previous: Option<ReplicaId> = None;
+    for (signer, signature) in &qc.signatures {
+        if previous.is_some_and(|p| p >= *signer) {
+            return Err(CertificateError::DuplicateSigner(*signer));
+        }
+        previous = Some(*signer);
+        let key = validators
+            .key(*signer)
+            .ok_or(CertificateError::UnknownSigner(*signer))?;
+        batch.queue(key, &signed, signature);
+    }
+    batch.verify().map_err(|_| CertificateError::BadSignature)
+}
+
+/// Checks that `request` is in the batch a QC certifies, from the QC and a Merkle proof.
+///
+/// Together with [`verify_qc`] this lets a light client prove its request committed at
+/// `qc.seq` without trusting any single replica.
+pub fn verify_inclusion(
+    qc: &QuorumCertificate,
+    request: &Request,
+    proof: &InclusionProof,
+) -> Result<(), CertificateError> {
+    let leaf = request.digest(&qc.chain_id);
+    match merkle::root_from_proof(&leaf, proof) {
+        Some(root) if root == qc.digest => Ok(()),
+        _ => Err(CertificateError::NotIncluded),
+    }
+}
+
+/// Two conflicting signed votes by one validator: transferable proof that it is Byzantine.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Evidence {
+    /// The epoch whose set the signer belongs to.
+    pub epoch: u64,
+    /// One vote.
+    pub first: Vote,
+    /// A vote for the same slot and phase by the same signer, with another digest.
+    pub second: Vote,
+}
+
+/// Checks evidence with nothing but the chain id and the validator set.
+pub fn verify_evidence(
+    chain: &ChainId,
+    validators: &ValidatorSet,
+    evidence: &Evidence,
+) -> Result<(), CertificateError> {
+    let (a, b) = (&evidence.first, &evidence.second);
+    if evidence.epoch != validators.epoch() {
+        return Err(CertificateError::WrongEpoch {
+            got: evidence.epoch,
+            expected: validators.epoch(),
+        });
+    }
+    let same_slot = a.phase == b.phase && a.view == b.view && a.seq == b.seq;
+    if !same_slot || a.replica != b.replica || a.digest == b.digest {
+        return Err(CertificateError::NotConflicting);
+    }
+    let key = validators
+        .key(a.replica)
+        .ok_or(CertificateError::UnknownSigner(a.replica))?;
+    let mut batch = BatchVerifier::new();
+    let (da, db) = (a.signed_digest(chain, evidence.epoch), b.signed_digest(chain, evidence.epoch));
+    batch.queue(key, &da, &a.signature);
+    batch.queue(key, &db, &b.signature);
+    batch.verify().map_err(|_| CertificateError::BadSignature)
+}

@@ -1,0 +1,143 @@
+//! The client role: signs requests, and accepts a result once f + 1 validators signed the
+//! same one, so at least one honest validator vouches for it.
+
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+use core::fmt;
+
+use crate::config::{ChainId, ReplicaId, ValidatorSet};
+use crate::crypto::{Digest, Keypair, PublicKey, digest_of};
+use crate::merkle;
+use crate::message::{DecodeError, Message, Reply, Request, reply_root_digest};
+
+/// A result the client can rely on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// The request's number.
+    pub client_seq: u64,
+    /// The sequence number whose batch held the request.
+    pub seq: u64,
+    /// The view it committed in.
+    pub view: u64,
+    /// The application's result.
+    pub result: Vec<u8>,
+}
+
+/// Why a reply was not counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientError {
+    /// The bytes are not a message.
+    Decode(DecodeError),
+    /// A message, but not a reply.
+    NotAReply,
+    /// The reply is for another client or another request than the outstanding one.
+    NotOutstanding,
+    /// The signer is not a validator.
+    UnknownReplica(ReplicaId),
+    /// The Merkle path or the signature does not verify.
+    BadSignature,
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::Decode(err) => write!(f, "undecodable reply: {err}"),
+            ClientError::NotAReply => f.write_str("message is not a reply"),
+            ClientError::NotOutstanding => f.write_str("reply is not for the outstanding request"),
+            ClientError::UnknownReplica(id) => write!(f, "reply from {id}, not a validator"),
+            ClientError::BadSignature => f.write_str("reply signature does not verify"),
+        }
+    }
+}
+
+struct Outstanding {
+    request: Request,
+    /// The first valid reply of each validator: (seq, view, result digest).
+    replies: BTreeMap<ReplicaId, (u64, u64, Digest)>,
+}
+
+/// A client: one outstanding request at a time (closed loop), numbered in increasing order.
+pub struct Client {
+    chain: ChainId,
+    keypair: Keypair,
+    validators: ValidatorSet,
+    next_seq: u64,
+    outstanding: Option<Outstanding>,
+    max_message_bytes: usize,
+}
+
+impl Client {
+    /// A client whose first request is numbered `first_seq`.
+    ///
+    /// Numbers must grow across restarts: a host should start from the time in
+    /// microseconds, which also keeps them above the replicas' exactly-once floor.
+    pub fn new(chain: ChainId, keypair: Keypair, validators: ValidatorSet, first_seq: u64) -> Self {
+        Client {
+            chain,
+            keypair,
+            validators,
+            next_seq: first_seq.max(1),
+            outstanding: None,
+            max_message_bytes: 4 << 20,
+        }
+    }
+
+    /// The client's key, which replies are addressed to.
+    pub fn public_key(&self) -> PublicKey {
+        self.keypair.public_key()
+    }
+
+    /// Signs the next request; it becomes the outstanding one (replacing any other).
+    pub fn request(&mut self, op: Vec<u8>) -> Request {
+        let request = Request::new(&self.chain, &self.keypair, self.next_seq, op);
+        self.next_seq += 1;
+        self.outstanding = Some(Outstanding {
+            request: request.clone(),
+            replies: BTreeMap::new(),
+        });
+        request
+    }
+
+    /// The request awaiting replies, to retransmit.
+    pub fn outstanding(&self) -> Option<&Request> {
+        self.outstanding.as_ref().map(|o| &o.request)
+    }
+
+    /// Counts a reply; returns the outcome once f + 1 validators agree on it.
+    pub fn handle_reply(&mut self, bytes: &[u8]) -> Result<Option<Outcome>, ClientError> {
+        let reply = match Message::decode(bytes, self.max_message_bytes).map_err(ClientError::Decode)? {
+            Message::Reply(reply) => reply,
+            _ => return Err(ClientError::NotAReply),
+        };
+        let outstanding = self.outstanding.as_mut().ok_or(ClientError::NotOutstanding)?;
+        if reply.client != outstanding.request.client || reply.client_seq != outstanding.request.client_seq {
+            return Err(ClientError::NotOutstanding);
+        }
+        verify_reply(&self.chain, &self.validators, &reply)?;
+        let result_digest = digest_of(b"pbft/v1/result", &reply.result);
+        let vote = (reply.seq, reply.view, result_digest);
+        outstanding.replies.entry(reply.replica).or_insert(vote);
+        let agreeing = outstanding.replies.values().filter(|v| **v == vote).count();
+        if agreeing < self.validators.reply_quorum() {
+            return Ok(None);
+        }
+        self.outstanding = None;
+        Ok(Some(Outcome {
+            client_seq: reply.client_seq,
+            seq: reply.seq,
+            view: reply.view,
+            result: reply.result,
+        }))
+    }
+}
+
+/// Checks one reply's Merkle path and its validator's signature.
+pub fn verify_reply(chain: &ChainId, validators: &ValidatorSet, reply: &Reply) -> Result<(), ClientError> {
+    let key = validators
+        .key(reply.replica)
+        .ok_or(ClientError::UnknownReplica(reply.replica))?;
+    let root = merkle::root_from_proof(&reply.leaf(chain), &reply.proof).ok_or(ClientError::BadSignature)?;
+    let signed = reply_root_digest(chain, validators.epoch(), reply.view, reply.seq, &root);
+    key.verify(&signed, &reply.signature)
+        .map_err(|_| ClientError::BadSignature)
+}

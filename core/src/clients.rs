@@ -1,0 +1,128 @@
+//! The exactly-once table: per client, the last request number executed and its reply.
+//!
+//! It is updated only in commit order, so every replica makes the same decisions. It is bounded:
+//! at `max_clients` the client that executed longest ago is forgotten and the floor rises to
+//! its last request number; an unknown client must number its requests above the floor, so a
+//! forgotten request can never execute again.
+
+use alloc::collections::{BTreeMap, BTreeSet};
+
+use crate::crypto::PublicKey;
+use crate::message::Reply;
+
+/// What the table says about a request (client, number).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Freshness<'a> {
+    /// Never executed: it may run.
+    Fresh,
+    /// The client's last executed request; its reply if already produced.
+    LastExecuted(Option<&'a Reply>),
+    /// Older than the client's last executed request, or at or below the floor.
+    Stale,
+}
+
+struct ClientEntry {
+    last_client_seq: u64,
+    /// The sequence number that executed it: the eviction order.
+    executed_at: u64,
+    reply: Option<Reply>,
+}
+
+pub(crate) struct ClientTable {
+    max_clients: usize,
+    floor: u64,
+    entries: BTreeMap<PublicKey, ClientEntry>,
+    by_age: BTreeSet<(u64, PublicKey)>,
+}
+
+impl ClientTable {
+    pub(crate) fn new(max_clients: usize) -> Self {
+        ClientTable {
+            max_clients,
+            floor: 0,
+            entries: BTreeMap::new(),
+            by_age: BTreeSet::new(),
+        }
+    }
+
+    pub(crate) fn freshness(&self, client: &PublicKey, client_seq: u64) -> Freshness<'_> {
+        match self.entries.get(client) {
+            Some(entry) if client_seq > entry.last_client_seq => Freshness::Fresh,
+            Some(entry) if client_seq == entry.last_client_seq => {
+                Freshness::LastExecuted(entry.reply.as_ref())
+            }
+            Some(_) => Freshness::Stale,
+            None if client_seq > self.floor => Freshness::Fresh,
+            None => Freshness::Stale,
+        }
+    }
+
+    /// Records that (client, number) executes at `seq`; the caller checked it is fresh.
+    pub(crate) fn record_execution(&mut self, client: PublicKey, client_seq: u64, seq: u64) {
+        if let Some(old) = self.entries.insert(
+            client,
+            ClientEntry {
+                last_client_seq: client_seq,
+                executed_at: seq,
+                reply: None,
+            },
+        ) {
+            self.by_age.remove(&(old.executed_at, client));
+        }
+        self.by_age.insert((seq, client));
+        while self.entries.len() > self.max_clients {
+            let Some((_, oldest)) = self.by_age.pop_first() else {
+                break;
+            };
+            if let Some(evicted) = self.entries.remove(&oldest) {
+                self.floor = self.floor.max(evicted.last_client_seq);
+            }
+        }
+    }
+
+    /// Keeps the reply to the client's last request, to answer retransmissions.
+    pub(crate) fn store_reply(&mut self, reply: Reply) {
+        if let Some(entry) = self.entries.get_mut(&reply.client) {
+            if entry.last_client_seq == reply.client_seq {
+                entry.reply = Some(reply);
+            }
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: u8) -> PublicKey {
+        PublicKey([n; 32])
+    }
+
+    #[test]
+    fn requests_run_once_and_in_increasing_order() {
+        let mut table = ClientTable::new(10);
+        assert_eq!(table.freshness(&key(1), 5), Freshness::Fresh);
+        table.record_execution(key(1), 5, 1);
+        assert_eq!(table.freshness(&key(1), 5), Freshness::LastExecuted(None));
+        assert_eq!(table.freshness(&key(1), 4), Freshness::Stale);
+        assert_eq!(table.freshness(&key(1), 6), Freshness::Fresh);
+    }
+
+    #[test]
+    fn at_the_bound_the_oldest_client_is_forgotten_and_its_requests_stay_stale() {
+        let mut table = ClientTable::new(2);
+        table.record_execution(key(1), 100, 1);
+        table.record_execution(key(2), 7, 2);
+        table.record_execution(key(3), 50, 3);
+        assert_eq!(table.len(), 2, "bounded");
+        // Client 1 is forgotten; its executed request 100 must not run again.
+        assert_eq!(table.freshness(&key(1), 100), Freshness::Stale);
+        assert_eq!(table.freshness(&key(1), 101), Freshness::Fresh);
+        // Remembered clients are unaffected by the floor.
+        assert_eq!(table.freshness(&key(2), 8), Freshness::Fresh);
+    }
+}

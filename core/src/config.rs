@@ -1,0 +1,229 @@
+//! Who takes part (the validator set of an epoch) and the limits a replica enforces.
+//!
+//! Every bound on memory held for the network comes from [`Config`], with its default and why.
+
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+use core::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::{Digest, Hasher, PublicKey, VerifyingKey};
+
+/// Identifies one network; part of every signed digest, so two networks' signatures never mix.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
+pub struct ChainId(pub Digest);
+
+impl ChainId {
+    /// Derives a chain id from a human-readable network name such as `"testnet-1"`.
+    pub fn from_name(name: &str) -> Self {
+        ChainId(Hasher::new(b"pbft/v1/chain-id").bytes(name.as_bytes()).finish())
+    }
+}
+
+/// A validator's position in the ordered validator set.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
+pub struct ReplicaId(pub u16);
+
+impl fmt::Display for ReplicaId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "r{}", self.0)
+    }
+}
+
+/// The validators of one epoch, in order; ids are positions in this list.
+#[derive(Clone, Debug)]
+pub struct ValidatorSet {
+    epoch: u64,
+    keys: Vec<VerifyingKey>,
+    ids: BTreeMap<PublicKey, ReplicaId>,
+}
+
+/// Why a validator set or config cannot be used.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigError {
+    /// A validator set needs at least one key.
+    EmptyValidatorSet,
+    /// Ids are `u16`.
+    TooManyValidators(usize),
+    /// The same key appears twice.
+    DuplicateValidator(PublicKey),
+    /// A key fails the signature acceptance rule.
+    BadValidatorKey(PublicKey, crate::crypto::CryptoError),
+    /// A field is out of its range; the text says which and why.
+    Invalid(&'static str),
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::EmptyValidatorSet => f.write_str("the validator set is empty"),
+            ConfigError::TooManyValidators(n) => write!(f, "{n} validators; at most 65535"),
+            ConfigError::DuplicateValidator(key) => write!(f, "validator {key} is listed twice"),
+            ConfigError::BadValidatorKey(key, err) => write!(f, "validator key {key}: {err}"),
+            ConfigError::Invalid(why) => f.write_str(why),
+        }
+    }
+}
+
+impl ValidatorSet {
+    /// Builds the set for `epoch` from keys in order; checks each key once.
+    pub fn new(epoch: u64, keys: &[PublicKey]) -> Result<Self, ConfigError> {
+        if keys.is_empty() {
+            return Err(ConfigError::EmptyValidatorSet);
+        }
+        if keys.len() > usize::from(u16::MAX) {
+            return Err(ConfigError::TooManyValidators(keys.len()));
+        }
+        let mut ids = BTreeMap::new();
+        let mut checked = Vec::with_capacity(keys.len());
+        for (index, key) in keys.iter().enumerate() {
+            let verifying = key
+                .verifying_key()
+                .map_err(|err| ConfigError::BadValidatorKey(*key, err))?;
+            // `index` < u16::MAX, checked above.
+            if ids.insert(*key, ReplicaId(index as u16)).is_some() {
+                return Err(ConfigError::DuplicateValidator(*key));
+            }
+            checked.push(verifying);
+        }
+        Ok(ValidatorSet {
+            epoch,
+            keys: checked,
+            ids,
+        })
+    }
+
+    /// The epoch this set governs.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Number of validators, n.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Always false: a set has at least one validator.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Byzantine validators tolerated, f = floor((n - 1) / 3).
+    pub fn max_faulty(&self) -> usize {
+        (self.len() - 1) / 3
+    }
+
+    /// Votes that make a certificate: ceil((n + f + 1) / 2), which is 2f + 1 when n = 3f + 1.
+    ///
+    /// Any two quorums intersect in at least f + 1 validators, hence in an honest one.
+    pub fn quorum(&self) -> usize {
+        (self.len() + self.max_faulty() + 2) / 2
+    }
+
+    /// Matching replies a client needs: f + 1, so at least one comes from an honest validator.
+    pub fn reply_quorum(&self) -> usize {
+        self.max_faulty() + 1
+    }
+
+    /// The primary of `view`: validator `view mod n`.
+    pub fn primary(&self, view: u64) -> ReplicaId {
+        // The remainder is < n <= u16::MAX.
+        ReplicaId((view % self.len() as u64) as u16)
+    }
+
+    /// The id of a validator key, if it is one.
+    pub fn id_of(&self, key: &PublicKey) -> Option<ReplicaId> {
+        self.ids.get(key).copied()
+    }
+
+    /// The checked key of validator `id`.
+    pub fn key(&self, id: ReplicaId) -> Option<&VerifyingKey> {
+        self.keys.get(usize::from(id.0))
+    }
+
+    /// Every validator id, in order.
+    pub fn ids(&self) -> impl Iterator<Item = ReplicaId> + '_ {
+        (0..self.keys.len()).map(|index| ReplicaId(index as u16))
+    }
+}
+
+/// The limits and timings of a validator. Every network-fed buffer is bounded by one of these.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The network this replica belongs to.
+    pub chain_id: ChainId,
+    /// Most requests in one batch. Default 1024: large batches amortise the per-instance
+    /// signatures; beyond ~1000 the batch digest and message size dominate.
+    pub max_batch_ops: usize,
+    /// Most request bytes (encoded) in one batch. Default 1 MiB.
+    pub max_batch_bytes: usize,
+    /// Longest a request waits for its batch to fill, in ms. Default 2 ms: below a
+    /// loopback round trip, so light load is not slowed by batching.
+    pub batch_delay_ms: u64,
+    /// Log window L: sequence numbers in (low, low + L] may be in flight at once (the
+    /// pipelining depth). Default 64.
+    pub window: u64,
+    /// Most requests the primary holds before it refuses more. Default 16384.
+    pub max_pending_requests: usize,
+    /// Most messages buffered per peer for sequence numbers above the window. Default 256.
+    pub max_future_per_peer: usize,
+    /// Largest encoded message accepted. Default 4 MiB (a full batch plus its envelope).
+    pub max_message_bytes: usize,
+    /// Largest operation in one request. Default 64 KiB.
+    pub max_request_bytes: usize,
+    /// Clients remembered for exactly-once execution. Default 100000. At the bound the
+    /// client that executed longest ago is forgotten and the table's floor rises to its
+    /// last sequence number: requests at or below the floor from unknown clients are refused
+    /// as stale, so nothing executes twice; clients that number requests by time (the
+    /// `Client` default) are always above it.
+    pub max_clients: usize,
+}
+
+impl Config {
+    /// The defaults above for `chain_id`.
+    pub fn new(chain_id: ChainId) -> Self {
+        Config {
+            chain_id,
+            max_batch_ops: 1024,
+            max_batch_bytes: 1 << 20,
+            batch_delay_ms: 2,
+            window: 64,
+            max_pending_requests: 16384,
+            max_future_per_peer: 256,
+            max_message_bytes: 4 << 20,
+            max_request_bytes: 64 << 10,
+            max_clients: 100_000,
+        }
+    }
+
+    /// Checks that the limits fit together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            (self.max_batch_ops, "max_batch_ops must be at least 1"),
+            (self.max_batch_bytes, "max_batch_bytes must be at least 1"),
+            (self.max_pending_requests, "max_pending_requests must be at least 1"),
+            (self.max_request_bytes, "max_request_bytes must be at least 1"),
+            (self.max_clients, "max_clients must be at least 1"),
+        ];
+        for (value, why) in positive {
+            if value == 0 {
+                return Err(ConfigError::Invalid(why));
+            }
+        }
+        if self.window == 0 {
+            return Err(ConfigError::Invalid("window must be at least 1"));
+        }
+        if self.max_request_bytes > self.max_batch_bytes {
+            return Err(ConfigError::Invalid(
+                "max_request_bytes must not exceed max_batch_bytes, or a request never fits a batch",
+            ));
+        }
+        if self.max_message_bytes < self.max_batch_bytes + crate::message::BATCH_OVERHEAD {
+            return Err(ConfigError::Invalid(
+                "max_message_bytes must hold a full batch (max_batch_bytes + 4 KiB)",
+            ));
+        }
+        Ok(())
+    }
+}

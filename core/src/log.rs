@@ -1,0 +1,142 @@
+//! One slot of the log: the accepted proposal and the votes on it, counted into certificates.
+//!
+//! The vote keeper of this replica: it stores at most one vote per validator and phase, and
+//! reports a second, different vote as equivocation.
+
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+
+use crate::certificate::{Evidence, QuorumCertificate};
+use crate::config::{ChainId, ReplicaId};
+use crate::crypto::{Digest, PublicKey};
+use crate::message::{Batch, Phase, Vote};
+
+/// What adding a vote did.
+pub(crate) enum VoteOutcome {
+    /// Stored.
+    Added,
+    /// The same vote was already stored.
+    Duplicate,
+    /// The validator had voted for another digest; the first vote stays.
+    Conflict(Vote),
+}
+
+/// A slot (view, seq) in the window.
+#[derive(Default)]
+pub(crate) struct Slot {
+    /// The proposal's digest, once a valid pre-prepare was accepted.
+    pub(crate) digest: Option<Digest>,
+    /// The primary's signed proposal.
+    pub(crate) proposal: Option<Vote>,
+    /// The batch, until it is delivered.
+    pub(crate) batch: Option<Batch>,
+    /// Request digests of the batch, to release them from the duplicate index.
+    pub(crate) leaves: Vec<Digest>,
+    prepares: BTreeMap<ReplicaId, Vote>,
+    commits: BTreeMap<ReplicaId, Vote>,
+    /// Validators already reported for equivocating here (evidence is sent once).
+    reported: Vec<(Phase, ReplicaId)>,
+    /// This replica sent its commit.
+    pub(crate) commit_sent: bool,
+    /// The QC, once a quorum committed.
+    pub(crate) certificate: Option<QuorumCertificate>,
+    /// Once delivered: (client, number) of each request the host executes, in order.
+    pub(crate) executing: Vec<(PublicKey, u64)>,
+}
+
+impl Slot {
+    /// Whether the same vote (signer, phase, digest) is stored: a duplicate needs no check.
+    pub(crate) fn has_same(&self, vote: &Vote) -> bool {
+        self.votes(vote.phase)
+            .and_then(|votes| votes.get(&vote.replica))
+            .is_some_and(|stored| stored.digest == vote.digest)
+    }
+
+    fn votes(&self, phase: Phase) -> Option<&BTreeMap<ReplicaId, Vote>> {
+        match phase {
+            Phase::Prepare => Some(&self.prepares),
+            Phase::Commit => Some(&self.commits),
+            Phase::PrePrepare => None,
+        }
+    }
+
+    /// Stores a verified prepare or commit vote.
+    pub(crate) fn add_vote(&mut self, vote: Vote) -> VoteOutcome {
+        let votes = match vote.phase {
+            Phase::Prepare => &mut self.prepares,
+            Phase::Commit => &mut self.commits,
+            Phase::PrePrepare => return VoteOutcome::Duplicate,
+        };
+        match votes.get(&vote.replica) {
+            Some(stored) if stored.digest == vote.digest => VoteOutcome::Duplicate,
+            Some(stored) => VoteOutcome::Conflict(stored.clone()),
+            None => {
+                votes.insert(vote.replica, vote);
+                VoteOutcome::Added
+            }
+        }
+    }
+
+    /// Evidence for a conflict, unless this validator was already reported here.
+    pub(crate) fn evidence(&mut self, epoch: u64, first: Vote, second: Vote) -> Option<Evidence> {
+        let key = (second.phase, second.replica);
+        if self.reported.contains(&key) {
+            return None;
+        }
+        self.reported.push(key);
+        Some(Evidence {
+            epoch,
+            first,
+            second,
+        })
+    }
+
+    fn matching(&self, phase: Phase) -> impl Iterator<Item = &Vote> {
+        let digest = self.digest;
+        self.votes(phase)
+            .into_iter()
+            .flat_map(|votes| votes.values())
+            .filter(move |vote| Some(vote.digest) == digest)
+    }
+
+    /// Prepared: the proposal plus `quorum - 1` matching prepares from backups, so a
+    /// quorum vouches for the batch at this slot.
+    pub(crate) fn is_prepared(&self, quorum: usize, primary: ReplicaId) -> bool {
+        self.proposal.is_some()
+            && self
+                .matching(Phase::Prepare)
+                .filter(|vote| vote.replica != primary)
+                .count()
+                + 1
+                >= quorum
+    }
+
+    /// The QC, if a quorum of matching commits is in (ascending signer order).
+    pub(crate) fn commit_certificate(
+        &self,
+        chain: ChainId,
+        epoch: u64,
+        seq: u64,
+        quorum: usize,
+    ) -> Option<QuorumCertificate> {
+        let proposal = self.proposal.as_ref()?;
+        let signatures: Vec<_> = self
+            .matching(Phase::Commit)
+            .take(quorum)
+            .map(|vote| (vote.replica, vote.signature))
+            .collect();
+        (signatures.len() >= quorum).then(|| QuorumCertificate {
+            chain_id: chain,
+            epoch,
+            view: proposal.view,
+            seq,
+            digest: proposal.digest,
+            signatures,
+        })
+    }
+
+    /// Votes held, for memory accounting.
+    pub(crate) fn vote_count(&self) -> usize {
+        self.prepares.len() + self.commits.len()
+    }
+}

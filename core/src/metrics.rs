@@ -1,0 +1,35 @@
+//! Counters the host reads to export metrics; the core only increments them.
+
+use alloc::collections::BTreeMap;
+
+/// What a replica has done and refused, since it started.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Metrics {
+    /// Messages handed to `handle_message`.
+    pub messages_received: u64,
+    /// Inputs rejected, by [`crate::Error::label`].
+    pub rejected: BTreeMap<&'static str, u64>,
+    /// Signatures checked (each signature of a batch check counts once).
+    pub signatures_verified: u64,
+    /// Signatures made.
+    pub signatures_created: u64,
+    /// Batches delivered to the host.
+    pub batches_committed: u64,
+    /// Requests in delivered batches.
+    pub requests_committed: u64,
+    /// Requests the exactly-once table let execute.
+    pub requests_executed: u64,
+    /// Requests in delivered batches skipped as already executed.
+    pub requests_skipped: u64,
+    /// Equivocations reported as evidence.
+    pub evidence_reported: u64,
+    /// Encoded bytes handed to the host for sending (a broadcast counts once per peer).
+    pub bytes_sent: u64,
+}
+
+impl Metrics {
+    /// Total rejected inputs, all reasons.
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.values().sum()
+    }
+}
