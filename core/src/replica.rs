@@ -505,7 +505,10 @@ impl Replica {
     /// Hands committed batches to the host, strictly in sequence order.
     fn deliver_ready(&mut self) {
         while let Some(slot) = self.log.get_mut(&(self.last_delivered + 1)) {
-            let (Some(certificate), Some(batch)) = (slot.certificate.clone(), slot.batch.take()) else {
+            let Some(certificate) = slot.certificate.clone() else {
+                return;
+            };
+            let Some(batch) = slot.batch.take() else {
                 return;
             };
             let seq = self.last_delivered + 1;
