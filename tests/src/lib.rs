@@ -13,6 +13,8 @@ use pbft_core::{
     verify_inclusion, verify_qc,
 };
 
+pub mod cluster;
+
 /// SplitMix64: small, fast, and the same on every platform.
 #[derive(Clone)]
 pub struct Rng(u64);

@@ -1,0 +1,326 @@
+//! Each check a validator makes on its inputs, and the typed error it answers with.
+
+use pbft_core::{
+    Batch, ChainId, Config, DecodeError, Destination, Error, Keypair, Message, Output, Phase, PrePrepare,
+    PublicKey, Record, Replica, ReplicaId, Request, ValidatorSet, Vote,
+};
+
+const NOW: u64 = 1_000;
+
+fn chain() -> ChainId {
+    ChainId::from_name("replica-tests")
+}
+
+fn keys() -> Vec<Keypair> {
+    (0..4u8).map(|i| Keypair::from_seed(&[i + 1; 32])).collect()
+}
+
+fn set() -> ValidatorSet {
+    let public: Vec<PublicKey> = keys().iter().map(Keypair::public_key).collect();
+    ValidatorSet::new(0, &public).unwrap()
+}
+
+fn config() -> Config {
+    let mut config = Config::new(chain());
+    config.window = 4;
+    config.max_future_per_peer = 3;
+    config.max_request_bytes = 64;
+    config
+}
+
+fn replica(index: usize) -> Replica {
+    let key = keys().remove(index);
+    Replica::new(config(), set(), key).unwrap()
+}
+
+fn client() -> Keypair {
+    Keypair::from_seed(&[42; 32])
+}
+
+fn request(client_seq: u64) -> Request {
+    Request::new(&chain(), &client(), client_seq, format!("op {client_seq}").into_bytes())
+}
+
+/// A pre-prepare for `batch` at (view, seq), signed by validator `signer`.
+fn pre_prepare(signer: usize, view: u64, seq: u64, batch: Batch) -> Vec<u8> {
+    let digest = batch.digest(&chain());
+    let key = &keys()[signer];
+    let vote = Vote::new(&chain(), 0, Phase::PrePrepare, (view, seq), digest, ReplicaId(signer as u16), key);
+    Message::PrePrepare(PrePrepare { vote, batch }).encode()
+}
+
+fn batch(seqs: &[u64]) -> Batch {
+    Batch {
+        requests: seqs.iter().map(|&s| request(s)).collect(),
+    }
+}
+
+fn vote(signer: usize, phase: Phase, seq: u64, batch: &Batch) -> Vote {
+    Vote::new(
+        &chain(),
+        0,
+        phase,
+        (0, seq),
+        batch.digest(&chain()),
+        ReplicaId(signer as u16),
+        &keys()[signer],
+    )
+}
+
+fn key_of(index: usize) -> PublicKey {
+    keys()[index].public_key()
+}
+
+fn drain(replica: &mut Replica) -> Vec<Output> {
+    std::iter::from_fn(|| replica.poll_output()).collect()
+}
+
+#[test]
+fn backup_persists_its_prepare_before_sending_it() {
+    let mut backup = replica(1);
+    let bytes = pre_prepare(0, 0, 1, batch(&[1]));
+    backup.handle_message(NOW, &key_of(0), &bytes).unwrap();
+    let outputs = drain(&mut backup);
+    let persisted = outputs.iter().position(|o| matches!(o, Output::Persist(Record::Signed(v)) if v.phase == Phase::Prepare));
+    let sent = outputs.iter().position(|o| matches!(o, Output::Send { to: Destination::AllValidators, .. }));
+    assert!(persisted.is_some() && sent.is_some());
+    assert!(persisted < sent, "persist comes before the send that carries the signature");
+}
+
+#[test]
+fn primary_batches_requests_and_persists_before_proposing() {
+    let mut primary = replica(0);
+    primary.submit(NOW, request(1)).unwrap();
+    let outputs = drain(&mut primary);
+    assert!(matches!(&outputs[0], Output::Persist(Record::Signed(v)) if v.phase == Phase::PrePrepare && v.seq == 1));
+    let Output::Send { to: Destination::AllValidators, bytes } = &outputs[1] else {
+        panic!("expected the pre-prepare broadcast, got {outputs:?}");
+    };
+    let Ok(Message::PrePrepare(proposal)) = Message::decode(bytes, 1 << 20) else {
+        panic!("not a pre-prepare");
+    };
+    assert_eq!(proposal.batch, batch(&[1]));
+    // While seq 1 is in flight, later requests wait for the batch delay.
+    primary.submit(NOW, request(2)).unwrap();
+    assert!(drain(&mut primary).is_empty());
+    assert_eq!(primary.poll_timeout(), Some(NOW + config().batch_delay_ms));
+    primary.handle_timeout(NOW + config().batch_delay_ms);
+    assert!(matches!(&drain(&mut primary)[0], Output::Persist(Record::Signed(v)) if v.seq == 2));
+}
+
+#[test]
+fn undecodable_bytes_are_typed_errors() {
+    let mut backup = replica(1);
+    let from = key_of(0);
+    assert_eq!(backup.handle_message(NOW, &from, &[]), Err(Error::Decode(DecodeError::Empty)));
+    assert_eq!(
+        backup.handle_message(NOW, &from, &[9, 1, 2]),
+        Err(Error::Decode(DecodeError::UnsupportedVersion(9)))
+    );
+    assert_eq!(backup.handle_message(NOW, &from, &[1, 0xff, 0xff]), Err(Error::Decode(DecodeError::Malformed)));
+    let huge = vec![1u8; config().max_message_bytes + 1];
+    assert!(matches!(backup.handle_message(NOW, &from, &huge), Err(Error::Decode(DecodeError::TooLarge { .. }))));
+    assert_eq!(backup.metrics().rejected.get("decode"), Some(&4));
+}
+
+#[test]
+fn consensus_messages_from_non_validators_are_refused() {
+    let mut backup = replica(1);
+    let stranger = client().public_key();
+    let bytes = pre_prepare(0, 0, 1, batch(&[1]));
+    assert_eq!(backup.handle_message(NOW, &stranger, &bytes), Err(Error::NotAValidator));
+    let prepare = Message::Vote(vote(2, Phase::Prepare, 1, &batch(&[1]))).encode();
+    assert_eq!(backup.handle_message(NOW, &stranger, &prepare), Err(Error::NotAValidator));
+}
+
+#[test]
+fn a_pre_prepare_must_come_from_the_primary_with_its_signature() {
+    let mut backup = replica(1);
+    let from = key_of(2);
+    assert_eq!(
+        backup.handle_message(NOW, &from, &pre_prepare(2, 0, 1, batch(&[1]))),
+        Err(Error::WrongSigner(ReplicaId(2)))
+    );
+    // Claims to be the primary, signed by validator 2.
+    let b = batch(&[1]);
+    let mut forged = Vote::new(&chain(), 0, Phase::PrePrepare, (0, 1), b.digest(&chain()), ReplicaId(0), &keys()[2]);
+    forged.replica = ReplicaId(0);
+    let bytes = Message::PrePrepare(PrePrepare { vote: forged, batch: b }).encode();
+    assert_eq!(
+        backup.handle_message(NOW, &from, &bytes),
+        Err(Error::Crypto(pbft_core::CryptoError::BadSignature))
+    );
+}
+
+#[test]
+fn views_and_windows_are_enforced() {
+    let mut backup = replica(1);
+    let from = key_of(0);
+    assert_eq!(
+        backup.handle_message(NOW, &from, &pre_prepare(1, 1, 1, batch(&[1]))),
+        Err(Error::FutureView { got: 1, current: 0 })
+    );
+    assert_eq!(
+        backup.handle_message(NOW, &from, &pre_prepare(0, 0, 0, batch(&[1]))),
+        Err(Error::OutOfWindow { seq: 0, low: 1, high: 4 })
+    );
+    // Above the window: buffered up to the per-peer bound, then refused.
+    for seq in 5..8 {
+        assert_eq!(backup.handle_message(NOW, &from, &pre_prepare(0, 0, seq, batch(&[seq]))), Ok(()));
+    }
+    let before = backup.memory_footprint();
+    assert_eq!(
+        backup.handle_message(NOW, &from, &pre_prepare(0, 0, 8, batch(&[8]))),
+        Err(Error::FutureBufferFull)
+    );
+    assert_eq!(backup.memory_footprint(), before, "a refused message holds no memory");
+}
+
+#[test]
+fn batches_are_checked_request_by_request() {
+    let mut backup = replica(1);
+    let from = key_of(0);
+    // The digest must be the Merkle root of the batch.
+    let honest = batch(&[1]);
+    let digest = honest.digest(&chain());
+    let vote = Vote::new(&chain(), 0, Phase::PrePrepare, (0, 1), digest, ReplicaId(0), &keys()[0]);
+    let swapped = Message::PrePrepare(PrePrepare { vote, batch: batch(&[2]) }).encode();
+    assert_eq!(backup.handle_message(NOW, &from, &swapped), Err(Error::BatchDigestMismatch));
+    // Every client signature is checked.
+    let mut forged = batch(&[1]);
+    forged.requests[0].signature.0[0] ^= 1;
+    assert_eq!(
+        backup.handle_message(NOW, &from, &pre_prepare(0, 0, 1, forged)),
+        Err(Error::Crypto(pbft_core::CryptoError::BadSignature))
+    );
+    // No request twice, no empty batch, no oversized operation.
+    assert_eq!(
+        backup.handle_message(NOW, &from, &pre_prepare(0, 0, 1, batch(&[1, 1]))),
+        Err(Error::DuplicateRequest)
+    );
+    assert_eq!(backup.handle_message(NOW, &from, &pre_prepare(0, 0, 1, batch(&[]))), Err(Error::BatchTooLarge));
+    let big = Batch {
+        requests: vec![Request::new(&chain(), &client(), 1, vec![0; 65])],
+    };
+    assert_eq!(
+        backup.handle_message(NOW, &from, &pre_prepare(0, 0, 1, big)),
+        Err(Error::RequestTooLarge { len: 65, max: 64 })
+    );
+    // A request already proposed at another seq cannot be proposed again.
+    backup.handle_message(NOW, &from, &pre_prepare(0, 0, 1, batch(&[1]))).unwrap();
+    assert_eq!(
+        backup.handle_message(NOW, &from, &pre_prepare(0, 0, 2, batch(&[1, 2]))),
+        Err(Error::DuplicateRequest)
+    );
+    assert_eq!(backup.metrics().rejected.values().sum::<u64>(), 6);
+}
+
+#[test]
+fn a_second_proposal_for_a_slot_is_evidence_against_the_primary() {
+    let mut backup = replica(1);
+    let from = key_of(0);
+    backup.handle_message(NOW, &from, &pre_prepare(0, 0, 1, batch(&[1]))).unwrap();
+    drain(&mut backup);
+    assert_eq!(backup.handle_message(NOW, &from, &pre_prepare(0, 0, 1, batch(&[1]))), Err(Error::Duplicate));
+    assert_eq!(
+        backup.handle_message(NOW, &from, &pre_prepare(0, 0, 1, batch(&[2]))),
+        Err(Error::Equivocation(ReplicaId(0)))
+    );
+    let outputs = drain(&mut backup);
+    let [Output::Evidence(evidence)] = outputs.as_slice() else {
+        panic!("expected one evidence output, got {outputs:?}");
+    };
+    assert_eq!(pbft_core::verify_evidence(&chain(), &set(), evidence), Ok(()));
+    // Reported once, however often it is repeated.
+    let _ = backup.handle_message(NOW, &from, &pre_prepare(0, 0, 1, batch(&[3])));
+    assert!(drain(&mut backup).is_empty());
+}
+
+#[test]
+fn conflicting_votes_are_evidence_and_the_first_vote_stands() {
+    let mut backup = replica(1);
+    let from = key_of(2);
+    let first = Message::Vote(vote(2, Phase::Commit, 1, &batch(&[1]))).encode();
+    let second = Message::Vote(vote(2, Phase::Commit, 1, &batch(&[2]))).encode();
+    backup.handle_message(NOW, &from, &first).unwrap();
+    assert_eq!(backup.handle_message(NOW, &from, &first), Err(Error::Duplicate));
+    assert_eq!(backup.handle_message(NOW, &from, &second), Err(Error::Equivocation(ReplicaId(2))));
+    assert!(matches!(drain(&mut backup).as_slice(), [Output::Evidence(_)]));
+}
+
+#[test]
+fn votes_that_cannot_travel_alone_or_come_from_the_wrong_role_are_refused() {
+    let mut backup = replica(1);
+    let b = batch(&[1]);
+    let from = key_of(0);
+    let prepare_by_primary = Message::Vote(vote(0, Phase::Prepare, 1, &b)).encode();
+    assert_eq!(backup.handle_message(NOW, &from, &prepare_by_primary), Err(Error::WrongSigner(ReplicaId(0))));
+    let bare = Message::Vote(vote(0, Phase::PrePrepare, 1, &b)).encode();
+    assert!(matches!(backup.handle_message(NOW, &from, &bare), Err(Error::UnexpectedMessage(_))));
+    let mut bad = vote(2, Phase::Prepare, 1, &b);
+    bad.signature.0[10] ^= 1;
+    assert_eq!(
+        backup.handle_message(NOW, &key_of(2), &Message::Vote(bad).encode()),
+        Err(Error::Crypto(pbft_core::CryptoError::BadSignature))
+    );
+    let mut unknown = vote(2, Phase::Prepare, 1, &b);
+    unknown.replica = ReplicaId(9);
+    assert_eq!(backup.handle_message(NOW, &key_of(2), &Message::Vote(unknown).encode()), Err(Error::NotAValidator));
+}
+
+#[test]
+fn requests_are_checked_before_they_cost_anything() {
+    let mut primary = replica(0);
+    let from = client().public_key();
+    let mut forged = request(1);
+    forged.signature.0[3] ^= 1;
+    assert_eq!(
+        primary.handle_message(NOW, &from, &Message::Request(forged).encode()),
+        Err(Error::Crypto(pbft_core::CryptoError::BadSignature))
+    );
+    let big = Request::new(&chain(), &client(), 1, vec![0; 65]);
+    assert_eq!(primary.submit(NOW, big), Err(Error::RequestTooLarge { len: 65, max: 64 }));
+    primary.submit(NOW, request(1)).unwrap();
+    assert_eq!(primary.submit(NOW, request(1)), Err(Error::DuplicateRequest));
+    let mut stranger_key = request(2);
+    stranger_key.client = PublicKey([0; 32]);
+    assert!(matches!(primary.submit(NOW, stranger_key), Err(Error::Crypto(_))));
+}
+
+#[test]
+fn a_backup_forwards_client_requests_to_the_primary() {
+    let mut backup = replica(2);
+    backup.submit(NOW, request(1)).unwrap();
+    assert!(matches!(
+        drain(&mut backup).as_slice(),
+        [Output::Send { to: Destination::Validator(ReplicaId(0)), .. }]
+    ));
+}
+
+#[test]
+fn replies_are_not_for_validators_and_execution_follows_delivery() {
+    let mut backup = replica(1);
+    let reply = pbft_core::Reply {
+        view: 0,
+        seq: 1,
+        client: client().public_key(),
+        client_seq: 1,
+        result: vec![],
+        proof: pbft_core::InclusionProof { index: 0, count: 1, path: vec![] },
+        replica: ReplicaId(2),
+        signature: pbft_core::Signature([0; 64]),
+    };
+    assert_eq!(
+        backup.handle_message(NOW, &key_of(2), &Message::Reply(reply).encode()),
+        Err(Error::UnexpectedMessage("reply"))
+    );
+    assert!(matches!(backup.executed(NOW, 1, vec![]), Err(Error::HostContract(_))));
+}
+
+#[test]
+fn a_replica_whose_key_is_not_in_the_set_does_not_start() {
+    assert!(Replica::new(config(), set(), client()).is_err());
+    let mut bad = config();
+    bad.window = 0;
+    assert!(Replica::new(bad, set(), keys().remove(0)).is_err());
+}
