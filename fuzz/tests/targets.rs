@@ -1,0 +1,147 @@
+//! Fuzz targets. Each holds for every input: no panic, and memory within the config's bounds.
+
+use std::time::Duration;
+
+use bolero::check;
+use pbft_core::{
+    Batch, Client, Config, Keypair, Message, Phase, PrePrepare, PublicKey, QuorumCertificate, Replica, ReplicaId,
+    Request, ValidatorSet, Vote, verify_qc,
+};
+use pbft_sim::{chain, validator_keys};
+
+/// Time each target gets under `cargo test` (override with BOLERO_RANDOM_TEST_TIME_MS).
+const TEST_TIME: Duration = Duration::from_secs(8);
+
+const VALIDATORS: usize = 4;
+
+fn set() -> ValidatorSet {
+    let keys: Vec<PublicKey> = validator_keys(VALIDATORS).iter().map(Keypair::public_key).collect();
+    ValidatorSet::new(0, &keys).expect("valid keys")
+}
+
+fn config() -> Config {
+    let mut config = Config::new(chain());
+    config.window = 4;
+    config.max_future_per_peer = 8;
+    config.max_pending_requests = 16;
+    config.max_batch_ops = 4;
+    config.max_clients = 8;
+    config
+}
+
+/// The most entries a replica may hold under `config()`: slots and two votes per validator
+/// for each slot of the window, the per-peer buffers, pending requests and their index
+/// entries, and the client table.
+fn memory_bound(peers: usize) -> usize {
+    let config = config();
+    let window = config.window as usize;
+    window * (1 + 2 * VALIDATORS)
+        + peers * config.max_future_per_peer
+        + 2 * config.max_pending_requests
+        + window * config.max_batch_ops
+        + config.max_clients
+}
+
+/// Valid messages of every kind, for the fuzzer to replay and mutate.
+fn valid_messages() -> Vec<Vec<u8>> {
+    let keys = validator_keys(VALIDATORS);
+    let client = Keypair::from_seed(&[77; 32]);
+    let mut messages = Vec::new();
+    for seq in 1..=6u64 {
+        let request = Request::new(&chain(), &client, seq, vec![seq as u8; 8]);
+        messages.push(Message::Request(request.clone()).encode());
+        let batch = Batch { requests: vec![request] };
+        let digest = batch.digest(&chain());
+        let vote = |phase, signer: usize| {
+            Vote::new(&chain(), 0, phase, (0, seq), digest, ReplicaId(signer as u16), &keys[signer])
+        };
+        messages.push(Message::PrePrepare(PrePrepare { vote: vote(Phase::PrePrepare, 0), batch }).encode());
+        for signer in 1..VALIDATORS {
+            messages.push(Message::Vote(vote(Phase::Prepare, signer)).encode());
+            messages.push(Message::Vote(vote(Phase::Commit, signer)).encode());
+        }
+    }
+    messages
+}
+
+#[test]
+fn decode_any_bytes() {
+    check!()
+        .with_test_time(TEST_TIME)
+        .for_each(|bytes: &[u8]| {
+            if let Ok(message) = Message::decode(bytes, 1 << 20) {
+                let again = Message::decode(&message.encode(), 1 << 20);
+                assert_eq!(again.as_ref(), Ok(&message), "decoding is stable under re-encoding");
+            }
+        });
+}
+
+#[test]
+fn replica_survives_any_input_sequence() {
+    let pool = valid_messages();
+    let senders: Vec<PublicKey> = validator_keys(VALIDATORS)
+        .iter()
+        .map(Keypair::public_key)
+        .chain([PublicKey([9; 32]), Keypair::from_seed(&[77; 32]).public_key()])
+        .collect();
+    check!()
+        .with_test_time(TEST_TIME)
+        .with_type::<Vec<(u8, u8, u16, u8, Vec<u8>)>>()
+        .for_each(|inputs| {
+            let keys = validator_keys(VALIDATORS);
+            let mut replicas: Vec<Replica> = keys
+                .into_iter()
+                .take(2)
+                .map(|key| Replica::new(config(), set(), key).expect("valid config"))
+                .collect();
+            for (step, (selector, index, position, flip, raw)) in inputs.iter().enumerate() {
+                let from = &senders[*index as usize % senders.len()];
+                let pick = &pool[*index as usize % pool.len()];
+                let bytes = match selector % 3 {
+                    0 => raw.clone(),
+                    1 => pick.clone(),
+                    _ => {
+                        let mut mutated = pick.clone();
+                        let at = *position as usize % mutated.len();
+                        mutated[at] ^= flip.max(&1);
+                        mutated
+                    }
+                };
+                let now = step as u64;
+                for replica in &mut replicas {
+                    let _ = replica.handle_message(now, from, &bytes);
+                    if selector % 7 == 0 {
+                        replica.handle_timeout(now + 10);
+                    }
+                    while replica.poll_output().is_some() {}
+                    assert!(replica.memory_footprint() <= memory_bound(senders.len()));
+                }
+            }
+        });
+}
+
+#[test]
+fn client_survives_any_reply() {
+    check!()
+        .with_test_time(TEST_TIME)
+        .for_each(|bytes: &[u8]| {
+            let mut client = Client::new(chain(), Keypair::from_seed(&[5; 32]), set(), 1);
+            client.request(b"op".to_vec());
+            let _ = client.handle_reply(bytes);
+        });
+}
+
+#[test]
+fn certificate_checks_survive_any_certificate() {
+    let set = set();
+    check!()
+        .with_test_time(TEST_TIME)
+        .for_each(|bytes: &[u8]| {
+            if let Ok(qc) = postcard::from_bytes::<QuorumCertificate>(bytes) {
+                let _ = verify_qc(&chain(), &set, &qc);
+            }
+            if let Ok(evidence) = postcard::from_bytes::<pbft_core::Evidence>(bytes) {
+                let _ = pbft_core::verify_evidence(&chain(), &set, &evidence);
+            }
+        });
+}
