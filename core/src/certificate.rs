@@ -65,12 +65,17 @@ impl fmt::Display for CertificateError {
         match self {
             CertificateError::WrongChain => f.write_str("certificate is for another chain"),
             CertificateError::WrongEpoch { got, expected } => {
-                write!(f, "certificate is for epoch {got}, validator set is epoch {expected}")
+                write!(
+                    f,
+                    "certificate is for epoch {got}, validator set is epoch {expected}"
+                )
             }
             CertificateError::TooFewSignatures { got, needed } => {
                 write!(f, "{got} signatures, a quorum is {needed}")
             }
-            CertificateError::DuplicateSigner(id) => write!(f, "signer {id} repeated or out of order"),
+            CertificateError::DuplicateSigner(id) => {
+                write!(f, "signer {id} repeated or out of order")
+            }
             CertificateError::UnknownSigner(id) => write!(f, "signer {id} is not a validator"),
             CertificateError::BadSignature => f.write_str("a signature does not verify"),
             CertificateError::NotIncluded => f.write_str("request is not in the certified batch"),
@@ -165,7 +170,10 @@ pub fn verify_evidence(
         .key(a.replica)
         .ok_or(CertificateError::UnknownSigner(a.replica))?;
     let mut batch = BatchVerifier::new();
-    let (da, db) = (a.signed_digest(chain, evidence.epoch), b.signed_digest(chain, evidence.epoch));
+    let (da, db) = (
+        a.signed_digest(chain, evidence.epoch),
+        b.signed_digest(chain, evidence.epoch),
+    );
     batch.queue(key, &da, &a.signature);
     batch.queue(key, &db, &b.signature);
     batch.verify().map_err(|_| CertificateError::BadSignature)

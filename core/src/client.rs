@@ -105,12 +105,18 @@ impl Client {
 
     /// Counts a reply; returns the outcome once f + 1 validators agree on it.
     pub fn handle_reply(&mut self, bytes: &[u8]) -> Result<Option<Outcome>, ClientError> {
-        let reply = match Message::decode(bytes, self.max_message_bytes).map_err(ClientError::Decode)? {
-            Message::Reply(reply) => reply,
-            _ => return Err(ClientError::NotAReply),
-        };
-        let outstanding = self.outstanding.as_mut().ok_or(ClientError::NotOutstanding)?;
-        if reply.client != outstanding.request.client || reply.client_seq != outstanding.request.client_seq {
+        let reply =
+            match Message::decode(bytes, self.max_message_bytes).map_err(ClientError::Decode)? {
+                Message::Reply(reply) => reply,
+                _ => return Err(ClientError::NotAReply),
+            };
+        let outstanding = self
+            .outstanding
+            .as_mut()
+            .ok_or(ClientError::NotOutstanding)?;
+        if reply.client != outstanding.request.client
+            || reply.client_seq != outstanding.request.client_seq
+        {
             return Err(ClientError::NotOutstanding);
         }
         verify_reply(&self.chain, &self.validators, &reply)?;
@@ -132,11 +138,16 @@ impl Client {
 }
 
 /// Checks one reply's Merkle path and its validator's signature.
-pub fn verify_reply(chain: &ChainId, validators: &ValidatorSet, reply: &Reply) -> Result<(), ClientError> {
+pub fn verify_reply(
+    chain: &ChainId,
+    validators: &ValidatorSet,
+    reply: &Reply,
+) -> Result<(), ClientError> {
     let key = validators
         .key(reply.replica)
         .ok_or(ClientError::UnknownReplica(reply.replica))?;
-    let root = merkle::root_from_proof(&reply.leaf(chain), &reply.proof).ok_or(ClientError::BadSignature)?;
+    let root = merkle::root_from_proof(&reply.leaf(chain), &reply.proof)
+        .ok_or(ClientError::BadSignature)?;
     let signed = reply_root_digest(chain, validators.epoch(), reply.view, reply.seq, &root);
     key.verify(&signed, &reply.signature)
         .map_err(|_| ClientError::BadSignature)

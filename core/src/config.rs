@@ -17,7 +17,11 @@ pub struct ChainId(pub Digest);
 impl ChainId {
     /// Derives a chain id from a human-readable network name such as `"testnet-1"`.
     pub fn from_name(name: &str) -> Self {
-        ChainId(Hasher::new(b"pbft/v1/chain-id").bytes(name.as_bytes()).finish())
+        ChainId(
+            Hasher::new(b"pbft/v1/chain-id")
+                .bytes(name.as_bytes())
+                .finish(),
+        )
     }
 }
 
@@ -202,8 +206,14 @@ impl Config {
         let positive = [
             (self.max_batch_ops, "max_batch_ops must be at least 1"),
             (self.max_batch_bytes, "max_batch_bytes must be at least 1"),
-            (self.max_pending_requests, "max_pending_requests must be at least 1"),
-            (self.max_request_bytes, "max_request_bytes must be at least 1"),
+            (
+                self.max_pending_requests,
+                "max_pending_requests must be at least 1",
+            ),
+            (
+                self.max_request_bytes,
+                "max_request_bytes must be at least 1",
+            ),
             (self.max_clients, "max_clients must be at least 1"),
         ];
         for (value, why) in positive {

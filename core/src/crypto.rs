@@ -99,21 +99,85 @@ impl fmt::Display for PublicKey {
 }
 
 impl PublicKey {
-    /// Checks the key against the acceptance rule and decompresses it, once.
-    pub fn verifying_key(&self) -> Result<VerifyingKey, CryptoError> {
-        let compressed = CompressedEdwardsY(self.0);
-        let point = compressed.decompress().ok_or(CryptoError::MalformedKey)?;
-        if point.compress() != compressed {
+    /// Applies the key rule on the bytes alone, with no curve arithmetic: the encoding must
+    /// be canonical (y < p) and not one of the eight small-order points. Whether the bytes are
+    /// a curve point at all is settled when the key is decompressed to verify.
+    pub fn check(&self) -> Result<(), CryptoError> {
+        if !is_canonical_y(&self.0) {
             return Err(CryptoError::NonCanonicalKey);
         }
-        if point.is_small_order() {
+        if SMALL_ORDER_ENCODINGS.contains(&self.0) {
             return Err(CryptoError::SmallOrderKey);
         }
+        Ok(())
+    }
+
+    /// Checks the key against the acceptance rule and decompresses it, once.
+    pub fn verifying_key(&self) -> Result<VerifyingKey, CryptoError> {
+        self.check()?;
         let key = ed25519_zebra::VerificationKey::try_from(self.0)
             .map_err(|_| CryptoError::MalformedKey)?;
         Ok(VerifyingKey { bytes: *self, key })
     }
 }
+
+/// Whether the encoding is canonical: the 255-bit y is below p = 2^255 - 19, and the sign
+/// bit is clear when x = 0 (the points y = 1 and y = -1).
+fn is_canonical_y(bytes: &[u8; 32]) -> bool {
+    let [low, middle @ .., high] = bytes;
+    let below_p = *low < 0xed || middle.iter().any(|&b| b != 0xff) || (high & 0x7f) != 0x7f;
+    let negative_zero_x = high & 0x80 != 0 && {
+        let mut y = *bytes;
+        y[31] &= 0x7f;
+        y == ONE || y == MINUS_ONE
+    };
+    below_p && !negative_zero_x
+}
+
+const ONE: [u8; 32] = SMALL_ORDER_ENCODINGS[0];
+const MINUS_ONE: [u8; 32] = SMALL_ORDER_ENCODINGS[1];
+
+/// The canonical encodings of the eight points of small order (the torsion subgroup).
+const SMALL_ORDER_ENCODINGS: [[u8; 32]; 8] = [
+    // identity (order 1)
+    [
+        1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        0, 0,
+    ],
+    // y = -1 (order 2)
+    [
+        0xec, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0x7f,
+    ],
+    // y = 0, both signs of x (order 4)
+    [0; 32],
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        0, 0x80,
+    ],
+    // order 8
+    [
+        0xc7, 0x17, 0x6a, 0x70, 0x3d, 0x4d, 0xd8, 0x4f, 0xba, 0x3c, 0x0b, 0x76, 0x0d, 0x10, 0x67,
+        0x0f, 0x2a, 0x20, 0x53, 0xfa, 0x2c, 0x39, 0xcc, 0xc6, 0x4e, 0xc7, 0xfd, 0x77, 0x92, 0xac,
+        0x03, 0x7a,
+    ],
+    [
+        0xc7, 0x17, 0x6a, 0x70, 0x3d, 0x4d, 0xd8, 0x4f, 0xba, 0x3c, 0x0b, 0x76, 0x0d, 0x10, 0x67,
+        0x0f, 0x2a, 0x20, 0x53, 0xfa, 0x2c, 0x39, 0xcc, 0xc6, 0x4e, 0xc7, 0xfd, 0x77, 0x92, 0xac,
+        0x03, 0xfa,
+    ],
+    [
+        0x26, 0xe8, 0x95, 0x8f, 0xc2, 0xb2, 0x27, 0xb0, 0x45, 0xc3, 0xf4, 0x89, 0xf2, 0xef, 0x98,
+        0xf0, 0xd5, 0xdf, 0xac, 0x05, 0xd3, 0xc6, 0x33, 0x39, 0xb1, 0x38, 0x02, 0x88, 0x6d, 0x53,
+        0xfc, 0x05,
+    ],
+    [
+        0x26, 0xe8, 0x95, 0x8f, 0xc2, 0xb2, 0x27, 0xb0, 0x45, 0xc3, 0xf4, 0x89, 0xf2, 0xef, 0x98,
+        0xf0, 0xd5, 0xdf, 0xac, 0x05, 0xd3, 0xc6, 0x33, 0x39, 0xb1, 0x38, 0x02, 0x88, 0x6d, 0x53,
+        0xfc, 0x85,
+    ],
+];
 
 /// A public key that passed the acceptance rule, decompressed for fast verification.
 #[derive(Clone, Copy)]
@@ -181,7 +245,10 @@ impl<'de> Deserialize<'de> for Signature {
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("64 signature bytes")
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Signature, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Signature, A::Error> {
                 let mut bytes = [0u8; 64];
                 for (index, byte) in bytes.iter_mut().enumerate() {
                     *byte = seq
@@ -291,13 +358,30 @@ impl BatchVerifier {
         }
     }
 
-    /// Adds one signature over `digest` by `key`.
+    /// Adds one signature over `digest` by `key`, a key that passed the key rule.
     pub fn queue(&mut self, key: &VerifyingKey, digest: &Digest, signature: &Signature) {
-        let bytes = ed25519_zebra::VerificationKeyBytes::from(key.bytes.0);
+        self.queue_bytes(&key.bytes, digest, signature);
+    }
+
+    /// Adds one signature by a key not yet checked: checks the key rule first, which costs
+    /// one decompression instead of the two of building a [`VerifyingKey`].
+    pub fn queue_key(
+        &mut self,
+        key: &PublicKey,
+        digest: &Digest,
+        signature: &Signature,
+    ) -> Result<(), CryptoError> {
+        key.check()?;
+        self.queue_bytes(key, digest, signature);
+        Ok(())
+    }
+
+    fn queue_bytes(&mut self, key: &PublicKey, digest: &Digest, signature: &Signature) {
+        let bytes = ed25519_zebra::VerificationKeyBytes::from(key.0);
         let sig = ed25519::Signature::from_bytes(&signature.0);
         self.verifier.queue((bytes, sig, &digest.0));
         self.transcript
-            .bytes(&key.bytes.0)
+            .bytes(&key.0)
             .digest(digest)
             .bytes(&signature.0);
         self.len += 1;
@@ -409,16 +493,56 @@ mod tests {
     /// The ten vectors of "Taming the many EdDSAs" (Chalkias, Garillot, Nikolaenko 2020),
     /// ed25519-speccheck `cases.json`: (message, public key, signature).
     const SPECCHECK: [(&str, &str, &str); 10] = [
-        ("8c93255d71dcab10e8f379c26200f3c7bd5f09d9bc3068d3ef4edeb4853022b6", "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa", "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a0000000000000000000000000000000000000000000000000000000000000000"),
-        ("9bd9f44f4dcc75bd531b56b2cd280b0bb38fc1cd6d1230e14861d861de092e79", "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa", "f7badec5b8abeaf699583992219b7b223f1df3fbbea919844e3f7c554a43dd43a5bb704786be79fc476f91d3f3f89b03984d8068dcf1bb7dfc6637b45450ac04"),
-        ("aebf3f2601a0c8c5d39cc7d8911642f740b78168218da8471772b35f9d35b9ab", "f7badec5b8abeaf699583992219b7b223f1df3fbbea919844e3f7c554a43dd43", "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa8c4bd45aecaca5b24fb97bc10ac27ac8751a7dfe1baff8b953ec9f5833ca260e"),
-        ("9bd9f44f4dcc75bd531b56b2cd280b0bb38fc1cd6d1230e14861d861de092e79", "cdb267ce40c5cd45306fa5d2f29731459387dbf9eb933b7bd5aed9a765b88d4d", "9046a64750444938de19f227bb80485e92b83fdb4b6506c160484c016cc1852f87909e14428a7a1d62e9f22f3d3ad7802db02eb2e688b6c52fcd6648a98bd009"),
-        ("e47d62c63f830dc7a6851a0b1f33ae4bb2f507fb6cffec4011eaccd55b53f56c", "cdb267ce40c5cd45306fa5d2f29731459387dbf9eb933b7bd5aed9a765b88d4d", "160a1cb0dc9c0258cd0a7d23e94d8fa878bcb1925f2c64246b2dee1796bed5125ec6bc982a269b723e0668e540911a9a6a58921d6925e434ab10aa7940551a09"),
-        ("e47d62c63f830dc7a6851a0b1f33ae4bb2f507fb6cffec4011eaccd55b53f56c", "cdb267ce40c5cd45306fa5d2f29731459387dbf9eb933b7bd5aed9a765b88d4d", "21122a84e0b5fca4052f5b1235c80a537878b38f3142356b2c2384ebad4668b7e40bc836dac0f71076f9abe3a53f9c03c1ceeeddb658d0030494ace586687405"),
-        ("85e241a07d148b41e47d62c63f830dc7a6851a0b1f33ae4bb2f507fb6cffec40", "442aad9f089ad9e14647b1ef9099a1ff4798d78589e66f28eca69c11f582a623", "e96f66be976d82e60150baecff9906684aebb1ef181f67a7189ac78ea23b6c0e547f7690a0e2ddcd04d87dbc3490dc19b3b3052f7ff0538cb68afb369ba3a514"),
-        ("85e241a07d148b41e47d62c63f830dc7a6851a0b1f33ae4bb2f507fb6cffec40", "442aad9f089ad9e14647b1ef9099a1ff4798d78589e66f28eca69c11f582a623", "8ce5b96c8f26d0ab6c47958c9e68b937104cd36e13c33566acd2fe8d38aa19427e71f98a473474f2f13f06f97c20d58cc3f54b8bd0d272f42b695dd7e89a8c22"),
-        ("fdaebc429f4a735932a160da1301080c13280eea8bc280d1b392c6b9e6ba3a5a", "f7badec5b8abeaf699583992219b7b223f1df3fbbea919844e3f7c554a43dd43", "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f454d370c8d9fc323a41450f8d513eafeb5b0697390c1e505a0d4ddc71f566607"),
-        ("84b698d39be126ff55fe45079e6c8bf64a0d7db6994560b4e96b7021eb39c1a1", "f7badec5b8abeaf699583992219b7b223f1df3fbbea919844e3f7c554a43dd43", "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f084d5b99c2a9463d9c8bd5026916996984eeec87ddf1d3be329006ace1b37b09"),
+        (
+            "8c93255d71dcab10e8f379c26200f3c7bd5f09d9bc3068d3ef4edeb4853022b6",
+            "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa",
+            "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a0000000000000000000000000000000000000000000000000000000000000000",
+        ),
+        (
+            "9bd9f44f4dcc75bd531b56b2cd280b0bb38fc1cd6d1230e14861d861de092e79",
+            "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa",
+            "f7badec5b8abeaf699583992219b7b223f1df3fbbea919844e3f7c554a43dd43a5bb704786be79fc476f91d3f3f89b03984d8068dcf1bb7dfc6637b45450ac04",
+        ),
+        (
+            "aebf3f2601a0c8c5d39cc7d8911642f740b78168218da8471772b35f9d35b9ab",
+            "f7badec5b8abeaf699583992219b7b223f1df3fbbea919844e3f7c554a43dd43",
+            "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa8c4bd45aecaca5b24fb97bc10ac27ac8751a7dfe1baff8b953ec9f5833ca260e",
+        ),
+        (
+            "9bd9f44f4dcc75bd531b56b2cd280b0bb38fc1cd6d1230e14861d861de092e79",
+            "cdb267ce40c5cd45306fa5d2f29731459387dbf9eb933b7bd5aed9a765b88d4d",
+            "9046a64750444938de19f227bb80485e92b83fdb4b6506c160484c016cc1852f87909e14428a7a1d62e9f22f3d3ad7802db02eb2e688b6c52fcd6648a98bd009",
+        ),
+        (
+            "e47d62c63f830dc7a6851a0b1f33ae4bb2f507fb6cffec4011eaccd55b53f56c",
+            "cdb267ce40c5cd45306fa5d2f29731459387dbf9eb933b7bd5aed9a765b88d4d",
+            "160a1cb0dc9c0258cd0a7d23e94d8fa878bcb1925f2c64246b2dee1796bed5125ec6bc982a269b723e0668e540911a9a6a58921d6925e434ab10aa7940551a09",
+        ),
+        (
+            "e47d62c63f830dc7a6851a0b1f33ae4bb2f507fb6cffec4011eaccd55b53f56c",
+            "cdb267ce40c5cd45306fa5d2f29731459387dbf9eb933b7bd5aed9a765b88d4d",
+            "21122a84e0b5fca4052f5b1235c80a537878b38f3142356b2c2384ebad4668b7e40bc836dac0f71076f9abe3a53f9c03c1ceeeddb658d0030494ace586687405",
+        ),
+        (
+            "85e241a07d148b41e47d62c63f830dc7a6851a0b1f33ae4bb2f507fb6cffec40",
+            "442aad9f089ad9e14647b1ef9099a1ff4798d78589e66f28eca69c11f582a623",
+            "e96f66be976d82e60150baecff9906684aebb1ef181f67a7189ac78ea23b6c0e547f7690a0e2ddcd04d87dbc3490dc19b3b3052f7ff0538cb68afb369ba3a514",
+        ),
+        (
+            "85e241a07d148b41e47d62c63f830dc7a6851a0b1f33ae4bb2f507fb6cffec40",
+            "442aad9f089ad9e14647b1ef9099a1ff4798d78589e66f28eca69c11f582a623",
+            "8ce5b96c8f26d0ab6c47958c9e68b937104cd36e13c33566acd2fe8d38aa19427e71f98a473474f2f13f06f97c20d58cc3f54b8bd0d272f42b695dd7e89a8c22",
+        ),
+        (
+            "fdaebc429f4a735932a160da1301080c13280eea8bc280d1b392c6b9e6ba3a5a",
+            "f7badec5b8abeaf699583992219b7b223f1df3fbbea919844e3f7c554a43dd43",
+            "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f454d370c8d9fc323a41450f8d513eafeb5b0697390c1e505a0d4ddc71f566607",
+        ),
+        (
+            "84b698d39be126ff55fe45079e6c8bf64a0d7db6994560b4e96b7021eb39c1a1",
+            "f7badec5b8abeaf699583992219b7b223f1df3fbbea919844e3f7c554a43dd43",
+            "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f084d5b99c2a9463d9c8bd5026916996984eeec87ddf1d3be329006ace1b37b09",
+        ),
     ];
 
     /// Verdict of the single path: the key rule, then the signature.
@@ -427,7 +551,11 @@ mod tests {
     }
 
     /// Verdict of the batch path, with the vector hidden among valid signatures.
-    fn batched(message: &Digest, key: &PublicKey, signature: &Signature) -> Result<(), CryptoError> {
+    fn batched(
+        message: &Digest,
+        key: &PublicKey,
+        signature: &Signature,
+    ) -> Result<(), CryptoError> {
         let key = key.verifying_key()?;
         let honest = Keypair::from_seed(&[3; 32]);
         let others: Vec<(Digest, Signature)> = (0..5u64)
@@ -464,11 +592,59 @@ mod tests {
             Ok(()),             // 9: non-canonical R, k hashed over R as sent
         ];
         for (case, (message, key, signature)) in SPECCHECK.iter().enumerate() {
-            let (message, key, signature) = (Digest(hex(message)), PublicKey(hex(key)), Signature(hex(signature)));
+            let (message, key, signature) = (
+                Digest(hex(message)),
+                PublicKey(hex(key)),
+                Signature(hex(signature)),
+            );
             let one = single(&message, &key, &signature);
             let many = batched(&message, &key, &signature);
             assert_eq!(one, many, "case {case}: single and batch disagree");
             assert_eq!(one, expected[case], "case {case}");
+        }
+    }
+
+    #[test]
+    fn the_small_order_list_is_exactly_the_torsion_subgroup() {
+        let mut distinct = alloc::collections::BTreeSet::new();
+        for bytes in SMALL_ORDER_ENCODINGS {
+            let point = CompressedEdwardsY(bytes)
+                .decompress()
+                .expect("a curve point");
+            assert!(point.is_small_order());
+            assert_eq!(point.compress().0, bytes, "canonical");
+            distinct.insert(bytes);
+        }
+        // The torsion subgroup has eight elements, each with one canonical encoding.
+        assert_eq!(distinct.len(), 8);
+    }
+
+    #[test]
+    fn the_byte_rule_agrees_with_curve_arithmetic_on_random_and_edge_keys() {
+        let mut candidates: Vec<[u8; 32]> = (0..2000u64)
+            .map(|i| Hasher::new(b"keys").u64(i).finish().0)
+            .collect();
+        for low in 0xe0..=0xffu8 {
+            let mut y = [0xff; 32];
+            y[0] = low;
+            y[31] = 0x7f;
+            candidates.push(y);
+            y[31] = 0xff;
+            candidates.push(y);
+        }
+        for bytes in candidates {
+            let compressed = CompressedEdwardsY(bytes);
+            let Some(point) = compressed.decompress() else {
+                continue;
+            };
+            let expected = if point.compress() != compressed {
+                Err(CryptoError::NonCanonicalKey)
+            } else if point.is_small_order() {
+                Err(CryptoError::SmallOrderKey)
+            } else {
+                Ok(())
+            };
+            assert_eq!(PublicKey(bytes).check(), expected, "{bytes:02x?}");
         }
     }
 
@@ -481,15 +657,24 @@ mod tests {
         assert!(PublicKey(y_is_p).verifying_key().is_err());
         let mut not_on_curve = [0; 32];
         not_on_curve[0] = 2;
-        assert_eq!(PublicKey(not_on_curve).verifying_key().err(), Some(CryptoError::MalformedKey));
+        assert_eq!(
+            PublicKey(not_on_curve).verifying_key().err(),
+            Some(CryptoError::MalformedKey)
+        );
         // The identity (y = 1) has order 1.
         let mut identity = [0; 32];
         identity[0] = 1;
-        assert_eq!(PublicKey(identity).verifying_key().err(), Some(CryptoError::SmallOrderKey));
+        assert_eq!(
+            PublicKey(identity).verifying_key().err(),
+            Some(CryptoError::SmallOrderKey)
+        );
         // y = 1 + p: a non-canonical encoding of a curve point is refused as such.
         let mut y_is_p_plus_1 = y_is_p;
         y_is_p_plus_1[0] = 0xee;
-        assert_eq!(PublicKey(y_is_p_plus_1).verifying_key().err(), Some(CryptoError::NonCanonicalKey));
+        assert_eq!(
+            PublicKey(y_is_p_plus_1).verifying_key().err(),
+            Some(CryptoError::NonCanonicalKey)
+        );
     }
 
     #[test]
@@ -507,14 +692,23 @@ mod tests {
             (key.verifying_key(), &other, &key.sign(&other)),
         ];
         assert_eq!(verify_all(&items), Ok(()));
-        let bad = [(key.verifying_key(), &digest, &signature), (key.verifying_key(), &other, &tampered)];
+        let bad = [
+            (key.verifying_key(), &digest, &signature),
+            (key.verifying_key(), &other, &tampered),
+        ];
         assert_eq!(verify_all(&bad), Err(CryptoError::BadSignature));
     }
 
     #[test]
     fn batch_weights_are_deterministic() {
-        let mut a = TranscriptRng { seed: Digest([1; 32]), counter: 0 };
-        let mut b = TranscriptRng { seed: Digest([1; 32]), counter: 0 };
+        let mut a = TranscriptRng {
+            seed: Digest([1; 32]),
+            counter: 0,
+        };
+        let mut b = TranscriptRng {
+            seed: Digest([1; 32]),
+            counter: 0,
+        };
         let (mut x, mut y) = ([0u8; 40], [0u8; 40]);
         rand_core::TryRng::try_fill_bytes(&mut a, &mut x).unwrap();
         rand_core::TryRng::try_fill_bytes(&mut b, &mut y).unwrap();

@@ -121,14 +121,18 @@ impl fmt::Display for Error {
             Error::NotAValidator => f.write_str("consensus message from a non-validator"),
             Error::WrongSigner(id) => write!(f, "message signed by {id}, who may not send it"),
             Error::UnexpectedMessage(kind) => write!(f, "unexpected {kind} message"),
-            Error::StaleView { got, current } => write!(f, "message for view {got}, now in view {current}"),
+            Error::StaleView { got, current } => {
+                write!(f, "message for view {got}, now in view {current}")
+            }
             Error::FutureView { got, current } => {
                 write!(f, "message for view {got}, still in view {current}")
             }
             Error::OutOfWindow { seq, low, high } => {
                 write!(f, "sequence {seq} outside the window [{low}, {high}]")
             }
-            Error::FutureBufferFull => f.write_str("too many messages ahead of the window from this peer"),
+            Error::FutureBufferFull => {
+                f.write_str("too many messages ahead of the window from this peer")
+            }
             Error::Duplicate => f.write_str("duplicate message"),
             Error::Equivocation(id) => write!(f, "{id} signed two different votes for one slot"),
             Error::BatchDigestMismatch => f.write_str("batch does not match its digest"),

@@ -8,7 +8,10 @@
 //! time and returns [`Output`]s for the host to carry out, in order. A [`Client`] builds signed
 //! requests and accepts a result from f + 1 matching signed replies.
 #![no_std]
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing))]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
 
 extern crate alloc;
 
@@ -24,15 +27,20 @@ mod message;
 mod metrics;
 mod replica;
 
-pub use certificate::{CertificateError, Evidence, QuorumCertificate, verify_evidence, verify_inclusion, verify_qc};
+pub use certificate::{
+    CertificateError, Evidence, QuorumCertificate, verify_evidence, verify_inclusion, verify_qc,
+};
 pub use client::{Client, ClientError, Outcome, verify_reply};
 pub use config::{ChainId, Config, ConfigError, ReplicaId, ValidatorSet};
-pub use crypto::{BatchVerifier, CryptoError, Digest, Hasher, Keypair, PublicKey, Signature, VerifyingKey, verify_all};
+pub use crypto::{
+    BatchVerifier, CryptoError, Digest, Hasher, Keypair, PublicKey, Signature, VerifyingKey,
+    verify_all,
+};
 pub use error::Error;
 pub use merkle::InclusionProof;
 pub use message::{
-    BATCH_OVERHEAD, Batch, DecodeError, Message, PROTOCOL_VERSION, Phase, PrePrepare, Reply, Request, Vote,
-    reply_leaf, reply_root_digest, vote_digest,
+    BATCH_OVERHEAD, Batch, DecodeError, Message, PROTOCOL_VERSION, Phase, PrePrepare, Reply,
+    Request, Vote, reply_leaf, reply_root_digest, vote_digest,
 };
 pub use metrics::Metrics;
 pub use replica::{Delivery, Destination, Output, Record, Replica};

@@ -58,27 +58,54 @@ pub struct InclusionProof {
     pub path: Vec<Digest>,
 }
 
+/// A whole tree, kept level by level so that every leaf's proof costs no hashing.
+pub(crate) struct Tree {
+    /// Level 0 holds the leaf hashes; the last level holds the root alone.
+    levels: Vec<Vec<Digest>>,
+}
+
+impl Tree {
+    pub(crate) fn new(leaves: &[Digest]) -> Self {
+        let mut levels = alloc::vec![leaves.iter().map(leaf_hash).collect::<Vec<_>>()];
+        while let Some(level) = levels.last().filter(|level| level.len() > 1) {
+            let next = next_level(level);
+            levels.push(next);
+        }
+        Tree { levels }
+    }
+
+    pub(crate) fn root(&self) -> Digest {
+        match self.levels.last().and_then(|level| level.first()) {
+            Some(root) => *root,
+            None => root(&[]),
+        }
+    }
+
+    /// The proof for leaf `index`, or `None` if out of range.
+    pub(crate) fn prove(&self, index: usize) -> Option<InclusionProof> {
+        let count = self.levels.first()?.len();
+        if index >= count {
+            return None;
+        }
+        let mut path = Vec::new();
+        let mut position = index;
+        for level in self.levels.iter().take(self.levels.len().saturating_sub(1)) {
+            if let Some(sibling) = level.get(position ^ 1) {
+                path.push(*sibling);
+            }
+            position /= 2;
+        }
+        Some(InclusionProof {
+            index: u32::try_from(index).ok()?,
+            count: u32::try_from(count).ok()?,
+            path,
+        })
+    }
+}
+
 /// The inclusion proof for `leaves[index]`, or `None` if `index` is out of range.
 pub(crate) fn prove(leaves: &[Digest], index: usize) -> Option<InclusionProof> {
-    if index >= leaves.len() {
-        return None;
-    }
-    let count = u32::try_from(leaves.len()).ok()?;
-    let mut level: Vec<Digest> = leaves.iter().map(leaf_hash).collect();
-    let mut position = index;
-    let mut path = Vec::new();
-    while level.len() > 1 {
-        if let Some(sibling) = level.get(position ^ 1) {
-            path.push(*sibling);
-        }
-        level = next_level(&level);
-        position /= 2;
-    }
-    Some(InclusionProof {
-        index: index as u32,
-        count,
-        path,
-    })
+    Tree::new(leaves).prove(index)
 }
 
 /// Recomputes the root from a leaf and its proof; `None` if the proof is malformed.
@@ -164,8 +191,16 @@ mod tests {
         assert_eq!(root_from_proof(&leaves[2], &proof), None, "extra hash");
         proof.path.truncate(1);
         assert_eq!(root_from_proof(&leaves[2], &proof), None, "missing hash");
-        let beyond = InclusionProof { index: 5, count: 5, path: Vec::new() };
-        assert_eq!(root_from_proof(&leaves[0], &beyond), None, "index past count");
+        let beyond = InclusionProof {
+            index: 5,
+            count: 5,
+            path: Vec::new(),
+        };
+        assert_eq!(
+            root_from_proof(&leaves[0], &beyond),
+            None,
+            "index past count"
+        );
     }
 
     #[test]

@@ -235,7 +235,13 @@ pub fn reply_leaf(chain: &ChainId, client: &PublicKey, client_seq: u64, result: 
 }
 
 /// What a validator signs for all replies of one batch.
-pub fn reply_root_digest(chain: &ChainId, epoch: u64, view: u64, seq: u64, root: &Digest) -> Digest {
+pub fn reply_root_digest(
+    chain: &ChainId,
+    epoch: u64,
+    view: u64,
+    seq: u64,
+    root: &Digest,
+) -> Digest {
     Hasher::new(b"pbft/v1/reply-root")
         .digest(&chain.0)
         .u64(epoch)
@@ -377,16 +383,31 @@ mod tests {
         assert_eq!(Message::decode(&[], 100), Err(DecodeError::Empty));
         assert_eq!(
             Message::decode(&bytes, 10),
-            Err(DecodeError::TooLarge { len: bytes.len(), max: 10 })
+            Err(DecodeError::TooLarge {
+                len: bytes.len(),
+                max: 10
+            })
         );
         let mut wrong_version = bytes.clone();
         wrong_version[0] = 2;
-        assert_eq!(Message::decode(&wrong_version, 1 << 20), Err(DecodeError::UnsupportedVersion(2)));
+        assert_eq!(
+            Message::decode(&wrong_version, 1 << 20),
+            Err(DecodeError::UnsupportedVersion(2))
+        );
         let mut trailing = bytes.clone();
         trailing.push(0);
-        assert_eq!(Message::decode(&trailing, 1 << 20), Err(DecodeError::TrailingBytes(1)));
-        assert_eq!(Message::decode(&bytes[..bytes.len() - 1], 1 << 20), Err(DecodeError::Malformed));
-        assert_eq!(Message::decode(&[PROTOCOL_VERSION, 200], 1 << 20), Err(DecodeError::Malformed));
+        assert_eq!(
+            Message::decode(&trailing, 1 << 20),
+            Err(DecodeError::TrailingBytes(1))
+        );
+        assert_eq!(
+            Message::decode(&bytes[..bytes.len() - 1], 1 << 20),
+            Err(DecodeError::Malformed)
+        );
+        assert_eq!(
+            Message::decode(&[PROTOCOL_VERSION, 200], 1 << 20),
+            Err(DecodeError::Malformed)
+        );
     }
 
     #[test]
@@ -395,7 +416,10 @@ mod tests {
         let base = vote_digest(&chain(), 0, Phase::Prepare, 1, 2, &d);
         assert_ne!(base, vote_digest(&chain(), 0, Phase::Commit, 1, 2, &d));
         assert_ne!(base, vote_digest(&chain(), 0, Phase::PrePrepare, 1, 2, &d));
-        assert_ne!(base, vote_digest(&ChainId::from_name("other"), 0, Phase::Prepare, 1, 2, &d));
+        assert_ne!(
+            base,
+            vote_digest(&ChainId::from_name("other"), 0, Phase::Prepare, 1, 2, &d)
+        );
         assert_ne!(base, vote_digest(&chain(), 1, Phase::Prepare, 1, 2, &d));
         assert_ne!(base, vote_digest(&chain(), 0, Phase::Prepare, 2, 1, &d));
     }

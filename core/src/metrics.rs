@@ -11,6 +11,8 @@ pub struct Metrics {
     pub rejected: BTreeMap<&'static str, u64>,
     /// Signatures checked (each signature of a batch check counts once).
     pub signatures_verified: u64,
+    /// Of those, the ones checked in a batch of several.
+    pub signatures_batch_verified: u64,
     /// Signatures made.
     pub signatures_created: u64,
     /// Batches delivered to the host.

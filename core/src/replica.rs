@@ -10,7 +10,7 @@ use alloc::vec::Vec;
 use crate::certificate::{Evidence, QuorumCertificate};
 use crate::clients::{ClientTable, Freshness};
 use crate::config::{Config, ConfigError, ReplicaId, ValidatorSet};
-use crate::crypto::{BatchVerifier, Digest, Keypair, PublicKey, VerifyingKey};
+use crate::crypto::{BatchVerifier, Digest, Keypair, PublicKey};
 use crate::error::Error;
 use crate::log::{Slot, VoteOutcome};
 use crate::merkle;
@@ -101,11 +101,17 @@ pub struct Replica {
 
 impl Replica {
     /// A validator with `keypair`, which must be in `validators`, starting from genesis.
-    pub fn new(config: Config, validators: ValidatorSet, keypair: Keypair) -> Result<Self, ConfigError> {
+    pub fn new(
+        config: Config,
+        validators: ValidatorSet,
+        keypair: Keypair,
+    ) -> Result<Self, ConfigError> {
         config.validate()?;
         let id = validators
             .id_of(&keypair.public_key())
-            .ok_or(ConfigError::Invalid("this replica's key is not in the validator set"))?;
+            .ok_or(ConfigError::Invalid(
+                "this replica's key is not in the validator set",
+            ))?;
         Ok(Replica {
             clients: ClientTable::new(config.max_clients),
             config,
@@ -181,7 +187,12 @@ impl Replica {
     }
 
     /// Bytes arrived from `from`, the peer key the transport authenticated.
-    pub fn handle_message(&mut self, now: u64, from: &PublicKey, bytes: &[u8]) -> Result<(), Error> {
+    pub fn handle_message(
+        &mut self,
+        now: u64,
+        from: &PublicKey,
+        bytes: &[u8],
+    ) -> Result<(), Error> {
         self.metrics.messages_received += 1;
         let result = Message::decode(bytes, self.config.max_message_bytes)
             .map_err(Error::from)
@@ -302,7 +313,10 @@ impl Replica {
             // Backups hand requests to the primary; they hold no state for them (yet: the
             // view-change timers will).
             let primary = self.validators.primary(self.view);
-            self.send(Destination::Validator(primary), Message::Request(request).encode());
+            self.send(
+                Destination::Validator(primary),
+                Message::Request(request).encode(),
+            );
             return Ok(());
         }
         self.in_flight.insert(digest);
@@ -349,14 +363,18 @@ impl Replica {
             slot.proposal = Some(vote.clone());
             slot.leaves = leaves;
             slot.batch = Some(batch.clone());
-            self.outputs.push_back(Output::Persist(Record::Signed(vote.clone())));
+            self.outputs
+                .push_back(Output::Persist(Record::Signed(vote.clone())));
             let bytes = Message::PrePrepare(PrePrepare { vote, batch }).encode();
             self.send(Destination::AllValidators, bytes);
             self.advance(seq);
         }
         self.batch_deadline = match self.pending.is_empty() || self.next_seq > self.high() {
             true => None,
-            false => Some(self.batch_deadline.unwrap_or(now.saturating_add(self.config.batch_delay_ms))),
+            false => Some(
+                self.batch_deadline
+                    .unwrap_or(now.saturating_add(self.config.batch_delay_ms)),
+            ),
         };
     }
 
@@ -390,7 +408,10 @@ impl Replica {
         {
             return Err(Error::BatchTooLarge);
         }
-        if let Some(request) = requests.iter().find(|r| r.op.len() > self.config.max_request_bytes) {
+        if let Some(request) = requests
+            .iter()
+            .find(|r| r.op.len() > self.config.max_request_bytes)
+        {
             return Err(Error::RequestTooLarge {
                 len: request.op.len(),
                 max: self.config.max_request_bytes,
@@ -408,16 +429,13 @@ impl Replica {
             return Err(Error::DuplicateRequest);
         }
         // One batch check for the primary's signature and every client's.
-        let client_keys = requests
-            .iter()
-            .map(|request| request.client.verifying_key())
-            .collect::<Result<Vec<VerifyingKey>, _>>()?;
         let mut verifier = BatchVerifier::new();
         verifier.queue(&primary_key, &signed, &vote.signature);
-        for ((request, key), leaf) in requests.iter().zip(&client_keys).zip(&leaves) {
-            verifier.queue(key, leaf, &request.signature);
+        for (request, leaf) in requests.iter().zip(&leaves) {
+            verifier.queue_key(&request.client, leaf, &request.signature)?;
         }
         self.metrics.signatures_verified += verifier.len() as u64;
+        self.metrics.signatures_batch_verified += verifier.len() as u64;
         verifier.verify()?;
 
         self.in_flight.extend(leaves.iter().copied());
@@ -428,8 +446,12 @@ impl Replica {
         slot.batch = Some(batch);
         if self.id != primary {
             let prepare = self.sign_vote(Phase::Prepare, seq, vote.digest);
-            self.outputs.push_back(Output::Persist(Record::Signed(prepare.clone())));
-            self.send(Destination::AllValidators, Message::Vote(prepare.clone()).encode());
+            self.outputs
+                .push_back(Output::Persist(Record::Signed(prepare.clone())));
+            self.send(
+                Destination::AllValidators,
+                Message::Vote(prepare.clone()).encode(),
+            );
             if let Some(slot) = self.log.get_mut(&seq) {
                 slot.add_vote(prepare);
             }
@@ -440,9 +462,14 @@ impl Replica {
 
     fn on_vote(&mut self, vote: Vote) -> Result<(), Error> {
         if vote.phase == Phase::PrePrepare {
-            return Err(Error::UnexpectedMessage("pre-prepare vote without its batch"));
+            return Err(Error::UnexpectedMessage(
+                "pre-prepare vote without its batch",
+            ));
         }
-        let key = *self.validators.key(vote.replica).ok_or(Error::NotAValidator)?;
+        let key = *self
+            .validators
+            .key(vote.replica)
+            .ok_or(Error::NotAValidator)?;
         if vote.phase == Phase::Prepare && vote.replica == self.validators.primary(vote.view) {
             return Err(Error::WrongSigner(vote.replica));
         }
@@ -451,7 +478,10 @@ impl Replica {
             return Err(Error::Duplicate);
         }
         self.metrics.signatures_verified += 1;
-        key.verify(&vote.signed_digest(&self.config.chain_id, self.validators.epoch()), &vote.signature)?;
+        key.verify(
+            &vote.signed_digest(&self.config.chain_id, self.validators.epoch()),
+            &vote.signature,
+        )?;
         let slot = self.log.entry(seq).or_default();
         match slot.add_vote(vote.clone()) {
             VoteOutcome::Added => {
@@ -467,7 +497,11 @@ impl Replica {
     fn report(&mut self, seq: u64, first: Vote, second: Vote) -> Result<(), Error> {
         let culprit = second.replica;
         let epoch = self.validators.epoch();
-        if let Some(evidence) = self.log.get_mut(&seq).and_then(|slot| slot.evidence(epoch, first, second)) {
+        if let Some(evidence) = self
+            .log
+            .get_mut(&seq)
+            .and_then(|slot| slot.evidence(epoch, first, second))
+        {
             self.metrics.evidence_reported += 1;
             self.outputs.push_back(Output::Evidence(evidence));
         }
@@ -484,8 +518,12 @@ impl Replica {
         if !slot.commit_sent && slot.is_prepared(quorum, primary) {
             if let Some(digest) = slot.digest {
                 let commit = self.sign_vote(Phase::Commit, seq, digest);
-                self.outputs.push_back(Output::Persist(Record::Signed(commit.clone())));
-                self.send(Destination::AllValidators, Message::Vote(commit.clone()).encode());
+                self.outputs
+                    .push_back(Output::Persist(Record::Signed(commit.clone())));
+                self.send(
+                    Destination::AllValidators,
+                    Message::Vote(commit.clone()).encode(),
+                );
                 if let Some(slot) = self.log.get_mut(&seq) {
                     slot.commit_sent = true;
                     slot.add_vote(commit);
@@ -515,7 +553,8 @@ impl Replica {
             let mut execute = Vec::new();
             for (index, request) in batch.requests.iter().enumerate() {
                 if self.clients.freshness(&request.client, request.client_seq) == Freshness::Fresh {
-                    self.clients.record_execution(request.client, request.client_seq, seq);
+                    self.clients
+                        .record_execution(request.client, request.client_seq, seq);
                     execute.push(index as u32);
                     slot.executing.push((request.client, request.client_seq));
                 } else {
@@ -542,13 +581,17 @@ impl Replica {
         let Some(slot) = self.log.remove(&seq) else {
             return Err(Error::HostContract("executed() for a seq never delivered"));
         };
-        let (Some(certificate), Some(proposal)) = (slot.certificate.as_ref(), slot.proposal.as_ref()) else {
+        let (Some(certificate), Some(proposal)) =
+            (slot.certificate.as_ref(), slot.proposal.as_ref())
+        else {
             return Err(Error::HostContract("executed() for a seq never delivered"));
         };
         if results.len() != slot.executing.len() {
             // Put the slot back: the host may retry with the right results.
             self.log.insert(seq, slot);
-            return Err(Error::HostContract("executed() needs one result per executed request"));
+            return Err(Error::HostContract(
+                "executed() needs one result per executed request",
+            ));
         }
         let chain = self.config.chain_id;
         let leaves: Vec<Digest> = slot
@@ -557,12 +600,21 @@ impl Replica {
             .zip(&results)
             .map(|((client, client_seq), result)| reply_leaf(&chain, client, *client_seq, result))
             .collect();
-        let root = merkle::root(&leaves);
-        let signed = reply_root_digest(&chain, self.validators.epoch(), proposal.view, certificate.seq, &root);
+        let tree = merkle::Tree::new(&leaves);
+        let root = tree.root();
+        let signed = reply_root_digest(
+            &chain,
+            self.validators.epoch(),
+            proposal.view,
+            certificate.seq,
+            &root,
+        );
         let signature = self.keypair.sign(&signed);
         self.metrics.signatures_created += 1;
-        for (index, (&(client, client_seq), result)) in slot.executing.iter().zip(results).enumerate() {
-            let Some(proof) = merkle::prove(&leaves, index) else {
+        for (index, (&(client, client_seq), result)) in
+            slot.executing.iter().zip(results).enumerate()
+        {
+            let Some(proof) = tree.prove(index) else {
                 continue;
             };
             let reply = Reply {
@@ -575,7 +627,10 @@ impl Replica {
                 replica: self.id,
                 signature,
             };
-            self.send(Destination::Client(client), Message::Reply(reply.clone()).encode());
+            self.send(
+                Destination::Client(client),
+                Message::Reply(reply.clone()).encode(),
+            );
             self.clients.store_reply(reply);
         }
         for leaf in &slot.leaves {

@@ -1,8 +1,8 @@
 //! Each check a validator makes on its inputs, and the typed error it answers with.
 
 use pbft_core::{
-    Batch, ChainId, Config, DecodeError, Destination, Error, Keypair, Message, Output, Phase, PrePrepare,
-    PublicKey, Record, Replica, ReplicaId, Request, ValidatorSet, Vote,
+    Batch, ChainId, Config, DecodeError, Destination, Error, Keypair, Message, Output, Phase,
+    PrePrepare, PublicKey, Record, Replica, ReplicaId, Request, ValidatorSet, Vote,
 };
 
 const NOW: u64 = 1_000;
@@ -38,14 +38,27 @@ fn client() -> Keypair {
 }
 
 fn request(client_seq: u64) -> Request {
-    Request::new(&chain(), &client(), client_seq, format!("op {client_seq}").into_bytes())
+    Request::new(
+        &chain(),
+        &client(),
+        client_seq,
+        format!("op {client_seq}").into_bytes(),
+    )
 }
 
 /// A pre-prepare for `batch` at (view, seq), signed by validator `signer`.
 fn pre_prepare(signer: usize, view: u64, seq: u64, batch: Batch) -> Vec<u8> {
     let digest = batch.digest(&chain());
     let key = &keys()[signer];
-    let vote = Vote::new(&chain(), 0, Phase::PrePrepare, (view, seq), digest, ReplicaId(signer as u16), key);
+    let vote = Vote::new(
+        &chain(),
+        0,
+        Phase::PrePrepare,
+        (view, seq),
+        digest,
+        ReplicaId(signer as u16),
+        key,
+    );
     Message::PrePrepare(PrePrepare { vote, batch }).encode()
 }
 
@@ -81,10 +94,23 @@ fn backup_persists_its_prepare_before_sending_it() {
     let bytes = pre_prepare(0, 0, 1, batch(&[1]));
     backup.handle_message(NOW, &key_of(0), &bytes).unwrap();
     let outputs = drain(&mut backup);
-    let persisted = outputs.iter().position(|o| matches!(o, Output::Persist(Record::Signed(v)) if v.phase == Phase::Prepare));
-    let sent = outputs.iter().position(|o| matches!(o, Output::Send { to: Destination::AllValidators, .. }));
+    let persisted = outputs
+        .iter()
+        .position(|o| matches!(o, Output::Persist(Record::Signed(v)) if v.phase == Phase::Prepare));
+    let sent = outputs.iter().position(|o| {
+        matches!(
+            o,
+            Output::Send {
+                to: Destination::AllValidators,
+                ..
+            }
+        )
+    });
     assert!(persisted.is_some() && sent.is_some());
-    assert!(persisted < sent, "persist comes before the send that carries the signature");
+    assert!(
+        persisted < sent,
+        "persist comes before the send that carries the signature"
+    );
 }
 
 #[test]
@@ -92,8 +118,14 @@ fn primary_batches_requests_and_persists_before_proposing() {
     let mut primary = replica(0);
     primary.submit(NOW, request(1)).unwrap();
     let outputs = drain(&mut primary);
-    assert!(matches!(&outputs[0], Output::Persist(Record::Signed(v)) if v.phase == Phase::PrePrepare && v.seq == 1));
-    let Output::Send { to: Destination::AllValidators, bytes } = &outputs[1] else {
+    assert!(
+        matches!(&outputs[0], Output::Persist(Record::Signed(v)) if v.phase == Phase::PrePrepare && v.seq == 1)
+    );
+    let Output::Send {
+        to: Destination::AllValidators,
+        bytes,
+    } = &outputs[1]
+    else {
         panic!("expected the pre-prepare broadcast, got {outputs:?}");
     };
     let Ok(Message::PrePrepare(proposal)) = Message::decode(bytes, 1 << 20) else {
@@ -112,14 +144,23 @@ fn primary_batches_requests_and_persists_before_proposing() {
 fn undecodable_bytes_are_typed_errors() {
     let mut backup = replica(1);
     let from = key_of(0);
-    assert_eq!(backup.handle_message(NOW, &from, &[]), Err(Error::Decode(DecodeError::Empty)));
+    assert_eq!(
+        backup.handle_message(NOW, &from, &[]),
+        Err(Error::Decode(DecodeError::Empty))
+    );
     assert_eq!(
         backup.handle_message(NOW, &from, &[9, 1, 2]),
         Err(Error::Decode(DecodeError::UnsupportedVersion(9)))
     );
-    assert_eq!(backup.handle_message(NOW, &from, &[1, 0xff, 0xff]), Err(Error::Decode(DecodeError::Malformed)));
+    assert_eq!(
+        backup.handle_message(NOW, &from, &[1, 0xff, 0xff]),
+        Err(Error::Decode(DecodeError::Malformed))
+    );
     let huge = vec![1u8; config().max_message_bytes + 1];
-    assert!(matches!(backup.handle_message(NOW, &from, &huge), Err(Error::Decode(DecodeError::TooLarge { .. }))));
+    assert!(matches!(
+        backup.handle_message(NOW, &from, &huge),
+        Err(Error::Decode(DecodeError::TooLarge { .. }))
+    ));
     assert_eq!(backup.metrics().rejected.get("decode"), Some(&4));
 }
 
@@ -128,9 +169,15 @@ fn consensus_messages_from_non_validators_are_refused() {
     let mut backup = replica(1);
     let stranger = client().public_key();
     let bytes = pre_prepare(0, 0, 1, batch(&[1]));
-    assert_eq!(backup.handle_message(NOW, &stranger, &bytes), Err(Error::NotAValidator));
+    assert_eq!(
+        backup.handle_message(NOW, &stranger, &bytes),
+        Err(Error::NotAValidator)
+    );
     let prepare = Message::Vote(vote(2, Phase::Prepare, 1, &batch(&[1]))).encode();
-    assert_eq!(backup.handle_message(NOW, &stranger, &prepare), Err(Error::NotAValidator));
+    assert_eq!(
+        backup.handle_message(NOW, &stranger, &prepare),
+        Err(Error::NotAValidator)
+    );
 }
 
 #[test]
@@ -143,9 +190,21 @@ fn a_pre_prepare_must_come_from_the_primary_with_its_signature() {
     );
     // Claims to be the primary, signed by validator 2.
     let b = batch(&[1]);
-    let mut forged = Vote::new(&chain(), 0, Phase::PrePrepare, (0, 1), b.digest(&chain()), ReplicaId(0), &keys()[2]);
+    let mut forged = Vote::new(
+        &chain(),
+        0,
+        Phase::PrePrepare,
+        (0, 1),
+        b.digest(&chain()),
+        ReplicaId(0),
+        &keys()[2],
+    );
     forged.replica = ReplicaId(0);
-    let bytes = Message::PrePrepare(PrePrepare { vote: forged, batch: b }).encode();
+    let bytes = Message::PrePrepare(PrePrepare {
+        vote: forged,
+        batch: b,
+    })
+    .encode();
     assert_eq!(
         backup.handle_message(NOW, &from, &bytes),
         Err(Error::Crypto(pbft_core::CryptoError::BadSignature))
@@ -162,18 +221,29 @@ fn views_and_windows_are_enforced() {
     );
     assert_eq!(
         backup.handle_message(NOW, &from, &pre_prepare(0, 0, 0, batch(&[1]))),
-        Err(Error::OutOfWindow { seq: 0, low: 1, high: 4 })
+        Err(Error::OutOfWindow {
+            seq: 0,
+            low: 1,
+            high: 4
+        })
     );
     // Above the window: buffered up to the per-peer bound, then refused.
     for seq in 5..8 {
-        assert_eq!(backup.handle_message(NOW, &from, &pre_prepare(0, 0, seq, batch(&[seq]))), Ok(()));
+        assert_eq!(
+            backup.handle_message(NOW, &from, &pre_prepare(0, 0, seq, batch(&[seq]))),
+            Ok(())
+        );
     }
     let before = backup.memory_footprint();
     assert_eq!(
         backup.handle_message(NOW, &from, &pre_prepare(0, 0, 8, batch(&[8]))),
         Err(Error::FutureBufferFull)
     );
-    assert_eq!(backup.memory_footprint(), before, "a refused message holds no memory");
+    assert_eq!(
+        backup.memory_footprint(),
+        before,
+        "a refused message holds no memory"
+    );
 }
 
 #[test]
@@ -183,9 +253,24 @@ fn batches_are_checked_request_by_request() {
     // The digest must be the Merkle root of the batch.
     let honest = batch(&[1]);
     let digest = honest.digest(&chain());
-    let vote = Vote::new(&chain(), 0, Phase::PrePrepare, (0, 1), digest, ReplicaId(0), &keys()[0]);
-    let swapped = Message::PrePrepare(PrePrepare { vote, batch: batch(&[2]) }).encode();
-    assert_eq!(backup.handle_message(NOW, &from, &swapped), Err(Error::BatchDigestMismatch));
+    let vote = Vote::new(
+        &chain(),
+        0,
+        Phase::PrePrepare,
+        (0, 1),
+        digest,
+        ReplicaId(0),
+        &keys()[0],
+    );
+    let swapped = Message::PrePrepare(PrePrepare {
+        vote,
+        batch: batch(&[2]),
+    })
+    .encode();
+    assert_eq!(
+        backup.handle_message(NOW, &from, &swapped),
+        Err(Error::BatchDigestMismatch)
+    );
     // Every client signature is checked.
     let mut forged = batch(&[1]);
     forged.requests[0].signature.0[0] ^= 1;
@@ -198,7 +283,10 @@ fn batches_are_checked_request_by_request() {
         backup.handle_message(NOW, &from, &pre_prepare(0, 0, 1, batch(&[1, 1]))),
         Err(Error::DuplicateRequest)
     );
-    assert_eq!(backup.handle_message(NOW, &from, &pre_prepare(0, 0, 1, batch(&[]))), Err(Error::BatchTooLarge));
+    assert_eq!(
+        backup.handle_message(NOW, &from, &pre_prepare(0, 0, 1, batch(&[]))),
+        Err(Error::BatchTooLarge)
+    );
     let big = Batch {
         requests: vec![Request::new(&chain(), &client(), 1, vec![0; 65])],
     };
@@ -207,7 +295,9 @@ fn batches_are_checked_request_by_request() {
         Err(Error::RequestTooLarge { len: 65, max: 64 })
     );
     // A request already proposed at another seq cannot be proposed again.
-    backup.handle_message(NOW, &from, &pre_prepare(0, 0, 1, batch(&[1]))).unwrap();
+    backup
+        .handle_message(NOW, &from, &pre_prepare(0, 0, 1, batch(&[1])))
+        .unwrap();
     assert_eq!(
         backup.handle_message(NOW, &from, &pre_prepare(0, 0, 2, batch(&[1, 2]))),
         Err(Error::DuplicateRequest)
@@ -219,9 +309,14 @@ fn batches_are_checked_request_by_request() {
 fn a_second_proposal_for_a_slot_is_evidence_against_the_primary() {
     let mut backup = replica(1);
     let from = key_of(0);
-    backup.handle_message(NOW, &from, &pre_prepare(0, 0, 1, batch(&[1]))).unwrap();
+    backup
+        .handle_message(NOW, &from, &pre_prepare(0, 0, 1, batch(&[1])))
+        .unwrap();
     drain(&mut backup);
-    assert_eq!(backup.handle_message(NOW, &from, &pre_prepare(0, 0, 1, batch(&[1]))), Err(Error::Duplicate));
+    assert_eq!(
+        backup.handle_message(NOW, &from, &pre_prepare(0, 0, 1, batch(&[1]))),
+        Err(Error::Duplicate)
+    );
     assert_eq!(
         backup.handle_message(NOW, &from, &pre_prepare(0, 0, 1, batch(&[2]))),
         Err(Error::Equivocation(ReplicaId(0)))
@@ -230,7 +325,10 @@ fn a_second_proposal_for_a_slot_is_evidence_against_the_primary() {
     let [Output::Evidence(evidence)] = outputs.as_slice() else {
         panic!("expected one evidence output, got {outputs:?}");
     };
-    assert_eq!(pbft_core::verify_evidence(&chain(), &set(), evidence), Ok(()));
+    assert_eq!(
+        pbft_core::verify_evidence(&chain(), &set(), evidence),
+        Ok(())
+    );
     // Reported once, however often it is repeated.
     let _ = backup.handle_message(NOW, &from, &pre_prepare(0, 0, 1, batch(&[3])));
     assert!(drain(&mut backup).is_empty());
@@ -243,9 +341,18 @@ fn conflicting_votes_are_evidence_and_the_first_vote_stands() {
     let first = Message::Vote(vote(2, Phase::Commit, 1, &batch(&[1]))).encode();
     let second = Message::Vote(vote(2, Phase::Commit, 1, &batch(&[2]))).encode();
     backup.handle_message(NOW, &from, &first).unwrap();
-    assert_eq!(backup.handle_message(NOW, &from, &first), Err(Error::Duplicate));
-    assert_eq!(backup.handle_message(NOW, &from, &second), Err(Error::Equivocation(ReplicaId(2))));
-    assert!(matches!(drain(&mut backup).as_slice(), [Output::Evidence(_)]));
+    assert_eq!(
+        backup.handle_message(NOW, &from, &first),
+        Err(Error::Duplicate)
+    );
+    assert_eq!(
+        backup.handle_message(NOW, &from, &second),
+        Err(Error::Equivocation(ReplicaId(2)))
+    );
+    assert!(matches!(
+        drain(&mut backup).as_slice(),
+        [Output::Evidence(_)]
+    ));
 }
 
 #[test]
@@ -254,9 +361,15 @@ fn votes_that_cannot_travel_alone_or_come_from_the_wrong_role_are_refused() {
     let b = batch(&[1]);
     let from = key_of(0);
     let prepare_by_primary = Message::Vote(vote(0, Phase::Prepare, 1, &b)).encode();
-    assert_eq!(backup.handle_message(NOW, &from, &prepare_by_primary), Err(Error::WrongSigner(ReplicaId(0))));
+    assert_eq!(
+        backup.handle_message(NOW, &from, &prepare_by_primary),
+        Err(Error::WrongSigner(ReplicaId(0)))
+    );
     let bare = Message::Vote(vote(0, Phase::PrePrepare, 1, &b)).encode();
-    assert!(matches!(backup.handle_message(NOW, &from, &bare), Err(Error::UnexpectedMessage(_))));
+    assert!(matches!(
+        backup.handle_message(NOW, &from, &bare),
+        Err(Error::UnexpectedMessage(_))
+    ));
     let mut bad = vote(2, Phase::Prepare, 1, &b);
     bad.signature.0[10] ^= 1;
     assert_eq!(
@@ -265,7 +378,10 @@ fn votes_that_cannot_travel_alone_or_come_from_the_wrong_role_are_refused() {
     );
     let mut unknown = vote(2, Phase::Prepare, 1, &b);
     unknown.replica = ReplicaId(9);
-    assert_eq!(backup.handle_message(NOW, &key_of(2), &Message::Vote(unknown).encode()), Err(Error::NotAValidator));
+    assert_eq!(
+        backup.handle_message(NOW, &key_of(2), &Message::Vote(unknown).encode()),
+        Err(Error::NotAValidator)
+    );
 }
 
 #[test]
@@ -279,12 +395,21 @@ fn requests_are_checked_before_they_cost_anything() {
         Err(Error::Crypto(pbft_core::CryptoError::BadSignature))
     );
     let big = Request::new(&chain(), &client(), 1, vec![0; 65]);
-    assert_eq!(primary.submit(NOW, big), Err(Error::RequestTooLarge { len: 65, max: 64 }));
+    assert_eq!(
+        primary.submit(NOW, big),
+        Err(Error::RequestTooLarge { len: 65, max: 64 })
+    );
     primary.submit(NOW, request(1)).unwrap();
-    assert_eq!(primary.submit(NOW, request(1)), Err(Error::DuplicateRequest));
+    assert_eq!(
+        primary.submit(NOW, request(1)),
+        Err(Error::DuplicateRequest)
+    );
     let mut stranger_key = request(2);
     stranger_key.client = PublicKey([0; 32]);
-    assert!(matches!(primary.submit(NOW, stranger_key), Err(Error::Crypto(_))));
+    assert!(matches!(
+        primary.submit(NOW, stranger_key),
+        Err(Error::Crypto(_))
+    ));
 }
 
 #[test]
@@ -293,7 +418,10 @@ fn a_backup_forwards_client_requests_to_the_primary() {
     backup.submit(NOW, request(1)).unwrap();
     assert!(matches!(
         drain(&mut backup).as_slice(),
-        [Output::Send { to: Destination::Validator(ReplicaId(0)), .. }]
+        [Output::Send {
+            to: Destination::Validator(ReplicaId(0)),
+            ..
+        }]
     ));
 }
 
@@ -306,7 +434,11 @@ fn replies_are_not_for_validators_and_execution_follows_delivery() {
         client: client().public_key(),
         client_seq: 1,
         result: vec![],
-        proof: pbft_core::InclusionProof { index: 0, count: 1, path: vec![] },
+        proof: pbft_core::InclusionProof {
+            index: 0,
+            count: 1,
+            path: vec![],
+        },
         replica: ReplicaId(2),
         signature: pbft_core::Signature([0; 64]),
     };
@@ -314,7 +446,10 @@ fn replies_are_not_for_validators_and_execution_follows_delivery() {
         backup.handle_message(NOW, &key_of(2), &Message::Reply(reply).encode()),
         Err(Error::UnexpectedMessage("reply"))
     );
-    assert!(matches!(backup.executed(NOW, 1, vec![]), Err(Error::HostContract(_))));
+    assert!(matches!(
+        backup.executed(NOW, 1, vec![]),
+        Err(Error::HostContract(_))
+    ));
 }
 
 #[test]

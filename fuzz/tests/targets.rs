@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use bolero::check;
 use pbft_core::{
-    Batch, Client, Config, Keypair, Message, Phase, PrePrepare, PublicKey, QuorumCertificate, Replica, ReplicaId,
-    Request, ValidatorSet, Vote, verify_qc,
+    Batch, Client, Config, Keypair, Message, Phase, PrePrepare, PublicKey, QuorumCertificate,
+    Replica, ReplicaId, Request, ValidatorSet, Vote, verify_qc,
 };
 use pbft_sim::{chain, validator_keys};
 
@@ -15,7 +15,10 @@ const TEST_TIME: Duration = Duration::from_secs(8);
 const VALIDATORS: usize = 4;
 
 fn set() -> ValidatorSet {
-    let keys: Vec<PublicKey> = validator_keys(VALIDATORS).iter().map(Keypair::public_key).collect();
+    let keys: Vec<PublicKey> = validator_keys(VALIDATORS)
+        .iter()
+        .map(Keypair::public_key)
+        .collect();
     ValidatorSet::new(0, &keys).expect("valid keys")
 }
 
@@ -50,12 +53,28 @@ fn valid_messages() -> Vec<Vec<u8>> {
     for seq in 1..=6u64 {
         let request = Request::new(&chain(), &client, seq, vec![seq as u8; 8]);
         messages.push(Message::Request(request.clone()).encode());
-        let batch = Batch { requests: vec![request] };
+        let batch = Batch {
+            requests: vec![request],
+        };
         let digest = batch.digest(&chain());
         let vote = |phase, signer: usize| {
-            Vote::new(&chain(), 0, phase, (0, seq), digest, ReplicaId(signer as u16), &keys[signer])
+            Vote::new(
+                &chain(),
+                0,
+                phase,
+                (0, seq),
+                digest,
+                ReplicaId(signer as u16),
+                &keys[signer],
+            )
         };
-        messages.push(Message::PrePrepare(PrePrepare { vote: vote(Phase::PrePrepare, 0), batch }).encode());
+        messages.push(
+            Message::PrePrepare(PrePrepare {
+                vote: vote(Phase::PrePrepare, 0),
+                batch,
+            })
+            .encode(),
+        );
         for signer in 1..VALIDATORS {
             messages.push(Message::Vote(vote(Phase::Prepare, signer)).encode());
             messages.push(Message::Vote(vote(Phase::Commit, signer)).encode());
@@ -66,14 +85,16 @@ fn valid_messages() -> Vec<Vec<u8>> {
 
 #[test]
 fn decode_any_bytes() {
-    check!()
-        .with_test_time(TEST_TIME)
-        .for_each(|bytes: &[u8]| {
-            if let Ok(message) = Message::decode(bytes, 1 << 20) {
-                let again = Message::decode(&message.encode(), 1 << 20);
-                assert_eq!(again.as_ref(), Ok(&message), "decoding is stable under re-encoding");
-            }
-        });
+    check!().with_test_time(TEST_TIME).for_each(|bytes: &[u8]| {
+        if let Ok(message) = Message::decode(bytes, 1 << 20) {
+            let again = Message::decode(&message.encode(), 1 << 20);
+            assert_eq!(
+                again.as_ref(),
+                Ok(&message),
+                "decoding is stable under re-encoding"
+            );
+        }
+    });
 }
 
 #[test]
@@ -82,7 +103,10 @@ fn replica_survives_any_input_sequence() {
     let senders: Vec<PublicKey> = validator_keys(VALIDATORS)
         .iter()
         .map(Keypair::public_key)
-        .chain([PublicKey([9; 32]), Keypair::from_seed(&[77; 32]).public_key()])
+        .chain([
+            PublicKey([9; 32]),
+            Keypair::from_seed(&[77; 32]).public_key(),
+        ])
         .collect();
     check!()
         .with_test_time(TEST_TIME)
@@ -122,26 +146,22 @@ fn replica_survives_any_input_sequence() {
 
 #[test]
 fn client_survives_any_reply() {
-    check!()
-        .with_test_time(TEST_TIME)
-        .for_each(|bytes: &[u8]| {
-            let mut client = Client::new(chain(), Keypair::from_seed(&[5; 32]), set(), 1);
-            client.request(b"op".to_vec());
-            let _ = client.handle_reply(bytes);
-        });
+    check!().with_test_time(TEST_TIME).for_each(|bytes: &[u8]| {
+        let mut client = Client::new(chain(), Keypair::from_seed(&[5; 32]), set(), 1);
+        client.request(b"op".to_vec());
+        let _ = client.handle_reply(bytes);
+    });
 }
 
 #[test]
 fn certificate_checks_survive_any_certificate() {
     let set = set();
-    check!()
-        .with_test_time(TEST_TIME)
-        .for_each(|bytes: &[u8]| {
-            if let Ok(qc) = postcard::from_bytes::<QuorumCertificate>(bytes) {
-                let _ = verify_qc(&chain(), &set, &qc);
-            }
-            if let Ok(evidence) = postcard::from_bytes::<pbft_core::Evidence>(bytes) {
-                let _ = pbft_core::verify_evidence(&chain(), &set, &evidence);
-            }
-        });
+    check!().with_test_time(TEST_TIME).for_each(|bytes: &[u8]| {
+        if let Ok(qc) = postcard::from_bytes::<QuorumCertificate>(bytes) {
+            let _ = verify_qc(&chain(), &set, &qc);
+        }
+        if let Ok(evidence) = postcard::from_bytes::<pbft_core::Evidence>(bytes) {
+            let _ = pbft_core::verify_evidence(&chain(), &set, &evidence);
+        }
+    });
 }

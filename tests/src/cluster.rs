@@ -4,7 +4,10 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use pbft_core::{Batch, Config, Destination, Keypair, Output, PublicKey, QuorumCertificate, Replica, Request, ValidatorSet};
+use pbft_core::{
+    Batch, Config, Destination, Keypair, Output, PublicKey, QuorumCertificate, Replica, Request,
+    ValidatorSet,
+};
 
 use crate::{chain, validator_keys};
 
@@ -34,7 +37,9 @@ impl Cluster {
         let set = ValidatorSet::new(0, &keys).expect("simulated keys are valid");
         let replicas = keypairs
             .into_iter()
-            .map(|keypair| Replica::new(config.clone(), set.clone(), keypair).expect("valid config"))
+            .map(|keypair| {
+                Replica::new(config.clone(), set.clone(), keypair).expect("valid config")
+            })
             .collect();
         Cluster {
             replicas,
@@ -95,7 +100,8 @@ impl Cluster {
                         .collect();
                     let seq = delivery.seq;
                     if index == 0 {
-                        self.committed.insert(seq, (delivery.batch, delivery.certificate));
+                        self.committed
+                            .insert(seq, (delivery.batch, delivery.certificate));
                     }
                     self.replicas[index]
                         .executed(self.now, seq, results)

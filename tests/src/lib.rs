@@ -8,8 +8,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use pbft_core::{
-    Batch, ChainId, Client, Config, Delivery, Destination, Digest, Hasher, Keypair, Message, Output,
-    PublicKey, Record, Replica, Request, ValidatorSet, Vote, verify_evidence,
+    Batch, ChainId, Client, Config, Delivery, Destination, Digest, Hasher, Keypair, Message,
+    Output, PublicKey, Record, Replica, Request, ValidatorSet, Vote, verify_evidence,
     verify_inclusion, verify_qc,
 };
 
@@ -173,8 +173,15 @@ pub struct Report {
 type NodeId = usize;
 
 enum Event {
-    Message { to: NodeId, from: PublicKey, bytes: Vec<u8> },
-    Timer { node: NodeId, at: u64 },
+    Message {
+        to: NodeId,
+        from: PublicKey,
+        bytes: Vec<u8>,
+    },
+    Timer {
+        node: NodeId,
+        at: u64,
+    },
 }
 
 struct Validator {
@@ -270,7 +277,8 @@ impl Simulation {
             .collect();
         let clients: Vec<SimClient> = (0..scenario.clients)
             .map(|j| {
-                let keypair = Keypair::from_seed(&Hasher::new(b"sim/client").u64(j as u64).finish().0);
+                let keypair =
+                    Keypair::from_seed(&Hasher::new(b"sim/client").u64(j as u64).finish().0);
                 SimClient {
                     client: Client::new(chain(), keypair, set.clone(), 1),
                     remaining: scenario.requests_per_client,
@@ -336,12 +344,23 @@ impl Simulation {
     }
 
     fn send(&mut self, to: NodeId, from: PublicKey, bytes: Vec<u8>) {
-        let copies = if self.rng.chance(self.scenario.duplicate_percent) { 2 } else { 1 };
+        let copies = if self.rng.chance(self.scenario.duplicate_percent) {
+            2
+        } else {
+            1
+        };
         for _ in 0..copies {
             let (low, high) = self.scenario.delay_ms;
             let delay = self.rng.range(low, high);
             self.report.messages += 1;
-            self.schedule(delay, Event::Message { to, from, bytes: bytes.clone() });
+            self.schedule(
+                delay,
+                Event::Message {
+                    to,
+                    from,
+                    bytes: bytes.clone(),
+                },
+            );
         }
     }
 
@@ -398,7 +417,9 @@ impl Simulation {
     /// A light client's check: the request is in the batch the QC at `seq` certifies.
     fn check_inclusion(&mut self, request: &Request, seq: u64) {
         let Some(committed) = self.committed.get(&seq) else {
-            self.violation(format!("client accepted a result at seq {seq}, which never committed"));
+            self.violation(format!(
+                "client accepted a result at seq {seq}, which never committed"
+            ));
             return;
         };
         let position = committed.batch.requests.iter().position(|r| r == request);
@@ -408,7 +429,9 @@ impl Simulation {
                 && verify_inclusion(&committed.certificate, request, &proof).is_ok()
         });
         if !ok {
-            self.violation(format!("no QC + inclusion proof for a request at seq {seq}"));
+            self.violation(format!(
+                "no QC + inclusion proof for a request at seq {seq}"
+            ));
         }
     }
 
@@ -422,9 +445,14 @@ impl Simulation {
                 Output::Evidence(evidence) => {
                     let culprit = evidence.second.replica.0 as usize;
                     match verify_evidence(&chain(), &self.set, &evidence) {
-                        Ok(()) if self.validators[culprit].fault.is_some() => self.report.evidence += 1,
-                        Ok(()) => self.violation(format!("evidence against honest validator {culprit}")),
-                        Err(err) => self.violation(format!("replica {index} reported invalid evidence: {err}")),
+                        Ok(()) if self.validators[culprit].fault.is_some() => {
+                            self.report.evidence += 1
+                        }
+                        Ok(()) => {
+                            self.violation(format!("evidence against honest validator {culprit}"))
+                        }
+                        Err(err) => self
+                            .violation(format!("replica {index} reported invalid evidence: {err}")),
                     }
                 }
             }
@@ -434,7 +462,8 @@ impl Simulation {
             let at = timeout.unwrap_or_default().max(self.now);
             self.validators[index].timer = Some(at);
             self.counter += 1;
-            self.queue.insert((at, self.counter), Event::Timer { node: index, at });
+            self.queue
+                .insert((at, self.counter), Event::Timer { node: index, at });
         }
     }
 
@@ -448,7 +477,9 @@ impl Simulation {
                 self.trace.bytes(bytes);
             }
             Output::Deliver(delivery) => {
-                self.trace.u64(delivery.seq).digest(&delivery.certificate.digest);
+                self.trace
+                    .u64(delivery.seq)
+                    .digest(&delivery.certificate.digest);
             }
             Output::Evidence(evidence) => {
                 self.trace.u64(evidence.second.seq);
@@ -461,7 +492,9 @@ impl Simulation {
         let from = self.keys[index];
         let targets: Vec<NodeId> = match to {
             Destination::Validator(id) => vec![id.0 as usize],
-            Destination::AllValidators => (0..self.validators.len()).filter(|&i| i != index).collect(),
+            Destination::AllValidators => {
+                (0..self.validators.len()).filter(|&i| i != index).collect()
+            }
             Destination::Client(key) => match self.client_keys.iter().position(|k| *k == key) {
                 Some(client) => vec![self.validators.len() + client],
                 None => return,
@@ -502,7 +535,11 @@ impl Simulation {
                 let forger = Keypair::from_seed(&[0xee; 32]);
                 let forged = self.rewrite_vote(&bytes, |vote| resign(vote, &forger));
                 for target in targets {
-                    self.send(target, from, forged.clone().unwrap_or_else(|| bytes.clone()));
+                    self.send(
+                        target,
+                        from,
+                        forged.clone().unwrap_or_else(|| bytes.clone()),
+                    );
                 }
             }
             Fault::EquivocateVotes => {
@@ -516,7 +553,9 @@ impl Simulation {
             Fault::EquivocatingPrimary => {
                 let keypair = Keypair::from_seed(&self.validators[index].keypair.seed());
                 let other = match Message::decode(&bytes, usize::MAX) {
-                    Ok(Message::PrePrepare(mut pre_prepare)) if pre_prepare.batch.requests.len() > 1 => {
+                    Ok(Message::PrePrepare(mut pre_prepare))
+                        if pre_prepare.batch.requests.len() > 1 =>
+                    {
                         pre_prepare.batch.requests.reverse();
                         pre_prepare.vote.digest = pre_prepare.batch.digest(&chain());
                         resign(&mut pre_prepare.vote, &keypair);
@@ -532,7 +571,13 @@ impl Simulation {
 
     /// Equivocation on the wire: odd targets get `other`, even ones `bytes`, and the first
     /// target gets both, so someone holds the evidence.
-    fn split_send(&mut self, targets: &[NodeId], from: PublicKey, bytes: &[u8], other: Option<&[u8]>) {
+    fn split_send(
+        &mut self,
+        targets: &[NodeId],
+        from: PublicKey,
+        bytes: &[u8],
+        other: Option<&[u8]>,
+    ) {
         for (position, &target) in targets.iter().enumerate() {
             match other {
                 Some(other) if position % 2 == 1 => self.send(target, from, other.to_vec()),
@@ -558,28 +603,45 @@ impl Simulation {
     /// Executes a delivery on a validator's application and checks the invariants.
     fn execute(&mut self, index: NodeId, delivery: Delivery) {
         let honest = self.validators[index].fault.is_none();
-        let Delivery { seq, batch, certificate, execute } = delivery;
+        let Delivery {
+            seq,
+            batch,
+            certificate,
+            execute,
+        } = delivery;
         if honest {
             self.check_delivery(index, seq, &batch, &certificate);
         }
         let mut results = Vec::with_capacity(execute.len());
         for position in execute {
             let Some(request) = batch.requests.get(position as usize) else {
-                self.violation(format!("replica {index} asked to execute a request outside the batch"));
+                self.violation(format!(
+                    "replica {index} asked to execute a request outside the batch"
+                ));
                 continue;
             };
             let node = &mut self.validators[index];
-            node.state = Hasher::new(b"sim/state").digest(&node.state).bytes(&request.op).finish();
+            node.state = Hasher::new(b"sim/state")
+                .digest(&node.state)
+                .bytes(&request.op)
+                .finish();
             let result = node.state.0.to_vec();
             if honest {
                 let key = (request.client, request.client_seq);
                 if !node.executed.insert(key) {
-                    self.violation(format!("replica {index} executed client request {} twice", request.client_seq));
+                    self.violation(format!(
+                        "replica {index} executed client request {} twice",
+                        request.client_seq
+                    ));
                 }
                 let node = &mut self.validators[index];
-                let last = node.last_client_seq.insert(request.client, request.client_seq);
+                let last = node
+                    .last_client_seq
+                    .insert(request.client, request.client_seq);
                 if last.is_some_and(|last| last >= request.client_seq) {
-                    self.violation(format!("replica {index} executed a client's requests out of order"));
+                    self.violation(format!(
+                        "replica {index} executed a client's requests out of order"
+                    ));
                 }
                 let digest = Hasher::new(b"sim/result").bytes(&result).finish();
                 let expected = *self.results.entry(key).or_insert(digest);
@@ -590,30 +652,47 @@ impl Simulation {
             results.push(result);
         }
         self.validators[index].delivered = seq;
-        if let Err(err) = self.validators[index].replica.executed(self.now, seq, results) {
+        if let Err(err) = self.validators[index]
+            .replica
+            .executed(self.now, seq, results)
+        {
             self.violation(format!("replica {index} refused its own execution: {err}"));
         }
     }
 
-    fn check_delivery(&mut self, index: NodeId, seq: u64, batch: &Batch, qc: &pbft_core::QuorumCertificate) {
+    fn check_delivery(
+        &mut self,
+        index: NodeId,
+        seq: u64,
+        batch: &Batch,
+        qc: &pbft_core::QuorumCertificate,
+    ) {
         let digest = batch.digest(&chain());
         if self.validators[index].delivered + 1 != seq {
             self.violation(format!("replica {index} delivered seq {seq} out of order"));
         }
         if qc.digest != digest || qc.seq != seq {
-            self.violation(format!("replica {index}: QC at seq {seq} does not match its batch"));
+            self.violation(format!(
+                "replica {index}: QC at seq {seq} does not match its batch"
+            ));
         }
         if let Err(err) = verify_qc(&chain(), &self.set, qc) {
-            self.violation(format!("replica {index}: QC at seq {seq} does not verify: {err}"));
+            self.violation(format!(
+                "replica {index}: QC at seq {seq} does not verify: {err}"
+            ));
         }
         for request in &batch.requests {
             if !self.submitted.contains(&request.digest(&chain())) {
-                self.violation(format!("replica {index} delivered a request no client signed"));
+                self.violation(format!(
+                    "replica {index} delivered a request no client signed"
+                ));
             }
         }
         match self.committed.get(&seq) {
             Some(first) if first.digest != digest => {
-                self.violation(format!("agreement: two honest replicas delivered different batches at seq {seq}"));
+                self.violation(format!(
+                    "agreement: two honest replicas delivered different batches at seq {seq}"
+                ));
             }
             Some(_) => {}
             None => {
@@ -645,19 +724,27 @@ impl Simulation {
                 let node = &self.validators[index];
                 if node.fault.is_none() && node.delivered != highest {
                     let delivered = node.delivered;
-                    self.violation(format!("replica {index} delivered up to {delivered} of {highest}"));
+                    self.violation(format!(
+                        "replica {index} delivered up to {delivered} of {highest}"
+                    ));
                 }
             }
         }
         if std::env::var_os("PBFT_SIM_DEBUG").is_some() {
             for (index, node) in self.validators.iter().enumerate() {
-                eprintln!("replica {index} ({:?}): {:?}", node.fault, node.replica.metrics());
+                eprintln!(
+                    "replica {index} ({:?}): {:?}",
+                    node.fault,
+                    node.replica.metrics()
+                );
             }
         }
         for index in 0..self.validators.len() {
             if self.validators[index].fault.is_none() {
                 let metrics = self.validators[index].replica.metrics().clone();
-                self.trace.u64(metrics.signatures_verified).u64(metrics.rejected_total());
+                self.trace
+                    .u64(metrics.signatures_verified)
+                    .u64(metrics.rejected_total());
             }
         }
         self.report.trace = self.trace.finish();
@@ -694,6 +781,10 @@ pub fn run_checked(seed: u64, scenario: &Scenario) -> Report {
 
 /// The command that replays one seed.
 pub fn replay_command(seed: u64, validators: usize, byzantine_primary: bool) -> String {
-    let primary = if byzantine_primary { " --byzantine-primary" } else { "" };
+    let primary = if byzantine_primary {
+        " --byzantine-primary"
+    } else {
+        ""
+    };
     format!("cargo run --release -p pbft-sim -- --validators {validators} --seed {seed}{primary}")
 }

@@ -76,10 +76,16 @@ fn main() -> ExitCode {
             for violation in &report.violations {
                 eprintln!("  {violation}");
             }
-            eprintln!("  replay: {}", replay_command(seed, args.validators, args.byzantine_primary));
+            eprintln!(
+                "  replay: {}",
+                replay_command(seed, args.validators, args.byzantine_primary)
+            );
         }
         let done = seed - args.first + 1;
-        let progress = format!("{done}/{} seeds, {completed} requests committed, {failed} failed", args.seeds);
+        let progress = format!(
+            "{done}/{} seeds, {completed} requests committed, {failed} failed",
+            args.seeds
+        );
         if std::io::stderr().is_terminal() {
             eprint!("\r{progress}");
             let _ = std::io::stderr().flush();
@@ -99,5 +105,9 @@ fn main() -> ExitCode {
         secs,
         virtual_ms as f64 / 1000.0
     );
-    if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }

@@ -1,8 +1,8 @@
 //! What a client (and a light client) can prove from a real cluster's output.
 
 use pbft_core::{
-    CertificateError, Client, ClientError, Config, Error, Keypair, Message, ReplicaId, Request, verify_inclusion,
-    verify_qc,
+    CertificateError, Client, ClientError, Config, Error, Keypair, Message, ReplicaId, Request,
+    verify_inclusion, verify_qc,
 };
 use pbft_sim::chain;
 use pbft_sim::cluster::Cluster;
@@ -12,7 +12,12 @@ fn cluster() -> Cluster {
 }
 
 fn new_client(cluster: &Cluster, seed: u8) -> Client {
-    Client::new(chain(), Keypair::from_seed(&[seed; 32]), cluster.set.clone(), 1)
+    Client::new(
+        chain(),
+        Keypair::from_seed(&[seed; 32]),
+        cluster.set.clone(),
+        1,
+    )
 }
 
 /// Sends one request through the cluster and returns the replies the client received.
@@ -29,12 +34,26 @@ fn a_client_accepts_a_result_once_f_plus_one_validators_agree() {
     let mut client = new_client(&cluster, 7);
     let (_, replies) = round_trip(&mut cluster, &mut client, b"hello");
     assert_eq!(replies.len(), 4, "every validator replies");
-    assert_eq!(client.handle_reply(&replies[0]), Ok(None), "one reply is not enough with f = 1");
-    assert_eq!(client.handle_reply(&replies[0]), Ok(None), "the same validator twice counts once");
-    let outcome = client.handle_reply(&replies[1]).unwrap().expect("f + 1 matching replies");
+    assert_eq!(
+        client.handle_reply(&replies[0]),
+        Ok(None),
+        "one reply is not enough with f = 1"
+    );
+    assert_eq!(
+        client.handle_reply(&replies[0]),
+        Ok(None),
+        "the same validator twice counts once"
+    );
+    let outcome = client
+        .handle_reply(&replies[1])
+        .unwrap()
+        .expect("f + 1 matching replies");
     assert_eq!(outcome.result, b"hello");
     assert_eq!(outcome.seq, 1);
-    assert_eq!(client.handle_reply(&replies[2]), Err(ClientError::NotOutstanding));
+    assert_eq!(
+        client.handle_reply(&replies[2]),
+        Err(ClientError::NotOutstanding)
+    );
 }
 
 #[test]
@@ -47,15 +66,30 @@ fn a_client_refuses_forged_and_misdirected_replies() {
     };
     let mut forged = reply.clone();
     forged.result = b"y".to_vec();
-    assert_eq!(client.handle_reply(&Message::Reply(forged).encode()), Err(ClientError::BadSignature));
+    assert_eq!(
+        client.handle_reply(&Message::Reply(forged).encode()),
+        Err(ClientError::BadSignature)
+    );
     let mut stranger = reply.clone();
     stranger.replica = ReplicaId(9);
-    assert_eq!(client.handle_reply(&Message::Reply(stranger).encode()), Err(ClientError::UnknownReplica(ReplicaId(9))));
+    assert_eq!(
+        client.handle_reply(&Message::Reply(stranger).encode()),
+        Err(ClientError::UnknownReplica(ReplicaId(9)))
+    );
     let mut other = new_client(&cluster, 8);
     other.request(b"z".to_vec());
-    assert_eq!(other.handle_reply(&replies[0]), Err(ClientError::NotOutstanding));
-    assert_eq!(client.handle_reply(&Message::Request(request).encode()), Err(ClientError::NotAReply));
-    assert!(matches!(client.handle_reply(&[1, 0]), Err(ClientError::Decode(_))));
+    assert_eq!(
+        other.handle_reply(&replies[0]),
+        Err(ClientError::NotOutstanding)
+    );
+    assert_eq!(
+        client.handle_reply(&Message::Request(request).encode()),
+        Err(ClientError::NotAReply)
+    );
+    assert!(matches!(
+        client.handle_reply(&[1, 0]),
+        Err(ClientError::Decode(_))
+    ));
 }
 
 #[test]
@@ -63,7 +97,10 @@ fn a_light_client_proves_its_request_committed_from_one_qc_and_a_merkle_proof() 
     let mut cluster = cluster();
     let mut clients: Vec<Client> = (10..16).map(|seed| new_client(&cluster, seed)).collect();
     // Six requests at once so they share batches.
-    let requests: Vec<Request> = clients.iter_mut().map(|c| c.request(b"op".to_vec())).collect();
+    let requests: Vec<Request> = clients
+        .iter_mut()
+        .map(|c| c.request(b"op".to_vec()))
+        .collect();
     for request in &requests {
         cluster.submit(0, request.clone()).unwrap();
     }
@@ -81,7 +118,10 @@ fn a_light_client_proves_its_request_committed_from_one_qc_and_a_merkle_proof() 
         assert_eq!(verify_inclusion(qc, request, &proof), Ok(()));
         let other = requests.iter().find(|r| !batch.requests.contains(r));
         if let Some(other) = other {
-            assert_eq!(verify_inclusion(qc, other, &proof), Err(CertificateError::NotIncluded));
+            assert_eq!(
+                verify_inclusion(qc, other, &proof),
+                Err(CertificateError::NotIncluded)
+            );
         }
     }
 }
@@ -97,30 +137,51 @@ fn a_qc_that_is_short_repeated_foreign_or_for_another_digest_is_rejected() {
 
     let mut short = qc.clone();
     short.signatures.truncate(set.max_faulty());
-    assert_eq!(verify_qc(&chain(), &set, &short), Err(CertificateError::TooFewSignatures { got: 1, needed: 3 }));
+    assert_eq!(
+        verify_qc(&chain(), &set, &short),
+        Err(CertificateError::TooFewSignatures { got: 1, needed: 3 })
+    );
 
     let mut repeated = qc.clone();
     repeated.signatures[1] = repeated.signatures[0];
-    assert!(matches!(verify_qc(&chain(), &set, &repeated), Err(CertificateError::DuplicateSigner(_))));
+    assert!(matches!(
+        verify_qc(&chain(), &set, &repeated),
+        Err(CertificateError::DuplicateSigner(_))
+    ));
 
     let mut foreign = qc.clone();
     foreign.signatures[2].0 = ReplicaId(9);
-    assert_eq!(verify_qc(&chain(), &set, &foreign), Err(CertificateError::UnknownSigner(ReplicaId(9))));
+    assert_eq!(
+        verify_qc(&chain(), &set, &foreign),
+        Err(CertificateError::UnknownSigner(ReplicaId(9)))
+    );
 
     let mut other_digest = qc.clone();
     other_digest.digest.0[0] ^= 1;
-    assert_eq!(verify_qc(&chain(), &set, &other_digest), Err(CertificateError::BadSignature));
+    assert_eq!(
+        verify_qc(&chain(), &set, &other_digest),
+        Err(CertificateError::BadSignature)
+    );
 
     let mut other_seq = qc.clone();
     other_seq.seq += 1;
-    assert_eq!(verify_qc(&chain(), &set, &other_seq), Err(CertificateError::BadSignature));
+    assert_eq!(
+        verify_qc(&chain(), &set, &other_seq),
+        Err(CertificateError::BadSignature)
+    );
 
     let other_chain = pbft_core::ChainId::from_name("elsewhere");
-    assert_eq!(verify_qc(&other_chain, &set, &qc), Err(CertificateError::WrongChain));
+    assert_eq!(
+        verify_qc(&other_chain, &set, &qc),
+        Err(CertificateError::WrongChain)
+    );
 
     let mut other_epoch = qc.clone();
     other_epoch.epoch = 1;
-    assert!(matches!(verify_qc(&chain(), &set, &other_epoch), Err(CertificateError::WrongEpoch { .. })));
+    assert!(matches!(
+        verify_qc(&chain(), &set, &other_epoch),
+        Err(CertificateError::WrongEpoch { .. })
+    ));
 }
 
 #[test]

@@ -3,7 +3,11 @@
 use pbft_sim::{Report, Scenario, replay_command, run_checked};
 
 /// Runs `seeds` on both cores and fails with every violating seed and its replay command.
-fn run_seeds(validators: usize, seeds: std::ops::Range<u64>, byzantine_primary: bool) -> Vec<Report> {
+fn run_seeds(
+    validators: usize,
+    seeds: std::ops::Range<u64>,
+    byzantine_primary: bool,
+) -> Vec<Report> {
     let all: Vec<u64> = seeds.collect();
     let reports: Vec<Report> = std::thread::scope(|scope| {
         let handles: Vec<_> = all
@@ -23,7 +27,10 @@ fn run_seeds(validators: usize, seeds: std::ops::Range<u64>, byzantine_primary: 
                 })
             })
             .collect();
-        handles.into_iter().flat_map(|h| h.join().expect("simulation thread")).collect()
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("simulation thread"))
+            .collect()
     });
     let failures: Vec<String> = reports
         .iter()
@@ -37,7 +44,12 @@ fn run_seeds(validators: usize, seeds: std::ops::Range<u64>, byzantine_primary: 
             )
         })
         .collect();
-    assert!(failures.is_empty(), "{} seeds failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} seeds failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
     reports
 }
 
@@ -49,7 +61,10 @@ fn committed(reports: &[Report]) -> u64 {
 fn four_validators_with_a_byzantine_backup_stay_safe_and_live_over_500_seeds() {
     let reports = run_seeds(4, 0..500, false);
     assert!(committed(&reports) > 500, "the runs did commit work");
-    assert!(reports.iter().map(|r| r.evidence).sum::<u64>() > 0, "equivocation was caught");
+    assert!(
+        reports.iter().map(|r| r.evidence).sum::<u64>() > 0,
+        "equivocation was caught"
+    );
 }
 
 #[test]

@@ -1,0 +1,141 @@
+//! The in-process cluster benchmark: 4 replicas wired in memory, real signatures, one thread.
+//!
+//! Prints committed ops/s, signature verifications per committed op, bytes sent per op, and
+//! the share of CPU time spent verifying signatures, for batch sizes 1, 10, 100 and 1000.
+//! The share is estimated by counting: each replica counts the signatures it checked alone and
+//! in batches; multiplied by the per-signature cost measured here for each kind, divided by the
+//! run's time (the cluster runs on one thread, so wall time is CPU time).
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use pbft_core::{BatchVerifier, Config, Hasher, Keypair, Request};
+use pbft_sim::chain;
+use pbft_sim::cluster::Cluster;
+
+const VALIDATORS: usize = 4;
+const CLIENTS: usize = 200;
+const OP_BYTES: usize = 128;
+
+/// Seconds per signature: checked alone, and inside a batch of `batch` signatures.
+fn verify_costs(batch: usize) -> (f64, f64) {
+    let key = Keypair::from_seed(&[3; 32]);
+    let digest = Hasher::new(b"bench").finish();
+    let signature = key.sign(&digest);
+    let rounds = 2000;
+    let start = Instant::now();
+    for _ in 0..rounds {
+        black_box(key.verifying_key().verify(black_box(&digest), &signature)).ok();
+    }
+    let single = start.elapsed().as_secs_f64() / rounds as f64;
+    let keys: Vec<Keypair> = (0..batch.max(2))
+        .map(|i| Keypair::from_seed(&[(i % 250) as u8 + 4; 32]))
+        .collect();
+    let signed: Vec<_> = keys
+        .iter()
+        .map(|k| (k.verifying_key(), k.sign(&digest)))
+        .collect();
+    let rounds = (4000 / signed.len()).max(4);
+    let start = Instant::now();
+    for _ in 0..rounds {
+        let mut verifier = BatchVerifier::new();
+        for (key, signature) in &signed {
+            verifier.queue(key, &digest, signature);
+        }
+        black_box(verifier.verify()).ok();
+    }
+    let batched = start.elapsed().as_secs_f64() / (rounds * signed.len()) as f64;
+    (single, batched)
+}
+
+struct Run {
+    ops: u64,
+    elapsed: Duration,
+    verified: u64,
+    batch_verified: u64,
+    bytes: u64,
+}
+
+fn run(batch: usize, ops: usize) -> Run {
+    let mut config = Config::new(chain());
+    config.max_batch_ops = batch;
+    config.max_pending_requests = ops + 1;
+    let mut cluster = Cluster::new(VALIDATORS, config);
+    // Clients sign before the clock starts: in a deployment they run elsewhere.
+    let clients: Vec<Keypair> = (0..CLIENTS)
+        .map(|i| Keypair::from_seed(&Hasher::new(b"bench/client").u64(i as u64).finish().0))
+        .collect();
+    let requests: Vec<Request> = (0..ops)
+        .map(|i| {
+            let client = &clients[i % CLIENTS];
+            Request::new(
+                &chain(),
+                client,
+                (i / CLIENTS) as u64 + 1,
+                vec![(i % 256) as u8; OP_BYTES],
+            )
+        })
+        .collect();
+    let start = Instant::now();
+    for request in requests {
+        cluster
+            .submit(0, request)
+            .expect("the primary accepts the request");
+    }
+    cluster.run();
+    let elapsed = start.elapsed();
+    let executed = cluster
+        .replicas
+        .iter()
+        .map(|r| r.metrics().requests_executed)
+        .min()
+        .unwrap_or(0);
+    assert_eq!(executed, ops as u64, "every replica executed every request");
+    Run {
+        ops: executed,
+        elapsed,
+        verified: cluster
+            .replicas
+            .iter()
+            .map(|r| r.metrics().signatures_verified)
+            .sum(),
+        batch_verified: cluster
+            .replicas
+            .iter()
+            .map(|r| r.metrics().signatures_batch_verified)
+            .sum(),
+        bytes: cluster.bytes_sent,
+    }
+}
+
+fn main() {
+    println!(
+        "in-process cluster: {VALIDATORS} validators, {OP_BYTES}-byte ops from {CLIENTS} clients, one thread, real ed25519"
+    );
+    println!(
+        "{:>6} {:>7} {:>12} {:>14} {:>12} {:>16}",
+        "batch", "ops", "ops/s", "verifies/op", "bytes/op", "verify CPU share"
+    );
+    for (batch, ops) in [(1, 1000), (10, 4000), (100, 8000), (1000, 8000)] {
+        let result = run(batch, ops);
+        let (single_cost, batched_cost) = verify_costs(batch + 1);
+        let singles = (result.verified - result.batch_verified) as f64;
+        let verify_time = singles * single_cost + result.batch_verified as f64 * batched_cost;
+        let secs = result.elapsed.as_secs_f64();
+        println!(
+            "{:>6} {:>7} {:>12.0} {:>14.2} {:>12.0} {:>15.0}%",
+            batch,
+            result.ops,
+            result.ops as f64 / secs,
+            result.verified as f64 / result.ops as f64,
+            result.bytes as f64 / result.ops as f64,
+            100.0 * verify_time / secs,
+        );
+    }
+    let (single, batched) = verify_costs(65);
+    println!(
+        "ed25519 verify on this machine: {:.1} µs alone, {:.1} µs per signature in a batch of 65",
+        single * 1e6,
+        batched * 1e6
+    );
+}

@@ -1,0 +1,109 @@
+//! Per-message costs: encode, decode, digest, sign, verify (single and batched).
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use pbft_core::{
+    Batch, BatchVerifier, ChainId, Keypair, Message, Phase, PrePrepare, ReplicaId, Request, Vote,
+};
+
+fn chain() -> ChainId {
+    ChainId::from_name("bench")
+}
+
+fn requests(count: usize) -> Vec<Request> {
+    (0..count)
+        .map(|i| {
+            let client = Keypair::from_seed(&[(i % 251) as u8 + 1; 32]);
+            Request::new(&chain(), &client, i as u64 + 1, vec![7; 128])
+        })
+        .collect()
+}
+
+fn samples() -> Vec<(&'static str, Message)> {
+    let key = Keypair::from_seed(&[1; 32]);
+    let batch = Batch {
+        requests: requests(100),
+    };
+    let digest = batch.digest(&chain());
+    let vote = |phase| Vote::new(&chain(), 0, phase, (0, 1), digest, ReplicaId(0), &key);
+    vec![
+        ("request-128B", Message::Request(requests(1).remove(0))),
+        (
+            "pre-prepare-100x128B",
+            Message::PrePrepare(PrePrepare {
+                vote: vote(Phase::PrePrepare),
+                batch,
+            }),
+        ),
+        ("commit", Message::Vote(vote(Phase::Commit))),
+    ]
+}
+
+fn codec(c: &mut Criterion) {
+    let mut group = c.benchmark_group("codec");
+    for (name, message) in samples() {
+        let bytes = message.encode();
+        group.throughput(Throughput::Bytes(bytes.len() as u64));
+        group.bench_function(format!("encode/{name}"), |b| b.iter(|| message.encode()));
+        group.bench_function(format!("decode/{name}"), |b| {
+            b.iter(|| Message::decode(&bytes, 1 << 22))
+        });
+    }
+    group.finish();
+}
+
+fn digests(c: &mut Criterion) {
+    let mut group = c.benchmark_group("digest");
+    let request = requests(1).remove(0);
+    group.bench_function("request-128B", |b| b.iter(|| request.digest(&chain())));
+    for size in [10, 100, 1000] {
+        let batch = Batch {
+            requests: requests(size),
+        };
+        group.throughput(Throughput::Elements(size as u64));
+        group.bench_function(format!("batch-merkle-root/{size}"), |b| {
+            b.iter(|| batch.digest(&chain()))
+        });
+    }
+    group.finish();
+}
+
+fn signatures(c: &mut Criterion) {
+    let mut group = c.benchmark_group("signature");
+    let key = Keypair::from_seed(&[3; 32]);
+    let digest = pbft_core::Hasher::new(b"bench").finish();
+    let signature = key.sign(&digest);
+    group.bench_function("sign", |b| b.iter(|| key.sign(&digest)));
+    group.bench_function("verify", |b| {
+        b.iter(|| key.verifying_key().verify(&digest, &signature))
+    });
+    group.bench_function("check-client-key", |b| {
+        b.iter(|| key.public_key().verifying_key())
+    });
+    for size in [4, 64, 256] {
+        let keys: Vec<Keypair> = (0..size)
+            .map(|i| Keypair::from_seed(&[(i % 250) as u8 + 4; 32]))
+            .collect();
+        let signed: Vec<_> = keys
+            .iter()
+            .map(|k| (k.verifying_key(), k.sign(&digest)))
+            .collect();
+        group.throughput(Throughput::Elements(size as u64));
+        group.bench_function(format!("verify-batch/{size}"), |b| {
+            b.iter_batched(
+                || {
+                    let mut batch = BatchVerifier::new();
+                    for (key, signature) in &signed {
+                        batch.queue(key, &digest, signature);
+                    }
+                    batch
+                },
+                BatchVerifier::verify,
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, codec, digests, signatures);
+criterion_main!(benches);
