@@ -82,10 +82,10 @@ impl ClientTable {
 
     /// Keeps the reply to the client's last request, to answer retransmissions.
     pub(crate) fn store_reply(&mut self, reply: Reply) {
-        if let Some(entry) = self.entries.get_mut(&reply.client) {
-            if entry.last_client_seq == reply.client_seq {
-                entry.reply = Some(reply);
-            }
+        if let Some(entry) = self.entries.get_mut(&reply.client)
+            && entry.last_client_seq == reply.client_seq
+        {
+            entry.reply = Some(reply);
         }
     }
 

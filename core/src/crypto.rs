@@ -12,7 +12,6 @@
 use core::convert::Infallible;
 use core::fmt;
 
-use curve25519_dalek::edwards::CompressedEdwardsY;
 use ed25519_dalek::Signer as _;
 use serde::{Deserialize, Serialize};
 use sha3::digest::Update;
@@ -348,6 +347,12 @@ pub struct BatchVerifier {
     len: usize,
 }
 
+impl Default for BatchVerifier {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl BatchVerifier {
     /// An empty batch.
     pub fn new() -> Self {
@@ -481,6 +486,7 @@ pub(crate) fn digest_of(domain: &[u8], bytes: &[u8]) -> Digest {
 mod tests {
     use super::*;
     use alloc::vec::Vec;
+    use curve25519_dalek::edwards::CompressedEdwardsY;
 
     fn hex<const N: usize>(text: &str) -> [u8; N] {
         let bytes: Vec<u8> = (0..text.len())

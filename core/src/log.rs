@@ -125,7 +125,7 @@ impl Slot {
             .take(quorum)
             .map(|vote| (vote.replica, vote.signature))
             .collect();
-        (signatures.len() >= quorum).then(|| QuorumCertificate {
+        (signatures.len() >= quorum).then_some(QuorumCertificate {
             chain_id: chain,
             epoch,
             view: proposal.view,

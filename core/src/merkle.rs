@@ -118,10 +118,10 @@ pub(crate) fn root_from_proof(leaf: &Digest, proof: &InclusionProof) -> Option<D
     let mut width = proof.count;
     let mut siblings = proof.path.iter();
     while width > 1 {
-        let promoted = position == width - 1 && position % 2 == 0;
+        let promoted = position == width - 1 && position.is_multiple_of(2);
         if !promoted {
             let sibling = siblings.next()?;
-            hash = if position % 2 == 0 {
+            hash = if position.is_multiple_of(2) {
                 node_hash(&hash, sibling)
             } else {
                 node_hash(sibling, &hash)

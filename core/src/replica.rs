@@ -515,27 +515,29 @@ impl Replica {
         let Some(slot) = self.log.get(&seq) else {
             return;
         };
-        if !slot.commit_sent && slot.is_prepared(quorum, primary) {
-            if let Some(digest) = slot.digest {
-                let commit = self.sign_vote(Phase::Commit, seq, digest);
-                self.outputs
-                    .push_back(Output::Persist(Record::Signed(commit.clone())));
-                self.send(
-                    Destination::AllValidators,
-                    Message::Vote(commit.clone()).encode(),
-                );
-                if let Some(slot) = self.log.get_mut(&seq) {
-                    slot.commit_sent = true;
-                    slot.add_vote(commit);
-                }
+        if !slot.commit_sent
+            && slot.is_prepared(quorum, primary)
+            && let Some(digest) = slot.digest
+        {
+            let commit = self.sign_vote(Phase::Commit, seq, digest);
+            self.outputs
+                .push_back(Output::Persist(Record::Signed(commit.clone())));
+            self.send(
+                Destination::AllValidators,
+                Message::Vote(commit.clone()).encode(),
+            );
+            if let Some(slot) = self.log.get_mut(&seq) {
+                slot.commit_sent = true;
+                slot.add_vote(commit);
             }
         }
         let chain = self.config.chain_id;
         let epoch = self.validators.epoch();
-        if let Some(slot) = self.log.get_mut(&seq) {
-            if slot.commit_sent && slot.certificate.is_none() {
-                slot.certificate = slot.commit_certificate(chain, epoch, seq, quorum);
-            }
+        if let Some(slot) = self.log.get_mut(&seq)
+            && slot.commit_sent
+            && slot.certificate.is_none()
+        {
+            slot.certificate = slot.commit_certificate(chain, epoch, seq, quorum);
         }
         self.deliver_ready();
     }

@@ -512,10 +512,10 @@ impl Simulation {
                 for target in targets {
                     let len = self.rng.range(0, 300) as usize;
                     let mut junk: Vec<u8> = (0..len).map(|_| self.rng.next_u64() as u8).collect();
-                    if let Some(first) = junk.first_mut() {
-                        if self.rng.chance(50) {
-                            *first = pbft_core::PROTOCOL_VERSION;
-                        }
+                    if let Some(first) = junk.first_mut()
+                        && self.rng.chance(50)
+                    {
+                        *first = pbft_core::PROTOCOL_VERSION;
                     }
                     self.send(target, from, junk);
                 }
