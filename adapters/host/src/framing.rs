@@ -1,0 +1,157 @@
+//! Length-delimited frames on a byte stream: a 4-byte big-endian length, then the payload.
+//!
+//! The decoder refuses a length above the configured maximum as soon as the prefix arrives,
+//! before it buffers a byte of the payload, so a peer cannot make a node allocate more than
+//! one maximum-size frame.
+
+use std::fmt;
+
+/// Bytes of the length prefix.
+pub const PREFIX_LEN: usize = 4;
+
+/// Why a stream cannot be read as frames. After an error the connection must be closed:
+/// the stream has lost its framing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameError {
+    /// The prefix announces a frame above the maximum.
+    TooLarge {
+        /// Announced length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FrameError::TooLarge { len, max } => {
+                write!(f, "frame of {len} bytes exceeds the maximum of {max}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for FrameError {}
+
+/// Prefixes `payload` with its length. Fails if it is above `max`, so a node never sends
+/// what its peers would refuse.
+pub fn encode(payload: &[u8], max: usize) -> Result<Vec<u8>, FrameError> {
+    let len = payload.len();
+    if len > max || u32::try_from(len).is_err() {
+        return Err(FrameError::TooLarge { len, max });
+    }
+    let mut frame = Vec::with_capacity(PREFIX_LEN + len);
+    frame.extend_from_slice(&(len as u32).to_be_bytes());
+    frame.extend_from_slice(payload);
+    Ok(frame)
+}
+
+/// Reassembles frames from stream chunks of any size.
+#[derive(Debug)]
+pub struct Decoder {
+    max: usize,
+    buffer: Vec<u8>,
+}
+
+impl Decoder {
+    /// A decoder that accepts frames of at most `max` payload bytes.
+    pub fn new(max: usize) -> Self {
+        Decoder {
+            max,
+            buffer: Vec::new(),
+        }
+    }
+
+    /// Bytes held for an incomplete frame (at most `max + 4`).
+    pub fn buffered(&self) -> usize {
+        self.buffer.len()
+    }
+
+    /// Adds bytes from the stream and returns every frame they complete, in order.
+    pub fn push(&mut self, mut bytes: &[u8]) -> Result<Vec<Vec<u8>>, FrameError> {
+        let mut frames = Vec::new();
+        while !bytes.is_empty() {
+            // Take only what the current frame still needs, so the buffer stays bounded.
+            let wanted = match self.announced()? {
+                Some(len) => PREFIX_LEN + len - self.buffer.len(),
+                None => PREFIX_LEN - self.buffer.len(),
+            };
+            let (now, rest) = bytes.split_at(wanted.min(bytes.len()));
+            self.buffer.extend_from_slice(now);
+            bytes = rest;
+            // A frame is complete once its payload is in (at once for an empty one).
+            if let Some(len) = self.announced()?
+                && self.buffer.len() == PREFIX_LEN + len
+            {
+                let frame = self.buffer.split_off(PREFIX_LEN);
+                self.buffer.clear();
+                frames.push(frame);
+            }
+        }
+        Ok(frames)
+    }
+
+    /// The payload length of the frame being read, once its prefix is complete.
+    fn announced(&self) -> Result<Option<usize>, FrameError> {
+        let Some(prefix) = self.buffer.first_chunk::<PREFIX_LEN>() else {
+            return Ok(None);
+        };
+        let len = u32::from_be_bytes(*prefix) as usize;
+        if len > self.max {
+            return Err(FrameError::TooLarge { len, max: self.max });
+        }
+        Ok(Some(len))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_survive_any_chunking() {
+        let payloads: Vec<Vec<u8>> =
+            vec![b"a".to_vec(), vec![7; 300], Vec::new(), b"last".to_vec()];
+        let stream: Vec<u8> = payloads
+            .iter()
+            .flat_map(|p| encode(p, 1000).unwrap())
+            .collect();
+        for chunk in [1, 2, 3, 5, 64, stream.len()] {
+            let mut decoder = Decoder::new(1000);
+            let mut out = Vec::new();
+            for piece in stream.chunks(chunk) {
+                out.extend(decoder.push(piece).unwrap());
+            }
+            assert_eq!(out, payloads, "chunk size {chunk}");
+            assert_eq!(decoder.buffered(), 0);
+        }
+    }
+
+    #[test]
+    fn an_oversized_prefix_is_refused_before_any_payload_is_buffered() {
+        let mut decoder = Decoder::new(16);
+        let prefix = 1_000_000u32.to_be_bytes();
+        assert_eq!(
+            decoder.push(&prefix),
+            Err(FrameError::TooLarge {
+                len: 1_000_000,
+                max: 16
+            })
+        );
+        assert!(decoder.buffered() <= PREFIX_LEN);
+        assert_eq!(
+            encode(&[0; 17], 16),
+            Err(FrameError::TooLarge { len: 17, max: 16 })
+        );
+    }
+
+    #[test]
+    fn a_truncated_frame_waits_for_the_rest() {
+        let frame = encode(b"hello", 16).unwrap();
+        let mut decoder = Decoder::new(16);
+        assert!(decoder.push(&frame[..6]).unwrap().is_empty());
+        assert_eq!(decoder.buffered(), 6);
+        assert_eq!(decoder.push(&frame[6..]).unwrap(), vec![b"hello".to_vec()]);
+    }
+}
