@@ -9,7 +9,8 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use pbft_core::{BatchVerifier, Config, Hasher, Keypair, Request};
+use pbft_benches::{batch_of, signed_by_distinct_keys};
+use pbft_core::{Config, Hasher, Keypair, Request};
 use pbft_sim::chain;
 use pbft_sim::cluster::Cluster;
 
@@ -28,21 +29,11 @@ fn verify_costs(batch: usize) -> (f64, f64) {
         black_box(key.verifying_key().verify(black_box(&digest), &signature)).ok();
     }
     let single = start.elapsed().as_secs_f64() / rounds as f64;
-    let keys: Vec<Keypair> = (0..batch.max(2))
-        .map(|i| Keypair::from_seed(&[(i % 250) as u8 + 4; 32]))
-        .collect();
-    let signed: Vec<_> = keys
-        .iter()
-        .map(|k| (k.verifying_key(), k.sign(&digest)))
-        .collect();
+    let signed = signed_by_distinct_keys(batch.max(2), &digest);
     let rounds = (4000 / signed.len()).max(4);
     let start = Instant::now();
     for _ in 0..rounds {
-        let mut verifier = BatchVerifier::new();
-        for (key, signature) in &signed {
-            verifier.queue(key, &digest, signature);
-        }
-        black_box(verifier.verify()).ok();
+        black_box(batch_of(&signed, &digest).verify()).ok();
     }
     let batched = start.elapsed().as_secs_f64() / (rounds * signed.len()) as f64;
     (single, batched)

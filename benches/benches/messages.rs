@@ -1,6 +1,7 @@
 //! Per-message costs: encode, decode, digest, sign, verify (single and batched).
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use pbft_benches::{batch_of, signed_by_distinct_keys};
 use pbft_core::{
     Batch, BatchVerifier, ChainId, Keypair, Message, Phase, PrePrepare, ReplicaId, Request, Vote,
 };
@@ -80,23 +81,11 @@ fn signatures(c: &mut Criterion) {
         b.iter(|| key.public_key().verifying_key())
     });
     for size in [4, 64, 256] {
-        let keys: Vec<Keypair> = (0..size)
-            .map(|i| Keypair::from_seed(&[(i % 250) as u8 + 4; 32]))
-            .collect();
-        let signed: Vec<_> = keys
-            .iter()
-            .map(|k| (k.verifying_key(), k.sign(&digest)))
-            .collect();
+        let signed = signed_by_distinct_keys(size, &digest);
         group.throughput(Throughput::Elements(size as u64));
         group.bench_function(format!("verify-batch/{size}"), |b| {
             b.iter_batched(
-                || {
-                    let mut batch = BatchVerifier::new();
-                    for (key, signature) in &signed {
-                        batch.queue(key, &digest, signature);
-                    }
-                    batch
-                },
+                || batch_of(&signed, &digest),
                 BatchVerifier::verify,
                 BatchSize::SmallInput,
             )
