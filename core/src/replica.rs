@@ -445,16 +445,7 @@ impl Replica {
         slot.leaves = leaves;
         slot.batch = Some(batch);
         if self.id != primary {
-            let prepare = self.sign_vote(Phase::Prepare, seq, vote.digest);
-            self.outputs
-                .push_back(Output::Persist(Record::Signed(prepare.clone())));
-            self.send(
-                Destination::AllValidators,
-                Message::Vote(prepare.clone()).encode(),
-            );
-            if let Some(slot) = self.log.get_mut(&seq) {
-                slot.add_vote(prepare);
-            }
+            self.cast(Phase::Prepare, seq, vote.digest);
         }
         self.advance(seq);
         Ok(())
@@ -519,16 +510,9 @@ impl Replica {
             && slot.is_prepared(quorum, primary)
             && let Some(digest) = slot.digest
         {
-            let commit = self.sign_vote(Phase::Commit, seq, digest);
-            self.outputs
-                .push_back(Output::Persist(Record::Signed(commit.clone())));
-            self.send(
-                Destination::AllValidators,
-                Message::Vote(commit.clone()).encode(),
-            );
+            self.cast(Phase::Commit, seq, digest);
             if let Some(slot) = self.log.get_mut(&seq) {
                 slot.commit_sent = true;
-                slot.add_vote(commit);
             }
         }
         let chain = self.config.chain_id;
@@ -670,6 +654,21 @@ impl Replica {
             let result = self.on_message(now, &peer, message);
             // Failures are counted like any input's; the replay goes on.
             let _ = self.count(result);
+        }
+    }
+
+    /// Signs a prepare or commit, persists it, then broadcasts it and counts it locally.
+    /// The order is the durability contract: the record precedes the send.
+    fn cast(&mut self, phase: Phase, seq: u64, digest: Digest) {
+        let vote = self.sign_vote(phase, seq, digest);
+        self.outputs
+            .push_back(Output::Persist(Record::Signed(vote.clone())));
+        self.send(
+            Destination::AllValidators,
+            Message::Vote(vote.clone()).encode(),
+        );
+        if let Some(slot) = self.log.get_mut(&seq) {
+            slot.add_vote(vote);
         }
     }
 
