@@ -321,17 +321,13 @@ impl Replica {
         }
         self.in_flight.insert(digest);
         self.pending.push_back(request);
-        let idle = self.next_seq == self.last_delivered + 1 && self.last_delivered == self.low;
-        if self.pending.len() >= self.config.max_batch_ops || idle {
-            self.propose(now, false);
-        } else if self.batch_deadline.is_none() {
-            self.batch_deadline = Some(now.saturating_add(self.config.batch_delay_ms));
-        }
+        self.propose(now, false);
         Ok(())
     }
 
     /// Cuts batches from the pending requests while the window has room. Without `force`
-    /// (the delay has not run out) only full batches go, unless nothing is in flight.
+    /// (the delay has not run out) only full batches go, unless nothing is in flight. Arms
+    /// the batch timer for what is left, or disarms it when nothing can be proposed.
     fn propose(&mut self, now: u64, force: bool) {
         while !self.pending.is_empty() && self.next_seq <= self.high() {
             let idle = self.next_seq == self.low + 1;
