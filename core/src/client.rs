@@ -50,6 +50,10 @@ impl fmt::Display for ClientError {
     }
 }
 
+/// Largest reply a client decodes by default: a result and its Merkle path. 4 MiB, the same
+/// bound as a replica's largest message.
+pub const DEFAULT_MAX_REPLY_BYTES: usize = 4 << 20;
+
 struct Outstanding {
     request: Request,
     /// The first valid reply of each validator: (seq, view, result digest).
@@ -78,8 +82,14 @@ impl Client {
             validators,
             next_seq: first_seq.max(1),
             outstanding: None,
-            max_message_bytes: 4 << 20,
+            max_message_bytes: DEFAULT_MAX_REPLY_BYTES,
         }
+    }
+
+    /// Changes the largest reply this client decodes (results of the application may be large).
+    pub fn with_max_reply_bytes(mut self, max: usize) -> Self {
+        self.max_message_bytes = max;
+        self
     }
 
     /// The client's key, which replies are addressed to.

@@ -30,7 +30,7 @@ mod replica;
 pub use certificate::{
     CertificateError, Evidence, QuorumCertificate, verify_evidence, verify_inclusion, verify_qc,
 };
-pub use client::{Client, ClientError, Outcome, verify_reply};
+pub use client::{Client, ClientError, DEFAULT_MAX_REPLY_BYTES, Outcome, verify_reply};
 pub use config::{ChainId, Config, ConfigError, ReplicaId, ValidatorSet};
 pub use crypto::{
     BatchVerifier, CryptoError, Digest, Hasher, Keypair, PublicKey, Signature, VerifyingKey,

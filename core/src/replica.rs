@@ -400,7 +400,7 @@ impl Replica {
         let bytes: usize = requests.iter().map(Request::encoded_len).sum();
         if requests.is_empty()
             || requests.len() > self.config.max_batch_ops
-            || bytes > self.config.max_batch_bytes + self.config.max_request_bytes
+            || bytes > self.config.max_batch_bytes
         {
             return Err(Error::BatchTooLarge);
         }

@@ -306,6 +306,23 @@ fn batches_are_checked_request_by_request() {
 }
 
 #[test]
+fn a_batch_over_the_byte_limit_is_refused() {
+    let mut config = config();
+    config.max_batch_bytes = 430;
+    let mut backup = Replica::new(config, set(), keys().remove(1)).unwrap();
+    // Four requests of 120 accounted bytes each exceed 430; three fit. (With the limit plus
+    // one request of slack, as before, four would have passed.)
+    assert_eq!(
+        backup.handle_message(NOW, &key_of(0), &pre_prepare(0, 0, 1, batch(&[1, 2, 3, 4]))),
+        Err(Error::BatchTooLarge)
+    );
+    assert_eq!(
+        backup.handle_message(NOW, &key_of(0), &pre_prepare(0, 0, 1, batch(&[1, 2, 3]))),
+        Ok(())
+    );
+}
+
+#[test]
 fn a_second_proposal_for_a_slot_is_evidence_against_the_primary() {
     let mut backup = replica(1);
     let from = key_of(0);
