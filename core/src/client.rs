@@ -60,7 +60,16 @@ struct Outstanding {
     replies: BTreeMap<ReplicaId, (u64, u64, Digest)>,
 }
 
+/// How long a client waits for f + 1 replies before it broadcasts its request to every
+/// validator, in ms: half the default view timeout, so a lost request or a silent primary
+/// costs little more than the backups' own timeout. Each retry doubles it, up to 8×.
+pub const DEFAULT_RETRANSMIT_MS: u64 = 250;
+
 /// A client: one outstanding request at a time (closed loop), numbered in increasing order.
+///
+/// Sans-IO like the replica: send a new request to [`Client::primary`]; when
+/// [`Client::poll_timeout`] passes, [`Client::handle_timeout`] returns the request to send to
+/// every validator.
 pub struct Client {
     chain: ChainId,
     keypair: Keypair,
@@ -68,6 +77,12 @@ pub struct Client {
     next_seq: u64,
     outstanding: Option<Outstanding>,
     max_message_bytes: usize,
+    retransmit_ms: u64,
+    /// When to retransmit the outstanding request, and how many times it was.
+    deadline: Option<u64>,
+    retries: u32,
+    /// The highest view a result was accepted in: where the primary is.
+    view: u64,
 }
 
 impl Client {
@@ -83,7 +98,41 @@ impl Client {
             next_seq: first_seq.max(1),
             outstanding: None,
             max_message_bytes: DEFAULT_MAX_REPLY_BYTES,
+            retransmit_ms: DEFAULT_RETRANSMIT_MS,
+            deadline: None,
+            retries: 0,
+            view: 0,
         }
+    }
+
+    /// Changes the first retransmission delay (see [`DEFAULT_RETRANSMIT_MS`]).
+    pub fn with_retransmit_ms(mut self, ms: u64) -> Self {
+        self.retransmit_ms = ms.max(1);
+        self
+    }
+
+    /// The validator to send a new request to: the primary of the latest view a result came
+    /// from (a hint; the broadcast after a timeout reaches the real one).
+    pub fn primary(&self) -> ReplicaId {
+        self.validators.primary(self.view)
+    }
+
+    /// When the outstanding request should be retransmitted, if one is outstanding.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.deadline
+    }
+
+    /// Time passed: returns the outstanding request to broadcast to every validator if its
+    /// replies are late, and backs off the next retransmission.
+    pub fn handle_timeout(&mut self, now: u64) -> Option<Request> {
+        let deadline = self.deadline?;
+        if deadline > now {
+            return None;
+        }
+        self.retries = self.retries.saturating_add(1);
+        let factor = 1u64 << self.retries.min(3);
+        self.deadline = Some(now.saturating_add(self.retransmit_ms.saturating_mul(factor)));
+        self.outstanding.as_ref().map(|o| o.request.clone())
     }
 
     /// Changes the largest reply this client decodes (results of the application may be large).
@@ -97,10 +146,13 @@ impl Client {
         self.keypair.public_key()
     }
 
-    /// Signs the next request; it becomes the outstanding one (replacing any other).
-    pub fn request(&mut self, op: Vec<u8>) -> Request {
+    /// Signs the next request at time `now`; it becomes the outstanding one (replacing any
+    /// other). Send it to [`Client::primary`].
+    pub fn request(&mut self, now: u64, op: Vec<u8>) -> Request {
         let request = Request::new(&self.chain, &self.keypair, self.next_seq, op);
         self.next_seq += 1;
+        self.deadline = Some(now.saturating_add(self.retransmit_ms));
+        self.retries = 0;
         self.outstanding = Some(Outstanding {
             request: request.clone(),
             replies: BTreeMap::new(),
@@ -138,6 +190,8 @@ impl Client {
             return Ok(None);
         }
         self.outstanding = None;
+        self.deadline = None;
+        self.view = self.view.max(reply.view);
         Ok(Some(Outcome {
             client_seq: reply.client_seq,
             seq: reply.seq,

@@ -182,6 +182,26 @@ pub struct Config {
     /// as stale, so nothing executes twice; clients that number requests by time (the
     /// `Client` default) are always above it.
     pub max_clients: usize,
+    /// A checkpoint every this many sequence numbers, K. Default 32, half the window, so the
+    /// primary keeps proposing while the last checkpoint becomes stable.
+    pub checkpoint_interval: u64,
+    /// How long a backup waits for a pending request or an accepted proposal to commit before
+    /// it asks for a new primary, in ms; also how long it waits for the new view once a quorum
+    /// asked. Default 500 ms.
+    pub view_timeout_ms: u64,
+    /// Each consecutive view that fails doubles the timeout, up to this factor; a delivery
+    /// resets it. Default 8 (4 s with the default timeout).
+    pub max_timeout_factor: u64,
+    /// How long without progress before a replica tells its peers what it lacks, in ms.
+    /// Default 100 ms: well under the view timeout, so a lost message is repaired before it
+    /// costs a view.
+    pub retransmit_ms: u64,
+    /// How often an idle replica reports its progress, so one that missed the last commits
+    /// learns it is behind. Default 1000 ms.
+    pub heartbeat_ms: u64,
+    /// Committed batches (with their QCs) kept below the low watermark to serve replicas that
+    /// fell behind. Default 128. A replica further behind than this needs state transfer.
+    pub retained_batches: usize,
 }
 
 impl Config {
@@ -198,6 +218,12 @@ impl Config {
             max_message_bytes: 4 << 20,
             max_request_bytes: 64 << 10,
             max_clients: 100_000,
+            checkpoint_interval: 32,
+            view_timeout_ms: 500,
+            max_timeout_factor: 8,
+            retransmit_ms: 100,
+            heartbeat_ms: 1000,
+            retained_batches: 128,
         }
     }
 
@@ -223,6 +249,21 @@ impl Config {
         }
         if self.window == 0 {
             return Err(ConfigError::Invalid("window must be at least 1"));
+        }
+        if self.checkpoint_interval == 0 || self.checkpoint_interval > self.window {
+            return Err(ConfigError::Invalid(
+                "checkpoint_interval must be in [1, window], or the window can never move",
+            ));
+        }
+        if self.view_timeout_ms == 0 || self.retransmit_ms == 0 || self.heartbeat_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "view_timeout_ms, retransmit_ms and heartbeat_ms must be at least 1",
+            ));
+        }
+        if self.max_timeout_factor == 0 {
+            return Err(ConfigError::Invalid(
+                "max_timeout_factor must be at least 1",
+            ));
         }
         if self.max_request_bytes > self.max_batch_bytes {
             return Err(ConfigError::Invalid(

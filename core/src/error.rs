@@ -4,9 +4,11 @@
 
 use core::fmt;
 
+use crate::certificate::CertificateError;
 use crate::config::ReplicaId;
 use crate::crypto::CryptoError;
 use crate::message::DecodeError;
+use crate::view_change::ViewChangeError;
 
 /// Why the core rejected an input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,6 +73,14 @@ pub enum Error {
     NotPrimary,
     /// The host broke the contract (e.g. reported execution out of order); the text says how.
     HostContract(&'static str),
+    /// A view change or new view that does not verify.
+    ViewChange(ViewChangeError),
+    /// A certificate (QC or stable checkpoint) that does not verify.
+    Certificate(CertificateError),
+    /// A message of the current view while this replica waits for the view's new view.
+    ViewChanging,
+    /// The peer asked for retransmissions again too soon; it is served once per interval.
+    RateLimited,
 }
 
 impl Error {
@@ -97,6 +107,10 @@ impl Error {
             Error::Overloaded => "overloaded",
             Error::NotPrimary => "not_primary",
             Error::HostContract(_) => "host_contract",
+            Error::ViewChange(_) => "invalid_view_change",
+            Error::Certificate(_) => "invalid_certificate",
+            Error::ViewChanging => "view_changing",
+            Error::RateLimited => "rate_limited",
         }
     }
 }
@@ -104,6 +118,18 @@ impl Error {
 impl From<DecodeError> for Error {
     fn from(err: DecodeError) -> Self {
         Error::Decode(err)
+    }
+}
+
+impl From<ViewChangeError> for Error {
+    fn from(err: ViewChangeError) -> Self {
+        Error::ViewChange(err)
+    }
+}
+
+impl From<CertificateError> for Error {
+    fn from(err: CertificateError) -> Self {
+        Error::Certificate(err)
     }
 }
 
@@ -145,6 +171,10 @@ impl fmt::Display for Error {
             Error::Overloaded => f.write_str("pending request queue is full"),
             Error::NotPrimary => f.write_str("this replica is not the primary"),
             Error::HostContract(why) => write!(f, "host contract violated: {why}"),
+            Error::ViewChange(err) => write!(f, "invalid view change: {err}"),
+            Error::Certificate(err) => write!(f, "invalid certificate: {err}"),
+            Error::ViewChanging => f.write_str("waiting for the new view"),
+            Error::RateLimited => f.write_str("retransmission asked for too soon"),
         }
     }
 }

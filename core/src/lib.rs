@@ -26,11 +26,14 @@ mod merkle;
 mod message;
 mod metrics;
 mod replica;
+mod view_change;
 
 pub use certificate::{
     CertificateError, Evidence, QuorumCertificate, verify_evidence, verify_inclusion, verify_qc,
 };
-pub use client::{Client, ClientError, DEFAULT_MAX_REPLY_BYTES, Outcome, verify_reply};
+pub use client::{
+    Client, ClientError, DEFAULT_MAX_REPLY_BYTES, DEFAULT_RETRANSMIT_MS, Outcome, verify_reply,
+};
 pub use config::{ChainId, Config, ConfigError, ReplicaId, ValidatorSet};
 pub use crypto::{
     BatchVerifier, CryptoError, Digest, Hasher, Keypair, PublicKey, Signature, VerifyingKey,
@@ -39,8 +42,13 @@ pub use crypto::{
 pub use error::Error;
 pub use merkle::InclusionProof;
 pub use message::{
-    BATCH_OVERHEAD, Batch, DecodeError, Message, PROTOCOL_VERSION, Phase, PrePrepare, Reply,
-    Request, Vote, reply_leaf, reply_root_digest, vote_digest,
+    BATCH_OVERHEAD, Batch, COMMITTED, Committed, DecodeError, HAVE_BATCH, Message, PREPARED,
+    PROTOCOL_VERSION, Phase, PrePrepare, Reply, Request, Status, Vote, reply_leaf,
+    reply_root_digest, vote_digest,
 };
 pub use metrics::Metrics;
 pub use replica::{Delivery, Destination, Output, Record, Replica};
+pub use view_change::{
+    NewView, Plan, Prepared, StableCheckpoint, ViewChange, ViewChangeError, null_digest, plan,
+    verify_checkpoint, verify_new_view, verify_view_change,
+};

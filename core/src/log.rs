@@ -9,7 +9,8 @@ use alloc::vec::Vec;
 use crate::certificate::{Evidence, QuorumCertificate};
 use crate::config::{ChainId, ReplicaId};
 use crate::crypto::{Digest, PublicKey};
-use crate::message::{Batch, Phase, Vote};
+use crate::message::{Batch, COMMITTED, HAVE_BATCH, PREPARED, Phase, Vote};
+use crate::view_change::Prepared;
 
 /// What adding a vote did.
 pub(crate) enum VoteOutcome {
@@ -21,14 +22,15 @@ pub(crate) enum VoteOutcome {
     Conflict(Vote),
 }
 
-/// A slot (view, seq) in the window.
+/// A sequence number in the window: its proposal and votes in the current view, and what
+/// outlives a view (the latest prepared certificate, the QC, the batch).
 #[derive(Default)]
 pub(crate) struct Slot {
     /// The proposal's digest, once a valid pre-prepare was accepted.
     pub(crate) digest: Option<Digest>,
     /// The primary's signed proposal.
     pub(crate) proposal: Option<Vote>,
-    /// The batch, until it is delivered.
+    /// The batch, once known (kept after delivery to serve peers that are behind).
     pub(crate) batch: Option<Batch>,
     /// Request digests of the batch, to release them from the duplicate index.
     pub(crate) leaves: Vec<Digest>,
@@ -36,8 +38,10 @@ pub(crate) struct Slot {
     commits: BTreeMap<ReplicaId, Vote>,
     /// Validators already reported for equivocating here (evidence is sent once).
     reported: Vec<(Phase, ReplicaId)>,
-    /// This replica sent its commit.
+    /// This replica sent its commit in the current view.
     pub(crate) commit_sent: bool,
+    /// The certificate of the highest view this slot prepared in, for view changes.
+    pub(crate) prepared: Option<Prepared>,
     /// The QC, once a quorum committed.
     pub(crate) certificate: Option<QuorumCertificate>,
     /// Once delivered: (client, number) of each request the host executes, in order.
@@ -56,7 +60,7 @@ impl Slot {
         match phase {
             Phase::Prepare => Some(&self.prepares),
             Phase::Commit => Some(&self.commits),
-            Phase::PrePrepare => None,
+            Phase::PrePrepare | Phase::Checkpoint => None,
         }
     }
 
@@ -65,7 +69,7 @@ impl Slot {
         let votes = match vote.phase {
             Phase::Prepare => &mut self.prepares,
             Phase::Commit => &mut self.commits,
-            Phase::PrePrepare => return VoteOutcome::Duplicate,
+            Phase::PrePrepare | Phase::Checkpoint => return VoteOutcome::Duplicate,
         };
         match votes.get(&vote.replica) {
             Some(stored) if stored.digest == vote.digest => VoteOutcome::Duplicate,
@@ -133,6 +137,67 @@ impl Slot {
             digest: proposal.digest,
             signatures,
         })
+    }
+
+    /// The prepared certificate for the current proposal: it plus `quorum - 1` matching
+    /// prepares from backups, in signer order.
+    pub(crate) fn prepared_certificate(
+        &self,
+        quorum: usize,
+        primary: ReplicaId,
+    ) -> Option<Prepared> {
+        let proposal = self.proposal.clone()?;
+        let prepares: Vec<Vote> = self
+            .matching(Phase::Prepare)
+            .filter(|vote| vote.replica != primary)
+            .take(quorum.saturating_sub(1))
+            .cloned()
+            .collect();
+        (prepares.len() + 1 >= quorum).then_some(Prepared { proposal, prepares })
+    }
+
+    /// This replica's own vote of `phase`, if it cast one in the current view.
+    pub(crate) fn own(&self, phase: Phase, id: ReplicaId) -> Option<&Vote> {
+        self.votes(phase).and_then(|votes| votes.get(&id))
+    }
+
+    /// Starts the slot over for a new view's proposal: the votes of older views no longer
+    /// count; the prepared certificate, the QC and the batch (if it matches) stay.
+    pub(crate) fn repropose(&mut self, proposal: Vote, batch: Option<Batch>, leaves: Vec<Digest>) {
+        if self
+            .certificate
+            .as_ref()
+            .is_some_and(|qc| qc.digest != proposal.digest)
+        {
+            self.certificate = None;
+        }
+        let keep = self.digest == Some(proposal.digest) && self.batch.is_some();
+        if !keep {
+            self.batch = batch;
+            self.leaves = leaves;
+        }
+        self.digest = Some(proposal.digest);
+        self.proposal = Some(proposal);
+        self.prepares.clear();
+        self.commits.clear();
+        self.reported.clear();
+        self.commit_sent = false;
+    }
+
+    /// This slot's flags for a [`crate::Status`].
+    pub(crate) fn flags(&self, quorum: usize) -> u8 {
+        let mut flags = 0;
+        if self.proposal.is_some() && self.batch.is_some() {
+            flags |= HAVE_BATCH;
+        }
+        let primary = self.proposal.as_ref().map(|p| p.replica);
+        if primary.is_some_and(|primary| self.is_prepared(quorum, primary)) {
+            flags |= PREPARED;
+        }
+        if self.certificate.is_some() && self.batch.is_some() {
+            flags |= COMMITTED;
+        }
+        flags
     }
 
     /// Votes held, for memory accounting.

@@ -10,9 +10,11 @@ use core::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::certificate::QuorumCertificate;
 use crate::config::{ChainId, ReplicaId};
 use crate::crypto::{Digest, Hasher, Keypair, PublicKey, Signature};
 use crate::merkle::{self, InclusionProof};
+use crate::view_change::{NewView, StableCheckpoint, ViewChange};
 
 /// The envelope version this build speaks; the first byte of every message.
 pub const PROTOCOL_VERSION: u8 = 1;
@@ -96,7 +98,7 @@ impl Batch {
     }
 }
 
-/// The three statements a validator signs about a slot (view, seq).
+/// The statements a validator signs about a slot (view, seq).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Phase {
     /// The primary proposes a batch for the slot.
@@ -105,6 +107,9 @@ pub enum Phase {
     Prepare,
     /// A validator saw a quorum prepare the batch and will commit it.
     Commit,
+    /// A validator executed up to `seq` and reached the history digest; `view` is always 0,
+    /// a checkpoint is the same in every view.
+    Checkpoint,
 }
 
 impl Phase {
@@ -113,6 +118,7 @@ impl Phase {
             Phase::PrePrepare => b"pbft/v1/pre-prepare",
             Phase::Prepare => b"pbft/v1/prepare",
             Phase::Commit => b"pbft/v1/commit",
+            Phase::Checkpoint => b"pbft/v1/checkpoint",
         }
     }
 }
@@ -251,6 +257,40 @@ pub fn reply_root_digest(
         .finish()
 }
 
+/// Flag in [`Status::slots`]: the sender holds the slot's proposal and batch.
+pub const HAVE_BATCH: u8 = 1;
+/// Flag in [`Status::slots`]: the slot is prepared at the sender.
+pub const PREPARED: u8 = 2;
+/// Flag in [`Status::slots`]: the sender holds the slot's commit certificate.
+pub const COMMITTED: u8 = 4;
+
+/// What a validator has, sent when it stops making progress (and as a slow heartbeat), so
+/// peers send it what it lacks. Unsigned: the transport authenticates the sender, and a lie
+/// only costs the liar the answers it did not get.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// The sender's view.
+    pub view: u64,
+    /// Whether the sender runs `view` (false while it waits for its new view).
+    pub normal: bool,
+    /// The sender's stable checkpoint.
+    pub stable: u64,
+    /// The highest seq the sender executed.
+    pub executed: u64,
+    /// Flags for each seq from `executed + 1`, at most a window of them.
+    pub slots: Vec<u8>,
+}
+
+/// A committed batch with its certificate, sent to a validator that is behind. Anyone may
+/// send it: the certificate proves it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Committed {
+    /// The batch.
+    pub batch: Batch,
+    /// Its QC; `certificate.digest` is the batch digest.
+    pub certificate: QuorumCertificate,
+}
+
 /// Every message of the protocol.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
@@ -258,10 +298,20 @@ pub enum Message {
     Request(Request),
     /// A primary's proposal.
     PrePrepare(PrePrepare),
-    /// A prepare or commit vote.
+    /// A prepare, commit or checkpoint vote.
     Vote(Vote),
     /// A validator's reply to a client.
     Reply(Reply),
+    /// A validator moves to a new view.
+    ViewChange(ViewChange),
+    /// A new primary starts its view.
+    NewView(NewView),
+    /// A validator's progress, asking peers for what it lacks.
+    Status(Status),
+    /// A committed batch for a validator that is behind.
+    Committed(Committed),
+    /// A stable checkpoint certificate for a validator that is behind.
+    Checkpoint(StableCheckpoint),
 }
 
 impl Message {
@@ -302,8 +352,14 @@ impl Message {
                 Phase::PrePrepare => "pre-prepare-vote",
                 Phase::Prepare => "prepare",
                 Phase::Commit => "commit",
+                Phase::Checkpoint => "checkpoint",
             },
             Message::Reply(_) => "reply",
+            Message::ViewChange(_) => "view-change",
+            Message::NewView(_) => "new-view",
+            Message::Status(_) => "status",
+            Message::Committed(_) => "committed",
+            Message::Checkpoint(_) => "stable-checkpoint",
         }
     }
 }

@@ -27,6 +27,23 @@ pub struct Metrics {
     pub evidence_reported: u64,
     /// Encoded bytes handed to the host for sending (a broadcast counts once per peer).
     pub bytes_sent: u64,
+    /// New views this replica entered.
+    pub views_changed: u64,
+    /// Time spent between sending a view change and entering the new view, in ms.
+    pub view_change_ms: u64,
+    /// View-change timeouts that fired (a request or proposal not committed in time, or a
+    /// new view that did not come).
+    pub timeouts_fired: u64,
+    /// Checkpoints that became stable here.
+    pub checkpoints_stable: u64,
+    /// Status messages sent (retransmission requests and heartbeats).
+    pub status_sent: u64,
+    /// Messages re-sent to peers that reported lacking them.
+    pub retransmitted: u64,
+    /// Batches received with a QC from a peer while catching up.
+    pub batches_caught_up: u64,
+    /// Stable checkpoints whose digest differed from this replica's own history.
+    pub checkpoint_mismatches: u64,
 }
 
 impl Metrics {

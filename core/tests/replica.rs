@@ -23,6 +23,7 @@ fn set() -> ValidatorSet {
 fn config() -> Config {
     let mut config = Config::new(chain());
     config.window = 4;
+    config.checkpoint_interval = 2;
     config.max_future_per_peer = 3;
     config.max_request_bytes = 64;
     config

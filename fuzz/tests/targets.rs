@@ -4,8 +4,9 @@ use std::time::Duration;
 
 use bolero::check;
 use pbft_core::{
-    Batch, Client, Config, Keypair, Message, Phase, PrePrepare, PublicKey, QuorumCertificate,
-    Replica, ReplicaId, Request, ValidatorSet, Vote, verify_qc,
+    Batch, Client, Committed, Config, Keypair, Message, NewView, Phase, PrePrepare, PublicKey,
+    QuorumCertificate, Replica, ReplicaId, Request, Signature, StableCheckpoint, Status,
+    ValidatorSet, ViewChange, Vote, verify_qc,
 };
 use pbft_sim::{chain, validator_keys};
 
@@ -25,6 +26,8 @@ fn set() -> ValidatorSet {
 fn config() -> Config {
     let mut config = Config::new(chain());
     config.window = 4;
+    config.checkpoint_interval = 2;
+    config.retained_batches = 8;
     config.max_future_per_peer = 8;
     config.max_pending_requests = 16;
     config.max_batch_ops = 4;
@@ -33,15 +36,20 @@ fn config() -> Config {
 }
 
 /// The most entries a replica may hold under `config()`: slots and two votes per validator
-/// for each slot of the window, the per-peer buffers, pending requests and their index
-/// entries, and the client table.
+/// for two windows of slots (the window, and as far again while catching up), the archive,
+/// the per-peer buffers, pending and watched requests and their index entries, one view
+/// change per validator, checkpoint votes for each checkpoint in reach, and the client table.
 fn memory_bound(peers: usize) -> usize {
     let config = config();
     let window = config.window as usize;
-    window * (1 + 2 * VALIDATORS)
+    let checkpoints = 2 * window / config.checkpoint_interval as usize + 1;
+    2 * window * (1 + 2 * VALIDATORS)
+        + config.retained_batches
         + peers * config.max_future_per_peer
-        + 2 * config.max_pending_requests
-        + window * config.max_batch_ops
+        + 3 * config.max_pending_requests
+        + 2 * window * config.max_batch_ops
+        + VALIDATORS
+        + checkpoints * VALIDATORS
         + config.max_clients
 }
 
@@ -79,7 +87,61 @@ fn valid_messages() -> Vec<Vec<u8>> {
             messages.push(Message::Vote(vote(Phase::Prepare, signer)).encode());
             messages.push(Message::Vote(vote(Phase::Commit, signer)).encode());
         }
+        let signatures = (0..3)
+            .map(|signer| {
+                (
+                    ReplicaId(signer as u16),
+                    vote(Phase::Commit, signer).signature,
+                )
+            })
+            .collect();
+        let certificate = QuorumCertificate {
+            chain_id: chain(),
+            epoch: 0,
+            view: 0,
+            seq,
+            digest,
+            signatures,
+        };
+        let batch = Batch {
+            requests: vec![Request::new(&chain(), &client, seq, vec![seq as u8; 8])],
+        };
+        messages.push(Message::Committed(Committed { batch, certificate }).encode());
+        messages.push(
+            Message::Status(Status {
+                view: seq % 3,
+                normal: seq % 2 == 0,
+                stable: 0,
+                executed: seq - 1,
+                slots: vec![0, 1, 3],
+            })
+            .encode(),
+        );
     }
+    // View changes to view 1 from every validator, and the new view they make.
+    let changes: Vec<ViewChange> = (0..VALIDATORS)
+        .map(|signer| {
+            ViewChange::new(
+                &chain(),
+                0,
+                (1, ReplicaId(signer as u16)),
+                StableCheckpoint::genesis(),
+                Vec::new(),
+                &keys[signer],
+            )
+        })
+        .collect();
+    for change in &changes {
+        messages.push(Message::ViewChange(change.clone()).encode());
+    }
+    let mut new_view = NewView {
+        view: 1,
+        view_changes: changes[1..].to_vec(),
+        proposals: Vec::new(),
+        signature: Signature([0; 64]),
+    };
+    new_view.signature = keys[1].sign(&new_view.signed_digest(&chain(), 0));
+    messages.push(Message::NewView(new_view).encode());
     messages
 }
 
@@ -148,7 +210,7 @@ fn replica_survives_any_input_sequence() {
 fn client_survives_any_reply() {
     check!().with_test_time(TEST_TIME).for_each(|bytes: &[u8]| {
         let mut client = Client::new(chain(), Keypair::from_seed(&[5; 32]), set(), 1);
-        client.request(b"op".to_vec());
+        client.request(0, b"op".to_vec());
         let _ = client.handle_reply(bytes);
     });
 }

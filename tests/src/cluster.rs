@@ -60,13 +60,16 @@ impl Cluster {
         result
     }
 
-    /// Delivers messages and fires timers until nothing is left to do.
+    /// Delivers messages and fires timers until every replica is idle (only heartbeats left).
     pub fn run(&mut self) {
         loop {
             while let Some((to, from, bytes)) = self.network.pop_front() {
                 // Rejections (e.g. votes for slots already executed) are normal here.
                 let _ = self.replicas[to].handle_message(self.now, &from, &bytes);
                 self.drain(to);
+            }
+            if self.replicas.iter().all(Replica::is_idle) {
+                return;
             }
             let next = self.replicas.iter().filter_map(Replica::poll_timeout).min();
             let Some(at) = next else {

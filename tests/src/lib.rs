@@ -1,16 +1,17 @@
 //! pbft-sim: a deterministic cluster simulator for pbft-core.
 //!
-//! One seed fixes everything: keys, faults, message delays, duplication and reordering. Whole
-//! clusters of real `Replica`s and `Client`s run in one thread in virtual time, and after every
-//! step the simulator checks agreement, validity, exactly-once execution and QC validity; at the
-//! end it checks that every request committed (when the scenario is meant to be live).
+//! One seed fixes everything: keys, faults, message delays, loss, duplication, reordering and
+//! partitions. Whole clusters of real `Replica`s and `Client`s run in one thread in virtual
+//! time, and after every step the simulator checks agreement, validity, exactly-once execution
+//! and QC validity; at the end, once the network has healed, it checks that every request
+//! committed and every honest replica delivered every batch.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use pbft_core::{
     Batch, ChainId, Client, Config, Delivery, Destination, Digest, Hasher, Keypair, Message,
-    Output, PublicKey, Record, Replica, Request, ValidatorSet, Vote, verify_evidence,
-    verify_inclusion, verify_qc,
+    NewView, Output, PublicKey, Record, Replica, Request, Signature, ValidatorSet, ViewChange,
+    Vote, verify_evidence, verify_inclusion, verify_qc,
 };
 
 pub mod cluster;
@@ -68,20 +69,74 @@ pub enum Fault {
     /// As primary, proposes different batches for one seq to different backups (and both
     /// to one of them).
     EquivocatingPrimary,
+    /// Runs honestly, then stops for good (sends and receives nothing) at this virtual time.
+    CrashAt(u64),
+    /// Drops every request of client 0 it receives: as primary it never proposes them.
+    Censor,
+    /// Breaks a client signature in every batch it proposes.
+    InvalidBatch,
+    /// Sends view changes with its prepared certificates stripped and its view raised, new
+    /// views with a re-proposal left out, and new views for views it does not lead.
+    ForgeViewChange,
 }
 
 /// The faults a backup may draw.
-pub const BACKUP_FAULTS: [Fault; 5] = [
+pub const BACKUP_FAULTS: [Fault; 6] = [
     Fault::Garbage,
     Fault::Replay,
     Fault::WrongKey,
     Fault::EquivocateVotes,
     Fault::Silent,
+    Fault::ForgeViewChange,
 ];
+
+/// What a run puts the cluster through, besides loss and partitions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// f Byzantine backups with random faults.
+    ByzantineBackups,
+    /// The primary crashes mid-run; f - 1 Byzantine backups.
+    CrashedPrimary,
+    /// The primary equivocates; f - 1 Byzantine backups.
+    EquivocatingPrimary,
+    /// The primary ignores one client; f - 1 Byzantine backups.
+    CensoringPrimary,
+    /// The primary proposes batches with a forged client signature; f - 1 Byzantine backups.
+    InvalidBatchPrimary,
+    /// The next primary forges view changes and new views, and the first primary is cut off
+    /// for a while, so the view changes run through it.
+    ForgedViewChanges,
+    /// The first f primaries fail at once: view changes cascade.
+    Cascading,
+}
+
+/// Every kind, in the order seeds cycle through them.
+pub const KINDS: [Kind; 7] = [
+    Kind::ByzantineBackups,
+    Kind::CrashedPrimary,
+    Kind::EquivocatingPrimary,
+    Kind::CensoringPrimary,
+    Kind::InvalidBatchPrimary,
+    Kind::ForgedViewChanges,
+    Kind::Cascading,
+];
+
+/// Validators cut off from everyone else (validators and clients) for a while.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Partition {
+    /// The validators on the small side.
+    pub isolated: Vec<usize>,
+    /// When the cut starts, virtual ms.
+    pub from: u64,
+    /// When it heals.
+    pub until: u64,
+}
 
 /// What one run simulates.
 #[derive(Clone, Debug)]
 pub struct Scenario {
+    /// What the run puts the cluster through.
+    pub kind: Kind,
     /// Number of validators.
     pub validators: usize,
     /// Faulty validators by index (at most f of them for the run to be meaningful).
@@ -94,57 +149,111 @@ pub struct Scenario {
     pub delay_ms: (u64, u64),
     /// Chance (percent) that a message is delivered twice.
     pub duplicate_percent: u64,
-    /// Whether every request must commit by the end (false when the primary is faulty:
-    /// without view change that is not live, and only safety is checked).
-    pub expect_liveness: bool,
+    /// Chance (percent) that a message is lost.
+    pub loss_percent: u64,
+    /// Cuts that heal.
+    pub partitions: Vec<Partition>,
     /// Replica limits (batch size, window, ...).
     pub max_batch_ops: usize,
     /// Log window.
     pub window: u64,
+    /// Checkpoint interval.
+    pub checkpoint_interval: u64,
 }
 
 impl Scenario {
-    /// A random scenario for `seed`: f Byzantine backups with random faults, random delays,
-    /// duplication and reordering, small batches and window so pipelining and buffering
-    /// ahead of the window happen.
-    pub fn random_byzantine_backups(seed: u64, validators: usize) -> Self {
+    /// The scenario for `seed`: the kinds take turns, everything else is drawn from the seed.
+    pub fn for_seed(seed: u64, validators: usize) -> Self {
+        let kind = KINDS[(seed % KINDS.len() as u64) as usize];
+        Self::new(kind, seed, validators)
+    }
+
+    /// A random scenario of `kind`: f faulty validators in all, loss up to 20 %, delays,
+    /// duplication and reordering, sometimes a partition that heals, and small batches,
+    /// windows and checkpoint intervals so pipelining, buffering and garbage collection happen.
+    pub fn new(kind: Kind, seed: u64, validators: usize) -> Self {
         let mut rng = Rng::new(seed ^ 0x5ce7_a710);
         let f = (validators - 1) / 3;
-        let mut backups: Vec<usize> = (1..validators).collect();
         let mut faults = BTreeMap::new();
-        for _ in 0..f {
+        let primary_fault = match kind {
+            Kind::ByzantineBackups => None,
+            Kind::CrashedPrimary => Some(Fault::CrashAt(rng.range(20, 300))),
+            Kind::EquivocatingPrimary => Some(Fault::EquivocatingPrimary),
+            Kind::CensoringPrimary => Some(Fault::Censor),
+            Kind::InvalidBatchPrimary => Some(Fault::InvalidBatch),
+            Kind::ForgedViewChanges => {
+                faults.insert(1, Fault::ForgeViewChange);
+                None
+            }
+            Kind::Cascading => {
+                for next in 1..f {
+                    faults.insert(next, Fault::Silent);
+                }
+                Some(Fault::CrashAt(rng.range(20, 300)))
+            }
+        };
+        if let Some(fault) = primary_fault {
+            faults.insert(0, fault);
+        }
+        let mut backups: Vec<usize> = (1..validators)
+            .filter(|i| !faults.contains_key(i))
+            .collect();
+        while faults.len() < f {
             let index = (rng.next_u64() % backups.len() as u64) as usize;
             let replica = backups.swap_remove(index);
             faults.insert(replica, *rng.pick(&BACKUP_FAULTS));
         }
+        let mut partitions = Vec::new();
+        let crash = matches!(kind, Kind::CrashedPrimary | Kind::Cascading);
+        if kind == Kind::ForgedViewChanges {
+            // Cut the first primary off so the cluster must change view through the forger.
+            let from = rng.range(0, 300);
+            partitions.push(Partition {
+                isolated: vec![0],
+                from,
+                until: from + rng.range(1_000, 4_000),
+            });
+        } else if !crash && rng.chance(50) {
+            // Crash runs stay unpartitioned so their recovery time measures the crash alone.
+            let from = rng.range(0, 2_000);
+            let size = rng.range(1, f as u64) as usize;
+            let mut isolated: Vec<usize> = (0..validators).collect();
+            while isolated.len() > size {
+                let index = (rng.next_u64() % isolated.len() as u64) as usize;
+                isolated.swap_remove(index);
+            }
+            partitions.push(Partition {
+                isolated,
+                from,
+                until: from + rng.range(200, 3_000),
+            });
+        }
         let low = rng.range(1, 5);
+        let window = rng.range(2, 8);
+        let mut clients = rng.range(1, 4) as usize;
+        let mut max_batch_ops = rng.range(1, 8) as usize;
+        if kind == Kind::EquivocatingPrimary {
+            // Several clients and batches of several requests give it room to equivocate.
+            clients = clients.max(3);
+            max_batch_ops = max_batch_ops.max(3);
+        }
+        if kind == Kind::CensoringPrimary {
+            clients = clients.max(2);
+        }
         Scenario {
+            kind,
             validators,
             faults,
-            clients: rng.range(1, 4) as usize,
+            clients,
             requests_per_client: rng.range(2, 6) as usize,
             delay_ms: (low, low + rng.range(0, 30)),
             duplicate_percent: rng.range(0, 20),
-            expect_liveness: true,
-            max_batch_ops: rng.range(1, 8) as usize,
-            window: rng.range(2, 8),
+            loss_percent: rng.range(0, 20),
+            partitions,
+            max_batch_ops,
+            window,
+            checkpoint_interval: rng.range(1, window),
         }
-    }
-
-    /// A primary that equivocates, plus up to f - 1 faulty backups: safety only.
-    pub fn equivocating_primary(seed: u64, validators: usize) -> Self {
-        let mut scenario = Self::random_byzantine_backups(seed, validators);
-        let f = (validators - 1) / 3;
-        while scenario.faults.len() >= f.max(1) {
-            let last = *scenario.faults.keys().next_back().unwrap_or(&0);
-            scenario.faults.remove(&last);
-        }
-        scenario.faults.insert(0, Fault::EquivocatingPrimary);
-        // Several clients and batches of several requests give the primary room to equivocate.
-        scenario.clients = scenario.clients.max(3);
-        scenario.max_batch_ops = scenario.max_batch_ops.max(3);
-        scenario.expect_liveness = false;
-        scenario
     }
 }
 
@@ -165,6 +274,11 @@ pub struct Report {
     pub messages: u64,
     /// Virtual time at the end, ms.
     pub virtual_ms: u64,
+    /// Views honest replicas entered, summed.
+    pub views_changed: u64,
+    /// When the primary crashed at a time it was the primary: virtual ms from the crash to
+    /// the first batch an honest replica committed in a later view.
+    pub recovery_ms: Option<u64>,
     /// Digest of every output of every node, in order: equal across runs of one seed.
     pub trace: Digest,
 }
@@ -180,6 +294,10 @@ enum Event {
     },
     Timer {
         node: NodeId,
+        at: u64,
+    },
+    ClientTimer {
+        client: usize,
         at: u64,
     },
 }
@@ -242,6 +360,8 @@ pub struct Simulation {
     results: BTreeMap<(PublicKey, u64), Digest>,
     report: Report,
     trace: Hasher,
+    /// The primary's crash, once it happened: (time, the view it led).
+    crash: Option<(u64, u64)>,
 }
 
 /// Virtual time after which a run stops.
@@ -256,7 +376,10 @@ impl Simulation {
         let mut config = Config::new(chain());
         config.max_batch_ops = scenario.max_batch_ops;
         config.window = scenario.window;
+        config.checkpoint_interval = scenario.checkpoint_interval;
         config.max_future_per_peer = 64;
+        // Partitions last seconds at most; every replica can catch up from its peers' archives.
+        config.retained_batches = 1024;
         let validators = keypairs
             .into_iter()
             .enumerate()
@@ -305,32 +428,118 @@ impl Simulation {
                 ..Report::default()
             },
             trace: Hasher::new(b"sim/trace"),
+            crash: None,
             scenario,
         }
     }
 
-    /// Runs to quiescence (or the time limit) and returns what it found.
+    /// Runs until every request committed, the network healed and every honest replica is
+    /// idle and up to date (or the time limit), and returns what it found.
     pub fn run(mut self) -> Report {
         for client in 0..self.clients.len() {
             self.next_request(client);
+        }
+        for index in 0..self.validators.len() {
+            self.drain(index);
         }
         while let Some(((at, _), event)) = self.queue.pop_first() {
             if at > TIME_LIMIT_MS {
                 break;
             }
             self.now = at;
+            self.note_crash();
             match event {
                 Event::Message { to, from, bytes } => self.deliver(to, from, bytes),
                 Event::Timer { node, at } => {
-                    if self.validators[node].timer == Some(at) {
+                    if self.validators[node].timer == Some(at) && !self.is_down(node) {
                         self.validators[node].timer = None;
                         self.validators[node].replica.handle_timeout(self.now);
                         self.drain(node);
                     }
                 }
+                Event::ClientTimer { client, at } => self.client_timer(client, at),
+            }
+            if self.settled() {
+                break;
             }
         }
         self.finish()
+    }
+
+    /// Whether the run has nothing left to show: every request answered, every cut healed,
+    /// every honest replica idle and at the highest delivered seq.
+    fn settled(&self) -> bool {
+        let healed = self.scenario.partitions.iter().all(|p| p.until <= self.now);
+        let answered = self
+            .clients
+            .iter()
+            .all(|c| c.remaining == 0 && c.outstanding.is_none());
+        healed
+            && answered
+            && self.validators.iter().all(|node| {
+                node.fault.is_some()
+                    || (node.replica.is_idle() && node.delivered == self.report.batches)
+            })
+    }
+
+    fn is_down(&self, node: NodeId) -> bool {
+        matches!(self.validators[node].fault, Some(Fault::CrashAt(at)) if self.now >= at)
+    }
+
+    /// Records the moment a crashing validator stops, and whether it was the primary then.
+    fn note_crash(&mut self) {
+        if self.crash.is_some() {
+            return;
+        }
+        for index in 0..self.validators.len() {
+            if let Some(Fault::CrashAt(at)) = self.validators[index].fault
+                && self.now >= at
+            {
+                let view = self
+                    .validators
+                    .iter()
+                    .filter(|node| node.fault.is_none())
+                    .map(|node| node.replica.view())
+                    .max()
+                    .unwrap_or(0);
+                let leading = self.set.primary(view).0 as usize == index;
+                // A crash of a validator that no longer leads measures nothing.
+                self.crash = Some((at, if leading { view } else { u64::MAX }));
+            }
+        }
+    }
+
+    fn client_timer(&mut self, index: usize, at: u64) {
+        if self.clients[index].client.poll_timeout() != Some(at) {
+            return;
+        }
+        if let Some(request) = self.clients[index].client.handle_timeout(self.now) {
+            let bytes = Message::Request(request.clone()).encode();
+            for validator in 0..self.validators.len() {
+                self.send(validator, request.client, bytes.clone());
+            }
+        }
+        self.schedule_client_timer(index);
+    }
+
+    fn schedule_client_timer(&mut self, index: usize) {
+        if let Some(at) = self.clients[index].client.poll_timeout() {
+            self.counter += 1;
+            self.queue.insert(
+                (at.max(self.now), self.counter),
+                Event::ClientTimer { client: index, at },
+            );
+        }
+    }
+
+    /// Whether a cut separates `a` from `b` now (clients are never cut off).
+    fn cut(&self, a: NodeId, b: NodeId) -> bool {
+        let n = self.validators.len();
+        self.scenario.partitions.iter().any(|p| {
+            let active = p.from <= self.now && self.now < p.until;
+            let inside = |node: NodeId| node < n && p.isolated.contains(&node);
+            active && inside(a) != inside(b)
+        })
     }
 
     fn violation(&mut self, what: String) {
@@ -344,6 +553,12 @@ impl Simulation {
     }
 
     fn send(&mut self, to: NodeId, from: PublicKey, bytes: Vec<u8>) {
+        let sender = self.node_of(&from);
+        if sender.is_some_and(|sender| self.cut(sender, to))
+            || self.rng.chance(self.scenario.loss_percent)
+        {
+            return;
+        }
         let copies = if self.rng.chance(self.scenario.duplicate_percent) {
             2
         } else {
@@ -364,19 +579,31 @@ impl Simulation {
         }
     }
 
+    /// The simulation node of a key: a validator or a client.
+    fn node_of(&self, key: &PublicKey) -> Option<NodeId> {
+        self.keys.iter().position(|k| k == key).or_else(|| {
+            self.client_keys
+                .iter()
+                .position(|k| k == key)
+                .map(|client| self.validators.len() + client)
+        })
+    }
+
     fn next_request(&mut self, index: usize) {
+        let now = self.now;
         let client = &mut self.clients[index];
         if client.remaining == 0 {
             return;
         }
         client.remaining -= 1;
         let op = format!("client {index} op {}", client.remaining).into_bytes();
-        let request = client.client.request(op);
+        let request = client.client.request(now, op);
         client.outstanding = Some(request.clone());
         self.submitted.insert(request.digest(&chain()));
         let from = request.client;
-        let primary = self.set.primary(0).0 as usize;
+        let primary = client.client.primary().0 as usize;
         self.send(primary, from, Message::Request(request).encode());
+        self.schedule_client_timer(index);
     }
 
     fn deliver(&mut self, to: NodeId, from: PublicKey, bytes: Vec<u8>) {
@@ -384,8 +611,19 @@ impl Simulation {
             self.client_receives(to - self.validators.len(), &bytes);
             return;
         }
+        if self.is_down(to) {
+            return;
+        }
+        let censored = self.client_keys[0];
         let node = &mut self.validators[to];
-        if node.fault == Some(Fault::Replay) && node.seen.len() < 256 {
+        if node.fault == Some(Fault::Censor)
+            && let Ok(Message::Request(request)) = Message::decode(&bytes, usize::MAX)
+            && request.client == censored
+        {
+            return;
+        }
+        let keeps = matches!(node.fault, Some(Fault::Replay | Fault::ForgeViewChange));
+        if keeps && node.seen.len() < 256 {
             node.seen.push(bytes.clone());
         }
         // Rejections are expected (garbage, replays, duplicates); they are counted, not fatal.
@@ -473,6 +711,12 @@ impl Simulation {
             Output::Persist(Record::Signed(vote)) => {
                 self.trace.bytes(&Message::Vote(vote.clone()).encode());
             }
+            Output::Persist(Record::ViewChange(change)) => {
+                self.trace.u64(change.view);
+            }
+            Output::Persist(Record::NewView(new_view)) => {
+                self.trace.u64(new_view.view);
+            }
             Output::Send { bytes, .. } => {
                 self.trace.bytes(bytes);
             }
@@ -500,14 +744,39 @@ impl Simulation {
                 None => return,
             },
         };
-        let Some(fault) = self.validators[index].fault else {
+        let honest = |fault| matches!(fault, None | Some(Fault::CrashAt(_)) | Some(Fault::Censor));
+        if self.is_down(index) {
+            return;
+        }
+        let fault = self.validators[index].fault;
+        if honest(fault) {
             for target in targets {
                 self.send(target, from, bytes.clone());
             }
             return;
+        }
+        let Some(fault) = fault else {
+            return;
         };
         match fault {
-            Fault::Silent => {}
+            Fault::Silent | Fault::CrashAt(_) | Fault::Censor => {}
+            Fault::InvalidBatch => {
+                let bytes = match Message::decode(&bytes, usize::MAX) {
+                    Ok(Message::PrePrepare(mut pre_prepare)) => {
+                        // The request digest does not cover the signature: the batch digest
+                        // and the primary's vote stay valid, only the client signature breaks.
+                        if let Some(request) = pre_prepare.batch.requests.first_mut() {
+                            request.signature.0[0] ^= 1;
+                        }
+                        Message::PrePrepare(pre_prepare).encode()
+                    }
+                    _ => bytes,
+                };
+                for target in targets {
+                    self.send(target, from, bytes.clone());
+                }
+            }
+            Fault::ForgeViewChange => self.forge_view_change(index, &targets, bytes),
             Fault::Garbage => {
                 for target in targets {
                     let len = self.rng.range(0, 300) as usize;
@@ -569,6 +838,70 @@ impl Simulation {
         }
     }
 
+    /// The forger: view changes stripped of their certificates with a raised view, new views
+    /// missing a re-proposal, a new view of its own for the next view on every status, and
+    /// old view changes and new views replayed. All signed with its own key, as a real
+    /// Byzantine validator could.
+    fn forge_view_change(&mut self, index: NodeId, targets: &[NodeId], bytes: Vec<u8>) {
+        let from = self.keys[index];
+        let keypair = Keypair::from_seed(&self.validators[index].keypair.seed());
+        let id = pbft_core::ReplicaId(index as u16);
+        let forged = match Message::decode(&bytes, usize::MAX) {
+            Ok(Message::ViewChange(change)) => {
+                let view = change.view + self.rng.range(0, 2);
+                let stripped = ViewChange::new(
+                    &chain(),
+                    0,
+                    (view, id),
+                    change.checkpoint,
+                    Vec::new(),
+                    &keypair,
+                );
+                Some(Message::ViewChange(stripped).encode())
+            }
+            Ok(Message::NewView(mut new_view)) if !new_view.proposals.is_empty() => {
+                new_view.proposals.pop();
+                new_view.signature = keypair.sign(&new_view.signed_digest(&chain(), 0));
+                Some(Message::NewView(new_view).encode())
+            }
+            Ok(Message::Status(status)) => {
+                let view = status.view + 1;
+                let change = ViewChange::new(
+                    &chain(),
+                    0,
+                    (view, id),
+                    pbft_core::StableCheckpoint::genesis(),
+                    Vec::new(),
+                    &keypair,
+                );
+                let mut new_view = NewView {
+                    view,
+                    view_changes: vec![change],
+                    proposals: Vec::new(),
+                    signature: Signature([0; 64]),
+                };
+                new_view.signature = keypair.sign(&new_view.signed_digest(&chain(), 0));
+                for &target in targets {
+                    self.send(target, from, Message::NewView(new_view.clone()).encode());
+                }
+                None
+            }
+            _ => None,
+        };
+        for &target in targets {
+            self.send(
+                target,
+                from,
+                forged.clone().unwrap_or_else(|| bytes.clone()),
+            );
+            let seen = &self.validators[index].seen;
+            if !seen.is_empty() && self.rng.chance(10) {
+                let old = self.rng.pick(seen).clone();
+                self.send(target, from, old);
+            }
+        }
+    }
+
     /// Equivocation on the wire: odd targets get `other`, even ones `bytes`, and the first
     /// target gets both, so someone holds the evidence.
     fn split_send(
@@ -611,6 +944,13 @@ impl Simulation {
         } = delivery;
         if honest {
             self.check_delivery(index, seq, &batch, &certificate);
+            if let Some((at, view)) = self.crash
+                && certificate.view > view
+                && view != u64::MAX
+                && self.report.recovery_ms.is_none()
+            {
+                self.report.recovery_ms = Some(self.now - at);
+            }
         }
         let mut results = Vec::with_capacity(execute.len());
         for position in execute {
@@ -711,7 +1051,13 @@ impl Simulation {
 
     fn finish(mut self) -> Report {
         self.report.virtual_ms = self.now;
-        if self.scenario.expect_liveness {
+        self.report.views_changed = self
+            .validators
+            .iter()
+            .filter(|node| node.fault.is_none())
+            .map(|node| node.replica.metrics().views_changed)
+            .sum();
+        {
             let expected = (self.scenario.clients * self.scenario.requests_per_client) as u64;
             if self.report.requests_completed != expected {
                 self.violation(format!(
@@ -733,8 +1079,9 @@ impl Simulation {
         if std::env::var_os("PBFT_SIM_DEBUG").is_some() {
             for (index, node) in self.validators.iter().enumerate() {
                 eprintln!(
-                    "replica {index} ({:?}): {:?}",
+                    "replica {index} ({:?}): {:?}\n  {:?}",
                     node.fault,
+                    node.replica,
                     node.replica.metrics()
                 );
             }
@@ -780,11 +1127,6 @@ pub fn run_checked(seed: u64, scenario: &Scenario) -> Report {
 }
 
 /// The command that replays one seed.
-pub fn replay_command(seed: u64, validators: usize, byzantine_primary: bool) -> String {
-    let primary = if byzantine_primary {
-        " --byzantine-primary"
-    } else {
-        ""
-    };
-    format!("cargo run --release -p pbft-sim -- --validators {validators} --seed {seed}{primary}")
+pub fn replay_command(seed: u64, validators: usize) -> String {
+    format!("cargo run --release -p pbft-sim -- --validators {validators} --seed {seed}")
 }

@@ -1,18 +1,19 @@
-//! Runs many simulator seeds and prints a summary; replays one seed with `--seed`.
+//! Runs many simulator seeds and prints a summary per scenario kind; replays one seed with
+//! `--seed`.
 
+use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use pbft_sim::{Scenario, replay_command, run_checked};
+use pbft_sim::{Report, Scenario, replay_command, run_checked};
 
-const USAGE: &str = "usage: pbft-sim [--validators N] [--seeds COUNT] [--first SEED] [--seed SEED] [--byzantine-primary]";
+const USAGE: &str = "usage: pbft-sim [--validators N] [--seeds COUNT] [--first SEED] [--seed SEED]";
 
 struct Args {
     validators: usize,
     first: u64,
     seeds: u64,
-    byzantine_primary: bool,
 }
 
 fn parse() -> Result<Args, String> {
@@ -20,7 +21,6 @@ fn parse() -> Result<Args, String> {
         validators: 4,
         first: 0,
         seeds: 100,
-        byzantine_primary: false,
     };
     let mut words = std::env::args().skip(1);
     while let Some(word) = words.next() {
@@ -38,7 +38,6 @@ fn parse() -> Result<Args, String> {
                 args.first = value("--seed")?;
                 args.seeds = 1;
             }
-            "--byzantine-primary" => args.byzantine_primary = true,
             "-h" | "--help" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown argument {other}\n{USAGE}")),
         }
@@ -47,6 +46,21 @@ fn parse() -> Result<Args, String> {
         return Err("--validators must be at least 4 (n = 3f + 1 with f >= 1)".to_string());
     }
     Ok(args)
+}
+
+/// What one scenario kind did over its seeds.
+#[derive(Default)]
+struct Tally {
+    seeds: u64,
+    failed: u64,
+    requests: u64,
+    views_changed: u64,
+    recoveries: Vec<u64>,
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted.get(index).copied().unwrap_or(0)
 }
 
 fn main() -> ExitCode {
@@ -58,28 +72,27 @@ fn main() -> ExitCode {
         }
     };
     let started = Instant::now();
-    let (mut completed, mut batches, mut evidence, mut failed) = (0u64, 0u64, 0u64, 0u64);
-    let mut virtual_ms = 0u64;
+    let mut tallies: BTreeMap<String, Tally> = BTreeMap::new();
+    let (mut completed, mut failed, mut evidence, mut virtual_ms) = (0u64, 0u64, 0u64, 0u64);
     for seed in args.first..args.first + args.seeds {
-        let scenario = match args.byzantine_primary {
-            true => Scenario::equivocating_primary(seed, args.validators),
-            false => Scenario::random_byzantine_backups(seed, args.validators),
-        };
-        let report = run_checked(seed, &scenario);
+        let scenario = Scenario::for_seed(seed, args.validators);
+        let report: Report = run_checked(seed, &scenario);
+        let tally = tallies.entry(format!("{:?}", scenario.kind)).or_default();
+        tally.seeds += 1;
+        tally.requests += report.requests_completed;
+        tally.views_changed += report.views_changed;
+        tally.recoveries.extend(report.recovery_ms);
         completed += report.requests_completed;
-        batches += report.batches;
         evidence += report.evidence;
         virtual_ms += report.virtual_ms;
         if !report.violations.is_empty() {
             failed += 1;
+            tally.failed += 1;
             eprintln!("\nseed {seed} FAILED ({scenario:?}):");
             for violation in &report.violations {
                 eprintln!("  {violation}");
             }
-            eprintln!(
-                "  replay: {}",
-                replay_command(seed, args.validators, args.byzantine_primary)
-            );
+            eprintln!("  replay: {}", replay_command(seed, args.validators));
         }
         let done = seed - args.first + 1;
         let progress = format!(
@@ -96,12 +109,32 @@ fn main() -> ExitCode {
     let secs = started.elapsed().as_secs_f64();
     eprintln!();
     println!(
-        "validators={} seeds={} failed={failed} requests_committed={completed} batches={batches} evidence={evidence}",
+        "{:<22} {:>6} {:>7} {:>9} {:>13}   primary crash -> first commit in a new view",
+        "scenario", "seeds", "failed", "requests", "views changed"
+    );
+    for (kind, tally) in &mut tallies {
+        tally.recoveries.sort_unstable();
+        let recovery = match tally.recoveries.as_slice() {
+            [] => "-".to_string(),
+            all => format!(
+                "p50 {} ms, p90 {} ms, max {} ms ({} crashes)",
+                percentile(all, 0.5),
+                percentile(all, 0.9),
+                percentile(all, 1.0),
+                all.len()
+            ),
+        };
+        println!(
+            "{kind:<22} {:>6} {:>7} {:>9} {:>13}   {recovery}",
+            tally.seeds, tally.failed, tally.requests, tally.views_changed
+        );
+    }
+    println!(
+        "validators={} seeds={} failed={failed} requests_committed={completed} evidence={evidence}",
         args.validators, args.seeds
     );
     println!(
-        "simulated: {:.0} committed ops/s of wall-clock time ({:.1} s for two runs of each seed), {:.1} s of virtual time",
-        completed as f64 / secs,
+        "{:.1} s of wall-clock time for two runs of each seed, {:.1} s of virtual time",
         secs,
         virtual_ms as f64 / 1000.0
     );

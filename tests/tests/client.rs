@@ -22,7 +22,7 @@ fn new_client(cluster: &Cluster, seed: u8) -> Client {
 
 /// Sends one request through the cluster and returns the replies the client received.
 fn round_trip(cluster: &mut Cluster, client: &mut Client, op: &[u8]) -> (Request, Vec<Vec<u8>>) {
-    let request = client.request(op.to_vec());
+    let request = client.request(0, op.to_vec());
     cluster.submit(0, request.clone()).unwrap();
     cluster.run();
     (request.clone(), cluster.take_replies(&request.client))
@@ -77,7 +77,7 @@ fn a_client_refuses_forged_and_misdirected_replies() {
         Err(ClientError::UnknownReplica(ReplicaId(9)))
     );
     let mut other = new_client(&cluster, 8);
-    other.request(b"z".to_vec());
+    other.request(0, b"z".to_vec());
     assert_eq!(
         other.handle_reply(&replies[0]),
         Err(ClientError::NotOutstanding)
@@ -99,7 +99,7 @@ fn a_light_client_proves_its_request_committed_from_one_qc_and_a_merkle_proof() 
     // Six requests at once so they share batches.
     let requests: Vec<Request> = clients
         .iter_mut()
-        .map(|c| c.request(b"op".to_vec()))
+        .map(|c| c.request(0, b"op".to_vec()))
         .collect();
     for request in &requests {
         cluster.submit(0, request.clone()).unwrap();
@@ -199,7 +199,7 @@ fn a_retransmitted_request_gets_the_cached_reply_and_never_runs_twice() {
     assert_eq!(cluster.take_replies(&request.client), replies);
     assert_eq!(cluster.replicas[0].metrics().requests_executed, executed);
     // An older request of the same client is refused as stale.
-    let next = client.request(b"twice".to_vec());
+    let next = client.request(0, b"twice".to_vec());
     cluster.submit(0, next).unwrap();
     cluster.run();
     let stale = Request::new(&chain(), &Keypair::from_seed(&[7; 32]), 1, b"old".to_vec());

@@ -1,8 +1,15 @@
-//! The validator: a sans-IO PBFT state machine for the normal case.
+//! The validator: a sans-IO PBFT state machine.
 //!
 //! Feed it with [`Replica::handle_message`], [`Replica::submit`], [`Replica::handle_timeout`] and
 //! [`Replica::executed`]; drain [`Replica::poll_output`] after each call and obey the order of
 //! what comes out. It never reads a clock, does I/O or draws randomness.
+//!
+//! This module holds the normal case (requests, batching, the three phases, delivery);
+//! `view_change` replaces a faulty primary and `recovery` holds checkpoints and the
+//! retransmission that repairs lost messages.
+
+mod recovery;
+mod view_change;
 
 use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::vec::Vec;
@@ -10,14 +17,16 @@ use alloc::vec::Vec;
 use crate::certificate::{Evidence, QuorumCertificate};
 use crate::clients::{ClientTable, Freshness};
 use crate::config::{Config, ConfigError, ReplicaId, ValidatorSet};
-use crate::crypto::{BatchVerifier, Digest, Keypair, PublicKey};
+use crate::crypto::{BatchVerifier, Digest, Hasher, Keypair, PublicKey};
 use crate::error::Error;
 use crate::log::{Slot, VoteOutcome};
 use crate::merkle;
 use crate::message::{
-    Batch, Message, Phase, PrePrepare, Reply, Request, Vote, reply_leaf, reply_root_digest,
+    Batch, Committed, Message, Phase, PrePrepare, Reply, Request, Vote, reply_leaf,
+    reply_root_digest,
 };
 use crate::metrics::Metrics;
+use crate::view_change::{NewView, StableCheckpoint, ViewChange};
 
 /// Where the host must send bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,6 +45,10 @@ pub enum Record {
     /// A vote this replica signed. After a restart the replica must never sign a different
     /// digest for the same phase and slot.
     Signed(Vote),
+    /// A view change this replica signed: it left every view below `view`.
+    ViewChange(ViewChange),
+    /// A new view this replica signed as its primary.
+    NewView(NewView),
 }
 
 /// A committed batch, handed to the host for execution.
@@ -74,20 +87,49 @@ pub enum Output {
     Evidence(Evidence),
 }
 
+/// Whether the replica runs its view or waits for the view's `NewView`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Normal,
+    /// Sent a view change for `view`; `since` is when the change began (the first view
+    /// change of a run of failed views).
+    ViewChange {
+        since: u64,
+    },
+}
+
+/// A client request a backup holds while it waits for the primary to order it.
+struct Watched {
+    request: Request,
+    /// When the backup gives up on the primary if the request has not committed.
+    deadline: u64,
+}
+
 /// A validator replica.
 pub struct Replica {
     config: Config,
     validators: ValidatorSet,
     keypair: Keypair,
     id: ReplicaId,
+    /// The time of the input being handled.
+    now: u64,
     view: u64,
-    /// Every seq at or below `low` is executed and its slot freed: the low watermark.
+    mode: Mode,
+    /// The low watermark: the window is (low, low + window]; slots at or below are freed.
+    /// It is the stable checkpoint, or the executed seq while catching up to one.
     low: u64,
+    /// The highest stable checkpoint known.
+    stable: StableCheckpoint,
+    /// The highest seq the host executed, and the history digest there.
+    executed: u64,
+    history: Digest,
     /// The highest seq handed to the host.
     last_delivered: u64,
     /// The primary's next seq to propose.
     next_seq: u64,
     log: BTreeMap<u64, Slot>,
+    /// Committed batches below the window, oldest first, to serve peers that are behind.
+    archive: VecDeque<Committed>,
     /// Request digests in a proposal of the log, or pending at the primary.
     in_flight: BTreeSet<Digest>,
     pending: VecDeque<Request>,
@@ -97,6 +139,70 @@ pub struct Replica {
     ahead: BTreeMap<PublicKey, VecDeque<Message>>,
     outputs: VecDeque<Output>,
     metrics: Metrics,
+    /// Checkpoint votes above the stable checkpoint, by seq and signer.
+    checkpoint_votes: BTreeMap<u64, BTreeMap<ReplicaId, Vote>>,
+    /// This replica's history digests at checkpoint seqs above the stable checkpoint.
+    own_checkpoints: BTreeMap<u64, Digest>,
+    /// Each validator's latest verified view change.
+    view_changes: BTreeMap<ReplicaId, ViewChange>,
+    /// The new view that started the current view, for peers still behind.
+    new_view: Option<NewView>,
+    /// Requests clients sent to this backup, by digest: each must commit before its deadline.
+    watched: BTreeMap<Digest, Watched>,
+    /// Views in a row that failed to make progress; doubles the timeout.
+    failed_views: u32,
+    /// Since when an accepted proposal has waited to commit, with no delivery since.
+    waiting_since: Option<u64>,
+    /// While changing view: when to give up on the new primary (armed once a quorum asked).
+    new_view_deadline: Option<u64>,
+    /// The last delivery (or view start): retransmission starts when it is old.
+    progress_at: u64,
+    /// When the status timer next fires; armed by the first input (the replica learns the
+    /// time only from its inputs).
+    status_at: Option<u64>,
+    /// When this replica last sent a status.
+    last_status: u64,
+    /// When each peer was last served retransmissions.
+    served: BTreeMap<ReplicaId, u64>,
+}
+
+impl core::fmt::Debug for Replica {
+    /// The replica's position, for logs and failing tests: view, watermarks and the state of
+    /// each slot in the log (proposal view, flags as in a status).
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let quorum = self.validators.quorum();
+        let slots: Vec<(u64, Option<u64>, u8)> = self
+            .log
+            .iter()
+            .map(|(&seq, slot)| {
+                (
+                    seq,
+                    slot.proposal.as_ref().map(|p| p.view),
+                    slot.flags(quorum),
+                )
+            })
+            .collect();
+        let changes: Vec<(u16, u64)> = self
+            .view_changes
+            .iter()
+            .map(|(id, change)| (id.0, change.view))
+            .collect();
+        f.debug_struct("Replica")
+            .field("id", &self.id.0)
+            .field("view", &self.view)
+            .field("mode", &self.mode)
+            .field("low", &self.low)
+            .field("stable", &self.stable.seq)
+            .field("executed", &self.executed)
+            .field("delivered", &self.last_delivered)
+            .field("next_seq", &self.next_seq)
+            .field("slots", &slots)
+            .field("pending", &self.pending.len())
+            .field("watched", &self.watched.len())
+            .field("view_changes", &changes)
+            .field("failed_views", &self.failed_views)
+            .finish()
+    }
 }
 
 impl Replica {
@@ -118,17 +224,35 @@ impl Replica {
             validators,
             keypair,
             id,
+            now: 0,
             view: 0,
+            mode: Mode::Normal,
             low: 0,
+            stable: StableCheckpoint::genesis(),
+            executed: 0,
+            history: Digest::default(),
             last_delivered: 0,
             next_seq: 1,
             log: BTreeMap::new(),
+            archive: VecDeque::new(),
             in_flight: BTreeSet::new(),
             pending: VecDeque::new(),
             batch_deadline: None,
             ahead: BTreeMap::new(),
             outputs: VecDeque::new(),
             metrics: Metrics::default(),
+            checkpoint_votes: BTreeMap::new(),
+            own_checkpoints: BTreeMap::new(),
+            view_changes: BTreeMap::new(),
+            new_view: None,
+            watched: BTreeMap::new(),
+            failed_views: 0,
+            waiting_since: None,
+            new_view_deadline: None,
+            progress_at: 0,
+            status_at: None,
+            last_status: 0,
+            served: BTreeMap::new(),
         })
     }
 
@@ -147,9 +271,30 @@ impl Replica {
         self.validators.primary(self.view) == self.id
     }
 
-    /// The low watermark: every seq up to it is executed.
+    /// Whether the replica runs its view (false while it waits for a new view).
+    pub fn in_view(&self) -> bool {
+        self.mode == Mode::Normal
+    }
+
+    /// The low watermark: every seq up to it is executed and its slot freed.
     pub fn low_watermark(&self) -> u64 {
         self.low
+    }
+
+    /// The highest stable checkpoint this replica knows.
+    pub fn stable_checkpoint(&self) -> &StableCheckpoint {
+        &self.stable
+    }
+
+    /// The highest seq the host reported executed.
+    pub fn executed_seq(&self) -> u64 {
+        self.executed
+    }
+
+    /// Whether nothing is in flight: no undelivered slot, no request waiting, no view change
+    /// and no checkpoint of its own waiting to become stable. Only heartbeats remain.
+    pub fn is_idle(&self) -> bool {
+        !self.has_work()
     }
 
     /// Counters for the host's metrics.
@@ -162,10 +307,18 @@ impl Replica {
     pub fn memory_footprint(&self) -> usize {
         self.log.len()
             + self.log.values().map(Slot::vote_count).sum::<usize>()
+            + self.archive.len()
             + self.ahead.values().map(VecDeque::len).sum::<usize>()
             + self.pending.len()
             + self.in_flight.len()
             + self.clients.len()
+            + self.watched.len()
+            + self.view_changes.len()
+            + self
+                .checkpoint_votes
+                .values()
+                .map(BTreeMap::len)
+                .sum::<usize>()
     }
 
     /// The next output, in the order the host must act on them.
@@ -173,16 +326,35 @@ impl Replica {
         self.outputs.pop_front()
     }
 
-    /// When the replica next wants [`Replica::handle_timeout`], if ever.
+    /// When the replica next wants [`Replica::handle_timeout`]. After the first input there
+    /// is always a next time: the status timer runs for retransmission and heartbeats.
     pub fn poll_timeout(&self) -> Option<u64> {
-        self.batch_deadline
+        [self.batch_deadline, self.view_deadline(), self.status_at]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
-    /// Time passed: cuts a batch whose delay has run out.
+    /// Time passed: cuts a batch whose delay ran out, gives up on a primary that did not
+    /// deliver in time, and asks peers for what is missing.
     pub fn handle_timeout(&mut self, now: u64) {
+        self.enter(now);
         if self.batch_deadline.is_some_and(|deadline| deadline <= now) {
             self.batch_deadline = None;
             self.propose(now, true);
+        }
+        self.check_view_timers();
+        if self.status_at.is_some_and(|at| at <= now) {
+            self.status_at = Some(now.saturating_add(self.config.retransmit_ms));
+            self.retransmit_status();
+        }
+    }
+
+    /// Notes the time of an input; the first one arms the status timer.
+    fn enter(&mut self, now: u64) {
+        self.now = now;
+        if self.status_at.is_none() {
+            self.status_at = Some(now.saturating_add(self.config.retransmit_ms));
         }
     }
 
@@ -193,6 +365,7 @@ impl Replica {
         from: &PublicKey,
         bytes: &[u8],
     ) -> Result<(), Error> {
+        self.enter(now);
         self.metrics.messages_received += 1;
         let result = Message::decode(bytes, self.config.max_message_bytes)
             .map_err(Error::from)
@@ -202,6 +375,7 @@ impl Replica {
 
     /// A request from the host's own clients (in-process, or a gateway it serves).
     pub fn submit(&mut self, now: u64, request: Request) -> Result<(), Error> {
+        self.enter(now);
         let result = self.on_request(now, request);
         self.count(result)
     }
@@ -211,6 +385,7 @@ impl Replica {
     /// Calls come in delivery order. The replica signs the replies, frees the slot and moves
     /// its window.
     pub fn executed(&mut self, now: u64, seq: u64, results: Vec<Vec<u8>>) -> Result<(), Error> {
+        self.enter(now);
         let result = self.on_executed(now, seq, results);
         self.count(result)
     }
@@ -227,15 +402,21 @@ impl Replica {
     }
 
     fn on_message(&mut self, now: u64, from: &PublicKey, message: Message) -> Result<(), Error> {
+        if let Message::Request(request) = message {
+            return self.on_request(now, request);
+        }
+        let peer = self.validators.id_of(from).ok_or(Error::NotAValidator)?;
         match message {
-            Message::Request(request) => self.on_request(now, request),
-            Message::PrePrepare(_) | Message::Vote(_) => {
-                if self.validators.id_of(from).is_none() {
-                    return Err(Error::NotAValidator);
-                }
-                self.on_consensus(from, message)
+            Message::Vote(vote) if vote.phase == Phase::Checkpoint => self.on_checkpoint_vote(vote),
+            Message::PrePrepare(_) | Message::Vote(_) => self.on_consensus(from, message),
+            Message::ViewChange(change) => self.on_view_change(peer, change),
+            Message::NewView(new_view) => self.on_new_view(new_view),
+            Message::Status(status) => self.on_status(peer, status),
+            Message::Committed(committed) => self.on_committed(committed),
+            Message::Checkpoint(checkpoint) => self.on_stable_checkpoint(checkpoint),
+            Message::Request(_) | Message::Reply(_) => {
+                Err(Error::UnexpectedMessage(message.kind()))
             }
-            Message::Reply(_) => Err(Error::UnexpectedMessage("reply")),
         }
     }
 
@@ -246,6 +427,9 @@ impl Replica {
             Message::Vote(vote) => (vote.view, vote.seq),
             _ => return Err(Error::UnexpectedMessage(message.kind())),
         };
+        if view == self.view && self.mode != Mode::Normal {
+            return Err(Error::ViewChanging);
+        }
         if view < self.view {
             return Err(Error::StaleView {
                 got: view,
@@ -299,29 +483,55 @@ impl Replica {
             Freshness::Stale => return Err(Error::StaleRequest),
         }
         let digest = request.digest(&self.config.chain_id);
+        let leads = self.is_primary() && self.mode == Mode::Normal;
         // Cheap checks first: a duplicate costs no signature verification.
-        if self.in_flight.contains(&digest) {
+        if leads && self.in_flight.contains(&digest) {
             return Err(Error::DuplicateRequest);
         }
-        if self.is_primary() && self.pending.len() >= self.config.max_pending_requests {
+        if leads && self.pending.len() >= self.config.max_pending_requests {
+            return Err(Error::Overloaded);
+        }
+        if !leads && self.watched.contains_key(&digest) {
+            // The client asks again: the primary may have lost it. One forward per copy
+            // received, to the primary only: nothing to amplify.
+            if self.mode == Mode::Normal {
+                let primary = self.validators.primary(self.view);
+                self.send(
+                    Destination::Validator(primary),
+                    Message::Request(request).encode(),
+                );
+            }
+            return Ok(());
+        }
+        if !leads && self.watched.len() >= self.config.max_pending_requests {
             return Err(Error::Overloaded);
         }
         let key = request.client.verifying_key()?;
         self.metrics.signatures_verified += 1;
         key.verify(&digest, &request.signature)?;
-        if !self.is_primary() {
-            // Backups hand requests to the primary; they hold no state for them (yet: the
-            // view-change timers will).
+        if self.is_primary() && self.mode == Mode::Normal {
+            self.in_flight.insert(digest);
+            self.pending.push_back(request);
+            self.propose(now, false);
+            return Ok(());
+        }
+        // A backup (or a primary still waiting for its new view) holds the request against
+        // a deadline: if it does not commit in time, the primary is replaced. This catches a
+        // primary that censors some clients, and one that proposed the request but cannot
+        // get it committed. It is held even if a proposal here already carries it: should
+        // that proposal die in a view change, the new primary gets the request from here.
+        let deadline = now.saturating_add(self.timeout());
+        self.watched.entry(digest).or_insert_with(|| Watched {
+            request: request.clone(),
+            deadline,
+        });
+        if self.mode == Mode::Normal {
             let primary = self.validators.primary(self.view);
             self.send(
                 Destination::Validator(primary),
                 Message::Request(request).encode(),
             );
-            return Ok(());
         }
-        self.in_flight.insert(digest);
-        self.pending.push_back(request);
-        self.propose(now, false);
         Ok(())
     }
 
@@ -329,6 +539,10 @@ impl Replica {
     /// (the delay has not run out) only full batches go, unless nothing is in flight. Arms
     /// the batch timer for what is left, or disarms it when nothing can be proposed.
     fn propose(&mut self, now: u64, force: bool) {
+        if self.mode != Mode::Normal || !self.is_primary() {
+            self.batch_deadline = None;
+            return;
+        }
         while !self.pending.is_empty() && self.next_seq <= self.high() {
             let idle = self.next_seq == self.low + 1;
             if !force && !idle && self.pending.len() < self.config.max_batch_ops {
@@ -363,6 +577,7 @@ impl Replica {
                 .push_back(Output::Persist(Record::Signed(vote.clone())));
             let bytes = Message::PrePrepare(PrePrepare { vote, batch }).encode();
             self.send(Destination::AllValidators, bytes);
+            self.start_waiting();
             self.advance(seq);
         }
         self.batch_deadline = match self.pending.is_empty() || self.next_seq > self.high() {
@@ -386,9 +601,17 @@ impl Replica {
         let primary_key = *self.validators.key(primary).ok_or(Error::NotAValidator)?;
         let signed = vote.signed_digest(&self.config.chain_id, self.validators.epoch());
         let seq = vote.seq;
-        if let Some(accepted) = self.log.get(&seq).and_then(|slot| slot.proposal.as_ref()) {
+        if let Some(slot) = self.log.get(&seq)
+            && let Some(accepted) = slot.proposal.as_ref()
+        {
             if accepted.digest == vote.digest {
-                return Err(Error::Duplicate);
+                if slot.batch.is_some() {
+                    return Err(Error::Duplicate);
+                }
+                // A new view re-proposed this digest and the batch is still missing here. The
+                // digest came from a prepared certificate, so a quorum (f + 1 honest among
+                // them) checked the batch's requests: matching the digest is enough.
+                return self.fill_batch(seq, batch);
             }
             // A second proposal for the slot: the primary equivocates if it signed both.
             self.metrics.signatures_verified += 1;
@@ -443,7 +666,24 @@ impl Replica {
         if self.id != primary {
             self.cast(Phase::Prepare, seq, vote.digest);
         }
+        self.start_waiting();
         self.advance(seq);
+        Ok(())
+    }
+
+    /// Stores the batch of a slot whose proposal is known by digest only.
+    fn fill_batch(&mut self, seq: u64, batch: Batch) -> Result<(), Error> {
+        let leaves = batch.leaves(&self.config.chain_id);
+        let Some(slot) = self.log.get_mut(&seq) else {
+            return Err(Error::Duplicate);
+        };
+        if Some(merkle::root(&leaves)) != slot.digest {
+            return Err(Error::BatchDigestMismatch);
+        }
+        self.in_flight.extend(leaves.iter().copied());
+        slot.leaves = leaves;
+        slot.batch = Some(batch);
+        self.deliver_ready();
         Ok(())
     }
 
@@ -499,17 +739,19 @@ impl Replica {
     fn advance(&mut self, seq: u64) {
         let quorum = self.validators.quorum();
         let primary = self.validators.primary(self.view);
-        let Some(slot) = self.log.get(&seq) else {
+        let Some(slot) = self.log.get_mut(&seq) else {
             return;
         };
-        if !slot.commit_sent
+        let current = slot.proposal.as_ref().is_some_and(|p| p.view == self.view);
+        if current
+            && !slot.commit_sent
             && slot.is_prepared(quorum, primary)
             && let Some(digest) = slot.digest
         {
+            // The certificate outlives the view: a view change must carry it.
+            slot.prepared = slot.prepared_certificate(quorum, primary);
+            slot.commit_sent = true;
             self.cast(Phase::Commit, seq, digest);
-            if let Some(slot) = self.log.get_mut(&seq) {
-                slot.commit_sent = true;
-            }
         }
         let chain = self.config.chain_id;
         let epoch = self.validators.epoch();
@@ -524,14 +766,19 @@ impl Replica {
 
     /// Hands committed batches to the host, strictly in sequence order.
     fn deliver_ready(&mut self) {
+        let before = self.last_delivered;
         while let Some(slot) = self.log.get_mut(&(self.last_delivered + 1)) {
             let Some(certificate) = slot.certificate.clone() else {
-                return;
+                break;
             };
-            let Some(batch) = slot.batch.take() else {
-                return;
+            let Some(batch) = slot.batch.clone() else {
+                break;
             };
             let seq = self.last_delivered + 1;
+            for leaf in &slot.leaves {
+                self.watched.remove(leaf);
+            }
+            slot.executing.clear();
             let mut execute = Vec::new();
             for (index, request) in batch.requests.iter().enumerate() {
                 if self.clients.freshness(&request.client, request.client_seq) == Freshness::Fresh {
@@ -554,53 +801,45 @@ impl Replica {
                 execute,
             }));
         }
+        if self.last_delivered > before {
+            self.made_progress();
+        }
     }
 
     fn on_executed(&mut self, now: u64, seq: u64, results: Vec<Vec<u8>>) -> Result<(), Error> {
-        if seq != self.low + 1 || seq > self.last_delivered {
+        if seq != self.executed + 1 || seq > self.last_delivered {
             return Err(Error::HostContract("executed() must follow delivery order"));
         }
-        let Some(slot) = self.log.remove(&seq) else {
+        let Some(slot) = self.log.get_mut(&seq) else {
             return Err(Error::HostContract("executed() for a seq never delivered"));
         };
-        let (Some(certificate), Some(proposal)) =
-            (slot.certificate.as_ref(), slot.proposal.as_ref())
-        else {
+        let Some(certificate) = slot.certificate.as_ref() else {
             return Err(Error::HostContract("executed() for a seq never delivered"));
         };
         if results.len() != slot.executing.len() {
-            // Put the slot back: the host may retry with the right results.
-            self.log.insert(seq, slot);
             return Err(Error::HostContract(
                 "executed() needs one result per executed request",
             ));
         }
+        let (view, digest) = (certificate.view, certificate.digest);
+        let executing = core::mem::take(&mut slot.executing);
+        let request_leaves = core::mem::take(&mut slot.leaves);
         let chain = self.config.chain_id;
-        let leaves: Vec<Digest> = slot
-            .executing
+        let leaves: Vec<Digest> = executing
             .iter()
             .zip(&results)
             .map(|((client, client_seq), result)| reply_leaf(&chain, client, *client_seq, result))
             .collect();
         let tree = merkle::Tree::new(&leaves);
-        let root = tree.root();
-        let signed = reply_root_digest(
-            &chain,
-            self.validators.epoch(),
-            proposal.view,
-            certificate.seq,
-            &root,
-        );
+        let signed = reply_root_digest(&chain, self.validators.epoch(), view, seq, &tree.root());
         let signature = self.keypair.sign(&signed);
         self.metrics.signatures_created += 1;
-        for (index, (&(client, client_seq), result)) in
-            slot.executing.iter().zip(results).enumerate()
-        {
+        for (index, (&(client, client_seq), result)) in executing.iter().zip(results).enumerate() {
             let Some(proof) = tree.prove(index) else {
                 continue;
             };
             let reply = Reply {
-                view: proposal.view,
+                view,
                 seq,
                 client,
                 client_seq,
@@ -615,11 +854,19 @@ impl Replica {
             );
             self.clients.store_reply(reply);
         }
-        for leaf in &slot.leaves {
+        for leaf in &request_leaves {
             self.in_flight.remove(leaf);
         }
-        self.low = seq;
-        self.replay_ahead(now);
+        self.executed = seq;
+        self.history = Hasher::new(b"pbft/v1/history")
+            .digest(&self.history)
+            .u64(seq)
+            .digest(&digest)
+            .finish();
+        if seq.is_multiple_of(self.config.checkpoint_interval) {
+            self.checkpoint(seq);
+        }
+        self.update_low();
         if self.is_primary() && !self.pending.is_empty() {
             self.propose(now, false);
         }

@@ -1,0 +1,382 @@
+//! Replacing the primary: timers that decide a view failed, the view-change and new-view
+//! handlers, and entering a new view. The messages and their checks live in
+//! [`crate::view_change`].
+
+use alloc::vec::Vec;
+
+use super::{Destination, Mode, Output, Record, Replica};
+use crate::clients::Freshness;
+use crate::config::ReplicaId;
+use crate::error::Error;
+use crate::message::{Batch, Message, Phase, Request, Vote};
+use crate::view_change::{
+    NewView, Plan, ViewChange, null_digest, plan, verify_new_view, verify_view_change,
+};
+
+impl Replica {
+    /// The view timeout now: the base doubled for each view in a row that failed, capped.
+    pub(super) fn timeout(&self) -> u64 {
+        let factor = 1u64
+            .checked_shl(self.failed_views)
+            .unwrap_or(u64::MAX)
+            .min(self.config.max_timeout_factor);
+        self.config.view_timeout_ms.saturating_mul(factor)
+    }
+
+    /// When a view timer fires next: in a view, the oldest uncommitted proposal or watched
+    /// request; while changing view, the deadline for the new view.
+    pub(super) fn view_deadline(&self) -> Option<u64> {
+        match self.mode {
+            Mode::Normal => {
+                let proposal = self
+                    .waiting_since
+                    .map(|since| since.saturating_add(self.timeout()));
+                let request = self.watched.values().map(|w| w.deadline).min();
+                proposal.into_iter().chain(request).min()
+            }
+            Mode::ViewChange { .. } => self.new_view_deadline,
+        }
+    }
+
+    /// Starts the proposal timer unless it already runs.
+    pub(super) fn start_waiting(&mut self) {
+        if self.waiting_since.is_none() {
+            self.waiting_since = Some(self.now);
+        }
+    }
+
+    /// A delivery: the view works. Restarts the proposal timer if more waits, resets the
+    /// backoff.
+    pub(super) fn made_progress(&mut self) {
+        self.progress_at = self.now;
+        self.failed_views = 0;
+        let waiting = self
+            .log
+            .range(self.last_delivered + 1..)
+            .any(|(_, slot)| slot.proposal.is_some());
+        self.waiting_since = waiting.then_some(self.now);
+    }
+
+    pub(super) fn check_view_timers(&mut self) {
+        let now = self.now;
+        if self.mode == Mode::Normal {
+            // Requests that executed, or that the client replaced with a later one, no longer
+            // hold the primary to anything.
+            let clients = &self.clients;
+            self.watched.retain(|_, watched| {
+                let request = &watched.request;
+                clients.freshness(&request.client, request.client_seq) == Freshness::Fresh
+            });
+        }
+        if self.view_deadline().is_some_and(|deadline| deadline <= now) {
+            self.metrics.timeouts_fired += 1;
+            if matches!(self.mode, Mode::ViewChange { .. }) {
+                self.failed_views = self.failed_views.saturating_add(1);
+            }
+            self.start_view_change(self.view.saturating_add(1));
+        }
+    }
+
+    /// Leaves the current view for `view`: signs, persists and broadcasts a view change with
+    /// the stable checkpoint and every prepared certificate above it.
+    pub(super) fn start_view_change(&mut self, view: u64) {
+        if view <= self.view {
+            return;
+        }
+        let since = match self.mode {
+            Mode::ViewChange { since } => since,
+            Mode::Normal => self.now,
+        };
+        self.view = view;
+        self.mode = Mode::ViewChange { since };
+        self.batch_deadline = None;
+        self.waiting_since = None;
+        self.new_view_deadline = None;
+        let prepared = self
+            .log
+            .range(self.stable.seq + 1..)
+            .filter_map(|(_, slot)| slot.prepared.clone())
+            .collect();
+        let change = ViewChange::new(
+            &self.config.chain_id,
+            self.validators.epoch(),
+            (view, self.id),
+            self.stable.clone(),
+            prepared,
+            &self.keypair,
+        );
+        self.metrics.signatures_created += 1;
+        self.outputs
+            .push_back(Output::Persist(Record::ViewChange(change.clone())));
+        self.send(
+            Destination::AllValidators,
+            Message::ViewChange(change.clone()).encode(),
+        );
+        self.view_changes.insert(self.id, change);
+        self.view_changes.retain(|_, change| change.view >= view);
+        self.after_view_changes();
+    }
+
+    /// Acts on the view changes held: joins a higher view that f + 1 validators moved to (at
+    /// least one of them honest, so no faulty minority can drag the cluster along), arms the
+    /// new-view timer once a quorum asked for this view, and as its primary starts it.
+    fn after_view_changes(&mut self) {
+        let mut higher: Vec<u64> = self
+            .view_changes
+            .values()
+            .map(|change| change.view)
+            .filter(|&view| view > self.view)
+            .collect();
+        let f = self.validators.max_faulty();
+        if higher.len() > f {
+            // The (f + 1)-th highest: a view at least one honest validator reached.
+            higher.sort_unstable_by(|a, b| b.cmp(a));
+            if let Some(&view) = higher.get(f) {
+                self.start_view_change(view);
+                return;
+            }
+        }
+        if self.mode == Mode::Normal {
+            return;
+        }
+        let asking = self
+            .view_changes
+            .values()
+            .filter(|change| change.view == self.view)
+            .count();
+        if asking < self.validators.quorum() {
+            return;
+        }
+        // Only once a quorum asked does waiting for the new primary make sense: a replica
+        // cut off alone must not run through views the others never join.
+        if self.new_view_deadline.is_none() {
+            self.new_view_deadline = Some(self.now.saturating_add(self.timeout()));
+        }
+        if self.is_primary() {
+            self.send_new_view();
+        }
+    }
+
+    pub(super) fn on_view_change(
+        &mut self,
+        peer: ReplicaId,
+        change: ViewChange,
+    ) -> Result<(), Error> {
+        let behind =
+            change.view < self.view || (change.view == self.view && self.mode == Mode::Normal);
+        if behind {
+            // The signer has not seen the new view that started this one yet.
+            if self.mode == Mode::Normal && self.may_serve(peer) {
+                self.send_new_view_to(peer);
+            }
+            return Err(Error::StaleView {
+                got: change.view,
+                current: self.view,
+            });
+        }
+        if self
+            .view_changes
+            .get(&change.replica)
+            .is_some_and(|known| known.view >= change.view)
+        {
+            return Err(Error::Duplicate);
+        }
+        let signatures = count_signatures(&change);
+        self.metrics.signatures_verified += signatures;
+        self.metrics.signatures_batch_verified += signatures;
+        verify_view_change(
+            &self.config.chain_id,
+            &self.validators,
+            self.config.window,
+            &change,
+        )?;
+        self.view_changes.insert(change.replica, change);
+        self.after_view_changes();
+        Ok(())
+    }
+
+    /// As the primary of the view being changed to, with a quorum of view changes: signs the
+    /// proposals they determine and the new view, and enters it.
+    fn send_new_view(&mut self) {
+        let quorum = self.validators.quorum();
+        let view_changes: Vec<ViewChange> = self
+            .view_changes
+            .values()
+            .filter(|change| change.view == self.view)
+            .take(quorum)
+            .cloned()
+            .collect();
+        let plan = plan(&self.config.chain_id, &view_changes);
+        let proposals: Vec<Vote> = plan
+            .proposals
+            .iter()
+            .map(|&(seq, digest)| self.sign_vote(Phase::PrePrepare, seq, digest))
+            .collect();
+        let mut new_view = NewView {
+            view: self.view,
+            view_changes,
+            proposals,
+            signature: crate::crypto::Signature([0; 64]),
+        };
+        let signed = new_view.signed_digest(&self.config.chain_id, self.validators.epoch());
+        new_view.signature = self.keypair.sign(&signed);
+        self.metrics.signatures_created += 1;
+        self.outputs
+            .push_back(Output::Persist(Record::NewView(new_view.clone())));
+        self.send(
+            Destination::AllValidators,
+            Message::NewView(new_view.clone()).encode(),
+        );
+        self.enter_view(new_view, plan);
+    }
+
+    pub(super) fn on_new_view(&mut self, new_view: NewView) -> Result<(), Error> {
+        if new_view.view < self.view || (new_view.view == self.view && self.mode == Mode::Normal) {
+            return Err(Error::StaleView {
+                got: new_view.view,
+                current: self.view,
+            });
+        }
+        let signatures = 1
+            + new_view.proposals.len() as u64
+            + new_view
+                .view_changes
+                .iter()
+                .map(count_signatures)
+                .sum::<u64>();
+        self.metrics.signatures_verified += signatures;
+        self.metrics.signatures_batch_verified += signatures;
+        let plan = verify_new_view(
+            &self.config.chain_id,
+            &self.validators,
+            self.config.window,
+            &new_view,
+        )?;
+        self.enter_view(new_view, plan);
+        Ok(())
+    }
+
+    /// Sends the new view that started this view to a peer still in an older one.
+    pub(super) fn send_new_view_to(&mut self, peer: ReplicaId) {
+        if let Some(new_view) = &self.new_view {
+            let bytes = Message::NewView(new_view.clone()).encode();
+            self.metrics.retransmitted += 1;
+            self.send(Destination::Validator(peer), bytes);
+        }
+    }
+
+    /// Enters the view of a verified new view: adopts its checkpoint, installs its proposals
+    /// (votes of older views no longer count), prepares them, and hands the requests that
+    /// waited to the new primary.
+    fn enter_view(&mut self, new_view: NewView, plan: Plan) {
+        if let Mode::ViewChange { since } = self.mode {
+            self.metrics.view_change_ms += self.now.saturating_sub(since);
+        }
+        self.metrics.views_changed += 1;
+        self.view = new_view.view;
+        self.mode = Mode::Normal;
+        self.new_view_deadline = None;
+        self.view_changes
+            .retain(|_, change| change.view > new_view.view);
+        let view = self.view;
+        for queue in self.ahead.values_mut() {
+            queue.retain(|message| match message {
+                Message::PrePrepare(p) => p.vote.view >= view,
+                Message::Vote(v) => v.view >= view,
+                _ => false,
+            });
+        }
+        // The window moves only once the log is rebuilt: moving it replays buffered messages
+        // and lets the primary propose, both of which need the new view's log.
+        self.take_checkpoint(plan.checkpoint);
+        let max_s = plan
+            .proposals
+            .last()
+            .map_or(self.stable.seq, |&(seq, _)| seq);
+        // Proposals of older views above max_s never prepared at a quorum: they are void.
+        self.log
+            .retain(|&seq, slot| seq <= max_s || slot.certificate.is_some());
+        let null = null_digest(&self.config.chain_id);
+        let primary = self.validators.primary(view);
+        let mut reproposed = Vec::new();
+        for proposal in &new_view.proposals {
+            let seq = proposal.seq;
+            if seq <= self.low {
+                continue;
+            }
+            let batch = (proposal.digest == null).then(Batch::default);
+            self.log
+                .entry(seq)
+                .or_default()
+                .repropose(proposal.clone(), batch, Vec::new());
+            reproposed.push((seq, proposal.digest));
+        }
+        self.next_seq = max_s.max(self.last_delivered) + 1;
+        self.new_view = Some(new_view);
+        // What is in flight is what the new view's log holds.
+        self.in_flight.clear();
+        let executed = self.executed;
+        for (_, slot) in self.log.range(executed + 1..) {
+            self.in_flight.extend(slot.leaves.iter().copied());
+        }
+        for (seq, digest) in reproposed {
+            if self.id != primary {
+                self.cast(Phase::Prepare, seq, digest);
+            }
+            self.advance(seq);
+        }
+        self.update_low();
+        self.progress_at = self.now;
+        self.waiting_since = None;
+        if self
+            .log
+            .range(self.last_delivered + 1..)
+            .any(|(_, slot)| slot.proposal.is_some())
+        {
+            self.start_waiting();
+        }
+        self.hand_over_requests();
+    }
+
+    /// Requests that waited (watched by a backup, pending at a deposed primary) go to the new
+    /// primary, with fresh deadlines: the new view gets a full timeout to order them.
+    fn hand_over_requests(&mut self) {
+        let mut requests: Vec<Request> = self.pending.drain(..).collect();
+        let deadline = self.now.saturating_add(self.timeout());
+        for watched in self.watched.values_mut() {
+            watched.deadline = deadline;
+            requests.push(watched.request.clone());
+        }
+        if self.is_primary() {
+            self.watched.clear();
+            for request in requests {
+                let digest = request.digest(&self.config.chain_id);
+                let fresh =
+                    self.clients.freshness(&request.client, request.client_seq) == Freshness::Fresh;
+                if fresh && self.in_flight.insert(digest) {
+                    self.pending.push_back(request);
+                }
+            }
+            let now = self.now;
+            self.propose(now, false);
+        } else {
+            let primary = self.validators.primary(self.view);
+            for request in requests {
+                self.send(
+                    Destination::Validator(primary),
+                    Message::Request(request).encode(),
+                );
+            }
+        }
+    }
+}
+
+/// Signatures a view change carries (its own, the checkpoint's, every certificate's).
+fn count_signatures(change: &ViewChange) -> u64 {
+    let certificates: usize = change
+        .prepared
+        .iter()
+        .map(|prepared| 1 + prepared.prepares.len())
+        .sum();
+    (1 + change.checkpoint.signatures.len() + certificates) as u64
+}

@@ -1,0 +1,321 @@
+//! The view change, checked by hand-built messages: every replica verifies a new view itself
+//! and refuses one that drops a prepared batch, lacks a quorum or carries a forgery; one view
+//! change cannot move a replica, f + 1 can; timeouts double per failed view.
+
+use pbft_core::{
+    Batch, ChainId, Config, Destination, Error, Keypair, Message, NewView, Output, Phase, Prepared,
+    PublicKey, Record, Replica, ReplicaId, Request, Signature, StableCheckpoint, ValidatorSet,
+    ViewChange, ViewChangeError, Vote, null_digest, verify_new_view,
+};
+
+const NOW: u64 = 1_000;
+
+fn chain() -> ChainId {
+    ChainId::from_name("view-change-tests")
+}
+
+fn keys() -> Vec<Keypair> {
+    (0..4u8).map(|i| Keypair::from_seed(&[i + 1; 32])).collect()
+}
+
+fn key_of(index: usize) -> PublicKey {
+    keys()[index].public_key()
+}
+
+fn set() -> ValidatorSet {
+    let public: Vec<PublicKey> = keys().iter().map(Keypair::public_key).collect();
+    ValidatorSet::new(0, &public).unwrap()
+}
+
+fn config() -> Config {
+    let mut config = Config::new(chain());
+    config.window = 4;
+    config.checkpoint_interval = 2;
+    config
+}
+
+fn replica(index: usize) -> Replica {
+    Replica::new(config(), set(), keys().remove(index)).unwrap()
+}
+
+fn vote(signer: usize, phase: Phase, (view, seq): (u64, u64), batch: &Batch) -> Vote {
+    Vote::new(
+        &chain(),
+        0,
+        phase,
+        (view, seq),
+        batch.digest(&chain()),
+        ReplicaId(signer as u16),
+        &keys()[signer],
+    )
+}
+
+/// The batch that prepared at seq 1 in view 0.
+fn prepared_batch() -> Batch {
+    let client = Keypair::from_seed(&[42; 32]);
+    Batch {
+        requests: vec![Request::new(&chain(), &client, 1, b"put k v".to_vec())],
+    }
+}
+
+/// Replica 0's pre-prepare at (0, 1) and prepares of replicas 1 and 2: prepared.
+fn prepared() -> Prepared {
+    let batch = prepared_batch();
+    Prepared {
+        proposal: vote(0, Phase::PrePrepare, (0, 1), &batch),
+        prepares: vec![
+            vote(1, Phase::Prepare, (0, 1), &batch),
+            vote(2, Phase::Prepare, (0, 1), &batch),
+        ],
+    }
+}
+
+fn view_change(signer: usize, view: u64, prepared: Vec<Prepared>) -> ViewChange {
+    ViewChange::new(
+        &chain(),
+        0,
+        (view, ReplicaId(signer as u16)),
+        StableCheckpoint::genesis(),
+        prepared,
+        &keys()[signer],
+    )
+}
+
+/// A new view for view 1, signed by its primary (replica 1).
+fn new_view(view_changes: Vec<ViewChange>, proposals: Vec<Vote>) -> NewView {
+    let mut new_view = NewView {
+        view: 1,
+        view_changes,
+        proposals,
+        signature: Signature([0; 64]),
+    };
+    new_view.signature = keys()[1].sign(&new_view.signed_digest(&chain(), 0));
+    new_view
+}
+
+/// Replica 1 prepared the batch; 2 and 3 report nothing above the genesis.
+fn quorum() -> Vec<ViewChange> {
+    vec![
+        view_change(1, 1, vec![prepared()]),
+        view_change(2, 1, vec![]),
+        view_change(3, 1, vec![]),
+    ]
+}
+
+fn reproposal() -> Vote {
+    vote(1, Phase::PrePrepare, (1, 1), &prepared_batch())
+}
+
+/// Feeds `new_view` to every validator other than its primary; each must refuse it with
+/// `expected` and stay in view 0.
+fn refused_by_every_replica(new_view: &NewView, expected: ViewChangeError) {
+    let bytes = Message::NewView(new_view.clone()).encode();
+    for index in [0, 2, 3] {
+        let mut replica = replica(index);
+        assert_eq!(
+            replica.handle_message(NOW, &key_of(1), &bytes),
+            Err(Error::ViewChange(expected)),
+            "replica {index}"
+        );
+        assert_eq!((replica.view(), replica.in_view()), (0, true));
+        assert!(
+            replica.poll_output().is_none(),
+            "a refused new view has no effect"
+        );
+    }
+}
+
+#[test]
+fn a_valid_new_view_is_accepted_and_its_proposals_prepared() {
+    let valid = new_view(quorum(), vec![reproposal()]);
+    let plan = verify_new_view(&chain(), &set(), 4, &valid).unwrap();
+    assert_eq!(plan.proposals, vec![(1, prepared_batch().digest(&chain()))]);
+    let bytes = Message::NewView(valid).encode();
+    for index in [0, 2, 3] {
+        let mut replica = replica(index);
+        replica.handle_message(NOW, &key_of(1), &bytes).unwrap();
+        assert_eq!((replica.view(), replica.in_view()), (1, true));
+        let outputs: Vec<Output> = std::iter::from_fn(|| replica.poll_output()).collect();
+        assert!(
+            matches!(&outputs[0], Output::Persist(Record::Signed(v))
+                if v.phase == Phase::Prepare && (v.view, v.seq) == (1, 1)),
+            "replica {index} prepares the re-proposal: {outputs:?}"
+        );
+    }
+}
+
+#[test]
+fn a_new_view_that_omits_a_prepared_batch_is_refused() {
+    // No proposal at all for seq 1...
+    refused_by_every_replica(
+        &new_view(quorum(), vec![]),
+        ViewChangeError::WrongProposal(1),
+    );
+    // ...or the null batch in its place...
+    let null = Vote::new(
+        &chain(),
+        0,
+        Phase::PrePrepare,
+        (1, 1),
+        null_digest(&chain()),
+        ReplicaId(1),
+        &keys()[1],
+    );
+    refused_by_every_replica(
+        &new_view(quorum(), vec![null]),
+        ViewChangeError::WrongProposal(1),
+    );
+    // ...or another batch.
+    let other = Batch {
+        requests: vec![Request::new(&chain(), &keys()[3], 9, b"other".to_vec())],
+    };
+    let replaced = vote(1, Phase::PrePrepare, (1, 1), &other);
+    refused_by_every_replica(
+        &new_view(quorum(), vec![replaced]),
+        ViewChangeError::WrongProposal(1),
+    );
+}
+
+#[test]
+fn a_new_view_with_fewer_than_a_quorum_of_view_changes_is_refused() {
+    let mut two = quorum();
+    two.pop();
+    refused_by_every_replica(
+        &new_view(two, vec![reproposal()]),
+        ViewChangeError::TooFewViewChanges { got: 2, needed: 3 },
+    );
+    // The same view change twice does not make a quorum either.
+    let mut repeated = quorum();
+    repeated[2] = repeated[1].clone();
+    refused_by_every_replica(
+        &new_view(repeated, vec![reproposal()]),
+        ViewChangeError::DuplicateViewChange(ReplicaId(2)),
+    );
+}
+
+#[test]
+fn a_new_view_carrying_a_forged_view_change_is_refused() {
+    // Replica 3's view change signed with another key.
+    let mut forged = quorum();
+    forged[2] = ViewChange::new(
+        &chain(),
+        0,
+        (1, ReplicaId(3)),
+        StableCheckpoint::genesis(),
+        vec![],
+        &Keypair::from_seed(&[0xee; 32]),
+    );
+    refused_by_every_replica(
+        &new_view(forged, vec![reproposal()]),
+        ViewChangeError::BadSignature,
+    );
+    // A prepared certificate with a forged prepare.
+    let mut bad_cert = prepared();
+    bad_cert.prepares[1].signature = bad_cert.prepares[0].signature;
+    let mut forged = quorum();
+    forged[0] = view_change(1, 1, vec![bad_cert]);
+    refused_by_every_replica(
+        &new_view(forged, vec![reproposal()]),
+        ViewChangeError::BadSignature,
+    );
+    // A view change for another view.
+    let mut stale = quorum();
+    stale[1] = view_change(2, 2, vec![]);
+    refused_by_every_replica(
+        &new_view(stale, vec![reproposal()]),
+        ViewChangeError::WrongView,
+    );
+    // A new view signed by a validator that does not lead view 1.
+    let mut impostor = new_view(quorum(), vec![reproposal()]);
+    impostor.signature = keys()[2].sign(&impostor.signed_digest(&chain(), 0));
+    refused_by_every_replica(&impostor, ViewChangeError::BadSignature);
+}
+
+#[test]
+fn one_view_change_cannot_move_a_replica_but_f_plus_one_can() {
+    let mut replica = replica(0);
+    let change = |signer: usize| Message::ViewChange(view_change(signer, 5, vec![])).encode();
+    replica.handle_message(NOW, &key_of(3), &change(3)).unwrap();
+    assert_eq!((replica.view(), replica.in_view()), (0, true));
+    replica.handle_message(NOW, &key_of(2), &change(2)).unwrap();
+    assert_eq!((replica.view(), replica.in_view()), (5, false));
+    let outputs: Vec<Output> = std::iter::from_fn(|| replica.poll_output()).collect();
+    assert!(matches!(&outputs[0], Output::Persist(Record::ViewChange(c)) if c.view == 5));
+    assert!(matches!(
+        &outputs[1],
+        Output::Send {
+            to: Destination::AllValidators,
+            ..
+        }
+    ));
+}
+
+/// A backup holding a client's request that the primary never orders.
+fn waiting_backup() -> Replica {
+    let mut backup = replica(2);
+    let client = Keypair::from_seed(&[42; 32]);
+    let request = Request::new(&chain(), &client, 1, b"op".to_vec());
+    backup
+        .handle_message(
+            NOW,
+            &client.public_key(),
+            &Message::Request(request).encode(),
+        )
+        .unwrap();
+    backup
+}
+
+#[test]
+fn a_request_the_primary_ignores_starts_a_view_change_after_the_timeout() {
+    let mut backup = waiting_backup();
+    let timeout = config().view_timeout_ms;
+    assert_eq!(backup.poll_timeout(), Some(NOW + config().retransmit_ms));
+    backup.handle_timeout(NOW + timeout - 1);
+    assert!(backup.in_view());
+    backup.handle_timeout(NOW + timeout);
+    assert_eq!((backup.view(), backup.in_view()), (1, false));
+    assert_eq!(backup.metrics().timeouts_fired, 1);
+}
+
+#[test]
+fn each_failed_view_doubles_the_timeout_up_to_the_cap() {
+    // Seven validators, so the waiting replica (6) leads none of views 1 to 5.
+    let keys: Vec<Keypair> = (0..7u8).map(|i| Keypair::from_seed(&[i + 1; 32])).collect();
+    let public: Vec<PublicKey> = keys.iter().map(Keypair::public_key).collect();
+    let set = ValidatorSet::new(0, &public).unwrap();
+    let mut backup = Replica::new(config(), set, Keypair::from_seed(&keys[6].seed())).unwrap();
+    let client = Keypair::from_seed(&[42; 32]);
+    let request = Message::Request(Request::new(&chain(), &client, 1, b"op".to_vec()));
+    backup
+        .handle_message(NOW, &client.public_key(), &request.encode())
+        .unwrap();
+    let base = config().view_timeout_ms;
+    let mut now = NOW + base;
+    backup.handle_timeout(now);
+    let mut waits = Vec::new();
+    for view in 1..=5u64 {
+        // A quorum asks for this view, so the new-view timer runs; its primary stays silent.
+        for signer in [0usize, 1, 2, 3] {
+            let change = ViewChange::new(
+                &chain(),
+                0,
+                (view, ReplicaId(signer as u16)),
+                StableCheckpoint::genesis(),
+                vec![],
+                &keys[signer],
+            );
+            let bytes = Message::ViewChange(change).encode();
+            let _ = backup.handle_message(now, &public[signer], &bytes);
+        }
+        assert_eq!((backup.view(), backup.in_view()), (view, false));
+        // The status timer fires in between; only the new-view deadline moves the view.
+        let start = now;
+        while backup.view() == view {
+            now = backup.poll_timeout().unwrap();
+            backup.handle_timeout(now);
+        }
+        waits.push(now - start);
+    }
+    assert_eq!(waits, vec![base, 2 * base, 4 * base, 8 * base, 8 * base]);
+    assert_eq!(backup.metrics().timeouts_fired, 6);
+}
