@@ -99,17 +99,29 @@ pub fn verify_qc(
             expected: validators.epoch(),
         });
     }
+    let signed = vote_digest(chain, qc.epoch, Phase::Commit, qc.view, qc.seq, &qc.digest);
+    let mut batch = BatchVerifier::new();
+    queue_quorum(validators, &signed, &qc.signatures, &mut batch)?;
+    batch.verify().map_err(|_| CertificateError::BadSignature)
+}
+
+/// Checks that `signatures` are a quorum of distinct validators in increasing order and
+/// queues each over `signed`; the caller runs the batch.
+pub(crate) fn queue_quorum(
+    validators: &ValidatorSet,
+    signed: &Digest,
+    signatures: &[(ReplicaId, Signature)],
+    verifier: &mut BatchVerifier,
+) -> Result<(), CertificateError> {
     let needed = validators.quorum();
-    if qc.signatures.len() < needed {
+    if signatures.len() < needed {
         return Err(CertificateError::TooFewSignatures {
-            got: qc.signatures.len(),
+            got: signatures.len(),
             needed,
         });
     }
-    let signed = vote_digest(chain, qc.epoch, Phase::Commit, qc.view, qc.seq, &qc.digest);
-    let mut batch = BatchVerifier::new();
     let mut previous: Option<ReplicaId> = None;
-    for (signer, signature) in &qc.signatures {
+    for (signer, signature) in signatures {
         if previous.is_some_and(|p| p >= *signer) {
             return Err(CertificateError::DuplicateSigner(*signer));
         }
@@ -117,9 +129,9 @@ pub fn verify_qc(
         let key = validators
             .key(*signer)
             .ok_or(CertificateError::UnknownSigner(*signer))?;
-        batch.queue(key, &signed, signature);
+        verifier.queue(key, signed, signature);
     }
-    batch.verify().map_err(|_| CertificateError::BadSignature)
+    Ok(())
 }
 
 /// Checks that `request` is in the batch a QC certifies, from the QC and a Merkle proof.

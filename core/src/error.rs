@@ -50,6 +50,8 @@ pub enum Error {
     FutureBufferFull,
     /// Already seen: nothing to do.
     Duplicate,
+    /// A vote for a certificate this replica already completed; dropped unchecked.
+    NotNeeded,
     /// A second, different vote from one validator for one slot; reported as evidence.
     Equivocation(ReplicaId),
     /// The pre-prepare's digest is not the Merkle root of its batch.
@@ -98,6 +100,7 @@ impl Error {
             Error::OutOfWindow { .. } => "out_of_window",
             Error::FutureBufferFull => "future_buffer_full",
             Error::Duplicate => "duplicate",
+            Error::NotNeeded => "not_needed",
             Error::Equivocation(_) => "equivocation",
             Error::BatchDigestMismatch => "batch_digest_mismatch",
             Error::BatchTooLarge => "batch_too_large",
@@ -160,6 +163,7 @@ impl fmt::Display for Error {
                 f.write_str("too many messages ahead of the window from this peer")
             }
             Error::Duplicate => f.write_str("duplicate message"),
+            Error::NotNeeded => f.write_str("vote for a certificate already complete"),
             Error::Equivocation(id) => write!(f, "{id} signed two different votes for one slot"),
             Error::BatchDigestMismatch => f.write_str("batch does not match its digest"),
             Error::BatchTooLarge => f.write_str("batch is empty or over the size limits"),

@@ -35,7 +35,7 @@ use core::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::certificate::CertificateError;
+use crate::certificate::{CertificateError, queue_quorum};
 use crate::config::{ChainId, ReplicaId, ValidatorSet};
 use crate::crypto::{BatchVerifier, CryptoError, Digest, Hasher, Keypair, Signature};
 use crate::message::{Batch, Phase, Vote, vote_digest};
@@ -71,13 +71,6 @@ impl StableCheckpoint {
                 false => Err(CertificateError::BadSignature),
             };
         }
-        let needed = validators.quorum();
-        if self.signatures.len() < needed {
-            return Err(CertificateError::TooFewSignatures {
-                got: self.signatures.len(),
-                needed,
-            });
-        }
         let signed = vote_digest(
             chain,
             validators.epoch(),
@@ -86,18 +79,7 @@ impl StableCheckpoint {
             self.seq,
             &self.digest,
         );
-        let mut previous: Option<ReplicaId> = None;
-        for (signer, signature) in &self.signatures {
-            if previous.is_some_and(|p| p >= *signer) {
-                return Err(CertificateError::DuplicateSigner(*signer));
-            }
-            previous = Some(*signer);
-            let key = validators
-                .key(*signer)
-                .ok_or(CertificateError::UnknownSigner(*signer))?;
-            verifier.queue(key, &signed, signature);
-        }
-        Ok(())
+        queue_quorum(validators, &signed, &self.signatures, verifier)
     }
 }
 

@@ -38,12 +38,7 @@ impl Replica {
             &self.keypair,
         );
         self.metrics.signatures_created += 1;
-        self.outputs
-            .push_back(Output::Persist(Record::Signed(vote.clone())));
-        self.send(
-            Destination::AllValidators,
-            Message::Vote(vote.clone()).encode(),
-        );
+        self.publish(Record::Signed(vote.clone()), &Message::Vote(vote.clone()));
         self.checkpoint_votes
             .entry(seq)
             .or_default()
@@ -212,15 +207,21 @@ impl Replica {
             || (self.is_primary() && !self.pending.is_empty())
     }
 
-    /// On the status timer: asks peers for what is missing if nothing was delivered for a
-    /// retransmit interval while work waits, and otherwise sends a heartbeat now and then.
-    pub(super) fn retransmit_status(&mut self) {
-        let stalled = self.now >= self.progress_at.saturating_add(self.config.retransmit_ms);
-        let heartbeat = self.now >= self.last_status.saturating_add(self.config.heartbeat_ms);
-        if !(heartbeat || (stalled && self.has_work())) {
-            return;
-        }
-        self.last_status = self.now;
+    /// When to send the next status: a retransmit interval after the last progress (or the
+    /// last status) while work waits, a heartbeat interval after the last status otherwise.
+    pub(super) fn status_deadline(&self) -> Option<u64> {
+        let last = self.last_status?;
+        Some(match self.has_work() {
+            true => last
+                .max(self.progress_at)
+                .saturating_add(self.config.retransmit_ms),
+            false => last.saturating_add(self.config.heartbeat_ms),
+        })
+    }
+
+    /// Tells every peer what this replica has, so they send what it lacks.
+    pub(super) fn send_status(&mut self) {
+        self.last_status = Some(self.now);
         self.metrics.status_sent += 1;
         let bytes = Message::Status(self.status()).encode();
         self.send(Destination::AllValidators, bytes);

@@ -4,7 +4,7 @@
 
 use alloc::vec::Vec;
 
-use super::{Destination, Mode, Output, Record, Replica};
+use super::{Destination, Mode, Record, Replica};
 use crate::clients::Freshness;
 use crate::config::ReplicaId;
 use crate::error::Error;
@@ -106,12 +106,8 @@ impl Replica {
             &self.keypair,
         );
         self.metrics.signatures_created += 1;
-        self.outputs
-            .push_back(Output::Persist(Record::ViewChange(change.clone())));
-        self.send(
-            Destination::AllValidators,
-            Message::ViewChange(change.clone()).encode(),
-        );
+        let message = Message::ViewChange(change.clone());
+        self.publish(Record::ViewChange(change.clone()), &message);
         self.view_changes.insert(self.id, change);
         self.view_changes.retain(|_, change| change.view >= view);
         self.after_view_changes();
@@ -139,16 +135,19 @@ impl Replica {
         if self.mode == Mode::Normal {
             return;
         }
+        // A view change for a later view also gave up on this one (only each validator's
+        // latest is kept, so counting exact matches would lose the validators that moved on
+        // and could leave the rest waiting forever).
         let asking = self
             .view_changes
             .values()
-            .filter(|change| change.view == self.view)
+            .filter(|change| change.view >= self.view)
             .count();
         if asking < self.validators.quorum() {
             return;
         }
-        // Only once a quorum asked does waiting for the new primary make sense: a replica
-        // cut off alone must not run through views the others never join.
+        // Only once a quorum left the old view does waiting for the new primary make sense:
+        // a replica cut off alone must not run through views the others never join.
         if self.new_view_deadline.is_none() {
             self.new_view_deadline = Some(self.now.saturating_add(self.timeout()));
         }
@@ -195,8 +194,8 @@ impl Replica {
         Ok(())
     }
 
-    /// As the primary of the view being changed to, with a quorum of view changes: signs the
-    /// proposals they determine and the new view, and enters it.
+    /// As the primary of the view being changed to, once a quorum of view changes for it is
+    /// in: signs the proposals they determine and the new view, and enters it.
     fn send_new_view(&mut self) {
         let quorum = self.validators.quorum();
         let view_changes: Vec<ViewChange> = self
@@ -206,6 +205,11 @@ impl Replica {
             .take(quorum)
             .cloned()
             .collect();
+        if view_changes.len() < quorum {
+            // Validators that moved past this view count for its timer, but their view
+            // changes cannot start it: wait for a quorum for exactly this view.
+            return;
+        }
         let plan = plan(&self.config.chain_id, &view_changes);
         let proposals: Vec<Vote> = plan
             .proposals
@@ -221,12 +225,8 @@ impl Replica {
         let signed = new_view.signed_digest(&self.config.chain_id, self.validators.epoch());
         new_view.signature = self.keypair.sign(&signed);
         self.metrics.signatures_created += 1;
-        self.outputs
-            .push_back(Output::Persist(Record::NewView(new_view.clone())));
-        self.send(
-            Destination::AllValidators,
-            Message::NewView(new_view.clone()).encode(),
-        );
+        let message = Message::NewView(new_view.clone());
+        self.publish(Record::NewView(new_view.clone()), &message);
         self.enter_view(new_view, plan);
     }
 

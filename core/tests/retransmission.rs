@@ -1,0 +1,151 @@
+//! Repairing lost messages: a replica that missed a commit gets it from a peer's answer to
+//! its status, and a peer answers a status at most once per interval, only to its sender.
+
+use pbft_core::{
+    ChainId, Config, Destination, Error, Keypair, Message, Output, PublicKey, Replica, Request,
+    Status, ValidatorSet,
+};
+
+const NOW: u64 = 1_000;
+
+fn chain() -> ChainId {
+    ChainId::from_name("retransmission-tests")
+}
+
+fn keys() -> Vec<Keypair> {
+    (0..4u8).map(|i| Keypair::from_seed(&[i + 1; 32])).collect()
+}
+
+fn cluster() -> Vec<Replica> {
+    let public: Vec<PublicKey> = keys().iter().map(Keypair::public_key).collect();
+    let set = ValidatorSet::new(0, &public).unwrap();
+    let mut config = Config::new(chain());
+    config.window = 4;
+    config.checkpoint_interval = 4;
+    keys()
+        .into_iter()
+        .map(|key| Replica::new(config.clone(), set.clone(), key).unwrap())
+        .collect()
+}
+
+/// Runs messages among `up` (the others hear nothing) until quiet; executes deliveries.
+fn run(replicas: &mut [Replica], up: &[usize], mut queue: Vec<(usize, usize, Vec<u8>)>) {
+    let public: Vec<PublicKey> = keys().iter().map(Keypair::public_key).collect();
+    while let Some((from, to, bytes)) = queue.pop() {
+        if up.contains(&to) {
+            let _ = replicas[to].handle_message(NOW, &public[from], &bytes);
+            drain(replicas, to, &mut queue);
+        }
+    }
+}
+
+fn drain(replicas: &mut [Replica], index: usize, queue: &mut Vec<(usize, usize, Vec<u8>)>) {
+    while let Some(output) = replicas[index].poll_output() {
+        match output {
+            Output::Send {
+                to: Destination::AllValidators,
+                bytes,
+            } => {
+                for peer in (0..4).filter(|&p| p != index) {
+                    queue.push((index, peer, bytes.clone()));
+                }
+            }
+            Output::Send {
+                to: Destination::Validator(id),
+                bytes,
+            } => {
+                queue.push((index, id.0 as usize, bytes));
+            }
+            Output::Deliver(delivery) => {
+                let results = vec![Vec::new(); delivery.execute.len()];
+                replicas[index]
+                    .executed(NOW, delivery.seq, results)
+                    .unwrap();
+            }
+            _ => {}
+        }
+    }
+}
+
+fn status(executed: u64) -> Vec<u8> {
+    Message::Status(Status {
+        view: 0,
+        normal: true,
+        stable: 0,
+        executed,
+        slots: Vec::new(),
+    })
+    .encode()
+}
+
+#[test]
+fn a_replica_that_missed_a_commit_gets_it_from_one_answer_to_its_status() {
+    let mut replicas = cluster();
+    let client = Keypair::from_seed(&[42; 32]);
+    replicas[0]
+        .submit(NOW, Request::new(&chain(), &client, 1, b"op".to_vec()))
+        .unwrap();
+    let mut queue = Vec::new();
+    drain(&mut replicas, 0, &mut queue);
+    // Replica 3 hears nothing; the other three commit seq 1 without it.
+    run(&mut replicas, &[0, 1, 2], queue);
+    assert_eq!(replicas[1].executed_seq(), 1);
+    assert_eq!(replicas[3].executed_seq(), 0);
+
+    let from = keys()[3].public_key();
+    replicas[1].handle_message(NOW, &from, &status(0)).unwrap();
+    let answers: Vec<Output> = std::iter::from_fn(|| replicas[1].poll_output()).collect();
+    assert!(!answers.is_empty());
+    let mut committed = None;
+    for answer in &answers {
+        let Output::Send { to, bytes } = answer else {
+            panic!("a status is answered with sends only, got {answer:?}");
+        };
+        assert_eq!(
+            *to,
+            Destination::Validator(pbft_core::ReplicaId(3)),
+            "to the asker only"
+        );
+        if let Ok(Message::Committed(c)) = Message::decode(bytes, usize::MAX) {
+            committed = Some(bytes.clone());
+            assert_eq!(c.certificate.seq, 1);
+        }
+    }
+    // The same question again within the interval costs nothing but a counter.
+    assert_eq!(
+        replicas[1].handle_message(NOW + 1, &from, &status(0)),
+        Err(Error::RateLimited)
+    );
+    assert!(replicas[1].poll_output().is_none());
+    // The committed batch carries its QC: replica 3 delivers it without any vote of its own.
+    let bytes = committed.expect("the answer carries the committed batch");
+    replicas[3]
+        .handle_message(NOW, &keys()[1].public_key(), &bytes)
+        .unwrap();
+    let delivered = std::iter::from_fn(|| replicas[3].poll_output())
+        .any(|o| matches!(o, Output::Deliver(d) if d.seq == 1));
+    assert!(delivered);
+    // After the interval the peer answers again.
+    let later = NOW + Config::new(chain()).retransmit_ms;
+    replicas[1]
+        .handle_message(later, &from, &status(0))
+        .unwrap();
+    assert!(replicas[1].poll_output().is_some());
+}
+
+#[test]
+fn a_status_claiming_more_than_a_window_of_slots_is_refused() {
+    let mut replicas = cluster();
+    let bytes = Message::Status(Status {
+        view: 0,
+        normal: true,
+        stable: 0,
+        executed: 0,
+        slots: vec![0; 5],
+    })
+    .encode();
+    assert!(matches!(
+        replicas[0].handle_message(NOW, &keys()[1].public_key(), &bytes),
+        Err(Error::UnexpectedMessage(_))
+    ));
+}
