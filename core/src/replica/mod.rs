@@ -39,8 +39,8 @@ pub enum Destination {
     Client(PublicKey),
 }
 
-/// A record the host must make durable.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A record the host must make durable; [`Record::encode`] gives the bytes to store.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Record {
     /// A vote this replica signed. After a restart the replica must never sign a different
     /// digest for the same phase and slot.
@@ -49,6 +49,31 @@ pub enum Record {
     ViewChange(ViewChange),
     /// A new view this replica signed as its primary.
     NewView(NewView),
+}
+
+impl Record {
+    /// The record's bytes for the host's log: a version byte, then postcard.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(128);
+        out.push(crate::message::PROTOCOL_VERSION);
+        // Serialising into a Vec fails only on allocation failure, which aborts anyway.
+        postcard::to_extend(self, out).unwrap_or_default()
+    }
+
+    /// Reads a record written by [`Record::encode`].
+    pub fn decode(bytes: &[u8]) -> Result<Record, crate::message::DecodeError> {
+        use crate::message::DecodeError;
+        let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
+        if version != crate::message::PROTOCOL_VERSION {
+            return Err(DecodeError::UnsupportedVersion(version));
+        }
+        let (record, rest) =
+            postcard::take_from_bytes::<Record>(body).map_err(|_| DecodeError::Malformed)?;
+        match rest.is_empty() {
+            true => Ok(record),
+            false => Err(DecodeError::TrailingBytes(rest.len())),
+        }
+    }
 }
 
 /// A committed batch, handed to the host for execution.
