@@ -83,8 +83,7 @@ fn cluster(ops: usize, batch: usize) -> (u64, f64, f64, f64) {
     }
     loop {
         let mut sends = Vec::new();
-        for index in 0..nodes.len() {
-            let node = &mut nodes[index];
+        for (index, node) in nodes.iter_mut().enumerate() {
             while let Some((from, bytes)) = node.inbox.pop_front() {
                 let _ = node.replica.handle_message(now, &from, &bytes);
             }
