@@ -137,7 +137,11 @@ fn a_valid_new_view_is_accepted_and_its_proposals_prepared() {
         assert_eq!((replica.view(), replica.in_view()), (1, true));
         let outputs: Vec<Output> = std::iter::from_fn(|| replica.poll_output()).collect();
         assert!(
-            matches!(&outputs[0], Output::Persist(Record::Signed(v))
+            matches!(&outputs[0], Output::Persist(Record::NewView(n)) if n.view == 1),
+            "replica {index} persists the view it enters"
+        );
+        assert!(
+            matches!(&outputs[1], Output::Persist(Record::Signed(v))
                 if v.phase == Phase::Prepare && (v.view, v.seq) == (1, 1)),
             "replica {index} prepares the re-proposal: {outputs:?}"
         );
@@ -318,4 +322,72 @@ fn each_failed_view_doubles_the_timeout_up_to_the_cap() {
     }
     assert_eq!(waits, vec![base, 2 * base, 4 * base, 8 * base, 8 * base]);
     assert_eq!(backup.metrics().timeouts_fired, 6);
+}
+
+#[test]
+fn a_restored_replica_repeats_its_votes_but_never_signs_a_conflicting_one() {
+    let batch = prepared_batch();
+    let pre_prepare = |batch: &Batch| {
+        Message::PrePrepare(pbft_core::PrePrepare {
+            vote: vote(0, Phase::PrePrepare, (0, 1), batch),
+            batch: batch.clone(),
+        })
+        .encode()
+    };
+    let mut backup = replica(2);
+    backup
+        .handle_message(NOW, &key_of(0), &pre_prepare(&batch))
+        .unwrap();
+    let records: Vec<Record> = std::iter::from_fn(|| backup.poll_output())
+        .filter_map(|o| match o {
+            Output::Persist(record) => Some(record),
+            _ => None,
+        })
+        .collect();
+    assert!(matches!(&records[..], [Record::Signed(v)] if v.phase == Phase::Prepare));
+    // The records survive the crash as bytes in a log.
+    let bytes: Vec<Vec<u8>> = records.iter().map(Record::encode).collect();
+    let restored_records = bytes.iter().map(|b| Record::decode(b).unwrap());
+    let mut restored =
+        Replica::restore(config(), set(), keys().remove(2), restored_records).unwrap();
+    // A primary (Byzantine, or one that lost its own log) proposes another batch at the slot.
+    let other = Batch {
+        requests: vec![Request::new(&chain(), &keys()[3], 9, b"other".to_vec())],
+    };
+    restored
+        .handle_message(NOW, &key_of(0), &pre_prepare(&other))
+        .unwrap();
+    let outputs: Vec<Output> = std::iter::from_fn(|| restored.poll_output()).collect();
+    assert!(
+        !outputs
+            .iter()
+            .any(|o| matches!(o, Output::Persist(_) | Output::Send { .. })),
+        "no second prepare for the slot: {outputs:?}"
+    );
+    assert_eq!(restored.metrics().refused_to_equivocate, 1);
+    // The same proposal again gets the same vote, byte for byte.
+    let mut again =
+        Replica::restore(config(), set(), keys().remove(2), records.iter().cloned()).unwrap();
+    again
+        .handle_message(NOW, &key_of(0), &pre_prepare(&batch))
+        .unwrap();
+    let repeated = std::iter::from_fn(|| again.poll_output()).find_map(|o| match o {
+        Output::Persist(Record::Signed(v)) => Some(v),
+        _ => None,
+    });
+    assert_eq!(Some(&records[0]), repeated.map(Record::Signed).as_ref());
+}
+
+#[test]
+fn a_replica_restored_mid_view_change_stays_in_it() {
+    // Replica 0 follows f + 1 others to view 5, which replica 1 leads.
+    let mut replica = replica(0);
+    for signer in [2usize, 3] {
+        let bytes = Message::ViewChange(view_change(signer, 5, vec![])).encode();
+        let _ = replica.handle_message(NOW, &key_of(signer), &bytes);
+    }
+    assert_eq!((replica.view(), replica.in_view()), (5, false));
+    let durable = replica.durable_records();
+    let restored = Replica::restore(config(), set(), keys().remove(0), durable).unwrap();
+    assert_eq!((restored.view(), restored.in_view()), (5, false));
 }

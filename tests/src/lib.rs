@@ -108,10 +108,13 @@ pub enum Kind {
     ForgedViewChanges,
     /// The first f primaries fail at once: view changes cascade.
     Cascading,
+    /// Honest validators crash and restart from their records, the primary among them, while
+    /// f - 1 backups are Byzantine.
+    CrashRestart,
 }
 
 /// Every kind, in the order seeds cycle through them.
-pub const KINDS: [Kind; 7] = [
+pub const KINDS: [Kind; 8] = [
     Kind::ByzantineBackups,
     Kind::CrashedPrimary,
     Kind::EquivocatingPrimary,
@@ -119,7 +122,21 @@ pub const KINDS: [Kind; 7] = [
     Kind::InvalidBatchPrimary,
     Kind::ForgedViewChanges,
     Kind::Cascading,
+    Kind::CrashRestart,
 ];
+
+/// An honest validator that crashes at a random point of its first step at or after `at`
+/// (possibly between a `Persist` and the `Send` after it) and restarts at `back` from the
+/// records it persisted, with an empty application.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Restart {
+    /// The validator.
+    pub node: usize,
+    /// When it crashes, virtual ms.
+    pub at: u64,
+    /// When it restarts.
+    pub back: u64,
+}
 
 /// Validators cut off from everyone else (validators and clients) for a while.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -153,6 +170,8 @@ pub struct Scenario {
     pub loss_percent: u64,
     /// Cuts that heal.
     pub partitions: Vec<Partition>,
+    /// Honest validators that crash and restart from what they persisted.
+    pub restarts: Vec<Restart>,
     /// Replica limits (batch size, window, ...).
     pub max_batch_ops: usize,
     /// Log window.
@@ -191,6 +210,7 @@ impl Scenario {
                 }
                 Some(Fault::CrashAt(rng.range(20, 300)))
             }
+            Kind::CrashRestart => None,
         };
         if let Some(fault) = primary_fault {
             faults.insert(0, fault);
@@ -228,6 +248,26 @@ impl Scenario {
                 until: from + rng.range(200, 3_000),
             });
         }
+        let mut restarts = Vec::new();
+        // Crash-restart runs restart the primary or a backup once or twice; a quarter of the
+        // other runs restart an honest backup on top of their faults (a temporary f + 1st
+        // fault: only safety holds while it is down, liveness must return once it is back).
+        // Crash runs go without, so their recovery time measures the crash alone.
+        if kind == Kind::CrashRestart || (!crash && rng.chance(25)) {
+            let honest: Vec<usize> = (0..validators)
+                .filter(|i| !faults.contains_key(i))
+                .collect();
+            let node = match kind {
+                Kind::CrashRestart if rng.chance(50) => 0,
+                _ => *rng.pick(&honest),
+            };
+            let mut at = rng.range(20, 800);
+            for _ in 0..rng.range(1, 2) {
+                let back = at + rng.range(50, 2_000);
+                restarts.push(Restart { node, at, back });
+                at = back + rng.range(100, 1_500);
+            }
+        }
         let low = rng.range(1, 5);
         let window = rng.range(2, 8);
         let mut clients = rng.range(1, 4) as usize;
@@ -250,6 +290,7 @@ impl Scenario {
             duplicate_percent: rng.range(0, 20),
             loss_percent: rng.range(0, 20),
             partitions,
+            restarts,
             max_batch_ops,
             window,
             checkpoint_interval: rng.range(1, window),
@@ -279,6 +320,8 @@ pub struct Report {
     /// When the primary crashed at a time it was the primary: virtual ms from the crash to
     /// the first batch an honest replica committed in a later view.
     pub recovery_ms: Option<u64>,
+    /// Validators restarted from their persisted records.
+    pub restarts: u64,
     /// Digest of every output of every node, in order: equal across runs of one seed.
     pub trace: Digest,
 }
@@ -300,6 +343,12 @@ enum Event {
         client: usize,
         at: u64,
     },
+    Crash {
+        node: NodeId,
+    },
+    Restart {
+        node: NodeId,
+    },
 }
 
 struct Validator {
@@ -315,6 +364,12 @@ struct Validator {
     executed: BTreeSet<(PublicKey, u64)>,
     last_client_seq: BTreeMap<PublicKey, u64>,
     delivered: u64,
+    /// What the replica persisted (its write-ahead log), compacted at stable checkpoints.
+    durable: Vec<Record>,
+    /// Crashes at a random point of its next step.
+    crash_armed: bool,
+    /// Crashed, waiting to restart.
+    down: bool,
 }
 
 struct SimClient {
@@ -362,6 +417,10 @@ pub struct Simulation {
     trace: Hasher,
     /// The primary's crash, once it happened: (time, the view it led).
     crash: Option<(u64, u64)>,
+    /// The replicas' config, to restart them with.
+    config: Config,
+    /// Every statement an honest validator signed: (validator, phase, view, seq) → digest.
+    signed: BTreeMap<(usize, pbft_core::Phase, u64, u64), Digest>,
 }
 
 /// Virtual time after which a run stops.
@@ -380,6 +439,7 @@ impl Simulation {
         config.max_future_per_peer = 64;
         // Partitions last seconds at most; every replica can catch up from its peers' archives.
         config.retained_batches = 1024;
+        let replica_config = config.clone();
         let validators = keypairs
             .into_iter()
             .enumerate()
@@ -395,6 +455,9 @@ impl Simulation {
                     executed: BTreeSet::new(),
                     last_client_seq: BTreeMap::new(),
                     delivered: 0,
+                    durable: Vec::new(),
+                    crash_armed: false,
+                    down: false,
                 }
             })
             .collect();
@@ -429,6 +492,8 @@ impl Simulation {
             },
             trace: Hasher::new(b"sim/trace"),
             crash: None,
+            config: replica_config,
+            signed: BTreeMap::new(),
             scenario,
         }
     }
@@ -441,6 +506,18 @@ impl Simulation {
         }
         for index in 0..self.validators.len() {
             self.drain(index);
+        }
+        for restart in self.scenario.restarts.clone() {
+            self.counter += 1;
+            self.queue.insert(
+                (restart.at, self.counter),
+                Event::Crash { node: restart.node },
+            );
+            self.counter += 1;
+            self.queue.insert(
+                (restart.back, self.counter),
+                Event::Restart { node: restart.node },
+            );
         }
         while let Some(((at, _), event)) = self.queue.pop_first() {
             if at > TIME_LIMIT_MS {
@@ -458,6 +535,8 @@ impl Simulation {
                     }
                 }
                 Event::ClientTimer { client, at } => self.client_timer(client, at),
+                Event::Crash { node } => self.validators[node].crash_armed = true,
+                Event::Restart { node } => self.restart(node),
             }
             if self.settled() {
                 break;
@@ -469,7 +548,8 @@ impl Simulation {
     /// Whether the run has nothing left to show: every request answered, every cut healed,
     /// every honest replica idle and at the highest delivered seq.
     fn settled(&self) -> bool {
-        let healed = self.scenario.partitions.iter().all(|p| p.until <= self.now);
+        let healed = self.scenario.partitions.iter().all(|p| p.until <= self.now)
+            && self.scenario.restarts.iter().all(|r| r.back <= self.now);
         let answered = self
             .clients
             .iter()
@@ -483,7 +563,40 @@ impl Simulation {
     }
 
     fn is_down(&self, node: NodeId) -> bool {
-        matches!(self.validators[node].fault, Some(Fault::CrashAt(at)) if self.now >= at)
+        self.validators[node].down
+            || matches!(self.validators[node].fault, Some(Fault::CrashAt(at)) if self.now >= at)
+    }
+
+    /// Brings a crashed validator back from its persisted records, with an empty application.
+    fn restart(&mut self, index: NodeId) {
+        let node = &mut self.validators[index];
+        if !node.down {
+            // It never took a step between the crash and now, so it never crashed.
+            node.crash_armed = false;
+            return;
+        }
+        let keypair = Keypair::from_seed(&node.keypair.seed());
+        match Replica::restore(
+            self.config.clone(),
+            self.set.clone(),
+            keypair,
+            node.durable.iter().cloned(),
+        ) {
+            Ok(replica) => node.replica = replica,
+            Err(err) => {
+                let what = format!("replica {index} cannot restore: {err}");
+                self.violation(what);
+                return;
+            }
+        }
+        let node = &mut self.validators[index];
+        node.down = false;
+        node.state = Digest::default();
+        node.executed.clear();
+        node.last_client_seq.clear();
+        node.delivered = 0;
+        node.timer = None;
+        self.report.restarts += 1;
     }
 
     /// Records the moment a crashing validator stops, and whether it was the primary then.
@@ -674,11 +787,36 @@ impl Simulation {
     }
 
     fn drain(&mut self, index: NodeId) {
+        if self.validators[index].down {
+            return;
+        }
+        // A validator armed to crash stops after a random number of this step's outputs:
+        // possibly between a `Persist` and the `Send` it guards.
+        let crash_after = match self.validators[index].crash_armed {
+            true => Some(self.rng.range(0, 6)),
+            false => None,
+        };
+        let mut processed = 0;
+        let mut compact = false;
         while let Some(output) = self.validators[index].replica.poll_output() {
+            if crash_after == Some(processed) {
+                self.crash(index);
+                return;
+            }
+            processed += 1;
             self.observe(index, &output);
             match output {
-                Output::Persist(_) => {}
-                Output::Send { to, bytes } => self.route(index, to, bytes),
+                Output::Persist(record) => {
+                    if let Record::Signed(vote) = &record {
+                        self.check_signed(index, vote);
+                    }
+                    compact |= matches!(record, Record::Stable(_));
+                    self.validators[index].durable.push(record);
+                }
+                Output::Send { to, bytes } => {
+                    self.check_sent(index, &bytes);
+                    self.route(index, to, bytes)
+                }
                 Output::Deliver(delivery) => self.execute(index, delivery),
                 Output::Evidence(evidence) => {
                     let culprit = evidence.second.replica.0 as usize;
@@ -695,6 +833,15 @@ impl Simulation {
                 }
             }
         }
+        if crash_after.is_some() {
+            self.crash(index);
+            return;
+        }
+        if compact {
+            // What a host does with its WAL after a stable checkpoint.
+            let node = &mut self.validators[index];
+            node.durable = node.replica.durable_records();
+        }
         let timeout = self.validators[index].replica.poll_timeout();
         if timeout.is_some() && timeout != self.validators[index].timer {
             let at = timeout.unwrap_or_default().max(self.now);
@@ -702,6 +849,40 @@ impl Simulation {
             self.counter += 1;
             self.queue
                 .insert((at, self.counter), Event::Timer { node: index, at });
+        }
+    }
+
+    /// The validator stops: its unsent outputs are lost, its persisted records stay.
+    fn crash(&mut self, index: NodeId) {
+        let node = &mut self.validators[index];
+        while node.replica.poll_output().is_some() {}
+        node.crash_armed = false;
+        node.down = true;
+        node.timer = None;
+    }
+
+    /// The no-double-signing invariant, across restarts: an honest validator never signs
+    /// two digests for one (phase, view, seq).
+    fn check_signed(&mut self, index: NodeId, vote: &Vote) {
+        if self.validators[index].fault.is_some() || vote.replica.0 as usize != index {
+            return;
+        }
+        let key = (index, vote.phase, vote.view, vote.seq);
+        let first = *self.signed.entry(key).or_insert(vote.digest);
+        if first != vote.digest {
+            self.violation(format!(
+                "replica {index} signed two digests for {:?} at view {} seq {}",
+                vote.phase, vote.view, vote.seq
+            ));
+        }
+    }
+
+    /// The same invariant on what actually went on the wire.
+    fn check_sent(&mut self, index: NodeId, bytes: &[u8]) {
+        match Message::decode(bytes, usize::MAX) {
+            Ok(Message::Vote(vote)) => self.check_signed(index, &vote),
+            Ok(Message::PrePrepare(pre_prepare)) => self.check_signed(index, &pre_prepare.vote),
+            _ => {}
         }
     }
 
@@ -716,6 +897,12 @@ impl Simulation {
             }
             Output::Persist(Record::NewView(new_view)) => {
                 self.trace.u64(new_view.view);
+            }
+            Output::Persist(Record::Prepared(prepared)) => {
+                self.trace.u64(prepared.proposal.seq);
+            }
+            Output::Persist(Record::Stable(checkpoint)) => {
+                self.trace.u64(checkpoint.seq);
             }
             Output::Send { bytes, .. } => {
                 self.trace.bytes(bytes);

@@ -55,6 +55,7 @@ struct Tally {
     failed: u64,
     requests: u64,
     views_changed: u64,
+    restarts: u64,
     recoveries: Vec<u64>,
 }
 
@@ -81,6 +82,7 @@ fn main() -> ExitCode {
         tally.seeds += 1;
         tally.requests += report.requests_completed;
         tally.views_changed += report.views_changed;
+        tally.restarts += report.restarts;
         tally.recoveries.extend(report.recovery_ms);
         completed += report.requests_completed;
         evidence += report.evidence;
@@ -109,8 +111,8 @@ fn main() -> ExitCode {
     let secs = started.elapsed().as_secs_f64();
     eprintln!();
     println!(
-        "{:<22} {:>6} {:>7} {:>9} {:>13}   primary crash -> first commit in a new view",
-        "scenario", "seeds", "failed", "requests", "views changed"
+        "{:<22} {:>6} {:>7} {:>9} {:>13} {:>9}   primary crash -> first commit in a new view",
+        "scenario", "seeds", "failed", "requests", "views changed", "restarts"
     );
     for (kind, tally) in &mut tallies {
         tally.recoveries.sort_unstable();
@@ -125,8 +127,8 @@ fn main() -> ExitCode {
             ),
         };
         println!(
-            "{kind:<22} {:>6} {:>7} {:>9} {:>13}   {recovery}",
-            tally.seeds, tally.failed, tally.requests, tally.views_changed
+            "{kind:<22} {:>6} {:>7} {:>9} {:>13} {:>9}   {recovery}",
+            tally.seeds, tally.failed, tally.requests, tally.views_changed, tally.restarts
         );
     }
     println!(

@@ -9,6 +9,7 @@
 //! retransmission that repairs lost messages.
 
 mod recovery;
+mod restore;
 mod view_change;
 
 use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -26,7 +27,7 @@ use crate::message::{
     reply_root_digest,
 };
 use crate::metrics::Metrics;
-use crate::view_change::{NewView, StableCheckpoint, ViewChange};
+use crate::view_change::{NewView, Prepared, StableCheckpoint, ViewChange};
 
 /// Where the host must send bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,9 +46,15 @@ pub enum Record {
     /// A vote this replica signed. After a restart the replica must never sign a different
     /// digest for the same phase and slot.
     Signed(Vote),
+    /// A prepared certificate this replica assembled, as it sends its commit: a view change
+    /// after a restart must still carry it, or a batch committed elsewhere could be lost.
+    Prepared(Prepared),
+    /// A checkpoint that became stable: everything at or below it is final. A host may
+    /// compact its log to [`Replica::durable_records`] when it sees one.
+    Stable(StableCheckpoint),
     /// A view change this replica signed: it left every view below `view`.
     ViewChange(ViewChange),
-    /// A new view this replica signed as its primary.
+    /// The new view this replica entered (signed by it if it is that view's primary).
     NewView(NewView),
 }
 
@@ -187,6 +194,10 @@ pub struct Replica {
     last_status: Option<u64>,
     /// When each peer was last served retransmissions.
     served: BTreeMap<ReplicaId, u64>,
+    /// Every vote this replica signed in the current view (and its checkpoints) above the
+    /// low watermark, by (phase, view, seq). Restored after a crash, it keeps the replica
+    /// from ever signing a second digest for one statement.
+    signed: BTreeMap<(Phase, u64, u64), Vote>,
 }
 
 impl core::fmt::Debug for Replica {
@@ -275,6 +286,7 @@ impl Replica {
             progress_at: 0,
             last_status: None,
             served: BTreeMap::new(),
+            signed: BTreeMap::new(),
         })
     }
 
@@ -380,6 +392,10 @@ impl Replica {
         self.now = now;
         if self.last_status.is_none() {
             self.last_status = Some(now);
+            if let Mode::ViewChange { since } = &mut self.mode {
+                // Restored mid view change: count its time from the restart.
+                *since = now;
+            }
         }
     }
 
@@ -592,7 +608,14 @@ impl Replica {
             let digest = merkle::root(&leaves);
             let seq = self.next_seq;
             self.next_seq += 1;
-            let vote = self.sign_vote(Phase::PrePrepare, seq, digest);
+            let Some(vote) = self.sign_vote(Phase::PrePrepare, seq, digest) else {
+                // This seq was proposed before a restart with another batch: skip it (the
+                // view change will fill it) and keep the requests for the next one.
+                for request in batch.requests.into_iter().rev() {
+                    self.pending.push_front(request);
+                }
+                continue;
+            };
             let slot = self.log.entry(seq).or_default();
             slot.digest = Some(digest);
             slot.proposal = Some(vote.clone());
@@ -783,9 +806,13 @@ impl Replica {
             && slot.is_prepared(quorum, primary)
             && let Some(digest) = slot.digest
         {
-            // The certificate outlives the view: a view change must carry it.
+            // The certificate outlives the view, and a crash: a view change must carry it.
             slot.prepared = slot.prepared_certificate(quorum, primary);
             slot.commit_sent = true;
+            if let Some(prepared) = slot.prepared.clone() {
+                self.outputs
+                    .push_back(Output::Persist(Record::Prepared(prepared)));
+            }
             self.cast(Phase::Commit, seq, digest);
         }
         let chain = self.config.chain_id;
@@ -944,24 +971,44 @@ impl Replica {
     /// Signs a prepare or commit, persists it, then broadcasts it and counts it locally.
     /// The order is the durability contract: the record precedes the send.
     fn cast(&mut self, phase: Phase, seq: u64, digest: Digest) {
-        let vote = self.sign_vote(phase, seq, digest);
+        let Some(vote) = self.sign_vote(phase, seq, digest) else {
+            return;
+        };
         self.publish(Record::Signed(vote.clone()), &Message::Vote(vote.clone()));
         if let Some(slot) = self.log.get_mut(&seq) {
             slot.add_vote(vote);
         }
     }
 
-    fn sign_vote(&mut self, phase: Phase, seq: u64, digest: Digest) -> Vote {
+    /// Signs a vote of the current view.
+    fn sign_vote(&mut self, phase: Phase, seq: u64, digest: Digest) -> Option<Vote> {
+        self.sign(phase, (self.view, seq), digest)
+    }
+
+    /// The one place votes are signed. It refuses to sign a second digest for a (phase,
+    /// view, seq) it already signed — also across restarts, since every signed vote is
+    /// persisted and restored — and hands back the first vote when asked for the same one.
+    fn sign(&mut self, phase: Phase, slot: (u64, u64), digest: Digest) -> Option<Vote> {
+        let key = (phase, slot.0, slot.1);
+        if let Some(previous) = self.signed.get(&key) {
+            if previous.digest == digest {
+                return Some(previous.clone());
+            }
+            self.metrics.refused_to_equivocate += 1;
+            return None;
+        }
         self.metrics.signatures_created += 1;
-        Vote::new(
+        let vote = Vote::new(
             &self.config.chain_id,
             self.validators.epoch(),
             phase,
-            (self.view, seq),
+            slot,
             digest,
             self.id,
             &self.keypair,
-        )
+        );
+        self.signed.insert(key, vote.clone());
+        Some(vote)
     }
 
     /// Makes `record` durable, then broadcasts `message`, which carries its signature: the

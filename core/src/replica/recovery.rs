@@ -28,16 +28,10 @@ impl Replica {
         }
         let history = self.history;
         self.own_checkpoints.insert(seq, history);
-        let vote = Vote::new(
-            &self.config.chain_id,
-            self.validators.epoch(),
-            Phase::Checkpoint,
-            (0, seq),
-            history,
-            self.id,
-            &self.keypair,
-        );
-        self.metrics.signatures_created += 1;
+        let Some(vote) = self.sign(Phase::Checkpoint, (0, seq), history) else {
+            // Before a restart this replica reached another history at `seq`.
+            return;
+        };
         self.publish(Record::Signed(vote.clone()), &Message::Vote(vote.clone()));
         self.checkpoint_votes
             .entry(seq)
@@ -151,6 +145,8 @@ impl Replica {
         if checkpoint.seq <= self.stable.seq {
             return;
         }
+        self.outputs
+            .push_back(Output::Persist(Record::Stable(checkpoint.clone())));
         self.stable = checkpoint;
         let stable = self.stable.seq;
         self.checkpoint_votes.retain(|&seq, _| seq > stable);
@@ -186,6 +182,7 @@ impl Replica {
             self.archive.pop_front();
         }
         self.own_checkpoints.retain(|&seq, _| seq > target);
+        self.signed.retain(|&(_, _, seq), _| seq > target);
         self.low = target;
         self.replay_ahead(now);
         if self.is_primary() && !self.pending.is_empty() {

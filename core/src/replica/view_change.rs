@@ -4,7 +4,7 @@
 
 use alloc::vec::Vec;
 
-use super::{Destination, Mode, Record, Replica};
+use super::{Destination, Mode, Output, Record, Replica};
 use crate::clients::Freshness;
 use crate::config::ReplicaId;
 use crate::error::Error;
@@ -110,6 +110,10 @@ impl Replica {
         self.publish(Record::ViewChange(change.clone()), &message);
         self.view_changes.insert(self.id, change);
         self.view_changes.retain(|_, change| change.view >= view);
+        // Nothing is signed in a view once it is left: its votes need no guard any more.
+        self.signed.retain(|&(phase, signed_view, _), _| {
+            phase == Phase::Checkpoint || signed_view >= view
+        });
         self.after_view_changes();
     }
 
@@ -211,11 +215,16 @@ impl Replica {
             return;
         }
         let plan = plan(&self.config.chain_id, &view_changes);
-        let proposals: Vec<Vote> = plan
+        let proposals: Option<Vec<Vote>> = plan
             .proposals
             .iter()
             .map(|&(seq, digest)| self.sign_vote(Phase::PrePrepare, seq, digest))
             .collect();
+        let Some(proposals) = proposals else {
+            // A proposal of this view was signed before a restart with another digest: this
+            // replica cannot lead the view; the next one will.
+            return;
+        };
         let mut new_view = NewView {
             view: self.view,
             view_changes,
@@ -273,8 +282,17 @@ impl Replica {
             self.metrics.view_change_ms += self.now.saturating_sub(since);
         }
         self.metrics.views_changed += 1;
+        if self.validators.primary(new_view.view) != self.id {
+            // The primary persisted it when it signed it.
+            self.outputs
+                .push_back(Output::Persist(Record::NewView(new_view.clone())));
+        }
         self.view = new_view.view;
         self.mode = Mode::Normal;
+        let entered = self.view;
+        self.signed.retain(|&(phase, signed_view, _), _| {
+            phase == Phase::Checkpoint || signed_view >= entered
+        });
         self.new_view_deadline = None;
         self.view_changes
             .retain(|_, change| change.view > new_view.view);
