@@ -94,15 +94,16 @@ fn cluster(ops: usize, batch: usize) -> (u64, f64, f64, f64) {
                     Output::Persist(record) => node.wal.append(&record.encode()).expect("append"),
                     Output::Send { to, bytes } => sends.push((index, to, bytes)),
                     Output::Deliver(delivery) => delivered.push(delivery),
-                    Output::Evidence(_) => {}
+                    Output::Evidence(_) | Output::Install(_) => {}
                 }
             }
             // Group commit: one sync covers every record of the round, before any send.
             node.wal.sync().expect("sync");
             for delivery in delivered {
                 let results = vec![Vec::new(); delivery.execute.len()];
+                let snapshot = delivery.checkpoint.then(Vec::new);
                 node.replica
-                    .executed(now, delivery.seq, results)
+                    .executed(now, delivery.seq, results, snapshot)
                     .expect("in order");
             }
             while let Some(output) = node.replica.poll_output() {

@@ -6,6 +6,7 @@
 //! forgotten request can never execute again.
 
 use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::vec::Vec;
 
 use crate::crypto::PublicKey;
 use crate::message::Reply;
@@ -91,6 +92,41 @@ impl ClientTable {
 
     pub(crate) fn len(&self) -> usize {
         self.entries.len()
+    }
+
+    /// The replicated part of the table, canonically encoded for a checkpoint: the floor and
+    /// (client, last number, seq it executed at) in key order. Replies are left out: each
+    /// replica signs its own, so they differ between replicas.
+    pub(crate) fn export(&self) -> Vec<u8> {
+        let entries: Vec<(PublicKey, u64, u64)> = self
+            .entries
+            .iter()
+            .map(|(key, entry)| (*key, entry.last_client_seq, entry.executed_at))
+            .collect();
+        postcard::to_allocvec(&(self.floor, entries)).unwrap_or_default()
+    }
+
+    /// A table rebuilt from [`ClientTable::export`], for a replica that installs a snapshot.
+    pub(crate) fn import(bytes: &[u8], max_clients: usize) -> Option<ClientTable> {
+        let (floor, entries): (u64, Vec<(PublicKey, u64, u64)>) =
+            postcard::from_bytes(bytes).ok()?;
+        if entries.len() > max_clients {
+            return None;
+        }
+        let mut table = ClientTable::new(max_clients);
+        table.floor = floor;
+        for (client, last_client_seq, executed_at) in entries {
+            table.entries.insert(
+                client,
+                ClientEntry {
+                    last_client_seq,
+                    executed_at,
+                    reply: None,
+                },
+            );
+            table.by_age.insert((executed_at, client));
+        }
+        Some(table)
     }
 }
 

@@ -200,8 +200,15 @@ pub struct Config {
     /// learns it is behind. Default 1000 ms.
     pub heartbeat_ms: u64,
     /// Committed batches (with their QCs) kept below the low watermark to serve replicas that
-    /// fell behind. Default 128. A replica further behind than this needs state transfer.
+    /// fell behind; at least a window. Default 128. A replica more than a window behind the
+    /// stable checkpoint fetches the checkpoint's state instead.
     pub retained_batches: usize,
+    /// Bytes per chunk of a state snapshot in transfer. Default 256 KiB: well inside a
+    /// message, large enough that a chunk's proof and envelope are noise.
+    pub snapshot_chunk_bytes: u32,
+    /// Largest application snapshot accepted in a state transfer (the receiver holds it in
+    /// memory until it is whole). Default 256 MiB.
+    pub max_snapshot_bytes: u64,
 }
 
 impl Config {
@@ -224,6 +231,8 @@ impl Config {
             retransmit_ms: 100,
             heartbeat_ms: 1000,
             retained_batches: 128,
+            snapshot_chunk_bytes: 256 << 10,
+            max_snapshot_bytes: 256 << 20,
         }
     }
 
@@ -258,6 +267,19 @@ impl Config {
         if self.view_timeout_ms == 0 || self.retransmit_ms == 0 || self.heartbeat_ms == 0 {
             return Err(ConfigError::Invalid(
                 "view_timeout_ms, retransmit_ms and heartbeat_ms must be at least 1",
+            ));
+        }
+        if (self.retained_batches as u64) < self.window {
+            return Err(ConfigError::Invalid(
+                "retained_batches must be at least the window, or a replica a window behind can neither replay nor transfer",
+            ));
+        }
+        if self.snapshot_chunk_bytes == 0
+            || self.snapshot_chunk_bytes as usize + crate::message::BATCH_OVERHEAD
+                > self.max_message_bytes
+        {
+            return Err(ConfigError::Invalid(
+                "snapshot_chunk_bytes must be at least 1 and fit a message with 4 KiB to spare",
             ));
         }
         if self.max_timeout_factor == 0 {

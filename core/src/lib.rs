@@ -26,6 +26,7 @@ mod merkle;
 mod message;
 mod metrics;
 mod replica;
+mod state;
 mod view_change;
 
 pub use certificate::{
@@ -47,7 +48,8 @@ pub use message::{
     reply_root_digest, vote_digest,
 };
 pub use metrics::Metrics;
-pub use replica::{Delivery, Destination, Output, Record, Replica};
+pub use replica::{Delivery, Destination, Install, Output, Record, Replica};
+pub use state::{FetchState, Manifest, StateChunk};
 pub use view_change::{
     NewView, Plan, Prepared, StableCheckpoint, ViewChange, ViewChangeError, null_digest, plan,
     verify_checkpoint, verify_new_view, verify_view_change,

@@ -14,6 +14,7 @@ use crate::certificate::QuorumCertificate;
 use crate::config::{ChainId, ReplicaId};
 use crate::crypto::{Digest, Hasher, Keypair, PublicKey, Signature};
 use crate::merkle::{self, InclusionProof};
+use crate::state::{FetchState, Manifest, StateChunk};
 use crate::view_change::{NewView, StableCheckpoint, ViewChange};
 
 /// The envelope version this build speaks; the first byte of every message.
@@ -312,6 +313,12 @@ pub enum Message {
     Committed(Committed),
     /// A stable checkpoint certificate for a validator that is behind.
     Checkpoint(StableCheckpoint),
+    /// A request for a checkpoint's state, from a validator that is far behind.
+    FetchState(FetchState),
+    /// A checkpoint's manifest, checked against the stable checkpoint's digest.
+    StateManifest(Manifest),
+    /// A chunk of a checkpoint's application snapshot, checked against the manifest.
+    StateChunk(StateChunk),
 }
 
 impl Message {
@@ -360,6 +367,9 @@ impl Message {
             Message::Status(_) => "status",
             Message::Committed(_) => "committed",
             Message::Checkpoint(_) => "stable-checkpoint",
+            Message::FetchState(_) => "fetch-state",
+            Message::StateManifest(_) => "state-manifest",
+            Message::StateChunk(_) => "state-chunk",
         }
     }
 }

@@ -44,6 +44,8 @@ pub struct Metrics {
     pub batches_caught_up: u64,
     /// Stable checkpoints whose digest differed from this replica's own history.
     pub checkpoint_mismatches: u64,
+    /// Checkpoint states fetched and installed because this replica was too far behind.
+    pub state_transfers: u64,
     /// Votes not signed because this replica had signed another digest for the same
     /// statement (before a restart): each one a double signature avoided.
     pub refused_to_equivocate: u64,

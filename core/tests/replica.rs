@@ -465,7 +465,7 @@ fn replies_are_not_for_validators_and_execution_follows_delivery() {
         Err(Error::UnexpectedMessage("reply"))
     );
     assert!(matches!(
-        backup.executed(NOW, 1, vec![]),
+        backup.executed(NOW, 1, vec![], None),
         Err(Error::HostContract(_))
     ));
 }

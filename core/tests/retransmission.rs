@@ -58,8 +58,9 @@ fn drain(replicas: &mut [Replica], index: usize, queue: &mut Vec<(usize, usize, 
             }
             Output::Deliver(delivery) => {
                 let results = vec![Vec::new(); delivery.execute.len()];
+                let snapshot = delivery.checkpoint.then(Vec::new);
                 replicas[index]
-                    .executed(NOW, delivery.seq, results)
+                    .executed(NOW, delivery.seq, results, snapshot)
                     .unwrap();
             }
             _ => {}

@@ -38,7 +38,8 @@ fn config() -> Config {
 /// The most entries a replica may hold under `config()`: slots and two votes per validator
 /// for two windows of slots (the window, and as far again while catching up), the archive,
 /// the per-peer buffers, pending and watched requests and their index entries, one view
-/// change per validator, checkpoint votes for each checkpoint in reach, and the client table.
+/// change per validator, checkpoint votes for each checkpoint in reach, the votes this replica
+/// signed (three phases per slot) and its own checkpoints, snapshots, and the client table.
 fn memory_bound(peers: usize) -> usize {
     let config = config();
     let window = config.window as usize;
@@ -50,6 +51,8 @@ fn memory_bound(peers: usize) -> usize {
         + 2 * window * config.max_batch_ops
         + VALIDATORS
         + checkpoints * VALIDATORS
+        + 2 * window * 3
+        + 2 * checkpoints
         + config.max_clients
 }
 

@@ -62,11 +62,17 @@ impl Cluster {
 
     /// Delivers messages and fires timers until every replica is idle (only heartbeats left).
     pub fn run(&mut self) {
+        self.run_checking(|_| {});
+    }
+
+    /// [`Cluster::run`], calling `check` on the replica after every message it handles.
+    pub fn run_checking(&mut self, mut check: impl FnMut(&Replica)) {
         loop {
             while let Some((to, from, bytes)) = self.network.pop_front() {
                 // Rejections (e.g. votes for slots already executed) are normal here.
                 let _ = self.replicas[to].handle_message(self.now, &from, &bytes);
                 self.drain(to);
+                check(&self.replicas[to]);
             }
             if self.replicas.iter().all(Replica::is_idle) {
                 return;
@@ -91,7 +97,7 @@ impl Cluster {
     fn drain(&mut self, index: usize) {
         while let Some(output) = self.replicas[index].poll_output() {
             match output {
-                Output::Persist(_) | Output::Evidence(_) => {}
+                Output::Persist(_) | Output::Evidence(_) | Output::Install(_) => {}
                 Output::Send { to, bytes } => self.route(index, to, bytes),
                 Output::Deliver(delivery) => {
                     // The application echoes each operation back as its result.
@@ -102,12 +108,15 @@ impl Cluster {
                         .map(|request| request.op.clone())
                         .collect();
                     let seq = delivery.seq;
+                    let checkpoint = delivery.checkpoint;
                     if index == 0 {
                         self.committed
                             .insert(seq, (delivery.batch, delivery.certificate));
                     }
+                    // The application keeps no state: its snapshot is empty.
+                    let snapshot = checkpoint.then(Vec::new);
                     self.replicas[index]
-                        .executed(self.now, seq, results)
+                        .executed(self.now, seq, results, snapshot)
                         .expect("the cluster executes in delivery order");
                 }
             }

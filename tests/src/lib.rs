@@ -78,16 +78,19 @@ pub enum Fault {
     /// Sends view changes with its prepared certificates stripped and its view raised, new
     /// views with a re-proposal left out, and new views for views it does not lead.
     ForgeViewChange,
+    /// Serves state transfers with corrupted manifests and chunks.
+    BadState,
 }
 
 /// The faults a backup may draw.
-pub const BACKUP_FAULTS: [Fault; 6] = [
+pub const BACKUP_FAULTS: [Fault; 7] = [
     Fault::Garbage,
     Fault::Replay,
     Fault::WrongKey,
     Fault::EquivocateVotes,
     Fault::Silent,
     Fault::ForgeViewChange,
+    Fault::BadState,
 ];
 
 /// What a run puts the cluster through, besides loss and partitions.
@@ -322,6 +325,8 @@ pub struct Report {
     pub recovery_ms: Option<u64>,
     /// Validators restarted from their persisted records.
     pub restarts: u64,
+    /// Checkpoint states fetched and installed.
+    pub state_transfers: u64,
     /// Digest of every output of every node, in order: equal across runs of one seed.
     pub trace: Digest,
 }
@@ -370,6 +375,44 @@ struct Validator {
     crash_armed: bool,
     /// Crashed, waiting to restart.
     down: bool,
+    /// Every operation the application executed, in order: its snapshot.
+    ops: Vec<(PublicKey, u64, Vec<u8>)>,
+}
+
+impl Validator {
+    /// The application: a hash chain over the operations, plus their log.
+    fn apply(&mut self, client: PublicKey, client_seq: u64, op: &[u8]) {
+        self.state = Hasher::new(b"sim/state")
+            .digest(&self.state)
+            .bytes(op)
+            .finish();
+        self.ops.push((client, client_seq, op.to_vec()));
+    }
+}
+
+/// The application snapshot: each operation as key, number, length and bytes.
+fn encode_app(ops: &[(PublicKey, u64, Vec<u8>)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (client, client_seq, op) in ops {
+        out.extend_from_slice(&client.0);
+        out.extend_from_slice(&client_seq.to_le_bytes());
+        out.extend_from_slice(&(op.len() as u32).to_le_bytes());
+        out.extend_from_slice(op);
+    }
+    out
+}
+
+fn decode_app(mut bytes: &[u8]) -> Option<Vec<(PublicKey, u64, Vec<u8>)>> {
+    let mut ops = Vec::new();
+    while !bytes.is_empty() {
+        let key: [u8; 32] = bytes.get(..32)?.try_into().ok()?;
+        let client_seq = u64::from_le_bytes(bytes.get(32..40)?.try_into().ok()?);
+        let len = u32::from_le_bytes(bytes.get(40..44)?.try_into().ok()?) as usize;
+        let op = bytes.get(44..44 + len)?.to_vec();
+        ops.push((PublicKey(key), client_seq, op));
+        bytes = &bytes[44 + len..];
+    }
+    Some(ops)
 }
 
 struct SimClient {
@@ -421,6 +464,8 @@ pub struct Simulation {
     config: Config,
     /// Every statement an honest validator signed: (validator, phase, view, seq) → digest.
     signed: BTreeMap<(usize, pbft_core::Phase, u64, u64), Digest>,
+    /// The application state after each seq, as the first honest replica computed it.
+    states: BTreeMap<u64, Digest>,
 }
 
 /// Virtual time after which a run stops.
@@ -437,8 +482,10 @@ impl Simulation {
         config.window = scenario.window;
         config.checkpoint_interval = scenario.checkpoint_interval;
         config.max_future_per_peer = 64;
-        // Partitions last seconds at most; every replica can catch up from its peers' archives.
-        config.retained_batches = 1024;
+        // Peers keep only a window of batches for replay, so a replica cut off or restarted
+        // for long must fetch a checkpoint's state; small chunks make that several messages.
+        config.retained_batches = scenario.window as usize;
+        config.snapshot_chunk_bytes = 64;
         let replica_config = config.clone();
         let validators = keypairs
             .into_iter()
@@ -458,6 +505,7 @@ impl Simulation {
                     durable: Vec::new(),
                     crash_armed: false,
                     down: false,
+                    ops: Vec::new(),
                 }
             })
             .collect();
@@ -494,6 +542,7 @@ impl Simulation {
             crash: None,
             config: replica_config,
             signed: BTreeMap::new(),
+            states: BTreeMap::new(),
             scenario,
         }
     }
@@ -592,6 +641,7 @@ impl Simulation {
         let node = &mut self.validators[index];
         node.down = false;
         node.state = Digest::default();
+        node.ops.clear();
         node.executed.clear();
         node.last_client_seq.clear();
         node.delivered = 0;
@@ -818,6 +868,7 @@ impl Simulation {
                     self.route(index, to, bytes)
                 }
                 Output::Deliver(delivery) => self.execute(index, delivery),
+                Output::Install(install) => self.install(index, install),
                 Output::Evidence(evidence) => {
                     let culprit = evidence.second.replica.0 as usize;
                     match verify_evidence(&chain(), &self.set, &evidence) {
@@ -852,6 +903,39 @@ impl Simulation {
         }
     }
 
+    /// Replaces a validator's application with a fetched snapshot, and checks it against
+    /// what the first honest replica to reach that seq computed.
+    fn install(&mut self, index: NodeId, install: pbft_core::Install) {
+        let Some(ops) = decode_app(&install.snapshot) else {
+            self.violation(format!("replica {index} installed an undecodable snapshot"));
+            return;
+        };
+        let node = &mut self.validators[index];
+        node.state = Digest::default();
+        node.ops.clear();
+        node.executed.clear();
+        node.last_client_seq.clear();
+        for (client, client_seq, op) in ops {
+            node.apply(client, client_seq, &op);
+            node.executed.insert((client, client_seq));
+            node.last_client_seq.insert(client, client_seq);
+        }
+        node.delivered = install.seq;
+        self.report.state_transfers += 1;
+        let state = self.validators[index].state;
+        match self.states.get(&install.seq) {
+            Some(expected) if *expected != state => self.violation(format!(
+                "replica {index} installed a state at seq {} no honest replica had",
+                install.seq
+            )),
+            Some(_) => {}
+            None => self.violation(format!(
+                "replica {index} installed a state at seq {} before any honest replica executed it",
+                install.seq
+            )),
+        }
+    }
+
     /// The validator stops: its unsent outputs are lost, its persisted records stay.
     fn crash(&mut self, index: NodeId) {
         let node = &mut self.validators[index];
@@ -882,6 +966,11 @@ impl Simulation {
         match Message::decode(bytes, usize::MAX) {
             Ok(Message::Vote(vote)) => self.check_signed(index, &vote),
             Ok(Message::PrePrepare(pre_prepare)) => self.check_signed(index, &pre_prepare.vote),
+            Ok(Message::NewView(new_view)) => {
+                for proposal in &new_view.proposals {
+                    self.check_signed(index, proposal);
+                }
+            }
             _ => {}
         }
     }
@@ -914,6 +1003,9 @@ impl Simulation {
             }
             Output::Evidence(evidence) => {
                 self.trace.u64(evidence.second.seq);
+            }
+            Output::Install(install) => {
+                self.trace.u64(install.seq).bytes(&install.snapshot);
             }
         }
     }
@@ -964,6 +1056,25 @@ impl Simulation {
                 }
             }
             Fault::ForgeViewChange => self.forge_view_change(index, &targets, bytes),
+            Fault::BadState => {
+                let bytes = match Message::decode(&bytes, usize::MAX) {
+                    Ok(Message::StateChunk(mut chunk)) => {
+                        match chunk.bytes.first_mut() {
+                            Some(first) => *first ^= 1,
+                            None => chunk.bytes.push(0),
+                        }
+                        Message::StateChunk(chunk).encode()
+                    }
+                    Ok(Message::StateManifest(mut manifest)) => {
+                        manifest.app_len += 1;
+                        Message::StateManifest(manifest).encode()
+                    }
+                    _ => bytes,
+                };
+                for target in targets {
+                    self.send(target, from, bytes.clone());
+                }
+            }
             Fault::Garbage => {
                 for target in targets {
                     let len = self.rng.range(0, 300) as usize;
@@ -1128,6 +1239,7 @@ impl Simulation {
             batch,
             certificate,
             execute,
+            checkpoint,
         } = delivery;
         if honest {
             self.check_delivery(index, seq, &batch, &certificate);
@@ -1148,10 +1260,7 @@ impl Simulation {
                 continue;
             };
             let node = &mut self.validators[index];
-            node.state = Hasher::new(b"sim/state")
-                .digest(&node.state)
-                .bytes(&request.op)
-                .finish();
+            node.apply(request.client, request.client_seq, &request.op);
             let result = node.state.0.to_vec();
             if honest {
                 let key = (request.client, request.client_seq);
@@ -1179,9 +1288,19 @@ impl Simulation {
             results.push(result);
         }
         self.validators[index].delivered = seq;
+        if honest {
+            let state = self.validators[index].state;
+            let first = *self.states.entry(seq).or_insert(state);
+            if first != state {
+                self.violation(format!(
+                    "replica {index} reached another state at seq {seq}"
+                ));
+            }
+        }
+        let snapshot = checkpoint.then(|| encode_app(&self.validators[index].ops));
         if let Err(err) = self.validators[index]
             .replica
-            .executed(self.now, seq, results)
+            .executed(self.now, seq, results, snapshot)
         {
             self.violation(format!("replica {index} refused its own execution: {err}"));
         }

@@ -75,6 +75,7 @@ fn main() -> ExitCode {
     let started = Instant::now();
     let mut tallies: BTreeMap<String, Tally> = BTreeMap::new();
     let (mut completed, mut failed, mut evidence, mut virtual_ms) = (0u64, 0u64, 0u64, 0u64);
+    let mut transfers = 0u64;
     for seed in args.first..args.first + args.seeds {
         let scenario = Scenario::for_seed(seed, args.validators);
         let report: Report = run_checked(seed, &scenario);
@@ -86,6 +87,7 @@ fn main() -> ExitCode {
         tally.recoveries.extend(report.recovery_ms);
         completed += report.requests_completed;
         evidence += report.evidence;
+        transfers += report.state_transfers;
         virtual_ms += report.virtual_ms;
         if !report.violations.is_empty() {
             failed += 1;
@@ -132,7 +134,7 @@ fn main() -> ExitCode {
         );
     }
     println!(
-        "validators={} seeds={} failed={failed} requests_committed={completed} evidence={evidence}",
+        "validators={} seeds={} failed={failed} requests_committed={completed} evidence={evidence} state_transfers={transfers}",
         args.validators, args.seeds
     );
     println!(

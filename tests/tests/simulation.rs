@@ -75,6 +75,10 @@ fn exercised(reports: &[Report]) {
         reports.iter().map(|r| r.restarts).sum::<u64>() > reports.len() as u64 / 8,
         "validators crashed and restarted from their records"
     );
+    assert!(
+        reports.iter().map(|r| r.state_transfers).sum::<u64>() > 0,
+        "replicas too far behind fetched a checkpoint's state"
+    );
 }
 
 #[test]

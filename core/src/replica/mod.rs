@@ -10,6 +10,7 @@
 
 mod recovery;
 mod restore;
+mod transfer;
 mod view_change;
 
 use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -18,7 +19,7 @@ use alloc::vec::Vec;
 use crate::certificate::{Evidence, QuorumCertificate};
 use crate::clients::{ClientTable, Freshness};
 use crate::config::{Config, ConfigError, ReplicaId, ValidatorSet};
-use crate::crypto::{BatchVerifier, Digest, Hasher, Keypair, PublicKey};
+use crate::crypto::{BatchVerifier, Digest, Keypair, PublicKey};
 use crate::error::Error;
 use crate::log::{Slot, VoteOutcome};
 use crate::merkle;
@@ -27,6 +28,7 @@ use crate::message::{
     reply_root_digest,
 };
 use crate::metrics::Metrics;
+use crate::state::Snapshot;
 use crate::view_change::{NewView, Prepared, StableCheckpoint, ViewChange};
 
 /// Where the host must send bytes.
@@ -95,6 +97,18 @@ pub struct Delivery {
     /// Indices into `batch.requests` of the requests to execute, in order; the others
     /// already executed (exactly-once) and must be skipped.
     pub execute: Vec<u32>,
+    /// A checkpoint seq: pass a snapshot of the application state after this batch to
+    /// [`Replica::executed`].
+    pub checkpoint: bool,
+}
+
+/// An application snapshot fetched from peers, to replace the host's state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Install {
+    /// The checkpoint the snapshot is the state at; deliveries continue after it.
+    pub seq: u64,
+    /// The application's snapshot bytes, as its own `executed` snapshot produced them.
+    pub snapshot: Vec<u8>,
 }
 
 /// What the replica asks of its host. Drain with [`Replica::poll_output`] and act in order.
@@ -117,6 +131,10 @@ pub enum Output {
     /// A validator signed two conflicting votes; the evidence verifies offline with
     /// [`crate::verify_evidence`]. Forward it to whatever decides on punishment.
     Evidence(Evidence),
+    /// This replica was too far behind to replay batches and fetched a checkpoint's state:
+    /// replace the application's state with the snapshot. Deliveries at or below its seq the
+    /// host has not executed yet are void; the next delivery is `seq + 1`.
+    Install(Install),
 }
 
 /// Whether the replica runs its view or waits for the view's `NewView`.
@@ -152,9 +170,8 @@ pub struct Replica {
     low: u64,
     /// The highest stable checkpoint known.
     stable: StableCheckpoint,
-    /// The highest seq the host executed, and the history digest there.
+    /// The highest seq the host executed.
     executed: u64,
-    history: Digest,
     /// The highest seq handed to the host.
     last_delivered: u64,
     /// The primary's next seq to propose.
@@ -173,7 +190,7 @@ pub struct Replica {
     metrics: Metrics,
     /// Checkpoint votes above the stable checkpoint, by seq and signer.
     checkpoint_votes: BTreeMap<u64, BTreeMap<ReplicaId, Vote>>,
-    /// This replica's history digests at checkpoint seqs above the stable checkpoint.
+    /// This replica's state digests at checkpoint seqs above the stable checkpoint.
     own_checkpoints: BTreeMap<u64, Digest>,
     /// Each validator's latest verified view change.
     view_changes: BTreeMap<ReplicaId, ViewChange>,
@@ -198,6 +215,12 @@ pub struct Replica {
     /// low watermark, by (phase, view, seq). Restored after a crash, it keeps the replica
     /// from ever signing a second digest for one statement.
     signed: BTreeMap<(Phase, u64, u64), Vote>,
+    /// The state at checkpoints from the stable one up, to serve peers that fetch it.
+    snapshots: BTreeMap<u64, Snapshot>,
+    /// The state this replica is fetching, when it is too far behind to replay.
+    transfer: Option<transfer::Transfer>,
+    /// State chunks served to each peer in the current retransmit interval.
+    chunks_served: BTreeMap<ReplicaId, (u64, u32)>,
 }
 
 impl core::fmt::Debug for Replica {
@@ -264,7 +287,6 @@ impl Replica {
             low: 0,
             stable: StableCheckpoint::genesis(),
             executed: 0,
-            history: Digest::default(),
             last_delivered: 0,
             next_seq: 1,
             log: BTreeMap::new(),
@@ -287,6 +309,9 @@ impl Replica {
             last_status: None,
             served: BTreeMap::new(),
             signed: BTreeMap::new(),
+            snapshots: BTreeMap::new(),
+            transfer: None,
+            chunks_served: BTreeMap::new(),
         })
     }
 
@@ -336,8 +361,9 @@ impl Replica {
         &self.metrics
     }
 
-    /// Entries held for the network (slots, votes, buffered and pending messages,
-    /// remembered clients), to check that memory stays within the config's bounds.
+    /// Entries held for the network (slots, votes, archived batches, buffered, pending and
+    /// watched messages, view changes, checkpoint votes, signed votes, snapshots, remembered
+    /// clients), to check that memory stays within the config's bounds.
     pub fn memory_footprint(&self) -> usize {
         self.log.len()
             + self.log.values().map(Slot::vote_count).sum::<usize>()
@@ -353,6 +379,8 @@ impl Replica {
                 .values()
                 .map(BTreeMap::len)
                 .sum::<usize>()
+            + self.signed.len()
+            + self.snapshots.len()
     }
 
     /// The next output, in the order the host must act on them.
@@ -384,6 +412,13 @@ impl Replica {
         self.check_view_timers();
         if self.status_deadline().is_some_and(|at| at <= now) {
             self.send_status();
+            // Far behind (say, restored after a crash): fetch the state; a transfer without
+            // progress for an interval asks the next peer.
+            if self.transfer.is_none() {
+                self.maybe_start_transfer();
+            } else {
+                self.request_state(true);
+            }
         }
     }
 
@@ -421,13 +456,21 @@ impl Replica {
         self.count(result)
     }
 
-    /// The host executed the delivery at `seq` and reports one result per executed request.
+    /// The host executed the delivery at `seq` and reports one result per executed request,
+    /// and, when the delivery was a checkpoint, the application's snapshot after it (its
+    /// canonical bytes: equal on every honest replica).
     ///
-    /// Calls come in delivery order. The replica signs the replies, frees the slot and moves
-    /// its window.
-    pub fn executed(&mut self, now: u64, seq: u64, results: Vec<Vec<u8>>) -> Result<(), Error> {
+    /// Calls come in delivery order. The replica signs the replies and, at a checkpoint,
+    /// signs the state's digest.
+    pub fn executed(
+        &mut self,
+        now: u64,
+        seq: u64,
+        results: Vec<Vec<u8>>,
+        snapshot: Option<Vec<u8>>,
+    ) -> Result<(), Error> {
         self.enter(now);
-        let result = self.on_executed(now, seq, results);
+        let result = self.on_executed(now, seq, results, snapshot);
         self.count(result)
     }
 
@@ -455,6 +498,9 @@ impl Replica {
             Message::Status(status) => self.on_status(peer, status),
             Message::Committed(committed) => self.on_committed(committed),
             Message::Checkpoint(checkpoint) => self.on_stable_checkpoint(checkpoint),
+            Message::FetchState(fetch) => self.on_fetch_state(peer, fetch),
+            Message::StateManifest(manifest) => self.on_manifest(peer, manifest),
+            Message::StateChunk(chunk) => self.on_chunk(peer, chunk),
             Message::Request(_) | Message::Reply(_) => {
                 Err(Error::UnexpectedMessage(message.kind()))
             }
@@ -852,6 +898,12 @@ impl Replica {
                     self.metrics.requests_skipped += 1;
                 }
             }
+            let checkpoint = seq.is_multiple_of(self.config.checkpoint_interval);
+            if checkpoint {
+                // The table as of this seq: later deliveries may change it before the host
+                // reports this one executed.
+                slot.clients_export = self.clients.export();
+            }
             self.metrics.batches_committed += 1;
             self.metrics.requests_committed += batch.requests.len() as u64;
             self.metrics.requests_executed += execute.len() as u64;
@@ -861,6 +913,7 @@ impl Replica {
                 batch,
                 certificate,
                 execute,
+                checkpoint,
             }));
         }
         if self.last_delivered > before {
@@ -868,9 +921,29 @@ impl Replica {
         }
     }
 
-    fn on_executed(&mut self, now: u64, seq: u64, results: Vec<Vec<u8>>) -> Result<(), Error> {
+    fn on_executed(
+        &mut self,
+        now: u64,
+        seq: u64,
+        results: Vec<Vec<u8>>,
+        snapshot: Option<Vec<u8>>,
+    ) -> Result<(), Error> {
         if seq != self.executed + 1 || seq > self.last_delivered {
             return Err(Error::HostContract("executed() must follow delivery order"));
+        }
+        let checkpoint = seq.is_multiple_of(self.config.checkpoint_interval);
+        if checkpoint != snapshot.is_some() {
+            return Err(Error::HostContract(
+                "executed() takes a snapshot exactly at checkpoint seqs",
+            ));
+        }
+        if snapshot
+            .as_ref()
+            .is_some_and(|app| app.len() as u64 > self.config.max_snapshot_bytes)
+        {
+            return Err(Error::HostContract(
+                "the application snapshot exceeds max_snapshot_bytes",
+            ));
         }
         let Some(slot) = self.log.get_mut(&seq) else {
             return Err(Error::HostContract("executed() for a seq never delivered"));
@@ -883,7 +956,7 @@ impl Replica {
                 "executed() needs one result per executed request",
             ));
         }
-        let (view, digest) = (certificate.view, certificate.digest);
+        let view = certificate.view;
         let executing = core::mem::take(&mut slot.executing);
         let request_leaves = core::mem::take(&mut slot.leaves);
         let chain = self.config.chain_id;
@@ -926,13 +999,12 @@ impl Replica {
             self.in_flight.remove(leaf);
         }
         self.executed = seq;
-        self.history = Hasher::new(b"pbft/v1/history")
-            .digest(&self.history)
-            .u64(seq)
-            .digest(&digest)
-            .finish();
-        if seq.is_multiple_of(self.config.checkpoint_interval) {
-            self.checkpoint(seq);
+        if let (Some(app), Some(slot)) = (snapshot, self.log.get_mut(&seq)) {
+            let clients = core::mem::take(&mut slot.clients_export);
+            let snapshot = Snapshot::new(seq, app, clients, self.config.snapshot_chunk_bytes);
+            let state = snapshot.manifest.digest(&chain);
+            self.snapshots.insert(seq, snapshot);
+            self.checkpoint(seq, state);
         }
         self.update_low();
         if self.is_primary() && !self.pending.is_empty() {

@@ -1,7 +1,7 @@
 //! Checkpoints and repair: what lets the log be freed, and what brings a replica that lost
 //! messages (or was cut off) back in step.
 //!
-//! Every `checkpoint_interval` seqs each replica signs the history digest it reached; a quorum
+//! Every `checkpoint_interval` seqs each replica signs the digest of its state there; a quorum
 //! of matching signatures makes the checkpoint stable and moves the low watermark there. A
 //! replica that stops making progress broadcasts a [`Status`]; each peer answers it at most
 //! once per `retransmit_ms` and only with what the status says is missing, and only to the
@@ -14,6 +14,7 @@ use alloc::vec::Vec;
 use super::{Destination, Mode, Output, Record, Replica};
 use crate::certificate::{Evidence, verify_qc};
 use crate::config::ReplicaId;
+use crate::crypto::Digest;
 use crate::error::Error;
 use crate::message::{
     COMMITTED, Committed, HAVE_BATCH, Message, PREPARED, Phase, PrePrepare, Status, Vote,
@@ -21,15 +22,15 @@ use crate::message::{
 use crate::view_change::{StableCheckpoint, verify_checkpoint};
 
 impl Replica {
-    /// Signs, persists and broadcasts this replica's checkpoint at `seq` (just executed).
-    pub(super) fn checkpoint(&mut self, seq: u64) {
+    /// Signs, persists and broadcasts this replica's checkpoint at `seq` (just executed) over
+    /// the digest of its state there.
+    pub(super) fn checkpoint(&mut self, seq: u64, state: Digest) {
         if seq <= self.stable.seq {
             return;
         }
-        let history = self.history;
-        self.own_checkpoints.insert(seq, history);
-        let Some(vote) = self.sign(Phase::Checkpoint, (0, seq), history) else {
-            // Before a restart this replica reached another history at `seq`.
+        self.own_checkpoints.insert(seq, state);
+        let Some(vote) = self.sign(Phase::Checkpoint, (0, seq), state) else {
+            // Before a restart this replica reached another state at `seq`.
             return;
         };
         self.publish(Record::Signed(vote.clone()), &Message::Vote(vote.clone()));
@@ -138,6 +139,7 @@ impl Replica {
     pub(super) fn adopt_checkpoint(&mut self, checkpoint: StableCheckpoint) {
         self.take_checkpoint(checkpoint);
         self.update_low();
+        self.maybe_start_transfer();
     }
 
     /// Takes a verified stable checkpoint if it is newer, without moving the window yet.
@@ -157,6 +159,14 @@ impl Replica {
     /// of committed batches, which keeps the newest `retained_batches`.
     pub(super) fn update_low(&mut self) {
         let now = self.now;
+        if self
+            .transfer
+            .as_ref()
+            .is_some_and(|t| t.target_seq() <= self.executed)
+        {
+            // Caught up by replaying batches after all.
+            self.transfer = None;
+        }
         let target = self.executed.min(self.stable.seq);
         if target <= self.low {
             return;
@@ -167,7 +177,7 @@ impl Replica {
                 .get(&self.stable.seq)
                 .is_some_and(|own| *own != self.stable.digest)
         {
-            // A quorum executed another history than this replica did: its execution is not
+            // A quorum reached another state than this replica did: its execution is not
             // deterministic, or its storage is corrupt. The quorum's checkpoint stands.
             self.metrics.checkpoint_mismatches += 1;
         }
@@ -182,6 +192,9 @@ impl Replica {
             self.archive.pop_front();
         }
         self.own_checkpoints.retain(|&seq, _| seq > target);
+        // Keep the stable checkpoint's state (peers may fetch it) and those above it.
+        let stable = self.stable.seq;
+        self.snapshots.retain(|&seq, _| seq >= stable);
         self.signed.retain(|&(_, _, seq), _| seq > target);
         self.low = target;
         self.replay_ahead(now);
@@ -195,6 +208,7 @@ impl Replica {
     /// cannot propose yet.
     pub(super) fn has_work(&self) -> bool {
         self.mode != Mode::Normal
+            || self.transfer.is_some()
             || !self.watched.is_empty()
             || self.log.range(self.last_delivered + 1..).next().is_some()
             || self

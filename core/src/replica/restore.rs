@@ -62,6 +62,17 @@ impl Replica {
                 }
                 Record::NewView(new_view) => {
                     in_view = in_view.max(new_view.view);
+                    // As that view's primary it signed the re-proposals inside.
+                    for proposal in new_view
+                        .proposals
+                        .iter()
+                        .filter(|p| p.replica == replica.id)
+                    {
+                        replica
+                            .signed
+                            .entry((proposal.phase, proposal.view, proposal.seq))
+                            .or_insert_with(|| proposal.clone());
+                    }
                     if replica
                         .new_view
                         .as_ref()

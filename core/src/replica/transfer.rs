@@ -1,0 +1,250 @@
+//! State transfer: a replica more than a window behind the stable checkpoint fetches that
+//! checkpoint's state instead of replaying batches its peers no longer keep.
+//!
+//! It asks one peer at a time for the manifest and then for the chunks it lacks, a few at a
+//! time, and moves to the next peer every retransmit interval without progress or at once
+//! when a peer sends something that does not verify — so a Byzantine peer can slow it by an
+//! interval, never corrupt it or stall it. Served chunks are budgeted per peer and interval.
+
+use alloc::collections::BTreeSet;
+use alloc::vec::Vec;
+
+use super::{Destination, Install, Output, Replica};
+use crate::clients::ClientTable;
+use crate::config::ReplicaId;
+use crate::error::Error;
+use crate::message::Message;
+use crate::state::{FetchState, Manifest, Snapshot, StateChunk, chunk_matches};
+use crate::view_change::StableCheckpoint;
+
+/// Chunks asked of one peer at a time, and served to one peer per interval.
+const CHUNKS_IN_FLIGHT: u32 = 8;
+
+/// A state being fetched.
+pub(super) struct Transfer {
+    /// The stable checkpoint whose state is fetched; its digest checks the manifest.
+    target: StableCheckpoint,
+    manifest: Option<Manifest>,
+    chunks: Vec<Option<Vec<u8>>>,
+    /// Index into the other validators of the peer asked now.
+    cursor: usize,
+    /// Peers that sent something that did not verify, skipped while others remain.
+    bad: BTreeSet<ReplicaId>,
+}
+
+impl Transfer {
+    /// The checkpoint being fetched.
+    pub(super) fn target_seq(&self) -> u64 {
+        self.target.seq
+    }
+}
+
+impl Replica {
+    /// Starts fetching the stable checkpoint's state if this replica is more than a window
+    /// behind it (peers keep only a window of batches below their checkpoint for replay).
+    pub(super) fn maybe_start_transfer(&mut self) {
+        let behind = self.stable.seq.saturating_sub(self.executed) > self.config.window;
+        let newer = self
+            .transfer
+            .as_ref()
+            .is_none_or(|t| t.target.seq < self.stable.seq);
+        if !behind || !newer {
+            return;
+        }
+        self.transfer = Some(Transfer {
+            target: self.stable.clone(),
+            manifest: None,
+            chunks: Vec::new(),
+            cursor: usize::from(self.id.0),
+            bad: BTreeSet::new(),
+        });
+        self.request_state(false);
+    }
+
+    /// Asks the current peer for what is missing; with `next`, moves to another peer first.
+    pub(super) fn request_state(&mut self, next: bool) {
+        let n = self.validators.len();
+        let id = self.id;
+        let Some(transfer) = self.transfer.as_mut() else {
+            return;
+        };
+        if transfer.bad.len() + 1 >= n {
+            // Everyone failed once: give them all another chance.
+            transfer.bad.clear();
+        }
+        let mut peer = ReplicaId(0);
+        for step in 0..n {
+            let cursor = (transfer.cursor + usize::from(next || step > 0)) % n;
+            transfer.cursor = cursor;
+            peer = ReplicaId(cursor as u16);
+            if peer != id && !transfer.bad.contains(&peer) {
+                break;
+            }
+        }
+        let seq = transfer.target.seq;
+        let wanted: Vec<Option<u32>> = match &transfer.manifest {
+            None => alloc::vec![None],
+            Some(_) => transfer
+                .chunks
+                .iter()
+                .enumerate()
+                .filter(|(_, chunk)| chunk.is_none())
+                .take(CHUNKS_IN_FLIGHT as usize)
+                .map(|(index, _)| Some(index as u32))
+                .collect(),
+        };
+        for chunk in wanted {
+            let bytes = Message::FetchState(FetchState { seq, chunk }).encode();
+            self.send(Destination::Validator(peer), bytes);
+        }
+    }
+
+    /// Serves the manifest or a chunk of a checkpoint this replica holds, within the
+    /// peer's budget for the interval.
+    pub(super) fn on_fetch_state(
+        &mut self,
+        peer: ReplicaId,
+        fetch: FetchState,
+    ) -> Result<(), Error> {
+        let Some(snapshot) = self.snapshots.get(&fetch.seq) else {
+            return Err(Error::UnexpectedMessage("fetch for a state not held"));
+        };
+        let now = self.now;
+        let interval = self.config.retransmit_ms;
+        let budget = self.chunks_served.entry(peer).or_insert((now, 0));
+        if now >= budget.0.saturating_add(interval) {
+            *budget = (now, 0);
+        }
+        if budget.1 >= CHUNKS_IN_FLIGHT {
+            return Err(Error::RateLimited);
+        }
+        budget.1 += 1;
+        let message = match fetch.chunk {
+            None => Message::StateManifest(snapshot.manifest.clone()),
+            Some(index) => Message::StateChunk(
+                snapshot
+                    .chunk(index)
+                    .ok_or(Error::UnexpectedMessage("fetch for a chunk out of range"))?,
+            ),
+        };
+        self.metrics.retransmitted += 1;
+        self.send(Destination::Validator(peer), message.encode());
+        Ok(())
+    }
+
+    pub(super) fn on_manifest(&mut self, peer: ReplicaId, manifest: Manifest) -> Result<(), Error> {
+        let chain = self.config.chain_id;
+        let max = self.config.max_snapshot_bytes;
+        let Some(transfer) = self.transfer.as_mut() else {
+            return Err(Error::UnexpectedMessage(
+                "state manifest while not fetching",
+            ));
+        };
+        if transfer.manifest.is_some() || manifest.seq != transfer.target.seq {
+            return Err(Error::Duplicate);
+        }
+        let valid = manifest.digest(&chain) == transfer.target.digest
+            && manifest.app_len <= max
+            && manifest.chunk_bytes > 0;
+        if !valid {
+            transfer.bad.insert(peer);
+            self.request_state(true);
+            return Err(Error::UnexpectedMessage(
+                "state manifest does not match the checkpoint",
+            ));
+        }
+        transfer.chunks = alloc::vec![None; manifest.chunks() as usize];
+        transfer.manifest = Some(manifest);
+        self.progress_at = self.now;
+        self.finish_transfer_or_ask();
+        Ok(())
+    }
+
+    pub(super) fn on_chunk(&mut self, peer: ReplicaId, chunk: StateChunk) -> Result<(), Error> {
+        let Some(transfer) = self.transfer.as_mut() else {
+            return Err(Error::UnexpectedMessage("state chunk while not fetching"));
+        };
+        let Some(manifest) = &transfer.manifest else {
+            return Err(Error::UnexpectedMessage("state chunk before its manifest"));
+        };
+        let index = chunk.index as usize;
+        if chunk.seq != manifest.seq || transfer.chunks.get(index).is_some_and(Option::is_some) {
+            return Err(Error::Duplicate);
+        }
+        if !chunk_matches(manifest, &chunk) {
+            transfer.bad.insert(peer);
+            self.request_state(true);
+            return Err(Error::UnexpectedMessage(
+                "state chunk does not match the manifest",
+            ));
+        }
+        if let Some(slot) = transfer.chunks.get_mut(index) {
+            *slot = Some(chunk.bytes);
+        }
+        self.progress_at = self.now;
+        let missing_in_flight = transfer.chunks.iter().filter(|c| c.is_none()).count();
+        if missing_in_flight == 0 || missing_in_flight % CHUNKS_IN_FLIGHT as usize == 0 {
+            self.finish_transfer_or_ask();
+        }
+        Ok(())
+    }
+
+    /// Installs the state if every chunk is in, or asks the same peer for more.
+    fn finish_transfer_or_ask(&mut self) {
+        let complete = self
+            .transfer
+            .as_ref()
+            .is_some_and(|t| t.manifest.is_some() && t.chunks.iter().all(Option::is_some));
+        if !complete {
+            self.request_state(false);
+            return;
+        }
+        let Some(transfer) = self.transfer.take() else {
+            return;
+        };
+        let Some(manifest) = transfer.manifest else {
+            return;
+        };
+        let app: Vec<u8> = transfer.chunks.into_iter().flatten().flatten().collect();
+        let Some(clients) = ClientTable::import(&manifest.clients, self.config.max_clients) else {
+            // The quorum signed this table, so it decodes unless the limits differ.
+            self.metrics.checkpoint_mismatches += 1;
+            return;
+        };
+        self.install(manifest, app, clients, transfer.target);
+    }
+
+    /// Replaces this replica's executed state with the checkpoint's.
+    fn install(
+        &mut self,
+        manifest: Manifest,
+        app: Vec<u8>,
+        clients: ClientTable,
+        checkpoint: StableCheckpoint,
+    ) {
+        let seq = manifest.seq;
+        self.metrics.state_transfers += 1;
+        self.clients = clients;
+        self.executed = seq;
+        self.last_delivered = self.last_delivered.max(seq);
+        self.outputs.push_back(Output::Install(Install {
+            seq,
+            snapshot: app.clone(),
+        }));
+        let chunk_bytes = manifest.chunk_bytes;
+        let snapshot = Snapshot::new(seq, app, manifest.clients, chunk_bytes);
+        self.own_checkpoints
+            .insert(seq, snapshot.manifest.digest(&self.config.chain_id));
+        self.snapshots.insert(seq, snapshot);
+        self.log.retain(|&slot, _| slot > seq);
+        self.in_flight.clear();
+        let executed = self.executed;
+        for (_, slot) in self.log.range(executed + 1..) {
+            self.in_flight.extend(slot.leaves.iter().copied());
+        }
+        self.take_checkpoint(checkpoint);
+        self.update_low();
+        self.progress_at = self.now;
+        self.deliver_ready();
+    }
+}

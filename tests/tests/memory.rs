@@ -1,0 +1,85 @@
+//! An unbounded run stays bounded: 100,000 sequence numbers through a 4-validator cluster,
+//! and after every message each replica holds no more entries than its config allows.
+
+use pbft_core::{Config, Hasher, Keypair, Replica, Request};
+use pbft_sim::chain;
+use pbft_sim::cluster::Cluster;
+
+const SEQS: u64 = 100_000;
+const VALIDATORS: usize = 4;
+const CLIENTS: u64 = 100;
+const WAVE: u64 = 250;
+
+fn config() -> Config {
+    let mut config = Config::new(chain());
+    config.max_batch_ops = 1;
+    config.window = 8;
+    config.checkpoint_interval = 4;
+    config.retained_batches = 8;
+    config.max_pending_requests = WAVE as usize;
+    config.max_clients = CLIENTS as usize;
+    config
+}
+
+/// What the config allows a replica to hold: two windows of slots with two votes per
+/// validator each, the archive, per-peer buffers, pending and watched requests with their
+/// index entries, one view change per validator, checkpoint votes and its own signed votes
+/// for every checkpoint and slot in reach, snapshots, and the client table.
+fn bound(config: &Config) -> usize {
+    let window = config.window as usize;
+    let checkpoints = 2 * window / config.checkpoint_interval as usize + 1;
+    2 * window * (1 + 2 * VALIDATORS)
+        + config.retained_batches
+        + VALIDATORS * config.max_future_per_peer
+        + 3 * config.max_pending_requests
+        + 2 * window * config.max_batch_ops
+        + VALIDATORS
+        + checkpoints * VALIDATORS
+        + 2 * window * 3
+        + 2 * checkpoints
+        + config.max_clients
+}
+
+#[test]
+fn a_hundred_thousand_seqs_stay_within_the_config_bound() {
+    let config = config();
+    let bound = bound(&config);
+    let mut cluster = Cluster::new(VALIDATORS, config);
+    let clients: Vec<Keypair> = (0..CLIENTS)
+        .map(|i| Keypair::from_seed(&Hasher::new(b"memory").u64(i).finish().0))
+        .collect();
+    let mut peak = 0;
+    let mut submitted = 0;
+    while submitted < SEQS {
+        for i in submitted..submitted + WAVE {
+            let client = &clients[(i % CLIENTS) as usize];
+            let request =
+                Request::new(&chain(), client, i / CLIENTS + 1, vec![(i % 251) as u8; 16]);
+            cluster
+                .submit(0, request)
+                .expect("the primary takes the request");
+        }
+        submitted += WAVE;
+        cluster.run_checking(|replica: &Replica| {
+            let held = replica.memory_footprint();
+            peak = peak.max(held);
+            assert!(
+                held <= bound,
+                "replica {} holds {held} entries, bound {bound}",
+                replica.id()
+            );
+        });
+    }
+    for replica in &cluster.replicas {
+        assert_eq!(
+            replica.metrics().batches_committed,
+            SEQS,
+            "every seq committed"
+        );
+        assert!(
+            replica.low_watermark() >= SEQS - 4,
+            "the log was freed up to the end"
+        );
+    }
+    eprintln!("peak entries held by one replica: {peak} of a bound of {bound}");
+}
