@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use bolero::check;
 use pbft_core::{
-    Batch, Client, Committed, Config, Keypair, Message, NewView, Phase, PrePrepare, PublicKey,
-    QuorumCertificate, Replica, ReplicaId, Request, Signature, StableCheckpoint, Status,
-    ValidatorSet, ViewChange, Vote, verify_qc,
+    Batch, Client, Committed, Config, FetchState, Keypair, Manifest, Message, NewView, Phase,
+    PrePrepare, PublicKey, QuorumCertificate, Replica, ReplicaId, Request, Signature,
+    StableCheckpoint, StateChunk, Status, ValidatorSet, ViewChange, Vote, verify_qc,
 };
 use pbft_sim::{chain, validator_keys};
 
@@ -145,6 +145,33 @@ fn valid_messages() -> Vec<Vec<u8>> {
     };
     new_view.signature = keys[1].sign(&new_view.signed_digest(&chain(), 0));
     messages.push(Message::NewView(new_view).encode());
+    // State transfer: requests, a manifest and a chunk (valid shapes, for mutation).
+    for chunk in [None, Some(0), Some(3)] {
+        messages.push(Message::FetchState(FetchState { seq: 2, chunk }).encode());
+    }
+    messages.push(
+        Message::StateManifest(Manifest {
+            seq: 2,
+            app_root: pbft_core::Digest([3; 32]),
+            app_len: 100,
+            chunk_bytes: 64,
+            clients: vec![0, 0],
+        })
+        .encode(),
+    );
+    messages.push(
+        Message::StateChunk(StateChunk {
+            seq: 2,
+            index: 1,
+            bytes: vec![9; 36],
+            proof: pbft_core::InclusionProof {
+                index: 1,
+                count: 2,
+                path: vec![pbft_core::Digest([4; 32])],
+            },
+        })
+        .encode(),
+    );
     messages
 }
 
