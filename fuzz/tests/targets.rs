@@ -35,27 +35,6 @@ fn config() -> Config {
     config
 }
 
-/// The most entries a replica may hold under `config()`: slots and two votes per validator
-/// for two windows of slots (the window, and as far again while catching up), the archive,
-/// the per-peer buffers, pending and watched requests and their index entries, one view
-/// change per validator, checkpoint votes for each checkpoint in reach, the votes this replica
-/// signed (three phases per slot) and its own checkpoints, snapshots, and the client table.
-fn memory_bound(peers: usize) -> usize {
-    let config = config();
-    let window = config.window as usize;
-    let checkpoints = 2 * window / config.checkpoint_interval as usize + 1;
-    2 * window * (1 + 2 * VALIDATORS)
-        + config.retained_batches
-        + peers * config.max_future_per_peer
-        + 3 * config.max_pending_requests
-        + 2 * window * config.max_batch_ops
-        + VALIDATORS
-        + checkpoints * VALIDATORS
-        + 2 * window * 3
-        + 2 * checkpoints
-        + config.max_clients
-}
-
 /// Valid messages of every kind, for the fuzzer to replay and mutate.
 fn valid_messages() -> Vec<Vec<u8>> {
     let keys = validator_keys(VALIDATORS);
@@ -230,7 +209,7 @@ fn replica_survives_any_input_sequence() {
                         replica.handle_timeout(now + 10);
                     }
                     while replica.poll_output().is_some() {}
-                    assert!(replica.memory_footprint() <= memory_bound(senders.len()));
+                    assert!(replica.memory_footprint() <= replica.memory_bound());
                 }
             }
         });

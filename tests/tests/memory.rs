@@ -1,5 +1,6 @@
 //! An unbounded run stays bounded: 100,000 sequence numbers through a 4-validator cluster,
-//! and after every message each replica holds no more entries than its config allows.
+//! and after every message each replica holds no more entries than its config allows
+//! (`Replica::memory_bound`).
 
 use pbft_core::{Config, Hasher, Keypair, Replica, Request};
 use pbft_sim::chain;
@@ -21,30 +22,10 @@ fn config() -> Config {
     config
 }
 
-/// What the config allows a replica to hold: two windows of slots with two votes per
-/// validator each, the archive, per-peer buffers, pending and watched requests with their
-/// index entries, one view change per validator, checkpoint votes and its own signed votes
-/// for every checkpoint and slot in reach, snapshots, and the client table.
-fn bound(config: &Config) -> usize {
-    let window = config.window as usize;
-    let checkpoints = 2 * window / config.checkpoint_interval as usize + 1;
-    2 * window * (1 + 2 * VALIDATORS)
-        + config.retained_batches
-        + VALIDATORS * config.max_future_per_peer
-        + 3 * config.max_pending_requests
-        + 2 * window * config.max_batch_ops
-        + VALIDATORS
-        + checkpoints * VALIDATORS
-        + 2 * window * 3
-        + 2 * checkpoints
-        + config.max_clients
-}
-
 #[test]
 fn a_hundred_thousand_seqs_stay_within_the_config_bound() {
-    let config = config();
-    let bound = bound(&config);
-    let mut cluster = Cluster::new(VALIDATORS, config);
+    let mut cluster = Cluster::new(VALIDATORS, config());
+    let bound = cluster.replicas[0].memory_bound();
     let clients: Vec<Keypair> = (0..CLIENTS)
         .map(|i| Keypair::from_seed(&Hasher::new(b"memory").u64(i).finish().0))
         .collect();

@@ -383,6 +383,28 @@ impl Replica {
             + self.snapshots.len()
     }
 
+    /// The most entries [`Replica::memory_footprint`] may count under this replica's config,
+    /// however long it runs and whatever its peers send: two windows of slots with two votes
+    /// per validator each (the window, and as far again while catching up), the archive,
+    /// per-peer buffers, pending and watched requests with their index entries, one view
+    /// change per validator, checkpoint votes and own checkpoints and snapshots for every
+    /// checkpoint in reach, the votes it signed (three phases per slot), and the client table.
+    pub fn memory_bound(&self) -> usize {
+        let config = &self.config;
+        let n = self.validators.len();
+        let window = config.window as usize;
+        let checkpoints = 2 * window / config.checkpoint_interval as usize + 1;
+        2 * window * (1 + 2 * n)
+            + config.retained_batches
+            + n * config.max_future_per_peer
+            + 3 * config.max_pending_requests
+            + 2 * window * config.max_batch_ops
+            + n
+            + checkpoints * (n + 2)
+            + 3 * 2 * window
+            + config.max_clients
+    }
+
     /// The next output, in the order the host must act on them.
     pub fn poll_output(&mut self) -> Option<Output> {
         self.outputs.pop_front()
