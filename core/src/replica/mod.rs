@@ -132,8 +132,8 @@ pub enum Output {
     /// [`crate::verify_evidence`]. Forward it to whatever decides on punishment.
     Evidence(Evidence),
     /// This replica was too far behind to replay batches and fetched a checkpoint's state:
-    /// replace the application's state with the snapshot. Deliveries at or below its seq the
-    /// host has not executed yet are void; the next delivery is `seq + 1`.
+    /// replace the application's state with the snapshot. Every delivery the host has not
+    /// executed yet is void; the next delivery is `seq + 1`.
     Install(Install),
 }
 

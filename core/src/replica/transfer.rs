@@ -226,7 +226,9 @@ impl Replica {
         self.metrics.state_transfers += 1;
         self.clients = clients;
         self.executed = seq;
-        self.last_delivered = self.last_delivered.max(seq);
+        // Deliveries not executed yet are void, those above `seq` too: their exactly-once
+        // decisions were made against the replaced table. They are delivered again below.
+        self.last_delivered = seq;
         self.outputs.push_back(Output::Install(Install {
             seq,
             snapshot: app.clone(),
