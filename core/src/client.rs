@@ -56,8 +56,9 @@ pub const DEFAULT_MAX_REPLY_BYTES: usize = 4 << 20;
 
 struct Outstanding {
     request: Request,
-    /// The first valid reply of each validator: (seq, view, result digest).
-    replies: BTreeMap<ReplicaId, (u64, u64, Digest)>,
+    /// The first valid reply of each validator: (seq, result digest). The view is left out:
+    /// replicas may have committed the same batch in different views.
+    replies: BTreeMap<ReplicaId, (u64, Digest)>,
 }
 
 /// How long a client waits for f + 1 replies before it broadcasts its request to every
@@ -183,7 +184,7 @@ impl Client {
         }
         verify_reply(&self.chain, &self.validators, &reply)?;
         let result_digest = digest_of(b"pbft/v1/result", &reply.result);
-        let vote = (reply.seq, reply.view, result_digest);
+        let vote = (reply.seq, result_digest);
         outstanding.replies.entry(reply.replica).or_insert(vote);
         let agreeing = outstanding.replies.values().filter(|v| **v == vote).count();
         if agreeing < self.validators.reply_quorum() {

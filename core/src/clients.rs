@@ -26,6 +26,10 @@ struct ClientEntry {
     last_client_seq: u64,
     /// The sequence number that executed it: the eviction order.
     executed_at: u64,
+    /// Its result: replicated state, so a replica that installed a checkpoint can still
+    /// answer a retransmission.
+    result: Option<Vec<u8>>,
+    /// This replica's signed reply, once made.
     reply: Option<Reply>,
 }
 
@@ -65,6 +69,7 @@ impl ClientTable {
             ClientEntry {
                 last_client_seq: client_seq,
                 executed_at: seq,
+                result: None,
                 reply: None,
             },
         ) {
@@ -86,8 +91,16 @@ impl ClientTable {
         if let Some(entry) = self.entries.get_mut(&reply.client)
             && entry.last_client_seq == reply.client_seq
         {
+            entry.result = Some(reply.result.clone());
             entry.reply = Some(reply);
         }
+    }
+
+    /// The seq and result of the client's last executed request, when no reply is cached
+    /// (after a state transfer), to sign a reply anew.
+    pub(crate) fn last_result(&self, client: &PublicKey) -> Option<(u64, Vec<u8>)> {
+        let entry = self.entries.get(client)?;
+        Some((entry.executed_at, entry.result.clone()?))
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -95,32 +108,40 @@ impl ClientTable {
     }
 
     /// The replicated part of the table, canonically encoded for a checkpoint: the floor and
-    /// (client, last number, seq it executed at) in key order. Replies are left out: each
-    /// replica signs its own, so they differ between replicas.
+    /// (client, last number, seq it executed at, result) in key order. Signed replies are
+    /// left out: each replica signs its own, so they differ between replicas.
     pub(crate) fn export(&self) -> Vec<u8> {
-        let entries: Vec<(PublicKey, u64, u64)> = self
+        let entries: Vec<(PublicKey, u64, u64, &Option<Vec<u8>>)> = self
             .entries
             .iter()
-            .map(|(key, entry)| (*key, entry.last_client_seq, entry.executed_at))
+            .map(|(key, entry)| {
+                (
+                    *key,
+                    entry.last_client_seq,
+                    entry.executed_at,
+                    &entry.result,
+                )
+            })
             .collect();
         postcard::to_allocvec(&(self.floor, entries)).unwrap_or_default()
     }
 
     /// A table rebuilt from [`ClientTable::export`], for a replica that installs a snapshot.
     pub(crate) fn import(bytes: &[u8], max_clients: usize) -> Option<ClientTable> {
-        let (floor, entries): (u64, Vec<(PublicKey, u64, u64)>) =
-            postcard::from_bytes(bytes).ok()?;
+        type Entry = (PublicKey, u64, u64, Option<Vec<u8>>);
+        let (floor, entries): (u64, Vec<Entry>) = postcard::from_bytes(bytes).ok()?;
         if entries.len() > max_clients {
             return None;
         }
         let mut table = ClientTable::new(max_clients);
         table.floor = floor;
-        for (client, last_client_seq, executed_at) in entries {
+        for (client, last_client_seq, executed_at, result) in entries {
             table.entries.insert(
                 client,
                 ClientEntry {
                     last_client_seq,
                     executed_at,
+                    result,
                     reply: None,
                 },
             );

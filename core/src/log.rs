@@ -46,8 +46,6 @@ pub(crate) struct Slot {
     pub(crate) certificate: Option<QuorumCertificate>,
     /// Once delivered: (client, number) of each request the host executes, in order.
     pub(crate) executing: Vec<(PublicKey, u64)>,
-    /// At a checkpoint seq, the exactly-once table as of this seq, for the snapshot.
-    pub(crate) clients_export: Vec<u8>,
 }
 
 impl Slot {

@@ -126,7 +126,8 @@ pub enum Output {
         bytes: Vec<u8>,
     },
     /// Execute the batch's `execute` requests in order, then call [`Replica::executed`] with
-    /// their results. Deliveries come in sequence order; execute them in that order.
+    /// their results. Deliveries come in sequence order, each after `executed` for the one
+    /// before.
     Deliver(Delivery),
     /// A validator signed two conflicting votes; the evidence verifies offline with
     /// [`crate::verify_evidence`]. Forward it to whatever decides on punishment.
@@ -258,6 +259,11 @@ impl core::fmt::Debug for Replica {
             .field("watched", &self.watched.len())
             .field("view_changes", &changes)
             .field("failed_views", &self.failed_views)
+            .field("snapshots", &self.snapshots.keys().collect::<Vec<_>>())
+            .field(
+                "transfer",
+                &self.transfer.as_ref().map(transfer::Transfer::target_seq),
+            )
             .finish()
     }
 }
@@ -434,11 +440,9 @@ impl Replica {
         self.check_view_timers();
         if self.status_deadline().is_some_and(|at| at <= now) {
             self.send_status();
-            // Far behind (say, restored after a crash): fetch the state; a transfer without
-            // progress for an interval asks the next peer.
-            if self.transfer.is_none() {
-                self.maybe_start_transfer();
-            } else {
+            // Far behind (say, restored after a crash): fetch the newest stable state; a
+            // transfer without progress for an interval asks the next peer.
+            if !self.maybe_start_transfer() {
                 self.request_state(true);
             }
         }
@@ -474,7 +478,7 @@ impl Replica {
     /// A request from the host's own clients (in-process, or a gateway it serves).
     pub fn submit(&mut self, now: u64, request: Request) -> Result<(), Error> {
         self.enter(now);
-        let result = self.on_request(now, request);
+        let result = self.on_request(now, request, true);
         self.count(result)
     }
 
@@ -509,7 +513,10 @@ impl Replica {
 
     fn on_message(&mut self, now: u64, from: &PublicKey, message: Message) -> Result<(), Error> {
         if let Message::Request(request) = message {
-            return self.on_request(now, request);
+            // Only a client's own copy is forwarded: a copy a validator forwarded is never
+            // forwarded again, or two replicas in different views would bounce it forever.
+            let from_client = self.validators.id_of(from).is_none();
+            return self.on_request(now, request, from_client);
         }
         let peer = self.validators.id_of(from).ok_or(Error::NotAValidator)?;
         match message {
@@ -573,7 +580,7 @@ impl Replica {
         }
     }
 
-    fn on_request(&mut self, now: u64, request: Request) -> Result<(), Error> {
+    fn on_request(&mut self, now: u64, request: Request, forward: bool) -> Result<(), Error> {
         if request.op.len() > self.config.max_request_bytes {
             return Err(Error::RequestTooLarge {
                 len: request.op.len(),
@@ -588,7 +595,7 @@ impl Replica {
                 self.send(to, bytes);
                 return Ok(());
             }
-            Freshness::LastExecuted(None) => return Err(Error::Duplicate),
+            Freshness::LastExecuted(None) => return self.reply_again(&request),
             Freshness::Stale => return Err(Error::StaleRequest),
         }
         let digest = request.digest(&self.config.chain_id);
@@ -603,7 +610,7 @@ impl Replica {
         if !leads && self.watched.contains_key(&digest) {
             // The client asks again: the primary may have lost it. One forward per copy
             // received, to the primary only: nothing to amplify.
-            if self.mode == Mode::Normal {
+            if forward && self.mode == Mode::Normal {
                 let primary = self.validators.primary(self.view);
                 self.send(
                     Destination::Validator(primary),
@@ -634,7 +641,7 @@ impl Replica {
             request: request.clone(),
             deadline,
         });
-        if self.mode == Mode::Normal {
+        if forward && self.mode == Mode::Normal {
             let primary = self.validators.primary(self.view);
             self.send(
                 Destination::Validator(primary),
@@ -897,7 +904,11 @@ impl Replica {
     /// Hands committed batches to the host, strictly in sequence order.
     fn deliver_ready(&mut self) {
         let before = self.last_delivered;
-        while let Some(slot) = self.log.get_mut(&(self.last_delivered + 1)) {
+        // One delivery at a time: the next only once the host executed the last, so the
+        // exactly-once table a checkpoint snapshots is exactly as of the checkpoint's seq.
+        while self.last_delivered == self.executed
+            && let Some(slot) = self.log.get_mut(&(self.last_delivered + 1))
+        {
             let Some(certificate) = slot.certificate.clone() else {
                 break;
             };
@@ -921,11 +932,6 @@ impl Replica {
                 }
             }
             let checkpoint = seq.is_multiple_of(self.config.checkpoint_interval);
-            if checkpoint {
-                // The table as of this seq: later deliveries may change it before the host
-                // reports this one executed.
-                slot.clients_export = self.clients.export();
-            }
             self.metrics.batches_committed += 1;
             self.metrics.requests_committed += batch.requests.len() as u64;
             self.metrics.requests_executed += execute.len() as u64;
@@ -1021,8 +1027,8 @@ impl Replica {
             self.in_flight.remove(leaf);
         }
         self.executed = seq;
-        if let (Some(app), Some(slot)) = (snapshot, self.log.get_mut(&seq)) {
-            let clients = core::mem::take(&mut slot.clients_export);
+        if let Some(app) = snapshot {
+            let clients = self.clients.export();
             let snapshot = Snapshot::new(seq, app, clients, self.config.snapshot_chunk_bytes);
             let state = snapshot.manifest.digest(&chain);
             self.snapshots.insert(seq, snapshot);
@@ -1032,6 +1038,37 @@ impl Replica {
         if self.is_primary() && !self.pending.is_empty() {
             self.propose(now, false);
         }
+        self.deliver_ready();
+        Ok(())
+    }
+
+    /// Answers a retransmission of a client's last executed request for which no reply is
+    /// cached (this replica installed the state that executed it): signs a reply of its own
+    /// from the replicated result, once, and caches it.
+    fn reply_again(&mut self, request: &Request) -> Result<(), Error> {
+        let Some((seq, result)) = self.clients.last_result(&request.client) else {
+            return Err(Error::Duplicate);
+        };
+        let chain = self.config.chain_id;
+        let leaf = reply_leaf(&chain, &request.client, request.client_seq, &result);
+        let (Some(proof), root) = (merkle::prove(&[leaf], 0), merkle::root(&[leaf])) else {
+            return Err(Error::Duplicate);
+        };
+        let signed = reply_root_digest(&chain, self.validators.epoch(), self.view, seq, &root);
+        self.metrics.signatures_created += 1;
+        let reply = Reply {
+            view: self.view,
+            seq,
+            client: request.client,
+            client_seq: request.client_seq,
+            result,
+            proof,
+            replica: self.id,
+            signature: self.keypair.sign(&signed),
+        };
+        let bytes = Message::Reply(reply.clone()).encode();
+        self.send(Destination::Client(request.client), bytes);
+        self.clients.store_reply(reply);
         Ok(())
     }
 

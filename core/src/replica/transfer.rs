@@ -41,15 +41,17 @@ impl Transfer {
 
 impl Replica {
     /// Starts fetching the stable checkpoint's state if this replica is more than a window
-    /// behind it (peers keep only a window of batches below their checkpoint for replay).
-    pub(super) fn maybe_start_transfer(&mut self) {
+    /// behind it (peers keep only a window of batches below their checkpoint for replay), or
+    /// moves a transfer under way to a newer stable checkpoint (peers drop older states).
+    /// Returns whether it sent requests.
+    pub(super) fn maybe_start_transfer(&mut self) -> bool {
         let behind = self.stable.seq.saturating_sub(self.executed) > self.config.window;
         let newer = self
             .transfer
             .as_ref()
             .is_none_or(|t| t.target.seq < self.stable.seq);
         if !behind || !newer {
-            return;
+            return false;
         }
         self.transfer = Some(Transfer {
             target: self.stable.clone(),
@@ -59,6 +61,7 @@ impl Replica {
             bad: BTreeSet::new(),
         });
         self.request_state(false);
+        true
     }
 
     /// Asks the current peer for what is missing; with `next`, moves to another peer first.
