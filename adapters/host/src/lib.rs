@@ -1,8 +1,10 @@
 //! pbft-host: the std pieces both transports (QUIC and TCP) share.
 //!
-//! Today it holds the wire framing, the write-ahead log and the default key-value
-//! application; the node driver, config and key files join it as the transports land.
+//! The wire framing, the write-ahead log, the default key-value application and the node
+//! driver that ties a replica, its log and its application together; config and key files
+//! join them as the transports land.
 
 pub mod framing;
 pub mod kv;
+pub mod node;
 pub mod wal;

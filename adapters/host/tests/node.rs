@@ -1,0 +1,308 @@
+//! Four node drivers wired in memory, each with a real WAL on disk and the key-value store:
+//! writes commit and read back, and a node killed at any point (its process gone, its data
+//! dir kept) comes back from its log without ever signing a second digest for a statement.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+
+use pbft_core::{
+    ChainId, Client, Config, Destination, Keypair, Phase, PublicKey, Record, ValidatorSet,
+};
+use pbft_host::kv::{KvStore, Op, OpResult};
+use pbft_host::node::Node;
+use pbft_host::wal::{Wal, WalOptions};
+
+const N: usize = 4;
+
+fn chain() -> ChainId {
+    ChainId::from_name("node-tests")
+}
+
+fn keys() -> Vec<Keypair> {
+    (0..N as u8)
+        .map(|i| Keypair::from_seed(&[i + 11; 32]))
+        .collect()
+}
+
+fn config() -> Config {
+    let mut config = Config::new(chain());
+    config.window = 8;
+    config.checkpoint_interval = 4;
+    config.retained_batches = 8;
+    config
+}
+
+struct Cluster {
+    dirs: Vec<tempfile::TempDir>,
+    nodes: Vec<Option<Node<KvStore>>>,
+    set: ValidatorSet,
+    public: Vec<PublicKey>,
+    network: VecDeque<(usize, PublicKey, Vec<u8>)>,
+    to_clients: BTreeMap<PublicKey, Vec<Vec<u8>>>,
+    now: u64,
+    /// Kill this node after this many more deliveries: mid-flight.
+    kill_after: Option<(usize, u32)>,
+    /// The view each killed node was in, to compare with what it restores.
+    views_at_kill: Vec<Option<u64>>,
+    restores: u32,
+}
+
+impl Cluster {
+    fn new() -> Cluster {
+        let public: Vec<PublicKey> = keys().iter().map(Keypair::public_key).collect();
+        let set = ValidatorSet::new(0, &public).unwrap();
+        let dirs: Vec<tempfile::TempDir> = (0..N).map(|_| tempfile::tempdir().unwrap()).collect();
+        let mut cluster = Cluster {
+            nodes: (0..N).map(|_| None).collect(),
+            dirs,
+            set,
+            public,
+            network: VecDeque::new(),
+            to_clients: BTreeMap::new(),
+            now: 1_000,
+            kill_after: None,
+            views_at_kill: vec![None; N],
+            restores: 0,
+        };
+        for index in 0..N {
+            cluster.start(index);
+        }
+        cluster
+    }
+
+    fn dir(&self, index: usize) -> PathBuf {
+        self.dirs[index].path().join("wal")
+    }
+
+    /// Starts (or restarts) a node from its data dir, with an empty store.
+    fn start(&mut self, index: usize) {
+        let key = keys().remove(index);
+        let node = Node::open(
+            &self.dir(index),
+            config(),
+            self.set.clone(),
+            key,
+            KvStore::new(),
+        )
+        .expect("the node opens its log");
+        if let Some(view) = self.views_at_kill[index].take() {
+            // Every flush synced, so the log knows the view the node was in.
+            assert_eq!(
+                node.replica().view(),
+                view,
+                "node {index} restored its view"
+            );
+            self.restores += 1;
+        }
+        self.nodes[index] = Some(node);
+    }
+
+    /// `kill -9`: the node is gone mid-flight; what it did not sync is lost with it.
+    fn kill(&mut self, index: usize) {
+        if let Some(node) = self.nodes[index].take() {
+            self.views_at_kill[index] = Some(node.replica().view());
+        }
+    }
+
+    fn flush(&mut self, index: usize) {
+        let now = self.now;
+        let Some(node) = self.nodes[index].as_mut() else {
+            return;
+        };
+        let transmits = node.flush(now).expect("the node persists and executes");
+        let from = self.public[index];
+        for transmit in transmits {
+            match transmit.to {
+                Destination::Validator(id) => {
+                    self.network
+                        .push_back((id.0 as usize, from, transmit.bytes))
+                }
+                Destination::AllValidators => {
+                    for peer in (0..N).filter(|&p| p != index) {
+                        self.network.push_back((peer, from, transmit.bytes.clone()));
+                    }
+                }
+                Destination::Client(key) => {
+                    self.to_clients.entry(key).or_default().push(transmit.bytes)
+                }
+            }
+        }
+    }
+
+    /// Delivers messages and advances time until `done` holds (or 60 s of virtual time).
+    fn run_until(&mut self, mut done: impl FnMut(&mut Cluster) -> bool) {
+        let deadline = self.now + 60_000;
+        // Messages that keep answering each other without time passing would never reach the
+        // deadline: a step budget catches them.
+        let mut steps = 0u32;
+        while !done(self) {
+            steps += 1;
+            assert!(steps < 1_000_000, "messages bounce without end");
+            if self.now >= deadline {
+                for node in self.nodes.iter().flatten() {
+                    eprintln!("{:?}\n  {:?}", node.replica(), node.metrics());
+                }
+                panic!("the cluster made no progress");
+            }
+            if let Some((to, from, bytes)) = self.network.pop_front() {
+                if let Some(node) = self.nodes[to].as_mut() {
+                    let _ = node.handle_message(self.now, &from, &bytes);
+                    self.flush(to);
+                }
+                match self.kill_after {
+                    Some((victim, 0)) => {
+                        self.kill(victim);
+                        self.kill_after = None;
+                    }
+                    Some((victim, steps)) => self.kill_after = Some((victim, steps - 1)),
+                    None => {}
+                }
+                continue;
+            }
+            let next = self
+                .nodes
+                .iter()
+                .flatten()
+                .filter_map(Node::poll_timeout)
+                .min()
+                .unwrap_or(self.now + 10);
+            self.now = self.now.max(next);
+            for index in 0..N {
+                if let Some(node) = self.nodes[index].as_mut() {
+                    node.handle_timeout(self.now);
+                    self.flush(index);
+                }
+            }
+        }
+    }
+
+    /// Sends an operation from `client` to every live node and waits for f + 1 replies.
+    fn call(&mut self, client: &mut Client, op: Op) -> OpResult {
+        let request = client.request(self.now, op.encode());
+        for index in 0..N {
+            if let Some(node) = self.nodes[index].as_mut() {
+                let _ = node.submit(self.now, request.clone());
+                self.flush(index);
+            }
+        }
+        let key = client.public_key();
+        let mut outcome = None;
+        self.run_until(|cluster| {
+            for reply in cluster.to_clients.remove(&key).unwrap_or_default() {
+                if let Ok(Some(done)) = client.handle_reply(&reply) {
+                    outcome = Some(done);
+                }
+            }
+            outcome.is_some()
+        });
+        OpResult::decode(&outcome.unwrap().result).expect("a key-value result")
+    }
+}
+
+/// Every vote in a node's log, by (phase, view, seq): no two digests for one statement.
+fn signed_statements(dir: &std::path::Path) -> Vec<(Phase, u64, u64, pbft_core::Digest)> {
+    let (_, records) = Wal::open(dir, WalOptions::default()).unwrap();
+    records
+        .iter()
+        .filter_map(|bytes| match Record::decode(bytes).unwrap() {
+            Record::Signed(vote) => Some((vote.phase, vote.view, vote.seq, vote.digest)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn writes_commit_read_back_and_survive_killed_nodes() {
+    let mut cluster = Cluster::new();
+    let mut client = Client::new(
+        chain(),
+        Keypair::from_seed(&[99; 32]),
+        cluster.set.clone(),
+        1,
+    );
+    let mut signed: BTreeMap<(usize, Phase, u64, u64), pbft_core::Digest> = BTreeMap::new();
+    let mut written = BTreeMap::new();
+    for round in 0..40u32 {
+        // Bring back whoever is down, from its data dir; every other write, kill a node in
+        // the middle of the next one (the primary of view 0 first).
+        for index in 0..N {
+            if cluster.nodes[index].is_none() {
+                cluster.start(index);
+            }
+        }
+        if round % 2 == 0 {
+            let victim = (round as usize / 2) % N;
+            cluster.kill_after = Some((victim, round * 7 % 13));
+        }
+        let key = format!("key-{}", round % 7).into_bytes();
+        let value = format!("value-{round}").into_bytes();
+        let put = Op::Put {
+            key: key.clone(),
+            value: value.clone(),
+        };
+        assert_eq!(cluster.call(&mut client, put), OpResult::Done);
+        written.insert(key, value);
+    }
+    for index in 0..N {
+        if cluster.nodes[index].is_none() {
+            cluster.start(index);
+        }
+    }
+    // Every acknowledged write reads back through consensus.
+    for (key, value) in &written {
+        let read = cluster.call(&mut client, Op::Get { key: key.clone() });
+        assert_eq!(read, OpResult::Value(Some(value.clone())));
+    }
+    // Let the restarted nodes catch up, then compare their stores.
+    cluster.run_until(|cluster| {
+        cluster
+            .nodes
+            .iter()
+            .flatten()
+            .all(|node| node.replica().is_idle() && node.app().len() == written.len())
+    });
+    let restored: u64 = cluster
+        .nodes
+        .iter()
+        .flatten()
+        .map(|node| node.stats().installs + node.metrics().batches_caught_up)
+        .sum();
+    assert!(restored > 0, "restarted nodes caught up from their peers");
+    assert!(
+        cluster.restores >= 15,
+        "nodes were killed and restarted: {}",
+        cluster.restores
+    );
+    let compactions: u64 = cluster
+        .nodes
+        .iter()
+        .flatten()
+        .map(|n| n.stats().compactions)
+        .sum();
+    assert!(compactions > 0, "logs were compacted at stable checkpoints");
+    let snapshots: Vec<Vec<u8>> = cluster
+        .nodes
+        .iter()
+        .flatten()
+        .map(|n| n.app().snapshot())
+        .collect();
+    assert!(
+        snapshots.windows(2).all(|pair| pair[0] == pair[1]),
+        "all stores agree"
+    );
+    // No node signed two digests for one statement, across its restarts (its log says).
+    for index in 0..N {
+        cluster.kill(index);
+        for (phase, view, seq, digest) in signed_statements(&cluster.dir(index)) {
+            let first = *signed.entry((index, phase, view, seq)).or_insert(digest);
+            assert_eq!(
+                first, digest,
+                "node {index} signed two digests for {phase:?} {view} {seq}"
+            );
+        }
+    }
+    for index in 0..N {
+        let (_, records) = Wal::open(&cluster.dir(index), WalOptions::default()).unwrap();
+        assert!(!records.is_empty(), "node {index} logged what it signed");
+    }
+}
