@@ -1,0 +1,375 @@
+//! Key files and a node's TOML config, with errors that name the file, the field and what
+//! is wrong with it.
+//!
+//! A key file holds the 32-byte ed25519 seed in hex on one line and must be readable by its
+//! owner only. A config file names the network, the node's key file and data directory (both
+//! relative to the config file), its listen address, the validator set (key and address of
+//! each, in id order), and optionally overrides of the core's limits.
+
+use std::fmt;
+use std::fs;
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use pbft_core::{ChainId, Config, Keypair, PublicKey, ValidatorSet};
+use serde::Deserialize;
+
+/// Why a key or config file cannot be used.
+#[derive(Debug)]
+pub enum FileError {
+    /// The file cannot be read or written.
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the operating system said.
+        source: io::Error,
+    },
+    /// The file is not valid TOML for a config, or a field has the wrong type or is unknown.
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, which names the field and its line.
+        message: String,
+    },
+    /// A field parsed but its value cannot be used.
+    Field {
+        /// The file.
+        path: PathBuf,
+        /// The field, as a path into the file (`validators[2].key`).
+        field: String,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+impl fmt::Display for FileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FileError::Io { path, source } => write!(f, "{}: {source}", path.display()),
+            FileError::Parse { path, message } => write!(f, "{}: {message}", path.display()),
+            FileError::Field {
+                path,
+                field,
+                problem,
+            } => write!(f, "{}: `{field}`: {problem}", path.display()),
+        }
+    }
+}
+
+impl std::error::Error for FileError {}
+
+fn io_error(path: &Path) -> impl FnOnce(io::Error) -> FileError + '_ {
+    move |source| FileError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn field_error(path: &Path, field: impl Into<String>, problem: impl Into<String>) -> FileError {
+    FileError::Field {
+        path: path.to_path_buf(),
+        field: field.into(),
+        problem: problem.into(),
+    }
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn from_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
+    let text = text.trim();
+    if text.len() != 2 * N {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (index, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(2 * index..2 * index + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Parses a public key written as 64 hex digits.
+pub fn parse_public_key(text: &str) -> Option<PublicKey> {
+    from_hex::<32>(text).map(PublicKey)
+}
+
+/// Writes a new key file readable by its owner only; refuses to overwrite one.
+pub fn write_key_file(path: &Path, keypair: &Keypair) -> Result<(), FileError> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).map_err(io_error(path))?;
+    writeln!(file, "{}", to_hex(&keypair.seed()))
+        .and_then(|()| file.sync_all())
+        .map_err(io_error(path))
+}
+
+/// Reads a key file; refuses one that others than its owner may read.
+pub fn read_key_file(path: &Path) -> Result<Keypair, FileError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(path)
+            .map_err(io_error(path))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            return Err(field_error(
+                path,
+                "(file mode)",
+                format!(
+                    "mode {:o} lets others read the key; chmod 600 it",
+                    mode & 0o777
+                ),
+            ));
+        }
+    }
+    let text = fs::read_to_string(path).map_err(io_error(path))?;
+    let seed =
+        from_hex::<32>(&text).ok_or_else(|| field_error(path, "(seed)", "not 64 hex digits"))?;
+    Ok(Keypair::from_seed(&seed))
+}
+
+/// One validator in a config file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ValidatorEntry {
+    key: String,
+    address: String,
+}
+
+/// Optional overrides of the core's limits (see `pbft_core::Config` for each).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Limits {
+    max_batch_ops: Option<usize>,
+    max_batch_bytes: Option<usize>,
+    batch_delay_ms: Option<u64>,
+    window: Option<u64>,
+    checkpoint_interval: Option<u64>,
+    view_timeout_ms: Option<u64>,
+    max_message_bytes: Option<usize>,
+    max_request_bytes: Option<usize>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    chain: String,
+    key_file: PathBuf,
+    data_dir: PathBuf,
+    listen: String,
+    validators: Vec<ValidatorEntry>,
+    #[serde(default)]
+    limits: Limits,
+}
+
+/// A node's configuration, checked.
+#[derive(Debug)]
+pub struct NodeConfig {
+    /// The core's config (chain id and limits).
+    pub core: Config,
+    /// This node's key.
+    pub keypair: Keypair,
+    /// The validator set.
+    pub validators: ValidatorSet,
+    /// Each validator's address, by id.
+    pub addresses: Vec<SocketAddr>,
+    /// Where this node listens.
+    pub listen: SocketAddr,
+    /// Where its log lives.
+    pub data_dir: PathBuf,
+}
+
+/// Reads and checks a node's config file.
+pub fn load_config(path: &Path) -> Result<NodeConfig, FileError> {
+    let text = fs::read_to_string(path).map_err(io_error(path))?;
+    let file: ConfigFile = toml::from_str(&text).map_err(|err| FileError::Parse {
+        path: path.to_path_buf(),
+        message: err.to_string(),
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let listen: SocketAddr = file.listen.parse().map_err(|_| {
+        field_error(
+            path,
+            "listen",
+            format!("`{}` is not an address like 127.0.0.1:7000", file.listen),
+        )
+    })?;
+    let mut keys = Vec::with_capacity(file.validators.len());
+    let mut addresses = Vec::with_capacity(file.validators.len());
+    for (index, entry) in file.validators.iter().enumerate() {
+        let key = parse_public_key(&entry.key).ok_or_else(|| {
+            field_error(
+                path,
+                format!("validators[{index}].key"),
+                "not 64 hex digits",
+            )
+        })?;
+        let address = entry.address.parse().map_err(|_| {
+            field_error(
+                path,
+                format!("validators[{index}].address"),
+                format!("`{}` is not an address", entry.address),
+            )
+        })?;
+        keys.push(key);
+        addresses.push(address);
+    }
+    let validators = ValidatorSet::new(0, &keys)
+        .map_err(|err| field_error(path, "validators", err.to_string()))?;
+    let key_path = base.join(&file.key_file);
+    let keypair = read_key_file(&key_path)?;
+    if validators.id_of(&keypair.public_key()).is_none() {
+        return Err(field_error(
+            path,
+            "key_file",
+            format!(
+                "the key in {} ({}) is not in the validator set",
+                key_path.display(),
+                keypair.public_key()
+            ),
+        ));
+    }
+    let mut core = Config::new(ChainId::from_name(&file.chain));
+    let limits = &file.limits;
+    let set = |target: &mut usize, value: Option<usize>| {
+        if let Some(value) = value {
+            *target = value;
+        }
+    };
+    set(&mut core.max_batch_ops, limits.max_batch_ops);
+    set(&mut core.max_batch_bytes, limits.max_batch_bytes);
+    set(&mut core.max_message_bytes, limits.max_message_bytes);
+    set(&mut core.max_request_bytes, limits.max_request_bytes);
+    for (target, value) in [
+        (&mut core.batch_delay_ms, limits.batch_delay_ms),
+        (&mut core.window, limits.window),
+        (&mut core.checkpoint_interval, limits.checkpoint_interval),
+        (&mut core.view_timeout_ms, limits.view_timeout_ms),
+    ] {
+        if let Some(value) = value {
+            *target = value;
+        }
+    }
+    core.retained_batches = core.retained_batches.max(core.window as usize);
+    core.validate()
+        .map_err(|err| field_error(path, "limits", err.to_string()))?;
+    Ok(NodeConfig {
+        core,
+        keypair,
+        validators,
+        addresses,
+        listen,
+        data_dir: base.join(&file.data_dir),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+        keys: Vec<Keypair>,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let keys: Vec<Keypair> = (0..4u8).map(|i| Keypair::from_seed(&[i + 1; 32])).collect();
+        write_key_file(&dir.path().join("node.key"), &keys[2]).unwrap();
+        Fixture { dir, keys }
+    }
+
+    fn config_text(keys: &[Keypair], extra: &str) -> String {
+        let mut text = String::from(
+            "chain = \"testnet\"\nkey_file = \"node.key\"\ndata_dir = \"data\"\nlisten = \"127.0.0.1:7002\"\n",
+        );
+        text.push_str(extra);
+        for (index, key) in keys.iter().enumerate() {
+            text.push_str(&format!(
+                "\n[[validators]]\nkey = \"{}\"\naddress = \"127.0.0.1:{}\"\n",
+                key.public_key(),
+                7000 + index
+            ));
+        }
+        text
+    }
+
+    fn load(fixture: &Fixture, text: &str) -> Result<NodeConfig, FileError> {
+        let path = fixture.dir.path().join("node.toml");
+        fs::write(&path, text).unwrap();
+        load_config(&path)
+    }
+
+    fn field_of(result: Result<NodeConfig, FileError>) -> String {
+        match result {
+            Err(FileError::Field { field, .. }) => field,
+            Err(FileError::Parse { message, .. }) => format!("parse: {message}"),
+            other => panic!("expected a field error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_good_config_loads_with_paths_relative_to_it() {
+        let fixture = fixture();
+        let config = load(
+            &fixture,
+            &config_text(
+                &fixture.keys,
+                "[limits]\nwindow = 16\ncheckpoint_interval = 8\n",
+            ),
+        )
+        .unwrap();
+        assert_eq!(config.keypair.public_key(), fixture.keys[2].public_key());
+        assert_eq!(config.validators.len(), 4);
+        assert_eq!(config.addresses[3].port(), 7003);
+        assert_eq!(config.core.window, 16);
+        assert_eq!(config.data_dir, fixture.dir.path().join("data"));
+    }
+
+    #[test]
+    fn errors_name_the_field_and_the_problem() {
+        let fixture = fixture();
+        let mut bad_key = config_text(&fixture.keys, "");
+        bad_key = bad_key.replacen(&fixture.keys[1].public_key().to_string(), "xyz", 1);
+        assert_eq!(field_of(load(&fixture, &bad_key)), "validators[1].key");
+        let bad_listen = config_text(&fixture.keys, "").replace("127.0.0.1:7002", "nowhere");
+        assert_eq!(field_of(load(&fixture, &bad_listen)), "listen");
+        let outsider = config_text(&fixture.keys[..2], "");
+        assert_eq!(field_of(load(&fixture, &outsider)), "key_file");
+        let bad_limits = config_text(&fixture.keys, "[limits]\nwindow = 0\n");
+        assert_eq!(field_of(load(&fixture, &bad_limits)), "limits");
+        let unknown = config_text(&fixture.keys, "colour = \"blue\"\n");
+        let message = field_of(load(&fixture, &unknown));
+        assert!(message.contains("colour"), "{message}");
+        let error = load(&fixture, &bad_key).unwrap_err().to_string();
+        assert!(
+            error.contains("node.toml") && error.contains("validators[1].key"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn key_files_are_private_and_never_overwritten() {
+        let fixture = fixture();
+        let path = fixture.dir.path().join("node.key");
+        assert_eq!(
+            read_key_file(&path).unwrap().public_key(),
+            fixture.keys[2].public_key()
+        );
+        assert!(
+            write_key_file(&path, &fixture.keys[0]).is_err(),
+            "no overwrite"
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+            assert!(matches!(read_key_file(&path), Err(FileError::Field { .. })));
+        }
+    }
+}
