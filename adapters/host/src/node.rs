@@ -65,6 +65,8 @@ pub enum NodeError {
     /// A state fetched from peers (and checked against their signed checkpoint) is not a
     /// snapshot this application can read.
     Snapshot(SnapshotError),
+    /// Another process holds the data dir: two nodes on one log would sign twice.
+    Locked(PathBuf),
 }
 
 impl fmt::Display for NodeError {
@@ -77,6 +79,9 @@ impl fmt::Display for NodeError {
             NodeError::Config(err) => write!(f, "config: {err}"),
             NodeError::Core(err) => write!(f, "core refused the node's own execution: {err}"),
             NodeError::Snapshot(err) => write!(f, "installing a fetched state: {err}"),
+            NodeError::Locked(dir) => {
+                write!(f, "{} is in use by another process", dir.display())
+            }
         }
     }
 }
@@ -113,11 +118,36 @@ pub struct NodeStats {
     pub evidence: u64,
 }
 
+/// Takes the exclusive lock on `dir/LOCK` (released when the process dies, however it dies).
+fn lock_dir(dir: &Path) -> Result<std::fs::File, NodeError> {
+    std::fs::create_dir_all(dir).map_err(|source| WalError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let path = dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| WalError::Io {
+            path: path.clone(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(NodeError::Locked(dir.to_path_buf())),
+        Err(std::fs::TryLockError::Error(source)) => Err(WalError::Io { path, source }.into()),
+    }
+}
+
 /// Most evidence kept for the operator to collect; beyond it only the count grows.
 const EVIDENCE_KEPT: usize = 64;
 
 /// A validator: replica, log and application.
 pub struct Node<A> {
+    /// Holds the data dir's lock for as long as the node lives.
+    _lock: std::fs::File,
     replica: Replica,
     wal: Wal,
     app: A,
@@ -135,6 +165,7 @@ impl<A: Application> Node<A> {
         keypair: Keypair,
         app: A,
     ) -> Result<Node<A>, NodeError> {
+        let lock = lock_dir(dir)?;
         let (wal, bytes) = Wal::open(dir, WalOptions::default())?;
         let mut records = Vec::with_capacity(bytes.len());
         for (index, record) in bytes.iter().enumerate() {
@@ -147,6 +178,7 @@ impl<A: Application> Node<A> {
         let replica =
             Replica::restore(config, validators, keypair, records).map_err(NodeError::Config)?;
         Ok(Node {
+            _lock: lock,
             replica,
             wal,
             app,

@@ -306,3 +306,23 @@ fn writes_commit_read_back_and_survive_killed_nodes() {
         assert!(!records.is_empty(), "node {index} logged what it signed");
     }
 }
+
+#[test]
+fn a_data_dir_in_use_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let public: Vec<PublicKey> = keys().iter().map(Keypair::public_key).collect();
+    let set = ValidatorSet::new(0, &public).unwrap();
+    let open = || {
+        Node::open(
+            dir.path(),
+            config(),
+            set.clone(),
+            keys().remove(0),
+            KvStore::new(),
+        )
+    };
+    let first = open().expect("the first node takes the dir");
+    assert!(matches!(open(), Err(pbft_host::node::NodeError::Locked(_))));
+    drop(first);
+    assert!(open().is_ok(), "the lock goes with the node");
+}
