@@ -163,7 +163,9 @@ impl Slot {
 
     /// Starts the slot over for a new view's proposal: the votes of older views no longer
     /// count; the prepared certificate, the QC and the batch (if it matches) stay.
-    pub(crate) fn repropose(&mut self, proposal: Vote, batch: Option<Batch>, leaves: Vec<Digest>) {
+    /// `batch` is the batch when the proposal brings it (the null batch); otherwise a batch
+    /// this slot already holds for the same digest is kept, or it is fetched later.
+    pub(crate) fn repropose(&mut self, proposal: Vote, batch: Option<Batch>) {
         if self
             .certificate
             .as_ref()
@@ -174,7 +176,7 @@ impl Slot {
         let keep = self.digest == Some(proposal.digest) && self.batch.is_some();
         if !keep {
             self.batch = batch;
-            self.leaves = leaves;
+            self.leaves.clear();
         }
         self.digest = Some(proposal.digest);
         self.proposal = Some(proposal);

@@ -191,6 +191,8 @@ pub struct Replica {
     metrics: Metrics,
     /// Checkpoint votes above the stable checkpoint, by seq and signer.
     checkpoint_votes: BTreeMap<u64, BTreeMap<ReplicaId, Vote>>,
+    /// (seq, validator) already reported for signing two checkpoints at seq.
+    checkpoint_reported: BTreeSet<(u64, ReplicaId)>,
     /// This replica's state digests at checkpoint seqs above the stable checkpoint.
     own_checkpoints: BTreeMap<u64, Digest>,
     /// Each validator's latest verified view change.
@@ -304,6 +306,7 @@ impl Replica {
             outputs: VecDeque::new(),
             metrics: Metrics::default(),
             checkpoint_votes: BTreeMap::new(),
+            checkpoint_reported: BTreeSet::new(),
             own_checkpoints: BTreeMap::new(),
             view_changes: BTreeMap::new(),
             new_view: None,
@@ -385,6 +388,7 @@ impl Replica {
                 .values()
                 .map(BTreeMap::len)
                 .sum::<usize>()
+            + self.checkpoint_reported.len()
             + self.signed.len()
             + self.snapshots.len()
     }
@@ -393,8 +397,8 @@ impl Replica {
     /// however long it runs and whatever its peers send: two windows of slots with two votes
     /// per validator each (the window, and as far again while catching up), the archive,
     /// per-peer buffers, pending and watched requests with their index entries, one view
-    /// change per validator, checkpoint votes and own checkpoints and snapshots for every
-    /// checkpoint in reach, the votes it signed (three phases per slot), and the client table.
+    /// change per validator, checkpoint votes and reports, own checkpoints and snapshots for
+    /// every checkpoint in reach, the votes it signed (three phases per slot), and the client table.
     pub fn memory_bound(&self) -> usize {
         let config = &self.config;
         let n = self.validators.len();
@@ -406,7 +410,7 @@ impl Replica {
             + 3 * config.max_pending_requests
             + 2 * window * config.max_batch_ops
             + n
-            + checkpoints * (n + 2)
+            + checkpoints * (2 * n + 2)
             + 3 * 2 * window
             + config.max_clients
     }

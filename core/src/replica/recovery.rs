@@ -64,6 +64,10 @@ impl Replica {
         if known.is_some_and(|known| known.digest == vote.digest) {
             return Err(Error::Duplicate);
         }
+        if self.checkpoint_reported.contains(&(seq, vote.replica)) {
+            // Already proven against it here: a repeat costs no check and no second report.
+            return Err(Error::Equivocation(vote.replica));
+        }
         let key = *self
             .validators
             .key(vote.replica)
@@ -74,10 +78,9 @@ impl Replica {
             &vote.signature,
         )?;
         if let Some(first) = known.cloned() {
-            // Two histories signed for one seq: evidence, once (the first vote stays, so a
-            // second conflicting vote finds `known` equal to the first and reports again only
-            // if it differs from it; the evidence is the same proof either way).
+            // Two states signed for one seq: evidence, reported once; the first vote stays.
             let culprit = vote.replica;
+            self.checkpoint_reported.insert((seq, culprit));
             self.metrics.evidence_reported += 1;
             self.outputs.push_back(Output::Evidence(Evidence {
                 epoch: self.validators.epoch(),
@@ -152,6 +155,7 @@ impl Replica {
         self.stable = checkpoint;
         let stable = self.stable.seq;
         self.checkpoint_votes.retain(|&seq, _| seq > stable);
+        self.checkpoint_reported.retain(|&(seq, _)| seq > stable);
     }
 
     /// Moves the low watermark to the stable checkpoint (or to the executed seq while this

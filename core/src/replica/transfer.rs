@@ -30,6 +30,8 @@ pub(super) struct Transfer {
     cursor: usize,
     /// Peers that sent something that did not verify, skipped while others remain.
     bad: BTreeSet<ReplicaId>,
+    /// Chunks asked for in the last request and not yet received.
+    requested: usize,
 }
 
 impl Transfer {
@@ -59,6 +61,7 @@ impl Replica {
             chunks: Vec::new(),
             cursor: usize::from(self.id.0),
             bad: BTreeSet::new(),
+            requested: 0,
         });
         self.request_state(false);
         true
@@ -96,6 +99,7 @@ impl Replica {
                 .map(|(index, _)| Some(index as u32))
                 .collect(),
         };
+        transfer.requested = wanted.len();
         for chunk in wanted {
             let bytes = Message::FetchState(FetchState { seq, chunk }).encode();
             self.send(Destination::Validator(peer), bytes);
@@ -185,8 +189,9 @@ impl Replica {
             *slot = Some(chunk.bytes);
         }
         self.progress_at = self.now;
-        let missing_in_flight = transfer.chunks.iter().filter(|c| c.is_none()).count();
-        if missing_in_flight == 0 || missing_in_flight % CHUNKS_IN_FLIGHT as usize == 0 {
+        // Once the last request's chunks are all in, install or ask for the next ones.
+        transfer.requested = transfer.requested.saturating_sub(1);
+        if transfer.requested == 0 {
             self.finish_transfer_or_ask();
         }
         Ok(())

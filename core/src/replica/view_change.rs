@@ -326,7 +326,7 @@ impl Replica {
             self.log
                 .entry(seq)
                 .or_default()
-                .repropose(proposal.clone(), batch, Vec::new());
+                .repropose(proposal.clone(), batch);
             reproposed.push((seq, proposal.digest));
         }
         self.next_seq = max_s.max(self.last_delivered) + 1;
