@@ -142,6 +142,11 @@ impl Client {
         self
     }
 
+    /// The network this client signs for.
+    pub fn chain(&self) -> ChainId {
+        self.chain
+    }
+
     /// The client's key, which replies are addressed to.
     pub fn public_key(&self) -> PublicKey {
         self.keypair.public_key()
@@ -150,15 +155,28 @@ impl Client {
     /// Signs the next request at time `now`; it becomes the outstanding one (replacing any
     /// other). Send it to [`Client::primary`].
     pub fn request(&mut self, now: u64, op: Vec<u8>) -> Request {
+        let request = self.sign(op);
+        self.track(now, request.clone());
+        request
+    }
+
+    /// Signs the next request without sending it: a load generator signs ahead, then hands
+    /// each to [`Client::track`] in the order signed.
+    pub fn sign(&mut self, op: Vec<u8>) -> Request {
         let request = Request::new(&self.chain, &self.keypair, self.next_seq, op);
         self.next_seq += 1;
+        request
+    }
+
+    /// Makes a request from [`Client::sign`] the outstanding one (replacing any other), sent
+    /// at `now`.
+    pub fn track(&mut self, now: u64, request: Request) {
         self.deadline = Some(now.saturating_add(self.retransmit_ms));
         self.retries = 0;
         self.outstanding = Some(Outstanding {
-            request: request.clone(),
+            request,
             replies: BTreeMap::new(),
         });
-        request
     }
 
     /// The request awaiting replies, to retransmit.

@@ -95,6 +95,13 @@ pub fn parse_public_key(text: &str) -> Option<PublicKey> {
     from_hex::<32>(text).map(PublicKey)
 }
 
+/// 32 bytes from the operating system's random source, for a new key.
+pub fn random_seed() -> io::Result<[u8; 32]> {
+    let mut seed = [0u8; 32];
+    io::Read::read_exact(&mut fs::File::open("/dev/urandom")?, &mut seed)?;
+    Ok(seed)
+}
+
 /// Writes a new key file readable by its owner only; refuses to overwrite one.
 pub fn write_key_file(path: &Path, keypair: &Keypair) -> Result<(), FileError> {
     let mut options = fs::OpenOptions::new();
@@ -159,17 +166,31 @@ struct Limits {
 #[serde(deny_unknown_fields)]
 struct ConfigFile {
     chain: String,
-    key_file: PathBuf,
-    data_dir: PathBuf,
-    listen: String,
+    key_file: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    listen: Option<String>,
+    metrics: Option<String>,
     validators: Vec<ValidatorEntry>,
     #[serde(default)]
     limits: Limits,
 }
 
+/// The network a config file describes: what a client needs to reach and check it.
+#[derive(Debug)]
+pub struct Network {
+    /// The core's config (chain id and limits).
+    pub core: Config,
+    /// The validator set.
+    pub validators: ValidatorSet,
+    /// Each validator's address, by id.
+    pub addresses: Vec<SocketAddr>,
+}
+
 /// A node's configuration, checked.
 #[derive(Debug)]
 pub struct NodeConfig {
+    /// Where the node serves Prometheus metrics, if anywhere.
+    pub metrics: Option<SocketAddr>,
     /// The core's config (chain id and limits).
     pub core: Config,
     /// This node's key.
@@ -184,21 +205,77 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
 }
 
-/// Reads and checks a node's config file.
-pub fn load_config(path: &Path) -> Result<NodeConfig, FileError> {
+fn read_config_file(path: &Path) -> Result<ConfigFile, FileError> {
     let text = fs::read_to_string(path).map_err(io_error(path))?;
-    let file: ConfigFile = toml::from_str(&text).map_err(|err| FileError::Parse {
+    toml::from_str(&text).map_err(|err| FileError::Parse {
         path: path.to_path_buf(),
         message: err.to_string(),
-    })?;
-    let base = path.parent().unwrap_or(Path::new("."));
-    let listen: SocketAddr = file.listen.parse().map_err(|_| {
+    })
+}
+
+fn parse_address(path: &Path, field: &str, text: &str) -> Result<SocketAddr, FileError> {
+    text.parse().map_err(|_| {
         field_error(
             path,
-            "listen",
-            format!("`{}` is not an address like 127.0.0.1:7000", file.listen),
+            field,
+            format!("`{text}` is not an address like 127.0.0.1:7000"),
         )
-    })?;
+    })
+}
+
+fn required<'a, T>(path: &Path, field: &str, value: &'a Option<T>) -> Result<&'a T, FileError> {
+    value
+        .as_ref()
+        .ok_or_else(|| field_error(path, field, "missing (a node's config needs it)"))
+}
+
+/// Reads the network (chain, validators, limits) from a node's or a client's config file.
+pub fn load_network(path: &Path) -> Result<Network, FileError> {
+    network(path, &read_config_file(path)?)
+}
+
+/// Reads and checks a node's config file.
+pub fn load_config(path: &Path) -> Result<NodeConfig, FileError> {
+    let file = read_config_file(path)?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let listen = parse_address(path, "listen", required(path, "listen", &file.listen)?)?;
+    let metrics = file
+        .metrics
+        .as_ref()
+        .map(|text| parse_address(path, "metrics", text))
+        .transpose()?;
+    let key_file = required(path, "key_file", &file.key_file)?;
+    let data_dir = required(path, "data_dir", &file.data_dir)?;
+    let Network {
+        core,
+        validators,
+        addresses,
+    } = network(path, &file)?;
+    let key_path = base.join(key_file);
+    let keypair = read_key_file(&key_path)?;
+    if validators.id_of(&keypair.public_key()).is_none() {
+        return Err(field_error(
+            path,
+            "key_file",
+            format!(
+                "the key in {} ({}) is not in the validator set",
+                key_path.display(),
+                keypair.public_key()
+            ),
+        ));
+    }
+    Ok(NodeConfig {
+        metrics,
+        core,
+        keypair,
+        validators,
+        addresses,
+        listen,
+        data_dir: base.join(data_dir),
+    })
+}
+
+fn network(path: &Path, file: &ConfigFile) -> Result<Network, FileError> {
     let mut keys = Vec::with_capacity(file.validators.len());
     let mut addresses = Vec::with_capacity(file.validators.len());
     for (index, entry) in file.validators.iter().enumerate() {
@@ -221,19 +298,6 @@ pub fn load_config(path: &Path) -> Result<NodeConfig, FileError> {
     }
     let validators = ValidatorSet::new(0, &keys)
         .map_err(|err| field_error(path, "validators", err.to_string()))?;
-    let key_path = base.join(&file.key_file);
-    let keypair = read_key_file(&key_path)?;
-    if validators.id_of(&keypair.public_key()).is_none() {
-        return Err(field_error(
-            path,
-            "key_file",
-            format!(
-                "the key in {} ({}) is not in the validator set",
-                key_path.display(),
-                keypair.public_key()
-            ),
-        ));
-    }
     let mut core = Config::new(ChainId::from_name(&file.chain));
     let limits = &file.limits;
     let set = |target: &mut usize, value: Option<usize>| {
@@ -258,13 +322,10 @@ pub fn load_config(path: &Path) -> Result<NodeConfig, FileError> {
     core.retained_batches = core.retained_batches.max(core.window as usize);
     core.validate()
         .map_err(|err| field_error(path, "limits", err.to_string()))?;
-    Ok(NodeConfig {
+    Ok(Network {
         core,
-        keypair,
         validators,
         addresses,
-        listen,
-        data_dir: base.join(&file.data_dir),
     })
 }
 

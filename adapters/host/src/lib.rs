@@ -4,7 +4,11 @@
 //! files, and the node driver that ties a replica, its log and its application together.
 
 pub mod config;
+pub mod driver;
 pub mod framing;
 pub mod kv;
+pub mod metrics;
 pub mod node;
+pub mod testnet;
 pub mod wal;
+pub mod wire;

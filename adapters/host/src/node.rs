@@ -8,16 +8,19 @@
 //! application's — makes the log durable with one `fdatasync` for all of it (group commit), and
 //! only then returns the messages to send. Nothing signed leaves before its record is durable.
 
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use pbft_core::{
-    Config, ConfigError, Destination, Error, Evidence, Keypair, Metrics, Output, PublicKey, Record,
-    Replica, Request, ValidatorSet,
+    Batch, Config, ConfigError, Destination, Digest, Error, Evidence, Hasher, Keypair, Metrics,
+    Output, PublicKey, QuorumCertificate, Record, Replica, Request, ValidatorSet, Vote,
 };
 
 use crate::kv::{KvStore, SnapshotError};
 use crate::wal::{Wal, WalError, WalOptions};
+use crate::wire::{NodeStatus, ProofBundle};
 
 /// What a node replicates. Execution must be deterministic, and a snapshot must be the same
 /// bytes on every replica in the same state.
@@ -144,6 +147,35 @@ fn lock_dir(dir: &Path) -> Result<std::fs::File, NodeError> {
 /// Most evidence kept for the operator to collect; beyond it only the count grows.
 const EVIDENCE_KEPT: usize = 64;
 
+/// Committed batches kept to answer proof queries: clients ask right after their reply.
+const PROOFS_KEPT: usize = 64;
+
+/// Client requests whose arrival time is kept to measure commit latency; beyond it new ones
+/// are not timed (a flood of requests cannot grow the map).
+const TIMED_REQUESTS: usize = 4096;
+
+/// Latency samples kept between two [`Node::take_samples`].
+const SAMPLES_KEPT: usize = 4096;
+
+/// Timings a node measured since they were last taken, for the metrics.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Samples {
+    /// Milliseconds from a request's arrival at this node to the delivery of its batch.
+    pub commit_ms: Vec<u64>,
+    /// Seconds each log sync took.
+    pub sync_seconds: Vec<f64>,
+    /// Requests in each delivered batch.
+    pub batch_sizes: Vec<usize>,
+}
+
+impl Samples {
+    fn push<T>(list: &mut Vec<T>, value: T) {
+        if list.len() < SAMPLES_KEPT {
+            list.push(value);
+        }
+    }
+}
+
 /// A validator: replica, log and application.
 pub struct Node<A> {
     /// Holds the data dir's lock for as long as the node lives.
@@ -153,6 +185,12 @@ pub struct Node<A> {
     app: A,
     stats: NodeStats,
     evidence: Vec<Evidence>,
+    /// The last committed batches with their QCs, for proof queries.
+    committed: VecDeque<(QuorumCertificate, Batch)>,
+    /// Arrival time of requests submitted here, by (client, number).
+    arrivals: BTreeMap<(PublicKey, u64), u64>,
+    samples: Samples,
+    max_message_bytes: usize,
 }
 
 impl<A: Application> Node<A> {
@@ -175,6 +213,7 @@ impl<A: Application> Node<A> {
             })?;
             records.push(record);
         }
+        let max_message_bytes = config.max_message_bytes;
         let replica =
             Replica::restore(config, validators, keypair, records).map_err(NodeError::Config)?;
         Ok(Node {
@@ -184,6 +223,10 @@ impl<A: Application> Node<A> {
             app,
             stats: NodeStats::default(),
             evidence: Vec::new(),
+            committed: VecDeque::new(),
+            arrivals: BTreeMap::new(),
+            samples: Samples::default(),
+            max_message_bytes,
         })
     }
 
@@ -200,7 +243,12 @@ impl<A: Application> Node<A> {
 
     /// A request from a client connected to this node.
     pub fn submit(&mut self, now: u64, request: Request) -> Result<(), Error> {
-        self.replica.submit(now, request)
+        let key = (request.client, request.client_seq);
+        self.replica.submit(now, request)?;
+        if self.arrivals.len() < TIMED_REQUESTS {
+            self.arrivals.entry(key).or_insert(now);
+        }
+        Ok(())
     }
 
     /// Time passed.
@@ -226,6 +274,14 @@ impl<A: Application> Node<A> {
                 }
                 Output::Send { to, bytes } => transmits.push(Transmit { to, bytes }),
                 Output::Deliver(delivery) => {
+                    for request in &delivery.batch.requests {
+                        if let Some(arrived) =
+                            self.arrivals.remove(&(request.client, request.client_seq))
+                        {
+                            Samples::push(&mut self.samples.commit_ms, now.saturating_sub(arrived));
+                        }
+                    }
+                    Samples::push(&mut self.samples.batch_sizes, delivery.batch.requests.len());
                     let mut results = Vec::with_capacity(delivery.execute.len());
                     for &index in &delivery.execute {
                         if let Some(request) = delivery.batch.requests.get(index as usize) {
@@ -238,6 +294,11 @@ impl<A: Application> Node<A> {
                     self.replica
                         .executed(now, delivery.seq, results, snapshot)
                         .map_err(NodeError::Core)?;
+                    if self.committed.len() == PROOFS_KEPT {
+                        self.committed.pop_front();
+                    }
+                    self.committed
+                        .push_back((delivery.certificate, delivery.batch));
                 }
                 Output::Install(install) => {
                     self.app
@@ -265,8 +326,54 @@ impl<A: Application> Node<A> {
             self.wal.compact(&live)?;
             self.stats.compactions += 1;
         }
-        self.wal.sync()?;
+        if self.wal.pending_bytes() > 0 {
+            let started = Instant::now();
+            self.wal.sync()?;
+            Samples::push(
+                &mut self.samples.sync_seconds,
+                started.elapsed().as_secs_f64(),
+            );
+        }
         Ok(transmits)
+    }
+
+    /// Where the node is, with a digest of its application state.
+    pub fn status(&self) -> NodeStatus {
+        NodeStatus {
+            id: u32::from(self.replica.id().0),
+            view: self.replica.view(),
+            executed: self.replica.executed_seq(),
+            stable: self.replica.stable_checkpoint().seq,
+            state: Hasher::new(b"pbft/v1/app-state")
+                .bytes(&self.app.snapshot())
+                .finish(),
+        }
+    }
+
+    /// The QC and inclusion proof of the request with digest `request` committed at `seq`,
+    /// if this node still holds that batch.
+    pub fn proof(&self, seq: u64, request: &Digest) -> Option<ProofBundle> {
+        let (certificate, batch) = self.committed.iter().find(|(qc, _)| qc.seq == seq)?;
+        let chain = certificate.chain_id;
+        let index = batch
+            .requests
+            .iter()
+            .position(|r| r.digest(&chain) == *request)?;
+        Some(ProofBundle {
+            certificate: certificate.clone(),
+            request: batch.requests[index].clone(),
+            proof: batch.prove(&chain, index)?,
+        })
+    }
+
+    /// Takes the timings measured since the last call.
+    pub fn take_samples(&mut self) -> Samples {
+        std::mem::take(&mut self.samples)
+    }
+
+    /// The largest consensus message the node accepts.
+    pub fn max_message_bytes(&self) -> usize {
+        self.max_message_bytes
     }
 
     /// The replica (view, watermarks, metrics).
@@ -298,4 +405,24 @@ impl<A: Application> Node<A> {
     pub fn take_evidence(&mut self) -> Vec<Evidence> {
         std::mem::take(&mut self.evidence)
     }
+}
+
+/// Every vote recorded in the log in `dir`, to audit a stopped node for double signing.
+pub fn logged_votes(dir: &Path) -> Result<Vec<Vote>, NodeError> {
+    let _lock = lock_dir(dir)?;
+    let (_, records) = Wal::open(dir, WalOptions::default())?;
+    let mut votes = Vec::new();
+    for (index, bytes) in records.iter().enumerate() {
+        match Record::decode(bytes) {
+            Ok(Record::Signed(vote)) => votes.push(vote),
+            Ok(_) => {}
+            Err(_) => {
+                return Err(NodeError::BadRecord {
+                    dir: dir.to_path_buf(),
+                    index,
+                });
+            }
+        }
+    }
+    Ok(votes)
 }

@@ -1,0 +1,355 @@
+//! Runs a [`Node`] on a thread of its own and routes what it sends to per-peer queues.
+//!
+//! Transports own sockets and tasks; they authenticate a peer, then push its frames into
+//! [`Driver::input`] and drain the queues the [`Router`] hands them. The node's thread does
+//! everything CPU-heavy (signature checks, execution, fsync) so I/O tasks never wait on it,
+//! and every queue is bounded: a slow or hostile peer fills only its own queue, whose
+//! overflow is dropped and counted (consensus retransmits what matters).
+
+use std::collections::HashMap;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use pbft_core::{Destination, Message, PublicKey, ReplicaId, ValidatorSet};
+
+use crate::metrics::NodeMetrics;
+use crate::node::{Application, Node, NodeError, Transmit};
+use crate::wire::{ClientFrame, ServerFrame};
+
+/// Frames waiting for one peer's connection, at most.
+pub const PEER_QUEUE: usize = 4096;
+/// Inputs waiting for the node's thread, at most.
+pub const INPUT_QUEUE: usize = 8192;
+
+/// What a transport hands the node.
+#[derive(Debug)]
+pub enum Input {
+    /// A frame from a validator the transport authenticated.
+    Peer {
+        /// Its key.
+        from: PublicKey,
+        /// The consensus message.
+        bytes: Vec<u8>,
+    },
+    /// A frame from a client the transport authenticated.
+    Client {
+        /// Its key.
+        from: PublicKey,
+        /// The [`ClientFrame`] bytes.
+        bytes: Vec<u8>,
+    },
+    /// Stop after making everything durable.
+    Shutdown,
+}
+
+/// Where the node's messages go: one bounded queue per validator and per connected client.
+#[derive(Debug)]
+pub struct Router {
+    me: ReplicaId,
+    validators: Vec<Option<async_channel::Sender<Vec<u8>>>>,
+    clients: Mutex<Clients>,
+    metrics: Arc<NodeMetrics>,
+}
+
+/// Connected clients' queues, each tagged with its connection's number.
+#[derive(Debug, Default)]
+struct Clients {
+    next: u64,
+    queues: HashMap<PublicKey, (u64, async_channel::Sender<Vec<u8>>)>,
+    /// Clients whose requests came through another key's connection (a gateway or a load
+    /// generator speaking for many clients): their replies go back the same way.
+    via: HashMap<PublicKey, PublicKey>,
+}
+
+/// Most clients reachable through other clients' connections at once.
+pub const MAX_RELAYED_CLIENTS: usize = 65_536;
+
+/// A client's queue, as handed to the transport that writes it to the connection.
+#[derive(Debug)]
+pub struct ClientQueue {
+    /// Identifies this connection among others of the same key.
+    pub connection: u64,
+    /// The frames to write.
+    pub frames: async_channel::Receiver<Vec<u8>>,
+}
+
+impl Router {
+    /// A router for validator `me`, and the receiving end of each other validator's queue,
+    /// for the transport's sender tasks.
+    pub fn new(
+        validators: &ValidatorSet,
+        me: ReplicaId,
+        metrics: Arc<NodeMetrics>,
+    ) -> (
+        Arc<Router>,
+        Vec<(ReplicaId, async_channel::Receiver<Vec<u8>>)>,
+    ) {
+        let mut senders = Vec::new();
+        let mut receivers = Vec::new();
+        for index in 0..validators.len() {
+            let id = ReplicaId(index as u16);
+            if id == me {
+                senders.push(None);
+            } else {
+                let (tx, rx) = async_channel::bounded(PEER_QUEUE);
+                senders.push(Some(tx));
+                receivers.push((id, rx));
+            }
+        }
+        let router = Router {
+            me,
+            validators: senders,
+            clients: Mutex::new(Clients::default()),
+            metrics,
+        };
+        (Arc::new(router), receivers)
+    }
+
+    /// Opens the queue of a client that just connected (replacing an older connection of
+    /// the same key); the transport writes what arrives on it to the client.
+    pub fn attach_client(&self, key: PublicKey) -> ClientQueue {
+        let (tx, rx) = async_channel::bounded(PEER_QUEUE);
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        clients.next += 1;
+        let connection = clients.next;
+        clients.queues.insert(key, (connection, tx));
+        self.metrics
+            .clients_connected
+            .set(clients.queues.len() as i64);
+        ClientQueue {
+            connection,
+            frames: rx,
+        }
+    }
+
+    /// Closes a client's queue when its connection ends, unless a newer one replaced it.
+    pub fn detach_client(&self, key: &PublicKey, queue: &ClientQueue) {
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if clients
+            .queues
+            .get(key)
+            .is_some_and(|(connection, _)| *connection == queue.connection)
+        {
+            clients.queues.remove(key);
+            clients.via.retain(|_, through| through != key);
+        }
+        self.metrics
+            .clients_connected
+            .set(clients.queues.len() as i64);
+    }
+
+    /// The metrics the router counts into.
+    pub fn metrics(&self) -> &Arc<NodeMetrics> {
+        &self.metrics
+    }
+
+    fn to_validator(&self, id: ReplicaId, bytes: Vec<u8>) {
+        if id == self.me {
+            return;
+        }
+        if let Some(Some(queue)) = self.validators.get(id.0 as usize)
+            && queue.try_send(bytes).is_err()
+        {
+            self.metrics.reject("peer_queue_full");
+        }
+    }
+
+    /// Routes replies for `client` through the connection of `through`, which relayed its
+    /// signed request.
+    fn relay(&self, client: PublicKey, through: PublicKey) {
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if clients.via.len() < MAX_RELAYED_CLIENTS || clients.via.contains_key(&client) {
+            clients.via.insert(client, through);
+        } else {
+            self.metrics.reject("too_many_relayed_clients");
+        }
+    }
+
+    /// Sends a frame to a client, if it is connected here (directly or through a relay).
+    pub fn to_client(&self, key: &PublicKey, frame: &ServerFrame) {
+        let clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        let key = match clients.queues.contains_key(key) {
+            true => key,
+            false => clients.via.get(key).unwrap_or(key),
+        };
+        if let Some((_, queue)) = clients.queues.get(key)
+            && queue.try_send(frame.encode()).is_err()
+        {
+            self.metrics.reject("client_queue_full");
+        }
+    }
+
+    fn route(&self, transmit: Transmit) {
+        match transmit.to {
+            Destination::Validator(id) => self.to_validator(id, transmit.bytes),
+            Destination::AllValidators => {
+                for index in 0..self.validators.len() {
+                    self.to_validator(ReplicaId(index as u16), transmit.bytes.clone());
+                }
+            }
+            Destination::Client(key) => {
+                self.to_client(&key, &ServerFrame::Message(transmit.bytes));
+            }
+        }
+    }
+}
+
+/// Why [`Driver::input`] did not take an input.
+#[derive(Debug)]
+pub enum Refused {
+    /// The node's queue is full; here is the input back.
+    Full(Input),
+    /// The node has stopped.
+    Stopped,
+}
+
+/// The handle a transport feeds the node through.
+#[derive(Clone, Debug)]
+pub struct Driver {
+    inputs: SyncSender<Input>,
+    metrics: Arc<NodeMetrics>,
+}
+
+impl Driver {
+    /// Hands an input to the node without waiting. A full queue gives the input back: the
+    /// transport retries after a pause, which pushes back on that peer's stream alone.
+    pub fn input(&self, input: Input) -> Result<(), Refused> {
+        match self.inputs.try_send(input) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(input)) => Err(Refused::Full(input)),
+            Err(TrySendError::Disconnected(_)) => Err(Refused::Stopped),
+        }
+    }
+
+    /// Asks the node to stop once what it has is durable.
+    pub fn shutdown(&self) {
+        // Blocking is fine here: shutdown happens once, and the node drains its queue.
+        let _ = self.inputs.send(Input::Shutdown);
+    }
+
+    /// The node's metrics.
+    pub fn metrics(&self) -> &Arc<NodeMetrics> {
+        &self.metrics
+    }
+}
+
+/// How often the metrics are refreshed from the node, at most.
+const METRICS_EVERY: Duration = Duration::from_millis(100);
+/// Inputs taken in one round before the node flushes (and syncs) once for all of them.
+const ROUND: usize = 1024;
+
+/// Starts `node` on its own thread. The thread ends on [`Driver::shutdown`], when every
+/// [`Driver`] is dropped, or when the node fails (then a node must not go on signing).
+pub fn spawn<A: Application + Send + 'static>(
+    node: Node<A>,
+    router: Arc<Router>,
+) -> std::io::Result<(Driver, JoinHandle<Result<(), NodeError>>)> {
+    let (tx, rx) = sync_channel(INPUT_QUEUE);
+    let metrics = router.metrics.clone();
+    let handle = std::thread::Builder::new()
+        .name("pbft-node".into())
+        .spawn(move || run(node, rx, &router))?;
+    Ok((
+        Driver {
+            inputs: tx,
+            metrics,
+        },
+        handle,
+    ))
+}
+
+fn run<A: Application>(
+    mut node: Node<A>,
+    inputs: Receiver<Input>,
+    router: &Router,
+) -> Result<(), NodeError> {
+    let start = Instant::now();
+    // The core's clock: milliseconds since the node started (it only compares them).
+    let now = || start.elapsed().as_millis() as u64 + 1;
+    let max_message = node.max_message_bytes();
+    let mut last_metrics = Instant::now();
+    loop {
+        let wait = node
+            .poll_timeout()
+            .map(|at| Duration::from_millis(at.saturating_sub(now())));
+        let first = match wait {
+            Some(wait) => inputs.recv_timeout(wait),
+            None => inputs.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        let mut stop = false;
+        match first {
+            Ok(input) => stop |= handle(&mut node, router, input, now(), max_message),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => stop = true,
+        }
+        for _ in 0..ROUND {
+            if stop {
+                break;
+            }
+            match inputs.try_recv() {
+                Ok(input) => stop |= handle(&mut node, router, input, now(), max_message),
+                Err(_) => break,
+            }
+        }
+        let time = now();
+        if node.poll_timeout().is_some_and(|at| at <= time) {
+            node.handle_timeout(time);
+        }
+        for transmit in node.flush(time)? {
+            router.route(transmit);
+        }
+        if stop || last_metrics.elapsed() >= METRICS_EVERY {
+            let samples = node.take_samples();
+            let replica = node.replica();
+            let position = (
+                replica.view(),
+                replica.executed_seq(),
+                replica.stable_checkpoint().seq,
+            );
+            router
+                .metrics
+                .update(node.metrics(), node.stats(), position, &samples);
+            last_metrics = Instant::now();
+        }
+        if stop {
+            return Ok(());
+        }
+    }
+}
+
+/// Feeds one input to the node; true on shutdown.
+fn handle<A: Application>(
+    node: &mut Node<A>,
+    router: &Router,
+    input: Input,
+    now: u64,
+    max_message: usize,
+) -> bool {
+    match input {
+        Input::Peer { from, bytes } => {
+            // Rejections are counted in the core's metrics; the node goes on.
+            let _ = node.handle_message(now, &from, &bytes);
+        }
+        Input::Client { from, bytes } => match ClientFrame::decode(&bytes) {
+            Ok(ClientFrame::Message(bytes)) => match Message::decode(&bytes, max_message) {
+                Ok(Message::Request(request)) => {
+                    let client = request.client;
+                    if node.submit(now, request).is_ok() && client != from {
+                        router.relay(client, from);
+                    }
+                }
+                Ok(_) => router.metrics.reject("client_sent_consensus_message"),
+                Err(_) => router.metrics.reject("decode"),
+            },
+            Ok(ClientFrame::Status) => router.to_client(&from, &ServerFrame::Status(node.status())),
+            Ok(ClientFrame::Proof { seq, request }) => {
+                router.to_client(&from, &ServerFrame::Proof(node.proof(seq, &request)));
+            }
+            Err(_) => router.metrics.reject("bad_client_frame"),
+        },
+        Input::Shutdown => return true,
+    }
+    false
+}

@@ -1,0 +1,87 @@
+//! Key and config files for a local cluster on loopback, for trying pbft out and for tests.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+
+use pbft_core::Keypair;
+
+use crate::config::{FileError, write_key_file};
+
+/// The files of a local cluster.
+#[derive(Clone, Debug)]
+pub struct Testnet {
+    /// Each validator's config file, by id.
+    pub nodes: Vec<PathBuf>,
+    /// The config clients use: the chain and the validators.
+    pub network: PathBuf,
+    /// Each validator's metrics address, by id.
+    pub metrics: Vec<SocketAddr>,
+}
+
+/// A loopback port free for both UDP and TCP right now (the OS may hand it out again
+/// before a node binds it; a local cluster accepts that race).
+pub fn free_port() -> std::io::Result<u16> {
+    loop {
+        let udp = UdpSocket::bind("127.0.0.1:0")?;
+        let port = udp.local_addr()?.port();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+}
+
+/// Writes keys and configs for `validators` nodes on loopback under `dir`, with fresh keys
+/// from `seed_of(index)` (random in operation, fixed in tests).
+pub fn create(
+    dir: &Path,
+    validators: usize,
+    chain: &str,
+    seed_of: impl Fn(usize) -> [u8; 32],
+) -> Result<Testnet, FileError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| FileError::Io { path, source }
+    };
+    fs::create_dir_all(dir).map_err(io(dir))?;
+    let keys: Vec<Keypair> = (0..validators)
+        .map(|index| Keypair::from_seed(&seed_of(index)))
+        .collect();
+    let mut ports = Vec::new();
+    let mut metrics = Vec::new();
+    for _ in 0..validators {
+        ports.push(free_port().map_err(io(dir))?);
+        metrics.push(SocketAddr::from((
+            [127, 0, 0, 1],
+            free_port().map_err(io(dir))?,
+        )));
+    }
+    let mut set = String::new();
+    for (key, port) in keys.iter().zip(&ports) {
+        let _ = write!(
+            set,
+            "\n[[validators]]\nkey = \"{}\"\naddress = \"127.0.0.1:{port}\"\n",
+            key.public_key()
+        );
+    }
+    let network = dir.join("network.toml");
+    fs::write(&network, format!("chain = \"{chain}\"\n{set}")).map_err(io(&network))?;
+    let mut nodes = Vec::new();
+    for (index, key) in keys.iter().enumerate() {
+        let key_file = dir.join(format!("node{index}.key"));
+        write_key_file(&key_file, key)?;
+        let config = dir.join(format!("node{index}.toml"));
+        let text = format!(
+            "chain = \"{chain}\"\nkey_file = \"node{index}.key\"\ndata_dir = \"node{index}-data\"\nlisten = \"127.0.0.1:{}\"\nmetrics = \"{}\"\n{set}",
+            ports[index], metrics[index]
+        );
+        fs::write(&config, text).map_err(io(&config))?;
+        nodes.push(config);
+    }
+    Ok(Testnet {
+        nodes,
+        network,
+        metrics,
+    })
+}

@@ -1,0 +1,112 @@
+//! What clients and nodes say to each other on a client connection, beside consensus
+//! messages: a request, a status query and a proof query, and their answers.
+//!
+//! Every frame is one postcard-encoded [`ClientFrame`] or [`ServerFrame`] inside the
+//! transport's length-delimited framing.
+
+use pbft_core::{
+    ChainId, Digest, InclusionProof, QuorumCertificate, Request, ValidatorSet, verify_inclusion,
+    verify_qc,
+};
+use serde::{Deserialize, Serialize};
+
+/// From a client to a node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientFrame {
+    /// A consensus message (a signed request), encoded by the core.
+    Message(Vec<u8>),
+    /// Where the node is and a digest of its application state.
+    Status,
+    /// The QC and inclusion proof of a committed request, while the node still holds it.
+    Proof {
+        /// The seq the request committed at (from the replies).
+        seq: u64,
+        /// The request's digest.
+        request: Digest,
+    },
+}
+
+/// From a node to a client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServerFrame {
+    /// A consensus message (a signed reply), encoded by the core.
+    Message(Vec<u8>),
+    /// The answer to [`ClientFrame::Status`].
+    Status(NodeStatus),
+    /// The answer to [`ClientFrame::Proof`]: `None` if the node no longer holds that batch.
+    Proof(Option<ProofBundle>),
+}
+
+/// Where a node is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// Its validator id.
+    pub id: u32,
+    /// Its view.
+    pub view: u64,
+    /// The last seq it executed.
+    pub executed: u64,
+    /// Its stable checkpoint.
+    pub stable: u64,
+    /// Digest of its application state after `executed`.
+    pub state: Digest,
+}
+
+/// Offline proof that a request committed: a QC over its batch and the request's Merkle
+/// path to the batch digest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProofBundle {
+    /// The quorum certificate of the batch.
+    pub certificate: QuorumCertificate,
+    /// The request.
+    pub request: Request,
+    /// Its path to `certificate.digest`.
+    pub proof: InclusionProof,
+}
+
+impl ProofBundle {
+    /// Checks the QC against the validator set and the request's path to it.
+    pub fn verify(
+        &self,
+        chain: &ChainId,
+        validators: &ValidatorSet,
+    ) -> Result<(), pbft_core::CertificateError> {
+        verify_qc(chain, validators, &self.certificate)?;
+        verify_inclusion(&self.certificate, &self.request, &self.proof)
+    }
+}
+
+/// A frame that does not decode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BadFrame;
+
+impl core::fmt::Display for BadFrame {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("frame does not decode")
+    }
+}
+
+impl std::error::Error for BadFrame {}
+
+macro_rules! codec {
+    ($type:ty) => {
+        impl $type {
+            /// The frame's bytes.
+            pub fn encode(&self) -> Vec<u8> {
+                postcard::to_allocvec(self).expect("serialising to a Vec cannot fail")
+            }
+
+            /// Reads a frame; trailing bytes are refused.
+            pub fn decode(bytes: &[u8]) -> Result<Self, BadFrame> {
+                match postcard::take_from_bytes(bytes) {
+                    Ok((frame, [])) => Ok(frame),
+                    _ => Err(BadFrame),
+                }
+            }
+        }
+    };
+}
+
+codec!(ClientFrame);
+codec!(ServerFrame);
+codec!(ProofBundle);

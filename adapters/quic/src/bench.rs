@@ -1,0 +1,316 @@
+//! A closed-loop load generator: many clients, each with one request outstanding, over one
+//! session to every validator (as a gateway would carry them).
+//!
+//! Every request is signed before the clock starts: in a deployment clients sign on their
+//! own machines, and here the signing would take the cores the validators need. The
+//! report compares the throughput with the signature-bound limit of this machine: every
+//! validator checks every client signature, so no cluster of `n` validators sharing
+//! `cores` cores can order more than `cores / (n × cost of one check)` requests a second.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use pbft_core::{BatchVerifier, Client, Digest, Keypair, Message, PublicKey, Request};
+use pbft_host::config::{Network, random_seed};
+use pbft_host::kv::Op;
+use pbft_host::wire::{ClientFrame, ServerFrame};
+
+use crate::client::{Session, first_client_seq};
+use crate::transport::TransportError;
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    /// Clients, each with one request outstanding.
+    pub concurrency: usize,
+    /// Bytes of each operation (a put of a unique key).
+    pub op_bytes: usize,
+    /// How long to run (the run also ends when the signed requests run out).
+    pub duration: Duration,
+    /// Stop after this many operations instead.
+    pub ops: Option<u64>,
+    /// Print a progress line every second on stderr.
+    pub progress: bool,
+}
+
+/// What a run measured.
+#[derive(Clone, Debug)]
+pub struct BenchReport {
+    /// Operations completed (f + 1 matching signed replies).
+    pub ops: u64,
+    /// Wall time of the run.
+    pub elapsed: Duration,
+    /// Latency percentiles in µs: p50, p95, p99, max.
+    pub latency_us: [u64; 4],
+    /// Requests signed before the clock started, and how long that took.
+    pub presigned: (u64, Duration),
+    /// Retransmissions after a client timeout.
+    pub retransmissions: u64,
+    /// Validators in the cluster.
+    pub validators: usize,
+    /// Cores of this machine.
+    pub cores: usize,
+    /// Measured cost of one signature check alone and in a batch of 64, in µs.
+    pub verify_us: (f64, f64),
+}
+
+impl BenchReport {
+    /// Operations per second.
+    pub fn throughput(&self) -> f64 {
+        self.ops as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// The signature-bound limit: cores ÷ (validators × batched check cost), ops/s.
+    pub fn limit(&self) -> f64 {
+        self.cores as f64 / (self.validators as f64 * self.verify_us.1 * 1e-6)
+    }
+}
+
+impl fmt::Display for BenchReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [p50, p95, p99, max] = self.latency_us.map(|us| us as f64 / 1000.0);
+        writeln!(
+            f,
+            "throughput   {:.0} ops/s ({} ops in {:.1} s)",
+            self.throughput(),
+            self.ops,
+            self.elapsed.as_secs_f64()
+        )?;
+        writeln!(
+            f,
+            "latency      p50 {p50:.1} ms  p95 {p95:.1} ms  p99 {p99:.1} ms  max {max:.1} ms"
+        )?;
+        writeln!(
+            f,
+            "signatures   {:.1} µs per check alone, {:.1} µs in a batch of 64 (measured now)",
+            self.verify_us.0, self.verify_us.1
+        )?;
+        writeln!(
+            f,
+            "limit        {:.0} ops/s = {} cores / ({} validators × {:.1} µs); reached {:.0} %",
+            self.limit(),
+            self.cores,
+            self.validators,
+            self.verify_us.1,
+            100.0 * self.throughput() / self.limit()
+        )?;
+        write!(
+            f,
+            "note         {} requests signed before the clock started ({:.1} s); {} retransmissions",
+            self.presigned.0,
+            self.presigned.1.as_secs_f64(),
+            self.retransmissions
+        )
+    }
+}
+
+/// Measures one signature check alone and per signature in a batch of 64, in µs, the way a
+/// node checks them.
+pub fn signature_cost() -> (f64, f64) {
+    let keys: Vec<Keypair> = (0..64u8).map(|i| Keypair::from_seed(&[i; 32])).collect();
+    let digest = Digest([7; 32]);
+    let signed: Vec<_> = keys.iter().map(|k| (k, k.sign(&digest))).collect();
+    let rounds = 20;
+    let started = Instant::now();
+    for _ in 0..rounds {
+        for (key, signature) in &signed {
+            let _ = key.verifying_key().verify(&digest, signature);
+        }
+    }
+    let single = started.elapsed().as_secs_f64() * 1e6 / (rounds * signed.len()) as f64;
+    let started = Instant::now();
+    for _ in 0..rounds {
+        let mut batch = BatchVerifier::new();
+        for (key, signature) in &signed {
+            batch.queue(key.verifying_key(), &digest, signature);
+        }
+        let _ = batch.verify();
+    }
+    let batched = started.elapsed().as_secs_f64() * 1e6 / (rounds * signed.len()) as f64;
+    (single, batched)
+}
+
+struct Loop {
+    client: Client,
+    signed: VecDeque<Request>,
+    sent_at: Option<Instant>,
+}
+
+fn put(client: usize, number: usize, op_bytes: usize) -> Vec<u8> {
+    let key = format!("bench/{client}/{number}").into_bytes();
+    let value = vec![b'v'; op_bytes.saturating_sub(key.len() + 4)];
+    Op::Put { key, value }.encode()
+}
+
+/// Signs `per_client` requests for each of `concurrency` new clients, on every core.
+fn presign(network: &Network, options: &BenchOptions, per_client: usize) -> Vec<Loop> {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let base = random_seed().unwrap_or([1; 32]);
+    let first = first_client_seq();
+    let make = |index: usize| {
+        let mut seed = base;
+        seed[..8].copy_from_slice(&(index as u64).to_le_bytes());
+        let mut client = Client::new(
+            network.core.chain_id,
+            Keypair::from_seed(&seed),
+            network.validators.clone(),
+            first,
+        );
+        let signed = (0..per_client)
+            .map(|n| client.sign(put(index, n, options.op_bytes)))
+            .collect();
+        Loop {
+            client,
+            signed,
+            sent_at: None,
+        }
+    };
+    let chunk = options.concurrency.div_ceil(cores);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..options.concurrency)
+            .step_by(chunk.max(1))
+            .map(|from| {
+                let to = (from + chunk).min(options.concurrency);
+                scope.spawn(move || (from..to).map(make).collect::<Vec<_>>())
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("signing thread"))
+            .collect()
+    })
+}
+
+/// Runs the load against `network` and reports what it measured.
+pub async fn run(network: &Network, options: &BenchOptions) -> Result<BenchReport, TransportError> {
+    let verify_us = signature_cost();
+    let planned = options
+        .ops
+        .unwrap_or(25_000 * options.duration.as_secs().max(1));
+    let per_client = (planned as usize).div_ceil(options.concurrency.max(1));
+    let signing = Instant::now();
+    let mut loops = presign(network, options, per_client);
+    let presigned = ((per_client * loops.len()) as u64, signing.elapsed());
+    let by_key: HashMap<PublicKey, usize> = loops
+        .iter()
+        .enumerate()
+        .map(|(index, l)| (l.client.public_key(), index))
+        .collect();
+    let mut session = Session::connect(
+        network,
+        &Keypair::from_seed(&random_seed().unwrap_or([2; 32])),
+    )?;
+    wait_until_ready(&mut session, network.addresses.len()).await;
+
+    let max_reply = network.core.max_message_bytes;
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+    let start = Instant::now();
+    let now_ms = |at: Instant| at.duration_since(start).as_millis() as u64 + 1;
+    let send = |session: &Session, l: &mut Loop, at: Instant| -> bool {
+        let Some(request) = l.signed.pop_front() else {
+            return false;
+        };
+        l.client.track(now_ms(at), request.clone());
+        l.sent_at = Some(at);
+        session.send(
+            l.client.primary().0 as usize,
+            &ClientFrame::Message(Message::Request(request).encode()),
+        )
+    };
+    for l in &mut loops {
+        send(&session, l, Instant::now());
+    }
+    let mut done = 0u64;
+    let mut retransmissions = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let mut last_progress = Instant::now();
+    let mut exhausted = false;
+    loop {
+        tokio::select! {
+            frame = session.recv() => {
+                let Some((_, ServerFrame::Message(bytes))) = frame else { continue };
+                let Ok(Message::Reply(reply)) = Message::decode(&bytes, max_reply) else { continue };
+                let Some(&index) = by_key.get(&reply.client) else { continue };
+                let l = &mut loops[index];
+                if let Ok(Some(_)) = l.client.handle_reply(&bytes) {
+                    let now = Instant::now();
+                    if let Some(sent) = l.sent_at.take() {
+                        let _ = latency.record(now.duration_since(sent).as_micros() as u64);
+                    }
+                    done += 1;
+                    exhausted |= !send(&session, l, now) && l.signed.is_empty();
+                }
+            }
+            _ = tick.tick() => {
+                let now = Instant::now();
+                for l in &mut loops {
+                    if let Some(request) = l.client.handle_timeout(now_ms(now)) {
+                        retransmissions += 1;
+                        session.broadcast(&ClientFrame::Message(Message::Request(request).encode()));
+                    }
+                }
+                if options.progress && now.duration_since(last_progress) >= Duration::from_secs(1) {
+                    last_progress = now;
+                    let secs = now.duration_since(start).as_secs_f64();
+                    eprint!("\r  {secs:4.0} s  {done:>9} ops  {:>8.0} ops/s", done as f64 / secs);
+                }
+            }
+        }
+        let elapsed = start.elapsed();
+        let finished = match options.ops {
+            Some(ops) => done >= ops,
+            None => elapsed >= options.duration,
+        };
+        if finished || exhausted {
+            break;
+        }
+    }
+    if options.progress {
+        eprintln!();
+    }
+    let elapsed = start.elapsed();
+    Ok(BenchReport {
+        ops: done,
+        elapsed,
+        latency_us: [
+            latency.value_at_quantile(0.50),
+            latency.value_at_quantile(0.95),
+            latency.value_at_quantile(0.99),
+            latency.max(),
+        ],
+        presigned,
+        retransmissions,
+        validators: network.addresses.len(),
+        cores: std::thread::available_parallelism().map_or(1, usize::from),
+        verify_us,
+    })
+}
+
+/// Waits (up to 30 s) until every validator answers a status query.
+pub async fn wait_until_ready(session: &mut Session, validators: usize) {
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut ready = vec![false; validators];
+    while !ready.iter().all(|r| *r) {
+        for (index, ready) in ready.iter().enumerate() {
+            if !ready {
+                session.send(index, &ClientFrame::Status);
+            }
+        }
+        let round = tokio::time::Instant::now() + Duration::from_millis(200);
+        loop {
+            tokio::select! {
+                frame = session.recv() => {
+                    if let Some((index, ServerFrame::Status(_))) = frame {
+                        ready[index] = true;
+                    }
+                }
+                () = tokio::time::sleep_until(round) => break,
+            }
+        }
+        if tokio::time::Instant::now() >= give_up {
+            return;
+        }
+    }
+}

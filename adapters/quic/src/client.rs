@@ -1,0 +1,245 @@
+//! The client side over QUIC: a [`Session`] keeps a link to every validator, and
+//! [`QuicClient`] runs the core's [`Client`] over it (sign, send to the primary, broadcast on
+//! timeout, accept a result once f + 1 validators signed it).
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use pbft_core::{Client, Digest, Keypair, Message, Outcome, ValidatorSet};
+use pbft_host::config::Network;
+use pbft_host::wire::{ClientFrame, NodeStatus, ProofBundle, ServerFrame};
+use quinn::{Endpoint, VarInt};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::identity::ALPN_CLIENT;
+use crate::transport::{self, Inbound, TransportError, close, link};
+
+/// Frames waiting for one validator's link, at most.
+const LINK_QUEUE: usize = 4096;
+
+/// Links from one client key to every validator.
+pub struct Session {
+    endpoint: Endpoint,
+    links: Vec<async_channel::Sender<Vec<u8>>>,
+    inbound: mpsc::Receiver<(usize, ServerFrame)>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Session {
+    /// Starts links to every validator of `network`, authenticated as `keypair`. Links
+    /// connect (and reconnect) in the background.
+    pub fn connect(network: &Network, keypair: &Keypair) -> Result<Session, TransportError> {
+        let first: SocketAddr = network.addresses[0];
+        let endpoint = transport::client_endpoint(first)?;
+        let (tx, inbound) = mpsc::channel(LINK_QUEUE * network.addresses.len());
+        let max = network.core.max_message_bytes + 64;
+        let mut links = Vec::new();
+        let mut tasks = Vec::new();
+        for (index, addr) in network.addresses.iter().enumerate() {
+            let id = pbft_core::ReplicaId(index as u16);
+            let key = network
+                .validators
+                .key(id)
+                .expect("one address per validator")
+                .public_key();
+            let config = transport::client_config(keypair, key, ALPN_CLIENT)?;
+            let (queue_tx, queue_rx) = async_channel::bounded(LINK_QUEUE);
+            let tx = tx.clone();
+            let inbound: Inbound = Box::new(move |bytes| {
+                let tx = tx.clone();
+                Box::pin(async move {
+                    match ServerFrame::decode(&bytes) {
+                        Ok(frame) => tx.send((index, frame)).await.is_ok(),
+                        // A node that sends garbage is ignored, not trusted.
+                        Err(_) => true,
+                    }
+                })
+            });
+            tasks.push(tokio::spawn(link(
+                endpoint.clone(),
+                *addr,
+                config,
+                queue_rx,
+                max,
+                Some(inbound),
+                None,
+            )));
+            links.push(queue_tx);
+        }
+        Ok(Session {
+            endpoint,
+            links,
+            inbound,
+            tasks,
+        })
+    }
+
+    /// Queues a frame for one validator; false if its link's queue is full.
+    pub fn send(&self, validator: usize, frame: &ClientFrame) -> bool {
+        self.links
+            .get(validator)
+            .is_some_and(|link| link.try_send(frame.encode()).is_ok())
+    }
+
+    /// Queues a frame for every validator.
+    pub fn broadcast(&self, frame: &ClientFrame) {
+        let bytes = frame.encode();
+        for link in &self.links {
+            let _ = link.try_send(bytes.clone());
+        }
+    }
+
+    /// The next frame from any validator, with the validator's index.
+    pub async fn recv(&mut self) -> Option<(usize, ServerFrame)> {
+        self.inbound.recv().await
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        self.endpoint
+            .close(VarInt::from_u32(close::SHUTDOWN), b"client done");
+    }
+}
+
+/// Why a client operation did not complete.
+#[derive(Debug)]
+pub enum ClientFailure {
+    /// No result within the time allowed.
+    Timeout,
+    /// The links are gone.
+    Closed,
+}
+
+impl std::fmt::Display for ClientFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientFailure::Timeout => f.write_str("no result in time (is the cluster up?)"),
+            ClientFailure::Closed => f.write_str("connections closed"),
+        }
+    }
+}
+
+impl std::error::Error for ClientFailure {}
+
+/// A client of a pbft cluster over QUIC.
+pub struct QuicClient {
+    session: Session,
+    client: Client,
+    start: Instant,
+}
+
+/// First request number of a new client key: microseconds since the epoch, so numbers keep
+/// growing across restarts of a client that reuses its key.
+pub fn first_client_seq() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |since| since.as_micros() as u64)
+}
+
+impl QuicClient {
+    /// A client of `network` with `keypair`.
+    pub fn connect(network: &Network, keypair: Keypair) -> Result<QuicClient, TransportError> {
+        let session = Session::connect(network, &keypair)?;
+        let client = Client::new(
+            network.core.chain_id,
+            keypair,
+            network.validators.clone(),
+            first_client_seq(),
+        );
+        Ok(QuicClient {
+            session,
+            client,
+            start: Instant::now(),
+        })
+    }
+
+    fn now(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64 + 1
+    }
+
+    /// Orders and executes `op`; returns once f + 1 validators signed the same result.
+    pub async fn execute(
+        &mut self,
+        op: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<(Outcome, Digest), ClientFailure> {
+        let give_up = tokio::time::Instant::now() + timeout;
+        let request = self.client.request(self.now(), op);
+        let digest = request.digest(&self.client_chain());
+        let frame = ClientFrame::Message(Message::Request(request).encode());
+        self.session.send(self.client.primary().0 as usize, &frame);
+        loop {
+            let retry = self.client.poll_timeout().map_or(give_up, |at| {
+                tokio::time::Instant::from_std(self.start + Duration::from_millis(at))
+            });
+            tokio::select! {
+                frame = self.session.recv() => match frame {
+                    Some((_, ServerFrame::Message(bytes))) => {
+                        if let Ok(Some(outcome)) = self.client.handle_reply(&bytes) {
+                            return Ok((outcome, digest));
+                        }
+                    }
+                    Some(_) => {}
+                    None => return Err(ClientFailure::Closed),
+                },
+                () = tokio::time::sleep_until(retry.min(give_up)) => {
+                    if tokio::time::Instant::now() >= give_up {
+                        return Err(ClientFailure::Timeout);
+                    }
+                    if let Some(request) = self.client.handle_timeout(self.now()) {
+                        self.session.broadcast(&ClientFrame::Message(Message::Request(request).encode()));
+                    }
+                }
+            }
+        }
+    }
+
+    fn client_chain(&self) -> pbft_core::ChainId {
+        self.client.chain()
+    }
+
+    /// Asks one validator where it is; `None` if it does not answer in time.
+    pub async fn status(&mut self, validator: usize, timeout: Duration) -> Option<NodeStatus> {
+        self.session.send(validator, &ClientFrame::Status);
+        let give_up = tokio::time::Instant::now() + timeout;
+        loop {
+            tokio::select! {
+                frame = self.session.recv() => match frame? {
+                    (from, ServerFrame::Status(status)) if from == validator => return Some(status),
+                    _ => {}
+                },
+                () = tokio::time::sleep_until(give_up) => return None,
+            }
+        }
+    }
+
+    /// Fetches the QC and inclusion proof of a committed request from any validator that
+    /// still holds it, and checks it before returning it.
+    pub async fn proof(
+        &mut self,
+        seq: u64,
+        request: Digest,
+        validators: &ValidatorSet,
+        timeout: Duration,
+    ) -> Option<ProofBundle> {
+        self.session.broadcast(&ClientFrame::Proof { seq, request });
+        let give_up = tokio::time::Instant::now() + timeout;
+        let chain = self.client_chain();
+        loop {
+            tokio::select! {
+                frame = self.session.recv() => match frame? {
+                    (_, ServerFrame::Proof(Some(bundle))) if bundle.verify(&chain, validators).is_ok() => {
+                        return Some(bundle);
+                    }
+                    _ => {}
+                },
+                () = tokio::time::sleep_until(give_up) => return None,
+            }
+        }
+    }
+}

@@ -1,0 +1,366 @@
+//! `pbft`: run a validator, a local cluster, a client, a benchmark or a demo.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use pbft_core::Keypair;
+use pbft_host::config::{load_config, load_network, random_seed, read_key_file, write_key_file};
+use pbft_host::kv::{Op, OpResult};
+use pbft_host::wire::ProofBundle;
+use pbft_quic::bench::{self, BenchOptions};
+use pbft_quic::client::QuicClient;
+
+#[derive(Parser)]
+#[command(
+    name = "pbft",
+    version,
+    about = "Byzantine-fault-tolerant replicated key-value store"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a new key file (mode 0600) and print its public key.
+    Keygen {
+        /// The key file to create (never overwritten).
+        out: PathBuf,
+    },
+    /// Write keys and configs for a local cluster on loopback.
+    Testnet {
+        /// Validators (4 tolerate one fault).
+        #[arg(long, default_value_t = 4)]
+        validators: usize,
+        /// Directory for the files (created).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Network name.
+        #[arg(long, default_value = "testnet")]
+        chain: String,
+    },
+    /// Run a validator.
+    Node {
+        /// The node's config file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Put, get or delete a key through consensus.
+    Client {
+        /// A config naming the network (a node's or `network.toml`).
+        #[arg(long)]
+        config: PathBuf,
+        /// The client's key file (a fresh key if absent).
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Save the QC and inclusion proof of the request here.
+        #[arg(long)]
+        proof: Option<PathBuf>,
+        /// Seconds to wait for f + 1 matching replies.
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
+        #[command(subcommand)]
+        op: ClientOp,
+    },
+    /// Check a saved QC and inclusion proof against a validator set, offline.
+    VerifyQc {
+        /// A config naming the network.
+        #[arg(long)]
+        config: PathBuf,
+        /// The proof file `pbft client --proof` saved.
+        proof: PathBuf,
+    },
+    /// Closed-loop load against a running cluster.
+    Bench {
+        /// A config naming the network.
+        #[arg(long)]
+        config: PathBuf,
+        #[command(flatten)]
+        load: Load,
+    },
+    /// Start a local 4-validator cluster in a temporary directory, load it, and stop it.
+    Demo {
+        #[command(flatten)]
+        load: Load,
+    },
+}
+
+#[derive(clap::Args)]
+struct Load {
+    /// Clients with one request outstanding each.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Bytes per operation.
+    #[arg(long, default_value_t = 128)]
+    op_bytes: usize,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Stop after this many operations instead.
+    #[arg(long)]
+    ops: Option<u64>,
+}
+
+impl Load {
+    fn options(&self) -> BenchOptions {
+        BenchOptions {
+            concurrency: self.concurrency.max(1),
+            op_bytes: self.op_bytes,
+            duration: Duration::from_secs(self.duration),
+            ops: self.ops,
+            progress: true,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum ClientOp {
+    /// Set a key.
+    Put { key: String, value: String },
+    /// Read a key (ordered like a write).
+    Get { key: String },
+    /// Remove a key.
+    Delete { key: String },
+}
+
+type Failure = Box<dyn std::error::Error>;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = if matches!(cli.command, Command::Node { .. }) {
+        "info"
+    } else {
+        "warn"
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<(), Failure> {
+    match command {
+        Command::Keygen { out } => {
+            let keypair = Keypair::from_seed(&random_seed()?);
+            write_key_file(&out, &keypair)?;
+            println!("{}", keypair.public_key());
+        }
+        Command::Testnet {
+            validators,
+            dir,
+            chain,
+        } => {
+            let testnet = testnet(&dir, validators, &chain)?;
+            for (index, config) in testnet.nodes.iter().enumerate() {
+                println!(
+                    "pbft node --config {}    # metrics on http://{}/metrics",
+                    config.display(),
+                    testnet.metrics[index]
+                );
+            }
+            println!("clients: --config {}", testnet.network.display());
+        }
+        Command::Node { config } => {
+            let config = load_config(&config)?;
+            pbft_quic::node::run(config, shutdown_signal()).await?;
+        }
+        Command::Client {
+            config,
+            key,
+            proof,
+            timeout,
+            op,
+        } => client(&config, key.as_deref(), proof.as_deref(), timeout, op).await?,
+        Command::VerifyQc { config, proof } => {
+            let network = load_network(&config)?;
+            let bytes = std::fs::read(&proof).map_err(|e| format!("{}: {e}", proof.display()))?;
+            let bundle = ProofBundle::decode(&bytes)
+                .map_err(|_| format!("{}: not a proof file", proof.display()))?;
+            bundle
+                .verify(&network.core.chain_id, &network.validators)
+                .map_err(|e| format!("{}: {e}", proof.display()))?;
+            println!(
+                "valid: request {} of client {} committed at seq {} in view {} ({} signatures)",
+                bundle.request.client_seq,
+                bundle.request.client,
+                bundle.certificate.seq,
+                bundle.certificate.view,
+                bundle.certificate.signatures.len()
+            );
+        }
+        Command::Bench { config, load } => {
+            let network = load_network(&config)?;
+            let report = bench::run(&network, &load.options()).await?;
+            println!("{report}");
+        }
+        Command::Demo { load } => demo(&load).await?,
+    }
+    Ok(())
+}
+
+fn testnet(
+    dir: &Path,
+    validators: usize,
+    chain: &str,
+) -> Result<pbft_host::testnet::Testnet, Failure> {
+    let base = random_seed()?;
+    Ok(pbft_host::testnet::create(
+        dir,
+        validators,
+        chain,
+        |index| {
+            let mut seed = base;
+            seed[0] ^= index as u8;
+            seed[1] ^= (index >> 8) as u8;
+            seed
+        },
+    )?)
+}
+
+async fn client(
+    config: &Path,
+    key: Option<&Path>,
+    proof: Option<&Path>,
+    timeout: u64,
+    op: ClientOp,
+) -> Result<(), Failure> {
+    let network = load_network(config)?;
+    let keypair = match key {
+        Some(path) => read_key_file(path)?,
+        None => Keypair::from_seed(&random_seed()?),
+    };
+    let op = match op {
+        ClientOp::Put { key, value } => Op::Put {
+            key: key.into_bytes(),
+            value: value.into_bytes(),
+        },
+        ClientOp::Get { key } => Op::Get {
+            key: key.into_bytes(),
+        },
+        ClientOp::Delete { key } => Op::Delete {
+            key: key.into_bytes(),
+        },
+    };
+    let mut client = QuicClient::connect(&network, keypair)?;
+    let (outcome, digest) = client
+        .execute(op.encode(), Duration::from_secs(timeout))
+        .await?;
+    match OpResult::decode(&outcome.result) {
+        Some(OpResult::Done) => println!("ok"),
+        Some(OpResult::Value(Some(value))) => println!("{}", String::from_utf8_lossy(&value)),
+        Some(OpResult::Value(None)) => println!("(absent)"),
+        Some(other) => println!("{other:?}"),
+        None => println!("(undecodable result)"),
+    }
+    println!("committed at seq {} in view {}", outcome.seq, outcome.view);
+    if let Some(path) = proof {
+        let bundle = client
+            .proof(
+                outcome.seq,
+                digest,
+                &network.validators,
+                Duration::from_secs(timeout),
+            )
+            .await
+            .ok_or("no validator returned a valid proof in time")?;
+        std::fs::write(path, bundle.encode()).map_err(|e| format!("{}: {e}", path.display()))?;
+        println!("proof saved to {}", path.display());
+    }
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => {
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}
+
+async fn demo(load: &Load) -> Result<(), Failure> {
+    let dir = tempfile::tempdir()?;
+    let testnet = testnet(dir.path(), 4, "demo")?;
+    println!("starting 4 validators in {}", dir.path().display());
+    let mut stops = Vec::new();
+    let mut nodes = Vec::new();
+    for path in &testnet.nodes {
+        let config = load_config(path)?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        stops.push(stop);
+        nodes.push(tokio::spawn(pbft_quic::node::run(config, async {
+            let _ = stopped.await;
+        })));
+    }
+    let network = load_network(&testnet.network)?;
+    println!(
+        "running {} clients with {}-byte puts for {} s",
+        load.concurrency, load.op_bytes, load.duration
+    );
+    let report = bench::run(&network, &load.options()).await?;
+    println!("{report}");
+    let mut probe = QuicClient::connect(&network, Keypair::from_seed(&random_seed()?))?;
+    let mut states = Vec::new();
+    for index in 0..network.addresses.len() {
+        if let Some(status) = probe.status(index, Duration::from_secs(5)).await {
+            states.push(status);
+        }
+    }
+    let agree = states
+        .windows(2)
+        .all(|w| w[0].executed != w[1].executed || w[0].state == w[1].state);
+    println!(
+        "validators: {}",
+        states
+            .iter()
+            .map(|s| format!("#{} view {} seq {}", s.id, s.view, s.executed))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "state digests at equal seqs {}",
+        if agree { "agree" } else { "DIFFER" }
+    );
+    drop(probe);
+    for stop in stops {
+        let _ = stop.send(());
+    }
+    for node in nodes {
+        node.await??;
+    }
+    println!("stopped cleanly");
+    Ok(())
+}

@@ -1,0 +1,293 @@
+//! QUIC connections between nodes and from clients: TLS 1.3 with pinned ed25519 keys,
+//! length-delimited frames on one bidirectional stream per connection, a reconnecting link
+//! per destination.
+//!
+//! A node accepts two kinds of connection on one UDP port, told apart by ALPN: validators
+//! (`pbft-peer/1`), admitted only if their key is in the validator set, and clients
+//! (`pbft-client/1`), admitted with any key (every request carries its client's signature,
+//! and the core bounds what each client may queue). Both are decided before a byte of
+//! the connection is read.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pbft_core::PublicKey;
+use pbft_host::driver::{Driver, Input, Refused};
+use pbft_host::framing::{self, Decoder, FrameError};
+use pbft_host::metrics::NodeMetrics;
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt};
+
+use crate::identity::{ALPN_CLIENT, ALPN_PEER, AnyKeyClient, PinnedServer, certificate, peer_key};
+
+/// Why a QUIC endpoint cannot be set up.
+#[derive(Debug)]
+pub enum TransportError {
+    /// The key cannot be made into a certificate.
+    Certificate(rcgen::Error),
+    /// rustls refused the configuration.
+    Tls(rustls::Error),
+    /// quinn refused the TLS configuration.
+    Quic(String),
+    /// The socket cannot be bound.
+    Io(std::io::Error),
+}
+
+impl std::fmt::Display for TransportError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TransportError::Certificate(err) => write!(f, "certificate: {err}"),
+            TransportError::Tls(err) => write!(f, "TLS: {err}"),
+            TransportError::Quic(err) => write!(f, "QUIC: {err}"),
+            TransportError::Io(err) => write!(f, "socket: {err}"),
+        }
+    }
+}
+
+impl std::error::Error for TransportError {}
+
+/// Application close codes, so the other side's logs say why.
+pub mod close {
+    /// The node is shutting down.
+    pub const SHUTDOWN: u32 = 0;
+    /// The key is not admitted for the role its ALPN asked for.
+    pub const UNKNOWN_KEY: u32 = 1;
+    /// The peer broke the framing (oversized length prefix).
+    pub const BAD_FRAME: u32 = 2;
+    /// Too many clients are connected.
+    pub const BUSY: u32 = 3;
+}
+
+/// Most clients connected to one node at once.
+pub const MAX_CLIENTS: usize = 4096;
+
+fn transport_config() -> Arc<quinn::TransportConfig> {
+    let mut transport = quinn::TransportConfig::default();
+    // One stream each way is all a connection uses; a few more cover reconnect races.
+    transport.max_concurrent_bidi_streams(VarInt::from_u32(4));
+    transport.max_concurrent_uni_streams(VarInt::from_u32(0));
+    transport.keep_alive_interval(Some(Duration::from_millis(500)));
+    transport.max_idle_timeout(Some(
+        quinn::IdleTimeout::try_from(Duration::from_secs(5)).expect("5 s is a valid idle timeout"),
+    ));
+    Arc::new(transport)
+}
+
+/// The TLS and QUIC configuration of a node accepting connections.
+pub fn server_config(keypair: &pbft_core::Keypair) -> Result<quinn::ServerConfig, TransportError> {
+    let (cert, key) = certificate(keypair).map_err(TransportError::Certificate)?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(crate::identity::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(TransportError::Tls)?
+        .with_client_cert_verifier(AnyKeyClient::new())
+        .with_single_cert(vec![cert], key)
+        .map_err(TransportError::Tls)?;
+    tls.alpn_protocols = vec![ALPN_PEER.to_vec(), ALPN_CLIENT.to_vec()];
+    let crypto =
+        QuicServerConfig::try_from(tls).map_err(|e| TransportError::Quic(e.to_string()))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(transport_config());
+    Ok(config)
+}
+
+/// The TLS and QUIC configuration for dialling the holder of `expected` as `alpn`.
+pub fn client_config(
+    keypair: &pbft_core::Keypair,
+    expected: PublicKey,
+    alpn: &[u8],
+) -> Result<quinn::ClientConfig, TransportError> {
+    let (cert, key) = certificate(keypair).map_err(TransportError::Certificate)?;
+    let mut tls = rustls::ClientConfig::builder_with_provider(crate::identity::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(TransportError::Tls)?
+        .dangerous()
+        .with_custom_certificate_verifier(PinnedServer::new(expected))
+        .with_client_auth_cert(vec![cert], key)
+        .map_err(TransportError::Tls)?;
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    let crypto =
+        QuicClientConfig::try_from(tls).map_err(|e| TransportError::Quic(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(transport_config());
+    Ok(config)
+}
+
+/// A client endpoint on an ephemeral port of the right address family.
+pub fn client_endpoint(towards: SocketAddr) -> Result<Endpoint, TransportError> {
+    let bind: SocketAddr = if towards.is_ipv4() {
+        "0.0.0.0:0".parse().expect("literal address")
+    } else {
+        "[::]:0".parse().expect("literal address")
+    };
+    Endpoint::client(bind).map_err(TransportError::Io)
+}
+
+/// Why a stream of frames ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// The peer finished the stream between frames, or the connection closed.
+    Closed,
+    /// The stream ended in the middle of a frame.
+    Truncated,
+    /// A length prefix above the maximum.
+    Oversized,
+}
+
+/// Reads frames from `recv` and hands each to `deliver`, until the stream ends.
+pub async fn read_frames<F, Fut>(recv: &mut RecvStream, max: usize, mut deliver: F) -> StreamEnd
+where
+    F: FnMut(Vec<u8>) -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let mut decoder = Decoder::new(max);
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let read = match recv.read(&mut buffer).await {
+            Ok(Some(read)) => read,
+            Ok(None) if decoder.buffered() > 0 => return StreamEnd::Truncated,
+            Ok(None) | Err(_) => return StreamEnd::Closed,
+        };
+        let frames = match decoder.push(&buffer[..read]) {
+            Ok(frames) => frames,
+            Err(FrameError::TooLarge { .. }) => return StreamEnd::Oversized,
+        };
+        for frame in frames {
+            if !deliver(frame).await {
+                return StreamEnd::Closed;
+            }
+        }
+    }
+}
+
+/// Hands an input to the node, waiting while its queue is full (back-pressure on this
+/// stream only). False once the node has stopped.
+pub async fn hand_over(driver: &Driver, mut input: Input) -> bool {
+    loop {
+        match driver.input(input) {
+            Ok(()) => return true,
+            Err(Refused::Full(back)) => {
+                input = back;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Err(Refused::Stopped) => return false,
+        }
+    }
+}
+
+/// Writes the frames queued for one connection, several per write, until the queue closes
+/// or the stream fails. Returns whether the queue is still open.
+pub async fn write_frames(
+    send: &mut SendStream,
+    queue: &async_channel::Receiver<Vec<u8>>,
+    max: usize,
+) -> bool {
+    loop {
+        let Ok(first) = queue.recv().await else {
+            return false;
+        };
+        let mut buffer = Vec::new();
+        let mut next = Some(first);
+        while let Some(frame) = next.take() {
+            // A frame above the maximum would only be refused: it is dropped here.
+            if let Ok(encoded) = framing::encode(&frame, max) {
+                buffer.extend_from_slice(&encoded);
+            }
+            if buffer.len() < 256 * 1024 {
+                next = queue.try_recv().ok();
+            }
+        }
+        if send.write_all(&buffer).await.is_err() {
+            return true;
+        }
+    }
+}
+
+/// What a link does with frames it receives.
+pub type Inbound =
+    Box<dyn Fn(Vec<u8>) -> std::pin::Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
+
+/// Keeps a connection to `addr` (the holder of `key`) open, reconnecting with backoff, and
+/// writes `queue` to it; frames it sends back go to `inbound`. Frames queued while the
+/// link is down wait (the queue is bounded); a frame in flight when a connection drops is
+/// lost, which consensus and clients retransmit. Ends when `queue` closes.
+pub async fn link(
+    endpoint: Endpoint,
+    addr: SocketAddr,
+    config: quinn::ClientConfig,
+    queue: async_channel::Receiver<Vec<u8>>,
+    max: usize,
+    inbound: Option<Inbound>,
+    connected: Option<pbft_host::metrics::Gauge>,
+) {
+    const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+    const MAX_BACKOFF: Duration = Duration::from_secs(2);
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        if queue.is_closed() && queue.is_empty() {
+            return;
+        }
+        let connection = match endpoint.connect_with(config.clone(), addr, "pbft") {
+            Ok(connecting) => connecting.await.ok(),
+            Err(_) => None,
+        };
+        let Some(connection) = connection else {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            continue;
+        };
+        backoff = FIRST_BACKOFF;
+        let Ok((mut send, mut recv)) = connection.open_bi().await else {
+            continue;
+        };
+        if let Some(gauge) = &connected {
+            gauge.inc();
+        }
+        let reader = async {
+            match &inbound {
+                Some(inbound) => {
+                    read_frames(&mut recv, max, |frame| inbound(frame)).await;
+                }
+                None => {
+                    connection.closed().await;
+                }
+            }
+        };
+        let open = tokio::select! {
+            open = write_frames(&mut send, &queue, max) => open,
+            () = reader => true,
+        };
+        if let Some(gauge) = &connected {
+            gauge.dec();
+        }
+        if !open {
+            connection.close(VarInt::from_u32(close::SHUTDOWN), b"shutting down");
+            return;
+        }
+    }
+}
+
+/// The role a finished handshake admits, or why it is refused.
+pub fn admit(
+    connection: &Connection,
+    validators: &pbft_core::ValidatorSet,
+) -> Result<(PublicKey, bool), &'static str> {
+    let key = peer_key(connection).ok_or("no_peer_key")?;
+    let alpn = connection
+        .handshake_data()
+        .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|data| data.protocol);
+    match alpn.as_deref() {
+        Some(ALPN_PEER) if validators.id_of(&key).is_some() => Ok((key, true)),
+        Some(ALPN_PEER) => Err("unknown_key"),
+        Some(ALPN_CLIENT) => Ok((key, false)),
+        _ => Err("unknown_protocol"),
+    }
+}
+
+/// Counts a refused connection or stream in the node's metrics.
+pub fn refuse(metrics: &NodeMetrics, connection: &Connection, code: u32, reason: &'static str) {
+    metrics.reject(reason);
+    connection.close(VarInt::from_u32(code), reason.as_bytes());
+}
