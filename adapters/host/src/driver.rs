@@ -270,17 +270,26 @@ fn run<A: Application>(
     let now = || start.elapsed().as_millis() as u64 + 1;
     let max_message = node.max_message_bytes();
     let mut last_metrics = Instant::now();
+    // Inputs handled since the metrics were last refreshed: refresh within METRICS_EVERY
+    // even if the node then goes idle, so a scrape never shows a stale burst.
+    let mut stale = false;
     loop {
-        let wait = node
+        let mut wait = node
             .poll_timeout()
             .map(|at| Duration::from_millis(at.saturating_sub(now())));
+        if stale {
+            wait = Some(wait.map_or(METRICS_EVERY, |wait| wait.min(METRICS_EVERY)));
+        }
         let first = match wait {
             Some(wait) => inputs.recv_timeout(wait),
             None => inputs.recv().map_err(|_| RecvTimeoutError::Disconnected),
         };
         let mut stop = false;
         match first {
-            Ok(input) => stop |= handle(&mut node, router, input, now(), max_message),
+            Ok(input) => {
+                stale = true;
+                stop |= handle(&mut node, router, input, now(), max_message);
+            }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => stop = true,
         }
@@ -312,6 +321,7 @@ fn run<A: Application>(
                 .metrics
                 .update(node.metrics(), node.stats(), position, &samples);
             last_metrics = Instant::now();
+            stale = false;
         }
         if stop {
             return Ok(());

@@ -1,0 +1,448 @@
+//! Real `pbft node` processes on loopback: killed with SIGKILL at random moments (the
+//! primary included) and restarted from their data dirs while a client writes, and fed bad
+//! input at their ports. Everything acknowledged must stay readable, the validators must
+//! end in the same state, and no log may hold two signatures for one statement.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pbft_core::{Keypair, Message, Phase};
+use pbft_host::config::{Network, load_network, read_key_file};
+use pbft_host::kv::{Op, OpResult};
+use pbft_host::node::logged_votes;
+use pbft_host::testnet::{self, Testnet};
+use pbft_quic::client::QuicClient;
+use pbft_quic::identity::ALPN_PEER;
+use pbft_quic::transport::{self, close};
+
+const VALIDATORS: usize = 4;
+
+/// A local cluster of `pbft node` processes.
+struct Cluster {
+    dir: tempfile::TempDir,
+    testnet: Testnet,
+    network: Network,
+    children: Vec<Option<Child>>,
+}
+
+impl Cluster {
+    fn start(name: &str) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let testnet =
+            testnet::create(dir.path(), VALIDATORS, name, |index| [index as u8 + 40; 32]).unwrap();
+        let network = load_network(&testnet.network).unwrap();
+        let mut cluster = Cluster {
+            dir,
+            testnet,
+            network,
+            children: (0..VALIDATORS).map(|_| None).collect(),
+        };
+        for index in 0..VALIDATORS {
+            cluster.spawn(index);
+        }
+        cluster
+    }
+
+    fn spawn(&mut self, index: usize) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("node{index}.log")))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_pbft"))
+            .args(["node", "--config"])
+            .arg(&self.testnet.nodes[index])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.children[index] = Some(child);
+    }
+
+    fn kill(&mut self, index: usize) {
+        if let Some(mut child) = self.children[index].take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM, and the exit status of a graceful stop.
+    fn stop(&mut self, index: usize) -> bool {
+        let Some(mut child) = self.children[index].take() else {
+            return true;
+        };
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        child.wait().unwrap().success()
+    }
+
+    fn data_dir(&self, index: usize) -> PathBuf {
+        self.dir.path().join(format!("node{index}-data"))
+    }
+
+    fn key(&self, index: usize) -> Keypair {
+        read_key_file(&self.dir.path().join(format!("node{index}.key"))).unwrap()
+    }
+
+    fn metric(&self, index: usize, name: &str) -> u64 {
+        scrape(self.testnet.metrics[index])
+            .lines()
+            .find(|line| line.starts_with(name))
+            .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn log(&self, index: usize) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("node{index}.log")))
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for index in 0..VALIDATORS {
+            self.kill(index);
+        }
+    }
+}
+
+fn scrape(addr: SocketAddr) -> String {
+    let Ok(mut stream) = TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let _ = stream.write_all(b"GET /metrics HTTP/1.1\r\n\r\n");
+    let mut text = String::new();
+    let _ = stream.read_to_string(&mut text);
+    text
+}
+
+fn put(key: &str, value: &str) -> Vec<u8> {
+    Op::Put {
+        key: key.as_bytes().to_vec(),
+        value: value.as_bytes().to_vec(),
+    }
+    .encode()
+}
+
+fn get(key: &str) -> Vec<u8> {
+    Op::Get {
+        key: key.as_bytes().to_vec(),
+    }
+    .encode()
+}
+
+/// A small deterministic generator for kill moments and victims.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self, bound: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % bound
+    }
+}
+
+type Statement = (usize, Phase, u64, u64);
+
+/// Adds the votes in a stopped node's log; panics on a second digest for a statement.
+fn audit(cluster: &Cluster, index: usize, signed: &mut BTreeMap<Statement, pbft_core::Digest>) {
+    for vote in logged_votes(&cluster.data_dir(index)).unwrap() {
+        let statement = (index, vote.phase, vote.view, vote.seq);
+        let previous = signed.entry(statement).or_insert(vote.digest);
+        assert_eq!(
+            *previous, vote.digest,
+            "validator {index} signed two digests for {statement:?}"
+        );
+    }
+}
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_validators_lose_no_acknowledged_write() {
+    let mut cluster = Cluster::start("kill-test");
+    let mut client = QuicClient::connect(&cluster.network, Keypair::from_seed(&[77; 32])).unwrap();
+    let mut rng = Lcg(2026);
+    let mut signed = BTreeMap::new();
+    let mut acknowledged = Vec::new();
+    let mut kills = 0;
+    let mut primary_kills = 0;
+    let mut view = 0;
+    let mut down: Option<(usize, Instant)> = None;
+    let mut next_kill = Instant::now() + Duration::from_millis(300);
+    let started = Instant::now();
+    let mut write = 0;
+    while kills < 24 {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "only {kills} kills in 120 s"
+        );
+        // Restart a killed node after a pause; kill another at a random moment. One at a
+        // time: four validators tolerate one fault.
+        if let Some((index, at)) = down
+            && Instant::now() >= at
+        {
+            audit(&cluster, index, &mut signed);
+            cluster.spawn(index);
+            down = None;
+            next_kill = Instant::now() + Duration::from_millis(200 + rng.next(600));
+        }
+        if down.is_none() && Instant::now() >= next_kill {
+            // Every third kill takes the primary of the view the last write committed in.
+            let victim = if kills % 3 == 0 {
+                primary_kills += 1;
+                (view % VALIDATORS as u64) as usize
+            } else {
+                rng.next(VALIDATORS as u64) as usize
+            };
+            cluster.kill(victim);
+            kills += 1;
+            down = Some((
+                victim,
+                Instant::now() + Duration::from_millis(100 + rng.next(500)),
+            ));
+        }
+        let (key, value) = (format!("k{write}"), format!("v{write}"));
+        let (outcome, _) = client
+            .execute(put(&key, &value), TIMEOUT)
+            .await
+            .unwrap_or_else(|err| panic!("write {write} after {kills} kills: {err}"));
+        assert_eq!(OpResult::decode(&outcome.result), Some(OpResult::Done));
+        view = outcome.view;
+        acknowledged.push((key, value));
+        write += 1;
+    }
+    if let Some((index, _)) = down {
+        audit(&cluster, index, &mut signed);
+        cluster.spawn(index);
+    }
+    // Every acknowledged write reads back through consensus.
+    for (key, value) in &acknowledged {
+        let (outcome, _) = client.execute(get(key), TIMEOUT).await.unwrap();
+        assert_eq!(
+            OpResult::decode(&outcome.result),
+            Some(OpResult::Value(Some(value.as_bytes().to_vec()))),
+            "{key}"
+        );
+    }
+    // All validators reach the same seq with the same state.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut statuses = Vec::new();
+        for index in 0..VALIDATORS {
+            statuses.push(client.status(index, Duration::from_secs(2)).await);
+        }
+        let statuses: Vec<_> = statuses.into_iter().flatten().collect();
+        if statuses.len() == VALIDATORS
+            && statuses
+                .windows(2)
+                .all(|w| w[0].executed == w[1].executed && w[0].state == w[1].state)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "validators did not converge: {statuses:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // A graceful stop exits cleanly; then no log holds two digests for one statement.
+    for index in 0..VALIDATORS {
+        assert!(
+            cluster.stop(index),
+            "node {index} did not stop cleanly:\n{}",
+            cluster.log(index)
+        );
+        audit(&cluster, index, &mut signed);
+    }
+    assert!(primary_kills >= 8);
+    eprintln!(
+        "{} writes acknowledged and read back across {kills} kills ({primary_kills} of the primary); {} statements audited",
+        acknowledged.len(),
+        signed.len()
+    );
+}
+
+/// Opens a raw QUIC connection to `addr` as the holder of `keypair`, expecting `server`.
+async fn raw_connection(
+    addr: SocketAddr,
+    keypair: &Keypair,
+    server: pbft_core::PublicKey,
+    alpn: &[u8],
+) -> Result<quinn::Connection, quinn::ConnectionError> {
+    let endpoint = transport::client_endpoint(addr).unwrap();
+    let config = transport::client_config(keypair, server, alpn).unwrap();
+    endpoint.connect_with(config, addr, "pbft").unwrap().await
+}
+
+fn closed_with(error: quinn::ConnectionError) -> Option<u64> {
+    match error {
+        quinn::ConnectionError::ApplicationClosed(close) => Some(close.error_code.into_inner()),
+        _ => None,
+    }
+}
+
+/// Inputs the core itself refused (not the transport), all reasons.
+fn core_rejections(cluster: &Cluster) -> u64 {
+    const TRANSPORT: [&str; 5] = [
+        "unknown_key",
+        "oversized_frame",
+        "truncated_frame",
+        "bad_client_frame",
+        "handshake_failed",
+    ];
+    scrape(cluster.testnet.metrics[0])
+        .lines()
+        .filter(|line| line.starts_with("pbft_messages_rejected_total{"))
+        .filter(|line| !TRANSPORT.iter().any(|t| line.contains(&format!("\"{t}\""))))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+fn rss_kib(child: &Child) -> u64 {
+    std::fs::read_to_string(format!("/proc/{}/status", child.id()))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_at_every_port_is_refused_and_counted() {
+    let mut cluster = Cluster::start("bad-input");
+    let mut client = QuicClient::connect(&cluster.network, Keypair::from_seed(&[78; 32])).unwrap();
+    let mut last = 0;
+    for index in 0..5 {
+        let (outcome, _) = client
+            .execute(put(&format!("before{index}"), "1"), TIMEOUT)
+            .await
+            .unwrap();
+        last = outcome.seq;
+    }
+    // Validator 3 has voted on them all: its log has votes to replay.
+    while client
+        .status(3, TIMEOUT)
+        .await
+        .is_none_or(|status| status.executed < last)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let target = cluster.network.addresses[0];
+    let target_key = cluster.key(0).public_key();
+
+    // An unknown key asking to be a validator: closed before a byte is read.
+    let stranger = Keypair::from_seed(&[200; 32]);
+    let connection = raw_connection(target, &stranger, target_key, ALPN_PEER)
+        .await
+        .unwrap();
+    assert_eq!(
+        closed_with(connection.closed().await),
+        Some(close::UNKNOWN_KEY as u64)
+    );
+
+    // Validator 3's key, held by this test (validator 3 is stopped): garbage frames,
+    // replayed votes, an oversized length prefix, a truncated frame.
+    assert!(cluster.stop(3));
+    let replayed: Vec<Vec<u8>> = logged_votes(&cluster.data_dir(3))
+        .unwrap()
+        .into_iter()
+        .map(|vote| Message::Vote(vote).encode())
+        .collect();
+    assert!(!replayed.is_empty());
+    let insider = cluster.key(3);
+    let rss_before = rss_kib(cluster.children[0].as_ref().unwrap());
+    let connection = raw_connection(target, &insider, target_key, ALPN_PEER)
+        .await
+        .unwrap();
+    let (mut send, _recv) = connection.open_bi().await.unwrap();
+    let mut stream = Vec::new();
+    for index in 0..5_000u32 {
+        let garbage: Vec<u8> = (0..200).map(|i| (index * 7 + i) as u8).collect();
+        stream.extend(pbft_host::framing::encode(&garbage, 1 << 20).unwrap());
+    }
+    for vote in &replayed {
+        for _ in 0..5 {
+            stream.extend(pbft_host::framing::encode(vote, 1 << 20).unwrap());
+        }
+    }
+    let received_before = cluster.metric(0, "pbft_messages_received_total");
+    let rejected_before = core_rejections(&cluster);
+    send.write_all(&stream).await.unwrap();
+    let frames = 5_000 + 5 * replayed.len() as u64;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cluster.metric(0, "pbft_messages_received_total") < received_before + frames {
+        assert!(Instant::now() < deadline, "frames did not reach the core");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Every frame reached the core and nearly all were refused (a few random ones decode
+    // as an unsigned status, which is harmless); the replays among them.
+    let refused = core_rejections(&cluster) - rejected_before;
+    assert!(refused >= frames * 9 / 10, "{refused} of {frames} refused");
+    // The oversized prefix ends the connection.
+    send.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+    assert_eq!(
+        closed_with(connection.closed().await),
+        Some(close::BAD_FRAME as u64)
+    );
+    // A frame cut short by the end of its stream.
+    let connection = raw_connection(target, &insider, target_key, ALPN_PEER)
+        .await
+        .unwrap();
+    let (mut send, _recv) = connection.open_bi().await.unwrap();
+    send.write_all(&100u32.to_be_bytes()).await.unwrap();
+    send.write_all(&[1; 10]).await.unwrap();
+    send.finish().unwrap();
+    // The same garbage on the client port, as a client.
+    let garbler = raw_connection(
+        target,
+        &stranger,
+        target_key,
+        pbft_quic::identity::ALPN_CLIENT,
+    )
+    .await
+    .unwrap();
+    let (mut send, _recv) = garbler.open_bi().await.unwrap();
+    let whole_frames = 490 * (4 + 200);
+    send.write_all(&stream[..whole_frames]).await.unwrap();
+    send.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+    assert_eq!(
+        closed_with(garbler.closed().await),
+        Some(close::BAD_FRAME as u64)
+    );
+
+    // The node keeps serving: a write commits with validator 3 still down.
+    client.execute(put("after", "2"), TIMEOUT).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rejected = |reason: &str| {
+        cluster.metric(
+            0,
+            &format!("pbft_messages_rejected_total{{reason=\"{reason}\"}}"),
+        )
+    };
+    assert!(rejected("unknown_key") >= 1);
+    assert!(rejected("oversized_frame") >= 2);
+    assert!(rejected("truncated_frame") >= 1);
+    assert!(rejected("bad_client_frame") >= 1);
+    let rss_after = rss_kib(cluster.children[0].as_ref().unwrap());
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "memory grew from {rss_before} KiB to {rss_after} KiB"
+    );
+    eprintln!(
+        "node 0 refused {refused} of {frames} frames from a validator key, and: unknown_key {}, oversized {}, truncated {}, bad client frames {}; RSS {rss_before} -> {rss_after} KiB",
+        rejected("unknown_key"),
+        rejected("oversized_frame"),
+        rejected("truncated_frame"),
+        rejected("bad_client_frame"),
+    );
+}
