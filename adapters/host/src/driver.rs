@@ -44,6 +44,9 @@ pub enum Input {
     Shutdown,
 }
 
+/// The frames for one validator, for the transport's link to it.
+pub type PeerQueue = (ReplicaId, async_channel::Receiver<Vec<u8>>);
+
 /// Where the node's messages go: one bounded queue per validator and per connected client.
 #[derive(Debug)]
 pub struct Router {
@@ -82,10 +85,7 @@ impl Router {
         validators: &ValidatorSet,
         me: ReplicaId,
         metrics: Arc<NodeMetrics>,
-    ) -> (
-        Arc<Router>,
-        Vec<(ReplicaId, async_channel::Receiver<Vec<u8>>)>,
-    ) {
+    ) -> (Arc<Router>, Vec<PeerQueue>) {
         let mut senders = Vec::new();
         let mut receivers = Vec::new();
         for index in 0..validators.len() {
@@ -355,7 +355,10 @@ fn handle<A: Application>(
             },
             Ok(ClientFrame::Status) => router.to_client(&from, &ServerFrame::Status(node.status())),
             Ok(ClientFrame::Proof { seq, request }) => {
-                router.to_client(&from, &ServerFrame::Proof(node.proof(seq, &request)));
+                router.to_client(
+                    &from,
+                    &ServerFrame::Proof(node.proof(seq, &request).map(Box::new)),
+                );
             }
             Err(_) => router.metrics.reject("bad_client_frame"),
         },

@@ -34,7 +34,7 @@ pub enum ServerFrame {
     /// The answer to [`ClientFrame::Status`].
     Status(NodeStatus),
     /// The answer to [`ClientFrame::Proof`]: `None` if the node no longer holds that batch.
-    Proof(Option<ProofBundle>),
+    Proof(Option<Box<ProofBundle>>),
 }
 
 /// Where a node is.

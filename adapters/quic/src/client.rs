@@ -234,7 +234,7 @@ impl QuicClient {
             tokio::select! {
                 frame = self.session.recv() => match frame? {
                     (_, ServerFrame::Proof(Some(bundle))) if bundle.verify(&chain, validators).is_ok() => {
-                        return Some(bundle);
+                        return Some(*bundle);
                     }
                     _ => {}
                 },

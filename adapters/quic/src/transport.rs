@@ -247,7 +247,7 @@ pub async fn link(
         let reader = async {
             match &inbound {
                 Some(inbound) => {
-                    read_frames(&mut recv, max, |frame| inbound(frame)).await;
+                    read_frames(&mut recv, max, inbound).await;
                 }
                 None => {
                     connection.closed().await;
