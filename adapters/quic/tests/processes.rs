@@ -321,6 +321,30 @@ fn rss_kib(child: &Child) -> u64 {
 async fn bad_input_at_every_port_is_refused_and_counted() {
     let mut cluster = Cluster::start("bad-input");
     let mut client = QuicClient::connect(&cluster.network, Keypair::from_seed(&[78; 32])).unwrap();
+    // A committed write's QC and inclusion proof verify offline (`pbft verify-qc`), and a
+    // tampered one does not.
+    let (outcome, digest) = client.execute(put("proved", "yes"), TIMEOUT).await.unwrap();
+    let bundle = client
+        .proof(outcome.seq, digest, &cluster.network.validators, TIMEOUT)
+        .await
+        .expect("a validator returns a valid proof");
+    let proof_file = cluster.dir.path().join("proved.qc");
+    std::fs::write(&proof_file, bundle.encode()).unwrap();
+    let verify = |file: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_pbft"))
+            .arg("verify-qc")
+            .arg("--config")
+            .arg(&cluster.testnet.network)
+            .arg(file)
+            .output()
+            .unwrap()
+    };
+    let verified = verify(&proof_file);
+    assert!(verified.status.success(), "{verified:?}");
+    let mut forged = bundle.clone();
+    forged.request.op = put("proved", "no");
+    std::fs::write(&proof_file, forged.encode()).unwrap();
+    assert!(!verify(&proof_file).status.success());
     let mut last = 0;
     for index in 0..5 {
         let (outcome, _) = client
