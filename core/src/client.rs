@@ -1,7 +1,7 @@
 //! The client role: signs requests, and accepts a result once f + 1 validators signed the
 //! same one, so at least one honest validator vouches for it.
 
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::vec::Vec;
 use core::fmt;
 
@@ -186,6 +186,17 @@ impl Client {
 
     /// Counts a reply; returns the outcome once f + 1 validators agree on it.
     pub fn handle_reply(&mut self, bytes: &[u8]) -> Result<Option<Outcome>, ClientError> {
+        self.handle_reply_cached(bytes, &mut ReplyCache::new(0))
+    }
+
+    /// [`Client::handle_reply`] with a cache of reply signatures already checked, shared by
+    /// the clients behind one gateway: a validator signs one root per batch, so the replies
+    /// of a batch's requests cost one signature check per validator, not one each.
+    pub fn handle_reply_cached(
+        &mut self,
+        bytes: &[u8],
+        cache: &mut ReplyCache,
+    ) -> Result<Option<Outcome>, ClientError> {
         let reply =
             match Message::decode(bytes, self.max_message_bytes).map_err(ClientError::Decode)? {
                 Message::Reply(reply) => reply,
@@ -200,7 +211,7 @@ impl Client {
         {
             return Err(ClientError::NotOutstanding);
         }
-        verify_reply(&self.chain, &self.validators, &reply)?;
+        verify_reply_cached(&self.chain, &self.validators, &reply, cache)?;
         let result_digest = digest_of(b"pbft/v1/result", &reply.result);
         let vote = (reply.seq, result_digest);
         outstanding.replies.entry(reply.replica).or_insert(vote);
@@ -226,12 +237,62 @@ pub fn verify_reply(
     validators: &ValidatorSet,
     reply: &Reply,
 ) -> Result<(), ClientError> {
+    verify_reply_cached(chain, validators, reply, &mut ReplyCache::new(0))
+}
+
+/// Statements (validator, signed reply root) whose signature was checked, most recent
+/// first out of the way: once a validator is known to have signed a root, any reply whose
+/// Merkle path leads to that root is its reply, whichever valid signature it carries.
+#[derive(Debug, Default)]
+pub struct ReplyCache {
+    capacity: usize,
+    known: BTreeSet<(ReplicaId, Digest)>,
+    order: VecDeque<(ReplicaId, Digest)>,
+}
+
+impl ReplyCache {
+    /// A cache of at most `capacity` statements (0 caches nothing).
+    pub fn new(capacity: usize) -> Self {
+        ReplyCache {
+            capacity,
+            known: BTreeSet::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    fn insert(&mut self, statement: (ReplicaId, Digest)) {
+        if self.capacity == 0 || !self.known.insert(statement) {
+            return;
+        }
+        self.order.push_back(statement);
+        if self.order.len() > self.capacity
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.known.remove(&oldest);
+        }
+    }
+}
+
+/// [`verify_reply`], skipping the signature check of a statement in `cache` and adding the
+/// ones it checks.
+pub fn verify_reply_cached(
+    chain: &ChainId,
+    validators: &ValidatorSet,
+    reply: &Reply,
+    cache: &mut ReplyCache,
+) -> Result<(), ClientError> {
     let key = validators
         .key(reply.replica)
         .ok_or(ClientError::UnknownReplica(reply.replica))?;
     let root = merkle::root_from_proof(&reply.leaf(chain), &reply.proof)
         .ok_or(ClientError::BadSignature)?;
     let signed = reply_root_digest(chain, validators.epoch(), reply.view, reply.seq, &root);
+    let statement = (reply.replica, signed);
+    if cache.known.contains(&statement) {
+        return Ok(());
+    }
     key.verify(&signed, &reply.signature)
-        .map_err(|_| ClientError::BadSignature)
+        .map_err(|_| ClientError::BadSignature)?;
+    cache.insert(statement);
+    Ok(())
 }

@@ -33,7 +33,8 @@ pub use certificate::{
     CertificateError, Evidence, QuorumCertificate, verify_evidence, verify_inclusion, verify_qc,
 };
 pub use client::{
-    Client, ClientError, DEFAULT_MAX_REPLY_BYTES, DEFAULT_RETRANSMIT_MS, Outcome, verify_reply,
+    Client, ClientError, DEFAULT_MAX_REPLY_BYTES, DEFAULT_RETRANSMIT_MS, Outcome, ReplyCache,
+    verify_reply, verify_reply_cached,
 };
 pub use config::{ChainId, Config, ConfigError, ReplicaId, ValidatorSet};
 pub use crypto::{

@@ -34,6 +34,7 @@ pub struct Request {
     /// Strictly increasing per client.
     pub client_seq: u64,
     /// The operation for the application, opaque to consensus.
+    #[serde(with = "serde_bytes")]
     pub op: Vec<u8>,
     /// The client's signature over [`Request::digest`].
     pub signature: Signature,
@@ -215,6 +216,7 @@ pub struct Reply {
     /// The request this answers.
     pub client_seq: u64,
     /// The application's result.
+    #[serde(with = "serde_bytes")]
     pub result: Vec<u8>,
     /// Path from this reply's digest to the signed root.
     pub proof: InclusionProof,

@@ -69,6 +69,7 @@ pub struct StateChunk {
     /// The chunk's position.
     pub index: u32,
     /// The bytes.
+    #[serde(with = "serde_bytes")]
     pub bytes: Vec<u8>,
     /// Path to `Manifest::app_root`.
     pub proof: InclusionProof,

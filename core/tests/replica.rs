@@ -408,10 +408,16 @@ fn requests_are_checked_before_they_cost_anything() {
     let from = client().public_key();
     let mut forged = request(1);
     forged.signature.0[3] ^= 1;
-    assert_eq!(
-        primary.handle_message(NOW, &from, &Message::Request(forged).encode()),
-        Err(Error::Crypto(pbft_core::CryptoError::BadSignature))
-    );
+    // The primary checks client signatures in a batch when it proposes: a forged request is
+    // dropped there, counted, and never proposed; the genuine one can follow.
+    primary
+        .handle_message(NOW, &from, &Message::Request(forged).encode())
+        .unwrap();
+    let proposed = drain(&mut primary)
+        .iter()
+        .any(|output| matches!(output, Output::Send { .. } | Output::Persist(_)));
+    assert!(!proposed, "a forged request was proposed");
+    assert_eq!(primary.metrics().rejected.get("bad_signature"), Some(&1));
     let big = Request::new(&chain(), &client(), 1, vec![0; 65]);
     assert_eq!(
         primary.submit(NOW, big),

@@ -626,15 +626,18 @@ impl Replica {
         if !leads && self.watched.len() >= self.config.max_pending_requests {
             return Err(Error::Overloaded);
         }
-        let key = request.client.verifying_key()?;
-        self.metrics.signatures_verified += 1;
-        key.verify(&digest, &request.signature)?;
-        if self.is_primary() && self.mode == Mode::Normal {
+        if leads {
+            // The signature is checked when the request is proposed, in one batch with the
+            // rest of its batch (a third of the cost of checking each alone).
+            request.client.check()?;
             self.in_flight.insert(digest);
             self.pending.push_back(request);
             self.propose(now, false);
             return Ok(());
         }
+        let key = request.client.verifying_key()?;
+        self.metrics.signatures_verified += 1;
+        key.verify(&digest, &request.signature)?;
         // A backup (or a primary still waiting for its new view) holds the request against
         // a deadline: if it does not commit in time, the primary is replaced. This catches a
         // primary that censors some clients, and one that proposed the request but cannot
@@ -682,8 +685,11 @@ impl Replica {
                     requests.push(request);
                 }
             }
+            let (requests, leaves) = self.verified(requests);
+            if requests.is_empty() {
+                continue;
+            }
             let batch = Batch { requests };
-            let leaves = batch.leaves(&self.config.chain_id);
             let digest = merkle::root(&leaves);
             let seq = self.next_seq;
             self.next_seq += 1;
@@ -712,6 +718,50 @@ impl Replica {
                     .unwrap_or(now.saturating_add(self.config.batch_delay_ms)),
             ),
         };
+    }
+
+    /// The requests about to be proposed whose client signatures hold, with their digests
+    /// (the batch's Merkle leaves). One batch check; only if it fails, each alone to find
+    /// the forged ones, which are dropped and counted.
+    fn verified(&mut self, requests: Vec<Request>) -> (Vec<Request>, Vec<Digest>) {
+        let chain = self.config.chain_id;
+        let leaves: Vec<Digest> = requests.iter().map(|r| r.digest(&chain)).collect();
+        let count = requests.len() as u64;
+        self.metrics.signatures_verified += count;
+        if count > 1 {
+            self.metrics.signatures_batch_verified += count;
+        }
+        let mut batch = BatchVerifier::new();
+        let queued = requests
+            .iter()
+            .zip(&leaves)
+            .all(|(r, leaf)| batch.queue_key(&r.client, leaf, &r.signature).is_ok());
+        if queued && batch.verify().is_ok() {
+            return (requests, leaves);
+        }
+        let mut good = (Vec::new(), Vec::new());
+        for (request, leaf) in requests.into_iter().zip(leaves) {
+            let holds = request
+                .client
+                .verifying_key()
+                .and_then(|key| key.verify(&leaf, &request.signature));
+            self.metrics.signatures_verified += 1;
+            match holds {
+                Ok(()) => {
+                    good.0.push(request);
+                    good.1.push(leaf);
+                }
+                Err(err) => {
+                    self.in_flight.remove(&leaf);
+                    *self
+                        .metrics
+                        .rejected
+                        .entry(Error::Crypto(err).label())
+                        .or_default() += 1;
+                }
+            }
+        }
+        good
     }
 
     fn on_pre_prepare(&mut self, pre_prepare: PrePrepare) -> Result<(), Error> {
