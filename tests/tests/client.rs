@@ -1,8 +1,8 @@
 //! What a client (and a light client) can prove from a real cluster's output.
 
 use pbft_core::{
-    CertificateError, Client, ClientError, Config, Error, Keypair, Message, ReplicaId, Request,
-    verify_inclusion, verify_qc,
+    CertificateError, Client, ClientError, Config, Error, Keypair, Message, ReplicaId, ReplyCache,
+    Request, verify_inclusion, verify_qc,
 };
 use pbft_sim::chain;
 use pbft_sim::cluster::Cluster;
@@ -90,6 +90,41 @@ fn a_client_refuses_forged_and_misdirected_replies() {
         client.handle_reply(&[1, 0]),
         Err(ClientError::Decode(_))
     ));
+}
+
+#[test]
+fn a_shared_reply_cache_skips_only_statements_already_checked() {
+    let mut cluster = cluster();
+    let mut client = new_client(&cluster, 7);
+    let (_, replies) = round_trip(&mut cluster, &mut client, b"x");
+    let mut cache = ReplyCache::new(16);
+    assert_eq!(
+        client.handle_reply_cached(&replies[0], &mut cache),
+        Ok(None)
+    );
+    // Validator 0's signed root is now known. A reply whose result is altered leads to
+    // another root: the cache does not vouch for it, and its signature fails.
+    let Ok(Message::Reply(reply)) = Message::decode(&replies[0], 1 << 20) else {
+        panic!("not a reply");
+    };
+    let mut forged = reply.clone();
+    forged.result = b"y".to_vec();
+    assert_eq!(
+        client.handle_reply_cached(&Message::Reply(forged).encode(), &mut cache),
+        Err(ClientError::BadSignature)
+    );
+    // The same statement claimed by another validator is checked against that validator.
+    let mut borrowed = reply.clone();
+    borrowed.replica = ReplicaId(1);
+    assert_eq!(
+        client.handle_reply_cached(&Message::Reply(borrowed).encode(), &mut cache),
+        Err(ClientError::BadSignature)
+    );
+    let outcome = client
+        .handle_reply_cached(&replies[1], &mut cache)
+        .unwrap()
+        .expect("f + 1 matching replies");
+    assert_eq!(outcome.result, b"x");
 }
 
 #[test]

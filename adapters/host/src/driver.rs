@@ -16,7 +16,7 @@ use pbft_core::{Destination, Message, PublicKey, ReplicaId, ValidatorSet};
 
 use crate::metrics::NodeMetrics;
 use crate::node::{Application, Node, NodeError, Transmit};
-use crate::wire::{ClientFrame, ServerFrame};
+use crate::wire::{ClientFrame, ServerFrame, relay_digest};
 
 /// Frames waiting for one peer's connection, at most.
 pub const PEER_QUEUE: usize = 4096;
@@ -353,6 +353,16 @@ fn handle<A: Application>(
                 Ok(_) => router.metrics.reject("client_sent_consensus_message"),
                 Err(_) => router.metrics.reject("decode"),
             },
+            Ok(ClientFrame::Relay { client, signature }) => {
+                let digest = relay_digest(&node.chain(), &from);
+                match client
+                    .verifying_key()
+                    .and_then(|key| key.verify(&digest, &signature))
+                {
+                    Ok(()) => router.relay(client, from),
+                    Err(_) => router.metrics.reject("bad_relay_signature"),
+                }
+            }
             Ok(ClientFrame::Status) => router.to_client(&from, &ServerFrame::Status(node.status())),
             Ok(ClientFrame::Proof { seq, request }) => {
                 router.to_client(

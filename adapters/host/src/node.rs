@@ -191,6 +191,7 @@ pub struct Node<A> {
     arrivals: BTreeMap<(PublicKey, u64), u64>,
     samples: Samples,
     max_message_bytes: usize,
+    chain: pbft_core::ChainId,
 }
 
 impl<A: Application> Node<A> {
@@ -214,6 +215,7 @@ impl<A: Application> Node<A> {
             records.push(record);
         }
         let max_message_bytes = config.max_message_bytes;
+        let chain = config.chain_id;
         let replica =
             Replica::restore(config, validators, keypair, records).map_err(NodeError::Config)?;
         Ok(Node {
@@ -227,6 +229,7 @@ impl<A: Application> Node<A> {
             arrivals: BTreeMap::new(),
             samples: Samples::default(),
             max_message_bytes,
+            chain,
         })
     }
 
@@ -369,6 +372,11 @@ impl<A: Application> Node<A> {
     /// Takes the timings measured since the last call.
     pub fn take_samples(&mut self) -> Samples {
         std::mem::take(&mut self.samples)
+    }
+
+    /// The network the node is in.
+    pub fn chain(&self) -> pbft_core::ChainId {
+        self.chain
     }
 
     /// The largest consensus message the node accepts.

@@ -5,8 +5,8 @@
 //! transport's length-delimited framing.
 
 use pbft_core::{
-    ChainId, Digest, InclusionProof, QuorumCertificate, Request, ValidatorSet, verify_inclusion,
-    verify_qc,
+    ChainId, Digest, Hasher, InclusionProof, Keypair, PublicKey, QuorumCertificate, Request,
+    Signature, ValidatorSet, verify_inclusion, verify_qc,
 };
 use serde::{Deserialize, Serialize};
 
@@ -17,6 +17,15 @@ pub enum ClientFrame {
     Message(Vec<u8>),
     /// Where the node is and a digest of its application state.
     Status,
+    /// `client` names the sender of this connection as its relay: replies to `client`'s
+    /// requests come back this way, also from validators the requests never reached
+    /// directly. Signed by `client`, so no one else can divert its replies.
+    Relay {
+        /// The relayed client.
+        client: PublicKey,
+        /// Its signature over [`relay_digest`].
+        signature: Signature,
+    },
     /// The QC and inclusion proof of a committed request, while the node still holds it.
     Proof {
         /// The seq the request committed at (from the replies).
@@ -35,6 +44,24 @@ pub enum ServerFrame {
     Status(NodeStatus),
     /// The answer to [`ClientFrame::Proof`]: `None` if the node no longer holds that batch.
     Proof(Option<Box<ProofBundle>>),
+}
+
+/// What a client signs to name `relay` as the connection its replies go through.
+pub fn relay_digest(chain: &ChainId, relay: &PublicKey) -> Digest {
+    Hasher::new(b"pbft/v1/relay")
+        .digest(&chain.0)
+        .bytes(&relay.0)
+        .finish()
+}
+
+impl ClientFrame {
+    /// `client` names `relay` as its relay.
+    pub fn relay(chain: &ChainId, client: &Keypair, relay: &PublicKey) -> ClientFrame {
+        ClientFrame::Relay {
+            client: client.public_key(),
+            signature: client.sign(&relay_digest(chain, relay)),
+        }
+    }
 }
 
 /// Where a node is.

@@ -134,6 +134,8 @@ pub fn signature_cost() -> (f64, f64) {
 
 struct Loop {
     client: Client,
+    /// Names the bench's session as this client's relay (see `ClientFrame::Relay`).
+    relay: ClientFrame,
     signed: VecDeque<Request>,
     sent_at: Option<Instant>,
 }
@@ -145,16 +147,23 @@ fn put(client: usize, number: usize, op_bytes: usize) -> Vec<u8> {
 }
 
 /// Signs `per_client` requests for each of `concurrency` new clients, on every core.
-fn presign(network: &Network, options: &BenchOptions, per_client: usize) -> Vec<Loop> {
+fn presign(
+    network: &Network,
+    options: &BenchOptions,
+    per_client: usize,
+    relay: &PublicKey,
+) -> Vec<Loop> {
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let base = random_seed().unwrap_or([1; 32]);
     let first = first_client_seq();
     let make = |index: usize| {
         let mut seed = base;
         seed[..8].copy_from_slice(&(index as u64).to_le_bytes());
+        let keypair = Keypair::from_seed(&seed);
+        let relay = ClientFrame::relay(&network.core.chain_id, &keypair, relay);
         let mut client = Client::new(
             network.core.chain_id,
-            Keypair::from_seed(&seed),
+            keypair,
             network.validators.clone(),
             first,
         );
@@ -163,6 +172,7 @@ fn presign(network: &Network, options: &BenchOptions, per_client: usize) -> Vec<
             .collect();
         Loop {
             client,
+            relay,
             signed,
             sent_at: None,
         }
@@ -191,17 +201,21 @@ pub async fn run(network: &Network, options: &BenchOptions) -> Result<BenchRepor
         .unwrap_or(25_000 * options.duration.as_secs().max(1));
     let per_client = (planned as usize).div_ceil(options.concurrency.max(1));
     let signing = Instant::now();
-    let mut loops = presign(network, options, per_client);
+    let relay = Keypair::from_seed(&random_seed().unwrap_or([2; 32]));
+    let mut loops = presign(network, options, per_client, &relay.public_key());
     let presigned = ((per_client * loops.len()) as u64, signing.elapsed());
     let by_key: HashMap<PublicKey, usize> = loops
         .iter()
         .enumerate()
         .map(|(index, l)| (l.client.public_key(), index))
         .collect();
-    let mut session = Session::connect(
-        network,
-        &Keypair::from_seed(&random_seed().unwrap_or([2; 32])),
-    )?;
+    let mut session = Session::connect(network, &relay)?;
+    wait_until_ready(&mut session, network.addresses.len()).await;
+    // Every validator learns that this session relays each client's replies, then answers
+    // a status query after them (frames on a link arrive in order).
+    for l in &loops {
+        session.broadcast(&l.relay);
+    }
     wait_until_ready(&mut session, network.addresses.len()).await;
 
     let max_reply = network.core.max_message_bytes;

@@ -111,7 +111,7 @@ impl Load {
             op_bytes: self.op_bytes,
             duration: Duration::from_secs(self.duration),
             ops: self.ops,
-            progress: true,
+            progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
         }
     }
 }

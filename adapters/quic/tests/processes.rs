@@ -436,6 +436,16 @@ async fn bad_input_at_every_port_is_refused_and_counted() {
     .await
     .unwrap();
     let (mut send, _recv) = garbler.open_bi().await.unwrap();
+    // A relay claim for a client whose key did not sign it diverts nothing.
+    let victim = Keypair::from_seed(&[79; 32]);
+    let claim = pbft_host::wire::ClientFrame::relay(
+        &cluster.network.core.chain_id,
+        &victim,
+        &cluster.key(1).public_key(), // signed for another relay than this connection
+    );
+    send.write_all(&pbft_host::framing::encode(&claim.encode(), 1 << 20).unwrap())
+        .await
+        .unwrap();
     let whole_frames = 490 * (4 + 200);
     send.write_all(&stream[..whole_frames]).await.unwrap();
     send.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
@@ -457,6 +467,7 @@ async fn bad_input_at_every_port_is_refused_and_counted() {
     assert!(rejected("oversized_frame") >= 2);
     assert!(rejected("truncated_frame") >= 1);
     assert!(rejected("bad_client_frame") >= 1);
+    assert_eq!(rejected("bad_relay_signature"), 1);
     let rss_after = rss_kib(cluster.children[0].as_ref().unwrap());
     assert!(
         rss_after < rss_before + 64 * 1024,
