@@ -51,16 +51,16 @@ enum Command {
     /// Put, get or delete a key through consensus.
     Client {
         /// A config naming the network (a node's or `network.toml`).
-        #[arg(long)]
-        config: PathBuf,
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
         /// The client's key file (a fresh key if absent).
-        #[arg(long)]
-        key: Option<PathBuf>,
+        #[arg(long, global = true)]
+        key_file: Option<PathBuf>,
         /// Save the QC and inclusion proof of the request here.
-        #[arg(long)]
+        #[arg(long, global = true)]
         proof: Option<PathBuf>,
         /// Seconds to wait for f + 1 matching replies.
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 10, global = true)]
         timeout: u64,
         #[command(subcommand)]
         op: ClientOp,
@@ -141,6 +141,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -186,11 +187,14 @@ async fn run(command: Command) -> Result<(), Failure> {
         }
         Command::Client {
             config,
-            key,
+            key_file,
             proof,
             timeout,
             op,
-        } => client(&config, key.as_deref(), proof.as_deref(), timeout, op).await?,
+        } => {
+            let config = config.ok_or("--config is required (a node's config or network.toml)")?;
+            client(&config, key_file.as_deref(), proof.as_deref(), timeout, op).await?;
+        }
         Command::VerifyQc { config, proof } => {
             let network = load_network(&config)?;
             let bytes = std::fs::read(&proof).map_err(|e| format!("{}: {e}", proof.display()))?;

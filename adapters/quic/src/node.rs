@@ -48,11 +48,6 @@ const CLIENT_FRAME_OVERHEAD: usize = 64;
 /// accepting, makes its log durable, and closes every connection with a reason) or the
 /// node fails.
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
-    let metrics = Arc::new(NodeMetrics::new());
-    if let Some(addr) = config.metrics {
-        let bound = metrics::serve(addr, metrics.clone()).map_err(RunError::Metrics)?;
-        tracing::info!(%bound, "metrics");
-    }
     let me = config
         .validators
         .id_of(&config.keypair.public_key())
@@ -66,6 +61,12 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         KvStore::new(),
     )
     .map_err(RunError::Node)?;
+    // After the data dir's lock: a second node on the same dir says so, not "port in use".
+    let metrics = Arc::new(NodeMetrics::new());
+    if let Some(addr) = config.metrics {
+        let bound = metrics::serve(addr, metrics.clone()).map_err(RunError::Metrics)?;
+        tracing::info!(%bound, "metrics");
+    }
     tracing::info!(
         id = me.0,
         view = node.replica().view(),
