@@ -376,3 +376,137 @@ fn handle<A: Application>(
     }
     false
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::{KvStore, Op, OpResult};
+    use crate::wire::ClientFrame;
+    use pbft_core::{ChainId, Client, Config, Keypair};
+
+    fn chain() -> ChainId {
+        ChainId::from_name("driver-tests")
+    }
+
+    /// A one-validator network (it commits alone) driven on its thread.
+    fn single(dir: &std::path::Path) -> (Driver, JoinHandle<Result<(), NodeError>>, Arc<Router>) {
+        let key = Keypair::from_seed(&[5; 32]);
+        let set = ValidatorSet::new(0, &[key.public_key()]).unwrap();
+        let node = Node::open(dir, Config::new(chain()), set.clone(), key, KvStore::new()).unwrap();
+        let (router, queues) = Router::new(&set, ReplicaId(0), Arc::new(NodeMetrics::new()));
+        assert!(queues.is_empty(), "no peers to send to");
+        let (driver, thread) = spawn(node, router.clone()).unwrap();
+        (driver, thread, router)
+    }
+
+    fn next(queue: &ClientQueue) -> ServerFrame {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(bytes) = queue.frames.try_recv() {
+                return ServerFrame::decode(&bytes).unwrap();
+            }
+            assert!(Instant::now() < deadline, "no frame in 10 s");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    #[test]
+    fn requests_commit_and_replies_reach_the_client_or_its_relay() {
+        let dir = tempfile::tempdir().unwrap();
+        let (driver, thread, router) = single(dir.path());
+        let set = ValidatorSet::new(0, &[Keypair::from_seed(&[5; 32]).public_key()]).unwrap();
+        let mut client = Client::new(chain(), Keypair::from_seed(&[6; 32]), set.clone(), 1);
+        let direct = router.attach_client(client.public_key());
+        let put = Op::Put {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+        };
+        let request = client.request(1, put.encode());
+        let frame = ClientFrame::Message(Message::Request(request).encode());
+        driver
+            .input(Input::Client {
+                from: client.public_key(),
+                bytes: frame.encode(),
+            })
+            .unwrap();
+        let ServerFrame::Message(reply) = next(&direct) else {
+            panic!("expected a reply");
+        };
+        let outcome = client
+            .handle_reply(&reply)
+            .unwrap()
+            .expect("f + 1 = 1 reply");
+        assert_eq!(OpResult::decode(&outcome.result), Some(OpResult::Done));
+
+        // A client that names a relay gets its replies there; a forged claim is refused.
+        let gateway = Keypair::from_seed(&[7; 32]);
+        let relayed = router.attach_client(gateway.public_key());
+        let mut behind = Client::new(chain(), Keypair::from_seed(&[8; 32]), set, 1);
+        let forged = ClientFrame::relay(&chain(), &gateway, &gateway.public_key());
+        let ClientFrame::Relay { signature, .. } = forged else {
+            unreachable!()
+        };
+        let claim = ClientFrame::Relay {
+            client: behind.public_key(),
+            signature,
+        };
+        let genuine = ClientFrame::relay(
+            &chain(),
+            &Keypair::from_seed(&[8; 32]),
+            &gateway.public_key(),
+        );
+        let get = behind.request(1, Op::Get { key: b"k".to_vec() }.encode());
+        for frame in [
+            claim,
+            genuine,
+            ClientFrame::Message(Message::Request(get).encode()),
+            ClientFrame::Status,
+        ] {
+            driver
+                .input(Input::Client {
+                    from: gateway.public_key(),
+                    bytes: frame.encode(),
+                })
+                .unwrap();
+        }
+        // The status is answered at once; the reply once the read commits.
+        let (mut reply, mut status) = (None, None);
+        for _ in 0..2 {
+            match next(&relayed) {
+                ServerFrame::Message(bytes) => reply = Some(bytes),
+                ServerFrame::Status(answer) => status = Some(answer),
+                ServerFrame::Proof(_) => panic!("no proof was asked for"),
+            }
+        }
+        let outcome = behind
+            .handle_reply(&reply.expect("the relayed reply"))
+            .unwrap()
+            .expect("one reply");
+        assert_eq!(
+            OpResult::decode(&outcome.result),
+            Some(OpResult::Value(Some(b"v".to_vec())))
+        );
+        assert!(status.expect("the status").executed >= 1);
+        driver.shutdown();
+        thread.join().unwrap().unwrap();
+        assert_eq!(router.metrics().rejected("bad_relay_signature"), 1);
+    }
+
+    #[test]
+    fn a_full_peer_queue_drops_and_counts() {
+        let keys: Vec<_> = (0..4u8).map(|i| Keypair::from_seed(&[i + 1; 32])).collect();
+        let public: Vec<_> = keys.iter().map(Keypair::public_key).collect();
+        let set = ValidatorSet::new(0, &public).unwrap();
+        let (router, queues) = Router::new(&set, ReplicaId(0), Arc::new(NodeMetrics::new()));
+        assert_eq!(queues.len(), 3);
+        for _ in 0..PEER_QUEUE + 10 {
+            router.route(Transmit {
+                to: Destination::Validator(ReplicaId(1)),
+                bytes: vec![1],
+            });
+        }
+        assert_eq!(queues[0].1.len(), PEER_QUEUE);
+        assert_eq!(queues[1].1.len(), 0, "other peers are not affected");
+        assert_eq!(router.metrics().rejected("peer_queue_full"), 10);
+    }
+}

@@ -113,6 +113,13 @@ fn bad_certificate() -> rustls::Error {
     rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)
 }
 
+/// QUIC is TLS 1.3 only: a TLS 1.2 signature is never asked for.
+fn tls12_refused() -> Result<HandshakeSignatureValid, rustls::Error> {
+    Err(rustls::Error::PeerIncompatible(
+        rustls::PeerIncompatible::Tls13RequiredForQuic,
+    ))
+}
+
 /// Checks a TLS 1.3 handshake signature against the certificate's own ed25519 key.
 fn verify_signature(
     algorithms: &WebPkiSupportedAlgorithms,
@@ -127,6 +134,34 @@ fn verify_signature(
     }
     let key = certificate_key(cert).ok_or_else(bad_certificate)?;
     verify_tls13_signature_with_raw_key(message, &spki(&key), dss, algorithms)
+}
+
+/// The handshake-signature methods both verifiers share (the server and client verifier
+/// traits declare the same three).
+macro_rules! handshake_signatures {
+    () => {
+        fn verify_tls12_signature(
+            &self,
+            _message: &[u8],
+            _cert: &CertificateDer<'_>,
+            _dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            tls12_refused()
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            verify_signature(&self.algorithms, message, cert, dss)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            vec![SignatureScheme::ED25519]
+        }
+    };
 }
 
 /// The server's check, at a validator or client dialling one: only `expected` will do.
@@ -164,30 +199,7 @@ impl ServerCertVerifier for PinnedServer {
         }
     }
 
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        // QUIC is TLS 1.3 only.
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls13RequiredForQuic,
-        ))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_signature(&self.algorithms, message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        vec![SignatureScheme::ED25519]
-    }
+    handshake_signatures!();
 }
 
 /// The client's check, at a node accepting connections: any ed25519 key whose holder signs
@@ -222,29 +234,7 @@ impl ClientCertVerifier for AnyKeyClient {
             .ok_or_else(bad_certificate)
     }
 
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls13RequiredForQuic,
-        ))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_signature(&self.algorithms, message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        vec![SignatureScheme::ED25519]
-    }
+    handshake_signatures!();
 }
 
 /// The key a finished handshake authenticated.
