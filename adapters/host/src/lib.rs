@@ -9,6 +9,7 @@ pub mod framing;
 pub mod kv;
 pub mod metrics;
 pub mod node;
+pub mod session;
 pub mod testnet;
 pub mod wal;
 pub mod wire;

@@ -17,7 +17,9 @@ use pbft_host::config::{Network, random_seed};
 use pbft_host::kv::Op;
 use pbft_host::wire::{ClientFrame, ServerFrame};
 
-use crate::client::{Session, first_client_seq};
+use pbft_host::session::Session;
+
+use crate::client::{connect, first_client_seq};
 use crate::transport::TransportError;
 
 /// What to run.
@@ -209,7 +211,7 @@ pub async fn run(network: &Network, options: &BenchOptions) -> Result<BenchRepor
         .enumerate()
         .map(|(index, l)| (l.client.public_key(), index))
         .collect();
-    let mut session = Session::connect(network, &relay)?;
+    let mut session = connect(network, &relay)?;
     wait_until_ready(&mut session, network.addresses.len()).await;
     // Every validator learns that this session relays each client's replies, then answers
     // a status query after them (frames on a link arrive in order).

@@ -1,102 +1,26 @@
-//! The client side over QUIC: a [`Session`] keeps a link to every validator, and
-//! [`QuicClient`] runs the core's [`Client`] over it (sign, send to the primary, broadcast on
+//! The client side over QUIC: [`connect`] opens a [`Session`] with a link to every
+//! validator, and [`QuicClient`] runs the core's [`Client`] over it (sign, send to the primary, broadcast on
 //! timeout, accept a result once f + 1 validators signed it).
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use pbft_core::{Client, Digest, Keypair, Message, Outcome, ValidatorSet};
 use pbft_host::config::Network;
+use pbft_host::session::Session;
 use pbft_host::wire::{ClientFrame, NodeStatus, ProofBundle, ServerFrame};
 use quinn::{Endpoint, VarInt};
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::identity::ALPN_CLIENT;
 use crate::transport::{self, Inbound, TransportError, close, link};
 
-/// Frames waiting for one validator's link, at most.
-const LINK_QUEUE: usize = 4096;
-
-/// Links from one client key to every validator.
-pub struct Session {
+/// Stops a QUIC session's links when the session is dropped.
+struct QuicLinks {
     endpoint: Endpoint,
-    links: Vec<async_channel::Sender<Vec<u8>>>,
-    inbound: mpsc::Receiver<(usize, ServerFrame)>,
     tasks: Vec<JoinHandle<()>>,
 }
 
-impl Session {
-    /// Starts links to every validator of `network`, authenticated as `keypair`. Links
-    /// connect (and reconnect) in the background.
-    pub fn connect(network: &Network, keypair: &Keypair) -> Result<Session, TransportError> {
-        let first: SocketAddr = network.addresses[0];
-        let endpoint = transport::client_endpoint(first)?;
-        let (tx, inbound) = mpsc::channel(LINK_QUEUE * network.addresses.len());
-        let max = network.core.max_message_bytes + 64;
-        let mut links = Vec::new();
-        let mut tasks = Vec::new();
-        for (index, addr) in network.addresses.iter().enumerate() {
-            let id = pbft_core::ReplicaId(index as u16);
-            let key = network
-                .validators
-                .key(id)
-                .expect("one address per validator")
-                .public_key();
-            let config = transport::client_config(keypair, key, ALPN_CLIENT)?;
-            let (queue_tx, queue_rx) = async_channel::bounded(LINK_QUEUE);
-            let tx = tx.clone();
-            let inbound: Inbound = Box::new(move |bytes| {
-                let tx = tx.clone();
-                Box::pin(async move {
-                    match ServerFrame::decode(&bytes) {
-                        Ok(frame) => tx.send((index, frame)).await.is_ok(),
-                        // A node that sends garbage is ignored, not trusted.
-                        Err(_) => true,
-                    }
-                })
-            });
-            tasks.push(tokio::spawn(link(
-                endpoint.clone(),
-                *addr,
-                config,
-                queue_rx,
-                max,
-                Some(inbound),
-                None,
-            )));
-            links.push(queue_tx);
-        }
-        Ok(Session {
-            endpoint,
-            links,
-            inbound,
-            tasks,
-        })
-    }
-
-    /// Queues a frame for one validator; false if its link's queue is full.
-    pub fn send(&self, validator: usize, frame: &ClientFrame) -> bool {
-        self.links
-            .get(validator)
-            .is_some_and(|link| link.try_send(frame.encode()).is_ok())
-    }
-
-    /// Queues a frame for every validator.
-    pub fn broadcast(&self, frame: &ClientFrame) {
-        let bytes = frame.encode();
-        for link in &self.links {
-            let _ = link.try_send(bytes.clone());
-        }
-    }
-
-    /// The next frame from any validator, with the validator's index.
-    pub async fn recv(&mut self) -> Option<(usize, ServerFrame)> {
-        self.inbound.recv().await
-    }
-}
-
-impl Drop for Session {
+impl Drop for QuicLinks {
     fn drop(&mut self) {
         for task in &self.tasks {
             task.abort();
@@ -104,6 +28,45 @@ impl Drop for Session {
         self.endpoint
             .close(VarInt::from_u32(close::SHUTDOWN), b"client done");
     }
+}
+
+/// A session over QUIC to every validator of `network`, authenticated as `keypair`. Links
+/// connect (and reconnect) in the background on the current tokio runtime.
+pub fn connect(network: &Network, keypair: &Keypair) -> Result<Session, TransportError> {
+    let endpoint = transport::client_endpoint(network.addresses[0])?;
+    let (links, ends) = Session::channels(network.addresses.len());
+    let max = network.core.max_message_bytes + 64;
+    let mut tasks = Vec::new();
+    for ((index, addr), queue) in network.addresses.iter().enumerate().zip(links.outgoing) {
+        let id = pbft_core::ReplicaId(index as u16);
+        let key = network
+            .validators
+            .key(id)
+            .expect("one address per validator")
+            .public_key();
+        let config = transport::client_config(keypair, key, ALPN_CLIENT)?;
+        let tx = links.inbound.clone();
+        let inbound: Inbound = Box::new(move |bytes| {
+            let tx = tx.clone();
+            Box::pin(async move {
+                match ServerFrame::decode(&bytes) {
+                    Ok(frame) => tx.send((index, frame)).await.is_ok(),
+                    // A node that sends garbage is ignored, not trusted.
+                    Err(_) => true,
+                }
+            })
+        });
+        tasks.push(tokio::spawn(link(
+            endpoint.clone(),
+            *addr,
+            config,
+            queue,
+            max,
+            Some(inbound),
+            None,
+        )));
+    }
+    Ok(Session::new(ends, Box::new(QuicLinks { endpoint, tasks })))
 }
 
 /// Why a client operation did not complete.
@@ -144,7 +107,7 @@ pub fn first_client_seq() -> u64 {
 impl QuicClient {
     /// A client of `network` with `keypair`.
     pub fn connect(network: &Network, keypair: Keypair) -> Result<QuicClient, TransportError> {
-        let session = Session::connect(network, &keypair)?;
+        let session = connect(network, &keypair)?;
         let client = Client::new(
             network.core.chain_id,
             keypair,

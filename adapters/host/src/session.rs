@@ -1,0 +1,87 @@
+//! A client's links to every validator, whatever carries them: one bounded queue of
+//! [`ClientFrame`]s per validator out, one stream of [`ServerFrame`]s in. A transport fills
+//! and drains the queues; clients, gateways and the bench only see this.
+
+use crate::wire::{ClientFrame, ServerFrame};
+
+/// Frames waiting for one validator's link, at most.
+pub const LINK_QUEUE: usize = 4096;
+
+/// The transport's side of a session: drain `outgoing[i]` to validator `i`, push what it
+/// answers (decoded) into `inbound`.
+pub struct SessionLinks {
+    /// Frames to write to each validator.
+    pub outgoing: Vec<async_channel::Receiver<Vec<u8>>>,
+    /// Where frames from validator `i` go, tagged with `i`.
+    pub inbound: async_channel::Sender<(usize, ServerFrame)>,
+}
+
+/// Links from one client key to every validator.
+pub struct Session {
+    links: Vec<async_channel::Sender<Vec<u8>>>,
+    inbound: async_channel::Receiver<(usize, ServerFrame)>,
+    /// Whatever keeps the transport's tasks alive; dropping it stops them.
+    _transport: Box<dyn Send>,
+}
+
+impl Session {
+    /// The queues of a session to `validators` validators: the transport takes the
+    /// [`SessionLinks`], then hands its guard to [`Session::new`] with the rest.
+    pub fn channels(validators: usize) -> (SessionLinks, SessionEnds) {
+        let (inbound_tx, inbound_rx) = async_channel::bounded(LINK_QUEUE * validators.max(1));
+        let (senders, receivers) = (0..validators)
+            .map(|_| async_channel::bounded(LINK_QUEUE))
+            .unzip();
+        (
+            SessionLinks {
+                outgoing: receivers,
+                inbound: inbound_tx,
+            },
+            SessionEnds {
+                links: senders,
+                inbound: inbound_rx,
+            },
+        )
+    }
+
+    /// A session over `ends`, kept alive by `transport`.
+    pub fn new(ends: SessionEnds, transport: Box<dyn Send>) -> Session {
+        Session {
+            links: ends.links,
+            inbound: ends.inbound,
+            _transport: transport,
+        }
+    }
+
+    /// Validators reachable.
+    pub fn validators(&self) -> usize {
+        self.links.len()
+    }
+
+    /// Queues a frame for one validator; false if its link's queue is full.
+    pub fn send(&self, validator: usize, frame: &ClientFrame) -> bool {
+        self.links
+            .get(validator)
+            .is_some_and(|link| link.try_send(frame.encode()).is_ok())
+    }
+
+    /// Queues a frame for every validator.
+    pub fn broadcast(&self, frame: &ClientFrame) {
+        let bytes = frame.encode();
+        for link in &self.links {
+            let _ = link.try_send(bytes.clone());
+        }
+    }
+
+    /// The next frame from any validator, with the validator's index; `None` once the
+    /// transport is gone.
+    pub async fn recv(&mut self) -> Option<(usize, ServerFrame)> {
+        self.inbound.recv().await.ok()
+    }
+}
+
+/// The session's side of the queues, until [`Session::new`] takes them.
+pub struct SessionEnds {
+    links: Vec<async_channel::Sender<Vec<u8>>>,
+    inbound: async_channel::Receiver<(usize, ServerFrame)>,
+}
