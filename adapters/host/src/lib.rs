@@ -10,6 +10,7 @@ pub mod kv;
 pub mod metrics;
 pub mod node;
 pub mod session;
+pub mod start;
 pub mod testnet;
 pub mod wal;
 pub mod wire;

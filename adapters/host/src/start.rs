@@ -1,0 +1,109 @@
+//! What every transport does to start a validator before it opens a socket: open the node
+//! from its data dir, serve its metrics, and start the driver with a queue per peer.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use pbft_core::{Keypair, ReplicaId};
+
+use crate::config::NodeConfig;
+use crate::driver::{self, Driver, PeerQueue, Router};
+use crate::kv::KvStore;
+use crate::metrics::{self, NodeMetrics};
+use crate::node::{Node, NodeError};
+
+/// Extra bytes a client frame wraps around a consensus message: the largest frame a
+/// transport accepts is the core's largest message plus this.
+pub const CLIENT_FRAME_OVERHEAD: usize = 64;
+
+/// Why a validator stopped with an error, or could not start.
+#[derive(Debug)]
+pub enum RunError {
+    /// The node cannot start or failed (its log, its config).
+    Node(NodeError),
+    /// The transport cannot be set up.
+    Transport(Box<dyn std::error::Error + Send + Sync>),
+    /// The metrics endpoint cannot be bound.
+    Metrics(std::io::Error),
+    /// The node's thread panicked (nothing it signed after the panic left it).
+    Panicked,
+}
+
+impl std::fmt::Display for RunError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RunError::Node(err) => write!(f, "{err}"),
+            RunError::Transport(err) => write!(f, "{err}"),
+            RunError::Metrics(err) => write!(f, "metrics endpoint: {err}"),
+            RunError::Panicked => f.write_str("the node thread panicked"),
+        }
+    }
+}
+
+impl std::error::Error for RunError {}
+
+/// A validator whose node runs on its thread, waiting for a transport.
+pub struct Started {
+    /// This validator's id.
+    pub me: ReplicaId,
+    /// Feeds the node.
+    pub driver: Driver,
+    /// The node's thread; it ends with the node's verdict.
+    pub thread: JoinHandle<Result<(), NodeError>>,
+    /// Where replies to clients go.
+    pub router: Arc<Router>,
+    /// The frames for each other validator.
+    pub peers: Vec<PeerQueue>,
+    /// The largest frame to accept or send.
+    pub max_frame: usize,
+}
+
+impl Started {
+    /// Waits for the node's thread and turns its end into a result.
+    pub fn finish(thread: JoinHandle<Result<(), NodeError>>) -> Result<(), RunError> {
+        match thread.join() {
+            Ok(result) => result.map_err(RunError::Node),
+            Err(_) => Err(RunError::Panicked),
+        }
+    }
+}
+
+/// Opens the node `config` describes (restoring it from its log), serves its metrics, and
+/// starts its driver.
+pub fn start(config: &NodeConfig) -> Result<Started, RunError> {
+    let me = config
+        .validators
+        .id_of(&config.keypair.public_key())
+        .expect("load_config checked the key is in the set");
+    let node = Node::open(
+        &config.data_dir,
+        config.core.clone(),
+        config.validators.clone(),
+        Keypair::from_seed(&config.keypair.seed()),
+        KvStore::new(),
+    )
+    .map_err(RunError::Node)?;
+    // After the data dir's lock: a second node on the same dir says so, not "port in use".
+    let metrics = Arc::new(NodeMetrics::new());
+    if let Some(addr) = config.metrics {
+        let bound = metrics::serve(addr, metrics.clone()).map_err(RunError::Metrics)?;
+        tracing::info!(%bound, "metrics");
+    }
+    tracing::info!(
+        id = me.0,
+        view = node.replica().view(),
+        stable = node.replica().stable_checkpoint().seq,
+        "restored"
+    );
+    let (router, peers) = Router::new(&config.validators, me, metrics);
+    let (driver, thread) =
+        driver::spawn(node, router.clone()).map_err(|err| RunError::Transport(Box::new(err)))?;
+    Ok(Started {
+        me,
+        driver,
+        thread,
+        router,
+        peers,
+        max_frame: config.core.max_message_bytes + CLIENT_FRAME_OVERHEAD,
+    })
+}
