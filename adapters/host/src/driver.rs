@@ -196,6 +196,44 @@ impl Router {
     }
 }
 
+/// Most clients connected to one node at once; a transport refuses more.
+pub const MAX_CLIENTS: usize = 4096;
+
+/// Hands an input to the node, pausing with `pause` while its queue is full (back-pressure
+/// on that one stream). False once the node has stopped.
+pub async fn hand_over<P, F>(driver: &Driver, mut input: Input, pause: P) -> bool
+where
+    P: Fn() -> F,
+    F: std::future::Future<Output = ()>,
+{
+    loop {
+        match driver.input(input) {
+            Ok(()) => return true,
+            Err(Refused::Full(back)) => {
+                input = back;
+                pause().await;
+            }
+            Err(Refused::Stopped) => return false,
+        }
+    }
+}
+
+/// Whether `key` may connect as a validator (`peer`) or as a client, given `connected`
+/// clients: the admission rule every transport applies before reading a byte.
+pub fn admits(
+    validators: &ValidatorSet,
+    key: &PublicKey,
+    peer: bool,
+    connected: usize,
+) -> Result<(), &'static str> {
+    match peer {
+        true if validators.id_of(key).is_some() => Ok(()),
+        true => Err("unknown_key"),
+        false if connected < MAX_CLIENTS => Ok(()),
+        false => Err("too_many_clients"),
+    }
+}
+
 /// Why [`Driver::input`] did not take an input.
 #[derive(Debug)]
 pub enum Refused {

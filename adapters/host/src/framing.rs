@@ -105,6 +105,64 @@ impl Decoder {
     }
 }
 
+/// Why a stream of frames ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// The peer finished the stream between frames, or the connection closed.
+    Closed,
+    /// The stream ended in the middle of a frame.
+    Truncated,
+    /// A length prefix above the maximum.
+    Oversized,
+}
+
+impl StreamEnd {
+    /// How a stream that stopped delivering bytes ended, given what `decoder` still holds.
+    pub fn at_end(decoder: &Decoder) -> StreamEnd {
+        match decoder.buffered() {
+            0 => StreamEnd::Closed,
+            _ => StreamEnd::Truncated,
+        }
+    }
+}
+
+/// Adds `bytes` read from a stream and hands every frame they complete to `deliver`, in
+/// order. `Err` ends the stream: its framing is broken, or `deliver` refused (the node
+/// stopped).
+pub async fn deliver<F, Fut>(
+    decoder: &mut Decoder,
+    bytes: &[u8],
+    deliver: &mut F,
+) -> Result<(), StreamEnd>
+where
+    F: FnMut(Vec<u8>) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let frames = decoder.push(bytes).map_err(|_| StreamEnd::Oversized)?;
+    for frame in frames {
+        if !deliver(frame).await {
+            return Err(StreamEnd::Closed);
+        }
+    }
+    Ok(())
+}
+
+/// Frames `first` and whatever else `queue` holds right now (up to 256 KiB), for one write.
+/// A frame above `max` is dropped: the other side would only refuse it.
+pub fn gather(first: Vec<u8>, queue: &async_channel::Receiver<Vec<u8>>, max: usize) -> Vec<u8> {
+    let mut buffer = Vec::new();
+    let mut next = Some(first);
+    while let Some(frame) = next.take() {
+        if let Ok(encoded) = encode(&frame, max) {
+            buffer.extend_from_slice(&encoded);
+        }
+        if buffer.len() < 256 * 1024 {
+            next = queue.try_recv().ok();
+        }
+    }
+    buffer
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

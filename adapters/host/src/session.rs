@@ -7,6 +7,13 @@ use crate::wire::{ClientFrame, ServerFrame};
 /// Frames waiting for one validator's link, at most.
 pub const LINK_QUEUE: usize = 4096;
 
+/// What a link does with each frame it receives; false stops the link's reading.
+pub type Inbound = Box<
+    dyn Fn(Vec<u8>) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// The transport's side of a session: drain `outgoing[i]` to validator `i`, push what it
 /// answers (decoded) into `inbound`.
 pub struct SessionLinks {
@@ -14,6 +21,23 @@ pub struct SessionLinks {
     pub outgoing: Vec<async_channel::Receiver<Vec<u8>>>,
     /// Where frames from validator `i` go, tagged with `i`.
     pub inbound: async_channel::Sender<(usize, ServerFrame)>,
+}
+
+impl SessionLinks {
+    /// What the link to validator `index` does with a frame: decode it and pass it on (a
+    /// frame that does not decode is dropped: a node that sends garbage is not trusted).
+    pub fn inbound_for(&self, index: usize) -> Inbound {
+        let tx = self.inbound.clone();
+        Box::new(move |bytes| {
+            let tx = tx.clone();
+            Box::pin(async move {
+                match ServerFrame::decode(&bytes) {
+                    Ok(frame) => tx.send((index, frame)).await.is_ok(),
+                    Err(_) => true,
+                }
+            })
+        })
+    }
 }
 
 /// Links from one client key to every validator.

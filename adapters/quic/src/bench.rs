@@ -19,7 +19,7 @@ use pbft_host::wire::{ClientFrame, ServerFrame};
 
 use pbft_host::session::Session;
 
-use crate::client::{connect, first_client_seq};
+use crate::client::{Transport, connect_over, first_client_seq};
 use crate::transport::TransportError;
 
 /// What to run.
@@ -35,6 +35,8 @@ pub struct BenchOptions {
     pub ops: Option<u64>,
     /// Print a progress line every second on stderr.
     pub progress: bool,
+    /// What carries the load.
+    pub transport: Transport,
 }
 
 /// What a run measured.
@@ -211,7 +213,7 @@ pub async fn run(network: &Network, options: &BenchOptions) -> Result<BenchRepor
         .enumerate()
         .map(|(index, l)| (l.client.public_key(), index))
         .collect();
-    let mut session = connect(network, &relay)?;
+    let mut session = connect_over(options.transport, network, &relay)?;
     wait_until_ready(&mut session, network.addresses.len()).await;
     // Every validator learns that this session relays each client's replies, then answers
     // a status query after them (frames on a link arrive in order).

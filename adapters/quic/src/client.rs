@@ -1,5 +1,5 @@
 //! The client side over QUIC: [`connect`] opens a [`Session`] with a link to every
-//! validator, and [`QuicClient`] runs the core's [`Client`] over it (sign, send to the primary, broadcast on
+//! validator, and [`ClusterClient`] runs the core's [`Client`] over it (sign, send to the primary, broadcast on
 //! timeout, accept a result once f + 1 validators signed it).
 
 use std::time::{Duration, Instant};
@@ -12,7 +12,7 @@ use quinn::{Endpoint, VarInt};
 use tokio::task::JoinHandle;
 
 use crate::identity::ALPN_CLIENT;
-use crate::transport::{self, Inbound, TransportError, close, link};
+use crate::transport::{self, TransportError, close, link};
 
 /// Stops a QUIC session's links when the session is dropped.
 struct QuicLinks {
@@ -34,10 +34,11 @@ impl Drop for QuicLinks {
 /// connect (and reconnect) in the background on the current tokio runtime.
 pub fn connect(network: &Network, keypair: &Keypair) -> Result<Session, TransportError> {
     let endpoint = transport::client_endpoint(network.addresses[0])?;
-    let (links, ends) = Session::channels(network.addresses.len());
+    let (mut links, ends) = Session::channels(network.addresses.len());
+    let outgoing = std::mem::take(&mut links.outgoing);
     let max = network.core.max_message_bytes + 64;
     let mut tasks = Vec::new();
-    for ((index, addr), queue) in network.addresses.iter().enumerate().zip(links.outgoing) {
+    for ((index, addr), queue) in network.addresses.iter().enumerate().zip(outgoing) {
         let id = pbft_core::ReplicaId(index as u16);
         let key = network
             .validators
@@ -45,17 +46,7 @@ pub fn connect(network: &Network, keypair: &Keypair) -> Result<Session, Transpor
             .expect("one address per validator")
             .public_key();
         let config = transport::client_config(keypair, key, ALPN_CLIENT)?;
-        let tx = links.inbound.clone();
-        let inbound: Inbound = Box::new(move |bytes| {
-            let tx = tx.clone();
-            Box::pin(async move {
-                match ServerFrame::decode(&bytes) {
-                    Ok(frame) => tx.send((index, frame)).await.is_ok(),
-                    // A node that sends garbage is ignored, not trusted.
-                    Err(_) => true,
-                }
-            })
-        });
+        let inbound = links.inbound_for(index);
         tasks.push(tokio::spawn(link(
             endpoint.clone(),
             *addr,
@@ -67,6 +58,27 @@ pub fn connect(network: &Network, keypair: &Keypair) -> Result<Session, Transpor
         )));
     }
     Ok(Session::new(ends, Box::new(QuicLinks { endpoint, tasks })))
+}
+
+/// The transports a session can run over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// QUIC (quinn, TLS 1.3 with pinned ed25519 certificates).
+    Quic,
+    /// TCP (Noise channels whose ends prove their ed25519 keys).
+    Tcp,
+}
+
+/// A session to every validator of `network` over `transport`.
+pub fn connect_over(
+    transport: Transport,
+    network: &Network,
+    keypair: &Keypair,
+) -> Result<Session, TransportError> {
+    match transport {
+        Transport::Quic => connect(network, keypair),
+        Transport::Tcp => Ok(pbft_tcp::client::connect(network, keypair)),
+    }
 }
 
 /// Why a client operation did not complete.
@@ -89,8 +101,8 @@ impl std::fmt::Display for ClientFailure {
 
 impl std::error::Error for ClientFailure {}
 
-/// A client of a pbft cluster over QUIC.
-pub struct QuicClient {
+/// A client of a pbft cluster, over either transport.
+pub struct ClusterClient {
     session: Session,
     client: Client,
     start: Instant,
@@ -104,17 +116,21 @@ pub fn first_client_seq() -> u64 {
         .map_or(1, |since| since.as_micros() as u64)
 }
 
-impl QuicClient {
-    /// A client of `network` with `keypair`.
-    pub fn connect(network: &Network, keypair: Keypair) -> Result<QuicClient, TransportError> {
-        let session = connect(network, &keypair)?;
+impl ClusterClient {
+    /// A client of `network` with `keypair`, over `transport`.
+    pub fn connect(
+        transport: Transport,
+        network: &Network,
+        keypair: Keypair,
+    ) -> Result<ClusterClient, TransportError> {
+        let session = connect_over(transport, network, &keypair)?;
         let client = Client::new(
             network.core.chain_id,
             keypair,
             network.validators.clone(),
             first_client_seq(),
         );
-        Ok(QuicClient {
+        Ok(ClusterClient {
             session,
             client,
             start: Instant::now(),

@@ -10,7 +10,7 @@ use pbft_host::config::{load_config, load_network, random_seed, read_key_file, w
 use pbft_host::kv::{Op, OpResult};
 use pbft_host::wire::ProofBundle;
 use pbft_quic::bench::{self, BenchOptions};
-use pbft_quic::client::QuicClient;
+use pbft_quic::client::{ClusterClient, Transport};
 
 #[derive(Parser)]
 #[command(
@@ -41,12 +41,18 @@ enum Command {
         /// Network name.
         #[arg(long, default_value = "testnet")]
         chain: String,
+        /// The transport the printed commands use (ports are free for both).
+        #[arg(long, value_enum, default_value_t)]
+        transport: TransportArg,
     },
     /// Run a validator.
     Node {
         /// The node's config file.
         #[arg(long)]
         config: PathBuf,
+        /// What carries the messages.
+        #[arg(long, value_enum, default_value_t)]
+        transport: TransportArg,
     },
     /// Put, get or delete a key through consensus.
     Client {
@@ -62,6 +68,9 @@ enum Command {
         /// Seconds to wait for f + 1 matching replies.
         #[arg(long, default_value_t = 10, global = true)]
         timeout: u64,
+        /// What carries the messages.
+        #[arg(long, value_enum, default_value_t, global = true)]
+        transport: TransportArg,
         #[command(subcommand)]
         op: ClientOp,
     },
@@ -102,6 +111,9 @@ struct Load {
     /// Stop after this many operations instead.
     #[arg(long)]
     ops: Option<u64>,
+    /// What carries the messages.
+    #[arg(long, value_enum, default_value_t)]
+    transport: TransportArg,
 }
 
 impl Load {
@@ -112,6 +124,26 @@ impl Load {
             duration: Duration::from_secs(self.duration),
             ops: self.ops,
             progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            transport: self.transport.into(),
+        }
+    }
+}
+
+/// What carries the messages (every node of a cluster uses the same).
+#[derive(Clone, Copy, Debug, Default, clap::ValueEnum)]
+enum TransportArg {
+    /// QUIC: TLS 1.3 with pinned ed25519 certificates.
+    #[default]
+    Quic,
+    /// TCP: Noise channels whose ends prove their ed25519 keys.
+    Tcp,
+}
+
+impl From<TransportArg> for Transport {
+    fn from(arg: TransportArg) -> Transport {
+        match arg {
+            TransportArg::Quic => Transport::Quic,
+            TransportArg::Tcp => Transport::Tcp,
         }
     }
 }
@@ -170,30 +202,37 @@ async fn run(command: Command) -> Result<(), Failure> {
             validators,
             dir,
             chain,
+            transport,
         } => {
             let testnet = testnet(&dir, validators, &chain)?;
+            let flag = match transport {
+                TransportArg::Quic => "",
+                TransportArg::Tcp => " --transport tcp",
+            };
             for (index, config) in testnet.nodes.iter().enumerate() {
                 println!(
-                    "pbft node --config {}    # metrics on http://{}/metrics",
+                    "pbft node --config {}{flag}    # metrics on http://{}/metrics",
                     config.display(),
                     testnet.metrics[index]
                 );
             }
-            println!("clients: --config {}", testnet.network.display());
+            println!("clients: --config {}{flag}", testnet.network.display());
         }
-        Command::Node { config } => {
+        Command::Node { config, transport } => {
             let config = load_config(&config)?;
-            pbft_quic::node::run(config, shutdown_signal()).await?;
+            run_node(config, transport.into(), shutdown_signal()).await?;
         }
         Command::Client {
             config,
             key_file,
             proof,
             timeout,
+            transport,
             op,
         } => {
             let config = config.ok_or("--config is required (a node's config or network.toml)")?;
-            client(&config, key_file.as_deref(), proof.as_deref(), timeout, op).await?;
+            let files = (config.as_path(), key_file.as_deref(), proof.as_deref());
+            client(files, timeout, transport.into(), op).await?;
         }
         Command::VerifyQc { config, proof } => {
             let network = load_network(&config)?;
@@ -241,11 +280,38 @@ fn testnet(
     )?)
 }
 
+/// Runs a validator over `transport` until `shutdown`.
+async fn run_node(
+    config: pbft_host::config::NodeConfig,
+    transport: Transport,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), Failure> {
+    match transport {
+        Transport::Quic => pbft_quic::node::run(config, shutdown).await?,
+        Transport::Tcp => {
+            // The TCP node runs smol on a thread of its own; dropping `stop` stops it.
+            let (stop, stopped) = async_channel::bounded::<()>(1);
+            let mut node =
+                tokio::task::spawn_blocking(move || pbft_tcp::node::run(config, stopped));
+            let early = tokio::select! {
+                () = shutdown => None,
+                result = &mut node => Some(result),
+            };
+            drop(stop);
+            let result = match early {
+                Some(result) => result,
+                None => node.await,
+            };
+            result.map_err(|_| "the node thread panicked")??;
+        }
+    }
+    Ok(())
+}
+
 async fn client(
-    config: &Path,
-    key: Option<&Path>,
-    proof: Option<&Path>,
+    (config, key, proof): (&Path, Option<&Path>, Option<&Path>),
     timeout: u64,
+    transport: Transport,
     op: ClientOp,
 ) -> Result<(), Failure> {
     let network = load_network(config)?;
@@ -265,7 +331,7 @@ async fn client(
             key: key.into_bytes(),
         },
     };
-    let mut client = QuicClient::connect(&network, keypair)?;
+    let mut client = ClusterClient::connect(transport, &network, keypair)?;
     let (outcome, digest) = client
         .execute(op.encode(), Duration::from_secs(timeout))
         .await?;
@@ -325,9 +391,14 @@ async fn demo(load: &Load) -> Result<(), Failure> {
         let config = load_config(path)?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         stops.push(stop);
-        nodes.push(tokio::spawn(pbft_quic::node::run(config, async {
-            let _ = stopped.await;
-        })));
+        let transport = load.transport.into();
+        nodes.push(tokio::spawn(async move {
+            run_node(config, transport, async {
+                let _ = stopped.await;
+            })
+            .await
+            .map_err(|err| err.to_string())
+        }));
     }
     let network = load_network(&testnet.network)?;
     println!(
@@ -336,7 +407,11 @@ async fn demo(load: &Load) -> Result<(), Failure> {
     );
     let report = bench::run(&network, &load.options()).await?;
     println!("{report}");
-    let mut probe = QuicClient::connect(&network, Keypair::from_seed(&random_seed()?))?;
+    let mut probe = ClusterClient::connect(
+        load.transport.into(),
+        &network,
+        Keypair::from_seed(&random_seed()?),
+    )?;
     let mut states = Vec::new();
     for index in 0..network.addresses.len() {
         if let Some(status) = probe.status(index, Duration::from_secs(5)).await {

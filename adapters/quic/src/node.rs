@@ -7,13 +7,14 @@ use std::time::Duration;
 
 use pbft_host::config::NodeConfig;
 use pbft_host::driver::{Driver, Input, Router};
+use pbft_host::framing::StreamEnd;
 pub use pbft_host::start::RunError;
 use pbft_host::start::{Started, start};
 use quinn::{Endpoint, Incoming, VarInt};
 
 use crate::identity::ALPN_PEER;
 use crate::transport::{
-    self, StreamEnd, TransportError, close, hand_over, link, read_frames, refuse, write_frames,
+    self, TransportError, close, hand_over, link, read_frames, refuse, write_frames,
 };
 
 /// Runs the validator `config` describes until `shutdown` completes (then it stops
@@ -114,18 +115,19 @@ async fn serve(
         metrics.reject("handshake_failed");
         return;
     };
-    let (key, is_peer) = match transport::admit(&connection, &validators) {
+    let clients = metrics.clients_connected.get() as usize;
+    let (key, is_peer) = match transport::admit(&connection, &validators, clients) {
         Ok(admitted) => admitted,
         Err(reason) => {
             tracing::debug!(remote = %connection.remote_address(), reason, "refused");
-            refuse(&metrics, &connection, close::UNKNOWN_KEY, reason);
+            let code = match reason {
+                "too_many_clients" => close::BUSY,
+                _ => close::UNKNOWN_KEY,
+            };
+            refuse(&metrics, &connection, code, reason);
             return;
         }
     };
-    if !is_peer && metrics.clients_connected.get() as usize >= transport::MAX_CLIENTS {
-        refuse(&metrics, &connection, close::BUSY, "too_many_clients");
-        return;
-    }
     while let Ok((mut send, mut recv)) = connection.accept_bi().await {
         let driver = driver.clone();
         let router = router.clone();

@@ -14,9 +14,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pbft_core::PublicKey;
-use pbft_host::driver::{Driver, Input, Refused};
-use pbft_host::framing::{self, Decoder, FrameError};
+use pbft_host::driver::{self, Driver, Input};
+use pbft_host::framing::{self, Decoder, StreamEnd};
 use pbft_host::metrics::NodeMetrics;
+use pbft_host::session::Inbound;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt};
 
@@ -59,9 +60,6 @@ pub mod close {
     /// Too many clients are connected.
     pub const BUSY: u32 = 3;
 }
-
-/// Most clients connected to one node at once.
-pub const MAX_CLIENTS: usize = 4096;
 
 fn transport_config() -> Arc<quinn::TransportConfig> {
     let mut transport = quinn::TransportConfig::default();
@@ -124,17 +122,6 @@ pub fn client_endpoint(towards: SocketAddr) -> Result<Endpoint, TransportError> 
     Endpoint::client(bind).map_err(TransportError::Io)
 }
 
-/// Why a stream of frames ended.
-#[derive(Debug, PartialEq, Eq)]
-pub enum StreamEnd {
-    /// The peer finished the stream between frames, or the connection closed.
-    Closed,
-    /// The stream ended in the middle of a frame.
-    Truncated,
-    /// A length prefix above the maximum.
-    Oversized,
-}
-
 /// Reads frames from `recv` and hands each to `deliver`, until the stream ends.
 pub async fn read_frames<F, Fut>(recv: &mut RecvStream, max: usize, mut deliver: F) -> StreamEnd
 where
@@ -146,34 +133,21 @@ where
     loop {
         let read = match recv.read(&mut buffer).await {
             Ok(Some(read)) => read,
-            Ok(None) if decoder.buffered() > 0 => return StreamEnd::Truncated,
-            Ok(None) | Err(_) => return StreamEnd::Closed,
+            Ok(None) | Err(_) => return StreamEnd::at_end(&decoder),
         };
-        let frames = match decoder.push(&buffer[..read]) {
-            Ok(frames) => frames,
-            Err(FrameError::TooLarge { .. }) => return StreamEnd::Oversized,
-        };
-        for frame in frames {
-            if !deliver(frame).await {
-                return StreamEnd::Closed;
-            }
+        if let Err(end) = framing::deliver(&mut decoder, &buffer[..read], &mut deliver).await {
+            return end;
         }
     }
 }
 
 /// Hands an input to the node, waiting while its queue is full (back-pressure on this
 /// stream only). False once the node has stopped.
-pub async fn hand_over(driver: &Driver, mut input: Input) -> bool {
-    loop {
-        match driver.input(input) {
-            Ok(()) => return true,
-            Err(Refused::Full(back)) => {
-                input = back;
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-            Err(Refused::Stopped) => return false,
-        }
-    }
+pub async fn hand_over(driver: &Driver, input: Input) -> bool {
+    driver::hand_over(driver, input, || {
+        tokio::time::sleep(Duration::from_millis(1))
+    })
+    .await
 }
 
 /// Writes the frames queued for one connection, several per write, until the queue closes
@@ -187,26 +161,15 @@ pub async fn write_frames(
         let Ok(first) = queue.recv().await else {
             return false;
         };
-        let mut buffer = Vec::new();
-        let mut next = Some(first);
-        while let Some(frame) = next.take() {
-            // A frame above the maximum would only be refused: it is dropped here.
-            if let Ok(encoded) = framing::encode(&frame, max) {
-                buffer.extend_from_slice(&encoded);
-            }
-            if buffer.len() < 256 * 1024 {
-                next = queue.try_recv().ok();
-            }
-        }
-        if send.write_all(&buffer).await.is_err() {
+        if send
+            .write_all(&framing::gather(first, queue, max))
+            .await
+            .is_err()
+        {
             return true;
         }
     }
 }
-
-/// What a link does with frames it receives.
-pub type Inbound =
-    Box<dyn Fn(Vec<u8>) -> std::pin::Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
 
 /// Keeps a connection to `addr` (the holder of `key`) open, reconnecting with backoff, and
 /// writes `queue` to it; frames it sends back go to `inbound`. Frames queued while the
@@ -268,22 +231,24 @@ pub async fn link(
     }
 }
 
-/// The role a finished handshake admits, or why it is refused.
+/// The key and role (validator or not) a finished handshake admits, or why it is refused.
 pub fn admit(
     connection: &Connection,
     validators: &pbft_core::ValidatorSet,
+    clients: usize,
 ) -> Result<(PublicKey, bool), &'static str> {
     let key = peer_key(connection).ok_or("no_peer_key")?;
     let alpn = connection
         .handshake_data()
         .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
         .and_then(|data| data.protocol);
-    match alpn.as_deref() {
-        Some(ALPN_PEER) if validators.id_of(&key).is_some() => Ok((key, true)),
-        Some(ALPN_PEER) => Err("unknown_key"),
-        Some(ALPN_CLIENT) => Ok((key, false)),
-        _ => Err("unknown_protocol"),
-    }
+    let peer = match alpn.as_deref() {
+        Some(ALPN_PEER) => true,
+        Some(ALPN_CLIENT) => false,
+        _ => return Err("unknown_protocol"),
+    };
+    driver::admits(validators, &key, peer, clients)?;
+    Ok((key, peer))
 }
 
 /// Counts a refused connection or stream in the node's metrics.

@@ -1,6 +1,6 @@
-//! Real `pbft node` processes on loopback: killed with SIGKILL at random moments (the
-//! primary included) and restarted from their data dirs while a client writes, and fed bad
-//! input at their ports. Everything acknowledged must stay readable, the validators must
+//! Real `pbft node` processes on loopback, over each transport (one test body, run for
+//! QUIC and for TCP): killed with SIGKILL at random moments (the primary included) and
+//! restarted from their data dirs while a client writes, and fed bad input at their ports. Everything acknowledged must stay readable, the validators must
 //! end in the same state, and no log may hold two signatures for one statement.
 
 use std::collections::BTreeMap;
@@ -15,14 +15,16 @@ use pbft_host::config::{Network, load_network, read_key_file};
 use pbft_host::kv::{Op, OpResult};
 use pbft_host::node::logged_votes;
 use pbft_host::testnet::{self, Testnet};
-use pbft_quic::client::QuicClient;
-use pbft_quic::identity::ALPN_PEER;
+use pbft_quic::client::{ClusterClient, Transport};
+use pbft_quic::identity::{ALPN_CLIENT, ALPN_PEER};
 use pbft_quic::transport::{self, close};
+use pbft_tcp::secure::{Role, initiate};
 
 const VALIDATORS: usize = 4;
 
 /// A local cluster of `pbft node` processes.
 struct Cluster {
+    transport: Transport,
     dir: tempfile::TempDir,
     testnet: Testnet,
     network: Network,
@@ -30,12 +32,13 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn start(name: &str) -> Cluster {
+    fn start(name: &str, transport: Transport) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let testnet =
             testnet::create(dir.path(), VALIDATORS, name, |index| [index as u8 + 40; 32]).unwrap();
         let network = load_network(&testnet.network).unwrap();
         let mut cluster = Cluster {
+            transport,
             dir,
             testnet,
             network,
@@ -56,6 +59,7 @@ impl Cluster {
         let child = Command::new(env!("CARGO_BIN_EXE_pbft"))
             .args(["node", "--config"])
             .arg(&self.testnet.nodes[index])
+            .args(["--transport", self.flag()])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(log)
@@ -81,6 +85,22 @@ impl Cluster {
             .status()
             .unwrap();
         child.wait().unwrap().success()
+    }
+
+    fn flag(&self) -> &'static str {
+        match self.transport {
+            Transport::Quic => "quic",
+            Transport::Tcp => "tcp",
+        }
+    }
+
+    fn client(&self, seed: u8) -> ClusterClient {
+        ClusterClient::connect(
+            self.transport,
+            &self.network,
+            Keypair::from_seed(&[seed; 32]),
+        )
+        .unwrap()
     }
 
     fn data_dir(&self, index: usize) -> PathBuf {
@@ -168,9 +188,18 @@ fn audit(cluster: &Cluster, index: usize, signed: &mut BTreeMap<Statement, pbft_
 const TIMEOUT: Duration = Duration::from_secs(20);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_validators_lose_no_acknowledged_write() {
-    let mut cluster = Cluster::start("kill-test");
-    let mut client = QuicClient::connect(&cluster.network, Keypair::from_seed(&[77; 32])).unwrap();
+async fn quic_killed_validators_lose_no_acknowledged_write() {
+    killed_validators_lose_no_acknowledged_write(Transport::Quic).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_killed_validators_lose_no_acknowledged_write() {
+    killed_validators_lose_no_acknowledged_write(Transport::Tcp).await;
+}
+
+async fn killed_validators_lose_no_acknowledged_write(transport: Transport) {
+    let mut cluster = Cluster::start("kill-test", transport);
+    let mut client = cluster.client(77);
     let mut rng = Lcg(2026);
     let mut signed = BTreeMap::new();
     let mut acknowledged = Vec::new();
@@ -266,28 +295,97 @@ async fn killed_validators_lose_no_acknowledged_write() {
     }
     assert!(primary_kills >= 8);
     eprintln!(
-        "{} writes acknowledged and read back across {kills} kills ({primary_kills} of the primary); {} statements audited",
+        "{transport:?}: {} writes acknowledged and read back across {kills} kills ({primary_kills} of the primary); {} statements audited",
         acknowledged.len(),
         signed.len()
     );
 }
 
-/// Opens a raw QUIC connection to `addr` as the holder of `keypair`, expecting `server`.
-async fn raw_connection(
-    addr: SocketAddr,
-    keypair: &Keypair,
-    server: pbft_core::PublicKey,
-    alpn: &[u8],
-) -> Result<quinn::Connection, quinn::ConnectionError> {
-    let endpoint = transport::client_endpoint(addr).unwrap();
-    let config = transport::client_config(keypair, server, alpn).unwrap();
-    endpoint.connect_with(config, addr, "pbft").unwrap().await
+/// A raw connection a test opens to a node, through the transport's handshake as whoever
+/// it likes, then writing bytes of its choosing inside the transport's encryption.
+enum Probe {
+    Quic {
+        connection: quinn::Connection,
+        send: quinn::SendStream,
+    },
+    Tcp {
+        stream: smol::net::TcpStream,
+        channel: pbft_tcp::secure::Channel,
+    },
 }
 
-fn closed_with(error: quinn::ConnectionError) -> Option<u64> {
-    match error {
-        quinn::ConnectionError::ApplicationClosed(close) => Some(close.error_code.into_inner()),
-        _ => None,
+impl Probe {
+    /// Connects to validator 0 as `keypair`, asking to be a validator (`peer`) or a client.
+    /// `None` if the node refused during the handshake (TCP refuses there; QUIC closes
+    /// right after it, see [`Probe::closed`]).
+    async fn open(cluster: &Cluster, keypair: &Keypair, peer: bool) -> Option<Probe> {
+        let addr = cluster.network.addresses[0];
+        let server = cluster.key(0).public_key();
+        match cluster.transport {
+            Transport::Quic => {
+                let alpn = if peer { ALPN_PEER } else { ALPN_CLIENT };
+                let endpoint = transport::client_endpoint(addr).unwrap();
+                let config = transport::client_config(keypair, server, alpn).unwrap();
+                let connection = endpoint
+                    .connect_with(config, addr, "pbft")
+                    .unwrap()
+                    .await
+                    .ok()?;
+                let (send, _) = connection.open_bi().await.ok()?;
+                Some(Probe::Quic { connection, send })
+            }
+            Transport::Tcp => {
+                let mut stream = smol::net::TcpStream::connect(addr).await.unwrap();
+                let role = if peer { Role::Peer } else { Role::Client };
+                let chain = cluster.network.core.chain_id;
+                let channel = initiate(&mut stream, &chain, keypair, role, &server)
+                    .await
+                    .ok()?;
+                Some(Probe::Tcp { stream, channel })
+            }
+        }
+    }
+
+    async fn write(&mut self, bytes: &[u8]) {
+        match self {
+            Probe::Quic { send, .. } => {
+                let _ = send.write_all(bytes).await;
+            }
+            Probe::Tcp { stream, channel } => {
+                let _ = channel.write(stream, bytes).await;
+            }
+        }
+    }
+
+    /// Ends the stream (a frame cut short stays cut short).
+    async fn finish(&mut self) {
+        match self {
+            Probe::Quic { send, .. } => {
+                let _ = send.finish();
+            }
+            Probe::Tcp { stream, .. } => {
+                let _ = stream.shutdown(std::net::Shutdown::Write);
+            }
+        }
+    }
+
+    /// Waits until the node closes the connection; QUIC says why with a close code.
+    async fn closed(self) -> Option<u64> {
+        match self {
+            Probe::Quic { connection, .. } => match connection.closed().await {
+                quinn::ConnectionError::ApplicationClosed(close) => {
+                    Some(close.error_code.into_inner())
+                }
+                _ => None,
+            },
+            Probe::Tcp {
+                mut stream,
+                channel,
+            } => {
+                while let Ok(Some(_)) = channel.read(&mut stream).await {}
+                None
+            }
+        }
     }
 }
 
@@ -318,9 +416,20 @@ fn rss_kib(child: &Child) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_input_at_every_port_is_refused_and_counted() {
-    let mut cluster = Cluster::start("bad-input");
-    let mut client = QuicClient::connect(&cluster.network, Keypair::from_seed(&[78; 32])).unwrap();
+async fn quic_bad_input_at_every_port_is_refused_and_counted() {
+    bad_input_at_every_port_is_refused_and_counted(Transport::Quic).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_bad_input_at_every_port_is_refused_and_counted() {
+    bad_input_at_every_port_is_refused_and_counted(Transport::Tcp).await;
+}
+
+async fn bad_input_at_every_port_is_refused_and_counted(transport: Transport) {
+    let mut cluster = Cluster::start("bad-input", transport);
+    let mut client = cluster.client(78);
+    // QUIC closes a refused connection with a code that says why; TCP just closes it.
+    let expect_code = |code: u32| (transport == Transport::Quic).then_some(u64::from(code));
     // A committed write's QC and inclusion proof verify offline (`pbft verify-qc`), and a
     // tampered one does not.
     let (outcome, digest) = client.execute(put("proved", "yes"), TIMEOUT).await.unwrap();
@@ -361,18 +470,11 @@ async fn bad_input_at_every_port_is_refused_and_counted() {
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let target = cluster.network.addresses[0];
-    let target_key = cluster.key(0).public_key();
-
-    // An unknown key asking to be a validator: closed before a byte is read.
+    // An unknown key asking to be a validator: refused before a byte is read.
     let stranger = Keypair::from_seed(&[200; 32]);
-    let connection = raw_connection(target, &stranger, target_key, ALPN_PEER)
-        .await
-        .unwrap();
-    assert_eq!(
-        closed_with(connection.closed().await),
-        Some(close::UNKNOWN_KEY as u64)
-    );
+    if let Some(probe) = Probe::open(&cluster, &stranger, true).await {
+        assert_eq!(probe.closed().await, expect_code(close::UNKNOWN_KEY));
+    }
 
     // Validator 3's key, held by this test (validator 3 is stopped): garbage frames,
     // replayed votes, an oversized length prefix, a truncated frame.
@@ -385,10 +487,7 @@ async fn bad_input_at_every_port_is_refused_and_counted() {
     assert!(!replayed.is_empty());
     let insider = cluster.key(3);
     let rss_before = rss_kib(cluster.children[0].as_ref().unwrap());
-    let connection = raw_connection(target, &insider, target_key, ALPN_PEER)
-        .await
-        .unwrap();
-    let (mut send, _recv) = connection.open_bi().await.unwrap();
+    let mut probe = Probe::open(&cluster, &insider, true).await.unwrap();
     let mut stream = Vec::new();
     for index in 0..5_000u32 {
         let garbage: Vec<u8> = (0..200).map(|i| (index * 7 + i) as u8).collect();
@@ -401,7 +500,7 @@ async fn bad_input_at_every_port_is_refused_and_counted() {
     }
     let received_before = cluster.metric(0, "pbft_messages_received_total");
     let rejected_before = core_rejections(&cluster);
-    send.write_all(&stream).await.unwrap();
+    probe.write(&stream).await;
     let frames = 5_000 + 5 * replayed.len() as u64;
     let deadline = Instant::now() + Duration::from_secs(10);
     while cluster.metric(0, "pbft_messages_received_total") < received_before + frames {
@@ -413,29 +512,15 @@ async fn bad_input_at_every_port_is_refused_and_counted() {
     let refused = core_rejections(&cluster) - rejected_before;
     assert!(refused >= frames * 9 / 10, "{refused} of {frames} refused");
     // The oversized prefix ends the connection.
-    send.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
-    assert_eq!(
-        closed_with(connection.closed().await),
-        Some(close::BAD_FRAME as u64)
-    );
+    probe.write(&u32::MAX.to_be_bytes()).await;
+    assert_eq!(probe.closed().await, expect_code(close::BAD_FRAME));
     // A frame cut short by the end of its stream.
-    let connection = raw_connection(target, &insider, target_key, ALPN_PEER)
-        .await
-        .unwrap();
-    let (mut send, _recv) = connection.open_bi().await.unwrap();
-    send.write_all(&100u32.to_be_bytes()).await.unwrap();
-    send.write_all(&[1; 10]).await.unwrap();
-    send.finish().unwrap();
+    let mut probe = Probe::open(&cluster, &insider, true).await.unwrap();
+    probe.write(&100u32.to_be_bytes()).await;
+    probe.write(&[1; 10]).await;
+    probe.finish().await;
     // The same garbage on the client port, as a client.
-    let garbler = raw_connection(
-        target,
-        &stranger,
-        target_key,
-        pbft_quic::identity::ALPN_CLIENT,
-    )
-    .await
-    .unwrap();
-    let (mut send, _recv) = garbler.open_bi().await.unwrap();
+    let mut garbler = Probe::open(&cluster, &stranger, false).await.unwrap();
     // A relay claim for a client whose key did not sign it diverts nothing.
     let victim = Keypair::from_seed(&[79; 32]);
     let claim = pbft_host::wire::ClientFrame::relay(
@@ -443,16 +528,13 @@ async fn bad_input_at_every_port_is_refused_and_counted() {
         &victim,
         &cluster.key(1).public_key(), // signed for another relay than this connection
     );
-    send.write_all(&pbft_host::framing::encode(&claim.encode(), 1 << 20).unwrap())
-        .await
-        .unwrap();
+    garbler
+        .write(&pbft_host::framing::encode(&claim.encode(), 1 << 20).unwrap())
+        .await;
     let whole_frames = 490 * (4 + 200);
-    send.write_all(&stream[..whole_frames]).await.unwrap();
-    send.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
-    assert_eq!(
-        closed_with(garbler.closed().await),
-        Some(close::BAD_FRAME as u64)
-    );
+    garbler.write(&stream[..whole_frames]).await;
+    garbler.write(&u32::MAX.to_be_bytes()).await;
+    assert_eq!(garbler.closed().await, expect_code(close::BAD_FRAME));
 
     // The node keeps serving: a write commits with validator 3 still down.
     client.execute(put("after", "2"), TIMEOUT).await.unwrap();
@@ -474,7 +556,7 @@ async fn bad_input_at_every_port_is_refused_and_counted() {
         "memory grew from {rss_before} KiB to {rss_after} KiB"
     );
     eprintln!(
-        "node 0 refused {refused} of {frames} frames from a validator key, and: unknown_key {}, oversized {}, truncated {}, bad client frames {}; RSS {rss_before} -> {rss_after} KiB",
+        "{transport:?}: node 0 refused {refused} of {frames} frames from a validator key, and: unknown_key {}, oversized {}, truncated {}, bad client frames {}; RSS {rss_before} -> {rss_after} KiB",
         rejected("unknown_key"),
         rejected("oversized_frame"),
         rejected("truncated_frame"),

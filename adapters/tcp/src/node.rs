@@ -1,0 +1,155 @@
+//! Runs a validator over TCP: the node driver from `pbft-host` on its own thread, one
+//! reconnecting channel per peer, and an accept loop that admits peers and clients by the
+//! key they prove in the handshake.
+
+use std::sync::Arc;
+
+use pbft_core::ValidatorSet;
+use pbft_host::config::NodeConfig;
+use pbft_host::driver::{self, Driver, Input, Router};
+use pbft_host::framing::StreamEnd;
+use pbft_host::start::{RunError, Started, start};
+use smol::net::{TcpListener, TcpStream};
+
+use crate::link::{Identity, hand_over, link, read_frames, write_frames};
+use crate::secure::{Role, respond};
+
+/// Runs the validator `config` describes until `shutdown` yields or closes (then it stops
+/// accepting, makes its log durable and closes every connection) or the node fails.
+/// Blocks the calling thread, which drives the accept loop.
+pub fn run(config: NodeConfig, shutdown: async_channel::Receiver<()>) -> Result<(), RunError> {
+    let Started {
+        me,
+        driver,
+        thread,
+        router,
+        peers,
+        max_frame,
+    } = start(&config)?;
+    let keypair = Arc::new(pbft_core::Keypair::from_seed(&config.keypair.seed()));
+    let chain = config.core.chain_id;
+    smol::block_on(async move {
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|err| RunError::Transport(Box::new(err)))?;
+        tracing::info!(listen = %config.listen, id = me.0, "listening (tcp)");
+        let mut tasks = Vec::new();
+        for (id, queue) in peers {
+            let identity = Identity {
+                chain,
+                keypair: keypair.clone(),
+                role: Role::Peer,
+                expected: config
+                    .validators
+                    .key(id)
+                    .expect("id from the set")
+                    .public_key(),
+            };
+            tasks.push(smol::spawn(link(
+                config.addresses[usize::from(id.0)],
+                identity,
+                queue,
+                max_frame,
+                None,
+                Some(driver.metrics().peers_connected.clone()),
+            )));
+        }
+        let accepting = smol::spawn(accept_loop(
+            listener,
+            driver.clone(),
+            router,
+            config.validators.clone(),
+            (chain, keypair),
+            max_frame,
+        ));
+        let mut finished = smol::unblock(move || Started::finish(thread));
+        let early = {
+            let failed = async { Some((&mut finished).await) };
+            let stop = async {
+                let _ = shutdown.recv().await;
+                None
+            };
+            smol::future::or(failed, stop).await
+        };
+        drop(accepting);
+        drop(tasks);
+        match early {
+            Some(result) => result,
+            None => {
+                tracing::info!("shutting down");
+                driver.shutdown();
+                finished.await
+            }
+        }
+    })
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    driver: Driver,
+    router: Arc<Router>,
+    validators: ValidatorSet,
+    identity: (pbft_core::ChainId, Arc<pbft_core::Keypair>),
+    max: usize,
+) {
+    while let Ok((stream, _)) = listener.accept().await {
+        smol::spawn(serve(
+            stream,
+            driver.clone(),
+            router.clone(),
+            validators.clone(),
+            identity.clone(),
+            max,
+        ))
+        .detach();
+    }
+}
+
+/// One accepted connection: the handshake admits it by key and role, then its frames go
+/// to the node.
+async fn serve(
+    mut stream: TcpStream,
+    driver: Driver,
+    router: Arc<Router>,
+    validators: ValidatorSet,
+    (chain, keypair): (pbft_core::ChainId, Arc<pbft_core::Keypair>),
+    max: usize,
+) {
+    let metrics = driver.metrics().clone();
+    let _ = stream.set_nodelay(true);
+    let clients = metrics.clients_connected.get() as usize;
+    let admit = |key: &pbft_core::PublicKey, role: Role| {
+        driver::admits(&validators, key, role == Role::Peer, clients).is_ok()
+    };
+    let (channel, key, role) = match respond(&mut stream, &chain, &keypair, admit).await {
+        Ok(accepted) => accepted,
+        Err(err) => {
+            metrics.reject(err.label());
+            return;
+        }
+    };
+    let mut reader = stream.clone();
+    let end = if role == Role::Peer {
+        read_frames(&mut reader, &channel, max, |bytes| {
+            hand_over(&driver, Input::Peer { from: key, bytes })
+        })
+        .await
+    } else {
+        let queue = router.attach_client(key);
+        let reading = read_frames(&mut reader, &channel, max, |bytes| {
+            hand_over(&driver, Input::Client { from: key, bytes })
+        });
+        let writing = async {
+            write_frames(&mut stream, &channel, &queue.frames, max).await;
+            StreamEnd::Closed
+        };
+        let end = smol::future::or(reading, writing).await;
+        router.detach_client(&key, &queue);
+        end
+    };
+    match end {
+        StreamEnd::Closed => {}
+        StreamEnd::Truncated => metrics.reject("truncated_frame"),
+        StreamEnd::Oversized => metrics.reject("oversized_frame"),
+    }
+}

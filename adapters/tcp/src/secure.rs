@@ -1,0 +1,311 @@
+//! An authenticated, encrypted channel over a byte stream.
+//!
+//! Noise NN (X25519, ChaCha20-Poly1305, BLAKE2s, from `snow`) agrees fresh keys; then each
+//! side proves, inside the encrypted channel, that it holds its ed25519 key by signing the
+//! Noise handshake hash with the chain id and its side (initiator or responder). The hash
+//! covers both sides' fresh ephemeral keys, so a signature is worth nothing in any other
+//! session (no replay), and the side is signed, so an initiator's proof reflected back to it
+//! does not pass as the responder's. The responder admits the initiator's key for the role
+//! it asked before it reads a message; the initiator accepts only the key it dialled.
+//!
+//! On the wire every Noise message is a 2-byte big-endian length and the message.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pbft_core::{ChainId, Digest, Hasher, Keypair, PublicKey, Signature};
+use serde::{Deserialize, Serialize};
+use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+const NOISE: &str = "Noise_NN_25519_ChaChaPoly_BLAKE2s";
+/// Largest Noise message.
+const MAX_MESSAGE: usize = 65_535;
+/// ChaCha20-Poly1305 tag.
+const TAG: usize = 16;
+/// Most plaintext in one Noise message.
+pub const MAX_PLAIN: usize = MAX_MESSAGE - TAG;
+/// A handshake that takes longer is dropped: a peer cannot hold a connection half-open.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a connecting side asks to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// A validator.
+    Peer,
+    /// A client (or a gateway).
+    Client,
+    /// The accepting node (only ever in the responder's proof).
+    Server,
+}
+
+/// A side's proof that it holds `key`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proof {
+    /// The role the side claims.
+    pub role: Role,
+    /// Its key.
+    pub key: PublicKey,
+    /// Its signature over [`proof_digest`].
+    pub signature: Signature,
+}
+
+/// What a side signs: the chain, the session's handshake hash, its side and role.
+pub fn proof_digest(chain: &ChainId, handshake: &[u8], initiator: bool, role: Role) -> Digest {
+    Hasher::new(b"pbft/v1/tcp-auth")
+        .digest(&chain.0)
+        .bytes(handshake)
+        .u64(u64::from(initiator))
+        .u64(role as u64)
+        .finish()
+}
+
+/// Why a connection was refused; the label names it in the metrics.
+#[derive(Debug)]
+pub enum HandshakeError {
+    /// The stream failed or closed.
+    Io(std::io::Error),
+    /// Noise refused a message (not a handshake, or tampered with).
+    Noise(snow::Error),
+    /// The handshake took longer than [`HANDSHAKE_TIMEOUT`].
+    Timeout,
+    /// The proof does not decode or its signature does not verify.
+    BadProof,
+    /// The key is not admitted for the role it asked (or not the one dialled).
+    UnknownKey,
+}
+
+impl HandshakeError {
+    /// The reason label for the metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            HandshakeError::Io(_) => "handshake_io",
+            HandshakeError::Noise(_) => "handshake_failed",
+            HandshakeError::Timeout => "handshake_timeout",
+            HandshakeError::BadProof => "bad_handshake_proof",
+            HandshakeError::UnknownKey => "unknown_key",
+        }
+    }
+}
+
+impl std::fmt::Display for HandshakeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HandshakeError::Io(err) => write!(f, "handshake: {err}"),
+            HandshakeError::Noise(err) => write!(f, "handshake: {err}"),
+            HandshakeError::Timeout => f.write_str("handshake timed out"),
+            HandshakeError::BadProof => f.write_str("key proof does not verify"),
+            HandshakeError::UnknownKey => f.write_str("key not admitted"),
+        }
+    }
+}
+
+impl std::error::Error for HandshakeError {}
+
+impl From<std::io::Error> for HandshakeError {
+    fn from(err: std::io::Error) -> Self {
+        HandshakeError::Io(err)
+    }
+}
+
+impl From<snow::Error> for HandshakeError {
+    fn from(err: snow::Error) -> Self {
+        HandshakeError::Noise(err)
+    }
+}
+
+/// The session keys of an established channel, shared by its reading and writing halves.
+#[derive(Clone)]
+pub struct Channel {
+    state: Arc<Mutex<snow::TransportState>>,
+}
+
+impl std::fmt::Debug for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Channel")
+    }
+}
+
+impl Channel {
+    fn lock(&self) -> std::sync::MutexGuard<'_, snow::TransportState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Encrypts `plain` (any length) into Noise messages and writes them.
+    pub async fn write<W: AsyncWrite + Unpin>(
+        &self,
+        stream: &mut W,
+        plain: &[u8],
+    ) -> std::io::Result<()> {
+        let mut wire = Vec::with_capacity(plain.len() + (plain.len() / MAX_PLAIN + 1) * 18);
+        for chunk in plain.chunks(MAX_PLAIN) {
+            let start = wire.len();
+            wire.resize(start + 2 + chunk.len() + TAG, 0);
+            let len = self
+                .lock()
+                .write_message(chunk, &mut wire[start + 2..])
+                .map_err(std::io::Error::other)?;
+            wire[start..start + 2].copy_from_slice(&(len as u16).to_be_bytes());
+            wire.truncate(start + 2 + len);
+        }
+        stream.write_all(&wire).await
+    }
+
+    /// Reads and decrypts one Noise message; `Ok(None)` at a clean end of stream.
+    pub async fn read<R: AsyncRead + Unpin>(
+        &self,
+        stream: &mut R,
+    ) -> std::io::Result<Option<Vec<u8>>> {
+        let Some(message) = read_message(stream).await? else {
+            return Ok(None);
+        };
+        let mut plain = vec![0; message.len()];
+        let len = self
+            .lock()
+            .read_message(&message, &mut plain)
+            .map_err(|err| std::io::Error::new(std::io::ErrorKind::InvalidData, err))?;
+        plain.truncate(len);
+        Ok(Some(plain))
+    }
+}
+
+async fn read_message<R: AsyncRead + Unpin>(stream: &mut R) -> std::io::Result<Option<Vec<u8>>> {
+    let mut prefix = [0u8; 2];
+    match stream.read_exact(&mut prefix).await {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(err) => return Err(err),
+    }
+    let mut message = vec![0; usize::from(u16::from_be_bytes(prefix))];
+    stream.read_exact(&mut message).await?;
+    Ok(Some(message))
+}
+
+async fn write_message<W: AsyncWrite + Unpin>(
+    stream: &mut W,
+    message: &[u8],
+) -> std::io::Result<()> {
+    let mut wire = Vec::with_capacity(2 + message.len());
+    wire.extend_from_slice(&(message.len() as u16).to_be_bytes());
+    wire.extend_from_slice(message);
+    stream.write_all(&wire).await
+}
+
+async fn expect_message<R: AsyncRead + Unpin>(stream: &mut R) -> Result<Vec<u8>, HandshakeError> {
+    read_message(stream)
+        .await?
+        .ok_or_else(|| HandshakeError::Io(std::io::ErrorKind::UnexpectedEof.into()))
+}
+
+fn sign_proof(
+    chain: &ChainId,
+    keypair: &Keypair,
+    handshake: &[u8],
+    initiator: bool,
+    role: Role,
+) -> Vec<u8> {
+    let proof = Proof {
+        role,
+        key: keypair.public_key(),
+        signature: keypair.sign(&proof_digest(chain, handshake, initiator, role)),
+    };
+    postcard::to_allocvec(&proof).expect("serialising to a Vec cannot fail")
+}
+
+fn check_proof(
+    chain: &ChainId,
+    bytes: &[u8],
+    handshake: &[u8],
+    initiator: bool,
+) -> Result<Proof, HandshakeError> {
+    let proof: Proof = postcard::from_bytes(bytes).map_err(|_| HandshakeError::BadProof)?;
+    let digest = proof_digest(chain, handshake, initiator, proof.role);
+    proof
+        .key
+        .verifying_key()
+        .and_then(|key| key.verify(&digest, &proof.signature))
+        .map_err(|_| HandshakeError::BadProof)?;
+    Ok(proof)
+}
+
+async fn with_timeout<T>(
+    handshake: impl std::future::Future<Output = Result<T, HandshakeError>>,
+) -> Result<T, HandshakeError> {
+    smol::future::or(handshake, async {
+        smol::Timer::after(HANDSHAKE_TIMEOUT).await;
+        Err(HandshakeError::Timeout)
+    })
+    .await
+}
+
+/// Opens a channel to the holder of `expected`, proving `keypair` for `role`.
+pub async fn initiate<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    chain: &ChainId,
+    keypair: &Keypair,
+    role: Role,
+    expected: &PublicKey,
+) -> Result<Channel, HandshakeError> {
+    with_timeout(async {
+        let mut noise = snow::Builder::new(NOISE.parse()?).build_initiator()?;
+        let mut buffer = vec![0; MAX_MESSAGE];
+        let len = noise.write_message(&[], &mut buffer)?;
+        write_message(stream, &buffer[..len]).await?;
+        let reply = expect_message(stream).await?;
+        noise.read_message(&reply, &mut buffer)?;
+        let handshake = noise.get_handshake_hash().to_vec();
+        let channel = Channel {
+            state: Arc::new(Mutex::new(noise.into_transport_mode()?)),
+        };
+        channel
+            .write(stream, &sign_proof(chain, keypair, &handshake, true, role))
+            .await?;
+        let answer = channel
+            .read(stream)
+            .await?
+            .ok_or(HandshakeError::BadProof)?;
+        let proof = check_proof(chain, &answer, &handshake, false)?;
+        if proof.role != Role::Server || proof.key != *expected {
+            return Err(HandshakeError::UnknownKey);
+        }
+        Ok(channel)
+    })
+    .await
+}
+
+/// Accepts a channel: `admit` decides whether the initiator's key may take the role it
+/// asked, before anything else is read from it.
+pub async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    chain: &ChainId,
+    keypair: &Keypair,
+    admit: impl Fn(&PublicKey, Role) -> bool,
+) -> Result<(Channel, PublicKey, Role), HandshakeError> {
+    with_timeout(async {
+        let mut noise = snow::Builder::new(NOISE.parse()?).build_responder()?;
+        let mut buffer = vec![0; MAX_MESSAGE];
+        let first = expect_message(stream).await?;
+        noise.read_message(&first, &mut buffer)?;
+        let len = noise.write_message(&[], &mut buffer)?;
+        write_message(stream, &buffer[..len]).await?;
+        let handshake = noise.get_handshake_hash().to_vec();
+        let channel = Channel {
+            state: Arc::new(Mutex::new(noise.into_transport_mode()?)),
+        };
+        let claim = channel
+            .read(stream)
+            .await?
+            .ok_or(HandshakeError::BadProof)?;
+        let proof = check_proof(chain, &claim, &handshake, true)?;
+        if proof.role == Role::Server || !admit(&proof.key, proof.role) {
+            return Err(HandshakeError::UnknownKey);
+        }
+        channel
+            .write(
+                stream,
+                &sign_proof(chain, keypair, &handshake, false, Role::Server),
+            )
+            .await?;
+        Ok((channel, proof.key, proof.role))
+    })
+    .await
+}

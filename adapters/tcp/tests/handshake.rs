@@ -1,0 +1,198 @@
+//! The TCP handshake over real loopback sockets: keys are proven, and a recorded handshake
+//! replayed, or a proof reflected back to its sender, gets nobody in.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use pbft_core::{ChainId, Keypair};
+use pbft_tcp::secure::{HandshakeError, Role, initiate, respond};
+use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use smol::net::{TcpListener, TcpStream};
+
+fn chain() -> ChainId {
+    ChainId::from_name("handshake-tests")
+}
+
+/// A stream that keeps a copy of everything written to it.
+struct Recording {
+    inner: TcpStream,
+    written: Vec<u8>,
+}
+
+impl AsyncRead for Recording {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Recording {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        let poll = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(written)) = &poll {
+            this.written.extend_from_slice(&buf[..*written]);
+        }
+        poll
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_close(cx)
+    }
+}
+
+/// Accepts one connection and runs the responder's side (admitting any peer key).
+async fn serve_once(
+    listener: &TcpListener,
+    node: &Keypair,
+) -> Result<pbft_core::PublicKey, HandshakeError> {
+    let (mut stream, _) = listener.accept().await.unwrap();
+    respond(&mut stream, &chain(), node, |_, role| role == Role::Peer)
+        .await
+        .map(|(_, key, _)| key)
+}
+
+#[test]
+fn both_sides_prove_their_keys_and_talk() {
+    smol::block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (node, peer) = (Keypair::from_seed(&[1; 32]), Keypair::from_seed(&[2; 32]));
+        let server = smol::spawn({
+            let node = Keypair::from_seed(&node.seed());
+            async move {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let (channel, key, role) = respond(&mut stream, &chain(), &node, |_, _| true)
+                    .await
+                    .unwrap();
+                let message = channel.read(&mut stream).await.unwrap().unwrap();
+                (key, role, message)
+            }
+        });
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let channel = initiate(&mut stream, &chain(), &peer, Role::Peer, &node.public_key())
+            .await
+            .unwrap();
+        // Larger than one Noise message: split and reassembled.
+        let long = vec![9u8; 200_000];
+        channel.write(&mut stream, &long[..70_000]).await.unwrap();
+        let (key, role, first) = server.await;
+        assert_eq!(key, peer.public_key());
+        assert_eq!(role, Role::Peer);
+        assert_eq!(first.len(), pbft_tcp::secure::MAX_PLAIN);
+
+        // Dialling a node that holds another key than expected fails.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let impostor = Keypair::from_seed(&[3; 32]);
+        let server = smol::spawn(async move { serve_once(&listener, &impostor).await });
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let outcome = initiate(&mut stream, &chain(), &peer, Role::Peer, &node.public_key()).await;
+        assert!(matches!(outcome, Err(HandshakeError::UnknownKey)));
+        let _ = server.await;
+    });
+}
+
+#[test]
+fn a_recorded_handshake_replayed_is_refused() {
+    smol::block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let node = Keypair::from_seed(&[1; 32]);
+        let peer = Keypair::from_seed(&[2; 32]);
+        let node_key = node.public_key();
+        let server = smol::spawn(async move {
+            let first = serve_once(&listener, &node).await;
+            let second = serve_once(&listener, &node).await;
+            (first, second)
+        });
+        // A genuine session, recorded from the initiator's side.
+        let mut recording = Recording {
+            inner: TcpStream::connect(addr).await.unwrap(),
+            written: Vec::new(),
+        };
+        let channel = initiate(&mut recording, &chain(), &peer, Role::Peer, &node_key)
+            .await
+            .unwrap();
+        channel.write(&mut recording, b"hello").await.unwrap();
+        // The same bytes again on a new connection: the node's fresh ephemeral key makes
+        // the recorded proof undecryptable.
+        let mut replay = TcpStream::connect(addr).await.unwrap();
+        replay.write_all(&recording.written).await.unwrap();
+        let mut rest = Vec::new();
+        let _ = replay.read_to_end(&mut rest).await;
+        let (first, second) = server.await;
+        assert_eq!(first.unwrap(), peer.public_key());
+        assert!(second.is_err(), "a replayed handshake was accepted");
+    });
+}
+
+#[test]
+fn a_proof_reflected_to_its_sender_is_refused() {
+    smol::block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let victim = Keypair::from_seed(&[4; 32]);
+        // The attacker answers the victim's handshake itself (it can: Noise NN has no
+        // static keys), decrypts the victim's proof and sends it back as its own.
+        let attacker = smol::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut noise =
+                snow::Builder::new("Noise_NN_25519_ChaChaPoly_BLAKE2s".parse().unwrap())
+                    .build_responder()
+                    .unwrap();
+            let mut buffer = vec![0u8; 65_535];
+            let first = read_message(&mut stream).await;
+            noise.read_message(&first, &mut buffer).unwrap();
+            let len = noise.write_message(&[], &mut buffer).unwrap();
+            write_message(&mut stream, &buffer[..len]).await;
+            let mut transport = noise.into_transport_mode().unwrap();
+            let sealed = read_message(&mut stream).await;
+            let len = transport.read_message(&sealed, &mut buffer).unwrap();
+            let proof = buffer[..len].to_vec();
+            let len = transport.write_message(&proof, &mut buffer).unwrap();
+            write_message(&mut stream, &buffer[..len]).await;
+        });
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        // The victim even expects its own key at the other end: the reflection must still
+        // fail, because the proof says which side made it.
+        let outcome = initiate(
+            &mut stream,
+            &chain(),
+            &victim,
+            Role::Peer,
+            &victim.public_key(),
+        )
+        .await;
+        assert!(
+            matches!(outcome, Err(HandshakeError::BadProof)),
+            "{outcome:?}"
+        );
+        attacker.await;
+    });
+}
+
+async fn read_message(stream: &mut TcpStream) -> Vec<u8> {
+    let mut prefix = [0u8; 2];
+    stream.read_exact(&mut prefix).await.unwrap();
+    let mut message = vec![0; usize::from(u16::from_be_bytes(prefix))];
+    stream.read_exact(&mut message).await.unwrap();
+    message
+}
+
+async fn write_message(stream: &mut TcpStream, message: &[u8]) {
+    let mut wire = (message.len() as u16).to_be_bytes().to_vec();
+    wire.extend_from_slice(message);
+    stream.write_all(&wire).await.unwrap();
+}
