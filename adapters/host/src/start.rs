@@ -4,10 +4,12 @@
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use pbft_core::{Keypair, ReplicaId};
+use std::net::SocketAddr;
+
+use pbft_core::{Keypair, PublicKey, ReplicaId};
 
 use crate::config::NodeConfig;
-use crate::driver::{self, Driver, PeerQueue, Router};
+use crate::driver::{self, Driver, Router};
 use crate::kv::KvStore;
 use crate::metrics::{self, NodeMetrics};
 use crate::node::{Node, NodeError};
@@ -42,6 +44,16 @@ impl std::fmt::Display for RunError {
 
 impl std::error::Error for RunError {}
 
+/// Another validator, as a transport's link to it needs it.
+pub struct Peer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The key it must prove.
+    pub key: PublicKey,
+    /// The frames for it.
+    pub queue: async_channel::Receiver<Vec<u8>>,
+}
+
 /// A validator whose node runs on its thread, waiting for a transport.
 pub struct Started {
     /// This validator's id.
@@ -52,8 +64,8 @@ pub struct Started {
     pub thread: JoinHandle<Result<(), NodeError>>,
     /// Where replies to clients go.
     pub router: Arc<Router>,
-    /// The frames for each other validator.
-    pub peers: Vec<PeerQueue>,
+    /// Every other validator.
+    pub peers: Vec<Peer>,
     /// The largest frame to accept or send.
     pub max_frame: usize,
 }
@@ -95,7 +107,19 @@ pub fn start(config: &NodeConfig) -> Result<Started, RunError> {
         stable = node.replica().stable_checkpoint().seq,
         "restored"
     );
-    let (router, peers) = Router::new(&config.validators, me, metrics);
+    let (router, queues) = Router::new(&config.validators, me, metrics);
+    let peers = queues
+        .into_iter()
+        .map(|(id, queue)| Peer {
+            addr: config.addresses[usize::from(id.0)],
+            key: config
+                .validators
+                .key(id)
+                .expect("id from the set")
+                .public_key(),
+            queue,
+        })
+        .collect();
     let (driver, thread) =
         driver::spawn(node, router.clone()).map_err(|err| RunError::Transport(Box::new(err)))?;
     Ok(Started {

@@ -37,23 +37,20 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     .map_err(|err| transport_error(TransportError::Io(err)))?;
     tracing::info!(listen = %config.listen, id = me.0, "listening");
     let mut links = Vec::new();
-    for (id, queue) in peers {
-        let key = config
-            .validators
-            .key(id)
-            .expect("id from the set")
-            .public_key();
-        let client =
-            transport::client_config(&config.keypair, key, ALPN_PEER).map_err(transport_error)?;
-        links.push(tokio::spawn(link(
+    for peer in peers {
+        let tls = transport::client_config(&config.keypair, peer.key, ALPN_PEER)
+            .map_err(transport_error)?;
+        let connected = driver.metrics().peers_connected.clone();
+        let link = link(
             endpoint.clone(),
-            config.addresses[usize::from(id.0)],
-            client,
-            queue,
+            peer.addr,
+            tls,
+            peer.queue,
             max_frame,
             None,
-            Some(driver.metrics().peers_connected.clone()),
-        )));
+            Some(connected),
+        );
+        links.push(tokio::spawn(link));
     }
     let accept = tokio::spawn(accept_loop(
         endpoint.clone(),

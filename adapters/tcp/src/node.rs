@@ -18,14 +18,9 @@ use crate::secure::{Role, respond};
 /// accepting, makes its log durable and closes every connection) or the node fails.
 /// Blocks the calling thread, which drives the accept loop.
 pub fn run(config: NodeConfig, shutdown: async_channel::Receiver<()>) -> Result<(), RunError> {
-    let Started {
-        me,
-        driver,
-        thread,
-        router,
-        peers,
-        max_frame,
-    } = start(&config)?;
+    let started = start(&config)?;
+    let (driver, router, max_frame) = (started.driver, started.router, started.max_frame);
+    let (me, thread, peers) = (started.me, started.thread, started.peers);
     let keypair = Arc::new(pbft_core::Keypair::from_seed(&config.keypair.seed()));
     let chain = config.core.chain_id;
     smol::block_on(async move {
@@ -33,27 +28,21 @@ pub fn run(config: NodeConfig, shutdown: async_channel::Receiver<()>) -> Result<
             .await
             .map_err(|err| RunError::Transport(Box::new(err)))?;
         tracing::info!(listen = %config.listen, id = me.0, "listening (tcp)");
-        let mut tasks = Vec::new();
-        for (id, queue) in peers {
-            let identity = Identity {
-                chain,
-                keypair: keypair.clone(),
-                role: Role::Peer,
-                expected: config
-                    .validators
-                    .key(id)
-                    .expect("id from the set")
-                    .public_key(),
-            };
-            tasks.push(smol::spawn(link(
-                config.addresses[usize::from(id.0)],
-                identity,
-                queue,
-                max_frame,
-                None,
-                Some(driver.metrics().peers_connected.clone()),
-            )));
-        }
+        let tasks: Vec<_> = peers
+            .into_iter()
+            .map(|peer| {
+                let identity = Identity {
+                    chain,
+                    keypair: keypair.clone(),
+                    role: Role::Peer,
+                    expected: peer.key,
+                };
+                let gauge = Some(driver.metrics().peers_connected.clone());
+                smol::spawn(link(
+                    peer.addr, identity, peer.queue, max_frame, None, gauge,
+                ))
+            })
+            .collect();
         let accepting = smol::spawn(accept_loop(
             listener,
             driver.clone(),
