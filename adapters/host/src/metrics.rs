@@ -285,3 +285,31 @@ pub fn serve(
         })?;
     Ok(bound)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpStream;
+
+    fn get(addr: SocketAddr, request: &[u8]) -> String {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream.write_all(request).unwrap();
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        response
+    }
+
+    #[test]
+    fn the_endpoint_serves_metrics_and_survives_garbage_and_silence() {
+        let metrics = std::sync::Arc::new(NodeMetrics::new());
+        metrics.reject("oversized_frame");
+        let addr = serve("127.0.0.1:0".parse().unwrap(), metrics).unwrap();
+        // A connection that says nothing is dropped after its read timeout.
+        let silent = TcpStream::connect(addr).unwrap();
+        assert!(get(addr, b"\x00\xff garbage\r\n\r\n").starts_with("HTTP/1.1 404"));
+        let response = get(addr, b"GET /metrics HTTP/1.1\r\n\r\n");
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        assert!(response.contains("pbft_messages_rejected_total{reason=\"oversized_frame\"} 1"));
+        drop(silent);
+    }
+}
