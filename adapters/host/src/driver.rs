@@ -218,6 +218,48 @@ where
     }
 }
 
+/// Most connections a node holds at once, handshaking or established: every client it
+/// admits, plus room for its peers' connections and their reconnects.
+pub const MAX_CONNECTIONS: usize = MAX_CLIENTS + 256;
+
+/// Counts a node's open connections, so that no one can make it hold more than
+/// [`MAX_CONNECTIONS`] (each costs buffers and a task) however fast they connect.
+#[derive(Debug, Default)]
+pub struct Connections {
+    open: std::sync::atomic::AtomicUsize,
+}
+
+/// One open connection's place; dropping it frees the place.
+#[derive(Debug)]
+pub struct Slot(Arc<Connections>);
+
+impl Connections {
+    /// Takes a place for a new connection, or `None` when the node holds the most it may
+    /// (the transport drops the connection and counts `too_many_connections`).
+    pub fn take(self: &Arc<Self>) -> Option<Slot> {
+        use std::sync::atomic::Ordering;
+        let taken = self
+            .open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < MAX_CONNECTIONS).then_some(open + 1)
+            });
+        taken.ok().map(|_| Slot(self.clone()))
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.open.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0
+            .open
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 /// Whether `key` may connect as a validator (`peer`) or as a client, given `connected`
 /// clients: the admission rule every transport applies before reading a byte.
 pub fn admits(
@@ -528,6 +570,18 @@ mod tests {
         driver.shutdown();
         thread.join().unwrap().unwrap();
         assert_eq!(router.metrics().rejected("bad_relay_signature"), 1);
+    }
+
+    #[test]
+    fn connection_slots_are_bounded_and_freed() {
+        let connections = Arc::new(Connections::default());
+        let slots: Vec<Slot> = (0..MAX_CONNECTIONS)
+            .map(|_| connections.take().expect("below the bound"))
+            .collect();
+        assert!(connections.take().is_none(), "one past the bound");
+        drop(slots);
+        assert_eq!(connections.open(), 0);
+        assert!(connections.take().is_some());
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pbft_host::config::NodeConfig;
-use pbft_host::driver::{Driver, Input, Router};
+use pbft_host::driver::{Connections, Driver, Input, Router, Slot};
 use pbft_host::framing::StreamEnd;
 pub use pbft_host::start::RunError;
 use pbft_host::start::{Started, start};
@@ -88,8 +88,15 @@ async fn accept_loop(
     validators: pbft_core::ValidatorSet,
     max: usize,
 ) {
+    let connections = Arc::new(Connections::default());
     while let Some(incoming) = endpoint.accept().await {
+        let Some(slot) = connections.take() else {
+            driver.metrics().reject("too_many_connections");
+            incoming.refuse();
+            continue;
+        };
         tokio::spawn(serve(
+            slot,
             incoming,
             driver.clone(),
             router.clone(),
@@ -101,6 +108,7 @@ async fn accept_loop(
 
 /// One accepted connection: admit it by key and role, then read its streams.
 async fn serve(
+    _slot: Slot,
     incoming: Incoming,
     driver: Driver,
     router: Arc<Router>,

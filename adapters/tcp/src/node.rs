@@ -81,8 +81,14 @@ async fn accept_loop(
     identity: (pbft_core::ChainId, Arc<pbft_core::Keypair>),
     max: usize,
 ) {
+    let connections = Arc::new(driver::Connections::default());
     while let Ok((stream, _)) = listener.accept().await {
+        let Some(slot) = connections.take() else {
+            driver.metrics().reject("too_many_connections");
+            continue;
+        };
         smol::spawn(serve(
+            slot,
             stream,
             driver.clone(),
             router.clone(),
@@ -97,6 +103,7 @@ async fn accept_loop(
 /// One accepted connection: the handshake admits it by key and role, then its frames go
 /// to the node.
 async fn serve(
+    _slot: driver::Slot,
     mut stream: TcpStream,
     driver: Driver,
     router: Arc<Router>,

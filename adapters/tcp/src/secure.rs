@@ -24,6 +24,9 @@ const MAX_MESSAGE: usize = 65_535;
 const TAG: usize = 16;
 /// Most plaintext in one Noise message.
 pub const MAX_PLAIN: usize = MAX_MESSAGE - TAG;
+/// Largest handshake message: the two Noise messages and the proofs are far smaller, and a
+/// connection that has proven nothing gets no more buffer than this.
+const MAX_HANDSHAKE_MESSAGE: usize = 1024;
 /// A handshake that takes longer is dropped: a peer cannot hold a connection half-open.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -155,7 +158,16 @@ impl Channel {
         &self,
         stream: &mut R,
     ) -> std::io::Result<Option<Vec<u8>>> {
-        let Some(message) = read_message(stream).await? else {
+        self.read_within(stream, MAX_MESSAGE).await
+    }
+
+    /// [`Channel::read`] of a message of at most `max` bytes.
+    async fn read_within<R: AsyncRead + Unpin>(
+        &self,
+        stream: &mut R,
+        max: usize,
+    ) -> std::io::Result<Option<Vec<u8>>> {
+        let Some(message) = read_message(stream, max).await? else {
             return Ok(None);
         };
         let mut plain = vec![0; message.len()];
@@ -168,14 +180,21 @@ impl Channel {
     }
 }
 
-async fn read_message<R: AsyncRead + Unpin>(stream: &mut R) -> std::io::Result<Option<Vec<u8>>> {
+async fn read_message<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    max: usize,
+) -> std::io::Result<Option<Vec<u8>>> {
     let mut prefix = [0u8; 2];
     match stream.read_exact(&mut prefix).await {
         Ok(()) => {}
         Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(err) => return Err(err),
     }
-    let mut message = vec![0; usize::from(u16::from_be_bytes(prefix))];
+    let len = usize::from(u16::from_be_bytes(prefix));
+    if len > max {
+        return Err(std::io::ErrorKind::InvalidData.into());
+    }
+    let mut message = vec![0; len];
     stream.read_exact(&mut message).await?;
     Ok(Some(message))
 }
@@ -191,7 +210,7 @@ async fn write_message<W: AsyncWrite + Unpin>(
 }
 
 async fn expect_message<R: AsyncRead + Unpin>(stream: &mut R) -> Result<Vec<u8>, HandshakeError> {
-    read_message(stream)
+    read_message(stream, MAX_HANDSHAKE_MESSAGE)
         .await?
         .ok_or_else(|| HandshakeError::Io(std::io::ErrorKind::UnexpectedEof.into()))
 }
@@ -247,7 +266,7 @@ pub async fn initiate<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<Channel, HandshakeError> {
     with_timeout(async {
         let mut noise = snow::Builder::new(NOISE.parse()?).build_initiator()?;
-        let mut buffer = vec![0; MAX_MESSAGE];
+        let mut buffer = vec![0; MAX_HANDSHAKE_MESSAGE];
         let len = noise.write_message(&[], &mut buffer)?;
         write_message(stream, &buffer[..len]).await?;
         let reply = expect_message(stream).await?;
@@ -260,7 +279,7 @@ pub async fn initiate<S: AsyncRead + AsyncWrite + Unpin>(
             .write(stream, &sign_proof(chain, keypair, &handshake, true, role))
             .await?;
         let answer = channel
-            .read(stream)
+            .read_within(stream, MAX_HANDSHAKE_MESSAGE)
             .await?
             .ok_or(HandshakeError::BadProof)?;
         let proof = check_proof(chain, &answer, &handshake, false)?;
@@ -282,7 +301,7 @@ pub async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<(Channel, PublicKey, Role), HandshakeError> {
     with_timeout(async {
         let mut noise = snow::Builder::new(NOISE.parse()?).build_responder()?;
-        let mut buffer = vec![0; MAX_MESSAGE];
+        let mut buffer = vec![0; MAX_HANDSHAKE_MESSAGE];
         let first = expect_message(stream).await?;
         noise.read_message(&first, &mut buffer)?;
         let len = noise.write_message(&[], &mut buffer)?;
@@ -292,7 +311,7 @@ pub async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
             state: Arc::new(Mutex::new(noise.into_transport_mode()?)),
         };
         let claim = channel
-            .read(stream)
+            .read_within(stream, MAX_HANDSHAKE_MESSAGE)
             .await?
             .ok_or(HandshakeError::BadProof)?;
         let proof = check_proof(chain, &claim, &handshake, true)?;

@@ -196,3 +196,19 @@ async fn write_message(stream: &mut TcpStream, message: &[u8]) {
     wire.extend_from_slice(message);
     stream.write_all(&wire).await.unwrap();
 }
+
+#[test]
+fn an_unproven_connection_gets_no_large_buffer() {
+    smol::block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let node = Keypair::from_seed(&[1; 32]);
+        let server = smol::spawn(async move { serve_once(&listener, &node).await });
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        // A 65,535-byte first message is refused on its length alone, at once.
+        stream.write_all(&[0xff, 0xff]).await.unwrap();
+        let started = std::time::Instant::now();
+        assert!(matches!(server.await, Err(HandshakeError::Io(_))));
+        assert!(started.elapsed() < pbft_tcp::secure::HANDSHAKE_TIMEOUT);
+    });
+}
