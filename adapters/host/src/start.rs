@@ -71,6 +71,18 @@ pub struct Started {
 }
 
 impl Started {
+    /// Stops a node whose transport could not start, after it made its log durable, and
+    /// returns the transport's error.
+    pub fn abandon(
+        driver: &Driver,
+        thread: JoinHandle<Result<(), NodeError>>,
+        err: RunError,
+    ) -> RunError {
+        driver.shutdown();
+        let _ = Started::finish(thread);
+        err
+    }
+
     /// Waits for the node's thread and turns its end into a result.
     pub fn finish(thread: JoinHandle<Result<(), NodeError>>) -> Result<(), RunError> {
         match thread.join() {

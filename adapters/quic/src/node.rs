@@ -22,6 +22,7 @@ use crate::transport::{
 /// node fails.
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
     let transport_error = |err: TransportError| RunError::Transport(Box::new(err));
+    let server = transport::server_config(&config.keypair).map_err(transport_error)?;
     let Started {
         me,
         driver,
@@ -30,16 +31,20 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         peers,
         max_frame,
     } = start(&config)?;
-    let endpoint = Endpoint::server(
-        transport::server_config(&config.keypair).map_err(transport_error)?,
-        config.listen,
-    )
-    .map_err(|err| transport_error(TransportError::Io(err)))?;
+    let endpoint = match Endpoint::server(server, config.listen) {
+        Ok(endpoint) => endpoint,
+        Err(err) => {
+            let err = RunError::Transport(format!("listening on {}: {err}", config.listen).into());
+            return Err(Started::abandon(&driver, thread, err));
+        }
+    };
     tracing::info!(listen = %config.listen, id = me.0, "listening");
     let mut links = Vec::new();
     for peer in peers {
-        let tls = transport::client_config(&config.keypair, peer.key, ALPN_PEER)
-            .map_err(transport_error)?;
+        let tls = match transport::client_config(&config.keypair, peer.key, ALPN_PEER) {
+            Ok(tls) => tls,
+            Err(err) => return Err(Started::abandon(&driver, thread, transport_error(err))),
+        };
         let connected = driver.metrics().peers_connected.clone();
         let link = link(
             endpoint.clone(),

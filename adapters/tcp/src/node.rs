@@ -24,9 +24,14 @@ pub fn run(config: NodeConfig, shutdown: async_channel::Receiver<()>) -> Result<
     let keypair = Arc::new(pbft_core::Keypair::from_seed(&config.keypair.seed()));
     let chain = config.core.chain_id;
     smol::block_on(async move {
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|err| RunError::Transport(Box::new(err)))?;
+        let listener = match TcpListener::bind(config.listen).await {
+            Ok(listener) => listener,
+            Err(err) => {
+                let err =
+                    RunError::Transport(format!("listening on {}: {err}", config.listen).into());
+                return Err(Started::abandon(&driver, thread, err));
+            }
+        };
         tracing::info!(listen = %config.listen, id = me.0, "listening (tcp)");
         let tasks: Vec<_> = peers
             .into_iter()
