@@ -348,7 +348,7 @@ fn run<A: Application>(
     let start = Instant::now();
     // The core's clock: milliseconds since the node started (it only compares them).
     let now = || start.elapsed().as_millis() as u64 + 1;
-    let max_message = node.max_message_bytes();
+    let mut queries = QueryBudget::default();
     let mut last_metrics = Instant::now();
     // Inputs handled since the metrics were last refreshed: refresh within METRICS_EVERY
     // even if the node then goes idle, so a scrape never shows a stale burst.
@@ -368,7 +368,7 @@ fn run<A: Application>(
         match first {
             Ok(input) => {
                 stale = true;
-                stop |= handle(&mut node, router, input, now(), max_message);
+                stop |= handle(&mut node, router, &mut queries, input, now());
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => stop = true,
@@ -378,7 +378,7 @@ fn run<A: Application>(
                 break;
             }
             match inputs.try_recv() {
-                Ok(input) => stop |= handle(&mut node, router, input, now(), max_message),
+                Ok(input) => stop |= handle(&mut node, router, &mut queries, input, now()),
                 Err(_) => break,
             }
         }
@@ -409,14 +409,37 @@ fn run<A: Application>(
     }
 }
 
+/// Status and proof queries answered per second, from all clients together: each costs
+/// the node's thread up to a batch of hashes, so they get a bounded share of it.
+pub const QUERIES_PER_SECOND: u32 = 100;
+
+/// Counts the queries of the current second.
+#[derive(Debug, Default)]
+struct QueryBudget {
+    second: u64,
+    used: u32,
+}
+
+impl QueryBudget {
+    fn allow(&mut self, now_ms: u64) -> bool {
+        if now_ms / 1000 != self.second {
+            self.second = now_ms / 1000;
+            self.used = 0;
+        }
+        self.used += 1;
+        self.used <= QUERIES_PER_SECOND
+    }
+}
+
 /// Feeds one input to the node; true on shutdown.
 fn handle<A: Application>(
     node: &mut Node<A>,
     router: &Router,
+    queries: &mut QueryBudget,
     input: Input,
     now: u64,
-    max_message: usize,
 ) -> bool {
+    let max_message = node.max_message_bytes();
     match input {
         Input::Peer { from, bytes } => {
             // Rejections are counted in the core's metrics; the node goes on.
@@ -443,12 +466,15 @@ fn handle<A: Application>(
                     Err(_) => router.metrics.reject("bad_relay_signature"),
                 }
             }
-            Ok(ClientFrame::Status) => router.to_client(&from, &ServerFrame::Status(node.status())),
+            Ok(ClientFrame::Status | ClientFrame::Proof { .. }) if !queries.allow(now) => {
+                router.metrics.reject("queries_rate_limited");
+            }
+            Ok(ClientFrame::Status) => {
+                router.to_client(&from, &ServerFrame::Status(node.status(now)));
+            }
             Ok(ClientFrame::Proof { seq, request }) => {
-                router.to_client(
-                    &from,
-                    &ServerFrame::Proof(node.proof(seq, &request).map(Box::new)),
-                );
+                let proof = node.proof(seq, &request).map(Box::new);
+                router.to_client(&from, &ServerFrame::Proof(proof));
             }
             Err(_) => router.metrics.reject("bad_client_frame"),
         },
@@ -570,6 +596,16 @@ mod tests {
         driver.shutdown();
         thread.join().unwrap().unwrap();
         assert_eq!(router.metrics().rejected("bad_relay_signature"), 1);
+    }
+
+    #[test]
+    fn queries_get_a_bounded_share_of_each_second() {
+        let mut budget = QueryBudget::default();
+        let allowed = (0..QUERIES_PER_SECOND + 50)
+            .filter(|_| budget.allow(1_500))
+            .count();
+        assert_eq!(allowed, QUERIES_PER_SECOND as usize);
+        assert!(budget.allow(2_000), "a new second, a new budget");
     }
 
     #[test]

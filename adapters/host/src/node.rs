@@ -154,6 +154,9 @@ const PROOFS_KEPT: usize = 64;
 /// are not timed (a flood of requests cannot grow the map).
 const TIMED_REQUESTS: usize = 4096;
 
+/// Least time between two digests of the whole application state for status queries, ms.
+pub const STATE_DIGEST_EVERY_MS: u64 = 1000;
+
 /// Latency samples kept between two [`Node::take_samples`].
 const SAMPLES_KEPT: usize = 4096;
 
@@ -192,6 +195,8 @@ pub struct Node<A> {
     samples: Samples,
     max_message_bytes: usize,
     chain: pbft_core::ChainId,
+    /// The last state digest taken for a status query: (seq, digest, when).
+    state_digest: Option<(u64, Digest, u64)>,
 }
 
 impl<A: Application> Node<A> {
@@ -230,6 +235,7 @@ impl<A: Application> Node<A> {
             samples: Samples::default(),
             max_message_bytes,
             chain,
+            state_digest: None,
         })
     }
 
@@ -340,16 +346,29 @@ impl<A: Application> Node<A> {
         Ok(transmits)
     }
 
-    /// Where the node is, with a digest of its application state.
-    pub fn status(&self) -> NodeStatus {
+    /// Where the node is, with a digest of its application state. The digest hashes the
+    /// whole state, so it is taken again only when execution moved on and the last one is
+    /// at least [`STATE_DIGEST_EVERY_MS`] old (`now` is the driver's clock).
+    pub fn status(&mut self, now: u64) -> NodeStatus {
+        let executed = self.replica.executed_seq();
+        let stale = match self.state_digest {
+            Some((seq, _, at)) => seq != executed && now >= at + STATE_DIGEST_EVERY_MS,
+            None => true,
+        };
+        if stale {
+            let digest = Hasher::new(b"pbft/v1/app-state")
+                .bytes(&self.app.snapshot())
+                .finish();
+            self.state_digest = Some((executed, digest, now));
+        }
+        let (state_seq, state, _) = self.state_digest.unwrap_or_default();
         NodeStatus {
             id: u32::from(self.replica.id().0),
             view: self.replica.view(),
-            executed: self.replica.executed_seq(),
+            executed,
             stable: self.replica.stable_checkpoint().seq,
-            state: Hasher::new(b"pbft/v1/app-state")
-                .bytes(&self.app.snapshot())
-                .finish(),
+            state_seq,
+            state,
         }
     }
 

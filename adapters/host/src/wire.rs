@@ -75,7 +75,10 @@ pub struct NodeStatus {
     pub executed: u64,
     /// Its stable checkpoint.
     pub stable: u64,
-    /// Digest of its application state after `executed`.
+    /// The seq `state` was taken at (at most a second old while the node is busy: the
+    /// digest hashes the whole state, so it is not recomputed for every query).
+    pub state_seq: u64,
+    /// Digest of its application state after `state_seq`.
     pub state: Digest,
 }
 

@@ -420,7 +420,7 @@ async fn demo(load: &Load) -> Result<(), Failure> {
     }
     let agree = states
         .windows(2)
-        .all(|w| w[0].executed != w[1].executed || w[0].state == w[1].state);
+        .all(|w| w[0].state_seq != w[1].state_seq || w[0].state == w[1].state);
     println!(
         "validators: {}",
         states

@@ -274,7 +274,7 @@ async fn killed_validators_lose_no_acknowledged_write(transport: Transport) {
         if statuses.len() == VALIDATORS
             && statuses
                 .windows(2)
-                .all(|w| w[0].executed == w[1].executed && w[0].state == w[1].state)
+                .all(|w| w[0].state_seq == w[1].state_seq && w[0].state == w[1].state)
         {
             break;
         }
