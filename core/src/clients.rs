@@ -22,6 +22,20 @@ pub(crate) enum Freshness<'a> {
     Stale,
 }
 
+/// One client's row of the exactly-once table, as a host keeps it durably beside its
+/// application state (see [`crate::ExecutedState`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientRecord {
+    /// The client's key.
+    pub client: PublicKey,
+    /// The number of its last executed request.
+    pub client_seq: u64,
+    /// The seq of the batch that executed it (the table forgets the oldest first).
+    pub seq: u64,
+    /// What the application returned for it; `None` only between delivery and execution.
+    pub result: Option<Vec<u8>>,
+}
+
 struct ClientEntry {
     last_client_seq: u64,
     /// The sequence number that executed it: the eviction order.
@@ -63,7 +77,13 @@ impl ClientTable {
     }
 
     /// Records that (client, number) executes at `seq`; the caller checked it is fresh.
-    pub(crate) fn record_execution(&mut self, client: PublicKey, client_seq: u64, seq: u64) {
+    /// Returns the client forgotten to stay within `max_clients`, if any.
+    pub(crate) fn record_execution(
+        &mut self,
+        client: PublicKey,
+        client_seq: u64,
+        seq: u64,
+    ) -> Option<PublicKey> {
         if let Some(old) = self.entries.insert(
             client,
             ClientEntry {
@@ -76,14 +96,67 @@ impl ClientTable {
             self.by_age.remove(&(old.executed_at, client));
         }
         self.by_age.insert((seq, client));
+        self.evict()
+    }
+
+    /// Forgets the clients that executed longest ago until the table is within its bound;
+    /// returns the last one forgotten (one insert forgets at most one).
+    fn evict(&mut self) -> Option<PublicKey> {
+        let mut forgotten = None;
         while self.entries.len() > self.max_clients {
-            let Some((_, oldest)) = self.by_age.pop_first() else {
-                break;
-            };
+            let (_, oldest) = self.by_age.pop_first()?;
             if let Some(evicted) = self.entries.remove(&oldest) {
                 self.floor = self.floor.max(evicted.last_client_seq);
+                forgotten = Some(oldest);
             }
         }
+        forgotten
+    }
+
+    /// The highest request number of a forgotten client: an unknown client's requests must
+    /// be numbered above it.
+    pub(crate) fn floor(&self) -> u64 {
+        self.floor
+    }
+
+    /// The table's rows, in key order, for a host to persist.
+    pub(crate) fn records(&self) -> Vec<ClientRecord> {
+        self.entries
+            .iter()
+            .map(|(client, entry)| ClientRecord {
+                client: *client,
+                client_seq: entry.last_client_seq,
+                seq: entry.executed_at,
+                result: entry.result.clone(),
+            })
+            .collect()
+    }
+
+    /// The table a host persisted: its floor and rows (in any order). Rows beyond
+    /// `max_clients` are forgotten oldest first, as the live table would have.
+    pub(crate) fn from_records(
+        max_clients: usize,
+        floor: u64,
+        records: impl IntoIterator<Item = ClientRecord>,
+    ) -> ClientTable {
+        let mut table = ClientTable::new(max_clients);
+        table.floor = floor;
+        for record in records {
+            if let Some(old) = table.entries.insert(
+                record.client,
+                ClientEntry {
+                    last_client_seq: record.client_seq,
+                    executed_at: record.seq,
+                    result: record.result,
+                    reply: None,
+                },
+            ) {
+                table.by_age.remove(&(old.executed_at, record.client));
+            }
+            table.by_age.insert((record.seq, record.client));
+        }
+        table.evict();
+        table
     }
 
     /// Keeps the reply to the client's last request, to answer retransmissions.
@@ -101,6 +174,11 @@ impl ClientTable {
     pub(crate) fn last_result(&self, client: &PublicKey) -> Option<(u64, Vec<u8>)> {
         let entry = self.entries.get(client)?;
         Some((entry.executed_at, entry.result.clone()?))
+    }
+
+    /// Whether the table holds a row for `client`.
+    pub(crate) fn contains(&self, client: &PublicKey) -> bool {
+        self.entries.contains_key(client)
     }
 
     pub(crate) fn len(&self) -> usize {

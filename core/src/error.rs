@@ -69,6 +69,12 @@ pub enum Error {
     },
     /// The client already executed a request with this number or a higher one.
     StaleRequest,
+    /// A proposal for a seq that committed here with another batch (Castro and Liskov: a
+    /// committed slot keeps its digest in every later view).
+    ConflictsWithCommit {
+        /// The seq.
+        seq: u64,
+    },
     /// The primary's queue of pending requests is full; the client should retry later.
     Overloaded,
     /// This replica is not the primary and cannot take the action.
@@ -107,6 +113,7 @@ impl Error {
             Error::DuplicateRequest => "duplicate_request",
             Error::RequestTooLarge { .. } => "request_too_large",
             Error::StaleRequest => "stale_request",
+            Error::ConflictsWithCommit { .. } => "conflicts_with_commit",
             Error::Overloaded => "overloaded",
             Error::NotPrimary => "not_primary",
             Error::HostContract(_) => "host_contract",
@@ -172,6 +179,12 @@ impl fmt::Display for Error {
                 write!(f, "operation of {len} bytes exceeds {max}")
             }
             Error::StaleRequest => f.write_str("request number already executed for this client"),
+            Error::ConflictsWithCommit { seq } => {
+                write!(
+                    f,
+                    "proposal for seq {seq}, which committed with another batch"
+                )
+            }
             Error::Overloaded => f.write_str("pending request queue is full"),
             Error::NotPrimary => f.write_str("this replica is not the primary"),
             Error::HostContract(why) => write!(f, "host contract violated: {why}"),

@@ -36,6 +36,7 @@ pub use client::{
     Client, ClientError, DEFAULT_MAX_REPLY_BYTES, DEFAULT_RETRANSMIT_MS, Outcome, ReplyCache,
     verify_reply, verify_reply_cached,
 };
+pub use clients::ClientRecord;
 pub use config::{ChainId, Config, ConfigError, ReplicaId, ValidatorSet};
 pub use crypto::{
     BatchVerifier, CryptoError, Digest, Hasher, Keypair, PublicKey, Signature, VerifyingKey,
@@ -49,7 +50,7 @@ pub use message::{
     reply_root_digest, vote_digest,
 };
 pub use metrics::Metrics;
-pub use replica::{Delivery, Destination, Install, Output, Record, Replica};
+pub use replica::{Delivery, Destination, ExecutedState, Install, Output, Record, Replica};
 pub use state::{FetchState, Manifest, StateChunk};
 pub use view_change::{
     NewView, Plan, Prepared, StableCheckpoint, ViewChange, ViewChangeError, null_digest, plan,

@@ -3,9 +3,9 @@
 //! change cannot move a replica, f + 1 can; timeouts double per failed view.
 
 use pbft_core::{
-    Batch, ChainId, Config, Destination, Error, Keypair, Message, NewView, Output, Phase, Prepared,
-    PublicKey, Record, Replica, ReplicaId, Request, Signature, StableCheckpoint, ValidatorSet,
-    ViewChange, ViewChangeError, Vote, null_digest, verify_new_view,
+    Batch, ChainId, Config, Destination, Error, ExecutedState, Keypair, Message, NewView, Output,
+    Phase, Prepared, PublicKey, Record, Replica, ReplicaId, Request, Signature, StableCheckpoint,
+    ValidatorSet, ViewChange, ViewChangeError, Vote, null_digest, verify_new_view,
 };
 
 const NOW: u64 = 1_000;
@@ -348,8 +348,14 @@ fn a_restored_replica_repeats_its_votes_but_never_signs_a_conflicting_one() {
     // The records survive the crash as bytes in a log.
     let bytes: Vec<Vec<u8>> = records.iter().map(Record::encode).collect();
     let restored_records = bytes.iter().map(|b| Record::decode(b).unwrap());
-    let mut restored =
-        Replica::restore(config(), set(), keys().remove(2), restored_records).unwrap();
+    let mut restored = Replica::restore(
+        config(),
+        set(),
+        keys().remove(2),
+        restored_records,
+        ExecutedState::default(),
+    )
+    .unwrap();
     // A primary (Byzantine, or one that lost its own log) proposes another batch at the slot.
     let other = Batch {
         requests: vec![Request::new(&chain(), &keys()[3], 9, b"other".to_vec())],
@@ -366,8 +372,14 @@ fn a_restored_replica_repeats_its_votes_but_never_signs_a_conflicting_one() {
     );
     assert_eq!(restored.metrics().refused_to_equivocate, 1);
     // The same proposal again gets the same vote, byte for byte.
-    let mut again =
-        Replica::restore(config(), set(), keys().remove(2), records.iter().cloned()).unwrap();
+    let mut again = Replica::restore(
+        config(),
+        set(),
+        keys().remove(2),
+        records.iter().cloned(),
+        ExecutedState::default(),
+    )
+    .unwrap();
     again
         .handle_message(NOW, &key_of(0), &pre_prepare(&batch))
         .unwrap();
@@ -388,6 +400,262 @@ fn a_replica_restored_mid_view_change_stays_in_it() {
     }
     assert_eq!((replica.view(), replica.in_view()), (5, false));
     let durable = replica.durable_records();
-    let restored = Replica::restore(config(), set(), keys().remove(0), durable).unwrap();
+    let restored = Replica::restore(
+        config(),
+        set(),
+        keys().remove(0),
+        durable,
+        ExecutedState::default(),
+    )
+    .unwrap();
     assert_eq!((restored.view(), restored.in_view()), (5, false));
+}
+
+/// The messages a replica would sign and send now, by phase, view and seq.
+fn signed_now(replica: &mut Replica) -> Vec<(Phase, u64, u64)> {
+    std::iter::from_fn(|| replica.poll_output())
+        .filter_map(|output| match output {
+            Output::Persist(Record::Signed(v)) => Some((v.phase, v.view, v.seq)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn other_batch() -> Batch {
+    Batch {
+        requests: vec![Request::new(&chain(), &keys()[3], 9, b"other".to_vec())],
+    }
+}
+
+fn pre_prepare_bytes(signer: usize, (view, seq): (u64, u64), batch: &Batch) -> Vec<u8> {
+    Message::PrePrepare(pbft_core::PrePrepare {
+        vote: vote(signer, Phase::PrePrepare, (view, seq), batch),
+        batch: batch.clone(),
+    })
+    .encode()
+}
+
+/// A stable checkpoint at `seq` as a record (restore trusts its own log; peers verify).
+fn stable_at(seq: u64) -> Record {
+    Record::Stable(StableCheckpoint {
+        seq,
+        digest: pbft_core::Digest([7; 32]),
+        signatures: vec![],
+    })
+}
+
+#[test]
+fn a_restored_replica_signs_nothing_at_or_below_its_stable_checkpoint() {
+    // Its log was compacted at the stable checkpoint 2: no votes below it survive. The
+    // primary of view 0 then proposes a batch at seq 1, which committed long ago.
+    let mut restored = Replica::restore(
+        config(),
+        set(),
+        keys().remove(2),
+        [stable_at(2)],
+        ExecutedState::default(),
+    )
+    .unwrap();
+    let _ = restored.handle_message(
+        NOW,
+        &key_of(0),
+        &pre_prepare_bytes(0, (0, 1), &other_batch()),
+    );
+    assert_eq!(signed_now(&mut restored), vec![], "no prepare at seq 1");
+    // With its application durable at seq 2, seq 1 is below the window altogether.
+    let executed = ExecutedState {
+        executed: 2,
+        ..ExecutedState::default()
+    };
+    let mut restored =
+        Replica::restore(config(), set(), keys().remove(2), [stable_at(2)], executed).unwrap();
+    assert_eq!(restored.low_watermark(), 2);
+    assert!(matches!(
+        restored.handle_message(
+            NOW,
+            &key_of(0),
+            &pre_prepare_bytes(0, (0, 2), &other_batch())
+        ),
+        Err(Error::OutOfWindow { .. })
+    ));
+    assert_eq!(signed_now(&mut restored), vec![]);
+}
+
+/// Replica 0's pre-prepare, and the commits of replicas 0, 1 and 2, on `batch` at (0, seq).
+fn committed(seq: u64, batch: &Batch) -> pbft_core::Committed {
+    let digest = batch.digest(&chain());
+    let signatures = (0..3)
+        .map(|signer| {
+            let commit = vote(signer, Phase::Commit, (0, seq), batch);
+            (commit.replica, commit.signature)
+        })
+        .collect();
+    pbft_core::Committed {
+        batch: batch.clone(),
+        certificate: pbft_core::QuorumCertificate {
+            chain_id: chain(),
+            epoch: 0,
+            view: 0,
+            seq,
+            digest,
+            signatures,
+        },
+    }
+}
+
+#[test]
+fn a_restored_replica_signs_only_the_committed_digest_at_a_seq_it_executed() {
+    // It executed seq 1 (durable in its store with the QC); no checkpoint is stable yet, so
+    // seq 1 is still inside the window and its votes there were not kept.
+    let executed = ExecutedState {
+        executed: 1,
+        committed: vec![committed(1, &prepared_batch())],
+        ..ExecutedState::default()
+    };
+    let mut restored =
+        Replica::restore(config(), set(), keys().remove(2), [], executed.clone()).unwrap();
+    assert_eq!(restored.executed_seq(), 1);
+    assert_eq!(
+        restored.handle_message(
+            NOW,
+            &key_of(0),
+            &pre_prepare_bytes(0, (0, 1), &other_batch())
+        ),
+        Err(Error::ConflictsWithCommit { seq: 1 })
+    );
+    assert_eq!(signed_now(&mut restored), vec![], "another digest at seq 1");
+    // A new view that re-proposes the batch committed there is prepared as usual.
+    let mut restored = Replica::restore(config(), set(), keys().remove(2), [], executed).unwrap();
+    let entered = Message::NewView(new_view(quorum(), vec![reproposal()])).encode();
+    restored.handle_message(NOW, &key_of(1), &entered).unwrap();
+    assert_eq!(signed_now(&mut restored), vec![(Phase::Prepare, 1, 1)]);
+}
+
+#[test]
+fn a_restored_backup_keeps_the_re_proposals_of_the_new_view_it_entered() {
+    // Replica 2 entered view 1 (seq 1 re-proposes the prepared batch) and crashed before its
+    // prepare was durable: the new view is all its log holds.
+    let entered = new_view(quorum(), vec![reproposal()]);
+    let mut restored = Replica::restore(
+        config(),
+        set(),
+        keys().remove(2),
+        [Record::NewView(entered)],
+        ExecutedState::default(),
+    )
+    .unwrap();
+    assert_eq!((restored.view(), restored.in_view()), (1, true));
+    // The primary of view 1 now proposes another batch at seq 1: equivocation, not a slot.
+    let result = restored.handle_message(
+        NOW,
+        &key_of(1),
+        &pre_prepare_bytes(1, (1, 1), &other_batch()),
+    );
+    assert_eq!(result, Err(Error::Equivocation(ReplicaId(1))));
+    assert_eq!(signed_now(&mut restored), vec![]);
+}
+
+#[test]
+fn a_restored_backup_knows_a_null_re_proposal_as_the_empty_batch() {
+    // Seq 2 prepared in view 0, seq 1 did not: view 1 re-proposes seq 1 as a null batch.
+    let batch = prepared_batch();
+    let prepared_at_2 = Prepared {
+        proposal: vote(0, Phase::PrePrepare, (0, 2), &batch),
+        prepares: vec![
+            vote(1, Phase::Prepare, (0, 2), &batch),
+            vote(2, Phase::Prepare, (0, 2), &batch),
+        ],
+    };
+    let changes = vec![
+        view_change(1, 1, vec![prepared_at_2]),
+        view_change(2, 1, vec![]),
+        view_change(3, 1, vec![]),
+    ];
+    let null = Vote::new(
+        &chain(),
+        0,
+        Phase::PrePrepare,
+        (1, 1),
+        null_digest(&chain()),
+        ReplicaId(1),
+        &keys()[1],
+    );
+    let entered = new_view(
+        changes,
+        vec![null.clone(), vote(1, Phase::PrePrepare, (1, 2), &batch)],
+    );
+    verify_new_view(&chain(), &set(), 4, &entered).unwrap();
+    let mut restored = Replica::restore(
+        config(),
+        set(),
+        keys().remove(3),
+        [Record::NewView(entered)],
+        ExecutedState::default(),
+    )
+    .unwrap();
+    // The primary re-sends the null proposal: known, not refused as an empty batch.
+    let bytes = Message::PrePrepare(pbft_core::PrePrepare {
+        vote: null,
+        batch: Batch::default(),
+    })
+    .encode();
+    assert_eq!(
+        restored.handle_message(NOW, &key_of(1), &bytes),
+        Err(Error::Duplicate)
+    );
+    // Its peers' prepares on the null digest prepare the slot: it commits the null batch.
+    for signer in [0usize, 2] {
+        let prepare = Vote::new(
+            &chain(),
+            0,
+            Phase::Prepare,
+            (1, 1),
+            null_digest(&chain()),
+            ReplicaId(signer as u16),
+            &keys()[signer],
+        );
+        restored
+            .handle_message(NOW, &key_of(signer), &Message::Vote(prepare).encode())
+            .unwrap();
+    }
+    assert_eq!(signed_now(&mut restored), vec![(Phase::Commit, 1, 1)]);
+}
+
+#[test]
+fn a_replica_holding_a_qc_for_a_seq_never_takes_another_batch_there() {
+    // Seq 2 committed (its QC came from a peer) while seq 1 is still missing here; then the
+    // primary proposes another batch at seq 2.
+    let mut backup = replica(2);
+    let second = Batch {
+        requests: vec![Request::new(&chain(), &keys()[1], 4, b"second".to_vec())],
+    };
+    let at_two = Message::Committed(committed(2, &second)).encode();
+    backup.handle_message(NOW, &key_of(1), &at_two).unwrap();
+    assert_eq!(
+        backup.handle_message(
+            NOW,
+            &key_of(0),
+            &pre_prepare_bytes(0, (0, 2), &other_batch())
+        ),
+        Err(Error::ConflictsWithCommit { seq: 2 })
+    );
+    let at_one = Message::Committed(committed(1, &prepared_batch())).encode();
+    backup.handle_message(NOW, &key_of(1), &at_one).unwrap();
+    let mut delivered = Vec::new();
+    while let Some(output) = backup.poll_output() {
+        if let Output::Deliver(delivery) = output {
+            assert_eq!(delivery.batch.digest(&chain()), delivery.certificate.digest);
+            let results = vec![vec![]; delivery.execute.len()];
+            delivered.push(delivery.seq);
+            backup
+                .executed(
+                    NOW,
+                    delivery.seq,
+                    results,
+                    delivery.checkpoint.then(Vec::new),
+                )
+                .unwrap();
+        }
+    }
+    assert_eq!(delivered, vec![1, 2]);
 }

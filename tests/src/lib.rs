@@ -9,9 +9,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use pbft_core::{
-    Batch, ChainId, Client, Config, Delivery, Destination, Digest, Hasher, Keypair, Message,
-    NewView, Output, PublicKey, Record, Replica, Request, Signature, ValidatorSet, ViewChange,
-    Vote, verify_evidence, verify_inclusion, verify_qc,
+    Batch, ChainId, Client, ClientRecord, Config, Delivery, Destination, Digest, ExecutedState,
+    Hasher, Keypair, Message, NewView, Output, PublicKey, Record, Replica, Request, Signature,
+    ValidatorSet, ViewChange, Vote, verify_evidence, verify_inclusion, verify_qc,
 };
 
 pub mod cluster;
@@ -80,6 +80,10 @@ pub enum Fault {
     ForgeViewChange,
     /// Serves state transfers with corrupted manifests and chunks.
     BadState,
+    /// Runs honestly, and while it leads also proposes other batches (real client requests,
+    /// recombined, under its own valid signature) at seqs that already committed: at or
+    /// below its peers' stable checkpoints, and at the seqs of the new view it sent.
+    ReproposeCommitted,
 }
 
 /// The faults a backup may draw.
@@ -114,10 +118,17 @@ pub enum Kind {
     /// Honest validators crash and restart from their records, the primary among them, while
     /// f - 1 backups are Byzantine.
     CrashRestart,
+    /// Every honest validator crashes at once (those busy at a random point of their step,
+    /// the rest between steps) and restarts from its records and its durable application
+    /// store, some of them seconds after the others; f - 1 backups are Byzantine.
+    WholeCluster,
+    /// f + 1 honest validators crash and restart while the primary re-proposes committed seqs
+    /// with other batches (`Fault::ReproposeCommitted`).
+    RestartUnderReproposals,
 }
 
 /// Every kind, in the order seeds cycle through them.
-pub const KINDS: [Kind; 8] = [
+pub const KINDS: [Kind; 10] = [
     Kind::ByzantineBackups,
     Kind::CrashedPrimary,
     Kind::EquivocatingPrimary,
@@ -126,11 +137,13 @@ pub const KINDS: [Kind; 8] = [
     Kind::ForgedViewChanges,
     Kind::Cascading,
     Kind::CrashRestart,
+    Kind::WholeCluster,
+    Kind::RestartUnderReproposals,
 ];
 
 /// An honest validator that crashes at a random point of its first step at or after `at`
 /// (possibly between a `Persist` and the `Send` after it) and restarts at `back` from the
-/// records it persisted, with an empty application.
+/// records it persisted and its application store as of its last completed step.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Restart {
     /// The validator.
@@ -139,6 +152,9 @@ pub struct Restart {
     pub at: u64,
     /// When it restarts.
     pub back: u64,
+    /// Crash at `at` + 50 ms between steps if it took no step since `at` (a whole-cluster
+    /// crash takes the idle down too).
+    pub surely: bool,
 }
 
 /// Validators cut off from everyone else (validators and clients) for a while.
@@ -213,7 +229,8 @@ impl Scenario {
                 }
                 Some(Fault::CrashAt(rng.range(20, 300)))
             }
-            Kind::CrashRestart => None,
+            Kind::CrashRestart | Kind::WholeCluster => None,
+            Kind::RestartUnderReproposals => Some(Fault::ReproposeCommitted),
         };
         if let Some(fault) = primary_fault {
             faults.insert(0, fault);
@@ -227,7 +244,10 @@ impl Scenario {
             faults.insert(replica, *rng.pick(&BACKUP_FAULTS));
         }
         let mut partitions = Vec::new();
-        let crash = matches!(kind, Kind::CrashedPrimary | Kind::Cascading);
+        let crash = matches!(
+            kind,
+            Kind::CrashedPrimary | Kind::Cascading | Kind::WholeCluster
+        );
         if kind == Kind::ForgedViewChanges {
             // Cut the first primary off so the cluster must change view through the forger.
             let from = rng.range(0, 300);
@@ -267,8 +287,49 @@ impl Scenario {
             let mut at = rng.range(20, 800);
             for _ in 0..rng.range(1, 2) {
                 let back = at + rng.range(50, 2_000);
-                restarts.push(Restart { node, at, back });
+                restarts.push(Restart {
+                    node,
+                    at,
+                    back,
+                    surely: false,
+                });
                 at = back + rng.range(100, 1_500);
+            }
+        }
+        if matches!(kind, Kind::WholeCluster | Kind::RestartUnderReproposals) {
+            let mut honest: Vec<usize> = (0..validators)
+                .filter(|i| !faults.contains_key(i))
+                .collect();
+            if kind == Kind::RestartUnderReproposals {
+                while honest.len() > f + 1 {
+                    let index = (rng.next_u64() % honest.len() as u64) as usize;
+                    honest.swap_remove(index);
+                }
+            }
+            let at = rng.range(100, 1_500);
+            let back = at + rng.range(100, 1_500);
+            for _ in 0..rng.range(1, 2) {
+                let (at, back) = match restarts.last() {
+                    Some(last) => {
+                        let at = last.back + rng.range(2_000, 4_000);
+                        (at, at + rng.range(100, 1_500))
+                    }
+                    None => (at, back),
+                };
+                for &node in &honest {
+                    // Half the rounds bring everyone back together, the others stagger the
+                    // restarts over up to 3 s.
+                    let stagger = match rng.chance(50) {
+                        true => rng.range(0, 3_000),
+                        false => 0,
+                    };
+                    restarts.push(Restart {
+                        node,
+                        at,
+                        back: back + stagger,
+                        surely: true,
+                    });
+                }
             }
         }
         let low = rng.range(1, 5);
@@ -351,6 +412,10 @@ enum Event {
     Crash {
         node: NodeId,
     },
+    /// An armed crash that found no step to interrupt happens now, between steps.
+    CrashNow {
+        node: NodeId,
+    },
     Restart {
         node: NodeId,
     },
@@ -377,6 +442,33 @@ struct Validator {
     down: bool,
     /// Every operation the application executed, in order: its snapshot.
     ops: Vec<(PublicKey, u64, Vec<u8>)>,
+    /// The exactly-once table and executed batches, as a host keeps them beside its state.
+    table: Table,
+    /// The application store as of the last step completed: what survives a crash.
+    store: Store,
+    /// Executed or installed since the store was last written.
+    dirty: bool,
+}
+
+/// The host's side of [`ExecutedState`]: kept from deliveries and installs.
+#[derive(Clone, Default)]
+struct Table {
+    executed: u64,
+    floor: u64,
+    clients: BTreeMap<PublicKey, ClientRecord>,
+    committed: BTreeMap<u64, pbft_core::Committed>,
+}
+
+/// What a validator's application store holds durably: the application (with what the
+/// checker knows of it) and the table, written at the end of each step, as a host commits
+/// once per round; a crash in the middle of a step loses that step's executions.
+#[derive(Clone, Default)]
+struct Store {
+    table: Table,
+    state: Digest,
+    ops: Vec<(PublicKey, u64, Vec<u8>)>,
+    executed: BTreeSet<(PublicKey, u64)>,
+    last_client_seq: BTreeMap<PublicKey, u64>,
 }
 
 impl Validator {
@@ -506,6 +598,9 @@ impl Simulation {
                     crash_armed: false,
                     down: false,
                     ops: Vec::new(),
+                    table: Table::default(),
+                    store: Store::default(),
+                    dirty: false,
                 }
             })
             .collect();
@@ -562,6 +657,13 @@ impl Simulation {
                 (restart.at, self.counter),
                 Event::Crash { node: restart.node },
             );
+            if restart.surely {
+                self.counter += 1;
+                self.queue.insert(
+                    (restart.at + 50, self.counter),
+                    Event::CrashNow { node: restart.node },
+                );
+            }
             self.counter += 1;
             self.queue.insert(
                 (restart.back, self.counter),
@@ -585,6 +687,11 @@ impl Simulation {
                 }
                 Event::ClientTimer { client, at } => self.client_timer(client, at),
                 Event::Crash { node } => self.validators[node].crash_armed = true,
+                Event::CrashNow { node } => {
+                    if self.validators[node].crash_armed {
+                        self.crash(node);
+                    }
+                }
                 Event::Restart { node } => self.restart(node),
             }
             if self.settled() {
@@ -616,7 +723,7 @@ impl Simulation {
             || matches!(self.validators[node].fault, Some(Fault::CrashAt(at)) if self.now >= at)
     }
 
-    /// Brings a crashed validator back from its persisted records, with an empty application.
+    /// Brings a crashed validator back from its persisted records and its application store.
     fn restart(&mut self, index: NodeId) {
         let node = &mut self.validators[index];
         if !node.down {
@@ -625,11 +732,19 @@ impl Simulation {
             return;
         }
         let keypair = Keypair::from_seed(&node.keypair.seed());
+        let table = &node.store.table;
+        let executed = ExecutedState {
+            executed: table.executed,
+            client_floor: table.floor,
+            clients: table.clients.values().cloned().collect(),
+            committed: table.committed.values().cloned().collect(),
+        };
         match Replica::restore(
             self.config.clone(),
             self.set.clone(),
             keypair,
             node.durable.iter().cloned(),
+            executed,
         ) {
             Ok(replica) => node.replica = replica,
             Err(err) => {
@@ -640,11 +755,14 @@ impl Simulation {
         }
         let node = &mut self.validators[index];
         node.down = false;
-        node.state = Digest::default();
-        node.ops.clear();
-        node.executed.clear();
-        node.last_client_seq.clear();
-        node.delivered = 0;
+        let store = node.store.clone();
+        node.state = store.state;
+        node.ops = store.ops;
+        node.executed = store.executed;
+        node.last_client_seq = store.last_client_seq;
+        node.delivered = store.table.executed;
+        node.table = store.table;
+        node.dirty = false;
         node.timer = None;
         self.report.restarts += 1;
     }
@@ -889,9 +1007,28 @@ impl Simulation {
             return;
         }
         if compact {
-            // What a host does with its WAL after a stable checkpoint.
+            // What a host does with its WAL after a stable checkpoint, and with the batches in
+            // its store that no peer can still need.
             let node = &mut self.validators[index];
             node.durable = node.replica.durable_records();
+            let keep_above = node
+                .replica
+                .stable_checkpoint()
+                .seq
+                .saturating_sub(self.config.retained_batches as u64);
+            node.table.committed.retain(|&seq, _| seq > keep_above);
+        }
+        let node = &mut self.validators[index];
+        if node.dirty || compact {
+            // The host's one commit of the round, after its records.
+            node.store = Store {
+                table: node.table.clone(),
+                state: node.state,
+                ops: node.ops.clone(),
+                executed: node.executed.clone(),
+                last_client_seq: node.last_client_seq.clone(),
+            };
+            node.dirty = false;
         }
         let timeout = self.validators[index].replica.poll_timeout();
         if timeout.is_some() && timeout != self.validators[index].timer {
@@ -921,6 +1058,15 @@ impl Simulation {
             node.last_client_seq.insert(client, client_seq);
         }
         node.delivered = install.seq;
+        node.table.executed = install.seq;
+        node.table.floor = install.client_floor;
+        node.table.clients = install
+            .clients
+            .iter()
+            .map(|record| (record.client, record.clone()))
+            .collect();
+        node.table.committed.retain(|&seq, _| seq <= install.seq);
+        node.dirty = true;
         self.report.state_transfers += 1;
         let state = self.validators[index].state;
         match self.states.get(&install.seq) {
@@ -987,7 +1133,7 @@ impl Simulation {
             Output::Persist(Record::NewView(new_view)) => {
                 self.trace.u64(new_view.view);
             }
-            Output::Persist(Record::Prepared(prepared)) => {
+            Output::Persist(Record::Prepared(prepared, _)) => {
                 self.trace.u64(prepared.proposal.seq);
             }
             Output::Persist(Record::Stable(checkpoint)) => {
@@ -1056,6 +1202,12 @@ impl Simulation {
                 }
             }
             Fault::ForgeViewChange => self.forge_view_change(index, &targets, bytes),
+            Fault::ReproposeCommitted => {
+                for &target in &targets {
+                    self.send(target, from, bytes.clone());
+                }
+                self.repropose_committed(index);
+            }
             Fault::BadState => {
                 let bytes = match Message::decode(&bytes, usize::MAX) {
                     Ok(Message::StateChunk(mut chunk)) => {
@@ -1133,6 +1285,52 @@ impl Simulation {
                 };
                 self.split_send(&targets, from, &bytes, other.as_deref());
             }
+        }
+    }
+
+    /// While it leads its view: a proposal at a committed seq (possibly at or below the
+    /// receivers' stable checkpoints, or one its new view re-proposed) of another batch made of
+    /// real client requests, validly signed by it, to every peer.
+    fn repropose_committed(&mut self, index: NodeId) {
+        let view = self.validators[index].replica.view();
+        if self.set.primary(view).0 as usize != index || !self.rng.chance(30) {
+            return;
+        }
+        let Some(&highest) = self.committed.keys().next_back() else {
+            return;
+        };
+        let seq = self.rng.range(1, highest);
+        let other = self.rng.range(1, highest);
+        let (Some(at), Some(mixed)) = (self.committed.get(&seq), self.committed.get(&other)) else {
+            return;
+        };
+        let mut requests: Vec<Request> = at.batch.requests.clone();
+        for request in &mixed.batch.requests {
+            if !requests.contains(request) {
+                requests.push(request.clone());
+            }
+        }
+        requests.reverse();
+        requests.truncate(self.scenario.max_batch_ops);
+        let batch = Batch { requests };
+        let digest = batch.digest(&chain());
+        if batch.requests.is_empty() || digest == at.digest {
+            return;
+        }
+        let keypair = Keypair::from_seed(&self.validators[index].keypair.seed());
+        let vote = Vote::new(
+            &chain(),
+            0,
+            pbft_core::Phase::PrePrepare,
+            (view, seq),
+            digest,
+            pbft_core::ReplicaId(index as u16),
+            &keypair,
+        );
+        let bytes = Message::PrePrepare(pbft_core::PrePrepare { vote, batch }).encode();
+        let from = self.keys[index];
+        for target in (0..self.validators.len()).filter(|&i| i != index) {
+            self.send(target, from, bytes.clone());
         }
     }
 
@@ -1240,6 +1438,8 @@ impl Simulation {
             certificate,
             execute,
             checkpoint,
+            forgotten,
+            client_floor,
         } = delivery;
         if honest {
             self.check_delivery(index, seq, &batch, &certificate);
@@ -1262,6 +1462,15 @@ impl Simulation {
             let node = &mut self.validators[index];
             node.apply(request.client, request.client_seq, &request.op);
             let result = node.state.0.to_vec();
+            node.table.clients.insert(
+                request.client,
+                ClientRecord {
+                    client: request.client,
+                    client_seq: request.client_seq,
+                    seq,
+                    result: Some(result.clone()),
+                },
+            );
             if honest {
                 let key = (request.client, request.client_seq);
                 if !node.executed.insert(key) {
@@ -1287,7 +1496,21 @@ impl Simulation {
             }
             results.push(result);
         }
-        self.validators[index].delivered = seq;
+        let node = &mut self.validators[index];
+        node.delivered = seq;
+        for client in &forgotten {
+            node.table.clients.remove(client);
+        }
+        node.table.floor = client_floor;
+        node.table.executed = seq;
+        node.table.committed.insert(
+            seq,
+            pbft_core::Committed {
+                batch: batch.clone(),
+                certificate: certificate.clone(),
+            },
+        );
+        node.dirty = true;
         if honest {
             let state = self.validators[index].state;
             let first = *self.states.entry(seq).or_insert(state);

@@ -1,15 +1,19 @@
-//! The default application: a key-value store the binary serves.
+//! The default application: a key-value store the binary serves, durable in the node's store.
 //!
 //! Operations and results are postcard-encoded [`Op`] and [`OpResult`]. Execution is
-//! deterministic (a `BTreeMap`, no clock, no randomness), and bytes that are not an operation
+//! deterministic (a B-tree table, no clock, no randomness), and bytes that are not an operation
 //! execute as [`OpResult::Invalid`] on every replica alike. A snapshot is the canonical encoding
 //! of the map, entries in key order, so equal stores give equal bytes and equal checkpoint
 //! digests.
 
-use std::collections::BTreeMap;
 use std::fmt;
 
+use redb::{
+    ReadTransaction, ReadableTable, ReadableTableMetadata, Table, TableDefinition, WriteTransaction,
+};
 use serde::{Deserialize, Serialize};
+
+use crate::node::{AppError, Application};
 
 /// An operation on the store.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,90 +94,175 @@ impl fmt::Display for SnapshotError {
 
 impl std::error::Error for SnapshotError {}
 
-/// The store.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct KvStore {
-    entries: BTreeMap<Vec<u8>, Vec<u8>>,
-}
+/// The store's entries, in the node's [`crate::store::Store`].
+const ENTRIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
+
+/// The key-value application. Its state is the `kv` table of the node's store, so each
+/// executed batch is durable with the round that executed it; the struct holds nothing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KvStore;
 
 impl KvStore {
-    /// An empty store.
+    /// The application (its state is in the store).
     pub fn new() -> Self {
-        KvStore::default()
+        KvStore
     }
 
-    /// Executes one operation's bytes and returns the encoded result.
-    pub fn execute(&mut self, op: &[u8]) -> Vec<u8> {
+    /// Executes one operation's bytes against `table` and returns the encoded result.
+    fn execute_one(
+        table: &mut Table<&[u8], &[u8]>,
+        op: &[u8],
+    ) -> Result<Vec<u8>, redb::StorageError> {
         let result = match postcard::from_bytes::<Op>(op) {
-            Ok(op) => self.apply(op),
+            Ok(op) => Self::apply(table, op)?,
             Err(_) => OpResult::Invalid,
         };
-        postcard::to_allocvec(&result).unwrap_or_default()
+        Ok(postcard::to_allocvec(&result).unwrap_or_default())
     }
 
-    fn apply(&mut self, op: Op) -> OpResult {
-        match op {
+    fn apply(table: &mut Table<&[u8], &[u8]>, op: Op) -> Result<OpResult, redb::StorageError> {
+        Ok(match op {
             Op::Put { key, value } => {
-                self.entries.insert(key, value);
+                table.insert(&key[..], &value[..])?;
                 OpResult::Done
             }
-            Op::Get { key } => OpResult::Value(self.entries.get(&key).cloned()),
-            Op::Delete { key } => OpResult::Value(self.entries.remove(&key)),
+            Op::Get { key } => OpResult::Value(table.get(&key[..])?.map(|v| v.value().to_vec())),
+            Op::Delete { key } => {
+                OpResult::Value(table.remove(&key[..])?.map(|v| v.value().to_vec()))
+            }
             Op::CompareAndSwap { key, expected, new } => {
-                let current = self.entries.get(&key).cloned();
+                let current = table.get(&key[..])?.map(|v| v.value().to_vec());
                 if current != expected {
-                    return OpResult::Mismatch { current };
+                    return Ok(OpResult::Mismatch { current });
                 }
                 match new {
-                    Some(value) => self.entries.insert(key, value),
-                    None => self.entries.remove(&key),
+                    Some(value) => drop(table.insert(&key[..], &value[..])?),
+                    None => drop(table.remove(&key[..])?),
                 };
                 OpResult::Done
             }
-        }
-    }
-
-    /// The value of `key`, for local reads and tests.
-    pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
-        self.entries.get(key).map(Vec::as_slice)
-    }
-
-    /// Number of keys.
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    /// Whether the store is empty.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    /// The canonical snapshot: entries in key order.
-    pub fn snapshot(&self) -> Vec<u8> {
-        let entries: Vec<(&Vec<u8>, &Vec<u8>)> = self.entries.iter().collect();
-        postcard::to_allocvec(&entries).unwrap_or_default()
-    }
-
-    /// A store from a snapshot. Refuses bytes that are not one, or whose keys are not in
-    /// strictly increasing order (so each state has exactly one snapshot).
-    pub fn restore(bytes: &[u8]) -> Result<KvStore, SnapshotError> {
-        let entries: Vec<(Vec<u8>, Vec<u8>)> =
-            postcard::from_bytes(bytes).map_err(|_| SnapshotError)?;
-        if entries.windows(2).any(|pair| pair[0].0 >= pair[1].0) {
-            return Err(SnapshotError);
-        }
-        Ok(KvStore {
-            entries: entries.into_iter().collect(),
         })
+    }
+
+    /// The value of `key` as of `tx`, for local reads and tests.
+    pub fn get(tx: &ReadTransaction, key: &[u8]) -> Result<Option<Vec<u8>>, redb::Error> {
+        let table = match tx.open_table(ENTRIES) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(err) => return Err(err.into()),
+        };
+        Ok(table.get(key)?.map(|v| v.value().to_vec()))
+    }
+
+    /// Number of keys as of `tx`.
+    pub fn len(tx: &ReadTransaction) -> Result<u64, redb::Error> {
+        match tx.open_table(ENTRIES) {
+            Ok(table) => Ok(table.len()?),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// The canonical snapshot as of `tx`: the postcard encoding of the entries in key order
+    /// (a `Vec<(Vec<u8>, Vec<u8>)>`), written entry by entry.
+    pub fn snapshot_of(tx: &ReadTransaction) -> Result<Vec<u8>, redb::Error> {
+        let table = match tx.open_table(ENTRIES) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(vec![0]),
+            Err(err) => return Err(err.into()),
+        };
+        let count = usize::try_from(table.len()?).unwrap_or(usize::MAX);
+        let mut out = postcard::to_allocvec(&count).unwrap_or_default();
+        for entry in table.iter()? {
+            let (key, value) = entry?;
+            let pair = (
+                serde_bytes::Bytes::new(key.value()),
+                serde_bytes::Bytes::new(value.value()),
+            );
+            out = postcard::to_extend(&pair, out).unwrap_or_default();
+        }
+        Ok(out)
+    }
+}
+
+impl Application for KvStore {
+    fn execute(&mut self, tx: &WriteTransaction, ops: &[&[u8]]) -> Result<Vec<Vec<u8>>, AppError> {
+        let mut table = tx.open_table(ENTRIES).map_err(redb::Error::from)?;
+        let mut results = Vec::with_capacity(ops.len());
+        for op in ops {
+            results.push(Self::execute_one(&mut table, op).map_err(redb::Error::from)?);
+        }
+        Ok(results)
+    }
+
+    fn snapshot(&self, tx: &ReadTransaction) -> Result<Vec<u8>, AppError> {
+        Ok(Self::snapshot_of(tx)?)
+    }
+
+    /// Refuses bytes that are not a snapshot, or whose keys are not in strictly increasing
+    /// order (so each state has exactly one snapshot).
+    fn install(&mut self, tx: &WriteTransaction, snapshot: &[u8]) -> Result<(), AppError> {
+        let entries: Vec<(Vec<u8>, Vec<u8>)> =
+            postcard::from_bytes(snapshot).map_err(|_| AppError::Snapshot(SnapshotError))?;
+        if entries.windows(2).any(|pair| pair[0].0 >= pair[1].0) {
+            return Err(AppError::Snapshot(SnapshotError));
+        }
+        let mut table = tx.open_table(ENTRIES).map_err(redb::Error::from)?;
+        table.retain(|_, _| false).map_err(redb::Error::from)?;
+        for (key, value) in &entries {
+            table
+                .insert(&key[..], &value[..])
+                .map_err(redb::Error::from)?;
+        }
+        Ok(())
+    }
+
+    fn entries(&self, tx: &ReadTransaction) -> Result<u64, AppError> {
+        Ok(Self::len(tx)?)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Store;
 
-    fn run(store: &mut KvStore, op: Op) -> OpResult {
-        OpResult::decode(&store.execute(&op.encode())).unwrap()
+    /// A store in a temp dir, and a way to run operations through rounds of it.
+    struct Harness {
+        _dir: tempfile::TempDir,
+        store: Store,
+        app: KvStore,
+    }
+
+    impl Harness {
+        fn new() -> Harness {
+            let dir = tempfile::tempdir().unwrap();
+            let (store, _) = Store::open(dir.path()).unwrap();
+            Harness {
+                _dir: dir,
+                store,
+                app: KvStore::new(),
+            }
+        }
+
+        fn run(&mut self, op: &[u8]) -> Vec<u8> {
+            let round = self.store.begin().unwrap();
+            let result = self.app.execute(round.tx(), &[op]).unwrap().remove(0);
+            self.store.commit(round).unwrap();
+            result
+        }
+
+        fn op(&mut self, op: Op) -> OpResult {
+            OpResult::decode(&self.run(&op.encode())).unwrap()
+        }
+
+        fn snapshot(&self) -> Vec<u8> {
+            self.app.snapshot(&self.store.read().unwrap()).unwrap()
+        }
+
+        fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+            KvStore::get(&self.store.read().unwrap(), key).unwrap()
+        }
     }
 
     fn put(key: &str, value: &str) -> Op {
@@ -185,10 +274,10 @@ mod tests {
 
     #[test]
     fn operations_do_what_they_say() {
-        let mut store = KvStore::new();
-        assert_eq!(run(&mut store, put("a", "1")), OpResult::Done);
+        let mut store = Harness::new();
+        assert_eq!(store.op(put("a", "1")), OpResult::Done);
         assert_eq!(
-            run(&mut store, Op::Get { key: "a".into() }),
+            store.op(Op::Get { key: "a".into() }),
             OpResult::Value(Some("1".into()))
         );
         let cas = |expected: Option<&str>, new: Option<&str>| Op::CompareAndSwap {
@@ -197,49 +286,75 @@ mod tests {
             new: new.map(Into::into),
         };
         assert_eq!(
-            run(&mut store, cas(Some("0"), Some("2"))),
+            store.op(cas(Some("0"), Some("2"))),
             OpResult::Mismatch {
                 current: Some("1".into())
             }
         );
-        assert_eq!(run(&mut store, cas(Some("1"), Some("2"))), OpResult::Done);
-        assert_eq!(store.get(b"a"), Some(&b"2"[..]));
+        assert_eq!(store.op(cas(Some("1"), Some("2"))), OpResult::Done);
+        assert_eq!(store.get(b"a"), Some(b"2".to_vec()));
         assert_eq!(
-            run(&mut store, Op::Delete { key: "a".into() }),
+            store.op(Op::Delete { key: "a".into() }),
             OpResult::Value(Some("2".into()))
         );
-        assert_eq!(run(&mut store, cas(None, Some("3"))), OpResult::Done);
-        assert_eq!(run(&mut store, cas(Some("3"), None)), OpResult::Done);
-        assert!(store.is_empty());
+        assert_eq!(store.op(cas(None, Some("3"))), OpResult::Done);
+        assert_eq!(store.op(cas(Some("3"), None)), OpResult::Done);
+        assert_eq!(KvStore::len(&store.store.read().unwrap()).unwrap(), 0);
         assert_eq!(
-            OpResult::decode(&store.execute(&[0xff, 0xff, 0xff])),
+            OpResult::decode(&store.run(&[0xff, 0xff, 0xff])),
             Some(OpResult::Invalid)
         );
     }
 
     #[test]
-    fn equal_stores_have_equal_snapshots_and_snapshots_restore() {
-        let mut a = KvStore::new();
-        let mut b = KvStore::new();
+    fn equal_stores_have_equal_snapshots_and_snapshots_install() {
+        let mut a = Harness::new();
+        let mut b = Harness::new();
         for (key, value) in [("x", "1"), ("y", "2"), ("z", "3")] {
-            run(&mut a, put(key, value));
+            a.op(put(key, value));
         }
         for (key, value) in [("z", "3"), ("x", "0"), ("y", "2"), ("x", "1")] {
-            run(&mut b, put(key, value));
+            b.op(put(key, value));
         }
         assert_eq!(
             a.snapshot(),
             b.snapshot(),
             "history does not show in the state"
         );
-        assert_eq!(KvStore::restore(&a.snapshot()).unwrap(), a);
-        assert_eq!(KvStore::restore(b"not a snapshot"), Err(SnapshotError));
+        // The snapshot is the canonical encoding of the entries in key order.
+        let entries = vec![
+            (b"x".to_vec(), b"1".to_vec()),
+            (b"y".to_vec(), b"2".to_vec()),
+            (b"z".to_vec(), b"3".to_vec()),
+        ];
+        assert_eq!(a.snapshot(), postcard::to_allocvec(&entries).unwrap());
+        let mut c = Harness::new();
+        c.op(put("w", "stale"));
+        let round = c.store.begin().unwrap();
+        c.app.install(round.tx(), &a.snapshot()).unwrap();
+        c.store.commit(round).unwrap();
+        assert_eq!(c.snapshot(), a.snapshot(), "install replaces the state");
+        let round = c.store.begin().unwrap();
+        assert!(matches!(
+            c.app.install(round.tx(), b"not a snapshot"),
+            Err(AppError::Snapshot(SnapshotError))
+        ));
         // The same entries out of order are not a canonical snapshot.
         let unordered = postcard::to_allocvec(&vec![
             (b"b".to_vec(), b"1".to_vec()),
             (b"a".to_vec(), b"1".to_vec()),
         ])
         .unwrap();
-        assert_eq!(KvStore::restore(&unordered), Err(SnapshotError));
+        assert!(matches!(
+            c.app.install(round.tx(), &unordered),
+            Err(AppError::Snapshot(SnapshotError))
+        ));
+    }
+
+    #[test]
+    fn an_empty_store_has_the_empty_snapshot() {
+        let store = Harness::new();
+        let empty: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        assert_eq!(store.snapshot(), postcard::to_allocvec(&empty).unwrap());
     }
 }

@@ -1,7 +1,8 @@
 //! pbft-host: the std pieces both transports (QUIC and TCP) share.
 //!
-//! The wire framing, the write-ahead log, the default key-value application, key and config
-//! files, and the node driver that ties a replica, its log and its application together.
+//! The wire framing, the write-ahead log, the application store, the default key-value
+//! application, key and config files, and the node driver that ties a replica, its log and its
+//! application together.
 
 pub mod config;
 pub mod driver;
@@ -11,6 +12,7 @@ pub mod metrics;
 pub mod node;
 pub mod session;
 pub mod start;
+pub mod store;
 pub mod testnet;
 pub mod wal;
 pub mod wire;

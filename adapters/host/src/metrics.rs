@@ -39,6 +39,8 @@ pub struct NodeMetrics {
     signatures_batch_verified: Counter,
     rejected: Family<Reason, Counter>,
     fsync_latency: Histogram,
+    store_commit_latency: Histogram,
+    void_deliveries: Counter,
     state_transfers: Counter,
     evidence: Counter,
     /// Validators this node has a live connection with.
@@ -74,6 +76,8 @@ impl NodeMetrics {
             signatures_batch_verified: Counter::default(),
             rejected: Family::default(),
             fsync_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            store_commit_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            void_deliveries: Counter::default(),
             state_transfers: Counter::default(),
             evidence: Counter::default(),
             peers_connected: Gauge::default(),
@@ -139,6 +143,16 @@ impl NodeMetrics {
             "wal_fsync_seconds",
             "Duration of each log sync",
             m.fsync_latency.clone(),
+        );
+        registry.register(
+            "store_commit_seconds",
+            "Duration of each durable commit of the application store (one per round that executed)",
+            m.store_commit_latency.clone(),
+        );
+        registry.register(
+            "void_deliveries",
+            "Deliveries an install overtook before they ran (skipped, by the Install contract)",
+            m.void_deliveries.clone(),
         );
         registry.register(
             "state_transfers",
@@ -218,6 +232,11 @@ impl NodeMetrics {
             old.state_transfers,
         );
         add(&self.evidence, stats.evidence, old_stats.evidence);
+        add(
+            &self.void_deliveries,
+            stats.void_deliveries,
+            old_stats.void_deliveries,
+        );
         for (reason, count) in &core.rejected {
             let before = old.rejected.get(reason).copied().unwrap_or(0);
             if *count > before {
@@ -235,6 +254,9 @@ impl NodeMetrics {
         }
         for &seconds in &samples.sync_seconds {
             self.fsync_latency.observe(seconds);
+        }
+        for &seconds in &samples.store_commit_seconds {
+            self.store_commit_latency.observe(seconds);
         }
         for &size in &samples.batch_sizes {
             self.batch_size.observe(size as f64);

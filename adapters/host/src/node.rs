@@ -5,46 +5,70 @@
 //! The transport feeds every input that is ready (`handle_message`, `submit`,
 //! `handle_timeout`), then calls [`Node::flush`]: it runs the core's outputs — records go to the
 //! log, deliveries execute on the application and report back, an installed state replaces the
-//! application's — makes the log durable with one `fdatasync` for all of it (group commit), and
-//! only then returns the messages to send. Nothing signed leaves before its record is durable.
+//! application's — then makes the round durable: the log with one `fdatasync` (group commit),
+//! then the application store with one commit (its state, the exactly-once table, the executed
+//! seq and the committed batches, atomically), and only then returns the messages to send.
+//! Nothing signed leaves before its record is durable, and no reply before the execution it
+//! reports; the store never runs ahead of the log.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use pbft_core::{
-    Batch, Config, ConfigError, Destination, Digest, Error, Evidence, Hasher, Keypair, Metrics,
-    Output, PublicKey, QuorumCertificate, Record, Replica, Request, ValidatorSet, Vote,
+    Config, ConfigError, Delivery, Destination, Digest, Error, Evidence, Hasher, Install, Keypair,
+    Metrics, Output, PublicKey, Record, Replica, Request, ValidatorSet, Vote,
 };
+use redb::{ReadTransaction, WriteTransaction};
 
-use crate::kv::{KvStore, SnapshotError};
+use crate::kv::SnapshotError;
+use crate::store::{Round, Store, StoreError};
 use crate::wal::{Wal, WalError, WalOptions};
 use crate::wire::{NodeStatus, ProofBundle};
 
-/// What a node replicates. Execution must be deterministic, and a snapshot must be the same
+/// What a node replicates, with its state in the node's store (`state.redb`, see
+/// [`crate::store`]): its writes go through the round's transaction, so they become durable
+/// atomically with the exactly-once table and the executed seq, and a restarted node resumes
+/// from its own disk. An application keeps its state in tables of its own names (the store's
+/// own begin with `pbft.`). Execution must be deterministic, and a snapshot must be the same
 /// bytes on every replica in the same state.
 pub trait Application {
-    /// Executes one operation and returns its result.
-    fn execute(&mut self, op: &[u8]) -> Vec<u8>;
-    /// The state's canonical bytes.
-    fn snapshot(&self) -> Vec<u8>;
-    /// Replaces the state with a snapshot fetched from peers.
-    fn install(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError>;
+    /// Executes a batch's operations in order, writing through `tx`; one result per
+    /// operation.
+    fn execute(&mut self, tx: &WriteTransaction, ops: &[&[u8]]) -> Result<Vec<Vec<u8>>, AppError>;
+    /// The state's canonical bytes as of `tx`.
+    fn snapshot(&self, tx: &ReadTransaction) -> Result<Vec<u8>, AppError>;
+    /// Replaces the state with a snapshot fetched from peers (checked against their signed
+    /// checkpoint), writing through `tx`.
+    fn install(&mut self, tx: &WriteTransaction, snapshot: &[u8]) -> Result<(), AppError>;
+    /// Number of entries in the state as of `tx`, for the start-up line.
+    fn entries(&self, tx: &ReadTransaction) -> Result<u64, AppError>;
 }
 
-impl Application for KvStore {
-    fn execute(&mut self, op: &[u8]) -> Vec<u8> {
-        KvStore::execute(self, op)
-    }
+/// Why an application could not execute, snapshot or install.
+#[derive(Debug)]
+pub enum AppError {
+    /// The store failed.
+    Store(redb::Error),
+    /// A fetched snapshot is not one this application can read.
+    Snapshot(SnapshotError),
+}
 
-    fn snapshot(&self) -> Vec<u8> {
-        KvStore::snapshot(self)
+impl fmt::Display for AppError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AppError::Store(err) => write!(f, "{err}"),
+            AppError::Snapshot(err) => write!(f, "{err}"),
+        }
     }
+}
 
-    fn install(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError> {
-        *self = KvStore::restore(snapshot)?;
-        Ok(())
+impl std::error::Error for AppError {}
+
+impl From<redb::Error> for AppError {
+    fn from(err: redb::Error) -> Self {
+        AppError::Store(err)
     }
 }
 
@@ -68,6 +92,15 @@ pub enum NodeError {
     /// A state fetched from peers (and checked against their signed checkpoint) is not a
     /// snapshot this application can read.
     Snapshot(SnapshotError),
+    /// The application store failed.
+    Store(StoreError),
+    /// The application failed inside the store (`path` is the store's file).
+    App {
+        /// The store's file.
+        path: PathBuf,
+        /// What the application reported.
+        source: AppError,
+    },
     /// Another process holds the data dir: two nodes on one log would sign twice.
     Locked(PathBuf),
 }
@@ -82,6 +115,12 @@ impl fmt::Display for NodeError {
             NodeError::Config(err) => write!(f, "config: {err}"),
             NodeError::Core(err) => write!(f, "core refused the node's own execution: {err}"),
             NodeError::Snapshot(err) => write!(f, "installing a fetched state: {err}"),
+            NodeError::Store(err) => write!(f, "application store: {err}"),
+            NodeError::App { path, source } => write!(
+                f,
+                "application store {}: {source} (free disk space if it is full)",
+                path.display()
+            ),
             NodeError::Locked(dir) => {
                 write!(f, "{} is in use by another process", dir.display())
             }
@@ -94,6 +133,12 @@ impl std::error::Error for NodeError {}
 impl From<WalError> for NodeError {
     fn from(err: WalError) -> Self {
         NodeError::Wal(err)
+    }
+}
+
+impl From<StoreError> for NodeError {
+    fn from(err: StoreError) -> Self {
+        NodeError::Store(err)
     }
 }
 
@@ -119,6 +164,10 @@ pub struct NodeStats {
     pub compactions: u64,
     /// Equivocation evidence seen.
     pub evidence: u64,
+    /// Deliveries an install overtook before they ran (void by the `Install` contract).
+    pub void_deliveries: u64,
+    /// Durable commits of the application store (one per round that executed something).
+    pub store_commits: u64,
 }
 
 /// Takes the exclusive lock on `dir/LOCK` (released when the process dies, however it dies).
@@ -147,9 +196,6 @@ fn lock_dir(dir: &Path) -> Result<std::fs::File, NodeError> {
 /// Most evidence kept for the operator to collect; beyond it only the count grows.
 const EVIDENCE_KEPT: usize = 64;
 
-/// Committed batches kept to answer proof queries: clients ask right after their reply.
-const PROOFS_KEPT: usize = 64;
-
 /// Client requests whose arrival time is kept to measure commit latency; beyond it new ones
 /// are not timed (a flood of requests cannot grow the map).
 const TIMED_REQUESTS: usize = 4096;
@@ -167,6 +213,8 @@ pub struct Samples {
     pub commit_ms: Vec<u64>,
     /// Seconds each log sync took.
     pub sync_seconds: Vec<f64>,
+    /// Seconds each durable commit of the application store took.
+    pub store_commit_seconds: Vec<f64>,
     /// Requests in each delivered batch.
     pub batch_sizes: Vec<usize>,
 }
@@ -185,11 +233,12 @@ pub struct Node<A> {
     _lock: std::fs::File,
     replica: Replica,
     wal: Wal,
+    store: Store,
     app: A,
     stats: NodeStats,
     evidence: Vec<Evidence>,
-    /// The last committed batches with their QCs, for proof queries.
-    committed: VecDeque<(QuorumCertificate, Batch)>,
+    /// Batches the store keeps below the stable checkpoint, for peers a little behind.
+    retained_batches: u64,
     /// Arrival time of requests submitted here, by (client, number).
     arrivals: BTreeMap<(PublicKey, u64), u64>,
     samples: Samples,
@@ -200,8 +249,9 @@ pub struct Node<A> {
 }
 
 impl<A: Application> Node<A> {
-    /// Opens the log in `dir` (creating it), restores the replica from its records, and
-    /// starts with `app` (empty: the replica catches up from its peers).
+    /// Opens the log and the application store in `dir` (creating them) and restores the
+    /// replica from its records and from the store: it resumes at the store's executed seq
+    /// with `app`, whose state is in the store.
     pub fn open(
         dir: &Path,
         config: Config,
@@ -219,18 +269,21 @@ impl<A: Application> Node<A> {
             })?;
             records.push(record);
         }
+        let (store, executed) = Store::open(dir)?;
         let max_message_bytes = config.max_message_bytes;
         let chain = config.chain_id;
-        let replica =
-            Replica::restore(config, validators, keypair, records).map_err(NodeError::Config)?;
+        let retained_batches = config.retained_batches as u64;
+        let replica = Replica::restore(config, validators, keypair, records, executed)
+            .map_err(NodeError::Config)?;
         Ok(Node {
             _lock: lock,
             replica,
             wal,
+            store,
             app,
             stats: NodeStats::default(),
             evidence: Vec::new(),
-            committed: VecDeque::new(),
+            retained_batches,
             arrivals: BTreeMap::new(),
             samples: Samples::default(),
             max_message_bytes,
@@ -270,62 +323,20 @@ impl<A: Application> Node<A> {
         self.replica.poll_timeout()
     }
 
-    /// Runs everything the inputs so far produced, makes it durable with one sync, and returns
-    /// what to send.
+    /// Runs everything the inputs so far produced, makes it durable (the log, then the
+    /// application store), and returns what to send.
     pub fn flush(&mut self, now: u64) -> Result<Vec<Transmit>, NodeError> {
         let mut transmits = Vec::new();
         let mut compact = false;
+        let mut round: Option<Round> = None;
         while let Some(output) = self.replica.poll_output() {
-            match output {
-                Output::Persist(record) => {
-                    compact |= matches!(record, Record::Stable(_));
-                    self.wal.append(&record.encode())?;
-                }
-                Output::Send { to, bytes } => transmits.push(Transmit { to, bytes }),
-                Output::Deliver(delivery) => {
-                    for request in &delivery.batch.requests {
-                        if let Some(arrived) =
-                            self.arrivals.remove(&(request.client, request.client_seq))
-                        {
-                            Samples::push(&mut self.samples.commit_ms, now.saturating_sub(arrived));
-                        }
-                    }
-                    Samples::push(&mut self.samples.batch_sizes, delivery.batch.requests.len());
-                    let mut results = Vec::with_capacity(delivery.execute.len());
-                    for &index in &delivery.execute {
-                        if let Some(request) = delivery.batch.requests.get(index as usize) {
-                            results.push(self.app.execute(&request.op));
-                        }
-                    }
-                    self.stats.batches_executed += 1;
-                    self.stats.ops_executed += results.len() as u64;
-                    let snapshot = delivery.checkpoint.then(|| self.app.snapshot());
-                    self.replica
-                        .executed(now, delivery.seq, results, snapshot)
-                        .map_err(NodeError::Core)?;
-                    if self.committed.len() == PROOFS_KEPT {
-                        self.committed.pop_front();
-                    }
-                    self.committed
-                        .push_back((delivery.certificate, delivery.batch));
-                }
-                Output::Install(install) => {
-                    self.app
-                        .install(&install.snapshot)
-                        .map_err(NodeError::Snapshot)?;
-                    self.stats.installs += 1;
-                }
-                Output::Evidence(evidence) => {
-                    self.stats.evidence += 1;
-                    if self.evidence.len() < EVIDENCE_KEPT {
-                        self.evidence.push(evidence);
-                    }
-                }
-            }
+            compact |= matches!(output, Output::Persist(Record::Stable(_)));
+            round = self.carry_out(now, output, round, &mut transmits)?;
         }
         if compact {
             // Everything below the stable checkpoint is final: the log keeps what a restart
-            // needs, written and synced before the old segments go.
+            // needs, written and synced before the old segments go, and the store the batches
+            // peers a little behind may still ask for.
             let live: Vec<Vec<u8>> = self
                 .replica
                 .durable_records()
@@ -334,6 +345,13 @@ impl<A: Application> Node<A> {
                 .collect();
             self.wal.compact(&live)?;
             self.stats.compactions += 1;
+            let mut open = match round.take() {
+                Some(open) => open,
+                None => self.store.begin()?,
+            };
+            let stable = self.replica.stable_checkpoint().seq;
+            open.prune_batches(stable.saturating_sub(self.retained_batches))?;
+            round = Some(open);
         }
         if self.wal.pending_bytes() > 0 {
             let started = Instant::now();
@@ -343,7 +361,124 @@ impl<A: Application> Node<A> {
                 started.elapsed().as_secs_f64(),
             );
         }
+        // After the log: the store never says more was executed than the log can vouch for.
+        if round.is_some() || self.store.has_unsynced() {
+            let started = Instant::now();
+            match round {
+                Some(round) => self.store.commit(round)?,
+                None => self.store.sync()?,
+            }
+            self.stats.store_commits += 1;
+            Samples::push(
+                &mut self.samples.store_commit_seconds,
+                started.elapsed().as_secs_f64(),
+            );
+        }
         Ok(transmits)
+    }
+
+    /// Carries out one output of the core, in order, inside the round's store transaction
+    /// (opened on the first write); returns the round still open.
+    fn carry_out(
+        &mut self,
+        now: u64,
+        output: Output,
+        round: Option<Round>,
+        transmits: &mut Vec<Transmit>,
+    ) -> Result<Option<Round>, NodeError> {
+        match output {
+            Output::Persist(record) => self.wal.append(&record.encode())?,
+            Output::Send { to, bytes } => transmits.push(Transmit { to, bytes }),
+            Output::Deliver(delivery) => {
+                if delivery.seq != self.replica.executed_seq() + 1 {
+                    // An install the core emitted after it (in the same round) replaced the
+                    // state it was ordered against: void, by the `Install` contract.
+                    self.stats.void_deliveries += 1;
+                    return Ok(round);
+                }
+                let open = match round {
+                    Some(open) => open,
+                    None => self.store.begin()?,
+                };
+                return self.execute(now, open, delivery);
+            }
+            Output::Install(install) => {
+                let open = match round {
+                    Some(open) => open,
+                    None => self.store.begin()?,
+                };
+                return self.install(open, &install).map(Some);
+            }
+            Output::Evidence(evidence) => {
+                self.stats.evidence += 1;
+                if self.evidence.len() < EVIDENCE_KEPT {
+                    self.evidence.push(evidence);
+                }
+            }
+        }
+        Ok(round)
+    }
+
+    /// Executes a delivery in `round` and reports it to the replica. At a checkpoint the
+    /// round is committed (not yet durably) so the snapshot reads it, and the next output
+    /// opens a new one; otherwise the round goes on.
+    fn execute(
+        &mut self,
+        now: u64,
+        mut round: Round,
+        delivery: Delivery,
+    ) -> Result<Option<Round>, NodeError> {
+        for request in &delivery.batch.requests {
+            if let Some(arrived) = self.arrivals.remove(&(request.client, request.client_seq)) {
+                Samples::push(&mut self.samples.commit_ms, now.saturating_sub(arrived));
+            }
+        }
+        Samples::push(&mut self.samples.batch_sizes, delivery.batch.requests.len());
+        let ops: Vec<&[u8]> = delivery
+            .execute
+            .iter()
+            .filter_map(|&index| delivery.batch.requests.get(index as usize))
+            .map(|request| &request.op[..])
+            .collect();
+        let path = self.store.path().to_path_buf();
+        let app_error = |source| NodeError::App {
+            path: path.clone(),
+            source,
+        };
+        let results = self.app.execute(round.tx(), &ops).map_err(app_error)?;
+        round.record_delivery(&delivery, &results)?;
+        self.stats.batches_executed += 1;
+        self.stats.ops_executed += results.len() as u64;
+        let (round, snapshot) = match delivery.checkpoint {
+            true => {
+                self.store.commit_unsynced(round)?;
+                let read = self.store.read()?;
+                let snapshot = self.app.snapshot(&read).map_err(app_error)?;
+                (None, Some(snapshot))
+            }
+            false => (Some(round), None),
+        };
+        self.replica
+            .executed(now, delivery.seq, results, snapshot)
+            .map_err(NodeError::Core)?;
+        Ok(round)
+    }
+
+    /// Replaces the application's state (and the store's exactly-once table) in `round`.
+    fn install(&mut self, mut round: Round, install: &Install) -> Result<Round, NodeError> {
+        match self.app.install(round.tx(), &install.snapshot) {
+            Ok(()) => {}
+            Err(AppError::Snapshot(err)) => return Err(NodeError::Snapshot(err)),
+            Err(source) => {
+                return Err(NodeError::App {
+                    path: self.store.path().to_path_buf(),
+                    source,
+                });
+            }
+        }
+        round.record_install(install)?;
+        self.stats.installs += 1;
+        Ok(round)
     }
 
     /// Where the node is, with a digest of its application state. The digest hashes the
@@ -356,10 +491,17 @@ impl<A: Application> Node<A> {
             None => true,
         };
         if stale {
-            let digest = Hasher::new(b"pbft/v1/app-state")
-                .bytes(&self.app.snapshot())
-                .finish();
-            self.state_digest = Some((executed, digest, now));
+            // A store that cannot be read now leaves the last digest: the next round that
+            // writes will stop the node with the error.
+            let snapshot = self
+                .store
+                .read()
+                .ok()
+                .and_then(|read| self.app.snapshot(&read).ok());
+            if let Some(snapshot) = snapshot {
+                let digest = Hasher::new(b"pbft/v1/app-state").bytes(&snapshot).finish();
+                self.state_digest = Some((executed, digest, now));
+            }
         }
         let (state_seq, state, _) = self.state_digest.unwrap_or_default();
         NodeStatus {
@@ -373,18 +515,19 @@ impl<A: Application> Node<A> {
     }
 
     /// The QC and inclusion proof of the request with digest `request` committed at `seq`,
-    /// if this node still holds that batch.
+    /// if this node's store still holds that batch (it keeps them from the stable checkpoint
+    /// minus `retained_batches` on, across restarts).
     pub fn proof(&self, seq: u64, request: &Digest) -> Option<ProofBundle> {
-        let (certificate, batch) = self.committed.iter().find(|(qc, _)| qc.seq == seq)?;
+        let pbft_core::Committed { batch, certificate } = self.store.committed(seq).ok()??;
         let chain = certificate.chain_id;
         let index = batch
             .requests
             .iter()
             .position(|r| r.digest(&chain) == *request)?;
         Some(ProofBundle {
-            certificate: certificate.clone(),
-            request: batch.requests[index].clone(),
+            request: batch.requests.get(index)?.clone(),
             proof: batch.prove(&chain, index)?,
+            certificate,
         })
     }
 
@@ -428,6 +571,20 @@ impl<A: Application> Node<A> {
         &self.app
     }
 
+    /// The application store (a read of it: `node.store().read()`).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Entries in the application's state, from the store.
+    pub fn entries(&self) -> Result<u64, NodeError> {
+        let read = self.store.read()?;
+        self.app.entries(&read).map_err(|source| NodeError::App {
+            path: self.store.path().to_path_buf(),
+            source,
+        })
+    }
+
     /// Takes the evidence collected so far (at most a bounded number are kept).
     pub fn take_evidence(&mut self) -> Vec<Evidence> {
         std::mem::take(&mut self.evidence)
@@ -452,4 +609,47 @@ pub fn logged_votes(dir: &Path) -> Result<Vec<Vote>, NodeError> {
         }
     }
     Ok(votes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::KvStore;
+    use pbft_core::{Batch, ChainId, QuorumCertificate};
+
+    #[test]
+    fn a_delivery_an_install_overtook_is_void_and_the_node_goes_on() {
+        // The core emits a delivery for executed + 1, then (in the same round: a peer's last
+        // state chunk) an install that moves executed past it. By the time the host reaches
+        // the delivery, the core's executed seq is the install's, so the delivery is void.
+        let dir = tempfile::tempdir().unwrap();
+        let key = Keypair::from_seed(&[5; 32]);
+        let set = ValidatorSet::new(0, &[key.public_key()]).unwrap();
+        let chain = ChainId::from_name("node-unit");
+        let mut node = Node::open(dir.path(), Config::new(chain), set, key, KvStore).unwrap();
+        let stale = Delivery {
+            seq: 7,
+            batch: Batch::default(),
+            certificate: QuorumCertificate {
+                chain_id: chain,
+                epoch: 0,
+                view: 0,
+                seq: 7,
+                digest: Batch::default().digest(&chain),
+                signatures: vec![],
+            },
+            execute: vec![],
+            checkpoint: false,
+            forgotten: vec![],
+            client_floor: 0,
+        };
+        let mut transmits = Vec::new();
+        let round = node
+            .carry_out(1, Output::Deliver(stale), None, &mut transmits)
+            .expect("a void delivery does not stop the node");
+        assert!(round.is_none(), "nothing executed, nothing to commit");
+        assert_eq!(node.stats().void_deliveries, 1);
+        assert_eq!(node.stats().batches_executed, 0);
+        assert!(node.flush(2).is_ok());
+    }
 }

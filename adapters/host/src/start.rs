@@ -113,11 +113,15 @@ pub fn start(config: &NodeConfig) -> Result<Started, RunError> {
         let bound = metrics::serve(addr, metrics.clone()).map_err(RunError::Metrics)?;
         tracing::info!(%bound, "metrics");
     }
+    let entries = node.entries().map_err(RunError::Node)?;
     tracing::info!(
         id = me.0,
         view = node.replica().view(),
         stable = node.replica().stable_checkpoint().seq,
-        "restored"
+        durable_seq = node.replica().executed_seq(),
+        entries,
+        "restored from {}",
+        config.data_dir.display()
     );
     let (router, queues) = Router::new(&config.validators, me, metrics);
     let peers = queues

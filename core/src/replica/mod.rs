@@ -13,11 +13,13 @@ mod restore;
 mod transfer;
 mod view_change;
 
+pub use restore::ExecutedState;
+
 use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::vec::Vec;
 
 use crate::certificate::{Evidence, QuorumCertificate};
-use crate::clients::{ClientTable, Freshness};
+use crate::clients::{ClientRecord, ClientTable, Freshness};
 use crate::config::{Config, ConfigError, ReplicaId, ValidatorSet};
 use crate::crypto::{BatchVerifier, Digest, Keypair, PublicKey};
 use crate::error::Error;
@@ -48,9 +50,12 @@ pub enum Record {
     /// A vote this replica signed. After a restart the replica must never sign a different
     /// digest for the same phase and slot.
     Signed(Vote),
-    /// A prepared certificate this replica assembled, as it sends its commit: a view change
-    /// after a restart must still carry it, or a batch committed elsewhere could be lost.
-    Prepared(Prepared),
+    /// A prepared certificate this replica assembled, as it sends its commit, with the batch
+    /// when this replica holds it: a view change after a restart must still carry the
+    /// certificate, or a batch committed elsewhere could be lost, and when every validator
+    /// restarts at once the batch is known only from these records (Castro and Liskov log the
+    /// pre-prepare with its requests for the same reason).
+    Prepared(Prepared, Option<Batch>),
     /// A checkpoint that became stable: everything at or below it is final. A host may
     /// compact its log to [`Replica::durable_records`] when it sees one.
     Stable(StableCheckpoint),
@@ -100,6 +105,12 @@ pub struct Delivery {
     /// A checkpoint seq: pass a snapshot of the application state after this batch to
     /// [`Replica::executed`].
     pub checkpoint: bool,
+    /// Clients the exactly-once table forgot to stay within `max_clients` when this batch's
+    /// requests were recorded: a host that persists the table writes the rows of the executed
+    /// requests first, then deletes these.
+    pub forgotten: Vec<PublicKey>,
+    /// The table's floor after this batch (see [`ExecutedState::client_floor`]).
+    pub client_floor: u64,
 }
 
 /// An application snapshot fetched from peers, to replace the host's state.
@@ -109,6 +120,10 @@ pub struct Install {
     pub seq: u64,
     /// The application's snapshot bytes, as its own `executed` snapshot produced them.
     pub snapshot: Vec<u8>,
+    /// The exactly-once table as of `seq`, which replaces the one the host persisted.
+    pub clients: Vec<ClientRecord>,
+    /// The table's floor as of `seq`.
+    pub client_floor: u64,
 }
 
 /// What the replica asks of its host. Drain with [`Replica::poll_output`] and act in order.
@@ -794,6 +809,27 @@ impl Replica {
             let first = accepted.clone();
             return self.report(seq, first, vote);
         }
+        if let Some(slot) = self.log.get(&seq) {
+            // Known without an accepted proposal of this view: committed (a QC from a peer or
+            // the store), or prepared before a restart. A proposal for another digest can
+            // never be ordered here, and the slot's batch must stay the one its QC certifies.
+            if let Some(certificate) = &slot.certificate {
+                return match certificate.digest == vote.digest {
+                    true => Err(Error::Duplicate),
+                    false => Err(Error::ConflictsWithCommit { seq }),
+                };
+            }
+            if let Some(prepared) = slot.prepared.as_ref().map(|p| &p.proposal)
+                && prepared.view == vote.view
+                && prepared.digest != vote.digest
+            {
+                // The same primary signed another proposal in the same view: evidence.
+                self.metrics.signatures_verified += 1;
+                primary_key.verify(&signed, &vote.signature)?;
+                let first = prepared.clone();
+                return self.report(seq, first, vote);
+            }
+        }
         let requests = &batch.requests;
         let bytes: usize = requests.iter().map(Request::encoded_len).sum();
         if requests.is_empty()
@@ -939,8 +975,9 @@ impl Replica {
             slot.prepared = slot.prepared_certificate(quorum, primary);
             slot.commit_sent = true;
             if let Some(prepared) = slot.prepared.clone() {
+                let batch = slot.batch.clone();
                 self.outputs
-                    .push_back(Output::Persist(Record::Prepared(prepared)));
+                    .push_back(Output::Persist(Record::Prepared(prepared, batch)));
             }
             self.cast(Phase::Commit, seq, digest);
         }
@@ -975,16 +1012,24 @@ impl Replica {
             }
             slot.executing.clear();
             let mut execute = Vec::new();
+            let mut forgotten = Vec::new();
             for (index, request) in batch.requests.iter().enumerate() {
                 if self.clients.freshness(&request.client, request.client_seq) == Freshness::Fresh {
-                    self.clients
-                        .record_execution(request.client, request.client_seq, seq);
+                    forgotten.extend(self.clients.record_execution(
+                        request.client,
+                        request.client_seq,
+                        seq,
+                    ));
                     execute.push(index as u32);
                     slot.executing.push((request.client, request.client_seq));
                 } else {
                     self.metrics.requests_skipped += 1;
                 }
             }
+            // A client forgotten and then recorded again within the batch keeps its row.
+            forgotten.retain(|client| !self.clients.contains(client));
+            forgotten.sort_unstable();
+            forgotten.dedup();
             let checkpoint = seq.is_multiple_of(self.config.checkpoint_interval);
             self.metrics.batches_committed += 1;
             self.metrics.requests_committed += batch.requests.len() as u64;
@@ -996,6 +1041,8 @@ impl Replica {
                 certificate,
                 execute,
                 checkpoint,
+                forgotten,
+                client_floor: self.clients.floor(),
             }));
         }
         if self.last_delivered > before {
@@ -1156,6 +1203,13 @@ impl Replica {
     /// Signs a prepare or commit, persists it, then broadcasts it and counts it locally.
     /// The order is the durability contract: the record precedes the send.
     fn cast(&mut self, phase: Phase, seq: u64, digest: Digest) {
+        if seq <= self.stable.seq {
+            // Every slot at or below the stable checkpoint is final: there is nothing left to
+            // vote on, and a replica restored from its records (which keep no votes down
+            // there) must not be led into a vote for another digest.
+            self.metrics.refused_to_equivocate += 1;
+            return;
+        }
         let Some(vote) = self.sign_vote(phase, seq, digest) else {
             return;
         };
@@ -1165,9 +1219,33 @@ impl Replica {
         }
     }
 
-    /// Signs a vote of the current view.
+    /// Signs a vote of the current view, unless it contradicts what this replica executed.
     fn sign_vote(&mut self, phase: Phase, seq: u64, digest: Digest) -> Option<Vote> {
+        if !self.agrees_with_executed(seq, digest) {
+            self.metrics.refused_to_equivocate += 1;
+            return None;
+        }
         self.sign(phase, (self.view, seq), digest)
+    }
+
+    /// Whether a vote for `digest` at `seq` agrees with what this replica executed: at or
+    /// below its executed seq only the digest its QC there certifies, and nothing where it no
+    /// longer holds that QC. After a restart the signed index is gone below the stable
+    /// checkpoint, but the executed batches (from the host's store) still say what committed.
+    fn agrees_with_executed(&self, seq: u64, digest: Digest) -> bool {
+        let certified = match self.log.get(&seq) {
+            Some(slot) => slot.certificate.as_ref().map(|qc| qc.digest),
+            None => self
+                .archive
+                .iter()
+                .rev()
+                .find(|committed| committed.certificate.seq == seq)
+                .map(|committed| committed.certificate.digest),
+        };
+        match certified {
+            Some(certified) => certified == digest,
+            None => seq > self.executed,
+        }
     }
 
     /// The one place votes are signed. It refuses to sign a second digest for a (phase,

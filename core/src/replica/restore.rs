@@ -1,27 +1,71 @@
 //! Coming back after a crash: what must be persisted, and how a replica is rebuilt from it.
 //!
-//! A replica persists (as [`Record`]s, each before the message carrying its signature leaves)
-//! every vote it signs, every prepared certificate it assembles, every stable checkpoint, its
-//! view changes and the new views it enters. [`Replica::restore`] rebuilds from those: the
-//! view it was in, the prepared certificates its next view change must carry, and the index
-//! of signed statements that [`Replica::sign`] consults, so the restored replica can repeat a
-//! vote it cast but never sign a different one. What it executed is not restored: its
-//! application starts empty and catches up from peers like any replica that fell behind.
+//! Two things survive a crash, and [`Replica::restore`] takes both:
+//!
+//! - the **records** ([`Record`]) the replica emitted as `Output::Persist`, each durable
+//!   before the message carrying its signature left: every vote it signed, every prepared
+//!   certificate it assembled, every stable checkpoint, its view changes and the new views it
+//!   entered. They give back the view, the prepared certificates its next view change must
+//!   carry, and the index of signed statements that [`Replica::sign`] consults, so the
+//!   restored replica can repeat a vote it cast but never sign a different one;
+//! - the host's **application store** as of one executed seq ([`ExecutedState`]): the state,
+//!   the exactly-once table and the committed batches with their QCs. The replica resumes
+//!   executing after that seq without asking anyone, serves those batches to peers, and signs
+//!   nothing at or below it but what its QCs certify.
+//!
+//! The host's order of durability is the contract: the records of a round first, then the
+//! application store (which may lag them, never lead them), then the messages of the round.
 
 use alloc::vec::Vec;
 
 use super::{Mode, Record, Replica};
+use crate::clients::{ClientRecord, ClientTable};
 use crate::config::{Config, ConfigError, ValidatorSet};
 use crate::crypto::Keypair;
-use crate::message::Phase;
+use crate::message::{Batch, Committed, Phase};
+use crate::view_change::null_digest;
+
+/// What a host keeps durably beside its application state, as of the last batch it executed,
+/// and hands to [`Replica::restore`] after a crash.
+///
+/// A host keeps it up to date from the outputs: for each [`super::Delivery`] it executes, in
+/// one atomic write with the application's changes, it stores one [`ClientRecord`] per
+/// executed request (the result it returned), deletes the rows of `forgotten` clients, sets
+/// the floor to `client_floor` and `executed` to the delivery's seq, and keeps the batch with
+/// its QC; an [`super::Install`] replaces the table and `executed` wholesale. The write must be
+/// durable before the `Send`s that follow the delivery leave (they carry the replies), and
+/// after the records (`Output::Persist`) that came before it.
+///
+/// Batches may be dropped from the oldest once they are at or below the stable checkpoint
+/// minus `retained_batches`; the replica restores the contiguous run below its window into
+/// its archive and the rest into its log. [`ExecutedState::default`] is a replica that
+/// executed nothing (or whose host keeps no application state): it catches up from peers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExecutedState {
+    /// The last seq whose execution is durable; the next delivery is `executed + 1`.
+    pub executed: u64,
+    /// The exactly-once table's floor: an unknown client's requests must be numbered above
+    /// it (the highest request number of a client the table forgot).
+    pub client_floor: u64,
+    /// The exactly-once table's rows, in any order.
+    pub clients: Vec<ClientRecord>,
+    /// Committed batches with their QCs at or below `executed`, in any order.
+    pub committed: Vec<Committed>,
+}
 
 impl Replica {
-    /// A replica rebuilt from every record it persisted (in any order; repeats are fine).
+    /// A replica rebuilt from every record it persisted (in any order; repeats are fine) and
+    /// from its host's application store as of `executed.executed`.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] as [`Replica::new`]: an invalid config or a key not in the set.
     pub fn restore(
         config: Config,
         validators: ValidatorSet,
         keypair: Keypair,
         records: impl IntoIterator<Item = Record>,
+        executed: ExecutedState,
     ) -> Result<Replica, ConfigError> {
         let mut replica = Replica::new(config, validators, keypair)?;
         let mut view_change_view = None;
@@ -37,9 +81,10 @@ impl Replica {
                         .entry((vote.phase, vote.view, vote.seq))
                         .or_insert(vote);
                 }
-                Record::Prepared(prepared) => {
+                Record::Prepared(prepared, batch) => {
                     let view = prepared.proposal.view;
                     in_view = in_view.max(view);
+                    let digest = prepared.proposal.digest;
                     let slot = replica.log.entry(prepared.proposal.seq).or_default();
                     if slot
                         .prepared
@@ -47,6 +92,13 @@ impl Replica {
                         .is_none_or(|p| p.proposal.view < view)
                     {
                         slot.prepared = Some(prepared);
+                    }
+                    // The batch of the highest prepared certificate, for the view change that
+                    // re-proposes it (its digest, checked once the slot's digest is settled).
+                    if let Some(batch) = batch
+                        && slot.prepared.as_ref().map(|p| p.proposal.digest) == Some(digest)
+                    {
+                        slot.batch = Some(batch);
                     }
                 }
                 Record::Stable(checkpoint) => {
@@ -89,13 +141,21 @@ impl Replica {
             replica.view = view;
             replica.mode = Mode::ViewChange { since: 0 };
         }
+        replica.restore_executed(executed);
         let view = replica.view;
         let stable = replica.stable.seq;
-        replica.log.retain(|&seq, _| seq > stable);
+        let low = replica.low;
+        replica
+            .log
+            .retain(|&seq, slot| seq > low && (seq > stable || slot.certificate.is_some()));
+        replica.check_prepared_batches();
         replica.signed.retain(|&(phase, signed_view, seq), _| {
             seq > stable && (phase == Phase::Checkpoint || signed_view >= view)
         });
-        // As primary, never propose again at a seq it proposed before the crash.
+        replica.restore_checkpoint_votes();
+        let reproposed = replica.restore_new_view();
+        // As primary, never propose again at a seq it proposed before the crash, nor at one
+        // the new view it entered re-proposed.
         let proposed = replica
             .signed
             .keys()
@@ -103,8 +163,131 @@ impl Replica {
             .map(|&(_, _, seq)| seq)
             .max()
             .unwrap_or(0);
-        replica.next_seq = proposed.max(stable) + 1;
+        replica.next_seq = proposed
+            .max(reproposed)
+            .max(stable)
+            .max(replica.last_delivered)
+            + 1;
         Ok(replica)
+    }
+
+    /// Takes the host's application store: the exactly-once table, the executed seq (where
+    /// deliveries resume and the window starts) and the committed batches, into the log above
+    /// the low watermark and into the archive below it.
+    fn restore_executed(&mut self, state: ExecutedState) {
+        let ExecutedState {
+            executed,
+            client_floor,
+            clients,
+            mut committed,
+        } = state;
+        self.clients = ClientTable::from_records(self.config.max_clients, client_floor, clients);
+        self.executed = executed;
+        self.last_delivered = executed;
+        // As `update_low` keeps it: the stable checkpoint, or the executed seq while behind.
+        self.low = executed.min(self.stable.seq);
+        let chain = self.config.chain_id;
+        committed.retain(|c| c.certificate.seq <= executed && c.certificate.seq > 0);
+        committed.sort_by_key(|c| c.certificate.seq);
+        committed.dedup_by_key(|c| c.certificate.seq);
+        // The archive is indexed by seq: keep the contiguous run that ends at the window.
+        let mut archive = Vec::new();
+        for c in committed {
+            let seq = c.certificate.seq;
+            if seq > self.low {
+                // The host's own store, checked for a torn or foreign entry: its digest must
+                // be the QC's, or the slot stays unknown (and unsigned).
+                if crate::merkle::root(&c.batch.leaves(&chain)) != c.certificate.digest {
+                    continue;
+                }
+                let slot = self.log.entry(seq).or_default();
+                slot.digest = Some(c.certificate.digest);
+                slot.batch = Some(c.batch);
+                slot.certificate = Some(c.certificate);
+            } else {
+                if archive
+                    .last()
+                    .is_some_and(|last: &Committed| last.certificate.seq + 1 != seq)
+                {
+                    archive.clear();
+                }
+                archive.push(c);
+            }
+        }
+        let keep = archive.len().saturating_sub(self.config.retained_batches);
+        self.archive = archive.into_iter().skip(keep).collect();
+    }
+
+    /// Keeps a batch restored with a prepared certificate only if it is the certified one; the
+    /// slot then knows its digest and request digests, as after accepting the pre-prepare.
+    fn check_prepared_batches(&mut self) {
+        let chain = self.config.chain_id;
+        for slot in self.log.values_mut() {
+            if slot.certificate.is_some() {
+                continue;
+            }
+            let Some(digest) = slot.prepared.as_ref().map(|p| p.proposal.digest) else {
+                continue;
+            };
+            let Some(batch) = &slot.batch else {
+                continue;
+            };
+            let leaves = batch.leaves(&chain);
+            if crate::merkle::root(&leaves) == digest {
+                slot.digest = Some(digest);
+                slot.leaves = leaves;
+            } else {
+                slot.batch = None;
+            }
+        }
+    }
+
+    /// Its own checkpoint votes above the stable checkpoint count again towards stability,
+    /// and are retransmitted to peers that lack them.
+    fn restore_checkpoint_votes(&mut self) {
+        let id = self.id;
+        for vote in self.signed.values() {
+            if vote.phase == Phase::Checkpoint && vote.seq > self.stable.seq {
+                self.own_checkpoints.insert(vote.seq, vote.digest);
+                self.checkpoint_votes
+                    .entry(vote.seq)
+                    .or_default()
+                    .insert(id, vote.clone());
+            }
+        }
+    }
+
+    /// Installs the proposals of the new view that started the restored view, as entering
+    /// it did: a later pre-prepare at a re-proposed seq must match them, and a null one is
+    /// known as the empty batch it stands for. Its own prepares there count again. Returns the
+    /// highest re-proposed seq (0 without one).
+    fn restore_new_view(&mut self) -> u64 {
+        let Some(new_view) = self.new_view.clone().filter(|nv| nv.view == self.view) else {
+            return 0;
+        };
+        if self.mode != Mode::Normal {
+            return 0;
+        }
+        let null = null_digest(&self.config.chain_id);
+        let mut highest = 0;
+        for proposal in &new_view.proposals {
+            let seq = proposal.seq;
+            highest = highest.max(seq);
+            if seq <= self.low {
+                continue;
+            }
+            let batch = (proposal.digest == null).then(Batch::default);
+            let slot = self.log.entry(seq).or_default();
+            slot.repropose(proposal.clone(), batch);
+            for phase in [Phase::Prepare, Phase::Commit] {
+                if let Some(vote) = self.signed.get(&(phase, proposal.view, seq))
+                    && vote.digest == proposal.digest
+                {
+                    let _ = slot.add_vote(vote.clone());
+                }
+            }
+        }
+        highest
     }
 
     /// The records a restart needs now, to replace the host's log with (after a stable
@@ -123,7 +306,11 @@ impl Replica {
         }
         for (_, slot) in self.log.range(self.stable.seq + 1..) {
             if let Some(prepared) = &slot.prepared {
-                records.push(Record::Prepared(prepared.clone()));
+                let batch = slot
+                    .batch
+                    .as_ref()
+                    .filter(|_| slot.digest == Some(prepared.proposal.digest));
+                records.push(Record::Prepared(prepared.clone(), batch.cloned()));
             }
         }
         records.extend(self.signed.values().cloned().map(Record::Signed));

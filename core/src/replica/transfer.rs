@@ -240,6 +240,8 @@ impl Replica {
         self.outputs.push_back(Output::Install(Install {
             seq,
             snapshot: app.clone(),
+            clients: self.clients.records(),
+            client_floor: self.clients.floor(),
         }));
         let chunk_bytes = manifest.chunk_bytes;
         let snapshot = Snapshot::new(seq, app, manifest.clients, chunk_bytes);

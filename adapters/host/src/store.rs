@@ -1,0 +1,352 @@
+//! The application store: what a validator executed, durable in one embedded database.
+//!
+//! `state.redb` in the data dir (redb: a pure-Rust, crash-safe B-tree store with atomic
+//! transactions and checksummed commits) holds, besides the application's own tables, what
+//! the core needs back after a crash ([`pbft_core::ExecutedState`]): the executed seq, the
+//! exactly-once table and the committed batches with their QCs. One write transaction per
+//! round of the node ([`Round`]) carries the application's changes and these together, so a
+//! crash leaves the store at the end of some round, never inside one.
+//!
+//! Why redb: an embedded store with ACID transactions, no C dependency, a file format with
+//! checksummed commit slots (a torn write rolls back to the previous commit), and a
+//! `Durability::None` commit that lets a round be read mid-way (for a checkpoint's snapshot)
+//! without a second fsync.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use pbft_core::{ClientRecord, Committed, Delivery, ExecutedState, Install, PublicKey};
+use redb::{
+    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    TableDefinition, WriteTransaction,
+};
+
+/// The store's file in the data dir.
+pub const STORE_FILE: &str = "state.redb";
+
+/// Counters: `executed`, `client_floor`.
+const META: TableDefinition<&str, u64> = TableDefinition::new("pbft.meta");
+/// The exactly-once table: client key (32 bytes) to postcard `(client_seq, seq, result)`.
+const CLIENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pbft.clients");
+/// Committed batches by seq: postcard [`Committed`].
+const BATCHES: TableDefinition<u64, &[u8]> = TableDefinition::new("pbft.batches");
+
+/// Why the store cannot be opened, read or written. Each names the file; a node stops on any
+/// of them (it must not answer a client whose write it could not make durable).
+#[derive(Debug)]
+pub enum StoreError {
+    /// The database failed (I/O, a full disk, corruption redb detected).
+    Database {
+        /// The store's file.
+        path: PathBuf,
+        /// What redb reported.
+        source: redb::Error,
+    },
+    /// An entry does not decode: written by another version, or damaged.
+    Corrupt {
+        /// The store's file.
+        path: PathBuf,
+        /// Which entry.
+        what: String,
+    },
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Database { path, source } => write!(
+                f,
+                "{}: {source} (free disk space if it is full; if the file is damaged, move the \
+                 data dir aside and start the node empty: it fetches the state from its peers)",
+                path.display()
+            ),
+            StoreError::Corrupt { path, what } => write!(
+                f,
+                "{}: {what} does not decode (written by another version? move the data dir \
+                 aside and start the node empty: it fetches the state from its peers)",
+                path.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StoreError::Database { source, .. } => Some(source),
+            StoreError::Corrupt { .. } => None,
+        }
+    }
+}
+
+/// The store of one validator.
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+    /// Commits made since the last durable one (to let a round be read mid-way).
+    unsynced: bool,
+}
+
+impl Store {
+    /// Opens (or creates) `dir/state.redb` and reads what the replica needs back.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] naming the file if it cannot be opened or an entry does not decode.
+    pub fn open(dir: &Path) -> Result<(Store, ExecutedState), StoreError> {
+        let path = dir.join(STORE_FILE);
+        let fail = |source: redb::Error| StoreError::Database {
+            path: path.clone(),
+            source,
+        };
+        let db = Database::create(&path).map_err(|e| fail(e.into()))?;
+        let mut store = Store {
+            db,
+            path,
+            unsynced: false,
+        };
+        // Create the tables once, so reads never meet a missing one.
+        let round = store.begin()?;
+        store.commit(round)?;
+        let executed = store.executed_state()?;
+        Ok((store, executed))
+    }
+
+    /// The store's file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn fail(&self, source: impl Into<redb::Error>) -> StoreError {
+        StoreError::Database {
+            path: self.path.clone(),
+            source: source.into(),
+        }
+    }
+
+    fn corrupt(&self, what: String) -> StoreError {
+        StoreError::Corrupt {
+            path: self.path.clone(),
+            what,
+        }
+    }
+
+    /// Starts a round: one write transaction for everything the node executes until
+    /// [`Round::commit`].
+    pub fn begin(&self) -> Result<Round, StoreError> {
+        let tx = self.db.begin_write().map_err(|e| self.fail(e))?;
+        tx.open_table(META).map_err(|e| self.fail(e))?;
+        tx.open_table(CLIENTS).map_err(|e| self.fail(e))?;
+        tx.open_table(BATCHES).map_err(|e| self.fail(e))?;
+        Ok(Round {
+            tx,
+            path: self.path.clone(),
+        })
+    }
+
+    /// A consistent read of the last commit (durable or not).
+    pub fn read(&self) -> Result<ReadTransaction, StoreError> {
+        self.db.begin_read().map_err(|e| self.fail(e))
+    }
+
+    /// Whether commits were made since the last durable one.
+    pub fn has_unsynced(&self) -> bool {
+        self.unsynced
+    }
+
+    /// Makes every commit so far durable (one fsync), if one is not yet.
+    pub fn sync(&mut self) -> Result<(), StoreError> {
+        if self.unsynced {
+            let round = self.begin()?;
+            self.commit(round)?;
+        }
+        Ok(())
+    }
+
+    /// Commits `round` durably (one fsync), with every commit before it.
+    pub fn commit(&mut self, round: Round) -> Result<(), StoreError> {
+        round.tx.commit().map_err(|e| self.fail(e))?;
+        self.unsynced = false;
+        Ok(())
+    }
+
+    /// Commits `round` without making it durable, so a read sees it (a checkpoint's
+    /// snapshot); the next durable commit makes it durable, and a crash before that loses it
+    /// whole.
+    pub fn commit_unsynced(&mut self, round: Round) -> Result<(), StoreError> {
+        let mut tx = round.tx;
+        tx.set_durability(Durability::None)
+            .map_err(|e| self.fail(e))?;
+        tx.commit().map_err(|e| self.fail(e))?;
+        self.unsynced = true;
+        Ok(())
+    }
+
+    /// The committed batch at `seq` with its QC, if the store still holds it.
+    pub fn committed(&self, seq: u64) -> Result<Option<Committed>, StoreError> {
+        let tx = self.read()?;
+        let table = tx.open_table(BATCHES).map_err(|e| self.fail(e))?;
+        let Some(bytes) = table.get(seq).map_err(|e| self.fail(e))? else {
+            return Ok(None);
+        };
+        postcard::from_bytes(bytes.value())
+            .map(Some)
+            .map_err(|_| self.corrupt(format!("batch {seq}")))
+    }
+
+    /// What the replica needs back after a crash: the executed seq, the exactly-once table
+    /// and the batches.
+    pub fn executed_state(&self) -> Result<ExecutedState, StoreError> {
+        let tx = self.read()?;
+        let meta = tx.open_table(META).map_err(|e| self.fail(e))?;
+        let get = |name: &str| -> Result<u64, StoreError> {
+            Ok(meta
+                .get(name)
+                .map_err(|e| self.fail(e))?
+                .map_or(0, |v| v.value()))
+        };
+        let executed = get("executed")?;
+        let client_floor = get("client_floor")?;
+        let mut clients = Vec::new();
+        let table = tx.open_table(CLIENTS).map_err(|e| self.fail(e))?;
+        for entry in table.iter().map_err(|e| self.fail(e))? {
+            let (key, value) = entry.map_err(|e| self.fail(e))?;
+            let client = <[u8; 32]>::try_from(key.value())
+                .map_err(|_| self.corrupt("a client key".to_string()))?;
+            let (client_seq, seq, result): (u64, u64, Option<Vec<u8>>) =
+                postcard::from_bytes(value.value())
+                    .map_err(|_| self.corrupt("a client row".to_string()))?;
+            clients.push(ClientRecord {
+                client: PublicKey(client),
+                client_seq,
+                seq,
+                result,
+            });
+        }
+        let mut committed = Vec::new();
+        let table = tx.open_table(BATCHES).map_err(|e| self.fail(e))?;
+        for entry in table.iter().map_err(|e| self.fail(e))? {
+            let (seq, value) = entry.map_err(|e| self.fail(e))?;
+            let batch: Committed = postcard::from_bytes(value.value())
+                .map_err(|_| self.corrupt(format!("batch {}", seq.value())))?;
+            committed.push(batch);
+        }
+        Ok(ExecutedState {
+            executed,
+            client_floor,
+            clients,
+            committed,
+        })
+    }
+}
+
+/// One round's write transaction. The application writes its tables through [`Round::tx`];
+/// [`Round::record_delivery`] and [`Round::record_install`] keep the core's side of the
+/// contract ([`ExecutedState`]). Dropped without a commit, nothing of it happened.
+pub struct Round {
+    tx: WriteTransaction,
+    path: PathBuf,
+}
+
+impl Round {
+    fn fail(&self, source: impl Into<redb::Error>) -> StoreError {
+        StoreError::Database {
+            path: self.path.clone(),
+            source: source.into(),
+        }
+    }
+
+    /// The transaction, for the application's own tables.
+    pub fn tx(&self) -> &WriteTransaction {
+        &self.tx
+    }
+
+    /// Records an executed delivery: one row per executed request (`results` in the order of
+    /// `delivery.execute`), then the forgotten clients' rows deleted, the floor, the executed
+    /// seq and the batch with its QC.
+    pub fn record_delivery(
+        &mut self,
+        delivery: &Delivery,
+        results: &[Vec<u8>],
+    ) -> Result<(), StoreError> {
+        let store = &*self;
+        let tx = &self.tx;
+        let mut clients = tx.open_table(CLIENTS).map_err(|e| store.fail(e))?;
+        for (&index, result) in delivery.execute.iter().zip(results) {
+            let Some(request) = delivery.batch.requests.get(index as usize) else {
+                continue;
+            };
+            let row = postcard::to_allocvec(&(request.client_seq, delivery.seq, Some(result)))
+                .unwrap_or_default();
+            clients
+                .insert(&request.client.0[..], &row[..])
+                .map_err(|e| store.fail(e))?;
+        }
+        for client in &delivery.forgotten {
+            clients.remove(&client.0[..]).map_err(|e| store.fail(e))?;
+        }
+        drop(clients);
+        let mut meta = tx.open_table(META).map_err(|e| store.fail(e))?;
+        meta.insert("client_floor", delivery.client_floor)
+            .map_err(|e| store.fail(e))?;
+        meta.insert("executed", delivery.seq)
+            .map_err(|e| store.fail(e))?;
+        drop(meta);
+        let committed = Committed {
+            batch: delivery.batch.clone(),
+            certificate: delivery.certificate.clone(),
+        };
+        let bytes = postcard::to_allocvec(&committed).unwrap_or_default();
+        let mut batches = tx.open_table(BATCHES).map_err(|e| store.fail(e))?;
+        batches
+            .insert(delivery.seq, &bytes[..])
+            .map_err(|e| store.fail(e))?;
+        Ok(())
+    }
+
+    /// Records an installed checkpoint: its exactly-once table replaces the stored one, the
+    /// executed seq moves to it, and batches above it (executed against the replaced state,
+    /// now void) go.
+    pub fn record_install(&mut self, install: &Install) -> Result<(), StoreError> {
+        let store = &*self;
+        let tx = &self.tx;
+        let mut clients = tx.open_table(CLIENTS).map_err(|e| store.fail(e))?;
+        clients.retain(|_, _| false).map_err(|e| store.fail(e))?;
+        for record in &install.clients {
+            let row = postcard::to_allocvec(&(record.client_seq, record.seq, &record.result))
+                .unwrap_or_default();
+            clients
+                .insert(&record.client.0[..], &row[..])
+                .map_err(|e| store.fail(e))?;
+        }
+        drop(clients);
+        let mut meta = tx.open_table(META).map_err(|e| store.fail(e))?;
+        meta.insert("client_floor", install.client_floor)
+            .map_err(|e| store.fail(e))?;
+        meta.insert("executed", install.seq)
+            .map_err(|e| store.fail(e))?;
+        drop(meta);
+        let mut batches = tx.open_table(BATCHES).map_err(|e| store.fail(e))?;
+        batches
+            .retain_in(install.seq + 1.., |_, _| false)
+            .map_err(|e| store.fail(e))?;
+        Ok(())
+    }
+
+    /// Drops the batches at or below `seq`: below the stable checkpoint's retained batches,
+    /// no peer can still ask for them.
+    pub fn prune_batches(&mut self, seq: u64) -> Result<(), StoreError> {
+        let store = &*self;
+        let mut batches = self.tx.open_table(BATCHES).map_err(|e| store.fail(e))?;
+        batches
+            .retain_in(..=seq, |_, _| false)
+            .map_err(|e| store.fail(e))?;
+        Ok(())
+    }
+
+    /// Number of committed batches the store holds (for the start-up line and tests).
+    pub fn batches(&self) -> Result<u64, StoreError> {
+        let table = self.tx().open_table(BATCHES).map_err(|e| self.fail(e))?;
+        table.len().map_err(|e| self.fail(e))
+    }
+}
