@@ -50,7 +50,9 @@ pub use message::{
     reply_root_digest, vote_digest,
 };
 pub use metrics::Metrics;
-pub use replica::{Delivery, Destination, ExecutedState, Install, Output, Record, Replica};
+pub use replica::{
+    CheckpointState, Delivery, Destination, ExecutedState, Install, Output, Record, Replica,
+};
 pub use state::{FetchState, Manifest, StateChunk};
 pub use view_change::{
     NewView, Plan, Prepared, StableCheckpoint, ViewChange, ViewChangeError, null_digest, plan,

@@ -149,7 +149,7 @@ impl Slot {
         let proposal = self.proposal.clone()?;
         let prepares: Vec<Vote> = self
             .matching(Phase::Prepare)
-            .filter(|vote| vote.replica != primary)
+            .filter(|vote| vote.replica != primary && vote.digest == proposal.digest)
             .take(quorum.saturating_sub(1))
             .cloned()
             .collect();
@@ -184,6 +184,15 @@ impl Slot {
         self.commits.clear();
         self.reported.clear();
         self.commit_sent = false;
+    }
+
+    /// A QC for another digest than the accepted proposal's came in: the proposal and this
+    /// view's votes are dropped, and the commit counts as sent (the slot is decided).
+    pub(crate) fn repropose_committed(&mut self) {
+        self.proposal = None;
+        self.prepares.clear();
+        self.commits.clear();
+        self.commit_sent = true;
     }
 
     /// This slot's flags for a [`crate::Status`].

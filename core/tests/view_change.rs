@@ -659,3 +659,52 @@ fn a_replica_holding_a_qc_for_a_seq_never_takes_another_batch_there() {
     }
     assert_eq!(delivered, vec![1, 2]);
 }
+
+#[test]
+fn a_restored_replica_still_holds_the_checkpoint_state_it_signed() {
+    // Replica 2 executes seqs 1 and 2 (a checkpoint) from QCs and signs its state there.
+    let mut replica = replica(2);
+    let second = Batch {
+        requests: vec![Request::new(&chain(), &keys()[1], 4, b"second".to_vec())],
+    };
+    let batches = [committed(1, &prepared_batch()), committed(2, &second)];
+    for batch in &batches {
+        let bytes = Message::Committed(batch.clone()).encode();
+        replica.handle_message(NOW, &key_of(1), &bytes).unwrap();
+    }
+    let mut records = Vec::new();
+    while let Some(output) = replica.poll_output() {
+        match output {
+            Output::Deliver(delivery) => {
+                let results = vec![b"ok".to_vec(); delivery.execute.len()];
+                let snapshot = delivery.checkpoint.then(|| b"app state".to_vec());
+                replica
+                    .executed(NOW, delivery.seq, results, snapshot)
+                    .unwrap();
+            }
+            Output::Persist(record) => records.push(record),
+            _ => {}
+        }
+    }
+    let state = replica
+        .checkpoint_state(2)
+        .expect("its own checkpoint state");
+    let restore = |checkpoint: pbft_core::CheckpointState| {
+        let executed = ExecutedState {
+            executed: 2,
+            committed: batches.to_vec(),
+            checkpoints: vec![checkpoint],
+            ..ExecutedState::default()
+        };
+        Replica::restore(config(), set(), keys().remove(2), records.clone(), executed).unwrap()
+    };
+    // Kept by the host, it comes back: peers behind can fetch it even if everyone restarted.
+    assert_eq!(
+        restore(state.clone()).checkpoint_state(2),
+        Some(state.clone())
+    );
+    // A state that is not the one it signed is not served.
+    let mut other = state;
+    other.app = b"another state".to_vec();
+    assert_eq!(restore(other).checkpoint_state(2), None);
+}

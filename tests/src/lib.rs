@@ -120,7 +120,8 @@ pub enum Kind {
     CrashRestart,
     /// Every honest validator crashes at once (those busy at a random point of their step,
     /// the rest between steps) and restarts from its records and its durable application
-    /// store, some of them seconds after the others; f - 1 backups are Byzantine.
+    /// store, some of them seconds after the others; f backups are Byzantine, and in half the
+    /// runs a partition leaves some validators behind.
     WholeCluster,
     /// f + 1 honest validators crash and restart while the primary re-proposes committed seqs
     /// with other batches (`Fault::ReproposeCommitted`).
@@ -244,10 +245,7 @@ impl Scenario {
             faults.insert(replica, *rng.pick(&BACKUP_FAULTS));
         }
         let mut partitions = Vec::new();
-        let crash = matches!(
-            kind,
-            Kind::CrashedPrimary | Kind::Cascading | Kind::WholeCluster
-        );
+        let crash = matches!(kind, Kind::CrashedPrimary | Kind::Cascading);
         if kind == Kind::ForgedViewChanges {
             // Cut the first primary off so the cluster must change view through the forger.
             let from = rng.range(0, 300);
@@ -457,6 +455,7 @@ struct Table {
     floor: u64,
     clients: BTreeMap<PublicKey, ClientRecord>,
     committed: BTreeMap<u64, pbft_core::Committed>,
+    checkpoints: BTreeMap<u64, pbft_core::CheckpointState>,
 }
 
 /// What a validator's application store holds durably: the application (with what the
@@ -738,6 +737,7 @@ impl Simulation {
             client_floor: table.floor,
             clients: table.clients.values().cloned().collect(),
             committed: table.committed.values().cloned().collect(),
+            checkpoints: table.checkpoints.values().cloned().collect(),
         };
         match Replica::restore(
             self.config.clone(),
@@ -1017,6 +1017,8 @@ impl Simulation {
                 .seq
                 .saturating_sub(self.config.retained_batches as u64);
             node.table.committed.retain(|&seq, _| seq > keep_above);
+            let stable = node.replica.stable_checkpoint().seq;
+            node.table.checkpoints.retain(|&seq, _| seq >= stable);
         }
         let node = &mut self.validators[index];
         if node.dirty || compact {
@@ -1066,6 +1068,10 @@ impl Simulation {
             .map(|record| (record.client, record.clone()))
             .collect();
         node.table.committed.retain(|&seq, _| seq <= install.seq);
+        node.table.checkpoints.retain(|&seq, _| seq <= install.seq);
+        if let Some(state) = node.replica.checkpoint_state(install.seq) {
+            node.table.checkpoints.insert(install.seq, state);
+        }
         node.dirty = true;
         self.report.state_transfers += 1;
         let state = self.validators[index].state;
@@ -1526,6 +1532,10 @@ impl Simulation {
             .executed(self.now, seq, results, snapshot)
         {
             self.violation(format!("replica {index} refused its own execution: {err}"));
+        }
+        let node = &mut self.validators[index];
+        if checkpoint && let Some(state) = node.replica.checkpoint_state(seq) {
+            node.table.checkpoints.insert(seq, state);
         }
     }
 

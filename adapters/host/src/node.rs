@@ -351,6 +351,7 @@ impl<A: Application> Node<A> {
             };
             let stable = self.replica.stable_checkpoint().seq;
             open.prune_batches(stable.saturating_sub(self.retained_batches))?;
+            open.prune_checkpoints(stable)?;
             round = Some(open);
         }
         if self.wal.pending_bytes() > 0 {
@@ -449,19 +450,24 @@ impl<A: Application> Node<A> {
         round.record_delivery(&delivery, &results)?;
         self.stats.batches_executed += 1;
         self.stats.ops_executed += results.len() as u64;
-        let (round, snapshot) = match delivery.checkpoint {
-            true => {
-                self.store.commit_unsynced(round)?;
-                let read = self.store.read()?;
-                let snapshot = self.app.snapshot(&read).map_err(app_error)?;
-                (None, Some(snapshot))
-            }
-            false => (Some(round), None),
-        };
+        if !delivery.checkpoint {
+            self.replica
+                .executed(now, delivery.seq, results, None)
+                .map_err(NodeError::Core)?;
+            return Ok(Some(round));
+        }
+        self.store.commit_unsynced(round)?;
+        let read = self.store.read()?;
+        let snapshot = self.app.snapshot(&read).map_err(app_error)?;
         self.replica
-            .executed(now, delivery.seq, results, snapshot)
+            .executed(now, delivery.seq, results, Some(snapshot))
             .map_err(NodeError::Core)?;
-        Ok(round)
+        // The state the replica signed there, kept so peers can fetch it after a restart.
+        let mut round = self.store.begin()?;
+        if let Some(state) = self.replica.checkpoint_state(delivery.seq) {
+            round.record_checkpoint(&state)?;
+        }
+        Ok(Some(round))
     }
 
     /// Replaces the application's state (and the store's exactly-once table) in `round`.
@@ -477,6 +483,9 @@ impl<A: Application> Node<A> {
             }
         }
         round.record_install(install)?;
+        if let Some(state) = self.replica.checkpoint_state(install.seq) {
+            round.record_checkpoint(&state)?;
+        }
         self.stats.installs += 1;
         Ok(round)
     }

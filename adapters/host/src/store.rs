@@ -15,7 +15,9 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use pbft_core::{ClientRecord, Committed, Delivery, ExecutedState, Install, PublicKey};
+use pbft_core::{
+    CheckpointState, ClientRecord, Committed, Delivery, ExecutedState, Install, PublicKey,
+};
 use redb::{
     Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
     TableDefinition, WriteTransaction,
@@ -30,6 +32,8 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("pbft.meta");
 const CLIENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pbft.clients");
 /// Committed batches by seq: postcard [`Committed`].
 const BATCHES: TableDefinition<u64, &[u8]> = TableDefinition::new("pbft.batches");
+/// Checkpoint states by seq: postcard `(app, clients)` (see [`CheckpointState`]).
+const CHECKPOINTS: TableDefinition<u64, &[u8]> = TableDefinition::new("pbft.checkpoints");
 
 /// Why the store cannot be opened, read or written. Each names the file; a node stops on any
 /// of them (it must not answer a client whose write it could not make durable).
@@ -56,14 +60,16 @@ impl fmt::Display for StoreError {
         match self {
             StoreError::Database { path, source } => write!(
                 f,
-                "{}: {source} (free disk space if it is full; if the file is damaged, move the \
-                 data dir aside and start the node empty: it fetches the state from its peers)",
+                "{}: {source} (free disk space if it is full; if the file is damaged, move this \
+                 file aside, never the WAL beside it, and start the node: it fetches the state \
+                 from its peers)",
                 path.display()
             ),
             StoreError::Corrupt { path, what } => write!(
                 f,
-                "{}: {what} does not decode (written by another version? move the data dir \
-                 aside and start the node empty: it fetches the state from its peers)",
+                "{}: {what} does not decode (written by another version? move this file aside, \
+                 never the WAL beside it, and start the node: it fetches the state from its \
+                 peers)",
                 path.display()
             ),
         }
@@ -138,6 +144,7 @@ impl Store {
         tx.open_table(META).map_err(|e| self.fail(e))?;
         tx.open_table(CLIENTS).map_err(|e| self.fail(e))?;
         tx.open_table(BATCHES).map_err(|e| self.fail(e))?;
+        tx.open_table(CHECKPOINTS).map_err(|e| self.fail(e))?;
         Ok(Round {
             tx,
             path: self.path.clone(),
@@ -231,11 +238,26 @@ impl Store {
                 .map_err(|_| self.corrupt(format!("batch {}", seq.value())))?;
             committed.push(batch);
         }
+        let mut checkpoints = Vec::new();
+        let table = tx.open_table(CHECKPOINTS).map_err(|e| self.fail(e))?;
+        for entry in table.iter().map_err(|e| self.fail(e))? {
+            let (seq, value) = entry.map_err(|e| self.fail(e))?;
+            let seq = seq.value();
+            let (app, clients): (serde_bytes::ByteBuf, serde_bytes::ByteBuf) =
+                postcard::from_bytes(value.value())
+                    .map_err(|_| self.corrupt(format!("checkpoint {seq}")))?;
+            checkpoints.push(CheckpointState {
+                seq,
+                app: app.into_vec(),
+                clients: clients.into_vec(),
+            });
+        }
         Ok(ExecutedState {
             executed,
             client_floor,
             clients,
             committed,
+            checkpoints,
         })
     }
 }
@@ -330,6 +352,35 @@ impl Round {
         batches
             .retain_in(install.seq + 1.., |_, _| false)
             .map_err(|e| store.fail(e))?;
+        drop(batches);
+        let mut checkpoints = tx.open_table(CHECKPOINTS).map_err(|e| store.fail(e))?;
+        checkpoints
+            .retain_in(install.seq + 1.., |_, _| false)
+            .map_err(|e| store.fail(e))?;
+        Ok(())
+    }
+
+    /// Keeps the state at a checkpoint (the replica's own, or one it installed), so peers
+    /// can fetch it from this replica after it restarted.
+    pub fn record_checkpoint(&mut self, state: &CheckpointState) -> Result<(), StoreError> {
+        let bytes = postcard::to_allocvec(&(
+            serde_bytes::Bytes::new(&state.app),
+            serde_bytes::Bytes::new(&state.clients),
+        ))
+        .unwrap_or_default();
+        let mut table = self.tx.open_table(CHECKPOINTS).map_err(|e| self.fail(e))?;
+        table
+            .insert(state.seq, &bytes[..])
+            .map_err(|e| self.fail(e))?;
+        Ok(())
+    }
+
+    /// Drops the checkpoint states below `stable`: no peer fetches them any more.
+    pub fn prune_checkpoints(&mut self, stable: u64) -> Result<(), StoreError> {
+        let mut table = self.tx.open_table(CHECKPOINTS).map_err(|e| self.fail(e))?;
+        table
+            .retain_in(..stable, |_, _| false)
+            .map_err(|e| self.fail(e))?;
         Ok(())
     }
 

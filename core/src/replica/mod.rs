@@ -13,7 +13,7 @@ mod restore;
 mod transfer;
 mod view_change;
 
-pub use restore::ExecutedState;
+pub use restore::{CheckpointState, ExecutedState};
 
 use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::vec::Vec;
@@ -142,14 +142,19 @@ pub enum Output {
     },
     /// Execute the batch's `execute` requests in order, then call [`Replica::executed`] with
     /// their results. Deliveries come in sequence order, each after `executed` for the one
-    /// before.
+    /// before. A host that keeps its application across crashes writes, atomically with the
+    /// application's changes, what [`ExecutedState`] lists (the exactly-once rows, `forgotten`,
+    /// `client_floor`, the seq, the batch with its QC), durable after the records before it
+    /// and before the `Send`s after it (they carry the replies). A delivery whose `seq` is not
+    /// [`Replica::executed_seq`] + 1 when the host reaches it was voided by an install: skip it.
     Deliver(Delivery),
     /// A validator signed two conflicting votes; the evidence verifies offline with
     /// [`crate::verify_evidence`]. Forward it to whatever decides on punishment.
     Evidence(Evidence),
     /// This replica was too far behind to replay batches and fetched a checkpoint's state:
-    /// replace the application's state with the snapshot. Every delivery the host has not
-    /// executed yet is void; the next delivery is `seq + 1`.
+    /// replace the application's state with the snapshot, and the persisted exactly-once table
+    /// and executed seq with the install's (in the same atomic write). Every delivery the host
+    /// has not executed yet is void; the next delivery is `seq + 1`.
     Install(Install),
 }
 
@@ -239,6 +244,8 @@ pub struct Replica {
     transfer: Option<transfer::Transfer>,
     /// State chunks served to each peer in the current retransmit interval.
     chunks_served: BTreeMap<ReplicaId, (u64, u32)>,
+    /// Checkpoint states handed to `restore`, until it checked them.
+    pending_checkpoints: Vec<CheckpointState>,
 }
 
 impl core::fmt::Debug for Replica {
@@ -336,6 +343,7 @@ impl Replica {
             snapshots: BTreeMap::new(),
             transfer: None,
             chunks_served: BTreeMap::new(),
+            pending_checkpoints: Vec::new(),
         })
     }
 
@@ -372,6 +380,18 @@ impl Replica {
     /// The highest seq the host reported executed.
     pub fn executed_seq(&self) -> u64 {
         self.executed
+    }
+
+    /// The state this replica holds at checkpoint `seq` (its own after executing there, or
+    /// one it installed), for the host to keep durably beside its application (see
+    /// [`ExecutedState::checkpoints`]): after a restart the replica can still serve it.
+    pub fn checkpoint_state(&self, seq: u64) -> Option<CheckpointState> {
+        let snapshot = self.snapshots.get(&seq)?;
+        Some(CheckpointState {
+            seq,
+            app: snapshot.app.clone(),
+            clients: snapshot.manifest.clients.clone(),
+        })
     }
 
     /// Whether nothing is in flight: no undelivered slot, no request waiting, no view change
@@ -1244,7 +1264,10 @@ impl Replica {
         };
         match certified {
             Some(certified) => certified == digest,
-            None => seq > self.executed,
+            // At or below the stable checkpoint the only signature asked for is a new view's
+            // re-proposal, which every replica checks against the view changes; prepares and
+            // commits there are refused in `cast`.
+            None => seq > self.executed || seq <= self.stable.seq,
         }
     }
 

@@ -423,7 +423,10 @@ impl Replica {
         }
         let first = self.archive.front()?.certificate.seq;
         let index = usize::try_from(seq.checked_sub(first)?).ok()?;
-        self.archive.get(index).cloned()
+        self.archive
+            .get(index)
+            .filter(|committed| committed.certificate.seq == seq)
+            .cloned()
     }
 
     /// A committed batch from a peer: its QC proves it, whoever sent it.
@@ -458,6 +461,15 @@ impl Replica {
         verify_qc(&self.config.chain_id, &self.validators, &certificate)?;
         self.metrics.batches_caught_up += 1;
         let slot = self.log.entry(seq).or_default();
+        if slot
+            .proposal
+            .as_ref()
+            .is_some_and(|p| p.digest != certificate.digest)
+        {
+            // The proposal accepted here lost: nothing of it may become a prepared
+            // certificate (its digest would not match the votes counted for the QC's).
+            slot.repropose_committed();
+        }
         for leaf in &slot.leaves {
             self.in_flight.remove(leaf);
         }

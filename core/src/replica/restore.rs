@@ -23,6 +23,7 @@ use crate::clients::{ClientRecord, ClientTable};
 use crate::config::{Config, ConfigError, ValidatorSet};
 use crate::crypto::Keypair;
 use crate::message::{Batch, Committed, Phase};
+use crate::state::Snapshot;
 use crate::view_change::null_digest;
 
 /// What a host keeps durably beside its application state, as of the last batch it executed,
@@ -36,6 +37,8 @@ use crate::view_change::null_digest;
 /// durable before the `Send`s that follow the delivery leave (they carry the replies), and
 /// after the records (`Output::Persist`) that came before it.
 ///
+/// At a checkpoint delivery it also keeps [`Replica::checkpoint_state`] (after `executed`),
+/// and the installed one after an install; states below the stable checkpoint may go.
 /// Batches may be dropped from the oldest once they are at or below the stable checkpoint
 /// minus `retained_batches`; the replica restores the contiguous run below its window into
 /// its archive and the rest into its log. [`ExecutedState::default`] is a replica that
@@ -51,6 +54,23 @@ pub struct ExecutedState {
     pub clients: Vec<ClientRecord>,
     /// Committed batches with their QCs at or below `executed`, in any order.
     pub committed: Vec<Committed>,
+    /// The states at checkpoints from the stable one up, as the host kept them (see
+    /// [`Replica::checkpoint_state`]), so peers behind can fetch the stable state from this
+    /// replica even when every replica restarted. One that does not match the checkpoint this
+    /// replica signed (or the stable one) is ignored.
+    pub checkpoints: Vec<CheckpointState>,
+}
+
+/// The state at one checkpoint, as a host keeps it durably: the application's snapshot and
+/// the exactly-once table, exactly as the replica's checkpoint digest covers them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CheckpointState {
+    /// The checkpoint's seq.
+    pub seq: u64,
+    /// The application's snapshot bytes there.
+    pub app: Vec<u8>,
+    /// The exactly-once table there, in the replica's canonical encoding (opaque to hosts).
+    pub clients: Vec<u8>,
 }
 
 impl Replica {
@@ -153,6 +173,7 @@ impl Replica {
             seq > stable && (phase == Phase::Checkpoint || signed_view >= view)
         });
         replica.restore_checkpoint_votes();
+        replica.restore_checkpoint_states();
         let reproposed = replica.restore_new_view();
         // As primary, never propose again at a seq it proposed before the crash, nor at one
         // the new view it entered re-proposed.
@@ -180,7 +201,9 @@ impl Replica {
             client_floor,
             clients,
             mut committed,
+            checkpoints,
         } = state;
+        self.pending_checkpoints = checkpoints;
         self.clients = ClientTable::from_records(self.config.max_clients, client_floor, clients);
         self.executed = executed;
         self.last_delivered = executed;
@@ -213,6 +236,14 @@ impl Replica {
                 }
                 archive.push(c);
             }
+        }
+        // `committed_at` indexes the archive from its front: only a run that ends right at
+        // the window serves the right batch for each seq.
+        if archive
+            .last()
+            .is_some_and(|last| last.certificate.seq != self.low)
+        {
+            archive.clear();
         }
         let keep = archive.len().saturating_sub(self.config.retained_batches);
         self.archive = archive.into_iter().skip(keep).collect();
@@ -257,6 +288,33 @@ impl Replica {
         }
     }
 
+    /// Takes back the checkpoint states the host kept whose digest is the stable checkpoint's
+    /// or this replica's own signed one there.
+    fn restore_checkpoint_states(&mut self) {
+        let chain = self.config.chain_id;
+        for state in core::mem::take(&mut self.pending_checkpoints) {
+            let seq = state.seq;
+            let expected = match seq == self.stable.seq {
+                true => Some(self.stable.digest),
+                false => self.own_checkpoints.get(&seq).copied(),
+            };
+            if seq < self.stable.seq || seq > self.executed || expected.is_none() {
+                continue;
+            }
+            let snapshot = Snapshot::new(
+                seq,
+                state.app,
+                state.clients,
+                self.config.snapshot_chunk_bytes,
+            );
+            if Some(snapshot.manifest.digest(&chain)) == expected {
+                self.own_checkpoints
+                    .insert(seq, snapshot.manifest.digest(&chain));
+                self.snapshots.insert(seq, snapshot);
+            }
+        }
+    }
+
     /// Installs the proposals of the new view that started the restored view, as entering
     /// it did: a later pre-prepare at a re-proposed seq must match them, and a null one is
     /// known as the empty batch it stands for. Its own prepares there count again. Returns the
@@ -273,7 +331,9 @@ impl Replica {
         for proposal in &new_view.proposals {
             let seq = proposal.seq;
             highest = highest.max(seq);
-            if seq <= self.low {
+            // Executed seqs keep the QC the store gave them (a later view may have committed
+            // them, which this view's proposal cannot undo).
+            if seq <= self.low.max(self.executed) {
                 continue;
             }
             let batch = (proposal.digest == null).then(Batch::default);

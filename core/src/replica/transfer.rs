@@ -249,6 +249,8 @@ impl Replica {
             .insert(seq, snapshot.manifest.digest(&self.config.chain_id));
         self.snapshots.insert(seq, snapshot);
         self.log.retain(|&slot, _| slot > seq);
+        // Batches below the installed state are no longer a run ending at the window.
+        self.archive.clear();
         self.in_flight.clear();
         let executed = self.executed;
         for (_, slot) in self.log.range(executed + 1..) {
