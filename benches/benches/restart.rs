@@ -123,7 +123,7 @@ fn main() {
     for attempt in ["after a kill", "after a clean close", "after a clean close"] {
         let started = Instant::now();
         let keypair = Keypair::from_seed(&key.seed());
-        let node = Node::open(dir.path(), config.clone(), set.clone(), keypair, KvStore)
+        let mut node = Node::open(dir.path(), config.clone(), set.clone(), keypair, KvStore)
             .expect("the node opens");
         let opened = started.elapsed();
         let entries = node.entries().expect("entries");

@@ -353,6 +353,13 @@ fn run<A: Application>(
     // Inputs handled since the metrics were last refreshed: refresh within METRICS_EVERY
     // even if the node then goes idle, so a scrape never shows a stale burst.
     let mut stale = false;
+    // A restored replica may have deliveries waiting (its log replays what its store lacks),
+    // and learns the time only from an input: give it one, so it catches up and announces
+    // itself even if every peer restarted too and nothing else would wake it.
+    node.handle_timeout(now());
+    for transmit in node.flush(now())? {
+        router.route(transmit);
+    }
     loop {
         let mut wait = node
             .poll_timeout()

@@ -166,7 +166,8 @@ pub struct NodeStats {
     pub evidence: u64,
     /// Deliveries an install overtook before they ran (void by the `Install` contract).
     pub void_deliveries: u64,
-    /// Durable commits of the application store (one per round that executed something).
+    /// Durable commits of the application store (at most one per round: before each log
+    /// compaction, and at least every [`STORE_SYNC_MS`] while executing).
     pub store_commits: u64,
 }
 
@@ -199,6 +200,11 @@ const EVIDENCE_KEPT: usize = 64;
 /// Client requests whose arrival time is kept to measure commit latency; beyond it new ones
 /// are not timed (a flood of requests cannot grow the map).
 const TIMED_REQUESTS: usize = 4096;
+
+/// Most time the application store goes without a durable commit while the node executes,
+/// ms: what a restart replays from the log's redo records (it is also made durable before
+/// every compaction of the log).
+pub const STORE_SYNC_MS: u64 = 1000;
 
 /// Least time between two digests of the whole application state for status queries, ms.
 pub const STATE_DIGEST_EVERY_MS: u64 = 1000;
@@ -239,6 +245,12 @@ pub struct Node<A> {
     evidence: Vec<Evidence>,
     /// Batches the store keeps below the stable checkpoint, for peers a little behind.
     retained_batches: u64,
+    /// When the store was last made durable (the driver's clock, ms).
+    store_synced_at: u64,
+    /// The store transaction rounds write into until it is committed: rounds between two
+    /// durable commits share it (the log's redo records cover them), so a B-tree page is
+    /// copied once per commit, not once per round. Reads commit it (without a sync) first.
+    round: Option<Round>,
     /// Arrival time of requests submitted here, by (client, number).
     arrivals: BTreeMap<(PublicKey, u64), u64>,
     samples: Samples,
@@ -284,6 +296,8 @@ impl<A: Application> Node<A> {
             stats: NodeStats::default(),
             evidence: Vec::new(),
             retained_batches,
+            store_synced_at: 0,
+            round: None,
             arrivals: BTreeMap::new(),
             samples: Samples::default(),
             max_message_bytes,
@@ -328,23 +342,13 @@ impl<A: Application> Node<A> {
     pub fn flush(&mut self, now: u64) -> Result<Vec<Transmit>, NodeError> {
         let mut transmits = Vec::new();
         let mut compact = false;
-        let mut round: Option<Round> = None;
+        let mut round = self.round.take();
         while let Some(output) = self.replica.poll_output() {
             compact |= matches!(output, Output::Persist(Record::Stable(_)));
             round = self.carry_out(now, output, round, &mut transmits)?;
         }
         if compact {
-            // Everything below the stable checkpoint is final: the log keeps what a restart
-            // needs, written and synced before the old segments go, and the store the batches
-            // peers a little behind may still ask for.
-            let live: Vec<Vec<u8>> = self
-                .replica
-                .durable_records()
-                .iter()
-                .map(Record::encode)
-                .collect();
-            self.wal.compact(&live)?;
-            self.stats.compactions += 1;
+            // The store keeps the batches peers a little behind may still ask for.
             let mut open = match round.take() {
                 Some(open) => open,
                 None => self.store.begin()?,
@@ -354,6 +358,8 @@ impl<A: Application> Node<A> {
             open.prune_checkpoints(stable)?;
             round = Some(open);
         }
+        // The log first: its records (the redo records of this round's executions among
+        // them) are what a reply may rely on, so one fsync covers every message of the round.
         if self.wal.pending_bytes() > 0 {
             let started = Instant::now();
             self.wal.sync()?;
@@ -362,18 +368,37 @@ impl<A: Application> Node<A> {
                 started.elapsed().as_secs_f64(),
             );
         }
-        // After the log: the store never says more was executed than the log can vouch for.
-        if round.is_some() || self.store.has_unsynced() {
-            let started = Instant::now();
-            match round {
-                Some(round) => self.store.commit(round)?,
-                None => self.store.sync()?,
+        // Then the store, after the log so it never says more was executed than the log can
+        // vouch for: visible now, durable only before the log is compacted (or when it has
+        // lagged a while), since until then the log's redo records replay what it lacks.
+        let durable = compact || now >= self.store_synced_at.saturating_add(STORE_SYNC_MS);
+        let started = Instant::now();
+        match (round, durable) {
+            (Some(round), true) => self.store.commit(round)?,
+            (round, false) => self.round = round,
+            (None, true) => self.store.sync()?,
+        }
+        if durable {
+            self.store_synced_at = now;
+            if self.store.synced_now() {
+                self.stats.store_commits += 1;
+                Samples::push(
+                    &mut self.samples.store_commit_seconds,
+                    started.elapsed().as_secs_f64(),
+                );
             }
-            self.stats.store_commits += 1;
-            Samples::push(
-                &mut self.samples.store_commit_seconds,
-                started.elapsed().as_secs_f64(),
-            );
+        }
+        if compact {
+            // Everything below the stable checkpoint is final, and the store is durable: the
+            // log keeps what a restart needs, written and synced before the old segments go.
+            let live: Vec<Vec<u8>> = self
+                .replica
+                .durable_records()
+                .iter()
+                .map(Record::encode)
+                .collect();
+            self.wal.compact(&live)?;
+            self.stats.compactions += 1;
         }
         Ok(transmits)
     }
@@ -490,6 +515,21 @@ impl<A: Application> Node<A> {
         Ok(round)
     }
 
+    /// Makes the rounds written since the last commit visible to reads (not durable: the
+    /// log's redo records cover them).
+    fn publish(&mut self) -> Result<(), NodeError> {
+        if let Some(round) = self.round.take() {
+            self.store.commit_unsynced(round)?;
+        }
+        Ok(())
+    }
+
+    /// A read of the application store as of everything executed so far.
+    pub fn read(&mut self) -> Result<ReadTransaction, NodeError> {
+        self.publish()?;
+        Ok(self.store.read()?)
+    }
+
     /// Where the node is, with a digest of its application state. The digest hashes the
     /// whole state, so it is taken again only when execution moved on and the last one is
     /// at least [`STATE_DIGEST_EVERY_MS`] old (`now` is the driver's clock).
@@ -503,7 +543,6 @@ impl<A: Application> Node<A> {
             // A store that cannot be read now leaves the last digest: the next round that
             // writes will stop the node with the error.
             let snapshot = self
-                .store
                 .read()
                 .ok()
                 .and_then(|read| self.app.snapshot(&read).ok());
@@ -526,7 +565,8 @@ impl<A: Application> Node<A> {
     /// The QC and inclusion proof of the request with digest `request` committed at `seq`,
     /// if this node's store still holds that batch (it keeps them from the stable checkpoint
     /// minus `retained_batches` on, across restarts).
-    pub fn proof(&self, seq: u64, request: &Digest) -> Option<ProofBundle> {
+    pub fn proof(&mut self, seq: u64, request: &Digest) -> Option<ProofBundle> {
+        self.publish().ok()?;
         let pbft_core::Committed { batch, certificate } = self.store.committed(seq).ok()??;
         let chain = certificate.chain_id;
         let index = batch
@@ -580,14 +620,15 @@ impl<A: Application> Node<A> {
         &self.app
     }
 
-    /// The application store (a read of it: `node.store().read()`).
+    /// The application store, as of the last commit (see [`Node::read`] for a read of
+    /// everything executed).
     pub fn store(&self) -> &Store {
         &self.store
     }
 
-    /// Entries in the application's state, from the store.
-    pub fn entries(&self) -> Result<u64, NodeError> {
-        let read = self.store.read()?;
+    /// Entries in the application's state.
+    pub fn entries(&mut self) -> Result<u64, NodeError> {
+        let read = self.read()?;
         self.app.entries(&read).map_err(|source| NodeError::App {
             path: self.store.path().to_path_buf(),
             source,

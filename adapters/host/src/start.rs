@@ -99,7 +99,7 @@ pub fn start(config: &NodeConfig) -> Result<Started, RunError> {
         .validators
         .id_of(&config.keypair.public_key())
         .expect("load_config checked the key is in the set");
-    let node = Node::open(
+    let mut node = Node::open(
         &config.data_dir,
         config.core.clone(),
         config.validators.clone(),

@@ -91,6 +91,8 @@ pub struct Store {
     path: PathBuf,
     /// Commits made since the last durable one (to let a round be read mid-way).
     unsynced: bool,
+    /// A durable commit happened since [`Store::synced_now`] was last asked.
+    synced: bool,
 }
 
 impl Store {
@@ -110,6 +112,7 @@ impl Store {
             db,
             path,
             unsynced: false,
+            synced: false,
         };
         // Create the tables once, so reads never meet a missing one.
         let round = store.begin()?;
@@ -161,6 +164,11 @@ impl Store {
         self.unsynced
     }
 
+    /// Whether the last call that could sync did (and takes the answer): for counting fsyncs.
+    pub fn synced_now(&mut self) -> bool {
+        std::mem::take(&mut self.synced)
+    }
+
     /// Makes every commit so far durable (one fsync), if one is not yet.
     pub fn sync(&mut self) -> Result<(), StoreError> {
         if self.unsynced {
@@ -174,6 +182,7 @@ impl Store {
     pub fn commit(&mut self, round: Round) -> Result<(), StoreError> {
         round.tx.commit().map_err(|e| self.fail(e))?;
         self.unsynced = false;
+        self.synced = true;
         Ok(())
     }
 

@@ -63,6 +63,13 @@ pub enum Record {
     ViewChange(ViewChange),
     /// The new view this replica entered (signed by it if it is that view's primary).
     NewView(NewView),
+    /// A batch with its QC, persisted just before it is delivered: the redo record of its
+    /// execution. A host that commits its application store lazily (not durably every round)
+    /// relies on it: [`Replica::restore`] delivers again every such batch above the store's
+    /// executed seq, so a reply may leave once this record is durable. Such a host must make
+    /// its store durable before it compacts its log to [`Replica::durable_records`] (which
+    /// leaves these out).
+    Committed(Committed),
 }
 
 impl Record {
@@ -1055,6 +1062,11 @@ impl Replica {
             self.metrics.requests_committed += batch.requests.len() as u64;
             self.metrics.requests_executed += execute.len() as u64;
             self.last_delivered = seq;
+            self.outputs
+                .push_back(Output::Persist(Record::Committed(Committed {
+                    batch: batch.clone(),
+                    certificate: certificate.clone(),
+                })));
             self.outputs.push_back(Output::Deliver(Delivery {
                 seq,
                 batch,

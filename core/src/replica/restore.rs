@@ -15,6 +15,8 @@
 //!
 //! The host's order of durability is the contract: the records of a round first, then the
 //! application store (which may lag them, never lead them), then the messages of the round.
+//! A store may lag by many rounds: the log's [`Record::Committed`] redo records bring it back
+//! to where the replies said, as long as the store is durable before the log is compacted.
 
 use alloc::vec::Vec;
 
@@ -52,7 +54,8 @@ pub struct ExecutedState {
     pub client_floor: u64,
     /// The exactly-once table's rows, in any order.
     pub clients: Vec<ClientRecord>,
-    /// Committed batches with their QCs at or below `executed`, in any order.
+    /// Committed batches with their QCs, in any order (those above `executed` are delivered
+    /// again, like the log's [`Record::Committed`] ones).
     pub committed: Vec<Committed>,
     /// The states at checkpoints from the stable one up, as the host kept them (see
     /// [`Replica::checkpoint_state`]), so peers behind can fetch the stable state from this
@@ -90,8 +93,10 @@ impl Replica {
         let mut replica = Replica::new(config, validators, keypair)?;
         let mut view_change_view = None;
         let mut in_view = 0;
+        let mut redo = Vec::new();
         for record in records {
             match record {
+                Record::Committed(committed) => redo.push(committed),
                 Record::Signed(vote) => {
                     if vote.phase != Phase::Checkpoint {
                         in_view = in_view.max(vote.view);
@@ -161,6 +166,8 @@ impl Replica {
             replica.view = view;
             replica.mode = Mode::ViewChange { since: 0 };
         }
+        let mut executed = executed;
+        executed.committed.extend(redo);
         replica.restore_executed(executed);
         let view = replica.view;
         let stable = replica.stable.seq;
@@ -189,6 +196,8 @@ impl Replica {
             .max(stable)
             .max(replica.last_delivered)
             + 1;
+        // Batches the log committed past the store's executed seq go to the host again.
+        replica.deliver_ready();
         Ok(replica)
     }
 
@@ -210,7 +219,7 @@ impl Replica {
         // As `update_low` keeps it: the stable checkpoint, or the executed seq while behind.
         self.low = executed.min(self.stable.seq);
         let chain = self.config.chain_id;
-        committed.retain(|c| c.certificate.seq <= executed && c.certificate.seq > 0);
+        committed.retain(|c| c.certificate.seq > 0);
         committed.sort_by_key(|c| c.certificate.seq);
         committed.dedup_by_key(|c| c.certificate.seq);
         // The archive is indexed by seq: keep the contiguous run that ends at the window.
