@@ -40,6 +40,8 @@ pub(crate) struct Slot {
     reported: Vec<(Phase, ReplicaId)>,
     /// This replica sent its commit in the current view.
     pub(crate) commit_sent: bool,
+    /// A `Prepared` record of this slot carried its batch (a redo record need not).
+    pub(crate) batch_logged: bool,
     /// The certificate of the highest view this slot prepared in, for view changes.
     pub(crate) prepared: Option<Prepared>,
     /// The QC, once a quorum committed.
@@ -177,6 +179,7 @@ impl Slot {
         if !keep {
             self.batch = batch;
             self.leaves.clear();
+            self.batch_logged = false;
         }
         self.digest = Some(proposal.digest);
         self.proposal = Some(proposal);

@@ -1160,8 +1160,8 @@ impl Simulation {
             Output::Persist(Record::Stable(checkpoint)) => {
                 self.trace.u64(checkpoint.seq);
             }
-            Output::Persist(Record::Committed(committed)) => {
-                self.trace.u64(committed.certificate.seq);
+            Output::Persist(Record::Committed(certificate, _)) => {
+                self.trace.u64(certificate.seq);
             }
             Output::Send { bytes, .. } => {
                 self.trace.bytes(bytes);

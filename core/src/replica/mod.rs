@@ -63,13 +63,14 @@ pub enum Record {
     ViewChange(ViewChange),
     /// The new view this replica entered (signed by it if it is that view's primary).
     NewView(NewView),
-    /// A batch with its QC, persisted just before it is delivered: the redo record of its
-    /// execution. A host that commits its application store lazily (not durably every round)
-    /// relies on it: [`Replica::restore`] delivers again every such batch above the store's
-    /// executed seq, so a reply may leave once this record is durable. Such a host must make
-    /// its store durable before it compacts its log to [`Replica::durable_records`] (which
-    /// leaves these out).
-    Committed(Committed),
+    /// A QC, persisted just before its batch is delivered: the redo record of the batch's
+    /// execution. The batch is carried only when no `Prepared` record before it carried it
+    /// (restore finds it there). A host that commits its application store lazily (not
+    /// durably every round) relies on it: [`Replica::restore`] delivers again every such
+    /// batch above the store's executed seq, so a reply may leave once this record is
+    /// durable. Such a host must make its store durable before it compacts its log to
+    /// [`Replica::durable_records`] (which leaves these out).
+    Committed(QuorumCertificate, Option<Batch>),
 }
 
 impl Record {
@@ -1003,6 +1004,7 @@ impl Replica {
             slot.commit_sent = true;
             if let Some(prepared) = slot.prepared.clone() {
                 let batch = slot.batch.clone();
+                slot.batch_logged = batch.is_some();
                 self.outputs
                     .push_back(Output::Persist(Record::Prepared(prepared, batch)));
             }
@@ -1062,11 +1064,17 @@ impl Replica {
             self.metrics.requests_committed += batch.requests.len() as u64;
             self.metrics.requests_executed += execute.len() as u64;
             self.last_delivered = seq;
-            self.outputs
-                .push_back(Output::Persist(Record::Committed(Committed {
-                    batch: batch.clone(),
-                    certificate: certificate.clone(),
-                })));
+            // The batch is in the log already if this replica's prepared record carried it.
+            let logged = slot.batch_logged
+                && slot
+                    .prepared
+                    .as_ref()
+                    .is_some_and(|p| p.proposal.digest == certificate.digest);
+            let redo = (!logged).then(|| batch.clone());
+            self.outputs.push_back(Output::Persist(Record::Committed(
+                certificate.clone(),
+                redo,
+            )));
             self.outputs.push_back(Output::Deliver(Delivery {
                 seq,
                 batch,

@@ -96,7 +96,7 @@ impl Replica {
         let mut redo = Vec::new();
         for record in records {
             match record {
-                Record::Committed(committed) => redo.push(committed),
+                Record::Committed(certificate, batch) => redo.push((certificate, batch)),
                 Record::Signed(vote) => {
                     if vote.phase != Phase::Checkpoint {
                         in_view = in_view.max(vote.view);
@@ -166,6 +166,20 @@ impl Replica {
             replica.view = view;
             replica.mode = Mode::ViewChange { since: 0 };
         }
+        // A redo record without its batch finds it in the prepared record that carried it.
+        let redo: Vec<Committed> = redo
+            .into_iter()
+            .filter_map(|(certificate, batch)| {
+                let batch = batch.or_else(|| {
+                    let slot = replica.log.get(&certificate.seq)?;
+                    let prepared = slot.prepared.as_ref()?;
+                    (prepared.proposal.digest == certificate.digest)
+                        .then(|| slot.batch.clone())
+                        .flatten()
+                })?;
+                Some(Committed { batch, certificate })
+            })
+            .collect();
         let mut executed = executed;
         executed.committed.extend(redo);
         replica.restore_executed(executed);
@@ -276,6 +290,7 @@ impl Replica {
             if crate::merkle::root(&leaves) == digest {
                 slot.digest = Some(digest);
                 slot.leaves = leaves;
+                slot.batch_logged = true;
             } else {
                 slot.batch = None;
             }
