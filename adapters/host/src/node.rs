@@ -5,11 +5,12 @@
 //! The transport feeds every input that is ready (`handle_message`, `submit`,
 //! `handle_timeout`), then calls [`Node::flush`]: it runs the core's outputs — records go to the
 //! log, deliveries execute on the application and report back, an installed state replaces the
-//! application's — then makes the round durable: the log with one `fdatasync` (group commit),
-//! then the application store with one commit (its state, the exactly-once table, the executed
-//! seq and the committed batches, atomically), and only then returns the messages to send.
-//! Nothing signed leaves before its record is durable, and no reply before the execution it
-//! reports; the store never runs ahead of the log.
+//! application's — then makes the round durable with one `fdatasync` of the log (group
+//! commit), and only then returns the messages to send. Nothing signed leaves before its record
+//! is durable, and no reply before the redo record of the batch it reports. The application
+//! store (its state, the exactly-once table, the executed seq and the committed batches, in one
+//! transaction) is committed after the log, durably once a second and before every compaction
+//! of the log, so it never runs ahead of the log and the log always covers what it lacks.
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -3,9 +3,10 @@
 //! `state.redb` in the data dir (redb: a pure-Rust, crash-safe B-tree store with atomic
 //! transactions and checksummed commits) holds, besides the application's own tables, what
 //! the core needs back after a crash ([`pbft_core::ExecutedState`]): the executed seq, the
-//! exactly-once table and the committed batches with their QCs. One write transaction per
-//! round of the node ([`Round`]) carries the application's changes and these together, so a
-//! crash leaves the store at the end of some round, never inside one.
+//! exactly-once table, the committed batches with their QCs and the checkpoint states. One
+//! write transaction ([`Round`]) carries the application's changes and these together, for
+//! one or several rounds of the node, so a crash leaves the store at the end of some round,
+//! never inside one (the node's log replays the rounds after it).
 //!
 //! Why redb: an embedded store with ACID transactions, no C dependency, a file format with
 //! checksummed commit slots (a torn write rolls back to the previous commit), and a
