@@ -1,0 +1,138 @@
+//! The `Application` contract with an application other than the key-value store: a counter
+//! that adds each operation's number to a total in a table of its own. It goes through the
+//! same restart path: a node killed with executions its store never made durable comes back
+//! at the total its replies reported, from its own data dir, and executes each request once.
+
+use pbft_core::{ChainId, Client, Config, Keypair, Message, Outcome, ValidatorSet};
+use pbft_host::kv::SnapshotError;
+use pbft_host::node::{AppError, Application, Node};
+use redb::{
+    ReadTransaction, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction,
+};
+
+/// The total, under one key.
+const TOTAL: TableDefinition<&str, u64> = TableDefinition::new("counter.total");
+
+/// Adds each operation (a little-endian u64) to the total and returns the new total.
+struct Counter;
+
+impl Counter {
+    fn total(tx: &ReadTransaction) -> u64 {
+        match tx.open_table(TOTAL) {
+            Ok(table) => table.get("total").unwrap().map_or(0, |v| v.value()),
+            Err(_) => 0,
+        }
+    }
+}
+
+impl Application for Counter {
+    fn execute(&mut self, tx: &WriteTransaction, ops: &[&[u8]]) -> Result<Vec<Vec<u8>>, AppError> {
+        let mut table = tx.open_table(TOTAL).map_err(redb::Error::from)?;
+        let mut total = table
+            .get("total")
+            .map_err(redb::Error::from)?
+            .map_or(0, |v| v.value());
+        let mut results = Vec::new();
+        for op in ops {
+            let add = <[u8; 8]>::try_from(*op).map_or(0, u64::from_le_bytes);
+            total = total.wrapping_add(add);
+            results.push(total.to_le_bytes().to_vec());
+        }
+        table.insert("total", total).map_err(redb::Error::from)?;
+        Ok(results)
+    }
+
+    fn snapshot(&self, tx: &ReadTransaction) -> Result<Vec<u8>, AppError> {
+        Ok(Counter::total(tx).to_le_bytes().to_vec())
+    }
+
+    fn install(&mut self, tx: &WriteTransaction, snapshot: &[u8]) -> Result<(), AppError> {
+        let total = <[u8; 8]>::try_from(snapshot)
+            .map(u64::from_le_bytes)
+            .map_err(|_| AppError::Snapshot(SnapshotError))?;
+        let mut table = tx.open_table(TOTAL).map_err(redb::Error::from)?;
+        table.insert("total", total).map_err(redb::Error::from)?;
+        Ok(())
+    }
+
+    fn entries(&self, tx: &ReadTransaction) -> Result<u64, AppError> {
+        match tx.open_table(TOTAL) {
+            Ok(table) => Ok(table.len().map_err(redb::Error::from)?),
+            Err(_) => Ok(0),
+        }
+    }
+}
+
+fn chain() -> ChainId {
+    ChainId::from_name("application-tests")
+}
+
+/// A one-validator network (it commits alone) over `dir`.
+fn open(dir: &std::path::Path) -> (Node<Counter>, ValidatorSet) {
+    let key = Keypair::from_seed(&[21; 32]);
+    let set = ValidatorSet::new(0, &[key.public_key()]).unwrap();
+    let mut config = Config::new(chain());
+    config.checkpoint_interval = 4;
+    let node = Node::open(dir, config, set.clone(), key, Counter).unwrap();
+    (node, set)
+}
+
+/// Submits `add` and runs the node until the client accepts the result; returns it with the
+/// request.
+fn call(
+    node: &mut Node<Counter>,
+    client: &mut Client,
+    now: &mut u64,
+    add: u64,
+) -> (Outcome, pbft_core::Request) {
+    let request = client.request(*now, add.to_le_bytes().to_vec());
+    node.submit(*now, request.clone()).unwrap();
+    for _ in 0..100 {
+        *now += 5;
+        node.handle_timeout(*now);
+        for transmit in node.flush(*now).unwrap() {
+            if let Ok(Message::Reply(_)) = Message::decode(&transmit.bytes, usize::MAX)
+                && let Some(outcome) = client.handle_reply(&transmit.bytes).unwrap()
+            {
+                return (outcome, request);
+            }
+        }
+    }
+    panic!("no reply for +{add}");
+}
+
+#[test]
+fn a_second_application_restarts_from_its_own_store_and_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut node, set) = open(dir.path());
+    let mut client = Client::new(chain(), Keypair::from_seed(&[22; 32]), set.clone(), 1);
+    let mut now = 1;
+    let mut expected = 0;
+    let mut first = None;
+    for add in 1..=10u64 {
+        expected += add;
+        let (outcome, request) = call(&mut node, &mut client, &mut now, add);
+        assert_eq!(outcome.result, expected.to_le_bytes());
+        first.get_or_insert(request);
+    }
+    // Killed: the store's transaction since its last durable commit is lost with the
+    // process; the log's redo records replay it.
+    drop(node);
+    let (mut node, _) = open(dir.path());
+    assert!(
+        node.replica().executed_seq() < 10,
+        "the store lagged the log (made durable at the last compaction)"
+    );
+    node.handle_timeout(now);
+    node.flush(now).unwrap();
+    assert_eq!(node.replica().executed_seq(), 10);
+    assert_eq!(Counter::total(&node.read().unwrap()), expected);
+    // It goes on from there, and a retransmitted old request is not executed again.
+    expected += 11;
+    let (outcome, _) = call(&mut node, &mut client, &mut now, 11);
+    assert_eq!(outcome.result, expected.to_le_bytes());
+    let old = first.expect("the first request");
+    assert!(node.submit(now, old).is_err(), "refused as stale");
+    node.flush(now).unwrap();
+    assert_eq!(Counter::total(&node.read().unwrap()), expected);
+}
