@@ -411,7 +411,7 @@ fn run<A: Application>(
             stale = false;
         }
         if stop {
-            return Ok(());
+            return node.sync_store();
         }
     }
 }

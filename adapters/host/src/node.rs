@@ -246,8 +246,9 @@ pub struct Node<A> {
     evidence: Vec<Evidence>,
     /// Batches the store keeps below the stable checkpoint, for peers a little behind.
     retained_batches: u64,
-    /// When the store was last made durable (the driver's clock, ms).
-    store_synced_at: u64,
+    /// When the store was last made durable (the driver's clock, ms); `None` until the first
+    /// flush, which makes the replay of the log's redo records durable at once.
+    store_synced_at: Option<u64>,
     /// The store transaction rounds write into until it is committed: rounds between two
     /// durable commits share it (the log's redo records cover them), so a B-tree page is
     /// copied once per commit, not once per round. Reads commit it (without a sync) first.
@@ -297,7 +298,7 @@ impl<A: Application> Node<A> {
             stats: NodeStats::default(),
             evidence: Vec::new(),
             retained_batches,
-            store_synced_at: 0,
+            store_synced_at: None,
             round: None,
             arrivals: BTreeMap::new(),
             samples: Samples::default(),
@@ -372,7 +373,10 @@ impl<A: Application> Node<A> {
         // Then the store, after the log so it never says more was executed than the log can
         // vouch for: visible now, durable only before the log is compacted (or when it has
         // lagged a while), since until then the log's redo records replay what it lacks.
-        let durable = compact || now >= self.store_synced_at.saturating_add(STORE_SYNC_MS);
+        let durable = compact
+            || self
+                .store_synced_at
+                .is_none_or(|at| now >= at.saturating_add(STORE_SYNC_MS));
         let started = Instant::now();
         match (round, durable) {
             (Some(round), true) => self.store.commit(round)?,
@@ -380,7 +384,7 @@ impl<A: Application> Node<A> {
             (None, true) => self.store.sync()?,
         }
         if durable {
-            self.store_synced_at = now;
+            self.store_synced_at = Some(now);
             if self.store.synced_now() {
                 self.stats.store_commits += 1;
                 Samples::push(
@@ -521,6 +525,16 @@ impl<A: Application> Node<A> {
     fn publish(&mut self) -> Result<(), NodeError> {
         if let Some(round) = self.round.take() {
             self.store.commit_unsynced(round)?;
+        }
+        Ok(())
+    }
+
+    /// Makes the application store durable as of everything executed (a clean stop: the
+    /// next start then has nothing to replay from the log).
+    pub fn sync_store(&mut self) -> Result<(), NodeError> {
+        match self.round.take() {
+            Some(round) => self.store.commit(round)?,
+            None => self.store.sync()?,
         }
         Ok(())
     }

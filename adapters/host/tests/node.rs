@@ -367,7 +367,9 @@ fn every_node_killed_at_once_loses_no_acknowledged_write() {
         for (index, &durable) in durable.iter().enumerate() {
             cluster.start(index);
             // The store may lag the log: the log's redo records bring it back on the first
-            // round, from this node's own disk alone.
+            // round (a host gives a restarted node a first tick), from its own disk alone.
+            let now = cluster.now;
+            cluster.nodes[index].as_mut().unwrap().handle_timeout(now);
             cluster.flush(index);
             let node = cluster.nodes[index].as_ref().unwrap();
             assert_eq!(

@@ -495,15 +495,18 @@ impl Replica {
         }
     }
 
-    /// Notes the time of an input; the first one arms the status timer.
+    /// Notes the time of an input; the first one arms the status timer and hands the host
+    /// what a restore left to deliver (the log's redo records past the store).
     fn enter(&mut self, now: u64) {
         self.now = now;
         if self.last_status.is_none() {
             self.last_status = Some(now);
+            self.progress_at = now;
             if let Mode::ViewChange { since } = &mut self.mode {
                 // Restored mid view change: count its time from the restart.
                 *since = now;
             }
+            self.deliver_ready();
         }
     }
 
@@ -1064,8 +1067,10 @@ impl Replica {
             self.metrics.requests_committed += batch.requests.len() as u64;
             self.metrics.requests_executed += execute.len() as u64;
             self.last_delivered = seq;
-            // The batch is in the log already if this replica's prepared record carried it.
+            // The batch is in the log already if this replica's prepared record carried it and
+            // no compaction dropped that record (it keeps them above the stable checkpoint).
             let logged = slot.batch_logged
+                && seq > self.stable.seq
                 && slot
                     .prepared
                     .as_ref()

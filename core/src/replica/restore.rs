@@ -166,7 +166,9 @@ impl Replica {
             replica.view = view;
             replica.mode = Mode::ViewChange { since: 0 };
         }
-        // A redo record without its batch finds it in the prepared record that carried it.
+        // A redo record without its batch finds it in the prepared record that carried it
+        // (the core leaves it out only while that record is in the log); one that does not is
+        // left to peers, like any batch this replica lacks.
         let redo: Vec<Committed> = redo
             .into_iter()
             .filter_map(|(certificate, batch)| {
@@ -210,8 +212,8 @@ impl Replica {
             .max(stable)
             .max(replica.last_delivered)
             + 1;
-        // Batches the log committed past the store's executed seq go to the host again.
-        replica.deliver_ready();
+        // Batches the log committed past the store's executed seq go to the host again with
+        // the first input, once the replica knows the time.
         Ok(replica)
     }
 
@@ -355,9 +357,14 @@ impl Replica {
         for proposal in &new_view.proposals {
             let seq = proposal.seq;
             highest = highest.max(seq);
-            // Executed seqs keep the QC the store gave them (a later view may have committed
-            // them, which this view's proposal cannot undo).
-            if seq <= self.low.max(self.executed) {
+            // Executed seqs and the log's committed ones keep their QC (a later view may have
+            // committed them, which this view's proposal cannot undo).
+            if seq <= self.low.max(self.executed)
+                || self
+                    .log
+                    .get(&seq)
+                    .is_some_and(|slot| slot.certificate.is_some())
+            {
                 continue;
             }
             let batch = (proposal.digest == null).then(Batch::default);
