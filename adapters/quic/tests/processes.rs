@@ -186,6 +186,41 @@ fn audit(cluster: &Cluster, index: usize, signed: &mut BTreeMap<Statement, pbft_
     }
 }
 
+/// Every acknowledged write reads back through consensus, and all validators reach the same
+/// seq with the same state (within 30 s).
+async fn reads_back_and_converges(client: &mut ClusterClient, acknowledged: &[(String, String)]) {
+    // Every acknowledged write reads back through consensus.
+    for (key, value) in acknowledged {
+        let (outcome, _) = client.execute(get(key), TIMEOUT).await.unwrap();
+        assert_eq!(
+            OpResult::decode(&outcome.result),
+            Some(OpResult::Value(Some(value.as_bytes().to_vec()))),
+            "{key}"
+        );
+    }
+    // All validators reach the same seq with the same state.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut statuses = Vec::new();
+        for index in 0..VALIDATORS {
+            statuses.push(client.status(index, Duration::from_secs(2)).await);
+        }
+        let statuses: Vec<_> = statuses.into_iter().flatten().collect();
+        if statuses.len() == VALIDATORS
+            && statuses
+                .windows(2)
+                .all(|w| w[0].state_seq == w[1].state_seq && w[0].state == w[1].state)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "validators did not converge: {statuses:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
 const TIMEOUT: Duration = Duration::from_secs(20);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -255,36 +290,7 @@ async fn killed_validators_lose_no_acknowledged_write(transport: Transport) {
         audit(&cluster, index, &mut signed);
         cluster.spawn(index);
     }
-    // Every acknowledged write reads back through consensus.
-    for (key, value) in &acknowledged {
-        let (outcome, _) = client.execute(get(key), TIMEOUT).await.unwrap();
-        assert_eq!(
-            OpResult::decode(&outcome.result),
-            Some(OpResult::Value(Some(value.as_bytes().to_vec()))),
-            "{key}"
-        );
-    }
-    // All validators reach the same seq with the same state.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut statuses = Vec::new();
-        for index in 0..VALIDATORS {
-            statuses.push(client.status(index, Duration::from_secs(2)).await);
-        }
-        let statuses: Vec<_> = statuses.into_iter().flatten().collect();
-        if statuses.len() == VALIDATORS
-            && statuses
-                .windows(2)
-                .all(|w| w[0].state_seq == w[1].state_seq && w[0].state == w[1].state)
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "validators did not converge: {statuses:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    reads_back_and_converges(&mut client, &acknowledged).await;
     // A graceful stop exits cleanly; then no log holds two digests for one statement.
     for index in 0..VALIDATORS {
         assert!(
@@ -372,36 +378,7 @@ async fn whole_cluster_restarts_lose_no_acknowledged_write(transport: Transport)
         }
         cutter.join().unwrap();
     }
-    // Every acknowledged write reads back through consensus.
-    for (key, value) in &acknowledged {
-        let (outcome, _) = client.execute(get(key), TIMEOUT).await.unwrap();
-        assert_eq!(
-            OpResult::decode(&outcome.result),
-            Some(OpResult::Value(Some(value.as_bytes().to_vec()))),
-            "{key}"
-        );
-    }
-    // All validators reach the same seq with the same state.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut statuses = Vec::new();
-        for index in 0..VALIDATORS {
-            statuses.push(client.status(index, Duration::from_secs(2)).await);
-        }
-        let statuses: Vec<_> = statuses.into_iter().flatten().collect();
-        if statuses.len() == VALIDATORS
-            && statuses
-                .windows(2)
-                .all(|w| w[0].state_seq == w[1].state_seq && w[0].state == w[1].state)
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "validators did not converge: {statuses:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    reads_back_and_converges(&mut client, &acknowledged).await;
     let mut cluster = cluster.lock().unwrap();
     let mut signed = BTreeMap::new();
     for index in 0..VALIDATORS {
