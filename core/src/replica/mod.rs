@@ -152,8 +152,9 @@ pub enum Output {
     /// their results. Deliveries come in sequence order, each after `executed` for the one
     /// before. A host that keeps its application across crashes writes, atomically with the
     /// application's changes, what [`ExecutedState`] lists (the exactly-once rows, `forgotten`,
-    /// `client_floor`, the seq, the batch with its QC), durable after the records before it
-    /// and before the `Send`s after it (they carry the replies). A delivery whose `seq` is not
+    /// `client_floor`, the seq, the batch with its QC), durable after the records before it;
+    /// the `Send`s after it (they carry the replies) may leave once the `Persist` of the
+    /// [`Record::Committed`] redo record just before it is durable. A delivery whose `seq` is not
     /// [`Replica::executed_seq`] + 1 when the host reaches it was voided by an install: skip it.
     Deliver(Delivery),
     /// A validator signed two conflicting votes; the evidence verifies offline with

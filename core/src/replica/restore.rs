@@ -35,9 +35,11 @@ use crate::view_change::null_digest;
 /// one atomic write with the application's changes, it stores one [`ClientRecord`] per
 /// executed request (the result it returned), deletes the rows of `forgotten` clients, sets
 /// the floor to `client_floor` and `executed` to the delivery's seq, and keeps the batch with
-/// its QC; an [`super::Install`] replaces the table and `executed` wholesale. The write must be
-/// durable before the `Send`s that follow the delivery leave (they carry the replies), and
-/// after the records (`Output::Persist`) that came before it.
+/// its QC; an [`super::Install`] replaces the table and `executed` wholesale. The write may
+/// be durable only after the records (`Output::Persist`) that came before it, never before.
+/// Either it is durable before the `Send`s after the delivery leave (they carry the replies),
+/// or the host keeps the log's [`Record::Committed`] redo records until it is (it must be
+/// durable before the log is compacted): restore delivers those again.
 ///
 /// At a checkpoint delivery it also keeps [`Replica::checkpoint_state`] (after `executed`),
 /// and the installed one after an install; states below the stable checkpoint may go.
