@@ -38,6 +38,15 @@ fn replica(index: usize) -> Replica {
     Replica::new(config(), set(), keys().remove(index)).unwrap()
 }
 
+/// Replica `index` rebuilt from `records` and its store's `executed` state.
+fn restore_replica(
+    index: usize,
+    records: impl IntoIterator<Item = Record>,
+    executed: ExecutedState,
+) -> Replica {
+    Replica::restore(config(), set(), keys().remove(index), records, executed).unwrap()
+}
+
 fn vote(signer: usize, phase: Phase, (view, seq): (u64, u64), batch: &Batch) -> Vote {
     Vote::new(
         &chain(),
@@ -348,14 +357,7 @@ fn a_restored_replica_repeats_its_votes_but_never_signs_a_conflicting_one() {
     // The records survive the crash as bytes in a log.
     let bytes: Vec<Vec<u8>> = records.iter().map(Record::encode).collect();
     let restored_records = bytes.iter().map(|b| Record::decode(b).unwrap());
-    let mut restored = Replica::restore(
-        config(),
-        set(),
-        keys().remove(2),
-        restored_records,
-        ExecutedState::default(),
-    )
-    .unwrap();
+    let mut restored = restore_replica(2, restored_records, ExecutedState::default());
     // A primary (Byzantine, or one that lost its own log) proposes another batch at the slot.
     let other = Batch {
         requests: vec![Request::new(&chain(), &keys()[3], 9, b"other".to_vec())],
@@ -372,14 +374,7 @@ fn a_restored_replica_repeats_its_votes_but_never_signs_a_conflicting_one() {
     );
     assert_eq!(restored.metrics().refused_to_equivocate, 1);
     // The same proposal again gets the same vote, byte for byte.
-    let mut again = Replica::restore(
-        config(),
-        set(),
-        keys().remove(2),
-        records.iter().cloned(),
-        ExecutedState::default(),
-    )
-    .unwrap();
+    let mut again = restore_replica(2, records.iter().cloned(), ExecutedState::default());
     again
         .handle_message(NOW, &key_of(0), &pre_prepare(&batch))
         .unwrap();
@@ -400,14 +395,7 @@ fn a_replica_restored_mid_view_change_stays_in_it() {
     }
     assert_eq!((replica.view(), replica.in_view()), (5, false));
     let durable = replica.durable_records();
-    let restored = Replica::restore(
-        config(),
-        set(),
-        keys().remove(0),
-        durable,
-        ExecutedState::default(),
-    )
-    .unwrap();
+    let restored = restore_replica(0, durable, ExecutedState::default());
     assert_eq!((restored.view(), restored.in_view()), (5, false));
 }
 
@@ -448,14 +436,7 @@ fn stable_at(seq: u64) -> Record {
 fn a_restored_replica_signs_nothing_at_or_below_its_stable_checkpoint() {
     // Its log was compacted at the stable checkpoint 2: no votes below it survive. The
     // primary of view 0 then proposes a batch at seq 1, which committed long ago.
-    let mut restored = Replica::restore(
-        config(),
-        set(),
-        keys().remove(2),
-        [stable_at(2)],
-        ExecutedState::default(),
-    )
-    .unwrap();
+    let mut restored = restore_replica(2, [stable_at(2)], ExecutedState::default());
     let _ = restored.handle_message(
         NOW,
         &key_of(0),
@@ -467,8 +448,7 @@ fn a_restored_replica_signs_nothing_at_or_below_its_stable_checkpoint() {
         executed: 2,
         ..ExecutedState::default()
     };
-    let mut restored =
-        Replica::restore(config(), set(), keys().remove(2), [stable_at(2)], executed).unwrap();
+    let mut restored = restore_replica(2, [stable_at(2)], executed);
     assert_eq!(restored.low_watermark(), 2);
     assert!(matches!(
         restored.handle_message(
@@ -512,8 +492,7 @@ fn a_restored_replica_signs_only_the_committed_digest_at_a_seq_it_executed() {
         committed: vec![committed(1, &prepared_batch())],
         ..ExecutedState::default()
     };
-    let mut restored =
-        Replica::restore(config(), set(), keys().remove(2), [], executed.clone()).unwrap();
+    let mut restored = restore_replica(2, [], executed.clone());
     assert_eq!(restored.executed_seq(), 1);
     assert_eq!(
         restored.handle_message(
@@ -525,7 +504,7 @@ fn a_restored_replica_signs_only_the_committed_digest_at_a_seq_it_executed() {
     );
     assert_eq!(signed_now(&mut restored), vec![], "another digest at seq 1");
     // A new view that re-proposes the batch committed there is prepared as usual.
-    let mut restored = Replica::restore(config(), set(), keys().remove(2), [], executed).unwrap();
+    let mut restored = restore_replica(2, [], executed);
     let entered = Message::NewView(new_view(quorum(), vec![reproposal()])).encode();
     restored.handle_message(NOW, &key_of(1), &entered).unwrap();
     assert_eq!(signed_now(&mut restored), vec![(Phase::Prepare, 1, 1)]);
@@ -536,14 +515,7 @@ fn a_restored_backup_keeps_the_re_proposals_of_the_new_view_it_entered() {
     // Replica 2 entered view 1 (seq 1 re-proposes the prepared batch) and crashed before its
     // prepare was durable: the new view is all its log holds.
     let entered = new_view(quorum(), vec![reproposal()]);
-    let mut restored = Replica::restore(
-        config(),
-        set(),
-        keys().remove(2),
-        [Record::NewView(entered)],
-        ExecutedState::default(),
-    )
-    .unwrap();
+    let mut restored = restore_replica(2, [Record::NewView(entered)], ExecutedState::default());
     assert_eq!((restored.view(), restored.in_view()), (1, true));
     // The primary of view 1 now proposes another batch at seq 1: equivocation, not a slot.
     let result = restored.handle_message(
@@ -585,14 +557,7 @@ fn a_restored_backup_knows_a_null_re_proposal_as_the_empty_batch() {
         vec![null.clone(), vote(1, Phase::PrePrepare, (1, 2), &batch)],
     );
     verify_new_view(&chain(), &set(), 4, &entered).unwrap();
-    let mut restored = Replica::restore(
-        config(),
-        set(),
-        keys().remove(3),
-        [Record::NewView(entered)],
-        ExecutedState::default(),
-    )
-    .unwrap();
+    let mut restored = restore_replica(3, [Record::NewView(entered)], ExecutedState::default());
     // The primary re-sends the null proposal: known, not refused as an empty batch.
     let bytes = Message::PrePrepare(pbft_core::PrePrepare {
         vote: null,
@@ -696,7 +661,7 @@ fn a_restored_replica_still_holds_the_checkpoint_state_it_signed() {
             checkpoints: vec![checkpoint],
             ..ExecutedState::default()
         };
-        Replica::restore(config(), set(), keys().remove(2), records.clone(), executed).unwrap()
+        restore_replica(2, records.clone(), executed)
     };
     // Kept by the host, it comes back: peers behind can fetch it even if everyone restarted.
     assert_eq!(

@@ -20,8 +20,8 @@ use pbft_core::{
     CheckpointState, ClientRecord, Committed, Delivery, ExecutedState, Install, PublicKey,
 };
 use redb::{
-    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
-    TableDefinition, WriteTransaction,
+    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition,
+    WriteTransaction,
 };
 
 /// The store's file in the data dir.
@@ -158,11 +158,6 @@ impl Store {
     /// A consistent read of the last commit (durable or not).
     pub fn read(&self) -> Result<ReadTransaction, StoreError> {
         self.db.begin_read().map_err(|e| self.fail(e))
-    }
-
-    /// Whether commits were made since the last durable one.
-    pub fn has_unsynced(&self) -> bool {
-        self.unsynced
     }
 
     /// Whether the last call that could sync did (and takes the answer): for counting fsyncs.
@@ -403,11 +398,5 @@ impl Round {
             .retain_in(..=seq, |_, _| false)
             .map_err(|e| store.fail(e))?;
         Ok(())
-    }
-
-    /// Number of committed batches the store holds (for the start-up line and tests).
-    pub fn batches(&self) -> Result<u64, StoreError> {
-        let table = self.tx().open_table(BATCHES).map_err(|e| self.fail(e))?;
-        table.len().map_err(|e| self.fail(e))
     }
 }
