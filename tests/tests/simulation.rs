@@ -83,7 +83,40 @@ fn exercised(reports: &[Report]) {
 
 #[test]
 fn four_validators_stay_safe_and_live_over_500_seeds_of_every_scenario() {
-    exercised(&run_seeds(4, 0..500));
+    let reports = run_seeds(4, 0..500);
+    exercised(&reports);
+    traces_match_golden(&reports[..GOLDEN_SEEDS]);
+}
+
+/// Seeds 0..GOLDEN_SEEDS at n = 4 whose trace digests (every output of every replica, every
+/// byte sent) are kept in `tests/traces/n4.txt`.
+const GOLDEN_SEEDS: usize = 200;
+
+/// A refactor keeps the protocol's behaviour byte for byte: the traces of the golden seeds must
+/// not change. A deliberate protocol change rewrites the file with `PBFT_BLESS_TRACES=1` and
+/// says why in its commit.
+fn traces_match_golden(reports: &[Report]) {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/traces/n4.txt");
+    let actual: String = reports
+        .iter()
+        .map(|r| format!("{} {}\n", r.seed, r.trace))
+        .collect();
+    if std::env::var_os("PBFT_BLESS_TRACES").is_some() {
+        std::fs::write(path, &actual).expect("write the golden traces");
+        return;
+    }
+    let golden = std::fs::read_to_string(path).expect("read tests/traces/n4.txt");
+    let changed: Vec<&str> = golden
+        .lines()
+        .zip(actual.lines())
+        .filter(|(g, a)| g != a)
+        .map(|(g, _)| g.split(' ').next().unwrap_or(g))
+        .collect();
+    assert!(
+        changed.is_empty() && golden.lines().count() == actual.lines().count(),
+        "the traces of seeds {changed:?} changed: behaviour is no longer byte-identical \
+         (PBFT_BLESS_TRACES=1 rewrites tests/traces/n4.txt for a deliberate protocol change)"
+    );
 }
 
 #[test]
