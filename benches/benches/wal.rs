@@ -95,6 +95,7 @@ fn cluster(ops: usize, batch: usize) -> (u64, f64, f64, f64) {
                     Output::Send { to, bytes } => sends.push((index, to, bytes)),
                     Output::Deliver(delivery) => delivered.push(delivery),
                     Output::Evidence(_) | Output::Install(_) => {}
+                    other => panic!("the bench does not handle {other:?}"),
                 }
             }
             // Group commit: one sync covers every record of the round, before any send.

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{ChainId, ReplicaId, ValidatorSet};
 use crate::crypto::{BatchVerifier, Digest, Signature};
 use crate::merkle::{self, InclusionProof};
-use crate::message::{Phase, Request, Vote, vote_digest};
+use crate::statement::{Batch, Phase, Request, Vote, vote_digest};
 
 /// Proof that a batch committed: a quorum of commit signatures on one
 /// (chain, epoch, view, seq, batch digest).
@@ -27,6 +27,16 @@ pub struct QuorumCertificate {
     pub digest: Digest,
     /// Commit signatures, in strictly increasing signer order (one per signer).
     pub signatures: Vec<(ReplicaId, Signature)>,
+}
+
+/// A committed batch with its certificate, sent to a validator that is behind. Anyone may
+/// send it: the certificate proves it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Committed {
+    /// The batch.
+    pub batch: Batch,
+    /// Its QC; `certificate.digest` is the batch digest.
+    pub certificate: QuorumCertificate,
 }
 
 /// Why a certificate, inclusion proof or piece of evidence does not hold.

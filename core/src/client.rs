@@ -7,8 +7,10 @@ use core::fmt;
 
 use crate::config::{ChainId, ReplicaId, ValidatorSet};
 use crate::crypto::{Digest, Keypair, PublicKey, digest_of};
+use crate::envelope::DecodeError;
 use crate::merkle;
-use crate::message::{DecodeError, Message, Reply, Request, reply_root_digest};
+use crate::message::Message;
+use crate::statement::{Reply, Request, reply_root_digest};
 
 /// A result the client can rely on.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -153,7 +153,12 @@ impl ValidatorSet {
 }
 
 /// The limits and timings of a validator. Every network-fed buffer is bounded by one of these.
-#[derive(Clone, Debug)]
+///
+/// Deserializes with serde (a host's config file can set any field; the others keep their
+/// defaults, unknown fields are refused). [`Config::default`] leaves `chain_id` unset (all
+/// zero), which [`Config::validate`] refuses: a network's id is never a default.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// The network this replica belongs to.
     pub chain_id: ChainId,
@@ -215,11 +220,11 @@ pub struct Config {
     pub max_snapshot_bytes: u64,
 }
 
-impl Config {
-    /// The defaults above for `chain_id`.
-    pub fn new(chain_id: ChainId) -> Self {
+impl Default for Config {
+    /// The defaults above, with `chain_id` unset (all zero: set it before use).
+    fn default() -> Self {
         Config {
-            chain_id,
+            chain_id: ChainId(Digest([0; 32])),
             max_batch_ops: 1024,
             max_batch_bytes: 1 << 20,
             batch_delay_ms: 2,
@@ -239,9 +244,28 @@ impl Config {
             max_snapshot_bytes: 256 << 20,
         }
     }
+}
 
-    /// Checks that the limits fit together.
+impl Config {
+    /// The defaults above for `chain_id`.
+    pub fn new(chain_id: ChainId) -> Self {
+        Config {
+            chain_id,
+            ..Config::default()
+        }
+    }
+
+    /// Checks that the limits fit together and that `chain_id` is set.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] naming the first limit that does not hold.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.chain_id == ChainId(Digest([0; 32])) {
+            return Err(ConfigError::Invalid(
+                "chain_id is unset: derive it from the network's name",
+            ));
+        }
         let positive = [
             (self.max_batch_ops, "max_batch_ops must be at least 1"),
             (self.max_batch_bytes, "max_batch_bytes must be at least 1"),
@@ -279,7 +303,7 @@ impl Config {
             ));
         }
         if self.snapshot_chunk_bytes == 0
-            || self.snapshot_chunk_bytes as usize + crate::message::BATCH_OVERHEAD
+            || self.snapshot_chunk_bytes as usize + crate::envelope::BATCH_OVERHEAD
                 > self.max_message_bytes
         {
             return Err(ConfigError::Invalid(
@@ -296,7 +320,7 @@ impl Config {
                 "max_request_bytes must not exceed max_batch_bytes, or a request never fits a batch",
             ));
         }
-        if self.max_message_bytes < self.max_batch_bytes + crate::message::BATCH_OVERHEAD {
+        if self.max_message_bytes < self.max_batch_bytes + crate::envelope::BATCH_OVERHEAD {
             return Err(ConfigError::Invalid(
                 "max_message_bytes must hold a full batch (max_batch_bytes + 4 KiB)",
             ));

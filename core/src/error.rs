@@ -7,7 +7,7 @@ use core::fmt;
 use crate::certificate::CertificateError;
 use crate::config::ReplicaId;
 use crate::crypto::CryptoError;
-use crate::message::DecodeError;
+use crate::envelope::DecodeError;
 use crate::view_change::ViewChangeError;
 
 /// Why the core rejected an input.

@@ -17,44 +17,56 @@ extern crate alloc;
 
 mod certificate;
 mod client;
-mod clients;
 mod config;
 mod crypto;
+pub mod envelope;
 mod error;
-mod log;
 mod merkle;
 mod message;
 mod metrics;
 mod replica;
 mod state;
+mod statement;
 mod view_change;
 
-pub use certificate::{
-    CertificateError, Evidence, QuorumCertificate, verify_evidence, verify_inclusion, verify_qc,
+// The validator and the contract on what it hands its host.
+pub use replica::{
+    CheckpointState, ClientRecord, Delivery, Destination, ExecutedState, Install, Output, Record,
+    Replica,
 };
+
+// The client role.
 pub use client::{
     Client, ClientError, DEFAULT_MAX_REPLY_BYTES, DEFAULT_RETRANSMIT_MS, Outcome, ReplyCache,
     verify_reply, verify_reply_cached,
 };
-pub use clients::ClientRecord;
+
+// Identities, the validator set and limits.
 pub use config::{ChainId, Config, ConfigError, ReplicaId, ValidatorSet};
 pub use crypto::{
     BatchVerifier, CryptoError, Digest, Hasher, Keypair, PublicKey, Signature, VerifyingKey,
     verify_all,
 };
-pub use error::Error;
-pub use merkle::InclusionProof;
-pub use message::{
-    BATCH_OVERHEAD, Batch, COMMITTED, Committed, DecodeError, HAVE_BATCH, Message, PREPARED,
-    PROTOCOL_VERSION, Phase, PrePrepare, Reply, Request, Status, Vote, reply_leaf,
-    reply_root_digest, vote_digest,
-};
-pub use metrics::Metrics;
-pub use replica::{
-    CheckpointState, Delivery, Destination, ExecutedState, Install, Output, Record, Replica,
-};
+
+// Signed statements and the wire.
+pub use envelope::{BATCH_OVERHEAD, DecodeError, PROTOCOL_VERSION};
+pub use message::{COMMITTED, HAVE_BATCH, Message, PREPARED, Status};
 pub use state::{FetchState, Manifest, StateChunk};
+pub use statement::{
+    Batch, Phase, PrePrepare, Reply, Request, Vote, reply_leaf, reply_root_digest, vote_digest,
+};
+
+// Certificates and the offline checks anyone holding the validator set can run.
+pub use certificate::{
+    CertificateError, Committed, Evidence, QuorumCertificate, verify_evidence, verify_inclusion,
+    verify_qc,
+};
+pub use merkle::InclusionProof;
 pub use view_change::{
     NewView, Plan, Prepared, StableCheckpoint, ViewChange, ViewChangeError, null_digest, plan,
     verify_checkpoint, verify_new_view, verify_view_change,
 };
+
+// Errors and counters.
+pub use error::Error;
+pub use metrics::Metrics;

@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 use crate::certificate::{CertificateError, queue_quorum};
 use crate::config::{ChainId, ReplicaId, ValidatorSet};
 use crate::crypto::{BatchVerifier, CryptoError, Digest, Hasher, Keypair, Signature};
-use crate::message::{Batch, Phase, Vote, vote_digest};
+use crate::statement::{Batch, Phase, Vote, vote_digest};
 
 /// Proof that a quorum executed the same history up to `seq`: the checkpoint everything
 /// below which is final and may be forgotten. Sequence 0 is the genesis, which needs no

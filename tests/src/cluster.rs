@@ -119,6 +119,7 @@ impl Cluster {
                         .executed(self.now, seq, results, snapshot)
                         .expect("the cluster executes in delivery order");
                 }
+                other => panic!("the cluster does not handle {other:?}"),
             }
         }
     }

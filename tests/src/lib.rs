@@ -1012,6 +1012,7 @@ impl Simulation {
                             .violation(format!("replica {index} reported invalid evidence: {err}")),
                     }
                 }
+                other => panic!("the simulator does not handle {other:?}"),
             }
         }
         if crash_after.is_some() {
@@ -1177,6 +1178,7 @@ impl Simulation {
             Output::Install(install) => {
                 self.trace.u64(install.seq).bytes(&install.snapshot);
             }
+            other => panic!("the simulator does not trace {other:?}"),
         }
     }
 

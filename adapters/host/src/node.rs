@@ -104,6 +104,9 @@ pub enum NodeError {
     },
     /// Another process holds the data dir: two nodes on one log would sign twice.
     Locked(PathBuf),
+    /// The core asked for an output this host does not know (`Output` is non-exhaustive):
+    /// carrying on could break its contract, so the node stops.
+    UnhandledOutput(String),
 }
 
 impl fmt::Display for NodeError {
@@ -125,6 +128,10 @@ impl fmt::Display for NodeError {
             NodeError::Locked(dir) => {
                 write!(f, "{} is in use by another process", dir.display())
             }
+            NodeError::UnhandledOutput(output) => write!(
+                f,
+                "the core asked for an output this host does not handle: {output} (build the host with its core)"
+            ),
         }
     }
 }
@@ -446,6 +453,7 @@ impl<A: Application> Node<A> {
                     self.evidence.push(evidence);
                 }
             }
+            other => return Err(NodeError::UnhandledOutput(format!("{other:?}"))),
         }
         Ok(round)
     }

@@ -20,12 +20,14 @@
 
 use alloc::vec::Vec;
 
-use super::{Mode, Record, Replica};
-use crate::clients::{ClientRecord, ClientTable};
+use super::exactly_once::{ClientRecord, ClientTable};
+use super::output::Record;
+use super::{Mode, Replica};
+use crate::certificate::Committed;
 use crate::config::{Config, ConfigError, ValidatorSet};
 use crate::crypto::Keypair;
-use crate::message::{Batch, Committed, Phase};
 use crate::state::Snapshot;
+use crate::statement::{Batch, Phase, Vote};
 use crate::view_change::null_digest;
 
 /// What a host keeps durably beside its application state, as of the last batch it executed,
@@ -103,10 +105,7 @@ impl Replica {
                     if vote.phase != Phase::Checkpoint {
                         in_view = in_view.max(vote.view);
                     }
-                    replica
-                        .signed
-                        .entry((vote.phase, vote.view, vote.seq))
-                        .or_insert(vote);
+                    replica.signer.remember(vote);
                 }
                 Record::Prepared(prepared, batch) => {
                     let view = prepared.proposal.view;
@@ -129,9 +128,7 @@ impl Replica {
                     }
                 }
                 Record::Stable(checkpoint) => {
-                    if checkpoint.seq > replica.stable.seq {
-                        replica.stable = checkpoint;
-                    }
+                    replica.checkpoints.take(checkpoint);
                 }
                 Record::ViewChange(change) => {
                     if view_change_view.is_none_or(|v| v < change.view) {
@@ -147,10 +144,7 @@ impl Replica {
                         .iter()
                         .filter(|p| p.replica == replica.id)
                     {
-                        replica
-                            .signed
-                            .entry((proposal.phase, proposal.view, proposal.seq))
-                            .or_insert_with(|| proposal.clone());
+                        replica.signer.remember(proposal.clone());
                     }
                     if replica
                         .new_view
@@ -186,29 +180,22 @@ impl Replica {
             .collect();
         let mut executed = executed;
         executed.committed.extend(redo);
-        replica.restore_executed(executed);
+        let checkpoint_states = replica.restore_executed(executed);
         let view = replica.view;
-        let stable = replica.stable.seq;
+        let stable = replica.checkpoints.stable().seq;
         let low = replica.low;
         replica
             .log
             .retain(|&seq, slot| seq > low && (seq > stable || slot.certificate.is_some()));
         replica.check_prepared_batches();
-        replica.signed.retain(|&(phase, signed_view, seq), _| {
-            seq > stable && (phase == Phase::Checkpoint || signed_view >= view)
-        });
+        replica.signer.forget_through(stable);
+        replica.signer.leave_views_below(view);
         replica.restore_checkpoint_votes();
-        replica.restore_checkpoint_states();
+        replica.restore_checkpoint_states(checkpoint_states);
         let reproposed = replica.restore_new_view();
         // As primary, never propose again at a seq it proposed before the crash, nor at one
         // the new view it entered re-proposed.
-        let proposed = replica
-            .signed
-            .keys()
-            .filter(|(phase, signed_view, _)| *phase == Phase::PrePrepare && *signed_view == view)
-            .map(|&(_, _, seq)| seq)
-            .max()
-            .unwrap_or(0);
+        let proposed = replica.signer.highest_proposal(view);
         replica.next_seq = proposed
             .max(reproposed)
             .max(stable)
@@ -221,8 +208,9 @@ impl Replica {
 
     /// Takes the host's application store: the exactly-once table, the executed seq (where
     /// deliveries resume and the window starts) and the committed batches, into the log above
-    /// the low watermark and into the archive below it.
-    fn restore_executed(&mut self, state: ExecutedState) {
+    /// the low watermark and into the archive below it. Returns the checkpoint states, checked
+    /// once the signed checkpoints are back.
+    fn restore_executed(&mut self, state: ExecutedState) -> Vec<CheckpointState> {
         let ExecutedState {
             executed,
             client_floor,
@@ -230,12 +218,11 @@ impl Replica {
             mut committed,
             checkpoints,
         } = state;
-        self.pending_checkpoints = checkpoints;
         self.clients = ClientTable::from_records(self.config.max_clients, client_floor, clients);
         self.executed = executed;
         self.last_delivered = executed;
         // As `update_low` keeps it: the stable checkpoint, or the executed seq while behind.
-        self.low = executed.min(self.stable.seq);
+        self.low = executed.min(self.checkpoints.stable().seq);
         let chain = self.config.chain_id;
         committed.retain(|c| c.certificate.seq > 0);
         committed.sort_by_key(|c| c.certificate.seq);
@@ -274,6 +261,7 @@ impl Replica {
         }
         let keep = archive.len().saturating_sub(self.config.retained_batches);
         self.archive = archive.into_iter().skip(keep).collect();
+        checkpoints
     }
 
     /// Keeps a batch restored with a prepared certificate only if it is the certified one; the
@@ -304,29 +292,31 @@ impl Replica {
     /// Its own checkpoint votes above the stable checkpoint count again towards stability,
     /// and are retransmitted to peers that lack them.
     fn restore_checkpoint_votes(&mut self) {
-        let id = self.id;
-        for vote in self.signed.values() {
-            if vote.phase == Phase::Checkpoint && vote.seq > self.stable.seq {
-                self.own_checkpoints.insert(vote.seq, vote.digest);
-                self.checkpoint_votes
-                    .entry(vote.seq)
-                    .or_default()
-                    .insert(id, vote.clone());
-            }
+        let stable = self.checkpoints.stable().seq;
+        let own: Vec<Vote> = self
+            .signer
+            .votes()
+            .filter(|vote| vote.phase == Phase::Checkpoint && vote.seq > stable)
+            .cloned()
+            .collect();
+        for vote in own {
+            self.checkpoints.set_own(vote.seq, vote.digest);
+            self.checkpoints.add_vote(vote);
         }
     }
 
     /// Takes back the checkpoint states the host kept whose digest is the stable checkpoint's
     /// or this replica's own signed one there.
-    fn restore_checkpoint_states(&mut self) {
+    fn restore_checkpoint_states(&mut self, states: Vec<CheckpointState>) {
         let chain = self.config.chain_id;
-        for state in core::mem::take(&mut self.pending_checkpoints) {
+        let stable = self.checkpoints.stable().clone();
+        for state in states {
             let seq = state.seq;
-            let expected = match seq == self.stable.seq {
-                true => Some(self.stable.digest),
-                false => self.own_checkpoints.get(&seq).copied(),
+            let expected = match seq == stable.seq {
+                true => Some(stable.digest),
+                false => self.checkpoints.own(seq),
             };
-            if seq < self.stable.seq || seq > self.executed || expected.is_none() {
+            if seq < stable.seq || seq > self.executed || expected.is_none() {
                 continue;
             }
             let snapshot = Snapshot::new(
@@ -336,9 +326,9 @@ impl Replica {
                 self.config.snapshot_chunk_bytes,
             );
             if Some(snapshot.manifest.digest(&chain)) == expected {
-                self.own_checkpoints
-                    .insert(seq, snapshot.manifest.digest(&chain));
-                self.snapshots.insert(seq, snapshot);
+                self.checkpoints
+                    .set_own(seq, snapshot.manifest.digest(&chain));
+                self.checkpoints.keep_snapshot(seq, snapshot);
             }
         }
     }
@@ -373,7 +363,7 @@ impl Replica {
             let slot = self.log.entry(seq).or_default();
             slot.repropose(proposal.clone(), batch);
             for phase in [Phase::Prepare, Phase::Commit] {
-                if let Some(vote) = self.signed.get(&(phase, proposal.view, seq))
+                if let Some(vote) = self.signer.get(phase, proposal.view, seq)
                     && vote.digest == proposal.digest
                 {
                     let _ = slot.add_vote(vote.clone());
@@ -388,8 +378,9 @@ impl Replica {
     /// certificates above the checkpoint and the votes signed in this view.
     pub fn durable_records(&self) -> Vec<Record> {
         let mut records = Vec::new();
-        if self.stable.seq > 0 {
-            records.push(Record::Stable(self.stable.clone()));
+        let stable = self.checkpoints.stable();
+        if stable.seq > 0 {
+            records.push(Record::Stable(stable.clone()));
         }
         if let Some(new_view) = &self.new_view {
             records.push(Record::NewView(new_view.clone()));
@@ -397,7 +388,7 @@ impl Replica {
         if let Some(change) = self.view_changes.get(&self.id) {
             records.push(Record::ViewChange(change.clone()));
         }
-        for (_, slot) in self.log.range(self.stable.seq + 1..) {
+        for (_, slot) in self.log.range(stable.seq + 1..) {
             if let Some(prepared) = &slot.prepared {
                 let batch = slot
                     .batch
@@ -406,7 +397,7 @@ impl Replica {
                 records.push(Record::Prepared(prepared.clone(), batch.cloned()));
             }
         }
-        records.extend(self.signed.values().cloned().map(Record::Signed));
+        records.extend(self.signer.votes().cloned().map(Record::Signed));
         records
     }
 }

@@ -9,8 +9,9 @@
 use alloc::collections::BTreeSet;
 use alloc::vec::Vec;
 
-use super::{Destination, Install, Output, Replica};
-use crate::clients::ClientTable;
+use super::Replica;
+use super::exactly_once::ClientTable;
+use super::output::{Destination, Install, Output};
 use crate::config::ReplicaId;
 use crate::error::Error;
 use crate::message::Message;
@@ -47,16 +48,17 @@ impl Replica {
     /// moves a transfer under way to a newer stable checkpoint (peers drop older states).
     /// Returns whether it sent requests.
     pub(super) fn maybe_start_transfer(&mut self) -> bool {
-        let behind = self.stable.seq.saturating_sub(self.executed) > self.config.window;
+        let stable = self.checkpoints.stable();
+        let behind = stable.seq.saturating_sub(self.executed) > self.config.window;
         let newer = self
             .transfer
             .as_ref()
-            .is_none_or(|t| t.target.seq < self.stable.seq);
+            .is_none_or(|t| t.target.seq < stable.seq);
         if !behind || !newer {
             return false;
         }
         self.transfer = Some(Transfer {
-            target: self.stable.clone(),
+            target: stable.clone(),
             manifest: None,
             chunks: Vec::new(),
             cursor: usize::from(self.id.0),
@@ -113,10 +115,10 @@ impl Replica {
         peer: ReplicaId,
         fetch: FetchState,
     ) -> Result<(), Error> {
-        let Some(snapshot) = self.snapshots.get(&fetch.seq) else {
+        let Some(snapshot) = self.checkpoints.snapshot(fetch.seq) else {
             return Err(Error::UnexpectedMessage("fetch for a state not held"));
         };
-        let now = self.now;
+        let now = self.timers.now();
         let interval = self.config.retransmit_ms;
         let budget = self.chunks_served.entry(peer).or_insert((now, 0));
         if now >= budget.0.saturating_add(interval) {
@@ -162,7 +164,7 @@ impl Replica {
         }
         transfer.chunks = alloc::vec![None; manifest.chunks() as usize];
         transfer.manifest = Some(manifest);
-        self.progress_at = self.now;
+        self.timers.progress();
         self.finish_transfer_or_ask();
         Ok(())
     }
@@ -188,7 +190,7 @@ impl Replica {
         if let Some(slot) = transfer.chunks.get_mut(index) {
             *slot = Some(chunk.bytes);
         }
-        self.progress_at = self.now;
+        self.timers.progress();
         // Once the last request's chunks are all in, install or ask for the next ones.
         transfer.requested = transfer.requested.saturating_sub(1);
         if transfer.requested == 0 {
@@ -237,7 +239,7 @@ impl Replica {
         // Deliveries not executed yet are void, those above `seq` too: their exactly-once
         // decisions were made against the replaced table. They are delivered again below.
         self.last_delivered = seq;
-        self.outputs.push_back(Output::Install(Install {
+        self.outbox.push(Output::Install(Install {
             seq,
             snapshot: app.clone(),
             clients: self.clients.records(),
@@ -245,20 +247,20 @@ impl Replica {
         }));
         let chunk_bytes = manifest.chunk_bytes;
         let snapshot = Snapshot::new(seq, app, manifest.clients, chunk_bytes);
-        self.own_checkpoints
-            .insert(seq, snapshot.manifest.digest(&self.config.chain_id));
-        self.snapshots.insert(seq, snapshot);
+        self.checkpoints
+            .set_own(seq, snapshot.manifest.digest(&self.config.chain_id));
+        self.checkpoints.keep_snapshot(seq, snapshot);
         self.log.retain(|&slot, _| slot > seq);
         // Batches below the installed state are no longer a run ending at the window.
         self.archive.clear();
-        self.in_flight.clear();
+        self.intake.clear_in_flight();
         let executed = self.executed;
         for (_, slot) in self.log.range(executed + 1..) {
-            self.in_flight.extend(slot.leaves.iter().copied());
+            self.intake.track_all(&slot.leaves);
         }
         self.take_checkpoint(checkpoint);
         self.update_low();
-        self.progress_at = self.now;
+        self.timers.progress();
         self.deliver_ready();
     }
 }

@@ -4,74 +4,55 @@
 
 use alloc::vec::Vec;
 
-use super::{Destination, Mode, Output, Record, Replica};
-use crate::clients::Freshness;
+use super::exactly_once::Freshness;
+use super::output::{Destination, Record};
+use super::{Mode, Replica};
 use crate::config::ReplicaId;
 use crate::error::Error;
-use crate::message::{Batch, Message, Phase, Request, Vote};
+use crate::message::Message;
+use crate::statement::{Batch, Phase, Request, Vote};
 use crate::view_change::{
     NewView, Plan, ViewChange, null_digest, plan, verify_new_view, verify_view_change,
 };
 
 impl Replica {
-    /// The view timeout now: the base doubled for each view in a row that failed, capped.
-    pub(super) fn timeout(&self) -> u64 {
-        let factor = 1u64
-            .checked_shl(self.failed_views)
-            .unwrap_or(u64::MAX)
-            .min(self.config.max_timeout_factor);
-        self.config.view_timeout_ms.saturating_mul(factor)
-    }
-
     /// When a view timer fires next: in a view, the oldest uncommitted proposal or watched
     /// request; while changing view, the deadline for the new view.
     pub(super) fn view_deadline(&self) -> Option<u64> {
         match self.mode {
             Mode::Normal => {
-                let proposal = self
-                    .waiting_since
-                    .map(|since| since.saturating_add(self.timeout()));
-                let request = self.watched.values().map(|w| w.deadline).min();
+                let proposal = self.timers.proposal_deadline();
+                let request = self.intake.watch_deadline();
                 proposal.into_iter().chain(request).min()
             }
-            Mode::ViewChange { .. } => self.new_view_deadline,
-        }
-    }
-
-    /// Starts the proposal timer unless it already runs.
-    pub(super) fn start_waiting(&mut self) {
-        if self.waiting_since.is_none() {
-            self.waiting_since = Some(self.now);
+            Mode::ViewChange { .. } => self.timers.new_view_deadline(),
         }
     }
 
     /// A delivery: the view works. Restarts the proposal timer if more waits, resets the
     /// backoff.
     pub(super) fn made_progress(&mut self) {
-        self.progress_at = self.now;
-        self.failed_views = 0;
         let waiting = self
             .log
             .range(self.last_delivered + 1..)
             .any(|(_, slot)| slot.proposal.is_some());
-        self.waiting_since = waiting.then_some(self.now);
+        self.timers.made_progress(waiting);
     }
 
     pub(super) fn check_view_timers(&mut self) {
-        let now = self.now;
+        let now = self.timers.now();
         if self.mode == Mode::Normal {
             // Requests that executed, or that the client replaced with a later one, no longer
             // hold the primary to anything.
             let clients = &self.clients;
-            self.watched.retain(|_, watched| {
-                let request = &watched.request;
+            self.intake.retain_watched(|request| {
                 clients.freshness(&request.client, request.client_seq) == Freshness::Fresh
             });
         }
         if self.view_deadline().is_some_and(|deadline| deadline <= now) {
             self.metrics.timeouts_fired += 1;
             if matches!(self.mode, Mode::ViewChange { .. }) {
-                self.failed_views = self.failed_views.saturating_add(1);
+                self.timers.view_failed();
             }
             self.start_view_change(self.view.saturating_add(1));
         }
@@ -85,35 +66,26 @@ impl Replica {
         }
         let since = match self.mode {
             Mode::ViewChange { since } => since,
-            Mode::Normal => self.now,
+            Mode::Normal => self.timers.now(),
         };
         self.view = view;
         self.mode = Mode::ViewChange { since };
-        self.batch_deadline = None;
-        self.waiting_since = None;
-        self.new_view_deadline = None;
+        self.timers.left_view();
         let prepared = self
             .log
-            .range(self.stable.seq + 1..)
+            .range(self.checkpoints.stable().seq + 1..)
             .filter_map(|(_, slot)| slot.prepared.clone())
             .collect();
-        let change = ViewChange::new(
-            &self.config.chain_id,
-            self.validators.epoch(),
-            (view, self.id),
-            self.stable.clone(),
-            prepared,
-            &self.keypair,
-        );
-        self.metrics.signatures_created += 1;
+        let checkpoint = self.checkpoints.stable().clone();
+        let change = self
+            .signer
+            .view_change(&mut self.metrics, view, checkpoint, prepared);
         let message = Message::ViewChange(change.clone());
         self.publish(Record::ViewChange(change.clone()), &message);
         self.view_changes.insert(self.id, change);
         self.view_changes.retain(|_, change| change.view >= view);
         // Nothing is signed in a view once it is left: its votes need no guard any more.
-        self.signed.retain(|&(phase, signed_view, _), _| {
-            phase == Phase::Checkpoint || signed_view >= view
-        });
+        self.signer.leave_views_below(view);
         self.after_view_changes();
     }
 
@@ -152,9 +124,7 @@ impl Replica {
         }
         // Only once a quorum left the old view does waiting for the new primary make sense:
         // a replica cut off alone must not run through views the others never join.
-        if self.new_view_deadline.is_none() {
-            self.new_view_deadline = Some(self.now.saturating_add(self.timeout()));
-        }
+        self.timers.arm_new_view();
         if self.is_primary() {
             self.send_new_view();
         }
@@ -169,7 +139,7 @@ impl Replica {
             change.view < self.view || (change.view == self.view && self.mode == Mode::Normal);
         if behind {
             // The signer has not seen the new view that started this one yet.
-            if self.mode == Mode::Normal && self.may_serve(peer) {
+            if self.mode == Mode::Normal && self.timers.may_serve(peer) {
                 self.send_new_view_to(peer);
             }
             return Err(Error::StaleView {
@@ -231,9 +201,7 @@ impl Replica {
             proposals,
             signature: crate::crypto::Signature([0; 64]),
         };
-        let signed = new_view.signed_digest(&self.config.chain_id, self.validators.epoch());
-        new_view.signature = self.keypair.sign(&signed);
-        self.metrics.signatures_created += 1;
+        self.signer.new_view(&mut self.metrics, &mut new_view);
         let message = Message::NewView(new_view.clone());
         self.publish(Record::NewView(new_view.clone()), &message);
         self.enter_view(new_view, plan);
@@ -279,21 +247,17 @@ impl Replica {
     /// waited to the new primary.
     fn enter_view(&mut self, new_view: NewView, plan: Plan) {
         if let Mode::ViewChange { since } = self.mode {
-            self.metrics.view_change_ms += self.now.saturating_sub(since);
+            self.metrics.view_change_ms += self.timers.now().saturating_sub(since);
         }
         self.metrics.views_changed += 1;
         if self.validators.primary(new_view.view) != self.id {
             // The primary persisted it when it signed it.
-            self.outputs
-                .push_back(Output::Persist(Record::NewView(new_view.clone())));
+            self.outbox.persist(Record::NewView(new_view.clone()));
         }
         self.view = new_view.view;
         self.mode = Mode::Normal;
-        let entered = self.view;
-        self.signed.retain(|&(phase, signed_view, _), _| {
-            phase == Phase::Checkpoint || signed_view >= entered
-        });
-        self.new_view_deadline = None;
+        self.signer.leave_views_below(self.view);
+        self.timers.clear_new_view();
         self.view_changes
             .retain(|_, change| change.view > new_view.view);
         let view = self.view;
@@ -310,7 +274,7 @@ impl Replica {
         let max_s = plan
             .proposals
             .last()
-            .map_or(self.stable.seq, |&(seq, _)| seq);
+            .map_or(self.checkpoints.stable().seq, |&(seq, _)| seq);
         // Proposals of older views above max_s never prepared at a quorum: they are void.
         self.log
             .retain(|&seq, slot| seq <= max_s || slot.certificate.is_some());
@@ -332,10 +296,10 @@ impl Replica {
         self.next_seq = max_s.max(self.last_delivered) + 1;
         self.new_view = Some(new_view);
         // What is in flight is what the new view's log holds.
-        self.in_flight.clear();
+        self.intake.clear_in_flight();
         let executed = self.executed;
         for (_, slot) in self.log.range(executed + 1..) {
-            self.in_flight.extend(slot.leaves.iter().copied());
+            self.intake.track_all(&slot.leaves);
         }
         for (seq, digest) in reproposed {
             if self.id != primary {
@@ -344,46 +308,34 @@ impl Replica {
             self.advance(seq);
         }
         self.update_low();
-        self.progress_at = self.now;
-        self.waiting_since = None;
-        if self
+        let waiting = self
             .log
             .range(self.last_delivered + 1..)
-            .any(|(_, slot)| slot.proposal.is_some())
-        {
-            self.start_waiting();
-        }
+            .any(|(_, slot)| slot.proposal.is_some());
+        self.timers.entered_view(waiting);
         self.hand_over_requests();
     }
 
     /// Requests that waited (watched by a backup, pending at a deposed primary) go to the new
     /// primary, with fresh deadlines: the new view gets a full timeout to order them.
     fn hand_over_requests(&mut self) {
-        let mut requests: Vec<Request> = self.pending.drain(..).collect();
-        let deadline = self.now.saturating_add(self.timeout());
-        for watched in self.watched.values_mut() {
-            watched.deadline = deadline;
-            requests.push(watched.request.clone());
-        }
+        let mut requests: Vec<Request> = self.intake.drain_pending();
+        let deadline = self.timers.timeout_from_now();
+        requests.extend(self.intake.rewatch(deadline));
         if self.is_primary() {
-            self.watched.clear();
+            self.intake.clear_watched();
             for request in requests {
                 let digest = request.digest(&self.config.chain_id);
                 let fresh =
                     self.clients.freshness(&request.client, request.client_seq) == Freshness::Fresh;
-                if fresh && self.in_flight.insert(digest) {
-                    self.pending.push_back(request);
+                if fresh && self.intake.track(digest) {
+                    self.intake.enqueue(request);
                 }
             }
-            let now = self.now;
-            self.propose(now, false);
+            self.propose(false);
         } else {
-            let primary = self.validators.primary(self.view);
             for request in requests {
-                self.send(
-                    Destination::Validator(primary),
-                    Message::Request(request).encode(),
-                );
+                self.forward_to_primary(request);
             }
         }
     }

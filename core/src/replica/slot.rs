@@ -9,7 +9,8 @@ use alloc::vec::Vec;
 use crate::certificate::{Evidence, QuorumCertificate};
 use crate::config::{ChainId, ReplicaId};
 use crate::crypto::{Digest, PublicKey};
-use crate::message::{Batch, COMMITTED, HAVE_BATCH, PREPARED, Phase, Vote};
+use crate::message::{COMMITTED, HAVE_BATCH, PREPARED};
+use crate::statement::{Batch, Phase, Vote};
 use crate::view_change::Prepared;
 
 /// What adding a vote did.

@@ -9,7 +9,7 @@ use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 
 use crate::crypto::PublicKey;
-use crate::message::Reply;
+use crate::statement::Reply;
 
 /// What the table says about a request (client, number).
 #[derive(Debug, PartialEq, Eq)]

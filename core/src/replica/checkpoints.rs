@@ -1,0 +1,404 @@
+//! Checkpoints: every `checkpoint_interval` seqs each replica signs the digest of its state;
+//! a quorum of matching signatures makes the checkpoint stable, which moves the low
+//! watermark there and frees the log below it (Castro and Liskov, section 4.3).
+//!
+//! [`Checkpoints`] holds the votes above the stable checkpoint, this replica's own state
+//! digests and the snapshots it serves; the `impl Replica` below signs, counts and moves the
+//! window.
+
+use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::vec::Vec;
+
+use super::Replica;
+use super::output::{Output, Record};
+use crate::certificate::Evidence;
+use crate::config::ReplicaId;
+use crate::crypto::Digest;
+use crate::error::Error;
+use crate::message::Message;
+use crate::state::Snapshot;
+use crate::statement::{Phase, Vote};
+use crate::view_change::{StableCheckpoint, verify_checkpoint};
+
+/// The checkpoint state of one replica.
+pub(super) struct Checkpoints {
+    /// The highest stable checkpoint known.
+    stable: StableCheckpoint,
+    /// Checkpoint votes above the stable checkpoint, by seq and signer.
+    votes: BTreeMap<u64, BTreeMap<ReplicaId, Vote>>,
+    /// (seq, validator) already reported for signing two checkpoints at seq.
+    reported: BTreeSet<(u64, ReplicaId)>,
+    /// This replica's state digests at checkpoint seqs above the low watermark.
+    own: BTreeMap<u64, Digest>,
+    /// The state at checkpoints from the stable one up, to serve peers that fetch it.
+    snapshots: BTreeMap<u64, Snapshot>,
+}
+
+impl Default for Checkpoints {
+    fn default() -> Self {
+        Checkpoints {
+            stable: StableCheckpoint::genesis(),
+            votes: BTreeMap::new(),
+            reported: BTreeSet::new(),
+            own: BTreeMap::new(),
+            snapshots: BTreeMap::new(),
+        }
+    }
+}
+
+impl Checkpoints {
+    /// The highest stable checkpoint known.
+    pub(super) fn stable(&self) -> &StableCheckpoint {
+        &self.stable
+    }
+
+    /// Takes a verified stable checkpoint if it is newer than the one held, and forgets the
+    /// votes at or below it. Returns whether it was newer.
+    pub(super) fn take(&mut self, checkpoint: StableCheckpoint) -> bool {
+        if checkpoint.seq <= self.stable.seq {
+            return false;
+        }
+        self.stable = checkpoint;
+        let stable = self.stable.seq;
+        self.votes.retain(|&seq, _| seq > stable);
+        self.reported.retain(|&(seq, _)| seq > stable);
+        true
+    }
+
+    /// The vote `replica` signed at checkpoint `seq`, if held.
+    pub(super) fn vote(&self, seq: u64, replica: ReplicaId) -> Option<&Vote> {
+        self.votes.get(&seq).and_then(|votes| votes.get(&replica))
+    }
+
+    /// Counts a verified vote.
+    pub(super) fn add_vote(&mut self, vote: Vote) {
+        self.votes
+            .entry(vote.seq)
+            .or_default()
+            .insert(vote.replica, vote);
+    }
+
+    /// Whether `replica` was already proven to have signed two states at `seq`; if not,
+    /// remembers that it now is.
+    pub(super) fn report(&mut self, seq: u64, replica: ReplicaId) -> bool {
+        !self.reported.insert((seq, replica))
+    }
+
+    /// Whether `replica` was proven to have signed two states at `seq`.
+    pub(super) fn was_reported(&self, seq: u64, replica: ReplicaId) -> bool {
+        self.reported.contains(&(seq, replica))
+    }
+
+    /// The certificate of the checkpoint at `seq` if `quorum` votes agree on one digest (the
+    /// first such digest, signers in id order).
+    pub(super) fn certificate(&self, seq: u64, quorum: usize) -> Option<StableCheckpoint> {
+        let votes = self.votes.get(&seq)?;
+        let mut by_digest: BTreeMap<_, Vec<&Vote>> = BTreeMap::new();
+        for vote in votes.values() {
+            by_digest.entry(vote.digest).or_default().push(vote);
+        }
+        let (digest, signers) = by_digest.into_iter().find(|(_, v)| v.len() >= quorum)?;
+        let signatures = signers
+            .iter()
+            .take(quorum)
+            .map(|vote| (vote.replica, vote.signature))
+            .collect();
+        Some(StableCheckpoint {
+            seq,
+            digest,
+            signatures,
+        })
+    }
+
+    /// Whether `id` signed a checkpoint that is not stable yet.
+    pub(super) fn awaits(&self, id: ReplicaId) -> bool {
+        self.votes.values().any(|votes| votes.contains_key(&id))
+    }
+
+    /// The checkpoint votes `id` signed above `seq`, oldest first.
+    pub(super) fn own_votes_above(&self, seq: u64, id: ReplicaId) -> Vec<Vote> {
+        self.votes
+            .range(seq.saturating_add(1)..)
+            .filter_map(|(_, votes)| votes.get(&id).cloned())
+            .collect()
+    }
+
+    /// This replica's state digest at `seq`, if it reached that checkpoint.
+    pub(super) fn own(&self, seq: u64) -> Option<Digest> {
+        self.own.get(&seq).copied()
+    }
+
+    /// Records this replica's state digest at `seq`.
+    pub(super) fn set_own(&mut self, seq: u64, state: Digest) {
+        self.own.insert(seq, state);
+    }
+
+    /// The state held at checkpoint `seq`.
+    pub(super) fn snapshot(&self, seq: u64) -> Option<&Snapshot> {
+        self.snapshots.get(&seq)
+    }
+
+    /// Keeps the state at checkpoint `seq` to serve it.
+    pub(super) fn keep_snapshot(&mut self, seq: u64, snapshot: Snapshot) {
+        self.snapshots.insert(seq, snapshot);
+    }
+
+    /// The checkpoint seqs whose state is held.
+    pub(super) fn snapshot_seqs(&self) -> impl Iterator<Item = &u64> {
+        self.snapshots.keys()
+    }
+
+    /// Forgets own digests at or below `low` and states below the stable checkpoint (peers
+    /// may still fetch the stable one).
+    pub(super) fn prune(&mut self, low: u64) {
+        self.own.retain(|&seq, _| seq > low);
+        let stable = self.stable.seq;
+        self.snapshots.retain(|&seq, _| seq >= stable);
+    }
+
+    /// Entries held for the network: votes, reports and snapshots.
+    pub(super) fn footprint(&self) -> usize {
+        self.votes.values().map(BTreeMap::len).sum::<usize>()
+            + self.reported.len()
+            + self.snapshots.len()
+    }
+}
+
+impl Replica {
+    /// Signs, persists and broadcasts this replica's checkpoint at `seq` (just executed) over
+    /// the digest of its state there.
+    pub(super) fn checkpoint(&mut self, seq: u64, state: Digest) {
+        if seq <= self.checkpoints.stable().seq {
+            return;
+        }
+        self.checkpoints.set_own(seq, state);
+        let Some(vote) = self
+            .signer
+            .vote(&mut self.metrics, Phase::Checkpoint, (0, seq), state)
+        else {
+            // Before a restart this replica reached another state at `seq`.
+            return;
+        };
+        self.publish(Record::Signed(vote.clone()), &Message::Vote(vote.clone()));
+        self.checkpoints.add_vote(vote);
+        self.check_stable(seq);
+    }
+
+    pub(super) fn on_checkpoint_vote(&mut self, vote: Vote) -> Result<(), Error> {
+        let seq = vote.seq;
+        if vote.view != 0 || !seq.is_multiple_of(self.config.checkpoint_interval) {
+            return Err(Error::UnexpectedMessage("checkpoint off the interval"));
+        }
+        let stable = self.checkpoints.stable().seq;
+        if seq <= stable {
+            return Err(Error::Duplicate);
+        }
+        let high = self.low + 2 * self.config.window;
+        if seq > high {
+            return Err(Error::OutOfWindow {
+                seq,
+                low: stable + 1,
+                high,
+            });
+        }
+        let known = self.checkpoints.vote(seq, vote.replica);
+        if known.is_some_and(|known| known.digest == vote.digest) {
+            return Err(Error::Duplicate);
+        }
+        if self.checkpoints.was_reported(seq, vote.replica) {
+            // Already proven against it here: a repeat costs no check and no second report.
+            return Err(Error::Equivocation(vote.replica));
+        }
+        let first = known.cloned();
+        let key = *self
+            .validators
+            .key(vote.replica)
+            .ok_or(Error::NotAValidator)?;
+        self.metrics.signatures_verified += 1;
+        key.verify(
+            &vote.signed_digest(&self.config.chain_id, self.validators.epoch()),
+            &vote.signature,
+        )?;
+        if let Some(first) = first {
+            // Two states signed for one seq: evidence, reported once; the first vote stays.
+            let culprit = vote.replica;
+            self.checkpoints.report(seq, culprit);
+            self.metrics.evidence_reported += 1;
+            self.outbox.push(Output::Evidence(Evidence {
+                epoch: self.validators.epoch(),
+                first,
+                second: vote,
+            }));
+            return Err(Error::Equivocation(culprit));
+        }
+        self.checkpoints.add_vote(vote);
+        self.check_stable(seq);
+        Ok(())
+    }
+
+    /// Makes the checkpoint at `seq` stable if a quorum signed one digest.
+    fn check_stable(&mut self, seq: u64) {
+        let quorum = self.validators.quorum();
+        if let Some(checkpoint) = self.checkpoints.certificate(seq, quorum) {
+            self.metrics.checkpoints_stable += 1;
+            self.adopt_checkpoint(checkpoint);
+        }
+    }
+
+    pub(super) fn on_stable_checkpoint(
+        &mut self,
+        checkpoint: StableCheckpoint,
+    ) -> Result<(), Error> {
+        if checkpoint.seq <= self.checkpoints.stable().seq {
+            return Err(Error::Duplicate);
+        }
+        self.metrics.signatures_verified += checkpoint.signatures.len() as u64;
+        self.metrics.signatures_batch_verified += checkpoint.signatures.len() as u64;
+        verify_checkpoint(&self.config.chain_id, &self.validators, &checkpoint)?;
+        self.adopt_checkpoint(checkpoint);
+        Ok(())
+    }
+
+    /// Takes a verified stable checkpoint if it is newer than the one held, and moves the
+    /// window.
+    pub(super) fn adopt_checkpoint(&mut self, checkpoint: StableCheckpoint) {
+        self.take_checkpoint(checkpoint);
+        self.update_low();
+        self.maybe_start_transfer();
+    }
+
+    /// Takes a verified stable checkpoint if it is newer, without moving the window yet.
+    pub(super) fn take_checkpoint(&mut self, checkpoint: StableCheckpoint) {
+        if checkpoint.seq <= self.checkpoints.stable().seq {
+            return;
+        }
+        self.outbox.persist(Record::Stable(checkpoint.clone()));
+        self.checkpoints.take(checkpoint);
+    }
+
+    /// Moves the low watermark to the stable checkpoint (or to the executed seq while this
+    /// replica is still catching up to it) and frees what lies below: slots go to the archive
+    /// of committed batches, which keeps the newest `retained_batches`.
+    pub(super) fn update_low(&mut self) {
+        if self
+            .transfer
+            .as_ref()
+            .is_some_and(|t| t.target_seq() <= self.executed)
+        {
+            // Caught up by replaying batches after all.
+            self.transfer = None;
+        }
+        let stable = self.checkpoints.stable();
+        let target = self.executed.min(stable.seq);
+        if target <= self.low {
+            return;
+        }
+        if self.executed >= stable.seq
+            && self
+                .checkpoints
+                .own(stable.seq)
+                .is_some_and(|own| own != stable.digest)
+        {
+            // A quorum reached another state than this replica did: its execution is not
+            // deterministic, or its storage is corrupt. The quorum's checkpoint stands.
+            self.metrics.checkpoint_mismatches += 1;
+        }
+        let kept = self.log.split_off(&(target + 1));
+        let freed = core::mem::replace(&mut self.log, kept);
+        for (_, slot) in freed {
+            if let (Some(batch), Some(certificate)) = (slot.batch, slot.certificate) {
+                self.archive
+                    .push_back(crate::certificate::Committed { batch, certificate });
+            }
+        }
+        while self.archive.len() > self.config.retained_batches {
+            self.archive.pop_front();
+        }
+        self.checkpoints.prune(target);
+        self.signer.forget_through(target);
+        self.low = target;
+        self.replay_ahead();
+        if self.is_primary() && self.intake.pending_len() > 0 {
+            self.propose(false);
+        }
+    }
+
+    /// Replays buffered messages that the moved window now covers; drops those below it.
+    fn replay_ahead(&mut self) {
+        let high = self.high();
+        let mut ready = Vec::new();
+        for (peer, queue) in self.ahead.iter_mut() {
+            queue.retain(|message| {
+                let seq = match message {
+                    Message::PrePrepare(p) => p.vote.seq,
+                    Message::Vote(v) => v.seq,
+                    _ => 0,
+                };
+                if seq <= high {
+                    ready.push((*peer, message.clone()));
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        self.ahead.retain(|_, queue| !queue.is_empty());
+        for (peer, message) in ready {
+            let result = self.on_message(&peer, message);
+            // Failures are counted like any input's; the replay goes on.
+            let _ = self.count(result);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ChainId;
+    use crate::crypto::Keypair;
+
+    fn vote(replica: u16, seq: u64, digest: u8) -> Vote {
+        Vote::new(
+            &ChainId::from_name("test"),
+            0,
+            Phase::Checkpoint,
+            (0, seq),
+            Digest([digest; 32]),
+            ReplicaId(replica),
+            &Keypair::from_seed(&[replica as u8 + 1; 32]),
+        )
+    }
+
+    #[test]
+    fn a_quorum_on_one_digest_makes_a_certificate() {
+        let mut checkpoints = Checkpoints::default();
+        checkpoints.add_vote(vote(0, 10, 1));
+        checkpoints.add_vote(vote(1, 10, 2));
+        checkpoints.add_vote(vote(2, 10, 1));
+        assert_eq!(checkpoints.certificate(10, 3), None, "2 + 1 split");
+        checkpoints.add_vote(vote(3, 10, 1));
+        let certificate = checkpoints.certificate(10, 3).expect("three agree");
+        assert_eq!(certificate.digest, Digest([1; 32]));
+        let signers: Vec<u16> = certificate.signatures.iter().map(|(id, _)| id.0).collect();
+        assert_eq!(signers, [0, 2, 3]);
+    }
+
+    #[test]
+    fn taking_a_newer_checkpoint_forgets_the_votes_below_it() {
+        let mut checkpoints = Checkpoints::default();
+        for replica in 0..3 {
+            checkpoints.add_vote(vote(replica, 10, 1));
+            checkpoints.add_vote(vote(replica, 20, 1));
+        }
+        assert!(!checkpoints.report(10, ReplicaId(3)));
+        assert!(checkpoints.report(10, ReplicaId(3)), "reported once");
+        let at_10 = checkpoints.certificate(10, 3).expect("certificate");
+        assert!(checkpoints.take(at_10.clone()));
+        assert!(!checkpoints.take(at_10), "not newer");
+        assert_eq!(checkpoints.vote(10, ReplicaId(0)), None);
+        assert!(!checkpoints.was_reported(10, ReplicaId(3)));
+        assert!(checkpoints.vote(20, ReplicaId(0)).is_some());
+        assert!(checkpoints.awaits(ReplicaId(1)));
+        assert_eq!(checkpoints.own_votes_above(0, ReplicaId(1)).len(), 1);
+    }
+}

@@ -1,0 +1,205 @@
+//! Execution: committed batches go to the host strictly in sequence order, one at a time,
+//! and come back as results the replica signs as replies (one signature per batch, over the
+//! Merkle root of its replies) and, at checkpoints, as the state it signs.
+
+use alloc::vec::Vec;
+
+use super::Replica;
+use super::exactly_once::Freshness;
+use super::output::{Delivery, Destination, Output, Record};
+use crate::crypto::Digest;
+use crate::error::Error;
+use crate::merkle;
+use crate::message::Message;
+use crate::state::Snapshot;
+use crate::statement::{Reply, Request, reply_leaf, reply_root_digest};
+
+impl Replica {
+    /// Hands committed batches to the host, strictly in sequence order.
+    pub(super) fn deliver_ready(&mut self) {
+        let before = self.last_delivered;
+        // One delivery at a time: the next only once the host executed the last, so the
+        // exactly-once table a checkpoint snapshots is exactly as of the checkpoint's seq.
+        while self.last_delivered == self.executed
+            && let Some(slot) = self.log.get_mut(&(self.last_delivered + 1))
+        {
+            let Some(certificate) = slot.certificate.clone() else {
+                break;
+            };
+            let Some(batch) = slot.batch.clone() else {
+                break;
+            };
+            let seq = self.last_delivered + 1;
+            for leaf in &slot.leaves {
+                self.intake.unwatch(leaf);
+            }
+            slot.executing.clear();
+            let mut execute = Vec::new();
+            let mut forgotten = Vec::new();
+            for (index, request) in batch.requests.iter().enumerate() {
+                if self.clients.freshness(&request.client, request.client_seq) == Freshness::Fresh {
+                    forgotten.extend(self.clients.record_execution(
+                        request.client,
+                        request.client_seq,
+                        seq,
+                    ));
+                    execute.push(index as u32);
+                    slot.executing.push((request.client, request.client_seq));
+                } else {
+                    self.metrics.requests_skipped += 1;
+                }
+            }
+            // A client forgotten and then recorded again within the batch keeps its row.
+            forgotten.retain(|client| !self.clients.contains(client));
+            forgotten.sort_unstable();
+            forgotten.dedup();
+            let checkpoint = seq.is_multiple_of(self.config.checkpoint_interval);
+            self.metrics.batches_committed += 1;
+            self.metrics.requests_committed += batch.requests.len() as u64;
+            self.metrics.requests_executed += execute.len() as u64;
+            self.last_delivered = seq;
+            // The batch is in the log already if this replica's prepared record carried it and
+            // no compaction dropped that record (it keeps them above the stable checkpoint).
+            let logged = slot.batch_logged
+                && seq > self.checkpoints.stable().seq
+                && slot
+                    .prepared
+                    .as_ref()
+                    .is_some_and(|p| p.proposal.digest == certificate.digest);
+            let redo = (!logged).then(|| batch.clone());
+            self.outbox
+                .persist(Record::Committed(certificate.clone(), redo));
+            self.outbox.push(Output::Deliver(Delivery {
+                seq,
+                batch,
+                certificate,
+                execute,
+                checkpoint,
+                forgotten,
+                client_floor: self.clients.floor(),
+            }));
+        }
+        if self.last_delivered > before {
+            self.made_progress();
+        }
+    }
+
+    pub(super) fn on_executed(
+        &mut self,
+        seq: u64,
+        results: Vec<Vec<u8>>,
+        snapshot: Option<Vec<u8>>,
+    ) -> Result<(), Error> {
+        if seq != self.executed + 1 || seq > self.last_delivered {
+            return Err(Error::HostContract("executed() must follow delivery order"));
+        }
+        let checkpoint = seq.is_multiple_of(self.config.checkpoint_interval);
+        if checkpoint != snapshot.is_some() {
+            return Err(Error::HostContract(
+                "executed() takes a snapshot exactly at checkpoint seqs",
+            ));
+        }
+        if snapshot
+            .as_ref()
+            .is_some_and(|app| app.len() as u64 > self.config.max_snapshot_bytes)
+        {
+            return Err(Error::HostContract(
+                "the application snapshot exceeds max_snapshot_bytes",
+            ));
+        }
+        let Some(slot) = self.log.get_mut(&seq) else {
+            return Err(Error::HostContract("executed() for a seq never delivered"));
+        };
+        let Some(certificate) = slot.certificate.as_ref() else {
+            return Err(Error::HostContract("executed() for a seq never delivered"));
+        };
+        if results.len() != slot.executing.len() {
+            return Err(Error::HostContract(
+                "executed() needs one result per executed request",
+            ));
+        }
+        let view = certificate.view;
+        let executing = core::mem::take(&mut slot.executing);
+        let request_leaves = core::mem::take(&mut slot.leaves);
+        let chain = self.config.chain_id;
+        let leaves: Vec<Digest> = executing
+            .iter()
+            .zip(&results)
+            .map(|((client, client_seq), result)| reply_leaf(&chain, client, *client_seq, result))
+            .collect();
+        let tree = merkle::Tree::new(&leaves);
+        let signed = reply_root_digest(&chain, self.validators.epoch(), view, seq, &tree.root());
+        // A null batch, or one whose requests all ran before, has no one to answer.
+        let signature = match executing.is_empty() {
+            true => crate::crypto::Signature([0; 64]),
+            false => self.signer.sign(&mut self.metrics, &signed),
+        };
+        for (index, (&(client, client_seq), result)) in executing.iter().zip(results).enumerate() {
+            let Some(proof) = tree.prove(index) else {
+                continue;
+            };
+            let reply = Reply {
+                view,
+                seq,
+                client,
+                client_seq,
+                result,
+                proof,
+                replica: self.id,
+                signature,
+            };
+            self.send(
+                Destination::Client(client),
+                Message::Reply(reply.clone()).encode(),
+            );
+            self.clients.store_reply(reply);
+        }
+        for leaf in &request_leaves {
+            self.intake.release(leaf);
+        }
+        self.executed = seq;
+        if let Some(app) = snapshot {
+            let clients = self.clients.export();
+            let snapshot = Snapshot::new(seq, app, clients, self.config.snapshot_chunk_bytes);
+            let state = snapshot.manifest.digest(&chain);
+            self.checkpoints.keep_snapshot(seq, snapshot);
+            self.checkpoint(seq, state);
+        }
+        self.update_low();
+        if self.is_primary() && self.intake.pending_len() > 0 {
+            self.propose(false);
+        }
+        self.deliver_ready();
+        Ok(())
+    }
+
+    /// Answers a retransmission of a client's last executed request for which no reply is
+    /// cached (this replica installed the state that executed it): signs a reply of its own
+    /// from the replicated result, once, and caches it.
+    pub(super) fn reply_again(&mut self, request: &Request) -> Result<(), Error> {
+        let Some((seq, result)) = self.clients.last_result(&request.client) else {
+            return Err(Error::Duplicate);
+        };
+        let chain = self.config.chain_id;
+        let leaf = reply_leaf(&chain, &request.client, request.client_seq, &result);
+        let (Some(proof), root) = (merkle::prove(&[leaf], 0), merkle::root(&[leaf])) else {
+            return Err(Error::Duplicate);
+        };
+        let signed = reply_root_digest(&chain, self.validators.epoch(), self.view, seq, &root);
+        let signature = self.signer.sign(&mut self.metrics, &signed);
+        let reply = Reply {
+            view: self.view,
+            seq,
+            client: request.client,
+            client_seq: request.client_seq,
+            result,
+            proof,
+            replica: self.id,
+            signature,
+        };
+        let bytes = Message::Reply(reply.clone()).encode();
+        self.send(Destination::Client(request.client), bytes);
+        self.clients.store_reply(reply);
+        Ok(())
+    }
+}

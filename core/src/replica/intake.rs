@@ -1,0 +1,408 @@
+//! Request intake: client requests from arrival to proposal (at the primary) or to commit
+//! (watched at a backup), with the batch signature checks that admit them.
+//!
+//! The primary checks a request's signature only when it cuts a batch, in one batch check
+//! with the rest; a backup checks it on arrival, holds it against a deadline and forwards it
+//! to the primary, so a primary that censors it is replaced.
+
+use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
+use alloc::vec::Vec;
+
+use super::exactly_once::Freshness;
+use super::output::{Destination, Record};
+use super::{Mode, Replica};
+use crate::config::ChainId;
+use crate::crypto::{BatchVerifier, Digest};
+use crate::error::Error;
+use crate::merkle;
+use crate::message::Message;
+use crate::metrics::Metrics;
+use crate::statement::{Batch, Phase, PrePrepare, Request};
+
+/// A client request a backup holds while it waits for the primary to order it.
+#[derive(Debug)]
+struct Watched {
+    request: Request,
+    /// When the backup gives up on the primary if the request has not committed (ms).
+    deadline: u64,
+}
+
+/// Requests waiting to be proposed, proposed and not yet executed, and watched.
+#[derive(Debug, Default)]
+pub(super) struct Intake {
+    /// At the primary: admitted requests not yet in a batch, oldest first.
+    pending: VecDeque<Request>,
+    /// Request digests in a proposal of the log, or pending at the primary.
+    in_flight: BTreeSet<Digest>,
+    /// Requests clients sent to this backup, by digest: each must commit before its deadline.
+    watched: BTreeMap<Digest, Watched>,
+}
+
+impl Intake {
+    /// Whether a request with this digest is proposed or pending.
+    pub(super) fn is_in_flight(&self, digest: &Digest) -> bool {
+        self.in_flight.contains(digest)
+    }
+
+    /// Marks a digest in flight; false if it was already.
+    pub(super) fn track(&mut self, digest: Digest) -> bool {
+        self.in_flight.insert(digest)
+    }
+
+    /// Marks the digests of a batch in flight.
+    pub(super) fn track_all(&mut self, digests: &[Digest]) {
+        self.in_flight.extend(digests.iter().copied());
+    }
+
+    /// A request left the log (executed, or its proposal lost).
+    pub(super) fn release(&mut self, digest: &Digest) {
+        self.in_flight.remove(digest);
+    }
+
+    /// Forgets every digest in flight (a new view rebuilds them from its log).
+    pub(super) fn clear_in_flight(&mut self) {
+        self.in_flight.clear();
+    }
+
+    /// Requests waiting for a batch.
+    pub(super) fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Queues an admitted request for the next batch.
+    pub(super) fn enqueue(&mut self, request: Request) {
+        self.pending.push_back(request);
+    }
+
+    /// Puts a batch's requests back at the front, in their order.
+    pub(super) fn requeue_front(&mut self, requests: Vec<Request>) {
+        for request in requests.into_iter().rev() {
+            self.pending.push_front(request);
+        }
+    }
+
+    /// Takes the oldest pending requests that fit one batch: at most `max_ops`, and at most
+    /// `max_bytes` of encoded requests unless a single one is larger.
+    pub(super) fn cut(&mut self, max_ops: usize, max_bytes: usize) -> Vec<Request> {
+        let mut requests = Vec::new();
+        let mut bytes = 0;
+        while let Some(request) = self.pending.front() {
+            let len = request.encoded_len();
+            let full =
+                requests.len() >= max_ops || (!requests.is_empty() && bytes + len > max_bytes);
+            if full {
+                break;
+            }
+            bytes += len;
+            if let Some(request) = self.pending.pop_front() {
+                requests.push(request);
+            }
+        }
+        requests
+    }
+
+    /// Every pending request, oldest first, leaving none.
+    pub(super) fn drain_pending(&mut self) -> Vec<Request> {
+        self.pending.drain(..).collect()
+    }
+
+    /// Whether a request with this digest is watched.
+    pub(super) fn is_watched(&self, digest: &Digest) -> bool {
+        self.watched.contains_key(digest)
+    }
+
+    /// Requests watched.
+    pub(super) fn watched_len(&self) -> usize {
+        self.watched.len()
+    }
+
+    /// Watches a request until `deadline` (ms), unless it is watched already.
+    pub(super) fn watch(&mut self, digest: Digest, request: &Request, deadline: u64) {
+        self.watched.entry(digest).or_insert_with(|| Watched {
+            request: request.clone(),
+            deadline,
+        });
+    }
+
+    /// The request committed: nothing to watch.
+    pub(super) fn unwatch(&mut self, digest: &Digest) {
+        self.watched.remove(digest);
+    }
+
+    /// The earliest deadline of a watched request.
+    pub(super) fn watch_deadline(&self) -> Option<u64> {
+        self.watched.values().map(|w| w.deadline).min()
+    }
+
+    /// Keeps the watched requests for which `keep` holds.
+    pub(super) fn retain_watched(&mut self, mut keep: impl FnMut(&Request) -> bool) {
+        self.watched.retain(|_, watched| keep(&watched.request));
+    }
+
+    /// Gives every watched request a new `deadline` and returns copies of them, in digest
+    /// order (a new view hands them to its primary).
+    pub(super) fn rewatch(&mut self, deadline: u64) -> Vec<Request> {
+        self.watched
+            .values_mut()
+            .map(|watched| {
+                watched.deadline = deadline;
+                watched.request.clone()
+            })
+            .collect()
+    }
+
+    /// Stops watching everything (this replica became the primary).
+    pub(super) fn clear_watched(&mut self) {
+        self.watched.clear();
+    }
+
+    /// Entries held: pending, in flight and watched.
+    pub(super) fn footprint(&self) -> usize {
+        self.pending.len() + self.in_flight.len() + self.watched.len()
+    }
+
+    /// The requests about to be proposed whose client signatures hold, with their digests
+    /// (the batch's Merkle leaves). One batch check; only if it fails, each alone to find
+    /// the forged ones, which are dropped (no longer in flight) and counted.
+    pub(super) fn verified(
+        &mut self,
+        metrics: &mut Metrics,
+        chain: &ChainId,
+        requests: Vec<Request>,
+    ) -> (Vec<Request>, Vec<Digest>) {
+        let leaves: Vec<Digest> = requests.iter().map(|r| r.digest(chain)).collect();
+        let count = requests.len() as u64;
+        metrics.signatures_verified += count;
+        if count > 1 {
+            metrics.signatures_batch_verified += count;
+        }
+        let mut batch = BatchVerifier::new();
+        let queued = requests
+            .iter()
+            .zip(&leaves)
+            .all(|(r, leaf)| batch.queue_key(&r.client, leaf, &r.signature).is_ok());
+        if queued && batch.verify().is_ok() {
+            return (requests, leaves);
+        }
+        let mut good = (Vec::new(), Vec::new());
+        for (request, leaf) in requests.into_iter().zip(leaves) {
+            let holds = request
+                .client
+                .verifying_key()
+                .and_then(|key| key.verify(&leaf, &request.signature));
+            metrics.signatures_verified += 1;
+            match holds {
+                Ok(()) => {
+                    good.0.push(request);
+                    good.1.push(leaf);
+                }
+                Err(err) => {
+                    self.in_flight.remove(&leaf);
+                    *metrics
+                        .rejected
+                        .entry(Error::Crypto(err).label())
+                        .or_default() += 1;
+                }
+            }
+        }
+        good
+    }
+}
+
+impl Replica {
+    /// A client request, from the host or a peer; `forward` if this copy may be forwarded to
+    /// the primary (a validator's forwarded copy never is again, or two replicas in different
+    /// views would bounce it forever).
+    pub(super) fn on_request(&mut self, request: Request, forward: bool) -> Result<(), Error> {
+        if request.op.len() > self.config.max_request_bytes {
+            return Err(Error::RequestTooLarge {
+                len: request.op.len(),
+                max: self.config.max_request_bytes,
+            });
+        }
+        match self.clients.freshness(&request.client, request.client_seq) {
+            Freshness::Fresh => {}
+            Freshness::LastExecuted(Some(reply)) => {
+                let bytes = Message::Reply(reply.clone()).encode();
+                self.send(Destination::Client(request.client), bytes);
+                return Ok(());
+            }
+            Freshness::LastExecuted(None) => return self.reply_again(&request),
+            Freshness::Stale => return Err(Error::StaleRequest),
+        }
+        let digest = request.digest(&self.config.chain_id);
+        let leads = self.is_primary() && self.mode == Mode::Normal;
+        // Cheap checks first: a duplicate costs no signature verification.
+        if leads && self.intake.is_in_flight(&digest) {
+            return Err(Error::DuplicateRequest);
+        }
+        if leads && self.intake.pending_len() >= self.config.max_pending_requests {
+            return Err(Error::Overloaded);
+        }
+        if !leads && self.intake.is_watched(&digest) {
+            // The client asks again: the primary may have lost it. One forward per copy
+            // received, to the primary only: nothing to amplify.
+            if forward && self.mode == Mode::Normal {
+                self.forward_to_primary(request);
+            }
+            return Ok(());
+        }
+        if !leads && self.intake.watched_len() >= self.config.max_pending_requests {
+            return Err(Error::Overloaded);
+        }
+        if leads {
+            // The signature is checked when the request is proposed, in one batch with the
+            // rest of its batch (a third of the cost of checking each alone).
+            request.client.check()?;
+            self.intake.track(digest);
+            self.intake.enqueue(request);
+            self.propose(false);
+            return Ok(());
+        }
+        let key = request.client.verifying_key()?;
+        self.metrics.signatures_verified += 1;
+        key.verify(&digest, &request.signature)?;
+        // A backup (or a primary still waiting for its new view) holds the request against
+        // a deadline: if it does not commit in time, the primary is replaced. This catches a
+        // primary that censors some clients, and one that proposed the request but cannot
+        // get it committed. It is held even if a proposal here already carries it: should
+        // that proposal die in a view change, the new primary gets the request from here.
+        let deadline = self.timers.timeout_from_now();
+        self.intake.watch(digest, &request, deadline);
+        if forward && self.mode == Mode::Normal {
+            self.forward_to_primary(request);
+        }
+        Ok(())
+    }
+
+    /// Sends a client's request to the current view's primary.
+    pub(super) fn forward_to_primary(&mut self, request: Request) {
+        let primary = self.validators.primary(self.view);
+        self.send(
+            Destination::Validator(primary),
+            Message::Request(request).encode(),
+        );
+    }
+
+    /// Cuts batches from the pending requests while the window has room. Without `force`
+    /// (the delay has not run out) only full batches go, unless nothing is in flight. Arms
+    /// the batch timer for what is left, or disarms it when nothing can be proposed.
+    pub(super) fn propose(&mut self, force: bool) {
+        if self.mode != Mode::Normal || !self.is_primary() {
+            self.timers.set_batch(false);
+            return;
+        }
+        while self.intake.pending_len() > 0 && self.next_seq <= self.high() {
+            let idle = self.next_seq == self.low + 1;
+            if !force && !idle && self.intake.pending_len() < self.config.max_batch_ops {
+                break;
+            }
+            let requests = self
+                .intake
+                .cut(self.config.max_batch_ops, self.config.max_batch_bytes);
+            let chain = self.config.chain_id;
+            let (requests, leaves) = self.intake.verified(&mut self.metrics, &chain, requests);
+            if requests.is_empty() {
+                continue;
+            }
+            let batch = Batch { requests };
+            let digest = merkle::root(&leaves);
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            let Some(vote) = self.sign_vote(Phase::PrePrepare, seq, digest) else {
+                // This seq was proposed before a restart with another batch: skip it (the
+                // view change will fill it) and keep the requests for the next one.
+                self.intake.requeue_front(batch.requests);
+                continue;
+            };
+            let slot = self.log.entry(seq).or_default();
+            slot.digest = Some(digest);
+            slot.proposal = Some(vote.clone());
+            slot.leaves = leaves;
+            slot.batch = Some(batch.clone());
+            let record = Record::Signed(vote.clone());
+            self.publish(record, &Message::PrePrepare(PrePrepare { vote, batch }));
+            self.timers.start_waiting();
+            self.advance(seq);
+        }
+        let room = self.intake.pending_len() > 0 && self.next_seq <= self.high();
+        self.timers.set_batch(room);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::Keypair;
+
+    fn request(seed: u8, op_len: usize) -> Request {
+        let chain = ChainId::from_name("test");
+        Request::new(
+            &chain,
+            &Keypair::from_seed(&[seed; 32]),
+            1,
+            alloc::vec![0; op_len],
+        )
+    }
+
+    #[test]
+    fn a_batch_is_cut_by_ops_and_by_bytes_but_never_empty() {
+        let mut intake = Intake::default();
+        for seed in 1..=5 {
+            intake.enqueue(request(seed, 100));
+        }
+        assert_eq!(intake.cut(2, usize::MAX).len(), 2);
+        let one = request(9, 0).encoded_len() + 100;
+        assert_eq!(intake.cut(10, 2 * one).len(), 2, "two fit the bytes");
+        assert_eq!(
+            intake.cut(10, 1).len(),
+            1,
+            "one larger than the limit still goes"
+        );
+        assert_eq!(intake.pending_len(), 0);
+    }
+
+    #[test]
+    fn a_forged_request_is_dropped_and_the_rest_kept_in_order() {
+        let chain = ChainId::from_name("test");
+        let mut metrics = Metrics::default();
+        let mut intake = Intake::default();
+        let mut requests: Vec<Request> = (1..=4).map(|seed| request(seed, 8)).collect();
+        requests[2].signature = requests[1].signature;
+        for r in &requests {
+            intake.track(r.digest(&chain));
+        }
+        let forged = requests[2].digest(&chain);
+        let (good, leaves) = intake.verified(&mut metrics, &chain, requests.clone());
+        assert_eq!(
+            good,
+            [
+                requests[0].clone(),
+                requests[1].clone(),
+                requests[3].clone()
+            ]
+        );
+        assert_eq!(leaves.len(), 3);
+        assert!(!intake.is_in_flight(&forged), "no longer in flight");
+        assert_eq!(metrics.rejected_total(), 1);
+    }
+
+    #[test]
+    fn watched_requests_get_new_deadlines_together() {
+        let chain = ChainId::from_name("test");
+        let mut intake = Intake::default();
+        let (a, b) = (request(1, 4), request(2, 4));
+        intake.watch(a.digest(&chain), &a, 500);
+        intake.watch(b.digest(&chain), &b, 300);
+        intake.watch(b.digest(&chain), &b, 100);
+        assert_eq!(
+            intake.watch_deadline(),
+            Some(300),
+            "the first deadline stays"
+        );
+        assert_eq!(intake.rewatch(900).len(), 2);
+        assert_eq!(intake.watch_deadline(), Some(900));
+        intake.unwatch(&a.digest(&chain));
+        assert_eq!(intake.watched_len(), 1);
+    }
+}

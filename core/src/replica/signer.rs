@@ -1,0 +1,275 @@
+//! The signer: the replica's key, the index of what it signed, and the rule that it never
+//! signs two digests for one statement.
+//!
+//! Every signature the replica makes goes through here. Votes are indexed by (phase, view,
+//! seq); a second vote for the same statement gets the first back if the digest matches and
+//! nothing otherwise, also across restarts: every signed vote is persisted, and
+//! [`super::Replica::restore`] feeds them back through [`Signer::remember`]. Entries go only
+//! when nothing can ask for them again: below the low watermark, or in a view left.
+
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+
+use super::Replica;
+use crate::config::{ChainId, ReplicaId};
+use crate::crypto::{Digest, Keypair, Signature};
+use crate::metrics::Metrics;
+use crate::statement::{Phase, Vote};
+use crate::view_change::{NewView, Prepared, StableCheckpoint, ViewChange};
+
+/// A signed statement's place: (phase, view, seq). Checkpoints use view 0.
+type Statement = (Phase, u64, u64);
+
+/// The replica's key and the votes it signed above the low watermark.
+pub(super) struct Signer {
+    keypair: Keypair,
+    id: ReplicaId,
+    chain: ChainId,
+    epoch: u64,
+    signed: BTreeMap<Statement, Vote>,
+}
+
+impl Signer {
+    /// A signer for validator `id` of `epoch` that signed nothing yet.
+    pub(super) fn new(keypair: Keypair, id: ReplicaId, chain: ChainId, epoch: u64) -> Self {
+        Signer {
+            keypair,
+            id,
+            chain,
+            epoch,
+            signed: BTreeMap::new(),
+        }
+    }
+
+    /// Signs a vote for `digest` at (`view`, `seq`) unless this replica signed another digest
+    /// for the same statement (counted in `refused_to_equivocate`); a repeat of the same vote
+    /// gives back the first one without a new signature.
+    pub(super) fn vote(
+        &mut self,
+        metrics: &mut Metrics,
+        phase: Phase,
+        (view, seq): (u64, u64),
+        digest: Digest,
+    ) -> Option<Vote> {
+        let key = (phase, view, seq);
+        if let Some(previous) = self.signed.get(&key) {
+            if previous.digest == digest {
+                return Some(previous.clone());
+            }
+            metrics.refused_to_equivocate += 1;
+            return None;
+        }
+        metrics.signatures_created += 1;
+        let vote = Vote::new(
+            &self.chain,
+            self.epoch,
+            phase,
+            (view, seq),
+            digest,
+            self.id,
+            &self.keypair,
+        );
+        self.signed.insert(key, vote.clone());
+        Some(vote)
+    }
+
+    /// Signs a statement digest that needs no index (a reply root: replies repeat freely).
+    pub(super) fn sign(&self, metrics: &mut Metrics, digest: &Digest) -> Signature {
+        metrics.signatures_created += 1;
+        self.keypair.sign(digest)
+    }
+
+    /// Signs a view change leaving for `view`. One per view: the caller moves only upwards.
+    pub(super) fn view_change(
+        &self,
+        metrics: &mut Metrics,
+        view: u64,
+        checkpoint: StableCheckpoint,
+        prepared: Vec<Prepared>,
+    ) -> ViewChange {
+        metrics.signatures_created += 1;
+        ViewChange::new(
+            &self.chain,
+            self.epoch,
+            (view, self.id),
+            checkpoint,
+            prepared,
+            &self.keypair,
+        )
+    }
+
+    /// Signs a new view whose proposals this signer signed through [`Signer::vote`].
+    pub(super) fn new_view(&self, metrics: &mut Metrics, new_view: &mut NewView) {
+        metrics.signatures_created += 1;
+        let digest = new_view.signed_digest(&self.chain, self.epoch);
+        new_view.signature = self.keypair.sign(&digest);
+    }
+
+    /// Takes back a vote signed before a restart; the first one for a statement stays.
+    pub(super) fn remember(&mut self, vote: Vote) {
+        self.signed
+            .entry((vote.phase, vote.view, vote.seq))
+            .or_insert(vote);
+    }
+
+    /// The vote signed for a statement, if any.
+    pub(super) fn get(&self, phase: Phase, view: u64, seq: u64) -> Option<&Vote> {
+        self.signed.get(&(phase, view, seq))
+    }
+
+    /// Every vote held, by statement.
+    pub(super) fn votes(&self) -> impl Iterator<Item = &Vote> {
+        self.signed.values()
+    }
+
+    /// The highest seq proposed (pre-prepare signed) in `view`, 0 without one.
+    pub(super) fn highest_proposal(&self, view: u64) -> u64 {
+        self.signed
+            .keys()
+            .filter(|(phase, signed_view, _)| *phase == Phase::PrePrepare && *signed_view == view)
+            .map(|&(_, _, seq)| seq)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Forgets votes at or below `seq` (the low watermark): nothing there is signed again.
+    pub(super) fn forget_through(&mut self, seq: u64) {
+        self.signed
+            .retain(|&(_, _, signed_seq), _| signed_seq > seq);
+    }
+
+    /// Forgets the votes of views below `view` (checkpoints have no view and stay): nothing
+    /// is signed in a view once it is left.
+    pub(super) fn leave_views_below(&mut self, view: u64) {
+        self.signed.retain(|&(phase, signed_view, _), _| {
+            phase == Phase::Checkpoint || signed_view >= view
+        });
+    }
+
+    /// Votes held.
+    pub(super) fn len(&self) -> usize {
+        self.signed.len()
+    }
+}
+
+impl Replica {
+    /// Signs a vote of the current view, unless it contradicts what this replica executed.
+    pub(super) fn sign_vote(&mut self, phase: Phase, seq: u64, digest: Digest) -> Option<Vote> {
+        if !self.agrees_with_executed(seq, digest) {
+            self.metrics.refused_to_equivocate += 1;
+            return None;
+        }
+        self.signer
+            .vote(&mut self.metrics, phase, (self.view, seq), digest)
+    }
+
+    /// Whether a vote for `digest` at `seq` agrees with what this replica executed: at or
+    /// below its executed seq only the digest its QC there certifies, and nothing where it no
+    /// longer holds that QC. After a restart the signed index is gone below the stable
+    /// checkpoint, but the executed batches (from the host's store) still say what committed.
+    fn agrees_with_executed(&self, seq: u64, digest: Digest) -> bool {
+        let certified = match self.log.get(&seq) {
+            Some(slot) => slot.certificate.as_ref().map(|qc| qc.digest),
+            None => self
+                .archive
+                .iter()
+                .rev()
+                .find(|committed| committed.certificate.seq == seq)
+                .map(|committed| committed.certificate.digest),
+        };
+        match certified {
+            Some(certified) => certified == digest,
+            // At or below the stable checkpoint the only signature asked for is a new view's
+            // re-proposal, which every replica checks against the view changes; prepares and
+            // commits there are refused in `cast`.
+            None => seq > self.executed || seq <= self.checkpoints.stable().seq,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn signer() -> Signer {
+        Signer::new(
+            Keypair::from_seed(&[1; 32]),
+            ReplicaId(0),
+            ChainId::from_name("test"),
+            0,
+        )
+    }
+
+    #[test]
+    fn never_signs_two_digests_for_one_statement() {
+        let mut metrics = Metrics::default();
+        let mut signer = signer();
+        let first = signer
+            .vote(&mut metrics, Phase::Prepare, (1, 5), Digest([1; 32]))
+            .expect("first vote");
+        assert_eq!(
+            signer.vote(&mut metrics, Phase::Prepare, (1, 5), Digest([1; 32])),
+            Some(first),
+            "the same vote again, not a second signature"
+        );
+        assert_eq!(
+            signer.vote(&mut metrics, Phase::Prepare, (1, 5), Digest([2; 32])),
+            None
+        );
+        assert_eq!(metrics.signatures_created, 1);
+        assert_eq!(metrics.refused_to_equivocate, 1);
+        // Another phase or view is another statement.
+        assert!(
+            signer
+                .vote(&mut metrics, Phase::Commit, (1, 5), Digest([2; 32]))
+                .is_some()
+        );
+        assert!(
+            signer
+                .vote(&mut metrics, Phase::Prepare, (2, 5), Digest([2; 32]))
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn a_remembered_vote_binds_like_a_signed_one() {
+        let mut metrics = Metrics::default();
+        let mut before = signer();
+        let vote = before
+            .vote(&mut metrics, Phase::Commit, (3, 9), Digest([7; 32]))
+            .expect("vote");
+        let mut restored = signer();
+        restored.remember(vote.clone());
+        assert_eq!(
+            restored.vote(&mut metrics, Phase::Commit, (3, 9), Digest([8; 32])),
+            None
+        );
+        assert_eq!(
+            restored.vote(&mut metrics, Phase::Commit, (3, 9), Digest([7; 32])),
+            Some(vote)
+        );
+    }
+
+    #[test]
+    fn forgets_below_the_watermark_and_views_left_but_keeps_checkpoints() {
+        let mut metrics = Metrics::default();
+        let mut signer = signer();
+        for (phase, view, seq) in [
+            (Phase::PrePrepare, 1, 4),
+            (Phase::Prepare, 1, 8),
+            (Phase::Checkpoint, 0, 10),
+            (Phase::PrePrepare, 2, 12),
+        ] {
+            signer.vote(&mut metrics, phase, (view, seq), Digest([1; 32]));
+        }
+        assert_eq!(signer.highest_proposal(1), 4);
+        assert_eq!(signer.highest_proposal(2), 12);
+        signer.forget_through(4);
+        signer.leave_views_below(2);
+        let left: Vec<_> = signer.votes().map(|v| (v.phase, v.view, v.seq)).collect();
+        assert_eq!(
+            left,
+            [(Phase::PrePrepare, 2, 12), (Phase::Checkpoint, 0, 10)]
+        );
+    }
+}

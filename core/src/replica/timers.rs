@@ -1,0 +1,290 @@
+//! The timers: the host's clock as the replica last saw it, and every deadline the replica
+//! keeps — the batch delay, the view timeout with its backoff, the new-view deadline and the
+//! status (retransmission and heartbeat) interval.
+//!
+//! Time arrives one way: each entry point hands `now` to [`Timers::enter`], and everything
+//! else reads [`Timers::now`]. Deadlines are absolute ms on the host's monotonic clock.
+
+use alloc::collections::BTreeMap;
+
+use crate::config::{Config, ReplicaId};
+
+/// Deadlines and the clock, in ms.
+#[derive(Debug)]
+pub(super) struct Timers {
+    /// The time of the input being handled.
+    now: u64,
+    /// When the primary cuts a batch that is not full.
+    batch: Option<u64>,
+    /// Views in a row that failed to make progress; doubles the view timeout.
+    failed_views: u32,
+    /// Since when an accepted proposal has waited to commit, with no delivery since.
+    waiting_since: Option<u64>,
+    /// While changing view: when to give up on the new primary (armed once a quorum asked).
+    new_view: Option<u64>,
+    /// The last delivery (or view start): retransmission starts when it is old.
+    progress_at: u64,
+    /// When this replica last sent a status; set by the first input (the replica learns the
+    /// time only from its inputs), which arms the status timer.
+    last_status: Option<u64>,
+    /// When each peer was last served retransmissions.
+    served: BTreeMap<ReplicaId, u64>,
+    view_timeout_ms: u64,
+    max_timeout_factor: u64,
+    retransmit_ms: u64,
+    heartbeat_ms: u64,
+    batch_delay_ms: u64,
+}
+
+impl Timers {
+    /// Timers with the config's intervals, none armed; the clock starts at the first input.
+    pub(super) fn new(config: &Config) -> Self {
+        Timers {
+            now: 0,
+            batch: None,
+            failed_views: 0,
+            waiting_since: None,
+            new_view: None,
+            progress_at: 0,
+            last_status: None,
+            served: BTreeMap::new(),
+            view_timeout_ms: config.view_timeout_ms,
+            max_timeout_factor: config.max_timeout_factor,
+            retransmit_ms: config.retransmit_ms,
+            heartbeat_ms: config.heartbeat_ms,
+            batch_delay_ms: config.batch_delay_ms,
+        }
+    }
+
+    /// Notes the time of an input. Returns true for the first input, which arms the status
+    /// timer and counts as progress.
+    pub(super) fn enter(&mut self, now: u64) -> bool {
+        self.now = now;
+        if self.last_status.is_some() {
+            return false;
+        }
+        self.last_status = Some(now);
+        self.progress_at = now;
+        true
+    }
+
+    /// The time of the input being handled.
+    pub(super) fn now(&self) -> u64 {
+        self.now
+    }
+
+    /// The view timeout now: the base doubled for each view in a row that failed, capped at
+    /// `max_timeout_factor` times the base.
+    pub(super) fn timeout(&self) -> u64 {
+        let factor = 1u64
+            .checked_shl(self.failed_views)
+            .unwrap_or(u64::MAX)
+            .min(self.max_timeout_factor);
+        self.view_timeout_ms.saturating_mul(factor)
+    }
+
+    /// `now` plus the view timeout.
+    pub(super) fn timeout_from_now(&self) -> u64 {
+        self.now.saturating_add(self.timeout())
+    }
+
+    /// The batch deadline, if armed.
+    pub(super) fn batch(&self) -> Option<u64> {
+        self.batch
+    }
+
+    /// Arms the batch deadline a batch delay from now unless it runs already (`pending`), or
+    /// disarms it (nothing left that can be proposed).
+    pub(super) fn set_batch(&mut self, pending: bool) {
+        self.batch = match pending {
+            true => Some(
+                self.batch
+                    .unwrap_or(self.now.saturating_add(self.batch_delay_ms)),
+            ),
+            false => None,
+        };
+    }
+
+    /// Whether the batch deadline passed; disarms it if so.
+    pub(super) fn take_batch_due(&mut self) -> bool {
+        let due = self.batch.is_some_and(|deadline| deadline <= self.now);
+        if due {
+            self.batch = None;
+        }
+        due
+    }
+
+    /// When the oldest accepted proposal times out, if one waits.
+    pub(super) fn proposal_deadline(&self) -> Option<u64> {
+        self.waiting_since
+            .map(|since| since.saturating_add(self.timeout()))
+    }
+
+    /// Starts the proposal timer unless it already runs.
+    pub(super) fn start_waiting(&mut self) {
+        if self.waiting_since.is_none() {
+            self.waiting_since = Some(self.now);
+        }
+    }
+
+    /// A delivery: the view works. Resets the backoff, and restarts the proposal timer if
+    /// more proposals wait (`waiting`).
+    pub(super) fn made_progress(&mut self, waiting: bool) {
+        self.progress_at = self.now;
+        self.failed_views = 0;
+        self.waiting_since = waiting.then_some(self.now);
+    }
+
+    /// The new view arrived: its deadline is off.
+    pub(super) fn clear_new_view(&mut self) {
+        self.new_view = None;
+    }
+
+    /// A view entered: progress now, and the proposal timer restarts if proposals wait.
+    pub(super) fn entered_view(&mut self, waiting: bool) {
+        self.progress_at = self.now;
+        self.waiting_since = None;
+        if waiting {
+            self.start_waiting();
+        }
+    }
+
+    /// A view left: no batch is cut and no proposal waits in it.
+    pub(super) fn left_view(&mut self) {
+        self.batch = None;
+        self.waiting_since = None;
+        self.new_view = None;
+    }
+
+    /// A view change timed out: the next view waits twice as long (up to the cap).
+    pub(super) fn view_failed(&mut self) {
+        self.failed_views = self.failed_views.saturating_add(1);
+    }
+
+    /// Views in a row that failed.
+    pub(super) fn failed_views(&self) -> u32 {
+        self.failed_views
+    }
+
+    /// When to give up on the new primary, if armed.
+    pub(super) fn new_view_deadline(&self) -> Option<u64> {
+        self.new_view
+    }
+
+    /// Arms the new-view deadline a view timeout from now, unless it runs already.
+    pub(super) fn arm_new_view(&mut self) {
+        if self.new_view.is_none() {
+            self.new_view = Some(self.timeout_from_now());
+        }
+    }
+
+    /// Progress that is not a delivery (a state chunk or manifest arrived): retransmission
+    /// waits a full interval again.
+    pub(super) fn progress(&mut self) {
+        self.progress_at = self.now;
+    }
+
+    /// When to send the next status: a retransmit interval after the last progress (or the
+    /// last status) while work waits (`busy`), a heartbeat interval after the last status
+    /// otherwise. None before the first input.
+    pub(super) fn status_deadline(&self, busy: bool) -> Option<u64> {
+        let last = self.last_status?;
+        Some(match busy {
+            true => last
+                .max(self.progress_at)
+                .saturating_add(self.retransmit_ms),
+            false => last.saturating_add(self.heartbeat_ms),
+        })
+    }
+
+    /// A status went out now.
+    pub(super) fn status_sent(&mut self) {
+        self.last_status = Some(self.now);
+    }
+
+    /// Whether `peer` may be served retransmissions now (once per retransmit interval); if
+    /// so, starts its interval.
+    pub(super) fn may_serve(&mut self, peer: ReplicaId) -> bool {
+        if self
+            .served
+            .get(&peer)
+            .is_some_and(|&at| self.now < at.saturating_add(self.retransmit_ms))
+        {
+            return false;
+        }
+        self.served.insert(peer, self.now);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timers() -> Timers {
+        let config = Config {
+            view_timeout_ms: 100,
+            max_timeout_factor: 8,
+            ..Config::default()
+        };
+        Timers::new(&config)
+    }
+
+    #[test]
+    fn the_view_timeout_doubles_per_failed_view_up_to_the_cap() {
+        let mut timers = timers();
+        let seen: alloc::vec::Vec<u64> = (0..6)
+            .map(|_| {
+                let timeout = timers.timeout();
+                timers.view_failed();
+                timeout
+            })
+            .collect();
+        assert_eq!(seen, [100, 200, 400, 800, 800, 800]);
+        timers.made_progress(false);
+        assert_eq!(timers.timeout(), 100, "a delivery resets the backoff");
+    }
+
+    #[test]
+    fn the_status_timer_starts_at_the_first_input() {
+        let mut timers = timers();
+        assert_eq!(timers.status_deadline(false), None);
+        assert!(timers.enter(1_000));
+        assert!(!timers.enter(1_010));
+        let config = Config::default();
+        assert_eq!(
+            timers.status_deadline(false),
+            Some(1_000 + config.heartbeat_ms)
+        );
+        assert_eq!(
+            timers.status_deadline(true),
+            Some(1_000 + config.retransmit_ms)
+        );
+    }
+
+    #[test]
+    fn the_batch_deadline_is_armed_once_and_fires_once() {
+        let mut timers = timers();
+        timers.enter(50);
+        timers.set_batch(true);
+        let deadline = timers.batch().expect("armed");
+        timers.enter(deadline - 1);
+        timers.set_batch(true);
+        assert_eq!(timers.batch(), Some(deadline), "not pushed back");
+        assert!(!timers.take_batch_due());
+        timers.enter(deadline);
+        assert!(timers.take_batch_due());
+        assert!(!timers.take_batch_due());
+    }
+
+    #[test]
+    fn a_peer_is_served_once_per_interval() {
+        let mut timers = timers();
+        timers.enter(0);
+        assert!(timers.may_serve(ReplicaId(1)));
+        assert!(!timers.may_serve(ReplicaId(1)));
+        assert!(timers.may_serve(ReplicaId(2)));
+        timers.enter(Config::default().retransmit_ms);
+        assert!(timers.may_serve(ReplicaId(1)));
+    }
+}

@@ -1,0 +1,275 @@
+//! The signed statements of the protocol: client requests, batches, votes and replies, and
+//! the digests their signatures cover.
+//!
+//! Signatures never cover encoded bytes: each covers a sha3-256 digest of a domain tag (the
+//! statement's kind), the chain id, the epoch and the fields, built field by field, so
+//! encodings may change between versions without changing what a signature means, and a
+//! signature of one kind can never be replayed as another.
+
+use alloc::vec::Vec;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{ChainId, ReplicaId};
+use crate::crypto::{Digest, Hasher, Keypair, PublicKey, Signature};
+use crate::merkle::{self, InclusionProof};
+
+/// A client's signed operation.
+///
+/// `client_seq` orders one client's requests: each executes once, only if its number is
+/// above every number of that client executed before.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// The client's key, which signed the request.
+    pub client: PublicKey,
+    /// Strictly increasing per client.
+    pub client_seq: u64,
+    /// The operation for the application, opaque to consensus.
+    #[serde(with = "serde_bytes")]
+    pub op: Vec<u8>,
+    /// The client's signature over [`Request::digest`].
+    pub signature: Signature,
+}
+
+impl Request {
+    /// Builds and signs a request.
+    pub fn new(chain: &ChainId, client: &Keypair, client_seq: u64, op: Vec<u8>) -> Self {
+        let digest = request_digest(chain, &client.public_key(), client_seq, &op);
+        Request {
+            client: client.public_key(),
+            client_seq,
+            op,
+            signature: client.sign(&digest),
+        }
+    }
+
+    /// What the client signs, and the request's leaf in the batch's Merkle tree.
+    ///
+    /// Requests carry no epoch: a client's operation means the same in every epoch.
+    pub fn digest(&self, chain: &ChainId) -> Digest {
+        request_digest(chain, &self.client, self.client_seq, &self.op)
+    }
+
+    /// Bytes this request adds to a batch, for the batch size limit.
+    pub fn encoded_len(&self) -> usize {
+        // key + signature + varints (at most 10 bytes each) + the operation.
+        32 + 64 + 10 + 10 + self.op.len()
+    }
+}
+
+fn request_digest(chain: &ChainId, client: &PublicKey, client_seq: u64, op: &[u8]) -> Digest {
+    Hasher::new(b"pbft/v1/request")
+        .digest(&chain.0)
+        .bytes(&client.0)
+        .u64(client_seq)
+        .bytes(op)
+        .finish()
+}
+
+/// An ordered list of requests decided together at one sequence number.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch {
+    /// The requests, in execution order.
+    pub requests: Vec<Request>,
+}
+
+impl Batch {
+    /// The request digests, in order: the Merkle tree's leaves.
+    pub fn leaves(&self, chain: &ChainId) -> Vec<Digest> {
+        self.requests.iter().map(|r| r.digest(chain)).collect()
+    }
+
+    /// The batch digest: the Merkle root over the request digests.
+    pub fn digest(&self, chain: &ChainId) -> Digest {
+        merkle::root(&self.leaves(chain))
+    }
+
+    /// Proof that request `index` is in this batch, checked against a QC's digest with
+    /// [`crate::verify_inclusion`].
+    pub fn prove(&self, chain: &ChainId, index: usize) -> Option<InclusionProof> {
+        merkle::prove(&self.leaves(chain), index)
+    }
+}
+
+/// The statements a validator signs about a slot (view, seq).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Phase {
+    /// The primary proposes a batch for the slot.
+    PrePrepare,
+    /// A backup accepts the primary's proposal.
+    Prepare,
+    /// A validator saw a quorum prepare the batch and will commit it.
+    Commit,
+    /// A validator executed up to `seq` and reached the history digest; `view` is always 0,
+    /// a checkpoint is the same in every view.
+    Checkpoint,
+}
+
+impl Phase {
+    fn domain(self) -> &'static [u8] {
+        match self {
+            Phase::PrePrepare => b"pbft/v1/pre-prepare",
+            Phase::Prepare => b"pbft/v1/prepare",
+            Phase::Commit => b"pbft/v1/commit",
+            Phase::Checkpoint => b"pbft/v1/checkpoint",
+        }
+    }
+}
+
+/// A validator's signed statement that it proposes, prepares or commits `digest` at
+/// (`view`, `seq`). Two valid votes of one phase by one validator for one slot with different
+/// digests are evidence of equivocation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vote {
+    /// Which statement this is.
+    pub phase: Phase,
+    /// The view the statement is made in.
+    pub view: u64,
+    /// The sequence number.
+    pub seq: u64,
+    /// The batch digest.
+    pub digest: Digest,
+    /// The validator that signed.
+    pub replica: ReplicaId,
+    /// Signature over [`Vote::signed_digest`].
+    pub signature: Signature,
+}
+
+impl Vote {
+    /// Builds and signs a vote.
+    pub fn new(
+        chain: &ChainId,
+        epoch: u64,
+        phase: Phase,
+        slot: (u64, u64),
+        digest: Digest,
+        replica: ReplicaId,
+        key: &Keypair,
+    ) -> Self {
+        let (view, seq) = slot;
+        let signed = vote_digest(chain, epoch, phase, view, seq, &digest);
+        Vote {
+            phase,
+            view,
+            seq,
+            digest,
+            replica,
+            signature: key.sign(&signed),
+        }
+    }
+
+    /// The digest the signature covers.
+    pub fn signed_digest(&self, chain: &ChainId, epoch: u64) -> Digest {
+        vote_digest(chain, epoch, self.phase, self.view, self.seq, &self.digest)
+    }
+}
+
+/// The digest a vote's signature covers; also what each QC signature covers.
+pub fn vote_digest(
+    chain: &ChainId,
+    epoch: u64,
+    phase: Phase,
+    view: u64,
+    seq: u64,
+    digest: &Digest,
+) -> Digest {
+    Hasher::new(phase.domain())
+        .digest(&chain.0)
+        .u64(epoch)
+        .u64(view)
+        .u64(seq)
+        .digest(digest)
+        .finish()
+}
+
+/// The primary's proposal: its signed statement plus the batch itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrePrepare {
+    /// The signed statement; its phase is [`Phase::PrePrepare`].
+    pub vote: Vote,
+    /// The batch whose Merkle root is `vote.digest`.
+    pub batch: Batch,
+}
+
+/// A validator's signed answer to a client.
+///
+/// A validator signs once per executed batch: the signature covers the Merkle root of the
+/// batch's reply digests, and each reply carries its path to that root. This keeps signing
+/// off the per-request path.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    /// The view the request committed in (tells the client the current primary).
+    pub view: u64,
+    /// The sequence number whose batch held the request.
+    pub seq: u64,
+    /// The client the reply is for.
+    pub client: PublicKey,
+    /// The request this answers.
+    pub client_seq: u64,
+    /// The application's result.
+    #[serde(with = "serde_bytes")]
+    pub result: Vec<u8>,
+    /// Path from this reply's digest to the signed root.
+    pub proof: InclusionProof,
+    /// The validator that executed and signed.
+    pub replica: ReplicaId,
+    /// Signature over [`reply_root_digest`] of the root.
+    pub signature: Signature,
+}
+
+impl Reply {
+    /// The leaf digest of this reply in its batch's reply tree.
+    pub fn leaf(&self, chain: &ChainId) -> Digest {
+        reply_leaf(chain, &self.client, self.client_seq, &self.result)
+    }
+}
+
+/// The leaf for one reply in a batch's reply tree.
+pub fn reply_leaf(chain: &ChainId, client: &PublicKey, client_seq: u64, result: &[u8]) -> Digest {
+    Hasher::new(b"pbft/v1/reply")
+        .digest(&chain.0)
+        .bytes(&client.0)
+        .u64(client_seq)
+        .bytes(result)
+        .finish()
+}
+
+/// What a validator signs for all replies of one batch.
+pub fn reply_root_digest(
+    chain: &ChainId,
+    epoch: u64,
+    view: u64,
+    seq: u64,
+    root: &Digest,
+) -> Digest {
+    Hasher::new(b"pbft/v1/reply-root")
+        .digest(&chain.0)
+        .u64(epoch)
+        .u64(view)
+        .u64(seq)
+        .digest(root)
+        .finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chain() -> ChainId {
+        ChainId::from_name("test")
+    }
+
+    #[test]
+    fn signed_digests_are_separated_by_phase_chain_and_epoch() {
+        let d = Digest([9; 32]);
+        let base = vote_digest(&chain(), 0, Phase::Prepare, 1, 2, &d);
+        assert_ne!(base, vote_digest(&chain(), 0, Phase::Commit, 1, 2, &d));
+        assert_ne!(base, vote_digest(&chain(), 0, Phase::PrePrepare, 1, 2, &d));
+        assert_ne!(
+            base,
+            vote_digest(&ChainId::from_name("other"), 0, Phase::Prepare, 1, 2, &d)
+        );
+        assert_ne!(base, vote_digest(&chain(), 1, Phase::Prepare, 1, 2, &d));
+        assert_ne!(base, vote_digest(&chain(), 0, Phase::Prepare, 2, 1, &d));
+    }
+}
