@@ -2,7 +2,6 @@
 //! check offline, without trusting the replica that handed them out.
 
 use alloc::vec::Vec;
-use core::fmt;
 
 use serde::{Deserialize, Serialize};
 
@@ -40,11 +39,13 @@ pub struct Committed {
 }
 
 /// Why a certificate, inclusion proof or piece of evidence does not hold.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CertificateError {
     /// Made for another network.
+    #[error("certificate is for another chain")]
     WrongChain,
     /// Made by another epoch's validator set.
+    #[error("certificate is for epoch {got}, validator set is epoch {expected}")]
     WrongEpoch {
         /// The certificate's epoch.
         got: u64,
@@ -52,6 +53,7 @@ pub enum CertificateError {
         expected: u64,
     },
     /// Fewer distinct signers than a quorum.
+    #[error("{got} signatures, a quorum is {needed}")]
     TooFewSignatures {
         /// Signatures present.
         got: usize,
@@ -59,39 +61,20 @@ pub enum CertificateError {
         needed: usize,
     },
     /// Signers are repeated or out of order.
+    #[error("signer {0} repeated or out of order")]
     DuplicateSigner(ReplicaId),
     /// A signer is not in the validator set.
+    #[error("signer {0} is not a validator")]
     UnknownSigner(ReplicaId),
     /// At least one signature does not verify.
+    #[error("a signature does not verify")]
     BadSignature,
     /// The inclusion proof does not lead to the certificate's digest.
+    #[error("request is not in the certified batch")]
     NotIncluded,
     /// The two votes do not conflict (different slot, phase or signer, or the same digest).
+    #[error("the votes do not conflict")]
     NotConflicting,
-}
-
-impl fmt::Display for CertificateError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            CertificateError::WrongChain => f.write_str("certificate is for another chain"),
-            CertificateError::WrongEpoch { got, expected } => {
-                write!(
-                    f,
-                    "certificate is for epoch {got}, validator set is epoch {expected}"
-                )
-            }
-            CertificateError::TooFewSignatures { got, needed } => {
-                write!(f, "{got} signatures, a quorum is {needed}")
-            }
-            CertificateError::DuplicateSigner(id) => {
-                write!(f, "signer {id} repeated or out of order")
-            }
-            CertificateError::UnknownSigner(id) => write!(f, "signer {id} is not a validator"),
-            CertificateError::BadSignature => f.write_str("a signature does not verify"),
-            CertificateError::NotIncluded => f.write_str("request is not in the certified batch"),
-            CertificateError::NotConflicting => f.write_str("the votes do not conflict"),
-        }
-    }
 }
 
 /// Checks a QC with nothing but the chain id and the validator set.

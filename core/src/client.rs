@@ -3,7 +3,6 @@
 
 use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::vec::Vec;
-use core::fmt;
 
 use crate::config::{ChainId, ReplicaId, ValidatorSet};
 use crate::crypto::{Digest, Keypair, PublicKey, digest_of};
@@ -26,30 +25,23 @@ pub struct Outcome {
 }
 
 /// Why a reply was not counted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ClientError {
     /// The bytes are not a message.
+    #[error("undecodable reply: {0}")]
     Decode(DecodeError),
     /// A message, but not a reply.
+    #[error("message is not a reply")]
     NotAReply,
     /// The reply is for another client or another request than the outstanding one.
+    #[error("reply is not for the outstanding request")]
     NotOutstanding,
     /// The signer is not a validator.
+    #[error("reply from {0}, not a validator")]
     UnknownReplica(ReplicaId),
     /// The Merkle path or the signature does not verify.
+    #[error("reply signature does not verify")]
     BadSignature,
-}
-
-impl fmt::Display for ClientError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ClientError::Decode(err) => write!(f, "undecodable reply: {err}"),
-            ClientError::NotAReply => f.write_str("message is not a reply"),
-            ClientError::NotOutstanding => f.write_str("reply is not for the outstanding request"),
-            ClientError::UnknownReplica(id) => write!(f, "reply from {id}, not a validator"),
-            ClientError::BadSignature => f.write_str("reply signature does not verify"),
-        }
-    }
 }
 
 /// Largest reply a client decodes by default: a result and its Merkle path. 4 MiB, the same

@@ -44,30 +44,23 @@ pub struct ValidatorSet {
 }
 
 /// Why a validator set or config cannot be used.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
     /// A validator set needs at least one key.
+    #[error("the validator set is empty")]
     EmptyValidatorSet,
     /// Ids are `u16`.
+    #[error("{0} validators; at most 65535")]
     TooManyValidators(usize),
     /// The same key appears twice.
+    #[error("validator {0} is listed twice")]
     DuplicateValidator(PublicKey),
     /// A key fails the signature acceptance rule.
+    #[error("validator key {0}: {1}")]
     BadValidatorKey(PublicKey, crate::crypto::CryptoError),
     /// A field is out of its range; the text says which and why.
+    #[error("{0}")]
     Invalid(&'static str),
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ConfigError::EmptyValidatorSet => f.write_str("the validator set is empty"),
-            ConfigError::TooManyValidators(n) => write!(f, "{n} validators; at most 65535"),
-            ConfigError::DuplicateValidator(key) => write!(f, "validator {key} is listed twice"),
-            ConfigError::BadValidatorKey(key, err) => write!(f, "validator key {key}: {err}"),
-            ConfigError::Invalid(why) => f.write_str(why),
-        }
-    }
 }
 
 impl ValidatorSet {

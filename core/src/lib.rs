@@ -7,6 +7,76 @@
 //! The crate is `no_std` + `alloc` and does no I/O: a [`Replica`] takes inputs with the current
 //! time and returns [`Output`]s for the host to carry out, in order. A [`Client`] builds signed
 //! requests and accepts a result from f + 1 matching signed replies.
+//!
+//! # Driving a replica
+//!
+//! A host owns the clock, the sockets and the disk. It hands each input to the replica with
+//! the time in ms, then drains [`Replica::poll_output`] and acts on each output in order
+//! (a [`Output::Persist`] is durable before any later [`Output::Send`] leaves), and calls
+//! [`Replica::handle_timeout`] once [`Replica::poll_timeout`] has passed. Four replicas wired
+//! in memory, one request:
+//!
+//! ```
+//! use pbft_core::{ChainId, Config, Destination, Keypair, Output, Replica, Request, ValidatorSet};
+//!
+//! # fn main() -> Result<(), Box<dyn core::error::Error>> {
+//! let chain = ChainId::from_name("doc");
+//! let keys: Vec<Keypair> = (1..=4).map(|i| Keypair::from_seed(&[i; 32])).collect();
+//! let public: Vec<_> = keys.iter().map(Keypair::public_key).collect();
+//! let set = ValidatorSet::new(0, &public)?;
+//! let mut replicas = Vec::new();
+//! for key in &keys {
+//!     let key = Keypair::from_seed(&key.seed());
+//!     replicas.push(Replica::new(Config::new(chain), set.clone(), key)?);
+//! }
+//! let client = Keypair::from_seed(&[9; 32]);
+//! let mut now = 0; // ms on the host's monotonic clock
+//! replicas[0].submit(now, Request::new(&chain, &client, 1, b"put k v".to_vec()))?;
+//!
+//! let mut executed = [0u64; 4];
+//! while executed.iter().any(|&seq| seq < 1) {
+//!     let mut wire = Vec::new();
+//!     for (index, replica) in replicas.iter_mut().enumerate() {
+//!         while let Some(output) = replica.poll_output() {
+//!             match output {
+//!                 // A real host appends record.encode() to its log and fsyncs it before
+//!                 // the sends that follow leave.
+//!                 Output::Persist(_record) => {}
+//!                 Output::Send { to, bytes } => wire.push((index, to, bytes)),
+//!                 Output::Deliver(delivery) => {
+//!                     // Execute delivery.execute in order; one result each.
+//!                     let results = vec![b"ok".to_vec(); delivery.execute.len()];
+//!                     let snapshot = delivery.checkpoint.then(Vec::new);
+//!                     replica.executed(now, delivery.seq, results, snapshot)?;
+//!                     executed[index] = delivery.seq;
+//!                 }
+//!                 _ => {} // evidence, installs: see `Output`
+//!             }
+//!         }
+//!     }
+//!     for (from, to, bytes) in wire {
+//!         let targets: Vec<usize> = match to {
+//!             Destination::Validator(id) => vec![usize::from(id.0)],
+//!             Destination::AllValidators => (0..4).filter(|&i| i != from).collect(),
+//!             _ => Vec::new(), // replies go to the client
+//!         };
+//!         for target in targets {
+//!             // Errors say why a message was refused; the replica goes on either way.
+//!             let _ = replicas[target].handle_message(now, &public[from], &bytes);
+//!         }
+//!     }
+//!     now += 1;
+//!     for replica in &mut replicas {
+//!         if replica.poll_timeout().is_some_and(|at| at <= now) {
+//!             replica.handle_timeout(now);
+//!         }
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! `core/examples/udp.rs` runs the same loop over UDP sockets, one thread per replica.
 #![no_std]
 #![cfg_attr(
     not(test),

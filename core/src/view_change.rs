@@ -31,7 +31,6 @@
 //! produce a valid `NewView`, which costs liveness until the next view, never safety.
 
 use alloc::vec::Vec;
-use core::fmt;
 
 use serde::{Deserialize, Serialize};
 
@@ -201,18 +200,23 @@ impl NewView {
 }
 
 /// Why a view change or a new view is refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ViewChangeError {
     /// View 0 has no view change; or a view change inside a new view is for another view.
+    #[error("view change for the wrong view")]
     WrongView,
     /// The signer of a view change or new view is not who may sign it.
+    #[error("signed by {0}, who may not sign it")]
     WrongSigner(ReplicaId),
     /// The stable checkpoint does not verify.
+    #[error("stable checkpoint: {0}")]
     Checkpoint(CertificateError),
     /// A prepared certificate is malformed (wrong phase, view, signer, count, order or range);
     /// the number is its sequence number.
+    #[error("malformed prepared certificate at seq {0}")]
     BadPrepared(u64),
     /// A new view carries fewer distinct view changes than a quorum.
+    #[error("{got} view changes, a quorum is {needed}")]
     TooFewViewChanges {
         /// Distinct view changes present.
         got: usize,
@@ -220,39 +224,16 @@ pub enum ViewChangeError {
         needed: usize,
     },
     /// View changes are repeated or out of signer order.
+    #[error("view change of {0} repeated or out of order")]
     DuplicateViewChange(ReplicaId),
     /// The proposals differ from those the view changes determine, at this sequence number
     /// (a prepared batch omitted or replaced, a gap not filled with the null batch, or a
     /// proposal too many or too few).
+    #[error("proposal at seq {0} is not what the view changes determine")]
     WrongProposal(u64),
     /// At least one signature does not verify.
+    #[error("a signature does not verify")]
     BadSignature,
-}
-
-impl fmt::Display for ViewChangeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ViewChangeError::WrongView => f.write_str("view change for the wrong view"),
-            ViewChangeError::WrongSigner(id) => write!(f, "signed by {id}, who may not sign it"),
-            ViewChangeError::Checkpoint(err) => write!(f, "stable checkpoint: {err}"),
-            ViewChangeError::BadPrepared(seq) => {
-                write!(f, "malformed prepared certificate at seq {seq}")
-            }
-            ViewChangeError::TooFewViewChanges { got, needed } => {
-                write!(f, "{got} view changes, a quorum is {needed}")
-            }
-            ViewChangeError::DuplicateViewChange(id) => {
-                write!(f, "view change of {id} repeated or out of order")
-            }
-            ViewChangeError::WrongProposal(seq) => {
-                write!(
-                    f,
-                    "proposal at seq {seq} is not what the view changes determine"
-                )
-            }
-            ViewChangeError::BadSignature => f.write_str("a signature does not verify"),
-        }
-    }
 }
 
 impl From<CryptoError> for ViewChangeError {

@@ -24,6 +24,7 @@ mod slot;
 mod timers;
 mod transfer;
 mod view_change;
+mod window;
 
 pub use exactly_once::ClientRecord;
 pub use output::{Delivery, Destination, Install, Output, Record};
@@ -34,7 +35,7 @@ use alloc::vec::Vec;
 
 use crate::certificate::Committed;
 use crate::config::{Config, ConfigError, ReplicaId, ValidatorSet};
-use crate::crypto::{BatchVerifier, Digest, Keypair, PublicKey};
+use crate::crypto::{BatchVerifier, Keypair, PublicKey};
 use crate::error::Error;
 use crate::merkle;
 use crate::message::Message;
@@ -256,11 +257,6 @@ impl Replica {
         result
     }
 
-    /// The high watermark: the last seq in the window.
-    fn high(&self) -> u64 {
-        self.low.saturating_add(self.config.window)
-    }
-
     fn on_message(&mut self, from: &PublicKey, message: Message) -> Result<(), Error> {
         if let Message::Request(request) = message {
             // Only a client's own copy is forwarded: a copy a validator forwarded is never
@@ -283,50 +279,6 @@ impl Replica {
             Message::Request(_) | Message::Reply(_) => {
                 Err(Error::UnexpectedMessage(message.kind()))
             }
-        }
-    }
-
-    /// Checks view and window; buffers messages above the window.
-    fn on_consensus(&mut self, from: &PublicKey, message: Message) -> Result<(), Error> {
-        let (view, seq) = match &message {
-            Message::PrePrepare(pre_prepare) => (pre_prepare.vote.view, pre_prepare.vote.seq),
-            Message::Vote(vote) => (vote.view, vote.seq),
-            _ => return Err(Error::UnexpectedMessage(message.kind())),
-        };
-        if view == self.view && self.mode != Mode::Normal {
-            return Err(Error::ViewChanging);
-        }
-        if view < self.view {
-            return Err(Error::StaleView {
-                got: view,
-                current: self.view,
-            });
-        }
-        if view > self.view {
-            return Err(Error::FutureView {
-                got: view,
-                current: self.view,
-            });
-        }
-        if seq <= self.low {
-            return Err(Error::OutOfWindow {
-                seq,
-                low: self.low + 1,
-                high: self.high(),
-            });
-        }
-        if seq > self.high() {
-            let queue = self.ahead.entry(*from).or_default();
-            if queue.len() >= self.config.max_future_per_peer {
-                return Err(Error::FutureBufferFull);
-            }
-            queue.push_back(message);
-            return Ok(());
-        }
-        match message {
-            Message::PrePrepare(pre_prepare) => self.on_pre_prepare(pre_prepare),
-            Message::Vote(vote) => self.on_vote(vote),
-            _ => Err(Error::UnexpectedMessage(message.kind())),
         }
     }
 
@@ -541,34 +493,5 @@ impl Replica {
             slot.certificate = slot.commit_certificate(chain, epoch, seq, quorum);
         }
         self.deliver_ready();
-    }
-
-    /// Signs a prepare or commit, persists it, then broadcasts it and counts it locally.
-    /// The order is the durability contract: the record precedes the send.
-    fn cast(&mut self, phase: Phase, seq: u64, digest: Digest) {
-        if seq <= self.checkpoints.stable().seq {
-            // Every slot at or below the stable checkpoint is final: there is nothing left to
-            // vote on, and a replica restored from its records (which keep no votes down
-            // there) must not be led into a vote for another digest.
-            self.metrics.refused_to_equivocate += 1;
-            return;
-        }
-        let Some(vote) = self.sign_vote(phase, seq, digest) else {
-            return;
-        };
-        self.publish(Record::Signed(vote.clone()), &Message::Vote(vote.clone()));
-        if let Some(slot) = self.log.get_mut(&seq) {
-            slot.add_vote(vote);
-        }
-    }
-
-    /// Queues `bytes` for `to` and counts them.
-    fn send(&mut self, to: Destination, bytes: Vec<u8>) {
-        self.metrics.bytes_sent += self.outbox.send(to, bytes);
-    }
-
-    /// Queues `record`, then `message` (which carries its signature) to every peer.
-    fn publish(&mut self, record: Record, message: &Message) {
-        self.metrics.bytes_sent += self.outbox.publish(record, message);
     }
 }

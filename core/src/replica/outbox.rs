@@ -7,6 +7,7 @@
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
+use super::Replica;
 use super::output::{Destination, Output, Record};
 use crate::message::Message;
 
@@ -59,6 +60,18 @@ impl Outbox {
     /// The next output, oldest first.
     pub(super) fn pop(&mut self) -> Option<Output> {
         self.queue.pop_front()
+    }
+}
+
+impl Replica {
+    /// Queues `bytes` for `to` and counts them.
+    pub(super) fn send(&mut self, to: Destination, bytes: Vec<u8>) {
+        self.metrics.bytes_sent += self.outbox.send(to, bytes);
+    }
+
+    /// Queues `record`, then `message` (which carries its signature) to every peer.
+    pub(super) fn publish(&mut self, record: Record, message: &Message) {
+        self.metrics.bytes_sent += self.outbox.publish(record, message);
     }
 }
 

@@ -11,8 +11,10 @@ use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
 use super::Replica;
+use super::output::Record;
 use crate::config::{ChainId, ReplicaId};
 use crate::crypto::{Digest, Keypair, Signature};
+use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::statement::{Phase, Vote};
 use crate::view_change::{NewView, Prepared, StableCheckpoint, ViewChange};
@@ -161,6 +163,25 @@ impl Replica {
         }
         self.signer
             .vote(&mut self.metrics, phase, (self.view, seq), digest)
+    }
+
+    /// Signs a prepare or commit, persists it, then broadcasts it and counts it locally.
+    /// The order is the durability contract: the record precedes the send.
+    pub(super) fn cast(&mut self, phase: Phase, seq: u64, digest: Digest) {
+        if seq <= self.checkpoints.stable().seq {
+            // Every slot at or below the stable checkpoint is final: there is nothing left to
+            // vote on, and a replica restored from its records (which keep no votes down
+            // there) must not be led into a vote for another digest.
+            self.metrics.refused_to_equivocate += 1;
+            return;
+        }
+        let Some(vote) = self.sign_vote(phase, seq, digest) else {
+            return;
+        };
+        self.publish(Record::Signed(vote.clone()), &Message::Vote(vote.clone()));
+        if let Some(slot) = self.log.get_mut(&seq) {
+            slot.add_vote(vote);
+        }
     }
 
     /// Whether a vote for `digest` at `seq` agrees with what this replica executed: at or

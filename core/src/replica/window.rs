@@ -1,0 +1,137 @@
+//! The watermark window (Castro and Liskov, section 4.3): seqs in (low, low + window] may be
+//! ordered. Consensus messages below it are refused, those above it buffered per peer (a
+//! bounded number each) and replayed once the window moves; moving it frees the log below
+//! into the archive of committed batches.
+
+use alloc::vec::Vec;
+
+use super::Mode;
+use super::Replica;
+use crate::certificate::Committed;
+use crate::crypto::PublicKey;
+use crate::error::Error;
+use crate::message::Message;
+
+impl Replica {
+    /// The high watermark: the last seq in the window.
+    pub(super) fn high(&self) -> u64 {
+        self.low.saturating_add(self.config.window)
+    }
+
+    /// Checks view and window; buffers messages above the window.
+    pub(super) fn on_consensus(&mut self, from: &PublicKey, message: Message) -> Result<(), Error> {
+        let (view, seq) = match &message {
+            Message::PrePrepare(pre_prepare) => (pre_prepare.vote.view, pre_prepare.vote.seq),
+            Message::Vote(vote) => (vote.view, vote.seq),
+            _ => return Err(Error::UnexpectedMessage(message.kind())),
+        };
+        if view == self.view && self.mode != Mode::Normal {
+            return Err(Error::ViewChanging);
+        }
+        if view < self.view {
+            return Err(Error::StaleView {
+                got: view,
+                current: self.view,
+            });
+        }
+        if view > self.view {
+            return Err(Error::FutureView {
+                got: view,
+                current: self.view,
+            });
+        }
+        if seq <= self.low {
+            return Err(Error::OutOfWindow {
+                seq,
+                low: self.low + 1,
+                high: self.high(),
+            });
+        }
+        if seq > self.high() {
+            let queue = self.ahead.entry(*from).or_default();
+            if queue.len() >= self.config.max_future_per_peer {
+                return Err(Error::FutureBufferFull);
+            }
+            queue.push_back(message);
+            return Ok(());
+        }
+        match message {
+            Message::PrePrepare(pre_prepare) => self.on_pre_prepare(pre_prepare),
+            Message::Vote(vote) => self.on_vote(vote),
+            _ => Err(Error::UnexpectedMessage(message.kind())),
+        }
+    }
+
+    /// Moves the low watermark to the stable checkpoint (or to the executed seq while this
+    /// replica is still catching up to it) and frees what lies below: slots go to the archive
+    /// of committed batches, which keeps the newest `retained_batches`.
+    pub(super) fn update_low(&mut self) {
+        if self
+            .transfer
+            .as_ref()
+            .is_some_and(|t| t.target_seq() <= self.executed)
+        {
+            // Caught up by replaying batches after all.
+            self.transfer = None;
+        }
+        let stable = self.checkpoints.stable();
+        let target = self.executed.min(stable.seq);
+        if target <= self.low {
+            return;
+        }
+        if self.executed >= stable.seq
+            && self
+                .checkpoints
+                .own(stable.seq)
+                .is_some_and(|own| own != stable.digest)
+        {
+            // A quorum reached another state than this replica did: its execution is not
+            // deterministic, or its storage is corrupt. The quorum's checkpoint stands.
+            self.metrics.checkpoint_mismatches += 1;
+        }
+        let kept = self.log.split_off(&(target + 1));
+        let freed = core::mem::replace(&mut self.log, kept);
+        for (_, slot) in freed {
+            if let (Some(batch), Some(certificate)) = (slot.batch, slot.certificate) {
+                self.archive.push_back(Committed { batch, certificate });
+            }
+        }
+        while self.archive.len() > self.config.retained_batches {
+            self.archive.pop_front();
+        }
+        self.checkpoints.prune(target);
+        self.signer.forget_through(target);
+        self.low = target;
+        self.replay_ahead();
+        if self.is_primary() && self.intake.pending_len() > 0 {
+            self.propose(false);
+        }
+    }
+
+    /// Replays buffered messages that the moved window now covers; drops those below it.
+    fn replay_ahead(&mut self) {
+        let high = self.high();
+        let mut ready = Vec::new();
+        for (peer, queue) in self.ahead.iter_mut() {
+            queue.retain(|message| {
+                let seq = match message {
+                    Message::PrePrepare(p) => p.vote.seq,
+                    Message::Vote(v) => v.seq,
+                    _ => 0,
+                };
+                if seq <= high {
+                    ready.push((*peer, message.clone()));
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        self.ahead.retain(|_, queue| !queue.is_empty());
+        for (peer, message) in ready {
+            let result = self.on_message(&peer, message);
+            // Failures are counted like any input's; the replay goes on.
+            let _ = self.count(result);
+        }
+    }
+}
