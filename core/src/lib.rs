@@ -126,16 +126,16 @@ pub use statement::{
     Batch, Phase, PrePrepare, Reply, Request, Vote, reply_leaf, reply_root_digest, vote_digest,
 };
 
-// Certificates and the offline checks anyone holding the validator set can run.
-pub use certificate::{
-    CertificateError, Committed, Evidence, QuorumCertificate, verify_evidence, verify_inclusion,
-    verify_qc,
-};
+// Certificates and evidence.
+pub use certificate::{CertificateError, Committed, Evidence, QuorumCertificate};
 pub use merkle::InclusionProof;
 pub use view_change::{
     NewView, Plan, Prepared, StableCheckpoint, ViewChange, ViewChangeError, null_digest, plan,
-    verify_checkpoint, verify_new_view, verify_view_change,
 };
+
+// The offline checks: anyone holding the validator set verifies what a replica hands out.
+pub use certificate::{verify_evidence, verify_inclusion, verify_qc};
+pub use view_change::{verify_checkpoint, verify_new_view, verify_view_change};
 
 // Errors and counters.
 pub use error::Error;
