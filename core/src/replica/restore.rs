@@ -296,7 +296,9 @@ impl Replica {
         let own: Vec<Vote> = self
             .signer
             .votes()
-            .filter(|vote| vote.phase == Phase::Checkpoint && vote.seq > stable)
+            .filter(|vote| {
+                vote.phase == Phase::Checkpoint && vote.seq > stable && vote.replica == self.id
+            })
             .cloned()
             .collect();
         for vote in own {
