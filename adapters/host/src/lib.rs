@@ -4,6 +4,7 @@
 //! application, key and config files, and the node driver that ties a replica, its log and its
 //! application together.
 
+pub mod application;
 pub mod config;
 pub mod driver;
 pub mod framing;
