@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pbft_host::config::NodeConfig;
-use pbft_host::driver::{Connections, Driver, Input, Router, Slot};
+use pbft_host::driver::{Connections, Driver, Input, Role, Router, Slot};
 use pbft_host::framing::StreamEnd;
 pub use pbft_host::start::RunError;
 use pbft_host::start::{Started, start};
@@ -95,10 +95,13 @@ async fn accept_loop(
 ) {
     let connections = Arc::new(Connections::default());
     while let Some(incoming) = endpoint.accept().await {
-        let Some(slot) = connections.take() else {
-            driver.metrics().reject("too_many_connections");
-            incoming.refuse();
-            continue;
+        let slot = match connections.take() {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                driver.metrics().reject(refusal.reason());
+                incoming.refuse();
+                continue;
+            }
         };
         tokio::spawn(serve(
             slot,
@@ -126,15 +129,16 @@ async fn serve(
         return;
     };
     let clients = metrics.clients_connected.get() as usize;
-    let (key, is_peer) = match transport::admit(&connection, &validators, clients) {
+    let (key, role) = match transport::admit(&connection, &validators, clients) {
         Ok(admitted) => admitted,
-        Err(reason) => {
-            tracing::debug!(remote = %connection.remote_address(), reason, "refused");
-            let code = match reason {
-                "too_many_clients" => close::BUSY,
-                _ => close::UNKNOWN_KEY,
-            };
-            refuse(&metrics, &connection, code, reason);
+        Err(refusal) => {
+            tracing::debug!(remote = %connection.remote_address(), %refusal, "refused");
+            refuse(
+                &metrics,
+                &connection,
+                close::refused(refusal),
+                refusal.reason(),
+            );
             return;
         }
     };
@@ -144,7 +148,7 @@ async fn serve(
         let connection = connection.clone();
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            let end = if is_peer {
+            let end = if role == Role::Validator {
                 read_frames(&mut recv, max, |bytes| {
                     hand_over(&driver, Input::Peer { from: key, bytes })
                 })

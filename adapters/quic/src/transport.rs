@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pbft_core::PublicKey;
-use pbft_host::driver::{self, Driver, Input};
+use pbft_host::driver::{self, Driver, Input, Refusal, Role};
 use pbft_host::framing::{self, Decoder, StreamEnd};
 use pbft_host::metrics::NodeMetrics;
 use pbft_host::session::Inbound;
@@ -51,6 +51,8 @@ impl std::error::Error for TransportError {}
 
 /// Application close codes, so the other side's logs say why.
 pub mod close {
+    use pbft_host::driver::Refusal;
+
     /// The node is shutting down.
     pub const SHUTDOWN: u32 = 0;
     /// The key is not admitted for the role its ALPN asked for.
@@ -59,6 +61,14 @@ pub mod close {
     pub const BAD_FRAME: u32 = 2;
     /// Too many clients are connected.
     pub const BUSY: u32 = 3;
+
+    /// The code that tells the other side why admission refused it.
+    pub fn refused(refusal: Refusal) -> u32 {
+        match refusal {
+            Refusal::TooManyClients | Refusal::TooManyConnections => BUSY,
+            Refusal::NoKey | Refusal::UnknownRole | Refusal::UnknownKey => UNKNOWN_KEY,
+        }
+    }
 }
 
 fn transport_config() -> Arc<quinn::TransportConfig> {
@@ -231,24 +241,24 @@ pub async fn link(
     }
 }
 
-/// The key and role (validator or not) a finished handshake admits, or why it is refused.
+/// The key and role a finished handshake admits, or why it is refused.
 pub fn admit(
     connection: &Connection,
     validators: &pbft_core::ValidatorSet,
     clients: usize,
-) -> Result<(PublicKey, bool), &'static str> {
-    let key = peer_key(connection).ok_or("no_peer_key")?;
+) -> Result<(PublicKey, Role), Refusal> {
+    let key = peer_key(connection).ok_or(Refusal::NoKey)?;
     let alpn = connection
         .handshake_data()
         .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
         .and_then(|data| data.protocol);
-    let peer = match alpn.as_deref() {
-        Some(ALPN_PEER) => true,
-        Some(ALPN_CLIENT) => false,
-        _ => return Err("unknown_protocol"),
+    let role = match alpn.as_deref() {
+        Some(ALPN_PEER) => Role::Validator,
+        Some(ALPN_CLIENT) => Role::Client,
+        _ => return Err(Refusal::UnknownRole),
     };
-    driver::admits(validators, &key, peer, clients)?;
-    Ok((key, peer))
+    driver::admits(validators, &key, role, clients)?;
+    Ok((key, role))
 }
 
 /// Counts a refused connection or stream in the node's metrics.

@@ -88,9 +88,12 @@ async fn accept_loop(
 ) {
     let connections = Arc::new(driver::Connections::default());
     while let Ok((stream, _)) = listener.accept().await {
-        let Some(slot) = connections.take() else {
-            driver.metrics().reject("too_many_connections");
-            continue;
+        let slot = match connections.take() {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                driver.metrics().reject(refusal.reason());
+                continue;
+            }
         };
         smol::spawn(serve(
             slot,
@@ -120,7 +123,11 @@ async fn serve(
     let _ = stream.set_nodelay(true);
     let clients = metrics.clients_connected.get() as usize;
     let admit = |key: &pbft_core::PublicKey, role: Role| {
-        driver::admits(&validators, key, role == Role::Peer, clients).is_ok()
+        let role = match role {
+            Role::Peer => driver::Role::Validator,
+            Role::Client | Role::Server => driver::Role::Client,
+        };
+        driver::admits(&validators, key, role, clients)
     };
     let (channel, key, role) = match respond(&mut stream, &chain, &keypair, admit).await {
         Ok(accepted) => accepted,

@@ -5,6 +5,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use pbft_core::{ChainId, Keypair};
+use pbft_host::driver::Refusal;
 use pbft_tcp::secure::{HandshakeError, Role, initiate, respond};
 use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use smol::net::{TcpListener, TcpStream};
@@ -58,7 +59,11 @@ async fn serve_once(
     node: &Keypair,
 ) -> Result<pbft_core::PublicKey, HandshakeError> {
     let (mut stream, _) = listener.accept().await.unwrap();
-    respond(&mut stream, &chain(), node, |_, role| role == Role::Peer)
+    let peers_only = |_: &_, role| match role {
+        Role::Peer => Ok(()),
+        _ => Err(Refusal::UnknownKey),
+    };
+    respond(&mut stream, &chain(), node, peers_only)
         .await
         .map(|(_, key, _)| key)
 }
@@ -73,7 +78,7 @@ fn both_sides_prove_their_keys_and_talk() {
             let node = Keypair::from_seed(&node.seed());
             async move {
                 let (mut stream, _) = listener.accept().await.unwrap();
-                let (channel, key, role) = respond(&mut stream, &chain(), &node, |_, _| true)
+                let (channel, key, role) = respond(&mut stream, &chain(), &node, |_, _| Ok(()))
                     .await
                     .unwrap();
                 let message = channel.read(&mut stream).await.unwrap().unwrap();
