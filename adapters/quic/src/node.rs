@@ -13,9 +13,7 @@ use pbft_host::start::{Started, start};
 use quinn::{Endpoint, Incoming, VarInt};
 
 use crate::identity::ALPN_PEER;
-use crate::transport::{
-    self, TransportError, close, hand_over, link, read_frames, refuse, write_frames,
-};
+use crate::transport::{self, TransportError, close, link, read_frames, refuse, write_frames};
 
 /// Runs the validator `config` describes until `shutdown` completes (then it stops
 /// accepting, makes its log durable, and closes every connection with a reason) or the
@@ -150,13 +148,13 @@ async fn serve(
         tokio::spawn(async move {
             let end = if role == Role::Validator {
                 read_frames(&mut recv, max, |bytes| {
-                    hand_over(&driver, Input::Peer { from: key, bytes })
+                    driver.input(Input::Peer { from: key, bytes })
                 })
                 .await
             } else {
                 let queue = router.attach_client(key);
                 let reader = read_frames(&mut recv, max, |bytes| {
-                    hand_over(&driver, Input::Client { from: key, bytes })
+                    driver.input(Input::Client { from: key, bytes })
                 });
                 let end = tokio::select! {
                     end = reader => end,

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pbft_core::PublicKey;
-use pbft_host::driver::{self, Driver, Input, Refusal, Role};
+use pbft_host::driver::{self, Refusal, Role};
 use pbft_host::framing::{self, Decoder, StreamEnd};
 use pbft_host::metrics::NodeMetrics;
 use pbft_host::session::Inbound;
@@ -149,15 +149,6 @@ where
             return end;
         }
     }
-}
-
-/// Hands an input to the node, waiting while its queue is full (back-pressure on this
-/// stream only). False once the node has stopped.
-pub async fn hand_over(driver: &Driver, input: Input) -> bool {
-    driver::hand_over(driver, input, || {
-        tokio::time::sleep(Duration::from_millis(1))
-    })
-    .await
 }
 
 /// Writes the frames queued for one connection, several per write, until the queue closes

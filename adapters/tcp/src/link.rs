@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pbft_core::{ChainId, Keypair, PublicKey};
-use pbft_host::driver::{self, Driver, Input};
 use pbft_host::framing::{self, Decoder, StreamEnd};
 use pbft_host::metrics::Gauge;
 use pbft_host::session::Inbound;
@@ -54,14 +53,6 @@ pub async fn write_frames(
         }
     }
     false
-}
-
-/// Hands an input to the node, pausing while its queue is full.
-pub async fn hand_over(driver: &Driver, input: Input) -> bool {
-    driver::hand_over(driver, input, || async {
-        smol::Timer::after(Duration::from_millis(1)).await;
-    })
-    .await
 }
 
 /// Who a link authenticates as, and whom it expects at the other end.

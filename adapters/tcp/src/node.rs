@@ -11,7 +11,7 @@ use pbft_host::framing::StreamEnd;
 use pbft_host::start::{RunError, Started, start};
 use smol::net::{TcpListener, TcpStream};
 
-use crate::link::{Identity, hand_over, link, read_frames, write_frames};
+use crate::link::{Identity, link, read_frames, write_frames};
 use crate::secure::{Role, respond};
 
 /// Runs the validator `config` describes until `shutdown` yields or closes (then it stops
@@ -139,13 +139,13 @@ async fn serve(
     let mut reader = stream.clone();
     let end = if role == Role::Peer {
         read_frames(&mut reader, &channel, max, |bytes| {
-            hand_over(&driver, Input::Peer { from: key, bytes })
+            driver.input(Input::Peer { from: key, bytes })
         })
         .await
     } else {
         let queue = router.attach_client(key);
         let reading = read_frames(&mut reader, &channel, max, |bytes| {
-            hand_over(&driver, Input::Client { from: key, bytes })
+            driver.input(Input::Client { from: key, bytes })
         });
         let writing = async {
             write_frames(&mut stream, &channel, &queue.frames, max).await;

@@ -1,7 +1,8 @@
 //! Runs a [`Node`] on a thread of its own, fed through a bounded queue of [`Input`]s.
 //!
 //! Transports own sockets and tasks; they admit a connection ([`admission`]), then push its
-//! frames into [`Driver::input`] and drain the queues the [`Router`] hands them. The node's
+//! frames into [`Driver::input`] (which waits while the queue is full: back-pressure on that
+//! one stream) and drain the queues the [`Router`] hands them. The node's
 //! thread does everything CPU-heavy (signature checks, execution, fsync) so I/O tasks never
 //! wait on it; what it sends goes out through the [`router`], what clients ask is answered by
 //! the [`client_protocol`].
@@ -11,10 +12,10 @@ pub mod client_protocol;
 pub mod router;
 
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use flume::RecvTimeoutError;
 use pbft_core::PublicKey;
 
 pub use self::admission::{Connections, MAX_CLIENTS, MAX_CONNECTIONS, Refusal, Role, Slot, admits};
@@ -49,50 +50,25 @@ pub enum Input {
     Shutdown,
 }
 
-/// Hands an input to the node, pausing with `pause` while its queue is full (back-pressure
-/// on that one stream). False once the node has stopped.
-pub async fn hand_over<P, F>(driver: &Driver, mut input: Input, pause: P) -> bool
-where
-    P: Fn() -> F,
-    F: std::future::Future<Output = ()>,
-{
-    loop {
-        match driver.input(input) {
-            Ok(()) => return true,
-            Err(Refused::Full(back)) => {
-                input = back;
-                pause().await;
-            }
-            Err(Refused::Stopped) => return false,
-        }
-    }
-}
-
-/// Why [`Driver::input`] did not take an input.
-#[derive(Debug)]
-pub enum Refused {
-    /// The node's queue is full; here is the input back.
-    Full(Input),
-    /// The node has stopped.
-    Stopped,
-}
-
 /// The handle a transport feeds the node through.
 #[derive(Clone, Debug)]
 pub struct Driver {
-    inputs: SyncSender<Input>,
+    inputs: flume::Sender<Input>,
     metrics: Arc<NodeMetrics>,
 }
 
 impl Driver {
-    /// Hands an input to the node without waiting. A full queue gives the input back: the
-    /// transport retries after a pause, which pushes back on that peer's stream alone.
-    pub fn input(&self, input: Input) -> Result<(), Refused> {
-        match self.inputs.try_send(input) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(input)) => Err(Refused::Full(input)),
-            Err(TrySendError::Disconnected(_)) => Err(Refused::Stopped),
-        }
+    /// Hands an input to the node. While the queue is full the future waits, woken when the
+    /// node takes an input: that pushes back on the one stream that sends it (its task stops
+    /// reading), and no other. False once the node has stopped.
+    pub async fn input(&self, input: Input) -> bool {
+        self.inputs.send_async(input).await.is_ok()
+    }
+
+    /// [`Driver::input`] for a thread that is not an async task: blocks it while the queue
+    /// is full. False once the node has stopped.
+    pub fn input_blocking(&self, input: Input) -> bool {
+        self.inputs.send(input).is_ok()
     }
 
     /// Asks the node to stop once what it has is durable.
@@ -118,7 +94,7 @@ pub fn spawn<A: Application + Send + 'static>(
     node: Node<A>,
     router: Arc<Router>,
 ) -> std::io::Result<(Driver, JoinHandle<Result<(), NodeError>>)> {
-    let (tx, rx) = sync_channel(INPUT_QUEUE);
+    let (tx, rx) = flume::bounded(INPUT_QUEUE);
     let metrics = router.metrics().clone();
     let handle = std::thread::Builder::new()
         .name("pbft-node".into())
@@ -134,7 +110,7 @@ pub fn spawn<A: Application + Send + 'static>(
 
 fn run<A: Application>(
     mut node: Node<A>,
-    inputs: Receiver<Input>,
+    inputs: flume::Receiver<Input>,
     router: &Router,
 ) -> Result<(), NodeError> {
     let start = Instant::now();
@@ -161,7 +137,9 @@ fn run<A: Application>(
         }
         let first = match wait {
             Some(wait) => inputs.recv_timeout(wait),
-            None => inputs.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            None => inputs
+                .recv()
+                .map_err(|flume::RecvError::Disconnected| RecvTimeoutError::Disconnected),
         };
         let mut stop = false;
         match first {
@@ -275,12 +253,10 @@ mod tests {
         };
         let request = client.request(1, put.encode());
         let frame = ClientFrame::Message(Message::Request(request).encode());
-        driver
-            .input(Input::Client {
-                from: client.public_key(),
-                bytes: frame.encode(),
-            })
-            .unwrap();
+        assert!(driver.input_blocking(Input::Client {
+            from: client.public_key(),
+            bytes: frame.encode(),
+        }));
         let ServerFrame::Message(reply) = next(&direct) else {
             panic!("expected a reply");
         };
@@ -314,12 +290,10 @@ mod tests {
             ClientFrame::Message(Message::Request(get).encode()),
             ClientFrame::Status,
         ] {
-            driver
-                .input(Input::Client {
-                    from: gateway.public_key(),
-                    bytes: frame.encode(),
-                })
-                .unwrap();
+            assert!(driver.input_blocking(Input::Client {
+                from: gateway.public_key(),
+                bytes: frame.encode(),
+            }));
         }
         // The status is answered at once; the reply once the read commits.
         let (mut reply, mut status) = (None, None);
@@ -342,5 +316,51 @@ mod tests {
         driver.shutdown();
         thread.join().unwrap().unwrap();
         assert_eq!(router.metrics().rejected("bad_relay_signature"), 1);
+    }
+
+    /// Records whether a waiting task was woken.
+    struct Woken(std::sync::atomic::AtomicBool);
+
+    impl std::task::Wake for Woken {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_full_input_queue_makes_its_sender_wait_until_the_node_takes_one() {
+        use std::future::Future;
+        use std::task::{Context, Poll, Waker};
+
+        let (tx, rx) = flume::bounded(INPUT_QUEUE);
+        let driver = Driver {
+            inputs: tx,
+            metrics: Arc::new(NodeMetrics::new()),
+        };
+        let input = || Input::Peer {
+            from: Keypair::from_seed(&[1; 32]).public_key(),
+            bytes: vec![1],
+        };
+        for _ in 0..INPUT_QUEUE {
+            assert!(driver.input_blocking(input()));
+        }
+        let woken = Arc::new(Woken(false.into()));
+        let waker = Waker::from(woken.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut waiting = std::pin::pin!(driver.input(input()));
+        assert!(
+            waiting.as_mut().poll(&mut cx).is_pending(),
+            "the queue is full"
+        );
+        // The node taking an input wakes the sender: it is not polled on a timer.
+        assert!(rx.recv().is_ok());
+        assert!(woken.0.load(std::sync::atomic::Ordering::SeqCst));
+        assert_eq!(waiting.as_mut().poll(&mut cx), Poll::Ready(true));
+        assert_eq!(rx.len(), INPUT_QUEUE, "the bound holds");
+        drop(rx);
+        assert!(
+            !driver.input_blocking(input()),
+            "a stopped node takes nothing"
+        );
     }
 }
