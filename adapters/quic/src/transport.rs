@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use pbft_core::PublicKey;
 use pbft_host::driver::{self, Refusal, Role};
-use pbft_host::framing::{self, Decoder, StreamEnd};
+use pbft_host::framing::{ReadHalf, WriteHalf};
+use pbft_host::link::Dial;
 use pbft_host::metrics::NodeMetrics;
 use pbft_host::session::Inbound;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
@@ -132,50 +133,80 @@ pub fn client_endpoint(towards: SocketAddr) -> Result<Endpoint, TransportError> 
     Endpoint::client(bind).map_err(TransportError::Io)
 }
 
-/// Reads frames from `recv` and hands each to `deliver`, until the stream ends.
-pub async fn read_frames<F, Fut>(recv: &mut RecvStream, max: usize, mut deliver: F) -> StreamEnd
-where
-    F: FnMut(Vec<u8>) -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let mut decoder = Decoder::new(max);
-    let mut buffer = vec![0u8; 64 * 1024];
-    loop {
-        let read = match recv.read(&mut buffer).await {
-            Ok(Some(read)) => read,
-            Ok(None) | Err(_) => return StreamEnd::at_end(&decoder),
-        };
-        if let Err(end) = framing::deliver(&mut decoder, &buffer[..read], &mut deliver).await {
-            return end;
+/// The receiving half of a QUIC stream, read into a buffer of its own.
+pub struct Receiving {
+    recv: RecvStream,
+    buffer: Vec<u8>,
+}
+
+impl Receiving {
+    /// Reads `recv` up to 64 KiB at a time.
+    pub fn new(recv: RecvStream) -> Receiving {
+        Receiving {
+            recv,
+            buffer: vec![0; 64 * 1024],
         }
     }
 }
 
-/// Writes the frames queued for one connection, several per write, until the queue closes
-/// or the stream fails. Returns whether the queue is still open.
-pub async fn write_frames(
-    send: &mut SendStream,
-    queue: &async_channel::Receiver<Vec<u8>>,
-    max: usize,
-) -> bool {
-    loop {
-        let Ok(first) = queue.recv().await else {
-            return false;
-        };
-        if send
-            .write_all(&framing::gather(first, queue, max))
-            .await
-            .is_err()
+impl ReadHalf for Receiving {
+    async fn read(&mut self) -> Option<&[u8]> {
+        let read = self.recv.read(&mut self.buffer).await.ok()??;
+        Some(&self.buffer[..read])
+    }
+}
+
+/// The sending half of a QUIC stream.
+pub struct Sending(pub SendStream);
+
+impl WriteHalf for Sending {
+    async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.0.write_all(bytes).await.map_err(std::io::Error::from)
+    }
+}
+
+/// Dials the holder of a key at `addr` for a [`link`]: one QUIC connection at a time, its
+/// frames on one bidirectional stream.
+struct Dialer {
+    endpoint: Endpoint,
+    addr: SocketAddr,
+    config: quinn::ClientConfig,
+    /// The connection the link uses now, to close when the link ends.
+    open: Option<Connection>,
+}
+
+impl Dial for Dialer {
+    type Reader = Receiving;
+    type Writer = Sending;
+
+    async fn dial(&mut self) -> Option<(Receiving, Sending)> {
+        let connecting = self
+            .endpoint
+            .connect_with(self.config.clone(), self.addr, "pbft")
+            .ok()?;
+        let connection = connecting.await.ok()?;
+        let (send, recv) = connection.open_bi().await.ok()?;
+        self.open = Some(connection);
+        Some((Receiving::new(recv), Sending(send)))
+    }
+
+    fn pause(&self, duration: Duration) -> impl Future<Output = ()> + Send {
+        tokio::time::sleep(duration)
+    }
+
+    fn hang_up(&mut self, _writer: Sending, for_good: bool) {
+        // A connection dropped to reconnect closes by itself once its last handle goes.
+        if let Some(connection) = self.open.take()
+            && for_good
         {
-            return true;
+            connection.close(VarInt::from_u32(close::SHUTDOWN), b"shutting down");
         }
     }
 }
 
-/// Keeps a connection to `addr` (the holder of `key`) open, reconnecting with backoff, and
-/// writes `queue` to it; frames it sends back go to `inbound`. Frames queued while the
-/// link is down wait (the queue is bounded); a frame in flight when a connection drops is
-/// lost, which consensus and clients retransmit. Ends when `queue` closes.
+/// Keeps a connection to `addr` (the holder of the key `config` pins) open, reconnecting
+/// with backoff, and writes `queue` to it; frames it sends back go to `inbound`. See
+/// [`pbft_host::link::link`]. Ends when `queue` closes.
 pub async fn link(
     endpoint: Endpoint,
     addr: SocketAddr,
@@ -185,51 +216,13 @@ pub async fn link(
     inbound: Option<Inbound>,
     connected: Option<pbft_host::metrics::Gauge>,
 ) {
-    const FIRST_BACKOFF: Duration = Duration::from_millis(50);
-    const MAX_BACKOFF: Duration = Duration::from_secs(2);
-    let mut backoff = FIRST_BACKOFF;
-    loop {
-        if queue.is_closed() && queue.is_empty() {
-            return;
-        }
-        let connection = match endpoint.connect_with(config.clone(), addr, "pbft") {
-            Ok(connecting) => connecting.await.ok(),
-            Err(_) => None,
-        };
-        let Some(connection) = connection else {
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
-            continue;
-        };
-        backoff = FIRST_BACKOFF;
-        let Ok((mut send, mut recv)) = connection.open_bi().await else {
-            continue;
-        };
-        if let Some(gauge) = &connected {
-            gauge.inc();
-        }
-        let reader = async {
-            match &inbound {
-                Some(inbound) => {
-                    read_frames(&mut recv, max, inbound).await;
-                }
-                None => {
-                    connection.closed().await;
-                }
-            }
-        };
-        let open = tokio::select! {
-            open = write_frames(&mut send, &queue, max) => open,
-            () = reader => true,
-        };
-        if let Some(gauge) = &connected {
-            gauge.dec();
-        }
-        if !open {
-            connection.close(VarInt::from_u32(close::SHUTDOWN), b"shutting down");
-            return;
-        }
-    }
+    let dialer = Dialer {
+        endpoint,
+        addr,
+        config,
+        open: None,
+    };
+    pbft_host::link::link(dialer, queue, max, inbound, connected).await;
 }
 
 /// The key and role a finished handshake admits, or why it is refused.
@@ -252,8 +245,11 @@ pub fn admit(
     Ok((key, role))
 }
 
-/// Counts a refused connection or stream in the node's metrics.
-pub fn refuse(metrics: &NodeMetrics, connection: &Connection, code: u32, reason: &'static str) {
-    metrics.reject(reason);
-    connection.close(VarInt::from_u32(code), reason.as_bytes());
+/// Closes a connection admission refused, with the code that says why, and counts it.
+pub fn refuse(metrics: &NodeMetrics, connection: &Connection, refusal: Refusal) {
+    metrics.reject(refusal.reason());
+    connection.close(
+        VarInt::from_u32(close::refused(refusal)),
+        refusal.reason().as_bytes(),
+    );
 }

@@ -83,6 +83,15 @@ impl Driver {
     }
 }
 
+#[cfg(test)]
+impl Driver {
+    /// A driver with no node behind it: the test takes the inputs itself.
+    pub(crate) fn detached(metrics: Arc<NodeMetrics>) -> (Driver, flume::Receiver<Input>) {
+        let (inputs, taken) = flume::bounded(INPUT_QUEUE);
+        (Driver { inputs, metrics }, taken)
+    }
+}
+
 /// How often the metrics are refreshed from the node, at most.
 const METRICS_EVERY: Duration = Duration::from_millis(100);
 /// Inputs taken in one round before the node flushes (and syncs) once for all of them.
@@ -332,11 +341,7 @@ mod tests {
         use std::future::Future;
         use std::task::{Context, Poll, Waker};
 
-        let (tx, rx) = flume::bounded(INPUT_QUEUE);
-        let driver = Driver {
-            inputs: tx,
-            metrics: Arc::new(NodeMetrics::new()),
-        };
+        let (driver, rx) = Driver::detached(Arc::new(NodeMetrics::new()));
         let input = || Input::Peer {
             from: Keypair::from_seed(&[1; 32]).public_key(),
             bytes: vec![1],
