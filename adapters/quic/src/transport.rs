@@ -1,6 +1,6 @@
-//! QUIC connections between nodes and from clients: TLS 1.3 with pinned ed25519 keys,
-//! length-delimited frames on one bidirectional stream per connection, a reconnecting link
-//! per destination.
+//! QUIC connections between nodes and from clients: TLS 1.3 with pinned ed25519 raw public
+//! keys (RFC 7250), length-delimited frames on one bidirectional stream per connection, a
+//! reconnecting link per destination.
 //!
 //! A node accepts two kinds of connection on one UDP port, told apart by ALPN: validators
 //! (`pbft-peer/1`), admitted only if their key is in the validator set, and clients
@@ -21,15 +21,18 @@ use pbft_host::metrics::NodeMetrics;
 use pbft_host::session::Inbound;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt};
+use rustls::client::AlwaysResolvesClientRawPublicKeys;
+use rustls::server::AlwaysResolvesServerRawPublicKeys;
+use rustls::sign::CertifiedKey;
 
-use crate::identity::{ALPN_CLIENT, ALPN_PEER, AnyKeyClient, PinnedServer, certificate, peer_key};
+use crate::identity::{
+    ALPN_CLIENT, ALPN_PEER, AnyKeyClient, PinnedServer, certified_key, peer_key,
+};
 
 /// Why a QUIC endpoint cannot be set up.
 #[derive(Debug)]
 pub enum TransportError {
-    /// The key cannot be made into a certificate.
-    Certificate(rcgen::Error),
-    /// rustls refused the configuration.
+    /// rustls refused the configuration (or the key).
     Tls(rustls::Error),
     /// quinn refused the TLS configuration.
     Quic(String),
@@ -40,7 +43,6 @@ pub enum TransportError {
 impl std::fmt::Display for TransportError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            TransportError::Certificate(err) => write!(f, "certificate: {err}"),
             TransportError::Tls(err) => write!(f, "TLS: {err}"),
             TransportError::Quic(err) => write!(f, "QUIC: {err}"),
             TransportError::Io(err) => write!(f, "socket: {err}"),
@@ -86,13 +88,13 @@ fn transport_config() -> Arc<quinn::TransportConfig> {
 
 /// The TLS and QUIC configuration of a node accepting connections.
 pub fn server_config(keypair: &pbft_core::Keypair) -> Result<quinn::ServerConfig, TransportError> {
-    let (cert, key) = certificate(keypair).map_err(TransportError::Certificate)?;
     let mut tls = rustls::ServerConfig::builder_with_provider(crate::identity::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(TransportError::Tls)?
         .with_client_cert_verifier(AnyKeyClient::new())
-        .with_single_cert(vec![cert], key)
-        .map_err(TransportError::Tls)?;
+        .with_cert_resolver(Arc::new(AlwaysResolvesServerRawPublicKeys::new(
+            certified_key(keypair).map_err(TransportError::Tls)?,
+        )));
     tls.alpn_protocols = vec![ALPN_PEER.to_vec(), ALPN_CLIENT.to_vec()];
     let crypto =
         QuicServerConfig::try_from(tls).map_err(|e| TransportError::Quic(e.to_string()))?;
@@ -107,14 +109,22 @@ pub fn client_config(
     expected: PublicKey,
     alpn: &[u8],
 ) -> Result<quinn::ClientConfig, TransportError> {
-    let (cert, key) = certificate(keypair).map_err(TransportError::Certificate)?;
+    let presented = certified_key(keypair).map_err(TransportError::Tls)?;
+    client_config_presenting(presented, expected, alpn)
+}
+
+/// [`client_config`] presenting `key` as it is (tests present keys they do not hold).
+pub fn client_config_presenting(
+    key: Arc<CertifiedKey>,
+    expected: PublicKey,
+    alpn: &[u8],
+) -> Result<quinn::ClientConfig, TransportError> {
     let mut tls = rustls::ClientConfig::builder_with_provider(crate::identity::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(TransportError::Tls)?
         .dangerous()
         .with_custom_certificate_verifier(PinnedServer::new(expected))
-        .with_client_auth_cert(vec![cert], key)
-        .map_err(TransportError::Tls)?;
+        .with_client_cert_resolver(Arc::new(AlwaysResolvesClientRawPublicKeys::new(key)));
     tls.alpn_protocols = vec![alpn.to_vec()];
     let crypto =
         QuicClientConfig::try_from(tls).map_err(|e| TransportError::Quic(e.to_string()))?;
