@@ -221,9 +221,9 @@ async fn reads_back_and_converges(client: &mut ClusterClient, acknowledged: &[(S
     }
 }
 
-/// A test per transport, `quic_…` and `tcp_…`, running one body.
+/// A test per transport, `quic_…` and `tcp_…`, each running one body.
 macro_rules! over_both_transports {
-    ($quic:ident, $tcp:ident, $body:ident) => {
+    ($($quic:ident, $tcp:ident => $body:ident;)*) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $quic() {
             $body(Transport::Quic).await;
@@ -233,16 +233,22 @@ macro_rules! over_both_transports {
         async fn $tcp() {
             $body(Transport::Tcp).await;
         }
-    };
+    )*};
+}
+
+over_both_transports! {
+    quic_killed_validators_lose_no_acknowledged_write,
+    tcp_killed_validators_lose_no_acknowledged_write
+        => killed_validators_lose_no_acknowledged_write;
+    quic_whole_cluster_restarts_lose_no_acknowledged_write,
+    tcp_whole_cluster_restarts_lose_no_acknowledged_write
+        => whole_cluster_restarts_lose_no_acknowledged_write;
+    quic_bad_input_at_every_port_is_refused_and_counted,
+    tcp_bad_input_at_every_port_is_refused_and_counted
+        => bad_input_at_every_port_is_refused_and_counted;
 }
 
 const TIMEOUT: Duration = Duration::from_secs(20);
-
-over_both_transports!(
-    quic_killed_validators_lose_no_acknowledged_write,
-    tcp_killed_validators_lose_no_acknowledged_write,
-    killed_validators_lose_no_acknowledged_write
-);
 
 async fn killed_validators_lose_no_acknowledged_write(transport: Transport) {
     let mut cluster = Cluster::start("kill-test", transport);
@@ -318,12 +324,6 @@ async fn killed_validators_lose_no_acknowledged_write(transport: Transport) {
         signed.len()
     );
 }
-
-over_both_transports!(
-    quic_whole_cluster_restarts_lose_no_acknowledged_write,
-    tcp_whole_cluster_restarts_lose_no_acknowledged_write,
-    whole_cluster_restarts_lose_no_acknowledged_write
-);
 
 /// Power cuts: all four validators SIGKILLed at the same moment, at a random point of a
 /// stream of writes, then started again (together, or staggered over up to 3 s). Each comes
@@ -521,12 +521,6 @@ fn rss_kib(child: &Child) -> u64 {
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
 }
-
-over_both_transports!(
-    quic_bad_input_at_every_port_is_refused_and_counted,
-    tcp_bad_input_at_every_port_is_refused_and_counted,
-    bad_input_at_every_port_is_refused_and_counted
-);
 
 async fn bad_input_at_every_port_is_refused_and_counted(transport: Transport) {
     let mut cluster = Cluster::start("bad-input", transport);

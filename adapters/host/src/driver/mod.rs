@@ -1,11 +1,10 @@
 //! Runs a [`Node`] on a thread of its own, fed through a bounded queue of [`Input`]s.
 //!
 //! Transports own sockets and tasks; they admit a connection ([`admission`]), then push its
-//! frames into [`Driver::input`] (which waits while the queue is full: back-pressure on that
-//! one stream) and drain the queues the [`Router`] hands them. The node's
-//! thread does everything CPU-heavy (signature checks, execution, fsync) so I/O tasks never
-//! wait on it; what it sends goes out through the [`router`], what clients ask is answered by
-//! the [`client_protocol`].
+//! frames into [`Driver::input`] (see [`crate::serve`]), which waits while the queue is full:
+//! back-pressure on that one stream. The node's thread does everything CPU-heavy (signature
+//! checks, execution, fsync) so I/O tasks never wait on it; what it sends goes out through
+//! the [`router`]'s queues, and what clients ask is answered by the [`client_protocol`].
 
 pub mod admission;
 pub mod client_protocol;
