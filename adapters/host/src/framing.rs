@@ -1,10 +1,13 @@
-//! Length-delimited frames on a byte stream: a 4-byte big-endian length, then the payload.
+//! Length-delimited frames on a byte stream: a 4-byte big-endian length, then the payload;
+//! and the loops that read and write them over any transport's [`ReadHalf`] and
+//! [`WriteHalf`].
 //!
 //! The decoder refuses a length above the configured maximum as soon as the prefix arrives,
 //! before it buffers a byte of the payload, so a peer cannot make a node allocate more than
 //! one maximum-size frame.
 
 use std::fmt;
+use std::future::Future;
 
 /// Bytes of the length prefix.
 pub const PREFIX_LEN: usize = 4;
@@ -126,27 +129,6 @@ impl StreamEnd {
     }
 }
 
-/// Adds `bytes` read from a stream and hands every frame they complete to `deliver`, in
-/// order. `Err` ends the stream: its framing is broken, or `deliver` refused (the node
-/// stopped).
-pub async fn deliver<F, Fut>(
-    decoder: &mut Decoder,
-    bytes: &[u8],
-    deliver: &mut F,
-) -> Result<(), StreamEnd>
-where
-    F: FnMut(Vec<u8>) -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let frames = decoder.push(bytes).map_err(|_| StreamEnd::Oversized)?;
-    for frame in frames {
-        if !deliver(frame).await {
-            return Err(StreamEnd::Closed);
-        }
-    }
-    Ok(())
-}
-
 /// Frames `first` and whatever else `queue` holds right now (up to 256 KiB), for one write.
 /// A frame above `max` is dropped: the other side would only refuse it.
 pub fn gather(first: Vec<u8>, queue: &async_channel::Receiver<Vec<u8>>, max: usize) -> Vec<u8> {
@@ -161,6 +143,61 @@ pub fn gather(first: Vec<u8>, queue: &async_channel::Receiver<Vec<u8>>, max: usi
         }
     }
     buffer
+}
+
+/// The receiving half of a connection, as its transport delivers the bytes (decrypted,
+/// in order): what [`read_frames`] reads from.
+pub trait ReadHalf: Send {
+    /// The next bytes the other side sent, however many arrived; `None` once the stream
+    /// ended or failed.
+    fn read(&mut self) -> impl Future<Output = Option<&[u8]>> + Send;
+}
+
+/// The sending half of a connection: what [`write_frames`] writes to.
+pub trait WriteHalf: Send {
+    /// Writes all of `bytes`; `Err` once the stream failed (it is not written to again).
+    fn write(&mut self, bytes: &[u8]) -> impl Future<Output = std::io::Result<()>> + Send;
+}
+
+/// Reads frames from `reader` and hands each to `deliver`, until the stream ends, its
+/// framing breaks, or `deliver` returns false (the node stopped).
+pub async fn read_frames<R, F, Fut>(reader: &mut R, max: usize, mut deliver: F) -> StreamEnd
+where
+    R: ReadHalf,
+    F: FnMut(Vec<u8>) -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let mut decoder = Decoder::new(max);
+    loop {
+        let Some(bytes) = reader.read().await else {
+            return StreamEnd::at_end(&decoder);
+        };
+        let frames = match decoder.push(bytes) {
+            Ok(frames) => frames,
+            Err(_) => return StreamEnd::Oversized,
+        };
+        for frame in frames {
+            if !deliver(frame).await {
+                return StreamEnd::Closed;
+            }
+        }
+    }
+}
+
+/// Writes the frames queued for one connection, several per write, until the queue closes
+/// or the stream fails. Returns whether the queue is still open (false: the connection
+/// should close for good).
+pub async fn write_frames<W: WriteHalf>(
+    writer: &mut W,
+    queue: &async_channel::Receiver<Vec<u8>>,
+    max: usize,
+) -> bool {
+    while let Ok(first) = queue.recv().await {
+        if writer.write(&gather(first, queue, max)).await.is_err() {
+            return true;
+        }
+    }
+    false
 }
 
 #[cfg(test)]
@@ -211,5 +248,74 @@ mod tests {
         assert!(decoder.push(&frame[..6]).unwrap().is_empty());
         assert_eq!(decoder.buffered(), 6);
         assert_eq!(decoder.push(&frame[6..]).unwrap(), vec![b"hello".to_vec()]);
+    }
+
+    #[test]
+    fn frames_read_from_any_half_reach_deliver_in_order_until_the_stream_ends() {
+        use crate::testing::{Chunks, block_on};
+        let stream: Vec<u8> = [b"one".as_slice(), b"two", b"three"]
+            .iter()
+            .flat_map(|p| encode(p, 16).unwrap())
+            .collect();
+        let mut reader = Chunks::new(stream.chunks(5).map(<[u8]>::to_vec));
+        let mut delivered = Vec::new();
+        let end = block_on(read_frames(&mut reader, 16, |frame| {
+            delivered.push(frame);
+            async { true }
+        }));
+        assert_eq!(end, StreamEnd::Closed);
+        assert_eq!(
+            delivered,
+            [b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]
+        );
+
+        // Cut short, oversized, or refused by the node.
+        let cut = Chunks::new([stream[..9].to_vec()]);
+        let oversized = Chunks::new([stream[..7].to_vec(), u32::MAX.to_be_bytes().to_vec()]);
+        for (mut reader, accept, expected) in [
+            (cut, true, StreamEnd::Truncated),
+            (oversized, true, StreamEnd::Oversized),
+            (Chunks::new([stream.clone()]), false, StreamEnd::Closed),
+        ] {
+            let mut count = 0;
+            let end = block_on(read_frames(&mut reader, 16, |_| {
+                count += 1;
+                async move { accept }
+            }));
+            assert_eq!(end, expected);
+            assert_eq!(
+                count, 1,
+                "{expected:?}: the frame before the end, or the refused one"
+            );
+        }
+    }
+
+    #[test]
+    fn queued_frames_go_out_together_until_the_queue_closes_or_the_stream_fails() {
+        use crate::testing::{Writes, block_on};
+        let (tx, rx) = async_channel::bounded(8);
+        for frame in [b"a".to_vec(), b"bc".to_vec(), vec![0; 17]] {
+            tx.try_send(frame).unwrap();
+        }
+        drop(tx);
+        let mut writer = Writes::default();
+        assert!(
+            !block_on(write_frames(&mut writer, &rx, 16)),
+            "the queue closed"
+        );
+        // One write for all three; the frame above the maximum is dropped.
+        let expected = [encode(b"a", 16).unwrap(), encode(b"bc", 16).unwrap()].concat();
+        assert_eq!(writer.writes, [expected]);
+
+        let (tx, rx) = async_channel::bounded(8);
+        tx.try_send(b"a".to_vec()).unwrap();
+        let mut broken = Writes {
+            broken: true,
+            ..Writes::default()
+        };
+        assert!(
+            block_on(write_frames(&mut broken, &rx, 16)),
+            "the queue is still open"
+        );
     }
 }

@@ -13,7 +13,7 @@ use redb::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::node::{AppError, Application};
+use crate::application::{AppError, Application};
 
 /// An operation on the store.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -21,57 +21,15 @@ use pbft_core::{
     Config, ConfigError, Delivery, Destination, Digest, Error, Evidence, Hasher, Install, Keypair,
     Metrics, Output, PublicKey, Record, Replica, Request, ValidatorSet, Vote,
 };
-use redb::{ReadTransaction, WriteTransaction};
+use redb::ReadTransaction;
 
+// The application contract has a module of its own; it stays reachable from here, where
+// embedders found it first.
+pub use crate::application::{AppError, Application};
 use crate::kv::SnapshotError;
 use crate::store::{Round, Store, StoreError};
 use crate::wal::{Wal, WalError, WalOptions};
 use crate::wire::{NodeStatus, ProofBundle};
-
-/// What a node replicates, with its state in the node's store (`state.redb`, see
-/// [`crate::store`]): its writes go through the round's transaction, so they become durable
-/// atomically with the exactly-once table and the executed seq, and a restarted node resumes
-/// from its own disk. An application keeps its state in tables of its own names (the store's
-/// own begin with `pbft.`). Execution must be deterministic, and a snapshot must be the same
-/// bytes on every replica in the same state.
-pub trait Application {
-    /// Executes a batch's operations in order, writing through `tx`; one result per
-    /// operation.
-    fn execute(&mut self, tx: &WriteTransaction, ops: &[&[u8]]) -> Result<Vec<Vec<u8>>, AppError>;
-    /// The state's canonical bytes as of `tx`.
-    fn snapshot(&self, tx: &ReadTransaction) -> Result<Vec<u8>, AppError>;
-    /// Replaces the state with a snapshot fetched from peers (checked against their signed
-    /// checkpoint), writing through `tx`.
-    fn install(&mut self, tx: &WriteTransaction, snapshot: &[u8]) -> Result<(), AppError>;
-    /// Number of entries in the state as of `tx`, for the start-up line.
-    fn entries(&self, tx: &ReadTransaction) -> Result<u64, AppError>;
-}
-
-/// Why an application could not execute, snapshot or install.
-#[derive(Debug)]
-pub enum AppError {
-    /// The store failed.
-    Store(redb::Error),
-    /// A fetched snapshot is not one this application can read.
-    Snapshot(SnapshotError),
-}
-
-impl fmt::Display for AppError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            AppError::Store(err) => write!(f, "{err}"),
-            AppError::Snapshot(err) => write!(f, "{err}"),
-        }
-    }
-}
-
-impl std::error::Error for AppError {}
-
-impl From<redb::Error> for AppError {
-    fn from(err: redb::Error) -> Self {
-        AppError::Store(err)
-    }
-}
 
 /// Why a node stopped or cannot start. Each is fatal: a node that cannot persist must not
 /// sign.

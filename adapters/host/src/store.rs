@@ -142,7 +142,7 @@ impl Store {
     }
 
     /// Starts a round: one write transaction for everything the node executes until
-    /// [`Round::commit`].
+    /// [`Store::commit`].
     pub fn begin(&self) -> Result<Round, StoreError> {
         let tx = self.db.begin_write().map_err(|e| self.fail(e))?;
         tx.open_table(META).map_err(|e| self.fail(e))?;

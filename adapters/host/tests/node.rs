@@ -176,6 +176,33 @@ impl Cluster {
         }
     }
 
+    /// A client of the cluster with the key of `seed`.
+    fn client(&self, seed: u8) -> Client {
+        Client::new(
+            chain(),
+            Keypair::from_seed(&[seed; 32]),
+            self.set.clone(),
+            1,
+        )
+    }
+
+    /// Writes `key` = `value` through consensus and notes it in `written` once acknowledged.
+    fn put(
+        &mut self,
+        client: &mut Client,
+        written: &mut BTreeMap<Vec<u8>, Vec<u8>>,
+        key: String,
+        value: String,
+    ) {
+        let (key, value) = (key.into_bytes(), value.into_bytes());
+        let put = Op::Put {
+            key: key.clone(),
+            value: value.clone(),
+        };
+        assert_eq!(self.call(client, put), OpResult::Done);
+        written.insert(key, value);
+    }
+
     /// Sends an operation from `client` to every live node and waits for f + 1 replies.
     fn call(&mut self, client: &mut Client, op: Op) -> OpResult {
         let request = client.request(self.now, op.encode());
@@ -218,12 +245,7 @@ fn signed_statements(dir: &std::path::Path) -> Vec<(Phase, u64, u64, pbft_core::
 #[test]
 fn writes_commit_read_back_and_survive_killed_nodes() {
     let mut cluster = Cluster::new();
-    let mut client = Client::new(
-        chain(),
-        Keypair::from_seed(&[99; 32]),
-        cluster.set.clone(),
-        1,
-    );
+    let mut client = cluster.client(99);
     let mut signed: BTreeMap<(usize, Phase, u64, u64), pbft_core::Digest> = BTreeMap::new();
     let mut written = BTreeMap::new();
     for round in 0..40u32 {
@@ -238,14 +260,8 @@ fn writes_commit_read_back_and_survive_killed_nodes() {
             let victim = (round as usize / 2) % N;
             cluster.kill_after = Some((victim, round * 7 % 13));
         }
-        let key = format!("key-{}", round % 7).into_bytes();
-        let value = format!("value-{round}").into_bytes();
-        let put = Op::Put {
-            key: key.clone(),
-            value: value.clone(),
-        };
-        assert_eq!(cluster.call(&mut client, put), OpResult::Done);
-        written.insert(key, value);
+        let (key, value) = (format!("key-{}", round % 7), format!("value-{round}"));
+        cluster.put(&mut client, &mut written, key, value);
     }
     for index in 0..N {
         if cluster.nodes[index].is_none() {
@@ -334,23 +350,12 @@ fn a_data_dir_in_use_is_refused() {
 #[test]
 fn every_node_killed_at_once_loses_no_acknowledged_write() {
     let mut cluster = Cluster::new();
-    let mut client = Client::new(
-        chain(),
-        Keypair::from_seed(&[98; 32]),
-        cluster.set.clone(),
-        1,
-    );
+    let mut client = cluster.client(98);
     let mut written = BTreeMap::new();
     for round in 0..6u32 {
         for i in 0..5u32 {
-            let key = format!("key-{round}-{i}").into_bytes();
-            let value = format!("value-{round}-{i}").into_bytes();
-            let put = Op::Put {
-                key: key.clone(),
-                value: value.clone(),
-            };
-            assert_eq!(cluster.call(&mut client, put), OpResult::Done);
-            written.insert(key, value);
+            let (key, value) = (format!("key-{round}-{i}"), format!("value-{round}-{i}"));
+            cluster.put(&mut client, &mut written, key, value);
         }
         // A power cut: every node at once, whatever it had in flight; then all come back,
         // each from its own disk alone.

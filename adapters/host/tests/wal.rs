@@ -33,6 +33,21 @@ fn written(count: usize) -> (tempfile::TempDir, PathBuf) {
     (dir, segment)
 }
 
+/// A log of small segments holding `count` records, each synced on its own (so each round
+/// may rotate); returns it with its options.
+fn rotated(dir: &Path, segment_bytes: u64, count: usize) -> (Wal, WalOptions) {
+    let options = WalOptions {
+        segment_bytes,
+        ..WalOptions::default()
+    };
+    let (mut wal, _) = Wal::open(dir, options).unwrap();
+    for i in 0..count {
+        wal.append(&record(i)).unwrap();
+        wal.sync().unwrap();
+    }
+    (wal, options)
+}
+
 #[test]
 fn records_survive_reopening_and_a_group_commit_costs_one_sync() {
     let dir = tempfile::tempdir().unwrap();
@@ -136,15 +151,7 @@ fn a_flipped_byte_inside_the_log_is_reported_with_its_offset() {
 #[test]
 fn segments_rotate_and_a_torn_record_before_the_last_segment_is_corruption() {
     let dir = tempfile::tempdir().unwrap();
-    let options = WalOptions {
-        segment_bytes: 256,
-        ..WalOptions::default()
-    };
-    let (mut wal, _) = Wal::open(dir.path(), options).unwrap();
-    for i in 0..40 {
-        wal.append(&record(i)).unwrap();
-        wal.sync().unwrap();
-    }
+    let (wal, options) = rotated(dir.path(), 256, 40);
     drop(wal);
     let files = segment_files(dir.path());
     assert!(files.len() > 3, "rotated into {} segments", files.len());
@@ -168,15 +175,7 @@ fn segments_rotate_and_a_torn_record_before_the_last_segment_is_corruption() {
 #[test]
 fn compaction_keeps_only_the_live_records() {
     let dir = tempfile::tempdir().unwrap();
-    let options = WalOptions {
-        segment_bytes: 512,
-        ..WalOptions::default()
-    };
-    let (mut wal, _) = Wal::open(dir.path(), options).unwrap();
-    for i in 0..50 {
-        wal.append(&record(i)).unwrap();
-        wal.sync().unwrap();
-    }
+    let (mut wal, options) = rotated(dir.path(), 512, 50);
     let live = vec![record(48), record(49)];
     wal.compact(&live).unwrap();
     wal.append(b"after").unwrap();

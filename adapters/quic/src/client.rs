@@ -63,7 +63,7 @@ pub fn connect(network: &Network, keypair: &Keypair) -> Result<Session, Transpor
 /// The transports a session can run over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transport {
-    /// QUIC (quinn, TLS 1.3 with pinned ed25519 certificates).
+    /// QUIC (quinn, TLS 1.3 with pinned ed25519 raw public keys).
     Quic,
     /// TCP (Noise channels whose ends prove their ed25519 keys).
     Tcp,

@@ -1,12 +1,13 @@
-//! Node and client identities at the TLS handshake: every endpoint presents a self-signed
-//! certificate for its ed25519 key, and the other side pins the key, never a CA.
+//! Node and client identities at the TLS handshake: every endpoint presents its ed25519 key
+//! as a raw public key (RFC 7250, no certificate), and the other side pins the key, never a
+//! CA.
 //!
-//! The key a verifier accepts is read from the certificate's SubjectPublicKeyInfo, and the
-//! handshake signature is checked against that same key: whoever completes the handshake
-//! holds the private key the connection is attributed to. Validators dialling each other
-//! (and clients dialling validators) accept only the one key they meant to reach; a node
-//! accepting a connection takes any key whose holder proved possession, then admits it by
-//! role (see `transport`) before reading a byte from it.
+//! The key a verifier accepts is the one the other side presented, and the handshake
+//! signature is checked against that same key: whoever completes the handshake holds the
+//! private key the connection is attributed to. Validators dialling each other (and clients
+//! dialling validators) accept only the one key they meant to reach; a node accepting a
+//! connection takes any key whose holder proved possession, then admits it by role (see
+//! `transport`) before reading a byte from it.
 
 use std::sync::Arc;
 
@@ -20,6 +21,7 @@ use rustls::pki_types::{
     UnixTime,
 };
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
 /// ALPN of validator-to-validator connections.
@@ -27,12 +29,15 @@ pub const ALPN_PEER: &[u8] = b"pbft-peer/1";
 /// ALPN of client (and gateway) connections.
 pub const ALPN_CLIENT: &[u8] = b"pbft-client/1";
 
-/// DER of an ed25519 SubjectPublicKeyInfo up to the key (RFC 8410): the algorithm is
-/// id-Ed25519 (1.3.101.112) and the key a 32-byte BIT STRING.
+/// DER of an ed25519 SubjectPublicKeyInfo up to the key (RFC 8410 §4): the algorithm is
+/// id-Ed25519 (1.3.101.112) without parameters, and the key a 32-byte BIT STRING. DER has
+/// one encoding per value, so these 12 bytes and the key are the whole of any ed25519 SPKI:
+/// comparing bytes accepts exactly what a strict DER parser would.
 const SPKI_PREFIX: [u8; 12] = [
     0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
 ];
-/// DER of a PKCS#8 v1 ed25519 private key up to the 32-byte seed (RFC 8410).
+/// DER of a PKCS#8 v1 ed25519 private key up to the 32-byte seed (RFC 8410 §7), the form
+/// rustls loads signing keys from.
 const PKCS8_PREFIX: [u8; 16] = [
     0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
 ];
@@ -42,64 +47,29 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// A certificate and private key for `keypair`, as rustls takes them.
-pub fn certificate(
-    keypair: &Keypair,
-) -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>), rcgen::Error> {
+/// `keypair` as rustls presents it: its raw public key and its signing key. Fails only if
+/// the provider cannot load an ed25519 key, or derives another public key from it.
+pub fn certified_key(keypair: &Keypair) -> Result<Arc<CertifiedKey>, rustls::Error> {
     let mut pkcs8 = PKCS8_PREFIX.to_vec();
     pkcs8.extend_from_slice(&keypair.seed());
-    let der = PrivatePkcs8KeyDer::from(pkcs8);
-    let signer = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&der, &rcgen::PKCS_ED25519)?;
-    let params = rcgen::CertificateParams::new(vec!["pbft".to_string()])?;
-    let certificate = params.self_signed(&signer)?;
-    Ok((certificate.der().clone(), PrivateKeyDer::Pkcs8(der)))
+    let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8));
+    let signer = provider().key_provider.load_private_key(der)?;
+    let presented = spki(&keypair.public_key());
+    // The presented key must be the signing key's own, or every handshake would fail
+    // (`CertifiedKey::keys_match` reads an X.509 certificate, which there is none of).
+    if signer.public_key().as_deref() != Some(presented.as_ref()) {
+        return Err(rustls::Error::InconsistentKeys(
+            rustls::InconsistentKeys::KeyMismatch,
+        ));
+    }
+    let presented = CertificateDer::from(presented.to_vec());
+    Ok(Arc::new(CertifiedKey::new(vec![presented], signer)))
 }
 
-/// Reads one DER element at the start of `der`: (tag, contents, rest).
-fn element(der: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = der.split_first()?;
-    let (&first, rest) = rest.split_first()?;
-    let (len, rest) = if first < 0x80 {
-        (first as usize, rest)
-    } else {
-        let count = (first & 0x7f) as usize;
-        if count == 0 || count > 4 || rest.len() < count {
-            return None;
-        }
-        let len = rest[..count]
-            .iter()
-            .fold(0usize, |acc, &b| (acc << 8) | b as usize);
-        (len, &rest[count..])
-    };
-    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
-}
-
-/// The ed25519 key of a certificate: the SubjectPublicKeyInfo of its TBSCertificate
-/// (RFC 5280 §4.1: optional version, serial, signature, issuer, validity, subject, SPKI).
-pub fn certificate_key(cert: &[u8]) -> Option<PublicKey> {
-    const SEQUENCE: u8 = 0x30;
-    let (tag, certificate, _) = element(cert)?;
-    if tag != SEQUENCE {
-        return None;
-    }
-    let (tag, mut tbs, _) = element(certificate)?;
-    if tag != SEQUENCE {
-        return None;
-    }
-    let (tag, _, rest) = element(tbs)?;
-    if tag == 0xa0 {
-        tbs = rest; // explicit version
-    }
-    // serial, signature algorithm, issuer, validity, subject
-    for _ in 0..5 {
-        tbs = element(tbs)?.2;
-    }
-    let (tag, spki, _) = element(tbs)?;
-    if tag != SEQUENCE || spki.len() != 42 {
-        return None;
-    }
-    let full = &tbs[..44];
-    let key = full.strip_prefix(&SPKI_PREFIX[..])?;
+/// The ed25519 key of a raw public key (a DER SubjectPublicKeyInfo); `None` for anything
+/// else: another algorithm, a truncated or altered encoding.
+pub fn raw_key(spki: &[u8]) -> Option<PublicKey> {
+    let key = spki.strip_prefix(&SPKI_PREFIX[..])?;
     Some(PublicKey(key.try_into().ok()?))
 }
 
@@ -109,7 +79,7 @@ fn spki(key: &PublicKey) -> SubjectPublicKeyInfoDer<'static> {
     SubjectPublicKeyInfoDer::from(der)
 }
 
-fn bad_certificate() -> rustls::Error {
+fn bad_key() -> rustls::Error {
     rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)
 }
 
@@ -120,11 +90,11 @@ fn tls12_refused() -> Result<HandshakeSignatureValid, rustls::Error> {
     ))
 }
 
-/// Checks a TLS 1.3 handshake signature against the certificate's own ed25519 key.
+/// Checks a TLS 1.3 handshake signature against the presented ed25519 key.
 fn verify_signature(
     algorithms: &WebPkiSupportedAlgorithms,
     message: &[u8],
-    cert: &CertificateDer<'_>,
+    presented: &CertificateDer<'_>,
     dss: &DigitallySignedStruct,
 ) -> Result<HandshakeSignatureValid, rustls::Error> {
     if dss.scheme != SignatureScheme::ED25519 {
@@ -132,12 +102,12 @@ fn verify_signature(
             rustls::PeerMisbehaved::SignedHandshakeWithUnadvertisedSigScheme,
         ));
     }
-    let key = certificate_key(cert).ok_or_else(bad_certificate)?;
+    let key = raw_key(presented).ok_or_else(bad_key)?;
     verify_tls13_signature_with_raw_key(message, &spki(&key), dss, algorithms)
 }
 
 /// The handshake-signature methods both verifiers share (the server and client verifier
-/// traits declare the same three).
+/// traits declare the same four).
 macro_rules! handshake_signatures {
     () => {
         fn verify_tls12_signature(
@@ -160,6 +130,11 @@ macro_rules! handshake_signatures {
 
         fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
             vec![SignatureScheme::ED25519]
+        }
+
+        /// Keys are pinned, never certified: negotiate raw public keys (RFC 7250) only.
+        fn requires_raw_public_keys(&self) -> bool {
+            true
         }
     };
 }
@@ -190,12 +165,12 @@ impl ServerCertVerifier for PinnedServer {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match certificate_key(end_entity) {
+        match raw_key(end_entity) {
             Some(key) if key == self.expected => Ok(ServerCertVerified::assertion()),
             Some(_) => Err(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::ApplicationVerificationFailure,
             )),
-            None => Err(bad_certificate()),
+            None => Err(bad_key()),
         }
     }
 
@@ -229,9 +204,9 @@ impl ClientCertVerifier for AnyKeyClient {
         _intermediates: &[CertificateDer<'_>],
         _now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        certificate_key(end_entity)
+        raw_key(end_entity)
             .map(|_| ClientCertVerified::assertion())
-            .ok_or_else(bad_certificate)
+            .ok_or_else(bad_key)
     }
 
     handshake_signatures!();
@@ -240,8 +215,8 @@ impl ClientCertVerifier for AnyKeyClient {
 /// The key a finished handshake authenticated.
 pub fn peer_key(connection: &quinn::Connection) -> Option<PublicKey> {
     let identity = connection.peer_identity()?;
-    let chain = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
-    certificate_key(chain.first()?)
+    let presented = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    raw_key(presented.first()?)
 }
 
 #[cfg(test)]
@@ -249,13 +224,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_key_read_from_a_certificate_is_the_one_it_was_made_for() {
+    fn the_key_read_from_a_raw_public_key_is_the_one_it_was_made_for() {
         let keypair = Keypair::from_seed(&[7; 32]);
-        let (cert, _) = certificate(&keypair).unwrap();
-        assert_eq!(certificate_key(&cert), Some(keypair.public_key()));
-        // Truncated or altered certificates yield no key rather than a wrong one.
-        for cut in [0, 1, 10, cert.len() / 2, cert.len() - 1] {
-            assert_eq!(certificate_key(&cert[..cut]), None, "cut at {cut}");
+        let certified = certified_key(&keypair).unwrap();
+        let presented = &certified.cert[0];
+        assert_eq!(raw_key(presented), Some(keypair.public_key()));
+        // The signing key rustls loaded agrees on the encoding, byte for byte.
+        assert_eq!(
+            certified.key.public_key().as_deref(),
+            Some(presented.as_ref())
+        );
+        // Truncated, extended or altered keys yield no key rather than a wrong one.
+        for cut in [0, 1, 10, presented.len() / 2, presented.len() - 1] {
+            assert_eq!(raw_key(&presented[..cut]), None, "cut at {cut}");
         }
+        let mut longer = presented.to_vec();
+        longer.push(0);
+        assert_eq!(raw_key(&longer), None);
+        let mut other_algorithm = presented.to_vec();
+        other_algorithm[8] = 0x71; // id-Ed448
+        assert_eq!(raw_key(&other_algorithm), None);
     }
 }

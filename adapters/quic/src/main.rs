@@ -132,7 +132,7 @@ impl Load {
 /// What carries the messages (every node of a cluster uses the same).
 #[derive(Clone, Copy, Debug, Default, clap::ValueEnum)]
 enum TransportArg {
-    /// QUIC: TLS 1.3 with pinned ed25519 certificates.
+    /// QUIC: TLS 1.3 with pinned ed25519 raw public keys.
     #[default]
     Quic,
     /// TCP: Noise channels whose ends prove their ed25519 keys.

@@ -6,16 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pbft_host::config::NodeConfig;
-use pbft_host::driver::{Connections, Driver, Input, Router, Slot};
+use pbft_host::driver::{Connections, Driver, Router, Slot};
 use pbft_host::framing::StreamEnd;
+use pbft_host::serve;
 pub use pbft_host::start::RunError;
 use pbft_host::start::{Started, start};
 use quinn::{Endpoint, Incoming, VarInt};
 
 use crate::identity::ALPN_PEER;
-use crate::transport::{
-    self, TransportError, close, hand_over, link, read_frames, refuse, write_frames,
-};
+use crate::transport::{self, Receiving, Sending, TransportError, close, link, refuse};
 
 /// Runs the validator `config` describes until `shutdown` completes (then it stops
 /// accepting, makes its log durable, and closes every connection with a reason) or the
@@ -95,12 +94,15 @@ async fn accept_loop(
 ) {
     let connections = Arc::new(Connections::default());
     while let Some(incoming) = endpoint.accept().await {
-        let Some(slot) = connections.take() else {
-            driver.metrics().reject("too_many_connections");
-            incoming.refuse();
-            continue;
+        let slot = match connections.take() {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                driver.metrics().reject(refusal.reason());
+                incoming.refuse();
+                continue;
+            }
         };
-        tokio::spawn(serve(
+        tokio::spawn(accepted(
             slot,
             incoming,
             driver.clone(),
@@ -111,8 +113,8 @@ async fn accept_loop(
     }
 }
 
-/// One accepted connection: admit it by key and role, then read its streams.
-async fn serve(
+/// One accepted connection: admit it by key and role, then serve its streams.
+async fn accepted(
     _slot: Slot,
     incoming: Incoming,
     driver: Driver,
@@ -126,47 +128,23 @@ async fn serve(
         return;
     };
     let clients = metrics.clients_connected.get() as usize;
-    let (key, is_peer) = match transport::admit(&connection, &validators, clients) {
+    let (key, role) = match transport::admit(&connection, &validators, clients) {
         Ok(admitted) => admitted,
-        Err(reason) => {
-            tracing::debug!(remote = %connection.remote_address(), reason, "refused");
-            let code = match reason {
-                "too_many_clients" => close::BUSY,
-                _ => close::UNKNOWN_KEY,
-            };
-            refuse(&metrics, &connection, code, reason);
+        Err(refusal) => {
+            tracing::debug!(remote = %connection.remote_address(), %refusal, "refused");
+            refuse(&metrics, &connection, refusal);
             return;
         }
     };
-    while let Ok((mut send, mut recv)) = connection.accept_bi().await {
-        let driver = driver.clone();
-        let router = router.clone();
+    while let Ok((send, recv)) = connection.accept_bi().await {
+        let (driver, router) = (driver.clone(), router.clone());
         let connection = connection.clone();
-        let metrics = metrics.clone();
         tokio::spawn(async move {
-            let end = if is_peer {
-                read_frames(&mut recv, max, |bytes| {
-                    hand_over(&driver, Input::Peer { from: key, bytes })
-                })
-                .await
-            } else {
-                let queue = router.attach_client(key);
-                let reader = read_frames(&mut recv, max, |bytes| {
-                    hand_over(&driver, Input::Client { from: key, bytes })
-                });
-                let end = tokio::select! {
-                    end = reader => end,
-                    _ = write_frames(&mut send, &queue.frames, max) => StreamEnd::Closed,
-                };
-                router.detach_client(&key, &queue);
-                end
-            };
-            match end {
-                StreamEnd::Closed => {}
-                StreamEnd::Truncated => metrics.reject("truncated_frame"),
-                StreamEnd::Oversized => {
-                    refuse(&metrics, &connection, close::BAD_FRAME, "oversized_frame");
-                }
+            let (reader, writer) = (Receiving::new(recv), Sending(send));
+            let end = serve::serve(key, role, reader, writer, &driver, &router, max).await;
+            if end == StreamEnd::Oversized {
+                // Counted by `serve`; the other side learns why its connection ends.
+                connection.close(VarInt::from_u32(close::BAD_FRAME), b"oversized_frame");
             }
         });
     }

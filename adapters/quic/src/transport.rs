@@ -1,6 +1,6 @@
-//! QUIC connections between nodes and from clients: TLS 1.3 with pinned ed25519 keys,
-//! length-delimited frames on one bidirectional stream per connection, a reconnecting link
-//! per destination.
+//! QUIC connections between nodes and from clients: TLS 1.3 with pinned ed25519 raw public
+//! keys (RFC 7250), length-delimited frames on one bidirectional stream per connection, a
+//! reconnecting link per destination.
 //!
 //! A node accepts two kinds of connection on one UDP port, told apart by ALPN: validators
 //! (`pbft-peer/1`), admitted only if their key is in the validator set, and clients
@@ -14,21 +14,25 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pbft_core::PublicKey;
-use pbft_host::driver::{self, Driver, Input};
-use pbft_host::framing::{self, Decoder, StreamEnd};
+use pbft_host::driver::{self, Refusal, Role};
+use pbft_host::framing::{ReadHalf, WriteHalf};
+use pbft_host::link::Dial;
 use pbft_host::metrics::NodeMetrics;
 use pbft_host::session::Inbound;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt};
+use rustls::client::AlwaysResolvesClientRawPublicKeys;
+use rustls::server::AlwaysResolvesServerRawPublicKeys;
+use rustls::sign::CertifiedKey;
 
-use crate::identity::{ALPN_CLIENT, ALPN_PEER, AnyKeyClient, PinnedServer, certificate, peer_key};
+use crate::identity::{
+    ALPN_CLIENT, ALPN_PEER, AnyKeyClient, PinnedServer, certified_key, peer_key,
+};
 
 /// Why a QUIC endpoint cannot be set up.
 #[derive(Debug)]
 pub enum TransportError {
-    /// The key cannot be made into a certificate.
-    Certificate(rcgen::Error),
-    /// rustls refused the configuration.
+    /// rustls refused the configuration (or the key).
     Tls(rustls::Error),
     /// quinn refused the TLS configuration.
     Quic(String),
@@ -39,7 +43,6 @@ pub enum TransportError {
 impl std::fmt::Display for TransportError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            TransportError::Certificate(err) => write!(f, "certificate: {err}"),
             TransportError::Tls(err) => write!(f, "TLS: {err}"),
             TransportError::Quic(err) => write!(f, "QUIC: {err}"),
             TransportError::Io(err) => write!(f, "socket: {err}"),
@@ -51,6 +54,8 @@ impl std::error::Error for TransportError {}
 
 /// Application close codes, so the other side's logs say why.
 pub mod close {
+    use pbft_host::driver::Refusal;
+
     /// The node is shutting down.
     pub const SHUTDOWN: u32 = 0;
     /// The key is not admitted for the role its ALPN asked for.
@@ -59,6 +64,14 @@ pub mod close {
     pub const BAD_FRAME: u32 = 2;
     /// Too many clients are connected.
     pub const BUSY: u32 = 3;
+
+    /// The code that tells the other side why admission refused it.
+    pub fn refused(refusal: Refusal) -> u32 {
+        match refusal {
+            Refusal::TooManyClients | Refusal::TooManyConnections => BUSY,
+            Refusal::NoKey | Refusal::UnknownRole | Refusal::UnknownKey => UNKNOWN_KEY,
+        }
+    }
 }
 
 fn transport_config() -> Arc<quinn::TransportConfig> {
@@ -75,13 +88,13 @@ fn transport_config() -> Arc<quinn::TransportConfig> {
 
 /// The TLS and QUIC configuration of a node accepting connections.
 pub fn server_config(keypair: &pbft_core::Keypair) -> Result<quinn::ServerConfig, TransportError> {
-    let (cert, key) = certificate(keypair).map_err(TransportError::Certificate)?;
     let mut tls = rustls::ServerConfig::builder_with_provider(crate::identity::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(TransportError::Tls)?
         .with_client_cert_verifier(AnyKeyClient::new())
-        .with_single_cert(vec![cert], key)
-        .map_err(TransportError::Tls)?;
+        .with_cert_resolver(Arc::new(AlwaysResolvesServerRawPublicKeys::new(
+            certified_key(keypair).map_err(TransportError::Tls)?,
+        )));
     tls.alpn_protocols = vec![ALPN_PEER.to_vec(), ALPN_CLIENT.to_vec()];
     let crypto =
         QuicServerConfig::try_from(tls).map_err(|e| TransportError::Quic(e.to_string()))?;
@@ -96,14 +109,22 @@ pub fn client_config(
     expected: PublicKey,
     alpn: &[u8],
 ) -> Result<quinn::ClientConfig, TransportError> {
-    let (cert, key) = certificate(keypair).map_err(TransportError::Certificate)?;
+    let presented = certified_key(keypair).map_err(TransportError::Tls)?;
+    client_config_presenting(presented, expected, alpn)
+}
+
+/// [`client_config`] presenting `key` as it is (tests present keys they do not hold).
+pub fn client_config_presenting(
+    key: Arc<CertifiedKey>,
+    expected: PublicKey,
+    alpn: &[u8],
+) -> Result<quinn::ClientConfig, TransportError> {
     let mut tls = rustls::ClientConfig::builder_with_provider(crate::identity::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(TransportError::Tls)?
         .dangerous()
         .with_custom_certificate_verifier(PinnedServer::new(expected))
-        .with_client_auth_cert(vec![cert], key)
-        .map_err(TransportError::Tls)?;
+        .with_client_cert_resolver(Arc::new(AlwaysResolvesClientRawPublicKeys::new(key)));
     tls.alpn_protocols = vec![alpn.to_vec()];
     let crypto =
         QuicClientConfig::try_from(tls).map_err(|e| TransportError::Quic(e.to_string()))?;
@@ -122,59 +143,80 @@ pub fn client_endpoint(towards: SocketAddr) -> Result<Endpoint, TransportError> 
     Endpoint::client(bind).map_err(TransportError::Io)
 }
 
-/// Reads frames from `recv` and hands each to `deliver`, until the stream ends.
-pub async fn read_frames<F, Fut>(recv: &mut RecvStream, max: usize, mut deliver: F) -> StreamEnd
-where
-    F: FnMut(Vec<u8>) -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let mut decoder = Decoder::new(max);
-    let mut buffer = vec![0u8; 64 * 1024];
-    loop {
-        let read = match recv.read(&mut buffer).await {
-            Ok(Some(read)) => read,
-            Ok(None) | Err(_) => return StreamEnd::at_end(&decoder),
-        };
-        if let Err(end) = framing::deliver(&mut decoder, &buffer[..read], &mut deliver).await {
-            return end;
+/// The receiving half of a QUIC stream, read into a buffer of its own.
+pub struct Receiving {
+    recv: RecvStream,
+    buffer: Vec<u8>,
+}
+
+impl Receiving {
+    /// Reads `recv` up to 64 KiB at a time.
+    pub fn new(recv: RecvStream) -> Receiving {
+        Receiving {
+            recv,
+            buffer: vec![0; 64 * 1024],
         }
     }
 }
 
-/// Hands an input to the node, waiting while its queue is full (back-pressure on this
-/// stream only). False once the node has stopped.
-pub async fn hand_over(driver: &Driver, input: Input) -> bool {
-    driver::hand_over(driver, input, || {
-        tokio::time::sleep(Duration::from_millis(1))
-    })
-    .await
+impl ReadHalf for Receiving {
+    async fn read(&mut self) -> Option<&[u8]> {
+        let read = self.recv.read(&mut self.buffer).await.ok()??;
+        Some(&self.buffer[..read])
+    }
 }
 
-/// Writes the frames queued for one connection, several per write, until the queue closes
-/// or the stream fails. Returns whether the queue is still open.
-pub async fn write_frames(
-    send: &mut SendStream,
-    queue: &async_channel::Receiver<Vec<u8>>,
-    max: usize,
-) -> bool {
-    loop {
-        let Ok(first) = queue.recv().await else {
-            return false;
-        };
-        if send
-            .write_all(&framing::gather(first, queue, max))
-            .await
-            .is_err()
+/// The sending half of a QUIC stream.
+pub struct Sending(pub SendStream);
+
+impl WriteHalf for Sending {
+    async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.0.write_all(bytes).await.map_err(std::io::Error::from)
+    }
+}
+
+/// Dials the holder of a key at `addr` for a [`link`]: one QUIC connection at a time, its
+/// frames on one bidirectional stream.
+struct Dialer {
+    endpoint: Endpoint,
+    addr: SocketAddr,
+    config: quinn::ClientConfig,
+    /// The connection the link uses now, to close when the link ends.
+    open: Option<Connection>,
+}
+
+impl Dial for Dialer {
+    type Reader = Receiving;
+    type Writer = Sending;
+
+    async fn dial(&mut self) -> Option<(Receiving, Sending)> {
+        let connecting = self
+            .endpoint
+            .connect_with(self.config.clone(), self.addr, "pbft")
+            .ok()?;
+        let connection = connecting.await.ok()?;
+        let (send, recv) = connection.open_bi().await.ok()?;
+        self.open = Some(connection);
+        Some((Receiving::new(recv), Sending(send)))
+    }
+
+    fn pause(&self, duration: Duration) -> impl Future<Output = ()> + Send {
+        tokio::time::sleep(duration)
+    }
+
+    fn hang_up(&mut self, _writer: Sending, for_good: bool) {
+        // A connection dropped to reconnect closes by itself once its last handle goes.
+        if let Some(connection) = self.open.take()
+            && for_good
         {
-            return true;
+            connection.close(VarInt::from_u32(close::SHUTDOWN), b"shutting down");
         }
     }
 }
 
-/// Keeps a connection to `addr` (the holder of `key`) open, reconnecting with backoff, and
-/// writes `queue` to it; frames it sends back go to `inbound`. Frames queued while the
-/// link is down wait (the queue is bounded); a frame in flight when a connection drops is
-/// lost, which consensus and clients retransmit. Ends when `queue` closes.
+/// Keeps a connection to `addr` (the holder of the key `config` pins) open, reconnecting
+/// with backoff, and writes `queue` to it; frames it sends back go to `inbound`. See
+/// [`pbft_host::link::link`]. Ends when `queue` closes.
 pub async fn link(
     endpoint: Endpoint,
     addr: SocketAddr,
@@ -184,75 +226,40 @@ pub async fn link(
     inbound: Option<Inbound>,
     connected: Option<pbft_host::metrics::Gauge>,
 ) {
-    const FIRST_BACKOFF: Duration = Duration::from_millis(50);
-    const MAX_BACKOFF: Duration = Duration::from_secs(2);
-    let mut backoff = FIRST_BACKOFF;
-    loop {
-        if queue.is_closed() && queue.is_empty() {
-            return;
-        }
-        let connection = match endpoint.connect_with(config.clone(), addr, "pbft") {
-            Ok(connecting) => connecting.await.ok(),
-            Err(_) => None,
-        };
-        let Some(connection) = connection else {
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
-            continue;
-        };
-        backoff = FIRST_BACKOFF;
-        let Ok((mut send, mut recv)) = connection.open_bi().await else {
-            continue;
-        };
-        if let Some(gauge) = &connected {
-            gauge.inc();
-        }
-        let reader = async {
-            match &inbound {
-                Some(inbound) => {
-                    read_frames(&mut recv, max, inbound).await;
-                }
-                None => {
-                    connection.closed().await;
-                }
-            }
-        };
-        let open = tokio::select! {
-            open = write_frames(&mut send, &queue, max) => open,
-            () = reader => true,
-        };
-        if let Some(gauge) = &connected {
-            gauge.dec();
-        }
-        if !open {
-            connection.close(VarInt::from_u32(close::SHUTDOWN), b"shutting down");
-            return;
-        }
-    }
+    let dialer = Dialer {
+        endpoint,
+        addr,
+        config,
+        open: None,
+    };
+    pbft_host::link::link(dialer, queue, max, inbound, connected).await;
 }
 
-/// The key and role (validator or not) a finished handshake admits, or why it is refused.
+/// The key and role a finished handshake admits, or why it is refused.
 pub fn admit(
     connection: &Connection,
     validators: &pbft_core::ValidatorSet,
     clients: usize,
-) -> Result<(PublicKey, bool), &'static str> {
-    let key = peer_key(connection).ok_or("no_peer_key")?;
+) -> Result<(PublicKey, Role), Refusal> {
+    let key = peer_key(connection).ok_or(Refusal::NoKey)?;
     let alpn = connection
         .handshake_data()
         .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
         .and_then(|data| data.protocol);
-    let peer = match alpn.as_deref() {
-        Some(ALPN_PEER) => true,
-        Some(ALPN_CLIENT) => false,
-        _ => return Err("unknown_protocol"),
+    let role = match alpn.as_deref() {
+        Some(ALPN_PEER) => Role::Validator,
+        Some(ALPN_CLIENT) => Role::Client,
+        _ => return Err(Refusal::UnknownRole),
     };
-    driver::admits(validators, &key, peer, clients)?;
-    Ok((key, peer))
+    driver::admits(validators, &key, role, clients)?;
+    Ok((key, role))
 }
 
-/// Counts a refused connection or stream in the node's metrics.
-pub fn refuse(metrics: &NodeMetrics, connection: &Connection, code: u32, reason: &'static str) {
-    metrics.reject(reason);
-    connection.close(VarInt::from_u32(code), reason.as_bytes());
+/// Closes a connection admission refused, with the code that says why, and counts it.
+pub fn refuse(metrics: &NodeMetrics, connection: &Connection, refusal: Refusal) {
+    metrics.reject(refusal.reason());
+    connection.close(
+        VarInt::from_u32(close::refused(refusal)),
+        refusal.reason().as_bytes(),
+    );
 }

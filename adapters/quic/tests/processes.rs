@@ -221,17 +221,34 @@ async fn reads_back_and_converges(client: &mut ClusterClient, acknowledged: &[(S
     }
 }
 
+/// A test per transport, `quic_…` and `tcp_…`, each running one body.
+macro_rules! over_both_transports {
+    ($($quic:ident, $tcp:ident => $body:ident;)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $quic() {
+            $body(Transport::Quic).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $tcp() {
+            $body(Transport::Tcp).await;
+        }
+    )*};
+}
+
+over_both_transports! {
+    quic_killed_validators_lose_no_acknowledged_write,
+    tcp_killed_validators_lose_no_acknowledged_write
+        => killed_validators_lose_no_acknowledged_write;
+    quic_whole_cluster_restarts_lose_no_acknowledged_write,
+    tcp_whole_cluster_restarts_lose_no_acknowledged_write
+        => whole_cluster_restarts_lose_no_acknowledged_write;
+    quic_bad_input_at_every_port_is_refused_and_counted,
+    tcp_bad_input_at_every_port_is_refused_and_counted
+        => bad_input_at_every_port_is_refused_and_counted;
+}
+
 const TIMEOUT: Duration = Duration::from_secs(20);
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn quic_killed_validators_lose_no_acknowledged_write() {
-    killed_validators_lose_no_acknowledged_write(Transport::Quic).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tcp_killed_validators_lose_no_acknowledged_write() {
-    killed_validators_lose_no_acknowledged_write(Transport::Tcp).await;
-}
 
 async fn killed_validators_lose_no_acknowledged_write(transport: Transport) {
     let mut cluster = Cluster::start("kill-test", transport);
@@ -306,16 +323,6 @@ async fn killed_validators_lose_no_acknowledged_write(transport: Transport) {
         acknowledged.len(),
         signed.len()
     );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn quic_whole_cluster_restarts_lose_no_acknowledged_write() {
-    whole_cluster_restarts_lose_no_acknowledged_write(Transport::Quic).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tcp_whole_cluster_restarts_lose_no_acknowledged_write() {
-    whole_cluster_restarts_lose_no_acknowledged_write(Transport::Tcp).await;
 }
 
 /// Power cuts: all four validators SIGKILLed at the same moment, at a random point of a
@@ -513,16 +520,6 @@ fn rss_kib(child: &Child) -> u64 {
         .find_map(|line| line.strip_prefix("VmRSS:"))
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn quic_bad_input_at_every_port_is_refused_and_counted() {
-    bad_input_at_every_port_is_refused_and_counted(Transport::Quic).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tcp_bad_input_at_every_port_is_refused_and_counted() {
-    bad_input_at_every_port_is_refused_and_counted(Transport::Tcp).await;
 }
 
 async fn bad_input_at_every_port_is_refused_and_counted(transport: Transport) {

@@ -1,67 +1,57 @@
-//! Frames over a secure channel, and the reconnecting link a node keeps to each peer (and a
-//! client to each validator).
+//! A secure channel's two halves as the host's frame loops read and write them, and the
+//! reconnecting link a node keeps to each peer (and a client to each validator).
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use pbft_core::{ChainId, Keypair, PublicKey};
-use pbft_host::driver::{self, Driver, Input};
-use pbft_host::framing::{self, Decoder, StreamEnd};
+use pbft_host::framing::{ReadHalf, WriteHalf};
+use pbft_host::link::Dial;
 use pbft_host::metrics::Gauge;
 use pbft_host::session::Inbound;
 use smol::net::TcpStream;
 
 use crate::secure::{Channel, Role, initiate};
 
-/// Reads frames from a channel and hands each to `deliver`, until the stream ends (a
-/// message that fails to decrypt ends it like broken framing).
-pub async fn read_frames<F, Fut>(
-    stream: &mut TcpStream,
-    channel: &Channel,
-    max: usize,
-    mut deliver: F,
-) -> StreamEnd
-where
-    F: FnMut(Vec<u8>) -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let mut decoder = Decoder::new(max);
-    loop {
-        let plain = match channel.read(stream).await {
-            Ok(Some(plain)) => plain,
-            Ok(None) | Err(_) => return StreamEnd::at_end(&decoder),
+/// One half of a channel over a TCP stream (each half holds its own handle of the stream).
+pub struct Secured {
+    stream: TcpStream,
+    channel: Channel,
+    /// The last message read, decrypted.
+    plain: Vec<u8>,
+}
+
+impl Secured {
+    /// The reading and the writing half of `channel` over `stream`.
+    pub fn halves(stream: TcpStream, channel: Channel) -> (Secured, Secured) {
+        let reader = Secured {
+            stream: stream.clone(),
+            channel: channel.clone(),
+            plain: Vec::new(),
         };
-        if let Err(end) = framing::deliver(&mut decoder, &plain, &mut deliver).await {
-            return end;
-        }
+        let writer = Secured {
+            stream,
+            channel,
+            plain: Vec::new(),
+        };
+        (reader, writer)
     }
 }
 
-/// Writes the frames queued for a channel, several per write. Returns whether the queue is
-/// still open (false: the link should close for good).
-pub async fn write_frames(
-    stream: &mut TcpStream,
-    channel: &Channel,
-    queue: &async_channel::Receiver<Vec<u8>>,
-    max: usize,
-) -> bool {
-    while let Ok(first) = queue.recv().await {
-        let batch = framing::gather(first, queue, max);
-        if channel.write(stream, &batch).await.is_err() {
-            return true;
-        }
+impl ReadHalf for Secured {
+    /// One Noise message at a time; one that fails to decrypt ends the stream like broken
+    /// framing.
+    async fn read(&mut self) -> Option<&[u8]> {
+        self.plain = self.channel.read(&mut self.stream).await.ok()??;
+        Some(&self.plain)
     }
-    false
 }
 
-/// Hands an input to the node, pausing while its queue is full.
-pub async fn hand_over(driver: &Driver, input: Input) -> bool {
-    driver::hand_over(driver, input, || async {
-        smol::Timer::after(Duration::from_millis(1)).await;
-    })
-    .await
+impl WriteHalf for Secured {
+    async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.channel.write(&mut self.stream, bytes).await
+    }
 }
 
 /// Who a link authenticates as, and whom it expects at the other end.
@@ -76,9 +66,44 @@ pub struct Identity {
     pub expected: PublicKey,
 }
 
+/// Dials `addr` for a [`link`] and proves `identity` in the handshake.
+struct Dialer {
+    addr: SocketAddr,
+    identity: Identity,
+}
+
+impl Dial for Dialer {
+    type Reader = Secured;
+    type Writer = Secured;
+
+    async fn dial(&mut self) -> Option<(Secured, Secured)> {
+        let mut stream = TcpStream::connect(self.addr).await.ok()?;
+        let _ = stream.set_nodelay(true);
+        let identity = &self.identity;
+        let channel = initiate(
+            &mut stream,
+            &identity.chain,
+            &identity.keypair,
+            identity.role,
+            &identity.expected,
+        )
+        .await
+        .ok()?;
+        Some(Secured::halves(stream, channel))
+    }
+
+    async fn pause(&self, duration: Duration) {
+        smol::Timer::after(duration).await;
+    }
+
+    fn hang_up(&mut self, writer: Secured, _for_good: bool) {
+        let _ = writer.stream.shutdown(std::net::Shutdown::Both);
+    }
+}
+
 /// Keeps a channel to `addr` open, reconnecting with backoff, and writes `queue` to it;
-/// frames it sends back go to `inbound`. Frames in flight when a connection drops are lost
-/// (consensus and clients retransmit). Ends when `queue` closes.
+/// frames it sends back go to `inbound`. See [`pbft_host::link::link`]. Ends when `queue`
+/// closes.
 pub async fn link(
     addr: SocketAddr,
     identity: Identity,
@@ -87,51 +112,5 @@ pub async fn link(
     inbound: Option<Inbound>,
     connected: Option<Gauge>,
 ) {
-    let mut backoff = Duration::from_millis(50);
-    while !(queue.is_closed() && queue.is_empty()) {
-        let opened = async {
-            let mut stream = TcpStream::connect(addr).await.ok()?;
-            let _ = stream.set_nodelay(true);
-            let channel = initiate(
-                &mut stream,
-                &identity.chain,
-                &identity.keypair,
-                identity.role,
-                &identity.expected,
-            )
-            .await
-            .ok()?;
-            Some((stream, channel))
-        }
-        .await;
-        let Some((stream, channel)) = opened else {
-            smol::Timer::after(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(2));
-            continue;
-        };
-        backoff = Duration::from_millis(50);
-        if let Some(gauge) = &connected {
-            gauge.inc();
-        }
-        let (mut reader, mut writer) = (stream.clone(), stream);
-        let reading = async {
-            match &inbound {
-                Some(inbound) => {
-                    read_frames(&mut reader, &channel, max, inbound).await;
-                }
-                // A peer link only writes; reading tells when the other side went away.
-                None => while let Ok(Some(_)) = channel.read(&mut reader).await {},
-            }
-            true
-        };
-        let open =
-            smol::future::or(write_frames(&mut writer, &channel, &queue, max), reading).await;
-        if let Some(gauge) = &connected {
-            gauge.dec();
-        }
-        let _ = writer.shutdown(std::net::Shutdown::Both);
-        if !open {
-            return;
-        }
-    }
+    pbft_host::link::link(Dialer { addr, identity }, queue, max, inbound, connected).await;
 }

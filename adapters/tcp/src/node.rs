@@ -6,12 +6,12 @@ use std::sync::Arc;
 
 use pbft_core::ValidatorSet;
 use pbft_host::config::NodeConfig;
-use pbft_host::driver::{self, Driver, Input, Router};
-use pbft_host::framing::StreamEnd;
+use pbft_host::driver::{self, Driver, Router};
+use pbft_host::serve;
 use pbft_host::start::{RunError, Started, start};
 use smol::net::{TcpListener, TcpStream};
 
-use crate::link::{Identity, hand_over, link, read_frames, write_frames};
+use crate::link::{Identity, Secured, link};
 use crate::secure::{Role, respond};
 
 /// Runs the validator `config` describes until `shutdown` yields or closes (then it stops
@@ -88,11 +88,14 @@ async fn accept_loop(
 ) {
     let connections = Arc::new(driver::Connections::default());
     while let Ok((stream, _)) = listener.accept().await {
-        let Some(slot) = connections.take() else {
-            driver.metrics().reject("too_many_connections");
-            continue;
+        let slot = match connections.take() {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                driver.metrics().reject(refusal.reason());
+                continue;
+            }
         };
-        smol::spawn(serve(
+        smol::spawn(accepted(
             slot,
             stream,
             driver.clone(),
@@ -105,9 +108,8 @@ async fn accept_loop(
     }
 }
 
-/// One accepted connection: the handshake admits it by key and role, then its frames go
-/// to the node.
-async fn serve(
+/// One accepted connection: the handshake admits it by key and role, then it is served.
+async fn accepted(
     _slot: driver::Slot,
     mut stream: TcpStream,
     driver: Driver,
@@ -120,7 +122,7 @@ async fn serve(
     let _ = stream.set_nodelay(true);
     let clients = metrics.clients_connected.get() as usize;
     let admit = |key: &pbft_core::PublicKey, role: Role| {
-        driver::admits(&validators, key, role == Role::Peer, clients).is_ok()
+        driver::admits(&validators, key, admitted_as(role), clients)
     };
     let (channel, key, role) = match respond(&mut stream, &chain, &keypair, admit).await {
         Ok(accepted) => accepted,
@@ -129,28 +131,23 @@ async fn serve(
             return;
         }
     };
-    let mut reader = stream.clone();
-    let end = if role == Role::Peer {
-        read_frames(&mut reader, &channel, max, |bytes| {
-            hand_over(&driver, Input::Peer { from: key, bytes })
-        })
-        .await
-    } else {
-        let queue = router.attach_client(key);
-        let reading = read_frames(&mut reader, &channel, max, |bytes| {
-            hand_over(&driver, Input::Client { from: key, bytes })
-        });
-        let writing = async {
-            write_frames(&mut stream, &channel, &queue.frames, max).await;
-            StreamEnd::Closed
-        };
-        let end = smol::future::or(reading, writing).await;
-        router.detach_client(&key, &queue);
-        end
-    };
-    match end {
-        StreamEnd::Closed => {}
-        StreamEnd::Truncated => metrics.reject("truncated_frame"),
-        StreamEnd::Oversized => metrics.reject("oversized_frame"),
+    let (reader, writer) = Secured::halves(stream, channel);
+    serve::serve(
+        key,
+        admitted_as(role),
+        reader,
+        writer,
+        &driver,
+        &router,
+        max,
+    )
+    .await;
+}
+
+/// The admission role of a handshake's role (the responder's own never reaches admission).
+fn admitted_as(role: Role) -> driver::Role {
+    match role {
+        Role::Peer => driver::Role::Validator,
+        Role::Client | Role::Server => driver::Role::Client,
     }
 }

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pbft_core::{ChainId, Digest, Hasher, Keypair, PublicKey, Signature};
+use pbft_host::driver::Refusal;
 use serde::{Deserialize, Serialize};
 use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -73,8 +74,10 @@ pub enum HandshakeError {
     Timeout,
     /// The proof does not decode or its signature does not verify.
     BadProof,
-    /// The key is not admitted for the role it asked (or not the one dialled).
+    /// The key is not the one dialled, or asked for the accepting node's role.
     UnknownKey,
+    /// The node's admission rule refused the key for the role it asked.
+    Refused(Refusal),
 }
 
 impl HandshakeError {
@@ -86,6 +89,7 @@ impl HandshakeError {
             HandshakeError::Timeout => "handshake_timeout",
             HandshakeError::BadProof => "bad_handshake_proof",
             HandshakeError::UnknownKey => "unknown_key",
+            HandshakeError::Refused(refusal) => refusal.reason(),
         }
     }
 }
@@ -98,6 +102,7 @@ impl std::fmt::Display for HandshakeError {
             HandshakeError::Timeout => f.write_str("handshake timed out"),
             HandshakeError::BadProof => f.write_str("key proof does not verify"),
             HandshakeError::UnknownKey => f.write_str("key not admitted"),
+            HandshakeError::Refused(refusal) => write!(f, "refused: {refusal}"),
         }
     }
 }
@@ -292,12 +297,12 @@ pub async fn initiate<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// Accepts a channel: `admit` decides whether the initiator's key may take the role it
-/// asked, before anything else is read from it.
+/// asked (a validator's or a client's), before anything else is read from it.
 pub async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     chain: &ChainId,
     keypair: &Keypair,
-    admit: impl Fn(&PublicKey, Role) -> bool,
+    admit: impl Fn(&PublicKey, Role) -> Result<(), Refusal>,
 ) -> Result<(Channel, PublicKey, Role), HandshakeError> {
     with_timeout(async {
         let mut noise = snow::Builder::new(NOISE.parse()?).build_responder()?;
@@ -315,9 +320,10 @@ pub async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
             .await?
             .ok_or(HandshakeError::BadProof)?;
         let proof = check_proof(chain, &claim, &handshake, true)?;
-        if proof.role == Role::Server || !admit(&proof.key, proof.role) {
+        if proof.role == Role::Server {
             return Err(HandshakeError::UnknownKey);
         }
+        admit(&proof.key, proof.role).map_err(HandshakeError::Refused)?;
         channel
             .write(
                 stream,

@@ -5,6 +5,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use pbft_core::{ChainId, Keypair};
+use pbft_host::driver::Refusal;
 use pbft_tcp::secure::{HandshakeError, Role, initiate, respond};
 use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use smol::net::{TcpListener, TcpStream};
@@ -52,13 +53,24 @@ impl AsyncWrite for Recording {
     }
 }
 
+/// A listener on a free loopback port, and its address.
+async fn listen() -> (TcpListener, std::net::SocketAddr) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    (listener, addr)
+}
+
 /// Accepts one connection and runs the responder's side (admitting any peer key).
 async fn serve_once(
     listener: &TcpListener,
     node: &Keypair,
 ) -> Result<pbft_core::PublicKey, HandshakeError> {
     let (mut stream, _) = listener.accept().await.unwrap();
-    respond(&mut stream, &chain(), node, |_, role| role == Role::Peer)
+    let peers_only = |_: &_, role| match role {
+        Role::Peer => Ok(()),
+        _ => Err(Refusal::UnknownKey),
+    };
+    respond(&mut stream, &chain(), node, peers_only)
         .await
         .map(|(_, key, _)| key)
 }
@@ -66,14 +78,13 @@ async fn serve_once(
 #[test]
 fn both_sides_prove_their_keys_and_talk() {
     smol::block_on(async {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let (listener, addr) = listen().await;
         let (node, peer) = (Keypair::from_seed(&[1; 32]), Keypair::from_seed(&[2; 32]));
         let server = smol::spawn({
             let node = Keypair::from_seed(&node.seed());
             async move {
                 let (mut stream, _) = listener.accept().await.unwrap();
-                let (channel, key, role) = respond(&mut stream, &chain(), &node, |_, _| true)
+                let (channel, key, role) = respond(&mut stream, &chain(), &node, |_, _| Ok(()))
                     .await
                     .unwrap();
                 let message = channel.read(&mut stream).await.unwrap().unwrap();
@@ -93,8 +104,7 @@ fn both_sides_prove_their_keys_and_talk() {
         assert_eq!(first.len(), pbft_tcp::secure::MAX_PLAIN);
 
         // Dialling a node that holds another key than expected fails.
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let (listener, addr) = listen().await;
         let impostor = Keypair::from_seed(&[3; 32]);
         let server = smol::spawn(async move { serve_once(&listener, &impostor).await });
         let mut stream = TcpStream::connect(addr).await.unwrap();
@@ -107,8 +117,7 @@ fn both_sides_prove_their_keys_and_talk() {
 #[test]
 fn a_recorded_handshake_replayed_is_refused() {
     smol::block_on(async {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let (listener, addr) = listen().await;
         let node = Keypair::from_seed(&[1; 32]);
         let peer = Keypair::from_seed(&[2; 32]);
         let node_key = node.public_key();
@@ -141,8 +150,7 @@ fn a_recorded_handshake_replayed_is_refused() {
 #[test]
 fn a_proof_reflected_to_its_sender_is_refused() {
     smol::block_on(async {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let (listener, addr) = listen().await;
         let victim = Keypair::from_seed(&[4; 32]);
         // The attacker answers the victim's handshake itself (it can: Noise NN has no
         // static keys), decrypts the victim's proof and sends it back as its own.
@@ -200,8 +208,7 @@ async fn write_message(stream: &mut TcpStream, message: &[u8]) {
 #[test]
 fn an_unproven_connection_gets_no_large_buffer() {
     smol::block_on(async {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let (listener, addr) = listen().await;
         let node = Keypair::from_seed(&[1; 32]);
         let server = smol::spawn(async move { serve_once(&listener, &node).await });
         let mut stream = TcpStream::connect(addr).await.unwrap();

@@ -1,0 +1,53 @@
+//! The contract between a node and what it replicates: [`Application`] executes committed
+//! batches inside the node's store transaction, and [`AppError`] says why it could not.
+
+use std::fmt;
+
+use redb::{ReadTransaction, WriteTransaction};
+
+use crate::kv::SnapshotError;
+
+/// What a node replicates, with its state in the node's store (`state.redb`, see
+/// [`crate::store`]): its writes go through the round's transaction, so they become durable
+/// atomically with the exactly-once table and the executed seq, and a restarted node resumes
+/// from its own disk. An application keeps its state in tables of its own names (the store's
+/// own begin with `pbft.`). Execution must be deterministic, and a snapshot must be the same
+/// bytes on every replica in the same state.
+pub trait Application {
+    /// Executes a batch's operations in order, writing through `tx`; one result per
+    /// operation.
+    fn execute(&mut self, tx: &WriteTransaction, ops: &[&[u8]]) -> Result<Vec<Vec<u8>>, AppError>;
+    /// The state's canonical bytes as of `tx`.
+    fn snapshot(&self, tx: &ReadTransaction) -> Result<Vec<u8>, AppError>;
+    /// Replaces the state with a snapshot fetched from peers (checked against their signed
+    /// checkpoint), writing through `tx`.
+    fn install(&mut self, tx: &WriteTransaction, snapshot: &[u8]) -> Result<(), AppError>;
+    /// Number of entries in the state as of `tx`, for the start-up line.
+    fn entries(&self, tx: &ReadTransaction) -> Result<u64, AppError>;
+}
+
+/// Why an application could not execute, snapshot or install.
+#[derive(Debug)]
+pub enum AppError {
+    /// The store failed.
+    Store(redb::Error),
+    /// A fetched snapshot is not one this application can read.
+    Snapshot(SnapshotError),
+}
+
+impl fmt::Display for AppError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AppError::Store(err) => write!(f, "{err}"),
+            AppError::Snapshot(err) => write!(f, "{err}"),
+        }
+    }
+}
+
+impl std::error::Error for AppError {}
+
+impl From<redb::Error> for AppError {
+    fn from(err: redb::Error) -> Self {
+        AppError::Store(err)
+    }
+}
