@@ -149,20 +149,6 @@ struct ValidatorEntry {
     address: String,
 }
 
-/// Optional overrides of the core's limits (see `pbft_core::Config` for each).
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Limits {
-    max_batch_ops: Option<usize>,
-    max_batch_bytes: Option<usize>,
-    batch_delay_ms: Option<u64>,
-    window: Option<u64>,
-    checkpoint_interval: Option<u64>,
-    view_timeout_ms: Option<u64>,
-    max_message_bytes: Option<usize>,
-    max_request_bytes: Option<usize>,
-}
-
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ConfigFile {
@@ -172,8 +158,10 @@ struct ConfigFile {
     listen: Option<String>,
     metrics: Option<String>,
     validators: Vec<ValidatorEntry>,
+    /// Every field of the core's [`Config`] may be set here; the rest keep their defaults.
+    /// The chain id comes from `chain`.
     #[serde(default)]
-    limits: Limits,
+    limits: Config,
 }
 
 /// The network a config file describes: what a client needs to reach and check it.
@@ -299,27 +287,19 @@ fn network(path: &Path, file: &ConfigFile) -> Result<Network, FileError> {
     }
     let validators = ValidatorSet::new(0, &keys)
         .map_err(|err| field_error(path, "validators", err.to_string()))?;
-    let mut core = Config::new(ChainId::from_name(&file.chain));
-    let limits = &file.limits;
-    let set = |target: &mut usize, value: Option<usize>| {
-        if let Some(value) = value {
-            *target = value;
-        }
-    };
-    set(&mut core.max_batch_ops, limits.max_batch_ops);
-    set(&mut core.max_batch_bytes, limits.max_batch_bytes);
-    set(&mut core.max_message_bytes, limits.max_message_bytes);
-    set(&mut core.max_request_bytes, limits.max_request_bytes);
-    for (target, value) in [
-        (&mut core.batch_delay_ms, limits.batch_delay_ms),
-        (&mut core.window, limits.window),
-        (&mut core.checkpoint_interval, limits.checkpoint_interval),
-        (&mut core.view_timeout_ms, limits.view_timeout_ms),
-    ] {
-        if let Some(value) = value {
-            *target = value;
-        }
+    if file.limits.chain_id != Config::default().chain_id {
+        return Err(field_error(
+            path,
+            "limits.chain_id",
+            "set `chain` (the network's name) instead",
+        ));
     }
+    let mut core = Config {
+        chain_id: ChainId::from_name(&file.chain),
+        ..file.limits.clone()
+    };
+    // A window above the default needs as many retained batches; raising both by hand is
+    // an easy thing to forget.
     core.retained_batches = core.retained_batches.max(core.window as usize);
     core.validate()
         .map_err(|err| field_error(path, "limits", err.to_string()))?;
@@ -391,6 +371,26 @@ mod tests {
         assert_eq!(config.addresses[3].port(), 7003);
         assert_eq!(config.core.window, 16);
         assert_eq!(config.data_dir, fixture.dir.path().join("data"));
+    }
+
+    #[test]
+    fn every_limit_of_the_core_can_be_set_and_no_other() {
+        let fixture = fixture();
+        let limits = "[limits]\nmax_clients = 500\nheartbeat_ms = 250\nretained_batches = 512\n\
+                      max_snapshot_bytes = 1048576\nmax_future_per_peer = 32\n";
+        let config = load(&fixture, &config_text(&fixture.keys, limits)).unwrap();
+        assert_eq!(config.core.max_clients, 500);
+        assert_eq!(config.core.heartbeat_ms, 250);
+        assert_eq!(config.core.retained_batches, 512);
+        assert_eq!(config.core.max_snapshot_bytes, 1 << 20);
+        assert_eq!(config.core.max_future_per_peer, 32);
+        assert_eq!(config.core.chain_id, ChainId::from_name("testnet"));
+        let typo = config_text(&fixture.keys, "[limits]\nmax_client = 500\n");
+        let message = field_of(load(&fixture, &typo));
+        assert!(message.contains("max_client"), "{message}");
+        let chain = format!("[limits]\nchain_id = {:?}\n", [1u8; 32]);
+        let chain = config_text(&fixture.keys, &chain);
+        assert_eq!(field_of(load(&fixture, &chain)), "limits.chain_id");
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! What clients and nodes say to each other on a client connection, beside consensus
 //! messages: a request, a status query and a proof query, and their answers.
 //!
-//! Every frame is one postcard-encoded [`ClientFrame`] or [`ServerFrame`] inside the
-//! transport's length-delimited framing.
+//! Every frame is one [`ClientFrame`] or [`ServerFrame`] in the core's versioned envelope
+//! ([`pbft_core::envelope`]: a version byte, then postcard) inside the transport's
+//! length-delimited framing.
 
+use pbft_core::envelope::{self, DecodeError};
 use pbft_core::{
     ChainId, Digest, Hasher, InclusionProof, Keypair, PublicKey, QuorumCertificate, Request,
     Signature, ValidatorSet, verify_inclusion, verify_qc,
@@ -106,13 +108,13 @@ impl ProofBundle {
     }
 }
 
-/// A frame that does not decode.
+/// A frame that does not decode, and why.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BadFrame;
+pub struct BadFrame(pub DecodeError);
 
 impl core::fmt::Display for BadFrame {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str("frame does not decode")
+        write!(f, "frame does not decode: {}", self.0)
     }
 }
 
@@ -121,17 +123,15 @@ impl std::error::Error for BadFrame {}
 macro_rules! codec {
     ($type:ty) => {
         impl $type {
-            /// The frame's bytes.
+            /// The frame's bytes, in the core's versioned envelope.
             pub fn encode(&self) -> Vec<u8> {
-                postcard::to_allocvec(self).expect("serialising to a Vec cannot fail")
+                envelope::encode(self)
             }
 
-            /// Reads a frame; trailing bytes are refused.
+            /// Reads a frame (the transport's framing bounds its length); another version
+            /// or trailing bytes are refused.
             pub fn decode(bytes: &[u8]) -> Result<Self, BadFrame> {
-                match postcard::take_from_bytes(bytes) {
-                    Ok((frame, [])) => Ok(frame),
-                    _ => Err(BadFrame),
-                }
+                envelope::decode(bytes, usize::MAX).map_err(BadFrame)
             }
         }
     };

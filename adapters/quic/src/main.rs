@@ -238,7 +238,7 @@ async fn run(command: Command) -> Result<(), Failure> {
             let network = load_network(&config)?;
             let bytes = std::fs::read(&proof).map_err(|e| format!("{}: {e}", proof.display()))?;
             let bundle = ProofBundle::decode(&bytes)
-                .map_err(|_| format!("{}: not a proof file", proof.display()))?;
+                .map_err(|e| format!("{}: not a proof file ({e})", proof.display()))?;
             bundle
                 .verify(&network.core.chain_id, &network.validators)
                 .map_err(|e| format!("{}: {e}", proof.display()))?;
