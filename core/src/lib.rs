@@ -27,6 +27,9 @@ mod message;
 mod metrics;
 mod replica;
 mod state;
+#[cfg(feature = "testing")]
+#[doc(hidden)]
+pub mod testing;
 mod view_change;
 
 pub use certificate::{
