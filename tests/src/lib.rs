@@ -9,12 +9,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use pbft_core::{
-    Batch, ChainId, Client, ClientRecord, Config, Delivery, Destination, Digest, ExecutedState,
-    Hasher, Keypair, Message, NewView, Output, PublicKey, Record, Replica, Request, Signature,
+    Batch, Client, ClientRecord, Config, Delivery, Destination, Digest, ExecutedState, Hasher,
+    Keypair, Message, NewView, Output, PublicKey, Record, Replica, Request, Signature,
     ValidatorSet, ViewChange, Vote, verify_evidence, verify_inclusion, verify_qc,
 };
 
 pub mod cluster;
+
+use pbft_core::testing::client_key;
+/// The chain id and validator keys of every simulation: the shared test fixtures'.
+pub use pbft_core::testing::{chain, validator_keys};
 
 /// SplitMix64: small, fast, and the same on every platform.
 #[derive(Clone)]
@@ -520,18 +524,6 @@ struct Committed {
     certificate: pbft_core::QuorumCertificate,
 }
 
-/// The validator keys of a simulated cluster (the same for every seed).
-pub fn validator_keys(n: usize) -> Vec<Keypair> {
-    (0..n)
-        .map(|i| Keypair::from_seed(&Hasher::new(b"sim/validator").u64(i as u64).finish().0))
-        .collect()
-}
-
-/// The chain id every simulation uses.
-pub fn chain() -> ChainId {
-    ChainId::from_name("pbft-sim")
-}
-
 /// The simulation: nodes, network and checker.
 pub struct Simulation {
     scenario: Scenario,
@@ -605,14 +597,10 @@ impl Simulation {
             })
             .collect();
         let clients: Vec<SimClient> = (0..scenario.clients)
-            .map(|j| {
-                let keypair =
-                    Keypair::from_seed(&Hasher::new(b"sim/client").u64(j as u64).finish().0);
-                SimClient {
-                    client: Client::new(chain(), keypair, set.clone(), 1),
-                    remaining: scenario.requests_per_client,
-                    outstanding: None,
-                }
+            .map(|j| SimClient {
+                client: Client::new(chain(), client_key(j), set.clone(), 1),
+                remaining: scenario.requests_per_client,
+                outstanding: None,
             })
             .collect();
         let client_keys = clients.iter().map(|c| c.client.public_key()).collect();
