@@ -41,28 +41,26 @@ fn prepared_batch() -> Batch {
     pbft_core::testing::batch(&[1])
 }
 
-/// A batch no one prepared: a request of validator 3's key.
-fn other_batch() -> Batch {
+/// A batch of one request signed with validator `signer`'s key, as a client would sign it.
+fn batch_signed_by(signer: usize, client_seq: u64, op: &[u8]) -> Batch {
     Batch {
         requests: vec![Request::new(
             &chain(),
-            &validator_key(3),
-            9,
-            b"other".to_vec(),
+            &validator_key(signer),
+            client_seq,
+            op.to_vec(),
         )],
     }
 }
 
-/// A batch for seq 2: a request of validator 1's key.
+/// A batch no one prepared.
+fn other_batch() -> Batch {
+    batch_signed_by(3, 9, b"other")
+}
+
+/// A batch for seq 2.
 fn second_batch() -> Batch {
-    Batch {
-        requests: vec![Request::new(
-            &chain(),
-            &validator_key(1),
-            4,
-            b"second".to_vec(),
-        )],
-    }
+    batch_signed_by(1, 4, b"second")
 }
 
 /// Replica 0's pre-prepare at (0, 1) and prepares of replicas 1 and 2: prepared.
