@@ -10,8 +10,8 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use pbft_benches::{batch_of, signed_by_distinct_keys};
+use pbft_core::testing::{chain, client_key, round_robin_request};
 use pbft_core::{Config, Hasher, Keypair, Request};
-use pbft_sim::chain;
 use pbft_sim::cluster::Cluster;
 
 const VALIDATORS: usize = 4;
@@ -53,19 +53,9 @@ fn run(batch: usize, ops: usize) -> Run {
     config.max_pending_requests = ops + 1;
     let mut cluster = Cluster::new(VALIDATORS, config);
     // Clients sign before the clock starts: in a deployment they run elsewhere.
-    let clients: Vec<Keypair> = (0..CLIENTS)
-        .map(|i| Keypair::from_seed(&Hasher::new(b"bench/client").u64(i as u64).finish().0))
-        .collect();
-    let requests: Vec<Request> = (0..ops)
-        .map(|i| {
-            let client = &clients[i % CLIENTS];
-            Request::new(
-                &chain(),
-                client,
-                (i / CLIENTS) as u64 + 1,
-                vec![(i % 256) as u8; OP_BYTES],
-            )
-        })
+    let clients: Vec<Keypair> = (0..CLIENTS).map(client_key).collect();
+    let requests: Vec<Request> = (0..ops as u64)
+        .map(|i| round_robin_request(&clients, i, OP_BYTES))
         .collect();
     let start = Instant::now();
     for request in requests {

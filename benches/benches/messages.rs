@@ -2,40 +2,33 @@
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use pbft_benches::{batch_of, signed_by_distinct_keys};
-use pbft_core::{
-    Batch, BatchVerifier, ChainId, Keypair, Message, Phase, PrePrepare, ReplicaId, Request, Vote,
-};
+use pbft_core::testing::{chain, client_key, round_robin_request, vote};
+use pbft_core::{Batch, BatchVerifier, Keypair, Message, Phase, PrePrepare, Request};
 
-fn chain() -> ChainId {
-    ChainId::from_name("bench")
-}
-
+/// `count` requests of 128 bytes, each from another client.
 fn requests(count: usize) -> Vec<Request> {
-    (0..count)
-        .map(|i| {
-            let client = Keypair::from_seed(&[(i % 251) as u8 + 1; 32]);
-            Request::new(&chain(), &client, i as u64 + 1, vec![7; 128])
-        })
+    let clients: Vec<Keypair> = (0..count).map(client_key).collect();
+    (0..count as u64)
+        .map(|i| round_robin_request(&clients, i, 128))
         .collect()
 }
 
 fn samples() -> Vec<(&'static str, Message)> {
-    let key = Keypair::from_seed(&[1; 32]);
     let batch = Batch {
         requests: requests(100),
     };
-    let digest = batch.digest(&chain());
-    let vote = |phase| Vote::new(&chain(), 0, phase, (0, 1), digest, ReplicaId(0), &key);
+    let proposal = vote(0, Phase::PrePrepare, (0, 1), &batch);
+    let commit = vote(0, Phase::Commit, (0, 1), &batch);
     vec![
         ("request-128B", Message::Request(requests(1).remove(0))),
         (
             "pre-prepare-100x128B",
             Message::PrePrepare(PrePrepare {
-                vote: vote(Phase::PrePrepare),
+                vote: proposal,
                 batch,
             }),
         ),
-        ("commit", Message::Vote(vote(Phase::Commit))),
+        ("commit", Message::Vote(commit)),
     ]
 }
 

@@ -10,6 +10,7 @@
 
 use std::time::Instant;
 
+use pbft_core::testing::chain;
 use pbft_core::{
     Batch, Config, Delivery, Hasher, Keypair, PublicKey, QuorumCertificate, Request, Signature,
     ValidatorSet,
@@ -17,7 +18,6 @@ use pbft_core::{
 use pbft_host::kv::{KvStore, Op};
 use pbft_host::node::{Application, Node};
 use pbft_host::store::Store;
-use pbft_sim::chain;
 
 const BATCH: usize = 100;
 const CLIENTS: u64 = 100;

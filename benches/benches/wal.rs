@@ -8,11 +8,11 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use pbft_core::{
-    Config, Destination, Hasher, Keypair, Output, PublicKey, Replica, Request, ValidatorSet,
+use pbft_core::testing::{
+    chain, client_key, key_of, round_robin_request, validator_keys, validator_set,
 };
+use pbft_core::{Config, Destination, Keypair, Output, PublicKey, Replica, Request};
 use pbft_host::wal::{Wal, WalOptions};
-use pbft_sim::{chain, validator_keys};
 
 const RECORD_BYTES: usize = 150;
 
@@ -44,13 +44,12 @@ struct Node {
 /// Runs `ops` requests through 4 replicas, each persisting to its own WAL; returns
 /// (committed batches, syncs per replica per batch, appends per replica per batch, ops/s).
 fn cluster(ops: usize, batch: usize) -> (u64, f64, f64, f64) {
-    let keys = validator_keys(4);
-    let public: Vec<PublicKey> = keys.iter().map(Keypair::public_key).collect();
-    let set = ValidatorSet::new(0, &public).expect("keys");
+    let public: Vec<PublicKey> = (0..4).map(key_of).collect();
+    let set = validator_set(4);
     let mut config = Config::new(chain());
     config.max_batch_ops = batch;
     config.max_pending_requests = ops + 1;
-    let mut nodes: Vec<Node> = keys
+    let mut nodes: Vec<Node> = validator_keys(4)
         .into_iter()
         .map(|key| {
             let dir = tempfile::tempdir().expect("temp dir");
@@ -63,18 +62,9 @@ fn cluster(ops: usize, batch: usize) -> (u64, f64, f64, f64) {
             }
         })
         .collect();
-    let clients: Vec<Keypair> = (0..100)
-        .map(|i| Keypair::from_seed(&Hasher::new(b"wal-bench").u64(i).finish().0))
-        .collect();
-    let requests: Vec<Request> = (0..ops)
-        .map(|i| {
-            Request::new(
-                &chain(),
-                &clients[i % 100],
-                (i / 100) as u64 + 1,
-                vec![7; 128],
-            )
-        })
+    let clients: Vec<Keypair> = (0..100).map(client_key).collect();
+    let requests: Vec<Request> = (0..ops as u64)
+        .map(|i| round_robin_request(&clients, i, 128))
         .collect();
     let start = Instant::now();
     let mut now = 0;

@@ -97,6 +97,9 @@ mod metrics;
 mod replica;
 mod state;
 mod statement;
+#[cfg(feature = "testing")]
+#[doc(hidden)]
+pub mod testing;
 mod view_change;
 
 // The validator and the contract on what it hands its host.

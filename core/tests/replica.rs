@@ -1,98 +1,29 @@
 //! Each check a validator makes on its inputs, and the typed error it answers with.
 
+use pbft_core::testing::{
+    NOW, batch, chain, client_key, drain, key_of, pre_prepare, request, small_config,
+    validator_key, validator_set, vote,
+};
 use pbft_core::{
-    Batch, ChainId, Config, DecodeError, Destination, Error, Keypair, Message, Output, Phase,
-    PrePrepare, PublicKey, Record, Replica, ReplicaId, Request, ValidatorSet, Vote,
+    Batch, Config, DecodeError, Destination, Error, Message, Output, Phase, PrePrepare, PublicKey,
+    Record, Replica, ReplicaId, Request, Vote,
 };
 
-const NOW: u64 = 1_000;
-
-fn chain() -> ChainId {
-    ChainId::from_name("replica-tests")
-}
-
-fn keys() -> Vec<Keypair> {
-    (0..4u8).map(|i| Keypair::from_seed(&[i + 1; 32])).collect()
-}
-
-fn set() -> ValidatorSet {
-    let public: Vec<PublicKey> = keys().iter().map(Keypair::public_key).collect();
-    ValidatorSet::new(0, &public).unwrap()
-}
-
 fn config() -> Config {
-    let mut config = Config::new(chain());
-    config.window = 4;
-    config.checkpoint_interval = 2;
+    let mut config = small_config();
     config.max_future_per_peer = 3;
     config.max_request_bytes = 64;
     config
 }
 
 fn replica(index: usize) -> Replica {
-    let key = keys().remove(index);
-    Replica::new(config(), set(), key).unwrap()
-}
-
-fn client() -> Keypair {
-    Keypair::from_seed(&[42; 32])
-}
-
-fn request(client_seq: u64) -> Request {
-    Request::new(
-        &chain(),
-        &client(),
-        client_seq,
-        format!("op {client_seq}").into_bytes(),
-    )
-}
-
-/// A pre-prepare for `batch` at (view, seq), signed by validator `signer`.
-fn pre_prepare(signer: usize, view: u64, seq: u64, batch: Batch) -> Vec<u8> {
-    let digest = batch.digest(&chain());
-    let key = &keys()[signer];
-    let vote = Vote::new(
-        &chain(),
-        0,
-        Phase::PrePrepare,
-        (view, seq),
-        digest,
-        ReplicaId(signer as u16),
-        key,
-    );
-    Message::PrePrepare(PrePrepare { vote, batch }).encode()
-}
-
-fn batch(seqs: &[u64]) -> Batch {
-    Batch {
-        requests: seqs.iter().map(|&s| request(s)).collect(),
-    }
-}
-
-fn vote(signer: usize, phase: Phase, seq: u64, batch: &Batch) -> Vote {
-    Vote::new(
-        &chain(),
-        0,
-        phase,
-        (0, seq),
-        batch.digest(&chain()),
-        ReplicaId(signer as u16),
-        &keys()[signer],
-    )
-}
-
-fn key_of(index: usize) -> PublicKey {
-    keys()[index].public_key()
-}
-
-fn drain(replica: &mut Replica) -> Vec<Output> {
-    std::iter::from_fn(|| replica.poll_output()).collect()
+    pbft_core::testing::replica(index, config())
 }
 
 #[test]
 fn backup_persists_its_prepare_before_sending_it() {
     let mut backup = replica(1);
-    let bytes = pre_prepare(0, 0, 1, batch(&[1]));
+    let bytes = pre_prepare(0, (0, 1), &batch(&[1]));
     backup.handle_message(NOW, &key_of(0), &bytes).unwrap();
     let outputs = drain(&mut backup);
     let persisted = outputs
@@ -168,13 +99,13 @@ fn undecodable_bytes_are_typed_errors() {
 #[test]
 fn consensus_messages_from_non_validators_are_refused() {
     let mut backup = replica(1);
-    let stranger = client().public_key();
-    let bytes = pre_prepare(0, 0, 1, batch(&[1]));
+    let stranger = client_key(0).public_key();
+    let bytes = pre_prepare(0, (0, 1), &batch(&[1]));
     assert_eq!(
         backup.handle_message(NOW, &stranger, &bytes),
         Err(Error::NotAValidator)
     );
-    let prepare = Message::Vote(vote(2, Phase::Prepare, 1, &batch(&[1]))).encode();
+    let prepare = Message::Vote(vote(2, Phase::Prepare, (0, 1), &batch(&[1]))).encode();
     assert_eq!(
         backup.handle_message(NOW, &stranger, &prepare),
         Err(Error::NotAValidator)
@@ -186,7 +117,7 @@ fn a_pre_prepare_must_come_from_the_primary_with_its_signature() {
     let mut backup = replica(1);
     let from = key_of(2);
     assert_eq!(
-        backup.handle_message(NOW, &from, &pre_prepare(2, 0, 1, batch(&[1]))),
+        backup.handle_message(NOW, &from, &pre_prepare(2, (0, 1), &batch(&[1]))),
         Err(Error::WrongSigner(ReplicaId(2)))
     );
     // Claims to be the primary, signed by validator 2.
@@ -198,7 +129,7 @@ fn a_pre_prepare_must_come_from_the_primary_with_its_signature() {
         (0, 1),
         b.digest(&chain()),
         ReplicaId(0),
-        &keys()[2],
+        &validator_key(2),
     );
     forged.replica = ReplicaId(0);
     let bytes = Message::PrePrepare(PrePrepare {
@@ -217,11 +148,11 @@ fn views_and_windows_are_enforced() {
     let mut backup = replica(1);
     let from = key_of(0);
     assert_eq!(
-        backup.handle_message(NOW, &from, &pre_prepare(1, 1, 1, batch(&[1]))),
+        backup.handle_message(NOW, &from, &pre_prepare(1, (1, 1), &batch(&[1]))),
         Err(Error::FutureView { got: 1, current: 0 })
     );
     assert_eq!(
-        backup.handle_message(NOW, &from, &pre_prepare(0, 0, 0, batch(&[1]))),
+        backup.handle_message(NOW, &from, &pre_prepare(0, (0, 0), &batch(&[1]))),
         Err(Error::OutOfWindow {
             seq: 0,
             low: 1,
@@ -231,13 +162,13 @@ fn views_and_windows_are_enforced() {
     // Above the window: buffered up to the per-peer bound, then refused.
     for seq in 5..8 {
         assert_eq!(
-            backup.handle_message(NOW, &from, &pre_prepare(0, 0, seq, batch(&[seq]))),
+            backup.handle_message(NOW, &from, &pre_prepare(0, (0, seq), &batch(&[seq]))),
             Ok(())
         );
     }
     let before = backup.memory_footprint();
     assert_eq!(
-        backup.handle_message(NOW, &from, &pre_prepare(0, 0, 8, batch(&[8]))),
+        backup.handle_message(NOW, &from, &pre_prepare(0, (0, 8), &batch(&[8]))),
         Err(Error::FutureBufferFull)
     );
     assert_eq!(
@@ -252,19 +183,8 @@ fn batches_are_checked_request_by_request() {
     let mut backup = replica(1);
     let from = key_of(0);
     // The digest must be the Merkle root of the batch.
-    let honest = batch(&[1]);
-    let digest = honest.digest(&chain());
-    let vote = Vote::new(
-        &chain(),
-        0,
-        Phase::PrePrepare,
-        (0, 1),
-        digest,
-        ReplicaId(0),
-        &keys()[0],
-    );
     let swapped = Message::PrePrepare(PrePrepare {
-        vote,
+        vote: vote(0, Phase::PrePrepare, (0, 1), &batch(&[1])),
         batch: batch(&[2]),
     })
     .encode();
@@ -276,31 +196,31 @@ fn batches_are_checked_request_by_request() {
     let mut forged = batch(&[1]);
     forged.requests[0].signature.0[0] ^= 1;
     assert_eq!(
-        backup.handle_message(NOW, &from, &pre_prepare(0, 0, 1, forged)),
+        backup.handle_message(NOW, &from, &pre_prepare(0, (0, 1), &forged)),
         Err(Error::Crypto(pbft_core::CryptoError::BadSignature))
     );
     // No request twice, no empty batch, no oversized operation.
     assert_eq!(
-        backup.handle_message(NOW, &from, &pre_prepare(0, 0, 1, batch(&[1, 1]))),
+        backup.handle_message(NOW, &from, &pre_prepare(0, (0, 1), &batch(&[1, 1]))),
         Err(Error::DuplicateRequest)
     );
     assert_eq!(
-        backup.handle_message(NOW, &from, &pre_prepare(0, 0, 1, batch(&[]))),
+        backup.handle_message(NOW, &from, &pre_prepare(0, (0, 1), &batch(&[]))),
         Err(Error::BatchTooLarge)
     );
     let big = Batch {
-        requests: vec![Request::new(&chain(), &client(), 1, vec![0; 65])],
+        requests: vec![Request::new(&chain(), &client_key(0), 1, vec![0; 65])],
     };
     assert_eq!(
-        backup.handle_message(NOW, &from, &pre_prepare(0, 0, 1, big)),
+        backup.handle_message(NOW, &from, &pre_prepare(0, (0, 1), &big)),
         Err(Error::RequestTooLarge { len: 65, max: 64 })
     );
     // A request already proposed at another seq cannot be proposed again.
     backup
-        .handle_message(NOW, &from, &pre_prepare(0, 0, 1, batch(&[1])))
+        .handle_message(NOW, &from, &pre_prepare(0, (0, 1), &batch(&[1])))
         .unwrap();
     assert_eq!(
-        backup.handle_message(NOW, &from, &pre_prepare(0, 0, 2, batch(&[1, 2]))),
+        backup.handle_message(NOW, &from, &pre_prepare(0, (0, 2), &batch(&[1, 2]))),
         Err(Error::DuplicateRequest)
     );
     assert_eq!(backup.metrics().rejected.values().sum::<u64>(), 6);
@@ -310,15 +230,19 @@ fn batches_are_checked_request_by_request() {
 fn a_batch_over_the_byte_limit_is_refused() {
     let mut config = config();
     config.max_batch_bytes = 430;
-    let mut backup = Replica::new(config, set(), keys().remove(1)).unwrap();
+    let mut backup = Replica::new(config, validator_set(4), validator_key(1)).unwrap();
     // Four requests of 120 accounted bytes each exceed 430; three fit. (With the limit plus
     // one request of slack, as before, four would have passed.)
     assert_eq!(
-        backup.handle_message(NOW, &key_of(0), &pre_prepare(0, 0, 1, batch(&[1, 2, 3, 4]))),
+        backup.handle_message(
+            NOW,
+            &key_of(0),
+            &pre_prepare(0, (0, 1), &batch(&[1, 2, 3, 4]))
+        ),
         Err(Error::BatchTooLarge)
     );
     assert_eq!(
-        backup.handle_message(NOW, &key_of(0), &pre_prepare(0, 0, 1, batch(&[1, 2, 3]))),
+        backup.handle_message(NOW, &key_of(0), &pre_prepare(0, (0, 1), &batch(&[1, 2, 3]))),
         Ok(())
     );
 }
@@ -328,15 +252,15 @@ fn a_second_proposal_for_a_slot_is_evidence_against_the_primary() {
     let mut backup = replica(1);
     let from = key_of(0);
     backup
-        .handle_message(NOW, &from, &pre_prepare(0, 0, 1, batch(&[1])))
+        .handle_message(NOW, &from, &pre_prepare(0, (0, 1), &batch(&[1])))
         .unwrap();
     drain(&mut backup);
     assert_eq!(
-        backup.handle_message(NOW, &from, &pre_prepare(0, 0, 1, batch(&[1]))),
+        backup.handle_message(NOW, &from, &pre_prepare(0, (0, 1), &batch(&[1]))),
         Err(Error::Duplicate)
     );
     assert_eq!(
-        backup.handle_message(NOW, &from, &pre_prepare(0, 0, 1, batch(&[2]))),
+        backup.handle_message(NOW, &from, &pre_prepare(0, (0, 1), &batch(&[2]))),
         Err(Error::Equivocation(ReplicaId(0)))
     );
     let outputs = drain(&mut backup);
@@ -344,11 +268,11 @@ fn a_second_proposal_for_a_slot_is_evidence_against_the_primary() {
         panic!("expected one evidence output, got {outputs:?}");
     };
     assert_eq!(
-        pbft_core::verify_evidence(&chain(), &set(), evidence),
+        pbft_core::verify_evidence(&chain(), &validator_set(4), evidence),
         Ok(())
     );
     // Reported once, however often it is repeated.
-    let _ = backup.handle_message(NOW, &from, &pre_prepare(0, 0, 1, batch(&[3])));
+    let _ = backup.handle_message(NOW, &from, &pre_prepare(0, (0, 1), &batch(&[3])));
     assert!(drain(&mut backup).is_empty());
 }
 
@@ -356,8 +280,8 @@ fn a_second_proposal_for_a_slot_is_evidence_against_the_primary() {
 fn conflicting_votes_are_evidence_and_the_first_vote_stands() {
     let mut backup = replica(1);
     let from = key_of(2);
-    let first = Message::Vote(vote(2, Phase::Commit, 1, &batch(&[1]))).encode();
-    let second = Message::Vote(vote(2, Phase::Commit, 1, &batch(&[2]))).encode();
+    let first = Message::Vote(vote(2, Phase::Commit, (0, 1), &batch(&[1]))).encode();
+    let second = Message::Vote(vote(2, Phase::Commit, (0, 1), &batch(&[2]))).encode();
     backup.handle_message(NOW, &from, &first).unwrap();
     assert_eq!(
         backup.handle_message(NOW, &from, &first),
@@ -378,23 +302,23 @@ fn votes_that_cannot_travel_alone_or_come_from_the_wrong_role_are_refused() {
     let mut backup = replica(1);
     let b = batch(&[1]);
     let from = key_of(0);
-    let prepare_by_primary = Message::Vote(vote(0, Phase::Prepare, 1, &b)).encode();
+    let prepare_by_primary = Message::Vote(vote(0, Phase::Prepare, (0, 1), &b)).encode();
     assert_eq!(
         backup.handle_message(NOW, &from, &prepare_by_primary),
         Err(Error::WrongSigner(ReplicaId(0)))
     );
-    let bare = Message::Vote(vote(0, Phase::PrePrepare, 1, &b)).encode();
+    let bare = Message::Vote(vote(0, Phase::PrePrepare, (0, 1), &b)).encode();
     assert!(matches!(
         backup.handle_message(NOW, &from, &bare),
         Err(Error::UnexpectedMessage(_))
     ));
-    let mut bad = vote(2, Phase::Prepare, 1, &b);
+    let mut bad = vote(2, Phase::Prepare, (0, 1), &b);
     bad.signature.0[10] ^= 1;
     assert_eq!(
         backup.handle_message(NOW, &key_of(2), &Message::Vote(bad).encode()),
         Err(Error::Crypto(pbft_core::CryptoError::BadSignature))
     );
-    let mut unknown = vote(2, Phase::Prepare, 1, &b);
+    let mut unknown = vote(2, Phase::Prepare, (0, 1), &b);
     unknown.replica = ReplicaId(9);
     assert_eq!(
         backup.handle_message(NOW, &key_of(2), &Message::Vote(unknown).encode()),
@@ -405,7 +329,7 @@ fn votes_that_cannot_travel_alone_or_come_from_the_wrong_role_are_refused() {
 #[test]
 fn requests_are_checked_before_they_cost_anything() {
     let mut primary = replica(0);
-    let from = client().public_key();
+    let from = client_key(0).public_key();
     let mut forged = request(1);
     forged.signature.0[3] ^= 1;
     // The primary checks client signatures in a batch when it proposes: a forged request is
@@ -418,7 +342,7 @@ fn requests_are_checked_before_they_cost_anything() {
         .any(|output| matches!(output, Output::Send { .. } | Output::Persist(_)));
     assert!(!proposed, "a forged request was proposed");
     assert_eq!(primary.metrics().rejected.get("bad_signature"), Some(&1));
-    let big = Request::new(&chain(), &client(), 1, vec![0; 65]);
+    let big = Request::new(&chain(), &client_key(0), 1, vec![0; 65]);
     assert_eq!(
         primary.submit(NOW, big),
         Err(Error::RequestTooLarge { len: 65, max: 64 })
@@ -455,7 +379,7 @@ fn replies_are_not_for_validators_and_execution_follows_delivery() {
     let reply = pbft_core::Reply {
         view: 0,
         seq: 1,
-        client: client().public_key(),
+        client: client_key(0).public_key(),
         client_seq: 1,
         result: vec![],
         proof: pbft_core::InclusionProof {
@@ -478,8 +402,8 @@ fn replies_are_not_for_validators_and_execution_follows_delivery() {
 
 #[test]
 fn a_replica_whose_key_is_not_in_the_set_does_not_start() {
-    assert!(Replica::new(config(), set(), client()).is_err());
+    assert!(Replica::new(config(), validator_set(4), client_key(0)).is_err());
     let mut bad = config();
     bad.window = 0;
-    assert!(Replica::new(bad, set(), keys().remove(0)).is_err());
+    assert!(Replica::new(bad, validator_set(4), validator_key(0)).is_err());
 }

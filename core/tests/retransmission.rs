@@ -1,39 +1,21 @@
 //! Repairing lost messages: a replica that missed a commit gets it from a peer's answer to
 //! its status, and a peer answers a status at most once per interval, only to its sender.
 
-use pbft_core::{
-    ChainId, Config, Destination, Error, Keypair, Message, Output, PublicKey, Replica, Request,
-    Status, ValidatorSet,
-};
+use pbft_core::testing::{NOW, chain, key_of, replica, request, small_config};
+use pbft_core::{Config, Destination, Error, Message, Output, Replica, Status};
 
-const NOW: u64 = 1_000;
-
-fn chain() -> ChainId {
-    ChainId::from_name("retransmission-tests")
-}
-
-fn keys() -> Vec<Keypair> {
-    (0..4u8).map(|i| Keypair::from_seed(&[i + 1; 32])).collect()
-}
-
+/// Four replicas, checkpointing only once the window (4) is full.
 fn cluster() -> Vec<Replica> {
-    let public: Vec<PublicKey> = keys().iter().map(Keypair::public_key).collect();
-    let set = ValidatorSet::new(0, &public).unwrap();
-    let mut config = Config::new(chain());
-    config.window = 4;
+    let mut config = small_config();
     config.checkpoint_interval = 4;
-    keys()
-        .into_iter()
-        .map(|key| Replica::new(config.clone(), set.clone(), key).unwrap())
-        .collect()
+    (0..4).map(|index| replica(index, config.clone())).collect()
 }
 
 /// Runs messages among `up` (the others hear nothing) until quiet; executes deliveries.
 fn run(replicas: &mut [Replica], up: &[usize], mut queue: Vec<(usize, usize, Vec<u8>)>) {
-    let public: Vec<PublicKey> = keys().iter().map(Keypair::public_key).collect();
     while let Some((from, to, bytes)) = queue.pop() {
         if up.contains(&to) {
-            let _ = replicas[to].handle_message(NOW, &public[from], &bytes);
+            let _ = replicas[to].handle_message(NOW, &key_of(from), &bytes);
             drain(replicas, to, &mut queue);
         }
     }
@@ -82,10 +64,7 @@ fn status(executed: u64) -> Vec<u8> {
 #[test]
 fn a_replica_that_missed_a_commit_gets_it_from_one_answer_to_its_status() {
     let mut replicas = cluster();
-    let client = Keypair::from_seed(&[42; 32]);
-    replicas[0]
-        .submit(NOW, Request::new(&chain(), &client, 1, b"op".to_vec()))
-        .unwrap();
+    replicas[0].submit(NOW, request(1)).unwrap();
     let mut queue = Vec::new();
     drain(&mut replicas, 0, &mut queue);
     // Replica 3 hears nothing; the other three commit seq 1 without it.
@@ -93,7 +72,7 @@ fn a_replica_that_missed_a_commit_gets_it_from_one_answer_to_its_status() {
     assert_eq!(replicas[1].executed_seq(), 1);
     assert_eq!(replicas[3].executed_seq(), 0);
 
-    let from = keys()[3].public_key();
+    let from = key_of(3);
     replicas[1].handle_message(NOW, &from, &status(0)).unwrap();
     let answers: Vec<Output> = std::iter::from_fn(|| replicas[1].poll_output()).collect();
     assert!(!answers.is_empty());
@@ -120,9 +99,7 @@ fn a_replica_that_missed_a_commit_gets_it_from_one_answer_to_its_status() {
     assert!(replicas[1].poll_output().is_none());
     // The committed batch carries its QC: replica 3 delivers it without any vote of its own.
     let bytes = committed.expect("the answer carries the committed batch");
-    replicas[3]
-        .handle_message(NOW, &keys()[1].public_key(), &bytes)
-        .unwrap();
+    replicas[3].handle_message(NOW, &key_of(1), &bytes).unwrap();
     let delivered = std::iter::from_fn(|| replicas[3].poll_output())
         .any(|o| matches!(o, Output::Deliver(d) if d.seq == 1));
     assert!(delivered);
@@ -146,7 +123,7 @@ fn a_status_claiming_more_than_a_window_of_slots_is_refused() {
     })
     .encode();
     assert!(matches!(
-        replicas[0].handle_message(NOW, &keys()[1].public_key(), &bytes),
+        replicas[0].handle_message(NOW, &key_of(1), &bytes),
         Err(Error::UnexpectedMessage(_))
     ));
 }

@@ -2,40 +2,22 @@
 //! and refuses one that drops a prepared batch, lacks a quorum or carries a forgery; one view
 //! change cannot move a replica, f + 1 can; timeouts double per failed view.
 
+use pbft_core::testing::{
+    NOW, chain, client_key, committed, key_of, pre_prepare, request, small_config, validator_key,
+    validator_set, view_change, vote, vote_for,
+};
 use pbft_core::{
-    Batch, ChainId, Config, Destination, Error, ExecutedState, Keypair, Message, NewView, Output,
-    Phase, Prepared, PublicKey, Record, Replica, ReplicaId, Request, Signature, StableCheckpoint,
-    ValidatorSet, ViewChange, ViewChangeError, Vote, null_digest, verify_new_view,
+    Batch, Config, Destination, Error, ExecutedState, Keypair, Message, NewView, Output, Phase,
+    Prepared, Record, Replica, ReplicaId, Request, StableCheckpoint, ViewChange, ViewChangeError,
+    Vote, null_digest, verify_new_view,
 };
 
-const NOW: u64 = 1_000;
-
-fn chain() -> ChainId {
-    ChainId::from_name("view-change-tests")
-}
-
-fn keys() -> Vec<Keypair> {
-    (0..4u8).map(|i| Keypair::from_seed(&[i + 1; 32])).collect()
-}
-
-fn key_of(index: usize) -> PublicKey {
-    keys()[index].public_key()
-}
-
-fn set() -> ValidatorSet {
-    let public: Vec<PublicKey> = keys().iter().map(Keypair::public_key).collect();
-    ValidatorSet::new(0, &public).unwrap()
-}
-
 fn config() -> Config {
-    let mut config = Config::new(chain());
-    config.window = 4;
-    config.checkpoint_interval = 2;
-    config
+    small_config()
 }
 
 fn replica(index: usize) -> Replica {
-    Replica::new(config(), set(), keys().remove(index)).unwrap()
+    pbft_core::testing::replica(index, config())
 }
 
 /// Replica `index` rebuilt from `records` and its store's `executed` state.
@@ -44,27 +26,41 @@ fn restore_replica(
     records: impl IntoIterator<Item = Record>,
     executed: ExecutedState,
 ) -> Replica {
-    Replica::restore(config(), set(), keys().remove(index), records, executed).unwrap()
-}
-
-fn vote(signer: usize, phase: Phase, (view, seq): (u64, u64), batch: &Batch) -> Vote {
-    Vote::new(
-        &chain(),
-        0,
-        phase,
-        (view, seq),
-        batch.digest(&chain()),
-        ReplicaId(signer as u16),
-        &keys()[signer],
+    Replica::restore(
+        config(),
+        validator_set(4),
+        validator_key(index),
+        records,
+        executed,
     )
+    .unwrap()
 }
 
 /// The batch that prepared at seq 1 in view 0.
 fn prepared_batch() -> Batch {
-    let client = Keypair::from_seed(&[42; 32]);
+    pbft_core::testing::batch(&[1])
+}
+
+/// A batch of one request signed with validator `signer`'s key, as a client would sign it.
+fn batch_signed_by(signer: usize, client_seq: u64, op: &[u8]) -> Batch {
     Batch {
-        requests: vec![Request::new(&chain(), &client, 1, b"put k v".to_vec())],
+        requests: vec![Request::new(
+            &chain(),
+            &validator_key(signer),
+            client_seq,
+            op.to_vec(),
+        )],
     }
+}
+
+/// A batch no one prepared.
+fn other_batch() -> Batch {
+    batch_signed_by(3, 9, b"other")
+}
+
+/// A batch for seq 2.
+fn second_batch() -> Batch {
+    batch_signed_by(1, 4, b"second")
 }
 
 /// Replica 0's pre-prepare at (0, 1) and prepares of replicas 1 and 2: prepared.
@@ -79,27 +75,9 @@ fn prepared() -> Prepared {
     }
 }
 
-fn view_change(signer: usize, view: u64, prepared: Vec<Prepared>) -> ViewChange {
-    ViewChange::new(
-        &chain(),
-        0,
-        (view, ReplicaId(signer as u16)),
-        StableCheckpoint::genesis(),
-        prepared,
-        &keys()[signer],
-    )
-}
-
 /// A new view for view 1, signed by its primary (replica 1).
 fn new_view(view_changes: Vec<ViewChange>, proposals: Vec<Vote>) -> NewView {
-    let mut new_view = NewView {
-        view: 1,
-        view_changes,
-        proposals,
-        signature: Signature([0; 64]),
-    };
-    new_view.signature = keys()[1].sign(&new_view.signed_digest(&chain(), 0));
-    new_view
+    pbft_core::testing::new_view(1, 1, view_changes, proposals)
 }
 
 /// Replica 1 prepared the batch; 2 and 3 report nothing above the genesis.
@@ -137,7 +115,7 @@ fn refused_by_every_replica(new_view: &NewView, expected: ViewChangeError) {
 #[test]
 fn a_valid_new_view_is_accepted_and_its_proposals_prepared() {
     let valid = new_view(quorum(), vec![reproposal()]);
-    let plan = verify_new_view(&chain(), &set(), 4, &valid).unwrap();
+    let plan = verify_new_view(&chain(), &validator_set(4), 4, &valid).unwrap();
     assert_eq!(plan.proposals, vec![(1, prepared_batch().digest(&chain()))]);
     let bytes = Message::NewView(valid).encode();
     for index in [0, 2, 3] {
@@ -165,24 +143,13 @@ fn a_new_view_that_omits_a_prepared_batch_is_refused() {
         ViewChangeError::WrongProposal(1),
     );
     // ...or the null batch in its place...
-    let null = Vote::new(
-        &chain(),
-        0,
-        Phase::PrePrepare,
-        (1, 1),
-        null_digest(&chain()),
-        ReplicaId(1),
-        &keys()[1],
-    );
+    let null = vote_for(1, Phase::PrePrepare, (1, 1), null_digest(&chain()));
     refused_by_every_replica(
         &new_view(quorum(), vec![null]),
         ViewChangeError::WrongProposal(1),
     );
     // ...or another batch.
-    let other = Batch {
-        requests: vec![Request::new(&chain(), &keys()[3], 9, b"other".to_vec())],
-    };
-    let replaced = vote(1, Phase::PrePrepare, (1, 1), &other);
+    let replaced = vote(1, Phase::PrePrepare, (1, 1), &other_batch());
     refused_by_every_replica(
         &new_view(quorum(), vec![replaced]),
         ViewChangeError::WrongProposal(1),
@@ -240,7 +207,7 @@ fn a_new_view_carrying_a_forged_view_change_is_refused() {
     );
     // A new view signed by a validator that does not lead view 1.
     let mut impostor = new_view(quorum(), vec![reproposal()]);
-    impostor.signature = keys()[2].sign(&impostor.signed_digest(&chain(), 0));
+    impostor.signature = validator_key(2).sign(&impostor.signed_digest(&chain(), 0));
     refused_by_every_replica(&impostor, ViewChangeError::BadSignature);
 }
 
@@ -266,14 +233,9 @@ fn one_view_change_cannot_move_a_replica_but_f_plus_one_can() {
 /// A backup holding a client's request that the primary never orders.
 fn waiting_backup() -> Replica {
     let mut backup = replica(2);
-    let client = Keypair::from_seed(&[42; 32]);
-    let request = Request::new(&chain(), &client, 1, b"op".to_vec());
+    let bytes = Message::Request(request(1)).encode();
     backup
-        .handle_message(
-            NOW,
-            &client.public_key(),
-            &Message::Request(request).encode(),
-        )
+        .handle_message(NOW, &client_key(0).public_key(), &bytes)
         .unwrap();
     backup
 }
@@ -293,14 +255,10 @@ fn a_request_the_primary_ignores_starts_a_view_change_after_the_timeout() {
 #[test]
 fn each_failed_view_doubles_the_timeout_up_to_the_cap() {
     // Seven validators, so the waiting replica (6) leads none of views 1 to 5.
-    let keys: Vec<Keypair> = (0..7u8).map(|i| Keypair::from_seed(&[i + 1; 32])).collect();
-    let public: Vec<PublicKey> = keys.iter().map(Keypair::public_key).collect();
-    let set = ValidatorSet::new(0, &public).unwrap();
-    let mut backup = Replica::new(config(), set, Keypair::from_seed(&keys[6].seed())).unwrap();
-    let client = Keypair::from_seed(&[42; 32]);
-    let request = Message::Request(Request::new(&chain(), &client, 1, b"op".to_vec()));
+    let mut backup = Replica::new(config(), validator_set(7), validator_key(6)).unwrap();
+    let bytes = Message::Request(request(1)).encode();
     backup
-        .handle_message(NOW, &client.public_key(), &request.encode())
+        .handle_message(NOW, &client_key(0).public_key(), &bytes)
         .unwrap();
     let base = config().view_timeout_ms;
     let mut now = NOW + base;
@@ -309,16 +267,8 @@ fn each_failed_view_doubles_the_timeout_up_to_the_cap() {
     for view in 1..=5u64 {
         // A quorum asks for this view, so the new-view timer runs; its primary stays silent.
         for signer in [0usize, 1, 2, 3] {
-            let change = ViewChange::new(
-                &chain(),
-                0,
-                (view, ReplicaId(signer as u16)),
-                StableCheckpoint::genesis(),
-                vec![],
-                &keys[signer],
-            );
-            let bytes = Message::ViewChange(change).encode();
-            let _ = backup.handle_message(now, &public[signer], &bytes);
+            let bytes = Message::ViewChange(view_change(signer, view, vec![])).encode();
+            let _ = backup.handle_message(now, &key_of(signer), &bytes);
         }
         assert_eq!((backup.view(), backup.in_view()), (view, false));
         // The status timer fires in between; only the new-view deadline moves the view.
@@ -336,16 +286,9 @@ fn each_failed_view_doubles_the_timeout_up_to_the_cap() {
 #[test]
 fn a_restored_replica_repeats_its_votes_but_never_signs_a_conflicting_one() {
     let batch = prepared_batch();
-    let pre_prepare = |batch: &Batch| {
-        Message::PrePrepare(pbft_core::PrePrepare {
-            vote: vote(0, Phase::PrePrepare, (0, 1), batch),
-            batch: batch.clone(),
-        })
-        .encode()
-    };
     let mut backup = replica(2);
     backup
-        .handle_message(NOW, &key_of(0), &pre_prepare(&batch))
+        .handle_message(NOW, &key_of(0), &pre_prepare(0, (0, 1), &batch))
         .unwrap();
     let records: Vec<Record> = std::iter::from_fn(|| backup.poll_output())
         .filter_map(|o| match o {
@@ -359,11 +302,8 @@ fn a_restored_replica_repeats_its_votes_but_never_signs_a_conflicting_one() {
     let restored_records = bytes.iter().map(|b| Record::decode(b).unwrap());
     let mut restored = restore_replica(2, restored_records, ExecutedState::default());
     // A primary (Byzantine, or one that lost its own log) proposes another batch at the slot.
-    let other = Batch {
-        requests: vec![Request::new(&chain(), &keys()[3], 9, b"other".to_vec())],
-    };
     restored
-        .handle_message(NOW, &key_of(0), &pre_prepare(&other))
+        .handle_message(NOW, &key_of(0), &pre_prepare(0, (0, 1), &other_batch()))
         .unwrap();
     let outputs: Vec<Output> = std::iter::from_fn(|| restored.poll_output()).collect();
     assert!(
@@ -376,7 +316,7 @@ fn a_restored_replica_repeats_its_votes_but_never_signs_a_conflicting_one() {
     // The same proposal again gets the same vote, byte for byte.
     let mut again = restore_replica(2, records.iter().cloned(), ExecutedState::default());
     again
-        .handle_message(NOW, &key_of(0), &pre_prepare(&batch))
+        .handle_message(NOW, &key_of(0), &pre_prepare(0, (0, 1), &batch))
         .unwrap();
     let repeated = std::iter::from_fn(|| again.poll_output()).find_map(|o| match o {
         Output::Persist(Record::Signed(v)) => Some(v),
@@ -409,20 +349,6 @@ fn signed_now(replica: &mut Replica) -> Vec<(Phase, u64, u64)> {
         .collect()
 }
 
-fn other_batch() -> Batch {
-    Batch {
-        requests: vec![Request::new(&chain(), &keys()[3], 9, b"other".to_vec())],
-    }
-}
-
-fn pre_prepare_bytes(signer: usize, (view, seq): (u64, u64), batch: &Batch) -> Vec<u8> {
-    Message::PrePrepare(pbft_core::PrePrepare {
-        vote: vote(signer, Phase::PrePrepare, (view, seq), batch),
-        batch: batch.clone(),
-    })
-    .encode()
-}
-
 /// A stable checkpoint at `seq` as a record (restore trusts its own log; peers verify).
 fn stable_at(seq: u64) -> Record {
     Record::Stable(StableCheckpoint {
@@ -437,11 +363,7 @@ fn a_restored_replica_signs_nothing_at_or_below_its_stable_checkpoint() {
     // Its log was compacted at the stable checkpoint 2: no votes below it survive. The
     // primary of view 0 then proposes a batch at seq 1, which committed long ago.
     let mut restored = restore_replica(2, [stable_at(2)], ExecutedState::default());
-    let _ = restored.handle_message(
-        NOW,
-        &key_of(0),
-        &pre_prepare_bytes(0, (0, 1), &other_batch()),
-    );
+    let _ = restored.handle_message(NOW, &key_of(0), &pre_prepare(0, (0, 1), &other_batch()));
     assert_eq!(signed_now(&mut restored), vec![], "no prepare at seq 1");
     // With its application durable at seq 2, seq 1 is below the window altogether.
     let executed = ExecutedState {
@@ -451,36 +373,10 @@ fn a_restored_replica_signs_nothing_at_or_below_its_stable_checkpoint() {
     let mut restored = restore_replica(2, [stable_at(2)], executed);
     assert_eq!(restored.low_watermark(), 2);
     assert!(matches!(
-        restored.handle_message(
-            NOW,
-            &key_of(0),
-            &pre_prepare_bytes(0, (0, 2), &other_batch())
-        ),
+        restored.handle_message(NOW, &key_of(0), &pre_prepare(0, (0, 2), &other_batch())),
         Err(Error::OutOfWindow { .. })
     ));
     assert_eq!(signed_now(&mut restored), vec![]);
-}
-
-/// Replica 0's pre-prepare, and the commits of replicas 0, 1 and 2, on `batch` at (0, seq).
-fn committed(seq: u64, batch: &Batch) -> pbft_core::Committed {
-    let digest = batch.digest(&chain());
-    let signatures = (0..3)
-        .map(|signer| {
-            let commit = vote(signer, Phase::Commit, (0, seq), batch);
-            (commit.replica, commit.signature)
-        })
-        .collect();
-    pbft_core::Committed {
-        batch: batch.clone(),
-        certificate: pbft_core::QuorumCertificate {
-            chain_id: chain(),
-            epoch: 0,
-            view: 0,
-            seq,
-            digest,
-            signatures,
-        },
-    }
 }
 
 #[test]
@@ -495,11 +391,7 @@ fn a_restored_replica_signs_only_the_committed_digest_at_a_seq_it_executed() {
     let mut restored = restore_replica(2, [], executed.clone());
     assert_eq!(restored.executed_seq(), 1);
     assert_eq!(
-        restored.handle_message(
-            NOW,
-            &key_of(0),
-            &pre_prepare_bytes(0, (0, 1), &other_batch())
-        ),
+        restored.handle_message(NOW, &key_of(0), &pre_prepare(0, (0, 1), &other_batch())),
         Err(Error::ConflictsWithCommit { seq: 1 })
     );
     assert_eq!(signed_now(&mut restored), vec![], "another digest at seq 1");
@@ -518,11 +410,7 @@ fn a_restored_backup_keeps_the_re_proposals_of_the_new_view_it_entered() {
     let mut restored = restore_replica(2, [Record::NewView(entered)], ExecutedState::default());
     assert_eq!((restored.view(), restored.in_view()), (1, true));
     // The primary of view 1 now proposes another batch at seq 1: equivocation, not a slot.
-    let result = restored.handle_message(
-        NOW,
-        &key_of(1),
-        &pre_prepare_bytes(1, (1, 1), &other_batch()),
-    );
+    let result = restored.handle_message(NOW, &key_of(1), &pre_prepare(1, (1, 1), &other_batch()));
     assert_eq!(result, Err(Error::Equivocation(ReplicaId(1))));
     assert_eq!(signed_now(&mut restored), vec![]);
 }
@@ -543,20 +431,12 @@ fn a_restored_backup_knows_a_null_re_proposal_as_the_empty_batch() {
         view_change(2, 1, vec![]),
         view_change(3, 1, vec![]),
     ];
-    let null = Vote::new(
-        &chain(),
-        0,
-        Phase::PrePrepare,
-        (1, 1),
-        null_digest(&chain()),
-        ReplicaId(1),
-        &keys()[1],
-    );
+    let null = vote_for(1, Phase::PrePrepare, (1, 1), null_digest(&chain()));
     let entered = new_view(
         changes,
         vec![null.clone(), vote(1, Phase::PrePrepare, (1, 2), &batch)],
     );
-    verify_new_view(&chain(), &set(), 4, &entered).unwrap();
+    verify_new_view(&chain(), &validator_set(4), 4, &entered).unwrap();
     let mut restored = restore_replica(3, [Record::NewView(entered)], ExecutedState::default());
     // The primary re-sends the null proposal: known, not refused as an empty batch.
     let bytes = Message::PrePrepare(pbft_core::PrePrepare {
@@ -570,15 +450,7 @@ fn a_restored_backup_knows_a_null_re_proposal_as_the_empty_batch() {
     );
     // Its peers' prepares on the null digest prepare the slot: it commits the null batch.
     for signer in [0usize, 2] {
-        let prepare = Vote::new(
-            &chain(),
-            0,
-            Phase::Prepare,
-            (1, 1),
-            null_digest(&chain()),
-            ReplicaId(signer as u16),
-            &keys()[signer],
-        );
+        let prepare = vote_for(signer, Phase::Prepare, (1, 1), null_digest(&chain()));
         restored
             .handle_message(NOW, &key_of(signer), &Message::Vote(prepare).encode())
             .unwrap();
@@ -591,17 +463,11 @@ fn a_replica_holding_a_qc_for_a_seq_never_takes_another_batch_there() {
     // Seq 2 committed (its QC came from a peer) while seq 1 is still missing here; then the
     // primary proposes another batch at seq 2.
     let mut backup = replica(2);
-    let second = Batch {
-        requests: vec![Request::new(&chain(), &keys()[1], 4, b"second".to_vec())],
-    };
+    let second = second_batch();
     let at_two = Message::Committed(committed(2, &second)).encode();
     backup.handle_message(NOW, &key_of(1), &at_two).unwrap();
     assert_eq!(
-        backup.handle_message(
-            NOW,
-            &key_of(0),
-            &pre_prepare_bytes(0, (0, 2), &other_batch())
-        ),
+        backup.handle_message(NOW, &key_of(0), &pre_prepare(0, (0, 2), &other_batch())),
         Err(Error::ConflictsWithCommit { seq: 2 })
     );
     let at_one = Message::Committed(committed(1, &prepared_batch())).encode();
@@ -629,9 +495,7 @@ fn a_replica_holding_a_qc_for_a_seq_never_takes_another_batch_there() {
 fn a_restored_replica_still_holds_the_checkpoint_state_it_signed() {
     // Replica 2 executes seqs 1 and 2 (a checkpoint) from QCs and signs its state there.
     let mut replica = replica(2);
-    let second = Batch {
-        requests: vec![Request::new(&chain(), &keys()[1], 4, b"second".to_vec())],
-    };
+    let second = second_batch();
     let batches = [committed(1, &prepared_batch()), committed(2, &second)];
     for batch in &batches {
         let bytes = Message::Committed(batch.clone()).encode();

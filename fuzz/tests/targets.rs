@@ -3,12 +3,14 @@
 use std::time::Duration;
 
 use bolero::check;
-use pbft_core::{
-    Batch, Client, Committed, Config, FetchState, Keypair, Manifest, Message, NewView, Phase,
-    PrePrepare, PublicKey, QuorumCertificate, Replica, ReplicaId, Request, Signature,
-    StableCheckpoint, StateChunk, Status, ValidatorSet, ViewChange, Vote, verify_qc,
+use pbft_core::testing::{
+    batch, chain, client_key, committed, key_of, new_view, pre_prepare, request, small_config,
+    validator_set, view_change, vote,
 };
-use pbft_sim::{chain, validator_keys};
+use pbft_core::{
+    Client, Config, FetchState, Manifest, Message, Phase, PublicKey, QuorumCertificate, Replica,
+    StateChunk, Status, ValidatorSet, ViewChange, verify_qc,
+};
 
 /// Time each target gets under `cargo test` (override with BOLERO_RANDOM_TEST_TIME_MS).
 const TEST_TIME: Duration = Duration::from_secs(8);
@@ -16,17 +18,11 @@ const TEST_TIME: Duration = Duration::from_secs(8);
 const VALIDATORS: usize = 4;
 
 fn set() -> ValidatorSet {
-    let keys: Vec<PublicKey> = validator_keys(VALIDATORS)
-        .iter()
-        .map(Keypair::public_key)
-        .collect();
-    ValidatorSet::new(0, &keys).expect("valid keys")
+    validator_set(VALIDATORS)
 }
 
 fn config() -> Config {
-    let mut config = Config::new(chain());
-    config.window = 4;
-    config.checkpoint_interval = 2;
+    let mut config = small_config();
     config.retained_batches = 8;
     config.max_future_per_peer = 8;
     config.max_pending_requests = 16;
@@ -37,58 +33,16 @@ fn config() -> Config {
 
 /// Valid messages of every kind, for the fuzzer to replay and mutate.
 fn valid_messages() -> Vec<Vec<u8>> {
-    let keys = validator_keys(VALIDATORS);
-    let client = Keypair::from_seed(&[77; 32]);
     let mut messages = Vec::new();
     for seq in 1..=6u64 {
-        let request = Request::new(&chain(), &client, seq, vec![seq as u8; 8]);
-        messages.push(Message::Request(request.clone()).encode());
-        let batch = Batch {
-            requests: vec![request],
-        };
-        let digest = batch.digest(&chain());
-        let vote = |phase, signer: usize| {
-            Vote::new(
-                &chain(),
-                0,
-                phase,
-                (0, seq),
-                digest,
-                ReplicaId(signer as u16),
-                &keys[signer],
-            )
-        };
-        messages.push(
-            Message::PrePrepare(PrePrepare {
-                vote: vote(Phase::PrePrepare, 0),
-                batch,
-            })
-            .encode(),
-        );
+        messages.push(Message::Request(request(seq)).encode());
+        let batch = batch(&[seq]);
+        messages.push(pre_prepare(0, (0, seq), &batch));
         for signer in 1..VALIDATORS {
-            messages.push(Message::Vote(vote(Phase::Prepare, signer)).encode());
-            messages.push(Message::Vote(vote(Phase::Commit, signer)).encode());
+            messages.push(Message::Vote(vote(signer, Phase::Prepare, (0, seq), &batch)).encode());
+            messages.push(Message::Vote(vote(signer, Phase::Commit, (0, seq), &batch)).encode());
         }
-        let signatures = (0..3)
-            .map(|signer| {
-                (
-                    ReplicaId(signer as u16),
-                    vote(Phase::Commit, signer).signature,
-                )
-            })
-            .collect();
-        let certificate = QuorumCertificate {
-            chain_id: chain(),
-            epoch: 0,
-            view: 0,
-            seq,
-            digest,
-            signatures,
-        };
-        let batch = Batch {
-            requests: vec![Request::new(&chain(), &client, seq, vec![seq as u8; 8])],
-        };
-        messages.push(Message::Committed(Committed { batch, certificate }).encode());
+        messages.push(Message::Committed(committed(seq, &batch)).encode());
         messages.push(
             Message::Status(Status {
                 view: seq % 3,
@@ -102,27 +56,12 @@ fn valid_messages() -> Vec<Vec<u8>> {
     }
     // View changes to view 1 from every validator, and the new view they make.
     let changes: Vec<ViewChange> = (0..VALIDATORS)
-        .map(|signer| {
-            ViewChange::new(
-                &chain(),
-                0,
-                (1, ReplicaId(signer as u16)),
-                StableCheckpoint::genesis(),
-                Vec::new(),
-                &keys[signer],
-            )
-        })
+        .map(|signer| view_change(signer, 1, Vec::new()))
         .collect();
     for change in &changes {
         messages.push(Message::ViewChange(change.clone()).encode());
     }
-    let mut new_view = NewView {
-        view: 1,
-        view_changes: changes[1..].to_vec(),
-        proposals: Vec::new(),
-        signature: Signature([0; 64]),
-    };
-    new_view.signature = keys[1].sign(&new_view.signed_digest(&chain(), 0));
+    let new_view = new_view(1, 1, changes[1..].to_vec(), Vec::new());
     messages.push(Message::NewView(new_view).encode());
     // State transfer: requests, a manifest and a chunk (valid shapes, for mutation).
     for chunk in [None, Some(0), Some(3)] {
@@ -171,23 +110,16 @@ fn decode_any_bytes() {
 #[test]
 fn replica_survives_any_input_sequence() {
     let pool = valid_messages();
-    let senders: Vec<PublicKey> = validator_keys(VALIDATORS)
-        .iter()
-        .map(Keypair::public_key)
-        .chain([
-            PublicKey([9; 32]),
-            Keypair::from_seed(&[77; 32]).public_key(),
-        ])
+    let senders: Vec<PublicKey> = (0..VALIDATORS)
+        .map(key_of)
+        .chain([PublicKey([9; 32]), client_key(0).public_key()])
         .collect();
     check!()
         .with_test_time(TEST_TIME)
         .with_type::<Vec<(u8, u8, u16, u8, Vec<u8>)>>()
         .for_each(|inputs| {
-            let keys = validator_keys(VALIDATORS);
-            let mut replicas: Vec<Replica> = keys
-                .into_iter()
-                .take(2)
-                .map(|key| Replica::new(config(), set(), key).expect("valid config"))
+            let mut replicas: Vec<Replica> = (0..2)
+                .map(|index| pbft_core::testing::replica(index, config()))
                 .collect();
             for (step, (selector, index, position, flip, raw)) in inputs.iter().enumerate() {
                 let from = &senders[*index as usize % senders.len()];
@@ -218,7 +150,7 @@ fn replica_survives_any_input_sequence() {
 #[test]
 fn client_survives_any_reply() {
     check!().with_test_time(TEST_TIME).for_each(|bytes: &[u8]| {
-        let mut client = Client::new(chain(), Keypair::from_seed(&[5; 32]), set(), 1);
+        let mut client = Client::new(chain(), client_key(5), set(), 1);
         client.request(0, b"op".to_vec());
         let _ = client.handle_reply(bytes);
     });

@@ -6,46 +6,45 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::Instant;
 
+use clap::Parser;
 use pbft_sim::{Report, Scenario, replay_command, run_checked};
 
-const USAGE: &str = "usage: pbft-sim [--validators N] [--seeds COUNT] [--first SEED] [--seed SEED]";
-
+/// Runs simulator seeds (each twice, checking every invariant) and prints a summary per
+/// scenario kind; a failing seed prints the command that replays it.
+#[derive(Parser)]
+#[command(name = "pbft-sim")]
 struct Args {
+    /// Validators in each simulated cluster (n = 3f + 1 with f >= 1).
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = at_least_four)]
     validators: usize,
-    first: u64,
+    /// How many seeds to run.
+    #[arg(long, value_name = "COUNT", default_value_t = 100)]
     seeds: u64,
+    /// The first seed to run.
+    #[arg(long, value_name = "SEED", default_value_t = 0)]
+    first: u64,
+    /// Runs this one seed only (`--first SEED --seeds 1`).
+    #[arg(long, value_name = "SEED", conflicts_with_all = ["first", "seeds"])]
+    seed: Option<u64>,
 }
 
-fn parse() -> Result<Args, String> {
-    let mut args = Args {
-        validators: 4,
-        first: 0,
-        seeds: 100,
-    };
-    let mut words = std::env::args().skip(1);
-    while let Some(word) = words.next() {
-        let mut value = |name: &str| -> Result<u64, String> {
-            words
-                .next()
-                .and_then(|v| v.parse().ok())
-                .ok_or_else(|| format!("{name} needs a number\n{USAGE}"))
-        };
-        match word.as_str() {
-            "--validators" => args.validators = value("--validators")? as usize,
-            "--seeds" => args.seeds = value("--seeds")?,
-            "--first" => args.first = value("--first")?,
-            "--seed" => {
-                args.first = value("--seed")?;
-                args.seeds = 1;
-            }
-            "-h" | "--help" => return Err(USAGE.to_string()),
-            other => return Err(format!("unknown argument {other}\n{USAGE}")),
+impl Args {
+    /// The seeds to run.
+    fn range(&self) -> std::ops::Range<u64> {
+        match self.seed {
+            Some(seed) => seed..seed + 1,
+            None => self.first..self.first + self.seeds,
         }
     }
-    if args.validators < 4 {
-        return Err("--validators must be at least 4 (n = 3f + 1 with f >= 1)".to_string());
+}
+
+/// A validator count the protocol can run: f >= 1.
+fn at_least_four(value: &str) -> Result<usize, String> {
+    let n: usize = value.parse().map_err(|err| format!("{err}"))?;
+    if n < 4 {
+        return Err("must be at least 4 (n = 3f + 1 with f >= 1)".to_string());
     }
-    Ok(args)
+    Ok(n)
 }
 
 /// What one scenario kind did over its seeds.
@@ -65,18 +64,14 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 }
 
 fn main() -> ExitCode {
-    let args = match parse() {
-        Ok(args) => args,
-        Err(message) => {
-            eprintln!("{message}");
-            return ExitCode::from(2);
-        }
-    };
+    let args = Args::parse();
+    let seeds = args.range();
+    let count = seeds.end - seeds.start;
     let started = Instant::now();
     let mut tallies: BTreeMap<String, Tally> = BTreeMap::new();
     let (mut completed, mut failed, mut evidence, mut virtual_ms) = (0u64, 0u64, 0u64, 0u64);
     let mut transfers = 0u64;
-    for seed in args.first..args.first + args.seeds {
+    for seed in seeds.clone() {
         let scenario = Scenario::for_seed(seed, args.validators);
         let report: Report = run_checked(seed, &scenario);
         let tally = tallies.entry(format!("{:?}", scenario.kind)).or_default();
@@ -98,15 +93,13 @@ fn main() -> ExitCode {
             }
             eprintln!("  replay: {}", replay_command(seed, args.validators));
         }
-        let done = seed - args.first + 1;
-        let progress = format!(
-            "{done}/{} seeds, {completed} requests committed, {failed} failed",
-            args.seeds
-        );
+        let done = seed - seeds.start + 1;
+        let progress =
+            format!("{done}/{count} seeds, {completed} requests committed, {failed} failed");
         if std::io::stderr().is_terminal() {
             eprint!("\r{progress}");
             let _ = std::io::stderr().flush();
-        } else if done % (args.seeds / 10).max(1) == 0 {
+        } else if done % (count / 10).max(1) == 0 {
             eprintln!("{progress}");
         }
     }
@@ -134,8 +127,8 @@ fn main() -> ExitCode {
         );
     }
     println!(
-        "validators={} seeds={} failed={failed} requests_committed={completed} evidence={evidence} state_transfers={transfers}",
-        args.validators, args.seeds
+        "validators={} seeds={count} failed={failed} requests_committed={completed} evidence={evidence} state_transfers={transfers}",
+        args.validators
     );
     println!(
         "{:.1} s of wall-clock time for two runs of each seed, {:.1} s of virtual time",

@@ -1,8 +1,9 @@
 //! What a client (and a light client) can prove from a real cluster's output.
 
+use pbft_core::testing::client_key;
 use pbft_core::{
-    CertificateError, Client, ClientError, Config, Error, Keypair, Message, ReplicaId, ReplyCache,
-    Request, verify_inclusion, verify_qc,
+    CertificateError, Client, ClientError, Config, Error, Message, ReplicaId, ReplyCache, Request,
+    verify_inclusion, verify_qc,
 };
 use pbft_sim::chain;
 use pbft_sim::cluster::Cluster;
@@ -11,13 +12,9 @@ fn cluster() -> Cluster {
     Cluster::new(4, Config::new(chain()))
 }
 
-fn new_client(cluster: &Cluster, seed: u8) -> Client {
-    Client::new(
-        chain(),
-        Keypair::from_seed(&[seed; 32]),
-        cluster.set.clone(),
-        1,
-    )
+/// Client `index` of the shared fixtures, knowing the cluster's validators.
+fn new_client(cluster: &Cluster, index: usize) -> Client {
+    Client::new(chain(), client_key(index), cluster.set.clone(), 1)
 }
 
 /// Sends one request through the cluster and returns the replies the client received.
@@ -237,6 +234,6 @@ fn a_retransmitted_request_gets_the_cached_reply_and_never_runs_twice() {
     let next = client.request(0, b"twice".to_vec());
     cluster.submit(0, next).unwrap();
     cluster.run();
-    let stale = Request::new(&chain(), &Keypair::from_seed(&[7; 32]), 1, b"old".to_vec());
+    let stale = Request::new(&chain(), &client_key(7), 1, b"old".to_vec());
     assert_eq!(cluster.submit(0, stale), Err(Error::StaleRequest));
 }

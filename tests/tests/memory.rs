@@ -2,13 +2,14 @@
 //! and after every message each replica holds no more entries than its config allows
 //! (`Replica::memory_bound`).
 
-use pbft_core::{Config, Hasher, Keypair, Replica, Request};
+use pbft_core::testing::{client_key, round_robin_request};
+use pbft_core::{Config, Keypair, Replica};
 use pbft_sim::chain;
 use pbft_sim::cluster::Cluster;
 
 const SEQS: u64 = 100_000;
 const VALIDATORS: usize = 4;
-const CLIENTS: u64 = 100;
+const CLIENTS: usize = 100;
 const WAVE: u64 = 250;
 
 fn config() -> Config {
@@ -18,7 +19,7 @@ fn config() -> Config {
     config.checkpoint_interval = 4;
     config.retained_batches = 8;
     config.max_pending_requests = WAVE as usize;
-    config.max_clients = CLIENTS as usize;
+    config.max_clients = CLIENTS;
     config
 }
 
@@ -26,18 +27,13 @@ fn config() -> Config {
 fn a_hundred_thousand_seqs_stay_within_the_config_bound() {
     let mut cluster = Cluster::new(VALIDATORS, config());
     let bound = cluster.replicas[0].memory_bound();
-    let clients: Vec<Keypair> = (0..CLIENTS)
-        .map(|i| Keypair::from_seed(&Hasher::new(b"memory").u64(i).finish().0))
-        .collect();
+    let clients: Vec<Keypair> = (0..CLIENTS).map(client_key).collect();
     let mut peak = 0;
     let mut submitted = 0;
     while submitted < SEQS {
         for i in submitted..submitted + WAVE {
-            let client = &clients[(i % CLIENTS) as usize];
-            let request =
-                Request::new(&chain(), client, i / CLIENTS + 1, vec![(i % 251) as u8; 16]);
             cluster
-                .submit(0, request)
+                .submit(0, round_robin_request(&clients, i, 16))
                 .expect("the primary takes the request");
         }
         submitted += WAVE;

@@ -1,0 +1,71 @@
+//! What a run found, and the trace: a digest of every output of every replica, in order.
+
+use pbft_core::{Digest, Hasher, Message, Output, Record};
+
+/// What a run found.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    /// The seed.
+    pub seed: u64,
+    /// Invariant violations, each with the virtual time it was seen.
+    pub violations: Vec<String>,
+    /// Requests whose result clients accepted.
+    pub requests_completed: u64,
+    /// Batches delivered (highest seq any honest replica delivered).
+    pub batches: u64,
+    /// Evidence outputs that verified.
+    pub evidence: u64,
+    /// Messages put on the simulated network.
+    pub messages: u64,
+    /// Virtual time at the end, ms.
+    pub virtual_ms: u64,
+    /// Views honest replicas entered, summed.
+    pub views_changed: u64,
+    /// When the primary crashed at a time it was the primary: virtual ms from the crash to
+    /// the first batch an honest replica committed in a later view.
+    pub recovery_ms: Option<u64>,
+    /// Validators restarted from their persisted records.
+    pub restarts: u64,
+    /// Checkpoint states fetched and installed.
+    pub state_transfers: u64,
+    /// Digest of every output of every node, in order: equal across runs of one seed.
+    pub trace: Digest,
+}
+
+/// Adds validator `index`'s `output` to the run's `trace`.
+pub(crate) fn observe(trace: &mut Hasher, index: usize, output: &Output) {
+    trace.u64(index as u64);
+    match output {
+        Output::Persist(Record::Signed(vote)) => {
+            trace.bytes(&Message::Vote(vote.clone()).encode());
+        }
+        Output::Persist(Record::ViewChange(change)) => {
+            trace.u64(change.view);
+        }
+        Output::Persist(Record::NewView(new_view)) => {
+            trace.u64(new_view.view);
+        }
+        Output::Persist(Record::Prepared(prepared, _)) => {
+            trace.u64(prepared.proposal.seq);
+        }
+        Output::Persist(Record::Stable(checkpoint)) => {
+            trace.u64(checkpoint.seq);
+        }
+        Output::Persist(Record::Committed(certificate, _)) => {
+            trace.u64(certificate.seq);
+        }
+        Output::Send { bytes, .. } => {
+            trace.bytes(bytes);
+        }
+        Output::Deliver(delivery) => {
+            trace.u64(delivery.seq).digest(&delivery.certificate.digest);
+        }
+        Output::Evidence(evidence) => {
+            trace.u64(evidence.second.seq);
+        }
+        Output::Install(install) => {
+            trace.u64(install.seq).bytes(&install.snapshot);
+        }
+        other => panic!("the simulator does not trace {other:?}"),
+    }
+}

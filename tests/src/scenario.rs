@@ -1,0 +1,316 @@
+//! What a run puts the cluster through: the kind of run, which validators are faulty and how,
+//! the network's delays, loss and partitions, and the crashes and restarts, all drawn from the
+//! seed.
+
+use std::collections::BTreeMap;
+
+use crate::Rng;
+
+/// How a Byzantine validator misbehaves. It runs an honest core underneath and corrupts
+/// what that core sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Sends random bytes instead of its messages.
+    Garbage,
+    /// Sends its messages, and replays old ones (its own and others') to random peers.
+    Replay,
+    /// Signs its votes with a key that is not its own.
+    WrongKey,
+    /// Sends each vote to some peers and a vote for another digest to the others, and
+    /// both to one peer, so equivocation is seen and reported.
+    EquivocateVotes,
+    /// Sends nothing.
+    Silent,
+    /// As primary, proposes different batches for one seq to different backups (and both
+    /// to one of them).
+    EquivocatingPrimary,
+    /// Runs honestly, then stops for good (sends and receives nothing) at this virtual time.
+    CrashAt(u64),
+    /// Drops every request of client 0 it receives: as primary it never proposes them.
+    Censor,
+    /// Breaks a client signature in every batch it proposes.
+    InvalidBatch,
+    /// Sends view changes with its prepared certificates stripped and its view raised, new
+    /// views with a re-proposal left out, and new views for views it does not lead.
+    ForgeViewChange,
+    /// Serves state transfers with corrupted manifests and chunks.
+    BadState,
+    /// Runs honestly, and while it leads also proposes other batches (real client requests,
+    /// recombined, under its own valid signature) at seqs that already committed: at or
+    /// below its peers' stable checkpoints, and at the seqs of the new view it sent.
+    ReproposeCommitted,
+}
+
+/// The faults a backup may draw.
+pub const BACKUP_FAULTS: [Fault; 7] = [
+    Fault::Garbage,
+    Fault::Replay,
+    Fault::WrongKey,
+    Fault::EquivocateVotes,
+    Fault::Silent,
+    Fault::ForgeViewChange,
+    Fault::BadState,
+];
+
+/// What a run puts the cluster through, besides loss and partitions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// f Byzantine backups with random faults.
+    ByzantineBackups,
+    /// The primary crashes mid-run; f - 1 Byzantine backups.
+    CrashedPrimary,
+    /// The primary equivocates; f - 1 Byzantine backups.
+    EquivocatingPrimary,
+    /// The primary ignores one client; f - 1 Byzantine backups.
+    CensoringPrimary,
+    /// The primary proposes batches with a forged client signature; f - 1 Byzantine backups.
+    InvalidBatchPrimary,
+    /// The next primary forges view changes and new views, and the first primary is cut off
+    /// for a while, so the view changes run through it.
+    ForgedViewChanges,
+    /// The first f primaries fail at once: view changes cascade.
+    Cascading,
+    /// Honest validators crash and restart from their records, the primary among them, while
+    /// f - 1 backups are Byzantine.
+    CrashRestart,
+    /// Every honest validator crashes at once (those busy at a random point of their step,
+    /// the rest between steps) and restarts from its records and its durable application
+    /// store, some of them seconds after the others; f backups are Byzantine, and in half the
+    /// runs a partition leaves some validators behind.
+    WholeCluster,
+    /// f + 1 honest validators crash and restart while the primary re-proposes committed seqs
+    /// with other batches (`Fault::ReproposeCommitted`).
+    RestartUnderReproposals,
+}
+
+/// Every kind, in the order seeds cycle through them.
+pub const KINDS: [Kind; 10] = [
+    Kind::ByzantineBackups,
+    Kind::CrashedPrimary,
+    Kind::EquivocatingPrimary,
+    Kind::CensoringPrimary,
+    Kind::InvalidBatchPrimary,
+    Kind::ForgedViewChanges,
+    Kind::Cascading,
+    Kind::CrashRestart,
+    Kind::WholeCluster,
+    Kind::RestartUnderReproposals,
+];
+
+/// An honest validator that crashes at a random point of its first step at or after `at`
+/// (possibly between a `Persist` and the `Send` after it) and restarts at `back` from the
+/// records it persisted and its application store as of its last completed step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Restart {
+    /// The validator.
+    pub node: usize,
+    /// When it crashes, virtual ms.
+    pub at: u64,
+    /// When it restarts.
+    pub back: u64,
+    /// Crash at `at` + 50 ms between steps if it took no step since `at` (a whole-cluster
+    /// crash takes the idle down too).
+    pub surely: bool,
+}
+
+/// Validators cut off from everyone else (validators and clients) for a while.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Partition {
+    /// The validators on the small side.
+    pub isolated: Vec<usize>,
+    /// When the cut starts, virtual ms.
+    pub from: u64,
+    /// When it heals.
+    pub until: u64,
+}
+
+/// What one run simulates.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    /// What the run puts the cluster through.
+    pub kind: Kind,
+    /// Number of validators.
+    pub validators: usize,
+    /// Faulty validators by index (at most f of them for the run to be meaningful).
+    pub faults: BTreeMap<usize, Fault>,
+    /// Closed-loop clients.
+    pub clients: usize,
+    /// Requests each client sends, one after another.
+    pub requests_per_client: usize,
+    /// One-way message delay range, in virtual ms.
+    pub delay_ms: (u64, u64),
+    /// Chance (percent) that a message is delivered twice.
+    pub duplicate_percent: u64,
+    /// Chance (percent) that a message is lost.
+    pub loss_percent: u64,
+    /// Cuts that heal.
+    pub partitions: Vec<Partition>,
+    /// Honest validators that crash and restart from what they persisted.
+    pub restarts: Vec<Restart>,
+    /// Replica limits (batch size, window, ...).
+    pub max_batch_ops: usize,
+    /// Log window.
+    pub window: u64,
+    /// Checkpoint interval.
+    pub checkpoint_interval: u64,
+}
+
+impl Scenario {
+    /// The scenario for `seed`: the kinds take turns, everything else is drawn from the seed.
+    pub fn for_seed(seed: u64, validators: usize) -> Self {
+        let kind = KINDS[(seed % KINDS.len() as u64) as usize];
+        Self::new(kind, seed, validators)
+    }
+
+    /// A random scenario of `kind`: f faulty validators in all, loss up to 20 %, delays,
+    /// duplication and reordering, sometimes a partition that heals, and small batches,
+    /// windows and checkpoint intervals so pipelining, buffering and garbage collection happen.
+    pub fn new(kind: Kind, seed: u64, validators: usize) -> Self {
+        let mut rng = Rng::new(seed ^ 0x5ce7_a710);
+        let f = (validators - 1) / 3;
+        let mut faults = BTreeMap::new();
+        let primary_fault = match kind {
+            Kind::ByzantineBackups => None,
+            Kind::CrashedPrimary => Some(Fault::CrashAt(rng.range(20, 300))),
+            Kind::EquivocatingPrimary => Some(Fault::EquivocatingPrimary),
+            Kind::CensoringPrimary => Some(Fault::Censor),
+            Kind::InvalidBatchPrimary => Some(Fault::InvalidBatch),
+            Kind::ForgedViewChanges => {
+                faults.insert(1, Fault::ForgeViewChange);
+                None
+            }
+            Kind::Cascading => {
+                for next in 1..f {
+                    faults.insert(next, Fault::Silent);
+                }
+                Some(Fault::CrashAt(rng.range(20, 300)))
+            }
+            Kind::CrashRestart | Kind::WholeCluster => None,
+            Kind::RestartUnderReproposals => Some(Fault::ReproposeCommitted),
+        };
+        if let Some(fault) = primary_fault {
+            faults.insert(0, fault);
+        }
+        let mut backups: Vec<usize> = (1..validators)
+            .filter(|i| !faults.contains_key(i))
+            .collect();
+        while faults.len() < f {
+            let index = (rng.next_u64() % backups.len() as u64) as usize;
+            let replica = backups.swap_remove(index);
+            faults.insert(replica, *rng.pick(&BACKUP_FAULTS));
+        }
+        let mut partitions = Vec::new();
+        let crash = matches!(kind, Kind::CrashedPrimary | Kind::Cascading);
+        if kind == Kind::ForgedViewChanges {
+            // Cut the first primary off so the cluster must change view through the forger.
+            let from = rng.range(0, 300);
+            partitions.push(Partition {
+                isolated: vec![0],
+                from,
+                until: from + rng.range(1_000, 4_000),
+            });
+        } else if !crash && rng.chance(50) {
+            // Crash runs stay unpartitioned so their recovery time measures the crash alone.
+            let from = rng.range(0, 2_000);
+            let size = rng.range(1, f as u64) as usize;
+            let mut isolated: Vec<usize> = (0..validators).collect();
+            while isolated.len() > size {
+                let index = (rng.next_u64() % isolated.len() as u64) as usize;
+                isolated.swap_remove(index);
+            }
+            partitions.push(Partition {
+                isolated,
+                from,
+                until: from + rng.range(200, 3_000),
+            });
+        }
+        let mut restarts = Vec::new();
+        // Crash-restart runs restart the primary or a backup once or twice; a quarter of the
+        // other runs restart an honest backup on top of their faults (a temporary f + 1st
+        // fault: only safety holds while it is down, liveness must return once it is back).
+        // Crash runs go without, so their recovery time measures the crash alone.
+        if kind == Kind::CrashRestart || (!crash && rng.chance(25)) {
+            let honest: Vec<usize> = (0..validators)
+                .filter(|i| !faults.contains_key(i))
+                .collect();
+            let node = match kind {
+                Kind::CrashRestart if rng.chance(50) => 0,
+                _ => *rng.pick(&honest),
+            };
+            let mut at = rng.range(20, 800);
+            for _ in 0..rng.range(1, 2) {
+                let back = at + rng.range(50, 2_000);
+                restarts.push(Restart {
+                    node,
+                    at,
+                    back,
+                    surely: false,
+                });
+                at = back + rng.range(100, 1_500);
+            }
+        }
+        if matches!(kind, Kind::WholeCluster | Kind::RestartUnderReproposals) {
+            let mut honest: Vec<usize> = (0..validators)
+                .filter(|i| !faults.contains_key(i))
+                .collect();
+            if kind == Kind::RestartUnderReproposals {
+                while honest.len() > f + 1 {
+                    let index = (rng.next_u64() % honest.len() as u64) as usize;
+                    honest.swap_remove(index);
+                }
+            }
+            let at = rng.range(100, 1_500);
+            let back = at + rng.range(100, 1_500);
+            for _ in 0..rng.range(1, 2) {
+                let (at, back) = match restarts.last() {
+                    Some(last) => {
+                        let at = last.back + rng.range(2_000, 4_000);
+                        (at, at + rng.range(100, 1_500))
+                    }
+                    None => (at, back),
+                };
+                for &node in &honest {
+                    // Half the rounds bring everyone back together, the others stagger the
+                    // restarts over up to 3 s.
+                    let stagger = match rng.chance(50) {
+                        true => rng.range(0, 3_000),
+                        false => 0,
+                    };
+                    restarts.push(Restart {
+                        node,
+                        at,
+                        back: back + stagger,
+                        surely: true,
+                    });
+                }
+            }
+        }
+        let low = rng.range(1, 5);
+        let window = rng.range(2, 8);
+        let mut clients = rng.range(1, 4) as usize;
+        let mut max_batch_ops = rng.range(1, 8) as usize;
+        if kind == Kind::EquivocatingPrimary {
+            // Several clients and batches of several requests give it room to equivocate.
+            clients = clients.max(3);
+            max_batch_ops = max_batch_ops.max(3);
+        }
+        if kind == Kind::CensoringPrimary {
+            clients = clients.max(2);
+        }
+        Scenario {
+            kind,
+            validators,
+            faults,
+            clients,
+            requests_per_client: rng.range(2, 6) as usize,
+            delay_ms: (low, low + rng.range(0, 30)),
+            duplicate_percent: rng.range(0, 20),
+            loss_percent: rng.range(0, 20),
+            partitions,
+            restarts,
+            max_batch_ops,
+            window,
+            checkpoint_interval: rng.range(1, window),
+        }
+    }
+}

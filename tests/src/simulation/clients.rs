@@ -1,0 +1,72 @@
+//! The closed-loop clients: each sends its requests one after another, retransmits on its
+//! timer, and accepts a result from f + 1 matching replies.
+
+use pbft_core::{Client, Message, Request};
+
+use super::{Event, Simulation};
+use crate::chain;
+
+/// A simulated client.
+pub(super) struct SimClient {
+    pub(super) client: Client,
+    /// Requests still to send.
+    pub(super) remaining: usize,
+    /// The request waiting for its result.
+    pub(super) outstanding: Option<Request>,
+}
+
+impl Simulation {
+    /// Client `index` sends its next request to the primary it knows, if it has one left.
+    pub(super) fn next_request(&mut self, index: usize) {
+        let now = self.now;
+        let client = &mut self.clients[index];
+        if client.remaining == 0 {
+            return;
+        }
+        client.remaining -= 1;
+        let op = format!("client {index} op {}", client.remaining).into_bytes();
+        let request = client.client.request(now, op);
+        client.outstanding = Some(request.clone());
+        self.submitted.insert(request.digest(&chain()));
+        let from = request.client;
+        let primary = client.client.primary().0 as usize;
+        self.send(primary, from, Message::Request(request).encode());
+        self.schedule_client_timer(index);
+    }
+
+    /// A reply reaches client `index`; once it accepts a result, it checks it and goes on.
+    pub(super) fn client_receives(&mut self, index: usize, bytes: &[u8]) {
+        let Ok(Some(outcome)) = self.clients[index].client.handle_reply(bytes) else {
+            return;
+        };
+        let client = &mut self.clients[index];
+        let Some(request) = client.outstanding.take() else {
+            return;
+        };
+        self.report.requests_completed += 1;
+        self.check_accepted(index, &request, &outcome.result);
+        self.check_inclusion(&request, outcome.seq);
+        self.next_request(index);
+    }
+
+    /// Client `index`'s timer set for `at`: it retransmits its request to every validator.
+    pub(super) fn client_timer(&mut self, index: usize, at: u64) {
+        if self.clients[index].client.poll_timeout() != Some(at) {
+            return;
+        }
+        if let Some(request) = self.clients[index].client.handle_timeout(self.now) {
+            let bytes = Message::Request(request.clone()).encode();
+            for validator in 0..self.validators.len() {
+                self.send(validator, request.client, bytes.clone());
+            }
+        }
+        self.schedule_client_timer(index);
+    }
+
+    /// Schedules client `index`'s next timer, if it wants one.
+    fn schedule_client_timer(&mut self, index: usize) {
+        if let Some(at) = self.clients[index].client.poll_timeout() {
+            self.schedule_at(at.max(self.now), Event::ClientTimer { client: index, at });
+        }
+    }
+}

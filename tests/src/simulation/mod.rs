@@ -1,0 +1,300 @@
+//! The simulation: the event loop over virtual time, and the state of the run.
+//!
+//! Its parts, one job each: [`network`] carries messages (loss, duplication, delay,
+//! partitions) and routes what validators send; [`validator`] is the host of each simulated
+//! validator (its application, store, crashes and restarts); [`clients`] are the closed-loop
+//! clients; [`byzantine`] corrupts what faulty validators send; [`checks`] holds the
+//! invariants checked after every step and at the end.
+//!
+//! Every random draw comes from one [`Rng`] in the order the events happen, so moving code
+//! between these modules must keep the order of calls: the golden traces check that it did.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use pbft_core::testing::client_key;
+use pbft_core::{Client, Config, Digest, Hasher, Keypair, PublicKey, Replica, ValidatorSet};
+
+use crate::report::Report;
+use crate::{Fault, Rng, Scenario, chain, validator_keys};
+
+mod byzantine;
+mod checks;
+mod clients;
+mod network;
+mod validator;
+
+use checks::Committed;
+use clients::SimClient;
+use validator::Validator;
+
+/// A node id in the simulation: validators first, then clients.
+type NodeId = usize;
+
+/// Something that happens at a point of virtual time.
+enum Event {
+    /// A message arrives.
+    Message {
+        to: NodeId,
+        from: PublicKey,
+        bytes: Vec<u8>,
+    },
+    /// A validator's timer set for `at` fires, unless it was reset since.
+    Timer { node: NodeId, at: u64 },
+    /// A client's timer set for `at` fires, unless it was reset since.
+    ClientTimer { client: usize, at: u64 },
+    /// A validator is armed to crash at a random point of its next step.
+    Crash { node: NodeId },
+    /// An armed crash that found no step to interrupt happens now, between steps.
+    CrashNow { node: NodeId },
+    /// A crashed validator restarts from its records and store.
+    Restart { node: NodeId },
+}
+
+/// The simulation: nodes, network and checker.
+pub struct Simulation {
+    scenario: Scenario,
+    /// Every random draw of the run, in order.
+    rng: Rng,
+    /// Virtual time, ms.
+    now: u64,
+    /// Events scheduled so far: breaks ties in the queue by the order they were scheduled.
+    counter: u64,
+    /// What happens next, by (time, counter).
+    queue: BTreeMap<(u64, u64), Event>,
+    validators: Vec<Validator>,
+    clients: Vec<SimClient>,
+    set: ValidatorSet,
+    /// The validators' keys, by index.
+    keys: Vec<PublicKey>,
+    /// The clients' keys, by index.
+    client_keys: Vec<PublicKey>,
+    /// The digest of every request a client signed.
+    submitted: BTreeSet<Digest>,
+    /// Every batch committed, as the first honest replica delivered it.
+    committed: BTreeMap<u64, Committed>,
+    /// Result digest per (client, client_seq), as the first honest replica computed it.
+    results: BTreeMap<(PublicKey, u64), Digest>,
+    report: Report,
+    /// Every output of every validator, in order ([`crate::report::observe`]).
+    trace: Hasher,
+    /// The primary's crash, once it happened: (time, the view it led).
+    crash: Option<(u64, u64)>,
+    /// The replicas' config, to restart them with.
+    config: Config,
+    /// Every statement an honest validator signed: (validator, phase, view, seq) → digest.
+    signed: BTreeMap<(usize, pbft_core::Phase, u64, u64), Digest>,
+    /// The application state after each seq, as the first honest replica computed it.
+    states: BTreeMap<u64, Digest>,
+}
+
+/// Virtual time after which a run stops.
+const TIME_LIMIT_MS: u64 = 120_000;
+
+impl Simulation {
+    /// Sets up the cluster for `seed`.
+    pub fn new(seed: u64, scenario: Scenario) -> Self {
+        let keypairs = validator_keys(scenario.validators);
+        let keys: Vec<PublicKey> = keypairs.iter().map(Keypair::public_key).collect();
+        let set = ValidatorSet::new(0, &keys).expect("simulated keys are valid");
+        let mut config = Config::new(chain());
+        config.max_batch_ops = scenario.max_batch_ops;
+        config.window = scenario.window;
+        config.checkpoint_interval = scenario.checkpoint_interval;
+        config.max_future_per_peer = 64;
+        // Peers keep only a window of batches for replay, so a replica cut off or restarted
+        // for long must fetch a checkpoint's state; small chunks make that several messages.
+        config.retained_batches = scenario.window as usize;
+        config.snapshot_chunk_bytes = 64;
+        let replica_config = config.clone();
+        let validators = keypairs
+            .into_iter()
+            .enumerate()
+            .map(|(index, keypair)| {
+                let same = Keypair::from_seed(&keypair.seed());
+                let replica =
+                    Replica::new(config.clone(), set.clone(), same).expect("valid config");
+                Validator::new(replica, keypair, scenario.faults.get(&index).copied())
+            })
+            .collect();
+        let clients: Vec<SimClient> = (0..scenario.clients)
+            .map(|j| SimClient {
+                client: Client::new(chain(), client_key(j), set.clone(), 1),
+                remaining: scenario.requests_per_client,
+                outstanding: None,
+            })
+            .collect();
+        let client_keys = clients.iter().map(|c| c.client.public_key()).collect();
+        Simulation {
+            rng: Rng::new(seed),
+            now: 0,
+            counter: 0,
+            queue: BTreeMap::new(),
+            validators,
+            clients,
+            set,
+            keys,
+            client_keys,
+            submitted: BTreeSet::new(),
+            committed: BTreeMap::new(),
+            results: BTreeMap::new(),
+            report: Report {
+                seed,
+                ..Report::default()
+            },
+            trace: Hasher::new(b"sim/trace"),
+            crash: None,
+            config: replica_config,
+            signed: BTreeMap::new(),
+            states: BTreeMap::new(),
+            scenario,
+        }
+    }
+
+    /// Runs until every request committed, the network healed and every honest replica is
+    /// idle and up to date (or the time limit), and returns what it found.
+    pub fn run(mut self) -> Report {
+        for client in 0..self.clients.len() {
+            self.next_request(client);
+        }
+        for index in 0..self.validators.len() {
+            self.drain(index);
+        }
+        for restart in self.scenario.restarts.clone() {
+            self.schedule_at(restart.at, Event::Crash { node: restart.node });
+            if restart.surely {
+                self.schedule_at(restart.at + 50, Event::CrashNow { node: restart.node });
+            }
+            self.schedule_at(restart.back, Event::Restart { node: restart.node });
+        }
+        while let Some(((at, _), event)) = self.queue.pop_first() {
+            if at > TIME_LIMIT_MS {
+                break;
+            }
+            self.now = at;
+            self.note_crash();
+            match event {
+                Event::Message { to, from, bytes } => self.deliver(to, from, bytes),
+                Event::Timer { node, at } => {
+                    if self.validators[node].timer == Some(at) && !self.is_down(node) {
+                        self.validators[node].timer = None;
+                        self.validators[node].replica.handle_timeout(self.now);
+                        self.drain(node);
+                    }
+                }
+                Event::ClientTimer { client, at } => self.client_timer(client, at),
+                Event::Crash { node } => self.validators[node].crash_armed = true,
+                Event::CrashNow { node } => {
+                    if self.validators[node].crash_armed {
+                        self.crash(node);
+                    }
+                }
+                Event::Restart { node } => self.restart(node),
+            }
+            if self.settled() {
+                break;
+            }
+        }
+        self.finish()
+    }
+
+    /// Whether the run has nothing left to show: every request answered, every cut healed,
+    /// every honest replica idle and at the highest delivered seq.
+    fn settled(&self) -> bool {
+        let healed = self.scenario.partitions.iter().all(|p| p.until <= self.now)
+            && self.scenario.restarts.iter().all(|r| r.back <= self.now);
+        let answered = self
+            .clients
+            .iter()
+            .all(|c| c.remaining == 0 && c.outstanding.is_none());
+        healed
+            && answered
+            && self.validators.iter().all(|node| {
+                node.fault.is_some()
+                    || (node.replica.is_idle() && node.delivered == self.report.batches)
+            })
+    }
+
+    /// Whether a validator is crashed (waiting to restart, or stopped for good).
+    fn is_down(&self, node: NodeId) -> bool {
+        self.validators[node].down
+            || matches!(self.validators[node].fault, Some(Fault::CrashAt(at)) if self.now >= at)
+    }
+
+    /// Records the moment a crashing validator stops, and whether it was the primary then.
+    fn note_crash(&mut self) {
+        if self.crash.is_some() {
+            return;
+        }
+        for index in 0..self.validators.len() {
+            if let Some(Fault::CrashAt(at)) = self.validators[index].fault
+                && self.now >= at
+            {
+                let view = self
+                    .validators
+                    .iter()
+                    .filter(|node| node.fault.is_none())
+                    .map(|node| node.replica.view())
+                    .max()
+                    .unwrap_or(0);
+                let leading = self.set.primary(view).0 as usize == index;
+                // A crash of a validator that no longer leads measures nothing.
+                self.crash = Some((at, if leading { view } else { u64::MAX }));
+            }
+        }
+    }
+
+    /// Records how long the cluster took to recover from the primary's crash: until an honest
+    /// replica delivers a batch certified in a later view than the one the primary led.
+    fn note_recovery(&mut self, certified_in: u64) {
+        if let Some((at, view)) = self.crash
+            && certified_in > view
+            && view != u64::MAX
+            && self.report.recovery_ms.is_none()
+        {
+            self.report.recovery_ms = Some(self.now - at);
+        }
+    }
+
+    /// Schedules `event` `delay` ms from now.
+    fn schedule(&mut self, delay: u64, event: Event) {
+        self.schedule_at(self.now + delay, event);
+    }
+
+    /// Schedules `event` at virtual time `at`, after every event already scheduled then.
+    fn schedule_at(&mut self, at: u64, event: Event) {
+        self.counter += 1;
+        self.queue.insert((at, self.counter), event);
+    }
+
+    /// Ends the run: the final checks, the totals, and the trace's last entries.
+    fn finish(mut self) -> Report {
+        self.report.virtual_ms = self.now;
+        self.report.views_changed = self
+            .validators
+            .iter()
+            .filter(|node| node.fault.is_none())
+            .map(|node| node.replica.metrics().views_changed)
+            .sum();
+        self.check_liveness();
+        if std::env::var_os("PBFT_SIM_DEBUG").is_some() {
+            for (index, node) in self.validators.iter().enumerate() {
+                eprintln!(
+                    "replica {index} ({:?}): {:?}\n  {:?}",
+                    node.fault,
+                    node.replica,
+                    node.replica.metrics()
+                );
+            }
+        }
+        for index in 0..self.validators.len() {
+            if self.validators[index].fault.is_none() {
+                let metrics = self.validators[index].replica.metrics().clone();
+                self.trace
+                    .u64(metrics.signatures_verified)
+                    .u64(metrics.rejected_total());
+            }
+        }
+        self.report.trace = self.trace.finish();
+        self.report
+    }
+}

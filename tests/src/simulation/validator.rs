@@ -1,0 +1,374 @@
+//! The host of a simulated validator: its replica, its application (a hash chain over the
+//! operations), the exactly-once table and store it keeps durably, what it does with each
+//! output of its replica, and how it crashes and comes back from its records.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use pbft_core::{
+    ClientRecord, Delivery, Digest, ExecutedState, Hasher, Keypair, Output, PublicKey, Record,
+    Replica,
+};
+
+use super::{Event, NodeId, Simulation};
+use crate::Fault;
+use crate::report::observe;
+
+/// A simulated validator: the replica and everything its host keeps beside it.
+pub(super) struct Validator {
+    pub(super) replica: Replica,
+    pub(super) keypair: Keypair,
+    pub(super) fault: Option<Fault>,
+    /// Application state: a hash chain over executed operations.
+    pub(super) state: Digest,
+    /// Messages seen, for a replaying fault (bounded).
+    pub(super) seen: Vec<Vec<u8>>,
+    pub(super) timer: Option<u64>,
+    /// (client, client_seq) executed, to check exactly-once.
+    pub(super) executed: BTreeSet<(PublicKey, u64)>,
+    pub(super) last_client_seq: BTreeMap<PublicKey, u64>,
+    pub(super) delivered: u64,
+    /// What the replica persisted (its write-ahead log), compacted at stable checkpoints.
+    durable: Vec<Record>,
+    /// Crashes at a random point of its next step.
+    pub(super) crash_armed: bool,
+    /// Crashed, waiting to restart.
+    pub(super) down: bool,
+    /// Every operation the application executed, in order: its snapshot.
+    ops: Vec<(PublicKey, u64, Vec<u8>)>,
+    /// The exactly-once table and executed batches, as a host keeps them beside its state.
+    table: Table,
+    /// The application store as of the last step completed: what survives a crash.
+    store: Store,
+    /// Executed or installed since the store was last written.
+    dirty: bool,
+}
+
+/// The host's side of [`ExecutedState`]: kept from deliveries and installs.
+#[derive(Clone, Default)]
+struct Table {
+    executed: u64,
+    floor: u64,
+    clients: BTreeMap<PublicKey, ClientRecord>,
+    committed: BTreeMap<u64, pbft_core::Committed>,
+    checkpoints: BTreeMap<u64, pbft_core::CheckpointState>,
+}
+
+/// What a validator's application store holds durably: the application (with what the
+/// checker knows of it) and the table, as of the end of some step: always before the log is
+/// compacted, otherwise at the end of a random 30 % of the steps that executed (a host that
+/// commits its store lazily); a crash loses what came after, which the log replays.
+#[derive(Clone, Default)]
+struct Store {
+    table: Table,
+    state: Digest,
+    ops: Vec<(PublicKey, u64, Vec<u8>)>,
+    executed: BTreeSet<(PublicKey, u64)>,
+    last_client_seq: BTreeMap<PublicKey, u64>,
+}
+
+impl Validator {
+    /// A validator that has done nothing yet, running `replica` with `keypair`.
+    pub(super) fn new(replica: Replica, keypair: Keypair, fault: Option<Fault>) -> Self {
+        Validator {
+            replica,
+            keypair,
+            fault,
+            state: Digest::default(),
+            seen: Vec::new(),
+            timer: None,
+            executed: BTreeSet::new(),
+            last_client_seq: BTreeMap::new(),
+            delivered: 0,
+            durable: Vec::new(),
+            crash_armed: false,
+            down: false,
+            ops: Vec::new(),
+            table: Table::default(),
+            store: Store::default(),
+            dirty: false,
+        }
+    }
+
+    /// The application: a hash chain over the operations, plus their log.
+    fn apply(&mut self, client: PublicKey, client_seq: u64, op: &[u8]) {
+        self.state = Hasher::new(b"sim/state")
+            .digest(&self.state)
+            .bytes(op)
+            .finish();
+        self.ops.push((client, client_seq, op.to_vec()));
+    }
+}
+
+/// The application snapshot: each operation as key, number, length and bytes.
+fn encode_app(ops: &[(PublicKey, u64, Vec<u8>)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (client, client_seq, op) in ops {
+        out.extend_from_slice(&client.0);
+        out.extend_from_slice(&client_seq.to_le_bytes());
+        out.extend_from_slice(&(op.len() as u32).to_le_bytes());
+        out.extend_from_slice(op);
+    }
+    out
+}
+
+/// The operations of a snapshot [`encode_app`] made; `None` if it is not one.
+fn decode_app(mut bytes: &[u8]) -> Option<Vec<(PublicKey, u64, Vec<u8>)>> {
+    let mut ops = Vec::new();
+    while !bytes.is_empty() {
+        let key: [u8; 32] = bytes.get(..32)?.try_into().ok()?;
+        let client_seq = u64::from_le_bytes(bytes.get(32..40)?.try_into().ok()?);
+        let len = u32::from_le_bytes(bytes.get(40..44)?.try_into().ok()?) as usize;
+        let op = bytes.get(44..44 + len)?.to_vec();
+        ops.push((PublicKey(key), client_seq, op));
+        bytes = &bytes[44 + len..];
+    }
+    Some(ops)
+}
+
+impl Simulation {
+    /// Carries out validator `index`'s outputs in order, as its host does (checking each and
+    /// adding it to the trace), then commits its store now and then and sets its timer. A
+    /// validator armed to crash stops part way.
+    pub(super) fn drain(&mut self, index: NodeId) {
+        if self.validators[index].down {
+            return;
+        }
+        // A validator armed to crash stops after a random number of this step's outputs:
+        // possibly between a `Persist` and the `Send` it guards.
+        let crash_after = match self.validators[index].crash_armed {
+            true => Some(self.rng.range(0, 6)),
+            false => None,
+        };
+        let mut processed = 0;
+        let mut compact = false;
+        while let Some(output) = self.validators[index].replica.poll_output() {
+            if crash_after == Some(processed) {
+                self.crash(index);
+                return;
+            }
+            processed += 1;
+            observe(&mut self.trace, index, &output);
+            match output {
+                Output::Persist(record) => {
+                    if let Record::Signed(vote) = &record {
+                        self.check_signed(index, vote);
+                    }
+                    compact |= matches!(record, Record::Stable(_));
+                    self.validators[index].durable.push(record);
+                }
+                Output::Send { to, bytes } => {
+                    self.check_sent(index, &bytes);
+                    self.route(index, to, bytes)
+                }
+                Output::Deliver(delivery) => self.execute(index, delivery),
+                Output::Install(install) => self.install(index, install),
+                Output::Evidence(evidence) => self.check_evidence(index, &evidence),
+                other => panic!("the simulator does not handle {other:?}"),
+            }
+        }
+        if crash_after.is_some() {
+            self.crash(index);
+            return;
+        }
+        if compact {
+            // What a host does with its WAL after a stable checkpoint, and with the batches in
+            // its store that no peer can still need.
+            let node = &mut self.validators[index];
+            node.durable = node.replica.durable_records();
+            let keep_above = node
+                .replica
+                .stable_checkpoint()
+                .seq
+                .saturating_sub(self.config.retained_batches as u64);
+            node.table.committed.retain(|&seq, _| seq > keep_above);
+            let stable = node.replica.stable_checkpoint().seq;
+            node.table.checkpoints.retain(|&seq, _| seq >= stable);
+        }
+        // The store commits durably before the log is compacted, and otherwise now and then:
+        // it lags the log, whose redo records replay what it lacks after a crash.
+        let lazy = self.rng.chance(70);
+        let node = &mut self.validators[index];
+        if compact || (node.dirty && !lazy) {
+            // The host's durable commit, after its records.
+            node.store = Store {
+                table: node.table.clone(),
+                state: node.state,
+                ops: node.ops.clone(),
+                executed: node.executed.clone(),
+                last_client_seq: node.last_client_seq.clone(),
+            };
+            node.dirty = false;
+        }
+        let timeout = self.validators[index].replica.poll_timeout();
+        if timeout.is_some() && timeout != self.validators[index].timer {
+            let at = timeout.unwrap_or_default().max(self.now);
+            self.validators[index].timer = Some(at);
+            self.schedule_at(at, Event::Timer { node: index, at });
+        }
+    }
+
+    /// Executes a delivery on a validator's application and checks the invariants.
+    fn execute(&mut self, index: NodeId, delivery: Delivery) {
+        let honest = self.validators[index].fault.is_none();
+        let Delivery {
+            seq,
+            batch,
+            certificate,
+            execute,
+            checkpoint,
+            forgotten,
+            client_floor,
+        } = delivery;
+        if honest {
+            self.check_delivery(index, seq, &batch, &certificate);
+            self.note_recovery(certificate.view);
+        }
+        let mut results = Vec::with_capacity(execute.len());
+        for position in execute {
+            let Some(request) = batch.requests.get(position as usize) else {
+                self.violation(format!(
+                    "replica {index} asked to execute a request outside the batch"
+                ));
+                continue;
+            };
+            let node = &mut self.validators[index];
+            node.apply(request.client, request.client_seq, &request.op);
+            let result = node.state.0.to_vec();
+            node.table.clients.insert(
+                request.client,
+                ClientRecord {
+                    client: request.client,
+                    client_seq: request.client_seq,
+                    seq,
+                    result: Some(result.clone()),
+                },
+            );
+            if honest {
+                self.check_executed(index, seq, request, &result);
+            }
+            results.push(result);
+        }
+        let node = &mut self.validators[index];
+        node.delivered = seq;
+        for client in &forgotten {
+            node.table.clients.remove(client);
+        }
+        node.table.floor = client_floor;
+        node.table.executed = seq;
+        node.table.committed.insert(
+            seq,
+            pbft_core::Committed {
+                batch: batch.clone(),
+                certificate: certificate.clone(),
+            },
+        );
+        node.dirty = true;
+        if honest {
+            self.check_state(index, seq);
+        }
+        let snapshot = checkpoint.then(|| encode_app(&self.validators[index].ops));
+        if let Err(err) = self.validators[index]
+            .replica
+            .executed(self.now, seq, results, snapshot)
+        {
+            self.violation(format!("replica {index} refused its own execution: {err}"));
+        }
+        let node = &mut self.validators[index];
+        if checkpoint && let Some(state) = node.replica.checkpoint_state(seq) {
+            node.table.checkpoints.insert(seq, state);
+        }
+    }
+
+    /// Replaces a validator's application with a fetched snapshot, and checks it against
+    /// what the first honest replica to reach that seq computed.
+    fn install(&mut self, index: NodeId, install: pbft_core::Install) {
+        let Some(ops) = decode_app(&install.snapshot) else {
+            self.violation(format!("replica {index} installed an undecodable snapshot"));
+            return;
+        };
+        let node = &mut self.validators[index];
+        node.state = Digest::default();
+        node.ops.clear();
+        node.executed.clear();
+        node.last_client_seq.clear();
+        for (client, client_seq, op) in ops {
+            node.apply(client, client_seq, &op);
+            node.executed.insert((client, client_seq));
+            node.last_client_seq.insert(client, client_seq);
+        }
+        node.delivered = install.seq;
+        node.table.executed = install.seq;
+        node.table.floor = install.client_floor;
+        node.table.clients = install
+            .clients
+            .iter()
+            .map(|record| (record.client, record.clone()))
+            .collect();
+        node.table.committed.retain(|&seq, _| seq <= install.seq);
+        node.table.checkpoints.retain(|&seq, _| seq <= install.seq);
+        if let Some(state) = node.replica.checkpoint_state(install.seq) {
+            node.table.checkpoints.insert(install.seq, state);
+        }
+        node.dirty = true;
+        self.report.state_transfers += 1;
+        self.check_installed(index, install.seq);
+    }
+
+    /// The validator stops: its unsent outputs are lost, its persisted records stay.
+    pub(super) fn crash(&mut self, index: NodeId) {
+        let node = &mut self.validators[index];
+        while node.replica.poll_output().is_some() {}
+        node.crash_armed = false;
+        node.down = true;
+        node.timer = None;
+    }
+
+    /// Brings a crashed validator back from its persisted records and its application store.
+    pub(super) fn restart(&mut self, index: NodeId) {
+        let node = &mut self.validators[index];
+        if !node.down {
+            // It never took a step between the crash and now, so it never crashed.
+            node.crash_armed = false;
+            return;
+        }
+        let keypair = Keypair::from_seed(&node.keypair.seed());
+        let table = &node.store.table;
+        let executed = ExecutedState {
+            executed: table.executed,
+            client_floor: table.floor,
+            clients: table.clients.values().cloned().collect(),
+            committed: table.committed.values().cloned().collect(),
+            checkpoints: table.checkpoints.values().cloned().collect(),
+        };
+        match Replica::restore(
+            self.config.clone(),
+            self.set.clone(),
+            keypair,
+            node.durable.iter().cloned(),
+            executed,
+        ) {
+            Ok(replica) => node.replica = replica,
+            Err(err) => {
+                let what = format!("replica {index} cannot restore: {err}");
+                self.violation(what);
+                return;
+            }
+        }
+        let node = &mut self.validators[index];
+        node.down = false;
+        let store = node.store.clone();
+        node.state = store.state;
+        node.ops = store.ops;
+        node.executed = store.executed;
+        node.last_client_seq = store.last_client_seq;
+        node.delivered = store.table.executed;
+        node.table = store.table;
+        node.dirty = false;
+        node.timer = None;
+        self.report.restarts += 1;
+        // As a host does on start: a first tick (the replica learns the time only from its
+        // inputs), then carry out what the restore left (deliveries the log replays).
+        self.validators[index].replica.handle_timeout(self.now);
+        self.drain(index);
+    }
+}
