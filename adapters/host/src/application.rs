@@ -1,8 +1,6 @@
 //! The contract between a node and what it replicates: [`Application`] executes committed
 //! batches inside the node's store transaction, and [`AppError`] says why it could not.
 
-use std::fmt;
-
 use redb::{ReadTransaction, WriteTransaction};
 
 use crate::kv::SnapshotError;
@@ -27,24 +25,15 @@ pub trait Application {
 }
 
 /// Why an application could not execute, snapshot or install.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum AppError {
     /// The store failed.
+    #[error("{0}")]
     Store(redb::Error),
     /// A fetched snapshot is not one this application can read.
+    #[error("{0}")]
     Snapshot(SnapshotError),
 }
-
-impl fmt::Display for AppError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            AppError::Store(err) => write!(f, "{err}"),
-            AppError::Snapshot(err) => write!(f, "{err}"),
-        }
-    }
-}
-
-impl std::error::Error for AppError {}
 
 impl From<redb::Error> for AppError {
     fn from(err: redb::Error) -> Self {

@@ -43,6 +43,8 @@ pub enum FileError {
     },
 }
 
+// Written by hand, not derived: `thiserror` would make the `source` field of `Io` the error's
+// `source()`, which `FileError` has never reported (its message already includes it).
 impl fmt::Display for FileError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -6,7 +6,6 @@
 //! before it buffers a byte of the payload, so a peer cannot make a node allocate more than
 //! one maximum-size frame.
 
-use std::fmt;
 use std::future::Future;
 
 /// Bytes of the length prefix.
@@ -14,9 +13,10 @@ pub const PREFIX_LEN: usize = 4;
 
 /// Why a stream cannot be read as frames. After an error the connection must be closed:
 /// the stream has lost its framing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
     /// The prefix announces a frame above the maximum.
+    #[error("frame of {len} bytes exceeds the maximum of {max}")]
     TooLarge {
         /// Announced length.
         len: usize,
@@ -24,18 +24,6 @@ pub enum FrameError {
         max: usize,
     },
 }
-
-impl fmt::Display for FrameError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            FrameError::TooLarge { len, max } => {
-                write!(f, "frame of {len} bytes exceeds the maximum of {max}")
-            }
-        }
-    }
-}
-
-impl std::error::Error for FrameError {}
 
 /// Prefixes `payload` with its length. Fails if it is above `max`, so a node never sends
 /// what its peers would refuse.

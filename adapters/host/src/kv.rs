@@ -6,8 +6,6 @@
 //! of the map, entries in key order, so equal stores give equal bytes and equal checkpoint
 //! digests.
 
-use std::fmt;
-
 use redb::{
     ReadTransaction, ReadableTable, ReadableTableMetadata, Table, TableDefinition, WriteTransaction,
 };
@@ -83,16 +81,9 @@ impl OpResult {
 }
 
 /// Why a snapshot cannot be installed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("not a key-value snapshot (or keys out of order)")]
 pub struct SnapshotError;
-
-impl fmt::Display for SnapshotError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("not a key-value snapshot (or keys out of order)")
-    }
-}
-
-impl std::error::Error for SnapshotError {}
 
 /// The store's entries, in the node's [`crate::store::Store`].
 const ENTRIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");

@@ -67,6 +67,8 @@ pub enum NodeError {
     UnhandledOutput(String),
 }
 
+// Written by hand, not derived: `thiserror` would make the `source` field of `App` the error's
+// `source()`, which `NodeError` has never reported (its message already includes it).
 impl fmt::Display for NodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

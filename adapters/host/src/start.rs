@@ -19,30 +19,21 @@ use crate::node::{Node, NodeError};
 pub const CLIENT_FRAME_OVERHEAD: usize = 64;
 
 /// Why a validator stopped with an error, or could not start.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum RunError {
     /// The node cannot start or failed (its log, its config).
+    #[error("{0}")]
     Node(NodeError),
     /// The transport cannot be set up.
+    #[error("{0}")]
     Transport(Box<dyn std::error::Error + Send + Sync>),
     /// The metrics endpoint cannot be bound.
+    #[error("metrics endpoint: {0}")]
     Metrics(std::io::Error),
     /// The node's thread panicked (nothing it signed after the panic left it).
+    #[error("the node thread panicked")]
     Panicked,
 }
-
-impl std::fmt::Display for RunError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            RunError::Node(err) => write!(f, "{err}"),
-            RunError::Transport(err) => write!(f, "{err}"),
-            RunError::Metrics(err) => write!(f, "metrics endpoint: {err}"),
-            RunError::Panicked => f.write_str("the node thread panicked"),
-        }
-    }
-}
-
-impl std::error::Error for RunError {}
 
 /// Another validator, as a transport's link to it needs it.
 pub struct Peer {

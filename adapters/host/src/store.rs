@@ -13,7 +13,6 @@
 //! `Durability::None` commit that lets a round be read mid-way (for a checkpoint's snapshot)
 //! without a second fsync.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use pbft_core::{
@@ -38,9 +37,15 @@ const CHECKPOINTS: TableDefinition<u64, &[u8]> = TableDefinition::new("pbft.chec
 
 /// Why the store cannot be opened, read or written. Each names the file; a node stops on any
 /// of them (it must not answer a client whose write it could not make durable).
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database failed (I/O, a full disk, corruption redb detected).
+    #[error(
+        "{}: {source} (free disk space if it is full; if the file is damaged, move this \
+         file aside, never the WAL beside it, and start the node: it fetches the state \
+         from its peers)",
+        path.display()
+    )]
     Database {
         /// The store's file.
         path: PathBuf,
@@ -48,42 +53,18 @@ pub enum StoreError {
         source: redb::Error,
     },
     /// An entry does not decode: written by another version, or damaged.
+    #[error(
+        "{}: {what} does not decode (written by another version? move this file aside, \
+         never the WAL beside it, and start the node: it fetches the state from its \
+         peers)",
+        path.display()
+    )]
     Corrupt {
         /// The store's file.
         path: PathBuf,
         /// Which entry.
         what: String,
     },
-}
-
-impl fmt::Display for StoreError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            StoreError::Database { path, source } => write!(
-                f,
-                "{}: {source} (free disk space if it is full; if the file is damaged, move this \
-                 file aside, never the WAL beside it, and start the node: it fetches the state \
-                 from its peers)",
-                path.display()
-            ),
-            StoreError::Corrupt { path, what } => write!(
-                f,
-                "{}: {what} does not decode (written by another version? move this file aside, \
-                 never the WAL beside it, and start the node: it fetches the state from its \
-                 peers)",
-                path.display()
-            ),
-        }
-    }
-}
-
-impl std::error::Error for StoreError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            StoreError::Database { source, .. } => Some(source),
-            StoreError::Corrupt { .. } => None,
-        }
-    }
 }
 
 /// The store of one validator.

@@ -18,7 +18,6 @@
 //! not the last — is corruption: [`WalError::Corrupt`] names the segment and the offset, and
 //! nothing after it is read.
 
-use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -51,9 +50,10 @@ impl Default for WalOptions {
 
 /// What went wrong with the log. Any error but `RecordTooLarge` leaves the log unusable:
 /// the node must stop rather than sign without a durable record.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum WalError {
     /// A file operation failed.
+    #[error("{}: {source}", path.display())]
     Io {
         /// The file or directory.
         path: PathBuf,
@@ -61,6 +61,7 @@ pub enum WalError {
         source: io::Error,
     },
     /// Data that is not a torn tail does not check out.
+    #[error("{} is corrupt at byte {offset}: {reason}", segment.display())]
     Corrupt {
         /// The segment.
         segment: PathBuf,
@@ -70,41 +71,13 @@ pub enum WalError {
         reason: &'static str,
     },
     /// A record above `max_record_bytes`; nothing was written.
+    #[error("record of {len} bytes exceeds the maximum of {max}")]
     RecordTooLarge {
         /// Its length.
         len: usize,
         /// The limit.
         max: u32,
     },
-}
-
-impl fmt::Display for WalError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            WalError::Io { path, source } => write!(f, "{}: {source}", path.display()),
-            WalError::Corrupt {
-                segment,
-                offset,
-                reason,
-            } => write!(
-                f,
-                "{} is corrupt at byte {offset}: {reason}",
-                segment.display()
-            ),
-            WalError::RecordTooLarge { len, max } => {
-                write!(f, "record of {len} bytes exceeds the maximum of {max}")
-            }
-        }
-    }
-}
-
-impl std::error::Error for WalError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            WalError::Io { source, .. } => Some(source),
-            _ => None,
-        }
-    }
 }
 
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> WalError + '_ {

@@ -109,16 +109,9 @@ impl ProofBundle {
 }
 
 /// A frame that does not decode, and why.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("frame does not decode: {0}")]
 pub struct BadFrame(pub DecodeError);
-
-impl core::fmt::Display for BadFrame {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "frame does not decode: {}", self.0)
-    }
-}
-
-impl std::error::Error for BadFrame {}
 
 macro_rules! codec {
     ($type:ty) => {

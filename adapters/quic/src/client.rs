@@ -82,24 +82,15 @@ pub fn connect_over(
 }
 
 /// Why a client operation did not complete.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum ClientFailure {
     /// No result within the time allowed.
+    #[error("no result in time (is the cluster up?)")]
     Timeout,
     /// The links are gone.
+    #[error("connections closed")]
     Closed,
 }
-
-impl std::fmt::Display for ClientFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ClientFailure::Timeout => f.write_str("no result in time (is the cluster up?)"),
-            ClientFailure::Closed => f.write_str("connections closed"),
-        }
-    }
-}
-
-impl std::error::Error for ClientFailure {}
 
 /// A client of a pbft cluster, over either transport.
 pub struct ClusterClient {

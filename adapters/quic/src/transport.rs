@@ -30,27 +30,18 @@ use crate::identity::{
 };
 
 /// Why a QUIC endpoint cannot be set up.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum TransportError {
     /// rustls refused the configuration (or the key).
+    #[error("TLS: {0}")]
     Tls(rustls::Error),
     /// quinn refused the TLS configuration.
+    #[error("QUIC: {0}")]
     Quic(String),
     /// The socket cannot be bound.
+    #[error("socket: {0}")]
     Io(std::io::Error),
 }
-
-impl std::fmt::Display for TransportError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            TransportError::Tls(err) => write!(f, "TLS: {err}"),
-            TransportError::Quic(err) => write!(f, "QUIC: {err}"),
-            TransportError::Io(err) => write!(f, "socket: {err}"),
-        }
-    }
-}
-
-impl std::error::Error for TransportError {}
 
 /// Application close codes, so the other side's logs say why.
 pub mod close {

@@ -64,19 +64,25 @@ pub fn proof_digest(chain: &ChainId, handshake: &[u8], initiator: bool, role: Ro
 }
 
 /// Why a connection was refused; the label names it in the metrics.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum HandshakeError {
     /// The stream failed or closed.
+    #[error("handshake: {0}")]
     Io(std::io::Error),
     /// Noise refused a message (not a handshake, or tampered with).
+    #[error("handshake: {0}")]
     Noise(snow::Error),
     /// The handshake took longer than [`HANDSHAKE_TIMEOUT`].
+    #[error("handshake timed out")]
     Timeout,
     /// The proof does not decode or its signature does not verify.
+    #[error("key proof does not verify")]
     BadProof,
     /// The key is not the one dialled, or asked for the accepting node's role.
+    #[error("key not admitted")]
     UnknownKey,
     /// The node's admission rule refused the key for the role it asked.
+    #[error("refused: {0}")]
     Refused(Refusal),
 }
 
@@ -93,21 +99,6 @@ impl HandshakeError {
         }
     }
 }
-
-impl std::fmt::Display for HandshakeError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            HandshakeError::Io(err) => write!(f, "handshake: {err}"),
-            HandshakeError::Noise(err) => write!(f, "handshake: {err}"),
-            HandshakeError::Timeout => f.write_str("handshake timed out"),
-            HandshakeError::BadProof => f.write_str("key proof does not verify"),
-            HandshakeError::UnknownKey => f.write_str("key not admitted"),
-            HandshakeError::Refused(refusal) => write!(f, "refused: {refusal}"),
-        }
-    }
-}
-
-impl std::error::Error for HandshakeError {}
 
 impl From<std::io::Error> for HandshakeError {
     fn from(err: std::io::Error) -> Self {

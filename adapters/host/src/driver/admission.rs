@@ -4,7 +4,6 @@
 //! A refusal is a [`Refusal`]: its [`Refusal::reason`] labels the metrics, its `Display` is
 //! for logs, and a transport that can tell the other side why (QUIC's close codes) maps it.
 
-use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -28,17 +27,22 @@ pub enum Role {
 }
 
 /// Why a node refused a connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
     /// The node holds [`MAX_CONNECTIONS`] already.
+    #[error("the node holds as many connections as it may")]
     TooManyConnections,
     /// The handshake finished without a key the node can read.
+    #[error("the handshake proved no ed25519 key")]
     NoKey,
     /// The connection asked for a role the node does not know (QUIC: an unknown ALPN).
+    #[error("the connection asked for no known role")]
     UnknownRole,
     /// The key asked to be a validator and is not one of the set.
+    #[error("the key is not a validator's")]
     UnknownKey,
     /// [`MAX_CLIENTS`] clients are connected already.
+    #[error("the node serves as many clients as it may")]
     TooManyClients,
 }
 
@@ -54,20 +58,6 @@ impl Refusal {
         }
     }
 }
-
-impl fmt::Display for Refusal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Refusal::TooManyConnections => "the node holds as many connections as it may",
-            Refusal::NoKey => "the handshake proved no ed25519 key",
-            Refusal::UnknownRole => "the connection asked for no known role",
-            Refusal::UnknownKey => "the key is not a validator's",
-            Refusal::TooManyClients => "the node serves as many clients as it may",
-        })
-    }
-}
-
-impl std::error::Error for Refusal {}
 
 /// Whether `key` may connect as `role`, given `connected` clients: the admission rule every
 /// transport applies before reading a byte.
