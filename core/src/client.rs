@@ -112,7 +112,8 @@ impl Client {
         self.validators.primary(self.view)
     }
 
-    /// When the outstanding request should be retransmitted, if one is outstanding.
+    /// When (ms) the outstanding request should be retransmitted, if one is outstanding.
+    #[must_use]
     pub fn poll_timeout(&self) -> Option<u64> {
         self.deadline
     }
