@@ -23,6 +23,25 @@ impl ChainId {
                 .finish(),
         )
     }
+
+    /// The chain id of network `name` whose validators run with `config`'s agreed parameters
+    /// ([`Config::agreed`]): [`ChainId::from_name`] when they are the defaults, otherwise a
+    /// digest that also covers them. Validators that disagree on one of them then sign for
+    /// different chains and never count each other's signatures: a misconfigured validator
+    /// fails closed (it is one of the f faulty) instead of splitting checkpoints or
+    /// exactly-once decisions.
+    pub fn for_network(name: &str, config: &Config) -> Self {
+        let agreed = config.agreed();
+        if agreed == Config::default().agreed() {
+            return ChainId::from_name(name);
+        }
+        let mut hasher = Hasher::new(b"pbft/v1/chain-id+parameters");
+        hasher.bytes(name.as_bytes());
+        for value in agreed {
+            hasher.u64(value);
+        }
+        ChainId(hasher.finish())
+    }
 }
 
 /// A validator's position in the ordered validator set.
@@ -248,6 +267,27 @@ impl Config {
         }
     }
 
+    /// The parameters every validator of a network must share, in a fixed order: where
+    /// checkpoints fall and what their digests cover (`checkpoint_interval`,
+    /// `snapshot_chunk_bytes`, `max_clients`, which decides the exactly-once floor), what a
+    /// pre-prepare may hold (`max_batch_ops`, `max_batch_bytes`, `max_request_bytes`), the
+    /// window view changes are checked against (`window`), and the largest message and
+    /// snapshot a replica takes (`max_message_bytes`, `max_snapshot_bytes`). The others are
+    /// each node's own (timeouts, buffers, retention).
+    pub fn agreed(&self) -> [u64; 9] {
+        [
+            self.checkpoint_interval,
+            u64::from(self.snapshot_chunk_bytes),
+            self.max_clients as u64,
+            self.max_batch_ops as u64,
+            self.max_batch_bytes as u64,
+            self.max_request_bytes as u64,
+            self.window,
+            self.max_message_bytes as u64,
+            self.max_snapshot_bytes,
+        ]
+    }
+
     /// Checks that the limits fit together and that `chain_id` is set.
     ///
     /// # Errors
@@ -271,6 +311,10 @@ impl Config {
                 "max_request_bytes must be at least 1",
             ),
             (self.max_clients, "max_clients must be at least 1"),
+            (
+                self.max_future_per_peer,
+                "max_future_per_peer must be at least 1, or a replica a message behind stalls",
+            ),
         ];
         for (value, why) in positive {
             if value == 0 {

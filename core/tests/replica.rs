@@ -407,3 +407,56 @@ fn a_replica_whose_key_is_not_in_the_set_does_not_start() {
     bad.window = 0;
     assert!(Replica::new(bad, validator_set(4), validator_key(0)).is_err());
 }
+
+#[test]
+fn a_config_without_a_chain_id_or_with_a_zero_bound_is_refused() {
+    let unset = Config {
+        chain_id: Config::default().chain_id,
+        ..config()
+    };
+    let err = Replica::new(unset, validator_set(4), validator_key(0)).map(|_| ());
+    assert!(
+        matches!(err, Err(pbft_core::ConfigError::Invalid(why)) if why.contains("chain_id")),
+        "{err:?}"
+    );
+    let mut no_buffer = config();
+    no_buffer.max_future_per_peer = 0;
+    assert!(Replica::new(no_buffer, validator_set(4), validator_key(0)).is_err());
+}
+
+#[test]
+fn the_chain_id_commits_to_the_parameters_validators_must_share() {
+    use pbft_core::ChainId;
+    let defaults = Config::default();
+    assert_eq!(
+        ChainId::for_network("net", &defaults),
+        ChainId::from_name("net")
+    );
+    let agreed: [fn(&mut Config); 9] = [
+        |c| c.checkpoint_interval += 1,
+        |c| c.snapshot_chunk_bytes += 1,
+        |c| c.max_clients += 1,
+        |c| c.max_batch_ops += 1,
+        |c| c.max_batch_bytes += 1,
+        |c| c.max_request_bytes += 1,
+        |c| c.window += 1,
+        |c| c.max_message_bytes += 1,
+        |c| c.max_snapshot_bytes += 1,
+    ];
+    let mut seen = vec![ChainId::from_name("net")];
+    for change in agreed {
+        let mut changed = Config::default();
+        change(&mut changed);
+        let id = ChainId::for_network("net", &changed);
+        assert!(!seen.contains(&id), "each agreed parameter moves the id");
+        seen.push(id);
+    }
+    let own = Config {
+        view_timeout_ms: 900,
+        heartbeat_ms: 10,
+        max_pending_requests: 7,
+        retained_batches: 999,
+        ..Config::default()
+    };
+    assert_eq!(ChainId::for_network("net", &own), ChainId::from_name("net"));
+}

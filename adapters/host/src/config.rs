@@ -296,8 +296,10 @@ fn network(path: &Path, file: &ConfigFile) -> Result<Network, FileError> {
             "set `chain` (the network's name) instead",
         ));
     }
+    // The chain id commits to the parameters validators must agree on: a node whose file
+    // differs from its peers' signs for another chain and is refused, never half-agreed with.
     let mut core = Config {
-        chain_id: ChainId::from_name(&file.chain),
+        chain_id: ChainId::for_network(&file.chain, &file.limits),
         ..file.limits.clone()
     };
     // A window above the default needs as many retained batches; raising both by hand is
@@ -386,7 +388,18 @@ mod tests {
         assert_eq!(config.core.retained_batches, 512);
         assert_eq!(config.core.max_snapshot_bytes, 1 << 20);
         assert_eq!(config.core.max_future_per_peer, 32);
-        assert_eq!(config.core.chain_id, ChainId::from_name("testnet"));
+        assert_ne!(
+            config.core.chain_id,
+            ChainId::from_name("testnet"),
+            "max_clients and max_snapshot_bytes are agreed parameters: the chain id covers them"
+        );
+        let local = "[limits]\nheartbeat_ms = 250\nview_timeout_ms = 900\n";
+        let config = load(&fixture, &config_text(&fixture.keys, local)).unwrap();
+        assert_eq!(
+            config.core.chain_id,
+            ChainId::from_name("testnet"),
+            "a node's own timeouts leave the chain id alone"
+        );
         let typo = config_text(&fixture.keys, "[limits]\nmax_client = 500\n");
         let message = field_of(load(&fixture, &typo));
         assert!(message.contains("max_client"), "{message}");

@@ -107,6 +107,8 @@ pub fn start(config: &NodeConfig) -> Result<Started, RunError> {
     let entries = node.entries().map_err(RunError::Node)?;
     tracing::info!(
         id = me.0,
+        // Covers the network's name and its agreed parameters: compare it across nodes.
+        chain = ?config.core.chain_id.0,
         view = node.replica().view(),
         stable = node.replica().stable_checkpoint().seq,
         durable_seq = node.replica().executed_seq(),
