@@ -106,7 +106,7 @@ fn main() -> ExitCode {
     let secs = started.elapsed().as_secs_f64();
     eprintln!();
     println!(
-        "{:<22} {:>6} {:>7} {:>9} {:>13} {:>9}   primary crash -> first commit in a new view",
+        "{:<24} {:>6} {:>7} {:>9} {:>13} {:>9}   primary crash -> first commit in a new view",
         "scenario", "seeds", "failed", "requests", "views changed", "restarts"
     );
     for (kind, tally) in &mut tallies {
@@ -114,15 +114,16 @@ fn main() -> ExitCode {
         let recovery = match tally.recoveries.as_slice() {
             [] => "-".to_string(),
             all => format!(
-                "p50 {} ms, p90 {} ms, max {} ms ({} crashes)",
+                "p50 {} ms, p90 {} ms, max {} ms ({} {})",
                 percentile(all, 0.5),
                 percentile(all, 0.9),
                 percentile(all, 1.0),
-                all.len()
+                all.len(),
+                if all.len() == 1 { "crash" } else { "crashes" }
             ),
         };
         println!(
-            "{kind:<22} {:>6} {:>7} {:>9} {:>13} {:>9}   {recovery}",
+            "{kind:<24} {:>6} {:>7} {:>9} {:>13} {:>9}   {recovery}",
             tally.seeds, tally.failed, tally.requests, tally.views_changed, tally.restarts
         );
     }
