@@ -352,9 +352,15 @@ impl Config {
                 "max_timeout_factor must be at least 1",
             ));
         }
-        if self.max_request_bytes > self.max_batch_bytes {
+        // A request counts its key, signature and numbers too: one whose operation is within
+        // them of the batch limit would be proposed alone and refused by every backup.
+        if self
+            .max_request_bytes
+            .saturating_add(crate::envelope::REQUEST_OVERHEAD)
+            > self.max_batch_bytes
+        {
             return Err(ConfigError::Invalid(
-                "max_request_bytes must not exceed max_batch_bytes, or a request never fits a batch",
+                "max_request_bytes plus a request's 116 bytes of key, signature and numbers must fit max_batch_bytes, or a request never fits a batch",
             ));
         }
         if self.max_message_bytes < self.max_batch_bytes + crate::envelope::BATCH_OVERHEAD {

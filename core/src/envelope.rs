@@ -14,6 +14,10 @@ pub const PROTOCOL_VERSION: u8 = 1;
 /// Room for a pre-prepare's fields and envelope around its batch, in bytes.
 pub const BATCH_OVERHEAD: usize = 4096;
 
+/// Most bytes a request's encoding adds to its operation: the client key (32), the
+/// signature (64) and two varints (at most 10 each). A batch's size counts requests this way.
+pub const REQUEST_OVERHEAD: usize = 32 + 64 + 10 + 10;
+
 /// Why bytes are not an envelope of the expected value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {

@@ -122,7 +122,7 @@ pub use crypto::{
 };
 
 // Signed statements and the wire.
-pub use envelope::{BATCH_OVERHEAD, DecodeError, PROTOCOL_VERSION};
+pub use envelope::{BATCH_OVERHEAD, DecodeError, PROTOCOL_VERSION, REQUEST_OVERHEAD};
 pub use message::{COMMITTED, HAVE_BATCH, Message, PREPARED, Status};
 pub use state::{FetchState, Manifest, StateChunk};
 pub use statement::{

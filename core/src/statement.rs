@@ -52,8 +52,7 @@ impl Request {
 
     /// Bytes this request adds to a batch, for the batch size limit.
     pub fn encoded_len(&self) -> usize {
-        // key + signature + varints (at most 10 bytes each) + the operation.
-        32 + 64 + 10 + 10 + self.op.len()
+        crate::envelope::REQUEST_OVERHEAD + self.op.len()
     }
 }
 

@@ -241,7 +241,7 @@ impl<A: Application> Node<A> {
         app: A,
     ) -> Result<Node<A>, NodeError> {
         let lock = lock_dir(dir)?;
-        let (wal, bytes) = Wal::open(dir, WalOptions::default())?;
+        let (wal, bytes) = Wal::open(dir, WalOptions::for_messages(config.max_message_bytes))?;
         let mut records = Vec::with_capacity(bytes.len());
         for (index, record) in bytes.iter().enumerate() {
             let record = Record::decode(record).map_err(|_| NodeError::BadRecord {
@@ -250,7 +250,9 @@ impl<A: Application> Node<A> {
             })?;
             records.push(record);
         }
-        let (store, executed) = Store::open(dir)?;
+        let (mut store, executed) = Store::open(dir)?;
+        // Before anything is signed: records of another chain would not verify here.
+        store.bind_chain(&config.chain_id)?;
         let max_message_bytes = config.max_message_bytes;
         let chain = config.chain_id;
         let retained_batches = config.retained_batches as u64;

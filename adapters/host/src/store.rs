@@ -16,7 +16,8 @@
 use std::path::{Path, PathBuf};
 
 use pbft_core::{
-    CheckpointState, ClientRecord, Committed, Delivery, ExecutedState, Install, PublicKey,
+    ChainId, CheckpointState, ClientRecord, Committed, Delivery, Digest, ExecutedState, Install,
+    PublicKey,
 };
 use redb::{
     Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition,
@@ -34,6 +35,8 @@ const CLIENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pbft.client
 const BATCHES: TableDefinition<u64, &[u8]> = TableDefinition::new("pbft.batches");
 /// Checkpoint states by seq: postcard `(app, clients)` (see [`CheckpointState`]).
 const CHECKPOINTS: TableDefinition<u64, &[u8]> = TableDefinition::new("pbft.checkpoints");
+/// The chain id the data dir belongs to, under the key `"chain"` (32 bytes).
+const CHAIN: TableDefinition<&str, &[u8]> = TableDefinition::new("pbft.chain");
 
 /// Why the store cannot be opened, read or written. Each names the file; a node stops on any
 /// of them (it must not answer a client whose write it could not make durable).
@@ -64,6 +67,24 @@ pub enum StoreError {
         path: PathBuf,
         /// Which entry.
         what: String,
+    },
+    /// The data dir belongs to another chain: the network's name or one of the limits its
+    /// validators must agree on changed. What this node signed before was for the other
+    /// chain and would not verify under the new one.
+    #[error(
+        "{}: this data dir belongs to chain {stored}, the config names chain {configured} \
+         (the chain id covers the network's name and its agreed limits, which cannot change \
+         on a running network: restore the old values, or start a new network with empty \
+         data dirs)",
+        path.display()
+    )]
+    OtherChain {
+        /// The store's file.
+        path: PathBuf,
+        /// The chain the data dir was created for.
+        stored: Digest,
+        /// The chain the config derives.
+        configured: Digest,
     },
 }
 
@@ -101,6 +122,38 @@ impl Store {
         store.commit(round)?;
         let executed = store.executed_state()?;
         Ok((store, executed))
+    }
+
+    /// Binds the data dir to `chain` on its first start and refuses another chain after.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::OtherChain`] if the data dir was created for another chain; a database
+    /// error if it cannot be read or written.
+    pub fn bind_chain(&mut self, chain: &ChainId) -> Result<(), StoreError> {
+        let round = self.begin()?;
+        let stored = {
+            let mut table = round.tx.open_table(CHAIN).map_err(|e| self.fail(e))?;
+            let stored = table
+                .get("chain")
+                .map_err(|e| self.fail(e))?
+                .map(|bytes| bytes.value().to_vec());
+            if stored.is_none() {
+                table
+                    .insert("chain", chain.0.0.as_slice())
+                    .map_err(|e| self.fail(e))?;
+            }
+            stored
+        };
+        match stored {
+            None => self.commit(round),
+            Some(bytes) if bytes == chain.0.0 => Ok(()),
+            Some(bytes) => Err(StoreError::OtherChain {
+                path: self.path.clone(),
+                stored: Digest(bytes.try_into().unwrap_or([0; 32])),
+                configured: chain.0,
+            }),
+        }
     }
 
     /// The store's file.

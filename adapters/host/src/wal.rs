@@ -48,6 +48,23 @@ impl Default for WalOptions {
     }
 }
 
+impl WalOptions {
+    /// Options whose record limit holds any record a replica with this largest message
+    /// (`max_message_bytes`, the core's config) emits: a record is at most one message (a
+    /// pre-prepare's batch, a new view) plus a certificate's signatures, so it gets 1 MiB of
+    /// room above the message, and never less than the default.
+    pub fn for_messages(max_message_bytes: usize) -> Self {
+        let defaults = WalOptions::default();
+        let needed = max_message_bytes.saturating_add(1 << 20);
+        WalOptions {
+            max_record_bytes: u32::try_from(needed)
+                .unwrap_or(u32::MAX)
+                .max(defaults.max_record_bytes),
+            ..defaults
+        }
+    }
+}
+
 /// What went wrong with the log. Any error but `RecordTooLarge` leaves the log unusable:
 /// the node must stop rather than sign without a durable record.
 #[derive(Debug, thiserror::Error)]

@@ -348,6 +348,38 @@ fn a_data_dir_in_use_is_refused() {
 }
 
 #[test]
+fn a_data_dir_of_another_chain_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let public: Vec<PublicKey> = keys().iter().map(Keypair::public_key).collect();
+    let set = ValidatorSet::new(0, &public).unwrap();
+    let open = |config: Config| {
+        Node::open(
+            dir.path(),
+            config,
+            set.clone(),
+            keys().remove(0),
+            KvStore::new(),
+        )
+    };
+    drop(open(config()).expect("a fresh dir takes the configured chain"));
+    drop(open(config()).expect("and keeps it"));
+    // An agreed limit changed: the chain id the host derives changes with it.
+    let mut changed = config();
+    changed.max_clients += 1;
+    changed.chain_id = ChainId::for_network("node-tests", &changed);
+    let err = open(changed).err().expect("another chain is refused");
+    assert!(
+        matches!(
+            err,
+            pbft_host::node::NodeError::Store(pbft_host::store::StoreError::OtherChain { .. })
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("agreed limits"), "{err}");
+    assert!(open(config()).is_ok(), "the refusal changed nothing");
+}
+
+#[test]
 fn every_node_killed_at_once_loses_no_acknowledged_write() {
     let mut cluster = Cluster::new();
     let mut client = cluster.client(98);

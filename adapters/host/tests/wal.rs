@@ -200,3 +200,30 @@ fn an_oversized_record_is_refused_and_nothing_is_written() {
     ));
     assert_eq!(wal.pending_bytes(), 0);
 }
+
+#[test]
+fn the_record_limit_follows_the_largest_message_a_replica_takes() {
+    let defaults = WalOptions::default();
+    assert_eq!(
+        WalOptions::for_messages(4 << 20).max_record_bytes,
+        defaults.max_record_bytes,
+        "the default message size fits the default limit"
+    );
+    // A network whose batches go past 16 MiB: its prepared records carry them.
+    let options = WalOptions::for_messages(32 << 20);
+    assert!(options.max_record_bytes >= (32 << 20) + (1 << 20));
+    let big = vec![7u8; 20 << 20];
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(dir.path(), defaults).unwrap();
+    assert!(matches!(
+        wal.append(&big),
+        Err(WalError::RecordTooLarge { .. })
+    ));
+    drop(wal);
+    let (mut wal, _) = Wal::open(dir.path(), options).unwrap();
+    wal.append(&big).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    let (_, records) = Wal::open(dir.path(), options).unwrap();
+    assert_eq!(records, vec![big]);
+}
