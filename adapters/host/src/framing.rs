@@ -8,6 +8,8 @@
 
 use std::future::Future;
 
+use crate::queue::Frames;
+
 /// Bytes of the length prefix.
 pub const PREFIX_LEN: usize = 4;
 
@@ -105,6 +107,8 @@ pub enum StreamEnd {
     Truncated,
     /// A length prefix above the maximum.
     Oversized,
+    /// The other side sent nothing for longer than its connection may stay idle.
+    Idle,
 }
 
 impl StreamEnd {
@@ -119,7 +123,7 @@ impl StreamEnd {
 
 /// Frames `first` and whatever else `queue` holds right now (up to 256 KiB), for one write.
 /// A frame above `max` is dropped: the other side would only refuse it.
-pub fn gather(first: Vec<u8>, queue: &async_channel::Receiver<Vec<u8>>, max: usize) -> Vec<u8> {
+pub fn gather(first: Vec<u8>, queue: &Frames, max: usize) -> Vec<u8> {
     let mut buffer = Vec::new();
     let mut next = Some(first);
     while let Some(frame) = next.take() {
@@ -127,7 +131,7 @@ pub fn gather(first: Vec<u8>, queue: &async_channel::Receiver<Vec<u8>>, max: usi
             buffer.extend_from_slice(&encoded);
         }
         if buffer.len() < 256 * 1024 {
-            next = queue.try_recv().ok();
+            next = queue.try_recv();
         }
     }
     buffer
@@ -175,12 +179,8 @@ where
 /// Writes the frames queued for one connection, several per write, until the queue closes
 /// or the stream fails. Returns whether the queue is still open (false: the connection
 /// should close for good).
-pub async fn write_frames<W: WriteHalf>(
-    writer: &mut W,
-    queue: &async_channel::Receiver<Vec<u8>>,
-    max: usize,
-) -> bool {
-    while let Ok(first) = queue.recv().await {
+pub async fn write_frames<W: WriteHalf>(writer: &mut W, queue: &Frames, max: usize) -> bool {
+    while let Some(first) = queue.recv().await {
         if writer.write(&gather(first, queue, max)).await.is_err() {
             return true;
         }
@@ -281,11 +281,11 @@ mod tests {
     #[test]
     fn queued_frames_go_out_together_until_the_queue_closes_or_the_stream_fails() {
         use crate::testing::{Writes, block_on};
-        let (tx, rx) = async_channel::bounded(8);
+        let (tx, rx) = crate::queue::bounded(8, 1024, None);
         for frame in [b"a".to_vec(), b"bc".to_vec(), vec![0; 17]] {
             tx.try_send(frame).unwrap();
         }
-        drop(tx);
+        tx.close();
         let mut writer = Writes::default();
         assert!(
             !block_on(write_frames(&mut writer, &rx, 16)),
@@ -295,7 +295,7 @@ mod tests {
         let expected = [encode(b"a", 16).unwrap(), encode(b"bc", 16).unwrap()].concat();
         assert_eq!(writer.writes, [expected]);
 
-        let (tx, rx) = async_channel::bounded(8);
+        let (tx, rx) = crate::queue::bounded(8, 1024, None);
         tx.try_send(b"a".to_vec()).unwrap();
         let mut broken = Writes {
             broken: true,

@@ -13,6 +13,7 @@ pub mod kv;
 pub mod link;
 pub mod metrics;
 pub mod node;
+pub mod queue;
 mod race;
 pub mod serve;
 pub mod session;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::framing::{ReadHalf, WriteHalf, read_frames, write_frames};
 use crate::metrics::Gauge;
+use crate::queue::Frames;
 use crate::race::first;
 use crate::session::Inbound;
 
@@ -41,7 +42,7 @@ pub trait Dial: Send {
 /// `connected` counts the link while it is up. Ends when `queue` closes.
 pub async fn link<D: Dial>(
     mut dial: D,
-    queue: async_channel::Receiver<Vec<u8>>,
+    queue: Frames,
     max: usize,
     inbound: Option<Inbound>,
     connected: Option<Gauge>,
@@ -120,9 +121,9 @@ mod tests {
             pauses: Default::default(),
             hung_up: Vec::new(),
         };
-        let (tx, rx) = async_channel::bounded(4);
+        let (tx, rx) = crate::queue::bounded(4, 1024, None);
         tx.try_send(b"frame".to_vec()).unwrap();
-        drop(tx);
+        tx.close();
         let gauge = Gauge::default();
         block_on(link(&mut dial, rx, 64, None, Some(gauge.clone())));
         let ms = |ms| Duration::from_millis(ms);

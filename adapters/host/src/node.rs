@@ -580,6 +580,11 @@ impl<A: Application> Node<A> {
         self.max_message_bytes
     }
 
+    /// The largest client frame the node accepts ([`crate::wire::max_client_frame`]).
+    pub fn max_client_frame(&self) -> usize {
+        crate::wire::max_client_frame(self.replica.config())
+    }
+
     /// The replica (view, watermarks, metrics).
     pub fn replica(&self) -> &Replica {
         &self.replica

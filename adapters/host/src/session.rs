@@ -2,10 +2,13 @@
 //! [`ClientFrame`]s per validator out, one stream of [`ServerFrame`]s in. A transport fills
 //! and drains the queues; clients, gateways and the bench only see this.
 
+use crate::queue::{self, Frames};
 use crate::wire::{ClientFrame, ServerFrame};
 
 /// Frames waiting for one validator's link, at most.
 pub const LINK_QUEUE: usize = 4096;
+/// Bytes waiting for one validator's link, at most.
+pub const LINK_QUEUE_BYTES: usize = 64 << 20;
 
 /// What a link does with each frame it receives; false stops the link's reading.
 pub type Inbound = Box<
@@ -18,7 +21,7 @@ pub type Inbound = Box<
 /// answers (decoded) into `inbound`.
 pub struct SessionLinks {
     /// Frames to write to each validator.
-    pub outgoing: Vec<async_channel::Receiver<Vec<u8>>>,
+    pub outgoing: Vec<Frames>,
     /// Where frames from validator `i` go, tagged with `i`.
     pub inbound: async_channel::Sender<(usize, ServerFrame)>,
 }
@@ -42,7 +45,7 @@ impl SessionLinks {
 
 /// Links from one client key to every validator.
 pub struct Session {
-    links: Vec<async_channel::Sender<Vec<u8>>>,
+    links: Vec<queue::Sender>,
     inbound: async_channel::Receiver<(usize, ServerFrame)>,
     /// Whatever keeps the transport's tasks alive; dropping it stops them.
     _transport: Box<dyn Send>,
@@ -54,7 +57,7 @@ impl Session {
     pub fn channels(validators: usize) -> (SessionLinks, SessionEnds) {
         let (inbound_tx, inbound_rx) = async_channel::bounded(LINK_QUEUE * validators.max(1));
         let (senders, receivers) = (0..validators)
-            .map(|_| async_channel::bounded(LINK_QUEUE))
+            .map(|_| queue::bounded(LINK_QUEUE, LINK_QUEUE_BYTES, None))
             .unzip();
         (
             SessionLinks {
@@ -106,6 +109,6 @@ impl Session {
 
 /// The session's side of the queues, until [`Session::new`] takes them.
 pub struct SessionEnds {
-    links: Vec<async_channel::Sender<Vec<u8>>>,
+    links: Vec<queue::Sender>,
     inbound: async_channel::Receiver<(usize, ServerFrame)>,
 }

@@ -13,6 +13,8 @@ use crate::driver::{self, Driver, Router};
 use crate::kv::KvStore;
 use crate::metrics::{self, NodeMetrics};
 use crate::node::{Node, NodeError};
+use crate::queue::Frames;
+use crate::serve::ServeLimits;
 
 /// Extra bytes a client frame wraps around a consensus message: the largest frame a
 /// transport accepts is the core's largest message plus this.
@@ -42,7 +44,7 @@ pub struct Peer {
     /// The key it must prove.
     pub key: PublicKey,
     /// The frames for it.
-    pub queue: async_channel::Receiver<Vec<u8>>,
+    pub queue: Frames,
 }
 
 /// A validator whose node runs on its thread, waiting for a transport.
@@ -57,8 +59,10 @@ pub struct Started {
     pub router: Arc<Router>,
     /// Every other validator.
     pub peers: Vec<Peer>,
-    /// The largest frame to accept or send.
+    /// The largest frame to send to a validator.
     pub max_frame: usize,
+    /// What [`crate::serve::serve`] allows a connection.
+    pub limits: ServeLimits,
 }
 
 impl Started {
@@ -116,7 +120,8 @@ pub fn start(config: &NodeConfig) -> Result<Started, RunError> {
         "restored from {}",
         config.data_dir.display()
     );
-    let (router, queues) = Router::new(&config.validators, me, metrics);
+    let max_frame = config.core.max_message_bytes + CLIENT_FRAME_OVERHEAD;
+    let (router, queues) = Router::new(&config.validators, me, max_frame, metrics);
     let peers = queues
         .into_iter()
         .map(|(id, queue)| Peer {
@@ -137,6 +142,7 @@ pub fn start(config: &NodeConfig) -> Result<Started, RunError> {
         thread,
         router,
         peers,
-        max_frame: config.core.max_message_bytes + CLIENT_FRAME_OVERHEAD,
+        max_frame,
+        limits: ServeLimits::new(&config.core, max_frame),
     })
 }

@@ -68,3 +68,29 @@ impl WriteHalf for Writes {
         Ok(())
     }
 }
+
+/// A receiving half that never receives anything and never ends.
+pub(crate) struct Silent;
+
+impl ReadHalf for Silent {
+    async fn read(&mut self) -> Option<&[u8]> {
+        std::future::pending().await
+    }
+}
+
+/// A timer whose sleeps end at once, recording what was asked of it; or never, if
+/// `never`.
+#[derive(Default)]
+pub(crate) struct TestTimer {
+    pub(crate) never: bool,
+    pub(crate) slept: std::sync::Mutex<Vec<std::time::Duration>>,
+}
+
+impl crate::serve::Timer for TestTimer {
+    async fn sleep(&self, duration: std::time::Duration) {
+        if self.never {
+            return std::future::pending().await;
+        }
+        self.slept.lock().unwrap().push(duration);
+    }
+}

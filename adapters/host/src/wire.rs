@@ -5,12 +5,25 @@
 //! ([`pbft_core::envelope`]: a version byte, then postcard) inside the transport's
 //! length-delimited framing.
 
-use pbft_core::envelope::{self, DecodeError};
+use pbft_core::envelope::{self, DecodeError, REQUEST_OVERHEAD};
 use pbft_core::{
-    ChainId, Digest, Hasher, InclusionProof, Keypair, PublicKey, QuorumCertificate, Request,
-    Signature, ValidatorSet, verify_inclusion, verify_qc,
+    ChainId, Config, Digest, Hasher, InclusionProof, Keypair, PublicKey, QuorumCertificate,
+    Request, Signature, ValidatorSet, verify_inclusion, verify_qc,
 };
 use serde::{Deserialize, Serialize};
+
+/// Bytes a [`ClientFrame`] carrying a request adds to the request's own
+/// [`REQUEST_OVERHEAD`] and operation, at most: two envelope version bytes, two enum tags,
+/// and the message's length (a varint of at most 5 bytes), with room to spare.
+pub const CLIENT_REQUEST_FRAME_OVERHEAD: usize = 32;
+
+/// The largest [`ClientFrame`] a node accepts under `config`, in bytes: a request whose
+/// operation is `max_request_bytes` long, wrapped. Every other client frame is smaller (a
+/// relay claim or a query is under 200 bytes), so a client connection that announces more
+/// has broken the protocol, and a node never buffers more for it.
+pub fn max_client_frame(config: &Config) -> usize {
+    config.max_request_bytes + REQUEST_OVERHEAD + CLIENT_REQUEST_FRAME_OVERHEAD
+}
 
 /// From a client to a node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,3 +146,26 @@ macro_rules! codec {
 codec!(ClientFrame);
 codec!(ServerFrame);
 codec!(ProofBundle);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pbft_core::Message;
+
+    #[test]
+    fn the_largest_request_fits_the_largest_client_frame_exactly_enough() {
+        let config = Config::new(ChainId::from_name("wire-tests"));
+        let client = Keypair::from_seed(&[1; 32]);
+        let op = vec![0xff; config.max_request_bytes];
+        let request = Request::new(&config.chain_id, &client, u64::MAX, op);
+        let frame = ClientFrame::Message(pbft_core::Message::Request(request).encode()).encode();
+        assert!(frame.len() <= max_client_frame(&config), "{}", frame.len());
+        assert!(
+            frame.len() + 64 > max_client_frame(&config),
+            "a tight bound"
+        );
+        let claim = ClientFrame::relay(&config.chain_id, &client, &client.public_key());
+        assert!(claim.encode().len() < 200);
+        let _ = Message::decode;
+    }
+}

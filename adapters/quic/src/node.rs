@@ -8,13 +8,13 @@ use std::time::Duration;
 use pbft_host::config::NodeConfig;
 use pbft_host::driver::{Connections, Driver, Router, Slot};
 use pbft_host::framing::StreamEnd;
-use pbft_host::serve;
+use pbft_host::serve::{self, ServeLimits};
 pub use pbft_host::start::RunError;
 use pbft_host::start::{Started, start};
 use quinn::{Endpoint, Incoming, VarInt};
 
 use crate::identity::ALPN_PEER;
-use crate::transport::{self, Receiving, Sending, TransportError, close, link, refuse};
+use crate::transport::{self, Receiving, Sending, TokioTimer, TransportError, close, link, refuse};
 
 /// Runs the validator `config` describes until `shutdown` completes (then it stops
 /// accepting, makes its log durable, and closes every connection with a reason) or the
@@ -29,6 +29,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         router,
         peers,
         max_frame,
+        limits,
     } = start(&config)?;
     let endpoint = match Endpoint::server(server, config.listen) {
         Ok(endpoint) => endpoint,
@@ -61,7 +62,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         driver.clone(),
         router,
         config.validators.clone(),
-        max_frame,
+        limits,
     ));
     let mut finished = tokio::task::spawn_blocking(move || Started::finish(thread));
     let failed_early = tokio::select! {
@@ -90,7 +91,7 @@ async fn accept_loop(
     driver: Driver,
     router: Arc<Router>,
     validators: pbft_core::ValidatorSet,
-    max: usize,
+    limits: ServeLimits,
 ) {
     let connections = Arc::new(Connections::default());
     while let Some(incoming) = endpoint.accept().await {
@@ -108,7 +109,7 @@ async fn accept_loop(
             driver.clone(),
             router.clone(),
             validators.clone(),
-            max,
+            limits,
         ));
     }
 }
@@ -120,7 +121,7 @@ async fn accepted(
     driver: Driver,
     router: Arc<Router>,
     validators: pbft_core::ValidatorSet,
-    max: usize,
+    limits: ServeLimits,
 ) {
     let metrics = driver.metrics().clone();
     let Ok(connection) = incoming.await else {
@@ -141,10 +142,24 @@ async fn accepted(
         let connection = connection.clone();
         tokio::spawn(async move {
             let (reader, writer) = (Receiving::new(recv), Sending(send));
-            let end = serve::serve(key, role, reader, writer, &driver, &router, max).await;
-            if end == StreamEnd::Oversized {
-                // Counted by `serve`; the other side learns why its connection ends.
-                connection.close(VarInt::from_u32(close::BAD_FRAME), b"oversized_frame");
+            let end = serve::serve(
+                key,
+                role,
+                reader,
+                writer,
+                &driver,
+                &router,
+                &limits,
+                &TokioTimer,
+            )
+            .await;
+            // Counted by `serve`; the other side learns why its connection ends.
+            match end {
+                StreamEnd::Oversized => {
+                    connection.close(VarInt::from_u32(close::BAD_FRAME), b"oversized_frame");
+                }
+                StreamEnd::Idle => connection.close(VarInt::from_u32(close::IDLE), b"idle"),
+                StreamEnd::Closed | StreamEnd::Truncated => {}
             }
         });
     }

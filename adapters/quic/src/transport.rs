@@ -18,6 +18,8 @@ use pbft_host::driver::{self, Refusal, Role};
 use pbft_host::framing::{ReadHalf, WriteHalf};
 use pbft_host::link::Dial;
 use pbft_host::metrics::NodeMetrics;
+use pbft_host::queue::Frames;
+use pbft_host::serve::Timer;
 use pbft_host::session::Inbound;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt};
@@ -55,6 +57,8 @@ pub mod close {
     pub const BAD_FRAME: u32 = 2;
     /// Too many clients are connected.
     pub const BUSY: u32 = 3;
+    /// The connection sent nothing for longer than it may stay idle.
+    pub const IDLE: u32 = 4;
 
     /// The code that tells the other side why admission refused it.
     pub fn refused(refusal: Refusal) -> u32 {
@@ -132,6 +136,16 @@ pub fn client_endpoint(towards: SocketAddr) -> Result<Endpoint, TransportError> 
         "[::]:0".parse().expect("literal address")
     };
     Endpoint::client(bind).map_err(TransportError::Io)
+}
+
+/// tokio's timer, for what the host's connection loops wait on.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TokioTimer;
+
+impl Timer for TokioTimer {
+    fn sleep(&self, duration: Duration) -> impl Future<Output = ()> + Send {
+        tokio::time::sleep(duration)
+    }
 }
 
 /// The receiving half of a QUIC stream, read into a buffer of its own.
@@ -212,7 +226,7 @@ pub async fn link(
     endpoint: Endpoint,
     addr: SocketAddr,
     config: quinn::ClientConfig,
-    queue: async_channel::Receiver<Vec<u8>>,
+    queue: Frames,
     max: usize,
     inbound: Option<Inbound>,
     connected: Option<pbft_host::metrics::Gauge>,

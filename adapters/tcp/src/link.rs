@@ -9,6 +9,8 @@ use pbft_core::{ChainId, Keypair, PublicKey};
 use pbft_host::framing::{ReadHalf, WriteHalf};
 use pbft_host::link::Dial;
 use pbft_host::metrics::Gauge;
+use pbft_host::queue::Frames;
+use pbft_host::serve::Timer;
 use pbft_host::session::Inbound;
 use smol::net::TcpStream;
 
@@ -51,6 +53,16 @@ impl ReadHalf for Secured {
 impl WriteHalf for Secured {
     async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.channel.write(&mut self.stream, bytes).await
+    }
+}
+
+/// smol's timer, for what the host's connection loops wait on.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SmolTimer;
+
+impl Timer for SmolTimer {
+    async fn sleep(&self, duration: Duration) {
+        smol::Timer::after(duration).await;
     }
 }
 
@@ -107,7 +119,7 @@ impl Dial for Dialer {
 pub async fn link(
     addr: SocketAddr,
     identity: Identity,
-    queue: async_channel::Receiver<Vec<u8>>,
+    queue: Frames,
     max: usize,
     inbound: Option<Inbound>,
     connected: Option<Gauge>,

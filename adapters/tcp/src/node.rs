@@ -7,11 +7,11 @@ use std::sync::Arc;
 use pbft_core::ValidatorSet;
 use pbft_host::config::NodeConfig;
 use pbft_host::driver::{self, Driver, Router};
-use pbft_host::serve;
+use pbft_host::serve::{self, ServeLimits};
 use pbft_host::start::{RunError, Started, start};
 use smol::net::{TcpListener, TcpStream};
 
-use crate::link::{Identity, Secured, link};
+use crate::link::{Identity, Secured, SmolTimer, link};
 use crate::secure::{Role, respond};
 
 /// Runs the validator `config` describes until `shutdown` yields or closes (then it stops
@@ -20,6 +20,7 @@ use crate::secure::{Role, respond};
 pub fn run(config: NodeConfig, shutdown: async_channel::Receiver<()>) -> Result<(), RunError> {
     let started = start(&config)?;
     let (driver, router, max_frame) = (started.driver, started.router, started.max_frame);
+    let limits = started.limits;
     let (me, thread, peers) = (started.me, started.thread, started.peers);
     let keypair = Arc::new(pbft_core::Keypair::from_seed(&config.keypair.seed()));
     let chain = config.core.chain_id;
@@ -54,7 +55,7 @@ pub fn run(config: NodeConfig, shutdown: async_channel::Receiver<()>) -> Result<
             router,
             config.validators.clone(),
             (chain, keypair),
-            max_frame,
+            limits,
         ));
         let mut finished = smol::unblock(move || Started::finish(thread));
         let early = {
@@ -84,7 +85,7 @@ async fn accept_loop(
     router: Arc<Router>,
     validators: ValidatorSet,
     identity: (pbft_core::ChainId, Arc<pbft_core::Keypair>),
-    max: usize,
+    limits: ServeLimits,
 ) {
     let connections = Arc::new(driver::Connections::default());
     while let Ok((stream, _)) = listener.accept().await {
@@ -102,7 +103,7 @@ async fn accept_loop(
             router.clone(),
             validators.clone(),
             identity.clone(),
-            max,
+            limits,
         ))
         .detach();
     }
@@ -116,7 +117,7 @@ async fn accepted(
     router: Arc<Router>,
     validators: ValidatorSet,
     (chain, keypair): (pbft_core::ChainId, Arc<pbft_core::Keypair>),
-    max: usize,
+    limits: ServeLimits,
 ) {
     let metrics = driver.metrics().clone();
     let _ = stream.set_nodelay(true);
@@ -139,7 +140,8 @@ async fn accepted(
         writer,
         &driver,
         &router,
-        max,
+        &limits,
+        &SmolTimer,
     )
     .await;
 }

@@ -7,7 +7,7 @@ use alloc::vec::Vec;
 use super::restore::CheckpointState;
 use super::slot::Slot;
 use super::{Mode, Replica};
-use crate::config::ReplicaId;
+use crate::config::{Config, ReplicaId};
 use crate::metrics::Metrics;
 use crate::view_change::StableCheckpoint;
 
@@ -62,6 +62,11 @@ impl core::fmt::Debug for Replica {
 }
 
 impl Replica {
+    /// The config the replica runs with (chain id and limits).
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
     /// This replica's id.
     pub fn id(&self) -> ReplicaId {
         self.id

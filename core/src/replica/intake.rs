@@ -220,17 +220,26 @@ impl Replica {
                 max: self.config.max_request_bytes,
             });
         }
-        match self.clients.freshness(&request.client, request.client_seq) {
-            Freshness::Fresh => {}
-            Freshness::LastExecuted(Some(reply)) => {
-                let bytes = Message::Reply(reply.clone()).encode();
-                self.send(Destination::Client(request.client), bytes);
-                return Ok(());
-            }
-            Freshness::LastExecuted(None) => return self.reply_again(&request),
-            Freshness::Stale => return Err(Error::StaleRequest),
-        }
         let digest = request.digest(&self.config.chain_id);
+        let cached = match self.clients.freshness(&request.client, request.client_seq) {
+            Freshness::Fresh => None,
+            Freshness::LastExecuted(reply) => {
+                Some(reply.map(|reply| Message::Reply(reply.clone())))
+            }
+            Freshness::Stale => return Err(Error::StaleRequest),
+        };
+        if let Some(cached) = cached {
+            // The reply again, to a request that proves it is the client's: an unsigned
+            // repeat would let anyone make every replica re-send (or re-sign) a reply.
+            self.verify_request(&request, &digest)?;
+            return match cached {
+                Some(reply) => {
+                    self.send(Destination::Client(request.client), reply.encode());
+                    Ok(())
+                }
+                None => self.reply_again(&request),
+            };
+        }
         let leads = self.is_primary() && self.mode == Mode::Normal;
         // Cheap checks first: a duplicate costs no signature verification.
         if leads && self.intake.is_in_flight(&digest) {
@@ -259,9 +268,7 @@ impl Replica {
             self.propose(false);
             return Ok(());
         }
-        let key = request.client.verifying_key()?;
-        self.metrics.signatures_verified += 1;
-        key.verify(&digest, &request.signature)?;
+        self.verify_request(&request, &digest)?;
         // A backup (or a primary still waiting for its new view) holds the request against
         // a deadline: if it does not commit in time, the primary is replaced. This catches a
         // primary that censors some clients, and one that proposed the request but cannot
@@ -272,6 +279,14 @@ impl Replica {
         if forward && self.mode == Mode::Normal {
             self.forward_to_primary(request);
         }
+        Ok(())
+    }
+
+    /// Checks a request's signature over its `digest`, and counts the check.
+    fn verify_request(&mut self, request: &Request, digest: &Digest) -> Result<(), Error> {
+        let key = request.client.verifying_key()?;
+        self.metrics.signatures_verified += 1;
+        key.verify(digest, &request.signature)?;
         Ok(())
     }
 

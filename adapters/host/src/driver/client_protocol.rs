@@ -1,7 +1,16 @@
 //! What a node does with a client's [`ClientFrame`]: requests go to the core, relay claims
 //! are checked and recorded, and status and proof queries are answered within a budget.
+//!
+//! Replies for a key go to a connection other than that key's own only once the connection
+//! proved it may carry them: it relayed a request of that key whose signature verified here,
+//! or presented the key's signed relay claim. A frame naming another client without its
+//! signature diverts nothing. A relay already proven for this connection is not checked
+//! again, so a gateway's steady stream of requests (or a repeated claim) costs a lookup,
+//! not a signature check.
 
-use pbft_core::{Message, PublicKey};
+use std::collections::HashMap;
+
+use pbft_core::{Message, PublicKey, Request};
 
 use super::router::Router;
 use crate::application::Application;
@@ -11,33 +20,57 @@ use crate::wire::{ClientFrame, ServerFrame, relay_digest};
 /// Status and proof queries answered per second, from all clients together: each costs
 /// the node's thread up to a batch of hashes, so they get a bounded share of it.
 pub const QUERIES_PER_SECOND: u32 = 100;
+/// Status and proof queries answered per second for one key: one client cannot take the
+/// whole of [`QUERIES_PER_SECOND`] from the others.
+pub const QUERIES_PER_KEY_PER_SECOND: u32 = 10;
 
-/// Counts the queries of the current second.
+/// Counts the queries of the current second, in all and per key.
 #[derive(Debug, Default)]
 pub(super) struct QueryBudget {
     second: u64,
     used: u32,
+    /// Keys that asked this second (at most [`QUERIES_PER_SECOND`] of them were answered,
+    /// and each costs an entry only once it is answered).
+    per_key: HashMap<PublicKey, u32>,
 }
 
 impl QueryBudget {
-    /// Whether one more query fits in the second of `now_ms`.
-    fn allow(&mut self, now_ms: u64) -> bool {
+    /// Whether one more query from `key` fits in the second of `now_ms`.
+    fn allow(&mut self, key: &PublicKey, now_ms: u64) -> bool {
         if now_ms / 1000 != self.second {
             self.second = now_ms / 1000;
             self.used = 0;
+            self.per_key.clear();
         }
+        if self.used >= QUERIES_PER_SECOND {
+            return false;
+        }
+        let asked = self.per_key.entry(*key).or_default();
+        if *asked >= QUERIES_PER_KEY_PER_SECOND {
+            return false;
+        }
+        *asked += 1;
         self.used += 1;
-        self.used <= QUERIES_PER_SECOND
+        true
     }
 }
 
-/// Feeds one frame from the client the transport authenticated as `from` to the node, and
-/// answers it where it asks for an answer. Bad frames are counted, never fatal.
+/// The connection a client frame came on.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Sender {
+    /// The key the transport authenticated.
+    pub(super) key: PublicKey,
+    /// The connection's number ([`super::ClientQueue::connection`]).
+    pub(super) connection: u64,
+}
+
+/// Feeds one frame from a client connection to the node, and answers it where it asks for
+/// an answer. Bad frames are counted, never fatal.
 pub(super) fn handle<A: Application>(
     node: &mut Node<A>,
     router: &Router,
     queries: &mut QueryBudget,
-    from: PublicKey,
+    from: Sender,
     bytes: &[u8],
     now: u64,
 ) {
@@ -46,36 +79,74 @@ pub(super) fn handle<A: Application>(
     match ClientFrame::decode(bytes) {
         Ok(ClientFrame::Message(bytes)) => match Message::decode(&bytes, max_message) {
             Ok(Message::Request(request)) => {
-                let client = request.client;
-                if node.submit(now, request).is_ok() && client != from {
-                    router.relay(client, from);
+                if request.client != from.key && !relay_request(node, router, from, &request, now) {
+                    return;
                 }
+                // Refusals are counted in the core's metrics.
+                let _ = node.submit(now, request);
             }
             Ok(_) => metrics.reject("client_sent_consensus_message"),
             Err(_) => metrics.reject("decode"),
         },
         Ok(ClientFrame::Relay { client, signature }) => {
-            let digest = relay_digest(&node.chain(), &from);
+            if router.relays(&client, &from.key, from.connection, now) {
+                return;
+            }
+            if let Err(reason) = router.room_to_relay(&from.key, from.connection, now) {
+                metrics.reject(reason);
+                return;
+            }
+            let digest = relay_digest(&node.chain(), &from.key);
             match client
                 .verifying_key()
                 .and_then(|key| key.verify(&digest, &signature))
             {
-                Ok(()) => router.relay(client, from),
+                Ok(()) => {
+                    router.relay(client, from.key, from.connection, now);
+                }
                 Err(_) => metrics.reject("bad_relay_signature"),
             }
         }
-        Ok(ClientFrame::Status | ClientFrame::Proof { .. }) if !queries.allow(now) => {
+        Ok(ClientFrame::Status | ClientFrame::Proof { .. }) if !queries.allow(&from.key, now) => {
             metrics.reject("queries_rate_limited");
         }
         Ok(ClientFrame::Status) => {
-            router.to_client(&from, &ServerFrame::Status(node.status(now)));
+            router.to_client(&from.key, &ServerFrame::Status(node.status(now)));
         }
         Ok(ClientFrame::Proof { seq, request }) => {
             let proof = node.proof(seq, &request).map(Box::new);
-            router.to_client(&from, &ServerFrame::Proof(proof));
+            router.to_client(&from.key, &ServerFrame::Proof(proof));
         }
         Err(_) => metrics.reject("bad_client_frame"),
     }
+}
+
+/// A request `from` relays for another key: routes that key's replies back through `from`
+/// once the request's signature verifies (unless this connection proved it already).
+/// False, and counted, for a forged request: it goes no further.
+fn relay_request<A: Application>(
+    node: &mut Node<A>,
+    router: &Router,
+    from: Sender,
+    request: &Request,
+    now: u64,
+) -> bool {
+    if router.relays(&request.client, &from.key, from.connection, now) {
+        return true;
+    }
+    let digest = request.digest(&node.chain());
+    let verified = request
+        .client
+        .verifying_key()
+        .and_then(|key| key.verify(&digest, &request.signature));
+    if verified.is_err() {
+        router.metrics().reject("bad_request_signature");
+        return false;
+    }
+    // Without room the request still goes to consensus; its replies reach the client
+    // through whatever other way it has.
+    router.relay(request.client, from.key, from.connection, now);
+    true
 }
 
 #[cfg(test)]
@@ -85,10 +156,26 @@ mod tests {
     #[test]
     fn queries_get_a_bounded_share_of_each_second() {
         let mut budget = QueryBudget::default();
-        let allowed = (0..QUERIES_PER_SECOND + 50)
-            .filter(|_| budget.allow(1_500))
+        let key = |i: u32| {
+            let mut seed = [3; 32];
+            seed[..4].copy_from_slice(&i.to_le_bytes());
+            pbft_core::Keypair::from_seed(&seed).public_key()
+        };
+        let greedy = (0..QUERIES_PER_SECOND)
+            .filter(|_| budget.allow(&key(0), 1_500))
             .count();
-        assert_eq!(allowed, QUERIES_PER_SECOND as usize);
-        assert!(budget.allow(2_000), "a new second, a new budget");
+        assert_eq!(
+            greedy, QUERIES_PER_KEY_PER_SECOND as usize,
+            "one key's share"
+        );
+        let allowed = (1..QUERIES_PER_SECOND + 50)
+            .filter(|&i| budget.allow(&key(i), 1_500))
+            .count();
+        assert_eq!(
+            allowed,
+            (QUERIES_PER_SECOND - QUERIES_PER_KEY_PER_SECOND) as usize,
+            "everyone's"
+        );
+        assert!(budget.allow(&key(0), 2_000), "a new second, a new budget");
     }
 }

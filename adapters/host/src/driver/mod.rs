@@ -1,10 +1,15 @@
-//! Runs a [`Node`] on a thread of its own, fed through a bounded queue of [`Input`]s.
+//! Runs a [`Node`] on a thread of its own, fed through two bounded queues of [`Input`]s:
+//! one for validators, one for clients.
 //!
 //! Transports own sockets and tasks; they admit a connection ([`admission`]), then push its
-//! frames into [`Driver::input`] (see [`crate::serve`]), which waits while the queue is full:
-//! back-pressure on that one stream. The node's thread does everything CPU-heavy (signature
-//! checks, execution, fsync) so I/O tasks never wait on it; what it sends goes out through
-//! the [`router`]'s queues, and what clients ask is answered by the [`client_protocol`].
+//! frames into [`Driver::input`] (see [`crate::serve`]), which waits while its queue is
+//! full: back-pressure on that one stream. Both queues are bounded in frames and in bytes,
+//! and their senders wait in turn (a semaphore's FIFO order), so one flooding connection
+//! gets its turn like every other. The node's thread takes a validator's input before each
+//! client's: a client flood delays a consensus message by at most one client input and a
+//! flush, never by a queue of them. It does everything CPU-heavy (signature checks,
+//! execution, fsync) so I/O tasks never wait on it; what it sends goes out through the
+//! [`router`]'s queues, and what clients ask is answered by the [`client_protocol`].
 
 pub mod admission;
 pub mod client_protocol;
@@ -16,17 +21,27 @@ use std::time::{Duration, Instant};
 
 use flume::RecvTimeoutError;
 use pbft_core::PublicKey;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub use self::admission::{Connections, MAX_CLIENTS, MAX_CONNECTIONS, Refusal, Role, Slot, admits};
-pub use self::client_protocol::QUERIES_PER_SECOND;
 use self::client_protocol::QueryBudget;
-pub use self::router::{ClientQueue, MAX_RELAYED_CLIENTS, PEER_QUEUE, PeerQueue, Router};
+pub use self::client_protocol::{QUERIES_PER_KEY_PER_SECOND, QUERIES_PER_SECOND};
+pub use self::router::{
+    CLIENT_QUEUE, CLIENT_QUEUE_BYTES, CLIENT_QUEUES_BYTES, ClientQueue, MAX_RELAYED_CLIENTS,
+    MAX_RELAYED_PER_CONNECTION, PEER_QUEUE, PEER_QUEUE_BYTES, PeerQueue, RELAY_TTL_MS, Router,
+};
 use crate::application::Application;
 use crate::metrics::NodeMetrics;
 use crate::node::{Node, NodeError};
 
-/// Inputs waiting for the node's thread, at most.
-pub const INPUT_QUEUE: usize = 8192;
+/// Validators' inputs waiting for the node's thread, at most.
+pub const PEER_INPUTS: usize = 8192;
+/// Bytes of validators' inputs waiting, at most (or four of the largest frames, if more).
+pub const PEER_INPUT_BYTES: usize = 64 << 20;
+/// Clients' inputs waiting for the node's thread, at most.
+pub const CLIENT_INPUTS: usize = 4096;
+/// Bytes of clients' inputs waiting, at most (or four of the largest client frames).
+pub const CLIENT_INPUT_BYTES: usize = 16 << 20;
 
 /// What a transport hands the node.
 #[derive(Debug)]
@@ -42,6 +57,9 @@ pub enum Input {
     Client {
         /// Its key.
         from: PublicKey,
+        /// Its connection's number ([`ClientQueue::connection`]): relays it proves end
+        /// with that connection.
+        connection: u64,
         /// The [`ClientFrame`](crate::wire::ClientFrame) bytes.
         bytes: Vec<u8>,
     },
@@ -49,31 +67,85 @@ pub enum Input {
     Shutdown,
 }
 
+impl Input {
+    fn bytes(&self) -> usize {
+        match self {
+            Input::Peer { bytes, .. } | Input::Client { bytes, .. } => bytes.len(),
+            Input::Shutdown => 0,
+        }
+    }
+}
+
+/// An input in a queue, holding its bytes' place in the queue's budget until the node takes
+/// it.
+#[derive(Debug)]
+struct Queued {
+    input: Input,
+    _bytes: Option<OwnedSemaphorePermit>,
+}
+
+/// One of the node's two input queues.
+#[derive(Clone, Debug)]
+struct Lane {
+    tx: flume::Sender<Queued>,
+    /// One permit per byte queued.
+    bytes: Arc<Semaphore>,
+    max_bytes: usize,
+}
+
+impl Lane {
+    fn new(frames: usize, max_bytes: usize) -> (Lane, flume::Receiver<Queued>) {
+        let (tx, rx) = flume::bounded(frames);
+        let lane = Lane {
+            tx,
+            bytes: Arc::new(Semaphore::new(max_bytes)),
+            max_bytes,
+        };
+        (lane, rx)
+    }
+
+    async fn send(&self, input: Input) -> bool {
+        // A frame above the budget waits for the whole budget (the transport's framing
+        // keeps frames below it; this only keeps an oversized one from waiting forever).
+        let wanted = input.bytes().min(self.max_bytes) as u32;
+        let Ok(bytes) = self.bytes.clone().acquire_many_owned(wanted).await else {
+            return false;
+        };
+        let queued = Queued {
+            input,
+            _bytes: Some(bytes),
+        };
+        self.tx.send_async(queued).await.is_ok()
+    }
+}
+
 /// The handle a transport feeds the node through.
 #[derive(Clone, Debug)]
 pub struct Driver {
-    inputs: flume::Sender<Input>,
+    peers: Lane,
+    clients: Lane,
     metrics: Arc<NodeMetrics>,
 }
 
 impl Driver {
-    /// Hands an input to the node. While the queue is full the future waits, woken when the
-    /// node takes an input: that pushes back on the one stream that sends it (its task stops
-    /// reading), and no other. False once the node has stopped.
+    /// Hands an input to the node. While its queue is full (in frames or in bytes) the
+    /// future waits its turn, woken when the node takes inputs: that pushes back on the one
+    /// stream that sends it (its task stops reading), and no other. False once the node has
+    /// stopped.
     pub async fn input(&self, input: Input) -> bool {
-        self.inputs.send_async(input).await.is_ok()
-    }
-
-    /// [`Driver::input`] for a thread that is not an async task: blocks it while the queue
-    /// is full. False once the node has stopped.
-    pub fn input_blocking(&self, input: Input) -> bool {
-        self.inputs.send(input).is_ok()
+        match input {
+            Input::Client { .. } => self.clients.send(input).await,
+            Input::Peer { .. } | Input::Shutdown => self.peers.send(input).await,
+        }
     }
 
     /// Asks the node to stop once what it has is durable.
     pub fn shutdown(&self) {
         // Blocking is fine here: shutdown happens once, and the node drains its queue.
-        let _ = self.inputs.send(Input::Shutdown);
+        let _ = self.peers.tx.send(Queued {
+            input: Input::Shutdown,
+            _bytes: None,
+        });
     }
 
     /// The node's metrics.
@@ -82,12 +154,74 @@ impl Driver {
     }
 }
 
+/// The node thread's ends of the two queues.
+struct Inputs {
+    peers: flume::Receiver<Queued>,
+    clients: flume::Receiver<Queued>,
+}
+
+impl Inputs {
+    /// The next input from either queue, validators' first; waits up to `wait` (forever
+    /// with `None`).
+    fn wait(&self, wait: Option<Duration>) -> Result<Input, RecvTimeoutError> {
+        if let Some(input) = self.next(true) {
+            return Ok(input);
+        }
+        let selector = flume::Selector::new()
+            .recv(&self.peers, |queued| queued)
+            .recv(&self.clients, |queued| queued);
+        let queued = match wait {
+            Some(wait) => selector
+                .wait_timeout(wait)
+                .map_err(|_| RecvTimeoutError::Timeout)?,
+            None => selector.wait(),
+        };
+        // Both senders live in every `Driver`: one disconnected means both are.
+        queued
+            .map(|queued| queued.input)
+            .map_err(|_| RecvTimeoutError::Disconnected)
+    }
+
+    /// A validator's input if one waits, else a client's if `clients` allows one.
+    fn next(&self, clients: bool) -> Option<Input> {
+        if let Ok(queued) = self.peers.try_recv() {
+            return Some(queued.input);
+        }
+        match clients {
+            true => self.clients.try_recv().ok().map(|queued| queued.input),
+            false => None,
+        }
+    }
+}
+
 #[cfg(test)]
 impl Driver {
-    /// A driver with no node behind it: the test takes the inputs itself.
-    pub(crate) fn detached(metrics: Arc<NodeMetrics>) -> (Driver, flume::Receiver<Input>) {
-        let (inputs, taken) = flume::bounded(INPUT_QUEUE);
-        (Driver { inputs, metrics }, taken)
+    /// A driver with no node behind it: the test takes the inputs itself, validators'
+    /// first.
+    pub(crate) fn detached(metrics: Arc<NodeMetrics>) -> (Driver, DetachedInputs) {
+        let (peers, peer_rx) = Lane::new(PEER_INPUTS, PEER_INPUT_BYTES);
+        let (clients, client_rx) = Lane::new(CLIENT_INPUTS, CLIENT_INPUT_BYTES);
+        let driver = Driver {
+            peers,
+            clients,
+            metrics,
+        };
+        let inputs = Inputs {
+            peers: peer_rx,
+            clients: client_rx,
+        };
+        (driver, DetachedInputs(inputs))
+    }
+}
+
+/// What a test takes a detached driver's inputs from.
+#[cfg(test)]
+pub(crate) struct DetachedInputs(Inputs);
+
+#[cfg(test)]
+impl DetachedInputs {
+    pub(crate) fn try_recv(&self) -> Option<Input> {
+        self.0.next(true)
     }
 }
 
@@ -95,6 +229,9 @@ impl Driver {
 const METRICS_EVERY: Duration = Duration::from_millis(100);
 /// Inputs taken in one round before the node flushes (and syncs) once for all of them.
 const ROUND: usize = 1024;
+/// Clients' inputs taken in one round, at most: the rest wait for the next round, so the
+/// node flushes what validators are owed at least this often.
+const CLIENT_ROUND: usize = 256;
 
 /// Starts `node` on its own thread. The thread ends on [`Driver::shutdown`], when every
 /// [`Driver`] is dropped, or when the node fails (then a node must not go on signing).
@@ -102,23 +239,29 @@ pub fn spawn<A: Application + Send + 'static>(
     node: Node<A>,
     router: Arc<Router>,
 ) -> std::io::Result<(Driver, JoinHandle<Result<(), NodeError>>)> {
-    let (tx, rx) = flume::bounded(INPUT_QUEUE);
+    let peer_bytes = PEER_INPUT_BYTES.max(node.max_message_bytes().saturating_mul(4));
+    let (peers, peer_rx) = Lane::new(PEER_INPUTS, peer_bytes);
+    let client_bytes = CLIENT_INPUT_BYTES.max(node.max_client_frame().saturating_mul(4));
+    let (clients, client_rx) = Lane::new(CLIENT_INPUTS, client_bytes);
+    let inputs = Inputs {
+        peers: peer_rx,
+        clients: client_rx,
+    };
     let metrics = router.metrics().clone();
     let handle = std::thread::Builder::new()
         .name("pbft-node".into())
-        .spawn(move || run(node, rx, &router))?;
-    Ok((
-        Driver {
-            inputs: tx,
-            metrics,
-        },
-        handle,
-    ))
+        .spawn(move || run(node, inputs, &router))?;
+    let driver = Driver {
+        peers,
+        clients,
+        metrics,
+    };
+    Ok((driver, handle))
 }
 
 fn run<A: Application>(
     mut node: Node<A>,
-    inputs: flume::Receiver<Input>,
+    inputs: Inputs,
     router: &Router,
 ) -> Result<(), NodeError> {
     let start = Instant::now();
@@ -143,29 +286,27 @@ fn run<A: Application>(
         if stale {
             wait = Some(wait.map_or(METRICS_EVERY, |wait| wait.min(METRICS_EVERY)));
         }
-        let first = match wait {
-            Some(wait) => inputs.recv_timeout(wait),
-            None => inputs
-                .recv()
-                .map_err(|flume::RecvError::Disconnected| RecvTimeoutError::Disconnected),
-        };
         let mut stop = false;
-        match first {
-            Ok(input) => {
-                stale = true;
-                stop |= handle(&mut node, router, &mut queries, input, now());
+        let mut clients = 0;
+        let mut next = match inputs.wait(wait) {
+            Ok(input) => Some(input),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => {
+                stop = true;
+                None
             }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => stop = true,
-        }
+        };
         for _ in 0..ROUND {
+            let Some(input) = next.take() else { break };
+            stale = true;
+            if matches!(input, Input::Client { .. }) {
+                clients += 1;
+            }
+            stop |= handle(&mut node, router, &mut queries, input, now());
             if stop {
                 break;
             }
-            match inputs.try_recv() {
-                Ok(input) => stop |= handle(&mut node, router, &mut queries, input, now()),
-                Err(_) => break,
-            }
+            next = inputs.next(clients < CLIENT_ROUND);
         }
         let time = now();
         if node.poll_timeout().is_some_and(|at| at <= time) {
@@ -207,8 +348,16 @@ fn handle<A: Application>(
             // Rejections are counted in the core's metrics; the node goes on.
             let _ = node.handle_message(now, &from, &bytes);
         }
-        Input::Client { from, bytes } => {
-            client_protocol::handle(node, router, queries, from, &bytes, now);
+        Input::Client {
+            from,
+            connection,
+            bytes,
+        } => {
+            let client = client_protocol::Sender {
+                key: from,
+                connection,
+            };
+            client_protocol::handle(node, router, queries, client, &bytes, now);
         }
         Input::Shutdown => return true,
     }
@@ -219,6 +368,7 @@ fn handle<A: Application>(
 mod tests {
     use super::*;
     use crate::kv::{KvStore, Op, OpResult};
+    use crate::testing::block_on;
     use crate::wire::{ClientFrame, ServerFrame};
     use pbft_core::{ChainId, Client, Config, Keypair, Message, ReplicaId, ValidatorSet};
 
@@ -231,7 +381,8 @@ mod tests {
         let key = Keypair::from_seed(&[5; 32]);
         let set = ValidatorSet::new(0, &[key.public_key()]).unwrap();
         let node = Node::open(dir, Config::new(chain()), set.clone(), key, KvStore::new()).unwrap();
-        let (router, queues) = Router::new(&set, ReplicaId(0), Arc::new(NodeMetrics::new()));
+        let (router, queues) =
+            Router::new(&set, ReplicaId(0), 1 << 20, Arc::new(NodeMetrics::new()));
         assert!(queues.is_empty(), "no peers to send to");
         let (driver, thread) = spawn(node, router.clone()).unwrap();
         (driver, thread, router)
@@ -240,7 +391,7 @@ mod tests {
     fn next(queue: &ClientQueue) -> ServerFrame {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Ok(bytes) = queue.frames.try_recv() {
+            if let Some(bytes) = queue.frames.try_recv() {
                 return ServerFrame::decode(&bytes).unwrap();
             }
             assert!(Instant::now() < deadline, "no frame in 10 s");
@@ -255,16 +406,20 @@ mod tests {
         let set = ValidatorSet::new(0, &[Keypair::from_seed(&[5; 32]).public_key()]).unwrap();
         let mut client = Client::new(chain(), Keypair::from_seed(&[6; 32]), set.clone(), 1);
         let direct = router.attach_client(client.public_key());
+        let input = |from: PublicKey, connection: u64, frame: ClientFrame| {
+            block_on(driver.input(Input::Client {
+                from,
+                connection,
+                bytes: frame.encode(),
+            }))
+        };
         let put = Op::Put {
             key: b"k".to_vec(),
             value: b"v".to_vec(),
         };
         let request = client.request(1, put.encode());
         let frame = ClientFrame::Message(Message::Request(request).encode());
-        assert!(driver.input_blocking(Input::Client {
-            from: client.public_key(),
-            bytes: frame.encode(),
-        }));
+        assert!(input(client.public_key(), direct.connection, frame));
         let ServerFrame::Message(reply) = next(&direct) else {
             panic!("expected a reply");
         };
@@ -298,10 +453,7 @@ mod tests {
             ClientFrame::Message(Message::Request(get).encode()),
             ClientFrame::Status,
         ] {
-            assert!(driver.input_blocking(Input::Client {
-                from: gateway.public_key(),
-                bytes: frame.encode(),
-            }));
+            assert!(input(gateway.public_key(), relayed.connection, frame));
         }
         // The status is answered at once; the reply once the read commits.
         let (mut reply, mut status) = (None, None);
@@ -326,6 +478,116 @@ mod tests {
         assert_eq!(router.metrics().rejected("bad_relay_signature"), 1);
     }
 
+    #[test]
+    fn a_request_naming_another_client_diverts_nothing_unless_its_signature_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let (driver, thread, router) = single(dir.path());
+        let set = ValidatorSet::new(0, &[Keypair::from_seed(&[5; 32]).public_key()]).unwrap();
+        // The victim reaches the node through a gateway, which relays its signed requests.
+        let mut victim = Client::new(chain(), Keypair::from_seed(&[6; 32]), set, 1);
+        let gateway = Keypair::from_seed(&[8; 32]).public_key();
+        let relayed = router.attach_client(gateway);
+        let thief = Keypair::from_seed(&[9; 32]).public_key();
+        let stolen = router.attach_client(thief);
+        let input = |from: PublicKey, connection: u64, request: pbft_core::Request| {
+            let frame = ClientFrame::Message(Message::Request(request).encode());
+            block_on(driver.input(Input::Client {
+                from,
+                connection,
+                bytes: frame.encode(),
+            }))
+        };
+        let put = Op::Put {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+        };
+        let request = victim.request(1, put.encode());
+        assert!(input(gateway, relayed.connection, request.clone()));
+        let ServerFrame::Message(reply) = next(&relayed) else {
+            panic!("expected a reply");
+        };
+        assert!(victim.handle_reply(&reply).unwrap().is_some());
+        // The thief repeats the victim's request (whose reply is cached) with a forged
+        // signature, and sends a fresh one with a forged signature: neither moves the
+        // victim's replies to the thief.
+        let mut forged = request.clone();
+        forged.signature = pbft_core::Signature([7; 64]);
+        let mut fresh = forged.clone();
+        fresh.client_seq = 2;
+        assert!(input(thief, stolen.connection, forged));
+        assert!(input(thief, stolen.connection, fresh));
+        // The victim goes on through its gateway, and its replies still come that way.
+        let request = victim.request(2, Op::Get { key: b"k".to_vec() }.encode());
+        assert!(input(gateway, relayed.connection, request));
+        let ServerFrame::Message(reply) = next(&relayed) else {
+            panic!("expected a reply");
+        };
+        let outcome = victim
+            .handle_reply(&reply)
+            .unwrap()
+            .expect("f + 1 = 1 reply");
+        assert_eq!(
+            OpResult::decode(&outcome.result),
+            Some(OpResult::Value(Some(b"v".to_vec())))
+        );
+        driver.shutdown();
+        thread.join().unwrap().unwrap();
+        assert!(stolen.frames.is_empty(), "the thief got nothing");
+        assert_eq!(router.relayed_clients(), 1, "the gateway's relay alone");
+        assert_eq!(router.metrics().rejected("bad_request_signature"), 2);
+    }
+
+    #[test]
+    fn validators_inputs_are_taken_before_clients_and_queues_are_bounded_in_bytes() {
+        let (driver, inputs) = Driver::detached(Arc::new(NodeMetrics::new()));
+        let key = Keypair::from_seed(&[1; 32]).public_key();
+        for _ in 0..10 {
+            assert!(block_on(driver.input(Input::Client {
+                from: key,
+                connection: 1,
+                bytes: vec![1],
+            })));
+        }
+        assert!(block_on(driver.input(Input::Peer {
+            from: key,
+            bytes: vec![2],
+        })));
+        assert!(
+            matches!(inputs.try_recv(), Some(Input::Peer { .. })),
+            "the validator's first, though it came last"
+        );
+        while inputs.try_recv().is_some() {}
+
+        // Clients' bytes: a queue of large frames stops taking them long before its count.
+        let big = || Input::Client {
+            from: key,
+            connection: 1,
+            bytes: vec![0; 1 << 20],
+        };
+        for _ in 0..CLIENT_INPUT_BYTES >> 20 {
+            assert!(block_on(driver.input(big())));
+        }
+        let woken = Arc::new(Woken(false.into()));
+        let waker = std::task::Waker::from(woken.clone());
+        let mut cx = std::task::Context::from_waker(&waker);
+        let mut waiting = std::pin::pin!(driver.input(big()));
+        assert!(
+            std::future::Future::poll(waiting.as_mut(), &mut cx).is_pending(),
+            "16 MiB queued: the next waits"
+        );
+        // A validator's input does not wait behind them.
+        assert!(block_on(driver.input(Input::Peer {
+            from: key,
+            bytes: vec![3],
+        })));
+        assert!(matches!(inputs.try_recv(), Some(Input::Peer { .. })));
+        // The node taking a client's input makes room for the waiting one.
+        assert!(matches!(inputs.try_recv(), Some(Input::Client { .. })));
+        assert!(matches!(inputs.try_recv(), Some(Input::Client { .. })));
+        assert!(woken.0.load(std::sync::atomic::Ordering::SeqCst));
+        assert!(std::future::Future::poll(waiting.as_mut(), &mut cx).is_ready());
+    }
+
     /// Records whether a waiting task was woken.
     struct Woken(std::sync::atomic::AtomicBool);
 
@@ -340,13 +602,13 @@ mod tests {
         use std::future::Future;
         use std::task::{Context, Poll, Waker};
 
-        let (driver, rx) = Driver::detached(Arc::new(NodeMetrics::new()));
+        let (driver, inputs) = Driver::detached(Arc::new(NodeMetrics::new()));
         let input = || Input::Peer {
             from: Keypair::from_seed(&[1; 32]).public_key(),
             bytes: vec![1],
         };
-        for _ in 0..INPUT_QUEUE {
-            assert!(driver.input_blocking(input()));
+        for _ in 0..PEER_INPUTS {
+            assert!(block_on(driver.input(input())));
         }
         let woken = Arc::new(Woken(false.into()));
         let waker = Waker::from(woken.clone());
@@ -357,13 +619,12 @@ mod tests {
             "the queue is full"
         );
         // The node taking an input wakes the sender: it is not polled on a timer.
-        assert!(rx.recv().is_ok());
+        assert!(inputs.try_recv().is_some());
         assert!(woken.0.load(std::sync::atomic::Ordering::SeqCst));
         assert_eq!(waiting.as_mut().poll(&mut cx), Poll::Ready(true));
-        assert_eq!(rx.len(), INPUT_QUEUE, "the bound holds");
-        drop(rx);
+        drop(inputs);
         assert!(
-            !driver.input_blocking(input()),
+            !block_on(driver.input(input())),
             "a stopped node takes nothing"
         );
     }
