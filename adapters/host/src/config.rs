@@ -267,7 +267,11 @@ pub struct Network {
 /// A node's configuration, checked.
 #[derive(Debug)]
 pub struct NodeConfig {
-    /// Where the node serves Prometheus metrics, if anywhere.
+    /// Where the node serves Prometheus metrics, if anywhere: the config's `metrics`
+    /// address, bound exactly as written. Without the field there is no endpoint (nothing
+    /// defaults to a wildcard address); the local testnet writes loopback ones. A
+    /// non-loopback address is kept, since an operator wrote it, and serves the metrics to
+    /// anyone who can reach it.
     pub metrics: Option<SocketAddr>,
     /// The core's config (chain id and limits).
     pub core: Config,
