@@ -1,19 +1,21 @@
 //! Key files and a node's TOML config, with errors that name the file, the field and what
 //! is wrong with it.
 //!
-//! A key file holds the 32-byte ed25519 seed in hex on one line and must be readable by its
-//! owner only. A config file names the network, the node's key file and data directory (both
-//! relative to the config file), its listen address, the validator set (key and address of
-//! each, in id order), and optionally overrides of the core's limits.
+//! A key file holds the 32-byte ed25519 seed in hex on one line, and must be a regular file
+//! (not a symlink) owned by the user the node runs as and readable by that user only. A
+//! config file names the network, the node's key file and data directory (both relative to
+//! the config file), its listen address, the validator set (key and address of each, in id
+//! order), and optionally overrides of the core's limits.
 
 use std::fmt;
 use std::fs;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use pbft_core::{ChainId, Config, Keypair, PublicKey, ValidatorSet};
 use serde::Deserialize;
+use zeroize::Zeroizing;
 
 /// Why a key or config file cannot be used.
 #[derive(Debug)]
@@ -76,56 +78,84 @@ fn field_error(path: &Path, field: impl Into<String>, problem: impl Into<String>
     }
 }
 
-fn to_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 
-fn from_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
-    let text = text.trim();
-    if text.len() != 2 * N {
-        return None;
+/// Decodes exactly `out.len()` bytes of hex (surrounding whitespace ignored) into `out`, in
+/// place, so a secret is never copied through a temporary; false if `text` is not that.
+fn decode_hex(text: &str, out: &mut [u8]) -> bool {
+    let text = text.trim().as_bytes();
+    if text.len() != 2 * out.len() {
+        return false;
     }
-    let mut out = [0u8; N];
-    for (index, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(text.get(2 * index..2 * index + 2)?, 16).ok()?;
+    let nibble = |digit: u8| char::from(digit).to_digit(16).map(|n| n as u8);
+    for (byte, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
+        let (Some(high), Some(low)) = (nibble(pair[0]), nibble(pair[1])) else {
+            return false;
+        };
+        *byte = high << 4 | low;
     }
-    Some(out)
+    true
 }
 
 /// Parses a public key written as 64 hex digits.
 pub fn parse_public_key(text: &str) -> Option<PublicKey> {
-    from_hex::<32>(text).map(PublicKey)
+    let mut key = [0u8; 32];
+    decode_hex(text, &mut key).then_some(PublicKey(key))
 }
 
 /// 32 bytes from the operating system's random source, for a new key. Fails only if the
-/// system has no generator to offer (the error says which call failed).
+/// system has no generator to offer (the error says which call failed). The seed is secret:
+/// the caller wipes it once the keypair is built.
 pub fn random_seed() -> io::Result<[u8; 32]> {
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed)?;
     Ok(seed)
 }
 
-/// Writes a new key file readable by its owner only; refuses to overwrite one.
+/// A key file's text: 64 hex digits and a newline.
+const KEY_LINE: usize = 65;
+/// The longest key file read: a key line with room for stray whitespace (a `\r\n`, an
+/// editor's trailing blank). Anything longer is not a key file.
+const MAX_KEY_FILE: usize = 128;
+
+/// Writes a new key file readable by its owner only; refuses to overwrite one, or to write
+/// through a symlink (the exclusive create fails on any existing name, a dangling link too).
+/// The hex text of the seed is wiped from memory once written.
 pub fn write_key_file(path: &Path, keypair: &Keypair) -> Result<(), FileError> {
     let mut options = fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut file = options.open(path).map_err(io_error(path))?;
-    writeln!(file, "{}", to_hex(&keypair.seed()))
+    let seed = Zeroizing::new(keypair.seed());
+    // Hex digits written into a fixed buffer: `format!` would leave copies of the secret in
+    // freed heap memory.
+    let mut line = Zeroizing::new([b'\n'; KEY_LINE]);
+    for (byte, pair) in seed.iter().zip(line.chunks_exact_mut(2)) {
+        pair[0] = HEX_DIGITS[usize::from(byte >> 4)];
+        pair[1] = HEX_DIGITS[usize::from(byte & 0xf)];
+    }
+    file.write_all(&line[..])
         .and_then(|()| file.sync_all())
         .map_err(io_error(path))
 }
 
-/// Reads a key file; refuses one that others than its owner may read.
+/// Reads a key file. Refuses a symlink, anything but a regular file, a file others than its
+/// owner may read or write, and a file not owned by the user this process runs as (another
+/// user could swap its contents). The checks are made on the file opened once, and the key
+/// is read from that same handle: a file swapped for another at the same path between check
+/// and read is never read. (Directories on the path may be symlinks; only the last name is
+/// not followed.) The file's text and the seed are wiped from memory after use.
 pub fn read_key_file(path: &Path) -> Result<Keypair, FileError> {
+    let mut file = open_key_file(path)?;
+    let metadata = file.metadata().map_err(io_error(path))?;
+    if !metadata.is_file() {
+        return Err(field_error(path, "(file)", "not a regular file"));
+    }
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = fs::metadata(path)
-            .map_err(io_error(path))?
-            .permissions()
-            .mode();
+        use std::os::unix::fs::MetadataExt;
+        let mode = metadata.mode();
         if mode & 0o077 != 0 {
             return Err(field_error(
                 path,
@@ -136,11 +166,68 @@ pub fn read_key_file(path: &Path) -> Result<Keypair, FileError> {
                 ),
             ));
         }
+        let me = rustix::process::geteuid().as_raw();
+        if metadata.uid() != me {
+            return Err(field_error(
+                path,
+                "(file owner)",
+                format!(
+                    "owned by uid {}, not by uid {me} (the user this node runs as); \
+                     another user could replace the key",
+                    metadata.uid()
+                ),
+            ));
+        }
     }
-    let text = fs::read_to_string(path).map_err(io_error(path))?;
-    let seed =
-        from_hex::<32>(&text).ok_or_else(|| field_error(path, "(seed)", "not 64 hex digits"))?;
+    // A fixed buffer, not a growing `String`: growing would leave copies of the secret in
+    // freed memory that nobody wipes.
+    let mut text = Zeroizing::new([0u8; MAX_KEY_FILE]);
+    let mut len = 0;
+    loop {
+        let Some(room) = text.get_mut(len..).filter(|room| !room.is_empty()) else {
+            return Err(field_error(path, "(seed)", "too long for 64 hex digits"));
+        };
+        match file.read(room) {
+            Ok(0) => break,
+            Ok(read) => len += read,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(io_error(path)(err)),
+        }
+    }
+    let mut seed = Zeroizing::new([0u8; 32]);
+    let decoded = std::str::from_utf8(&text[..len]).is_ok_and(|t| decode_hex(t, &mut seed[..]));
+    if !decoded {
+        return Err(field_error(path, "(seed)", "not 64 hex digits"));
+    }
     Ok(Keypair::from_seed(&seed))
+}
+
+/// Opens a key file for reading without following a symlink at its last name; a symlink is
+/// refused with an error that says so.
+fn open_key_file(path: &Path) -> Result<fs::File, FileError> {
+    let mut options = fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use rustix::fs::OFlags;
+        // NONBLOCK: opening a FIFO put at the path returns at once (and is then refused as
+        // not a regular file) instead of hanging the node; it changes nothing for a file.
+        let flags = OFlags::NOFOLLOW | OFlags::NONBLOCK;
+        std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, flags.bits() as i32);
+    }
+    options.open(path).map_err(|err| {
+        // Systems differ in the error O_NOFOLLOW gives (ELOOP on Linux, EMLINK on FreeBSD):
+        // look at the name itself to say what is wrong.
+        if fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+            field_error(
+                path,
+                "(file)",
+                "is a symlink; a key file is never read through one, give the file's own path",
+            )
+        } else {
+            io_error(path)(err)
+        }
+    })
 }
 
 /// One validator in a config file.
@@ -180,7 +267,11 @@ pub struct Network {
 /// A node's configuration, checked.
 #[derive(Debug)]
 pub struct NodeConfig {
-    /// Where the node serves Prometheus metrics, if anywhere.
+    /// Where the node serves Prometheus metrics, if anywhere: the config's `metrics`
+    /// address, bound exactly as written. Without the field there is no endpoint (nothing
+    /// defaults to a wildcard address); the local testnet writes loopback ones. A
+    /// non-loopback address is kept, since an operator wrote it, and serves the metrics to
+    /// anyone who can reach it.
     pub metrics: Option<SocketAddr>,
     /// The core's config (chain id and limits).
     pub core: Config,
@@ -442,11 +533,100 @@ mod tests {
             write_key_file(&path, &fixture.keys[0]).is_err(),
             "no overwrite"
         );
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            format!("{}\n", to_hex_for_test(&fixture.keys[2].seed()))
+        );
+        for (name, junk) in [
+            ("short.key", "abcd\n".to_string()),
+            ("long.key", "ab".repeat(100)),
+            ("odd.key", format!("{}zz\n", "ab".repeat(31))),
+        ] {
+            let path = fixture.dir.path().join(name);
+            write_private(&path, junk.as_bytes());
+            let message = read_key_file(&path).unwrap_err().to_string();
+            assert!(message.contains(name), "{message}");
+        }
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
             fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
             assert!(matches!(read_key_file(&path), Err(FileError::Field { .. })));
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
+            let message = read_key_file(&path).unwrap_err().to_string();
+            assert!(
+                message.contains("node.key") && message.contains("mode 640"),
+                "{message}"
+            );
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_key_file_owned_by_another_user_is_refused() {
+        let fixture = fixture();
+        let path = fixture.dir.path().join("node.key");
+        if rustix::process::geteuid().as_raw() != 0 {
+            // Only root can give a file away; as anyone else there is nothing to check.
+            eprintln!("not root: cannot make a file owned by another user, skipped");
+            return;
+        }
+        std::os::unix::fs::chown(&path, Some(65_534), None).unwrap();
+        let message = read_key_file(&path).unwrap_err().to_string();
+        assert!(
+            message.contains("node.key") && message.contains("owned by uid 65534"),
+            "{message}"
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_symlink_to_a_private_key_file_is_refused() {
+        let fixture = fixture();
+        let target = fixture.dir.path().join("node.key");
+        let link = fixture.dir.path().join("link.key");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(read_key_file(&target).is_ok(), "the file itself is fine");
+        let error = read_key_file(&link).unwrap_err();
+        assert!(matches!(error, FileError::Field { .. }), "{error:?}");
+        let message = error.to_string();
+        assert!(
+            message.contains("symlink") && message.contains("link.key"),
+            "{message}"
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_fifo_at_the_key_path_is_refused_without_hanging() {
+        let fixture = fixture();
+        let path = fixture.dir.path().join("fifo.key");
+        let made = std::process::Command::new("mkfifo")
+            .arg("-m")
+            .arg("600")
+            .arg(&path)
+            .status();
+        if !made.is_ok_and(|status| status.success()) {
+            // No mkfifo on this system: nothing to check.
+            return;
+        }
+        let message = read_key_file(&path).unwrap_err().to_string();
+        assert!(
+            message.contains("not a regular file") && message.contains("fifo.key"),
+            "{message}"
+        );
+    }
+
+    fn to_hex_for_test(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn write_private(path: &Path, bytes: &[u8]) {
+        fs::write(path, bytes).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(path, fs::Permissions::from_mode(0o600)).unwrap();
         }
     }
 

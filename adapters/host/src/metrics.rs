@@ -4,10 +4,11 @@
 //! what they refuse before the core sees it (oversized frames, unknown keys, full queues)
 //! under the same `pbft_messages_rejected_total{reason}` family.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
-use std::sync::Mutex;
-use std::time::Duration;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use pbft_core::Metrics;
 use prometheus_client::encoding::text::encode;
@@ -273,39 +274,172 @@ impl NodeMetrics {
     }
 }
 
-/// Serves `GET /metrics` on `addr` from a thread of its own, so a slow scraper never slows
+/// Scrapes served at once; a connection beyond them is closed at once and counted as
+/// `metrics_busy`. A scrape every few seconds from one or two Prometheus servers needs far
+/// fewer; the cap bounds the threads (and memory) anyone who can connect can make us hold.
+pub const MAX_SCRAPES: usize = 16;
+/// How long a connection may take to send its request, all of it: a silent or trickling
+/// connection holds its thread no longer than this.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long the answer may take to leave, all of it (a client that does not read).
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// The longest request read: a scraper's request line and headers take a few hundred bytes.
+const MAX_REQUEST: usize = 4096;
+/// The pause after a failed accept: the error (no file descriptors left, say) usually
+/// persists for a while, and retrying at once would spin a core.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Serves `GET /metrics` on `addr` from threads of its own, so a slow scraper never slows
 /// consensus. Returns the address bound (port 0 picks one).
-pub fn serve(
-    addr: SocketAddr,
-    metrics: std::sync::Arc<NodeMetrics>,
-) -> std::io::Result<SocketAddr> {
+///
+/// `addr` is bound as given: the node's config has no default (no `metrics` field, no
+/// endpoint), the local testnet writes loopback addresses, and an operator who writes a
+/// non-loopback address exposes the metrics to whoever can reach it on purpose.
+///
+/// Each connection gets a thread of its own, at most [`MAX_SCRAPES`] at once, and must send
+/// its request within [`REQUEST_TIMEOUT`]: connections that say nothing hold a thread for at
+/// most that long and never delay another scrape. Plain threads rather than an HTTP crate or
+/// an async runtime: the endpoint answers one fixed request a few times a minute, and std
+/// gives the timeouts it needs. The accept loop never ends: a failed accept is counted as
+/// `metrics_accept_failed`, logged at most once a second, and retried after a pause.
+pub fn serve(addr: SocketAddr, metrics: Arc<NodeMetrics>) -> io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     let bound = listener.local_addr()?;
     std::thread::Builder::new()
         .name("metrics".into())
-        .spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { continue };
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
-                let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-                let mut request = [0u8; 1024];
-                let Ok(len) = stream.read(&mut request) else {
-                    continue;
-                };
-                let response = if request[..len].starts_with(b"GET /metrics") {
-                    let body = metrics.encode();
-                    format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    )
-                } else {
-                    "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                        .to_string()
-                };
-                let _ = stream.write_all(response.as_bytes());
-            }
-        })?;
+        .spawn(move || accept_loop(|| listener.accept().map(|(s, _)| s), &metrics))?;
     Ok(bound)
+}
+
+/// Accepts connections from `accept` forever and answers each on a thread of its own.
+fn accept_loop(mut accept: impl FnMut() -> io::Result<TcpStream>, metrics: &Arc<NodeMetrics>) {
+    let active = Arc::new(AtomicUsize::new(0));
+    let mut failures = AcceptFailures::default();
+    loop {
+        let stream = match accept() {
+            Ok(stream) => stream,
+            Err(err) => {
+                failures.record(&err, metrics);
+                std::thread::sleep(ACCEPT_BACKOFF);
+                continue;
+            }
+        };
+        // Only this loop increments, so the check and the increment cannot race past the
+        // cap; the scrape threads only decrement.
+        if active.load(Ordering::Acquire) >= MAX_SCRAPES {
+            metrics.reject("metrics_busy");
+            drop(stream);
+            continue;
+        }
+        active.fetch_add(1, Ordering::AcqRel);
+        let slot = Slot(active.clone());
+        let scrape_metrics = metrics.clone();
+        let spawned = std::thread::Builder::new()
+            .name("metrics-scrape".into())
+            .spawn(move || {
+                let _slot = slot;
+                answer(stream, &scrape_metrics);
+            });
+        if spawned.is_err() {
+            // The closure (with its slot and stream) was dropped: the slot is free again.
+            metrics.reject("metrics_busy");
+        }
+    }
+}
+
+/// One of the [`MAX_SCRAPES`] places, given back when the scrape's thread ends (panics too).
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Failed accepts: each counted, a warning at most once a second (a persistent error such
+/// as EMFILE fails every accept; one line a second says so without flooding the log).
+#[derive(Default)]
+struct AcceptFailures {
+    /// When the last warning was logged.
+    warned: Option<Instant>,
+    /// Failures since then, not logged.
+    unlogged: u64,
+}
+
+impl AcceptFailures {
+    /// Counts a failure; true if it was logged.
+    fn record(&mut self, err: &io::Error, metrics: &NodeMetrics) -> bool {
+        metrics.reject("metrics_accept_failed");
+        let now = Instant::now();
+        if self
+            .warned
+            .is_some_and(|at| now.duration_since(at) < Duration::from_secs(1))
+        {
+            self.unlogged += 1;
+            return false;
+        }
+        tracing::warn!(error = %err, more = self.unlogged, "metrics endpoint: accept failed");
+        self.warned = Some(now);
+        self.unlogged = 0;
+        true
+    }
+}
+
+/// Reads one request within [`REQUEST_TIMEOUT`] and answers it: the metrics for
+/// `GET /metrics`, 404 for anything else, nothing for a request that does not arrive whole.
+fn answer(mut stream: TcpStream, metrics: &NodeMetrics) {
+    let deadline = Instant::now() + REQUEST_TIMEOUT;
+    let mut request = [0u8; MAX_REQUEST];
+    let mut len = 0;
+    // Up to the end of the headers: closing a socket with unread bytes resets it, and the
+    // client could lose the answer.
+    while !request[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+        let Some(room) = request.get_mut(len..).filter(|room| !room.is_empty()) else {
+            return;
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            return;
+        }
+        match stream.read(room) {
+            Ok(0) => break,
+            Ok(read) => len += read,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+    let response = if request[..len].starts_with(b"GET /metrics") {
+        let body = metrics.encode();
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    } else {
+        "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string()
+    };
+    let _ = write_within(
+        &mut stream,
+        response.as_bytes(),
+        Instant::now() + RESPONSE_TIMEOUT,
+    );
+}
+
+/// Writes all of `bytes` by `deadline`, however slowly the client reads.
+fn write_within(stream: &mut TcpStream, mut bytes: &[u8], deadline: Instant) -> io::Result<()> {
+    while !bytes.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        stream.set_write_timeout(Some(left))?;
+        match stream.write(bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(written) => bytes = &bytes[written..],
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -323,7 +457,7 @@ mod tests {
 
     #[test]
     fn the_endpoint_serves_metrics_and_survives_garbage_and_silence() {
-        let metrics = std::sync::Arc::new(NodeMetrics::new());
+        let metrics = Arc::new(NodeMetrics::new());
         metrics.reject("oversized_frame");
         let addr = serve("127.0.0.1:0".parse().unwrap(), metrics).unwrap();
         // A connection that says nothing is dropped after its read timeout.
@@ -333,5 +467,89 @@ mod tests {
         assert!(response.starts_with("HTTP/1.1 200"), "{response}");
         assert!(response.contains("pbft_messages_rejected_total{reason=\"oversized_frame\"} 1"));
         drop(silent);
+    }
+
+    #[test]
+    fn a_scrape_answers_while_silent_connections_arrive_every_100_ms() {
+        let metrics = Arc::new(NodeMetrics::new());
+        let addr = serve("127.0.0.1:0".parse().unwrap(), metrics).unwrap();
+        let mut silent = Vec::new();
+        for round in 0..20 {
+            // Kept open and mute: each would hold a one-at-a-time server for its whole
+            // request timeout, and the scrapes would queue behind them.
+            silent.push(TcpStream::connect(addr).unwrap());
+            std::thread::sleep(Duration::from_millis(50));
+            let mut scrape = TcpStream::connect(addr).unwrap();
+            // Half the request timeout: an answer this late means the scrape waited for a
+            // silent connection to time out.
+            scrape.set_read_timeout(Some(REQUEST_TIMEOUT / 2)).unwrap();
+            scrape.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+            let mut response = String::new();
+            let read = scrape.read_to_string(&mut response);
+            assert!(
+                read.is_ok() && response.starts_with("HTTP/1.1 200"),
+                "scrape {round} with {} silent connections open: {read:?} {response:?}",
+                silent.len()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    #[test]
+    fn connections_beyond_the_cap_are_closed_at_once_and_counted() {
+        let metrics = Arc::new(NodeMetrics::new());
+        let addr = serve("127.0.0.1:0".parse().unwrap(), metrics.clone()).unwrap();
+        let held: Vec<TcpStream> = (0..MAX_SCRAPES)
+            .map(|_| TcpStream::connect(addr).unwrap())
+            .collect();
+        let mut extra = TcpStream::connect(addr).unwrap();
+        // Closed without an answer, long before the held ones time out (a server without
+        // a cap would keep it waiting for its request instead).
+        extra.set_read_timeout(Some(REQUEST_TIMEOUT / 2)).unwrap();
+        let mut response = Vec::new();
+        let read = extra.read_to_end(&mut response);
+        assert!(
+            matches!(&read, Ok(0))
+                || read
+                    .as_ref()
+                    .is_err_and(|e| e.kind() == io::ErrorKind::ConnectionReset),
+            "{read:?}"
+        );
+        assert_eq!(metrics.rejected("metrics_busy"), 1);
+        drop(held);
+    }
+
+    #[test]
+    fn failed_accepts_are_counted_logged_once_a_second_and_never_spin() {
+        let metrics = Arc::new(NodeMetrics::new());
+        let failures = 5;
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (done, finished) = std::sync::mpsc::channel();
+        let started = Instant::now();
+        let accept = {
+            let calls = calls.clone();
+            move || {
+                if calls.fetch_add(1, Ordering::SeqCst) == failures {
+                    // The loop survived every failure: report, and park here for good.
+                    let _ = done.send(());
+                    loop {
+                        std::thread::park();
+                    }
+                }
+                Err(io::Error::from_raw_os_error(24)) // EMFILE
+            }
+        };
+        let looping = metrics.clone();
+        std::thread::spawn(move || accept_loop(accept, &looping));
+        finished.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(metrics.rejected("metrics_accept_failed"), failures as u64);
+        // It paused after each failure: a loop that retried at once would have taken
+        // microseconds, and on a real EMFILE would spin a core.
+        assert!(started.elapsed() >= ACCEPT_BACKOFF * failures as u32);
+
+        let mut log = AcceptFailures::default();
+        let err = io::Error::from_raw_os_error(24);
+        let logged: Vec<bool> = (0..3).map(|_| log.record(&err, &metrics)).collect();
+        assert_eq!(logged, [true, false, false], "one warning a second at most");
     }
 }

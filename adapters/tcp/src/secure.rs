@@ -4,9 +4,25 @@
 //! side proves, inside the encrypted channel, that it holds its ed25519 key by signing the
 //! Noise handshake hash with the chain id and its side (initiator or responder). The hash
 //! covers both sides' fresh ephemeral keys, so a signature is worth nothing in any other
-//! session (no replay), and the side is signed, so an initiator's proof reflected back to it
-//! does not pass as the responder's. The responder admits the initiator's key for the role
-//! it asked before it reads a message; the initiator accepts only the key it dialled.
+//! session (no replay), and the side is signed, so a proof reflected back to its sender does
+//! not pass as the other side's.
+//!
+//! The listener proves its key first, as a TLS 1.3 server sends its certificate before the
+//! client does: the responder sends its proof in the same flight as its Noise message (no
+//! extra round trip), and the initiator sends its own only once that proof is of exactly the
+//! key it dialled. A listener that holds another key (someone who took over the address, or
+//! a misconfigured peer) learns nothing of who dialled it; the responder's key is no secret,
+//! it is in every network config. The responder then admits the initiator's key for the role
+//! it asked before it reads a message.
+//!
+//! ```text
+//! initiator                               responder
+//!   Noise -> e                      ->
+//!                                   <-    Noise <- e, ee  +  [proof: responder, Server]
+//!   (checks: the key it dialled)
+//!   [proof: initiator, role]        ->
+//!                                         (checks the proof, admits the key for the role)
+//! ```
 //!
 //! On the wire every Noise message is a 2-byte big-endian length and the message.
 
@@ -136,6 +152,13 @@ impl Channel {
         plain: &[u8],
     ) -> std::io::Result<()> {
         let mut wire = Vec::with_capacity(plain.len() + (plain.len() / MAX_PLAIN + 1) * 18);
+        self.seal(plain, &mut wire)?;
+        stream.write_all(&wire).await
+    }
+
+    /// Encrypts `plain` (any length) into Noise messages appended to `wire`, each with its
+    /// length prefix. Fails only if the session's nonces are exhausted (after 2^64 messages).
+    fn seal(&self, plain: &[u8], wire: &mut Vec<u8>) -> std::io::Result<()> {
         for chunk in plain.chunks(MAX_PLAIN) {
             let start = wire.len();
             wire.resize(start + 2 + chunk.len() + TAG, 0);
@@ -146,7 +169,7 @@ impl Channel {
             wire[start..start + 2].copy_from_slice(&(len as u16).to_be_bytes());
             wire.truncate(start + 2 + len);
         }
-        stream.write_all(&wire).await
+        Ok(())
     }
 
     /// Reads and decrypts one Noise message; `Ok(None)` at a clean end of stream.
@@ -199,16 +222,27 @@ async fn write_message<W: AsyncWrite + Unpin>(
     stream: &mut W,
     message: &[u8],
 ) -> std::io::Result<()> {
+    stream.write_all(&framed(message)).await
+}
+
+/// `message` with its 2-byte length prefix (handshake messages are far below 64 KiB).
+fn framed(message: &[u8]) -> Vec<u8> {
     let mut wire = Vec::with_capacity(2 + message.len());
     wire.extend_from_slice(&(message.len() as u16).to_be_bytes());
     wire.extend_from_slice(message);
-    stream.write_all(&wire).await
+    wire
 }
 
 async fn expect_message<R: AsyncRead + Unpin>(stream: &mut R) -> Result<Vec<u8>, HandshakeError> {
     read_message(stream, MAX_HANDSHAKE_MESSAGE)
         .await?
-        .ok_or_else(|| HandshakeError::Io(std::io::ErrorKind::UnexpectedEof.into()))
+        .ok_or_else(hung_up)
+}
+
+/// The other side closed the stream mid-handshake: an I/O failure, not a bad proof (a
+/// dialler that refuses the listener's key hangs up just so).
+fn hung_up() -> HandshakeError {
+    HandshakeError::Io(std::io::ErrorKind::UnexpectedEof.into())
 }
 
 fn sign_proof(
@@ -253,6 +287,11 @@ async fn with_timeout<T>(
 }
 
 /// Opens a channel to the holder of `expected`, proving `keypair` for `role`.
+///
+/// The listener's proof comes first: if it is not of `expected` in the accepting node's role,
+/// the handshake fails with [`HandshakeError::UnknownKey`] (or [`HandshakeError::BadProof`]
+/// if it does not verify) and nothing more is written, so this side's key never reaches a
+/// listener that is not the one dialled.
 pub async fn initiate<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     chain: &ChainId,
@@ -271,24 +310,25 @@ pub async fn initiate<S: AsyncRead + AsyncWrite + Unpin>(
         let channel = Channel {
             state: Arc::new(Mutex::new(noise.into_transport_mode()?)),
         };
-        channel
-            .write(stream, &sign_proof(chain, keypair, &handshake, true, role))
-            .await?;
         let answer = channel
             .read_within(stream, MAX_HANDSHAKE_MESSAGE)
             .await?
-            .ok_or(HandshakeError::BadProof)?;
+            .ok_or_else(hung_up)?;
         let proof = check_proof(chain, &answer, &handshake, false)?;
         if proof.role != Role::Server || proof.key != *expected {
             return Err(HandshakeError::UnknownKey);
         }
+        channel
+            .write(stream, &sign_proof(chain, keypair, &handshake, true, role))
+            .await?;
         Ok(channel)
     })
     .await
 }
 
-/// Accepts a channel: `admit` decides whether the initiator's key may take the role it
-/// asked (a validator's or a client's), before anything else is read from it.
+/// Accepts a channel: proves `keypair` as the accepting node in the same flight as the Noise
+/// reply, then `admit` decides whether the initiator's key may take the role it asked (a
+/// validator's or a client's), before anything else is read from it.
 pub async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     chain: &ChainId,
@@ -301,26 +341,25 @@ pub async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
         let first = expect_message(stream).await?;
         noise.read_message(&first, &mut buffer)?;
         let len = noise.write_message(&[], &mut buffer)?;
-        write_message(stream, &buffer[..len]).await?;
+        // The handshake hash is final once the last Noise message is written: the proof
+        // can sign it and go out with that message, in one write.
+        let mut flight = framed(&buffer[..len]);
         let handshake = noise.get_handshake_hash().to_vec();
         let channel = Channel {
             state: Arc::new(Mutex::new(noise.into_transport_mode()?)),
         };
+        let proof = sign_proof(chain, keypair, &handshake, false, Role::Server);
+        channel.seal(&proof, &mut flight)?;
+        stream.write_all(&flight).await?;
         let claim = channel
             .read_within(stream, MAX_HANDSHAKE_MESSAGE)
             .await?
-            .ok_or(HandshakeError::BadProof)?;
+            .ok_or_else(hung_up)?;
         let proof = check_proof(chain, &claim, &handshake, true)?;
         if proof.role == Role::Server {
             return Err(HandshakeError::UnknownKey);
         }
         admit(&proof.key, proof.role).map_err(HandshakeError::Refused)?;
-        channel
-            .write(
-                stream,
-                &sign_proof(chain, keypair, &handshake, false, Role::Server),
-            )
-            .await?;
         Ok((channel, proof.key, proof.role))
     })
     .await

@@ -1,4 +1,5 @@
-//! The TCP handshake over real loopback sockets: keys are proven, and a recorded handshake
+//! The TCP handshake over real loopback sockets: keys are proven, the listener's first, so
+//! a listener with the wrong key learns nothing of who dialled it; a recorded handshake
 //! replayed, or a proof reflected back to its sender, gets nobody in.
 
 use std::pin::Pin;
@@ -6,7 +7,7 @@ use std::task::{Context, Poll};
 
 use pbft_core::{ChainId, Keypair};
 use pbft_host::driver::Refusal;
-use pbft_tcp::secure::{HandshakeError, Role, initiate, respond};
+use pbft_tcp::secure::{HandshakeError, Proof, Role, initiate, proof_digest, respond};
 use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use smol::net::{TcpListener, TcpStream};
 
@@ -110,7 +111,9 @@ fn both_sides_prove_their_keys_and_talk() {
         let mut stream = TcpStream::connect(addr).await.unwrap();
         let outcome = initiate(&mut stream, &chain(), &peer, Role::Peer, &node.public_key()).await;
         assert!(matches!(outcome, Err(HandshakeError::UnknownKey)));
-        let _ = server.await;
+        // The dialler hangs up without a proof of its own: the impostor sees the stream end.
+        drop(stream);
+        assert!(matches!(server.await, Err(HandshakeError::Io(_))));
     });
 }
 
@@ -147,47 +150,114 @@ fn a_recorded_handshake_replayed_is_refused() {
     });
 }
 
+const NOISE: &str = "Noise_NN_25519_ChaChaPoly_BLAKE2s";
+
 #[test]
-fn a_proof_reflected_to_its_sender_is_refused() {
+fn a_listener_with_the_wrong_key_learns_nothing_of_the_dialler() {
     smol::block_on(async {
         let (listener, addr) = listen().await;
-        let victim = Keypair::from_seed(&[4; 32]);
-        // The attacker answers the victim's handshake itself (it can: Noise NN has no
-        // static keys), decrypts the victim's proof and sends it back as its own.
-        let attacker = smol::spawn(async move {
+        let (expected, dialler) = (Keypair::from_seed(&[1; 32]), Keypair::from_seed(&[2; 32]));
+        let impostor = Keypair::from_seed(&[3; 32]);
+        // The impostor runs the responder's side by hand, with a valid proof of its own
+        // key, and keeps whatever the dialler sends after its first Noise message.
+        let server = smol::spawn(async move {
             let (mut stream, _) = listener.accept().await.unwrap();
-            let mut noise =
-                snow::Builder::new("Noise_NN_25519_ChaChaPoly_BLAKE2s".parse().unwrap())
-                    .build_responder()
-                    .unwrap();
+            let mut noise = snow::Builder::new(NOISE.parse().unwrap())
+                .build_responder()
+                .unwrap();
             let mut buffer = vec![0u8; 65_535];
             let first = read_message(&mut stream).await;
             noise.read_message(&first, &mut buffer).unwrap();
             let len = noise.write_message(&[], &mut buffer).unwrap();
             write_message(&mut stream, &buffer[..len]).await;
+            let handshake = noise.get_handshake_hash().to_vec();
             let mut transport = noise.into_transport_mode().unwrap();
-            let sealed = read_message(&mut stream).await;
-            let len = transport.read_message(&sealed, &mut buffer).unwrap();
-            let proof = buffer[..len].to_vec();
+            let proof = Proof {
+                role: Role::Server,
+                key: impostor.public_key(),
+                signature: impostor.sign(&proof_digest(&chain(), &handshake, false, Role::Server)),
+            };
+            let proof = postcard::to_allocvec(&proof).unwrap();
             let len = transport.write_message(&proof, &mut buffer).unwrap();
             write_message(&mut stream, &buffer[..len]).await;
+            let mut received = Vec::new();
+            let _ = stream.read_to_end(&mut received).await;
+            // What it could read of it with the session keys it shares with the dialler.
+            let mut plain = Vec::new();
+            let mut rest = received.as_slice();
+            while let [high, low, tail @ ..] = rest {
+                let len = usize::from(u16::from_be_bytes([*high, *low])).min(tail.len());
+                if let Ok(n) = transport.read_message(&tail[..len], &mut buffer) {
+                    plain.extend_from_slice(&buffer[..n]);
+                }
+                rest = &tail[len..];
+            }
+            (received, plain)
         });
         let mut stream = TcpStream::connect(addr).await.unwrap();
-        // The victim even expects its own key at the other end: the reflection must still
-        // fail, because the proof says which side made it.
         let outcome = initiate(
             &mut stream,
             &chain(),
-            &victim,
+            &dialler,
             Role::Peer,
-            &victim.public_key(),
+            &expected.public_key(),
         )
         .await;
+        assert!(
+            matches!(outcome, Err(HandshakeError::UnknownKey)),
+            "{outcome:?}"
+        );
+        drop(stream);
+        let (received, plain) = server.await;
+        let key = dialler.public_key().0;
+        let leaked = plain.windows(key.len()).any(|window| window == key);
+        assert!(
+            received.is_empty(),
+            "the impostor got {} bytes after the Noise messages (the dialler's key among \
+             them: {leaked})",
+            received.len()
+        );
+    });
+}
+
+#[test]
+fn a_proof_reflected_to_its_sender_is_refused() {
+    smol::block_on(async {
+        let (listener, addr) = listen().await;
+        let victim = Keypair::from_seed(&[4; 32]);
+        let victim_key = victim.public_key();
+        let server = smol::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            // The victim would even admit its own key as a peer's: the reflection must
+            // still fail, because the proof says which side made it.
+            respond(&mut stream, &chain(), &victim, |_, _| Ok(()))
+                .await
+                .map(|(_, key, _)| key)
+        });
+        // The attacker dials the victim (it can: Noise NN has no static keys), decrypts the
+        // proof the listener sends first and sends it back as its own.
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let mut noise = snow::Builder::new(NOISE.parse().unwrap())
+            .build_initiator()
+            .unwrap();
+        let mut buffer = vec![0u8; 65_535];
+        let len = noise.write_message(&[], &mut buffer).unwrap();
+        write_message(&mut stream, &buffer[..len]).await;
+        let reply = read_message(&mut stream).await;
+        noise.read_message(&reply, &mut buffer).unwrap();
+        let mut transport = noise.into_transport_mode().unwrap();
+        let sealed = read_message(&mut stream).await;
+        let len = transport.read_message(&sealed, &mut buffer).unwrap();
+        let proof: Proof = postcard::from_bytes(&buffer[..len]).unwrap();
+        assert_eq!(proof.key, victim_key, "the listener proves its key first");
+        let plain = buffer[..len].to_vec();
+        let len = transport.write_message(&plain, &mut buffer).unwrap();
+        write_message(&mut stream, &buffer[..len]).await;
+        let outcome = server.await;
         assert!(
             matches!(outcome, Err(HandshakeError::BadProof)),
             "{outcome:?}"
         );
-        attacker.await;
     });
 }
 

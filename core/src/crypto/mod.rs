@@ -278,20 +278,27 @@ impl Keypair {
     ///
     /// The core has no randomness: the host draws the seed from its OS and stores it.
     pub fn from_seed(seed: &[u8; 32]) -> Self {
+        // The secret lives in `signing` only; ed25519-dalek (with its `zeroize` feature)
+        // wipes it when the keypair is dropped.
         let signing = ed25519_dalek::SigningKey::from_bytes(seed);
         let public = PublicKey(signing.verifying_key().to_bytes());
-        // An honestly generated key is canonical and of large order with overwhelming
-        // probability; a seed that hits a small-order key is rejected by peers anyway, so
-        // the keypair keeps the unchecked form in that impossible case.
-        let zebra = ed25519_zebra::SigningKey::from(*seed);
-        let public = public.verifying_key().unwrap_or_else(|_| VerifyingKey {
-            bytes: public,
-            key: ed25519_zebra::VerificationKey::from(&zebra),
+        // A key derived from a seed is canonical and of large order (a clamped scalar times
+        // the base point), so this never fails in practice; were it to, peers would reject
+        // the key anyway, and the keypair keeps the unchecked form. The second copy of the
+        // secret this needs is made only then, and wiped (zebra's key is `Copy`: it cannot
+        // wipe itself on drop).
+        let public = public.verifying_key().unwrap_or_else(|_| {
+            let mut zebra = ed25519_zebra::SigningKey::from(*seed);
+            let key = ed25519_zebra::VerificationKey::from(&zebra);
+            zeroize::Zeroize::zeroize(&mut zebra);
+            VerifyingKey { bytes: public, key }
         });
         Keypair { signing, public }
     }
 
-    /// The 32-byte secret seed, for the host to store.
+    /// A copy of the 32-byte secret seed, for the host to store. The copy is the caller's to
+    /// wipe (for example by holding it in a `zeroize::Zeroizing`); the keypair wipes its own
+    /// when dropped.
     pub fn seed(&self) -> [u8; 32] {
         self.signing.to_bytes()
     }
@@ -311,6 +318,15 @@ impl Keypair {
         Signature(self.signing.sign(&digest.0).to_bytes())
     }
 }
+
+// The keypair's only secret is its `SigningKey`, which wipes itself on drop. The closure
+// below checks that at compile time: it stops compiling if ed25519-dalek's `zeroize`
+// feature is ever turned off.
+impl zeroize::ZeroizeOnDrop for Keypair {}
+const _: fn() = || {
+    fn wiped_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+    wiped_on_drop::<ed25519_dalek::SigningKey>();
+};
 
 /// Why a key or signature was not accepted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
