@@ -12,7 +12,7 @@ use pbft_host::serve;
 use pbft_host::start::{RunError, Sockets, Started, connection_limits, start};
 use smol::net::{TcpListener, TcpStream};
 
-use crate::link::{Identity, Secured, link};
+use crate::link::{Identity, Secured, keep_alive, link};
 use crate::secure::{Role, respond};
 
 /// Runs the validator `config` describes until `shutdown` yields or closes (then it stops
@@ -116,6 +116,7 @@ async fn accept_loop(
                 continue;
             }
         };
+        keep_alive(&stream);
         smol::spawn(accepted(
             handshake,
             stream,
