@@ -1,5 +1,6 @@
-//! What every transport does to start a validator before it opens a socket: open the node
-//! from its data dir, serve its metrics, and start the driver with a queue per peer.
+//! What every transport does to start a validator before it opens a socket: raise its
+//! descriptor limit and derive its connection limits from it, open the node from its data
+//! dir, serve its metrics, and start the driver with a queue per peer.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -9,6 +10,7 @@ use std::net::SocketAddr;
 use pbft_core::{Keypair, PublicKey, ReplicaId};
 
 use crate::config::NodeConfig;
+use crate::driver::admission::ConnectionLimits;
 use crate::driver::{self, Driver, Router};
 use crate::kv::KvStore;
 use crate::metrics::{self, NodeMetrics};
@@ -145,4 +147,65 @@ pub fn start(config: &NodeConfig) -> Result<Started, RunError> {
         max_frame,
         limits: ServeLimits::new(&config.core, max_frame),
     })
+}
+
+/// What a transport spends descriptors on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sockets {
+    /// One per connection (TCP): the connection limits must fit the descriptor limit.
+    PerConnection,
+    /// One for all connections (QUIC's UDP socket): the limits are the defaults.
+    Shared,
+}
+
+/// Raises this process's soft limit on open descriptors (`RLIMIT_NOFILE`) to its hard limit,
+/// the most an unprivileged process may (most systems start processes at a soft 1,024,
+/// below what a node serving thousands of TCP connections needs). Returns the soft limit in
+/// force after, `None` if unlimited. If raising fails, the old soft limit stays and is
+/// returned.
+pub fn raise_descriptor_limit() -> Option<u64> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let raised = Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => return limit.maximum,
+            // macOS refuses a soft limit above OPEN_MAX even under a higher hard limit.
+            Err(err) => tracing::warn!(%err, "could not raise the descriptor limit"),
+        }
+    }
+    limit.current
+}
+
+/// The connection limits of a node of `validators` validators: raises the descriptor limit
+/// ([`raise_descriptor_limit`]) and, when each connection costs a descriptor, fits the
+/// defaults into it ([`ConnectionLimits::within_descriptors`]). Logs what it got.
+pub fn connection_limits(validators: usize, sockets: Sockets) -> ConnectionLimits {
+    let descriptors = raise_descriptor_limit();
+    let limits = match (sockets, descriptors) {
+        (Sockets::PerConnection, Some(descriptors)) => {
+            ConnectionLimits::default().within_descriptors(descriptors, validators)
+        }
+        (Sockets::PerConnection, None) | (Sockets::Shared, _) => ConnectionLimits::default(),
+    };
+    let descriptors = descriptors.map_or_else(|| "unlimited".to_string(), |n| n.to_string());
+    tracing::info!(
+        descriptors = %descriptors,
+        handshakes = limits.handshakes,
+        handshakes_per_address = limits.handshakes_per_address,
+        per_validator = limits.per_validator,
+        clients = limits.clients,
+        "connection limits"
+    );
+    if sockets == Sockets::PerConnection && limits.clients == 0 {
+        tracing::warn!(
+            descriptors = %descriptors,
+            needed = ConnectionLimits::default().descriptors(validators),
+            "too few descriptors to admit any client; raise the hard limit (ulimit -Hn)"
+        );
+    }
+    limits
 }

@@ -1,16 +1,18 @@
 //! Runs a validator over QUIC: the node driver from `pbft-host` on its own thread, one
-//! reconnecting link per peer, and an accept loop that admits peers and clients by key.
+//! reconnecting link per peer, and an accept loop that makes new addresses prove themselves
+//! (Retry), bounds handshakes, and admits peers and clients by key.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use pbft_host::config::NodeConfig;
-use pbft_host::driver::{Connections, Driver, Router, Slot};
+use pbft_host::driver::admission::Handshake;
+use pbft_host::driver::{Connections, Driver, Role, Router};
 use pbft_host::framing::StreamEnd;
 use pbft_host::serve::{self, ServeLimits};
 pub use pbft_host::start::RunError;
-use pbft_host::start::{Started, start};
+use pbft_host::start::{Sockets, Started, connection_limits, start};
 use quinn::{Endpoint, Incoming, VarInt};
 
 use crate::identity::ALPN_PEER;
@@ -22,6 +24,8 @@ use crate::transport::{self, Receiving, Sending, TokioTimer, TransportError, clo
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
     let transport_error = |err: TransportError| RunError::Transport(Box::new(err));
     let server = transport::server_config(&config.keypair).map_err(transport_error)?;
+    // Before the node opens its files: they count against the limit too.
+    let caps = connection_limits(config.validators.len(), Sockets::Shared);
     let Started {
         me,
         driver,
@@ -57,11 +61,12 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         );
         links.push(tokio::spawn(link));
     }
+    let connections = Connections::new(config.validators.clone(), caps);
     let accept = tokio::spawn(accept_loop(
         endpoint.clone(),
         driver.clone(),
         router,
-        config.validators.clone(),
+        connections,
         limits,
     ));
     let mut finished = tokio::task::spawn_blocking(move || Started::finish(thread));
@@ -90,13 +95,22 @@ async fn accept_loop(
     endpoint: Endpoint,
     driver: Driver,
     router: Arc<Router>,
-    validators: pbft_core::ValidatorSet,
+    connections: Arc<Connections>,
     limits: ServeLimits,
 ) {
-    let connections = Arc::new(Connections::default());
+    // `accept` ends only when the endpoint closes (the node is shutting down).
     while let Some(incoming) = endpoint.accept().await {
-        let slot = match connections.take() {
-            Ok(slot) => slot,
+        // A Retry makes the other side prove it receives at its address before anything is
+        // held for it: a spoofed Initial costs one stateless packet, not a handshake place.
+        if !incoming.remote_address_validated() {
+            if let Err(err) = incoming.retry() {
+                // Unreachable (only an already validated attempt cannot be retried); refuse.
+                err.into_incoming().refuse();
+            }
+            continue;
+        }
+        let handshake = match connections.handshake(incoming.remote_address().ip()) {
+            Ok(handshake) => handshake,
             Err(refusal) => {
                 driver.metrics().reject(refusal.reason());
                 incoming.refuse();
@@ -104,23 +118,22 @@ async fn accept_loop(
             }
         };
         tokio::spawn(accepted(
-            slot,
+            handshake,
             incoming,
             driver.clone(),
             router.clone(),
-            validators.clone(),
             limits,
         ));
     }
 }
 
-/// One accepted connection: admit it by key and role, then serve its streams.
+/// One accepted connection: admit it by key and role once its handshake is done (quinn
+/// ends a handshake that stalls at the idle timeout), then serve its streams.
 async fn accepted(
-    _slot: Slot,
+    handshake: Handshake,
     incoming: Incoming,
     driver: Driver,
     router: Arc<Router>,
-    validators: pbft_core::ValidatorSet,
     limits: ServeLimits,
 ) {
     let metrics = driver.metrics().clone();
@@ -128,8 +141,8 @@ async fn accepted(
         metrics.reject("handshake_failed");
         return;
     };
-    let clients = metrics.clients_connected.get() as usize;
-    let (key, role) = match transport::admit(&connection, &validators, clients) {
+    // Held while the connection is served: its place among the validator's or the clients'.
+    let (key, role, _slot) = match transport::admit(&connection, handshake) {
         Ok(admitted) => admitted,
         Err(refusal) => {
             tracing::debug!(remote = %connection.remote_address(), %refusal, "refused");
@@ -137,9 +150,26 @@ async fn accepted(
             return;
         }
     };
-    while let Ok((send, recv)) = connection.accept_bi().await {
+    // A client that opens no stream is never served; it only holds its place.
+    let first = match role {
+        Role::Client => {
+            match tokio::time::timeout(transport::FIRST_STREAM_TIMEOUT, connection.accept_bi())
+                .await
+            {
+                Ok(first) => first,
+                Err(_) => {
+                    metrics.reject("no_stream");
+                    connection.close(VarInt::from_u32(close::NO_STREAM), b"no_stream");
+                    return;
+                }
+            }
+        }
+        Role::Validator => connection.accept_bi().await,
+    };
+    let mut next = first;
+    while let Ok((send, recv)) = next {
         let (driver, router) = (driver.clone(), router.clone());
-        let connection = connection.clone();
+        let served = connection.clone();
         tokio::spawn(async move {
             let (reader, writer) = (Receiving::new(recv), Sending(send));
             let end = serve::serve(
@@ -156,11 +186,12 @@ async fn accepted(
             // Counted by `serve`; the other side learns why its connection ends.
             match end {
                 StreamEnd::Oversized => {
-                    connection.close(VarInt::from_u32(close::BAD_FRAME), b"oversized_frame");
+                    served.close(VarInt::from_u32(close::BAD_FRAME), b"oversized_frame");
                 }
-                StreamEnd::Idle => connection.close(VarInt::from_u32(close::IDLE), b"idle"),
+                StreamEnd::Idle => served.close(VarInt::from_u32(close::IDLE), b"idle"),
                 StreamEnd::Closed | StreamEnd::Truncated => {}
             }
         });
+        next = connection.accept_bi().await;
     }
 }

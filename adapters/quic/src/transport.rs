@@ -14,7 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pbft_core::PublicKey;
-use pbft_host::driver::{self, Refusal, Role};
+use pbft_host::driver::admission::Handshake;
+use pbft_host::driver::{self, Refusal, Role, Slot};
 use pbft_host::framing::{ReadHalf, WriteHalf};
 use pbft_host::link::Dial;
 use pbft_host::metrics::NodeMetrics;
@@ -55,26 +56,49 @@ pub mod close {
     pub const UNKNOWN_KEY: u32 = 1;
     /// The peer broke the framing (oversized length prefix).
     pub const BAD_FRAME: u32 = 2;
-    /// Too many clients are connected.
+    /// Too many connections of the kind asked for (clients, the validator's own places,
+    /// handshakes) are open.
     pub const BUSY: u32 = 3;
-    /// The connection sent nothing for longer than it may stay idle.
-    pub const IDLE: u32 = 4;
+    /// A client connection opened no stream within
+    /// [`FIRST_STREAM_TIMEOUT`](crate::transport::FIRST_STREAM_TIMEOUT) of its handshake.
+    pub const NO_STREAM: u32 = 4;
+    /// The connection sent no frame for longer than it may stay idle.
+    pub const IDLE: u32 = 5;
 
     /// The code that tells the other side why admission refused it.
     pub fn refused(refusal: Refusal) -> u32 {
         match refusal {
-            Refusal::TooManyClients | Refusal::TooManyConnections => BUSY,
+            Refusal::TooManyClients
+            | Refusal::TooManyHandshakes
+            | Refusal::TooManyFromAddress
+            | Refusal::TooManyValidatorConnections => BUSY,
             Refusal::NoKey | Refusal::UnknownRole | Refusal::UnknownKey => UNKNOWN_KEY,
         }
     }
 }
 
-fn transport_config() -> Arc<quinn::TransportConfig> {
+/// How long a client connection may stay without opening a stream after its handshake: a
+/// client opens one to send its first frame, and a connection without one is never served
+/// (nor ever idle in `serve`'s sense), so it would only hold a client place.
+pub const FIRST_STREAM_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connection attempts quinn keeps waiting for the accept loop, at most (quinn's default is
+/// 65,536): the loop takes them at once, so this only bounds a burst; beyond it quinn refuses.
+const MAX_INCOMING: usize = 4 * driver::admission::MAX_HANDSHAKES;
+/// Bytes quinn buffers for one connection attempt before it is accepted (default 10 MiB):
+/// an Initial and a little 0-RTT data; more is dropped and retransmitted.
+const INCOMING_BUFFER: u64 = 64 * 1024;
+/// Bytes quinn buffers for all connection attempts together (default 100 MiB).
+const INCOMING_BUFFER_TOTAL: u64 = 16 * 1024 * 1024;
+
+/// The transport settings of a connection; `keep_alive`: whether this side pings to keep an
+/// idle connection open.
+fn transport_config(keep_alive: bool) -> Arc<quinn::TransportConfig> {
     let mut transport = quinn::TransportConfig::default();
     // One stream each way is all a connection uses; a few more cover reconnect races.
     transport.max_concurrent_bidi_streams(VarInt::from_u32(4));
     transport.max_concurrent_uni_streams(VarInt::from_u32(0));
-    transport.keep_alive_interval(Some(Duration::from_millis(500)));
+    transport.keep_alive_interval(keep_alive.then_some(Duration::from_millis(500)));
     transport.max_idle_timeout(Some(
         quinn::IdleTimeout::try_from(Duration::from_secs(5)).expect("5 s is a valid idle timeout"),
     ));
@@ -94,7 +118,13 @@ pub fn server_config(keypair: &pbft_core::Keypair) -> Result<quinn::ServerConfig
     let crypto =
         QuicServerConfig::try_from(tls).map_err(|e| TransportError::Quic(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(transport_config());
+    // The dialling side keeps a connection alive; a node pinging every connection it
+    // accepted would keep alive those whose other side stopped caring (or never did).
+    config.transport_config(transport_config(false));
+    config
+        .max_incoming(MAX_INCOMING)
+        .incoming_buffer_size(INCOMING_BUFFER)
+        .incoming_buffer_size_total(INCOMING_BUFFER_TOTAL);
     Ok(config)
 }
 
@@ -124,7 +154,7 @@ pub fn client_config_presenting(
     let crypto =
         QuicClientConfig::try_from(tls).map_err(|e| TransportError::Quic(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(transport_config());
+    config.transport_config(transport_config(true));
     Ok(config)
 }
 
@@ -240,12 +270,12 @@ pub async fn link(
     pbft_host::link::link(dialer, queue, max, inbound, connected).await;
 }
 
-/// The key and role a finished handshake admits, or why it is refused.
+/// The key and role a finished handshake admits, with the place it takes, or why it is
+/// refused.
 pub fn admit(
     connection: &Connection,
-    validators: &pbft_core::ValidatorSet,
-    clients: usize,
-) -> Result<(PublicKey, Role), Refusal> {
+    handshake: Handshake,
+) -> Result<(PublicKey, Role, Slot), Refusal> {
     let key = peer_key(connection).ok_or(Refusal::NoKey)?;
     let alpn = connection
         .handshake_data()
@@ -256,8 +286,8 @@ pub fn admit(
         Some(ALPN_CLIENT) => Role::Client,
         _ => return Err(Refusal::UnknownRole),
     };
-    driver::admits(validators, &key, role, clients)?;
-    Ok((key, role))
+    let slot = handshake.admit(&key, role)?;
+    Ok((key, role, slot))
 }
 
 /// Closes a connection admission refused, with the code that says why, and counts it.

@@ -5,7 +5,8 @@
 use std::sync::Arc;
 
 use pbft_core::{Keypair, ValidatorSet};
-use pbft_host::driver::{Refusal, Role};
+use pbft_host::driver::admission::ConnectionLimits;
+use pbft_host::driver::{Connections, Refusal, Role};
 use pbft_quic::identity::{ALPN_CLIENT, ALPN_PEER, certified_key, peer_key};
 use pbft_quic::transport::{self, close};
 use quinn::Endpoint;
@@ -17,6 +18,12 @@ async fn keys_are_proven_pinned_and_admitted_by_role() {
     let validator = Keypair::from_seed(&[2; 32]);
     let stranger = Keypair::from_seed(&[3; 32]);
     let set = ValidatorSet::new(0, &[node.public_key(), validator.public_key()]).unwrap();
+    let connections = Connections::new(set, ConnectionLimits::default());
+    // What admission makes of a connection whose handshake completed.
+    let admit = |connection: &quinn::Connection| {
+        let handshake = connections.handshake(connection.remote_address().ip())?;
+        transport::admit(connection, handshake).map(|(key, role, _slot)| (key, role))
+    };
     let config = transport::server_config(&node).unwrap();
     let server = Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = server.local_addr().unwrap();
@@ -46,7 +53,7 @@ async fn keys_are_proven_pinned_and_admitted_by_role() {
     let at_node = accepted.recv().await.unwrap();
     assert_eq!(peer_key(&at_node), Some(validator.public_key()));
     assert_eq!(
-        transport::admit(&at_node, &set, 0),
+        admit(&at_node),
         Ok((validator.public_key(), Role::Validator))
     );
 
@@ -55,13 +62,10 @@ async fn keys_are_proven_pinned_and_admitted_by_role() {
         .await
         .unwrap();
     let at_node = accepted.recv().await.unwrap();
-    assert_eq!(
-        transport::admit(&at_node, &set, 0),
-        Ok((stranger.public_key(), Role::Client))
-    );
+    assert_eq!(admit(&at_node), Ok((stranger.public_key(), Role::Client)));
     let _impostor = dial(&stranger, node.public_key(), ALPN_PEER).await.unwrap();
     let at_node = accepted.recv().await.unwrap();
-    let refusal = transport::admit(&at_node, &set, 0).unwrap_err();
+    let refusal = admit(&at_node).unwrap_err();
     assert_eq!(refusal, Refusal::UnknownKey);
     assert_eq!(close::refused(refusal), close::UNKNOWN_KEY);
 

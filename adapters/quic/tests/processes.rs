@@ -4,160 +4,21 @@
 //! end in the same state, and no log may hold two signatures for one statement.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pbft_core::{Keypair, Message, Phase};
-use pbft_host::config::{Network, load_network, read_key_file};
-use pbft_host::kv::{Op, OpResult};
+use pbft_host::kv::OpResult;
 use pbft_host::node::logged_votes;
-use pbft_host::testnet::{self, Testnet};
 use pbft_quic::client::{ClusterClient, Transport};
 use pbft_quic::identity::{ALPN_CLIENT, ALPN_PEER};
 use pbft_quic::transport::{self, close};
 use pbft_tcp::secure::{Role, initiate};
 
-const VALIDATORS: usize = 4;
-
-/// A local cluster of `pbft node` processes.
-struct Cluster {
-    transport: Transport,
-    dir: tempfile::TempDir,
-    testnet: Testnet,
-    network: Network,
-    children: Vec<Option<Child>>,
-}
-
-impl Cluster {
-    fn start(name: &str, transport: Transport) -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
-        let testnet =
-            testnet::create(dir.path(), VALIDATORS, name, |index| [index as u8 + 40; 32]).unwrap();
-        let network = load_network(&testnet.network).unwrap();
-        let mut cluster = Cluster {
-            transport,
-            dir,
-            testnet,
-            network,
-            children: (0..VALIDATORS).map(|_| None).collect(),
-        };
-        for index in 0..VALIDATORS {
-            cluster.spawn(index);
-        }
-        cluster
-    }
-
-    fn spawn(&mut self, index: usize) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join(format!("node{index}.log")))
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_pbft"))
-            .args(["node", "--config"])
-            .arg(&self.testnet.nodes[index])
-            .args(["--transport", self.flag()])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.children[index] = Some(child);
-    }
-
-    fn kill(&mut self, index: usize) {
-        if let Some(mut child) = self.children[index].take() {
-            child.kill().unwrap();
-            child.wait().unwrap();
-        }
-    }
-
-    /// SIGTERM, and the exit status of a graceful stop.
-    fn stop(&mut self, index: usize) -> bool {
-        let Some(mut child) = self.children[index].take() else {
-            return true;
-        };
-        Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        child.wait().unwrap().success()
-    }
-
-    fn flag(&self) -> &'static str {
-        match self.transport {
-            Transport::Quic => "quic",
-            Transport::Tcp => "tcp",
-        }
-    }
-
-    fn client(&self, seed: u8) -> ClusterClient {
-        ClusterClient::connect(
-            self.transport,
-            &self.network,
-            Keypair::from_seed(&[seed; 32]),
-        )
-        .unwrap()
-    }
-
-    fn data_dir(&self, index: usize) -> PathBuf {
-        self.dir.path().join(format!("node{index}-data"))
-    }
-
-    fn key(&self, index: usize) -> Keypair {
-        read_key_file(&self.dir.path().join(format!("node{index}.key"))).unwrap()
-    }
-
-    fn metric(&self, index: usize, name: &str) -> u64 {
-        scrape(self.testnet.metrics[index])
-            .lines()
-            .find(|line| line.starts_with(name))
-            .and_then(|line| line.rsplit(' ').next()?.parse().ok())
-            .unwrap_or(0)
-    }
-
-    fn log(&self, index: usize) -> String {
-        std::fs::read_to_string(self.dir.path().join(format!("node{index}.log")))
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for index in 0..VALIDATORS {
-            self.kill(index);
-        }
-    }
-}
-
-fn scrape(addr: SocketAddr) -> String {
-    let Ok(mut stream) = TcpStream::connect(addr) else {
-        return String::new();
-    };
-    let _ = stream.write_all(b"GET /metrics HTTP/1.1\r\n\r\n");
-    let mut text = String::new();
-    let _ = stream.read_to_string(&mut text);
-    text
-}
-
-fn put(key: &str, value: &str) -> Vec<u8> {
-    Op::Put {
-        key: key.as_bytes().to_vec(),
-        value: value.as_bytes().to_vec(),
-    }
-    .encode()
-}
-
-fn get(key: &str) -> Vec<u8> {
-    Op::Get {
-        key: key.as_bytes().to_vec(),
-    }
-    .encode()
-}
+#[macro_use]
+mod common;
+use common::{Cluster, VALIDATORS, get, put, scrape};
 
 /// A small deterministic generator for kill moments and victims.
 struct Lcg(u64);
@@ -219,21 +80,6 @@ async fn reads_back_and_converges(client: &mut ClusterClient, acknowledged: &[(S
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-}
-
-/// A test per transport, `quic_…` and `tcp_…`, each running one body.
-macro_rules! over_both_transports {
-    ($($quic:ident, $tcp:ident => $body:ident;)*) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $quic() {
-            $body(Transport::Quic).await;
-        }
-
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $tcp() {
-            $body(Transport::Tcp).await;
-        }
-    )*};
 }
 
 over_both_transports! {

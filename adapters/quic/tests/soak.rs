@@ -69,7 +69,7 @@ fn keypair(seed: u64) -> Keypair {
 
 /// Keeps every link of `session` full of `frames` (in turn) until `running` drops: as fast
 /// as the node lets the connection send. Frames queued, in all.
-async fn saturate(session: &Session, frames: &[ClientFrame], running: &AtomicBool) -> u64 {
+async fn saturate(session: Session, frames: &[ClientFrame], running: &AtomicBool) -> u64 {
     let mut sent = 0;
     let mut next = 0;
     while running.load(Ordering::Relaxed) {
@@ -94,7 +94,7 @@ async fn relay_claims(cluster: &Cluster, seed: u64, running: Arc<AtomicBool>) ->
         &keypair(seed + 1),
         &relay.public_key(),
     );
-    saturate(&session, &[claim], &running).await
+    saturate(session, &[claim], &running).await
 }
 
 /// A client with a throwaway key sending requests that name `victim` with forged
@@ -138,7 +138,7 @@ async fn never_reads(cluster: &Cluster, key: &str, running: Arc<AtomicBool>) -> 
     let frame = ClientFrame::Message(Message::Request(request).encode());
     session.broadcast(&frame);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    saturate(&session, &[frame], &running).await
+    saturate(session, &[frame], &running).await
 }
 
 /// One client asking every validator for its status as fast as it can (and reading).
@@ -180,7 +180,9 @@ async fn silent_scrapes(cluster: &Cluster, running: Arc<AtomicBool>) -> u64 {
                 for addr in &addresses {
                     let started = Instant::now();
                     let text = common::scrape(*addr);
-                    if !text.starts_with("HTTP/1.1 200") || started.elapsed() > Duration::from_secs(1) {
+                    if !text.starts_with("HTTP/1.1 200")
+                        || started.elapsed() > Duration::from_secs(1)
+                    {
                         failed += 1;
                     }
                 }
@@ -196,7 +198,10 @@ async fn silent_scrapes(cluster: &Cluster, running: Arc<AtomicBool>) -> u64 {
 /// Resident memory of process `pid`, in KiB; `None` once it is gone (or a zombie).
 fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    if status.lines().any(|line| line.starts_with("State:") && line.contains('Z')) {
+    if status
+        .lines()
+        .any(|line| line.starts_with("State:") && line.contains('Z'))
+    {
         return None;
     }
     status
@@ -278,7 +283,10 @@ async fn a_relay_claim_flood_does_not_slow_consensus(transport: Transport) {
     );
     assert!(claims > 10_000, "the flood sent {claims} claims");
     assert!(
-        p99_flooded <= p99_quiet.mul_f64(1.2).max(p99_quiet + Duration::from_millis(1)),
+        p99_flooded
+            <= p99_quiet
+                .mul_f64(1.2)
+                .max(p99_quiet + Duration::from_millis(1)),
         "p99 {p99_quiet:?} -> {p99_flooded:?}"
     );
     assert!(
@@ -330,7 +338,11 @@ async fn a_soak_under_every_flood_at_once_loses_nothing_and_stays_bounded(transp
             });
         }
     }
-    let peak = Arc::new((0..VALIDATORS).map(|_| AtomicU64::new(0)).collect::<Vec<_>>());
+    let peak = Arc::new(
+        (0..VALIDATORS)
+            .map(|_| AtomicU64::new(0))
+            .collect::<Vec<_>>(),
+    );
     let sampling = tokio::spawn({
         let (peak, pids) = (peak.clone(), pids.clone());
         async move {
@@ -346,12 +358,26 @@ async fn a_soak_under_every_flood_at_once_loses_nothing_and_stays_bounded(transp
     let (acknowledged, latencies) =
         write_for(&mut writer, "soak", Duration::from_secs(seconds)).await;
     let results = flood.stop().await;
-    assert!(!sampling.is_finished(), "a validator exited during the soak");
+    assert!(
+        !sampling.is_finished(),
+        "a validator exited during the soak"
+    );
     sampling.abort();
-    let [claims, stolen, unread, answered, failed_scrapes, idle @ ..] = results[..] else {
+    let [
+        claims,
+        stolen,
+        unread,
+        answered,
+        failed_scrapes,
+        ref idle @ ..,
+    ] = results[..]
+    else {
         unreachable!("five floods and one idle flood per validator")
     };
-    let peak: Vec<u64> = peak.iter().map(|p| p.load(Ordering::Relaxed) >> 10).collect();
+    let peak: Vec<u64> = peak
+        .iter()
+        .map(|p| p.load(Ordering::Relaxed) >> 10)
+        .collect();
     eprintln!(
         "{transport:?}: {seconds} s soak: {} writes acknowledged, p50 {:?} p99 {:?}; floods: \
          {claims} relay claims, {unread} unread 64 KiB repeats, {answered} status answers, \

@@ -66,6 +66,35 @@ impl Timer for SmolTimer {
     }
 }
 
+/// Idle time before the first keep-alive probe on a connection.
+const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(10);
+/// Time between keep-alive probes.
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// Unanswered probes after which the kernel drops the connection.
+const KEEP_ALIVE_PROBES: u32 = 3;
+/// Longest time data written may stay unacknowledged before the kernel drops the
+/// connection (keep-alive probes are not sent while data is outstanding).
+#[cfg(any(target_os = "linux", target_os = "android", target_os = "fuchsia"))]
+const USER_TIMEOUT: Duration = Duration::from_secs(25);
+
+/// Makes the kernel drop `stream` within about 25 s once the other side vanished (a host
+/// that crashed or a cable cut sends no FIN nor RST): TCP keep-alive while idle, and a user
+/// timeout while data is unacknowledged. Without them a dead peer's connection would hold
+/// its place, and its validator's reconnects would queue behind it, for the kernel's
+/// defaults: two hours idle, about 15 minutes of retransmissions. An idle but live peer
+/// answers the probes and stays; idle clients are `serve`'s business. Best effort: a socket
+/// that refuses the options keeps the kernel's defaults.
+pub(crate) fn keep_alive(stream: &TcpStream) {
+    let socket = socket2::SockRef::from(stream);
+    let keep_alive = socket2::TcpKeepalive::new()
+        .with_time(KEEP_ALIVE_IDLE)
+        .with_interval(KEEP_ALIVE_INTERVAL)
+        .with_retries(KEEP_ALIVE_PROBES);
+    let _ = socket.set_tcp_keepalive(&keep_alive);
+    #[cfg(any(target_os = "linux", target_os = "android", target_os = "fuchsia"))]
+    let _ = socket.set_tcp_user_timeout(Some(USER_TIMEOUT));
+}
+
 /// Who a link authenticates as, and whom it expects at the other end.
 pub struct Identity {
     /// The network.
@@ -91,6 +120,7 @@ impl Dial for Dialer {
     async fn dial(&mut self) -> Option<(Secured, Secured)> {
         let mut stream = TcpStream::connect(self.addr).await.ok()?;
         let _ = stream.set_nodelay(true);
+        keep_alive(&stream);
         let identity = &self.identity;
         let channel = initiate(
             &mut stream,

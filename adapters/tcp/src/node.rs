@@ -1,23 +1,26 @@
 //! Runs a validator over TCP: the node driver from `pbft-host` on its own thread, one
-//! reconnecting channel per peer, and an accept loop that admits peers and clients by the
-//! key they prove in the handshake.
+//! reconnecting channel per peer, and an accept loop that bounds handshakes and admits peers
+//! and clients by the key they prove in them; it outlives failed accepts (EMFILE).
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use pbft_core::ValidatorSet;
 use pbft_host::config::NodeConfig;
-use pbft_host::driver::{self, Driver, Router};
+use pbft_host::driver::admission::Handshake;
+use pbft_host::driver::{self, Connections, Driver, Router};
 use pbft_host::serve::{self, ServeLimits};
-use pbft_host::start::{RunError, Started, start};
+use pbft_host::start::{RunError, Sockets, Started, connection_limits, start};
 use smol::net::{TcpListener, TcpStream};
 
-use crate::link::{Identity, Secured, SmolTimer, link};
+use crate::link::{Identity, Secured, SmolTimer, keep_alive, link};
 use crate::secure::{Role, respond};
 
 /// Runs the validator `config` describes until `shutdown` yields or closes (then it stops
 /// accepting, makes its log durable and closes every connection) or the node fails.
 /// Blocks the calling thread, which drives the accept loop.
 pub fn run(config: NodeConfig, shutdown: async_channel::Receiver<()>) -> Result<(), RunError> {
+    // Before the node opens its files: they count against the limit too.
+    let caps = connection_limits(config.validators.len(), Sockets::PerConnection);
     let started = start(&config)?;
     let (driver, router, max_frame) = (started.driver, started.router, started.max_frame);
     let limits = started.limits;
@@ -49,11 +52,12 @@ pub fn run(config: NodeConfig, shutdown: async_channel::Receiver<()>) -> Result<
                 ))
             })
             .collect();
+        let connections = Connections::new(config.validators.clone(), caps);
         let accepting = smol::spawn(accept_loop(
             listener,
             driver.clone(),
             router,
-            config.validators.clone(),
+            connections,
             (chain, keypair),
             limits,
         ));
@@ -79,29 +83,46 @@ pub fn run(config: NodeConfig, shutdown: async_channel::Receiver<()>) -> Result<
     })
 }
 
+/// Pause after a failed `accept` before the next: the error (EMFILE above all) usually
+/// lasts until connections close, and the connection that met it stays in the backlog, so
+/// without a pause the loop would spin on it.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
 async fn accept_loop(
     listener: TcpListener,
     driver: Driver,
     router: Arc<Router>,
-    validators: ValidatorSet,
+    connections: Arc<Connections>,
     identity: (pbft_core::ChainId, Arc<pbft_core::Keypair>),
     limits: ServeLimits,
 ) {
-    let connections = Arc::new(driver::Connections::default());
-    while let Ok((stream, _)) = listener.accept().await {
-        let slot = match connections.take() {
-            Ok(slot) => slot,
+    let mut failures = Failures::default();
+    // Never ends on its own: the node stops accepting only when it stops (the task is
+    // dropped).
+    loop {
+        let (stream, from) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                driver.metrics().reject("accept_failed");
+                failures.warn(&err);
+                smol::Timer::after(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        let handshake = match connections.handshake(from.ip()) {
+            Ok(handshake) => handshake,
             Err(refusal) => {
+                // Dropping the stream closes it: nothing is held for it.
                 driver.metrics().reject(refusal.reason());
                 continue;
             }
         };
+        keep_alive(&stream);
         smol::spawn(accepted(
-            slot,
+            handshake,
             stream,
             driver.clone(),
             router.clone(),
-            validators.clone(),
             identity.clone(),
             limits,
         ))
@@ -109,23 +130,44 @@ async fn accept_loop(
     }
 }
 
+/// Failed accepts, logged at most once a second (a full descriptor table fails every
+/// accept until connections close).
+#[derive(Default)]
+struct Failures {
+    last_warned: Option<Instant>,
+    since: u64,
+}
+
+impl Failures {
+    fn warn(&mut self, err: &std::io::Error) {
+        self.since += 1;
+        if self
+            .last_warned
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(1))
+        {
+            tracing::warn!(%err, failures = self.since, "accepting a connection failed; retrying");
+            self.last_warned = Some(Instant::now());
+            self.since = 0;
+        }
+    }
+}
+
 /// One accepted connection: the handshake admits it by key and role, then it is served.
 async fn accepted(
-    _slot: driver::Slot,
+    handshake: Handshake,
     mut stream: TcpStream,
     driver: Driver,
     router: Arc<Router>,
-    validators: ValidatorSet,
     (chain, keypair): (pbft_core::ChainId, Arc<pbft_core::Keypair>),
     limits: ServeLimits,
 ) {
     let metrics = driver.metrics().clone();
     let _ = stream.set_nodelay(true);
-    let clients = metrics.clients_connected.get() as usize;
-    let admit = |key: &pbft_core::PublicKey, role: Role| {
-        driver::admits(&validators, key, admitted_as(role), clients)
-    };
-    let (channel, key, role) = match respond(&mut stream, &chain, &keypair, admit).await {
+    // The handshake's place turns into the connection's (or is freed) once the key is
+    // proven; if the handshake fails first, dropping `admit` frees it.
+    let admit = |key: &pbft_core::PublicKey, role: Role| handshake.admit(key, admitted_as(role));
+    // Held while the connection is served.
+    let (channel, key, role, _slot) = match respond(&mut stream, &chain, &keypair, admit).await {
         Ok(accepted) => accepted,
         Err(err) => {
             metrics.reject(err.label());

@@ -328,13 +328,14 @@ pub async fn initiate<S: AsyncRead + AsyncWrite + Unpin>(
 
 /// Accepts a channel: proves `keypair` as the accepting node in the same flight as the Noise
 /// reply, then `admit` decides whether the initiator's key may take the role it asked (a
-/// validator's or a client's), before anything else is read from it.
-pub async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
+/// validator's or a client's), before anything else is read from it, and returns what the
+/// admission holds (the connection's place), handed back with the channel.
+pub async fn respond<S: AsyncRead + AsyncWrite + Unpin, T>(
     stream: &mut S,
     chain: &ChainId,
     keypair: &Keypair,
-    admit: impl Fn(&PublicKey, Role) -> Result<(), Refusal>,
-) -> Result<(Channel, PublicKey, Role), HandshakeError> {
+    admit: impl FnOnce(&PublicKey, Role) -> Result<T, Refusal>,
+) -> Result<(Channel, PublicKey, Role, T), HandshakeError> {
     with_timeout(async {
         let mut noise = snow::Builder::new(NOISE.parse()?).build_responder()?;
         let mut buffer = vec![0; MAX_HANDSHAKE_MESSAGE];
@@ -359,8 +360,8 @@ pub async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
         if proof.role == Role::Server {
             return Err(HandshakeError::UnknownKey);
         }
-        admit(&proof.key, proof.role).map_err(HandshakeError::Refused)?;
-        Ok((channel, proof.key, proof.role))
+        let admitted = admit(&proof.key, proof.role).map_err(HandshakeError::Refused)?;
+        Ok((channel, proof.key, proof.role, admitted))
     })
     .await
 }

@@ -73,7 +73,7 @@ async fn serve_once(
     };
     respond(&mut stream, &chain(), node, peers_only)
         .await
-        .map(|(_, key, _)| key)
+        .map(|(_, key, _, ())| key)
 }
 
 #[test]
@@ -85,7 +85,7 @@ fn both_sides_prove_their_keys_and_talk() {
             let node = Keypair::from_seed(&node.seed());
             async move {
                 let (mut stream, _) = listener.accept().await.unwrap();
-                let (channel, key, role) = respond(&mut stream, &chain(), &node, |_, _| Ok(()))
+                let (channel, key, role, ()) = respond(&mut stream, &chain(), &node, |_, _| Ok(()))
                     .await
                     .unwrap();
                 let message = channel.read(&mut stream).await.unwrap().unwrap();

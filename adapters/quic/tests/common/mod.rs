@@ -1,0 +1,389 @@
+//! What the multi-process tests share: a local cluster of `pbft node` processes (over QUIC
+//! or TCP), its metrics, and the key-value ops they write.
+
+// Each test file is its own crate and uses part of this module.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use pbft_core::{Keypair, PublicKey};
+use pbft_host::config::{Network, load_network, read_key_file};
+use pbft_host::kv::Op;
+use pbft_host::testnet::{self, Testnet};
+use pbft_host::wire::ClientFrame;
+use pbft_quic::client::{ClusterClient, Transport};
+use pbft_quic::identity::ALPN_CLIENT;
+use pbft_quic::transport;
+use pbft_tcp::secure::{Role, initiate};
+use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+
+pub(crate) const VALIDATORS: usize = 4;
+
+/// How a node's process is started.
+#[derive(Clone, Debug)]
+pub(crate) struct Launch {
+    /// A command the node runs under (e.g. `prlimit --nofile=256:256 --`), or nothing.
+    pub(crate) wrapper: Vec<String>,
+    /// Its `RUST_LOG`.
+    pub(crate) log: &'static str,
+}
+
+impl Default for Launch {
+    fn default() -> Launch {
+        Launch {
+            wrapper: Vec::new(),
+            log: "warn",
+        }
+    }
+}
+
+/// A local cluster of `pbft node` processes.
+pub(crate) struct Cluster {
+    pub(crate) transport: Transport,
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) testnet: Testnet,
+    pub(crate) network: Network,
+    pub(crate) children: Vec<Option<Child>>,
+    launches: Vec<Launch>,
+}
+
+impl Cluster {
+    pub(crate) fn start(name: &str, transport: Transport) -> Cluster {
+        Cluster::start_with(name, transport, |_| Launch::default())
+    }
+
+    /// A cluster whose node `index` is started as `launch(index)` says (on every restart).
+    pub(crate) fn start_with(
+        name: &str,
+        transport: Transport,
+        launch: impl Fn(usize) -> Launch,
+    ) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let testnet =
+            testnet::create(dir.path(), VALIDATORS, name, |index| [index as u8 + 40; 32]).unwrap();
+        let network = load_network(&testnet.network).unwrap();
+        let mut cluster = Cluster {
+            transport,
+            dir,
+            testnet,
+            network,
+            children: (0..VALIDATORS).map(|_| None).collect(),
+            launches: (0..VALIDATORS).map(launch).collect(),
+        };
+        for index in 0..VALIDATORS {
+            cluster.spawn(index);
+        }
+        cluster
+    }
+
+    pub(crate) fn spawn(&mut self, index: usize) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("node{index}.log")))
+            .unwrap();
+        let launch = &self.launches[index];
+        let binary = env!("CARGO_BIN_EXE_pbft");
+        let mut command = match launch.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
+        let child = command
+            .args(["node", "--config"])
+            .arg(&self.testnet.nodes[index])
+            .args(["--transport", self.flag()])
+            .env("RUST_LOG", launch.log)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.children[index] = Some(child);
+    }
+
+    pub(crate) fn kill(&mut self, index: usize) {
+        if let Some(mut child) = self.children[index].take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM, and the exit status of a graceful stop.
+    pub(crate) fn stop(&mut self, index: usize) -> bool {
+        let Some(mut child) = self.children[index].take() else {
+            return true;
+        };
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        child.wait().unwrap().success()
+    }
+
+    fn flag(&self) -> &'static str {
+        match self.transport {
+            Transport::Quic => "quic",
+            Transport::Tcp => "tcp",
+        }
+    }
+
+    pub(crate) fn client(&self, seed: u8) -> ClusterClient {
+        ClusterClient::connect(
+            self.transport,
+            &self.network,
+            Keypair::from_seed(&[seed; 32]),
+        )
+        .unwrap()
+    }
+
+    pub(crate) fn data_dir(&self, index: usize) -> PathBuf {
+        self.dir.path().join(format!("node{index}-data"))
+    }
+
+    pub(crate) fn key(&self, index: usize) -> Keypair {
+        read_key_file(&self.dir.path().join(format!("node{index}.key"))).unwrap()
+    }
+
+    pub(crate) fn metric(&self, index: usize, name: &str) -> u64 {
+        scrape(self.testnet.metrics[index])
+            .lines()
+            .find(|line| line.starts_with(name))
+            .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    pub(crate) fn log(&self, index: usize) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("node{index}.log")))
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for index in 0..VALIDATORS {
+            self.kill(index);
+        }
+    }
+}
+
+pub(crate) fn scrape(addr: SocketAddr) -> String {
+    let Ok(mut stream) = TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let _ = stream.write_all(b"GET /metrics HTTP/1.1\r\n\r\n");
+    let mut text = String::new();
+    let _ = stream.read_to_string(&mut text);
+    text
+}
+
+pub(crate) fn put(key: &str, value: &str) -> Vec<u8> {
+    Op::Put {
+        key: key.as_bytes().to_vec(),
+        value: value.as_bytes().to_vec(),
+    }
+    .encode()
+}
+
+pub(crate) fn get(key: &str) -> Vec<u8> {
+    Op::Get {
+        key: key.as_bytes().to_vec(),
+    }
+    .encode()
+}
+
+/// Handshakes the flood runs at once towards one node (below a node's per-address bound:
+/// the flood comes from one address).
+pub(crate) const FLOOD_CONCURRENCY: usize = 24;
+/// Where the flood comes from: not the validators' loopback address, so that its thousands
+/// of ports never take one a validator listens on when it restarts.
+pub(crate) const FLOOD_SOURCE: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::new(127, 0, 0, 2),
+    0,
+));
+/// A target that refused this many connections in a row is full: stop flooding it.
+pub(crate) const GIVE_UP_AFTER: usize = 100;
+
+/// Raises this process's descriptor limit to its hard limit (the flood holds thousands of
+/// TCP connections) and returns the hard limit.
+pub(crate) fn raise_own_descriptor_limit() -> Option<u64> {
+    let limit = getrlimit(Resource::Nofile);
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        },
+    )
+    .expect("raising the soft limit to the hard one is always allowed");
+    limit.maximum
+}
+
+/// A connection the flood holds open; dropping it closes it.
+pub(crate) enum Held {
+    Quic {
+        _connection: quinn::Connection,
+        _stream: Option<(quinn::SendStream, quinn::RecvStream)>,
+    },
+    Tcp {
+        _stream: smol::net::TcpStream,
+    },
+}
+
+impl Held {
+    /// Whether the node still holds it, as far as this side knows (TCP: not tracked).
+    pub(crate) fn alive(&self) -> bool {
+        match self {
+            Held::Quic { _connection, .. } => _connection.close_reason().is_none(),
+            Held::Tcp { .. } => true,
+        }
+    }
+}
+
+/// The transport configuration of the flood's QUIC connections: they keep themselves alive
+/// (every 2 s, not the nodes' 500 ms: 15,000 connections share this process's two cores).
+fn flood_transport() -> Arc<quinn::TransportConfig> {
+    let mut config = quinn::TransportConfig::default();
+    config.keep_alive_interval(Some(Duration::from_secs(2)));
+    config.max_idle_timeout(Some(Duration::from_secs(5).try_into().unwrap()));
+    Arc::new(config)
+}
+
+/// Opens one connection to the node at `addr` (holding `server`) as a client with a fresh
+/// key, completes the handshake, and (QUIC, when `stream`) opens a stream and sends a frame
+/// on it so the node sees the stream. `None` if the node refused it.
+async fn open(
+    cluster: &Cluster,
+    endpoint: Option<&quinn::Endpoint>,
+    addr: SocketAddr,
+    server: PublicKey,
+    seed: u64,
+    stream: bool,
+) -> Option<Held> {
+    let mut bytes = [7u8; 32];
+    bytes[..8].copy_from_slice(&seed.to_le_bytes());
+    let throwaway = Keypair::from_seed(&bytes);
+    match endpoint {
+        Some(endpoint) => {
+            let mut config = transport::client_config(&throwaway, server, ALPN_CLIENT).unwrap();
+            config.transport_config(flood_transport());
+            let connection = endpoint
+                .connect_with(config, addr, "pbft")
+                .unwrap()
+                .await
+                .ok()?;
+            let opened = if stream {
+                let (mut send, recv) = connection.open_bi().await.ok()?;
+                let status = pbft_host::framing::encode(&ClientFrame::Status.encode(), 1 << 20);
+                send.write_all(&status.unwrap()).await.ok()?;
+                Some((send, recv))
+            } else {
+                None
+            };
+            // A refusal comes right after the handshake, as a close.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if connection.close_reason().is_some() {
+                return None;
+            }
+            Some(Held::Quic {
+                _connection: connection,
+                _stream: opened,
+            })
+        }
+        None => {
+            let socket = tokio::net::TcpSocket::new_v4().ok()?;
+            socket.bind(FLOOD_SOURCE).ok()?;
+            let tcp = socket.connect(addr).await.ok()?.into_std().ok()?;
+            let mut tcp = smol::net::TcpStream::try_from(tcp).ok()?;
+            let chain = cluster.network.core.chain_id;
+            initiate(&mut tcp, &chain, &throwaway, Role::Client, &server)
+                .await
+                .ok()?;
+            Some(Held::Tcp { _stream: tcp })
+        }
+    }
+}
+
+/// Opens up to `count` idle client connections with throwaway keys to validator `index`;
+/// returns those the node admitted (held open) and how many it refused.
+pub(crate) async fn flood(cluster: Arc<Cluster>, index: usize, count: usize) -> (Vec<Held>, usize) {
+    let addr = cluster.network.addresses[index];
+    let server = cluster.key(index).public_key();
+    let next = Arc::new(AtomicUsize::new(0));
+    let refused_in_a_row = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..FLOOD_CONCURRENCY {
+        // A UDP socket per worker: one socket's buffer overflows with the keep-alives of
+        // thousands of connections, and they time out.
+        let endpoint = (cluster.transport == Transport::Quic)
+            .then(|| quinn::Endpoint::client(FLOOD_SOURCE).unwrap());
+        let cluster = cluster.clone();
+        let (next, refused_in_a_row) = (next.clone(), refused_in_a_row.clone());
+        workers.push(tokio::spawn(async move {
+            let (mut held, mut refused) = (Vec::new(), 0);
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= count || refused_in_a_row.load(Ordering::Relaxed) >= GIVE_UP_AFTER {
+                    return (held, refused);
+                }
+                // Half the QUIC connections open a stream, half never do.
+                let seed = (index * count + n) as u64;
+                let opening = open(&cluster, endpoint.as_ref(), addr, server, seed, n % 2 == 0);
+                match tokio::time::timeout(Duration::from_secs(5), opening).await {
+                    Ok(Some(connection)) => {
+                        refused_in_a_row.store(0, Ordering::Relaxed);
+                        held.push(connection);
+                    }
+                    _ => {
+                        refused_in_a_row.fetch_add(1, Ordering::Relaxed);
+                        refused += 1;
+                    }
+                }
+            }
+        }));
+    }
+    let mut all = (Vec::new(), 0);
+    for worker in workers {
+        let (held, refused) = worker.await.unwrap();
+        all.0.extend(held);
+        all.1 += refused;
+    }
+    all
+}
+
+/// [`flood`], then holds what the node admitted until `running` drops; how many it held.
+pub(crate) async fn idle_flood(
+    cluster: Arc<Cluster>,
+    index: usize,
+    count: usize,
+    running: Arc<AtomicBool>,
+) -> u64 {
+    let (held, _) = flood(cluster, index, count).await;
+    while running.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    held.len() as u64
+}
+
+/// A test per transport, `quic_…` and `tcp_…`, each running one body.
+macro_rules! over_both_transports {
+    ($($quic:ident, $tcp:ident => $body:ident;)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $quic() {
+            $body(Transport::Quic).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $tcp() {
+            $body(Transport::Tcp).await;
+        }
+    )*};
+}
