@@ -107,8 +107,10 @@ pub enum StreamEnd {
     Truncated,
     /// A length prefix above the maximum.
     Oversized,
-    /// The other side sent nothing for longer than its connection may stay idle.
+    /// The other side completed no frame for longer than its connection may stay idle.
     Idle,
+    /// The other side took nothing the node wrote for longer than a write may wait.
+    Stalled,
 }
 
 impl StreamEnd {

@@ -79,16 +79,17 @@ impl ReadHalf for Silent {
 }
 
 /// A timer whose sleeps end at once, recording what was asked of it; or never, if
-/// `never`.
+/// `never`, or if longer than `longest`.
 #[derive(Default)]
 pub(crate) struct TestTimer {
     pub(crate) never: bool,
+    pub(crate) longest: Option<std::time::Duration>,
     pub(crate) slept: std::sync::Mutex<Vec<std::time::Duration>>,
 }
 
 impl crate::serve::Timer for TestTimer {
     async fn sleep(&self, duration: std::time::Duration) {
-        if self.never {
+        if self.never || self.longest.is_some_and(|longest| duration > longest) {
             return std::future::pending().await;
         }
         self.slept.lock().unwrap().push(duration);

@@ -50,6 +50,36 @@ pub enum ClientFrame {
     },
 }
 
+/// What a [`ClientFrame`] asks of the node, as far as what it costs goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameKind {
+    /// [`ClientFrame::Message`]: a request for consensus.
+    Request,
+    /// [`ClientFrame::Relay`].
+    Relay,
+    /// [`ClientFrame::Status`] or [`ClientFrame::Proof`].
+    Query,
+}
+
+impl ClientFrame {
+    /// The kind of the frame `bytes` holds, read from its envelope's version and its tag
+    /// alone (the transport paces frames by kind before the node decodes them); `None` if
+    /// they are not a known version and tag.
+    pub fn kind(bytes: &[u8]) -> Option<FrameKind> {
+        let (&version, rest) = bytes.split_first()?;
+        if version != envelope::PROTOCOL_VERSION {
+            return None;
+        }
+        // postcard writes an enum's variant index as a varint first; the four fit one byte.
+        match rest.first()? {
+            0 => Some(FrameKind::Request),
+            1 | 3 => Some(FrameKind::Query),
+            2 => Some(FrameKind::Relay),
+            _ => None,
+        }
+    }
+}
+
 /// From a node to a client.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ServerFrame {
@@ -166,6 +196,19 @@ mod tests {
         );
         let claim = ClientFrame::relay(&config.chain_id, &client, &client.public_key());
         assert!(claim.encode().len() < 200);
+        // The kind read from two bytes is the decoded frame's.
+        assert_eq!(ClientFrame::kind(&frame), Some(FrameKind::Request));
+        assert_eq!(ClientFrame::kind(&claim.encode()), Some(FrameKind::Relay));
+        assert_eq!(
+            ClientFrame::kind(&ClientFrame::Status.encode()),
+            Some(FrameKind::Query)
+        );
+        let proof = ClientFrame::Proof {
+            seq: 1,
+            request: pbft_core::Digest([0; 32]),
+        };
+        assert_eq!(ClientFrame::kind(&proof.encode()), Some(FrameKind::Query));
+        assert_eq!(ClientFrame::kind(&[9, 0]), None, "another version");
         let _ = Message::decode;
     }
 }

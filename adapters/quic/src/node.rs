@@ -189,6 +189,7 @@ async fn accepted(
                     served.close(VarInt::from_u32(close::BAD_FRAME), b"oversized_frame");
                 }
                 StreamEnd::Idle => served.close(VarInt::from_u32(close::IDLE), b"idle"),
+                StreamEnd::Stalled => served.close(VarInt::from_u32(close::IDLE), b"stalled"),
                 StreamEnd::Closed | StreamEnd::Truncated => {}
             }
         });

@@ -62,7 +62,8 @@ pub mod close {
     /// A client connection opened no stream within
     /// [`FIRST_STREAM_TIMEOUT`](crate::transport::FIRST_STREAM_TIMEOUT) of its handshake.
     pub const NO_STREAM: u32 = 4;
-    /// The connection sent no frame for longer than it may stay idle.
+    /// The connection sent no frame for longer than it may stay idle, or took nothing the
+    /// node wrote for longer than a write may wait.
     pub const IDLE: u32 = 5;
 
     /// The code that tells the other side why admission refused it.
@@ -230,7 +231,13 @@ impl Dial for Dialer {
             .connect_with(self.config.clone(), self.addr, "pbft")
             .ok()?;
         let connection = connecting.await.ok()?;
-        let (send, recv) = connection.open_bi().await.ok()?;
+        let (mut send, recv) = connection.open_bi().await.ok()?;
+        // QUIC tells the other side of a stream only once something is sent on it: an empty
+        // frame (a keep-alive to the node) opens it now, so a node can answer a client before
+        // it writes, and does not close the connection as one that opened no stream.
+        send.write_all(&[0; pbft_host::framing::PREFIX_LEN])
+            .await
+            .ok()?;
         self.open = Some(connection);
         Some((Receiving::new(recv), Sending(send)))
     }

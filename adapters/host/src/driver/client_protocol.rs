@@ -3,8 +3,8 @@
 //!
 //! Replies for a key go to a connection other than that key's own only once the connection
 //! proved it may carry them: it relayed a request of that key whose signature verified here,
-//! or presented the key's signed relay claim. A frame naming another client without its
-//! signature diverts nothing. A relay already proven for this connection is not checked
+//! or presented the key's signed relay claim (see [`super::router`] for which proof moves a
+//! relay). A frame naming another client without its signature diverts nothing. A relay already proven for this connection is not checked
 //! again, so a gateway's steady stream of requests (or a repeated claim) costs a lookup,
 //! not a signature check.
 
@@ -12,7 +12,7 @@ use std::collections::HashMap;
 
 use pbft_core::{Message, PublicKey, Request};
 
-use super::router::Router;
+use super::router::{RelayProof, Router};
 use crate::application::Application;
 use crate::node::Node;
 use crate::wire::{ClientFrame, ServerFrame, relay_digest};
@@ -92,7 +92,8 @@ pub(super) fn handle<A: Application>(
             if router.relays(&client, &from.key, from.connection, now) {
                 return;
             }
-            if let Err(reason) = router.room_to_relay(&from.key, from.connection, now) {
+            let proof = RelayProof::Claim;
+            if let Err(reason) = router.may_relay(&client, &from.key, from.connection, proof) {
                 metrics.reject(reason);
                 return;
             }
@@ -102,7 +103,7 @@ pub(super) fn handle<A: Application>(
                 .and_then(|key| key.verify(&digest, &signature))
             {
                 Ok(()) => {
-                    router.relay(client, from.key, from.connection, now);
+                    router.relay(client, from.key, from.connection, proof, now);
                 }
                 Err(_) => metrics.reject("bad_relay_signature"),
             }
@@ -134,6 +135,15 @@ fn relay_request<A: Application>(
     if router.relays(&request.client, &from.key, from.connection, now) {
         return true;
     }
+    let proof = RelayProof::Request(request.client_seq);
+    if router
+        .may_relay(&request.client, &from.key, from.connection, proof)
+        .is_err()
+    {
+        // Another connection relays this client on a stronger proof: the request still
+        // goes to consensus (the core checks its signature), its replies go the other way.
+        return true;
+    }
     let digest = request.digest(&node.chain());
     let verified = request
         .client
@@ -143,9 +153,7 @@ fn relay_request<A: Application>(
         router.metrics().reject("bad_request_signature");
         return false;
     }
-    // Without room the request still goes to consensus; its replies reach the client
-    // through whatever other way it has.
-    router.relay(request.client, from.key, from.connection, now);
+    router.relay(request.client, from.key, from.connection, proof, now);
     true
 }
 

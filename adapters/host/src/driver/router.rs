@@ -7,12 +7,16 @@
 //! stop reading cannot together hold more than [`CLIENT_QUEUES_BYTES`].
 //!
 //! A client's replies go to its own connection, or through a connection that proved it may
-//! carry them: one that relayed a request whose signature verified, or presented the
-//! client's signed relay claim. A relay lasts while its connection does and while it is
-//! used ([`RELAY_TTL_MS`]); each connection carries at most [`MAX_RELAYED_PER_CONNECTION`]
-//! clients, and the node at most [`MAX_RELAYED_CLIENTS`].
+//! carry them ([`RelayProof`]): the client's signed claim naming that connection's key, or a
+//! request of the client's whose signature verified. A request moves a relay only from
+//! another request of a lower client seq (so replaying an old signed request cannot take a
+//! client's replies from the connection relaying its newer ones); a claim moves any. A relay
+//! lasts while its connection does and while it is used ([`RELAY_TTL_MS`]). Each connection
+//! relays at most [`MAX_RELAYED_PER_CONNECTION`] clients and the node at most
+//! [`MAX_RELAYED_CLIENTS`]; at a bound the newcomer takes the place of one relayed by the
+//! connection holding the most, so no connection can keep another from relaying.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use pbft_core::{Destination, PublicKey, ReplicaId, ValidatorSet};
@@ -27,8 +31,9 @@ pub const PEER_QUEUE: usize = 4096;
 /// Bytes waiting for one peer's connection, at most (or four of the largest frames, if more).
 pub const PEER_QUEUE_BYTES: usize = 64 << 20;
 
-/// Frames waiting for one client connection, at most.
-pub const CLIENT_QUEUE: usize = 1024;
+/// Frames waiting for one client connection, at most (a gateway's carries many clients'
+/// replies; [`CLIENT_QUEUE_BYTES`] is the bound that matters).
+pub const CLIENT_QUEUE: usize = 4096;
 /// Bytes waiting for one client connection, at most.
 pub const CLIENT_QUEUE_BYTES: usize = 4 << 20;
 /// Bytes waiting for all client connections together, at most.
@@ -62,7 +67,28 @@ struct Attached {
     connection: u64,
     queue: queue::Sender,
     /// Clients whose replies go through this connection.
-    relayed: usize,
+    relayed: HashSet<PublicKey>,
+}
+
+/// How a connection proved it may carry a client's replies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RelayProof {
+    /// The client's signed claim naming the connection's key
+    /// ([`ClientFrame::Relay`](crate::wire::ClientFrame::Relay)).
+    Claim,
+    /// A request of the client's, at this client seq, whose signature verified.
+    Request(u64),
+}
+
+impl RelayProof {
+    /// Whether a relay proven by `self` may take the client from one proven by `held`.
+    fn displaces(self, held: RelayProof) -> bool {
+        match (self, held) {
+            (RelayProof::Claim, _) => true,
+            (RelayProof::Request(seq), RelayProof::Request(held)) => seq > held,
+            (RelayProof::Request(_), RelayProof::Claim) => false,
+        }
+    }
 }
 
 /// Which connection carries a relayed client's replies.
@@ -70,7 +96,8 @@ struct Attached {
 struct Via {
     through: PublicKey,
     connection: u64,
-    /// When the relay was last used, in the node's ms.
+    proof: RelayProof,
+    /// When the relay was last used (a request, a claim, a reply), in the node's ms.
     used_ms: u64,
 }
 
@@ -84,13 +111,32 @@ struct Clients {
     via: HashMap<PublicKey, Via>,
     /// When expired relays were last swept, in the node's ms.
     swept_ms: u64,
+    /// The latest time a caller told, in the node's ms (routing a reply takes no clock).
+    now_ms: u64,
 }
 
 impl Clients {
-    /// Forgets the relays of connection `connection` of `through`.
-    fn forget_relays_of(&mut self, through: &PublicKey, connection: u64) {
-        self.via
-            .retain(|_, via| !(via.through == *through && via.connection == connection));
+    /// Forgets the relays of `attached`, a connection that ended or was replaced.
+    fn forget_relays_of(via: &mut HashMap<PublicKey, Via>, attached: &Attached) {
+        for client in &attached.relayed {
+            via.remove(client);
+        }
+    }
+
+    /// Whether connection `connection` of `through` is the one attached now.
+    fn attached(&mut self, through: &PublicKey, connection: u64) -> Option<&mut Attached> {
+        self.queues
+            .get_mut(through)
+            .filter(|attached| attached.connection == connection)
+    }
+
+    /// Ends the relay of `client`.
+    fn unrelay(&mut self, client: &PublicKey) {
+        if let Some(old) = self.via.remove(client)
+            && let Some(attached) = self.attached(&old.through, old.connection)
+        {
+            attached.relayed.remove(client);
+        }
     }
 
     /// Drops relays unused for [`RELAY_TTL_MS`], at most once a second (a sweep walks the
@@ -100,17 +146,45 @@ impl Clients {
             return;
         }
         self.swept_ms = now_ms;
-        let queues = &mut self.queues;
-        self.via.retain(|_, via| {
-            let live = now_ms.saturating_sub(via.used_ms) < RELAY_TTL_MS;
-            if !live
-                && let Some(attached) = queues.get_mut(&via.through)
-                && attached.connection == via.connection
-            {
-                attached.relayed -= 1;
-            }
-            live
+        let expired: Vec<PublicKey> = self
+            .via
+            .iter()
+            .filter(|(_, via)| now_ms.saturating_sub(via.used_ms) >= RELAY_TTL_MS)
+            .map(|(client, _)| *client)
+            .collect();
+        for client in expired {
+            self.unrelay(&client);
+        }
+    }
+
+    /// Makes room for one more relay through `through`: within its own bound by ending one
+    /// of its own relays, within the node's by ending one of the connection relaying the
+    /// most (after expired ones). Counted as `relay_evicted`.
+    fn make_room(&mut self, through: &PublicKey, now_ms: u64, metrics: &NodeMetrics) {
+        let own = self.queues.get(through).map_or(0, |a| a.relayed.len());
+        let victim = if own >= MAX_RELAYED_PER_CONNECTION {
+            Some(*through)
+        } else if self.via.len() >= MAX_RELAYED_CLIENTS {
+            self.sweep(now_ms);
+            (self.via.len() >= MAX_RELAYED_CLIENTS)
+                .then(|| {
+                    self.queues
+                        .iter()
+                        .max_by_key(|(_, attached)| attached.relayed.len())
+                        .map(|(key, _)| *key)
+                })
+                .flatten()
+        } else {
+            None
+        };
+        let evicted = victim.and_then(|key| {
+            let attached = self.queues.get(&key)?;
+            attached.relayed.iter().next().copied()
         });
+        if let Some(client) = evicted {
+            self.unrelay(&client);
+            metrics.reject("relay_evicted");
+        }
     }
 }
 
@@ -175,10 +249,10 @@ impl Router {
         let attached = Attached {
             connection,
             queue: tx,
-            relayed: 0,
+            relayed: HashSet::new(),
         };
         if let Some(old) = clients.queues.insert(key, attached) {
-            clients.forget_relays_of(&key, old.connection);
+            Clients::forget_relays_of(&mut clients.via, &old);
         }
         self.metrics
             .clients_connected
@@ -197,9 +271,9 @@ impl Router {
             .queues
             .get(key)
             .is_some_and(|attached| attached.connection == queue.connection)
+            && let Some(old) = clients.queues.remove(key)
         {
-            clients.queues.remove(key);
-            clients.forget_relays_of(key, queue.connection);
+            Clients::forget_relays_of(&mut clients.via, &old);
         }
         self.metrics
             .clients_connected
@@ -233,6 +307,7 @@ impl Router {
         now_ms: u64,
     ) -> bool {
         let mut clients = self.clients();
+        clients.now_ms = clients.now_ms.max(now_ms);
         match clients.via.get_mut(client) {
             Some(via) if via.through == *through && via.connection == connection => {
                 via.used_ms = now_ms;
@@ -242,85 +317,96 @@ impl Router {
         }
     }
 
-    /// Whether connection `connection` of `through` may take one more relayed client: it
-    /// is still attached and neither it nor the node relays the most it may (after
-    /// dropping expired relays). On `Err` the label says why. Checked before a claim's
-    /// signature, so a connection past its bound costs no signature check.
-    pub(crate) fn room_to_relay(
+    /// Whether a relay of `client` through connection `connection` of `through`, proven
+    /// by `proof`, would be taken: the connection is still attached, and `proof` displaces
+    /// whatever relays `client` elsewhere. On `Err` the label says why. Checked before the
+    /// proof's signature, so a relay that would be refused costs no signature check.
+    pub(crate) fn may_relay(
         &self,
+        client: &PublicKey,
         through: &PublicKey,
         connection: u64,
-        now_ms: u64,
+        proof: RelayProof,
     ) -> Result<(), &'static str> {
         let mut clients = self.clients();
-        Self::room(&mut clients, through, connection, now_ms)
+        Self::check(&mut clients, client, through, connection, proof)
     }
 
-    fn room(
+    fn check(
         clients: &mut Clients,
+        client: &PublicKey,
         through: &PublicKey,
         connection: u64,
-        now_ms: u64,
+        proof: RelayProof,
     ) -> Result<(), &'static str> {
-        match clients.queues.get(through) {
-            Some(attached) if attached.connection == connection => {
-                if attached.relayed >= MAX_RELAYED_PER_CONNECTION {
-                    return Err("too_many_relayed_per_connection");
-                }
-            }
+        if clients.attached(through, connection).is_none() {
             // The claim was queued before its connection ended: nothing to route through.
-            _ => return Err("relay_connection_closed"),
+            return Err("relay_connection_closed");
         }
-        if clients.via.len() >= MAX_RELAYED_CLIENTS {
-            clients.sweep(now_ms);
-            if clients.via.len() >= MAX_RELAYED_CLIENTS {
-                return Err("too_many_relayed_clients");
+        match clients.via.get(client) {
+            Some(via)
+                if !(via.through == *through && via.connection == connection)
+                    && !proof.displaces(via.proof) =>
+            {
+                Err("relay_held_elsewhere")
             }
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     /// Routes replies for `client` through connection `connection` of `through`, which
-    /// proved it may carry them (it relayed `client`'s signed request, or its signed claim).
-    /// Refused (and counted) if the connection is gone or there is no room.
+    /// proved it may carry them by `proof` (checked by the caller). Refused (and counted) as
+    /// [`Router::may_relay`] says; at a bound another relay makes room.
     pub(crate) fn relay(
         &self,
         client: PublicKey,
         through: PublicKey,
         connection: u64,
+        proof: RelayProof,
         now_ms: u64,
     ) -> bool {
         let mut clients = self.clients();
-        if let Err(reason) = Self::room(&mut clients, &through, connection, now_ms) {
+        if let Err(reason) = Self::check(&mut clients, &client, &through, connection, proof) {
             self.metrics.reject(reason);
             return false;
         }
+        let proof = match clients.via.get(&client) {
+            Some(held) if held.through == through && held.connection == connection => {
+                match proof.displaces(held.proof) {
+                    true => proof,
+                    false => held.proof,
+                }
+            }
+            _ => proof,
+        };
+        clients.now_ms = clients.now_ms.max(now_ms);
+        clients.unrelay(&client);
+        clients.make_room(&through, now_ms, &self.metrics);
         let via = Via {
             through,
             connection,
+            proof,
             used_ms: now_ms,
         };
-        if let Some(old) = clients.via.insert(client, via)
-            && let Some(attached) = clients.queues.get_mut(&old.through)
-            && attached.connection == old.connection
-        {
-            attached.relayed -= 1;
-        }
-        if let Some(attached) = clients.queues.get_mut(&through) {
-            attached.relayed += 1;
+        clients.via.insert(client, via);
+        if let Some(attached) = clients.attached(&through, connection) {
+            attached.relayed.insert(client);
         }
         true
     }
 
     /// Sends a frame to a client, if it is connected here (directly or through a relay).
     pub fn to_client(&self, key: &PublicKey, frame: &ServerFrame) {
-        let clients = self.clients();
+        let mut clients = self.clients();
+        let clients = &mut *clients;
         let attached = match clients.queues.get(key) {
             Some(attached) => Some(attached),
-            None => clients
-                .via
-                .get(key)
-                .and_then(|via| clients.queues.get(&via.through)),
+            None => clients.via.get_mut(key).and_then(|via| {
+                // A relay that carries replies is in use, though the client's requests
+                // reach this node only through another.
+                via.used_ms = clients.now_ms.max(via.used_ms);
+                clients.queues.get(&via.through)
+            }),
         };
         if let Some(attached) = attached
             && attached.queue.try_send(frame.encode()).is_err()
@@ -444,13 +530,15 @@ mod tests {
         assert_eq!(router.metrics().clients_connected.get(), 0);
     }
 
+    const CLAIM: RelayProof = RelayProof::Claim;
+
     #[test]
     fn relays_end_with_their_connection_and_claims_for_a_closed_one_are_refused() {
         let (router, _) = router(1);
         let gateway = key(1);
         let queue = router.attach_client(gateway);
         for i in 0..100 {
-            assert!(router.relay(key(1000 + i), gateway, queue.connection, 0));
+            assert!(router.relay(key(1000 + i), gateway, queue.connection, CLAIM, 0));
         }
         assert!(router.relays(&key(1000), &gateway, queue.connection, 5));
         router.to_client(&key(1000), &ServerFrame::Proof(None));
@@ -459,7 +547,7 @@ mod tests {
         assert_eq!(router.relayed_clients(), 0, "gone with the connection");
         // Claims queued before the connection closed arrive after it: nothing is kept.
         for i in 0..100 {
-            assert!(!router.relay(key(2000 + i), gateway, queue.connection, 10));
+            assert!(!router.relay(key(2000 + i), gateway, queue.connection, CLAIM, 10));
         }
         assert_eq!(router.relayed_clients(), 0);
         assert_eq!(router.metrics().rejected("relay_connection_closed"), 100);
@@ -469,48 +557,76 @@ mod tests {
     }
 
     #[test]
-    fn one_connection_relays_a_bounded_number_and_unused_relays_expire() {
+    fn an_old_signed_request_cannot_take_a_client_from_the_relay_of_its_newer_ones() {
+        let (router, _) = router(1);
+        let (client, gateway, thief) = (key(1), key(2), key(3));
+        let relayed = router.attach_client(gateway);
+        let stolen = router.attach_client(thief);
+        assert!(router.relay(
+            client,
+            gateway,
+            relayed.connection,
+            RelayProof::Request(10),
+            0
+        ));
+        // Replaying the client's request 9 (or 10 again) moves nothing.
+        for seq in [9, 10] {
+            let proof = RelayProof::Request(seq);
+            assert_eq!(
+                router.may_relay(&client, &thief, stolen.connection, proof),
+                Err("relay_held_elsewhere")
+            );
+            assert!(!router.relay(client, thief, stolen.connection, proof, 1));
+        }
+        router.to_client(&client, &ServerFrame::Proof(None));
+        assert_eq!((relayed.frames.len(), stolen.frames.len()), (1, 0));
+        // The client's newer request through another connection moves it there; its own
+        // claim moves it anywhere, and then only a claim moves it again.
+        assert!(router.relay(client, thief, stolen.connection, RelayProof::Request(11), 2));
+        assert!(router.relay(client, gateway, relayed.connection, CLAIM, 3));
+        let later = RelayProof::Request(1000);
+        assert!(!router.relay(client, thief, stolen.connection, later, 4));
+        router.to_client(&client, &ServerFrame::Proof(None));
+        assert_eq!((relayed.frames.len(), stolen.frames.len()), (2, 0));
+    }
+
+    #[test]
+    fn a_connection_at_its_bound_or_a_full_table_makes_room_from_the_largest_holder() {
         let (router, _) = router(1);
         let gateway = key(1);
         let queue = router.attach_client(gateway);
-        for i in 0..MAX_RELAYED_PER_CONNECTION as u32 {
-            assert!(router.relay(key(10_000 + i), gateway, queue.connection, 0));
+        for i in 0..MAX_RELAYED_PER_CONNECTION as u32 + 10 {
+            assert!(router.relay(key(10_000 + i), gateway, queue.connection, CLAIM, 0));
         }
-        assert_eq!(
-            router.room_to_relay(&gateway, queue.connection, 0),
-            Err("too_many_relayed_per_connection")
-        );
-        // Moving a client to another relay frees its place on the first.
-        let other = key(2);
-        let other_queue = router.attach_client(other);
-        assert!(router.relay(key(10_000), other, other_queue.connection, 0));
-        assert_eq!(router.room_to_relay(&gateway, queue.connection, 0), Ok(()));
+        assert_eq!(router.relayed_clients(), MAX_RELAYED_PER_CONNECTION);
+        assert_eq!(router.metrics().rejected("relay_evicted"), 10);
 
-        // Fill the node's table from several connections; expired relays make room.
-        let mut connections = vec![(gateway, queue), (other, other_queue)];
+        // Connections that fill the node's table cannot keep a newcomer out: it takes the
+        // place of one relayed by the connection holding the most.
+        let mut connections = vec![(gateway, queue)];
         let mut next = 100_000u32;
         while router.relayed_clients() < MAX_RELAYED_CLIENTS {
             let through = key(next);
             let attached = router.attach_client(through);
-            for _ in 0..MAX_RELAYED_PER_CONNECTION {
+            for _ in
+                0..MAX_RELAYED_PER_CONNECTION.min(MAX_RELAYED_CLIENTS - router.relayed_clients())
+            {
                 next += 1;
-                if !router.relay(key(next), through, attached.connection, 1) {
-                    break;
-                }
+                assert!(router.relay(key(next), through, attached.connection, CLAIM, 1));
             }
             connections.push((through, attached));
         }
-        let late = key(u32::MAX);
-        let late_queue = router.attach_client(late);
-        assert_eq!(
-            router.room_to_relay(&late, late_queue.connection, 2),
-            Err("too_many_relayed_clients")
-        );
-        assert_eq!(
-            router.room_to_relay(&late, late_queue.connection, 2 + RELAY_TTL_MS),
-            Ok(()),
-            "every relay expired"
-        );
+        let newcomer = key(u32::MAX);
+        let attached = router.attach_client(newcomer);
+        for i in 0..100 {
+            assert!(router.relay(key(500_000 + i), newcomer, attached.connection, CLAIM, 2));
+        }
+        assert_eq!(router.relayed_clients(), MAX_RELAYED_CLIENTS);
+        router.to_client(&key(500_000), &ServerFrame::Proof(None));
+        assert_eq!(attached.frames.len(), 1);
+        // Unused relays expire and free their places.
+        router.clients().swept_ms = 0;
+        router.clients().sweep(2 + RELAY_TTL_MS);
         assert_eq!(router.relayed_clients(), 0);
         drop(connections);
     }
