@@ -232,7 +232,7 @@ fn a_proof_reflected_to_its_sender_is_refused() {
             // still fail, because the proof says which side made it.
             respond(&mut stream, &chain(), &victim, |_, _| Ok(()))
                 .await
-                .map(|(_, key, _)| key)
+                .map(|(_, key, _, ())| key)
         });
         // The attacker dials the victim (it can: Noise NN has no static keys), decrypts the
         // proof the listener sends first and sends it back as its own.

@@ -82,8 +82,11 @@ pub(super) fn handle<A: Application>(
                 if request.client != from.key && !relay_request(node, router, from, &request, now) {
                     return;
                 }
-                // Refusals are counted in the core's metrics.
-                let _ = node.submit(now, request);
+                // Refusals are counted in the core's metrics; a forged signature also
+                // counts against the connection.
+                if let Err(pbft_core::Error::Crypto(_)) = node.submit(now, request) {
+                    router.forged(&from.key, from.connection);
+                }
             }
             Ok(_) => metrics.reject("client_sent_consensus_message"),
             Err(_) => metrics.reject("decode"),
@@ -105,7 +108,10 @@ pub(super) fn handle<A: Application>(
                 Ok(()) => {
                     router.relay(client, from.key, from.connection, proof, now);
                 }
-                Err(_) => metrics.reject("bad_relay_signature"),
+                Err(_) => {
+                    metrics.reject("bad_relay_signature");
+                    router.forged(&from.key, from.connection);
+                }
             }
         }
         Ok(ClientFrame::Status | ClientFrame::Proof { .. }) if !queries.allow(&from.key, now) => {
@@ -151,6 +157,7 @@ fn relay_request<A: Application>(
         .and_then(|key| key.verify(&digest, &request.signature));
     if verified.is_err() {
         router.metrics().reject("bad_request_signature");
+        router.forged(&from.key, from.connection);
         return false;
     }
     router.relay(request.client, from.key, from.connection, proof, now);

@@ -60,12 +60,18 @@ pub struct Router {
     metrics: Arc<NodeMetrics>,
 }
 
+/// Forged signatures (requests, relay claims) a client connection may send before the node
+/// closes it: an honest client never sends one, and each costs the node a signature check.
+pub const MAX_FORGERIES_PER_CONNECTION: u32 = 16;
+
 /// A connected client's queue.
 #[derive(Debug)]
 struct Attached {
     /// Its connection's number.
     connection: u64,
     queue: queue::Sender,
+    /// Forged signatures it sent.
+    forgeries: u32,
     /// Clients whose replies go through this connection.
     relayed: HashSet<PublicKey>,
 }
@@ -99,6 +105,13 @@ struct Via {
     proof: RelayProof,
     /// When the relay was last used (a request, a claim, a reply), in the node's ms.
     used_ms: u64,
+}
+
+impl Via {
+    /// Whether the relay goes through connection `connection` of `through`.
+    fn is(&self, through: &PublicKey, connection: u64) -> bool {
+        self.through == *through && self.connection == connection
+    }
 }
 
 /// Connected clients' queues, and the relays.
@@ -249,6 +262,7 @@ impl Router {
         let attached = Attached {
             connection,
             queue: tx,
+            forgeries: 0,
             relayed: HashSet::new(),
         };
         if let Some(old) = clients.queues.insert(key, attached) {
@@ -309,7 +323,7 @@ impl Router {
         let mut clients = self.clients();
         clients.now_ms = clients.now_ms.max(now_ms);
         match clients.via.get_mut(client) {
-            Some(via) if via.through == *through && via.connection == connection => {
+            Some(via) if via.is(through, connection) => {
                 via.used_ms = now_ms;
                 true
             }
@@ -344,10 +358,7 @@ impl Router {
             return Err("relay_connection_closed");
         }
         match clients.via.get(client) {
-            Some(via)
-                if !(via.through == *through && via.connection == connection)
-                    && !proof.displaces(via.proof) =>
-            {
+            Some(via) if !via.is(through, connection) && !proof.displaces(via.proof) => {
                 Err("relay_held_elsewhere")
             }
             _ => Ok(()),
@@ -371,12 +382,10 @@ impl Router {
             return false;
         }
         let proof = match clients.via.get(&client) {
-            Some(held) if held.through == through && held.connection == connection => {
-                match proof.displaces(held.proof) {
-                    true => proof,
-                    false => held.proof,
-                }
-            }
+            Some(held) if held.is(&through, connection) => match proof.displaces(held.proof) {
+                true => proof,
+                false => held.proof,
+            },
             _ => proof,
         };
         clients.now_ms = clients.now_ms.max(now_ms);
@@ -412,6 +421,20 @@ impl Router {
             && attached.queue.try_send(frame.encode()).is_err()
         {
             self.metrics.reject("client_queue_full");
+        }
+    }
+
+    /// Counts a forged signature from connection `connection` of `key`; at
+    /// [`MAX_FORGERIES_PER_CONNECTION`] its queue closes, which ends the connection (counted
+    /// as `forging_connection_closed`).
+    pub(crate) fn forged(&self, key: &PublicKey, connection: u64) {
+        let mut clients = self.clients();
+        if let Some(attached) = clients.attached(key, connection) {
+            attached.forgeries += 1;
+            if attached.forgeries == MAX_FORGERIES_PER_CONNECTION {
+                attached.queue.close();
+                self.metrics.reject("forging_connection_closed");
+            }
         }
     }
 
@@ -554,6 +577,23 @@ mod tests {
         // A newer connection of the same key does not inherit the old one's relays.
         let again = router.attach_client(gateway);
         assert!(!router.relays(&key(1000), &gateway, again.connection, 20));
+    }
+
+    #[test]
+    fn a_connection_that_keeps_forging_signatures_is_closed() {
+        let (router, _) = router(1);
+        let forger = key(1);
+        let queue = router.attach_client(forger);
+        for _ in 0..MAX_FORGERIES_PER_CONNECTION - 1 {
+            router.forged(&forger, queue.connection);
+        }
+        assert!(!queue.frames.is_closed());
+        router.forged(&forger, queue.connection);
+        assert!(
+            queue.frames.is_closed(),
+            "its writer ends, and the connection with it"
+        );
+        assert_eq!(router.metrics().rejected("forging_connection_closed"), 1);
     }
 
     #[test]
