@@ -6,9 +6,10 @@
 //! full: back-pressure on that one stream. Both queues are bounded in frames and in bytes,
 //! and their senders wait in turn (a semaphore's FIFO order), so one flooding connection
 //! gets its turn like every other. The node's thread takes validators' inputs first, and a
-//! client's after every [`PEERS_PER_CLIENT`] of theirs: a client flood delays a consensus
-//! message by at most one client input and a flush, never by a queue of them, and a
-//! Byzantine validator's flood cannot shut clients out either. It does everything CPU-heavy (signature checks,
+//! client's after every [`PEERS_PER_CLIENT`] of theirs: however many client inputs wait, a
+//! validator's is handled after at most one of them, and its votes leave with the round's
+//! flush (a round is at most 1,024 inputs); a Byzantine validator's flood cannot shut
+//! clients out either. It does everything CPU-heavy (signature checks,
 //! execution, fsync) so I/O tasks never wait on it; what it sends goes out through the
 //! [`router`]'s queues, and what clients ask is answered by the [`client_protocol`].
 
@@ -181,7 +182,7 @@ impl Inputs {
     /// The next input from either queue, validators' first; waits up to `wait` (forever
     /// with `None`).
     fn wait(&self, wait: Option<Duration>) -> Result<Input, RecvTimeoutError> {
-        if let Some(input) = self.next(true) {
+        if let Some(input) = self.next() {
             return Ok(input);
         }
         let selector = flume::Selector::new()
@@ -199,10 +200,10 @@ impl Inputs {
             .map_err(|_| RecvTimeoutError::Disconnected)
     }
 
-    /// A validator's input if one waits, else a client's if `clients` allows one; a
-    /// client's first after [`PEERS_PER_CLIENT`] validators' in a row.
-    fn next(&self, clients: bool) -> Option<Input> {
-        let client_first = clients && self.peers_in_a_row.get() >= PEERS_PER_CLIENT;
+    /// A validator's input if one waits, else a client's; a client's first after
+    /// [`PEERS_PER_CLIENT`] validators' in a row.
+    fn next(&self) -> Option<Input> {
+        let client_first = self.peers_in_a_row.get() >= PEERS_PER_CLIENT;
         if client_first && let Ok(queued) = self.clients.try_recv() {
             self.peers_in_a_row.set(0);
             return Some(queued.input);
@@ -212,10 +213,7 @@ impl Inputs {
             return Some(queued.input);
         }
         self.peers_in_a_row.set(0);
-        match clients {
-            true => self.clients.try_recv().ok().map(|queued| queued.input),
-            false => None,
-        }
+        self.clients.try_recv().ok().map(|queued| queued.input)
     }
 }
 
@@ -249,7 +247,7 @@ pub(crate) struct DetachedInputs(Inputs);
 #[cfg(test)]
 impl DetachedInputs {
     pub(crate) fn try_recv(&self) -> Option<Input> {
-        self.0.next(true)
+        self.0.next()
     }
 }
 
@@ -257,9 +255,6 @@ impl DetachedInputs {
 const METRICS_EVERY: Duration = Duration::from_millis(100);
 /// Inputs taken in one round before the node flushes (and syncs) once for all of them.
 const ROUND: usize = 1024;
-/// Clients' inputs taken in one round, at most: the rest wait for the next round, so the
-/// node flushes what validators are owed at least this often.
-const CLIENT_ROUND: usize = 256;
 
 /// Starts `node` on its own thread. The thread ends on [`Driver::shutdown`], when every
 /// [`Driver`] is dropped, or when the node fails (then a node must not go on signing).
@@ -317,7 +312,6 @@ fn run<A: Application>(
             wait = Some(wait.map_or(METRICS_EVERY, |wait| wait.min(METRICS_EVERY)));
         }
         let mut stop = false;
-        let mut clients = 0;
         let mut next = match inputs.wait(wait) {
             Ok(input) => Some(input),
             Err(RecvTimeoutError::Timeout) => None,
@@ -329,14 +323,11 @@ fn run<A: Application>(
         for _ in 0..ROUND {
             let Some(input) = next.take() else { break };
             stale = true;
-            if matches!(input, Input::Client { .. }) {
-                clients += 1;
-            }
             stop |= handle(&mut node, router, &mut queries, input, now());
             if stop {
                 break;
             }
-            next = inputs.next(clients < CLIENT_ROUND);
+            next = inputs.next();
         }
         let time = now();
         if node.poll_timeout().is_some_and(|at| at <= time) {
