@@ -12,7 +12,7 @@ use std::collections::HashMap;
 
 use pbft_core::{Message, PublicKey, Request};
 
-use super::router::{RelayProof, Router};
+use super::router::{RelayProof, RelayRefusal, Router};
 use crate::application::Application;
 use crate::node::Node;
 use crate::wire::{ClientFrame, ServerFrame, relay_digest};
@@ -75,6 +75,11 @@ pub(super) fn handle<A: Application>(
     now: u64,
 ) {
     let metrics = router.metrics();
+    if router.is_forging(&from.key, from.connection) {
+        // What a connection closed for forging had queued is not worth a signature check.
+        metrics.reject("from_forging_connection");
+        return;
+    }
     let max_message = node.max_message_bytes();
     match ClientFrame::decode(bytes) {
         Ok(ClientFrame::Message(bytes)) => match Message::decode(&bytes, max_message) {
@@ -96,8 +101,8 @@ pub(super) fn handle<A: Application>(
                 return;
             }
             let proof = RelayProof::Claim;
-            if let Err(reason) = router.may_relay(&client, &from.key, from.connection, proof) {
-                metrics.reject(reason);
+            if let Err(refusal) = router.may_relay(&client, &from.key, from.connection, proof) {
+                metrics.reject(refusal.reason());
                 return;
             }
             let digest = relay_digest(&node.chain(), &from.key);
@@ -142,13 +147,17 @@ fn relay_request<A: Application>(
         return true;
     }
     let proof = RelayProof::Request(request.client_seq);
-    if router
-        .may_relay(&request.client, &from.key, from.connection, proof)
-        .is_err()
-    {
+    match router.may_relay(&request.client, &from.key, from.connection, proof) {
+        Ok(()) => {}
         // Another connection relays this client on a stronger proof: the request still
         // goes to consensus (the core checks its signature), its replies go the other way.
-        return true;
+        Err(RelayRefusal::HeldElsewhere) => return true,
+        // Queued before its connection ended (or was closed for forging): nothing could
+        // carry its reply, and the client retransmits through its new connection.
+        Err(refusal @ RelayRefusal::Closed) => {
+            router.metrics().reject(refusal.reason());
+            return false;
+        }
     }
     let digest = request.digest(&node.chain());
     let verified = request

@@ -97,6 +97,25 @@ impl RelayProof {
     }
 }
 
+/// Why a relay was not taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RelayRefusal {
+    /// The connection ended (the proof was queued before it did).
+    Closed,
+    /// Another connection relays the client on a proof this one does not displace.
+    HeldElsewhere,
+}
+
+impl RelayRefusal {
+    /// The label the refusal is counted under.
+    pub(crate) fn reason(self) -> &'static str {
+        match self {
+            RelayRefusal::Closed => "relay_connection_closed",
+            RelayRefusal::HeldElsewhere => "relay_held_elsewhere",
+        }
+    }
+}
+
 /// Which connection carries a relayed client's replies.
 #[derive(Clone, Copy, Debug)]
 struct Via {
@@ -341,7 +360,7 @@ impl Router {
         through: &PublicKey,
         connection: u64,
         proof: RelayProof,
-    ) -> Result<(), &'static str> {
+    ) -> Result<(), RelayRefusal> {
         let mut clients = self.clients();
         Self::check(&mut clients, client, through, connection, proof)
     }
@@ -352,14 +371,14 @@ impl Router {
         through: &PublicKey,
         connection: u64,
         proof: RelayProof,
-    ) -> Result<(), &'static str> {
+    ) -> Result<(), RelayRefusal> {
         if clients.attached(through, connection).is_none() {
             // The claim was queued before its connection ended: nothing to route through.
-            return Err("relay_connection_closed");
+            return Err(RelayRefusal::Closed);
         }
         match clients.via.get(client) {
             Some(via) if !via.is(through, connection) && !proof.displaces(via.proof) => {
-                Err("relay_held_elsewhere")
+                Err(RelayRefusal::HeldElsewhere)
             }
             _ => Ok(()),
         }
@@ -377,8 +396,8 @@ impl Router {
         now_ms: u64,
     ) -> bool {
         let mut clients = self.clients();
-        if let Err(reason) = Self::check(&mut clients, &client, &through, connection, proof) {
-            self.metrics.reject(reason);
+        if let Err(refusal) = Self::check(&mut clients, &client, &through, connection, proof) {
+            self.metrics.reject(refusal.reason());
             return false;
         }
         let proof = match clients.via.get(&client) {
@@ -436,6 +455,13 @@ impl Router {
                 self.metrics.reject("forging_connection_closed");
             }
         }
+    }
+
+    /// Whether connection `connection` of `key` is being closed for forging signatures.
+    pub(crate) fn is_forging(&self, key: &PublicKey, connection: u64) -> bool {
+        self.clients()
+            .attached(key, connection)
+            .is_some_and(|attached| attached.forgeries >= MAX_FORGERIES_PER_CONNECTION)
     }
 
     /// Clients whose replies go through another connection, now.
@@ -614,7 +640,7 @@ mod tests {
             let proof = RelayProof::Request(seq);
             assert_eq!(
                 router.may_relay(&client, &thief, stolen.connection, proof),
-                Err("relay_held_elsewhere")
+                Err(RelayRefusal::HeldElsewhere)
             );
             assert!(!router.relay(client, thief, stolen.connection, proof, 1));
         }
