@@ -24,6 +24,13 @@ mod common;
 use common::{Cluster, VALIDATORS, get, put};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
+/// How long one of the soak's writes may take: under every flood at once on two cores a
+/// write takes seconds; what the soak checks is that none is lost.
+const SOAK_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The tests of this file run one at a time: each is a cluster under load, and the relay
+/// test compares latencies, which another cluster on the same cores would skew.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// Most resident memory a node may reach during the soak, in MiB: its bounded queues and
 /// tables at their limits are far below it (see the README's figures), so a node above it
 /// grows with what strangers send.
@@ -51,13 +58,21 @@ impl Flood {
     }
 
     /// Stops every task; what each returned, in order.
-    async fn stop(self) -> Vec<u64> {
+    async fn stop(mut self) -> Vec<u64> {
         self.running.store(false, Ordering::Relaxed);
         let mut results = Vec::new();
-        for task in self.tasks {
+        for task in std::mem::take(&mut self.tasks) {
             results.push(task.await.unwrap());
         }
         results
+    }
+}
+
+impl Drop for Flood {
+    /// A test that fails mid-flood stops its floods too (a blocking one would otherwise
+    /// keep the runtime, and the test binary, from ending).
+    fn drop(&mut self) {
+        self.running.store(false, Ordering::Relaxed);
     }
 }
 
@@ -215,6 +230,7 @@ async fn write_for(
     client: &mut ClusterClient,
     prefix: &str,
     duration: Duration,
+    timeout: Duration,
 ) -> (Vec<(String, String)>, Vec<Duration>) {
     let (mut acknowledged, mut latencies) = (Vec::new(), Vec::new());
     let started = Instant::now();
@@ -222,7 +238,7 @@ async fn write_for(
         let (key, value) = (format!("{prefix}{}", acknowledged.len()), "v".to_string());
         let sent = Instant::now();
         let (outcome, _) = client
-            .execute(put(&key, &value), TIMEOUT)
+            .execute(put(&key, &value), timeout)
             .await
             .unwrap_or_else(|err| panic!("{key}: {err}"));
         latencies.push(sent.elapsed());
@@ -255,12 +271,13 @@ over_both_transports! {
 /// timeouts fired stay within 20 % of the quiet run's (and a millisecond, for p99s of a
 /// few milliseconds on a loopback).
 async fn a_relay_claim_flood_does_not_slow_consensus(transport: Transport) {
+    let _serial = SERIAL.lock().await;
     let cluster = Arc::new(Cluster::start("relay-flood", transport));
     let mut writer = cluster.client(60);
     writer.execute(put("warm", "up"), TIMEOUT).await.unwrap();
     let phase = Duration::from_secs(10);
     let timeouts_before = timeouts_fired(&cluster);
-    let (_, quiet) = write_for(&mut writer, "quiet", phase).await;
+    let (_, quiet) = write_for(&mut writer, "quiet", phase, TIMEOUT).await;
     let quiet_timeouts = timeouts_fired(&cluster) - timeouts_before;
     let mut flood = Flood::new();
     flood.spawn(|running| {
@@ -269,7 +286,7 @@ async fn a_relay_claim_flood_does_not_slow_consensus(transport: Transport) {
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
     let timeouts_before = timeouts_fired(&cluster);
-    let (_, flooded) = write_for(&mut writer, "flooded", phase).await;
+    let (_, flooded) = write_for(&mut writer, "flooded", phase, TIMEOUT).await;
     let flooded_timeouts = timeouts_fired(&cluster) - timeouts_before;
     let claims = flood.stop().await[0];
     let (p99_quiet, p99_flooded) = (percentile(&quiet, 0.99), percentile(&flooded, 0.99));
@@ -302,6 +319,7 @@ over_both_transports! {
 }
 
 async fn a_soak_under_every_flood_at_once_loses_nothing_and_stays_bounded(transport: Transport) {
+    let _serial = SERIAL.lock().await;
     let seconds: u64 = std::env::var("PBFT_SOAK_SECS")
         .ok()
         .and_then(|text| text.parse().ok())
@@ -356,8 +374,13 @@ async fn a_soak_under_every_flood_at_once_loses_nothing_and_stays_bounded(transp
             }
         }
     });
-    let (acknowledged, latencies) =
-        write_for(&mut writer, "soak", Duration::from_secs(seconds)).await;
+    let (acknowledged, latencies) = write_for(
+        &mut writer,
+        "soak",
+        Duration::from_secs(seconds),
+        SOAK_TIMEOUT,
+    )
+    .await;
     let results = flood.stop().await;
     assert!(
         !sampling.is_finished(),
@@ -405,7 +428,7 @@ async fn a_soak_under_every_flood_at_once_loses_nothing_and_stays_bounded(transp
     );
     // Nothing acknowledged is lost, and the writer was never refused.
     for (key, value) in &acknowledged {
-        let (outcome, _) = writer.execute(get(key), TIMEOUT).await.unwrap();
+        let (outcome, _) = writer.execute(get(key), SOAK_TIMEOUT).await.unwrap();
         assert_eq!(
             OpResult::decode(&outcome.result),
             Some(OpResult::Value(Some(value.as_bytes().to_vec()))),
