@@ -492,7 +492,13 @@ async fn bad_input_at_every_port_is_refused_and_counted(transport: Transport) {
     assert!(rejected("oversized_frame") >= 2);
     assert!(rejected("truncated_frame") >= 1);
     assert!(rejected("bad_client_frame") >= 1);
-    assert_eq!(rejected("bad_relay_signature"), 1);
+    // The forged claim is refused either way: its signature fails, or (when the garbage
+    // after it closed the connection before the node took it) it names a connection that
+    // is gone, and no signature is checked for it.
+    assert_eq!(
+        rejected("bad_relay_signature") + rejected("relay_connection_closed"),
+        1
+    );
     let rss_after = rss_kib(cluster.children[0].as_ref().unwrap());
     assert!(
         rss_after < rss_before + 64 * 1024,
