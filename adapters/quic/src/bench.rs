@@ -204,8 +204,18 @@ pub async fn run(network: &Network, options: &BenchOptions) -> Result<BenchRepor
         .unwrap_or(25_000 * options.duration.as_secs().max(1));
     let per_client = (planned as usize).div_ceil(options.concurrency.max(1));
     let signing = Instant::now();
+    if options.progress {
+        // Signing takes seconds before anything else shows: say so, on the progress line.
+        eprint!(
+            "  signing {} requests before the clock starts...",
+            per_client * options.concurrency.max(1)
+        );
+    }
     let relay = Keypair::from_seed(&random_seed().unwrap_or([2; 32]));
     let mut loops = presign(network, options, per_client, &relay.public_key());
+    if options.progress {
+        eprint!("\r{:60}\r", "");
+    }
     let presigned = ((per_client * loops.len()) as u64, signing.elapsed());
     let by_key: HashMap<PublicKey, usize> = loops
         .iter()
