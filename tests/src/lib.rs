@@ -8,24 +8,29 @@
 //!
 //! - [`Rng`]: the seeded random numbers every draw comes from.
 //! - [`Scenario`]: what a seed puts the cluster through ([`Kind`], [`Fault`], partitions and
-//!   restarts).
+//!   restarts): scripted faults ([`Scenario::for_seed`]), Twins ([`Scenario::twins`]) and
+//!   generated adversaries ([`Scenario::generated`]).
 //! - [`Simulation`]: the event loop, the network and the simulated hosts; its private modules
 //!   hold the Byzantine behaviours and the invariant checks.
 //! - [`Report`]: what a run found, with the digest of its trace.
 //! - [`cluster`]: a fault-free in-memory cluster for benchmarks and scenario tests.
 
 pub mod cluster;
+mod generated;
 mod report;
 mod rng;
 mod scenario;
 mod simulation;
+mod twins;
 
+pub use generated::{ACTIONS, Action, Policy};
 /// The chain id and validator keys of every simulation: the shared test fixtures'.
 pub use pbft_core::testing::{chain, validator_keys};
 pub use report::Report;
 pub use rng::Rng;
-pub use scenario::{BACKUP_FAULTS, Fault, KINDS, Kind, Partition, Restart, Scenario};
+pub use scenario::{BACKUP_FAULTS, Fault, KINDS, Kind, Partition, Restart, Scenario, Twins};
 pub use simulation::Simulation;
+pub use twins::{SCENARIOS_N4, VIEWS, twins_replay_command};
 
 /// Runs `seed` twice and reports a violation if the two runs differ in any output.
 pub fn run_checked(seed: u64, scenario: &Scenario) -> Report {

@@ -1,5 +1,5 @@
 //! Runs many simulator seeds and prints a summary per scenario kind; replays one seed with
-//! `--seed`.
+//! `--seed`. `--twins N` runs Twins scenarios instead, `--generated N` generated adversaries.
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Parser;
-use pbft_sim::{Report, Scenario, replay_command, run_checked};
+use pbft_sim::{Report, Scenario, Simulation, replay_command, run_checked, twins_replay_command};
 
 /// Runs simulator seeds (each twice, checking every invariant) and prints a summary per
 /// scenario kind; a failing seed prints the command that replays it.
@@ -26,14 +26,78 @@ struct Args {
     /// Runs this one seed only (`--first SEED --seeds 1`).
     #[arg(long, value_name = "SEED", conflicts_with_all = ["first", "seeds"])]
     seed: Option<u64>,
+    /// Runs COUNT Twins scenarios from `--first` (each once): f validators run as two honest
+    /// replicas sharing a key, the network cut per view. At n = 4 scenario numbers enumerate
+    /// every twinned validator and every cut of the first 4 views (262,144 in all).
+    #[arg(long, value_name = "COUNT", conflicts_with_all = ["seeds", "seed", "generated"])]
+    twins: Option<u64>,
+    /// Runs COUNT generated-adversary scenarios from `--first` (each twice): f validators
+    /// mutate their honest core's outputs by a seeded policy while any subset of the others,
+    /// all of them included, crashes and restarts.
+    #[arg(long, value_name = "COUNT", conflicts_with_all = ["seeds", "seed"])]
+    generated: Option<u64>,
+}
+
+/// Which scenarios a run draws.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Scripted,
+    Twins,
+    Generated,
 }
 
 impl Args {
-    /// The seeds to run.
-    fn range(&self) -> std::ops::Range<u64> {
-        match self.seed {
-            Some(seed) => seed..seed + 1,
-            None => self.first..self.first + self.seeds,
+    /// What to run and which numbers.
+    fn plan(&self) -> (Mode, std::ops::Range<u64>) {
+        match (self.twins, self.generated, self.seed) {
+            (Some(count), _, _) => (Mode::Twins, self.first..self.first + count),
+            (_, Some(count), _) => (Mode::Generated, self.first..self.first + count),
+            (_, _, Some(seed)) => (Mode::Scripted, seed..seed + 1),
+            _ => (Mode::Scripted, self.first..self.first + self.seeds),
+        }
+    }
+}
+
+impl Mode {
+    /// Scenario `number` of this mode, and what it found.
+    fn run(self, number: u64, validators: usize) -> (Scenario, Report) {
+        match self {
+            Mode::Scripted => {
+                let scenario = Scenario::for_seed(number, validators);
+                let report = run_checked(number, &scenario);
+                (scenario, report)
+            }
+            Mode::Generated => {
+                let scenario = Scenario::generated(number, validators);
+                let report = run_checked(number, &scenario);
+                (scenario, report)
+            }
+            // Twins runs are many: once each (the scripted and generated runs check
+            // determinism).
+            Mode::Twins => {
+                let scenario = Scenario::twins(number, validators);
+                let report = Simulation::new(number, scenario.clone()).run();
+                (scenario, report)
+            }
+        }
+    }
+
+    /// The command that replays scenario `number`.
+    fn replay(self, number: u64, validators: usize) -> String {
+        match self {
+            Mode::Scripted => replay_command(number, validators),
+            Mode::Twins => twins_replay_command(number, validators),
+            Mode::Generated => format!(
+                "cargo run --release -p pbft-sim -- --validators {validators} --generated 1 --first {number}"
+            ),
+        }
+    }
+
+    /// What one unit of this mode is called in the summary.
+    fn unit(self) -> &'static str {
+        match self {
+            Mode::Scripted => "seeds",
+            Mode::Twins | Mode::Generated => "scenarios",
         }
     }
 }
@@ -65,15 +129,15 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let seeds = args.range();
+    let (mode, seeds) = args.plan();
+    let unit = mode.unit();
     let count = seeds.end - seeds.start;
     let started = Instant::now();
     let mut tallies: BTreeMap<String, Tally> = BTreeMap::new();
     let (mut completed, mut failed, mut evidence, mut virtual_ms) = (0u64, 0u64, 0u64, 0u64);
     let mut transfers = 0u64;
     for seed in seeds.clone() {
-        let scenario = Scenario::for_seed(seed, args.validators);
-        let report: Report = run_checked(seed, &scenario);
+        let (scenario, report) = mode.run(seed, args.validators);
         let tally = tallies.entry(format!("{:?}", scenario.kind)).or_default();
         tally.seeds += 1;
         tally.requests += report.requests_completed;
@@ -91,11 +155,11 @@ fn main() -> ExitCode {
             for violation in &report.violations {
                 eprintln!("  {violation}");
             }
-            eprintln!("  replay: {}", replay_command(seed, args.validators));
+            eprintln!("  replay: {}", mode.replay(seed, args.validators));
         }
         let done = seed - seeds.start + 1;
         let progress =
-            format!("{done}/{count} seeds, {completed} requests committed, {failed} failed");
+            format!("{done}/{count} {unit}, {completed} requests committed, {failed} failed");
         if std::io::stderr().is_terminal() {
             eprint!("\r{progress}");
             let _ = std::io::stderr().flush();
@@ -107,7 +171,7 @@ fn main() -> ExitCode {
     eprintln!();
     println!(
         "{:<24} {:>6} {:>7} {:>9} {:>13} {:>9}   primary crash -> first commit in a new view",
-        "scenario", "seeds", "failed", "requests", "views changed", "restarts"
+        "scenario", unit, "failed", "requests", "views changed", "restarts"
     );
     for (kind, tally) in &mut tallies {
         tally.recoveries.sort_unstable();
@@ -128,12 +192,16 @@ fn main() -> ExitCode {
         );
     }
     println!(
-        "validators={} seeds={count} failed={failed} requests_committed={completed} evidence={evidence} state_transfers={transfers}",
+        "validators={} {unit}={count} failed={failed} requests_committed={completed} evidence={evidence} state_transfers={transfers}",
         args.validators
     );
+    let runs = match mode {
+        Mode::Twins => "one run",
+        Mode::Scripted | Mode::Generated => "two runs",
+    };
     println!(
-        "{:.1} s of wall-clock time for two runs of each seed, {:.1} s of virtual time",
-        secs,
+        "{secs:.1} s of wall-clock time for {runs} of each ({:.0} {unit}/s), {:.1} s of virtual time",
+        count as f64 / secs.max(1e-9),
         virtual_ms as f64 / 1000.0
     );
     if failed == 0 {

@@ -39,6 +39,14 @@ pub enum Fault {
     /// recombined, under its own valid signature) at seqs that already committed: at or
     /// below its peers' stable checkpoints, and at the seqs of the new view it sent.
     ReproposeCommitted,
+    /// Runs as two honest replicas sharing this validator's key (Twins, Bano et al. 2020): the
+    /// second instance is placed by the run's [`Twins`] plan, so equivocation, double votes and
+    /// forgotten state come from real protocol code.
+    Twin,
+    /// Runs an honest core whose every output is mutated by a seeded policy
+    /// ([`crate::Policy`]): dropped, delayed, duplicated, sent to some, re-signed with changed
+    /// fields, replayed from its history or re-proposed at any seq.
+    Generated(crate::Policy),
 }
 
 /// The faults a backup may draw.
@@ -81,6 +89,12 @@ pub enum Kind {
     /// f + 1 honest validators crash and restart while the primary re-proposes committed seqs
     /// with other batches (`Fault::ReproposeCommitted`).
     RestartUnderReproposals,
+    /// f validators run as twins and the network is cut per view by a [`Twins`] plan
+    /// ([`Scenario::twins`]).
+    Twins,
+    /// f validators are generated adversaries ([`Fault::Generated`]) while any subset of the
+    /// honest ones, the whole cluster included, crashes and restarts ([`Scenario::generated`]).
+    Generated,
 }
 
 /// Every kind, in the order seeds cycle through them.
@@ -153,6 +167,24 @@ pub struct Scenario {
     pub window: u64,
     /// Checkpoint interval.
     pub checkpoint_interval: u64,
+    /// Twins' instances and the cuts per view, for [`Kind::Twins`].
+    pub twins: Option<Twins>,
+}
+
+/// Where the replicas of a Twins run stand in each view (Bano et al. 2020, section 4).
+///
+/// Instances are the validators in id order, then the second replica of each twinned
+/// validator in the order of `twinned`. While the sender of a message is in view `v <
+/// views.len()` and before `heal_ms`, the message crosses only between instances on the same
+/// side of `views[v]`; afterwards nothing is cut, so liveness can be checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Twins {
+    /// The validators (ids) that run as two replicas each.
+    pub twinned: Vec<usize>,
+    /// For each of the first views, the side (0 or 1) of every instance.
+    pub views: Vec<Vec<u8>>,
+    /// When every cut heals, virtual ms.
+    pub heal_ms: u64,
 }
 
 impl Scenario {
@@ -166,6 +198,11 @@ impl Scenario {
     /// duplication and reordering, sometimes a partition that heals, and small batches,
     /// windows and checkpoint intervals so pipelining, buffering and garbage collection happen.
     pub fn new(kind: Kind, seed: u64, validators: usize) -> Self {
+        match kind {
+            Kind::Twins => return Self::twins(seed, validators),
+            Kind::Generated => return Self::generated(seed, validators),
+            _ => {}
+        }
         let mut rng = Rng::new(seed ^ 0x5ce7_a710);
         let f = (validators - 1) / 3;
         let mut faults = BTreeMap::new();
@@ -185,7 +222,7 @@ impl Scenario {
                 }
                 Some(Fault::CrashAt(rng.range(20, 300)))
             }
-            Kind::CrashRestart | Kind::WholeCluster => None,
+            Kind::CrashRestart | Kind::WholeCluster | Kind::Twins | Kind::Generated => None,
             Kind::RestartUnderReproposals => Some(Fault::ReproposeCommitted),
         };
         if let Some(fault) = primary_fault {
@@ -311,6 +348,7 @@ impl Scenario {
             max_batch_ops,
             window,
             checkpoint_interval: rng.range(1, window),
+            twins: None,
         }
     }
 }

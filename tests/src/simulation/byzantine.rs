@@ -3,9 +3,7 @@
 //! run's random numbers in the order it sends, interleaved with the network's draws for the
 //! same messages.
 
-use pbft_core::{
-    Batch, Hasher, Keypair, Message, NewView, PublicKey, Request, Signature, ViewChange, Vote,
-};
+use pbft_core::{Batch, Hasher, Keypair, Message, NewView, Request, Signature, ViewChange, Vote};
 
 use super::{NodeId, Simulation};
 use crate::{Fault, chain};
@@ -27,6 +25,9 @@ impl Simulation {
         if keeps && node.seen.len() < 256 {
             node.seen.push(bytes.to_vec());
         }
+        if matches!(node.fault, Some(Fault::Generated(_))) {
+            self.remember(to, bytes);
+        }
         true
     }
 
@@ -38,10 +39,11 @@ impl Simulation {
         targets: Vec<NodeId>,
         bytes: Vec<u8>,
     ) {
-        let from = self.keys[index];
+        let from = index;
         match fault {
             // Silent sends nothing; the others send honestly and never come here.
-            Fault::Silent | Fault::CrashAt(_) | Fault::Censor => {}
+            Fault::Silent | Fault::CrashAt(_) | Fault::Censor | Fault::Twin => {}
+            Fault::Generated(policy) => self.generated(index, policy, targets, bytes),
             Fault::InvalidBatch => {
                 let bytes = match Message::decode(&bytes, usize::MAX) {
                     Ok(Message::PrePrepare(mut pre_prepare)) => {
@@ -185,7 +187,7 @@ impl Simulation {
             &keypair,
         );
         let bytes = Message::PrePrepare(pbft_core::PrePrepare { vote, batch }).encode();
-        let from = self.keys[index];
+        let from = index;
         for target in (0..self.validators.len()).filter(|&i| i != index) {
             self.send(target, from, bytes.clone());
         }
@@ -196,7 +198,7 @@ impl Simulation {
     /// old view changes and new views replayed. All signed with its own key, as a real
     /// Byzantine validator could.
     fn forge_view_change(&mut self, index: NodeId, targets: &[NodeId], bytes: Vec<u8>) {
-        let from = self.keys[index];
+        let from = index;
         let keypair = Keypair::from_seed(&self.validators[index].keypair.seed());
         let id = pbft_core::ReplicaId(index as u16);
         let forged = match Message::decode(&bytes, usize::MAX) {
@@ -257,13 +259,7 @@ impl Simulation {
 
     /// Equivocation on the wire: odd targets get `other`, even ones `bytes`, and the first
     /// target gets both, so someone holds the evidence.
-    fn split_send(
-        &mut self,
-        targets: &[NodeId],
-        from: PublicKey,
-        bytes: &[u8],
-        other: Option<&[u8]>,
-    ) {
+    fn split_send(&mut self, targets: &[NodeId], from: NodeId, bytes: &[u8], other: Option<&[u8]>) {
         for (position, &target) in targets.iter().enumerate() {
             match other {
                 Some(other) if position % 2 == 1 => self.send(target, from, other.to_vec()),

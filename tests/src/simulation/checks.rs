@@ -138,8 +138,9 @@ impl Simulation {
 
     /// The no-double-signing invariant, across restarts: an honest validator never signs
     /// two digests for one (phase, view, seq).
+    /// A twin is held to it too, on its own: each of the two replicas sharing a key is honest.
     pub(super) fn check_signed(&mut self, index: NodeId, vote: &Vote) {
-        if self.validators[index].fault.is_some() || vote.replica.0 as usize != index {
+        if !self.runs_honest_code(index) || vote.replica.0 as usize != self.validators[index].id {
             return;
         }
         let key = (index, vote.phase, vote.view, vote.seq);

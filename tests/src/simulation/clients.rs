@@ -28,9 +28,13 @@ impl Simulation {
         let request = client.client.request(now, op);
         client.outstanding = Some(request.clone());
         self.submitted.insert(request.digest(&chain()));
-        let from = request.client;
+        let from = self.validators.len() + index;
         let primary = client.client.primary().0 as usize;
-        self.send(primary, from, Message::Request(request).encode());
+        let bytes = Message::Request(request).encode();
+        let replicas: Vec<usize> = self.instances_of(primary).collect();
+        for replica in replicas {
+            self.send(replica, from, bytes.clone());
+        }
         self.schedule_client_timer(index);
     }
 
@@ -56,8 +60,9 @@ impl Simulation {
         }
         if let Some(request) = self.clients[index].client.handle_timeout(self.now) {
             let bytes = Message::Request(request.clone()).encode();
-            for validator in 0..self.validators.len() {
-                self.send(validator, request.client, bytes.clone());
+            let from = self.validators.len() + index;
+            for replica in 0..self.validators.len() {
+                self.send(replica, from, bytes.clone());
             }
         }
         self.schedule_client_timer(index);

@@ -3,7 +3,8 @@
 //! Its parts, one job each: [`network`] carries messages (loss, duplication, delay,
 //! partitions) and routes what validators send; [`validator`] is the host of each simulated
 //! validator (its application, store, crashes and restarts); [`clients`] are the closed-loop
-//! clients; [`byzantine`] corrupts what faulty validators send; [`checks`] holds the
+//! clients; [`byzantine`] corrupts what faulty validators send as scripted, [`generated`] as a
+//! seeded policy draws; [`checks`] holds the
 //! invariants checked after every step and at the end.
 //!
 //! Every random draw comes from one [`Rng`] in the order the events happen, so moving code
@@ -20,6 +21,7 @@ use crate::{Fault, Rng, Scenario, chain, validator_keys};
 mod byzantine;
 mod checks;
 mod clients;
+mod generated;
 mod network;
 mod validator;
 
@@ -27,7 +29,8 @@ use checks::Committed;
 use clients::SimClient;
 use validator::Validator;
 
-/// A node id in the simulation: validators first, then clients.
+/// A node in the simulation: the validators' replicas first (each validator in id order, then
+/// the second replica of each twinned validator), then the clients.
 type NodeId = usize;
 
 /// Something that happens at a point of virtual time.
@@ -48,6 +51,12 @@ enum Event {
     CrashNow { node: NodeId },
     /// A crashed validator restarts from its records and store.
     Restart { node: NodeId },
+    /// A message a generated adversary held back goes on the network now.
+    Send {
+        to: NodeId,
+        from: NodeId,
+        bytes: Vec<u8>,
+    },
 }
 
 /// The simulation: nodes, network and checker.
@@ -106,14 +115,19 @@ impl Simulation {
         config.retained_batches = scenario.window as usize;
         config.snapshot_chunk_bytes = 64;
         let replica_config = config.clone();
-        let validators = keypairs
-            .into_iter()
-            .enumerate()
-            .map(|(index, keypair)| {
+        // Each validator, then the second replica of each twin: the same key, its own state.
+        let twinned = scenario
+            .twins
+            .iter()
+            .flat_map(|twins| twins.twinned.clone());
+        let validators = (0..scenario.validators)
+            .chain(twinned)
+            .map(|id| {
+                let keypair = Keypair::from_seed(&keypairs[id].seed());
                 let same = Keypair::from_seed(&keypair.seed());
                 let replica =
                     Replica::new(config.clone(), set.clone(), same).expect("valid config");
-                Validator::new(replica, keypair, scenario.faults.get(&index).copied())
+                Validator::new(id, replica, keypair, scenario.faults.get(&id).copied())
             })
             .collect();
         let clients: Vec<SimClient> = (0..scenario.clients)
@@ -189,6 +203,7 @@ impl Simulation {
                     }
                 }
                 Event::Restart { node } => self.restart(node),
+                Event::Send { to, from, bytes } => self.send(to, from, bytes),
             }
             if self.settled() {
                 break;
@@ -212,6 +227,17 @@ impl Simulation {
                 node.fault.is_some()
                     || (node.replica.is_idle() && node.delivered == self.report.batches)
             })
+    }
+
+    /// The replicas that run validator `id`'s key: the validator, and its twin if it has one.
+    fn instances_of(&self, id: usize) -> impl Iterator<Item = NodeId> + '_ {
+        (0..self.validators.len()).filter(move |&node| self.validators[node].id == id)
+    }
+
+    /// Whether a replica runs only honest protocol code (a twin does, under a shared key), so
+    /// what it delivers and signs is held to the invariants.
+    fn runs_honest_code(&self, node: NodeId) -> bool {
+        matches!(self.validators[node].fault, None | Some(Fault::Twin))
     }
 
     /// Whether a validator is crashed (waiting to restart, or stopped for good).

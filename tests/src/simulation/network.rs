@@ -8,13 +8,10 @@ use super::{Event, NodeId, Simulation};
 use crate::Fault;
 
 impl Simulation {
-    /// Puts one message from `from` to node `to` on the network: lost if a cut separates them
-    /// or by chance, else delivered once or twice, each copy after its own delay.
-    pub(super) fn send(&mut self, to: NodeId, from: PublicKey, bytes: Vec<u8>) {
-        let sender = self.node_of(&from);
-        if sender.is_some_and(|sender| self.cut(sender, to))
-            || self.rng.chance(self.scenario.loss_percent)
-        {
+    /// Puts one message from node `from` to node `to` on the network: lost if a cut separates
+    /// them or by chance, else delivered once or twice, each copy after its own delay.
+    pub(super) fn send(&mut self, to: NodeId, from: NodeId, bytes: Vec<u8>) {
+        if self.cut(from, to) || self.rng.chance(self.scenario.loss_percent) {
             return;
         }
         let copies = if self.rng.chance(self.scenario.duplicate_percent) {
@@ -22,6 +19,7 @@ impl Simulation {
         } else {
             1
         };
+        let key = self.key_of(from);
         for _ in 0..copies {
             let (low, high) = self.scenario.delay_ms;
             let delay = self.rng.range(low, high);
@@ -30,31 +28,48 @@ impl Simulation {
                 delay,
                 Event::Message {
                     to,
-                    from,
+                    from: key,
                     bytes: bytes.clone(),
                 },
             );
         }
     }
 
-    /// Whether a cut separates `a` from `b` now (clients are never cut off).
+    /// Whether a cut separates `a` from `b` now: a partition of the scenario's, or a Twins
+    /// cut of the sender's view.
     fn cut(&self, a: NodeId, b: NodeId) -> bool {
-        let n = self.validators.len();
-        self.scenario.partitions.iter().any(|p| {
+        let n = self.scenario.validators;
+        let partitioned = self.scenario.partitions.iter().any(|p| {
             let active = p.from <= self.now && self.now < p.until;
             let inside = |node: NodeId| node < n && p.isolated.contains(&node);
             active && inside(a) != inside(b)
-        })
+        });
+        partitioned || self.twins_cut(a, b)
     }
 
-    /// The simulation node of a key: a validator or a client.
-    fn node_of(&self, key: &PublicKey) -> Option<NodeId> {
-        self.keys.iter().position(|k| k == key).or_else(|| {
-            self.client_keys
-                .iter()
-                .position(|k| k == key)
-                .map(|client| self.validators.len() + client)
-        })
+    /// Whether the Twins plan cuts replica `a` from replica `b` now (clients are never cut):
+    /// by the sides of the view `a` is in, until the plan heals.
+    fn twins_cut(&self, a: NodeId, b: NodeId) -> bool {
+        let Some(twins) = &self.scenario.twins else {
+            return false;
+        };
+        let replicas = self.validators.len();
+        if a >= replicas || b >= replicas || self.now >= twins.heal_ms {
+            return false;
+        }
+        let view = self.validators[a].replica.view();
+        usize::try_from(view)
+            .ok()
+            .and_then(|view| twins.views.get(view))
+            .is_some_and(|sides| sides.get(a) != sides.get(b))
+    }
+
+    /// The key node `from` sends with: its validator's, or its client's.
+    fn key_of(&self, from: NodeId) -> PublicKey {
+        match self.validators.get(from) {
+            Some(node) => self.keys[node.id],
+            None => self.client_keys[from - self.validators.len()],
+        }
     }
 
     /// A message arrives at node `to`: a client, or a validator that is up (and, if faulty,
@@ -76,12 +91,13 @@ impl Simulation {
     /// Puts a validator's message on the network, corrupted if the validator is faulty
     /// ([`Simulation::misbehave`]).
     pub(super) fn route(&mut self, index: NodeId, to: Destination, bytes: Vec<u8>) {
-        let from = self.keys[index];
+        let from = index;
+        let own = self.validators[index].id;
         let targets: Vec<NodeId> = match to {
-            Destination::Validator(id) => vec![id.0 as usize],
-            Destination::AllValidators => {
-                (0..self.validators.len()).filter(|&i| i != index).collect()
-            }
+            Destination::Validator(id) => self.instances_of(id.0 as usize).collect(),
+            Destination::AllValidators => (0..self.validators.len())
+                .filter(|&i| self.validators[i].id != own)
+                .collect(),
             Destination::Client(key) => match self.client_keys.iter().position(|k| *k == key) {
                 Some(client) => vec![self.validators.len() + client],
                 None => return,
@@ -92,7 +108,7 @@ impl Simulation {
         }
         match self.validators[index].fault {
             // A crash stops it and a censor drops what it receives: what it sends is honest.
-            None | Some(Fault::CrashAt(_)) | Some(Fault::Censor) => {
+            None | Some(Fault::CrashAt(_) | Fault::Censor | Fault::Twin) => {
                 for target in targets {
                     self.send(target, from, bytes.clone());
                 }

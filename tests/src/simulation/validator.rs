@@ -15,6 +15,8 @@ use crate::report::observe;
 
 /// A simulated validator: the replica and everything its host keeps beside it.
 pub(super) struct Validator {
+    /// The validator whose key it runs (a twin shares its id with the validator).
+    pub(super) id: usize,
     pub(super) replica: Replica,
     pub(super) keypair: Keypair,
     pub(super) fault: Option<Fault>,
@@ -68,8 +70,9 @@ struct Store {
 
 impl Validator {
     /// A validator that has done nothing yet, running `replica` with `keypair`.
-    pub(super) fn new(replica: Replica, keypair: Keypair, fault: Option<Fault>) -> Self {
+    pub(super) fn new(id: usize, replica: Replica, keypair: Keypair, fault: Option<Fault>) -> Self {
         Validator {
+            id,
             replica,
             keypair,
             fault,
@@ -209,7 +212,7 @@ impl Simulation {
 
     /// Executes a delivery on a validator's application and checks the invariants.
     fn execute(&mut self, index: NodeId, delivery: Delivery) {
-        let honest = self.validators[index].fault.is_none();
+        let honest = self.runs_honest_code(index);
         let Delivery {
             seq,
             batch,
@@ -221,6 +224,8 @@ impl Simulation {
         } = delivery;
         if honest {
             self.check_delivery(index, seq, &batch, &certificate);
+        }
+        if self.validators[index].fault.is_none() {
             self.note_recovery(certificate.view);
         }
         let mut results = Vec::with_capacity(execute.len());
