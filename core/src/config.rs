@@ -230,6 +230,10 @@ pub struct Config {
     /// Largest application snapshot accepted in a state transfer (the receiver holds it in
     /// memory until it is whole). Default 256 MiB.
     pub max_snapshot_bytes: u64,
+    /// The bug planted in this replica, for the mutation test only ([`crate::mutants`]).
+    #[cfg(feature = "mutants")]
+    #[serde(skip)]
+    pub mutant: Option<crate::mutants::Mutant>,
 }
 
 impl Default for Config {
@@ -254,6 +258,8 @@ impl Default for Config {
             retained_batches: 256,
             snapshot_chunk_bytes: 256 << 10,
             max_snapshot_bytes: 256 << 20,
+            #[cfg(feature = "mutants")]
+            mutant: None,
         }
     }
 }

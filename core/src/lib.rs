@@ -85,6 +85,21 @@
 
 extern crate alloc;
 
+/// Whether `config` plants the test-only bug `$mutant` ([`mutants`]); always `false` without
+/// the `mutants` feature, so the checks compile away.
+macro_rules! planted {
+    ($config:expr, $mutant:ident) => {{
+        #[cfg(feature = "mutants")]
+        let planted = $config.mutant == Some($crate::mutants::Mutant::$mutant);
+        #[cfg(not(feature = "mutants"))]
+        let planted = {
+            let _ = &$config;
+            false
+        };
+        planted
+    }};
+}
+
 mod certificate;
 mod client;
 mod config;
@@ -94,6 +109,9 @@ mod error;
 mod merkle;
 mod message;
 mod metrics;
+#[cfg(feature = "mutants")]
+#[doc(hidden)]
+pub mod mutants;
 mod replica;
 mod state;
 mod statement;

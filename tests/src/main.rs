@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
 use std::time::Instant;
 
 use clap::Parser;
@@ -36,7 +38,20 @@ struct Args {
     /// all of them included, crashes and restarts.
     #[arg(long, value_name = "COUNT", conflicts_with_all = ["seeds", "seed"])]
     generated: Option<u64>,
+    /// Threads running scenarios at once (default: one per core).
+    #[arg(long, value_name = "N")]
+    jobs: Option<usize>,
+    /// Builds every replica with this planted bug (`pbft_core::mutants`), to see which
+    /// scenarios catch it. Needs `--features mutants`.
+    #[arg(long, value_name = "BUG")]
+    mutant: Option<String>,
 }
+
+/// A planted bug, when the binary is built with them.
+#[cfg(feature = "mutants")]
+type Planted = Option<pbft_core::mutants::Mutant>;
+#[cfg(not(feature = "mutants"))]
+type Planted = Option<std::convert::Infallible>;
 
 /// Which scenarios a run draws.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -47,6 +62,35 @@ enum Mode {
 }
 
 impl Args {
+    /// Threads to run scenarios on.
+    fn jobs(&self) -> usize {
+        self.jobs
+            .or_else(|| std::thread::available_parallelism().ok().map(usize::from))
+            .unwrap_or(1)
+            .max(1)
+    }
+
+    /// The planted bug `--mutant` names; exits with the list of bugs if it names none.
+    fn planted(&self) -> Planted {
+        let name = self.mutant.as_deref()?;
+        #[cfg(feature = "mutants")]
+        {
+            let all = pbft_core::mutants::Mutant::ALL;
+            match all.iter().find(|m| format!("{m:?}") == name) {
+                Some(mutant) => Some(*mutant),
+                None => {
+                    eprintln!("error: --mutant {name}: not one of {all:?}");
+                    std::process::exit(2);
+                }
+            }
+        }
+        #[cfg(not(feature = "mutants"))]
+        {
+            eprintln!("error: --mutant {name}: build with `--features mutants`");
+            std::process::exit(2);
+        }
+    }
+
     /// What to run and which numbers.
     fn plan(&self) -> (Mode, std::ops::Range<u64>) {
         match (self.twins, self.generated, self.seed) {
@@ -60,26 +104,21 @@ impl Args {
 
 impl Mode {
     /// Scenario `number` of this mode, and what it found.
-    fn run(self, number: u64, validators: usize) -> (Scenario, Report) {
-        match self {
-            Mode::Scripted => {
-                let scenario = Scenario::for_seed(number, validators);
-                let report = run_checked(number, &scenario);
-                (scenario, report)
-            }
-            Mode::Generated => {
-                let scenario = Scenario::generated(number, validators);
-                let report = run_checked(number, &scenario);
-                (scenario, report)
-            }
+    fn run(self, number: u64, validators: usize, mutant: Planted) -> (Scenario, Report) {
+        let scenario = match self {
+            Mode::Scripted => Scenario::for_seed(number, validators),
+            Mode::Generated => Scenario::generated(number, validators),
+            Mode::Twins => Scenario::twins(number, validators),
+        };
+        let report = match (self, mutant) {
+            #[cfg(feature = "mutants")]
+            (_, Some(mutant)) => Simulation::with_mutant(number, scenario.clone(), mutant).run(),
             // Twins runs are many: once each (the scripted and generated runs check
             // determinism).
-            Mode::Twins => {
-                let scenario = Scenario::twins(number, validators);
-                let report = Simulation::new(number, scenario.clone()).run();
-                (scenario, report)
-            }
-        }
+            (Mode::Twins, _) => Simulation::new(number, scenario.clone()).run(),
+            _ => run_checked(number, &scenario),
+        };
+        (scenario, report)
     }
 
     /// The command that replays scenario `number`.
@@ -136,37 +175,59 @@ fn main() -> ExitCode {
     let mut tallies: BTreeMap<String, Tally> = BTreeMap::new();
     let (mut completed, mut failed, mut evidence, mut virtual_ms) = (0u64, 0u64, 0u64, 0u64);
     let mut transfers = 0u64;
-    for seed in seeds.clone() {
-        let (scenario, report) = mode.run(seed, args.validators);
-        let tally = tallies.entry(format!("{:?}", scenario.kind)).or_default();
-        tally.seeds += 1;
-        tally.requests += report.requests_completed;
-        tally.views_changed += report.views_changed;
-        tally.restarts += report.restarts;
-        tally.recoveries.extend(report.recovery_ms);
-        completed += report.requests_completed;
-        evidence += report.evidence;
-        transfers += report.state_transfers;
-        virtual_ms += report.virtual_ms;
-        if !report.violations.is_empty() {
-            failed += 1;
-            tally.failed += 1;
-            eprintln!("\nseed {seed} FAILED ({scenario:?}):");
-            for violation in &report.violations {
-                eprintln!("  {violation}");
+    let validators = args.validators;
+    let mutant = args.planted();
+    let next = AtomicU64::new(seeds.start);
+    let (results, finished) = mpsc::channel();
+    std::thread::scope(|scope| {
+        for _ in 0..args.jobs() {
+            let (next, results, seeds) = (&next, results.clone(), seeds.clone());
+            scope.spawn(move || {
+                loop {
+                    let seed = next.fetch_add(1, Ordering::Relaxed);
+                    if seed >= seeds.end {
+                        break;
+                    }
+                    let run = mode.run(seed, validators, mutant);
+                    if results.send((seed, run)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(results);
+        let mut done = 0;
+        for (seed, (scenario, report)) in finished {
+            let tally = tallies.entry(format!("{:?}", scenario.kind)).or_default();
+            tally.seeds += 1;
+            tally.requests += report.requests_completed;
+            tally.views_changed += report.views_changed;
+            tally.restarts += report.restarts;
+            tally.recoveries.extend(report.recovery_ms);
+            completed += report.requests_completed;
+            evidence += report.evidence;
+            transfers += report.state_transfers;
+            virtual_ms += report.virtual_ms;
+            if !report.violations.is_empty() {
+                failed += 1;
+                tally.failed += 1;
+                eprintln!("\nseed {seed} FAILED ({scenario:?}):");
+                for violation in &report.violations {
+                    eprintln!("  {violation}");
+                }
+                eprintln!("  replay: {}", mode.replay(seed, args.validators));
             }
-            eprintln!("  replay: {}", mode.replay(seed, args.validators));
+            done += 1;
+            let progress =
+                format!("{done}/{count} {unit}, {completed} requests committed, {failed} failed");
+            if std::io::stderr().is_terminal() {
+                eprint!("\r{progress}");
+                let _ = std::io::stderr().flush();
+            } else if done % (count / 10).max(1) == 0 {
+                eprintln!("{progress}");
+            }
         }
-        let done = seed - seeds.start + 1;
-        let progress =
-            format!("{done}/{count} {unit}, {completed} requests committed, {failed} failed");
-        if std::io::stderr().is_terminal() {
-            eprint!("\r{progress}");
-            let _ = std::io::stderr().flush();
-        } else if done % (count / 10).max(1) == 0 {
-            eprintln!("{progress}");
-        }
-    }
+    });
     let secs = started.elapsed().as_secs_f64();
     eprintln!();
     println!(

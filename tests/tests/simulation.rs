@@ -5,22 +5,31 @@
 //! forged view changes; cascading faulty primaries; crash and restart from persisted records),
 //! each with loss up to 20 % and, in some, a partition that heals or a restart on top.
 
-use pbft_sim::{KINDS, Kind, Report, Scenario, replay_command, run_checked};
+use pbft_sim::{
+    KINDS, Kind, Report, SCENARIOS_N4, Scenario, Simulation, replay_command, run_checked,
+    twins_replay_command,
+};
 
 /// Runs `seeds` on both cores and fails with every violating seed and its replay command.
 fn run_seeds(validators: usize, seeds: std::ops::Range<u64>) -> Vec<Report> {
-    let all: Vec<u64> = seeds.collect();
+    let run = |seed| run_checked(seed, &Scenario::for_seed(seed, validators));
+    run_all(seeds.collect(), run, |seed| {
+        replay_command(seed, validators)
+    })
+}
+
+/// Runs `numbers` through `run` on both cores; fails with every violating run and the command
+/// `replay` gives for it.
+fn run_all(
+    numbers: Vec<u64>,
+    run: impl Fn(u64) -> Report + Sync,
+    replay: impl Fn(u64) -> String,
+) -> Vec<Report> {
+    let run = &run;
     let reports: Vec<Report> = std::thread::scope(|scope| {
-        let handles: Vec<_> = all
-            .chunks(all.len().div_ceil(2).max(1))
-            .map(|chunk| {
-                scope.spawn(move || {
-                    chunk
-                        .iter()
-                        .map(|&seed| run_checked(seed, &Scenario::for_seed(seed, validators)))
-                        .collect::<Vec<_>>()
-                })
-            })
+        let handles: Vec<_> = numbers
+            .chunks(numbers.len().div_ceil(2).max(1))
+            .map(|chunk| scope.spawn(move || chunk.iter().map(|&n| run(n)).collect::<Vec<_>>()))
             .collect();
         handles
             .into_iter()
@@ -35,7 +44,7 @@ fn run_seeds(validators: usize, seeds: std::ops::Range<u64>) -> Vec<Report> {
                 "seed {}: {}\n  replay: {}",
                 r.seed,
                 r.violations.join("; "),
-                replay_command(r.seed, validators)
+                replay(r.seed)
             )
         })
         .collect();
@@ -148,4 +157,99 @@ fn different_seeds_explore_different_runs() {
         "same kind, different seed"
     );
     assert_ne!(a.trace, b.trace);
+}
+
+/// Twins scenarios taken this far apart through the n = 4 space (coprime with its size), so a
+/// short budget crosses every twinned validator and many cuts of every view.
+const TWINS_STRIDE: u64 = 263;
+
+/// Runs `count` Twins scenarios at `validators` (spread over the n = 4 space) once each.
+fn run_twins(validators: usize, count: u64) -> Vec<Report> {
+    let numbers = (0..count)
+        .map(|i| (i * TWINS_STRIDE) % SCENARIOS_N4)
+        .collect();
+    let run = |number| Simulation::new(number, Scenario::twins(number, validators)).run();
+    run_all(numbers, run, |number| {
+        twins_replay_command(number, validators)
+    })
+}
+
+/// What Twins runs must have shown: work committed, the twins' equivocation seen and proven,
+/// and views changed.
+fn twins_exercised(reports: &[Report]) {
+    assert!(
+        committed(reports) as usize > reports.len(),
+        "the runs did commit work"
+    );
+    assert!(
+        reports.iter().map(|r| r.evidence).sum::<u64>() > reports.len() as u64 / 10,
+        "the twins' equivocation was proven"
+    );
+    assert!(
+        reports.iter().map(|r| r.views_changed).sum::<u64>() > reports.len() as u64,
+        "views changed"
+    );
+}
+
+#[test]
+fn twins_at_four_validators_stay_safe_and_live_over_1000_scenarios() {
+    twins_exercised(&run_twins(4, 1_000));
+}
+
+#[test]
+fn twins_at_seven_validators_stay_safe_and_live_over_100_scenarios() {
+    twins_exercised(&run_twins(7, 100));
+}
+
+/// Runs generated-adversary scenarios `numbers` at `validators`, each twice.
+fn run_generated(validators: usize, numbers: std::ops::Range<u64>) -> Vec<Report> {
+    let run = |number| run_checked(number, &Scenario::generated(number, validators));
+    run_all(numbers.collect(), run, |number| {
+        format!(
+            "cargo run --release -p pbft-sim -- --validators {validators} --generated 1 --first {number}"
+        )
+    })
+}
+
+/// What generated-adversary runs must have shown, beyond no violation.
+fn generated_exercised(validators: usize, reports: &[Report]) {
+    assert!(
+        committed(reports) as usize > reports.len(),
+        "the runs did commit work"
+    );
+    assert!(
+        reports.iter().map(|r| r.evidence).sum::<u64>() > 0,
+        "the adversaries' equivocation was proven"
+    );
+    let whole_cluster = reports
+        .iter()
+        .filter(|r| {
+            let scenario = Scenario::generated(r.seed, validators);
+            let honest = validators - scenario.faults.len();
+            let crashed: std::collections::BTreeSet<usize> = scenario
+                .restarts
+                .iter()
+                .map(|restart| restart.node)
+                .collect();
+            crashed.len() == honest
+        })
+        .count();
+    assert!(
+        whole_cluster > 0,
+        "every honest validator crashed in some runs"
+    );
+    assert!(
+        reports.iter().map(|r| r.restarts).sum::<u64>() > reports.len() as u64,
+        "validators crashed and restarted from their records"
+    );
+}
+
+#[test]
+fn generated_adversaries_at_four_validators_over_300_scenarios() {
+    generated_exercised(4, &run_generated(4, 0..300));
+}
+
+#[test]
+fn generated_adversaries_at_seven_validators_over_50_scenarios() {
+    generated_exercised(7, &run_generated(7, 1000..1050));
 }

@@ -463,7 +463,10 @@ impl Replica {
 
     /// Moves slot `seq` forward: prepared → commit sent → committed → delivered.
     fn advance(&mut self, seq: u64) {
-        let quorum = self.validators.quorum();
+        let quorum = match planted!(self.config, QuorumOf2f) {
+            true => 2 * self.validators.max_faulty(),
+            false => self.validators.quorum(),
+        };
         let primary = self.validators.primary(self.view);
         let Some(slot) = self.log.get_mut(&seq) else {
             return;

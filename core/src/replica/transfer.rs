@@ -234,7 +234,9 @@ impl Replica {
     ) {
         let seq = manifest.seq;
         self.metrics.state_transfers += 1;
-        self.clients = clients;
+        if !planted!(self.config, InstallKeepsClientTable) {
+            self.clients = clients;
+        }
         self.executed = seq;
         // Deliveries not executed yet are void, those above `seq` too: their exactly-once
         // decisions were made against the replaced table. They are delivered again below.

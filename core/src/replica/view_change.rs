@@ -71,11 +71,14 @@ impl Replica {
         self.view = view;
         self.mode = Mode::ViewChange { since };
         self.timers.left_view();
-        let prepared = self
+        let mut prepared: Vec<_> = self
             .log
             .range(self.checkpoints.stable().seq + 1..)
             .filter_map(|(_, slot)| slot.prepared.clone())
             .collect();
+        if planted!(self.config, ViewChangeOmitsHighestPrepared) {
+            prepared.pop();
+        }
         let checkpoint = self.checkpoints.stable().clone();
         let change = self
             .signer

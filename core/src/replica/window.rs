@@ -40,7 +40,7 @@ impl Replica {
                 current: self.view,
             });
         }
-        if seq <= self.low {
+        if seq <= self.low && !planted!(self.config, AcceptBelowLowWatermark) {
             return Err(Error::OutOfWindow {
                 seq,
                 low: self.low + 1,

@@ -173,7 +173,13 @@ impl Simulation {
         match verify_evidence(&chain(), &self.set, evidence) {
             Ok(()) if self.validators[culprit].fault.is_some() => self.report.evidence += 1,
             Ok(()) => self.violation(format!("evidence against honest validator {culprit}")),
-            Err(err) => self.violation(format!("replica {index} reported invalid evidence: {err}")),
+            Err(err) => {
+                let (a, b) = (&evidence.first, &evidence.second);
+                self.violation(format!(
+                    "replica {index} reported invalid evidence: {err} ({:?} view {} seq {} by {} and {:?} view {} seq {} by {})",
+                    a.phase, a.view, a.seq, a.replica, b.phase, b.view, b.seq, b.replica
+                ))
+            }
         }
     }
 

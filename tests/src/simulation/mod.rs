@@ -102,10 +102,23 @@ const TIME_LIMIT_MS: u64 = 120_000;
 impl Simulation {
     /// Sets up the cluster for `seed`.
     pub fn new(seed: u64, scenario: Scenario) -> Self {
+        Self::build(seed, scenario, Config::new(chain()))
+    }
+
+    /// Sets up the cluster for `seed` with every replica built with the planted bug
+    /// `mutant`, for the mutation test.
+    #[cfg(feature = "mutants")]
+    pub fn with_mutant(seed: u64, scenario: Scenario, mutant: pbft_core::mutants::Mutant) -> Self {
+        let mut config = Config::new(chain());
+        config.mutant = Some(mutant);
+        Self::build(seed, scenario, config)
+    }
+
+    /// Sets up the cluster for `seed`, its replicas' limits set on `config`.
+    fn build(seed: u64, scenario: Scenario, mut config: Config) -> Self {
         let keypairs = validator_keys(scenario.validators);
         let keys: Vec<PublicKey> = keypairs.iter().map(Keypair::public_key).collect();
         let set = ValidatorSet::new(0, &keys).expect("simulated keys are valid");
-        let mut config = Config::new(chain());
         config.max_batch_ops = scenario.max_batch_ops;
         config.window = scenario.window;
         config.checkpoint_interval = scenario.checkpoint_interval;

@@ -1,0 +1,38 @@
+//! Planted bugs, for the mutation test only (the `mutants` feature; never in a release).
+//!
+//! A suite that cannot fail proves nothing (DESIGN.md, "Testing"). Each [`Mutant`] is a known
+//! way to break PBFT, switched on per replica through `Config::mutant`; the simulator's
+//! mutation test (`tests/tests/mutants.rs`) must catch every one of them within its seed
+//! budget. Without the feature this module does not exist and every planted check is `false`.
+
+/// A deliberate bug a replica can be built with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mutant {
+    /// Restore skips the signed-vote records of the log: a restarted replica forgets what it
+    /// signed and may sign a second digest for a statement (Castro and Liskov, section 4.5:
+    /// a replica logs what it sends before sending it).
+    RestoreWithoutSignedIndex,
+    /// Pre-prepares and votes at or below the low watermark are accepted (section 4.3 keeps
+    /// only seqs in (h, h + L]).
+    AcceptBelowLowWatermark,
+    /// A view change leaves out its highest prepared certificate (section 4.4 carries every
+    /// prepared certificate above the stable checkpoint).
+    ViewChangeOmitsHighestPrepared,
+    /// Prepared and commit certificates are formed from 2f votes instead of 2f + 1 (section
+    /// 4.2: the quorums must intersect in an honest replica).
+    QuorumOf2f,
+    /// A state transfer installs the application's snapshot but keeps the replica's own
+    /// exactly-once table, so requests in the transferred range can execute again.
+    InstallKeepsClientTable,
+}
+
+impl Mutant {
+    /// Every planted bug, in the order the mutation test tries them.
+    pub const ALL: [Mutant; 5] = [
+        Mutant::RestoreWithoutSignedIndex,
+        Mutant::AcceptBelowLowWatermark,
+        Mutant::ViewChangeOmitsHighestPrepared,
+        Mutant::QuorumOf2f,
+        Mutant::InstallKeepsClientTable,
+    ];
+}
