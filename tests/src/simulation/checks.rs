@@ -138,9 +138,11 @@ impl Simulation {
 
     /// The no-double-signing invariant, across restarts: an honest validator never signs
     /// two digests for one (phase, view, seq).
-    /// A twin is held to it too, on its own: each of the two replicas sharing a key is honest.
+    /// Twins are not held to it: a replica that meets statements its twin signed with the
+    /// shared key relays them as its own, which no honest validator's key ever does.
     pub(super) fn check_signed(&mut self, index: NodeId, vote: &Vote) {
-        if !self.runs_honest_code(index) || vote.replica.0 as usize != self.validators[index].id {
+        let node = &self.validators[index];
+        if node.fault.is_some() || vote.replica.0 as usize != node.id {
             return;
         }
         let key = (index, vote.phase, vote.view, vote.seq);
