@@ -28,6 +28,8 @@ pub struct Report {
     pub restarts: u64,
     /// Checkpoint states fetched and installed.
     pub state_transfers: u64,
+    /// State chunks a drip-feeding validator ([`crate::Fault::DripFeed`]) sent.
+    pub drip_chunks: u64,
     /// Digest of every output of every node, in order: equal across runs of one seed.
     pub trace: Digest,
 }

@@ -39,6 +39,9 @@ pub enum Fault {
     /// recombined, under its own valid signature) at seqs that already committed: at or
     /// below its peers' stable checkpoints, and at the seqs of the new view it sent.
     ReproposeCommitted,
+    /// Runs honestly, but serves state-transfer chunks one at a time, each 90 ms after the
+    /// last (just inside the 100 ms retransmit interval): alive, and as slow as it can be.
+    DripFeed,
     /// Runs as two honest replicas sharing this validator's key (Twins, Bano et al. 2020): the
     /// second instance is placed by the run's [`Twins`] plan, so equivocation, double votes and
     /// forgotten state come from real protocol code.

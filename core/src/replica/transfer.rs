@@ -1,12 +1,13 @@
 //! State transfer: a replica more than a window behind the stable checkpoint fetches that
 //! checkpoint's state instead of replaying batches its peers no longer keep.
 //!
-//! It asks one peer at a time for the manifest and then for the chunks it lacks, a few at a
-//! time, and moves to the next peer every retransmit interval without progress or at once
-//! when a peer sends something that does not verify — so a Byzantine peer can slow it by an
-//! interval, never corrupt it or stall it. Served chunks are budgeted per peer and interval.
+//! It asks one peer at a time for the manifest and then for the chunks it lacks, a round of a
+//! few at a time, and moves to the next peer when a round is not complete within a retransmit
+//! interval or at once when a peer sends something that does not verify — so a Byzantine peer
+//! (silent, corrupting, or drip-feeding valid chunks) can slow it by an interval, never
+//! corrupt it or stall it. Served chunks are budgeted per peer and interval.
 
-use alloc::collections::BTreeSet;
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 
 use super::Replica;
@@ -33,6 +34,9 @@ pub(super) struct Transfer {
     bad: BTreeSet<ReplicaId>,
     /// Chunks asked for in the last request and not yet received.
     requested: usize,
+    /// When each peer was last asked for a round (ms): a peer serves one round per interval
+    /// (its budget, [`CHUNKS_IN_FLIGHT`]), so it is not asked sooner.
+    asked: BTreeMap<ReplicaId, u64>,
 }
 
 impl Transfer {
@@ -64,31 +68,50 @@ impl Replica {
             cursor: usize::from(self.id.0),
             bad: BTreeSet::new(),
             requested: 0,
+            asked: BTreeMap::new(),
         });
         self.request_state(false);
         true
     }
 
-    /// Asks the current peer for what is missing; with `next`, moves to another peer first.
+    /// Asks a peer for what is missing: the current one, or with `next` (an interval passed
+    /// without a complete round) another. A peer whose round is still incomplete then is
+    /// slow: like one that sent something invalid, it is skipped while others remain. A peer
+    /// is asked at most one round per interval, as it serves; if every usable peer was asked
+    /// within the interval, the next timeout asks again.
     pub(super) fn request_state(&mut self, next: bool) {
         let n = self.validators.len();
         let id = self.id;
+        let now = self.timers.now();
+        let interval = self.config.retransmit_ms;
         let Some(transfer) = self.transfer.as_mut() else {
             return;
         };
+        if next && transfer.requested > 0 {
+            transfer.bad.insert(ReplicaId(transfer.cursor as u16));
+        }
         if transfer.bad.len() + 1 >= n {
             // Everyone failed once: give them all another chance.
             transfer.bad.clear();
         }
-        let mut peer = ReplicaId(0);
-        for step in 0..n {
-            let cursor = (transfer.cursor + usize::from(next || step > 0)) % n;
-            transfer.cursor = cursor;
-            peer = ReplicaId(cursor as u16);
-            if peer != id && !transfer.bad.contains(&peer) {
-                break;
-            }
-        }
+        let rested = |peer: &ReplicaId| {
+            transfer
+                .asked
+                .get(peer)
+                .is_none_or(|&at| now >= at.saturating_add(interval))
+        };
+        let chosen = (0..n)
+            .map(|step| (transfer.cursor + usize::from(next) + step) % n)
+            .find(|&cursor| {
+                let peer = ReplicaId(cursor as u16);
+                peer != id && !transfer.bad.contains(&peer) && rested(&peer)
+            });
+        let Some(cursor) = chosen else {
+            return;
+        };
+        transfer.cursor = cursor;
+        let peer = ReplicaId(cursor as u16);
+        transfer.asked.insert(peer, now);
         let seq = transfer.target.seq;
         let wanted: Vec<Option<u32>> = match &transfer.manifest {
             None => alloc::vec![None],
@@ -190,10 +213,13 @@ impl Replica {
         if let Some(slot) = transfer.chunks.get_mut(index) {
             *slot = Some(chunk.bytes);
         }
-        self.timers.progress();
-        // Once the last request's chunks are all in, install or ask for the next ones.
+        // Once the last request's chunks are all in, install or ask for the next ones. Only a
+        // whole round counts as progress: a peer that drip-feeds one chunk per interval
+        // looks alive chunk by chunk, and must lose its turn after one interval like a
+        // silent one.
         transfer.requested = transfer.requested.saturating_sub(1);
         if transfer.requested == 0 {
+            self.timers.progress();
             self.finish_transfer_or_ask();
         }
         Ok(())

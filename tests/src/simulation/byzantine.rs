@@ -6,6 +6,9 @@
 use pbft_core::{Batch, Hasher, Keypair, Message, NewView, Request, Signature, ViewChange, Vote};
 
 use super::{NodeId, Simulation};
+
+/// How far apart a drip-feeder sends its state chunks, virtual ms.
+const DRIP_MS: u64 = 90;
 use crate::{Fault, chain};
 
 impl Simulation {
@@ -44,6 +47,24 @@ impl Simulation {
             // Silent sends nothing; the others send honestly and never come here.
             Fault::Silent | Fault::CrashAt(_) | Fault::Censor | Fault::Twin => {}
             Fault::Generated(policy) => self.generated(index, policy, targets, bytes),
+            Fault::DripFeed => {
+                let chunk = matches!(
+                    Message::decode(&bytes, usize::MAX),
+                    Ok(Message::StateChunk(_))
+                );
+                for to in targets {
+                    if chunk {
+                        self.report.drip_chunks += 1;
+                        let node = &mut self.validators[index];
+                        node.drip_next = node.drip_next.max(self.now) + DRIP_MS;
+                        let at = node.drip_next;
+                        let bytes = bytes.clone();
+                        self.schedule_at(at, super::Event::Send { to, from, bytes });
+                    } else {
+                        self.send(to, from, bytes.clone());
+                    }
+                }
+            }
             Fault::InvalidBatch => {
                 let bytes = match Message::decode(&bytes, usize::MAX) {
                     Ok(Message::PrePrepare(mut pre_prepare)) => {

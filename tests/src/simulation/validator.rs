@@ -35,6 +35,8 @@ pub(super) struct Validator {
     pub(super) crash_armed: bool,
     /// Crashed, waiting to restart.
     pub(super) down: bool,
+    /// When a drip-feeder sends its next state chunk, virtual ms.
+    pub(super) drip_next: u64,
     /// Every operation the application executed, in order: its snapshot.
     ops: Vec<(PublicKey, u64, Vec<u8>)>,
     /// The exactly-once table and executed batches, as a host keeps them beside its state.
@@ -85,6 +87,7 @@ impl Validator {
             durable: Vec::new(),
             crash_armed: false,
             down: false,
+            drip_next: 0,
             ops: Vec::new(),
             table: Table::default(),
             store: Store::default(),

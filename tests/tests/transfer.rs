@@ -1,0 +1,51 @@
+//! State transfer against a peer that serves it as slowly as it can while looking alive: the
+//! replica that fetches must move to a faster peer after one retransmit interval, not wait for
+//! every chunk at the drip-feeder's pace.
+
+use std::collections::BTreeMap;
+
+use pbft_sim::{Fault, Kind, Restart, Scenario, Simulation};
+
+/// Validator 0 is down for 4 s while three clients commit 90 batches (window 4, a checkpoint
+/// every 2 seqs), so it restarts far behind and must fetch a checkpoint's state: about 80
+/// chunks of 64 bytes. The first peer it asks, validator 1, drip-feeds.
+fn scenario(drip_feeder: Fault) -> Scenario {
+    Scenario {
+        kind: Kind::CrashRestart,
+        validators: 4,
+        faults: BTreeMap::from([(1, drip_feeder)]),
+        clients: 3,
+        requests_per_client: 30,
+        delay_ms: (2, 6),
+        duplicate_percent: 0,
+        loss_percent: 0,
+        partitions: Vec::new(),
+        restarts: vec![Restart {
+            node: 0,
+            at: 20,
+            back: 4_000,
+            surely: true,
+        }],
+        max_batch_ops: 1,
+        window: 4,
+        checkpoint_interval: 2,
+        twins: None,
+    }
+}
+
+#[test]
+fn a_drip_feeding_peer_is_dropped_for_a_faster_one() {
+    let report = Simulation::new(7, scenario(Fault::DripFeed)).run();
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
+    assert!(
+        report.state_transfers >= 1,
+        "the restarted replica fetched a state"
+    );
+    // One request round of 8 chunks, perhaps a second before the interval runs out: never the
+    // whole state at the drip-feeder's pace.
+    assert!(
+        report.drip_chunks <= 16,
+        "the drip-feeder served {} chunks: the fetcher stayed with it ({report:?})",
+        report.drip_chunks
+    );
+}
