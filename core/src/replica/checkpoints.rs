@@ -11,7 +11,7 @@ use alloc::vec::Vec;
 
 use super::Replica;
 use super::output::{Output, Record};
-use crate::certificate::Evidence;
+use crate::certificate::{Evidence, conflicting};
 use crate::config::ReplicaId;
 use crate::crypto::Digest;
 use crate::error::Error;
@@ -219,7 +219,9 @@ impl Replica {
             &vote.signed_digest(&self.config.chain_id, self.validators.epoch()),
             &vote.signature,
         )?;
-        if let Some(first) = first {
+        // Both are checkpoint votes of view 0 at `seq` by one signer: a conflict exactly when
+        // the states differ, which the check shared with `verify_evidence` confirms.
+        if let Some(first) = first.filter(|first| conflicting(first, &vote)) {
             // Two states signed for one seq: evidence, reported once; the first vote stays.
             let culprit = vote.replica;
             self.checkpoints.report(seq, culprit);
