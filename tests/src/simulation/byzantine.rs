@@ -41,7 +41,7 @@ impl Simulation {
         let from = self.keys[index];
         match fault {
             // Silent sends nothing; the others send honestly and never come here.
-            Fault::Silent | Fault::CrashAt(_) | Fault::Censor => {}
+            Fault::Silent | Fault::CrashAt(_) | Fault::Censor | Fault::DivergeAt(_) => {}
             Fault::InvalidBatch => {
                 let bytes = match Message::decode(&bytes, usize::MAX) {
                     Ok(Message::PrePrepare(mut pre_prepare)) => {

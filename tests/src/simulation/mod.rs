@@ -209,7 +209,7 @@ impl Simulation {
         healed
             && answered
             && self.validators.iter().all(|node| {
-                node.fault.is_some()
+                !node.held_to_liveness()
                     || (node.replica.is_idle() && node.delivered == self.report.batches)
             })
     }
