@@ -72,12 +72,22 @@ pub enum CertificateError {
     /// The inclusion proof does not lead to the certificate's digest.
     #[error("request is not in the certified batch")]
     NotIncluded,
-    /// The two votes do not conflict (different slot, phase or signer, or the same digest).
+    /// The two votes do not conflict (another phase, view, seq or signer, the same digest, or
+    /// checkpoint votes outside view 0).
     #[error("the votes do not conflict")]
     NotConflicting,
 }
 
 /// Checks a QC with nothing but the chain id and the validator set.
+///
+/// Every signature is checked over the one commit statement (chain, epoch, view, seq, digest)
+/// the QC names, so a QC holding commits of two views, seqs or digests does not verify: a
+/// certificate is 2f + 1 votes for one statement (Castro and Liskov, section 4.2).
+///
+/// # Errors
+///
+/// [`CertificateError`]: another chain or epoch, fewer than a quorum of signers, signers
+/// repeated, out of order or unknown, or a signature that does not verify.
 pub fn verify_qc(
     chain: &ChainId,
     validators: &ValidatorSet,
@@ -144,17 +154,39 @@ pub fn verify_inclusion(
 }
 
 /// Two conflicting signed votes by one validator: transferable proof that it is Byzantine.
+///
+/// The votes conflict when one validator signed two digests for the very same statement:
+/// the same phase, view and seq (a checkpoint is one statement per seq, always made in view
+/// 0), in the same chain and epoch (both signatures cover `epoch` and the chain id). Votes
+/// of two views are no conflict: a new view may order another batch at a seq (Castro and
+/// Liskov, section 4.4), and every honest validator then votes for it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Evidence {
-    /// The epoch whose set the signer belongs to.
+    /// The epoch whose set the signer belongs to; both signatures cover it.
     pub epoch: u64,
     /// One vote.
     pub first: Vote,
-    /// A vote for the same slot and phase by the same signer, with another digest.
+    /// A vote of the same phase, view and seq by the same signer, with another digest.
     pub second: Vote,
 }
 
+/// Whether two votes, if both validly signed, prove their signer equivocated: one signer, one
+/// statement (phase, view, seq; checkpoints only in view 0), two digests. Replicas report
+/// evidence only for pairs this accepts, and [`verify_evidence`] accepts no other.
+pub(crate) fn conflicting(a: &Vote, b: &Vote) -> bool {
+    let statement = a.phase == b.phase && a.view == b.view && a.seq == b.seq;
+    let checkpoint_in_view_0 = a.phase != Phase::Checkpoint || a.view == 0;
+    statement && checkpoint_in_view_0 && a.replica == b.replica && a.digest != b.digest
+}
+
 /// Checks evidence with nothing but the chain id and the validator set.
+///
+/// # Errors
+///
+/// [`CertificateError::WrongEpoch`] for another epoch's set, [`CertificateError::NotConflicting`]
+/// when the votes are not two digests for one statement by one signer (see [`Evidence`]),
+/// [`CertificateError::UnknownSigner`], and [`CertificateError::BadSignature`] when either
+/// signature does not verify over this chain and epoch.
 pub fn verify_evidence(
     chain: &ChainId,
     validators: &ValidatorSet,
@@ -167,8 +199,7 @@ pub fn verify_evidence(
             expected: validators.epoch(),
         });
     }
-    let same_slot = a.phase == b.phase && a.view == b.view && a.seq == b.seq;
-    if !same_slot || a.replica != b.replica || a.digest == b.digest {
+    if !conflicting(a, b) {
         return Err(CertificateError::NotConflicting);
     }
     let key = validators

@@ -195,10 +195,13 @@ pub struct Config {
     /// Largest operation in one request. Default 64 KiB.
     pub max_request_bytes: usize,
     /// Clients remembered for exactly-once execution. Default 100000. At the bound the
-    /// client that executed longest ago is forgotten and the table's floor rises to its
-    /// last sequence number: requests at or below the floor from unknown clients are refused
-    /// as stale, so nothing executes twice; clients that number requests by time (the
-    /// `Client` default) are always above it.
+    /// client with the lowest last request number is forgotten and the table's floor rises
+    /// to that number: requests at or below the floor from unknown clients are refused as
+    /// stale, so nothing executes twice. The floor never exceeds a remembered client's number,
+    /// so clients that number requests by time (the `Client` default) stay above it, and one
+    /// client numbering near `u64::MAX` cannot lock the others out: raising the floor past
+    /// honest clients takes `max_clients` + 1 keys, each with a request executed, held in the
+    /// table at once (bound that with admission at the gateways if clients are untrusted).
     pub max_clients: usize,
     /// A checkpoint every this many sequence numbers, K. Default 128, half the window, so the
     /// primary keeps proposing while the last checkpoint becomes stable. A checkpoint costs

@@ -42,7 +42,9 @@ pub struct Metrics {
     pub retransmitted: u64,
     /// Batches received with a QC from a peer while catching up.
     pub batches_caught_up: u64,
-    /// Stable checkpoints whose digest differed from this replica's own history.
+    /// Stable checkpoints whose state this replica could not take as its own: its own digest
+    /// there differed (each one an [`crate::Output::StateDiverged`], then a state transfer of
+    /// the stable state), or the fetched exactly-once table did not decode.
     pub checkpoint_mismatches: u64,
     /// Checkpoint states fetched and installed because this replica was too far behind.
     pub state_transfers: u64,

@@ -97,7 +97,10 @@ impl Cluster {
     fn drain(&mut self, index: usize) {
         while let Some(output) = self.replicas[index].poll_output() {
             match output {
-                Output::Persist(_) | Output::Evidence(_) | Output::Install(_) => {}
+                Output::Persist(_)
+                | Output::Evidence(_)
+                | Output::Install(_)
+                | Output::StateDiverged { .. } => {}
                 Output::Send { to, bytes } => self.route(index, to, bytes),
                 Output::Deliver(delivery) => {
                     // The application echoes each operation back as its result.

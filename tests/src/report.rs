@@ -30,6 +30,9 @@ pub struct Report {
     pub state_transfers: u64,
     /// State chunks a drip-feeding validator ([`crate::Fault::DripFeed`]) sent.
     pub drip_chunks: u64,
+    /// Replicas that found their state at a stable checkpoint differed from the quorum's
+    /// (`Output::StateDiverged`), each then fetching the stable state.
+    pub state_repairs: u64,
     /// Digest of every output of every node, in order: equal across runs of one seed.
     pub trace: Digest,
 }
@@ -67,6 +70,9 @@ pub(crate) fn observe(trace: &mut Hasher, index: usize, output: &Output) {
         }
         Output::Install(install) => {
             trace.u64(install.seq).bytes(&install.snapshot);
+        }
+        Output::StateDiverged { seq, own, stable } => {
+            trace.u64(*seq).digest(own).digest(stable);
         }
         other => panic!("the simulator does not trace {other:?}"),
     }

@@ -39,6 +39,12 @@ pub enum Fault {
     /// recombined, under its own valid signature) at seqs that already committed: at or
     /// below its peers' stable checkpoints, and at the seqs of the new view it sent.
     ReproposeCommitted,
+    /// Runs honestly, but its application corrupts the first operation it executes at or
+    /// after this virtual time (a bad disk, a bit flip): its state at the next checkpoint is
+    /// not the quorum's. Its core must notice, fetch the stable state, and go on from it;
+    /// once it installed that state it is checked as an honest validator again, and held to
+    /// liveness. No scenario kind draws it; tests set it.
+    DivergeAt(u64),
     /// Runs honestly, but serves state-transfer chunks one at a time, each 90 ms after the
     /// last (just inside the 100 ms retransmit interval): alive, and as slow as it can be.
     DripFeed,

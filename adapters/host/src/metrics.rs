@@ -43,6 +43,7 @@ pub struct NodeMetrics {
     store_commit_latency: Histogram,
     void_deliveries: Counter,
     state_transfers: Counter,
+    checkpoint_mismatches: Counter,
     evidence: Counter,
     /// Validators this node has a live connection with.
     pub peers_connected: Gauge,
@@ -80,6 +81,7 @@ impl NodeMetrics {
             store_commit_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             void_deliveries: Counter::default(),
             state_transfers: Counter::default(),
+            checkpoint_mismatches: Counter::default(),
             evidence: Counter::default(),
             peers_connected: Gauge::default(),
             clients_connected: Gauge::default(),
@@ -160,6 +162,11 @@ impl NodeMetrics {
             "Checkpoint states fetched from peers",
             m.state_transfers.clone(),
         );
+        registry.register(
+            "checkpoint_mismatches",
+            "Stable checkpoints this node's own state differed from (each one a state transfer that replaces it)",
+            m.checkpoint_mismatches.clone(),
+        );
         registry.register("evidence", "Equivocation evidence seen", m.evidence.clone());
         registry.register(
             "peers_connected",
@@ -231,6 +238,11 @@ impl NodeMetrics {
             &self.state_transfers,
             core.state_transfers,
             old.state_transfers,
+        );
+        add(
+            &self.checkpoint_mismatches,
+            core.checkpoint_mismatches,
+            old.checkpoint_mismatches,
         );
         add(&self.evidence, stats.evidence, old_stats.evidence);
         add(

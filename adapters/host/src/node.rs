@@ -415,6 +415,16 @@ impl<A: Application> Node<A> {
                     self.evidence.push(evidence);
                 }
             }
+            Output::StateDiverged { seq, own, stable } => {
+                // The core stops delivering and fetches the quorum's state, which comes as an
+                // `Install`: the operator is told, nothing else is to do here.
+                tracing::error!(
+                    seq,
+                    %own,
+                    %stable,
+                    "this node's state diverged from the stable checkpoint: fetching the quorum's state"
+                );
+            }
             other => return Err(NodeError::UnhandledOutput(format!("{other:?}"))),
         }
         Ok(round)

@@ -11,7 +11,7 @@ use alloc::vec::Vec;
 
 use super::Replica;
 use super::output::{Output, Record};
-use crate::certificate::Evidence;
+use crate::certificate::{Evidence, conflicting};
 use crate::config::ReplicaId;
 use crate::crypto::Digest;
 use crate::error::Error;
@@ -148,6 +148,13 @@ impl Checkpoints {
         self.snapshots.keys()
     }
 
+    /// Forgets this replica's own digests and states from checkpoint `seq` up: they were
+    /// computed on a state that diverged, and must be neither served nor compared again.
+    pub(super) fn forget_own_from(&mut self, seq: u64) {
+        self.own.retain(|&at, _| at < seq);
+        self.snapshots.retain(|&at, _| at < seq);
+    }
+
     /// Forgets own digests at or below `low` and states below the stable checkpoint (peers
     /// may still fetch the stable one).
     pub(super) fn prune(&mut self, low: u64) {
@@ -168,10 +175,16 @@ impl Replica {
     /// Signs, persists and broadcasts this replica's checkpoint at `seq` (just executed) over
     /// the digest of its state there.
     pub(super) fn checkpoint(&mut self, seq: u64, state: Digest) {
-        if seq <= self.checkpoints.stable().seq {
+        let stable = self.checkpoints.stable().seq;
+        if seq < stable {
             return;
         }
         self.checkpoints.set_own(seq, state);
+        if seq == stable {
+            // Stable before this replica got there: nothing to sign, but its own state is
+            // compared with the quorum's (`check_diverged`).
+            return;
+        }
         let Some(vote) = self
             .signer
             .vote(&mut self.metrics, Phase::Checkpoint, (0, seq), state)
@@ -219,7 +232,9 @@ impl Replica {
             &vote.signed_digest(&self.config.chain_id, self.validators.epoch()),
             &vote.signature,
         )?;
-        if let Some(first) = first {
+        // Both are checkpoint votes of view 0 at `seq` by one signer: a conflict exactly when
+        // the states differ, which the check shared with `verify_evidence` confirms.
+        if let Some(first) = first.filter(|first| conflicting(first, &vote)) {
             // Two states signed for one seq: evidence, reported once; the first vote stays.
             let culprit = vote.replica;
             self.checkpoints.report(seq, culprit);
@@ -234,6 +249,33 @@ impl Replica {
         self.checkpoints.add_vote(vote);
         self.check_stable(seq);
         Ok(())
+    }
+
+    /// Compares this replica's own state at the stable checkpoint with the quorum's, once
+    /// both are known. A replica that reached another state there diverged (its storage is
+    /// corrupt, its application not deterministic, or its store was restored wrong): going on
+    /// would execute every later batch on a wrong state. It says so
+    /// ([`Output::StateDiverged`]), forgets its own states from there (never to serve them),
+    /// stops delivering, and fetches the stable state by state transfer, which replaces its
+    /// own with an [`Output::Install`]. The quorum's checkpoint is the state (Castro and
+    /// Liskov, section 4.3).
+    pub(super) fn check_diverged(&mut self) {
+        let stable = self.checkpoints.stable();
+        let (seq, digest) = (stable.seq, stable.digest);
+        let Some(own) = self.checkpoints.own(seq) else {
+            return;
+        };
+        if own == digest || self.repairing() {
+            return;
+        }
+        self.metrics.checkpoint_mismatches += 1;
+        self.outbox.push(Output::StateDiverged {
+            seq,
+            own,
+            stable: digest,
+        });
+        self.checkpoints.forget_own_from(seq);
+        self.start_repair();
     }
 
     /// Makes the checkpoint at `seq` stable if a quorum signed one digest.

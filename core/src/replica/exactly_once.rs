@@ -1,9 +1,35 @@
 //! The exactly-once table: per client, the last request number executed and its reply.
 //!
-//! It is updated only in commit order, so every replica makes the same decisions. It is bounded:
-//! at `max_clients` the client that executed longest ago is forgotten and the floor rises to
-//! its last request number; an unknown client must number its requests above the floor, so a
-//! forgotten request can never execute again.
+//! It is updated only in commit order, so every replica makes the same decisions. It is
+//! bounded: at `max_clients` the client with the lowest last request number is forgotten (ties:
+//! the one that executed longest ago, then key order) and the floor rises to that number; an
+//! unknown client must number its requests above the floor, so a forgotten request can never
+//! execute again.
+//!
+//! # Why the lowest number, not the least recently used
+//!
+//! The floor must cover every forgotten client's number (that is what makes forgetting safe),
+//! so the order of forgetting decides who sets the floor. Forgetting the least recently used
+//! client let one client set it for everyone: a single request numbered near `u64::MAX`, then
+//! `max_clients` other clients (honest traffic does that on its own), and the floor sat at the
+//! top of the range, refusing every new client forever. Forgetting the lowest number keeps an
+//! invariant instead: **the floor is never above any remembered client's number**. To raise it
+//! to X, all `max_clients` + 1 clients the table holds at one moment must be numbered X or more:
+//! one client alone never can, and honest clients (numbered by time, so below an inflated
+//! number) are forgotten before the inflated ones and keep the floor at honest times. For
+//! clients that number by time (the [`crate::Client`] default) the lowest number is the one
+//! that executed longest ago: for them the order is the least-recently-used one it replaces.
+//!
+//! Weighed and left: a cap on how far a number may run ahead, of the floor or of a time the
+//! replicas agree on (they share no clock: each host's `now` is its own monotonic time, and the
+//! floor starts at 0 while honest numbers start near 2^50 µs, so no cap relative to it tells
+//! them from an attacker's); a floor keyed to batch seqs (requests that name a recent seq and
+//! expire, as Solana's recent blockhash: a new field in every signed request); and floors per
+//! bucket of client keys (keys are free, so an attacker makes one per bucket; with
+//! least-recently-used forgetting a request per bucket poisons them all, and each bucket is
+//! more state in every checkpoint). What is left: `max_clients` + 1 keys, each with a request
+//! executed and all held in the table at once, can still raise the floor; see
+//! [`crate::Config::max_clients`].
 
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
@@ -30,7 +56,8 @@ pub struct ClientRecord {
     pub client: PublicKey,
     /// The number of its last executed request.
     pub client_seq: u64,
-    /// The seq of the batch that executed it (the table forgets the oldest first).
+    /// The seq of the batch that executed it (of two clients with the same number, the table
+    /// forgets the one that executed first).
     pub seq: u64,
     /// What the application returned for it; `None` only between delivery and execution.
     pub result: Option<Vec<u8>>,
@@ -51,7 +78,8 @@ pub(crate) struct ClientTable {
     max_clients: usize,
     floor: u64,
     entries: BTreeMap<PublicKey, ClientEntry>,
-    by_age: BTreeSet<(u64, PublicKey)>,
+    /// The order of forgetting: (last number, seq it executed at, key), first goes first.
+    order: BTreeSet<(u64, u64, PublicKey)>,
 }
 
 impl ClientTable {
@@ -60,8 +88,18 @@ impl ClientTable {
             max_clients,
             floor: 0,
             entries: BTreeMap::new(),
-            by_age: BTreeSet::new(),
+            order: BTreeSet::new(),
         }
+    }
+
+    /// Adds or replaces `client`'s row, keeping the order of forgetting in step.
+    fn insert(&mut self, client: PublicKey, entry: ClientEntry) {
+        let position = (entry.last_client_seq, entry.executed_at, client);
+        if let Some(old) = self.entries.insert(client, entry) {
+            self.order
+                .remove(&(old.last_client_seq, old.executed_at, client));
+        }
+        self.order.insert(position);
     }
 
     pub(crate) fn freshness(&self, client: &PublicKey, client_seq: u64) -> Freshness<'_> {
@@ -84,7 +122,7 @@ impl ClientTable {
         client_seq: u64,
         seq: u64,
     ) -> Option<PublicKey> {
-        if let Some(old) = self.entries.insert(
+        self.insert(
             client,
             ClientEntry {
                 last_client_seq: client_seq,
@@ -92,29 +130,27 @@ impl ClientTable {
                 result: None,
                 reply: None,
             },
-        ) {
-            self.by_age.remove(&(old.executed_at, client));
-        }
-        self.by_age.insert((seq, client));
+        );
         self.evict()
     }
 
-    /// Forgets the clients that executed longest ago until the table is within its bound;
-    /// returns the last one forgotten (one insert forgets at most one).
+    /// Forgets the clients with the lowest numbers until the table is within its bound;
+    /// returns the last one forgotten (one insert forgets at most one, possibly the client
+    /// just recorded). The floor then stays at or below every remembered number.
     fn evict(&mut self) -> Option<PublicKey> {
         let mut forgotten = None;
         while self.entries.len() > self.max_clients {
-            let (_, oldest) = self.by_age.pop_first()?;
-            if let Some(evicted) = self.entries.remove(&oldest) {
+            let (_, _, lowest) = self.order.pop_first()?;
+            if let Some(evicted) = self.entries.remove(&lowest) {
                 self.floor = self.floor.max(evicted.last_client_seq);
-                forgotten = Some(oldest);
+                forgotten = Some(lowest);
             }
         }
         forgotten
     }
 
     /// The highest request number of a forgotten client: an unknown client's requests must
-    /// be numbered above it.
+    /// be numbered above it. Never above a remembered client's number (see the module doc).
     pub(crate) fn floor(&self) -> u64 {
         self.floor
     }
@@ -133,7 +169,7 @@ impl ClientTable {
     }
 
     /// The table a host persisted: its floor and rows (in any order). Rows beyond
-    /// `max_clients` are forgotten oldest first, as the live table would have.
+    /// `max_clients` are forgotten lowest number first, as the live table would have.
     pub(crate) fn from_records(
         max_clients: usize,
         floor: u64,
@@ -142,7 +178,7 @@ impl ClientTable {
         let mut table = ClientTable::new(max_clients);
         table.floor = floor;
         for record in records {
-            if let Some(old) = table.entries.insert(
+            table.insert(
                 record.client,
                 ClientEntry {
                     last_client_seq: record.client_seq,
@@ -150,10 +186,7 @@ impl ClientTable {
                     result: record.result,
                     reply: None,
                 },
-            ) {
-                table.by_age.remove(&(old.executed_at, record.client));
-            }
-            table.by_age.insert((record.seq, record.client));
+            );
         }
         table.evict();
         table
@@ -214,7 +247,7 @@ impl ClientTable {
         let mut table = ClientTable::new(max_clients);
         table.floor = floor;
         for (client, last_client_seq, executed_at, result) in entries {
-            table.entries.insert(
+            table.insert(
                 client,
                 ClientEntry {
                     last_client_seq,
@@ -223,7 +256,6 @@ impl ClientTable {
                     reply: None,
                 },
             );
-            table.by_age.insert((executed_at, client));
         }
         Some(table)
     }
@@ -248,16 +280,80 @@ mod tests {
     }
 
     #[test]
-    fn at_the_bound_the_oldest_client_is_forgotten_and_its_requests_stay_stale() {
+    fn at_the_bound_the_lowest_numbered_client_is_forgotten_and_its_requests_stay_stale() {
         let mut table = ClientTable::new(2);
         table.record_execution(key(1), 100, 1);
         table.record_execution(key(2), 7, 2);
-        table.record_execution(key(3), 50, 3);
+        assert_eq!(table.record_execution(key(3), 50, 3), Some(key(2)));
         assert_eq!(table.len(), 2, "bounded");
-        // Client 1 is forgotten; its executed request 100 must not run again.
-        assert_eq!(table.freshness(&key(1), 100), Freshness::Stale);
-        assert_eq!(table.freshness(&key(1), 101), Freshness::Fresh);
-        // Remembered clients are unaffected by the floor.
+        // Client 2 is forgotten; its executed request 7 must not run again.
+        assert_eq!(table.floor(), 7);
+        assert_eq!(table.freshness(&key(2), 7), Freshness::Stale);
         assert_eq!(table.freshness(&key(2), 8), Freshness::Fresh);
+        // Remembered clients are unaffected by the floor.
+        assert_eq!(table.freshness(&key(1), 101), Freshness::Fresh);
+        // A newcomer numbered below everyone is forgotten at once, and stays refused.
+        assert_eq!(table.record_execution(key(4), 9, 4), Some(key(4)));
+        assert_eq!(table.freshness(&key(4), 9), Freshness::Stale);
+        assert_eq!(table.floor(), 9);
+    }
+
+    #[test]
+    fn one_client_near_the_top_never_becomes_the_floor() {
+        let mut table = ClientTable::new(3);
+        table.record_execution(key(0), u64::MAX - 1, 1);
+        for n in 1..=200u8 {
+            let seq = u64::from(n) + 1;
+            table.record_execution(key(n), 1_000 + u64::from(n), seq);
+            assert!(
+                table.floor() <= 1_000 + u64::from(n),
+                "floor {}",
+                table.floor()
+            );
+        }
+        assert_eq!(
+            table.freshness(&key(0), u64::MAX - 1),
+            Freshness::LastExecuted(None)
+        );
+        assert_eq!(table.freshness(&key(201), 1_201), Freshness::Fresh);
+    }
+
+    /// Over pseudo-random runs: nothing executed is ever fresh again, the floor never exceeds a
+    /// remembered number, and a table rebuilt from its rows and floor decides the same.
+    #[test]
+    fn forgetting_is_safe_and_the_floor_stays_below_every_remembered_number() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |bound: u64| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 33) % bound
+        };
+        for run in 0..20 {
+            let mut table = ClientTable::new(1 + run % 5);
+            let mut executed: Vec<(PublicKey, u64)> = Vec::new();
+            for seq in 1..=300 {
+                let client = key(next(12) as u8);
+                let number = match next(10) {
+                    0 => u64::MAX - next(4),
+                    _ => next(400),
+                };
+                if table.freshness(&client, number) != Freshness::Fresh {
+                    continue;
+                }
+                table.record_execution(client, number, seq);
+                executed.push((client, number));
+                for (client, number) in &executed {
+                    assert_ne!(table.freshness(client, *number), Freshness::Fresh);
+                }
+                for record in table.records() {
+                    assert!(table.floor() <= record.client_seq);
+                }
+                let rebuilt =
+                    ClientTable::from_records(table.max_clients, table.floor(), table.records());
+                assert_eq!(rebuilt.export(), table.export());
+                assert_eq!(rebuilt.order, table.order);
+            }
+        }
     }
 }

@@ -20,7 +20,11 @@ impl Replica {
         let before = self.last_delivered;
         // One delivery at a time: the next only once the host executed the last, so the
         // exactly-once table a checkpoint snapshots is exactly as of the checkpoint's seq.
+        // Nothing executes on a state that diverged from the stable checkpoint: the install
+        // of the stable state comes first (see `check_diverged`).
+        let repairing = self.repairing();
         while self.last_delivered == self.executed
+            && !repairing
             && let Some(slot) = self.log.get_mut(&(self.last_delivered + 1))
         {
             let Some(certificate) = slot.certificate.clone() else {
@@ -107,6 +111,7 @@ impl Replica {
                 "the application snapshot exceeds max_snapshot_bytes",
             ));
         }
+        let repairing = self.repairing();
         let Some(slot) = self.log.get_mut(&seq) else {
             return Err(Error::HostContract("executed() for a seq never delivered"));
         };
@@ -117,6 +122,16 @@ impl Replica {
             return Err(Error::HostContract(
                 "executed() needs one result per executed request",
             ));
+        }
+        if repairing {
+            // Executed on a state the stable checkpoint proved wrong, which the coming install
+            // replaces: no reply is signed from it, and no checkpoint.
+            slot.executing.clear();
+            for leaf in core::mem::take(&mut slot.leaves) {
+                self.intake.release(&leaf);
+            }
+            self.executed = seq;
+            return Ok(());
         }
         let view = certificate.view;
         let executing = core::mem::take(&mut slot.executing);

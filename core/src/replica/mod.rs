@@ -294,8 +294,9 @@ impl Replica {
         let primary_key = *self.validators.key(primary).ok_or(Error::NotAValidator)?;
         let signed = vote.signed_digest(&self.config.chain_id, self.validators.epoch());
         let seq = vote.seq;
+        // A proposal accepted in an older view is no statement of this view's primary.
         if let Some(slot) = self.log.get(&seq)
-            && let Some(accepted) = slot.proposal.as_ref()
+            && let Some(accepted) = slot.proposal.as_ref().filter(|p| p.view == vote.view)
         {
             if accepted.digest == vote.digest {
                 if slot.batch.is_some() {
@@ -463,10 +464,7 @@ impl Replica {
 
     /// Moves slot `seq` forward: prepared → commit sent → committed → delivered.
     fn advance(&mut self, seq: u64) {
-        let quorum = match planted!(self.config, QuorumOf2f) {
-            true => 2 * self.validators.max_faulty(),
-            false => self.validators.quorum(),
-        };
+        let quorum = self.validators.quorum() - usize::from(planted!(self.config, QuorumOf2f));
         let primary = self.validators.primary(self.view);
         let Some(slot) = self.log.get_mut(&seq) else {
             return;

@@ -8,7 +8,7 @@ use super::exactly_once::ClientRecord;
 use super::{Replica, restore::ExecutedState};
 use crate::certificate::{Evidence, QuorumCertificate};
 use crate::config::ReplicaId;
-use crate::crypto::PublicKey;
+use crate::crypto::{Digest, PublicKey};
 use crate::envelope::{self, DecodeError};
 use crate::statement::{Batch, Vote};
 use crate::view_change::{NewView, Prepared, StableCheckpoint, ViewChange};
@@ -136,9 +136,25 @@ pub enum Output {
     /// A validator signed two conflicting votes; the evidence verifies offline with
     /// [`crate::verify_evidence`]. Forward it to whatever decides on punishment.
     Evidence(Evidence),
-    /// This replica was too far behind to replay batches and fetched a checkpoint's state:
-    /// replace the application's state with the snapshot, and the persisted exactly-once table
-    /// and executed seq with the install's (in the same atomic write). Every delivery the host
+    /// This replica was too far behind to replay batches, or its state diverged, and fetched
+    /// a checkpoint's state: replace the application's state with the snapshot, and the
+    /// persisted exactly-once table and executed seq with the install's (in the same atomic
+    /// write; `seq` may be below the executed seq after a divergence). Every delivery the host
     /// has not executed yet is void; the next delivery is `seq + 1`.
     Install(Install),
+    /// A quorum made the checkpoint at `seq` stable with the state digest `stable`, and this
+    /// replica's own state there has the digest `own`: its execution diverged (corrupt storage,
+    /// a non-deterministic application, a bad restore). Nothing is to be done for it but to
+    /// alert an operator: the replica delivers nothing more, signs no reply nor checkpoint from
+    /// the diverged state, and fetches the stable state from its peers, which comes as an
+    /// [`Output::Install`] (Castro and Liskov, section 4.3: the quorum's checkpoint is the
+    /// state). A delivery already handed out may still be executed and reported as usual.
+    StateDiverged {
+        /// The stable checkpoint's seq.
+        seq: u64,
+        /// This replica's state digest at `seq`.
+        own: Digest,
+        /// The digest a quorum signed at `seq`.
+        stable: Digest,
+    },
 }

@@ -6,7 +6,7 @@
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
-use crate::certificate::{Evidence, QuorumCertificate};
+use crate::certificate::{Evidence, QuorumCertificate, conflicting};
 use crate::config::{ChainId, ReplicaId};
 use crate::crypto::{Digest, PublicKey};
 use crate::message::{COMMITTED, HAVE_BATCH, PREPARED};
@@ -17,9 +17,9 @@ use crate::view_change::Prepared;
 pub(crate) enum VoteOutcome {
     /// Stored.
     Added,
-    /// The same vote was already stored.
+    /// The same vote was already stored, or the validator's vote of a later view.
     Duplicate,
-    /// The validator had voted for another digest; the first vote stays.
+    /// The validator had voted for another digest in the same view; the first vote stays.
     Conflict(Vote),
 }
 
@@ -35,6 +35,8 @@ pub(crate) struct Slot {
     pub(crate) batch: Option<Batch>,
     /// Request digests of the batch, to release them from the duplicate index.
     pub(crate) leaves: Vec<Digest>,
+    /// Each validator's prepare and commit of the latest view it voted in here. Only the
+    /// votes of the proposal's view count towards its certificates.
     prepares: BTreeMap<ReplicaId, Vote>,
     commits: BTreeMap<ReplicaId, Vote>,
     /// Validators already reported for equivocating here (evidence is sent once).
@@ -52,11 +54,12 @@ pub(crate) struct Slot {
 }
 
 impl Slot {
-    /// Whether the same vote (signer, phase, digest) is stored: a duplicate needs no check.
+    /// Whether the same vote (signer, phase, view, digest) is stored: a duplicate needs no
+    /// check.
     pub(crate) fn has_same(&self, vote: &Vote) -> bool {
         self.votes(vote.phase)
             .and_then(|votes| votes.get(&vote.replica))
-            .is_some_and(|stored| stored.digest == vote.digest)
+            .is_some_and(|stored| (stored.view, stored.digest) == (vote.view, vote.digest))
     }
 
     fn votes(&self, phase: Phase) -> Option<&BTreeMap<ReplicaId, Vote>> {
@@ -67,7 +70,9 @@ impl Slot {
         }
     }
 
-    /// Stores a verified prepare or commit vote.
+    /// Stores a verified prepare or commit vote. A vote of a later view than the one stored
+    /// for its signer replaces it (a new view may order another digest here); two digests in
+    /// one view are a conflict.
     pub(crate) fn add_vote(&mut self, vote: Vote) -> VoteOutcome {
         let votes = match vote.phase {
             Phase::Prepare => &mut self.prepares,
@@ -75,19 +80,23 @@ impl Slot {
             Phase::PrePrepare | Phase::Checkpoint => return VoteOutcome::Duplicate,
         };
         match votes.get(&vote.replica) {
-            Some(stored) if stored.digest == vote.digest => VoteOutcome::Duplicate,
-            Some(stored) => VoteOutcome::Conflict(stored.clone()),
-            None => {
+            Some(stored) if stored.view > vote.view => VoteOutcome::Duplicate,
+            Some(stored) if stored.view == vote.view && stored.digest == vote.digest => {
+                VoteOutcome::Duplicate
+            }
+            Some(stored) if stored.view == vote.view => VoteOutcome::Conflict(stored.clone()),
+            _ => {
                 votes.insert(vote.replica, vote);
                 VoteOutcome::Added
             }
         }
     }
 
-    /// Evidence for a conflict, unless this validator was already reported here.
+    /// Evidence for a conflict, unless this validator was already reported here, or the two
+    /// votes are not two digests for one statement ([`crate::certificate::conflicting`]).
     pub(crate) fn evidence(&mut self, epoch: u64, first: Vote, second: Vote) -> Option<Evidence> {
         let key = (second.phase, second.replica);
-        if self.reported.contains(&key) {
+        if self.reported.contains(&key) || !conflicting(&first, &second) {
             return None;
         }
         self.reported.push(key);
@@ -98,12 +107,14 @@ impl Slot {
         })
     }
 
+    /// The votes of `phase` for the accepted proposal: its view and its digest. Votes of
+    /// another view never count, so a certificate never mixes views.
     fn matching(&self, phase: Phase) -> impl Iterator<Item = &Vote> {
-        let digest = self.digest;
+        let statement = self.proposal.as_ref().map(|p| (p.view, p.digest));
         self.votes(phase)
             .into_iter()
             .flat_map(|votes| votes.values())
-            .filter(move |vote| Some(vote.digest) == digest)
+            .filter(move |vote| Some((vote.view, vote.digest)) == statement)
     }
 
     /// Prepared: the proposal plus `quorum - 1` matching prepares from backups, so a
@@ -118,7 +129,8 @@ impl Slot {
                 >= quorum
     }
 
-    /// The QC, if a quorum of matching commits is in (ascending signer order).
+    /// The QC, if a quorum of commits for the proposal's view and digest is in (ascending
+    /// signer order).
     pub(crate) fn commit_certificate(
         &self,
         chain: ChainId,
@@ -218,5 +230,75 @@ impl Slot {
     /// Votes held, for memory accounting.
     pub(crate) fn vote_count(&self) -> usize {
         self.prepares.len() + self.commits.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::Keypair;
+
+    fn vote(phase: Phase, replica: u16, view: u64, digest: u8) -> Vote {
+        Vote::new(
+            &ChainId::from_name("test"),
+            0,
+            phase,
+            (view, 1),
+            Digest([digest; 32]),
+            ReplicaId(replica),
+            &Keypair::from_seed(&[replica as u8 + 1; 32]),
+        )
+    }
+
+    #[test]
+    fn a_later_views_vote_replaces_the_old_one_and_only_one_view_counts() {
+        let mut slot = Slot::default();
+        assert!(matches!(
+            slot.add_vote(vote(Phase::Commit, 1, 0, 1)),
+            VoteOutcome::Added
+        ));
+        // Another digest in a later view: a new vote, not a conflict.
+        assert!(matches!(
+            slot.add_vote(vote(Phase::Commit, 1, 1, 2)),
+            VoteOutcome::Added
+        ));
+        // An older view's vote no longer counts; the same view with another digest conflicts.
+        assert!(matches!(
+            slot.add_vote(vote(Phase::Commit, 1, 0, 3)),
+            VoteOutcome::Duplicate
+        ));
+        assert!(matches!(
+            slot.add_vote(vote(Phase::Commit, 1, 1, 3)),
+            VoteOutcome::Conflict(first) if (first.view, first.digest) == (1, Digest([2; 32]))
+        ));
+        // Commits of views 0 and 1 for one digest never make one QC.
+        slot.add_vote(vote(Phase::Commit, 2, 0, 2));
+        slot.add_vote(vote(Phase::Commit, 3, 1, 2));
+        slot.proposal = Some(vote(Phase::PrePrepare, 1, 1, 2));
+        let chain = ChainId::from_name("test");
+        assert_eq!(slot.commit_certificate(chain, 0, 1, 3), None);
+        slot.add_vote(vote(Phase::Commit, 2, 1, 2));
+        let qc = slot
+            .commit_certificate(chain, 0, 1, 3)
+            .expect("three of view 1");
+        assert_eq!(qc.view, 1);
+    }
+
+    #[test]
+    fn evidence_is_made_only_from_two_digests_for_one_statement() {
+        let mut slot = Slot::default();
+        let first = vote(Phase::Commit, 1, 1, 1);
+        assert_eq!(
+            slot.evidence(0, first.clone(), vote(Phase::Commit, 1, 2, 2)),
+            None
+        );
+        assert_eq!(
+            slot.evidence(0, first.clone(), vote(Phase::Commit, 2, 1, 2)),
+            None
+        );
+        assert_eq!(slot.evidence(0, first.clone(), first.clone()), None);
+        let second = vote(Phase::Commit, 1, 1, 2);
+        assert!(slot.evidence(0, first.clone(), second.clone()).is_some());
+        assert_eq!(slot.evidence(0, first, second), None, "reported once");
     }
 }

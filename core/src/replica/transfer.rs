@@ -37,6 +37,9 @@ pub(super) struct Transfer {
     /// When each peer was last asked for a round (ms): a peer serves one round per interval
     /// (its budget, [`CHUNKS_IN_FLIGHT`]), so it is not asked sooner.
     asked: BTreeMap<ReplicaId, u64>,
+    /// This replica's own state diverged from a stable checkpoint's: the transfer replaces
+    /// it even though the replica is not behind, and nothing is delivered until it is done.
+    repair: bool,
 }
 
 impl Transfer {
@@ -44,34 +47,58 @@ impl Transfer {
     pub(super) fn target_seq(&self) -> u64 {
         self.target.seq
     }
+
+    /// Whether it replaces a state that diverged (see [`Replica::check_diverged`]).
+    pub(super) fn repairs(&self) -> bool {
+        self.repair
+    }
 }
 
 impl Replica {
     /// Starts fetching the stable checkpoint's state if this replica is more than a window
     /// behind it (peers keep only a window of batches below their checkpoint for replay), or
-    /// moves a transfer under way to a newer stable checkpoint (peers drop older states).
-    /// Returns whether it sent requests.
+    /// moves a transfer under way to a newer stable checkpoint (peers drop older states); a
+    /// repair always moves, whether behind or not. Returns whether it sent requests.
     pub(super) fn maybe_start_transfer(&mut self) -> bool {
         let stable = self.checkpoints.stable();
         let behind = stable.seq.saturating_sub(self.executed) > self.config.window;
+        let repair = self.repairing();
         let newer = self
             .transfer
             .as_ref()
             .is_none_or(|t| t.target.seq < stable.seq);
-        if !behind || !newer {
+        if !(behind || repair) || !newer {
             return false;
         }
+        self.fetch_stable_state(repair);
+        true
+    }
+
+    /// Fetches the stable checkpoint's state because this replica's own state there diverged
+    /// (see [`Replica::check_diverged`]).
+    pub(super) fn start_repair(&mut self) {
+        self.fetch_stable_state(true);
+    }
+
+    /// Whether this replica's state diverged and is being replaced: it delivers nothing until
+    /// the install.
+    pub(super) fn repairing(&self) -> bool {
+        self.transfer.as_ref().is_some_and(Transfer::repairs)
+    }
+
+    /// Starts fetching the stable checkpoint's state from the first peer after this replica.
+    fn fetch_stable_state(&mut self, repair: bool) {
         self.transfer = Some(Transfer {
-            target: stable.clone(),
+            target: self.checkpoints.stable().clone(),
             manifest: None,
             chunks: Vec::new(),
             cursor: usize::from(self.id.0),
             bad: BTreeSet::new(),
             requested: 0,
             asked: BTreeMap::new(),
+            repair,
         });
         self.request_state(false);
-        true
     }
 
     /// Asks a peer for what is missing: the current one, or with `next` (an interval passed
@@ -243,8 +270,12 @@ impl Replica {
         };
         let app: Vec<u8> = transfer.chunks.into_iter().flatten().flatten().collect();
         let Some(clients) = ClientTable::import(&manifest.clients, self.config.max_clients) else {
-            // The quorum signed this table, so it decodes unless the limits differ.
+            // The quorum signed this table, so it decodes unless the limits differ. A diverged
+            // state stays unused: the repair starts over (and moves to a newer checkpoint).
             self.metrics.checkpoint_mismatches += 1;
+            if transfer.repair {
+                self.start_repair();
+            }
             return;
         };
         self.install(manifest, app, clients, transfer.target);
@@ -283,7 +314,14 @@ impl Replica {
         self.archive.clear();
         self.intake.clear_in_flight();
         let executed = self.executed;
-        for (_, slot) in self.log.range(executed + 1..) {
+        let chain = self.config.chain_id;
+        for (_, slot) in self.log.range_mut(executed + 1..) {
+            if slot.leaves.is_empty()
+                && let Some(batch) = &slot.batch
+            {
+                // Executed on the state this one replaces (a repair): delivered again.
+                slot.leaves = batch.leaves(&chain);
+            }
             self.intake.track_all(&slot.leaves);
         }
         self.take_checkpoint(checkpoint);

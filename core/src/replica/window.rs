@@ -69,25 +69,17 @@ impl Replica {
         if self
             .transfer
             .as_ref()
-            .is_some_and(|t| t.target_seq() <= self.executed)
+            .is_some_and(|t| !t.repairs() && t.target_seq() <= self.executed)
         {
             // Caught up by replaying batches after all.
             self.transfer = None;
         }
+        // Before the own digests at or below the new low watermark are pruned.
+        self.check_diverged();
         let stable = self.checkpoints.stable();
         let target = self.executed.min(stable.seq);
         if target <= self.low {
             return;
-        }
-        if self.executed >= stable.seq
-            && self
-                .checkpoints
-                .own(stable.seq)
-                .is_some_and(|own| own != stable.digest)
-        {
-            // A quorum reached another state than this replica did: its execution is not
-            // deterministic, or its storage is corrupt. The quorum's checkpoint stands.
-            self.metrics.checkpoint_mismatches += 1;
         }
         let kept = self.log.split_off(&(target + 1));
         let freed = core::mem::replace(&mut self.log, kept);

@@ -45,7 +45,11 @@ impl Simulation {
         let from = index;
         match fault {
             // Silent sends nothing; the others send honestly and never come here.
-            Fault::Silent | Fault::CrashAt(_) | Fault::Censor | Fault::Twin => {}
+            Fault::Silent
+            | Fault::CrashAt(_)
+            | Fault::Censor
+            | Fault::Twin
+            | Fault::DivergeAt(_) => {}
             Fault::Generated(policy) => self.generated(index, policy, targets, bytes),
             Fault::DripFeed => {
                 let chunk = matches!(

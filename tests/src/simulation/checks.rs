@@ -238,10 +238,15 @@ impl Simulation {
         let highest = self.report.batches;
         for index in 0..self.validators.len() {
             let node = &self.validators[index];
-            if node.fault.is_none() && node.delivered != highest {
+            if node.held_to_liveness() && node.delivered != highest {
                 let delivered = node.delivered;
                 self.violation(format!(
                     "replica {index} delivered up to {delivered} of {highest}"
+                ));
+            }
+            if self.validators[index].diverged {
+                self.violation(format!(
+                    "replica {index} ends the run on a state that diverged from the quorum's"
                 ));
             }
         }

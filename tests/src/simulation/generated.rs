@@ -173,21 +173,31 @@ impl Simulation {
     }
 
     /// A proposal in `index`'s current view, at a random seq from 1 up to a window past the
-    /// highest committed (at or below the peers' watermarks included), of a batch made from
-    /// requests in its history, sent to every other replica.
+    /// highest committed (at or below the peers' watermarks included), of a batch from its
+    /// history or a client request it received, sent to every other replica.
     fn repropose_any(&mut self, index: NodeId) {
+        // Batches it saw proposed, and the client requests it saw, each alone: those may be
+        // fresh, which every replica's exactly-once check lets through.
         let batches: Vec<Batch> = self.validators[index]
             .seen
             .iter()
             .filter_map(|bytes| match Message::decode(bytes, usize::MAX) {
                 Ok(Message::PrePrepare(pre_prepare)) => Some(pre_prepare.batch),
+                Ok(Message::Request(request)) => Some(Batch {
+                    requests: vec![request],
+                }),
                 _ => None,
             })
             .collect();
         if batches.is_empty() {
             return;
         }
-        let mut batch = self.rng.pick(&batches).clone();
+        // The latest requests most often: the ones not ordered yet.
+        let recent = batches.len().saturating_sub(8);
+        let mut batch = match self.rng.chance(70) {
+            true => self.rng.pick(&batches[recent..]).clone(),
+            false => self.rng.pick(&batches).clone(),
+        };
         if self.rng.chance(50) {
             batch.requests.reverse();
         }

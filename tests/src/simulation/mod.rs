@@ -237,7 +237,7 @@ impl Simulation {
         healed
             && answered
             && self.validators.iter().all(|node| {
-                node.fault.is_some()
+                !node.held_to_liveness()
                     || (node.replica.is_idle() && node.delivered == self.report.batches)
             })
     }
@@ -245,12 +245,6 @@ impl Simulation {
     /// The replicas that run validator `id`'s key: the validator, and its twin if it has one.
     fn instances_of(&self, id: usize) -> impl Iterator<Item = NodeId> + '_ {
         (0..self.validators.len()).filter(move |&node| self.validators[node].id == id)
-    }
-
-    /// Whether a replica runs only honest protocol code (a twin does, under a shared key), so
-    /// what it delivers and signs is held to the invariants.
-    fn runs_honest_code(&self, node: NodeId) -> bool {
-        matches!(self.validators[node].fault, None | Some(Fault::Twin))
     }
 
     /// Whether a validator is crashed (waiting to restart, or stopped for good).

@@ -107,8 +107,9 @@ impl Simulation {
             return;
         }
         match self.validators[index].fault {
-            // A crash stops it and a censor drops what it receives: what it sends is honest.
-            None | Some(Fault::CrashAt(_) | Fault::Censor | Fault::Twin) => {
+            // A crash stops it, a censor drops what it receives and a diverging application
+            // corrupts its own state: what it sends is honest; so does a twin's.
+            None | Some(Fault::CrashAt(_) | Fault::Censor | Fault::Twin | Fault::DivergeAt(_)) => {
                 for target in targets {
                     self.send(target, from, bytes.clone());
                 }

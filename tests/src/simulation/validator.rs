@@ -45,6 +45,10 @@ pub(super) struct Validator {
     store: Store,
     /// Executed or installed since the store was last written.
     dirty: bool,
+    /// Its application corrupted an operation (`Fault::DivergeAt`), once.
+    corrupted: bool,
+    /// Its state is the corrupted one: from the corruption to the install that replaces it.
+    pub(super) diverged: bool,
 }
 
 /// The host's side of [`ExecutedState`]: kept from deliveries and installs.
@@ -92,7 +96,28 @@ impl Validator {
             table: Table::default(),
             store: Store::default(),
             dirty: false,
+            corrupted: false,
+            diverged: false,
         }
+    }
+
+    /// Whether its executions are checked as an honest validator's: it has no fault, it is a
+    /// twin, or its only fault is an application that diverged once and its state is the
+    /// quorum's again.
+    pub(super) fn checked(&self) -> bool {
+        match self.fault {
+            None => true,
+            Some(Fault::DivergeAt(_)) => !self.diverged,
+            // A twin runs honest code; only its key is shared.
+            Some(Fault::Twin) => true,
+            Some(_) => false,
+        }
+    }
+
+    /// Whether it must have delivered everything by the end of a run: an honest validator,
+    /// or one whose application diverged (it must have repaired its state).
+    pub(super) fn held_to_liveness(&self) -> bool {
+        matches!(self.fault, None | Some(Fault::DivergeAt(_)))
     }
 
     /// The application: a hash chain over the operations, plus their log.
@@ -169,6 +194,7 @@ impl Simulation {
                 Output::Deliver(delivery) => self.execute(index, delivery),
                 Output::Install(install) => self.install(index, install),
                 Output::Evidence(evidence) => self.check_evidence(index, &evidence),
+                Output::StateDiverged { seq, .. } => self.note_divergence(index, seq),
                 other => panic!("the simulator does not handle {other:?}"),
             }
         }
@@ -215,7 +241,7 @@ impl Simulation {
 
     /// Executes a delivery on a validator's application and checks the invariants.
     fn execute(&mut self, index: NodeId, delivery: Delivery) {
-        let honest = self.runs_honest_code(index);
+        let honest = self.validators[index].checked();
         let Delivery {
             seq,
             batch,
@@ -240,7 +266,18 @@ impl Simulation {
                 continue;
             };
             let node = &mut self.validators[index];
-            node.apply(request.client, request.client_seq, &request.op);
+            match node.fault {
+                Some(Fault::DivergeAt(at)) if self.now >= at && !node.corrupted => {
+                    // The application gets this operation wrong: its state is no longer the
+                    // one the others reach.
+                    node.corrupted = true;
+                    node.diverged = true;
+                    let mut wrong = request.op.clone();
+                    wrong.push(0xff);
+                    node.apply(request.client, request.client_seq, &wrong);
+                }
+                _ => node.apply(request.client, request.client_seq, &request.op),
+            }
             let result = node.state.0.to_vec();
             node.table.clients.insert(
                 request.client,
@@ -251,7 +288,7 @@ impl Simulation {
                     result: Some(result.clone()),
                 },
             );
-            if honest {
+            if honest && !self.validators[index].diverged {
                 self.check_executed(index, seq, request, &result);
             }
             results.push(result);
@@ -271,7 +308,7 @@ impl Simulation {
             },
         );
         node.dirty = true;
-        if honest {
+        if honest && !self.validators[index].diverged {
             self.check_state(index, seq);
         }
         let snapshot = checkpoint.then(|| encode_app(&self.validators[index].ops));
@@ -318,8 +355,22 @@ impl Simulation {
             node.table.checkpoints.insert(install.seq, state);
         }
         node.dirty = true;
+        node.diverged = false;
         self.report.state_transfers += 1;
         self.check_installed(index, install.seq);
+    }
+
+    /// A validator's core found its state at the stable checkpoint `seq` is not the quorum's:
+    /// expected only of one whose application was made to diverge.
+    fn note_divergence(&mut self, index: NodeId, seq: u64) {
+        match self.validators[index].fault {
+            Some(Fault::DivergeAt(_)) if self.validators[index].corrupted => {
+                self.report.state_repairs += 1;
+            }
+            _ => self.violation(format!(
+                "replica {index} found its state at seq {seq} differs from the stable checkpoint"
+            )),
+        }
     }
 
     /// The validator stops: its unsent outputs are lost, its persisted records stay.
