@@ -28,6 +28,10 @@ pub struct Report {
     pub restarts: u64,
     /// Checkpoint states fetched and installed.
     pub state_transfers: u64,
+    /// When the first state was installed, virtual ms.
+    pub first_install_ms: Option<u64>,
+    /// When the last request completed, virtual ms.
+    pub last_completed_ms: u64,
     /// State chunks a drip-feeding validator ([`crate::Fault::DripFeed`]) sent.
     pub drip_chunks: u64,
     /// Replicas that found their state at a stable checkpoint differed from the quorum's

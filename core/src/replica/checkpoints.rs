@@ -32,6 +32,10 @@ pub(super) struct Checkpoints {
     own: BTreeMap<u64, Digest>,
     /// The state at checkpoints from the stable one up, to serve peers that fetch it.
     snapshots: BTreeMap<u64, Snapshot>,
+    /// The older state each peer is fetching, with when it last asked (ms): kept while in
+    /// use, so a transfer slower than a checkpoint interval under load still finishes. At
+    /// most one per peer, so f Byzantine peers can hold at most f old states.
+    pins: BTreeMap<ReplicaId, (u64, u64)>,
 }
 
 impl Default for Checkpoints {
@@ -42,6 +46,7 @@ impl Default for Checkpoints {
             reported: BTreeSet::new(),
             own: BTreeMap::new(),
             snapshots: BTreeMap::new(),
+            pins: BTreeMap::new(),
         }
     }
 }
@@ -155,12 +160,22 @@ impl Checkpoints {
         self.snapshots.retain(|&at, _| at < seq);
     }
 
-    /// Forgets own digests at or below `low` and states below the stable checkpoint (peers
-    /// may still fetch the stable one).
-    pub(super) fn prune(&mut self, low: u64) {
+    /// Notes that `peer` fetched the state at `seq` at `now` (ms): it stays held while the
+    /// peer keeps asking.
+    pub(super) fn pin(&mut self, peer: ReplicaId, seq: u64, now: u64) {
+        self.pins.insert(peer, (seq, now));
+    }
+
+    /// Forgets own digests at or below `low`, and states below the stable checkpoint (peers
+    /// may still fetch the stable one) that no peer fetched within `idle_ms` of `now`.
+    pub(super) fn prune(&mut self, low: u64, now: u64, idle_ms: u64) {
         self.own.retain(|&seq, _| seq > low);
+        self.pins
+            .retain(|_, &mut (_, at)| now < at.saturating_add(idle_ms));
         let stable = self.stable.seq;
-        self.snapshots.retain(|&seq, _| seq >= stable);
+        let pins = &self.pins;
+        self.snapshots
+            .retain(|&seq, _| seq >= stable || pins.values().any(|&(pinned, _)| pinned == seq));
     }
 
     /// Entries held for the network: votes, reports and snapshots.
@@ -168,6 +183,7 @@ impl Checkpoints {
         self.votes.values().map(BTreeMap::len).sum::<usize>()
             + self.reported.len()
             + self.snapshots.len()
+            + self.pins.len()
     }
 }
 

@@ -34,6 +34,9 @@ pub(super) struct Transfer {
     bad: BTreeSet<ReplicaId>,
     /// Chunks asked for in the last request and not yet received.
     requested: usize,
+    /// Every peer failed a round since the transfer started or last made progress: its
+    /// target may be a state no peer serves any more.
+    exhausted: bool,
     /// When each peer was last asked for a round (ms): a peer serves one round per interval
     /// (its budget, [`CHUNKS_IN_FLIGHT`]), so it is not asked sooner.
     asked: BTreeMap<ReplicaId, u64>,
@@ -57,8 +60,10 @@ impl Transfer {
 impl Replica {
     /// Starts fetching the stable checkpoint's state if this replica is more than a window
     /// behind it (peers keep only a window of batches below their checkpoint for replay), or
-    /// moves a transfer under way to a newer stable checkpoint (peers drop older states); a
-    /// repair always moves, whether behind or not. Returns whether it sent requests.
+    /// moves a transfer under way to a newer stable checkpoint once every peer failed it
+    /// (peers keep an older state while it is fetched, so under load a transfer goes on
+    /// rather than restart at every new stable checkpoint and never finish); a repair moves
+    /// the same way, whether behind or not. Returns whether it sent requests.
     pub(super) fn maybe_start_transfer(&mut self) -> bool {
         let stable = self.checkpoints.stable();
         let behind = stable.seq.saturating_sub(self.executed) > self.config.window;
@@ -66,7 +71,7 @@ impl Replica {
         let newer = self
             .transfer
             .as_ref()
-            .is_none_or(|t| t.target.seq < stable.seq);
+            .is_none_or(|t| t.target.seq < stable.seq && t.exhausted);
         if !(behind || repair) || !newer {
             return false;
         }
@@ -95,6 +100,7 @@ impl Replica {
             cursor: usize::from(self.id.0),
             bad: BTreeSet::new(),
             requested: 0,
+            exhausted: false,
             asked: BTreeMap::new(),
             repair,
         });
@@ -118,8 +124,9 @@ impl Replica {
             transfer.bad.insert(ReplicaId(transfer.cursor as u16));
         }
         if transfer.bad.len() + 1 >= n {
-            // Everyone failed once: give them all another chance.
+            // Everyone failed once: give them all another chance, or a newer target.
             transfer.bad.clear();
+            transfer.exhausted = true;
         }
         let rested = |peer: &ReplicaId| {
             transfer
@@ -165,10 +172,14 @@ impl Replica {
         peer: ReplicaId,
         fetch: FetchState,
     ) -> Result<(), Error> {
+        let now = self.timers.now();
+        if self.checkpoints.snapshot(fetch.seq).is_none() {
+            return Err(Error::UnexpectedMessage("fetch for a state not held"));
+        }
+        self.checkpoints.pin(peer, fetch.seq, now);
         let Some(snapshot) = self.checkpoints.snapshot(fetch.seq) else {
             return Err(Error::UnexpectedMessage("fetch for a state not held"));
         };
-        let now = self.timers.now();
         let interval = self.config.retransmit_ms;
         let budget = self.chunks_served.entry(peer).or_insert((now, 0));
         if now >= budget.0.saturating_add(interval) {
@@ -214,6 +225,7 @@ impl Replica {
         }
         transfer.chunks = alloc::vec![None; manifest.chunks() as usize];
         transfer.manifest = Some(manifest);
+        transfer.exhausted = false;
         self.timers.progress();
         self.finish_transfer_or_ask();
         Ok(())
@@ -246,6 +258,7 @@ impl Replica {
         // silent one.
         transfer.requested = transfer.requested.saturating_sub(1);
         if transfer.requested == 0 {
+            transfer.exhausted = false;
             self.timers.progress();
             self.finish_transfer_or_ask();
         }

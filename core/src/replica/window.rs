@@ -91,7 +91,9 @@ impl Replica {
         while self.archive.len() > self.config.retained_batches {
             self.archive.pop_front();
         }
-        self.checkpoints.prune(target);
+        // A state a peer still fetches stays ten intervals after its last request.
+        let idle = self.config.retransmit_ms.saturating_mul(10);
+        self.checkpoints.prune(target, self.timers.now(), idle);
         self.signer.forget_through(target);
         self.low = target;
         self.replay_ahead();

@@ -48,6 +48,7 @@ impl Simulation {
             return;
         };
         self.report.requests_completed += 1;
+        self.report.last_completed_ms = self.now;
         self.check_accepted(index, &request, &outcome.result);
         self.check_inclusion(&request, outcome.seq);
         self.next_request(index);

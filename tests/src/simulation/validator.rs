@@ -357,6 +357,7 @@ impl Simulation {
         node.dirty = true;
         node.diverged = false;
         self.report.state_transfers += 1;
+        self.report.first_install_ms.get_or_insert(self.now);
         self.check_installed(index, install.seq);
     }
 
