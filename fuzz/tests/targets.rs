@@ -11,6 +11,11 @@ use pbft_core::{
     Client, Config, FetchState, Manifest, Message, Phase, PublicKey, QuorumCertificate, Replica,
     StateChunk, Status, ValidatorSet, ViewChange, verify_qc,
 };
+use pbft_host::driver::client_protocol::{self, ClientInput};
+use pbft_host::framing;
+use pbft_host::serve::ServeLimits;
+use pbft_host::start::CLIENT_FRAME_OVERHEAD;
+use pbft_host::wire::{ClientFrame, FrameKind, relay_digest};
 
 /// Time each target gets under `cargo test` (override with BOLERO_RANDOM_TEST_TIME_MS).
 const TEST_TIME: Duration = Duration::from_secs(8);
@@ -167,4 +172,163 @@ fn certificate_checks_survive_any_certificate() {
             let _ = pbft_core::verify_evidence(&chain(), &set, &evidence);
         }
     });
+}
+
+/// Valid client frames of every kind, for the fuzzer to replay and mutate.
+fn valid_client_frames() -> Vec<Vec<u8>> {
+    let mut frames: Vec<Vec<u8>> = (1..=6u64)
+        .map(|seq| ClientFrame::Message(Message::Request(request(seq)).encode()).encode())
+        .collect();
+    let gateway = client_key(1).public_key();
+    frames.push(ClientFrame::relay(&chain(), &client_key(0), &gateway).encode());
+    frames.push(ClientFrame::Status.encode());
+    frames.push(
+        ClientFrame::Proof {
+            seq: 1,
+            request: request(1).digest(&chain()),
+        }
+        .encode(),
+    );
+    frames
+}
+
+/// One connection's end of the stream, as `serve` reads it: a decoder of frames of at most
+/// `max` bytes. A stream whose framing breaks is closed; the peer then connects again.
+struct Connection {
+    max: usize,
+    decoder: framing::Decoder,
+}
+
+impl Connection {
+    fn new(max: usize) -> Connection {
+        Connection {
+            max,
+            decoder: framing::Decoder::new(max),
+        }
+    }
+
+    /// The frames `bytes` complete (none if they broke the framing: a new connection).
+    fn push(&mut self, bytes: &[u8]) -> Vec<Vec<u8>> {
+        let frames = match self.decoder.push(bytes) {
+            Ok(frames) => frames,
+            Err(framing::FrameError::TooLarge { len, max }) => {
+                assert!(len > max && max == self.max);
+                self.decoder = framing::Decoder::new(self.max);
+                Vec::new()
+            }
+        };
+        assert!(self.decoder.buffered() <= framing::PREFIX_LEN + self.max);
+        frames
+    }
+}
+
+/// What a node does with bytes from its connections, without sockets or threads: each
+/// stream goes through the host's framing under the limits `serve` sets, a validator's
+/// frames into the replica, a client's through the node's own reading of the client wire
+/// ([`client_protocol::read`]) and its requests into the replica; the core's timer fires as
+/// the driver fires it. Stream pieces arrive cut anywhere, framed or not.
+#[test]
+fn node_survives_any_stream_from_validators_and_clients() {
+    let config = config();
+    let limits = ServeLimits::new(&config, config.max_message_bytes + CLIENT_FRAME_OVERHEAD);
+    let max_message = config.max_message_bytes;
+    let messages = valid_messages();
+    let client_frames = valid_client_frames();
+    check!()
+        .with_test_time(TEST_TIME)
+        .with_type::<Vec<(u8, u8, u16, u8, u8, Vec<u8>)>>()
+        .for_each(|pieces| {
+            let mut replicas: Vec<Replica> = (0..2)
+                .map(|index| pbft_core::testing::replica(index, config.clone()))
+                .collect();
+            // Validators 0..4 and one client connection.
+            let mut validators: Vec<Connection> = (0..VALIDATORS)
+                .map(|_| Connection::new(limits.frame))
+                .collect();
+            let mut client = Connection::new(limits.client_frame);
+            let mut now = 1u64;
+            for (selector, index, position, flip, tick, raw) in pieces {
+                let to_client = selector & 1 == 1;
+                let pool = match to_client {
+                    true => &client_frames,
+                    false => &messages,
+                };
+                let pick = &pool[*index as usize % pool.len()];
+                // What the peer writes: raw bytes (framing or garbage), or a framed payload.
+                let stream = match (selector >> 1) % 4 {
+                    0 => raw.clone(),
+                    1 => length_prefixed(raw),
+                    2 => length_prefixed(pick),
+                    _ => {
+                        let mut mutated = pick.clone();
+                        let at = *position as usize % mutated.len();
+                        mutated[at] ^= flip.max(&1);
+                        length_prefixed(&mutated)
+                    }
+                };
+                // The transport delivers it in two reads, cut anywhere.
+                let cut = *position as usize % (stream.len() + 1);
+                let (first, second) = stream.split_at(cut);
+                let connection = match to_client {
+                    true => &mut client,
+                    false => &mut validators[*index as usize % VALIDATORS],
+                };
+                let mut frames = connection.push(first);
+                frames.extend(connection.push(second));
+                now += u64::from(*tick) * 10;
+                for frame in frames.iter().filter(|frame| !frame.is_empty()) {
+                    for replica in &mut replicas {
+                        match to_client {
+                            false => {
+                                let from = key_of(*index as usize % VALIDATORS);
+                                let _ = replica.handle_message(now, &from, frame);
+                            }
+                            true => client_frame(replica, frame, max_message, now),
+                        }
+                    }
+                }
+                for replica in &mut replicas {
+                    if replica.poll_timeout().is_some_and(|at| at <= now) {
+                        replica.handle_timeout(now);
+                    }
+                    while replica.poll_output().is_some() {}
+                    assert!(replica.memory_footprint() <= replica.memory_bound());
+                }
+            }
+        });
+}
+
+/// `payload` with its length prefix, however long (a prefix above the limit is the point).
+fn length_prefixed(payload: &[u8]) -> Vec<u8> {
+    let mut bytes = (payload.len() as u32).to_be_bytes().to_vec();
+    bytes.extend_from_slice(payload);
+    bytes
+}
+
+/// A client's frame, read as the node reads it: the kind the transport paces it by agrees
+/// with what it decodes to, a request goes to the replica, a relay claim's signature is
+/// checked.
+fn client_frame(replica: &mut Replica, frame: &[u8], max_message: usize, now: u64) {
+    let kind = ClientFrame::kind(frame);
+    let Ok(input) = client_protocol::read(frame, max_message) else {
+        return;
+    };
+    let expected = match &input {
+        ClientInput::Request(_) => FrameKind::Request,
+        ClientInput::Relay { .. } => FrameKind::Relay,
+        ClientInput::Status | ClientInput::Proof { .. } => FrameKind::Query,
+    };
+    assert_eq!(kind, Some(expected), "paced as what it is");
+    match input {
+        ClientInput::Request(request) => {
+            let _ = replica.submit(now, request);
+        }
+        ClientInput::Relay { client, signature } => {
+            let digest = relay_digest(&chain(), &client_key(1).public_key());
+            let _ = client
+                .verifying_key()
+                .and_then(|key| key.verify(&digest, &signature));
+        }
+        ClientInput::Status | ClientInput::Proof { .. } => {}
+    }
 }

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 
-use pbft_core::{Message, PublicKey, Request};
+use pbft_core::{Digest, Message, PublicKey, Request, Signature};
 
 use super::router::{RelayProof, RelayRefusal, Router};
 use crate::application::Application;
@@ -80,23 +80,22 @@ pub(super) fn handle<A: Application>(
         metrics.reject("from_forging_connection");
         return;
     }
-    let max_message = node.max_message_bytes();
-    match ClientFrame::decode(bytes) {
-        Ok(ClientFrame::Message(bytes)) => match Message::decode(&bytes, max_message) {
-            Ok(Message::Request(request)) => {
-                if request.client != from.key && !relay_request(node, router, from, &request, now) {
-                    return;
-                }
-                // Refusals are counted in the core's metrics; a forged signature also
-                // counts against the connection.
-                if let Err(pbft_core::Error::Crypto(_)) = node.submit(now, request) {
-                    router.forged(&from.key, from.connection);
-                }
+    let input = match read(bytes, node.max_message_bytes()) {
+        Ok(input) => input,
+        Err(reason) => return metrics.reject(reason),
+    };
+    match input {
+        ClientInput::Request(request) => {
+            if request.client != from.key && !relay_request(node, router, from, &request, now) {
+                return;
             }
-            Ok(_) => metrics.reject("client_sent_consensus_message"),
-            Err(_) => metrics.reject("decode"),
-        },
-        Ok(ClientFrame::Relay { client, signature }) => {
+            // Refusals are counted in the core's metrics; a forged signature also
+            // counts against the connection.
+            if let Err(pbft_core::Error::Crypto(_)) = node.submit(now, request) {
+                router.forged(&from.key, from.connection);
+            }
+        }
+        ClientInput::Relay { client, signature } => {
             if router.relays(&client, &from.key, from.connection, now) {
                 return;
             }
@@ -119,17 +118,59 @@ pub(super) fn handle<A: Application>(
                 }
             }
         }
-        Ok(ClientFrame::Status | ClientFrame::Proof { .. }) if !queries.allow(&from.key, now) => {
+        ClientInput::Status | ClientInput::Proof { .. } if !queries.allow(&from.key, now) => {
             metrics.reject("queries_rate_limited");
         }
-        Ok(ClientFrame::Status) => {
+        ClientInput::Status => {
             router.to_client(&from.key, &ServerFrame::Status(node.status(now)));
         }
-        Ok(ClientFrame::Proof { seq, request }) => {
+        ClientInput::Proof { seq, request } => {
             let proof = node.proof(seq, &request).map(Box::new);
             router.to_client(&from.key, &ServerFrame::Proof(proof));
         }
-        Err(_) => metrics.reject("bad_client_frame"),
+    }
+}
+
+/// A client frame as the node reads it: the [`ClientFrame`], with the consensus message a
+/// [`ClientFrame::Message`] carries decoded too (only a request is taken from a client).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientInput {
+    /// A request for consensus.
+    Request(Request),
+    /// [`ClientFrame::Relay`].
+    Relay {
+        /// The relayed client.
+        client: PublicKey,
+        /// Its signature over [`relay_digest`].
+        signature: Signature,
+    },
+    /// [`ClientFrame::Status`].
+    Status,
+    /// [`ClientFrame::Proof`].
+    Proof {
+        /// The seq the request committed at.
+        seq: u64,
+        /// The request's digest.
+        request: Digest,
+    },
+}
+
+/// Decodes a client frame as [`handle`] does, consensus messages of at most `max_message`
+/// bytes inside; a frame it refuses gives the reason it is counted under in the node's
+/// metrics. Public so the fuzz targets decode exactly what a node decodes.
+pub fn read(bytes: &[u8], max_message: usize) -> Result<ClientInput, &'static str> {
+    match ClientFrame::decode(bytes) {
+        Ok(ClientFrame::Message(bytes)) => match Message::decode(&bytes, max_message) {
+            Ok(Message::Request(request)) => Ok(ClientInput::Request(request)),
+            Ok(_) => Err("client_sent_consensus_message"),
+            Err(_) => Err("decode"),
+        },
+        Ok(ClientFrame::Relay { client, signature }) => {
+            Ok(ClientInput::Relay { client, signature })
+        }
+        Ok(ClientFrame::Status) => Ok(ClientInput::Status),
+        Ok(ClientFrame::Proof { seq, request }) => Ok(ClientInput::Proof { seq, request }),
+        Err(_) => Err("bad_client_frame"),
     }
 }
 
