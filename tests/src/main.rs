@@ -211,7 +211,10 @@ fn main() -> ExitCode {
             if !report.violations.is_empty() {
                 failed += 1;
                 tally.failed += 1;
-                eprintln!("\nseed {seed} FAILED ({scenario:?}):");
+                eprintln!(
+                    "\n{} {seed} FAILED ({scenario:?}):",
+                    unit.trim_end_matches('s')
+                );
                 for violation in &report.violations {
                     eprintln!("  {violation}");
                 }
