@@ -45,6 +45,11 @@ pub enum Fault {
     /// once it installed that state it is checked as an honest validator again, and held to
     /// liveness. No scenario kind draws it; tests set it.
     DivergeAt(u64),
+    /// Runs honestly, and with every message it sends also sends each target a chunk of the
+    /// last state a peer fetched from it, which nobody asked for and which does not verify,
+    /// and its stable checkpoint certificate: trying to make a fetching replica drop good peers
+    /// and restart its transfer.
+    SpamState,
     /// Runs honestly, but serves state-transfer chunks one at a time, each 90 ms after the
     /// last (just inside the 100 ms retransmit interval): alive, and as slow as it can be.
     DripFeed,

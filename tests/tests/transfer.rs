@@ -79,3 +79,32 @@ fn a_transfer_finishes_while_the_cluster_commits() {
         report.last_completed_ms
     );
 }
+
+/// The same load, with validator 2 sending every replica unasked chunks that do not verify
+/// and its stable checkpoint certificate with each of its messages: the fetcher must neither
+/// drop the peer serving it nor restart its transfer at each new stable checkpoint.
+#[test]
+fn unasked_bad_chunks_do_not_restart_a_transfer() {
+    let scenario = Scenario {
+        faults: BTreeMap::from([(2, Fault::SpamState)]),
+        clients: 8,
+        requests_per_client: 150,
+        restarts: vec![Restart {
+            node: 0,
+            at: 20,
+            back: 1_500,
+            surely: true,
+        }],
+        ..scenario(Fault::Silent)
+    };
+    let report = Simulation::new(11, scenario).run();
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
+    let installed = report
+        .first_install_ms
+        .expect("the restarted replica fetched a state");
+    assert!(
+        installed + 500 < report.last_completed_ms,
+        "the state was installed at {installed} ms, with the load over at {} ms",
+        report.last_completed_ms
+    );
+}

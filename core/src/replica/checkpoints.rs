@@ -34,7 +34,8 @@ pub(super) struct Checkpoints {
     snapshots: BTreeMap<u64, Snapshot>,
     /// The older state each peer is fetching, with when it last asked (ms): kept while in
     /// use, so a transfer slower than a checkpoint interval under load still finishes. At
-    /// most one per peer, so f Byzantine peers can hold at most f old states.
+    /// most one per peer: n - 1 old states at worst, at most f of them held by Byzantine
+    /// peers (each up to `max_snapshot_bytes`).
     pins: BTreeMap<ReplicaId, (u64, u64)>,
 }
 

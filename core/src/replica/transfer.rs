@@ -46,6 +46,12 @@ pub(super) struct Transfer {
 }
 
 impl Transfer {
+    /// Whether `peer` was asked for this state and has not failed since: only its answers
+    /// count, so a peer nobody asked cannot make the fetcher drop a good one.
+    fn serves(&self, peer: ReplicaId) -> bool {
+        self.asked.contains_key(&peer) && !self.bad.contains(&peer)
+    }
+
     /// The checkpoint being fetched.
     pub(super) fn target_seq(&self) -> u64 {
         self.target.seq
@@ -105,6 +111,18 @@ impl Replica {
             repair,
         });
         self.request_state(false);
+    }
+
+    /// `peer`, which was asked, sent something that does not verify: it is skipped while
+    /// others remain, and if it holds the current round the round goes to another peer now.
+    fn blame(&mut self, peer: ReplicaId) {
+        let Some(transfer) = self.transfer.as_mut() else {
+            return;
+        };
+        transfer.bad.insert(peer);
+        if usize::from(peer.0) == transfer.cursor {
+            self.request_state(true);
+        }
     }
 
     /// Asks a peer for what is missing: the current one, or with `next` (an interval passed
@@ -176,10 +194,6 @@ impl Replica {
         if self.checkpoints.snapshot(fetch.seq).is_none() {
             return Err(Error::UnexpectedMessage("fetch for a state not held"));
         }
-        self.checkpoints.pin(peer, fetch.seq, now);
-        let Some(snapshot) = self.checkpoints.snapshot(fetch.seq) else {
-            return Err(Error::UnexpectedMessage("fetch for a state not held"));
-        };
         let interval = self.config.retransmit_ms;
         let budget = self.chunks_served.entry(peer).or_insert((now, 0));
         if now >= budget.0.saturating_add(interval) {
@@ -189,6 +203,10 @@ impl Replica {
             return Err(Error::RateLimited);
         }
         budget.1 += 1;
+        self.checkpoints.pin(peer, fetch.seq, now);
+        let Some(snapshot) = self.checkpoints.snapshot(fetch.seq) else {
+            return Err(Error::UnexpectedMessage("fetch for a state not held"));
+        };
         let message = match fetch.chunk {
             None => Message::StateManifest(snapshot.manifest.clone()),
             Some(index) => Message::StateChunk(
@@ -213,12 +231,16 @@ impl Replica {
         if transfer.manifest.is_some() || manifest.seq != transfer.target.seq {
             return Err(Error::Duplicate);
         }
+        if !transfer.serves(peer) {
+            return Err(Error::UnexpectedMessage(
+                "state manifest from a peer not asked",
+            ));
+        }
         let valid = manifest.digest(&chain) == transfer.target.digest
             && manifest.app_len <= max
             && manifest.chunk_bytes > 0;
         if !valid {
-            transfer.bad.insert(peer);
-            self.request_state(true);
+            self.blame(peer);
             return Err(Error::UnexpectedMessage(
                 "state manifest does not match the checkpoint",
             ));
@@ -242,9 +264,13 @@ impl Replica {
         if chunk.seq != manifest.seq || transfer.chunks.get(index).is_some_and(Option::is_some) {
             return Err(Error::Duplicate);
         }
+        if !transfer.serves(peer) {
+            return Err(Error::UnexpectedMessage(
+                "state chunk from a peer not asked",
+            ));
+        }
         if !chunk_matches(manifest, &chunk) {
-            transfer.bad.insert(peer);
-            self.request_state(true);
+            self.blame(peer);
             return Err(Error::UnexpectedMessage(
                 "state chunk does not match the manifest",
             ));

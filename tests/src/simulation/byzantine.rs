@@ -28,6 +28,11 @@ impl Simulation {
         if keeps && node.seen.len() < 256 {
             node.seen.push(bytes.to_vec());
         }
+        if node.fault == Some(Fault::SpamState)
+            && let Ok(Message::FetchState(fetch)) = Message::decode(bytes, usize::MAX)
+        {
+            node.fetched = fetch.seq;
+        }
         if matches!(node.fault, Some(Fault::Generated(_))) {
             self.remember(to, bytes);
         }
@@ -51,6 +56,26 @@ impl Simulation {
             | Fault::Twin
             | Fault::DivergeAt(_) => {}
             Fault::Generated(policy) => self.generated(index, policy, targets, bytes),
+            Fault::SpamState => {
+                let stable = self.validators[index].replica.stable_checkpoint().clone();
+                let junk = Message::StateChunk(pbft_core::StateChunk {
+                    seq: self.validators[index].fetched,
+                    index: u32::MAX,
+                    bytes: vec![0; 8],
+                    proof: pbft_core::InclusionProof {
+                        index: 0,
+                        count: 1,
+                        path: Vec::new(),
+                    },
+                })
+                .encode();
+                let certificate = Message::Checkpoint(stable).encode();
+                for to in targets {
+                    self.send(to, from, bytes.clone());
+                    self.send(to, from, junk.clone());
+                    self.send(to, from, certificate.clone());
+                }
+            }
             Fault::DripFeed => {
                 let chunk = matches!(
                     Message::decode(&bytes, usize::MAX),

@@ -37,6 +37,8 @@ pub(super) struct Validator {
     pub(super) down: bool,
     /// When a drip-feeder sends its next state chunk, virtual ms.
     pub(super) drip_next: u64,
+    /// The checkpoint a peer last asked a state spammer's state of.
+    pub(super) fetched: u64,
     /// Every operation the application executed, in order: its snapshot.
     ops: Vec<(PublicKey, u64, Vec<u8>)>,
     /// The exactly-once table and executed batches, as a host keeps them beside its state.
@@ -92,6 +94,7 @@ impl Validator {
             crash_armed: false,
             down: false,
             drip_next: 0,
+            fetched: 0,
             ops: Vec::new(),
             table: Table::default(),
             store: Store::default(),
