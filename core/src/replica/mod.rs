@@ -40,8 +40,9 @@ use crate::error::Error;
 use crate::merkle;
 use crate::message::Message;
 use crate::metrics::Metrics;
-use crate::statement::{Batch, Phase, PrePrepare, Request, Vote};
-use crate::view_change::{NewView, ViewChange};
+use crate::new_view::NewView;
+use crate::statement::{Phase, PrePrepare, Request, Vote};
+use crate::view_change::ViewChange;
 use checkpoints::Checkpoints;
 use exactly_once::ClientTable;
 use intake::Intake;
@@ -105,13 +106,14 @@ impl Replica {
     ///
     /// # Errors
     ///
-    /// [`ConfigError`]: the config fails [`Config::validate`], or the key is not in the set.
+    /// [`ConfigError`]: the config fails [`Config::validate_for`] the set (its limits, or a
+    /// set too large for its largest message), or the key is not in the set.
     pub fn new(
         config: Config,
         validators: ValidatorSet,
         keypair: Keypair,
     ) -> Result<Self, ConfigError> {
-        config.validate()?;
+        config.validate_for(&validators)?;
         let id = validators
             .id_of(&keypair.public_key())
             .ok_or(ConfigError::Invalid(
@@ -269,7 +271,7 @@ impl Replica {
             Message::Vote(vote) if vote.phase == Phase::Checkpoint => self.on_checkpoint_vote(vote),
             Message::PrePrepare(_) | Message::Vote(_) => self.on_consensus(from, message),
             Message::ViewChange(change) => self.on_view_change(peer, change),
-            Message::NewView(new_view) => self.on_new_view(new_view),
+            Message::NewView(new_view) => self.on_new_view(peer, new_view),
             Message::Status(status) => self.on_status(peer, status),
             Message::Committed(committed) => self.on_committed(committed),
             Message::Checkpoint(checkpoint) => self.on_stable_checkpoint(checkpoint),
@@ -382,22 +384,6 @@ impl Replica {
         }
         self.timers.start_waiting();
         self.advance(seq);
-        Ok(())
-    }
-
-    /// Stores the batch of a slot whose proposal is known by digest only.
-    fn fill_batch(&mut self, seq: u64, batch: Batch) -> Result<(), Error> {
-        let leaves = batch.leaves(&self.config.chain_id);
-        let Some(slot) = self.log.get_mut(&seq) else {
-            return Err(Error::Duplicate);
-        };
-        if Some(merkle::root(&leaves)) != slot.digest {
-            return Err(Error::BatchDigestMismatch);
-        }
-        self.intake.track_all(&leaves);
-        slot.leaves = leaves;
-        slot.batch = Some(batch);
-        self.deliver_ready();
         Ok(())
     }
 

@@ -26,9 +26,9 @@ use super::{Mode, Replica};
 use crate::certificate::Committed;
 use crate::config::{Config, ConfigError, ValidatorSet};
 use crate::crypto::Keypair;
+use crate::new_view::null_digest;
 use crate::state::Snapshot;
 use crate::statement::{Batch, Phase, Vote};
-use crate::view_change::null_digest;
 
 /// What a host keeps durably beside its application state, as of the last batch it executed,
 /// and hands to [`Replica::restore`] after a crash.

@@ -9,10 +9,13 @@ use super::output::{Destination, Record};
 use super::{Mode, Replica};
 use crate::config::ReplicaId;
 use crate::error::Error;
+use crate::merkle;
 use crate::message::Message;
+use crate::new_view::{NewView, Plan, null_digest, plan, verify_new_view_counted};
 use crate::statement::{Batch, Phase, Request, Vote};
 use crate::view_change::{
-    NewView, Plan, ViewChange, null_digest, plan, verify_new_view, verify_view_change,
+    ViewChange, check_view_change_shape, verify_view_change_certificates,
+    verify_view_change_signature,
 };
 
 impl Replica {
@@ -154,15 +157,15 @@ impl Replica {
         {
             return Err(Error::Duplicate);
         }
-        let signatures = count_signatures(&change);
+        // The shape, then its own signature, then the certificates inside.
+        let (chain, validators) = (&self.config.chain_id, &self.validators);
+        check_view_change_shape(validators, self.config.window, &change)?;
+        self.metrics.signatures_verified += 1;
+        verify_view_change_signature(chain, validators, &change)?;
+        let signatures = change.certificate_signatures() as u64;
         self.metrics.signatures_verified += signatures;
         self.metrics.signatures_batch_verified += signatures;
-        verify_view_change(
-            &self.config.chain_id,
-            &self.validators,
-            self.config.window,
-            &change,
-        )?;
+        verify_view_change_certificates(chain, validators, &change)?;
         self.view_changes.insert(change.replica, change);
         self.after_view_changes();
         Ok(())
@@ -195,41 +198,52 @@ impl Replica {
             // replica cannot lead the view; the next one will.
             return;
         };
-        let mut new_view = NewView {
-            view: self.view,
-            view_changes,
-            proposals,
-            signature: crate::crypto::Signature([0; 64]),
-        };
+        let mut new_view = NewView::assemble(self.view, &view_changes, proposals);
         self.signer.new_view(&mut self.metrics, &mut new_view);
         let message = Message::NewView(new_view.clone());
         self.publish(Record::NewView(new_view.clone()), &message);
         self.enter_view(new_view, plan);
     }
 
-    pub(super) fn on_new_view(&mut self, new_view: NewView) -> Result<(), Error> {
+    /// A new view from `peer` (its primary, or any validator relaying it), checked in
+    /// stages, cheapest first ([`verify_new_view_counted`]): a forged one costs one check.
+    pub(super) fn on_new_view(&mut self, _peer: ReplicaId, new_view: NewView) -> Result<(), Error> {
         if new_view.view < self.view || (new_view.view == self.view && self.mode == Mode::Normal) {
             return Err(Error::StaleView {
                 got: new_view.view,
                 current: self.view,
             });
         }
-        let signatures = 1
-            + new_view.proposals.len() as u64
-            + new_view
-                .view_changes
-                .iter()
-                .map(count_signatures)
-                .sum::<u64>();
-        self.metrics.signatures_verified += signatures;
-        self.metrics.signatures_batch_verified += signatures;
-        let plan = verify_new_view(
+        let mut verified = 0;
+        let verdict = verify_new_view_counted(
             &self.config.chain_id,
             &self.validators,
             self.config.window,
             &new_view,
-        )?;
+            &mut verified,
+        );
+        self.metrics.signatures_verified += verified;
+        // All but the primary's signature are checked in batches.
+        self.metrics.signatures_batch_verified += verified.saturating_sub(1);
+        let plan = verdict?;
         self.enter_view(new_view, plan);
+        Ok(())
+    }
+
+    /// Stores the batch of a slot whose proposal is known by digest only (a new view
+    /// re-proposed it, and the batch had not reached this replica).
+    pub(super) fn fill_batch(&mut self, seq: u64, batch: Batch) -> Result<(), Error> {
+        let leaves = batch.leaves(&self.config.chain_id);
+        let Some(slot) = self.log.get_mut(&seq) else {
+            return Err(Error::Duplicate);
+        };
+        if Some(merkle::root(&leaves)) != slot.digest {
+            return Err(Error::BatchDigestMismatch);
+        }
+        self.intake.track_all(&leaves);
+        slot.leaves = leaves;
+        slot.batch = Some(batch);
+        self.deliver_ready();
         Ok(())
     }
 
@@ -339,14 +353,4 @@ impl Replica {
             }
         }
     }
-}
-
-/// Signatures a view change carries (its own, the checkpoint's, every certificate's).
-fn count_signatures(change: &ViewChange) -> u64 {
-    let certificates: usize = change
-        .prepared
-        .iter()
-        .map(|prepared| 1 + prepared.prepares.len())
-        .sum();
-    (1 + change.checkpoint.signatures.len() + certificates) as u64
 }
