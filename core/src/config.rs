@@ -246,6 +246,16 @@ pub struct Config {
     /// How often an idle replica reports its progress, so one that missed the last commits
     /// learns it is behind. Default 1000 ms.
     pub heartbeat_ms: u64,
+    /// Signature checks a second each validator peer may make this replica run on
+    /// view-change traffic beyond what moves it: each view change's own signature, and every
+    /// check of a view change or new view from that peer that fails. A peer holds at most a
+    /// second's worth; a failed check larger than what it held is paid back before it is
+    /// heard again. Default 100: an honest peer signs one view change per view it moves to
+    /// (views last at least `view_timeout_ms`) and never sends one that fails, so it never
+    /// runs short; a faulty one costs at most 100 checks a second on average (about 1 % of a
+    /// core at ~50 µs a check), where a view change with a full window of certificates cost
+    /// a quorum of checks per certificate each time it came.
+    pub view_change_checks_per_sec: u64,
     /// Committed batches (with their QCs) kept below the low watermark to serve replicas that
     /// fell behind; at least a window. Default 256. A replica more than a window behind the
     /// stable checkpoint fetches the checkpoint's state instead.
@@ -277,6 +287,7 @@ impl Default for Config {
             max_timeout_factor: 8,
             retransmit_ms: 100,
             heartbeat_ms: 1000,
+            view_change_checks_per_sec: 100,
             retained_batches: 256,
             snapshot_chunk_bytes: 256 << 10,
             max_snapshot_bytes: 256 << 20,
@@ -427,6 +438,11 @@ impl Config {
         {
             return Err(ConfigError::Invalid(
                 "snapshot_chunk_bytes must be at least 1 and fit a message with 4 KiB to spare",
+            ));
+        }
+        if self.view_change_checks_per_sec == 0 {
+            return Err(ConfigError::Invalid(
+                "view_change_checks_per_sec must be at least 1, or no view change is ever checked",
             ));
         }
         if self.max_timeout_factor == 0 {

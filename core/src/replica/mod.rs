@@ -10,6 +10,7 @@
 //! the dispatch of messages and the three phases (pre-prepare, prepare, commit); execution,
 //! view changes, retransmission, state transfer and restore live in their own files.
 
+mod budget;
 mod checkpoints;
 mod exactly_once;
 mod execute;
@@ -42,7 +43,7 @@ use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::new_view::NewView;
 use crate::statement::{Phase, PrePrepare, Request, Vote};
-use crate::view_change::ViewChange;
+use budget::CheckBudget;
 use checkpoints::Checkpoints;
 use exactly_once::ClientTable;
 use intake::Intake;
@@ -50,6 +51,7 @@ use outbox::Outbox;
 use signer::Signer;
 use slot::{Slot, VoteOutcome};
 use timers::Timers;
+use view_change::HeldViewChange;
 
 /// Whether the replica runs its view or waits for the view's `NewView`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,8 +87,10 @@ pub struct Replica {
     clients: ClientTable,
     /// Messages from each peer for seqs above the window, replayed when it moves.
     ahead: BTreeMap<PublicKey, VecDeque<Message>>,
-    /// Each validator's latest verified view change.
-    view_changes: BTreeMap<ReplicaId, ViewChange>,
+    /// Each validator's latest view change whose own signature verified.
+    view_changes: BTreeMap<ReplicaId, HeldViewChange>,
+    /// Each peer's share of signature checks on view-change traffic.
+    budget: CheckBudget,
     /// The new view that started the current view, for peers still behind.
     new_view: Option<NewView>,
     /// The state this replica is fetching, when it is too far behind to replay.
@@ -124,6 +128,7 @@ impl Replica {
             outbox: Outbox::new(validators.len()),
             signer: Signer::new(keypair, id, config.chain_id, validators.epoch()),
             timers: Timers::new(&config),
+            budget: CheckBudget::new(config.view_change_checks_per_sec),
             intake: Intake::default(),
             checkpoints: Checkpoints::default(),
             config,
