@@ -108,13 +108,11 @@ pub fn verify_qc(
     batch.verify().map_err(|_| CertificateError::BadSignature)
 }
 
-/// Checks that `signatures` are a quorum of distinct validators in increasing order and
-/// queues each over `signed`; the caller runs the batch.
-pub(crate) fn queue_quorum(
+/// Checks that `signatures` are a quorum of distinct validators in increasing order, without
+/// checking a signature.
+pub(crate) fn check_quorum(
     validators: &ValidatorSet,
-    signed: &Digest,
     signatures: &[(ReplicaId, Signature)],
-    verifier: &mut BatchVerifier,
 ) -> Result<(), CertificateError> {
     let needed = validators.quorum();
     if signatures.len() < needed {
@@ -124,11 +122,28 @@ pub(crate) fn queue_quorum(
         });
     }
     let mut previous: Option<ReplicaId> = None;
-    for (signer, signature) in signatures {
+    for (signer, _) in signatures {
         if previous.is_some_and(|p| p >= *signer) {
             return Err(CertificateError::DuplicateSigner(*signer));
         }
         previous = Some(*signer);
+        if validators.key(*signer).is_none() {
+            return Err(CertificateError::UnknownSigner(*signer));
+        }
+    }
+    Ok(())
+}
+
+/// Checks that `signatures` are a quorum of distinct validators in increasing order and
+/// queues each over `signed`; the caller runs the batch.
+pub(crate) fn queue_quorum(
+    validators: &ValidatorSet,
+    signed: &Digest,
+    signatures: &[(ReplicaId, Signature)],
+    verifier: &mut BatchVerifier,
+) -> Result<(), CertificateError> {
+    check_quorum(validators, signatures)?;
+    for (signer, signature) in signatures {
         let key = validators
             .key(*signer)
             .ok_or(CertificateError::UnknownSigner(*signer))?;

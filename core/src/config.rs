@@ -80,6 +80,22 @@ pub enum ConfigError {
     /// A field is out of its range; the text says which and why.
     #[error("{0}")]
     Invalid(&'static str),
+    /// The largest message the validator set makes (a new view with a full window of prepared
+    /// certificates, or a full batch with its certificate; [`Config::largest_message_bytes`])
+    /// does not fit `max_message_bytes`: a view change could never complete.
+    #[error(
+        "{validators} validators: the largest message (a new view with a full window of prepared certificates, or a full batch with its certificate) takes up to {needed} bytes, over max_message_bytes ({max_message_bytes}); at most {max_validators} validators fit this window, batch and message size (raise max_message_bytes or lower window)"
+    )]
+    MessagesTooLarge {
+        /// Validators in the set.
+        validators: usize,
+        /// Bytes the largest message may take.
+        needed: usize,
+        /// The configured limit.
+        max_message_bytes: usize,
+        /// The largest set the config holds ([`Config::max_validators`]).
+        max_validators: usize,
+    },
 }
 
 impl ValidatorSet {
@@ -127,14 +143,24 @@ impl ValidatorSet {
 
     /// Byzantine validators tolerated, f = floor((n - 1) / 3).
     pub fn max_faulty(&self) -> usize {
-        (self.len() - 1) / 3
+        Self::max_faulty_of(self.len())
     }
 
     /// Votes that make a certificate: ceil((n + f + 1) / 2), which is 2f + 1 when n = 3f + 1.
     ///
     /// Any two quorums intersect in at least f + 1 validators, hence in an honest one.
     pub fn quorum(&self) -> usize {
-        (self.len() + self.max_faulty() + 2) / 2
+        Self::quorum_of(self.len())
+    }
+
+    /// f for a set of `n` validators (at least 1): floor((n - 1) / 3).
+    pub fn max_faulty_of(n: usize) -> usize {
+        n.saturating_sub(1) / 3
+    }
+
+    /// The quorum of a set of `n` validators: ceil((n + f + 1) / 2).
+    pub fn quorum_of(n: usize) -> usize {
+        (n + Self::max_faulty_of(n) + 2) / 2
     }
 
     /// Matching replies a client needs: f + 1, so at least one comes from an honest validator.
@@ -223,6 +249,16 @@ pub struct Config {
     /// How often an idle replica reports its progress, so one that missed the last commits
     /// learns it is behind. Default 1000 ms.
     pub heartbeat_ms: u64,
+    /// Signature checks a second each validator peer may make this replica run on
+    /// view-change traffic beyond what moves it: each view change's own signature, and every
+    /// check of a view change or new view from that peer that fails. A peer holds at most a
+    /// second's worth; a failed check larger than what it held is paid back before it is
+    /// heard again. Default 100: an honest peer signs one view change per view it moves to
+    /// (views last at least `view_timeout_ms`) and never sends one that fails, so it never
+    /// runs short; a faulty one costs at most 100 checks a second on average (about 1 % of a
+    /// core at ~50 µs a check), where a view change with a full window of certificates cost
+    /// a quorum of checks per certificate each time it came.
+    pub view_change_checks_per_sec: u64,
     /// Committed batches (with their QCs) kept below the low watermark to serve replicas that
     /// fell behind; at least a window. Default 256. A replica more than a window behind the
     /// stable checkpoint fetches the checkpoint's state instead.
@@ -258,6 +294,7 @@ impl Default for Config {
             max_timeout_factor: 8,
             retransmit_ms: 100,
             heartbeat_ms: 1000,
+            view_change_checks_per_sec: 100,
             retained_batches: 256,
             snapshot_chunk_bytes: 256 << 10,
             max_snapshot_bytes: 256 << 20,
@@ -295,6 +332,62 @@ impl Config {
             self.max_message_bytes as u64,
             self.max_snapshot_bytes,
         ]
+    }
+
+    /// The most bytes a message or log record can take with `validators` validators: the
+    /// larger of a new view carrying a full window of prepared certificates
+    /// ([`crate::NewView::max_bytes`]) and a full batch with its certificate (a `Committed`
+    /// message, or the `Prepared` and `Committed` records). Every other message or record is
+    /// smaller: a view change carries less than a new view, the rest do not grow with the set.
+    pub fn largest_message_bytes(&self, validators: usize) -> usize {
+        let window = usize::try_from(self.window).unwrap_or(usize::MAX);
+        let new_view = crate::sizes::new_view(ValidatorSet::quorum_of(validators), window);
+        let batch = crate::sizes::max_certified_batch_bytes(
+            ValidatorSet::quorum_of(validators),
+            self.max_batch_ops,
+            self.max_batch_bytes,
+        );
+        new_view.max(batch)
+    }
+
+    /// The most validators whose largest message ([`Config::largest_message_bytes`]) fits
+    /// `max_message_bytes`; 0 if not even one does. With the defaults: 141.
+    pub fn max_validators(&self) -> usize {
+        let fits = |n: usize| self.largest_message_bytes(n) <= self.max_message_bytes;
+        // The size grows with n: find the last n that fits.
+        let (mut low, mut high) = (0usize, usize::from(u16::MAX));
+        if fits(high) {
+            return high;
+        }
+        while low + 1 < high {
+            let middle = low + (high - low) / 2;
+            match fits(middle) {
+                true => low = middle,
+                false => high = middle,
+            }
+        }
+        low
+    }
+
+    /// [`Config::validate`], and that the largest message `validators` make fits
+    /// `max_message_bytes` (and so the host's log records, whose limit is derived from it).
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] as [`Config::validate`]; [`ConfigError::MessagesTooLarge`]
+    /// when the set is too large for the window and message size.
+    pub fn validate_for(&self, validators: &ValidatorSet) -> Result<(), ConfigError> {
+        self.validate()?;
+        let needed = self.largest_message_bytes(validators.len());
+        if needed > self.max_message_bytes {
+            return Err(ConfigError::MessagesTooLarge {
+                validators: validators.len(),
+                needed,
+                max_message_bytes: self.max_message_bytes,
+                max_validators: self.max_validators(),
+            });
+        }
+        Ok(())
     }
 
     /// Checks that the limits fit together and that `chain_id` is set.
@@ -354,6 +447,11 @@ impl Config {
         {
             return Err(ConfigError::Invalid(
                 "snapshot_chunk_bytes must be at least 1 and fit a message with 4 KiB to spare",
+            ));
+        }
+        if self.view_change_checks_per_sec == 0 {
+            return Err(ConfigError::Invalid(
+                "view_change_checks_per_sec must be at least 1, or no view change is ever checked",
             ));
         }
         if self.max_timeout_factor == 0 {

@@ -110,6 +110,11 @@ pub enum Error {
     /// The peer asked for retransmissions again too soon; it is served once per interval.
     #[error("retransmission asked for too soon")]
     RateLimited,
+    /// The peer spent its share of signature checks on view-change traffic
+    /// ([`crate::Config::view_change_checks_per_sec`]); its view change or new view was
+    /// dropped unchecked.
+    #[error("the peer's share of view-change signature checks is spent")]
+    OverBudget,
 }
 
 impl Error {
@@ -141,6 +146,7 @@ impl Error {
             Error::Certificate(_) => "invalid_certificate",
             Error::ViewChanging => "view_changing",
             Error::RateLimited => "rate_limited",
+            Error::OverBudget => "over_budget",
         }
     }
 }

@@ -112,7 +112,9 @@ mod metrics;
 #[cfg(feature = "mutants")]
 #[doc(hidden)]
 pub mod mutants;
+mod new_view;
 mod replica;
+mod sizes;
 mod state;
 mod statement;
 #[cfg(feature = "testing")]
@@ -150,13 +152,15 @@ pub use statement::{
 // Certificates and evidence.
 pub use certificate::{CertificateError, Committed, Evidence, QuorumCertificate};
 pub use merkle::InclusionProof;
+pub use new_view::{NewView, Plan, null_digest, plan};
 pub use view_change::{
-    NewView, Plan, Prepared, StableCheckpoint, ViewChange, ViewChangeError, null_digest, plan,
+    Prepared, PreparedClaim, StableCheckpoint, ViewChange, ViewChangeError, ViewChangeSummary,
 };
 
 // The offline checks: anyone holding the validator set verifies what a replica hands out.
 pub use certificate::{verify_evidence, verify_inclusion, verify_qc};
-pub use view_change::{verify_checkpoint, verify_new_view, verify_view_change};
+pub use new_view::verify_new_view;
+pub use view_change::{verify_checkpoint, verify_view_change};
 
 // Errors and counters.
 pub use error::Error;

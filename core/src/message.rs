@@ -8,9 +8,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::certificate::Committed;
 use crate::envelope::{self, DecodeError};
+use crate::new_view::NewView;
 use crate::state::{FetchState, Manifest, StateChunk};
 use crate::statement::{Phase, PrePrepare, Reply, Request, Vote};
-use crate::view_change::{NewView, StableCheckpoint, ViewChange};
+use crate::view_change::{StableCheckpoint, ViewChange};
 
 /// Flag in [`Status::slots`]: the sender holds the slot's proposal and batch.
 pub const HAVE_BATCH: u8 = 1;

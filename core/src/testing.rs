@@ -13,7 +13,7 @@ use alloc::{format, vec, vec::Vec};
 
 use crate::{
     Batch, ChainId, Committed, Config, Digest, Hasher, Keypair, Message, NewView, Output, Phase,
-    PrePrepare, Prepared, PublicKey, QuorumCertificate, Replica, ReplicaId, Request, Signature,
+    PrePrepare, Prepared, PublicKey, QuorumCertificate, Replica, ReplicaId, Request,
     StableCheckpoint, ValidatorSet, ViewChange, Vote,
 };
 
@@ -137,19 +137,15 @@ pub fn view_change(signer: usize, view: u64, prepared: Vec<Prepared>) -> ViewCha
     )
 }
 
-/// A new view for `view`, signed by validator `signer` (valid only from the view's primary).
+/// A new view for `view` made of `view_changes` ([`NewView::assemble`]) and `proposals`,
+/// signed by validator `signer` (valid only from the view's primary).
 pub fn new_view(
     signer: usize,
     view: u64,
     view_changes: Vec<ViewChange>,
     proposals: Vec<Vote>,
 ) -> NewView {
-    let mut new_view = NewView {
-        view,
-        view_changes,
-        proposals,
-        signature: Signature([0; 64]),
-    };
+    let mut new_view = NewView::assemble(view, &view_changes, proposals);
     new_view.signature = validator_key(signer).sign(&new_view.signed_digest(&chain(), 0));
     new_view
 }

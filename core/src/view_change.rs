@@ -3,13 +3,17 @@
 //!
 //! A backup that gives up on view v - 1 signs a [`ViewChange`] for v carrying its latest
 //! [`StableCheckpoint`] and a [`Prepared`] certificate for every sequence number above it that
-//! it prepared (the one from the highest view). The primary of v gathers a quorum of them and
-//! signs a [`NewView`]: the view changes, plus a pre-prepare for every sequence number between
-//! the highest checkpoint among them (`min_s`) and the highest prepared sequence number
-//! (`max_s`) — the batch of the highest-view prepared certificate for that number, or the empty
-//! (null) batch where there is none. Nothing in a `NewView` is taken on trust: every replica
-//! recomputes the pre-prepares from the view changes with [`plan`] and refuses a `NewView` whose
-//! proposals differ ([`verify_new_view`]).
+//! it prepared (the one from the highest view). Its signature covers what the certificates
+//! claim (a [`ViewChangeSummary`]: the checkpoint's seq and digest, and (seq, view, digest) of
+//! each certificate), not the certificates' own signatures. The primary of v gathers a quorum
+//! of view changes, checks their certificates, and signs a [`NewView`](crate::NewView): the view changes as
+//! summaries, the certificate of the highest checkpoint among them (`min_s`), one prepared
+//! certificate for each sequence number whose batch the summaries decide, and a pre-prepare for
+//! every sequence number between `min_s` and the highest prepared sequence number (`max_s`) —
+//! the batch of the highest-view claim for that number, or the empty (null) batch where there
+//! is none. Nothing in a `NewView` is taken on trust: every replica recomputes the pre-prepares
+//! from the summaries with [`plan`](crate::plan), checks that the certificates prove what the plan takes
+//! from them, and refuses a `NewView` that differs ([`verify_new_view`](crate::verify_new_view)).
 //!
 //! # Why a batch committed in view v is re-proposed in every later view
 //!
@@ -29,15 +33,23 @@
 //! and view w re-proposes B at s. Induction over views gives every later view. Each replica
 //! checks the `NewView` itself, so a Byzantine primary cannot skip the rule: it can only fail to
 //! produce a valid `NewView`, which costs liveness until the next view, never safety.
+//!
+//! # The order of the checks
+//!
+//! Signature checks are what a peer can make a replica spend, so they come last and cheapest
+//! first: the shape of a message (views, signers, ranges, that the proposals follow the plan)
+//! costs no signature; then the one signature that decides whose message it is (a view
+//! change's own, a new view's primary's, which covers every byte of the new view so that a
+//! relayer cannot swap a certificate under it); only then the signatures inside.
 
 use alloc::vec::Vec;
 
 use serde::{Deserialize, Serialize};
 
-use crate::certificate::{CertificateError, queue_quorum};
+use crate::certificate::{CertificateError, check_quorum, queue_quorum};
 use crate::config::{ChainId, ReplicaId, ValidatorSet};
 use crate::crypto::{BatchVerifier, CryptoError, Digest, Hasher, Keypair, Signature};
-use crate::statement::{Batch, Phase, Vote, vote_digest};
+use crate::statement::{Phase, Vote, vote_digest};
 
 /// Proof that a quorum executed the same history up to `seq`: the checkpoint everything
 /// below which is final and may be forgotten. Sequence 0 is the genesis, which needs no
@@ -58,7 +70,7 @@ impl StableCheckpoint {
         StableCheckpoint::default()
     }
 
-    fn queue(
+    pub(crate) fn queue(
         &self,
         chain: &ChainId,
         validators: &ValidatorSet,
@@ -105,6 +117,90 @@ pub struct Prepared {
     pub prepares: Vec<Vote>,
 }
 
+impl Prepared {
+    /// What the certificate proves: its proposal's seq, view and digest.
+    pub fn claim(&self) -> PreparedClaim {
+        PreparedClaim {
+            seq: self.proposal.seq,
+            view: self.proposal.view,
+            digest: self.proposal.digest,
+        }
+    }
+
+    /// Signatures the certificate carries.
+    pub fn signatures(&self) -> usize {
+        1 + self.prepares.len()
+    }
+
+    /// Checks the certificate's shape against what it must prove: the primary of the claim's
+    /// view proposed, and a quorum-less-one of distinct other validators prepared, exactly
+    /// `claim`. No signature is checked.
+    pub(crate) fn check_shape(
+        &self,
+        validators: &ValidatorSet,
+        claim: &PreparedClaim,
+    ) -> Result<(), ViewChangeError> {
+        let seq = claim.seq;
+        let proposal = &self.proposal;
+        let primary = validators.primary(claim.view);
+        let well_formed = proposal.claim_matches(claim)
+            && proposal.phase == Phase::PrePrepare
+            && proposal.replica == primary
+            && self.prepares.len() + 1 == validators.quorum();
+        if !well_formed {
+            return Err(ViewChangeError::BadPrepared(seq));
+        }
+        let mut previous_signer: Option<ReplicaId> = None;
+        for prepare in &self.prepares {
+            let matches = prepare.phase == Phase::Prepare
+                && prepare.claim_matches(claim)
+                && prepare.replica != primary
+                && previous_signer.is_none_or(|p| p < prepare.replica)
+                && validators.key(prepare.replica).is_some();
+            if !matches {
+                return Err(ViewChangeError::BadPrepared(seq));
+            }
+            previous_signer = Some(prepare.replica);
+        }
+        Ok(())
+    }
+
+    /// Queues every signature of a certificate whose shape was checked.
+    pub(crate) fn queue(
+        &self,
+        chain: &ChainId,
+        validators: &ValidatorSet,
+        verifier: &mut BatchVerifier,
+    ) -> Result<(), ViewChangeError> {
+        let epoch = validators.epoch();
+        for vote in core::iter::once(&self.proposal).chain(&self.prepares) {
+            let key = validators
+                .key(vote.replica)
+                .ok_or(ViewChangeError::BadPrepared(vote.seq))?;
+            verifier.queue(key, &vote.signed_digest(chain, epoch), &vote.signature);
+        }
+        Ok(())
+    }
+}
+
+impl Vote {
+    fn claim_matches(&self, claim: &PreparedClaim) -> bool {
+        self.seq == claim.seq && self.view == claim.view && self.digest == claim.digest
+    }
+}
+
+/// What a prepared certificate proves, as a view change's signature covers it: `digest`
+/// prepared at `seq` in `view`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreparedClaim {
+    /// The sequence number.
+    pub seq: u64,
+    /// The view it prepared in.
+    pub view: u64,
+    /// The batch digest.
+    pub digest: Digest,
+}
+
 /// A validator's signed statement that it moves to `view`, with what it must carry over.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ViewChange {
@@ -145,58 +241,130 @@ impl ViewChange {
     /// What the signature covers: the view, the signer, the checkpoint and each certificate's
     /// (seq, view, digest). The certificates' own signatures authenticate the rest.
     pub fn signed_digest(&self, chain: &ChainId, epoch: u64) -> Digest {
-        let mut hasher = Hasher::new(b"pbft/v1/view-change");
-        hasher
-            .digest(&chain.0)
-            .u64(epoch)
-            .u64(self.view)
-            .u64(u64::from(self.replica.0))
-            .u64(self.checkpoint.seq)
-            .digest(&self.checkpoint.digest)
-            .u64(self.prepared.len() as u64);
-        for prepared in &self.prepared {
-            let proposal = &prepared.proposal;
-            hasher
-                .u64(proposal.seq)
-                .u64(proposal.view)
-                .digest(&proposal.digest);
+        view_change_digest(
+            chain,
+            epoch,
+            (self.view, self.replica),
+            (self.checkpoint.seq, &self.checkpoint.digest),
+            self.prepared.iter().map(Prepared::claim),
+        )
+    }
+
+    /// The view change without its certificates: everything its signature covers, and the
+    /// signature.
+    pub fn summary(&self) -> ViewChangeSummary {
+        ViewChangeSummary {
+            view: self.view,
+            replica: self.replica,
+            checkpoint_seq: self.checkpoint.seq,
+            checkpoint_digest: self.checkpoint.digest,
+            prepared: self.prepared.iter().map(Prepared::claim).collect(),
+            signature: self.signature,
         }
-        hasher.finish()
+    }
+
+    /// Signatures inside the certificates it carries (its checkpoint's and every prepared
+    /// certificate's), not counting its own.
+    pub fn certificate_signatures(&self) -> usize {
+        self.checkpoint.signatures.len()
+            + self
+                .prepared
+                .iter()
+                .map(Prepared::signatures)
+                .sum::<usize>()
     }
 }
 
-/// The new primary's signed start of `view`: the view changes it gathered and its
-/// pre-prepares for the slots they leave open.
+/// A view change as a new view carries it: what its signer signed (the view, the signer, its
+/// checkpoint's seq and digest, what each of its prepared certificates proves) and the
+/// signature, without the certificates.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NewView {
-    /// The view that starts.
+pub struct ViewChangeSummary {
+    /// The view the signer moves to.
     pub view: u64,
-    /// A quorum of view changes for `view`, in strictly increasing signer order.
-    pub view_changes: Vec<ViewChange>,
-    /// Pre-prepare votes of the primary of `view` for every seq in (`min_s`, `max_s`].
-    pub proposals: Vec<Vote>,
-    /// The primary's signature over [`NewView::signed_digest`].
+    /// The signer.
+    pub replica: ReplicaId,
+    /// The seq of the signer's stable checkpoint.
+    pub checkpoint_seq: u64,
+    /// The digest of the signer's stable checkpoint.
+    pub checkpoint_digest: Digest,
+    /// What each of its prepared certificates proves, in increasing sequence order.
+    pub prepared: Vec<PreparedClaim>,
+    /// The signer's signature, as on the full [`ViewChange`].
     pub signature: Signature,
 }
 
-impl NewView {
-    /// What the primary signs: the view, each view change's signed digest and the proposals.
+impl ViewChangeSummary {
+    /// What the signature covers: the same digest as the full view change's
+    /// ([`ViewChange::signed_digest`]).
     pub fn signed_digest(&self, chain: &ChainId, epoch: u64) -> Digest {
-        let mut hasher = Hasher::new(b"pbft/v1/new-view");
-        hasher
-            .digest(&chain.0)
-            .u64(epoch)
-            .u64(self.view)
-            .u64(self.view_changes.len() as u64);
-        for change in &self.view_changes {
-            hasher.digest(&change.signed_digest(chain, epoch));
-        }
-        hasher.u64(self.proposals.len() as u64);
-        for proposal in &self.proposals {
-            hasher.u64(proposal.seq).digest(&proposal.digest);
-        }
-        hasher.finish()
+        view_change_digest(
+            chain,
+            epoch,
+            (self.view, self.replica),
+            (self.checkpoint_seq, &self.checkpoint_digest),
+            self.prepared.iter().copied(),
+        )
     }
+
+    /// Checks the summary's shape: a view above 0, a signer in the set, and claims in strictly
+    /// increasing seq order, each above the checkpoint and at most `window` above it, from a
+    /// view below this one. No signature is checked.
+    pub(crate) fn check_shape(
+        &self,
+        validators: &ValidatorSet,
+        window: u64,
+    ) -> Result<(), ViewChangeError> {
+        if self.view == 0 {
+            return Err(ViewChangeError::WrongView);
+        }
+        if validators.key(self.replica).is_none() {
+            return Err(ViewChangeError::WrongSigner(self.replica));
+        }
+        check_claims(self.view, self.checkpoint_seq, &self.prepared, window)
+    }
+}
+
+/// The digest a view change's signature covers, from its parts.
+fn view_change_digest(
+    chain: &ChainId,
+    epoch: u64,
+    (view, replica): (u64, ReplicaId),
+    (checkpoint_seq, checkpoint_digest): (u64, &Digest),
+    claims: impl ExactSizeIterator<Item = PreparedClaim>,
+) -> Digest {
+    let mut hasher = Hasher::new(b"pbft/v1/view-change");
+    hasher
+        .digest(&chain.0)
+        .u64(epoch)
+        .u64(view)
+        .u64(u64::from(replica.0))
+        .u64(checkpoint_seq)
+        .digest(checkpoint_digest)
+        .u64(claims.len() as u64);
+    for claim in claims {
+        hasher.u64(claim.seq).u64(claim.view).digest(&claim.digest);
+    }
+    hasher.finish()
+}
+
+/// Checks the claims of a view change for `view` from a checkpoint at `low`: strictly
+/// increasing seqs in (low, low + window], each from a view below `view`.
+fn check_claims(
+    view: u64,
+    low: u64,
+    claims: &[PreparedClaim],
+    window: u64,
+) -> Result<(), ViewChangeError> {
+    let mut previous_seq = low;
+    for claim in claims {
+        let seq = claim.seq;
+        if seq <= previous_seq || seq > low.saturating_add(window) || claim.view >= view {
+            return Err(ViewChangeError::BadPrepared(seq));
+        }
+        previous_seq = seq;
+    }
+    Ok(())
 }
 
 /// Why a view change or a new view is refused.
@@ -211,10 +379,18 @@ pub enum ViewChangeError {
     /// The stable checkpoint does not verify.
     #[error("stable checkpoint: {0}")]
     Checkpoint(CertificateError),
-    /// A prepared certificate is malformed (wrong phase, view, signer, count, order or range);
-    /// the number is its sequence number.
+    /// A new view's checkpoint certificate is not for the checkpoint its view changes start
+    /// from (the highest seq among them, with the digest the last of those reports).
+    #[error("the new view's checkpoint is not the highest its view changes report")]
+    WrongCheckpoint,
+    /// A prepared certificate or claim is malformed (wrong phase, view, signer, count, order
+    /// or range); the number is its sequence number.
     #[error("malformed prepared certificate at seq {0}")]
     BadPrepared(u64),
+    /// A new view's certificates are not exactly one for each claim its plan takes: the one
+    /// at this seq is missing, extra, or proves another claim.
+    #[error("the new view's certificate at seq {0} is not the one its plan takes")]
+    WrongCertificate(u64),
     /// A new view carries fewer distinct view changes than a quorum.
     #[error("{got} view changes, a quorum is {needed}")]
     TooFewViewChanges {
@@ -242,119 +418,76 @@ impl From<CryptoError> for ViewChangeError {
     }
 }
 
-/// What a quorum of view changes determines: the checkpoint the new view starts from and the
-/// digest to propose at each following sequence number.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Plan {
-    /// The highest stable checkpoint among the view changes (`min_s`).
-    pub checkpoint: StableCheckpoint,
-    /// (seq, digest) for every seq in (`min_s`, `max_s`], in order.
-    pub proposals: Vec<(u64, Digest)>,
-}
-
-/// The digest of the null batch, proposed where no batch may have committed.
-pub fn null_digest(chain: &ChainId) -> Digest {
-    Batch::default().digest(chain)
-}
-
-/// Computes the new view's starting point from view changes that each verified.
-pub fn plan(chain: &ChainId, view_changes: &[ViewChange]) -> Plan {
-    let checkpoint = view_changes
-        .iter()
-        .map(|change| &change.checkpoint)
-        .max_by_key(|checkpoint| checkpoint.seq)
-        .cloned()
-        .unwrap_or_default();
-    let min_s = checkpoint.seq;
-    let mut chosen: alloc::collections::BTreeMap<u64, (u64, Digest)> = Default::default();
-    for prepared in view_changes.iter().flat_map(|change| &change.prepared) {
-        let proposal = &prepared.proposal;
-        if proposal.seq <= min_s {
-            continue;
-        }
-        let candidate = (proposal.view, proposal.digest);
-        let best = chosen.entry(proposal.seq).or_insert(candidate);
-        // Highest view wins; equal views cannot disagree between honest quorums, and the
-        // digest breaks the tie so the choice never depends on the order of the input.
-        *best = (*best).max(candidate);
-    }
-    let max_s = chosen.keys().next_back().copied().unwrap_or(min_s);
-    let null = null_digest(chain);
-    let proposals = (min_s + 1..=max_s)
-        .map(|seq| (seq, chosen.get(&seq).map_or(null, |(_, digest)| *digest)))
-        .collect();
-    Plan {
-        checkpoint,
-        proposals,
-    }
-}
-
-/// Checks a view change's structure and queues its signatures. `window` bounds how far above
-/// its checkpoint a certificate may be.
-fn queue_view_change(
-    chain: &ChainId,
+/// Checks a view change's shape — everything but signatures: a view above 0, a signer in the
+/// set, a checkpoint certificate of a quorum of distinct validators, and claims in order within
+/// `window` above the checkpoint, each backed by a well-formed certificate.
+pub(crate) fn check_view_change_shape(
     validators: &ValidatorSet,
     window: u64,
     change: &ViewChange,
-    verifier: &mut BatchVerifier,
 ) -> Result<(), ViewChangeError> {
     if change.view == 0 {
         return Err(ViewChangeError::WrongView);
     }
-    let epoch = validators.epoch();
+    if validators.key(change.replica).is_none() {
+        return Err(ViewChangeError::WrongSigner(change.replica));
+    }
+    check_checkpoint_shape(validators, &change.checkpoint).map_err(ViewChangeError::Checkpoint)?;
+    let claims: Vec<PreparedClaim> = change.prepared.iter().map(Prepared::claim).collect();
+    check_claims(change.view, change.checkpoint.seq, &claims, window)?;
+    for (prepared, claim) in change.prepared.iter().zip(&claims) {
+        prepared.check_shape(validators, claim)?;
+    }
+    Ok(())
+}
+
+/// A checkpoint certificate's shape: the genesis, or a quorum of distinct validators in order.
+pub(crate) fn check_checkpoint_shape(
+    validators: &ValidatorSet,
+    checkpoint: &StableCheckpoint,
+) -> Result<(), CertificateError> {
+    match checkpoint.seq {
+        0 if *checkpoint == StableCheckpoint::genesis() => Ok(()),
+        0 => Err(CertificateError::BadSignature),
+        _ => check_quorum(validators, &checkpoint.signatures),
+    }
+}
+
+/// Checks a view change's own signature (one check), after its shape. Its certificates are
+/// left for [`verify_view_change_certificates`]: only the primary that builds a new view from
+/// it needs them.
+pub(crate) fn verify_view_change_signature(
+    chain: &ChainId,
+    validators: &ValidatorSet,
+    change: &ViewChange,
+) -> Result<(), ViewChangeError> {
     let key = validators
         .key(change.replica)
         .ok_or(ViewChangeError::WrongSigner(change.replica))?;
-    verifier.queue(key, &change.signed_digest(chain, epoch), &change.signature);
+    key.verify(
+        &change.signed_digest(chain, validators.epoch()),
+        &change.signature,
+    )?;
+    Ok(())
+}
+
+/// Checks every signature in a view change's certificates (checkpoint and prepared), in one
+/// batch; the shape must have been checked. [`ViewChange::certificate_signatures`] says how
+/// many.
+pub(crate) fn verify_view_change_certificates(
+    chain: &ChainId,
+    validators: &ValidatorSet,
+    change: &ViewChange,
+) -> Result<(), ViewChangeError> {
+    let mut verifier = BatchVerifier::new();
     change
         .checkpoint
-        .queue(chain, validators, verifier)
+        .queue(chain, validators, &mut verifier)
         .map_err(ViewChangeError::Checkpoint)?;
-    let low = change.checkpoint.seq;
-    let mut previous_seq = low;
     for prepared in &change.prepared {
-        let proposal = &prepared.proposal;
-        let seq = proposal.seq;
-        let primary = validators.primary(proposal.view);
-        let well_formed = seq > previous_seq
-            && seq <= low.saturating_add(window)
-            && proposal.phase == Phase::PrePrepare
-            && proposal.view < change.view
-            && proposal.replica == primary
-            && prepared.prepares.len() + 1 == validators.quorum();
-        if !well_formed {
-            return Err(ViewChangeError::BadPrepared(seq));
-        }
-        previous_seq = seq;
-        let primary_key = validators
-            .key(primary)
-            .ok_or(ViewChangeError::BadPrepared(seq))?;
-        verifier.queue(
-            primary_key,
-            &proposal.signed_digest(chain, epoch),
-            &proposal.signature,
-        );
-        let mut previous_signer: Option<ReplicaId> = None;
-        for prepare in &prepared.prepares {
-            let matches = prepare.phase == Phase::Prepare
-                && prepare.view == proposal.view
-                && prepare.seq == seq
-                && prepare.digest == proposal.digest
-                && prepare.replica != primary
-                && previous_signer.is_none_or(|p| p < prepare.replica);
-            let key = validators.key(prepare.replica);
-            let (true, Some(key)) = (matches, key) else {
-                return Err(ViewChangeError::BadPrepared(seq));
-            };
-            previous_signer = Some(prepare.replica);
-            verifier.queue(
-                key,
-                &prepare.signed_digest(chain, epoch),
-                &prepare.signature,
-            );
-        }
+        prepared.queue(chain, validators, &mut verifier)?;
     }
-    Ok(())
+    Ok(verifier.verify()?)
 }
 
 /// Checks one view change completely: structure, checkpoint certificate, prepared
@@ -365,73 +498,7 @@ pub fn verify_view_change(
     window: u64,
     change: &ViewChange,
 ) -> Result<(), ViewChangeError> {
-    let mut verifier = BatchVerifier::new();
-    queue_view_change(chain, validators, window, change, &mut verifier)?;
-    Ok(verifier.verify()?)
-}
-
-/// Checks a new view completely and returns what it starts from: a quorum of distinct, valid
-/// view changes for its view, proposals equal to what [`plan`] derives from them, signed by
-/// the view's primary. Signatures are checked together in one batch.
-pub fn verify_new_view(
-    chain: &ChainId,
-    validators: &ValidatorSet,
-    window: u64,
-    new_view: &NewView,
-) -> Result<Plan, ViewChangeError> {
-    let view = new_view.view;
-    let primary = validators.primary(view);
-    let epoch = validators.epoch();
-    let needed = validators.quorum();
-    if new_view.view_changes.len() < needed {
-        return Err(ViewChangeError::TooFewViewChanges {
-            got: new_view.view_changes.len(),
-            needed,
-        });
-    }
-    let mut verifier = BatchVerifier::new();
-    let primary_key = validators
-        .key(primary)
-        .ok_or(ViewChangeError::WrongSigner(primary))?;
-    verifier.queue(
-        primary_key,
-        &new_view.signed_digest(chain, epoch),
-        &new_view.signature,
-    );
-    let mut previous: Option<ReplicaId> = None;
-    for change in &new_view.view_changes {
-        if previous.is_some_and(|p| p >= change.replica) {
-            return Err(ViewChangeError::DuplicateViewChange(change.replica));
-        }
-        previous = Some(change.replica);
-        if change.view != view {
-            return Err(ViewChangeError::WrongView);
-        }
-        queue_view_change(chain, validators, window, change, &mut verifier)?;
-    }
-    let plan = plan(chain, &new_view.view_changes);
-    let mut proposals = new_view.proposals.iter();
-    for &(seq, digest) in &plan.proposals {
-        let proposal = proposals
-            .next()
-            .ok_or(ViewChangeError::WrongProposal(seq))?;
-        let expected = proposal.phase == Phase::PrePrepare
-            && proposal.view == view
-            && proposal.seq == seq
-            && proposal.digest == digest
-            && proposal.replica == primary;
-        if !expected {
-            return Err(ViewChangeError::WrongProposal(seq));
-        }
-        verifier.queue(
-            primary_key,
-            &proposal.signed_digest(chain, epoch),
-            &proposal.signature,
-        );
-    }
-    if let Some(extra) = proposals.next() {
-        return Err(ViewChangeError::WrongProposal(extra.seq));
-    }
-    verifier.verify()?;
-    Ok(plan)
+    check_view_change_shape(validators, window, change)?;
+    verify_view_change_signature(chain, validators, change)?;
+    verify_view_change_certificates(chain, validators, change)
 }

@@ -3,7 +3,7 @@
 //! the stable checkpoint's state by state transfer instead of going on from a wrong state.
 
 use pbft_core::testing::{NOW, batch, committed, drain, key_of, small_config, vote_for};
-use pbft_core::{Digest, Message, Output, Phase, Record, Replica};
+use pbft_core::{Destination, Digest, Message, Output, Phase, Record, Replica};
 
 /// The application state every honest replica reaches at seq 2.
 const GOOD: &[u8] = b"the state at seq 2";
@@ -105,24 +105,45 @@ fn kinds(outputs: &[Output]) -> Vec<String> {
         .collect()
 }
 
-/// Serves `subject`'s state fetches from `peer` until the subject installs; returns the
-/// subject's outputs along the way.
+/// The validator `outputs` send their first state fetch to.
+fn asked(outputs: &[Output]) -> Option<usize> {
+    outputs.iter().find_map(|output| match output {
+        Output::Send {
+            to: Destination::Validator(id),
+            bytes,
+        } if matches!(
+            Message::decode(bytes, usize::MAX),
+            Ok(Message::FetchState(_))
+        ) =>
+        {
+            Some(usize::from(id.0))
+        }
+        _ => None,
+    })
+}
+
+/// Serves `subject`'s state fetches from `peer` (answering as whichever validator the subject
+/// asked: they all hold the same state) until the subject installs; returns the subject's
+/// outputs along the way.
 fn transfer(subject: &mut Replica, peer: &mut Replica, first: Vec<Output>) -> Vec<Output> {
     let mut seen = Vec::new();
     let mut outputs = first;
     for _ in 0..16 {
-        let asked = fetches(&outputs);
+        let fetched = fetches(&outputs);
+        let answering = asked(&outputs);
         seen.extend(outputs);
-        if asked.is_empty() {
+        let Some(answering) = answering else {
             break;
-        }
-        for fetch in asked {
+        };
+        for fetch in fetched {
             let bytes = Message::FetchState(fetch).encode();
             peer.handle_message(NOW, &key_of(3), &bytes).unwrap();
         }
         for answer in drain(peer) {
             if let Output::Send { bytes, .. } = answer {
-                subject.handle_message(NOW, &key_of(2), &bytes).unwrap();
+                subject
+                    .handle_message(NOW, &key_of(answering), &bytes)
+                    .unwrap();
             }
         }
         outputs = drain(subject);

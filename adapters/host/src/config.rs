@@ -396,7 +396,9 @@ fn network(path: &Path, file: &ConfigFile) -> Result<Network, FileError> {
     // A window above the default needs as many retained batches; raising both by hand is
     // an easy thing to forget.
     core.retained_batches = core.retained_batches.max(core.window as usize);
-    core.validate()
+    // The limits must fit together, and the largest message this set makes (a new view with
+    // a full window of prepared certificates) must fit max_message_bytes.
+    core.validate_for(&validators)
         .map_err(|err| field_error(path, "limits", err.to_string()))?;
     Ok(Network {
         core,
@@ -511,6 +513,11 @@ mod tests {
         assert_eq!(field_of(load(&fixture, &outsider)), "key_file");
         let bad_limits = config_text(&fixture.keys, "[limits]\nwindow = 0\n");
         assert_eq!(field_of(load(&fixture, &bad_limits)), "limits");
+        // A window whose new view could never fit a message, even with four validators.
+        let too_wide = config_text(&fixture.keys, "[limits]\nwindow = 20000\n");
+        assert_eq!(field_of(load(&fixture, &too_wide)), "limits");
+        let error = load(&fixture, &too_wide).unwrap_err().to_string();
+        assert!(error.contains("max_message_bytes"), "{error}");
         let unknown = config_text(&fixture.keys, "colour = \"blue\"\n");
         let message = field_of(load(&fixture, &unknown));
         assert!(message.contains("colour"), "{message}");

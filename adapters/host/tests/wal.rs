@@ -227,3 +227,31 @@ fn the_record_limit_follows_the_largest_message_a_replica_takes() {
     let (_, records) = Wal::open(dir.path(), options).unwrap();
     assert_eq!(records, vec![big]);
 }
+
+#[test]
+fn the_largest_record_a_validator_set_makes_fits_the_log_a_node_opens() {
+    // A node opens its log with the limit derived from its config (`node.rs`); the core
+    // refuses a set whose largest message (a new view with a full window of prepared
+    // certificates, or a full batch with its certificate) does not fit max_message_bytes, and
+    // no record is larger than that message (`core/tests/new_view_size.rs` builds them).
+    for config in [
+        pbft_core::Config::new(pbft_core::ChainId::from_name("wal")),
+        pbft_core::Config {
+            max_message_bytes: 32 << 20,
+            max_batch_bytes: 28 << 20,
+            ..pbft_core::Config::new(pbft_core::ChainId::from_name("wal"))
+        },
+    ] {
+        let limit = WalOptions::for_messages(config.max_message_bytes).max_record_bytes as usize;
+        let most = config.max_validators();
+        for n in [4, 7, 31, most] {
+            let largest = config.largest_message_bytes(n);
+            assert!(
+                largest <= config.max_message_bytes && largest <= limit,
+                "n = {n}: {largest} bytes, messages up to {}, records up to {limit}",
+                config.max_message_bytes
+            );
+        }
+        assert!(config.largest_message_bytes(most + 1) > config.max_message_bytes);
+    }
+}

@@ -30,7 +30,7 @@ impl core::fmt::Debug for Replica {
         let changes: Vec<(u16, u64)> = self
             .view_changes
             .iter()
-            .map(|(id, change)| (id.0, change.view))
+            .map(|(id, held)| (id.0, held.change.view))
             .collect();
         f.debug_struct("Replica")
             .field("id", &self.id.0)

@@ -10,6 +10,7 @@
 //! the dispatch of messages and the three phases (pre-prepare, prepare, commit); execution,
 //! view changes, retransmission, state transfer and restore live in their own files.
 
+mod budget;
 mod checkpoints;
 mod exactly_once;
 mod execute;
@@ -40,8 +41,9 @@ use crate::error::Error;
 use crate::merkle;
 use crate::message::Message;
 use crate::metrics::Metrics;
-use crate::statement::{Batch, Phase, PrePrepare, Request, Vote};
-use crate::view_change::{NewView, ViewChange};
+use crate::new_view::NewView;
+use crate::statement::{Phase, PrePrepare, Request, Vote};
+use budget::CheckBudget;
 use checkpoints::Checkpoints;
 use exactly_once::ClientTable;
 use intake::Intake;
@@ -49,6 +51,7 @@ use outbox::Outbox;
 use signer::Signer;
 use slot::{Slot, VoteOutcome};
 use timers::Timers;
+use view_change::HeldViewChange;
 
 /// Whether the replica runs its view or waits for the view's `NewView`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,8 +87,10 @@ pub struct Replica {
     clients: ClientTable,
     /// Messages from each peer for seqs above the window, replayed when it moves.
     ahead: BTreeMap<PublicKey, VecDeque<Message>>,
-    /// Each validator's latest verified view change.
-    view_changes: BTreeMap<ReplicaId, ViewChange>,
+    /// Each validator's latest view change whose own signature verified.
+    view_changes: BTreeMap<ReplicaId, HeldViewChange>,
+    /// Each peer's share of signature checks on view-change traffic.
+    budget: CheckBudget,
     /// The new view that started the current view, for peers still behind.
     new_view: Option<NewView>,
     /// The state this replica is fetching, when it is too far behind to replay.
@@ -105,13 +110,14 @@ impl Replica {
     ///
     /// # Errors
     ///
-    /// [`ConfigError`]: the config fails [`Config::validate`], or the key is not in the set.
+    /// [`ConfigError`]: the config fails [`Config::validate_for`] the set (its limits, or a
+    /// set too large for its largest message), or the key is not in the set.
     pub fn new(
         config: Config,
         validators: ValidatorSet,
         keypair: Keypair,
     ) -> Result<Self, ConfigError> {
-        config.validate()?;
+        config.validate_for(&validators)?;
         let id = validators
             .id_of(&keypair.public_key())
             .ok_or(ConfigError::Invalid(
@@ -122,6 +128,7 @@ impl Replica {
             outbox: Outbox::new(validators.len()),
             signer: Signer::new(keypair, id, config.chain_id, validators.epoch()),
             timers: Timers::new(&config),
+            budget: CheckBudget::new(config.view_change_checks_per_sec),
             intake: Intake::default(),
             checkpoints: Checkpoints::default(),
             config,
@@ -269,7 +276,7 @@ impl Replica {
             Message::Vote(vote) if vote.phase == Phase::Checkpoint => self.on_checkpoint_vote(vote),
             Message::PrePrepare(_) | Message::Vote(_) => self.on_consensus(from, message),
             Message::ViewChange(change) => self.on_view_change(peer, change),
-            Message::NewView(new_view) => self.on_new_view(new_view),
+            Message::NewView(new_view) => self.on_new_view(peer, new_view),
             Message::Status(status) => self.on_status(peer, status),
             Message::Committed(committed) => self.on_committed(committed),
             Message::Checkpoint(checkpoint) => self.on_stable_checkpoint(checkpoint),
@@ -383,22 +390,6 @@ impl Replica {
         }
         self.timers.start_waiting();
         self.advance(seq);
-        Ok(())
-    }
-
-    /// Stores the batch of a slot whose proposal is known by digest only.
-    fn fill_batch(&mut self, seq: u64, batch: Batch) -> Result<(), Error> {
-        let leaves = batch.leaves(&self.config.chain_id);
-        let Some(slot) = self.log.get_mut(&seq) else {
-            return Err(Error::Duplicate);
-        };
-        if Some(merkle::root(&leaves)) != slot.digest {
-            return Err(Error::BatchDigestMismatch);
-        }
-        self.intake.track_all(&leaves);
-        slot.leaves = leaves;
-        slot.batch = Some(batch);
-        self.deliver_ready();
         Ok(())
     }
 

@@ -10,8 +10,9 @@ use crate::certificate::{Evidence, QuorumCertificate};
 use crate::config::ReplicaId;
 use crate::crypto::{Digest, PublicKey};
 use crate::envelope::{self, DecodeError};
+use crate::new_view::NewView;
 use crate::statement::{Batch, Vote};
-use crate::view_change::{NewView, Prepared, StableCheckpoint, ViewChange};
+use crate::view_change::{Prepared, StableCheckpoint, ViewChange};
 
 /// Where the host must send bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]

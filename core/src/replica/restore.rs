@@ -22,13 +22,13 @@ use alloc::vec::Vec;
 
 use super::exactly_once::{ClientRecord, ClientTable};
 use super::output::Record;
-use super::{Mode, Replica};
+use super::{HeldViewChange, Mode, Replica};
 use crate::certificate::Committed;
 use crate::config::{Config, ConfigError, ValidatorSet};
 use crate::crypto::Keypair;
+use crate::new_view::null_digest;
 use crate::state::Snapshot;
 use crate::statement::{Batch, Phase, Vote};
-use crate::view_change::null_digest;
 
 /// What a host keeps durably beside its application state, as of the last batch it executed,
 /// and hands to [`Replica::restore`] after a crash.
@@ -134,7 +134,11 @@ impl Replica {
                 Record::ViewChange(change) => {
                     if view_change_view.is_none_or(|v| v < change.view) {
                         view_change_view = Some(change.view);
-                        replica.view_changes.insert(replica.id, change);
+                        let held = HeldViewChange {
+                            change,
+                            certified: true,
+                        };
+                        replica.view_changes.insert(replica.id, held);
                     }
                 }
                 Record::NewView(new_view) => {
@@ -388,8 +392,8 @@ impl Replica {
         if let Some(new_view) = &self.new_view {
             records.push(Record::NewView(new_view.clone()));
         }
-        if let Some(change) = self.view_changes.get(&self.id) {
-            records.push(Record::ViewChange(change.clone()));
+        if let Some(held) = self.view_changes.get(&self.id) {
+            records.push(Record::ViewChange(held.change.clone()));
         }
         for (_, slot) in self.log.range(stable.seq + 1..) {
             if let Some(prepared) = &slot.prepared {

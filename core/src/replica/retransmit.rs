@@ -106,8 +106,8 @@ impl Replica {
                 self.send_new_view_to(peer);
             }
             Mode::ViewChange { .. } if status.view <= self.view => {
-                if let Some(change) = self.view_changes.get(&self.id) {
-                    let bytes = Message::ViewChange(change.clone()).encode();
+                if let Some(held) = self.view_changes.get(&self.id) {
+                    let bytes = Message::ViewChange(held.change.clone()).encode();
                     self.metrics.retransmitted += 1;
                     self.send(to.clone(), bytes);
                 }

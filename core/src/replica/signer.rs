@@ -16,8 +16,9 @@ use crate::config::{ChainId, ReplicaId};
 use crate::crypto::{Digest, Keypair, Signature};
 use crate::message::Message;
 use crate::metrics::Metrics;
+use crate::new_view::NewView;
 use crate::statement::{Phase, Vote};
-use crate::view_change::{NewView, Prepared, StableCheckpoint, ViewChange};
+use crate::view_change::{Prepared, StableCheckpoint, ViewChange};
 
 /// A signed statement's place: (phase, view, seq). Checkpoints use view 0.
 type Statement = (Phase, u64, u64);

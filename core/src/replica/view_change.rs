@@ -9,11 +9,23 @@ use super::output::{Destination, Record};
 use super::{Mode, Replica};
 use crate::config::ReplicaId;
 use crate::error::Error;
+use crate::merkle;
 use crate::message::Message;
+use crate::new_view::{NewView, Plan, null_digest, plan, verify_new_view_counted};
 use crate::statement::{Batch, Phase, Request, Vote};
 use crate::view_change::{
-    NewView, Plan, ViewChange, null_digest, plan, verify_new_view, verify_view_change,
+    ViewChange, check_view_change_shape, verify_view_change_certificates,
+    verify_view_change_signature,
 };
+
+/// A view change held for its signer: its own signature verified, its certificates only once
+/// this replica, as the primary of its view, builds a new view from it.
+#[derive(Clone, Debug)]
+pub(super) struct HeldViewChange {
+    pub(super) change: ViewChange,
+    /// Whether the certificates it carries verified (always, for this replica's own).
+    pub(super) certified: bool,
+}
 
 impl Replica {
     /// When a view timer fires next: in a view, the oldest uncommitted proposal or watched
@@ -85,8 +97,13 @@ impl Replica {
             .view_change(&mut self.metrics, view, checkpoint, prepared);
         let message = Message::ViewChange(change.clone());
         self.publish(Record::ViewChange(change.clone()), &message);
-        self.view_changes.insert(self.id, change);
-        self.view_changes.retain(|_, change| change.view >= view);
+        // Its certificates come from this replica's own log, each checked as it formed.
+        let held = HeldViewChange {
+            change,
+            certified: true,
+        };
+        self.view_changes.insert(self.id, held);
+        self.view_changes.retain(|_, held| held.change.view >= view);
         // Nothing is signed in a view once it is left: its votes need no guard any more.
         self.signer.leave_views_below(view);
         self.after_view_changes();
@@ -99,7 +116,7 @@ impl Replica {
         let mut higher: Vec<u64> = self
             .view_changes
             .values()
-            .map(|change| change.view)
+            .map(|held| held.change.view)
             .filter(|&view| view > self.view)
             .collect();
         let f = self.validators.max_faulty();
@@ -120,7 +137,7 @@ impl Replica {
         let asking = self
             .view_changes
             .values()
-            .filter(|change| change.view >= self.view)
+            .filter(|held| held.change.view >= self.view)
             .count();
         if asking < self.validators.quorum() {
             return;
@@ -150,41 +167,106 @@ impl Replica {
                 current: self.view,
             });
         }
+        if change.replica != peer {
+            // A view change travels from its signer only (its own, or its retransmission):
+            // the signature does not cover the certificates' signatures, so only the one who
+            // sent them can answer for them.
+            return Err(Error::WrongSigner(change.replica));
+        }
         if self
             .view_changes
             .get(&change.replica)
-            .is_some_and(|known| known.view >= change.view)
+            .is_some_and(|known| known.change.view >= change.view)
         {
             return Err(Error::Duplicate);
         }
-        let signatures = count_signatures(&change);
-        self.metrics.signatures_verified += signatures;
-        self.metrics.signatures_batch_verified += signatures;
-        verify_view_change(
-            &self.config.chain_id,
-            &self.validators,
-            self.config.window,
-            &change,
-        )?;
-        self.view_changes.insert(change.replica, change);
+        let now = self.timers.now();
+        if !self.budget.allows(peer, now) {
+            return Err(Error::OverBudget);
+        }
+        check_view_change_shape(&self.validators, self.config.window, &change)?;
+        // One check: its own signature. Every view change costs its signer a check of its
+        // share, valid or not: a validator may sign one for every view there is.
+        self.metrics.signatures_verified += 1;
+        self.budget.charge(peer, 1, now);
+        verify_view_change_signature(&self.config.chain_id, &self.validators, &change)?;
+        // Its certificates wait: they matter only to the primary of its view, which checks
+        // them when it builds the new view (`certified_view_change`). For counting who moved
+        // on they add nothing — a faulty validator can always sign a valid view change without
+        // any.
+        let held = HeldViewChange {
+            change,
+            certified: false,
+        };
+        self.view_changes.insert(peer, held);
         self.after_view_changes();
         Ok(())
     }
 
+    /// The view change held from `id`, with its certificates checked: the first time it is
+    /// asked for, they are. One whose certificates fail is dropped and counted, and its
+    /// signer, who sent it, pays for the checks: an honest validator's certificates always
+    /// verify. None if there is none, if it failed, or if its signer's share is spent.
+    fn certified_view_change(&mut self, id: ReplicaId) -> Option<ViewChange> {
+        let now = self.timers.now();
+        let held = self.view_changes.get(&id)?;
+        if held.certified {
+            return Some(held.change.clone());
+        }
+        if !self.budget.allows(id, now) {
+            return None;
+        }
+        let signatures = held.change.certificate_signatures() as u64;
+        self.metrics.signatures_verified += signatures;
+        self.metrics.signatures_batch_verified += signatures;
+        let verdict =
+            verify_view_change_certificates(&self.config.chain_id, &self.validators, &held.change);
+        match verdict {
+            Ok(()) => {
+                let held = self.view_changes.get_mut(&id)?;
+                held.certified = true;
+                Some(held.change.clone())
+            }
+            Err(err) => {
+                self.budget.charge(id, signatures, now);
+                self.view_changes.remove(&id);
+                *self
+                    .metrics
+                    .rejected
+                    .entry(Error::ViewChange(err).label())
+                    .or_default() += 1;
+                None
+            }
+        }
+    }
+
     /// As the primary of the view being changed to, once a quorum of view changes for it is
-    /// in: signs the proposals they determine and the new view, and enters it.
+    /// in (their certificates checked): signs the proposals they determine and the new view,
+    /// and enters it.
     fn send_new_view(&mut self) {
         let quorum = self.validators.quorum();
-        let view_changes: Vec<ViewChange> = self
+        let candidates: Vec<ReplicaId> = self
             .view_changes
-            .values()
-            .filter(|change| change.view == self.view)
-            .take(quorum)
-            .cloned()
+            .iter()
+            .filter(|(_, held)| held.change.view == self.view)
+            .map(|(&id, _)| id)
             .collect();
-        if view_changes.len() < quorum {
+        if candidates.len() < quorum {
             // Validators that moved past this view count for its timer, but their view
             // changes cannot start it: wait for a quorum for exactly this view.
+            return;
+        }
+        // The first quorum, in signer order, whose certificates hold.
+        let mut view_changes: Vec<ViewChange> = Vec::with_capacity(quorum);
+        for id in candidates {
+            if view_changes.len() == quorum {
+                break;
+            }
+            if let Some(change) = self.certified_view_change(id) {
+                view_changes.push(change);
+            }
+        }
+        if view_changes.len() < quorum {
             return;
         }
         let plan = plan(&self.config.chain_id, &view_changes);
@@ -198,41 +280,68 @@ impl Replica {
             // replica cannot lead the view; the next one will.
             return;
         };
-        let mut new_view = NewView {
-            view: self.view,
-            view_changes,
-            proposals,
-            signature: crate::crypto::Signature([0; 64]),
-        };
+        let mut new_view = NewView::assemble(self.view, &view_changes, proposals);
         self.signer.new_view(&mut self.metrics, &mut new_view);
         let message = Message::NewView(new_view.clone());
         self.publish(Record::NewView(new_view.clone()), &message);
         self.enter_view(new_view, plan);
     }
 
-    pub(super) fn on_new_view(&mut self, new_view: NewView) -> Result<(), Error> {
+    /// A new view from `peer` (its primary, or any validator relaying it). It is checked in
+    /// stages, cheapest first ([`verify_new_view_counted`]); `peer` pays for the checks of
+    /// one that fails (an honest validator relays only new views it checked itself). One that
+    /// holds is free: it moves this replica into a view a quorum asked for, once per view.
+    pub(super) fn on_new_view(&mut self, peer: ReplicaId, new_view: NewView) -> Result<(), Error> {
         if new_view.view < self.view || (new_view.view == self.view && self.mode == Mode::Normal) {
             return Err(Error::StaleView {
                 got: new_view.view,
                 current: self.view,
             });
         }
-        let signatures = 1
-            + new_view.proposals.len() as u64
-            + new_view
-                .view_changes
-                .iter()
-                .map(count_signatures)
-                .sum::<u64>();
-        self.metrics.signatures_verified += signatures;
-        self.metrics.signatures_batch_verified += signatures;
-        let plan = verify_new_view(
+        let now = self.timers.now();
+        if !self.budget.allows(peer, now) {
+            return Err(Error::OverBudget);
+        }
+        // No bound on how far ahead the view may be: a valid new view proves a quorum (f + 1
+        // honest among them) signed view changes for it, and a replica cut off for long joins
+        // its peers' view this way.
+        let mut verified = 0;
+        let verdict = verify_new_view_counted(
             &self.config.chain_id,
             &self.validators,
             self.config.window,
             &new_view,
-        )?;
-        self.enter_view(new_view, plan);
+            &mut verified,
+        );
+        self.metrics.signatures_verified += verified;
+        // All but the primary's signature are checked in batches.
+        self.metrics.signatures_batch_verified += verified.saturating_sub(1);
+        match verdict {
+            Ok(plan) => {
+                self.enter_view(new_view, plan);
+                Ok(())
+            }
+            Err(err) => {
+                self.budget.charge(peer, verified, now);
+                Err(err.into())
+            }
+        }
+    }
+
+    /// Stores the batch of a slot whose proposal is known by digest only (a new view
+    /// re-proposed it, and the batch had not reached this replica).
+    pub(super) fn fill_batch(&mut self, seq: u64, batch: Batch) -> Result<(), Error> {
+        let leaves = batch.leaves(&self.config.chain_id);
+        let Some(slot) = self.log.get_mut(&seq) else {
+            return Err(Error::Duplicate);
+        };
+        if Some(merkle::root(&leaves)) != slot.digest {
+            return Err(Error::BatchDigestMismatch);
+        }
+        self.intake.track_all(&leaves);
+        slot.leaves = leaves;
+        slot.batch = Some(batch);
+        self.deliver_ready();
         Ok(())
     }
 
@@ -262,7 +371,7 @@ impl Replica {
         self.signer.leave_views_below(self.view);
         self.timers.clear_new_view();
         self.view_changes
-            .retain(|_, change| change.view > new_view.view);
+            .retain(|_, held| held.change.view > new_view.view);
         let view = self.view;
         for queue in self.ahead.values_mut() {
             queue.retain(|message| match message {
@@ -342,14 +451,4 @@ impl Replica {
             }
         }
     }
-}
-
-/// Signatures a view change carries (its own, the checkpoint's, every certificate's).
-fn count_signatures(change: &ViewChange) -> u64 {
-    let certificates: usize = change
-        .prepared
-        .iter()
-        .map(|prepared| 1 + prepared.prepares.len())
-        .sum();
-    (1 + change.checkpoint.signatures.len() + certificates) as u64
 }

@@ -3,7 +3,7 @@
 //! run's random numbers in the order it sends, interleaved with the network's draws for the
 //! same messages.
 
-use pbft_core::{Batch, Hasher, Keypair, Message, NewView, Request, Signature, ViewChange, Vote};
+use pbft_core::{Batch, Hasher, Keypair, Message, NewView, Request, ViewChange, Vote};
 
 use super::{NodeId, Simulation};
 
@@ -279,12 +279,7 @@ impl Simulation {
                     Vec::new(),
                     &keypair,
                 );
-                let mut new_view = NewView {
-                    view,
-                    view_changes: vec![change],
-                    proposals: Vec::new(),
-                    signature: Signature([0; 64]),
-                };
+                let mut new_view = NewView::assemble(view, &[change], Vec::new());
                 new_view.signature = keypair.sign(&new_view.signed_digest(&chain(), 0));
                 for &target in targets {
                     self.send(target, from, Message::NewView(new_view.clone()).encode());

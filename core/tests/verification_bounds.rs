@@ -1,0 +1,217 @@
+//! What one Byzantine validator can make a replica verify. A flood of valid but useless view
+//! changes for ever higher views, each carrying a full window of prepared certificates, or of
+//! new views stuffed with signatures (relayed under another signer's name, or signed by the
+//! view's own primary around a bad certificate), costs a bounded number of signature checks
+//! however long it lasts; the honest validators still move the replica.
+
+use pbft_core::testing::{NOW, chain, key_of, new_view, view_change, vote, vote_for};
+use pbft_core::{Batch, Config, Message, Phase, Prepared, Replica, Request, ViewChange, Vote};
+
+/// Prepared certificates per view change: a window's worth, each a quorum of signatures.
+const WINDOW: u64 = 32;
+
+fn config() -> Config {
+    let mut config = pbft_core::testing::small_config();
+    config.window = WINDOW;
+    config.checkpoint_interval = WINDOW / 2;
+    config
+}
+
+fn replica(index: usize) -> Replica {
+    pbft_core::testing::replica(index, config())
+}
+
+/// A batch of one request, different for every seq.
+fn batch_at(seq: u64) -> Batch {
+    Batch {
+        requests: vec![Request::new(
+            &chain(),
+            &pbft_core::testing::client_key(0),
+            seq,
+            format!("op {seq}").into_bytes(),
+        )],
+    }
+}
+
+/// A full window of prepared certificates from view 0 (primary 0, prepares of 1 and 2):
+/// `WINDOW` * 3 valid signatures.
+fn full_window() -> Vec<Prepared> {
+    (1..=WINDOW)
+        .map(|seq| {
+            let batch = batch_at(seq);
+            Prepared {
+                proposal: vote(0, Phase::PrePrepare, (0, seq), &batch),
+                prepares: vec![
+                    vote(1, Phase::Prepare, (0, seq), &batch),
+                    vote(2, Phase::Prepare, (0, seq), &batch),
+                ],
+            }
+        })
+        .collect()
+}
+
+/// Validator `signer`'s valid view change to `view` carrying `prepared`.
+fn change(signer: usize, view: u64, prepared: &[Prepared]) -> Vec<u8> {
+    Message::ViewChange(view_change(signer, view, prepared.to_vec())).encode()
+}
+
+/// The proposals the primary of `view` makes for a quorum that prepared `prepared`.
+fn reproposals(signer: usize, view: u64, prepared: &[Prepared]) -> Vec<Vote> {
+    prepared
+        .iter()
+        .map(|p| {
+            vote_for(
+                signer,
+                Phase::PrePrepare,
+                (view, p.proposal.seq),
+                p.proposal.digest,
+            )
+        })
+        .collect()
+}
+
+/// A quorum of view changes for view 1 (signers 1, 2, 3), each with the full window.
+fn quorum_for_view_one(prepared: &[Prepared]) -> Vec<ViewChange> {
+    (1..=3)
+        .map(|signer| view_change(signer, 1, prepared.to_vec()))
+        .collect()
+}
+
+/// Signatures replica 0 checks when validator 3 sends it `count` view changes for views 1, 2,
+/// ..., each valid and carrying a full window of prepared certificates.
+fn view_change_flood(count: u64) -> (Replica, u64) {
+    let prepared = full_window();
+    let mut victim = replica(0);
+    for view in 1..=count {
+        let _ = victim.handle_message(NOW, &key_of(3), &change(3, view, &prepared));
+    }
+    let verified = victim.metrics().signatures_verified;
+    (victim, verified)
+}
+
+#[test]
+fn a_flood_of_view_changes_for_ever_higher_views_costs_a_bounded_number_of_checks() {
+    let (_, short) = view_change_flood(100);
+    let (mut victim, long) = view_change_flood(200);
+    println!("view-change flood: 100 messages cost {short} signature checks, 200 cost {long}");
+    assert_eq!(
+        short, long,
+        "a flood twice as long must cost no more: {short} then {long} signatures checked"
+    );
+    assert!(
+        victim.metrics().rejected.get("over_budget") >= Some(&100),
+        "what was refused unchecked is counted: {:?}",
+        victim.metrics().rejected
+    );
+    // The flooder's share is spent; the honest validators' is not: f + 1 of them move the
+    // replica as ever.
+    let prepared = full_window();
+    for signer in [1, 2] {
+        victim
+            .handle_message(NOW, &key_of(signer), &change(signer, 1, &prepared))
+            .unwrap();
+    }
+    assert_eq!((victim.view(), victim.in_view()), (1, false));
+    // Time restores the flooder's share: its next view change is checked again.
+    let before = victim.metrics().signatures_verified;
+    victim
+        .handle_message(NOW + 60_000, &key_of(3), &change(3, 1_000, &[]))
+        .unwrap();
+    assert!(victim.metrics().signatures_verified > before);
+}
+
+/// Signatures replica 0 checks when validator `sender` sends it `count` copies of `forged`.
+fn new_view_flood(sender: usize, forged: &[u8], count: u64) -> (Replica, u64) {
+    let mut victim = replica(0);
+    for _ in 0..count {
+        let _ = victim.handle_message(NOW, &key_of(sender), forged);
+    }
+    let verified = victim.metrics().signatures_verified;
+    (victim, verified)
+}
+
+#[test]
+fn forged_new_views_cost_a_bounded_number_of_checks() {
+    let prepared = full_window();
+    let changes = quorum_for_view_one(&prepared);
+    let valid = new_view(1, 1, changes.clone(), reproposals(1, 1, &prepared));
+    // Validator 3 relays a new view for view 1 signed with its own key, not the primary's.
+    let relayed = new_view(3, 1, changes.clone(), reproposals(1, 1, &prepared));
+    // The primary of view 1 (validator 1) signs a new view around one forged prepare.
+    let mut bad = prepared.clone();
+    bad[WINDOW as usize - 1].prepares[1].signature = bad[0].prepares[1].signature;
+    let bad_changes: Vec<ViewChange> = (1..=3).map(|s| view_change(s, 1, bad.clone())).collect();
+    let signed_by_primary = new_view(1, 1, bad_changes, reproposals(1, 1, &prepared));
+    for (sender, forged, what) in [
+        (3, &relayed, "relayed under another key"),
+        (1, &signed_by_primary, "signed by the primary"),
+    ] {
+        let bytes = Message::NewView(forged.clone()).encode();
+        let (_, short) = new_view_flood(sender, &bytes, 100);
+        let (mut victim, long) = new_view_flood(sender, &bytes, 200);
+        println!("new views {what}: 100 cost {short} signature checks, 200 cost {long}");
+        assert_eq!(
+            short, long,
+            "new views {what}: a flood twice as long must cost no more: {short} then {long}"
+        );
+        assert!(victim.metrics().rejected.get("over_budget") >= Some(&100));
+        // An honest validator relaying the real new view is still heard.
+        let bytes = Message::NewView(valid.clone()).encode();
+        victim.handle_message(NOW, &key_of(2), &bytes).unwrap();
+        assert_eq!((victim.view(), victim.in_view()), (1, true), "{what}");
+    }
+}
+
+#[test]
+fn the_primary_checks_certificates_once_and_leaves_out_a_view_change_whose_certificates_fail() {
+    let prepared = full_window();
+    let mut forged = prepared.clone();
+    forged[0].prepares[0].signature = forged[0].prepares[1].signature;
+    // Replica 1 leads view 1. Validator 0's view change is signed properly but carries a
+    // forged prepare; 2's and 3's are sound.
+    let mut primary = replica(1);
+    let bad = change(0, 1, &forged);
+    primary.handle_message(NOW, &key_of(0), &bad).unwrap();
+    assert_eq!(
+        primary.metrics().signatures_verified,
+        1,
+        "a backup-to-be checks a view change's own signature only"
+    );
+    // A second view change makes f + 1: the primary moves to view 1 and has a quorum
+    // (0, 1, 2) — but 0's certificates fail when it builds the new view.
+    primary
+        .handle_message(NOW, &key_of(2), &change(2, 1, &prepared))
+        .unwrap();
+    assert_eq!((primary.view(), primary.in_view()), (1, false));
+    assert_eq!(
+        primary.metrics().rejected.get("invalid_view_change"),
+        Some(&1)
+    );
+    // With 3's, the quorum is 1, 2 and 3: the view starts without 0.
+    let checked = primary.metrics().signatures_verified;
+    primary
+        .handle_message(NOW, &key_of(3), &change(3, 1, &prepared))
+        .unwrap();
+    assert_eq!((primary.view(), primary.in_view()), (1, true));
+    let sent = pbft_core::testing::drain(&mut primary)
+        .into_iter()
+        .find_map(|output| match output {
+            pbft_core::Output::Persist(pbft_core::Record::NewView(new_view)) => Some(new_view),
+            _ => None,
+        })
+        .expect("the primary persists its new view");
+    let signers: Vec<u16> = sent.view_changes.iter().map(|c| c.replica.0).collect();
+    assert_eq!(signers, [1, 2, 3]);
+    // 3's own signature and its certificates; 2's were checked the first time (its own view
+    // change needs none).
+    let certificates = WINDOW * 3;
+    assert_eq!(
+        primary.metrics().signatures_verified - checked,
+        1 + certificates
+    );
+    // Every replica accepts the new view.
+    let bytes = Message::NewView(sent).encode();
+    let mut backup = replica(0);
+    backup.handle_message(NOW, &key_of(1), &bytes).unwrap();
+    assert_eq!((backup.view(), backup.in_view()), (1, true));
+}
