@@ -47,13 +47,17 @@ impl Directory {
 }
 
 fn config(chain: ChainId) -> Config {
-    // Every message must fit one datagram: small batches, small state chunks.
+    // Every message must fit one datagram: small batches, small state chunks, and a window
+    // small enough that a new view with a prepared certificate for each of its seqs fits too
+    // (`Config::validate_for` refuses a set whose worst-case new view does not).
     Config {
         max_batch_ops: 64,
         max_batch_bytes: 32 << 10,
         max_message_bytes: 48 << 10,
         max_request_bytes: 1 << 10,
         snapshot_chunk_bytes: 16 << 10,
+        window: 16,
+        checkpoint_interval: 8,
         ..Config::new(chain)
     }
 }
