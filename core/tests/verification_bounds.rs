@@ -215,3 +215,35 @@ fn the_primary_checks_certificates_once_and_leaves_out_a_view_change_whose_certi
     backup.handle_message(NOW, &key_of(1), &bytes).unwrap();
     assert_eq!((backup.view(), backup.in_view()), (1, true));
 }
+
+/// Votes sent under another validator's name (a prepare, a commit, a checkpoint vote "from"
+/// validator 2, sent by validator 1, with a bad signature) are refused before any signature
+/// check: a peer cannot buy checks in an honest validator's name.
+#[test]
+fn votes_in_another_validators_name_cost_no_check() {
+    let mut replica = replica(3);
+    let digest = batch_at(1).digest(&chain());
+    let before = replica.metrics().signatures_verified;
+    for (round, phase) in [Phase::Prepare, Phase::Commit, Phase::Checkpoint]
+        .into_iter()
+        .cycle()
+        .take(300)
+        .enumerate()
+    {
+        let mut forged = vote_for(2, phase, (0, 1 + round as u64 % 8), digest);
+        forged.signature.0[0] ^= 1;
+        let result = replica.handle_message(NOW, &key_of(1), &Message::Vote(forged).encode());
+        assert!(
+            matches!(result, Err(pbft_core::Error::WrongSigner(_))),
+            "{result:?}"
+        );
+    }
+    assert_eq!(replica.metrics().signatures_verified, before);
+    // The signer's own vote is still heard.
+    let own = vote(2, Phase::Prepare, (0, 1), &batch_at(1));
+    let result = replica.handle_message(NOW, &key_of(2), &Message::Vote(own).encode());
+    assert!(
+        !matches!(result, Err(pbft_core::Error::WrongSigner(_))),
+        "{result:?}"
+    );
+}

@@ -272,6 +272,14 @@ impl Replica {
             return self.on_request(request, from_client);
         }
         let peer = self.validators.id_of(from).ok_or(Error::NotAValidator)?;
+        // A validator sends only its own votes (retransmission included): one under another
+        // signer is refused before its signature costs a check, so a peer cannot buy checks
+        // with forged votes in an honest validator's name.
+        if let Message::Vote(vote) = &message
+            && vote.replica != peer
+        {
+            return Err(Error::WrongSigner(vote.replica));
+        }
         match message {
             Message::Vote(vote) if vote.phase == Phase::Checkpoint => self.on_checkpoint_vote(vote),
             Message::PrePrepare(_) | Message::Vote(_) => self.on_consensus(from, message),
