@@ -1,6 +1,6 @@
 //! Planted bugs, for the mutation test only (the `mutants` feature; never in a release).
 //!
-//! A suite that cannot fail proves nothing (DESIGN.md, "Testing"). Each [`Mutant`] is a known
+//! A suite that cannot fail proves nothing. Each [`Mutant`] is a known
 //! way to break PBFT, switched on per replica through `Config::mutant`; the simulator's
 //! mutation test (`tests/tests/mutants.rs`) must catch every one of them within its seed
 //! budget. Without the feature this module does not exist and every planted check is `false`.

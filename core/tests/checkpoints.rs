@@ -3,7 +3,7 @@
 //! the stable checkpoint's state by state transfer instead of going on from a wrong state.
 
 use pbft_core::testing::{NOW, batch, committed, drain, key_of, small_config, vote_for};
-use pbft_core::{Destination, Digest, Message, Output, Phase, Record, Replica};
+use pbft_core::{Destination, Digest, Message, Output, Phase, PublicKey, Record, Replica};
 
 /// The application state every honest replica reaches at seq 2.
 const GOOD: &[u8] = b"the state at seq 2";
@@ -63,7 +63,7 @@ fn checkpoint_vote(outputs: &[Output]) -> pbft_core::Vote {
 }
 
 /// Validators 0, 1 and 2 sign `state` at seq 2: validator 2's vote is `good`.
-fn quorum_votes(good: &pbft_core::Vote) -> Vec<Vec<u8>> {
+fn quorum_votes(good: &pbft_core::Vote) -> Vec<(PublicKey, Vec<u8>)> {
     let state: Digest = good.digest;
     [
         vote_for(0, Phase::Checkpoint, (0, 2), state),
@@ -71,7 +71,12 @@ fn quorum_votes(good: &pbft_core::Vote) -> Vec<Vec<u8>> {
         good.clone(),
     ]
     .into_iter()
-    .map(|vote| Message::Vote(vote).encode())
+    .map(|vote| {
+        (
+            key_of(usize::from(vote.replica.0)),
+            Message::Vote(vote).encode(),
+        )
+    })
     .collect()
 }
 
@@ -217,8 +222,8 @@ fn a_replica_whose_checkpoint_differs_from_the_stable_one_fetches_the_stable_sta
     let mut subject = replica(3);
     let own = checkpoint_vote(&run_to_checkpoint(&mut subject, b"corrupted"));
     assert_ne!(own.digest, good.digest);
-    for bytes in quorum_votes(&good) {
-        subject.handle_message(NOW, &key_of(0), &bytes).unwrap();
+    for (signer, bytes) in quorum_votes(&good) {
+        subject.handle_message(NOW, &signer, &bytes).unwrap();
     }
     assert_eq!(subject.stable_checkpoint().seq, 2);
     let outputs = drain(&mut subject);
@@ -231,8 +236,8 @@ fn a_replica_that_reaches_another_state_at_a_checkpoint_already_stable_fetches_i
     let good = checkpoint_vote(&run_to_checkpoint(&mut peer, GOOD));
     let mut subject = replica(3);
     // The quorum's checkpoint is stable here before this replica executes up to it.
-    for bytes in quorum_votes(&good) {
-        subject.handle_message(NOW, &key_of(0), &bytes).unwrap();
+    for (signer, bytes) in quorum_votes(&good) {
+        subject.handle_message(NOW, &signer, &bytes).unwrap();
     }
     assert_eq!(subject.stable_checkpoint().seq, 2);
     drain(&mut subject);

@@ -318,11 +318,13 @@ fn votes_that_cannot_travel_alone_or_come_from_the_wrong_role_are_refused() {
         backup.handle_message(NOW, &key_of(2), &Message::Vote(bad).encode()),
         Err(Error::Crypto(pbft_core::CryptoError::BadSignature))
     );
+    // A vote naming a signer other than its sender (here one outside the set) is refused
+    // before anything else is looked at.
     let mut unknown = vote(2, Phase::Prepare, (0, 1), &b);
     unknown.replica = ReplicaId(9);
     assert_eq!(
         backup.handle_message(NOW, &key_of(2), &Message::Vote(unknown).encode()),
-        Err(Error::NotAValidator)
+        Err(Error::WrongSigner(ReplicaId(9)))
     );
 }
 

@@ -103,13 +103,18 @@ impl Args {
 }
 
 impl Mode {
-    /// Scenario `number` of this mode, and what it found.
-    fn run(self, number: u64, validators: usize, mutant: Planted) -> (Scenario, Report) {
-        let scenario = match self {
+    /// Scenario `number` of this mode.
+    fn scenario(self, number: u64, validators: usize) -> Scenario {
+        match self {
             Mode::Scripted => Scenario::for_seed(number, validators),
             Mode::Generated => Scenario::generated(number, validators),
             Mode::Twins => Scenario::twins(number, validators),
-        };
+        }
+    }
+
+    /// Scenario `number` of this mode, and what it found.
+    fn run(self, number: u64, validators: usize, mutant: Planted) -> (Scenario, Report) {
+        let scenario = self.scenario(number, validators);
         let report = match (self, mutant) {
             #[cfg(feature = "mutants")]
             (_, Some(mutant)) => Simulation::with_mutant(number, scenario.clone(), mutant).run(),
@@ -232,9 +237,13 @@ fn main() -> ExitCode {
         }
     });
     let secs = started.elapsed().as_secs_f64();
+    if count == 1 {
+        // Replaying one scenario: say what it was.
+        println!("{:?}", mode.scenario(seeds.start, validators));
+    }
     eprintln!();
     println!(
-        "{:<24} {:>6} {:>7} {:>9} {:>13} {:>9}   primary crash -> first commit in a new view",
+        "{:<24} {:>9} {:>7} {:>9} {:>13} {:>9}   primary crash -> first commit in a new view",
         "scenario", unit, "failed", "requests", "views changed", "restarts"
     );
     for (kind, tally) in &mut tallies {
@@ -251,7 +260,7 @@ fn main() -> ExitCode {
             ),
         };
         println!(
-            "{kind:<24} {:>6} {:>7} {:>9} {:>13} {:>9}   {recovery}",
+            "{kind:<24} {:>9} {:>7} {:>9} {:>13} {:>9}   {recovery}",
             tally.seeds, tally.failed, tally.requests, tally.views_changed, tally.restarts
         );
     }

@@ -82,8 +82,11 @@ fn the_simulator_catches_every_planted_bug() {
         for (family, caught) in FAMILIES.iter().zip(caught) {
             match caught {
                 Some(caught) => println!(
-                    "  {family:?}: caught by scenario {} after {} runs: {}",
-                    caught.number, caught.runs, caught.violation
+                    "  {family:?}: caught by scenario {} after {} run{}: {}",
+                    caught.number,
+                    caught.runs,
+                    if caught.runs == 1 { "" } else { "s" },
+                    caught.violation
                 ),
                 None => println!("  {family:?}: not caught in {BUDGET} runs"),
             }
