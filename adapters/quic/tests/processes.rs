@@ -49,7 +49,11 @@ fn audit(cluster: &Cluster, index: usize, signed: &mut BTreeMap<Statement, pbft_
 
 /// Every acknowledged write reads back through consensus, and all validators reach the same
 /// seq with the same state (within 30 s).
-async fn reads_back_and_converges(client: &mut ClusterClient, acknowledged: &[(String, String)]) {
+async fn reads_back_and_converges(
+    cluster: &Cluster,
+    client: &mut ClusterClient,
+    acknowledged: &[(String, String)],
+) {
     // Every acknowledged write reads back through consensus.
     for (key, value) in acknowledged {
         let (outcome, _) = client.execute(get(key), TIMEOUT).await.unwrap();
@@ -74,10 +78,21 @@ async fn reads_back_and_converges(client: &mut ClusterClient, acknowledged: &[(S
         {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "validators did not converge: {statuses:?}"
-        );
+        if Instant::now() >= deadline {
+            // Say why: the end of each node's log.
+            let logs: Vec<String> = (0..VALIDATORS)
+                .map(|index| {
+                    let log = cluster.log(index);
+                    let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                    let tail: Vec<&str> = tail.into_iter().rev().collect();
+                    format!("node {index}:\n{}", tail.join("\n"))
+                })
+                .collect();
+            panic!(
+                "validators did not converge: {statuses:?}\n{}",
+                logs.join("\n")
+            );
+        }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
@@ -210,7 +225,7 @@ async fn killed_validators_lose_no_acknowledged_write(transport: Transport) {
         audit(&cluster, index, &mut signed);
         cluster.spawn(index);
     }
-    reads_back_and_converges(&mut client, &acknowledged).await;
+    reads_back_and_converges(&cluster, &mut client, &acknowledged).await;
     // A graceful stop exits cleanly; then no log holds two digests for one statement.
     for index in 0..VALIDATORS {
         assert!(
@@ -288,8 +303,8 @@ async fn whole_cluster_restarts_lose_no_acknowledged_write(transport: Transport)
         }
         cutter.join().unwrap();
     }
-    reads_back_and_converges(&mut client, &acknowledged).await;
     let mut cluster = cluster.lock().unwrap();
+    reads_back_and_converges(&cluster, &mut client, &acknowledged).await;
     let mut signed = BTreeMap::new();
     for index in 0..VALIDATORS {
         assert!(cluster.stop(index), "node {index} did not stop cleanly");
