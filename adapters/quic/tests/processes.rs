@@ -303,7 +303,10 @@ async fn whole_cluster_restarts_lose_no_acknowledged_write(transport: Transport)
         }
         cutter.join().unwrap();
     }
-    let mut cluster = cluster.lock().unwrap();
+    let mut cluster = Arc::into_inner(cluster)
+        .expect("the cutter thread is done")
+        .into_inner()
+        .unwrap();
     reads_back_and_converges(&cluster, &mut client, &acknowledged).await;
     let mut signed = BTreeMap::new();
     for index in 0..VALIDATORS {
