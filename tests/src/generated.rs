@@ -103,10 +103,7 @@ impl Scenario {
             let from = rng.range(0, 2_000);
             let mut isolated = honest.clone();
             let size = rng.range(1, f as u64) as usize;
-            while isolated.len() > size {
-                let index = (rng.next_u64() % isolated.len() as u64) as usize;
-                isolated.swap_remove(index);
-            }
+            rng.keep(&mut isolated, size);
             partitions.push(Partition {
                 isolated,
                 from,
@@ -121,10 +118,7 @@ impl Scenario {
                 true => honest.len(),
                 false => rng.range(1, honest.len() as u64) as usize,
             };
-            while crashed.len() > size {
-                let index = (rng.next_u64() % crashed.len() as u64) as usize;
-                crashed.swap_remove(index);
-            }
+            rng.keep(&mut crashed, size);
             let mut last = at;
             for node in crashed {
                 let back = at + rng.range(100, 2_000);

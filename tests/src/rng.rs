@@ -30,6 +30,14 @@ impl Rng {
         self.next_u64() % 100 < percent
     }
 
+    /// Drops uniformly chosen items of `items` until `size` remain (their order is not kept).
+    pub fn keep<T>(&mut self, items: &mut Vec<T>, size: usize) {
+        while items.len() > size {
+            let index = (self.next_u64() % items.len() as u64) as usize;
+            items.swap_remove(index);
+        }
+    }
+
     /// A uniformly chosen element.
     pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
         &items[(self.next_u64() % items.len() as u64) as usize]

@@ -265,10 +265,7 @@ impl Scenario {
             let from = rng.range(0, 2_000);
             let size = rng.range(1, f as u64) as usize;
             let mut isolated: Vec<usize> = (0..validators).collect();
-            while isolated.len() > size {
-                let index = (rng.next_u64() % isolated.len() as u64) as usize;
-                isolated.swap_remove(index);
-            }
+            rng.keep(&mut isolated, size);
             partitions.push(Partition {
                 isolated,
                 from,
@@ -305,10 +302,7 @@ impl Scenario {
                 .filter(|i| !faults.contains_key(i))
                 .collect();
             if kind == Kind::RestartUnderReproposals {
-                while honest.len() > f + 1 {
-                    let index = (rng.next_u64() % honest.len() as u64) as usize;
-                    honest.swap_remove(index);
-                }
+                rng.keep(&mut honest, f + 1);
             }
             let at = rng.range(100, 1_500);
             let back = at + rng.range(100, 1_500);

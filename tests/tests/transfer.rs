@@ -52,32 +52,12 @@ fn a_drip_feeding_peer_is_dropped_for_a_faster_one() {
 
 /// Validator 0 is down for 1.5 s while eight clients keep committing (for about 8 s), a
 /// checkpoint every 2 seqs: its state (a few hundred chunks of 64 bytes, which peers serve
-/// 8 per interval each) takes far longer to fetch than a checkpoint takes to become stable. The transfer must finish while the load goes on, not restart at
-/// every new stable checkpoint until the clients stop.
+/// 8 per interval each) takes far longer to fetch than a checkpoint takes to become stable.
+/// The transfer must finish while the load goes on, not restart at every new stable
+/// checkpoint until the clients stop.
 #[test]
 fn a_transfer_finishes_while_the_cluster_commits() {
-    let scenario = Scenario {
-        faults: BTreeMap::new(),
-        clients: 8,
-        requests_per_client: 150,
-        restarts: vec![Restart {
-            node: 0,
-            at: 20,
-            back: 1_500,
-            surely: true,
-        }],
-        ..scenario(Fault::Silent)
-    };
-    let report = Simulation::new(11, scenario).run();
-    assert!(report.violations.is_empty(), "{:?}", report.violations);
-    let installed = report
-        .first_install_ms
-        .expect("the restarted replica fetched a state");
-    assert!(
-        installed + 500 < report.last_completed_ms,
-        "the state was installed at {installed} ms, with the load over at {} ms",
-        report.last_completed_ms
-    );
+    installs_under_load(BTreeMap::new());
 }
 
 /// The same load, with validator 2 sending every replica unasked chunks that do not verify
@@ -85,8 +65,14 @@ fn a_transfer_finishes_while_the_cluster_commits() {
 /// drop the peer serving it nor restart its transfer at each new stable checkpoint.
 #[test]
 fn unasked_bad_chunks_do_not_restart_a_transfer() {
+    installs_under_load(BTreeMap::from([(2, Fault::SpamState)]));
+}
+
+/// Runs the loaded scenario with `faults` and checks that the restarted validator installed
+/// a state at least 500 ms before the load ended.
+fn installs_under_load(faults: BTreeMap<usize, Fault>) {
     let scenario = Scenario {
-        faults: BTreeMap::from([(2, Fault::SpamState)]),
+        faults,
         clients: 8,
         requests_per_client: 150,
         restarts: vec![Restart {

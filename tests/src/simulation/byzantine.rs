@@ -330,7 +330,7 @@ fn rewrite_vote(bytes: &[u8], change: impl FnOnce(&mut Vote)) -> Option<Vec<u8>>
 }
 
 /// Re-signs a vote with `key` (which may not be its signer's).
-fn resign(vote: &mut Vote, key: &Keypair) {
+pub(super) fn resign(vote: &mut Vote, key: &Keypair) {
     let fresh = Vote::new(
         &chain(),
         0,

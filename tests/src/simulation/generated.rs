@@ -5,6 +5,7 @@
 
 use pbft_core::{Batch, Hasher, Keypair, Message, Phase, PrePrepare, ReplicaId, ViewChange, Vote};
 
+use super::byzantine::resign;
 use super::{Event, NodeId, Simulation};
 use crate::generated::Action;
 use crate::{Policy, chain};
@@ -220,18 +221,4 @@ impl Simulation {
             .collect();
         self.send_all(&targets, index, &bytes);
     }
-}
-
-/// Re-signs a vote with `key`.
-fn resign(vote: &mut Vote, key: &Keypair) {
-    let fresh = Vote::new(
-        &chain(),
-        0,
-        vote.phase,
-        (vote.view, vote.seq),
-        vote.digest,
-        vote.replica,
-        key,
-    );
-    vote.signature = fresh.signature;
 }
