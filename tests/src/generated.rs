@@ -100,15 +100,7 @@ impl Scenario {
             .collect();
         let mut partitions = Vec::new();
         if rng.chance(50) {
-            let from = rng.range(0, 2_000);
-            let mut isolated = honest.clone();
-            let size = rng.range(1, f as u64) as usize;
-            rng.keep(&mut isolated, size);
-            partitions.push(Partition {
-                isolated,
-                from,
-                until: from + rng.range(200, 3_000),
-            });
+            partitions.push(Partition::draw(&mut rng, honest.clone(), f));
         }
         let mut restarts = Vec::new();
         let mut at = rng.range(50, 1_500);

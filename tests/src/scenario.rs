@@ -152,6 +152,21 @@ pub struct Partition {
     pub until: u64,
 }
 
+impl Partition {
+    /// A cut drawn from `rng`: it starts within 2 s, isolates 1 to `f` of `candidates` and
+    /// heals 0.2 to 3 s later.
+    pub fn draw(rng: &mut Rng, mut candidates: Vec<usize>, f: usize) -> Self {
+        let from = rng.range(0, 2_000);
+        let size = rng.range(1, f as u64) as usize;
+        rng.keep(&mut candidates, size);
+        Partition {
+            isolated: candidates,
+            from,
+            until: from + rng.range(200, 3_000),
+        }
+    }
+}
+
 /// What one run simulates.
 #[derive(Clone, Debug)]
 pub struct Scenario {
@@ -262,15 +277,7 @@ impl Scenario {
             });
         } else if !crash && rng.chance(50) {
             // Crash runs stay unpartitioned so their recovery time measures the crash alone.
-            let from = rng.range(0, 2_000);
-            let size = rng.range(1, f as u64) as usize;
-            let mut isolated: Vec<usize> = (0..validators).collect();
-            rng.keep(&mut isolated, size);
-            partitions.push(Partition {
-                isolated,
-                from,
-                until: from + rng.range(200, 3_000),
-            });
+            partitions.push(Partition::draw(&mut rng, (0..validators).collect(), f));
         }
         let mut restarts = Vec::new();
         // Crash-restart runs restart the primary or a backup once or twice; a quarter of the
