@@ -45,6 +45,7 @@ pub struct NodeMetrics {
     state_transfers: Counter,
     checkpoint_mismatches: Counter,
     evidence: Counter,
+    relay_claims_verified: Counter,
     /// Validators this node has a live connection with.
     pub peers_connected: Gauge,
     /// Clients connected to this node.
@@ -83,6 +84,7 @@ impl NodeMetrics {
             state_transfers: Counter::default(),
             checkpoint_mismatches: Counter::default(),
             evidence: Counter::default(),
+            relay_claims_verified: Counter::default(),
             peers_connected: Gauge::default(),
             clients_connected: Gauge::default(),
             last: Mutex::new(Default::default()),
@@ -169,6 +171,11 @@ impl NodeMetrics {
         );
         registry.register("evidence", "Equivocation evidence seen", m.evidence.clone());
         registry.register(
+            "relay_claims_verified",
+            "Relay claims whose signature was checked (a claim for a relay already held is not)",
+            m.relay_claims_verified.clone(),
+        );
+        registry.register(
             "peers_connected",
             "Validators connected",
             m.peers_connected.clone(),
@@ -187,6 +194,11 @@ impl NodeMetrics {
     /// Counts an input a transport refused before the core saw it.
     pub fn reject(&self, reason: &'static str) {
         self.rejected.get_or_create(&vec![("reason", reason)]).inc();
+    }
+
+    /// Counts a relay claim whose signature was checked, valid or not.
+    pub fn relay_claim_verified(&self) {
+        self.relay_claims_verified.inc();
     }
 
     /// How many inputs were refused for `reason` (core or transport).

@@ -267,9 +267,10 @@ over_both_transports! {
 }
 
 /// Writes for 10 s, then again for 10 s while one client repeats a valid relay claim to
-/// every validator as fast as the nodes let it: the writes' p99 latency and the view
-/// timeouts fired stay within 20 % of the quiet run's (and a millisecond, for p99s of a
-/// few milliseconds on a loopback).
+/// every validator as fast as the nodes let it. A claim for a relay already held must cost
+/// a lookup, not a signature check: each node checks the claim's signature once, however
+/// many copies arrive, and every write is acknowledged. The writes' latencies and the view
+/// timeouts fired in both phases are printed as figures, not asserted (they are timings).
 async fn a_relay_claim_flood_does_not_slow_consensus(transport: Transport) {
     let _serial = SERIAL.lock().await;
     let cluster = Arc::new(Cluster::start("relay-flood", transport));
@@ -289,26 +290,25 @@ async fn a_relay_claim_flood_does_not_slow_consensus(transport: Transport) {
     let (_, flooded) = write_for(&mut writer, "flooded", phase, TIMEOUT).await;
     let flooded_timeouts = timeouts_fired(&cluster) - timeouts_before;
     let claims = flood.stop().await[0];
-    let (p99_quiet, p99_flooded) = (percentile(&quiet, 0.99), percentile(&flooded, 0.99));
+    let checked: Vec<u64> = (0..VALIDATORS)
+        .map(|index| cluster.metric(index, "pbft_relay_claims_verified_total"))
+        .collect();
     eprintln!(
-        "{transport:?}: quiet: {} writes, p50 {:?} p99 {p99_quiet:?}, {quiet_timeouts} timeouts; \
-         under {claims} relay claims: {} writes, p50 {:?} p99 {p99_flooded:?}, {flooded_timeouts} timeouts",
+        "{transport:?}: quiet: {} writes, p50 {:?} p99 {:?}, {quiet_timeouts} timeouts; \
+         under {claims} relay claims ({checked:?} signature checks per node): {} writes, \
+         p50 {:?} p99 {:?}, {flooded_timeouts} timeouts",
         quiet.len(),
         percentile(&quiet, 0.5),
+        percentile(&quiet, 0.99),
         flooded.len(),
         percentile(&flooded, 0.5),
+        percentile(&flooded, 0.99),
     );
     assert!(claims > 10_000, "the flood sent {claims} claims");
+    assert!(!flooded.is_empty(), "no write completed under the flood");
     assert!(
-        p99_flooded
-            <= p99_quiet
-                .mul_f64(1.2)
-                .max(p99_quiet + Duration::from_millis(1)),
-        "p99 {p99_quiet:?} -> {p99_flooded:?}"
-    );
-    assert!(
-        flooded_timeouts as f64 <= quiet_timeouts as f64 * 1.2,
-        "timeouts {quiet_timeouts} -> {flooded_timeouts}"
+        checked.iter().all(|&checks| checks == 1),
+        "signature checks of one repeated claim, per node: {checked:?}"
     );
 }
 

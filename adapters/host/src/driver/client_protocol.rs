@@ -105,6 +105,7 @@ pub(super) fn handle<A: Application>(
                 return;
             }
             let digest = relay_digest(&node.chain(), &from.key);
+            metrics.relay_claim_verified();
             match client
                 .verifying_key()
                 .and_then(|key| key.verify(&digest, &signature))
