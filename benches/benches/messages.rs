@@ -62,7 +62,10 @@ fn digests(c: &mut Criterion) {
 }
 
 fn signatures(c: &mut Criterion) {
-    let mut group = c.benchmark_group("signature");
+    // Named by the curve backend this build runs, so that runs on each backend (the default
+    // build, and one with RUSTFLAGS='--cfg curve25519_dalek_backend="simd"' for AVX2) sit side
+    // by side in criterion's report.
+    let mut group = c.benchmark_group(format!("signature-{}", pbft_core::curve_backend()));
     let key = Keypair::from_seed(&[3; 32]);
     let digest = pbft_core::Hasher::new(b"bench").finish();
     let signature = key.sign(&digest);

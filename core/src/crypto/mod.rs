@@ -486,6 +486,73 @@ pub fn verify_all(items: &[(&VerifyingKey, &Digest, &Signature)]) -> Result<(), 
     }
 }
 
+/// The curve25519-dalek backend that does the curve arithmetic of every signature check in
+/// this process. The set built is fixed at compile time by the `curve25519_dalek_backend`
+/// cfg (this workspace's `.cargo/config.toml` sets `avx512` on x86_64, which builds IFMA and
+/// AVX2); among those, the CPU's features choose at run time, detected here as
+/// curve25519-dalek detects them (cpufeatures, the same version). Every backend gives the
+/// same verdicts; they differ in speed only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CurveBackend {
+    /// AVX-512 IFMA (52-bit multiply-accumulate) with AVX-512VL.
+    Avx512Ifma,
+    /// AVX2.
+    Avx2,
+    /// 64- or 32-bit portable arithmetic (the `serial` or `fiat` backend).
+    Portable,
+}
+
+impl fmt::Display for CurveBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CurveBackend::Avx512Ifma => "avx512ifma",
+            CurveBackend::Avx2 => "avx2",
+            CurveBackend::Portable => "portable",
+        })
+    }
+}
+
+/// Which backend this build runs on this CPU (see [`CurveBackend`]).
+pub fn curve_backend() -> CurveBackend {
+    // As curve25519-dalek's build script decides: IFMA is built when asked for, or by
+    // default when the whole build targets a CPU that has it.
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_pointer_width = "64",
+        any(
+            curve25519_dalek_backend = "avx512",
+            all(
+                not(any(
+                    curve25519_dalek_backend = "simd",
+                    curve25519_dalek_backend = "serial",
+                    curve25519_dalek_backend = "fiat"
+                )),
+                target_feature = "avx512ifma",
+                target_feature = "avx512vl"
+            )
+        )
+    ))]
+    {
+        cpufeatures::new!(ifma, "avx512ifma", "avx512vl");
+        if ifma::get() {
+            return CurveBackend::Avx512Ifma;
+        }
+    }
+    // On x86_64 curve25519-dalek builds AVX2 unless told to build only a portable backend.
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_pointer_width = "64",
+        not(any(curve25519_dalek_backend = "serial", curve25519_dalek_backend = "fiat"))
+    ))]
+    {
+        cpufeatures::new!(avx2, "avx2");
+        if avx2::get() {
+            return CurveBackend::Avx2;
+        }
+    }
+    CurveBackend::Portable
+}
+
 /// Hashes one byte string under a domain tag.
 pub(crate) fn digest_of(domain: &[u8], bytes: &[u8]) -> Digest {
     Hasher::new(domain).bytes(bytes).finish()
