@@ -247,3 +247,115 @@ fn votes_in_another_validators_name_cost_no_check() {
         "{result:?}"
     );
 }
+
+/// Requests from 8 clients, numbered 1; the one at `forged` carries another's signature.
+fn arrivals(forged: Option<usize>) -> Vec<Request> {
+    let mut requests: Vec<Request> = (0..8)
+        .map(|i| {
+            let client = pbft_core::testing::client_key(i);
+            Request::new(&chain(), &client, 1, format!("op of {i}").into_bytes())
+        })
+        .collect();
+    if let Some(index) = forged {
+        requests[index].signature = requests[(index + 1) % 8].signature;
+    }
+    requests
+}
+
+#[test]
+fn a_backup_checks_arriving_requests_in_one_batch_and_not_again_in_their_pre_prepare() {
+    let mut backup = replica(1);
+    let verdicts = backup.submit_all(NOW, arrivals(None));
+    assert!(verdicts.iter().all(Result::is_ok), "{verdicts:?}");
+    let metrics = backup.metrics().clone();
+    assert_eq!(metrics.signatures_verified, 8, "one check per signature");
+    assert_eq!(metrics.signatures_batch_verified, 8, "all in one batch");
+    // The primary proposes them: only its own signature is checked, the clients' are cached.
+    let batch = Batch {
+        requests: arrivals(None),
+    };
+    let pre_prepare = pbft_core::testing::pre_prepare(0, (0, 1), &batch);
+    backup
+        .handle_message(NOW, &key_of(0), &pre_prepare)
+        .unwrap();
+    let metrics = backup.metrics();
+    assert_eq!(metrics.signatures_cached, 8);
+    assert_eq!(
+        metrics.signatures_verified, 9,
+        "the primary's signature only"
+    );
+    assert_eq!(metrics.signatures_created, 1, "the backup's prepare");
+}
+
+#[test]
+fn a_forged_arrival_is_refused_alone_and_its_copy_in_a_pre_prepare_is_checked() {
+    let mut backup = replica(1);
+    let verdicts = backup.submit_all(NOW, arrivals(Some(3)));
+    for (index, verdict) in verdicts.iter().enumerate() {
+        match index {
+            3 => assert!(
+                matches!(verdict, Err(pbft_core::Error::Crypto(_))),
+                "{verdict:?}"
+            ),
+            _ => assert!(verdict.is_ok(), "{index}: {verdict:?}"),
+        }
+    }
+    assert_eq!(backup.metrics().rejected.get("bad_signature"), Some(&1));
+    // A pre-prepare carrying the forged request fails its batch check: a cached signature
+    // is only ever the very one that verified.
+    let batch = Batch {
+        requests: arrivals(Some(3)),
+    };
+    let pre_prepare = pbft_core::testing::pre_prepare(0, (0, 1), &batch);
+    let before = backup.metrics().signatures_verified;
+    assert!(
+        backup
+            .handle_message(NOW, &key_of(0), &pre_prepare)
+            .is_err()
+    );
+    assert_eq!(
+        backup.metrics().signatures_cached,
+        0,
+        "counted only when it holds"
+    );
+    assert_eq!(backup.metrics().signatures_verified, before + 2);
+    // And a genuine request whose arrival copy was forged is checked when proposed.
+    let genuine = Batch {
+        requests: arrivals(None),
+    };
+    let pre_prepare = pbft_core::testing::pre_prepare(0, (0, 1), &genuine);
+    backup
+        .handle_message(NOW, &key_of(0), &pre_prepare)
+        .unwrap();
+    assert_eq!(backup.metrics().signatures_verified, before + 4);
+    assert_eq!(backup.metrics().signatures_cached, 7);
+    assert_eq!(
+        backup.metrics().signatures_created,
+        1,
+        "the backup's prepare"
+    );
+}
+
+#[test]
+fn copies_of_one_request_in_a_group_cost_one_check_and_the_watched_bound_costs_none() {
+    let mut backup = replica(1);
+    let copies = vec![arrivals(None)[0].clone(); 100];
+    let verdicts = backup.submit_all(NOW, copies);
+    assert!(verdicts.iter().all(Result::is_ok));
+    assert_eq!(
+        backup.metrics().signatures_verified,
+        1,
+        "one check for 100 copies"
+    );
+    // A backup watching its bound's worth refuses the rest before checking them.
+    let mut config = config();
+    config.max_pending_requests = 3;
+    let mut backup = pbft_core::testing::replica(1, config);
+    let verdicts = backup.submit_all(NOW, arrivals(None));
+    let refused = verdicts
+        .iter()
+        .filter(|v| matches!(v, Err(pbft_core::Error::Overloaded)))
+        .count();
+    assert_eq!(refused, 5, "{verdicts:?}");
+    assert_eq!(backup.metrics().signatures_verified, 3);
+}

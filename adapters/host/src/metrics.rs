@@ -38,6 +38,7 @@ pub struct NodeMetrics {
     messages_received: Counter,
     signatures_verified: Counter,
     signatures_batch_verified: Counter,
+    signatures_cached: Counter,
     rejected: Family<Reason, Counter>,
     fsync_latency: Histogram,
     store_commit_latency: Histogram,
@@ -77,6 +78,7 @@ impl NodeMetrics {
             messages_received: Counter::default(),
             signatures_verified: Counter::default(),
             signatures_batch_verified: Counter::default(),
+            signatures_cached: Counter::default(),
             rejected: Family::default(),
             fsync_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             store_commit_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
@@ -138,6 +140,11 @@ impl NodeMetrics {
             "signatures_batch_verified",
             "Signatures verified in batches",
             m.signatures_batch_verified.clone(),
+        );
+        registry.register(
+            "signatures_cached",
+            "Client signatures in pre-prepares not checked again (verified on arrival)",
+            m.signatures_cached.clone(),
         );
         registry.register(
             "messages_rejected",
@@ -245,6 +252,11 @@ impl NodeMetrics {
             &self.signatures_batch_verified,
             core.signatures_batch_verified,
             old.signatures_batch_verified,
+        );
+        add(
+            &self.signatures_cached,
+            core.signatures_cached,
+            old.signatures_cached,
         );
         add(
             &self.state_transfers,

@@ -298,6 +298,20 @@ impl<A: Application> Node<A> {
         Ok(())
     }
 
+    /// Requests from clients connected to this node, all arrived by `now`: as [`Node::submit`]
+    /// for each, with a backup's arrival checks made in one batch
+    /// ([`pbft_core::Replica::submit_all`]). One verdict per request, in order.
+    pub fn submit_all(&mut self, now: u64, requests: Vec<Request>) -> Vec<Result<(), Error>> {
+        let keys: Vec<_> = requests.iter().map(|r| (r.client, r.client_seq)).collect();
+        let verdicts = self.replica.submit_all(now, requests);
+        for (key, verdict) in keys.into_iter().zip(&verdicts) {
+            if verdict.is_ok() && self.arrivals.len() < TIMED_REQUESTS {
+                self.arrivals.entry(key).or_insert(now);
+            }
+        }
+        verdicts
+    }
+
     /// Time passed.
     pub fn handle_timeout(&mut self, now: u64) {
         self.replica.handle_timeout(now);

@@ -6,12 +6,13 @@
 //! on arrival, holds it against a deadline and forwards it to the primary, so a primary that
 //! censors it is replaced.
 
+use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
-use alloc::vec;
 use alloc::vec::Vec;
 
 use super::exactly_once::Freshness;
 use super::output::{Destination, Record};
+use super::signatures::check_signatures;
 use super::{Mode, Replica};
 use crate::config::ChainId;
 use crate::crypto::{BatchVerifier, CryptoError, Digest};
@@ -113,12 +114,23 @@ impl Intake {
         self.watched.contains_key(digest)
     }
 
+    /// Whether `request` (whose digest is `digest`) was verified here already: it is watched
+    /// with this very signature, and only a request whose signature verified is watched. The
+    /// reference design's signature cache: a backup checks a client's signature on arrival and
+    /// not again when the request comes back inside a pre-prepare.
+    pub(super) fn verified_on_arrival(&self, digest: &Digest, request: &Request) -> bool {
+        self.watched
+            .get(digest)
+            .is_some_and(|watched| watched.request.signature == request.signature)
+    }
+
     /// Requests watched.
     pub(super) fn watched_len(&self) -> usize {
         self.watched.len()
     }
 
-    /// Watches a request until `deadline` (ms), unless it is watched already.
+    /// Watches a request until `deadline` (ms), unless it is watched already. Only a request
+    /// whose signature verified may be watched ([`Intake::verified_on_arrival`] relies on it).
     pub(super) fn watch(&mut self, digest: Digest, request: &Request, deadline: u64) {
         self.watched.entry(digest).or_insert_with(|| Watched {
             request: request.clone(),
@@ -164,11 +176,8 @@ impl Intake {
     }
 
     /// The requests about to be proposed whose client signatures hold, with their digests
-    /// (the batch's Merkle leaves), in their order. One batch check; only if it fails, a
-    /// bisection ([`find_forged`]) finds the forged ones, which are dropped (no longer in
-    /// flight) and counted. Every signature check, each time a signature is checked again
-    /// during the search, counts in `signatures_verified` (and `signatures_batch_verified`
-    /// when in a batch of several).
+    /// (the batch's Merkle leaves), in their order ([`check_signatures`]). The forged ones are
+    /// dropped (no longer in flight) and counted.
     pub(super) fn verified(
         &mut self,
         metrics: &mut Metrics,
@@ -176,17 +185,7 @@ impl Intake {
         requests: Vec<Request>,
     ) -> (Vec<Request>, Vec<Digest>) {
         let leaves: Vec<Digest> = requests.iter().map(|r| r.digest(chain)).collect();
-        let count = requests.len() as u64;
-        metrics.signatures_verified += count;
-        if count > 1 {
-            metrics.signatures_batch_verified += count;
-        }
-        if batch_check(&requests, &leaves) {
-            return (requests, leaves);
-        }
-        let (verdicts, cost) = find_forged(&requests, &leaves);
-        metrics.signatures_verified += cost.batched + cost.single;
-        metrics.signatures_batch_verified += cost.batched;
+        let verdicts = check_signatures(metrics, &requests, &leaves);
         let mut good = (Vec::new(), Vec::new());
         for ((request, leaf), verdict) in requests.into_iter().zip(leaves).zip(verdicts) {
             match verdict {
@@ -207,119 +206,13 @@ impl Intake {
     }
 }
 
-/// What finding the forged requests of a batch cost, beyond the batch check that failed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct SearchCost {
-    /// Batch checks made (each of two or more signatures).
-    batch_checks: u64,
-    /// Signatures in them, each counted every time it was in one.
-    batched: u64,
-    /// Signatures checked alone.
-    single: u64,
-}
-
-/// Whether every signature of `requests` (over `leaves`) holds, in one batch check (a key
-/// that breaks the key rule fails it).
-fn batch_check(requests: &[Request], leaves: &[Digest]) -> bool {
-    let mut batch = BatchVerifier::new();
-    let queued = requests
-        .iter()
-        .zip(leaves)
-        .all(|(r, leaf)| batch.queue_key(&r.client, leaf, &r.signature).is_ok());
-    queued && batch.verify().is_ok()
-}
-
-/// The verdict on each request of a batch whose batch check failed, in order, and what
-/// finding them cost.
-///
-/// Bisection: a failing set is split in halves and each half batch-checked, recursing only
-/// into halves that fail; a single request is checked alone (which also names the error: a
-/// bad key or a bad signature). A batch check says "all hold" exactly when each check alone
-/// would (ZIP-215, see [`crate::crypto`]), so when the left half of a failing set holds, the
-/// right half is known to fail and is split without a check of its own. Were that inference
-/// ever wrong, the search would only cost more: nothing is dropped without failing a check
-/// alone. One forged request in a batch of n = 2^k then costs at most 2(k − 1) batch checks
-/// (2n − 4 signatures in all) and 2 checks alone, where checking all n alone cost n.
-///
-/// A batch check costs about half a check alone per signature (measured: 0.5 to 0.4 from
-/// 8 to 1024 signatures of distinct keys), so bisection saves time only on a sparse
-/// forgery: up to 40% for one, by its position (little for one early in a batch of 64), and
-/// nothing for two far apart (up to 1.4 times the cost). Dense forgeries would
-/// make it batch-check every signature once per level (n·log2 n in all, 3–4.6 times the
-/// cost of checking each alone). So once the search has batch-checked n signatures, a set
-/// that fails is checked alone instead of split (a single forgery is found before that:
-/// its path takes at most n − 2): the search then batch-checks fewer than 2.5n signatures
-/// and checks each at most once alone, about 1.7 times the old cost at worst.
-fn find_forged(
-    requests: &[Request],
-    leaves: &[Digest],
-) -> (Vec<Result<(), CryptoError>>, SearchCost) {
-    let mut verdicts = vec![Ok(()); requests.len()];
-    let mut search = Search {
-        split_until: requests.len() as u64,
-        cost: SearchCost::default(),
-    };
-    search.run(requests, leaves, &mut verdicts, true);
-    (verdicts, search.cost)
-}
-
-/// The state of one [`find_forged`] search.
-struct Search {
-    /// Failing sets are split while fewer signatures than this have been batch-checked.
-    split_until: u64,
-    cost: SearchCost,
-}
-
-impl Search {
-    /// Finds the forged among `requests` (with their `leaves`), writing a verdict on each
-    /// into `verdicts`; `failing` says the set is known to hold a forgery. Returns whether
-    /// it holds one. Recursion depth is log2 of the batch size.
-    fn run(
-        &mut self,
-        requests: &[Request],
-        leaves: &[Digest],
-        verdicts: &mut [Result<(), CryptoError>],
-        failing: bool,
-    ) -> bool {
-        if requests.len() < 2 {
-            return self.each_alone(requests, leaves, verdicts);
-        }
-        if !failing {
-            self.cost.batch_checks += 1;
-            self.cost.batched += requests.len() as u64;
-            if batch_check(requests, leaves) {
-                return false;
-            }
-        }
-        if self.cost.batched >= self.split_until {
-            return self.each_alone(requests, leaves, verdicts);
-        }
-        let middle = requests.len() / 2;
-        let (requests, leaves) = (requests.split_at(middle), leaves.split_at(middle));
-        let verdicts = verdicts.split_at_mut(middle);
-        let left = self.run(requests.0, leaves.0, verdicts.0, false);
-        let right = self.run(requests.1, leaves.1, verdicts.1, !left);
-        left || right
-    }
-
-    /// Checks each request alone, every one (none skipped); whether any is forged.
-    fn each_alone(
-        &mut self,
-        requests: &[Request],
-        leaves: &[Digest],
-        verdicts: &mut [Result<(), CryptoError>],
-    ) -> bool {
-        let mut forged = false;
-        for ((request, leaf), verdict) in requests.iter().zip(leaves).zip(verdicts) {
-            self.cost.single += 1;
-            *verdict = request
-                .client
-                .verifying_key()
-                .and_then(|key| key.verify(leaf, &request.signature));
-            forged |= verdict.is_err();
-        }
-        forged
-    }
+/// What admitting a request left to do once its signature is known to hold.
+#[derive(Debug)]
+pub(super) enum Admitted {
+    /// The request was executed already: send its reply again.
+    ReplyAgain(Option<Box<Message>>),
+    /// Watch it at this backup, and forward it to the primary if `forward`.
+    Watch { forward: bool },
 }
 
 impl Replica {
@@ -327,31 +220,93 @@ impl Replica {
     /// the primary (a validator's forwarded copy never is again, or two replicas in different
     /// views would bounce it forever).
     pub(super) fn on_request(&mut self, request: Request, forward: bool) -> Result<(), Error> {
+        let digest = request.digest(&self.config.chain_id);
+        match self.admit(request, digest, forward, 0)? {
+            None => Ok(()),
+            Some((request, next)) => {
+                self.verify_request(&request, &digest)?;
+                self.finish(request, digest, next)
+            }
+        }
+    }
+
+    /// Requests from the host's own clients, all arrived by `now`: as [`Replica::submit`]
+    /// for each in order, except that the signatures a backup checks on arrival are checked
+    /// in one batch (about half the cost per signature of checking each alone; a failing
+    /// batch is bisected to find the forged ones, so a host should group requests by the
+    /// connection they came on and bound each group: a forgery costs its whole group a
+    /// search), and that a copy of a request already in the group is not checked again.
+    ///
+    /// # Errors
+    ///
+    /// One verdict per request, in order, as [`Replica::submit`] gives.
+    pub fn submit_all(&mut self, now: u64, requests: Vec<Request>) -> Vec<Result<(), Error>> {
+        self.enter(now);
+        let chain = self.config.chain_id;
+        let mut verdicts = Vec::with_capacity(requests.len());
+        let mut waiting = Vec::new();
+        let mut seen = BTreeSet::new();
+        for (index, request) in requests.into_iter().enumerate() {
+            let digest = request.digest(&chain);
+            if seen.contains(&digest) {
+                // A copy (a retransmission, or a replay) of one already in the group: the
+                // first copy's verdict stands for it, and it costs nothing.
+                verdicts.push(Ok(()));
+                continue;
+            }
+            // Requests this group will watch count against the bound before their checks.
+            match self.admit(request, digest, true, waiting.len()) {
+                Ok(None) => verdicts.push(Ok(())),
+                Ok(Some((request, next))) => {
+                    verdicts.push(Ok(()));
+                    seen.insert(digest);
+                    waiting.push((index, request, digest, next));
+                }
+                Err(err) => verdicts.push(Err(err)),
+            }
+        }
+        let (checked, leaves): (Vec<&Request>, Vec<Digest>) =
+            waiting.iter().map(|(_, r, d, _)| (r, *d)).unzip();
+        let checks = check_signatures(&mut self.metrics, &checked, &leaves);
+        for ((index, request, digest, next), check) in waiting.into_iter().zip(checks) {
+            let verdict = check
+                .map_err(Error::Crypto)
+                .and_then(|()| self.finish(request, digest, next));
+            if let Some(slot) = verdicts.get_mut(index) {
+                *slot = verdict;
+            }
+        }
+        verdicts
+            .into_iter()
+            .map(|verdict| self.count(verdict))
+            .collect()
+    }
+
+    /// The checks of a request that cost no signature check, and what they decide: done
+    /// already (`None`), or what to do once its signature holds. `reserved` requests admitted
+    /// with it and not yet watched count against the bound on watched requests.
+    fn admit(
+        &mut self,
+        request: Request,
+        digest: Digest,
+        forward: bool,
+        reserved: usize,
+    ) -> Result<Option<(Request, Admitted)>, Error> {
         if request.op.len() > self.config.max_request_bytes {
             return Err(Error::RequestTooLarge {
                 len: request.op.len(),
                 max: self.config.max_request_bytes,
             });
         }
-        let digest = request.digest(&self.config.chain_id);
-        let cached = match self.clients.freshness(&request.client, request.client_seq) {
-            Freshness::Fresh => None,
-            Freshness::LastExecuted(reply) => {
-                Some(reply.map(|reply| Message::Reply(reply.clone())))
-            }
-            Freshness::Stale => return Err(Error::StaleRequest),
-        };
-        if let Some(cached) = cached {
+        match self.clients.freshness(&request.client, request.client_seq) {
+            Freshness::Fresh => {}
             // The reply again, to a request that proves it is the client's: an unsigned
             // repeat would let anyone make every replica re-send (or re-sign) a reply.
-            self.verify_request(&request, &digest)?;
-            return match cached {
-                Some(reply) => {
-                    self.send(Destination::Client(request.client), reply.encode());
-                    Ok(())
-                }
-                None => self.reply_again(&request),
-            };
+            Freshness::LastExecuted(reply) => {
+                let reply = reply.map(|reply| Box::new(Message::Reply(reply.clone())));
+                return Ok(Some((request, Admitted::ReplyAgain(reply))));
+            }
+            Freshness::Stale => return Err(Error::StaleRequest),
         }
         let leads = self.is_primary() && self.mode == Mode::Normal;
         // Cheap checks first: a duplicate costs no signature verification.
@@ -367,9 +322,9 @@ impl Replica {
             if forward && self.mode == Mode::Normal {
                 self.forward_to_primary(request);
             }
-            return Ok(());
+            return Ok(None);
         }
-        if !leads && self.intake.watched_len() >= self.config.max_pending_requests {
+        if !leads && self.intake.watched_len() + reserved >= self.config.max_pending_requests {
             return Err(Error::Overloaded);
         }
         if leads {
@@ -379,19 +334,61 @@ impl Replica {
             self.intake.track(digest);
             self.intake.enqueue(request);
             self.propose(false);
-            return Ok(());
+            return Ok(None);
         }
-        self.verify_request(&request, &digest)?;
-        // A backup (or a primary still waiting for its new view) holds the request against
-        // a deadline: if it does not commit in time, the primary is replaced. This catches a
-        // primary that censors some clients, and one that proposed the request but cannot
-        // get it committed. It is held even if a proposal here already carries it: should
-        // that proposal die in a view change, the new primary gets the request from here.
-        let deadline = self.timers.timeout_from_now();
-        self.intake.watch(digest, &request, deadline);
-        if forward && self.mode == Mode::Normal {
-            self.forward_to_primary(request);
+        Ok(Some((request, Admitted::Watch { forward })))
+    }
+
+    /// Does what [`Replica::admit`] left for after the signature check.
+    fn finish(&mut self, request: Request, digest: Digest, next: Admitted) -> Result<(), Error> {
+        match next {
+            Admitted::ReplyAgain(Some(reply)) => {
+                self.send(Destination::Client(request.client), reply.encode());
+                Ok(())
+            }
+            Admitted::ReplyAgain(None) => self.reply_again(&request),
+            Admitted::Watch { forward } => {
+                // A backup (or a primary still waiting for its new view) holds the request
+                // against a deadline: if it does not commit in time, the primary is replaced.
+                // This catches a primary that censors some clients, and one that proposed the
+                // request but cannot get it committed. It is held even if a proposal here
+                // already carries it: should that proposal die in a view change, the new
+                // primary gets the request from here.
+                let deadline = self.timers.timeout_from_now();
+                self.intake.watch(digest, &request, deadline);
+                if forward && self.mode == Mode::Normal {
+                    self.forward_to_primary(request);
+                }
+                Ok(())
+            }
         }
+    }
+
+    /// Checks the primary's signature (queued in `verifier`) and the client signatures of its
+    /// proposed batch (`requests`, with their `leaves`) that this replica did not verify on
+    /// arrival, in one batch check; counts the checks, and the signatures found cached when
+    /// the proposal holds.
+    pub(super) fn verify_proposal(
+        &mut self,
+        mut verifier: BatchVerifier,
+        requests: &[Request],
+        leaves: &[Digest],
+    ) -> Result<(), CryptoError> {
+        let mut cached = 0;
+        for (request, leaf) in requests.iter().zip(leaves) {
+            if self.intake.verified_on_arrival(leaf, request) {
+                cached += 1;
+            } else {
+                verifier.queue_key(&request.client, leaf, &request.signature)?;
+            }
+        }
+        let checked = verifier.len() as u64;
+        self.metrics.signatures_verified += checked;
+        if checked > 1 {
+            self.metrics.signatures_batch_verified += checked;
+        }
+        verifier.verify()?;
+        self.metrics.signatures_cached += cached;
         Ok(())
     }
 
@@ -460,6 +457,7 @@ impl Replica {
 
 #[cfg(test)]
 mod tests {
+    use super::super::signatures::{SearchCost, find_forged};
     use super::*;
     use crate::crypto::Keypair;
 
@@ -556,14 +554,15 @@ mod tests {
             metrics.rejected.get("bad_signature"),
             Some(&(forged.len() as u64))
         );
-        // The metrics count the batch check that failed (a batch of several, or not) and
-        // every check of the search.
+        // The metrics count the batch check that failed and every check of the search; a
+        // single request is checked alone, once, with no search.
+        if n == 1 {
+            assert_eq!(metrics.signatures_verified, 1);
+            assert_eq!(metrics.signatures_batch_verified, 0);
+            return (metrics, SearchCost::default());
+        }
         let first = u64::from(n);
-        let first_batched = if n > 1 { first } else { 0 };
-        assert_eq!(
-            metrics.signatures_batch_verified,
-            first_batched + cost.batched
-        );
+        assert_eq!(metrics.signatures_batch_verified, first + cost.batched);
         assert_eq!(
             metrics.signatures_verified,
             first + cost.batched + cost.single

@@ -20,6 +20,7 @@ mod outbox;
 mod output;
 mod restore;
 mod retransmit;
+mod signatures;
 mod signer;
 mod slot;
 mod timers;
@@ -377,15 +378,11 @@ impl Replica {
         {
             return Err(Error::DuplicateRequest);
         }
-        // One batch check for the primary's signature and every client's.
+        // One batch check for the primary's signature and every client's not verified here
+        // on arrival.
         let mut verifier = BatchVerifier::new();
         verifier.queue(&primary_key, &signed, &vote.signature);
-        for (request, leaf) in requests.iter().zip(&leaves) {
-            verifier.queue_key(&request.client, leaf, &request.signature)?;
-        }
-        self.metrics.signatures_verified += verifier.len() as u64;
-        self.metrics.signatures_batch_verified += verifier.len() as u64;
-        verifier.verify()?;
+        self.verify_proposal(verifier, requests, &leaves)?;
 
         self.intake.track_all(&leaves);
         let slot = self.log.entry(seq).or_default();

@@ -293,6 +293,9 @@ fn run<A: Application>(
     // The core's clock: milliseconds since the node started (it only compares them).
     let now = || start.elapsed().as_millis() as u64 + 1;
     let mut queries = QueryBudget::default();
+    // Client requests received since the last peer message, submitted together before the
+    // next one or at the end of the round (batches of signature checks at a backup).
+    let mut requests = Vec::new();
     let mut last_metrics = Instant::now();
     // Inputs handled since the metrics were last refreshed: refresh within METRICS_EVERY
     // even if the node then goes idle, so a scrape never shows a stale burst.
@@ -323,13 +326,14 @@ fn run<A: Application>(
         for _ in 0..ROUND {
             let Some(input) = next.take() else { break };
             stale = true;
-            stop |= handle(&mut node, router, &mut queries, input, now());
+            stop |= handle(&mut node, router, &mut queries, &mut requests, input, now());
             if stop {
                 break;
             }
             next = inputs.next();
         }
         let time = now();
+        client_protocol::submit(&mut node, router, &mut requests, time);
         if node.poll_timeout().is_some_and(|at| at <= time) {
             node.handle_timeout(time);
         }
@@ -361,11 +365,15 @@ fn handle<A: Application>(
     node: &mut Node<A>,
     router: &Router,
     queries: &mut QueryBudget,
+    requests: &mut Vec<(pbft_core::Request, client_protocol::Sender)>,
     input: Input,
     now: u64,
 ) -> bool {
     match input {
         Input::Peer { from, bytes } => {
+            // Client requests that came first go first (a pre-prepare then finds their
+            // signatures checked, and checks none of them again).
+            client_protocol::submit(node, router, requests, now);
             // Rejections are counted in the core's metrics; the node goes on.
             let _ = node.handle_message(now, &from, &bytes);
         }
@@ -378,7 +386,7 @@ fn handle<A: Application>(
                 key: from,
                 connection,
             };
-            client_protocol::handle(node, router, queries, client, &bytes, now);
+            client_protocol::handle(node, router, queries, requests, client, &bytes, now);
         }
         Input::Shutdown => return true,
     }
