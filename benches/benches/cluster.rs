@@ -4,8 +4,11 @@
 //! the share of CPU time spent verifying signatures, for batch sizes 1, 10, 100 and 1000.
 //! The share is estimated by counting: each replica counts the signatures it checked alone and
 //! in batches; multiplied by the per-signature cost measured here for each kind, divided by the
-//! run's time (the cluster runs on one thread, so wall time is CPU time).
+//! run's time (the cluster runs on one thread, so wall time is CPU time). Allocations and
+//! bytes allocated per committed op are counted by the global allocator over the whole run:
+//! the four replicas and the in-memory network that carries their messages.
 
+use std::alloc::System;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -13,6 +16,10 @@ use pbft_benches::{batch_of, signed_by_distinct_keys};
 use pbft_core::testing::{chain, client_key, round_robin_request};
 use pbft_core::{Config, Hasher, Keypair, Request};
 use pbft_sim::cluster::Cluster;
+use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
+
+#[global_allocator]
+static ALLOCATOR: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
 const VALIDATORS: usize = 4;
 const CLIENTS: usize = 200;
@@ -45,6 +52,8 @@ struct Run {
     verified: u64,
     batch_verified: u64,
     bytes: u64,
+    allocations: usize,
+    bytes_allocated: usize,
 }
 
 fn run(batch: usize, ops: usize) -> Run {
@@ -57,6 +66,7 @@ fn run(batch: usize, ops: usize) -> Run {
     let requests: Vec<Request> = (0..ops as u64)
         .map(|i| round_robin_request(&clients, i, OP_BYTES))
         .collect();
+    let counted = Region::new(ALLOCATOR);
     let start = Instant::now();
     for request in requests {
         cluster
@@ -65,6 +75,7 @@ fn run(batch: usize, ops: usize) -> Run {
     }
     cluster.run();
     let elapsed = start.elapsed();
+    let allocated = counted.change();
     let executed = cluster
         .replicas
         .iter()
@@ -86,6 +97,8 @@ fn run(batch: usize, ops: usize) -> Run {
             .map(|r| r.metrics().signatures_batch_verified)
             .sum(),
         bytes: cluster.bytes_sent,
+        allocations: allocated.allocations + allocated.reallocations,
+        bytes_allocated: allocated.bytes_allocated + allocated.bytes_reallocated.max(0) as usize,
     }
 }
 
@@ -94,8 +107,15 @@ fn main() {
         "in-process cluster: {VALIDATORS} validators, {OP_BYTES}-byte ops from {CLIENTS} clients, one thread, real ed25519"
     );
     println!(
-        "{:>6} {:>7} {:>12} {:>14} {:>12} {:>16}",
-        "batch", "ops", "ops/s", "verifies/op", "bytes/op", "verify CPU share"
+        "{:>6} {:>7} {:>12} {:>14} {:>12} {:>16} {:>10} {:>14}",
+        "batch",
+        "ops",
+        "ops/s",
+        "verifies/op",
+        "bytes/op",
+        "verify CPU share",
+        "allocs/op",
+        "alloc bytes/op"
     );
     for (batch, ops) in [(1, 1000), (10, 4000), (100, 8000), (1000, 8000)] {
         let result = run(batch, ops);
@@ -104,13 +124,15 @@ fn main() {
         let verify_time = singles * single_cost + result.batch_verified as f64 * batched_cost;
         let secs = result.elapsed.as_secs_f64();
         println!(
-            "{:>6} {:>7} {:>12.0} {:>14.2} {:>12.0} {:>15.0}%",
+            "{:>6} {:>7} {:>12.0} {:>14.2} {:>12.0} {:>15.0}% {:>10.1} {:>14.0}",
             batch,
             result.ops,
             result.ops as f64 / secs,
             result.verified as f64 / result.ops as f64,
             result.bytes as f64 / result.ops as f64,
             100.0 * verify_time / secs,
+            result.allocations as f64 / result.ops as f64,
+            result.bytes_allocated as f64 / result.ops as f64,
         );
     }
     let (single, batched) = verify_costs(65);

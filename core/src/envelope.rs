@@ -45,7 +45,12 @@ pub enum DecodeError {
 
 /// Encodes `value` into an envelope: [`PROTOCOL_VERSION`], then postcard.
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
-    let mut out = Vec::with_capacity(128);
+    encode_sized(value, 128)
+}
+
+/// [`encode`] into a buffer allocated for `capacity` bytes (it grows if they do not fit).
+pub(crate) fn encode_sized<T: Serialize + ?Sized>(value: &T, capacity: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(capacity);
     out.push(PROTOCOL_VERSION);
     // Serialising into a Vec fails only on allocation failure, which aborts anyway.
     postcard::to_extend(value, out).unwrap_or_default()

@@ -68,7 +68,28 @@ pub enum Message {
 impl Message {
     /// Encodes into the versioned [`crate::envelope`].
     pub fn encode(&self) -> Vec<u8> {
-        envelope::encode(self)
+        envelope::encode_sized(self, self.size_hint())
+    }
+
+    /// About how many bytes [`Message::encode`] writes, at least for the messages sent once
+    /// per request or batch, so their buffer is allocated once, not grown: a reply's result
+    /// and proof, a pre-prepare's requests; 128 for the rest.
+    fn size_hint(&self) -> usize {
+        const FIXED: usize = 256;
+        match self {
+            Message::Reply(reply) => FIXED + reply.result.len() + 33 * reply.proof.path.len(),
+            Message::PrePrepare(pre_prepare) => {
+                let requests: usize = pre_prepare
+                    .batch
+                    .requests
+                    .iter()
+                    .map(Request::encoded_len)
+                    .sum();
+                FIXED + requests
+            }
+            Message::Request(request) => FIXED + request.op.len(),
+            _ => 128,
+        }
     }
 
     /// Decodes one envelope of at most `max_len` bytes.

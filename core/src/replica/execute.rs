@@ -163,11 +163,12 @@ impl Replica {
                 replica: self.id,
                 signature,
             };
-            self.send(
-                Destination::Client(client),
-                Message::Reply(reply.clone()).encode(),
-            );
-            self.clients.store_reply(reply);
+            // Encoded, then kept: the reply moves into the message and back, uncopied.
+            let message = Message::Reply(reply);
+            self.send(Destination::Client(client), message.encode());
+            if let Message::Reply(reply) = message {
+                self.clients.store_reply(reply);
+            }
         }
         for leaf in &request_leaves {
             self.intake.release(leaf);

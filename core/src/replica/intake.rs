@@ -440,13 +440,21 @@ impl Replica {
                 self.intake.requeue_front(batch.requests);
                 continue;
             };
+            let record = Record::Signed(vote.clone());
+            let message = Message::PrePrepare(PrePrepare {
+                vote: vote.clone(),
+                batch,
+            });
+            self.publish(record, &message);
+            // The batch moves into the message for encoding and back, uncopied.
+            let Message::PrePrepare(PrePrepare { batch, .. }) = message else {
+                continue;
+            };
             let slot = self.log.entry(seq).or_default();
             slot.digest = Some(digest);
-            slot.proposal = Some(vote.clone());
+            slot.proposal = Some(vote);
             slot.leaves = leaves;
-            slot.batch = Some(batch.clone());
-            let record = Record::Signed(vote.clone());
-            self.publish(record, &Message::PrePrepare(PrePrepare { vote, batch }));
+            slot.batch = Some(batch);
             self.timers.start_waiting();
             self.advance(seq);
         }
