@@ -359,3 +359,32 @@ fn copies_of_one_request_in_a_group_cost_one_check_and_the_watched_bound_costs_n
     assert_eq!(refused, 5, "{verdicts:?}");
     assert_eq!(backup.metrics().signatures_verified, 3);
 }
+
+#[test]
+fn a_forged_copy_neither_stands_for_nor_hides_the_genuine_request() {
+    let mut backup = replica(1);
+    let genuine = arrivals(None)[3].clone();
+    let forged = arrivals(Some(3))[3].clone();
+    let verdicts = backup.submit_all(NOW, vec![forged.clone(), genuine.clone(), forged]);
+    assert!(
+        matches!(verdicts[0], Err(pbft_core::Error::Crypto(_))),
+        "{verdicts:?}"
+    );
+    assert_eq!(verdicts[1], Ok(()));
+    assert!(
+        matches!(verdicts[2], Err(pbft_core::Error::Crypto(_))),
+        "a byte-identical copy of a forgery is one too: {verdicts:?}"
+    );
+    // The genuine copy is the one watched: a pre-prepare carrying it checks no client
+    // signature.
+    let batch = Batch {
+        requests: vec![genuine],
+    };
+    let pre_prepare = pbft_core::testing::pre_prepare(0, (0, 1), &batch);
+    let before = backup.metrics().signatures_verified;
+    backup
+        .handle_message(NOW, &key_of(0), &pre_prepare)
+        .unwrap();
+    assert_eq!(backup.metrics().signatures_verified, before + 1);
+    assert_eq!(backup.metrics().signatures_cached, 1);
+}

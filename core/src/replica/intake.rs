@@ -245,13 +245,17 @@ impl Replica {
         let chain = self.config.chain_id;
         let mut verdicts = Vec::with_capacity(requests.len());
         let mut waiting = Vec::new();
-        let mut seen = BTreeSet::new();
+        // The first copy of each (digest, signature) waiting for its check, and the copies
+        // after it, which get its verdict and cost nothing.
+        let mut first = BTreeMap::new();
+        let mut copies = Vec::new();
         for (index, request) in requests.into_iter().enumerate() {
             let digest = request.digest(&chain);
-            if seen.contains(&digest) {
-                // A copy (a retransmission, or a replay) of one already in the group: the
-                // first copy's verdict stands for it, and it costs nothing.
+            // Keyed by the signature too: a forged copy must not stand for a genuine one.
+            let copy = (digest, request.signature.0);
+            if let Some(&of) = first.get(&copy) {
                 verdicts.push(Ok(()));
+                copies.push((index, of));
                 continue;
             }
             // Requests this group will watch count against the bound before their checks.
@@ -259,7 +263,7 @@ impl Replica {
                 Ok(None) => verdicts.push(Ok(())),
                 Ok(Some((request, next))) => {
                     verdicts.push(Ok(()));
-                    seen.insert(digest);
+                    first.insert(copy, index);
                     waiting.push((index, request, digest, next));
                 }
                 Err(err) => verdicts.push(Err(err)),
@@ -273,6 +277,12 @@ impl Replica {
                 .map_err(Error::Crypto)
                 .and_then(|()| self.finish(request, digest, next));
             if let Some(slot) = verdicts.get_mut(index) {
+                *slot = verdict;
+            }
+        }
+        for (index, of) in copies {
+            let verdict = verdicts.get(of).copied();
+            if let (Some(verdict), Some(slot)) = (verdict, verdicts.get_mut(index)) {
                 *slot = verdict;
             }
         }
@@ -440,21 +450,19 @@ impl Replica {
                 self.intake.requeue_front(batch.requests);
                 continue;
             };
-            let record = Record::Signed(vote.clone());
-            let message = Message::PrePrepare(PrePrepare {
-                vote: vote.clone(),
-                batch,
-            });
-            self.publish(record, &message);
-            // The batch moves into the message for encoding and back, uncopied.
-            let Message::PrePrepare(PrePrepare { batch, .. }) = message else {
-                continue;
-            };
             let slot = self.log.entry(seq).or_default();
             slot.digest = Some(digest);
-            slot.proposal = Some(vote);
+            slot.proposal = Some(vote.clone());
             slot.leaves = leaves;
-            slot.batch = Some(batch);
+            let record = Record::Signed(vote.clone());
+            let message = Message::PrePrepare(PrePrepare { vote, batch });
+            self.publish(record, &message);
+            // The batch moved into the message for encoding, and moves back, uncopied.
+            if let (Message::PrePrepare(PrePrepare { batch, .. }), Some(slot)) =
+                (message, self.log.get_mut(&seq))
+            {
+                slot.batch = Some(batch);
+            }
             self.timers.start_waiting();
             self.advance(seq);
         }

@@ -568,6 +568,69 @@ mod tests {
         assert_eq!(router.metrics().rejected("bad_request_signature"), 1);
     }
 
+    /// Validator 1 of four (a backup in view 0), driven on its thread; its peers' queues go
+    /// unread.
+    fn backup(dir: &std::path::Path) -> (Driver, JoinHandle<Result<(), NodeError>>, Arc<Router>) {
+        let keys: Vec<Keypair> = (0..4u8)
+            .map(|i| Keypair::from_seed(&[20 + i; 32]))
+            .collect();
+        let publics: Vec<PublicKey> = keys.iter().map(Keypair::public_key).collect();
+        let set = ValidatorSet::new(0, &publics).unwrap();
+        let key = Keypair::from_seed(&[21; 32]);
+        let node = Node::open(dir, Config::new(chain()), set.clone(), key, KvStore::new()).unwrap();
+        let (router, _peers) =
+            Router::new(&set, ReplicaId(1), 1 << 20, Arc::new(NodeMetrics::new()));
+        let (driver, thread) = spawn(node, router.clone()).unwrap();
+        (driver, thread, router)
+    }
+
+    #[test]
+    fn a_forging_connection_costs_a_backup_one_bounded_search_and_is_closed_after_16() {
+        let dir = tempfile::tempdir().unwrap();
+        let (driver, thread, router) = backup(dir.path());
+        let client = Keypair::from_seed(&[6; 32]);
+        let attached = router.attach_client(client.public_key());
+        for seq in 1..=40u64 {
+            let mut request = pbft_core::Request::new(&chain(), &client, seq, vec![1; 16]);
+            request.signature = pbft_core::Signature([seq as u8; 64]);
+            let frame = ClientFrame::Message(Message::Request(request).encode());
+            // The node may close the connection's lane once it has seen enough.
+            let _ = block_on(driver.input(Input::Client {
+                from: client.public_key(),
+                connection: attached.connection,
+                bytes: frame.encode(),
+            }));
+        }
+        // Shutdown overtakes client inputs: wait until the last forged request is dropped.
+        let metrics = router.metrics();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while metrics.rejected("from_forging_connection") < 24 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        driver.shutdown();
+        thread.join().unwrap().unwrap();
+        assert_eq!(
+            metrics.rejected("bad_signature"),
+            16,
+            "checked up to the limit"
+        );
+        assert_eq!(metrics.rejected("forging_connection_closed"), 1);
+        assert_eq!(
+            metrics.rejected("from_forging_connection"),
+            24,
+            "the rest unchecked"
+        );
+        let verified: u64 = metrics
+            .encode()
+            .lines()
+            .find_map(|line| line.strip_prefix("pbft_signatures_verified_total "))
+            .and_then(|count| count.parse().ok())
+            .unwrap();
+        // At worst one group of 16 batch-checked, searched (under 2.5 x 16 more), and each
+        // checked alone once.
+        assert!(verified <= 16 + 40 + 16, "{verified} signature checks");
+    }
+
     #[test]
     fn validators_inputs_are_taken_before_clients_and_queues_are_bounded_in_bytes() {
         let (driver, inputs) = Driver::detached(Arc::new(NodeMetrics::new()));

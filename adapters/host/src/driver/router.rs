@@ -464,6 +464,14 @@ impl Router {
             .is_some_and(|attached| attached.forgeries >= MAX_FORGERIES_PER_CONNECTION)
     }
 
+    /// How many more forged signatures connection `connection` of `key` may send before it
+    /// is closed: `None` once it ended (or was replaced), `Some(0)` while it is being closed.
+    pub(crate) fn forgeries_left(&self, key: &PublicKey, connection: u64) -> Option<u32> {
+        self.clients()
+            .attached(key, connection)
+            .map(|attached| MAX_FORGERIES_PER_CONNECTION.saturating_sub(attached.forgeries))
+    }
+
     /// Clients whose replies go through another connection, now.
     pub fn relayed_clients(&self) -> usize {
         self.clients().via.len()
