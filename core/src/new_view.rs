@@ -67,12 +67,7 @@ impl NewView {
     pub fn assemble(view: u64, view_changes: &[ViewChange], proposals: Vec<Vote>) -> NewView {
         let summaries: Vec<ViewChangeSummary> =
             view_changes.iter().map(ViewChange::summary).collect();
-        let decision = decide(&summaries);
-        let checkpoint = decision
-            .checkpoint_from
-            .and_then(|index| view_changes.get(index))
-            .map(|change| change.checkpoint.clone())
-            .unwrap_or_default();
+        let (decision, checkpoint) = decide_from(view_changes, &summaries);
         let prepared = decision
             .taken
             .iter()
@@ -220,6 +215,21 @@ impl Decision {
     }
 }
 
+/// [`decide`] over the `summaries` of `view_changes`, with the stable checkpoint the decision
+/// starts from (taken from the view change that reported it; the genesis if none did).
+fn decide_from(
+    view_changes: &[ViewChange],
+    summaries: &[ViewChangeSummary],
+) -> (Decision, StableCheckpoint) {
+    let decision = decide(summaries);
+    let checkpoint = decision
+        .checkpoint_from
+        .and_then(|index| view_changes.get(index))
+        .map(|change| change.checkpoint.clone())
+        .unwrap_or_default();
+    (decision, checkpoint)
+}
+
 fn decide(summaries: &[ViewChangeSummary]) -> Decision {
     let mut checkpoint = (0, Digest::default());
     let mut checkpoint_from = None;
@@ -258,12 +268,7 @@ fn decide(summaries: &[ViewChangeSummary]) -> Decision {
 /// the batch of the highest-view claim or the null batch.
 pub fn plan(chain: &ChainId, view_changes: &[ViewChange]) -> Plan {
     let summaries: Vec<ViewChangeSummary> = view_changes.iter().map(ViewChange::summary).collect();
-    let decision = decide(&summaries);
-    let checkpoint = decision
-        .checkpoint_from
-        .and_then(|index| view_changes.get(index))
-        .map(|change| change.checkpoint.clone())
-        .unwrap_or_default();
+    let (decision, checkpoint) = decide_from(view_changes, &summaries);
     Plan {
         checkpoint,
         proposals: decision.proposals(chain),

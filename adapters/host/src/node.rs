@@ -290,12 +290,7 @@ impl<A: Application> Node<A> {
 
     /// A request from a client connected to this node.
     pub fn submit(&mut self, now: u64, request: Request) -> Result<(), Error> {
-        let key = (request.client, request.client_seq);
-        self.replica.submit(now, request)?;
-        if self.arrivals.len() < TIMED_REQUESTS {
-            self.arrivals.entry(key).or_insert(now);
-        }
-        Ok(())
+        self.submit_all(now, vec![request]).pop().unwrap_or(Ok(()))
     }
 
     /// Requests from clients connected to this node, all arrived by `now`: as [`Node::submit`]

@@ -91,8 +91,11 @@ impl Replica {
         while self.archive.len() > self.config.retained_batches {
             self.archive.pop_front();
         }
-        // A state a peer still fetches stays ten intervals after its last request.
-        let idle = self.config.retransmit_ms.saturating_mul(10);
+        // A state a peer still fetches stays until it could have come back for more: a
+        // fetcher asks its n - 1 peers a round each in turn, one per interval, so it may
+        // return only n - 1 intervals later; ten more for slow rounds.
+        let passes = self.validators.len().saturating_sub(1) as u64 + 10;
+        let idle = self.config.retransmit_ms.saturating_mul(passes);
         self.checkpoints.prune(target, self.timers.now(), idle);
         self.signer.forget_through(target);
         self.low = target;

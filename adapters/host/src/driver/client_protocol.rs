@@ -65,8 +65,8 @@ pub(super) struct Sender {
 }
 
 /// Feeds one frame from a client connection to the node, and answers it where it asks for
-/// an answer; a request goes into `requests`, for [`submit`] at the end of the round. Bad
-/// frames are counted, never fatal.
+/// an answer; a request goes into `requests`, for [`submit`] before the next peer message or
+/// at the end of the round. Bad frames are counted, never fatal.
 pub(super) fn handle<A: Application>(
     node: &mut Node<A>,
     router: &Router,

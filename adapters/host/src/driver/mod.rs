@@ -571,12 +571,12 @@ mod tests {
     /// Validator 1 of four (a backup in view 0), driven on its thread; its peers' queues go
     /// unread.
     fn backup(dir: &std::path::Path) -> (Driver, JoinHandle<Result<(), NodeError>>, Arc<Router>) {
-        let keys: Vec<Keypair> = (0..4u8)
+        let mut keys: Vec<Keypair> = (0..4u8)
             .map(|i| Keypair::from_seed(&[20 + i; 32]))
             .collect();
         let publics: Vec<PublicKey> = keys.iter().map(Keypair::public_key).collect();
         let set = ValidatorSet::new(0, &publics).unwrap();
-        let key = Keypair::from_seed(&[21; 32]);
+        let key = keys.swap_remove(1);
         let node = Node::open(dir, Config::new(chain()), set.clone(), key, KvStore::new()).unwrap();
         let (router, _peers) =
             Router::new(&set, ReplicaId(1), 1 << 20, Arc::new(NodeMetrics::new()));
