@@ -12,8 +12,8 @@ use std::time::Instant;
 
 use pbft_core::testing::chain;
 use pbft_core::{
-    Batch, Config, Delivery, Hasher, Keypair, PublicKey, QuorumCertificate, Request, Signature,
-    ValidatorSet,
+    Batch, CommitPath, Config, Delivery, Hasher, Keypair, PublicKey, QuorumCertificate, Request,
+    Signature, ValidatorSet,
 };
 use pbft_host::kv::{KvStore, Op};
 use pbft_host::node::{Application, Node};
@@ -57,6 +57,7 @@ fn fill(dir: &std::path::Path, keys: usize, retained: u64) -> u64 {
                 view: 0,
                 seq,
                 digest: batch.digest(&chain()),
+                path: CommitPath::ThreePhase,
                 signatures: vec![],
             },
             execute: (0..BATCH as u32).collect(),

@@ -11,7 +11,8 @@ use crate::merkle::{self, InclusionProof};
 use crate::statement::{Batch, Phase, Request, Vote, vote_digest};
 
 /// Proof that a batch committed: a quorum of commit signatures on one
-/// (chain, epoch, view, seq, batch digest).
+/// (chain, epoch, view, seq, batch digest), or, on the fast path, the vote of every validator
+/// of the prepare phase on it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QuorumCertificate {
     /// The network.
@@ -24,8 +25,23 @@ pub struct QuorumCertificate {
     pub seq: u64,
     /// The batch's Merkle root.
     pub digest: Digest,
-    /// Commit signatures, in strictly increasing signer order (one per signer).
+    /// Which votes the signatures are.
+    pub path: CommitPath,
+    /// The signatures, in strictly increasing signer order (one per signer).
     pub signatures: Vec<(ReplicaId, Signature)>,
+}
+
+/// How a batch committed, and so what a [`QuorumCertificate`]'s signatures sign.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommitPath {
+    /// At least a quorum (2f + 1) of commits: the commit round of the three-phase protocol
+    /// (Castro and Liskov, section 4.2).
+    ThreePhase,
+    /// One signature of every validator (n): the pre-prepare of the primary of the view and a
+    /// prepare of each other validator. With every vote in, no other batch can gather f + 1
+    /// votes at the seq in that view, and the view change keeps it (SBFT's fast path, Gueta
+    /// et al. 2019; see [`crate::view_change`]), so the commit round is not needed.
+    Fast,
 }
 
 /// A committed batch with its certificate, sent to a validator that is behind. Anyone may
@@ -80,14 +96,17 @@ pub enum CertificateError {
 
 /// Checks a QC with nothing but the chain id and the validator set.
 ///
-/// Every signature is checked over the one commit statement (chain, epoch, view, seq, digest)
-/// the QC names, so a QC holding commits of two views, seqs or digests does not verify: a
-/// certificate is 2f + 1 votes for one statement (Castro and Liskov, section 4.2).
+/// Every signature is checked over the one statement (chain, epoch, view, seq, digest) the QC
+/// names, so a QC holding votes of two views, seqs or digests does not verify: a certificate
+/// is 2f + 1 commits for one statement (Castro and Liskov, section 4.2), or on the fast path
+/// all n votes of the prepare phase for it (the pre-prepare of the view's primary, a prepare
+/// of every other validator).
 ///
 /// # Errors
 ///
-/// [`CertificateError`]: another chain or epoch, fewer than a quorum of signers, signers
-/// repeated, out of order or unknown, or a signature that does not verify.
+/// [`CertificateError`]: another chain or epoch, fewer than a quorum of signers (all n on the
+/// fast path), signers repeated, out of order or unknown, or a signature that does not
+/// verify.
 pub fn verify_qc(
     chain: &ChainId,
     validators: &ValidatorSet,
@@ -102,9 +121,36 @@ pub fn verify_qc(
             expected: validators.epoch(),
         });
     }
-    let signed = vote_digest(chain, qc.epoch, Phase::Commit, qc.view, qc.seq, &qc.digest);
+    let statement = |phase| vote_digest(chain, qc.epoch, phase, qc.view, qc.seq, &qc.digest);
     let mut batch = BatchVerifier::new();
-    queue_quorum(validators, &signed, &qc.signatures, &mut batch)?;
+    match qc.path {
+        CommitPath::ThreePhase => {
+            let signed = statement(Phase::Commit);
+            queue_quorum(validators, &signed, &qc.signatures, &mut batch)?;
+        }
+        CommitPath::Fast => {
+            check_quorum(validators, &qc.signatures)?;
+            if qc.signatures.len() != validators.len() {
+                return Err(CertificateError::TooFewSignatures {
+                    got: qc.signatures.len(),
+                    needed: validators.len(),
+                });
+            }
+            let primary = validators.primary(qc.view);
+            let (proposal, prepare) = (statement(Phase::PrePrepare), statement(Phase::Prepare));
+            for (signer, signature) in &qc.signatures {
+                let key = validators
+                    .key(*signer)
+                    .ok_or(CertificateError::UnknownSigner(*signer))?;
+                let signed = if *signer == primary {
+                    &proposal
+                } else {
+                    &prepare
+                };
+                batch.queue(key, signed, signature);
+            }
+        }
+    }
     batch.verify().map_err(|_| CertificateError::BadSignature)
 }
 

@@ -269,6 +269,12 @@ pub struct Config {
     /// Largest application snapshot accepted in a state transfer (the receiver holds it in
     /// memory until it is whole). Default 256 MiB.
     pub max_snapshot_bytes: u64,
+    /// Commit on the fast path: once the pre-prepare and a matching prepare from every other
+    /// validator are in, commit without waiting for the commit round (which still runs, for
+    /// replicas that lack a vote). Default true. It saves one message delay when all n
+    /// validators are up and prompt, and nothing otherwise; each replica may choose alone,
+    /// since every QC verifies either way ([`crate::CommitPath`]).
+    pub fast_path: bool,
     /// The bug planted in this replica, for the mutation test only ([`crate::mutants`]).
     #[cfg(feature = "mutants")]
     #[serde(skip)]
@@ -298,6 +304,7 @@ impl Default for Config {
             retained_batches: 256,
             snapshot_chunk_bytes: 256 << 10,
             max_snapshot_bytes: 256 << 20,
+            fast_path: true,
             #[cfg(feature = "mutants")]
             mutant: None,
         }
@@ -343,7 +350,7 @@ impl Config {
         let window = usize::try_from(self.window).unwrap_or(usize::MAX);
         let new_view = crate::sizes::new_view(ValidatorSet::quorum_of(validators), window);
         let batch = crate::sizes::max_certified_batch_bytes(
-            ValidatorSet::quorum_of(validators),
+            (validators, ValidatorSet::quorum_of(validators)),
             self.max_batch_ops,
             self.max_batch_bytes,
         );
@@ -351,7 +358,7 @@ impl Config {
     }
 
     /// The most validators whose largest message ([`Config::largest_message_bytes`]) fits
-    /// `max_message_bytes`; 0 if not even one does. With the defaults: 141.
+    /// `max_message_bytes`; 0 if not even one does. With the defaults: 108.
     pub fn max_validators(&self) -> usize {
         let fits = |n: usize| self.largest_message_bytes(n) <= self.max_message_bytes;
         // The size grows with n: find the last n that fits.

@@ -150,7 +150,7 @@ pub use statement::{
 };
 
 // Certificates and evidence.
-pub use certificate::{CertificateError, Committed, Evidence, QuorumCertificate};
+pub use certificate::{CertificateError, CommitPath, Committed, Evidence, QuorumCertificate};
 pub use merkle::InclusionProof;
 pub use new_view::{NewView, Plan, null_digest, plan};
 pub use view_change::{

@@ -177,10 +177,10 @@ mod tests {
             })
         );
         let mut wrong_version = bytes.clone();
-        wrong_version[0] = 2;
+        wrong_version[0] = PROTOCOL_VERSION - 1;
         assert_eq!(
             Message::decode(&wrong_version, 1 << 20),
-            Err(DecodeError::UnsupportedVersion(2))
+            Err(DecodeError::UnsupportedVersion(PROTOCOL_VERSION - 1))
         );
         let mut trailing = bytes.clone();
         trailing.push(0);

@@ -22,6 +22,9 @@ pub struct Metrics {
     pub signatures_created: u64,
     /// Batches delivered to the host.
     pub batches_committed: u64,
+    /// Batches this replica committed on the fast path (all n votes of the prepare phase in,
+    /// before a quorum of commits).
+    pub fast_commits: u64,
     /// Requests in delivered batches.
     pub requests_committed: u64,
     /// Requests the exactly-once table let execute.

@@ -15,12 +15,15 @@ pub enum Mutant {
     /// Pre-prepares and votes at or below the low watermark are accepted (section 4.3 keeps
     /// only seqs in (h, h + L]).
     AcceptBelowLowWatermark,
-    /// A view change leaves out its highest prepared certificate (section 4.4 carries every
-    /// prepared certificate above the stable checkpoint).
+    /// A view change leaves out its highest prepared certificate and its vote there (section
+    /// 4.4 carries every prepared certificate above the stable checkpoint).
     ViewChangeOmitsHighestPrepared,
     /// Prepared and commit certificates are formed from 2f votes instead of 2f + 1 (section
     /// 4.2: the quorums must intersect in an honest replica).
     QuorumOf2f,
+    /// A view change reports none of its signer's votes: a batch that committed on the fast
+    /// path only (n prepares, no commit round) can be replaced by the next view.
+    ViewChangeOmitsVotes,
     /// A state transfer installs the application's snapshot but keeps the replica's own
     /// exactly-once table, so requests in the transferred range can execute again.
     InstallKeepsClientTable,
@@ -28,10 +31,11 @@ pub enum Mutant {
 
 impl Mutant {
     /// Every planted bug, in the order the mutation test tries them.
-    pub const ALL: [Mutant; 5] = [
+    pub const ALL: [Mutant; 6] = [
         Mutant::RestoreWithoutSignedIndex,
         Mutant::AcceptBelowLowWatermark,
         Mutant::ViewChangeOmitsHighestPrepared,
+        Mutant::ViewChangeOmitsVotes,
         Mutant::QuorumOf2f,
         Mutant::InstallKeepsClientTable,
     ];

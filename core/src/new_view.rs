@@ -18,8 +18,8 @@
 //! certificate would prove nothing the plan uses; a Byzantine signer's unbacked claim can only
 //! be taken if it is the highest, and then it needs a certificate it cannot have. So a new view
 //! carries each certificate it relies on once instead of a quorum of full view changes: about
-//! a quorum-th of the bytes and signatures (n = 31, window 256, at worst: 0.95 MB and 5,675
-//! signatures instead of 13.4 MB and 113,615).
+//! a quorum-th of the bytes and signatures (n = 31, window 256, at worst: 1.23 MB and 5,675
+//! signatures instead of 13.6 MB and 113,615).
 //!
 
 use alloc::collections::BTreeMap;
@@ -47,8 +47,8 @@ pub struct NewView {
     /// The certificate of the highest checkpoint among the view changes (`min_s`): the one the
     /// last of them that reports that seq signed for (the genesis if it is 0).
     pub checkpoint: StableCheckpoint,
-    /// For every seq above `min_s` that a view change claims, a certificate for the claim the
-    /// plan takes there (the highest view, then the highest digest), in increasing seq order.
+    /// For every seq above `min_s` where the plan takes a prepared claim (see [`plan`]), its
+    /// certificate, in increasing seq order.
     pub prepared: Vec<Prepared>,
     /// Pre-prepare votes of the primary of `view` for every seq in (`min_s`, `max_s`].
     pub proposals: Vec<Vote>,
@@ -64,13 +64,17 @@ impl NewView {
     ///
     /// Each certificate the plan relies on is taken from the first view change (in signer
     /// order) that carries it; the checkpoint is the one the plan starts from.
-    pub fn assemble(view: u64, view_changes: &[ViewChange], proposals: Vec<Vote>) -> NewView {
+    pub fn assemble(
+        validators: &ValidatorSet,
+        view: u64,
+        view_changes: &[ViewChange],
+        proposals: Vec<Vote>,
+    ) -> NewView {
         let summaries: Vec<ViewChangeSummary> =
             view_changes.iter().map(ViewChange::summary).collect();
-        let (decision, checkpoint) = decide_from(view_changes, &summaries);
+        let (decision, checkpoint) = decide_from(validators, view_changes, &summaries);
         let prepared = decision
-            .taken
-            .iter()
+            .certified()
             .filter_map(|claim| {
                 view_changes
                     .iter()
@@ -191,24 +195,33 @@ struct Decision {
     checkpoint: (u64, Digest),
     /// The index of that summary (none when every one reports the genesis).
     checkpoint_from: Option<usize>,
-    /// For every seq above `min_s` that some summary claims, the claim the plan takes: the
-    /// highest (view, digest). In increasing seq order.
-    taken: Vec<PreparedClaim>,
+    /// For every seq above `min_s` that a prepared claim or f + 1 voted claims name, the claim
+    /// the plan takes (see [`plan`]) and whether it is a prepared one (which the new view must
+    /// back with its certificate). In increasing seq order.
+    taken: Vec<(PreparedClaim, bool)>,
 }
 
 impl Decision {
+    /// The taken claims that are prepared ones, each needing its certificate.
+    fn certified(&self) -> impl Iterator<Item = &PreparedClaim> {
+        self.taken
+            .iter()
+            .filter(|(_, certified)| *certified)
+            .map(|(claim, _)| claim)
+    }
+
     /// (seq, digest) for every seq in (`min_s`, `max_s`]: the taken claim's digest, or the
     /// null batch's where there is none.
     fn proposals(&self, chain: &ChainId) -> Vec<(u64, Digest)> {
         let min_s = self.checkpoint.0;
-        let Some(max_s) = self.taken.last().map(|claim| claim.seq) else {
+        let Some(max_s) = self.taken.last().map(|(claim, _)| claim.seq) else {
             return Vec::new();
         };
         let null = null_digest(chain);
         let mut taken = self.taken.iter().peekable();
         (min_s + 1..=max_s)
-            .map(|seq| match taken.next_if(|claim| claim.seq == seq) {
-                Some(claim) => (seq, claim.digest),
+            .map(|seq| match taken.next_if(|(claim, _)| claim.seq == seq) {
+                Some((claim, _)) => (seq, claim.digest),
                 None => (seq, null),
             })
             .collect()
@@ -218,10 +231,11 @@ impl Decision {
 /// [`decide`] over the `summaries` of `view_changes`, with the stable checkpoint the decision
 /// starts from (taken from the view change that reported it; the genesis if none did).
 fn decide_from(
+    validators: &ValidatorSet,
     view_changes: &[ViewChange],
     summaries: &[ViewChangeSummary],
 ) -> (Decision, StableCheckpoint) {
-    let decision = decide(summaries);
+    let decision = decide(validators, summaries);
     let checkpoint = decision
         .checkpoint_from
         .and_then(|index| view_changes.get(index))
@@ -230,7 +244,7 @@ fn decide_from(
     (decision, checkpoint)
 }
 
-fn decide(summaries: &[ViewChangeSummary]) -> Decision {
+fn decide(validators: &ValidatorSet, summaries: &[ViewChangeSummary]) -> Decision {
     let mut checkpoint = (0, Digest::default());
     let mut checkpoint_from = None;
     for (index, summary) in summaries.iter().enumerate() {
@@ -241,20 +255,36 @@ fn decide(summaries: &[ViewChangeSummary]) -> Decision {
         }
     }
     let min_s = checkpoint.0;
-    let mut chosen: BTreeMap<u64, (u64, Digest)> = BTreeMap::new();
-    for claim in summaries.iter().flat_map(|summary| &summary.prepared) {
-        if claim.seq <= min_s {
-            continue;
+    // Each summary reports at most one vote per seq (`check_claims`), and the summaries have
+    // distinct signers, so a count is a count of validators.
+    let mut votes: BTreeMap<PreparedClaim, usize> = BTreeMap::new();
+    for claim in summaries.iter().flat_map(|summary| &summary.voted) {
+        if claim.seq > min_s {
+            *votes.entry(*claim).or_default() += 1;
         }
-        let candidate = (claim.view, claim.digest);
+    }
+    let f = validators.max_faulty();
+    let voted = votes
+        .into_iter()
+        .filter(|&(_, count)| count > f)
+        .map(|(claim, _)| (claim, false));
+    let prepared = summaries
+        .iter()
+        .flat_map(|summary| &summary.prepared)
+        .filter(|claim| claim.seq > min_s)
+        .map(|claim| (*claim, true));
+    let mut chosen: BTreeMap<u64, (u64, bool, Digest)> = BTreeMap::new();
+    for (claim, certified) in prepared.chain(voted) {
+        let candidate = (claim.view, certified, claim.digest);
         let best = chosen.entry(claim.seq).or_insert(candidate);
-        // Highest view wins; equal views cannot disagree between honest quorums, and the
-        // digest breaks the tie so the choice never depends on the order of the input.
+        // The highest view wins, and in one view a prepared claim beats a voted one (see
+        // `plan`); the digest breaks what ties remain, so the choice never depends on the
+        // order of the input.
         *best = (*best).max(candidate);
     }
     let taken = chosen
         .into_iter()
-        .map(|(seq, (view, digest))| PreparedClaim { seq, view, digest })
+        .map(|(seq, (view, certified, digest))| (PreparedClaim { seq, view, digest }, certified))
         .collect();
     Decision {
         checkpoint,
@@ -266,9 +296,14 @@ fn decide(summaries: &[ViewChangeSummary]) -> Decision {
 /// Computes the new view's starting point from view changes whose certificates were checked:
 /// the highest checkpoint among them, and for every seq above it up to the highest claimed,
 /// the batch of the highest-view claim or the null batch.
-pub fn plan(chain: &ChainId, view_changes: &[ViewChange]) -> Plan {
+///
+/// The claims at a seq are its prepared claims (each backed by a certificate) and its voted
+/// claims that at least f + 1 of the view changes report (one of them honest). The highest
+/// view wins; in one view a prepared claim beats a voted one. Why that keeps every batch
+/// committed on either path is in [`crate::view_change`].
+pub fn plan(chain: &ChainId, validators: &ValidatorSet, view_changes: &[ViewChange]) -> Plan {
     let summaries: Vec<ViewChangeSummary> = view_changes.iter().map(ViewChange::summary).collect();
-    let (decision, checkpoint) = decide_from(view_changes, &summaries);
+    let (decision, checkpoint) = decide_from(validators, view_changes, &summaries);
     Plan {
         checkpoint,
         proposals: decision.proposals(chain),
@@ -323,14 +358,14 @@ pub(crate) fn verify_new_view_counted(
         }
         change.check_shape(validators, window)?;
     }
-    let decision = decide(&new_view.view_changes);
+    let decision = decide(validators, &new_view.view_changes);
     let checkpoint = &new_view.checkpoint;
     if (checkpoint.seq, checkpoint.digest) != decision.checkpoint {
         return Err(ViewChangeError::WrongCheckpoint);
     }
     check_checkpoint_shape(validators, checkpoint).map_err(ViewChangeError::Checkpoint)?;
     let mut certificates = new_view.prepared.iter();
-    for claim in &decision.taken {
+    for claim in decision.certified() {
         let prepared = certificates
             .next()
             .ok_or(ViewChangeError::WrongCertificate(claim.seq))?;

@@ -36,14 +36,22 @@ pub(crate) fn checkpoint(quorum: usize) -> usize {
     U64 + DIGEST + len_prefix(quorum) + quorum.saturating_mul(ID + SIGNATURE)
 }
 
-/// A view change summary with a claim for each of `window` seqs.
+/// A view change summary with a prepared claim and a voted claim for each of `window` seqs.
 pub(crate) fn summary(window: usize) -> usize {
-    U64 + ID + U64 + DIGEST + len_prefix(window) + window.saturating_mul(CLAIM) + SIGNATURE
+    let claims = len_prefix(window) + window.saturating_mul(CLAIM);
+    U64 + ID + U64 + DIGEST + claims.saturating_mul(2) + SIGNATURE
 }
 
-/// A QC: chain id, epoch, view, seq, digest and `quorum` (signer, signature) pairs.
-fn quorum_certificate(quorum: usize) -> usize {
-    DIGEST + U64 + U64 + U64 + DIGEST + len_prefix(quorum) + quorum.saturating_mul(ID + SIGNATURE)
+/// A QC: chain id, epoch, view, seq, digest, path and `signers` (signer, signature) pairs.
+fn quorum_certificate(signers: usize) -> usize {
+    DIGEST
+        + U64
+        + U64
+        + U64
+        + DIGEST
+        + 1
+        + len_prefix(signers)
+        + signers.saturating_mul(ID + SIGNATURE)
 }
 
 /// A new view an honest primary sends, in its message or record envelope: `quorum` view
@@ -64,14 +72,16 @@ pub(crate) fn new_view(quorum: usize, window: usize) -> usize {
 
 /// A full batch (at most `max_batch_ops` requests of at most `max_batch_bytes` encoded, as
 /// backups enforce) with the larger of its certificates, in an envelope: the `Committed`
-/// message, and the `Committed` and `Prepared` records (an option tag before the batch).
+/// message, and the `Committed` and `Prepared` records (an option tag before the batch). A
+/// QC holds up to all `validators` signatures (the fast path's), a prepared certificate
+/// `quorum` votes.
 pub(crate) fn max_certified_batch_bytes(
-    quorum: usize,
+    (validators, quorum): (usize, usize),
     max_batch_ops: usize,
     max_batch_bytes: usize,
 ) -> usize {
     let batch = len_prefix(max_batch_ops).saturating_add(max_batch_bytes);
-    let certificate = quorum_certificate(quorum).max(prepared(quorum));
+    let certificate = quorum_certificate(validators).max(prepared(quorum));
     (ENVELOPE + 1)
         .saturating_add(batch)
         .saturating_add(certificate)

@@ -12,9 +12,9 @@
 use alloc::{format, vec, vec::Vec};
 
 use crate::{
-    Batch, ChainId, Committed, Config, Digest, Hasher, Keypair, Message, NewView, Output, Phase,
-    PrePrepare, Prepared, PublicKey, QuorumCertificate, Replica, ReplicaId, Request,
-    StableCheckpoint, ValidatorSet, ViewChange, Vote,
+    Batch, ChainId, CommitPath, Committed, Config, Digest, Hasher, Keypair, Message, NewView,
+    Output, Phase, PrePrepare, Prepared, PreparedClaim, PublicKey, QuorumCertificate, Replica,
+    ReplicaId, Request, StableCheckpoint, ValidatorSet, ViewChange, Vote,
 };
 
 /// A fixed virtual time, ms, for tests that need a `now` but never move it.
@@ -125,27 +125,38 @@ pub fn pre_prepare(signer: usize, at: (u64, u64), batch: &Batch) -> Vec<u8> {
     .encode()
 }
 
-/// Validator `signer`'s view change to `view` from the genesis checkpoint, carrying `prepared`.
+/// Validator `signer`'s view change to `view` from the genesis checkpoint, carrying `prepared`
+/// and reporting no votes.
 pub fn view_change(signer: usize, view: u64, prepared: Vec<Prepared>) -> ViewChange {
+    view_change_with_votes(signer, view, prepared, Vec::new())
+}
+
+/// [`view_change`] reporting `voted` as the signer's latest votes.
+pub fn view_change_with_votes(
+    signer: usize,
+    view: u64,
+    prepared: Vec<Prepared>,
+    voted: Vec<PreparedClaim>,
+) -> ViewChange {
     ViewChange::new(
         &chain(),
         0,
         (view, ReplicaId(signer as u16)),
         StableCheckpoint::genesis(),
-        prepared,
+        (prepared, voted),
         &validator_key(signer),
     )
 }
 
-/// A new view for `view` made of `view_changes` ([`NewView::assemble`]) and `proposals`,
-/// signed by validator `signer` (valid only from the view's primary).
+/// A new view for `view` of the set of 4 made of `view_changes` ([`NewView::assemble`]) and
+/// `proposals`, signed by validator `signer` (valid only from the view's primary).
 pub fn new_view(
     signer: usize,
     view: u64,
     view_changes: Vec<ViewChange>,
     proposals: Vec<Vote>,
 ) -> NewView {
-    let mut new_view = NewView::assemble(view, &view_changes, proposals);
+    let mut new_view = NewView::assemble(&validator_set(4), view, &view_changes, proposals);
     new_view.signature = validator_key(signer).sign(&new_view.signed_digest(&chain(), 0));
     new_view
 }
@@ -168,6 +179,7 @@ pub fn committed(seq: u64, batch: &Batch) -> Committed {
             view: 0,
             seq,
             digest,
+            path: CommitPath::ThreePhase,
             signatures,
         },
     }

@@ -34,6 +34,28 @@
 //! checks the `NewView` itself, so a Byzantine primary cannot skip the rule: it can only fail to
 //! produce a valid `NewView`, which costs liveness until the next view, never safety.
 //!
+//! # Why a batch committed on the fast path is re-proposed too
+//!
+//! A replica may also commit B at s in view v without the commit round, once it holds the
+//! pre-prepare and a matching prepare from every other validator: all n voted for B
+//! (SBFT's fast path, Gueta et al. 2019). No commit certificate need exist anywhere, so the
+//! argument above does not apply; the view changes carry what does. Each reports, beside its
+//! certificates, its signer's latest vote of the prepare phase at every seq above its
+//! checkpoint ([`ViewChange::voted`], covered by its signature and kept across views and
+//! crashes), and the plan also takes a vote that f + 1 view changes report.
+//!
+//! Take again the first view w > v whose `NewView` is accepted. Its quorum Q2 holds at least
+//! f + 1 honest validators, and every honest validator voted for B at s in v, so Q2 reports B
+//! from view v at least f + 1 times (a later vote of an honest one is, by induction, for B
+//! again). Nothing in Q2 beats it: a prepared certificate for another batch in view v needs
+//! a quorum, hence an honest validator that voted for it in v, and none did; f + 1 reports of
+//! another batch, in v or later, include an honest validator's vote for it, and by induction
+//! every honest vote at s from v on is for B; certificates and votes of views below v lose to
+//! view v. So w re-proposes B. A batch committed on the slow path is kept as well: the plan
+//! still prefers, in each view, a prepared claim over voted ones, and f + 1 reports of
+//! another batch in a view at or after the one it committed in would again need an honest
+//! validator's vote for it there, which the induction above rules out.
+//!
 //! # The order of the checks
 //!
 //! Signature checks are what a peer can make a replica spend, so they come last and cheapest
@@ -190,8 +212,9 @@ impl Vote {
 }
 
 /// What a prepared certificate proves, as a view change's signature covers it: `digest`
-/// prepared at `seq` in `view`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// prepared at `seq` in `view`. The same triple reports a vote ([`ViewChange::voted`]): the
+/// signer voted for `digest` at `seq` in `view`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct PreparedClaim {
     /// The sequence number.
     pub seq: u64,
@@ -213,6 +236,11 @@ pub struct ViewChange {
     /// A certificate for every sequence number above the checkpoint the signer prepared, in
     /// increasing sequence order, each from the highest view it prepared in.
     pub prepared: Vec<Prepared>,
+    /// For every sequence number above the checkpoint the signer voted on in the prepare
+    /// phase (a prepare, or a pre-prepare as primary), the (seq, view, digest) of its vote of
+    /// the highest view, in increasing sequence order. Backed by nothing but this view
+    /// change's signature: f + 1 signers reporting one vote make it count (the fast path).
+    pub voted: Vec<PreparedClaim>,
     /// Signature over [`ViewChange::signed_digest`].
     pub signature: Signature,
 }
@@ -224,7 +252,7 @@ impl ViewChange {
         epoch: u64,
         (view, replica): (u64, ReplicaId),
         checkpoint: StableCheckpoint,
-        prepared: Vec<Prepared>,
+        (prepared, voted): (Vec<Prepared>, Vec<PreparedClaim>),
         keypair: &Keypair,
     ) -> Self {
         let mut change = ViewChange {
@@ -232,21 +260,23 @@ impl ViewChange {
             replica,
             checkpoint,
             prepared,
+            voted,
             signature: Signature([0; 64]),
         };
         change.signature = keypair.sign(&change.signed_digest(chain, epoch));
         change
     }
 
-    /// What the signature covers: the view, the signer, the checkpoint and each certificate's
-    /// (seq, view, digest). The certificates' own signatures authenticate the rest.
+    /// What the signature covers: the view, the signer, the checkpoint, each certificate's
+    /// (seq, view, digest) and each vote it reports. The certificates' own signatures
+    /// authenticate the rest.
     pub fn signed_digest(&self, chain: &ChainId, epoch: u64) -> Digest {
         view_change_digest(
             chain,
             epoch,
             (self.view, self.replica),
             (self.checkpoint.seq, &self.checkpoint.digest),
-            self.prepared.iter().map(Prepared::claim),
+            (self.prepared.iter().map(Prepared::claim), &self.voted),
         )
     }
 
@@ -259,6 +289,7 @@ impl ViewChange {
             checkpoint_seq: self.checkpoint.seq,
             checkpoint_digest: self.checkpoint.digest,
             prepared: self.prepared.iter().map(Prepared::claim).collect(),
+            voted: self.voted.clone(),
             signature: self.signature,
         }
     }
@@ -290,6 +321,8 @@ pub struct ViewChangeSummary {
     pub checkpoint_digest: Digest,
     /// What each of its prepared certificates proves, in increasing sequence order.
     pub prepared: Vec<PreparedClaim>,
+    /// Its latest vote at each seq, as [`ViewChange::voted`].
+    pub voted: Vec<PreparedClaim>,
     /// The signer's signature, as on the full [`ViewChange`].
     pub signature: Signature,
 }
@@ -303,13 +336,13 @@ impl ViewChangeSummary {
             epoch,
             (self.view, self.replica),
             (self.checkpoint_seq, &self.checkpoint_digest),
-            self.prepared.iter().copied(),
+            (self.prepared.iter().copied(), &self.voted),
         )
     }
 
-    /// Checks the summary's shape: a view above 0, a signer in the set, and claims in strictly
-    /// increasing seq order, each above the checkpoint and at most `window` above it, from a
-    /// view below this one. No signature is checked.
+    /// Checks the summary's shape: a view above 0, a signer in the set, and claims (prepared
+    /// and voted) in strictly increasing seq order, each above the checkpoint and at most
+    /// `window` above it, from a view below this one. No signature is checked.
     pub(crate) fn check_shape(
         &self,
         validators: &ValidatorSet,
@@ -321,7 +354,8 @@ impl ViewChangeSummary {
         if validators.key(self.replica).is_none() {
             return Err(ViewChangeError::WrongSigner(self.replica));
         }
-        check_claims(self.view, self.checkpoint_seq, &self.prepared, window)
+        check_claims(self.view, self.checkpoint_seq, &self.prepared, window)?;
+        check_claims(self.view, self.checkpoint_seq, &self.voted, window)
     }
 }
 
@@ -331,9 +365,12 @@ fn view_change_digest(
     epoch: u64,
     (view, replica): (u64, ReplicaId),
     (checkpoint_seq, checkpoint_digest): (u64, &Digest),
-    claims: impl ExactSizeIterator<Item = PreparedClaim>,
+    (claims, voted): (
+        impl ExactSizeIterator<Item = PreparedClaim>,
+        &[PreparedClaim],
+    ),
 ) -> Digest {
-    let mut hasher = Hasher::new(b"pbft/v1/view-change");
+    let mut hasher = Hasher::new(b"pbft/v2/view-change");
     hasher
         .digest(&chain.0)
         .u64(epoch)
@@ -343,6 +380,10 @@ fn view_change_digest(
         .digest(checkpoint_digest)
         .u64(claims.len() as u64);
     for claim in claims {
+        hasher.u64(claim.seq).u64(claim.view).digest(&claim.digest);
+    }
+    hasher.u64(voted.len() as u64);
+    for claim in voted {
         hasher.u64(claim.seq).u64(claim.view).digest(&claim.digest);
     }
     hasher.finish()
@@ -435,6 +476,7 @@ pub(crate) fn check_view_change_shape(
     check_checkpoint_shape(validators, &change.checkpoint).map_err(ViewChangeError::Checkpoint)?;
     let claims: Vec<PreparedClaim> = change.prepared.iter().map(Prepared::claim).collect();
     check_claims(change.view, change.checkpoint.seq, &claims, window)?;
+    check_claims(change.view, change.checkpoint.seq, &change.voted, window)?;
     for (prepared, claim) in change.prepared.iter().zip(&claims) {
         prepared.check_shape(validators, claim)?;
     }

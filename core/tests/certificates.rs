@@ -11,9 +11,9 @@ use pbft_core::testing::{
     vote, vote_for,
 };
 use pbft_core::{
-    Batch, CertificateError, Digest, Error, Evidence, Message, Output, Phase, QuorumCertificate,
-    Record, Replica, ReplicaId, Request, StableCheckpoint, ValidatorSet, ViewChange, Vote,
-    verify_evidence, verify_qc,
+    Batch, CertificateError, CommitPath, Digest, Error, Evidence, Message, Output, Phase,
+    QuorumCertificate, Record, Replica, ReplicaId, Request, StableCheckpoint, ValidatorSet,
+    ViewChange, Vote, verify_evidence, verify_qc,
 };
 
 /// The batch proposed at seq 1 in view 0.
@@ -58,7 +58,7 @@ fn new_view_from_checkpoint() -> Vec<u8> {
                 0,
                 (1, ReplicaId(signer as u16)),
                 checkpoint_at_2(),
-                vec![],
+                (vec![], vec![]),
                 &validator_key(signer),
             )
         })
@@ -208,6 +208,7 @@ fn a_qc_signed_over_two_views_does_not_verify() {
         view: 0,
         seq: 1,
         digest: digest(&a),
+        path: CommitPath::ThreePhase,
         signatures,
     };
     assert_eq!(

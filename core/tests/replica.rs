@@ -5,8 +5,8 @@ use pbft_core::testing::{
     validator_key, validator_set, vote,
 };
 use pbft_core::{
-    Batch, Config, DecodeError, Destination, Error, Message, Output, Phase, PrePrepare, PublicKey,
-    Record, Replica, ReplicaId, Request, Vote,
+    Batch, Config, DecodeError, Destination, Error, Message, Output, PROTOCOL_VERSION, Phase,
+    PrePrepare, PublicKey, Record, Replica, ReplicaId, Request, Vote,
 };
 
 fn config() -> Config {
@@ -51,7 +51,7 @@ fn primary_batches_requests_and_persists_before_proposing() {
     primary.submit(NOW, request(1)).unwrap();
     let outputs = drain(&mut primary);
     assert!(
-        matches!(&outputs[0], Output::Persist(Record::Signed(v)) if v.phase == Phase::PrePrepare && v.seq == 1)
+        matches!(&outputs[0], Output::Persist(Record::Accepted(v, b)) if v.phase == Phase::PrePrepare && v.seq == 1 && *b == batch(&[1]))
     );
     let Output::Send {
         to: Destination::AllValidators,
@@ -69,7 +69,9 @@ fn primary_batches_requests_and_persists_before_proposing() {
     assert!(drain(&mut primary).is_empty());
     assert_eq!(primary.poll_timeout(), Some(NOW + config().batch_delay_ms));
     primary.handle_timeout(NOW + config().batch_delay_ms);
-    assert!(matches!(&drain(&mut primary)[0], Output::Persist(Record::Signed(v)) if v.seq == 2));
+    assert!(
+        matches!(&drain(&mut primary)[0], Output::Persist(Record::Accepted(v, _)) if v.seq == 2)
+    );
 }
 
 #[test]
@@ -85,7 +87,7 @@ fn undecodable_bytes_are_typed_errors() {
         Err(Error::Decode(DecodeError::UnsupportedVersion(9)))
     );
     assert_eq!(
-        backup.handle_message(NOW, &from, &[1, 0xff, 0xff]),
+        backup.handle_message(NOW, &from, &[PROTOCOL_VERSION, 0xff, 0xff]),
         Err(Error::Decode(DecodeError::Malformed))
     );
     let huge = vec![1u8; config().max_message_bytes + 1];

@@ -182,7 +182,7 @@ fn a_new_view_carrying_a_forged_view_change_is_refused() {
         0,
         (1, ReplicaId(3)),
         StableCheckpoint::genesis(),
-        vec![],
+        (vec![], vec![]),
         &Keypair::from_seed(&[0xee; 32]),
     );
     refused_by_every_replica(
@@ -296,7 +296,11 @@ fn a_restored_replica_repeats_its_votes_but_never_signs_a_conflicting_one() {
             _ => None,
         })
         .collect();
-    assert!(matches!(&records[..], [Record::Signed(v)] if v.phase == Phase::Prepare));
+    // The accepted pre-prepare with its batch, then the prepare.
+    assert!(
+        matches!(&records[..], [Record::Accepted(p, b), Record::Signed(v)]
+        if p.phase == Phase::PrePrepare && *b == batch && v.phase == Phase::Prepare)
+    );
     // The records survive the crash as bytes in a log.
     let bytes: Vec<Vec<u8>> = records.iter().map(Record::encode).collect();
     let restored_records = bytes.iter().map(|b| Record::decode(b).unwrap());
@@ -322,7 +326,7 @@ fn a_restored_replica_repeats_its_votes_but_never_signs_a_conflicting_one() {
         Output::Persist(Record::Signed(v)) => Some(v),
         _ => None,
     });
-    assert_eq!(Some(&records[0]), repeated.map(Record::Signed).as_ref());
+    assert_eq!(Some(&records[1]), repeated.map(Record::Signed).as_ref());
 }
 
 #[test]

@@ -136,10 +136,12 @@ impl Scenario {
             duplicate_percent: rng.range(0, 20),
             loss_percent: rng.range(0, 15),
             partitions,
+            links: Vec::new(),
             restarts,
             max_batch_ops: rng.range(1, 8) as usize,
             window,
             checkpoint_interval: rng.range(1, window),
+            fast_path: true,
             twins: None,
         }
     }

@@ -28,7 +28,9 @@ pub use generated::{ACTIONS, Action, Policy};
 pub use pbft_core::testing::{chain, validator_keys};
 pub use report::Report;
 pub use rng::Rng;
-pub use scenario::{BACKUP_FAULTS, Fault, KINDS, Kind, Partition, Restart, Scenario, Twins};
+pub use scenario::{
+    BACKUP_FAULTS, Fault, KINDS, Kind, LinkCut, Partition, Restart, Scenario, Twins,
+};
 pub use simulation::Simulation;
 pub use twins::{SCENARIOS_N4, VIEWS, twins_replay_command};
 

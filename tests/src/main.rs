@@ -45,6 +45,10 @@ struct Args {
     /// scenarios catch it. Needs `--features mutants`.
     #[arg(long, value_name = "BUG")]
     mutant: Option<String>,
+    /// Runs the replicas without the fast path (`Config::fast_path` off), to compare commit
+    /// latency with it.
+    #[arg(long)]
+    no_fast_path: bool,
 }
 
 /// A planted bug, when the binary is built with them.
@@ -113,8 +117,14 @@ impl Mode {
     }
 
     /// Scenario `number` of this mode, and what it found.
-    fn run(self, number: u64, validators: usize, mutant: Planted) -> (Scenario, Report) {
-        let scenario = self.scenario(number, validators);
+    fn run(
+        self,
+        number: u64,
+        (validators, fast_path): (usize, bool),
+        mutant: Planted,
+    ) -> (Scenario, Report) {
+        let mut scenario = self.scenario(number, validators);
+        scenario.fast_path = fast_path;
         let report = match (self, mutant) {
             #[cfg(feature = "mutants")]
             (_, Some(mutant)) => Simulation::with_mutant(number, scenario.clone(), mutant).run(),
@@ -181,7 +191,10 @@ fn main() -> ExitCode {
     let (mut completed, mut failed, mut evidence, mut virtual_ms) = (0u64, 0u64, 0u64, 0u64);
     let mut transfers = 0u64;
     let validators = args.validators;
+    let no_fast_path = args.no_fast_path;
     let mutant = args.planted();
+    let (mut deliveries, mut fast_deliveries) = (0u64, 0u64);
+    let mut commit_delays: Vec<f64> = Vec::new();
     let next = AtomicU64::new(seeds.start);
     let (results, finished) = mpsc::channel();
     std::thread::scope(|scope| {
@@ -193,7 +206,7 @@ fn main() -> ExitCode {
                     if seed >= seeds.end {
                         break;
                     }
-                    let run = mode.run(seed, validators, mutant);
+                    let run = mode.run(seed, (validators, !no_fast_path), mutant);
                     if results.send((seed, run)).is_err() {
                         break;
                     }
@@ -213,6 +226,9 @@ fn main() -> ExitCode {
             evidence += report.evidence;
             transfers += report.state_transfers;
             virtual_ms += report.virtual_ms;
+            deliveries += report.deliveries;
+            fast_deliveries += report.fast_deliveries;
+            commit_delays.extend(&report.commit_delays);
             if !report.violations.is_empty() {
                 failed += 1;
                 tally.failed += 1;
@@ -223,7 +239,8 @@ fn main() -> ExitCode {
                 for violation in &report.violations {
                     eprintln!("  {violation}");
                 }
-                eprintln!("  replay: {}", mode.replay(seed, args.validators));
+                let flag = if no_fast_path { " --no-fast-path" } else { "" };
+                eprintln!("  replay: {}{flag}", mode.replay(seed, args.validators));
             }
             done += 1;
             let progress =
@@ -267,6 +284,17 @@ fn main() -> ExitCode {
     println!(
         "validators={} {unit}={count} failed={failed} requests_committed={completed} evidence={evidence} state_transfers={transfers}",
         args.validators
+    );
+    commit_delays.sort_unstable_by(f64::total_cmp);
+    let delays = |p: f64| {
+        let index = ((commit_delays.len() as f64 - 1.0) * p).round() as usize;
+        commit_delays.get(index).copied().unwrap_or(0.0)
+    };
+    println!(
+        "commit latency, proposal to delivery at honest replicas: p50 {:.2}, p90 {:.2} message delays; {fast_deliveries} of {deliveries} deliveries on the fast path ({})",
+        delays(0.5),
+        delays(0.9),
+        if no_fast_path { "off" } else { "on" }
     );
     let runs = match mode {
         Mode::Twins => "one run",

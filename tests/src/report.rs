@@ -37,6 +37,14 @@ pub struct Report {
     /// Replicas that found their state at a stable checkpoint differed from the quorum's
     /// (`Output::StateDiverged`), each then fetching the stable state.
     pub state_repairs: u64,
+    /// Deliveries at honest replicas.
+    pub deliveries: u64,
+    /// Of those, the ones whose QC came by the fast path.
+    pub fast_deliveries: u64,
+    /// For each honest delivery of a batch proposed in the view it committed in: the time from
+    /// its first signed pre-prepare to the delivery, in message delays (the scenario's mean
+    /// one-way delay). A replica that restarted delivers again, late; medians are robust to it.
+    pub commit_delays: Vec<f64>,
     /// Digest of every output of every node, in order: equal across runs of one seed.
     pub trace: Digest,
 }
@@ -53,6 +61,9 @@ pub(crate) fn observe(trace: &mut Hasher, index: usize, output: &Output) {
         }
         Output::Persist(Record::NewView(new_view)) => {
             trace.u64(new_view.view);
+        }
+        Output::Persist(Record::Accepted(proposal, _)) => {
+            trace.bytes(&Message::Vote(proposal.clone()).encode());
         }
         Output::Persist(Record::Prepared(prepared, _)) => {
             trace.u64(prepared.proposal.seq);

@@ -152,6 +152,18 @@ pub struct Partition {
     pub until: u64,
 }
 
+/// A one-way cut: nothing validator `from` sends reaches validator `to` until `until`
+/// (virtual ms).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkCut {
+    /// The sender.
+    pub from: usize,
+    /// The receiver.
+    pub to: usize,
+    /// When the link heals.
+    pub until: u64,
+}
+
 impl Partition {
     /// A cut drawn from `rng`: it starts within 2 s, isolates 1 to `f` of `candidates` and
     /// heals 0.2 to 3 s later.
@@ -188,6 +200,8 @@ pub struct Scenario {
     pub loss_percent: u64,
     /// Cuts that heal.
     pub partitions: Vec<Partition>,
+    /// One-way cuts of single links, from the start until each heals.
+    pub links: Vec<LinkCut>,
     /// Honest validators that crash and restart from what they persisted.
     pub restarts: Vec<Restart>,
     /// Replica limits (batch size, window, ...).
@@ -196,6 +210,9 @@ pub struct Scenario {
     pub window: u64,
     /// Checkpoint interval.
     pub checkpoint_interval: u64,
+    /// Replicas commit on the fast path ([`pbft_core::Config::fast_path`]): true in every
+    /// drawn scenario; `pbft-sim --no-fast-path` clears it to compare.
+    pub fast_path: bool,
     /// Twins' instances and the cuts per view, for [`Kind::Twins`].
     pub twins: Option<Twins>,
 }
@@ -221,6 +238,59 @@ impl Scenario {
     pub fn for_seed(seed: u64, validators: usize) -> Self {
         let kind = KINDS[(seed % KINDS.len() as u64) as usize];
         Self::new(kind, seed, validators)
+    }
+
+    /// One backup alone commits on the fast path, and the view changes without it: the case
+    /// the fast path's view-change rule exists for.
+    ///
+    /// The last validator, X, hears every vote; the other backups' messages reach X only,
+    /// and X's reach no one, until 1.2 s. So X holds all n votes of each batch and commits
+    /// it, while no other validator prepares (each has the pre-prepare and its own prepare).
+    /// X crashes at 60 ms and is back at 3 s. The backups time out and change view; the
+    /// view changes travel once the links heal, by then every backup is in the view change,
+    /// so no prepare is retransmitted and the new view must take the batches from the votes
+    /// the view changes report. One client request per batch, three clients, delays drawn
+    /// from the seed: a new view that loses a batch orders another request at its seq.
+    pub fn lone_fast_commit(seed: u64, validators: usize) -> Self {
+        let mut rng = Rng::new(seed ^ 0xfa57_c0de);
+        let lone = validators - 1;
+        let heal = 1_200;
+        let mut links = Vec::new();
+        for from in 1..validators {
+            for to in (0..validators).filter(|&to| to != from) {
+                if from == lone || to != lone {
+                    links.push(LinkCut {
+                        from,
+                        to,
+                        until: heal,
+                    });
+                }
+            }
+        }
+        let low = rng.range(3, 8);
+        Scenario {
+            kind: Kind::CrashRestart,
+            validators,
+            faults: BTreeMap::new(),
+            clients: 3,
+            requests_per_client: 3,
+            delay_ms: (low, low + rng.range(0, 10)),
+            duplicate_percent: 0,
+            loss_percent: 0,
+            partitions: Vec::new(),
+            links,
+            restarts: vec![Restart {
+                node: lone,
+                at: 60,
+                back: 3_000,
+                surely: true,
+            }],
+            max_batch_ops: 1,
+            window: 8,
+            checkpoint_interval: 4,
+            fast_path: true,
+            twins: None,
+        }
     }
 
     /// A random scenario of `kind`: f faulty validators in all, loss up to 20 %, delays,
@@ -359,10 +429,12 @@ impl Scenario {
             duplicate_percent: rng.range(0, 20),
             loss_percent: rng.range(0, 20),
             partitions,
+            links: Vec::new(),
             restarts,
             max_batch_ops,
             window,
             checkpoint_interval: rng.range(1, window),
+            fast_path: true,
             twins: None,
         }
     }

@@ -75,10 +75,12 @@ impl Scenario {
             duplicate_percent: rng.range(0, 10),
             loss_percent: 0,
             partitions: Vec::new(),
+            links: Vec::new(),
             restarts: Vec::new(),
             max_batch_ops: rng.range(1, 4) as usize,
             window,
             checkpoint_interval: rng.range(1, window),
+            fast_path: true,
             twins: Some(Twins {
                 twinned,
                 views,

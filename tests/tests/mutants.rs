@@ -1,6 +1,7 @@
 //! The mutation test: the simulator must catch every planted bug (`pbft_core::mutants`)
 //! within a fixed budget of scenarios, or its passing runs prove nothing. For each bug and
-//! each family of scenarios (scripted seeds, Twins, generated adversaries) it walks the
+//! each family of scenarios (scripted seeds, Twins, generated adversaries, and the targeted
+//! corner cases: a batch only one replica committed on the fast path) it walks the
 //! family's runs, every replica built with the bug, until one reports a violation; it prints
 //! what caught each bug in each family and after how many runs. Every bug must be caught by
 //! at least one family.
@@ -21,6 +22,8 @@ enum Family {
     Scripted,
     Twins,
     Generated,
+    /// [`Scenario::lone_fast_commit`] at n = 4 and 7 in turn.
+    Targeted,
 }
 
 /// The first run of one family that caught a bug: its number, how many runs of the family
@@ -39,6 +42,7 @@ fn run(mutant: Mutant, family: Family, i: u64) -> (u64, Report) {
             (number, Scenario::twins(number, 4))
         }
         Family::Generated => (i, Scenario::generated(i, 4)),
+        Family::Targeted => (i, Scenario::lone_fast_commit(i, [4, 7][(i % 2) as usize])),
     };
     (
         number,
@@ -60,7 +64,12 @@ fn hunt(mutant: Mutant, family: Family) -> Option<Caught> {
 
 #[test]
 fn the_simulator_catches_every_planted_bug() {
-    const FAMILIES: [Family; 3] = [Family::Scripted, Family::Twins, Family::Generated];
+    const FAMILIES: [Family; 4] = [
+        Family::Scripted,
+        Family::Twins,
+        Family::Generated,
+        Family::Targeted,
+    ];
     let results: Vec<(Mutant, Vec<Option<Caught>>)> = std::thread::scope(|scope| {
         let handles: Vec<_> = Mutant::ALL
             .iter()
@@ -112,6 +121,7 @@ fn without_a_planted_bug_the_same_runs_pass() {
                 Scenario::twins((i * TWINS_STRIDE) % SCENARIOS_N4, 4),
             ),
             (i, Scenario::generated(i, 4)),
+            (i, Scenario::lone_fast_commit(i, 4)),
         ] {
             let report = Simulation::new(number, scenario).run();
             assert!(report.violations.is_empty(), "{:?}", report.violations);

@@ -170,6 +170,86 @@ fn a_validator_whose_state_diverges_fetches_the_stable_state_and_catches_up() {
     }
 }
 
+/// A calm network: every message takes exactly 10 ms, none is lost or repeated, nobody
+/// crashes; validator `silent`, if any, sends nothing.
+fn calm(validators: usize, fast_path: bool, silent: Option<usize>) -> Scenario {
+    let mut scenario = Scenario::new(Kind::ByzantineBackups, 1, validators);
+    scenario.faults = silent
+        .map(|node| (node, Fault::Silent))
+        .into_iter()
+        .collect();
+    scenario.delay_ms = (10, 10);
+    scenario.loss_percent = 0;
+    scenario.duplicate_percent = 0;
+    scenario.partitions.clear();
+    scenario.restarts.clear();
+    scenario.fast_path = fast_path;
+    scenario
+}
+
+/// The median commit latency of a run, in message delays from the pre-prepare.
+fn median_delays(report: &Report) -> f64 {
+    let mut delays = report.commit_delays.clone();
+    delays.sort_unstable_by(f64::total_cmp);
+    delays[delays.len() / 2]
+}
+
+/// Castro and Liskov's normal case takes three message delays from the pre-prepare to the
+/// commit (pre-prepare, prepare, commit); with every validator's vote in, the fast path takes
+/// two. With one validator silent the fast path cannot fire, and the commit round still
+/// commits in three.
+#[test]
+fn the_fast_path_commits_one_message_delay_sooner_and_falls_back_to_three() {
+    for validators in [4, 7] {
+        let run = |fast_path, silent| {
+            let report = run_checked(1, &calm(validators, fast_path, silent));
+            assert!(report.violations.is_empty(), "{:?}", report.violations);
+            assert!(report.requests_completed > 0 && report.deliveries > 0);
+            println!(
+                "n = {validators}, fast path {fast_path}, silent {silent:?}: median {} \
+                 message delays, {} of {} deliveries on the fast path",
+                median_delays(&report),
+                report.fast_deliveries,
+                report.deliveries
+            );
+            report
+        };
+        let fast = run(true, None);
+        assert_eq!(median_delays(&fast), 2.0);
+        assert_eq!(fast.fast_deliveries, fast.deliveries);
+        let slow = run(false, None);
+        assert_eq!(median_delays(&slow), 3.0);
+        assert_eq!(slow.fast_deliveries, 0);
+        let one_silent = run(true, Some(validators - 1));
+        assert_eq!(median_delays(&one_silent), 3.0);
+        assert_eq!(one_silent.fast_deliveries, 0);
+    }
+}
+
+/// One backup commits batches on the fast path alone and crashes; the others never prepared
+/// them and change view without it ([`Scenario::lone_fast_commit`]). The new view must
+/// re-propose those batches from the votes its view changes report, or the backup's
+/// deliveries and the others' disagree once it is back.
+#[test]
+fn batches_only_one_replica_committed_on_the_fast_path_survive_the_view_change() {
+    for validators in [4, 7] {
+        for seed in 0..20 {
+            let scenario = Scenario::lone_fast_commit(seed, validators);
+            let report = run_checked(seed, &scenario);
+            assert!(
+                report.violations.is_empty(),
+                "n = {validators}, seed {seed}: {:?}",
+                report.violations
+            );
+            assert!(
+                report.fast_deliveries > 0 && report.views_changed > 0,
+                "n = {validators}, seed {seed}: the lone fast commit and the view change happened"
+            );
+            assert_eq!(report.requests_completed, 9);
+        }
+    }
+}
+
 #[test]
 fn seeds_cycle_through_every_scenario_kind() {
     let kinds: Vec<Kind> = (0..KINDS.len() as u64)

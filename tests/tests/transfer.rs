@@ -20,6 +20,7 @@ fn scenario(drip_feeder: Fault) -> Scenario {
         duplicate_percent: 0,
         loss_percent: 0,
         partitions: Vec::new(),
+        links: Vec::new(),
         restarts: vec![Restart {
             node: 0,
             at: 20,
@@ -29,6 +30,7 @@ fn scenario(drip_feeder: Fault) -> Scenario {
         max_batch_ops: 1,
         window: 4,
         checkpoint_interval: 2,
+        fast_path: true,
         twins: None,
     }
 }

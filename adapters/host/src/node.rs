@@ -18,8 +18,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use pbft_core::{
-    Config, ConfigError, Delivery, Destination, Digest, Error, Evidence, Hasher, Install, Keypair,
-    Metrics, Output, PublicKey, Record, Replica, Request, ValidatorSet, Vote,
+    Config, ConfigError, DecodeError, Delivery, Destination, Digest, Error, Evidence, Hasher,
+    Install, Keypair, Metrics, Output, PROTOCOL_VERSION, PublicKey, Record, Replica, Request,
+    ValidatorSet, Vote,
 };
 use redb::ReadTransaction;
 
@@ -37,12 +38,14 @@ use crate::wire::{NodeStatus, ProofBundle};
 pub enum NodeError {
     /// The log failed.
     Wal(WalError),
-    /// A record in the log does not decode (written by another version?).
+    /// A record in the log does not decode: written by another protocol version, or damaged.
     BadRecord {
         /// The log's directory.
         dir: PathBuf,
         /// Position of the record in the log.
         index: usize,
+        /// Why it does not decode.
+        error: DecodeError,
     },
     /// The replica cannot start with this config, set and key.
     Config(ConfigError),
@@ -73,8 +76,21 @@ impl fmt::Display for NodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             NodeError::Wal(err) => write!(f, "write-ahead log: {err}"),
-            NodeError::BadRecord { dir, index } => {
-                write!(f, "{}: record {index} is not a pbft record", dir.display())
+            NodeError::BadRecord {
+                dir,
+                index,
+                error: DecodeError::UnsupportedVersion(version),
+            } => write!(
+                f,
+                "{}: record {index} was written by protocol version {version}; this build reads version {PROTOCOL_VERSION} only (run the release that wrote the data dir, or start this node on an empty one and let it catch up from its peers)",
+                dir.display()
+            ),
+            NodeError::BadRecord { dir, index, error } => {
+                write!(
+                    f,
+                    "{}: record {index} is not a pbft record: {error}",
+                    dir.display()
+                )
             }
             NodeError::Config(err) => write!(f, "config: {err}"),
             NodeError::Core(err) => write!(f, "core refused the node's own execution: {err}"),
@@ -244,9 +260,10 @@ impl<A: Application> Node<A> {
         let (wal, bytes) = Wal::open(dir, WalOptions::for_messages(config.max_message_bytes))?;
         let mut records = Vec::with_capacity(bytes.len());
         for (index, record) in bytes.iter().enumerate() {
-            let record = Record::decode(record).map_err(|_| NodeError::BadRecord {
+            let record = Record::decode(record).map_err(|error| NodeError::BadRecord {
                 dir: dir.to_path_buf(),
                 index,
+                error,
             })?;
             records.push(record);
         }
@@ -650,7 +667,9 @@ impl<A: Application> Node<A> {
     }
 }
 
-/// Every vote recorded in the log in `dir`, to audit a stopped node for double signing.
+/// Every vote recorded in the log in `dir`, to audit a stopped node for double signing: its
+/// own, and the pre-prepares it accepted (each signed by the primary of its view, this node
+/// when it led).
 pub fn logged_votes(dir: &Path) -> Result<Vec<Vote>, NodeError> {
     let _lock = lock_dir(dir)?;
     let (_, records) = Wal::open(dir, WalOptions::default())?;
@@ -658,11 +677,13 @@ pub fn logged_votes(dir: &Path) -> Result<Vec<Vote>, NodeError> {
     for (index, bytes) in records.iter().enumerate() {
         match Record::decode(bytes) {
             Ok(Record::Signed(vote)) => votes.push(vote),
+            Ok(Record::Accepted(vote, _)) => votes.push(vote),
             Ok(_) => {}
-            Err(_) => {
+            Err(error) => {
                 return Err(NodeError::BadRecord {
                     dir: dir.to_path_buf(),
                     index,
+                    error,
                 });
             }
         }
@@ -674,7 +695,7 @@ pub fn logged_votes(dir: &Path) -> Result<Vec<Vote>, NodeError> {
 mod tests {
     use super::*;
     use crate::kv::KvStore;
-    use pbft_core::{Batch, ChainId, QuorumCertificate};
+    use pbft_core::{Batch, ChainId, CommitPath, QuorumCertificate};
 
     #[test]
     fn a_delivery_an_install_overtook_is_void_and_the_node_goes_on() {
@@ -695,6 +716,7 @@ mod tests {
                 view: 0,
                 seq: 7,
                 digest: Batch::default().digest(&chain),
+                path: CommitPath::ThreePhase,
                 signatures: vec![],
             },
             execute: vec![],

@@ -441,7 +441,9 @@ fn committed_bytes(delivery: &Delivery) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pbft_core::{Batch, ChainId, Keypair, QuorumCertificate, ReplicaId, Request, Signature};
+    use pbft_core::{
+        Batch, ChainId, CommitPath, Keypair, QuorumCertificate, ReplicaId, Request, Signature,
+    };
 
     #[test]
     fn a_stored_batch_is_encoded_as_committed_without_a_copy() {
@@ -458,6 +460,7 @@ mod tests {
             view: 2,
             seq: 7,
             digest: batch.digest(&chain),
+            path: CommitPath::ThreePhase,
             signatures: (0..3)
                 .map(|i| (ReplicaId(i), Signature([i as u8; 64])))
                 .collect(),

@@ -35,14 +35,16 @@ impl Lcg {
 
 type Statement = (usize, Phase, u64, u64);
 
-/// Adds the votes in a stopped node's log; panics on a second digest for a statement.
+/// Adds the votes in a stopped node's log (its own, and the primaries' pre-prepares it
+/// accepted); panics on a second digest for a statement by one signer.
 fn audit(cluster: &Cluster, index: usize, signed: &mut BTreeMap<Statement, pbft_core::Digest>) {
     for vote in logged_votes(&cluster.data_dir(index)).unwrap() {
-        let statement = (index, vote.phase, vote.view, vote.seq);
+        let signer = usize::from(vote.replica.0);
+        let statement = (signer, vote.phase, vote.view, vote.seq);
         let previous = signed.entry(statement).or_insert(vote.digest);
         assert_eq!(
             *previous, vote.digest,
-            "validator {index} signed two digests for {statement:?}"
+            "validator {signer} signed two digests for {statement:?} (in the log of {index})"
         );
     }
 }

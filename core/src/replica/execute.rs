@@ -62,14 +62,15 @@ impl Replica {
             self.metrics.requests_committed += batch.requests.len() as u64;
             self.metrics.requests_executed += execute.len() as u64;
             self.last_delivered = seq;
-            // The batch is in the log already if this replica's prepared record carried it and
-            // no compaction dropped that record (it keeps them above the stable checkpoint).
+            // The batch is in the log already if this replica's accepted or prepared record
+            // carried it and no compaction dropped that record (it keeps them above the
+            // stable checkpoint).
             let logged = slot.batch_logged
                 && seq > self.checkpoints.stable().seq
                 && slot
-                    .prepared
+                    .proposal
                     .as_ref()
-                    .is_some_and(|p| p.proposal.digest == certificate.digest);
+                    .is_some_and(|p| p.digest == certificate.digest);
             let redo = (!logged).then(|| batch.clone());
             self.outbox
                 .persist(Record::Committed(certificate.clone(), redo));

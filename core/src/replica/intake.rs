@@ -447,7 +447,8 @@ impl Replica {
             slot.digest = Some(digest);
             slot.proposal = Some(vote.clone());
             slot.leaves = leaves;
-            let record = Record::Signed(vote.clone());
+            slot.batch_logged = true;
+            let record = Record::Accepted(vote.clone(), batch.clone());
             let message = Message::PrePrepare(PrePrepare { vote, batch });
             self.publish(record, &message);
             // The batch moved into the message for encoding, and moves back, uncopied.

@@ -35,7 +35,7 @@ pub use restore::{CheckpointState, ExecutedState};
 use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::vec::Vec;
 
-use crate::certificate::Committed;
+use crate::certificate::{CommitPath, Committed};
 use crate::config::{Config, ConfigError, ReplicaId, ValidatorSet};
 use crate::crypto::{BatchVerifier, Keypair, PublicKey};
 use crate::error::Error;
@@ -383,15 +383,15 @@ impl Replica {
         let mut verifier = BatchVerifier::new();
         verifier.queue(&primary_key, &signed, &vote.signature);
         self.verify_proposal(verifier, requests, &leaves)?;
-
         self.intake.track_all(&leaves);
         let slot = self.log.entry(seq).or_default();
         slot.digest = Some(vote.digest);
         slot.proposal = Some(vote.clone());
         slot.leaves = leaves;
-        slot.batch = Some(batch);
+        slot.batch = Some(batch.clone());
         if self.id != primary {
-            self.cast(Phase::Prepare, seq, vote.digest);
+            let accepted = Record::Accepted(vote.clone(), batch);
+            self.cast_after(Phase::Prepare, seq, vote.digest, Some(accepted));
         }
         self.timers.start_waiting();
         self.advance(seq);
@@ -418,8 +418,10 @@ impl Replica {
             }
             // The slot already holds the certificate this vote would count towards: checking
             // its signature would only cost (the log keeps slots until the next checkpoint,
-            // so in the normal case the last vote of every phase arrives here).
+            // so in the normal case the last vote of every phase arrives here). On the fast
+            // path a prepare counts until the slot commits.
             let complete = match vote.phase {
+                Phase::Prepare if self.config.fast_path => slot.certificate.is_some(),
                 Phase::Prepare => slot.commit_sent,
                 _ => slot.certificate.is_some(),
             };
@@ -475,19 +477,22 @@ impl Replica {
             slot.prepared = slot.prepared_certificate(quorum, primary);
             slot.commit_sent = true;
             if let Some(prepared) = slot.prepared.clone() {
-                let batch = slot.batch.clone();
-                slot.batch_logged = batch.is_some();
+                // The batch goes into the log once: with the accepted pre-prepare, or here.
+                let batch = (!slot.batch_logged).then(|| slot.batch.clone()).flatten();
+                slot.batch_logged |= batch.is_some();
                 self.outbox.persist(Record::Prepared(prepared, batch));
             }
             self.cast(Phase::Commit, seq, digest);
         }
-        let chain = self.config.chain_id;
-        let epoch = self.validators.epoch();
+        let statement = (self.config.chain_id, self.validators.epoch());
         if let Some(slot) = self.log.get_mut(&seq)
             && slot.commit_sent
             && slot.certificate.is_none()
         {
-            slot.certificate = slot.commit_certificate(chain, epoch, seq, quorum);
+            let fast = self.config.fast_path.then(|| self.validators.len());
+            if slot.certify(statement, seq, quorum, fast) == Some(CommitPath::Fast) {
+                self.metrics.fast_commits += 1;
+            }
         }
         self.deliver_ready();
     }

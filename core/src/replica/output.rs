@@ -37,6 +37,13 @@ pub enum Record {
     /// restarts at once the batch is known only from these records (Castro and Liskov log the
     /// pre-prepare with its requests for the same reason).
     Prepared(Prepared, Option<Batch>),
+    /// A pre-prepare this replica accepted (or, as primary, signed) with its batch, logged
+    /// before its own vote for the batch leaves: a view change reports that vote, f + 1
+    /// reports make the next view re-propose the batch (the fast path's rule), and after every
+    /// validator crashed the batch is known only from these records (Castro and Liskov log the
+    /// pre-prepare with its requests). The primary's own pre-prepare is its vote, and restore
+    /// takes it back as one. A later `Prepared` record of the slot leaves the batch out.
+    Accepted(Vote, Batch),
     /// A checkpoint that became stable: everything at or below it is final. A host may
     /// compact its log to [`Replica::durable_records`] when it sees one.
     Stable(StableCheckpoint),

@@ -3,9 +3,9 @@
 //! Two things survive a crash, and [`Replica::restore`] takes both:
 //!
 //! - the **records** ([`Record`]) the replica emitted as `Output::Persist`, each durable
-//!   before the message carrying its signature left: every vote it signed, every prepared
-//!   certificate it assembled, every stable checkpoint, its view changes and the new views it
-//!   entered. They give back the view, the prepared certificates its next view change must
+//!   before the message carrying its signature left: every vote it signed, every pre-prepare
+//!   it accepted with its batch, every prepared certificate it assembled, every stable
+//!   checkpoint, its view changes and the new views it entered. They give back the view, the prepared certificates its next view change must
 //!   carry, and the index of signed statements that [`Replica::sign`] consults, so the
 //!   restored replica can repeat a vote it cast but never sign a different one;
 //! - the host's **application store** as of one executed seq ([`ExecutedState`]): the state,
@@ -18,6 +18,7 @@
 //! A store may lag by many rounds: the log's [`Record::Committed`] redo records bring it back
 //! to where the replies said, as long as the store is durable before the log is compacted.
 
+use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
 use super::exactly_once::{ClientRecord, ClientTable};
@@ -25,7 +26,7 @@ use super::output::Record;
 use super::{HeldViewChange, Mode, Replica};
 use crate::certificate::Committed;
 use crate::config::{Config, ConfigError, ValidatorSet};
-use crate::crypto::Keypair;
+use crate::crypto::{Digest, Keypair};
 use crate::new_view::null_digest;
 use crate::state::Snapshot;
 use crate::statement::{Batch, Phase, Vote};
@@ -98,6 +99,8 @@ impl Replica {
         let mut view_change_view = None;
         let mut in_view = 0;
         let mut redo = Vec::new();
+        // The batches of accepted pre-prepares, by (seq, digest).
+        let mut accepted: BTreeMap<(u64, Digest), Batch> = BTreeMap::new();
         for record in records {
             match record {
                 Record::Committed(certificate, batch) => redo.push((certificate, batch)),
@@ -107,6 +110,16 @@ impl Replica {
                         in_view = in_view.max(vote.view);
                     }
                     replica.signer.remember(vote);
+                }
+                Record::Accepted(proposal, batch) => {
+                    let own = proposal.replica == replica.id;
+                    if own && !planted!(replica.config, RestoreWithoutSignedIndex) {
+                        in_view = in_view.max(proposal.view);
+                        replica.signer.remember(proposal.clone());
+                    }
+                    accepted
+                        .entry((proposal.seq, proposal.digest))
+                        .or_insert(batch);
                 }
                 Record::Prepared(prepared, batch) => {
                     let view = prepared.proposal.view;
@@ -167,13 +180,15 @@ impl Replica {
             replica.view = view;
             replica.mode = Mode::ViewChange { since: 0 };
         }
-        // A redo record without its batch finds it in the prepared record that carried it
-        // (the core leaves it out only while that record is in the log); one that does not is
-        // left to peers, like any batch this replica lacks.
+        replica.restore_accepted_batches(&accepted);
+        // A redo record without its batch finds it in the accepted or prepared record that
+        // carried it (the core leaves it out only while that record is in the log); one that
+        // does not is left to peers, like any batch this replica lacks.
         let redo: Vec<Committed> = redo
             .into_iter()
             .filter_map(|(certificate, batch)| {
-                let batch = batch.or_else(|| {
+                let key = (certificate.seq, certificate.digest);
+                let batch = batch.or_else(|| accepted.get(&key).cloned()).or_else(|| {
                     let slot = replica.log.get(&certificate.seq)?;
                     let prepared = slot.prepared.as_ref()?;
                     (prepared.proposal.digest == certificate.digest)
@@ -267,6 +282,41 @@ impl Replica {
         let keep = archive.len().saturating_sub(self.config.retained_batches);
         self.archive = archive.into_iter().skip(keep).collect();
         checkpoints
+    }
+
+    /// Puts the batches of accepted pre-prepares back: into slots whose prepared record left
+    /// its batch out, and into those where this replica's latest vote is for one (a new view
+    /// may re-propose it from the votes alone, and then needs someone to hold it).
+    fn restore_accepted_batches(&mut self, accepted: &BTreeMap<(u64, Digest), Batch>) {
+        let chain = self.config.chain_id;
+        let latest: Vec<(u64, Digest)> = self
+            .signer
+            .latest_votes()
+            .map(|vote| (vote.seq, vote.digest))
+            .collect();
+        for (seq, slot) in self.log.iter_mut() {
+            if slot.batch.is_none()
+                && let Some(prepared) = &slot.prepared
+            {
+                slot.batch = accepted.get(&(*seq, prepared.proposal.digest)).cloned();
+            }
+        }
+        for (seq, digest) in latest {
+            let Some(batch) = accepted.get(&(seq, digest)) else {
+                continue;
+            };
+            let slot = self.log.entry(seq).or_default();
+            if slot.batch.is_some() || slot.prepared.is_some() {
+                continue;
+            }
+            let leaves = batch.leaves(&chain);
+            if crate::merkle::root(&leaves) == digest {
+                slot.digest = Some(digest);
+                slot.leaves = leaves;
+                slot.batch = Some(batch.clone());
+                slot.batch_logged = true;
+            }
+        }
     }
 
     /// Keeps a batch restored with a prepared certificate only if it is the certified one; the
@@ -382,7 +432,8 @@ impl Replica {
 
     /// The records a restart needs now, to replace the host's log with (after a stable
     /// checkpoint, everything else is garbage): the stable checkpoint, the view, the prepared
-    /// certificates above the checkpoint and the votes signed in this view.
+    /// certificates and accepted proposals (with their batches) above the checkpoint, the
+    /// votes signed in this view and the latest vote of the prepare phase at each seq.
     pub fn durable_records(&self) -> Vec<Record> {
         let mut records = Vec::new();
         let stable = self.checkpoints.stable();
@@ -396,12 +447,21 @@ impl Replica {
             records.push(Record::ViewChange(held.change.clone()));
         }
         for (_, slot) in self.log.range(stable.seq + 1..) {
+            let prepared_digest = slot.prepared.as_ref().map(|p| p.proposal.digest);
             if let Some(prepared) = &slot.prepared {
                 let batch = slot
                     .batch
                     .as_ref()
-                    .filter(|_| slot.digest == Some(prepared.proposal.digest));
+                    .filter(|_| slot.digest == prepared_digest);
                 records.push(Record::Prepared(prepared.clone(), batch.cloned()));
+            }
+            // The batch of a proposal this replica accepted but did not prepare: it may have
+            // voted for it.
+            if let (Some(proposal), Some(batch)) = (&slot.proposal, &slot.batch)
+                && slot.digest == Some(proposal.digest)
+                && prepared_digest != slot.digest
+            {
+                records.push(Record::Accepted(proposal.clone(), batch.clone()));
             }
         }
         records.extend(self.signer.votes().cloned().map(Record::Signed));

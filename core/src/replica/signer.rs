@@ -6,6 +6,10 @@
 //! nothing otherwise, also across restarts: every signed vote is persisted, and
 //! [`super::Replica::restore`] feeds them back through [`Signer::remember`]. Entries go only
 //! when nothing can ask for them again: below the low watermark, or in a view left.
+//!
+//! It also keeps, per seq, its latest vote of the prepare phase (a prepare, or a pre-prepare
+//! as primary) across views, until the seq falls below the low watermark: a view change must
+//! report it, or a batch committed on the fast path could be lost ([`crate::view_change`]).
 
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
@@ -18,7 +22,7 @@ use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::new_view::NewView;
 use crate::statement::{Phase, Vote};
-use crate::view_change::{Prepared, StableCheckpoint, ViewChange};
+use crate::view_change::{Prepared, PreparedClaim, StableCheckpoint, ViewChange};
 
 /// A signed statement's place: (phase, view, seq). Checkpoints use view 0.
 type Statement = (Phase, u64, u64);
@@ -30,6 +34,8 @@ pub(super) struct Signer {
     chain: ChainId,
     epoch: u64,
     signed: BTreeMap<Statement, Vote>,
+    /// seq → its latest (highest-view) pre-prepare or prepare, kept when its view is left.
+    latest: BTreeMap<u64, Vote>,
 }
 
 impl Signer {
@@ -41,6 +47,7 @@ impl Signer {
             chain,
             epoch,
             signed: BTreeMap::new(),
+            latest: BTreeMap::new(),
         }
     }
 
@@ -73,7 +80,29 @@ impl Signer {
             &self.keypair,
         );
         self.signed.insert(key, vote.clone());
+        self.note_latest(&vote);
         Some(vote)
+    }
+
+    /// Keeps `vote` as its seq's latest of the prepare phase, if it is one and from a view no
+    /// lower than the one kept.
+    fn note_latest(&mut self, vote: &Vote) {
+        if !matches!(vote.phase, Phase::PrePrepare | Phase::Prepare) {
+            return;
+        }
+        let newer = self
+            .latest
+            .get(&vote.seq)
+            .is_none_or(|kept| kept.view < vote.view);
+        if newer {
+            self.latest.insert(vote.seq, vote.clone());
+        }
+    }
+
+    /// Its latest pre-prepare or prepare at each seq above the low watermark, in seq order:
+    /// what its view changes report as voted ([`crate::ViewChange::voted`]).
+    pub(super) fn latest_votes(&self) -> impl Iterator<Item = &Vote> {
+        self.latest.values()
     }
 
     /// Signs a statement digest that needs no index (a reply root: replies repeat freely).
@@ -88,7 +117,7 @@ impl Signer {
         metrics: &mut Metrics,
         view: u64,
         checkpoint: StableCheckpoint,
-        prepared: Vec<Prepared>,
+        claims: (Vec<Prepared>, Vec<PreparedClaim>),
     ) -> ViewChange {
         metrics.signatures_created += 1;
         ViewChange::new(
@@ -96,7 +125,7 @@ impl Signer {
             self.epoch,
             (view, self.id),
             checkpoint,
-            prepared,
+            claims,
             &self.keypair,
         )
     }
@@ -110,6 +139,7 @@ impl Signer {
 
     /// Takes back a vote signed before a restart; the first one for a statement stays.
     pub(super) fn remember(&mut self, vote: Vote) {
+        self.note_latest(&vote);
         self.signed
             .entry((vote.phase, vote.view, vote.seq))
             .or_insert(vote);
@@ -120,9 +150,9 @@ impl Signer {
         self.signed.get(&(phase, view, seq))
     }
 
-    /// Every vote held, by statement.
+    /// Every vote held, by statement, then the latest of each seq (some of them again).
     pub(super) fn votes(&self) -> impl Iterator<Item = &Vote> {
-        self.signed.values()
+        self.signed.values().chain(self.latest.values())
     }
 
     /// The highest seq proposed (pre-prepare signed) in `view`, 0 without one.
@@ -139,10 +169,11 @@ impl Signer {
     pub(super) fn forget_through(&mut self, seq: u64) {
         self.signed
             .retain(|&(_, _, signed_seq), _| signed_seq > seq);
+        self.latest.retain(|&voted_seq, _| voted_seq > seq);
     }
 
     /// Forgets the votes of views below `view` (checkpoints have no view and stay): nothing
-    /// is signed in a view once it is left.
+    /// is signed in a view once it is left. The latest vote of each seq stays.
     pub(super) fn leave_views_below(&mut self, view: u64) {
         self.signed.retain(|&(phase, signed_view, _), _| {
             phase == Phase::Checkpoint || signed_view >= view
@@ -151,7 +182,7 @@ impl Signer {
 
     /// Votes held.
     pub(super) fn len(&self) -> usize {
-        self.signed.len()
+        self.signed.len() + self.latest.len()
     }
 }
 
@@ -169,6 +200,18 @@ impl Replica {
     /// Signs a prepare or commit, persists it, then broadcasts it and counts it locally.
     /// The order is the durability contract: the record precedes the send.
     pub(super) fn cast(&mut self, phase: Phase, seq: u64, digest: Digest) {
+        self.cast_after(phase, seq, digest, None);
+    }
+
+    /// [`Replica::cast`], persisting `accepted` (the pre-prepare voted for, with its batch)
+    /// just before the vote when the vote is signed.
+    pub(super) fn cast_after(
+        &mut self,
+        phase: Phase,
+        seq: u64,
+        digest: Digest,
+        accepted: Option<Record>,
+    ) {
         if seq <= self.checkpoints.stable().seq {
             // Every slot at or below the stable checkpoint is final: there is nothing left to
             // vote on, and a replica restored from its records (which keep no votes down
@@ -179,8 +222,13 @@ impl Replica {
         let Some(vote) = self.sign_vote(phase, seq, digest) else {
             return;
         };
+        let logs_batch = accepted.is_some();
+        if let Some(record) = accepted {
+            self.outbox.persist(record);
+        }
         self.publish(Record::Signed(vote.clone()), &Message::Vote(vote.clone()));
         if let Some(slot) = self.log.get_mut(&seq) {
+            slot.batch_logged |= logs_batch;
             slot.add_vote(vote);
         }
     }
@@ -273,7 +321,7 @@ mod tests {
     }
 
     #[test]
-    fn forgets_below_the_watermark_and_views_left_but_keeps_checkpoints() {
+    fn forgets_below_the_watermark_and_views_left_but_keeps_checkpoints_and_latest_votes() {
         let mut metrics = Metrics::default();
         let mut signer = signer();
         for (phase, view, seq) in [
@@ -291,7 +339,34 @@ mod tests {
         let left: Vec<_> = signer.votes().map(|v| (v.phase, v.view, v.seq)).collect();
         assert_eq!(
             left,
-            [(Phase::PrePrepare, 2, 12), (Phase::Checkpoint, 0, 10)]
+            [
+                (Phase::PrePrepare, 2, 12),
+                (Phase::Checkpoint, 0, 10),
+                // The latest vote of the prepare phase at each seq above the watermark, from
+                // a view left or not: a view change reports it.
+                (Phase::Prepare, 1, 8),
+                (Phase::PrePrepare, 2, 12),
+            ]
         );
+        let latest: Vec<_> = signer.latest_votes().map(|v| (v.view, v.seq)).collect();
+        assert_eq!(latest, [(1, 8), (2, 12)]);
+    }
+
+    #[test]
+    fn the_latest_vote_of_a_seq_is_its_highest_views_also_when_remembered_out_of_order() {
+        let mut metrics = Metrics::default();
+        let mut current = signer();
+        let later = current
+            .vote(&mut metrics, Phase::Prepare, (3, 5), Digest([3; 32]))
+            .expect("vote");
+        let mut older = signer();
+        let earlier = older
+            .vote(&mut metrics, Phase::PrePrepare, (1, 5), Digest([1; 32]))
+            .expect("vote");
+        current.remember(earlier);
+        // Commits are not votes of the prepare phase.
+        current.vote(&mut metrics, Phase::Commit, (4, 5), Digest([4; 32]));
+        let latest: Vec<_> = current.latest_votes().cloned().collect();
+        assert_eq!(latest, [later]);
     }
 }

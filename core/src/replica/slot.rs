@@ -6,7 +6,7 @@
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
-use crate::certificate::{Evidence, QuorumCertificate, conflicting};
+use crate::certificate::{CommitPath, Evidence, QuorumCertificate, conflicting};
 use crate::config::{ChainId, ReplicaId};
 use crate::crypto::{Digest, PublicKey};
 use crate::message::{COMMITTED, HAVE_BATCH, PREPARED};
@@ -129,6 +129,24 @@ impl Slot {
                 >= quorum
     }
 
+    /// Takes the QC once it can be formed: from a quorum of commits, or, when `fast_path`
+    /// holds the number of validators, from every validator's vote of the prepare phase.
+    /// Returns the path it came by.
+    pub(crate) fn certify(
+        &mut self,
+        (chain, epoch): (ChainId, u64),
+        seq: u64,
+        quorum: usize,
+        fast_path: Option<usize>,
+    ) -> Option<CommitPath> {
+        let certificate = self
+            .commit_certificate(chain, epoch, seq, quorum)
+            .or_else(|| fast_path.and_then(|n| self.fast_certificate((chain, epoch), seq, n)));
+        let path = certificate.as_ref().map(|qc| qc.path);
+        self.certificate = certificate;
+        path
+    }
+
     /// The QC, if a quorum of commits for the proposal's view and digest is in (ascending
     /// signer order).
     pub(crate) fn commit_certificate(
@@ -150,6 +168,37 @@ impl Slot {
             view: proposal.view,
             seq,
             digest: proposal.digest,
+            path: CommitPath::ThreePhase,
+            signatures,
+        })
+    }
+
+    /// The fast-path QC, if the proposal and a matching prepare from each of the other
+    /// `validators - 1` validators are in: every validator voted for the batch in this view.
+    pub(crate) fn fast_certificate(
+        &self,
+        (chain, epoch): (ChainId, u64),
+        seq: u64,
+        validators: usize,
+    ) -> Option<QuorumCertificate> {
+        let proposal = self.proposal.as_ref()?;
+        let mut signatures: Vec<(ReplicaId, _)> = self
+            .matching(Phase::Prepare)
+            .filter(|vote| vote.replica != proposal.replica)
+            .map(|vote| (vote.replica, vote.signature))
+            .collect();
+        if signatures.len() + 1 != validators {
+            return None;
+        }
+        signatures.push((proposal.replica, proposal.signature));
+        signatures.sort_unstable_by_key(|(signer, _)| *signer);
+        Some(QuorumCertificate {
+            chain_id: chain,
+            epoch,
+            view: proposal.view,
+            seq,
+            digest: proposal.digest,
+            path: CommitPath::Fast,
             signatures,
         })
     }

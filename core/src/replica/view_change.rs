@@ -14,7 +14,7 @@ use crate::message::Message;
 use crate::new_view::{NewView, Plan, null_digest, plan, verify_new_view_counted};
 use crate::statement::{Batch, Phase, Request, Vote};
 use crate::view_change::{
-    ViewChange, check_view_change_shape, verify_view_change_certificates,
+    PreparedClaim, ViewChange, check_view_change_shape, verify_view_change_certificates,
     verify_view_change_signature,
 };
 
@@ -71,7 +71,8 @@ impl Replica {
     }
 
     /// Leaves the current view for `view`: signs, persists and broadcasts a view change with
-    /// the stable checkpoint and every prepared certificate above it.
+    /// the stable checkpoint, every prepared certificate above it and its latest vote at each
+    /// seq above it.
     pub(super) fn start_view_change(&mut self, view: u64) {
         if view <= self.view {
             return;
@@ -88,13 +89,27 @@ impl Replica {
             .range(self.checkpoints.stable().seq + 1..)
             .filter_map(|(_, slot)| slot.prepared.clone())
             .collect();
-        if planted!(self.config, ViewChangeOmitsHighestPrepared) {
-            prepared.pop();
-        }
+        let omitted = match planted!(self.config, ViewChangeOmitsHighestPrepared) {
+            true => prepared.pop().map(|p| p.proposal.seq),
+            false => None,
+        };
         let checkpoint = self.checkpoints.stable().clone();
-        let change = self
+        let mut voted: Vec<PreparedClaim> = self
             .signer
-            .view_change(&mut self.metrics, view, checkpoint, prepared);
+            .latest_votes()
+            .filter(|vote| vote.seq > checkpoint.seq && Some(vote.seq) != omitted)
+            .map(|vote| PreparedClaim {
+                seq: vote.seq,
+                view: vote.view,
+                digest: vote.digest,
+            })
+            .collect();
+        if planted!(self.config, ViewChangeOmitsVotes) {
+            voted.clear();
+        }
+        let change =
+            self.signer
+                .view_change(&mut self.metrics, view, checkpoint, (prepared, voted));
         let message = Message::ViewChange(change.clone());
         self.publish(Record::ViewChange(change.clone()), &message);
         // Its certificates come from this replica's own log, each checked as it formed.
@@ -269,7 +284,7 @@ impl Replica {
         if view_changes.len() < quorum {
             return;
         }
-        let plan = plan(&self.config.chain_id, &view_changes);
+        let plan = plan(&self.config.chain_id, &self.validators, &view_changes);
         let proposals: Option<Vec<Vote>> = plan
             .proposals
             .iter()
@@ -280,7 +295,7 @@ impl Replica {
             // replica cannot lead the view; the next one will.
             return;
         };
-        let mut new_view = NewView::assemble(self.view, &view_changes, proposals);
+        let mut new_view = NewView::assemble(&self.validators, self.view, &view_changes, proposals);
         self.signer.new_view(&mut self.metrics, &mut new_view);
         let message = Message::NewView(new_view.clone());
         self.publish(Record::NewView(new_view.clone()), &message);
@@ -340,7 +355,12 @@ impl Replica {
         }
         self.intake.track_all(&leaves);
         slot.leaves = leaves;
-        slot.batch = Some(batch);
+        slot.batch = Some(batch.clone());
+        // Its vote for this digest may decide the next view: the batch must outlive a crash.
+        if let Some(proposal) = slot.proposal.clone() {
+            slot.batch_logged = true;
+            self.outbox.persist(Record::Accepted(proposal, batch));
+        }
         self.deliver_ready();
         Ok(())
     }

@@ -259,7 +259,7 @@ impl Simulation {
                     0,
                     (view, id),
                     change.checkpoint,
-                    Vec::new(),
+                    (Vec::new(), Vec::new()),
                     &keypair,
                 );
                 Some(Message::ViewChange(stripped).encode())
@@ -276,10 +276,10 @@ impl Simulation {
                     0,
                     (view, id),
                     pbft_core::StableCheckpoint::genesis(),
-                    Vec::new(),
+                    (Vec::new(), Vec::new()),
                     &keypair,
                 );
-                let mut new_view = NewView::assemble(view, &[change], Vec::new());
+                let mut new_view = NewView::assemble(&self.set, view, &[change], Vec::new());
                 new_view.signature = keypair.sign(&new_view.signed_digest(&chain(), 0));
                 for &target in targets {
                     self.send(target, from, Message::NewView(new_view.clone()).encode());

@@ -128,14 +128,26 @@ impl Simulation {
             }
             Message::ViewChange(change) => {
                 let mut prepared = change.prepared;
+                let mut voted = change.voted;
                 let mut checkpoint = change.checkpoint;
                 let mut view = change.view;
-                match self.rng.range(0, 2) {
+                match self.rng.range(0, 4) {
                     0 if !prepared.is_empty() => {
                         let drop = self.rng.range(0, prepared.len() as u64 - 1) as usize;
                         prepared.remove(drop);
                     }
                     1 => checkpoint = pbft_core::StableCheckpoint::genesis(),
+                    // Lie about a vote: deny it, or report another digest for it.
+                    2 if !voted.is_empty() => {
+                        let at = self.rng.range(0, voted.len() as u64 - 1) as usize;
+                        match self.rng.chance(50) {
+                            true => drop(voted.remove(at)),
+                            false => {
+                                let mut other = Hasher::new(b"sim/other");
+                                voted[at].digest = other.digest(&voted[at].digest).finish();
+                            }
+                        }
+                    }
                     _ => view = view.saturating_add(self.rng.range(1, 3)),
                 }
                 let id = ReplicaId(self.validators[index].id as u16);
@@ -144,7 +156,7 @@ impl Simulation {
                     0,
                     (view, id),
                     checkpoint,
-                    prepared,
+                    (prepared, voted),
                     &keypair,
                 ))
             }

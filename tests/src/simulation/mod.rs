@@ -90,6 +90,8 @@ pub struct Simulation {
     crash: Option<(u64, u64)>,
     /// The replicas' config, to restart them with.
     config: Config,
+    /// When each (view, seq) was first proposed: virtual ms of the first signed pre-prepare.
+    proposed_at: BTreeMap<(u64, u64), u64>,
     /// Every statement an honest validator signed: (validator, phase, view, seq) → digest.
     signed: BTreeMap<(usize, pbft_core::Phase, u64, u64), Digest>,
     /// The application state after each seq, as the first honest replica computed it.
@@ -122,6 +124,7 @@ impl Simulation {
         config.max_batch_ops = scenario.max_batch_ops;
         config.window = scenario.window;
         config.checkpoint_interval = scenario.checkpoint_interval;
+        config.fast_path = scenario.fast_path;
         config.max_future_per_peer = 64;
         // Peers keep only a window of batches for replay, so a replica cut off or restarted
         // for long must fetch a checkpoint's state; small chunks make that several messages.
@@ -171,6 +174,7 @@ impl Simulation {
             trace: Hasher::new(b"sim/trace"),
             crash: None,
             config: replica_config,
+            proposed_at: BTreeMap::new(),
             signed: BTreeMap::new(),
             states: BTreeMap::new(),
             scenario,
@@ -229,6 +233,7 @@ impl Simulation {
     /// every honest replica idle and at the highest delivered seq.
     fn settled(&self) -> bool {
         let healed = self.scenario.partitions.iter().all(|p| p.until <= self.now)
+            && self.scenario.links.iter().all(|cut| cut.until <= self.now)
             && self.scenario.restarts.iter().all(|r| r.back <= self.now);
         let answered = self
             .clients

@@ -44,7 +44,12 @@ impl Simulation {
             let inside = |node: NodeId| node < n && p.isolated.contains(&node);
             active && inside(a) != inside(b)
         });
-        partitioned || self.twins_cut(a, b)
+        let link = self
+            .scenario
+            .links
+            .iter()
+            .any(|cut| (cut.from, cut.to) == (a, b) && self.now < cut.until);
+        partitioned || link || self.twins_cut(a, b)
     }
 
     /// Whether the Twins plan cuts replica `a` from replica `b` now (clients are never cut):

@@ -184,8 +184,14 @@ impl Simulation {
             observe(&mut self.trace, index, &output);
             match output {
                 Output::Persist(record) => {
-                    if let Record::Signed(vote) = &record {
+                    // An accepted pre-prepare is the primary's vote: its own, if it is the primary.
+                    if let Record::Signed(vote) | Record::Accepted(vote, _) = &record {
                         self.check_signed(index, vote);
+                        if vote.phase == pbft_core::Phase::PrePrepare {
+                            self.proposed_at
+                                .entry((vote.view, vote.seq))
+                                .or_insert(self.now);
+                        }
                     }
                     compact |= matches!(record, Record::Stable(_));
                     self.validators[index].durable.push(record);
@@ -242,6 +248,20 @@ impl Simulation {
         }
     }
 
+    /// Counts an honest delivery's path, and its latency from the proposal in message delays
+    /// (the scenario's mean one-way delay), for a batch proposed in the view it committed in.
+    fn note_commit_latency(&mut self, seq: u64, certificate: &pbft_core::QuorumCertificate) {
+        let report = &mut self.report;
+        report.deliveries += 1;
+        report.fast_deliveries += u64::from(certificate.path == pbft_core::CommitPath::Fast);
+        let (low, high) = self.scenario.delay_ms;
+        let mean_delay_ms = ((low + high) as f64 / 2.0).max(1.0);
+        if let Some(at) = self.proposed_at.get(&(certificate.view, seq)) {
+            let latency_ms = self.now.saturating_sub(*at) as f64;
+            report.commit_delays.push(latency_ms / mean_delay_ms);
+        }
+    }
+
     /// Executes a delivery on a validator's application and checks the invariants.
     fn execute(&mut self, index: NodeId, delivery: Delivery) {
         let honest = self.validators[index].checked();
@@ -256,6 +276,7 @@ impl Simulation {
         } = delivery;
         if honest {
             self.check_delivery(index, seq, &batch, &certificate);
+            self.note_commit_latency(seq, &certificate);
         }
         if self.validators[index].fault.is_none() {
             self.note_recovery(certificate.view);

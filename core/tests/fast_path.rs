@@ -1,0 +1,254 @@
+//! The fast path: a replica holding every validator's vote of the prepare phase commits
+//! without the commit round; its QC verifies anywhere and only with all n votes; and each
+//! replica's vote outlives its view and a restart, so that the next view re-proposes a batch
+//! that may have committed this way.
+
+use pbft_core::testing::{
+    NOW, batch, chain, drain, key_of, pre_prepare, small_config, validator_key, validator_set,
+    view_change, view_change_with_votes, vote, vote_for,
+};
+use pbft_core::{
+    CertificateError, CommitPath, Config, Error, ExecutedState, Message, NewView, Output, Phase,
+    Prepared, PreparedClaim, QuorumCertificate, Record, Replica, ViewChange, ViewChangeError,
+    null_digest, plan, verify_new_view, verify_qc,
+};
+
+fn config(fast_path: bool) -> Config {
+    let mut config = small_config();
+    config.fast_path = fast_path;
+    config
+}
+
+/// Feeds `replica` the votes of `signers` of `phase` for batch [1] at (0, 1). Each counts, or
+/// completes nothing (a prepare past a prepared slot without the fast path).
+fn votes(replica: &mut Replica, phase: Phase, signers: &[usize]) {
+    for &signer in signers {
+        let bytes = Message::Vote(vote(signer, phase, (0, 1), &batch(&[1]))).encode();
+        match replica.handle_message(NOW, &key_of(signer), &bytes) {
+            Ok(()) | Err(Error::NotNeeded) => {}
+            Err(err) => panic!("vote of {signer}: {err}"),
+        }
+    }
+}
+
+/// Backup 3 given the primary's pre-prepare of batch [1] at (0, 1) and the prepares of
+/// backups 1 and 2: with its own, every validator's vote. Returns what it output.
+fn backup_with_every_prepare(config: Config) -> (Replica, Vec<Output>) {
+    let mut backup = pbft_core::testing::replica(3, config);
+    let proposal = pre_prepare(0, (0, 1), &batch(&[1]));
+    backup.handle_message(NOW, &key_of(0), &proposal).unwrap();
+    votes(&mut backup, Phase::Prepare, &[1, 2]);
+    let outputs = drain(&mut backup);
+    (backup, outputs)
+}
+
+fn delivered(outputs: &[Output]) -> Option<QuorumCertificate> {
+    outputs.iter().find_map(|output| match output {
+        Output::Deliver(delivery) => Some(delivery.certificate.clone()),
+        _ => None,
+    })
+}
+
+#[test]
+fn every_vote_of_the_prepare_phase_commits_without_the_commit_round() {
+    let (backup, outputs) = backup_with_every_prepare(config(true));
+    let qc = delivered(&outputs).expect("delivered before any other commit came");
+    assert_eq!(qc.path, CommitPath::Fast);
+    assert_eq!(qc.signatures.len(), 4, "all n");
+    verify_qc(&chain(), &validator_set(4), &qc).expect("a light client accepts it");
+    assert_eq!(backup.metrics().fast_commits, 1);
+    // The commit round still runs for the replicas that lack a vote.
+    let commit_sent = outputs.iter().any(|output| {
+        matches!(output, Output::Persist(Record::Signed(vote)) if vote.phase == Phase::Commit)
+    });
+    assert!(commit_sent);
+
+    // Without the fast path the same replica waits for a quorum of commits.
+    let (mut slow, outputs) = backup_with_every_prepare(config(false));
+    assert_eq!(delivered(&outputs), None);
+    votes(&mut slow, Phase::Commit, &[1, 2]);
+    let qc = delivered(&drain(&mut slow)).expect("a quorum of commits");
+    assert_eq!(qc.path, CommitPath::ThreePhase);
+    assert_eq!(slow.metrics().fast_commits, 0);
+}
+
+#[test]
+fn a_fast_qc_needs_every_validator_and_the_primarys_own_proposal() {
+    let (_, outputs) = backup_with_every_prepare(config(true));
+    let qc = delivered(&outputs).expect("fast commit");
+    let set = validator_set(4);
+
+    let mut short = qc.clone();
+    short.signatures.remove(3);
+    assert_eq!(
+        verify_qc(&chain(), &set, &short),
+        Err(CertificateError::TooFewSignatures { got: 3, needed: 4 })
+    );
+
+    // The primary's prepare in place of its pre-prepare: not the statement a fast QC names.
+    let mut primary_prepared = qc.clone();
+    let digest = batch(&[1]).digest(&chain());
+    primary_prepared.signatures[0].1 = vote_for(0, Phase::Prepare, (0, 1), digest).signature;
+    assert_eq!(
+        verify_qc(&chain(), &set, &primary_prepared),
+        Err(CertificateError::BadSignature)
+    );
+
+    // Prepares are not commits: the same signatures on the three-phase path do not verify.
+    let as_commits = QuorumCertificate {
+        path: CommitPath::ThreePhase,
+        ..qc
+    };
+    assert_eq!(
+        verify_qc(&chain(), &set, &as_commits),
+        Err(CertificateError::BadSignature)
+    );
+}
+
+/// The view change `replica` persisted last.
+fn persisted_view_change(outputs: &[Output]) -> ViewChange {
+    outputs
+        .iter()
+        .rev()
+        .find_map(|output| match output {
+            Output::Persist(Record::ViewChange(change)) => Some(change.clone()),
+            _ => None,
+        })
+        .expect("a view change")
+}
+
+/// Moves `replica` to `view` the way f + 1 peers do: backups 1 and 2 ask for it.
+fn pushed_to(replica: &mut Replica, view: u64) -> ViewChange {
+    for signer in [1, 2] {
+        let change = view_change(signer, view, vec![]);
+        let bytes = Message::ViewChange(change).encode();
+        replica
+            .handle_message(NOW, &key_of(signer), &bytes)
+            .unwrap();
+    }
+    persisted_view_change(&drain(replica))
+}
+
+#[test]
+fn a_view_change_reports_the_latest_vote_across_views_and_restarts() {
+    // Backup 3 prepared batch [1] at (0, 1) and saw no other vote: no certificate, one vote.
+    let mut backup = pbft_core::testing::replica(3, config(true));
+    let proposal = pre_prepare(0, (0, 1), &batch(&[1]));
+    backup.handle_message(NOW, &key_of(0), &proposal).unwrap();
+    drain(&mut backup);
+    let claim = PreparedClaim {
+        seq: 1,
+        view: 0,
+        digest: batch(&[1]).digest(&chain()),
+    };
+    let to_1 = pushed_to(&mut backup, 1);
+    assert!(to_1.prepared.is_empty());
+    assert_eq!(to_1.voted, [claim]);
+
+    // Restarted from its compacted log, after it left view 0 for good.
+    let records = backup.durable_records();
+    let mut restored = Replica::restore(
+        config(true),
+        validator_set(4),
+        validator_key(3),
+        records,
+        ExecutedState::default(),
+    )
+    .unwrap();
+    drain(&mut restored);
+    let to_2 = pushed_to(&mut restored, 2);
+    assert_eq!(to_2.voted, [claim], "the vote of view 0 is still reported");
+}
+
+fn claim(view: u64, digest_of: &[u64]) -> PreparedClaim {
+    PreparedClaim {
+        seq: 1,
+        view,
+        digest: batch(digest_of).digest(&chain()),
+    }
+}
+
+/// Replica 0's pre-prepare of batch [2] at (0, 1) with prepares of 1 and 2.
+fn prepared_other() -> Prepared {
+    let other = batch(&[2]);
+    Prepared {
+        proposal: vote(0, Phase::PrePrepare, (0, 1), &other),
+        prepares: vec![
+            vote(1, Phase::Prepare, (0, 1), &other),
+            vote(2, Phase::Prepare, (0, 1), &other),
+        ],
+    }
+}
+
+#[test]
+fn f_plus_1_reported_votes_decide_a_seq_and_f_do_not() {
+    let set = validator_set(4);
+    let voted = |signers: &[usize]| -> Vec<ViewChange> {
+        (1..4)
+            .map(|signer| {
+                let votes = match signers.contains(&signer) {
+                    true => vec![claim(0, &[1])],
+                    false => vec![],
+                };
+                view_change_with_votes(signer, 1, vec![], votes)
+            })
+            .collect()
+    };
+    let two = plan(&chain(), &set, &voted(&[2, 3]));
+    assert_eq!(two.proposals, [(1, batch(&[1]).digest(&chain()))]);
+    // One report may be a faulty validator's alone: it decides nothing.
+    let one = plan(&chain(), &set, &voted(&[3]));
+    assert!(one.proposals.is_empty());
+}
+
+#[test]
+fn a_certificate_beats_votes_of_its_own_view_and_loses_to_a_later_views() {
+    let set = validator_set(4);
+    let other = batch(&[2]).digest(&chain());
+    // View 0: a certificate for [2] against two reports of [1]. (Not both can be honest
+    // when [1] committed on the fast path; the rule keeps the certificate.)
+    let same_view = vec![
+        view_change(1, 1, vec![prepared_other()]),
+        view_change_with_votes(2, 1, vec![], vec![claim(0, &[1])]),
+        view_change_with_votes(3, 1, vec![], vec![claim(0, &[1])]),
+    ];
+    assert_eq!(plan(&chain(), &set, &same_view).proposals, [(1, other)]);
+    // Two reports of [1] from view 1 beat a certificate from view 0.
+    let later = vec![
+        view_change(1, 2, vec![prepared_other()]),
+        view_change_with_votes(2, 2, vec![], vec![claim(1, &[1])]),
+        view_change_with_votes(3, 2, vec![], vec![claim(1, &[1])]),
+    ];
+    assert_eq!(
+        plan(&chain(), &set, &later).proposals,
+        [(1, batch(&[1]).digest(&chain()))]
+    );
+}
+
+#[test]
+fn a_new_view_that_drops_a_batch_f_plus_1_voted_for_is_refused() {
+    let set = validator_set(4);
+    let changes = vec![
+        view_change_with_votes(1, 1, vec![], vec![]),
+        view_change_with_votes(2, 1, vec![], vec![claim(0, &[1])]),
+        view_change_with_votes(3, 1, vec![], vec![claim(0, &[1])]),
+    ];
+    let null = vote_for(1, Phase::PrePrepare, (1, 1), null_digest(&chain()));
+    let dropped: NewView = pbft_core::testing::new_view(1, 1, changes.clone(), vec![null]);
+    assert_eq!(
+        verify_new_view(&chain(), &set, 4, &dropped),
+        Err(ViewChangeError::WrongProposal(1))
+    );
+    let kept = vote(1, Phase::PrePrepare, (1, 1), &batch(&[1]));
+    let valid = pbft_core::testing::new_view(1, 1, changes, vec![kept]);
+    let plan = verify_new_view(&chain(), &set, 4, &valid).expect("re-proposes the batch");
+    assert_eq!(plan.proposals, [(1, batch(&[1]).digest(&chain()))]);
+    // A lie about a vote is the liar's alone: its signature covers what it reported, so
+    // a relayer cannot add a report to someone else's view change.
+    let mut forged = valid.clone();
+    forged.view_changes[0].voted = vec![claim(0, &[2])];
+    assert_eq!(
+        verify_new_view(&chain(), &set, 4, &forged),
+        Err(ViewChangeError::BadSignature)
+    );
+}
