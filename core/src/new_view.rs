@@ -255,19 +255,27 @@ fn decide(validators: &ValidatorSet, summaries: &[ViewChangeSummary]) -> Decisio
         }
     }
     let min_s = checkpoint.0;
-    // Each summary reports at most one vote per seq (`check_claims`), and the summaries have
-    // distinct signers, so a count is a count of validators.
-    let mut votes: BTreeMap<PreparedClaim, usize> = BTreeMap::new();
+    // The views of the votes reported for each (seq, digest). Each summary reports at most
+    // one vote per seq (`check_claims`) and the summaries have distinct signers, so there is
+    // one view per validator.
+    let mut votes: BTreeMap<(u64, Digest), Vec<u64>> = BTreeMap::new();
     for claim in summaries.iter().flat_map(|summary| &summary.voted) {
         if claim.seq > min_s {
-            *votes.entry(*claim).or_default() += 1;
+            votes
+                .entry((claim.seq, claim.digest))
+                .or_default()
+                .push(claim.view);
         }
     }
+    // A digest counts from the (f + 1)-th highest view among its reports: f + 1 validators,
+    // one of them honest, voted for it in that view or later. Votes for one batch in several
+    // views (some validators followed a new view that re-proposed it, others did not) add up.
     let f = validators.max_faulty();
-    let voted = votes
-        .into_iter()
-        .filter(|&(_, count)| count > f)
-        .map(|(claim, _)| (claim, false));
+    let voted = votes.into_iter().filter_map(|((seq, digest), mut views)| {
+        views.sort_unstable_by(|a, b| b.cmp(a));
+        let view = *views.get(f)?;
+        Some((PreparedClaim { seq, view, digest }, false))
+    });
     let prepared = summaries
         .iter()
         .flat_map(|summary| &summary.prepared)
@@ -297,10 +305,11 @@ fn decide(validators: &ValidatorSet, summaries: &[ViewChangeSummary]) -> Decisio
 /// the highest checkpoint among them, and for every seq above it up to the highest claimed,
 /// the batch of the highest-view claim or the null batch.
 ///
-/// The claims at a seq are its prepared claims (each backed by a certificate) and its voted
-/// claims that at least f + 1 of the view changes report (one of them honest). The highest
-/// view wins; in one view a prepared claim beats a voted one. Why that keeps every batch
-/// committed on either path is in [`crate::view_change`].
+/// The claims at a seq are its prepared claims (each backed by a certificate) and, for each
+/// digest that at least f + 1 of the view changes report a vote for, a voted claim from the
+/// (f + 1)-th highest view among those reports. The highest view wins; in one view a
+/// prepared claim beats a voted one. Why that keeps every batch committed on either path is
+/// in [`crate::view_change`].
 pub fn plan(chain: &ChainId, validators: &ValidatorSet, view_changes: &[ViewChange]) -> Plan {
     let summaries: Vec<ViewChangeSummary> = view_changes.iter().map(ViewChange::summary).collect();
     let (decision, checkpoint) = decide_from(validators, view_changes, &summaries);

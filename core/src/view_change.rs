@@ -42,19 +42,24 @@
 //! argument above does not apply; the view changes carry what does. Each reports, beside its
 //! certificates, its signer's latest vote of the prepare phase at every seq above its
 //! checkpoint ([`ViewChange::voted`], covered by its signature and kept across views and
-//! crashes), and the plan also takes a vote that f + 1 view changes report.
+//! crashes). The plan scores each digest reported at s by the (f + 1)-th highest view among
+//! its reports (f + 1 validators voted for it in that view or later) and weighs that like a
+//! prepared claim of the view.
 //!
-//! Take again the first view w > v whose `NewView` is accepted. Its quorum Q2 holds at least
-//! f + 1 honest validators, and every honest validator voted for B at s in v, so Q2 reports B
-//! from view v at least f + 1 times (a later vote of an honest one is, by induction, for B
-//! again). Nothing in Q2 beats it: a prepared certificate for another batch in view v needs
-//! a quorum, hence an honest validator that voted for it in v, and none did; f + 1 reports of
-//! another batch, in v or later, include an honest validator's vote for it, and by induction
-//! every honest vote at s from v on is for B; certificates and votes of views below v lose to
-//! view v. So w re-proposes B. A batch committed on the slow path is kept as well: the plan
-//! still prefers, in each view, a prepared claim over voted ones, and f + 1 reports of
-//! another batch in a view at or after the one it committed in would again need an honest
-//! validator's vote for it there, which the induction above rules out.
+//! Take any view w > v whose `NewView` is accepted, and suppose every view between v and w
+//! re-proposed B at s. Its quorum Q2 holds at least f + 1 honest validators; each voted for
+//! B at s in v and, if it voted there again, for B again (nothing else was proposed at s in
+//! those views). So Q2 reports B at least f + 1 times, each from view v or later, and B
+//! scores at least v, however the honest votes are spread over the views. Nothing in Q2
+//! beats it: a digest scores v or more only if f + 1 validators, one of them honest, voted
+//! for it in v or later, and every honest vote there is for B; a prepared certificate for
+//! another batch from v or later needs a quorum of such votes; certificates and scores from
+//! below v lose to view v. So w re-proposes B, and induction gives every later view. A batch
+//! committed on the slow path in view v' is kept as well: Q2 carries a prepared certificate
+//! for it from v' or later; another digest can reach a score of v' only from votes in v'
+//! itself (an equivocating primary's other batch), and in one view a prepared claim beats a
+//! score; a score above v' needs an honest vote after v', which is for the committed batch
+//! again.
 //!
 //! # The order of the checks
 //!

@@ -252,3 +252,29 @@ fn a_new_view_that_drops_a_batch_f_plus_1_voted_for_is_refused() {
         Err(ViewChangeError::BadSignature)
     );
 }
+
+#[test]
+fn votes_for_one_batch_in_different_views_add_up() {
+    let set = validator_set(4);
+    // Replica 1 followed view 1, which re-proposed [1]; replica 2 never entered it; replica
+    // 3 (faulty, say) reports nothing. Two reports of [1], in two views: it counts from the
+    // lower one.
+    let split = vec![
+        view_change_with_votes(1, 2, vec![], vec![claim(1, &[1])]),
+        view_change_with_votes(2, 2, vec![], vec![claim(0, &[1])]),
+        view_change_with_votes(3, 2, vec![], vec![]),
+    ];
+    assert_eq!(
+        plan(&chain(), &set, &split).proposals,
+        [(1, batch(&[1]).digest(&chain()))]
+    );
+    // A faulty validator's report from a higher view does not lift a batch above a
+    // certificate: the second-highest report (f + 1 = 2) is what counts.
+    let inflated = vec![
+        view_change(1, 9, vec![prepared_other()]),
+        view_change_with_votes(2, 9, vec![], vec![claim(0, &[1])]),
+        view_change_with_votes(3, 9, vec![], vec![claim(8, &[1])]),
+    ];
+    let other = batch(&[2]).digest(&chain());
+    assert_eq!(plan(&chain(), &set, &inflated).proposals, [(1, other)]);
+}

@@ -301,10 +301,26 @@ fn a_restored_replica_repeats_its_votes_but_never_signs_a_conflicting_one() {
         matches!(&records[..], [Record::Accepted(p, b), Record::Signed(v)]
         if p.phase == Phase::PrePrepare && *b == batch && v.phase == Phase::Prepare)
     );
-    // The records survive the crash as bytes in a log.
+    // The records survive the crash as bytes in a log. With the accepted pre-prepare back, a
+    // second proposal for the slot is the primary's equivocation, and nothing is signed.
     let bytes: Vec<Vec<u8>> = records.iter().map(Record::encode).collect();
     let restored_records = bytes.iter().map(|b| Record::decode(b).unwrap());
-    let mut restored = restore_replica(2, restored_records, ExecutedState::default());
+    let mut whole = restore_replica(2, restored_records, ExecutedState::default());
+    assert_eq!(
+        whole.handle_message(NOW, &key_of(0), &pre_prepare(0, (0, 1), &other_batch())),
+        Err(Error::Equivocation(ReplicaId(0)))
+    );
+    let outputs: Vec<Output> = std::iter::from_fn(|| whole.poll_output()).collect();
+    assert!(
+        matches!(&outputs[..], [Output::Evidence(_)]),
+        "evidence, and no second prepare: {outputs:?}"
+    );
+    // From the vote alone (the signed index), the second prepare is refused all the same.
+    let votes_only = records
+        .iter()
+        .filter(|r| matches!(r, Record::Signed(_)))
+        .cloned();
+    let mut restored = restore_replica(2, votes_only, ExecutedState::default());
     // A primary (Byzantine, or one that lost its own log) proposes another batch at the slot.
     restored
         .handle_message(NOW, &key_of(0), &pre_prepare(0, (0, 1), &other_batch()))
@@ -318,7 +334,11 @@ fn a_restored_replica_repeats_its_votes_but_never_signs_a_conflicting_one() {
     );
     assert_eq!(restored.metrics().refused_to_equivocate, 1);
     // The same proposal again gets the same vote, byte for byte.
-    let mut again = restore_replica(2, records.iter().cloned(), ExecutedState::default());
+    let votes_only = records
+        .iter()
+        .filter(|r| matches!(r, Record::Signed(_)))
+        .cloned();
+    let mut again = restore_replica(2, votes_only, ExecutedState::default());
     again
         .handle_message(NOW, &key_of(0), &pre_prepare(0, (0, 1), &batch))
         .unwrap();

@@ -99,8 +99,8 @@ impl Replica {
         let mut view_change_view = None;
         let mut in_view = 0;
         let mut redo = Vec::new();
-        // The batches of accepted pre-prepares, by (seq, digest).
-        let mut accepted: BTreeMap<(u64, Digest), Batch> = BTreeMap::new();
+        // The accepted pre-prepares with their batches, by (seq, digest).
+        let mut accepted: BTreeMap<(u64, Digest), (Vote, Batch)> = BTreeMap::new();
         for record in records {
             match record {
                 Record::Committed(certificate, batch) => redo.push((certificate, batch)),
@@ -119,7 +119,7 @@ impl Replica {
                     }
                     accepted
                         .entry((proposal.seq, proposal.digest))
-                        .or_insert(batch);
+                        .or_insert((proposal, batch));
                 }
                 Record::Prepared(prepared, batch) => {
                     let view = prepared.proposal.view;
@@ -180,7 +180,7 @@ impl Replica {
             replica.view = view;
             replica.mode = Mode::ViewChange { since: 0 };
         }
-        replica.restore_accepted_batches(&accepted);
+        replica.fill_prepared_batches(&accepted);
         // A redo record without its batch finds it in the accepted or prepared record that
         // carried it (the core leaves it out only while that record is in the log); one that
         // does not is left to peers, like any batch this replica lacks.
@@ -188,7 +188,8 @@ impl Replica {
             .into_iter()
             .filter_map(|(certificate, batch)| {
                 let key = (certificate.seq, certificate.digest);
-                let batch = batch.or_else(|| accepted.get(&key).cloned()).or_else(|| {
+                let from_accepted = || accepted.get(&key).map(|(_, batch)| batch.clone());
+                let batch = batch.or_else(from_accepted).or_else(|| {
                     let slot = replica.log.get(&certificate.seq)?;
                     let prepared = slot.prepared.as_ref()?;
                     (prepared.proposal.digest == certificate.digest)
@@ -208,6 +209,13 @@ impl Replica {
             .log
             .retain(|&seq, slot| seq > low && (seq > stable || slot.certificate.is_some()));
         replica.check_prepared_batches();
+        // The votes that entering the last new view forgot, which older records brought back.
+        if let Some(entered) = &replica.new_view {
+            let max_s = entered.proposals.last().map(|p| p.seq);
+            let max_s = max_s.unwrap_or(entered.checkpoint.seq);
+            replica.signer.forget_votes_above(entered.view, max_s);
+        }
+        replica.restore_voted_batches(&accepted);
         replica.signer.forget_through(stable);
         replica.signer.leave_views_below(view);
         replica.restore_checkpoint_votes();
@@ -284,37 +292,60 @@ impl Replica {
         checkpoints
     }
 
-    /// Puts the batches of accepted pre-prepares back: into slots whose prepared record left
-    /// its batch out, and into those where this replica's latest vote is for one (a new view
-    /// may re-propose it from the votes alone, and then needs someone to hold it).
-    fn restore_accepted_batches(&mut self, accepted: &BTreeMap<(u64, Digest), Batch>) {
+    /// Puts back the batches that prepared records left out, from the accepted pre-prepares.
+    fn fill_prepared_batches(&mut self, accepted: &BTreeMap<(u64, Digest), (Vote, Batch)>) {
+        for (seq, slot) in self.log.iter_mut() {
+            if slot.batch.is_none()
+                && let Some(prepared) = &slot.prepared
+            {
+                let key = (*seq, prepared.proposal.digest);
+                slot.batch = accepted.get(&key).map(|(_, batch)| batch.clone());
+            }
+        }
+    }
+
+    /// Puts back, with the accepted pre-prepare, the batch of this replica's latest vote at
+    /// each seq that did not commit: a new view may re-propose it from the votes alone, and
+    /// then needs someone to hold it. Where an older prepared certificate is for another
+    /// batch, the latest vote's wins (a quorum holds the certificate's).
+    fn restore_voted_batches(&mut self, accepted: &BTreeMap<(u64, Digest), (Vote, Batch)>) {
         let chain = self.config.chain_id;
         let latest: Vec<(u64, Digest)> = self
             .signer
             .latest_votes()
             .map(|vote| (vote.seq, vote.digest))
             .collect();
-        for (seq, slot) in self.log.iter_mut() {
-            if slot.batch.is_none()
-                && let Some(prepared) = &slot.prepared
-            {
-                slot.batch = accepted.get(&(*seq, prepared.proposal.digest)).cloned();
-            }
-        }
         for (seq, digest) in latest {
-            let Some(batch) = accepted.get(&(seq, digest)) else {
+            let Some((proposal, batch)) = accepted.get(&(seq, digest)) else {
                 continue;
             };
-            let slot = self.log.entry(seq).or_default();
-            if slot.batch.is_some() || slot.prepared.is_some() {
+            if seq <= self.checkpoints.stable().seq.max(self.executed) {
                 continue;
             }
-            let leaves = batch.leaves(&chain);
-            if crate::merkle::root(&leaves) == digest {
+            let slot = self.log.entry(seq).or_default();
+            if slot.certificate.is_some() {
+                continue;
+            }
+            if slot.digest != Some(digest) || slot.batch.is_none() {
+                let leaves = batch.leaves(&chain);
+                if crate::merkle::root(&leaves) != digest {
+                    continue;
+                }
                 slot.digest = Some(digest);
                 slot.leaves = leaves;
                 slot.batch = Some(batch.clone());
-                slot.batch_logged = true;
+            }
+            // The proposal keeps the batch in the log through the next compaction.
+            slot.proposal.get_or_insert_with(|| proposal.clone());
+            slot.batch_logged = true;
+            // In the view it restores into, its own votes count again and are retransmitted.
+            for phase in [Phase::Prepare, Phase::Commit] {
+                if proposal.view == self.view
+                    && let Some(vote) = self.signer.get(phase, proposal.view, seq)
+                    && vote.digest == digest
+                {
+                    let _ = slot.add_vote(vote.clone());
+                }
             }
         }
     }

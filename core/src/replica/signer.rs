@@ -172,6 +172,16 @@ impl Signer {
         self.latest.retain(|&voted_seq, _| voted_seq > seq);
     }
 
+    /// Forgets the latest votes of views below `view` at seqs above `max_s`, on entering
+    /// `view` from a new view whose proposals end at `max_s`: nothing there committed in an
+    /// earlier view (it would have been re-proposed), the slots are dropped with their
+    /// batches, and a vote reported without its batch could make a later view re-propose a
+    /// batch no honest validator holds.
+    pub(super) fn forget_votes_above(&mut self, view: u64, max_s: u64) {
+        self.latest
+            .retain(|&seq, vote| seq <= max_s || vote.view >= view);
+    }
+
     /// Forgets the votes of views below `view` (checkpoints have no view and stay): nothing
     /// is signed in a view once it is left. The latest vote of each seq stays.
     pub(super) fn leave_views_below(&mut self, view: u64) {
@@ -350,6 +360,18 @@ mod tests {
         );
         let latest: Vec<_> = signer.latest_votes().map(|v| (v.view, v.seq)).collect();
         assert_eq!(latest, [(1, 8), (2, 12)]);
+    }
+
+    #[test]
+    fn entering_a_view_forgets_older_votes_above_its_proposals_only() {
+        let mut metrics = Metrics::default();
+        let mut current = signer();
+        for (view, seq) in [(1, 3), (1, 7), (2, 9)] {
+            current.vote(&mut metrics, Phase::Prepare, (view, seq), Digest([1; 32]));
+        }
+        current.forget_votes_above(2, 5);
+        let latest: Vec<_> = current.latest_votes().map(|v| (v.view, v.seq)).collect();
+        assert_eq!(latest, [(1, 3), (2, 9)]);
     }
 
     #[test]

@@ -407,9 +407,11 @@ impl Replica {
             .proposals
             .last()
             .map_or(self.checkpoints.stable().seq, |&(seq, _)| seq);
-        // Proposals of older views above max_s never prepared at a quorum: they are void.
+        // Proposals of older views above max_s never committed: they are void, and so are
+        // this replica's votes for them.
         self.log
             .retain(|&seq, slot| seq <= max_s || slot.certificate.is_some());
+        self.signer.forget_votes_above(view, max_s);
         let null = null_digest(&self.config.chain_id);
         let primary = self.validators.primary(view);
         let mut reproposed = Vec::new();
