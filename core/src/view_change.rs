@@ -43,8 +43,11 @@
 //! certificates, its signer's latest vote of the prepare phase at every seq above its
 //! checkpoint ([`ViewChange::voted`], covered by its signature and kept across views and
 //! crashes). The plan scores each digest reported at s by the (f + 1)-th highest view among
-//! its reports (f + 1 validators voted for it in that view or later) and weighs that like a
-//! prepared claim of the view.
+//! its reports (f + 1 validators voted for it in that view or later) and sets the score
+//! against the prepared claims: the higher view wins, and in one view the certificate. A
+//! replica forgets a vote only when a new view it enters proposes another digest at that seq
+//! or none at all, or when the seq falls below its stable checkpoint; by the argument below
+//! the batch of such a vote never committed, or is covered by the checkpoint.
 //!
 //! Take any view w > v whose `NewView` is accepted, and suppose every view between v and w
 //! re-proposed B at s. Its quorum Q2 holds at least f + 1 honest validators; each voted for

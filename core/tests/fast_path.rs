@@ -278,3 +278,38 @@ fn votes_for_one_batch_in_different_views_add_up() {
     let other = batch(&[2]).digest(&chain());
     assert_eq!(plan(&chain(), &set, &inflated).proposals, [(1, other)]);
 }
+
+#[test]
+fn a_voted_batch_outlives_restarts_and_compactions() {
+    // Backup 3 voted for batch [1] at (0, 1) and holds it only from the pre-prepare.
+    let mut backup = pbft_core::testing::replica(3, config(true));
+    let proposal = pre_prepare(0, (0, 1), &batch(&[1]));
+    backup.handle_message(NOW, &key_of(0), &proposal).unwrap();
+    let logged: Vec<Record> = drain(&mut backup)
+        .into_iter()
+        .filter_map(|output| match output {
+            Output::Persist(record) => Some(record),
+            _ => None,
+        })
+        .collect();
+    let holds_batch = |records: &[Record]| {
+        records
+            .iter()
+            .any(|record| matches!(record, Record::Accepted(_, b) if *b == batch(&[1])))
+    };
+    assert!(holds_batch(&logged));
+    // Restarted, compacted, restarted and compacted again: the batch is still in the log.
+    let mut records = logged;
+    for _ in 0..2 {
+        let restored = Replica::restore(
+            config(true),
+            validator_set(4),
+            validator_key(3),
+            records,
+            ExecutedState::default(),
+        )
+        .unwrap();
+        records = restored.durable_records();
+        assert!(holds_batch(&records), "{records:?}");
+    }
+}

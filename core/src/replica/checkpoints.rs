@@ -30,7 +30,8 @@ pub(super) struct Checkpoints {
     reported: BTreeSet<(u64, ReplicaId)>,
     /// This replica's state digests at checkpoint seqs above the low watermark.
     own: BTreeMap<u64, Digest>,
-    /// The state at checkpoints from the stable one up, to serve peers that fetch it.
+    /// The state at checkpoints from the stable one up, and the one before it, to serve peers
+    /// that fetch it.
     snapshots: BTreeMap<u64, Snapshot>,
     /// The older state each peer is fetching, with when it last asked (ms): kept while in
     /// use, so a transfer slower than a checkpoint interval under load still finishes. At
@@ -168,15 +169,24 @@ impl Checkpoints {
     }
 
     /// Forgets own digests at or below `low`, and states below the stable checkpoint (peers
-    /// may still fetch the stable one) that no peer fetched within `idle_ms` of `now`.
+    /// may still fetch the stable one) that no peer fetched within `idle_ms` of `now`, but
+    /// the newest of them: a peer that learned of the stable checkpoint a message delay ago
+    /// asks for that one, and under load the checkpoint moves on in less (a checkpoint every
+    /// few ms made every first request of a transfer miss).
     pub(super) fn prune(&mut self, low: u64, now: u64, idle_ms: u64) {
         self.own.retain(|&seq, _| seq > low);
         self.pins
             .retain(|_, &mut (_, at)| now < at.saturating_add(idle_ms));
         let stable = self.stable.seq;
+        let previous = self
+            .snapshots
+            .range(..stable)
+            .next_back()
+            .map(|(&seq, _)| seq);
         let pins = &self.pins;
-        self.snapshots
-            .retain(|&seq, _| seq >= stable || pins.values().any(|&(pinned, _)| pinned == seq));
+        self.snapshots.retain(|&seq, _| {
+            seq >= stable || Some(seq) == previous || pins.values().any(|&(at, _)| at == seq)
+        });
     }
 
     /// Entries held for the network: votes, reports and snapshots.

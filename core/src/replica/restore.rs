@@ -23,6 +23,7 @@ use alloc::vec::Vec;
 
 use super::exactly_once::{ClientRecord, ClientTable};
 use super::output::Record;
+use super::slot::Slot;
 use super::{HeldViewChange, Mode, Replica};
 use crate::certificate::Committed;
 use crate::config::{Config, ConfigError, ValidatorSet};
@@ -117,9 +118,12 @@ impl Replica {
                         in_view = in_view.max(proposal.view);
                         replica.signer.remember(proposal.clone());
                     }
-                    accepted
-                        .entry((proposal.seq, proposal.digest))
-                        .or_insert((proposal, batch));
+                    // The latest view's, where a batch was proposed again at its seq.
+                    let entry = accepted.entry((proposal.seq, proposal.digest));
+                    let kept = entry.or_insert_with(|| (proposal.clone(), batch));
+                    if kept.0.view < proposal.view {
+                        kept.0 = proposal;
+                    }
                 }
                 Record::Prepared(prepared, batch) => {
                     let view = prepared.proposal.view;
@@ -174,6 +178,12 @@ impl Replica {
                 }
             }
         }
+        // The checkpoint the last new view started from: entering it made it stable, and
+        // its own record may not have become durable before a crash.
+        if let Some(entered) = &replica.new_view {
+            let checkpoint = entered.checkpoint.clone();
+            replica.checkpoints.take(checkpoint);
+        }
         // The last view it entered, unless it signed a view change beyond it since.
         replica.view = in_view;
         if let Some(view) = view_change_view.filter(|&v| v > in_view) {
@@ -209,12 +219,7 @@ impl Replica {
             .log
             .retain(|&seq, slot| seq > low && (seq > stable || slot.certificate.is_some()));
         replica.check_prepared_batches();
-        // The votes that entering the last new view forgot, which older records brought back.
-        if let Some(entered) = &replica.new_view {
-            let max_s = entered.proposals.last().map(|p| p.seq);
-            let max_s = max_s.unwrap_or(entered.checkpoint.seq);
-            replica.signer.forget_votes_above(entered.view, max_s);
-        }
+        replica.forget_left_behind();
         replica.restore_voted_batches(&accepted);
         replica.signer.forget_through(stable);
         replica.signer.leave_views_below(view);
@@ -292,6 +297,36 @@ impl Replica {
         checkpoints
     }
 
+    /// What entering the last new view forgot and older records brought back: votes of
+    /// earlier views for batches it did not re-propose (`Signer::forget_votes_left`), and
+    /// above its last proposal the slots of earlier views, prepared certificates included
+    /// (as `enter_view` drops them).
+    fn forget_left_behind(&mut self) {
+        let Some(entered) = &self.new_view else {
+            return;
+        };
+        let view = entered.view;
+        let max_s = entered
+            .proposals
+            .last()
+            .map_or(entered.checkpoint.seq, |p| p.seq);
+        let proposed = entered
+            .proposals
+            .iter()
+            .map(|p| (p.seq, p.digest))
+            .collect();
+        self.signer.forget_votes_left(view, &proposed);
+        for (_, slot) in self.log.range_mut(max_s + 1..) {
+            let stale = slot
+                .prepared
+                .as_ref()
+                .is_some_and(|p| p.proposal.view < view);
+            if stale && slot.certificate.is_none() {
+                *slot = Slot::default();
+            }
+        }
+    }
+
     /// Puts back the batches that prepared records left out, from the accepted pre-prepares.
     fn fill_prepared_batches(&mut self, accepted: &BTreeMap<(u64, Digest), (Vote, Batch)>) {
         for (seq, slot) in self.log.iter_mut() {
@@ -307,7 +342,8 @@ impl Replica {
     /// Puts back, with the accepted pre-prepare, the batch of this replica's latest vote at
     /// each seq that did not commit: a new view may re-propose it from the votes alone, and
     /// then needs someone to hold it. Where an older prepared certificate is for another
-    /// batch, the latest vote's wins (a quorum holds the certificate's).
+    /// batch, the latest vote's wins: the vote is from a later view, whose new view took
+    /// the certificate's batch into account and proposed this one.
     fn restore_voted_batches(&mut self, accepted: &BTreeMap<(u64, Digest), (Vote, Batch)>) {
         let chain = self.config.chain_id;
         let latest: Vec<(u64, Digest)> = self

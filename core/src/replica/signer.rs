@@ -172,14 +172,16 @@ impl Signer {
         self.latest.retain(|&voted_seq, _| voted_seq > seq);
     }
 
-    /// Forgets the latest votes of views below `view` at seqs above `max_s`, on entering
-    /// `view` from a new view whose proposals end at `max_s`: nothing there committed in an
-    /// earlier view (it would have been re-proposed), the slots are dropped with their
-    /// batches, and a vote reported without its batch could make a later view re-propose a
-    /// batch no honest validator holds.
-    pub(super) fn forget_votes_above(&mut self, view: u64, max_s: u64) {
+    /// On entering `view` from a new view that proposes `proposals` (seq → digest), forgets
+    /// the latest votes of earlier views for any other digest (above the proposals' last seq
+    /// too): none of those batches committed in an earlier view (the plan would have taken
+    /// it), entering drops their batches, and a vote reported without its batch could make a
+    /// later view re-propose a batch no honest validator holds. Forgetting a vote for a batch
+    /// that never committed costs no safety: the view change argument needs only the votes
+    /// for committed ones.
+    pub(super) fn forget_votes_left(&mut self, view: u64, proposals: &BTreeMap<u64, Digest>) {
         self.latest
-            .retain(|&seq, vote| seq <= max_s || vote.view >= view);
+            .retain(|seq, vote| vote.view >= view || proposals.get(seq) == Some(&vote.digest));
     }
 
     /// Forgets the votes of views below `view` (checkpoints have no view and stay): nothing
@@ -363,15 +365,21 @@ mod tests {
     }
 
     #[test]
-    fn entering_a_view_forgets_older_votes_above_its_proposals_only() {
+    fn entering_a_view_forgets_older_votes_for_batches_it_does_not_propose() {
         let mut metrics = Metrics::default();
         let mut current = signer();
         for (view, seq) in [(1, 3), (1, 7), (2, 9)] {
             current.vote(&mut metrics, Phase::Prepare, (view, seq), Digest([1; 32]));
         }
-        current.forget_votes_above(2, 5);
+        // View 2 re-proposes the same batch at seq 3 and ends its proposals there.
+        current.forget_votes_left(2, &BTreeMap::from([(3, Digest([1; 32]))]));
         let latest: Vec<_> = current.latest_votes().map(|v| (v.view, v.seq)).collect();
         assert_eq!(latest, [(1, 3), (2, 9)]);
+        // View 3 proposes another batch at 3 and the same at 9: the vote at 3 goes.
+        let proposals = BTreeMap::from([(3, Digest([2; 32])), (9, Digest([1; 32]))]);
+        current.forget_votes_left(3, &proposals);
+        let latest: Vec<_> = current.latest_votes().map(|v| (v.view, v.seq)).collect();
+        assert_eq!(latest, [(2, 9)]);
     }
 
     #[test]

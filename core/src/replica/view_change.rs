@@ -411,7 +411,8 @@ impl Replica {
         // this replica's votes for them.
         self.log
             .retain(|&seq, slot| seq <= max_s || slot.certificate.is_some());
-        self.signer.forget_votes_above(view, max_s);
+        let proposed = plan.proposals.iter().copied().collect();
+        self.signer.forget_votes_left(view, &proposed);
         let null = null_digest(&self.config.chain_id);
         let primary = self.validators.primary(view);
         let mut reproposed = Vec::new();
