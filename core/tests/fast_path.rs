@@ -42,6 +42,18 @@ fn backup_with_every_prepare(config: Config) -> (Replica, Vec<Output>) {
     (backup, outputs)
 }
 
+/// Backup 3 rebuilt from `records` alone (its store executed nothing).
+fn restored_backup(records: Vec<Record>) -> Replica {
+    Replica::restore(
+        config(true),
+        validator_set(4),
+        validator_key(3),
+        records,
+        ExecutedState::default(),
+    )
+    .expect("a valid config and key")
+}
+
 fn delivered(outputs: &[Output]) -> Option<QuorumCertificate> {
     outputs.iter().find_map(|output| match output {
         Output::Deliver(delivery) => Some(delivery.certificate.clone()),
@@ -146,15 +158,7 @@ fn a_view_change_reports_the_latest_vote_across_views_and_restarts() {
     assert_eq!(to_1.voted, [claim]);
 
     // Restarted from its compacted log, after it left view 0 for good.
-    let records = backup.durable_records();
-    let mut restored = Replica::restore(
-        config(true),
-        validator_set(4),
-        validator_key(3),
-        records,
-        ExecutedState::default(),
-    )
-    .unwrap();
+    let mut restored = restored_backup(backup.durable_records());
     drain(&mut restored);
     let to_2 = pushed_to(&mut restored, 2);
     assert_eq!(to_2.voted, [claim], "the vote of view 0 is still reported");
@@ -301,15 +305,7 @@ fn a_voted_batch_outlives_restarts_and_compactions() {
     // Restarted, compacted, restarted and compacted again: the batch is still in the log.
     let mut records = logged;
     for _ in 0..2 {
-        let restored = Replica::restore(
-            config(true),
-            validator_set(4),
-            validator_key(3),
-            records,
-            ExecutedState::default(),
-        )
-        .unwrap();
-        records = restored.durable_records();
+        records = restored_backup(records).durable_records();
         assert!(holds_batch(&records), "{records:?}");
     }
 }
