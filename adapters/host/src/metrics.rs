@@ -39,6 +39,7 @@ pub struct NodeMetrics {
     signatures_verified: Counter,
     signatures_batch_verified: Counter,
     signatures_cached: Counter,
+    fast_commits: Counter,
     rejected: Family<Reason, Counter>,
     fsync_latency: Histogram,
     store_commit_latency: Histogram,
@@ -79,6 +80,7 @@ impl NodeMetrics {
             signatures_verified: Counter::default(),
             signatures_batch_verified: Counter::default(),
             signatures_cached: Counter::default(),
+            fast_commits: Counter::default(),
             rejected: Family::default(),
             fsync_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             store_commit_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
@@ -145,6 +147,11 @@ impl NodeMetrics {
             "signatures_cached",
             "Client signatures in pre-prepares not checked again (verified on arrival)",
             m.signatures_cached.clone(),
+        );
+        registry.register(
+            "fast_commits",
+            "Batches committed on the fast path (every validator's prepare in, no commit round)",
+            m.fast_commits.clone(),
         );
         registry.register(
             "messages_rejected",
@@ -258,6 +265,7 @@ impl NodeMetrics {
             core.signatures_cached,
             old.signatures_cached,
         );
+        add(&self.fast_commits, core.fast_commits, old.fast_commits);
         add(
             &self.state_transfers,
             core.state_transfers,
