@@ -319,8 +319,8 @@ impl Replica {
                     return Err(Error::Duplicate);
                 }
                 // A new view re-proposed this digest and the batch is still missing here. The
-                // digest came from a prepared certificate, so a quorum (f + 1 honest among
-                // them) checked the batch's requests: matching the digest is enough.
+                // digest came from a prepared certificate or f + 1 votes, so an honest replica
+                // checked the batch's requests: matching the digest is enough.
                 return self.fill_batch(seq, batch);
             }
             // A second proposal for the slot: the primary equivocates if it signed both.

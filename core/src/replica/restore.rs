@@ -316,7 +316,7 @@ impl Replica {
             .map(|p| (p.seq, p.digest))
             .collect();
         self.signer.forget_votes_left(view, &proposed);
-        for (_, slot) in self.log.range_mut(max_s + 1..) {
+        for (_, slot) in self.log.range_mut(max_s.saturating_add(1)..) {
             let stale = slot
                 .prepared
                 .as_ref()
@@ -342,16 +342,16 @@ impl Replica {
     /// Puts back, with the accepted pre-prepare, the batch of this replica's latest vote at
     /// each seq that did not commit: a new view may re-propose it from the votes alone, and
     /// then needs someone to hold it. Where an older prepared certificate is for another
-    /// batch, the latest vote's wins: the vote is from a later view, whose new view took
-    /// the certificate's batch into account and proposed this one.
+    /// batch from an earlier view, the latest vote's wins: that vote's new view took the
+    /// certificate into account and proposed this batch.
     fn restore_voted_batches(&mut self, accepted: &BTreeMap<(u64, Digest), (Vote, Batch)>) {
         let chain = self.config.chain_id;
-        let latest: Vec<(u64, Digest)> = self
+        let latest: Vec<(u64, u64, Digest)> = self
             .signer
             .latest_votes()
-            .map(|vote| (vote.seq, vote.digest))
+            .map(|vote| (vote.seq, vote.view, vote.digest))
             .collect();
-        for (seq, digest) in latest {
+        for (seq, view, digest) in latest {
             let Some((proposal, batch)) = accepted.get(&(seq, digest)) else {
                 continue;
             };
@@ -359,7 +359,13 @@ impl Replica {
                 continue;
             }
             let slot = self.log.entry(seq).or_default();
-            if slot.certificate.is_some() {
+            // A prepared certificate from the vote's view or later (a repeat vote refused
+            // after a restart) keeps its batch.
+            let newer_certificate = slot
+                .prepared
+                .as_ref()
+                .is_some_and(|p| p.proposal.digest != digest && p.proposal.view >= view);
+            if slot.certificate.is_some() || newer_certificate {
                 continue;
             }
             if slot.digest != Some(digest) || slot.batch.is_none() {
