@@ -273,13 +273,15 @@ fn writes_commit_read_back_and_survive_killed_nodes() {
         let read = cluster.call(&mut client, Op::Get { key: key.clone() });
         assert_eq!(read, OpResult::Value(Some(value.clone())));
     }
-    // Let the restarted nodes catch up, then compare their stores.
+    // Let the restarted nodes catch up to the same executed seq, then compare their stores.
     cluster.run_until(|cluster| {
-        cluster
-            .nodes
-            .iter()
-            .flatten()
-            .all(|node| node.replica().is_idle() && keys_in(node) == written.len() as u64)
+        let nodes = || cluster.nodes.iter().flatten();
+        let highest = nodes().map(|node| node.replica().executed_seq()).max();
+        nodes().all(|node| {
+            node.replica().is_idle()
+                && Some(node.replica().executed_seq()) == highest
+                && keys_in(node) == written.len() as u64
+        })
     });
     let restored: u64 = cluster
         .nodes

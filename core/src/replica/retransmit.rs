@@ -18,11 +18,13 @@ use crate::statement::{Phase, PrePrepare};
 
 impl Replica {
     /// Whether anything waits on the network: a view change, a watched request, an
-    /// undelivered slot, a checkpoint of its own not yet stable, or requests the primary
-    /// cannot propose yet.
+    /// undelivered slot, a stable checkpoint above what it delivered (it is behind: ask now,
+    /// not at the next heartbeat), a checkpoint of its own not yet stable, or requests the
+    /// primary cannot propose yet.
     pub(super) fn has_work(&self) -> bool {
         self.mode != Mode::Normal
             || self.transfer.is_some()
+            || self.checkpoints.stable().seq > self.last_delivered
             || self.intake.watched_len() > 0
             || self.log.range(self.last_delivered + 1..).next().is_some()
             || self.checkpoints.awaits(self.id)
