@@ -7,10 +7,11 @@ use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 
 use crate::certificate::Committed;
+use crate::crypto::Digest;
 use crate::envelope::{self, DecodeError};
 use crate::new_view::NewView;
 use crate::state::{FetchState, Manifest, StateChunk};
-use crate::statement::{Phase, PrePrepare, Reply, Request, Vote};
+use crate::statement::{Batch, Phase, PrePrepare, Reply, Request, Vote};
 use crate::view_change::{StableCheckpoint, ViewChange};
 
 /// Flag in [`Status::slots`]: the sender holds the slot's proposal and batch.
@@ -35,6 +36,29 @@ pub struct Status {
     pub executed: u64,
     /// Flags for each seq from `executed + 1`, at most a window of them.
     pub slots: Vec<u8>,
+}
+
+/// A new primary's request for batches its new view re-proposes and it does not hold: it
+/// signs no re-proposal without the batch ([`crate::view_change`], "Why every re-proposed
+/// batch can be found"). Sent only to the validators whose view changes reported a wanted
+/// batch; each answers with a [`Message::Batch`] for every one it holds, once per
+/// `retransmit_ms`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchBatches {
+    /// The view the sender is the primary of and is about to start.
+    pub view: u64,
+    /// (seq, digest) of each batch wanted: at most a window of them.
+    pub wanted: Vec<(u64, Digest)>,
+}
+
+/// A batch for a [`FetchBatches`], proved by its digest: the receiver takes it only if it
+/// asked for that digest at `seq`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchAt {
+    /// The sequence number it was proposed at.
+    pub seq: u64,
+    /// The batch.
+    pub batch: Batch,
 }
 
 /// Every message of the protocol.
@@ -64,6 +88,10 @@ pub enum Message {
     StateManifest(Manifest),
     /// A chunk of a checkpoint's application snapshot, checked against the manifest.
     StateChunk(StateChunk),
+    /// A new primary asks for re-proposed batches it lacks.
+    FetchBatches(FetchBatches),
+    /// A batch a new primary asked for.
+    Batch(BatchAt),
 }
 impl Message {
     /// Encodes into the versioned [`crate::envelope`].
@@ -88,6 +116,14 @@ impl Message {
                 FIXED + requests
             }
             Message::Request(request) => FIXED + request.op.len(),
+            Message::Batch(BatchAt { batch, .. }) => {
+                FIXED
+                    + batch
+                        .requests
+                        .iter()
+                        .map(Request::encoded_len)
+                        .sum::<usize>()
+            }
             _ => 128,
         }
     }
@@ -121,6 +157,8 @@ impl Message {
             Message::FetchState(_) => "fetch-state",
             Message::StateManifest(_) => "state-manifest",
             Message::StateChunk(_) => "state-chunk",
+            Message::FetchBatches(_) => "fetch-batches",
+            Message::Batch(_) => "batch",
         }
     }
 }
@@ -140,19 +178,29 @@ mod tests {
         let client = Keypair::from_seed(&[7; 32]);
         let validator = Keypair::from_seed(&[1; 32]);
         let request = Request::new(&chain(), &client, 3, b"put k v".to_vec());
-        let batch = crate::statement::Batch {
+        let batch = Batch {
             requests: alloc::vec![request.clone()],
         };
         let digest = batch.digest(&chain());
         let vote = |phase| Vote::new(&chain(), 0, phase, (2, 9), digest, ReplicaId(1), &validator);
         alloc::vec![
-            Message::Request(request),
+            Message::Request(request.clone()),
             Message::PrePrepare(PrePrepare {
                 vote: vote(Phase::PrePrepare),
                 batch,
             }),
             Message::Vote(vote(Phase::Prepare)),
             Message::Vote(vote(Phase::Commit)),
+            Message::FetchBatches(FetchBatches {
+                view: 2,
+                wanted: alloc::vec![(9, digest)],
+            }),
+            Message::Batch(BatchAt {
+                seq: 9,
+                batch: Batch {
+                    requests: alloc::vec![request],
+                },
+            }),
         ]
     }
 

@@ -50,6 +50,9 @@ pub struct Metrics {
     pub retransmitted: u64,
     /// Batches received with a QC from a peer while catching up.
     pub batches_caught_up: u64,
+    /// Re-proposed batches this replica, as a new primary, fetched from peers before it could
+    /// sign its new view (it signs no re-proposal without the batch).
+    pub batches_fetched: u64,
     /// Stable checkpoints whose state this replica could not take as its own: its own digest
     /// there differed (each one an [`crate::Output::StateDiverged`], then a state transfer of
     /// the stable state), or the fetched exactly-once table did not decode.

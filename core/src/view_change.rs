@@ -64,6 +64,24 @@
 //! score; a score above v' needs an honest vote after v', which is for the committed batch
 //! again.
 //!
+//! # Why every re-proposed batch can be found
+//!
+//! A new view names its re-proposals by digest; replicas that lack a batch fetch it from a
+//! peer that holds it. That works only if some honest replica holds it, and votes alone can
+//! re-propose a batch: f faulty validators plus one honest vote make f + 1 reports. So an
+//! honest replica signs a vote of the prepare phase only while it holds the batch and after
+//! the batch is logged: a backup accepts a fresh pre-prepare with its batch, prepares a
+//! re-proposal only once the batch is in (`Replica::fill_batch`), and a new primary signs its
+//! new view only once it holds every batch the plan re-proposes, fetched from the validators
+//! whose view changes reported them if need be ([`crate::FetchBatches`]). It keeps the batch
+//! as long as it keeps the vote: both go together when a later view proposes something else
+//! at that seq, or at the stable checkpoint. Then a digest with f + 1 reports, or with a
+//! prepared certificate (f honest prepares among its 2f), has an honest holder, and after
+//! GST the fetch succeeds. Without this rule, a replica that prepared a re-proposal it did
+//! not hold counted towards re-proposing it again after its only honest holder moved on,
+//! and the seq never delivered. The rule costs no safety: a vote signed later, or not at
+//! all, is what a slow replica does anyway.
+//!
 //! # The order of the checks
 //!
 //! Signature checks are what a peer can make a replica spend, so they come last and cheapest

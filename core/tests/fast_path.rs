@@ -3,14 +3,15 @@
 //! replica's vote outlives its view and a restart, so that the next view re-proposes a batch
 //! that may have committed this way.
 
+use pbft_core::Destination::Validator;
 use pbft_core::testing::{
     NOW, batch, chain, drain, key_of, pre_prepare, small_config, validator_key, validator_set,
     view_change, view_change_with_votes, vote, vote_for,
 };
 use pbft_core::{
-    CertificateError, CommitPath, Config, Error, ExecutedState, Message, NewView, Output, Phase,
-    Prepared, PreparedClaim, QuorumCertificate, Record, Replica, ViewChange, ViewChangeError,
-    null_digest, plan, verify_new_view, verify_qc,
+    BatchAt, CertificateError, CommitPath, Config, Destination, Error, ExecutedState, FetchBatches,
+    Message, NewView, Output, Phase, Prepared, PreparedClaim, QuorumCertificate, Record, Replica,
+    ReplicaId, ViewChange, ViewChangeError, null_digest, plan, verify_new_view, verify_qc,
 };
 
 fn config(fast_path: bool) -> Config {
@@ -308,4 +309,200 @@ fn a_voted_batch_outlives_restarts_and_compactions() {
         records = restored_backup(records).durable_records();
         assert!(holds_batch(&records), "{records:?}");
     }
+}
+
+/// What `replica` sent as encoded messages, with their destinations.
+fn sent(outputs: &[Output]) -> Vec<(Destination, Message)> {
+    outputs
+        .iter()
+        .filter_map(|output| match output {
+            Output::Send { to, bytes } => Some((to.clone(), Message::decode(bytes, 1 << 20).ok()?)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A batch that f + 1 view changes report votes for is re-proposed from the votes alone, so
+/// its new primary must hold it: one that never saw it fetches it from those validators,
+/// logs it before its new view leaves, and after a restart still holds it for the next view.
+#[test]
+fn a_new_primary_fetches_the_batch_it_re_proposes_and_keeps_it_across_a_restart() {
+    let voted = vec![claim(0, &[1])];
+    let digest = voted[0].digest;
+    let mut primary = pbft_core::testing::replica(1, config(true));
+    let mut records = Vec::new();
+    for signer in [2, 3] {
+        let change = view_change_with_votes(signer, 1, Vec::new(), voted.clone());
+        let bytes = Message::ViewChange(change).encode();
+        primary
+            .handle_message(NOW, &key_of(signer), &bytes)
+            .unwrap();
+    }
+    // Its own view change makes a quorum, but it holds no batch for the plan's seq 1.
+    assert_eq!((primary.view(), primary.in_view()), (1, false));
+    let outputs = drain(&mut primary);
+    let asked: Vec<_> = sent(&outputs)
+        .into_iter()
+        .filter_map(|(to, message)| match message {
+            Message::FetchBatches(fetch) => Some((to, fetch.view, fetch.wanted)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        asked,
+        [
+            (Validator(ReplicaId(2)), 1, vec![(1, digest)]),
+            (Validator(ReplicaId(3)), 1, vec![(1, digest)]),
+        ]
+    );
+    assert!(
+        !outputs
+            .iter()
+            .any(|o| matches!(o, Output::Persist(Record::NewView(_)))),
+        "no new view without the batch"
+    );
+    records.extend(outputs);
+    // Validator 3 answers: the batch is logged, then the new view is signed and sent.
+    let answer = Message::Batch(BatchAt {
+        seq: 1,
+        batch: batch(&[1]),
+    });
+    primary
+        .handle_message(NOW, &key_of(3), &answer.encode())
+        .unwrap();
+    assert_eq!((primary.view(), primary.in_view()), (1, true));
+    let outputs = drain(&mut primary);
+    let accepted = outputs
+        .iter()
+        .position(|o| matches!(o, Output::Persist(Record::Accepted(p, b)) if p.digest == digest && *b == batch(&[1])));
+    let new_view = outputs
+        .iter()
+        .position(|o| matches!(o, Output::Persist(Record::NewView(_))));
+    assert!(
+        accepted.is_some() && accepted < new_view,
+        "the batch is logged before the new view: {outputs:?}"
+    );
+    records.extend(outputs);
+    // Restarted from its records, it still holds the batch and serves it to the primary of
+    // view 2 once it changes to that view.
+    let persisted = records.into_iter().filter_map(|output| match output {
+        Output::Persist(record) => Some(record),
+        _ => None,
+    });
+    let mut restored = Replica::restore(
+        config(true),
+        validator_set(4),
+        validator_key(1),
+        persisted,
+        ExecutedState::default(),
+    )
+    .expect("a valid config and key");
+    drain(&mut restored);
+    // Validators 2 and 3 move it to view 2; its view change reports its re-proposal.
+    for signer in [2, 3] {
+        let change = view_change(signer, 2, vec![]);
+        let bytes = Message::ViewChange(change).encode();
+        restored
+            .handle_message(NOW, &key_of(signer), &bytes)
+            .unwrap();
+    }
+    let reported = persisted_view_change(&drain(&mut restored)).voted;
+    assert_eq!(reported, [claim(1, &[1])]);
+    let fetch = Message::FetchBatches(FetchBatches {
+        view: 2,
+        wanted: vec![(1, digest)],
+    });
+    restored
+        .handle_message(NOW, &key_of(2), &fetch.encode())
+        .unwrap();
+    let served: Vec<_> = sent(&drain(&mut restored))
+        .into_iter()
+        .filter_map(|(to, message)| match message {
+            Message::Batch(answer) => Some((to, answer.seq, answer.batch)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(served, [(Validator(ReplicaId(2)), 1, batch(&[1]))]);
+}
+
+/// Validator 0's pre-prepare of batch [1] at (0, 1) with prepares of 1 and 2.
+fn prepared_one() -> Prepared {
+    let one = batch(&[1]);
+    Prepared {
+        proposal: vote(0, Phase::PrePrepare, (0, 1), &one),
+        prepares: vec![
+            vote(1, Phase::Prepare, (0, 1), &one),
+            vote(2, Phase::Prepare, (0, 1), &one),
+        ],
+    }
+}
+
+/// A backup that voted for a batch keeps it after a new view proposed another one at that
+/// seq (whose batch it never got, so it voted for nothing there): an old prepared certificate
+/// brings the batch back in a later view, and then the backup serves it and prepares it.
+#[test]
+fn the_batch_of_a_backups_latest_vote_outlives_a_view_that_proposed_another() {
+    let mut backup = pbft_core::testing::replica(3, config(true));
+    let proposal = pre_prepare(0, (0, 1), &batch(&[1]));
+    backup.handle_message(NOW, &key_of(0), &proposal).unwrap();
+    drain(&mut backup);
+    // View 1 re-proposes batch [2] at seq 1, from a certificate backup 3 never saw.
+    let changes = vec![
+        view_change(0, 1, vec![prepared_other()]),
+        view_change(1, 1, vec![]),
+        view_change(2, 1, vec![]),
+    ];
+    let reproposal = vote(1, Phase::PrePrepare, (1, 1), &batch(&[2]));
+    let first = pbft_core::testing::new_view(1, 1, changes, vec![reproposal]);
+    backup
+        .handle_message(NOW, &key_of(1), &Message::NewView(first).encode())
+        .unwrap();
+    assert_eq!((backup.view(), backup.in_view()), (1, true));
+    assert!(
+        !drain(&mut backup)
+            .iter()
+            .any(|o| matches!(o, Output::Persist(Record::Signed(v)) if v.phase == Phase::Prepare)),
+        "no prepare without the batch"
+    );
+    // Validators 0 and 1 move it to view 2, whose primary asks for batch [1]: it is kept.
+    for signer in [0, 1] {
+        let change = view_change(signer, 2, vec![prepared_one()]);
+        let bytes = Message::ViewChange(change).encode();
+        backup.handle_message(NOW, &key_of(signer), &bytes).unwrap();
+    }
+    drain(&mut backup);
+    let one = batch(&[1]).digest(&chain());
+    let fetch = Message::FetchBatches(FetchBatches {
+        view: 2,
+        wanted: vec![(1, one)],
+    });
+    backup
+        .handle_message(NOW, &key_of(2), &fetch.encode())
+        .unwrap();
+    let served: Vec<_> = sent(&drain(&mut backup))
+        .into_iter()
+        .filter_map(|(to, message)| match message {
+            Message::Batch(answer) => Some((to, answer.seq, answer.batch)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(served, [(Validator(ReplicaId(2)), 1, batch(&[1]))]);
+    // View 2 re-proposes batch [1] from the old certificate: the backup prepares it at once.
+    let changes = (0..3)
+        .map(|signer| view_change(signer, 2, vec![prepared_one()]))
+        .collect();
+    let reproposal = vote(2, Phase::PrePrepare, (2, 1), &batch(&[1]));
+    let second = pbft_core::testing::new_view(2, 2, changes, vec![reproposal]);
+    backup
+        .handle_message(NOW, &key_of(2), &Message::NewView(second).encode())
+        .unwrap();
+    assert_eq!((backup.view(), backup.in_view()), (2, true));
+    let outputs = drain(&mut backup);
+    assert!(
+        outputs
+            .iter()
+            .any(|o| matches!(o, Output::Persist(Record::Signed(v))
+            if v.phase == Phase::Prepare && (v.view, v.seq, v.digest) == (2, 1, one))),
+        "the backup prepares the batch it kept: {outputs:?}"
+    );
 }

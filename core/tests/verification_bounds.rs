@@ -5,7 +5,9 @@
 //! however long it lasts; the honest validators still move the replica.
 
 use pbft_core::testing::{NOW, chain, key_of, new_view, view_change, vote, vote_for};
-use pbft_core::{Batch, Config, Message, Phase, Prepared, Replica, Request, ViewChange, Vote};
+use pbft_core::{
+    Batch, BatchAt, Config, Message, Phase, Prepared, Replica, Request, ViewChange, Vote,
+};
 
 /// Prepared certificates per view change: a window's worth, each a quorum of signatures.
 const WINDOW: u64 = 32;
@@ -187,12 +189,51 @@ fn the_primary_checks_certificates_once_and_leaves_out_a_view_change_whose_certi
         primary.metrics().rejected.get("invalid_view_change"),
         Some(&1)
     );
-    // With 3's, the quorum is 1, 2 and 3: the view starts without 0.
+    // With 3's, the quorum is 1, 2 and 3. The primary holds none of the batches it must
+    // re-propose, so it signs nothing yet and asks 2 and 3, whose view changes report them.
     let checked = primary.metrics().signatures_verified;
     primary
         .handle_message(NOW, &key_of(3), &change(3, 1, &prepared))
         .unwrap();
+    assert_eq!((primary.view(), primary.in_view()), (1, false));
+    let wanted: Vec<(u64, pbft_core::Digest)> = prepared
+        .iter()
+        .map(|p| (p.proposal.seq, p.proposal.digest))
+        .collect();
+    let mut asked = Vec::new();
+    for output in pbft_core::testing::drain(&mut primary) {
+        if let pbft_core::Output::Send {
+            to: pbft_core::Destination::Validator(peer),
+            bytes,
+        } = output
+            && let Ok(Message::FetchBatches(fetch)) = Message::decode(&bytes, 1 << 20)
+        {
+            assert_eq!((fetch.view, &fetch.wanted), (1, &wanted));
+            asked.push(peer.0);
+        }
+    }
+    assert_eq!(asked, [2, 3]);
+    // A batch not asked for is refused; once 2's answers are in, the view starts without 0.
+    let unasked = BatchAt {
+        seq: 1,
+        batch: batch_at(2),
+    };
+    assert!(
+        primary
+            .handle_message(NOW, &key_of(2), &Message::Batch(unasked).encode())
+            .is_err()
+    );
+    for seq in 1..=WINDOW {
+        let answer = Message::Batch(BatchAt {
+            seq,
+            batch: batch_at(seq),
+        });
+        primary
+            .handle_message(NOW, &key_of(2), &answer.encode())
+            .unwrap();
+    }
     assert_eq!((primary.view(), primary.in_view()), (1, true));
+    assert_eq!(primary.metrics().batches_fetched, WINDOW);
     let sent = pbft_core::testing::drain(&mut primary)
         .into_iter()
         .find_map(|output| match output {

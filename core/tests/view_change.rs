@@ -8,8 +8,8 @@ use pbft_core::testing::{
 };
 use pbft_core::{
     Batch, Config, Destination, Error, ExecutedState, Keypair, Message, NewView, Output, Phase,
-    Prepared, Record, Replica, ReplicaId, Request, StableCheckpoint, ViewChange, ViewChangeError,
-    Vote, null_digest, verify_new_view,
+    PrePrepare, Prepared, Record, Replica, ReplicaId, Request, StableCheckpoint, ViewChange,
+    ViewChangeError, Vote, null_digest, verify_new_view,
 };
 
 fn config() -> Config {
@@ -113,19 +113,35 @@ fn refused_by_every_replica(new_view: &NewView, expected: ViewChangeError) {
 }
 
 #[test]
-fn a_valid_new_view_is_accepted_and_its_proposals_prepared() {
+fn a_valid_new_view_is_accepted_and_its_proposals_prepared_once_the_batch_is_held() {
     let valid = new_view(quorum(), vec![reproposal()]);
     let plan = verify_new_view(&chain(), &validator_set(4), 4, &valid).unwrap();
     assert_eq!(plan.proposals, vec![(1, prepared_batch().digest(&chain()))]);
     let bytes = Message::NewView(valid).encode();
+    let with_batch = Message::PrePrepare(PrePrepare {
+        vote: reproposal(),
+        batch: prepared_batch(),
+    })
+    .encode();
     for index in [0, 2, 3] {
         let mut replica = replica(index);
         replica.handle_message(NOW, &key_of(1), &bytes).unwrap();
         assert_eq!((replica.view(), replica.in_view()), (1, true));
         let outputs: Vec<Output> = std::iter::from_fn(|| replica.poll_output()).collect();
         assert!(
-            matches!(&outputs[0], Output::Persist(Record::NewView(n)) if n.view == 1),
-            "replica {index} persists the view it enters"
+            matches!(&outputs[..], [Output::Persist(Record::NewView(n))] if n.view == 1),
+            "replica {index} persists the view it enters, and without the batch votes for \
+             nothing: {outputs:?}"
+        );
+        // The batch comes (from any peer that holds it): logged, then prepared.
+        replica
+            .handle_message(NOW, &key_of(2), &with_batch)
+            .unwrap();
+        let outputs: Vec<Output> = std::iter::from_fn(|| replica.poll_output()).collect();
+        assert!(
+            matches!(&outputs[0], Output::Persist(Record::Accepted(p, b))
+                if (p.view, p.seq) == (1, 1) && *b == prepared_batch()),
+            "replica {index} logs the batch before it votes: {outputs:?}"
         );
         assert!(
             matches!(&outputs[1], Output::Persist(Record::Signed(v))

@@ -48,6 +48,21 @@ fn valid_messages() -> Vec<Vec<u8>> {
             messages.push(Message::Vote(vote(signer, Phase::Commit, (0, seq), &batch)).encode());
         }
         messages.push(Message::Committed(committed(seq, &batch)).encode());
+        // A new primary's fetch of a re-proposed batch, and the answer.
+        messages.push(
+            Message::FetchBatches(pbft_core::FetchBatches {
+                view: 1,
+                wanted: vec![(seq, batch.digest(&chain()))],
+            })
+            .encode(),
+        );
+        messages.push(
+            Message::Batch(pbft_core::BatchAt {
+                seq,
+                batch: batch.clone(),
+            })
+            .encode(),
+        );
         messages.push(
             Message::Status(Status {
                 view: seq % 3,

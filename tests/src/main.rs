@@ -190,6 +190,7 @@ fn main() -> ExitCode {
     let mut tallies: BTreeMap<String, Tally> = BTreeMap::new();
     let (mut completed, mut failed, mut evidence, mut virtual_ms) = (0u64, 0u64, 0u64, 0u64);
     let mut transfers = 0u64;
+    let mut batches_fetched = 0u64;
     let validators = args.validators;
     let no_fast_path = args.no_fast_path;
     let mutant = args.planted();
@@ -225,6 +226,7 @@ fn main() -> ExitCode {
             completed += report.requests_completed;
             evidence += report.evidence;
             transfers += report.state_transfers;
+            batches_fetched += report.batches_fetched;
             virtual_ms += report.virtual_ms;
             deliveries += report.deliveries;
             fast_deliveries += report.fast_deliveries;
@@ -282,7 +284,7 @@ fn main() -> ExitCode {
         );
     }
     println!(
-        "validators={} {unit}={count} failed={failed} requests_committed={completed} evidence={evidence} state_transfers={transfers}",
+        "validators={} {unit}={count} failed={failed} requests_committed={completed} evidence={evidence} state_transfers={transfers} batches_fetched={batches_fetched}",
         args.validators
     );
     commit_delays.sort_unstable_by(f64::total_cmp);

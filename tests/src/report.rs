@@ -28,6 +28,9 @@ pub struct Report {
     pub restarts: u64,
     /// Checkpoint states fetched and installed.
     pub state_transfers: u64,
+    /// Re-proposed batches that new primaries fetched before they could sign their new views
+    /// (honest validators, since their last restart).
+    pub batches_fetched: u64,
     /// When the first state was installed, virtual ms.
     pub first_install_ms: Option<u64>,
     /// When the last request completed, virtual ms.

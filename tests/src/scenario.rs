@@ -293,6 +293,48 @@ impl Scenario {
         }
     }
 
+    /// A validator that was down catches up by replay while the primary re-proposes seqs
+    /// that committed: the case the watermark rule (Castro and Liskov, section 4.3) exists for.
+    ///
+    /// The primary, 0, runs `Fault::ReproposeCommitted`: it proposes other batches at seqs
+    /// at or below its peers' stable checkpoints, and its messages never reach the last
+    /// validator, X. X is down from the start until 2.5 s. Six requests, one per batch, fit a
+    /// window of 8, so X catches up by replaying committed batches from the honest backups,
+    /// not by a state transfer: a backup that let a stale proposal into its log in place of
+    /// the committed batch it archived leaves X behind for good.
+    pub fn stale_proposals(seed: u64, validators: usize) -> Self {
+        let mut rng = Rng::new(seed ^ 0x57a1_e000);
+        let lagging = validators - 1;
+        let low = rng.range(2, 8);
+        Scenario {
+            kind: Kind::RestartUnderReproposals,
+            validators,
+            faults: BTreeMap::from([(0, Fault::ReproposeCommitted)]),
+            clients: 3,
+            requests_per_client: 2,
+            delay_ms: (low, low + rng.range(0, 10)),
+            duplicate_percent: 0,
+            loss_percent: 0,
+            partitions: Vec::new(),
+            links: vec![LinkCut {
+                from: 0,
+                to: lagging,
+                until: u64::MAX,
+            }],
+            restarts: vec![Restart {
+                node: lagging,
+                at: 0,
+                back: 2_500,
+                surely: true,
+            }],
+            max_batch_ops: 1,
+            window: 8,
+            checkpoint_interval: 2,
+            fast_path: true,
+            twins: None,
+        }
+    }
+
     /// A random scenario of `kind`: f faulty validators in all, loss up to 20 %, delays,
     /// duplication and reordering, sometimes a partition that heals, and small batches,
     /// windows and checkpoint intervals so pipelining, buffering and garbage collection happen.

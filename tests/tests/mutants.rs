@@ -1,10 +1,10 @@
 //! The mutation test: the simulator must catch every planted bug (`pbft_core::mutants`)
 //! within a fixed budget of scenarios, or its passing runs prove nothing. For each bug and
 //! each family of scenarios (scripted seeds, Twins, generated adversaries, and the targeted
-//! corner cases: a batch only one replica committed on the fast path) it walks the
-//! family's runs, every replica built with the bug, until one reports a violation; it prints
-//! what caught each bug in each family and after how many runs. Every bug must be caught by
-//! at least one family.
+//! corner cases: a batch only one replica committed on the fast path, stale proposals while
+//! a replica catches up by replay) it walks the family's runs, every replica built with the
+//! bug, until one reports a violation; it prints what caught each bug in each family and
+//! after how many runs. Every bug must be caught by at least one family.
 
 use pbft_core::mutants::Mutant;
 use pbft_sim::{Report, SCENARIOS_N4, Scenario, Simulation};
@@ -22,7 +22,7 @@ enum Family {
     Scripted,
     Twins,
     Generated,
-    /// [`Scenario::lone_fast_commit`] at n = 4 and 7 in turn.
+    /// [`Scenario::lone_fast_commit`] at n = 4 and 7 and [`Scenario::stale_proposals`] in turn.
     Targeted,
 }
 
@@ -42,7 +42,14 @@ fn run(mutant: Mutant, family: Family, i: u64) -> (u64, Report) {
             (number, Scenario::twins(number, 4))
         }
         Family::Generated => (i, Scenario::generated(i, 4)),
-        Family::Targeted => (i, Scenario::lone_fast_commit(i, [4, 7][(i % 2) as usize])),
+        Family::Targeted => (
+            i,
+            match i % 3 {
+                0 => Scenario::lone_fast_commit(i, 4),
+                1 => Scenario::lone_fast_commit(i, 7),
+                _ => Scenario::stale_proposals(i, 4),
+            },
+        ),
     };
     (
         number,
@@ -122,6 +129,7 @@ fn without_a_planted_bug_the_same_runs_pass() {
             ),
             (i, Scenario::generated(i, 4)),
             (i, Scenario::lone_fast_commit(i, 4)),
+            (i, Scenario::stale_proposals(i, 4)),
         ] {
             let report = Simulation::new(number, scenario).run();
             assert!(report.violations.is_empty(), "{:?}", report.violations);

@@ -88,6 +88,10 @@ fn exercised(reports: &[Report]) {
         reports.iter().map(|r| r.state_transfers).sum::<u64>() > 0,
         "replicas too far behind fetched a checkpoint's state"
     );
+    assert!(
+        reports.iter().map(|r| r.batches_fetched).sum::<u64>() > 0,
+        "a new primary fetched a batch it had to re-propose before it signed its new view"
+    );
 }
 
 #[test]
@@ -247,6 +251,29 @@ fn batches_only_one_replica_committed_on_the_fast_path_survive_the_view_change()
             );
             assert_eq!(report.requests_completed, 9);
         }
+    }
+}
+
+/// A validator that was down catches up by replaying committed batches from its peers while
+/// the primary proposes other batches at seqs they already checkpointed
+/// ([`Scenario::stale_proposals`]): the peers must refuse the stale proposals and keep
+/// serving what committed.
+#[test]
+fn a_validator_catches_up_by_replay_while_the_primary_reproposes_committed_seqs() {
+    for seed in 0..20 {
+        let scenario = Scenario::stale_proposals(seed, 4);
+        let report = run_checked(seed, &scenario);
+        assert!(
+            report.violations.is_empty(),
+            "seed {seed}: {:?}",
+            report.violations
+        );
+        assert_eq!(report.requests_completed, 6, "seed {seed}");
+        assert_eq!(
+            (report.restarts, report.state_transfers),
+            (1, 0),
+            "seed {seed}: the validator came back and caught up by replay"
+        );
     }
 }
 

@@ -138,6 +138,7 @@ impl Replica {
             + self.view_changes.len()
             + self.checkpoints.footprint()
             + self.signer.len()
+            + self.kept.len()
     }
 
     /// The most entries [`Replica::memory_footprint`] may count under this replica's config,
@@ -145,7 +146,8 @@ impl Replica {
     /// per validator each (the window, and as far again while catching up), the archive,
     /// per-peer buffers, pending and watched requests with their index entries, one view
     /// change per validator, checkpoint votes and reports, own checkpoints and snapshots for
-    /// every checkpoint in reach, the votes it signed (three phases per slot), and the client table.
+    /// every checkpoint in reach, the votes it signed (three phases per slot), a kept batch per
+    /// seq of the window, and the client table.
     pub fn memory_bound(&self) -> usize {
         let config = &self.config;
         let n = self.validators.len();
@@ -159,6 +161,7 @@ impl Replica {
             + n
             + checkpoints * (2 * n + 2)
             + 3 * 2 * window
+            + window
             + config.max_clients
     }
 }

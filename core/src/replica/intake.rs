@@ -375,6 +375,33 @@ impl Replica {
         }
     }
 
+    /// Checks a proposed batch against the config's limits before anything hashes it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BatchTooLarge`] for an empty batch or one over `max_batch_ops` or
+    /// `max_batch_bytes`; [`Error::RequestTooLarge`] for an op over `max_request_bytes`.
+    pub(super) fn check_batch_limits(&self, batch: &Batch) -> Result<(), Error> {
+        let requests = &batch.requests;
+        let bytes: usize = requests.iter().map(Request::encoded_len).sum();
+        if requests.is_empty()
+            || requests.len() > self.config.max_batch_ops
+            || bytes > self.config.max_batch_bytes
+        {
+            return Err(Error::BatchTooLarge);
+        }
+        if let Some(request) = requests
+            .iter()
+            .find(|r| r.op.len() > self.config.max_request_bytes)
+        {
+            return Err(Error::RequestTooLarge {
+                len: request.op.len(),
+                max: self.config.max_request_bytes,
+            });
+        }
+        Ok(())
+    }
+
     /// Checks the primary's signature (queued in `verifier`) and the client signatures of its
     /// proposed batch (`requests`, with their `leaves`) that this replica did not verify on
     /// arrival, in one batch check; counts the checks, and the signatures found cached when

@@ -14,6 +14,7 @@ mod budget;
 mod checkpoints;
 mod exactly_once;
 mod execute;
+mod held_batches;
 mod inspect;
 mod intake;
 mod outbox;
@@ -43,7 +44,7 @@ use crate::merkle;
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::new_view::NewView;
-use crate::statement::{Phase, PrePrepare, Request, Vote};
+use crate::statement::{Batch, Phase, PrePrepare, Request, Vote};
 use budget::CheckBudget;
 use checkpoints::Checkpoints;
 use exactly_once::ClientTable;
@@ -96,6 +97,11 @@ pub struct Replica {
     new_view: Option<NewView>,
     /// The state this replica is fetching, when it is too far behind to replay.
     transfer: Option<transfer::Transfer>,
+    /// As a new primary: the re-proposed batches it lacks and has fetched.
+    batch_fetch: Option<held_batches::BatchFetch>,
+    /// seq → the batch of this replica's latest vote of the prepare phase there, with the
+    /// pre-prepare it accepted, once the log let go of it (see [`held_batches`]).
+    kept: BTreeMap<u64, (Vote, Batch)>,
     /// State chunks served to each peer in the current retransmit interval.
     chunks_served: BTreeMap<ReplicaId, (u64, u32)>,
     outbox: Outbox,
@@ -148,6 +154,8 @@ impl Replica {
             view_changes: BTreeMap::new(),
             new_view: None,
             transfer: None,
+            batch_fetch: None,
+            kept: BTreeMap::new(),
             chunks_served: BTreeMap::new(),
         })
     }
@@ -183,6 +191,10 @@ impl Replica {
         self.check_view_timers();
         if self.status_deadline().is_some_and(|at| at <= now) {
             self.send_status();
+            if self.awaits_batches() {
+                // Asks again for the batches its new view needs.
+                self.send_new_view();
+            }
             // Far behind (say, restored after a crash): fetch the newest stable state; a
             // transfer without progress for an interval asks the next peer.
             if !self.maybe_start_transfer() {
@@ -292,6 +304,8 @@ impl Replica {
             Message::FetchState(fetch) => self.on_fetch_state(peer, fetch),
             Message::StateManifest(manifest) => self.on_manifest(peer, manifest),
             Message::StateChunk(chunk) => self.on_chunk(peer, chunk),
+            Message::FetchBatches(fetch) => self.on_fetch_batches(peer, fetch),
+            Message::Batch(batch) => self.on_batch(batch),
             Message::Request(_) | Message::Reply(_) => {
                 Err(Error::UnexpectedMessage(message.kind()))
             }
@@ -350,23 +364,8 @@ impl Replica {
                 return self.report(seq, first, vote);
             }
         }
+        self.check_batch_limits(&batch)?;
         let requests = &batch.requests;
-        let bytes: usize = requests.iter().map(Request::encoded_len).sum();
-        if requests.is_empty()
-            || requests.len() > self.config.max_batch_ops
-            || bytes > self.config.max_batch_bytes
-        {
-            return Err(Error::BatchTooLarge);
-        }
-        if let Some(request) = requests
-            .iter()
-            .find(|r| r.op.len() > self.config.max_request_bytes)
-        {
-            return Err(Error::RequestTooLarge {
-                len: request.op.len(),
-                max: self.config.max_request_bytes,
-            });
-        }
         let leaves = batch.leaves(&self.config.chain_id);
         if merkle::root(&leaves) != vote.digest {
             return Err(Error::BatchDigestMismatch);

@@ -115,7 +115,10 @@ impl Replica {
                 Record::Accepted(proposal, batch) => {
                     let own = proposal.replica == replica.id;
                     if own && !planted!(replica.config, RestoreWithoutSignedIndex) {
-                        in_view = in_view.max(proposal.view);
+                        // Its own proposal. It does not move the view: a view after 0 is
+                        // entered with its new view's record, and a re-proposal's batch is
+                        // logged before that record, so a crash between the two leaves the
+                        // replica changing to that view, not in it without its new view.
                         replica.signer.remember(proposal.clone());
                     }
                     // The latest view's, where a batch was proposed again at its seq.
@@ -221,6 +224,7 @@ impl Replica {
         replica.check_prepared_batches();
         replica.forget_left_behind();
         replica.restore_voted_batches(&accepted);
+        replica.restore_kept_batches(&accepted);
         replica.signer.forget_through(stable);
         replica.signer.leave_views_below(view);
         replica.restore_checkpoint_votes();
@@ -392,6 +396,30 @@ impl Replica {
         }
     }
 
+    /// Keeps, at each seq above the checkpoint, the batch of the latest accepted pre-prepare
+    /// the log does not hold: the batch of a vote whose slot a later view took over (a kept
+    /// batch before the crash, or one the replica voted for). At most one per seq.
+    fn restore_kept_batches(&mut self, accepted: &BTreeMap<(u64, Digest), (Vote, Batch)>) {
+        let chain = self.config.chain_id;
+        let floor = self.checkpoints.stable().seq.max(self.executed);
+        for ((seq, digest), (proposal, batch)) in
+            accepted.range((floor.saturating_add(1), Digest([0; 32]))..)
+        {
+            let held = self
+                .log
+                .get(seq)
+                .is_some_and(|slot| slot.digest == Some(*digest) && slot.batch.is_some());
+            let newer = self
+                .kept
+                .get(seq)
+                .is_none_or(|(kept, _)| kept.view < proposal.view);
+            if held || !newer || crate::merkle::root(&batch.leaves(&chain)) != *digest {
+                continue;
+            }
+            self.kept.insert(*seq, (proposal.clone(), batch.clone()));
+        }
+    }
+
     /// Keeps a batch restored with a prepared certificate only if it is the certified one; the
     /// slot then knows its digest and request digests, as after accepting the pre-prepare.
     fn check_prepared_batches(&mut self) {
@@ -505,8 +533,9 @@ impl Replica {
 
     /// The records a restart needs now, to replace the host's log with (after a stable
     /// checkpoint, everything else is garbage): the stable checkpoint, the view, the prepared
-    /// certificates and accepted proposals (with their batches) above the checkpoint, the
-    /// votes signed in this view and the latest vote of the prepare phase at each seq.
+    /// certificates and accepted proposals (with their batches) above the checkpoint, the kept
+    /// batches, the votes signed in this view and the latest vote of the prepare phase at each
+    /// seq.
     pub fn durable_records(&self) -> Vec<Record> {
         let mut records = Vec::new();
         let stable = self.checkpoints.stable();
@@ -536,6 +565,9 @@ impl Replica {
             {
                 records.push(Record::Accepted(proposal.clone(), batch.clone()));
             }
+        }
+        for (proposal, batch) in self.kept.values() {
+            records.push(Record::Accepted(proposal.clone(), batch.clone()));
         }
         records.extend(self.signer.votes().cloned().map(Record::Signed));
         records

@@ -258,6 +258,10 @@ impl Replica {
             self.intake.release(leaf);
         }
         self.intake.track_all(&leaves);
+        if slot.digest != Some(certificate.digest) {
+            // No record holds this batch yet.
+            slot.batch_logged = false;
+        }
         slot.digest = Some(certificate.digest);
         slot.leaves = leaves;
         slot.batch = Some(batch);

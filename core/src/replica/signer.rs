@@ -205,8 +205,16 @@ impl Replica {
             self.metrics.refused_to_equivocate += 1;
             return None;
         }
-        self.signer
-            .vote(&mut self.metrics, phase, (self.view, seq), digest)
+        let vote = self
+            .signer
+            .vote(&mut self.metrics, phase, (self.view, seq), digest)?;
+        if matches!(phase, Phase::PrePrepare | Phase::Prepare)
+            && self.kept.get(&seq).is_some_and(|(p, _)| p.digest != digest)
+        {
+            // The latest vote there is now this one, whose batch the log holds.
+            self.kept.remove(&seq);
+        }
+        Some(vote)
     }
 
     /// Signs a prepare or commit, persists it, then broadcasts it and counts it locally.

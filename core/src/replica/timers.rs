@@ -29,6 +29,8 @@ pub(super) struct Timers {
     last_status: Option<u64>,
     /// When each peer was last served retransmissions.
     served: BTreeMap<ReplicaId, u64>,
+    /// When each peer was last served the batches it asked for as a new primary.
+    batches_served: BTreeMap<ReplicaId, u64>,
     view_timeout_ms: u64,
     max_timeout_factor: u64,
     retransmit_ms: u64,
@@ -48,6 +50,7 @@ impl Timers {
             progress_at: 0,
             last_status: None,
             served: BTreeMap::new(),
+            batches_served: BTreeMap::new(),
             view_timeout_ms: config.view_timeout_ms,
             max_timeout_factor: config.max_timeout_factor,
             retransmit_ms: config.retransmit_ms,
@@ -205,14 +208,32 @@ impl Timers {
     /// Whether `peer` may be served retransmissions now (once per retransmit interval); if
     /// so, starts its interval.
     pub(super) fn may_serve(&mut self, peer: ReplicaId) -> bool {
-        if self
-            .served
+        Self::open_interval(&mut self.served, peer, self.now, self.retransmit_ms)
+    }
+
+    /// Whether `peer` may be served the batches it asked for now (apart from retransmissions:
+    /// a new primary also sends statuses); if so, starts its interval. The interval is half
+    /// the one the asker waits between asks, so a retry that comes a little early is served.
+    pub(super) fn may_serve_batches(&mut self, peer: ReplicaId) -> bool {
+        let interval = self.retransmit_ms / 2;
+        Self::open_interval(&mut self.batches_served, peer, self.now, interval)
+    }
+
+    /// Whether `interval` ms passed since `peer` was last served from `served`; if so, starts
+    /// its next interval at `now`.
+    fn open_interval(
+        served: &mut BTreeMap<ReplicaId, u64>,
+        peer: ReplicaId,
+        now: u64,
+        interval: u64,
+    ) -> bool {
+        if served
             .get(&peer)
-            .is_some_and(|&at| self.now < at.saturating_add(self.retransmit_ms))
+            .is_some_and(|&at| now < at.saturating_add(interval))
         {
             return false;
         }
-        self.served.insert(peer, self.now);
+        served.insert(peer, now);
         true
     }
 }

@@ -84,6 +84,7 @@ impl Replica {
         self.view = view;
         self.mode = Mode::ViewChange { since };
         self.timers.left_view();
+        self.drop_batch_fetch();
         let mut prepared: Vec<_> = self
             .log
             .range(self.checkpoints.stable().seq + 1..)
@@ -258,7 +259,7 @@ impl Replica {
     /// As the primary of the view being changed to, once a quorum of view changes for it is
     /// in (their certificates checked): signs the proposals they determine and the new view,
     /// and enters it.
-    fn send_new_view(&mut self) {
+    pub(super) fn send_new_view(&mut self) {
         let quorum = self.validators.quorum();
         let candidates: Vec<ReplicaId> = self
             .view_changes
@@ -285,6 +286,9 @@ impl Replica {
             return;
         }
         let plan = plan(&self.config.chain_id, &self.validators, &view_changes);
+        if !self.holds_planned_batches(&plan) {
+            return;
+        }
         let proposals: Option<Vec<Vote>> = plan
             .proposals
             .iter()
@@ -295,6 +299,7 @@ impl Replica {
             // replica cannot lead the view; the next one will.
             return;
         };
+        self.log_planned_batches(&proposals);
         let mut new_view = NewView::assemble(&self.validators, self.view, &view_changes, proposals);
         self.signer.new_view(&mut self.metrics, &mut new_view);
         let message = Message::NewView(new_view.clone());
@@ -344,7 +349,8 @@ impl Replica {
     }
 
     /// Stores the batch of a slot whose proposal is known by digest only (a new view
-    /// re-proposed it, and the batch had not reached this replica).
+    /// re-proposed it, and the batch had not reached this replica), then prepares it as a
+    /// backup: the prepare waited for the batch.
     pub(super) fn fill_batch(&mut self, seq: u64, batch: Batch) -> Result<(), Error> {
         let leaves = batch.leaves(&self.config.chain_id);
         let Some(slot) = self.log.get_mut(&seq) else {
@@ -355,14 +361,32 @@ impl Replica {
         }
         self.intake.track_all(&leaves);
         slot.leaves = leaves;
-        slot.batch = Some(batch.clone());
-        // Its vote for this digest may decide the next view: the batch must outlive a crash.
-        if let Some(proposal) = slot.proposal.clone() {
-            slot.batch_logged = true;
-            self.outbox.persist(Record::Accepted(proposal, batch));
-        }
+        slot.batch = Some(batch);
+        self.prepare_reproposal(seq);
+        self.advance(seq);
         self.deliver_ready();
         Ok(())
+    }
+
+    /// As a backup, prepares the re-proposal of the current view at `seq` once it holds the
+    /// batch, persisting the batch first if no record has it: a vote of the prepare phase may
+    /// decide a later view, so it must come from a replica that can hand the batch on, also
+    /// after a crash ([`crate::view_change`], "Why every re-proposed batch can be found").
+    fn prepare_reproposal(&mut self, seq: u64) {
+        let Some(slot) = self.log.get(&seq) else {
+            return;
+        };
+        let (Some(proposal), Some(batch)) = (&slot.proposal, &slot.batch) else {
+            return;
+        };
+        if proposal.view != self.view || proposal.replica == self.id {
+            return;
+        }
+        let null = null_digest(&self.config.chain_id);
+        let accepted = (!slot.batch_logged && proposal.digest != null)
+            .then(|| Record::Accepted(proposal.clone(), batch.clone()));
+        let digest = proposal.digest;
+        self.cast_after(Phase::Prepare, seq, digest, accepted);
     }
 
     /// Sends the new view that started this view to a peer still in an older one.
@@ -408,24 +432,40 @@ impl Replica {
             .last()
             .map_or(self.checkpoints.stable().seq, |&(seq, _)| seq);
         // Proposals of older views above max_s never committed: they are void, and so are
-        // this replica's votes for them.
+        // this replica's votes for them. The batch of its latest vote stays until it votes
+        // again there: an old certificate may still bring it back.
+        let proposed = plan.proposals.iter().copied().collect();
+        self.keep_voted_batches(&proposed);
         self.log
             .retain(|&seq, slot| seq <= max_s || slot.certificate.is_some());
-        let proposed = plan.proposals.iter().copied().collect();
         self.signer.forget_votes_left(view, &proposed);
         let null = null_digest(&self.config.chain_id);
-        let primary = self.validators.primary(view);
         let mut reproposed = Vec::new();
         for proposal in &new_view.proposals {
             let seq = proposal.seq;
             if seq <= self.low {
                 continue;
             }
-            let batch = (proposal.digest == null).then(Batch::default);
-            self.log
-                .entry(seq)
-                .or_default()
-                .repropose(proposal.clone(), batch);
+            // The null batch, one this replica fetched as the primary, or one it kept: a batch
+            // the log holds already for the digest stays.
+            let batch = match proposal.digest == null {
+                true => Some(Batch::default()),
+                false => self
+                    .take_fetched(seq, proposal.digest)
+                    .or_else(|| self.take_kept(seq, proposal.digest)),
+            };
+            let leaves = batch
+                .as_ref()
+                .map(|batch| batch.leaves(&self.config.chain_id));
+            let slot = self.log.entry(seq).or_default();
+            slot.repropose(proposal.clone(), batch);
+            if let Some(leaves) = leaves
+                && slot.leaves.is_empty()
+            {
+                // A fetched batch (logged before the new view left) or a kept one.
+                slot.leaves = leaves;
+                slot.batch_logged = proposal.digest != null;
+            }
             reproposed.push((seq, proposal.digest));
         }
         self.next_seq = max_s.max(self.last_delivered) + 1;
@@ -436,10 +476,10 @@ impl Replica {
         for (_, slot) in self.log.range(executed + 1..) {
             self.intake.track_all(&slot.leaves);
         }
-        for (seq, digest) in reproposed {
-            if self.id != primary {
-                self.cast(Phase::Prepare, seq, digest);
-            }
+        self.drop_batch_fetch();
+        for (seq, _) in reproposed {
+            // A backup without the batch prepares once it comes ([`Replica::fill_batch`]).
+            self.prepare_reproposal(seq);
             self.advance(seq);
         }
         self.update_low();

@@ -98,6 +98,7 @@ impl Replica {
         let idle = self.config.retransmit_ms.saturating_mul(passes);
         self.checkpoints.prune(target, self.timers.now(), idle);
         self.signer.forget_through(target);
+        self.kept.retain(|&seq, _| seq > target);
         self.low = target;
         self.replay_ahead();
         if self.is_primary() && self.intake.pending_len() > 0 {

@@ -90,8 +90,8 @@ impl Simulation {
         }
     }
 
-    /// The message in `bytes` with one field changed and signed again with `index`'s key;
-    /// `None` for messages it has no signed field to change in.
+    /// The message in `bytes` with one field changed and signed again with `index`'s key (an
+    /// unsigned one just changed); `None` for messages it has nothing to change in.
     fn resigned(&mut self, index: NodeId, bytes: &[u8]) -> Option<Vec<u8>> {
         let keypair = Keypair::from_seed(&self.validators[index].keypair.seed());
         let window = self.scenario.window;
@@ -170,6 +170,20 @@ impl Simulation {
                 }
                 new_view.signature = keypair.sign(&new_view.signed_digest(&chain(), 0));
                 Message::NewView(new_view)
+            }
+            // Unsigned, proved by digest: a wrong batch for the seq asked about, or a request
+            // for batches in another view.
+            Message::Batch(mut answer) => {
+                let requests = &mut answer.batch.requests;
+                match requests.len() > 1 {
+                    true => requests.reverse(),
+                    false => requests.clear(),
+                }
+                Message::Batch(answer)
+            }
+            Message::FetchBatches(mut fetch) => {
+                fetch.view = self.shift(fetch.view, 2);
+                Message::FetchBatches(fetch)
             }
             _ => return None,
         };

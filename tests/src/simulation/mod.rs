@@ -313,6 +313,12 @@ impl Simulation {
             .filter(|node| node.fault.is_none())
             .map(|node| node.replica.metrics().views_changed)
             .sum();
+        self.report.batches_fetched = self
+            .validators
+            .iter()
+            .filter(|node| node.fault.is_none())
+            .map(|node| node.replica.metrics().batches_fetched)
+            .sum();
         self.check_liveness();
         if std::env::var_os("PBFT_SIM_DEBUG").is_some() {
             for (index, node) in self.validators.iter().enumerate() {
