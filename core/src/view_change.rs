@@ -64,23 +64,27 @@
 //! score; a score above v' needs an honest vote after v', which is for the committed batch
 //! again.
 //!
-//! # Why every re-proposed batch can be found
+//! # Why a re-proposed batch can be found, and when it cannot
 //!
 //! A new view names its re-proposals by digest; replicas that lack a batch fetch it from a
 //! peer that holds it. That works only if some honest replica holds it, and votes alone can
 //! re-propose a batch: f faulty validators plus one honest vote make f + 1 reports. So an
 //! honest replica signs a vote of the prepare phase only while it holds the batch and after
-//! the batch is logged: a backup accepts a fresh pre-prepare with its batch, prepares a
-//! re-proposal only once the batch is in (`Replica::fill_batch`), and a new primary signs its
-//! new view only once it holds every batch the plan re-proposes, fetched from the validators
-//! whose view changes reported them if need be ([`crate::FetchBatches`]). It keeps the batch
-//! as long as it keeps the vote: both go together when a later view proposes something else
-//! at that seq, or at the stable checkpoint. Then a digest with f + 1 reports, or with a
-//! prepared certificate (f honest prepares among its 2f), has an honest holder, and after
-//! GST the fetch succeeds. Without this rule, a replica that prepared a re-proposal it did
-//! not hold counted towards re-proposing it again after its only honest holder moved on,
-//! and the seq never delivered. The rule costs no safety: a vote signed later, or not at
-//! all, is what a slow replica does anyway.
+//! the batch is logged: a backup accepts a fresh pre-prepare with its batch and prepares a
+//! re-proposal only once the batch is in (`Replica::fill_batch`); a new primary signs its new
+//! view only once it holds every batch the plan re-proposes, fetched if need be
+//! ([`crate::FetchBatches`]). And it keeps the batch of its latest such vote at each seq
+//! until it votes for another batch there or the seq is checkpointed, also after a new view
+//! proposed something else there. So a digest chosen from f + 1 reports has an honest
+//! holder, and one chosen from a prepared certificate has one unless each of the f + 1
+//! honest validators that voted for it has since voted for other batches at that seq. That
+//! last case is open: an equivocating primary that alone holds the certificate, with a
+//! schedule over three views before GST in which each honest voter votes again there, can
+//! replay it so that every later view re-proposes a batch nobody honest holds, and the seq
+//! stalls. Castro and Liskov close it by taking a certificate only where f + 1 view changes
+//! also report having accepted the batch in its view or later (condition A2 of their
+//! bounded view change); this plan does not have that rule yet. The rules above cost no
+//! safety: a vote signed later, or not at all, is what a slow replica does anyway.
 //!
 //! # The order of the checks
 //!

@@ -438,8 +438,9 @@ fn prepared_one() -> Prepared {
 }
 
 /// A backup that voted for a batch keeps it after a new view proposed another one at that
-/// seq (whose batch it never got, so it voted for nothing there): an old prepared certificate
-/// brings the batch back in a later view, and then the backup serves it and prepares it.
+/// seq (whose batch it never got, so it voted for nothing there), and across a restart: an
+/// old prepared certificate brings the batch back in a later view, and then the backup serves
+/// it and prepares it.
 #[test]
 fn the_batch_of_a_backups_latest_vote_outlives_a_view_that_proposed_another() {
     let mut backup = pbft_core::testing::replica(3, config(true));
@@ -464,6 +465,9 @@ fn the_batch_of_a_backups_latest_vote_outlives_a_view_that_proposed_another() {
             .any(|o| matches!(o, Output::Persist(Record::Signed(v)) if v.phase == Phase::Prepare)),
         "no prepare without the batch"
     );
+    // A restart from its compacted log keeps the batch too.
+    let mut backup = restored_backup(backup.durable_records());
+    drain(&mut backup);
     // Validators 0 and 1 move it to view 2, whose primary asks for batch [1]: it is kept.
     for signer in [0, 1] {
         let change = view_change(signer, 2, vec![prepared_one()]);

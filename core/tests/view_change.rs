@@ -488,14 +488,18 @@ fn a_restored_backup_knows_a_null_re_proposal_as_the_empty_batch() {
         restored.handle_message(NOW, &key_of(1), &bytes),
         Err(Error::Duplicate)
     );
-    // Its peers' prepares on the null digest prepare the slot: it commits the null batch.
+    // It holds the null batch and never prepared it (its records have no vote): its first
+    // input prepares it. Its peers' prepares then prepare the slot: it commits the null batch.
     for signer in [0usize, 2] {
         let prepare = vote_for(signer, Phase::Prepare, (1, 1), null_digest(&chain()));
         restored
             .handle_message(NOW, &key_of(signer), &Message::Vote(prepare).encode())
             .unwrap();
     }
-    assert_eq!(signed_now(&mut restored), vec![(Phase::Commit, 1, 1)]);
+    assert_eq!(
+        signed_now(&mut restored),
+        vec![(Phase::Prepare, 1, 1), (Phase::Commit, 1, 1)]
+    );
 }
 
 #[test]

@@ -1,8 +1,8 @@
 //! The batches a replica holds for later views, and how a new primary gets those it lacks.
 //!
 //! A new view names its re-proposals by digest, so someone honest must hold each batch it can
-//! name ([`crate::view_change`], "Why every re-proposed batch can be found"). Two rules see to
-//! it. An honest replica signs a vote of the prepare phase only while it holds the batch and
+//! name ([`crate::view_change`], "Why a re-proposed batch can be found, and when it cannot").
+//! Two rules see to it. An honest replica signs a vote of the prepare phase only while it holds the batch and
 //! after the batch is logged: a backup prepares a re-proposal once the batch is in
 //! ([`Replica::fill_batch`]), and a new primary signs its new view once it holds every batch
 //! the plan re-proposes, asking first the validators whose view changes reported one it lacks
@@ -11,7 +11,8 @@
 //! latest such vote at each seq until it votes for another batch there or the seq is
 //! checkpointed, also after a new view proposed something else there: an old prepared
 //! certificate for that batch may still decide a later view (Castro and Liskov keep the
-//! requests of the log until the checkpoint for the same reason).
+//! requests of the log until the checkpoint for the same reason). The case these rules leave
+//! open is described there.
 
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
@@ -24,7 +25,7 @@ use crate::error::Error;
 use crate::merkle;
 use crate::message::{BatchAt, FetchBatches, Message};
 use crate::new_view::{Plan, null_digest};
-use crate::statement::{Batch, Vote};
+use crate::statement::{Batch, Phase, Vote};
 
 /// What a new primary still lacks, and has fetched, for the new view it is about to sign.
 #[derive(Debug)]
@@ -193,6 +194,34 @@ impl Replica {
             if leaving && voted && proposal.digest == digest {
                 self.kept.insert(seq, (proposal.clone(), batch.clone()));
             }
+        }
+    }
+
+    /// On the first input after a restore, as a backup: prepares each proposal of the current
+    /// view whose batch it holds and that it has not prepared (it crashed between logging the
+    /// batch and its vote, or its records brought the batch back).
+    pub(super) fn prepare_held_proposals(&mut self) {
+        if self.mode != Mode::Normal {
+            return;
+        }
+        let view = self.view;
+        let waiting: Vec<u64> = self
+            .log
+            .iter()
+            .filter(|&(&seq, slot)| {
+                slot.batch.is_some()
+                    && slot.certificate.is_none()
+                    && slot
+                        .proposal
+                        .as_ref()
+                        .is_some_and(|p| p.view == view && p.replica != self.id)
+                    && self.signer.get(Phase::Prepare, view, seq).is_none()
+            })
+            .map(|(&seq, _)| seq)
+            .collect();
+        for seq in waiting {
+            self.prepare_reproposal(seq);
+            self.advance(seq);
         }
     }
 

@@ -266,6 +266,7 @@ impl Replica {
                 // Restored mid view change: count its time from the restart.
                 *since = now;
             }
+            self.prepare_held_proposals();
             self.deliver_ready();
         }
     }

@@ -107,7 +107,9 @@ impl Replica {
                 Record::Committed(certificate, batch) => redo.push((certificate, batch)),
                 Record::Signed(_) if planted!(replica.config, RestoreWithoutSignedIndex) => {}
                 Record::Signed(vote) => {
-                    if vote.phase != Phase::Checkpoint {
+                    // A pre-prepare does not move the view either: one after view 0 is in a
+                    // new view, whose record does.
+                    if !matches!(vote.phase, Phase::Checkpoint | Phase::PrePrepare) {
                         in_view = in_view.max(vote.view);
                     }
                     replica.signer.remember(vote);
@@ -224,12 +226,13 @@ impl Replica {
         replica.check_prepared_batches();
         replica.forget_left_behind();
         replica.restore_voted_batches(&accepted);
-        replica.restore_kept_batches(&accepted);
         replica.signer.forget_through(stable);
         replica.signer.leave_views_below(view);
         replica.restore_checkpoint_votes();
         replica.restore_checkpoint_states(checkpoint_states);
-        let reproposed = replica.restore_new_view();
+        let reproposed = replica.restore_new_view(&accepted);
+        // After the new view's proposals took their slots: a batch they displaced is kept.
+        replica.restore_kept_batches(&accepted);
         // As primary, never propose again at a seq it proposed before the crash, nor at one
         // the new view it entered re-proposed.
         let proposed = replica.signer.highest_proposal(view);
@@ -402,21 +405,25 @@ impl Replica {
     fn restore_kept_batches(&mut self, accepted: &BTreeMap<(u64, Digest), (Vote, Batch)>) {
         let chain = self.config.chain_id;
         let floor = self.checkpoints.stable().seq.max(self.executed);
-        for ((seq, digest), (proposal, batch)) in
-            accepted.range((floor.saturating_add(1), Digest([0; 32]))..)
-        {
+        // The latest view's accepted batch at each seq the log does not hold, then checked.
+        let mut latest: BTreeMap<u64, (&Vote, &Batch)> = BTreeMap::new();
+        let from = (floor.saturating_add(1), Digest([0; 32]));
+        for ((seq, digest), (proposal, batch)) in accepted.range(from..) {
             let held = self
                 .log
                 .get(seq)
                 .is_some_and(|slot| slot.digest == Some(*digest) && slot.batch.is_some());
-            let newer = self
-                .kept
+            let newer = latest
                 .get(seq)
                 .is_none_or(|(kept, _)| kept.view < proposal.view);
-            if held || !newer || crate::merkle::root(&batch.leaves(&chain)) != *digest {
-                continue;
+            if !held && newer {
+                latest.insert(*seq, (proposal, batch));
             }
-            self.kept.insert(*seq, (proposal.clone(), batch.clone()));
+        }
+        for (seq, (proposal, batch)) in latest {
+            if crate::merkle::root(&batch.leaves(&chain)) == proposal.digest {
+                self.kept.insert(seq, (proposal.clone(), batch.clone()));
+            }
         }
     }
 
@@ -495,7 +502,7 @@ impl Replica {
     /// it did: a later pre-prepare at a re-proposed seq must match them, and a null one is
     /// known as the empty batch it stands for. Its own prepares there count again. Returns the
     /// highest re-proposed seq (0 without one).
-    fn restore_new_view(&mut self) -> u64 {
+    fn restore_new_view(&mut self, accepted: &BTreeMap<(u64, Digest), (Vote, Batch)>) -> u64 {
         let Some(new_view) = self.new_view.clone().filter(|nv| nv.view == self.view) else {
             return 0;
         };
@@ -517,9 +524,24 @@ impl Replica {
             {
                 continue;
             }
-            let batch = (proposal.digest == null).then(Batch::default);
+            // The null batch, or the proposal's batch if a record of this replica has it.
+            let batch = match proposal.digest == null {
+                true => Some(Batch::default()),
+                false => accepted
+                    .get(&(seq, proposal.digest))
+                    .map(|(_, batch)| batch.clone()),
+            };
+            let leaves = batch
+                .as_ref()
+                .map(|batch| batch.leaves(&self.config.chain_id));
             let slot = self.log.entry(seq).or_default();
             slot.repropose(proposal.clone(), batch);
+            if let Some(leaves) = leaves
+                && slot.leaves.is_empty()
+            {
+                slot.leaves = leaves;
+                slot.batch_logged = proposal.digest != null;
+            }
             for phase in [Phase::Prepare, Phase::Commit] {
                 if let Some(vote) = self.signer.get(phase, proposal.view, seq)
                     && vote.digest == proposal.digest

@@ -199,6 +199,16 @@ impl Signer {
 }
 
 impl Replica {
+    /// Whether [`Replica::sign_vote`] would sign this vote: it agrees with what this replica
+    /// executed and with what it signed for the statement before.
+    pub(super) fn may_sign_vote(&self, phase: Phase, seq: u64, digest: Digest) -> bool {
+        self.agrees_with_executed(seq, digest)
+            && self
+                .signer
+                .get(phase, self.view, seq)
+                .is_none_or(|signed| signed.digest == digest)
+    }
+
     /// Signs a vote of the current view, unless it contradicts what this replica executed.
     pub(super) fn sign_vote(&mut self, phase: Phase, seq: u64, digest: Digest) -> Option<Vote> {
         if !self.agrees_with_executed(seq, digest) {

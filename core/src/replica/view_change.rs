@@ -289,6 +289,15 @@ impl Replica {
         if !self.holds_planned_batches(&plan) {
             return;
         }
+        // All or none: proposals signed before a refusal would never be sent, yet count as
+        // this replica's votes.
+        if !plan
+            .proposals
+            .iter()
+            .all(|&(seq, digest)| self.may_sign_vote(Phase::PrePrepare, seq, digest))
+        {
+            return;
+        }
         let proposals: Option<Vec<Vote>> = plan
             .proposals
             .iter()
@@ -371,8 +380,8 @@ impl Replica {
     /// As a backup, prepares the re-proposal of the current view at `seq` once it holds the
     /// batch, persisting the batch first if no record has it: a vote of the prepare phase may
     /// decide a later view, so it must come from a replica that can hand the batch on, also
-    /// after a crash ([`crate::view_change`], "Why every re-proposed batch can be found").
-    fn prepare_reproposal(&mut self, seq: u64) {
+    /// after a crash ([`crate::view_change`], "Why a re-proposed batch can be found").
+    pub(super) fn prepare_reproposal(&mut self, seq: u64) {
         let Some(slot) = self.log.get(&seq) else {
             return;
         };
