@@ -173,16 +173,21 @@ fn claim(view: u64, digest_of: &[u64]) -> PreparedClaim {
     }
 }
 
-/// Replica 0's pre-prepare of batch [2] at (0, 1) with prepares of 1 and 2.
-fn prepared_other() -> Prepared {
-    let other = batch(&[2]);
+/// Replica 0's pre-prepare of `batch(ops)` at (0, 1) with prepares of 1 and 2.
+fn prepared_in_view_0(ops: &[u64]) -> Prepared {
+    let proposed = batch(ops);
     Prepared {
-        proposal: vote(0, Phase::PrePrepare, (0, 1), &other),
+        proposal: vote(0, Phase::PrePrepare, (0, 1), &proposed),
         prepares: vec![
-            vote(1, Phase::Prepare, (0, 1), &other),
-            vote(2, Phase::Prepare, (0, 1), &other),
+            vote(1, Phase::Prepare, (0, 1), &proposed),
+            vote(2, Phase::Prepare, (0, 1), &proposed),
         ],
     }
+}
+
+/// The certificate of batch [2] at (0, 1).
+fn prepared_other() -> Prepared {
+    prepared_in_view_0(&[2])
 }
 
 #[test]
@@ -322,6 +327,31 @@ fn sent(outputs: &[Output]) -> Vec<(Destination, Message)> {
         .collect()
 }
 
+/// The batches `replica` sends validator 2, the primary of view 2, when it asks for `digest`
+/// at seq 1 (the replica changing to view 2); each must go to validator 2 at seq 1.
+fn served_to_view_2s_primary(
+    replica: &mut Replica,
+    digest: pbft_core::Digest,
+) -> Vec<pbft_core::Batch> {
+    let fetch = Message::FetchBatches(FetchBatches {
+        view: 2,
+        wanted: vec![(1, digest)],
+    });
+    replica
+        .handle_message(NOW, &key_of(2), &fetch.encode())
+        .unwrap();
+    sent(&drain(replica))
+        .into_iter()
+        .filter_map(|(to, message)| match message {
+            Message::Batch(answer) => {
+                assert_eq!((to, answer.seq), (Validator(ReplicaId(2)), 1));
+                Some(answer.batch)
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 /// A batch that f + 1 view changes report votes for is re-proposed from the votes alone, so
 /// its new primary must hold it: one that never saw it fetches it from those validators,
 /// logs it before its new view leaves, and after a restart still holds it for the next view.
@@ -408,33 +438,10 @@ fn a_new_primary_fetches_the_batch_it_re_proposes_and_keeps_it_across_a_restart(
     }
     let reported = persisted_view_change(&drain(&mut restored)).voted;
     assert_eq!(reported, [claim(1, &[1])]);
-    let fetch = Message::FetchBatches(FetchBatches {
-        view: 2,
-        wanted: vec![(1, digest)],
-    });
-    restored
-        .handle_message(NOW, &key_of(2), &fetch.encode())
-        .unwrap();
-    let served: Vec<_> = sent(&drain(&mut restored))
-        .into_iter()
-        .filter_map(|(to, message)| match message {
-            Message::Batch(answer) => Some((to, answer.seq, answer.batch)),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(served, [(Validator(ReplicaId(2)), 1, batch(&[1]))]);
-}
-
-/// Validator 0's pre-prepare of batch [1] at (0, 1) with prepares of 1 and 2.
-fn prepared_one() -> Prepared {
-    let one = batch(&[1]);
-    Prepared {
-        proposal: vote(0, Phase::PrePrepare, (0, 1), &one),
-        prepares: vec![
-            vote(1, Phase::Prepare, (0, 1), &one),
-            vote(2, Phase::Prepare, (0, 1), &one),
-        ],
-    }
+    assert_eq!(
+        served_to_view_2s_primary(&mut restored, digest),
+        [batch(&[1])]
+    );
 }
 
 /// A backup that voted for a batch keeps it after a new view proposed another one at that
@@ -470,30 +477,16 @@ fn the_batch_of_a_backups_latest_vote_outlives_a_view_that_proposed_another() {
     drain(&mut backup);
     // Validators 0 and 1 move it to view 2, whose primary asks for batch [1]: it is kept.
     for signer in [0, 1] {
-        let change = view_change(signer, 2, vec![prepared_one()]);
+        let change = view_change(signer, 2, vec![prepared_in_view_0(&[1])]);
         let bytes = Message::ViewChange(change).encode();
         backup.handle_message(NOW, &key_of(signer), &bytes).unwrap();
     }
     drain(&mut backup);
     let one = batch(&[1]).digest(&chain());
-    let fetch = Message::FetchBatches(FetchBatches {
-        view: 2,
-        wanted: vec![(1, one)],
-    });
-    backup
-        .handle_message(NOW, &key_of(2), &fetch.encode())
-        .unwrap();
-    let served: Vec<_> = sent(&drain(&mut backup))
-        .into_iter()
-        .filter_map(|(to, message)| match message {
-            Message::Batch(answer) => Some((to, answer.seq, answer.batch)),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(served, [(Validator(ReplicaId(2)), 1, batch(&[1]))]);
+    assert_eq!(served_to_view_2s_primary(&mut backup, one), [batch(&[1])]);
     // View 2 re-proposes batch [1] from the old certificate: the backup prepares it at once.
     let changes = (0..3)
-        .map(|signer| view_change(signer, 2, vec![prepared_one()]))
+        .map(|signer| view_change(signer, 2, vec![prepared_in_view_0(&[1])]))
         .collect();
     let reproposal = vote(2, Phase::PrePrepare, (2, 1), &batch(&[1]));
     let second = pbft_core::testing::new_view(2, 2, changes, vec![reproposal]);

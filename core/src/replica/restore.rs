@@ -531,17 +531,9 @@ impl Replica {
                     .get(&(seq, proposal.digest))
                     .map(|(_, batch)| batch.clone()),
             };
-            let leaves = batch
-                .as_ref()
-                .map(|batch| batch.leaves(&self.config.chain_id));
+            let chain = self.config.chain_id;
             let slot = self.log.entry(seq).or_default();
-            slot.repropose(proposal.clone(), batch);
-            if let Some(leaves) = leaves
-                && slot.leaves.is_empty()
-            {
-                slot.leaves = leaves;
-                slot.batch_logged = proposal.digest != null;
-            }
+            slot.repropose(&chain, proposal.clone(), batch);
             for phase in [Phase::Prepare, Phase::Commit] {
                 if let Some(vote) = self.signer.get(phase, proposal.view, seq)
                     && vote.digest == proposal.digest

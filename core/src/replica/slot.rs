@@ -227,9 +227,11 @@ impl Slot {
 
     /// Starts the slot over for a new view's proposal: the votes of older views no longer
     /// count; the prepared certificate, the QC and the batch (if it matches) stay.
-    /// `batch` is the batch when the proposal brings it (the null batch); otherwise a batch
-    /// this slot already holds for the same digest is kept, or it is fetched later.
-    pub(crate) fn repropose(&mut self, proposal: Vote, batch: Option<Batch>) {
+    /// A batch this slot already holds for the proposal's digest is kept; otherwise `batch`
+    /// takes its place: the null batch, or one a record of this replica holds (fetched, kept
+    /// or restored), whose request digests are computed under `chain`; or none, and it is
+    /// fetched later.
+    pub(crate) fn repropose(&mut self, chain: &ChainId, proposal: Vote, batch: Option<Batch>) {
         if self
             .certificate
             .as_ref()
@@ -239,9 +241,10 @@ impl Slot {
         }
         let keep = self.digest == Some(proposal.digest) && self.batch.is_some();
         if !keep {
+            self.leaves = batch.as_ref().map_or_else(Vec::new, |b| b.leaves(chain));
+            // Logged with a record already; the null batch needs none.
+            self.batch_logged = batch.as_ref().is_some_and(|b| !b.requests.is_empty());
             self.batch = batch;
-            self.leaves.clear();
-            self.batch_logged = false;
         }
         self.digest = Some(proposal.digest);
         self.proposal = Some(proposal);

@@ -463,18 +463,11 @@ impl Replica {
                     .take_fetched(seq, proposal.digest)
                     .or_else(|| self.take_kept(seq, proposal.digest)),
             };
-            let leaves = batch
-                .as_ref()
-                .map(|batch| batch.leaves(&self.config.chain_id));
-            let slot = self.log.entry(seq).or_default();
-            slot.repropose(proposal.clone(), batch);
-            if let Some(leaves) = leaves
-                && slot.leaves.is_empty()
-            {
-                // A fetched batch (logged before the new view left) or a kept one.
-                slot.leaves = leaves;
-                slot.batch_logged = proposal.digest != null;
-            }
+            let chain = self.config.chain_id;
+            self.log
+                .entry(seq)
+                .or_default()
+                .repropose(&chain, proposal.clone(), batch);
             reproposed.push((seq, proposal.digest));
         }
         self.next_seq = max_s.max(self.last_delivered) + 1;
