@@ -450,56 +450,65 @@ fn a_new_primary_fetches_the_batch_it_re_proposes_and_keeps_it_across_a_restart(
 /// it and prepares it.
 #[test]
 fn the_batch_of_a_backups_latest_vote_outlives_a_view_that_proposed_another() {
-    let mut backup = pbft_core::testing::replica(3, config(true));
-    let proposal = pre_prepare(0, (0, 1), &batch(&[1]));
-    backup.handle_message(NOW, &key_of(0), &proposal).unwrap();
-    drain(&mut backup);
-    // View 1 re-proposes batch [2] at seq 1, from a certificate backup 3 never saw.
-    let changes = vec![
-        view_change(0, 1, vec![prepared_other()]),
-        view_change(1, 1, vec![]),
-        view_change(2, 1, vec![]),
-    ];
-    let reproposal = vote(1, Phase::PrePrepare, (1, 1), &batch(&[2]));
-    let first = pbft_core::testing::new_view(1, 1, changes, vec![reproposal]);
-    backup
-        .handle_message(NOW, &key_of(1), &Message::NewView(first).encode())
-        .unwrap();
-    assert_eq!((backup.view(), backup.in_view()), (1, true));
-    assert!(
-        !drain(&mut backup)
-            .iter()
-            .any(|o| matches!(o, Output::Persist(Record::Signed(v)) if v.phase == Phase::Prepare)),
-        "no prepare without the batch"
-    );
-    // A restart from its compacted log keeps the batch too.
-    let mut backup = restored_backup(backup.durable_records());
-    drain(&mut backup);
-    // Validators 0 and 1 move it to view 2, whose primary asks for batch [1]: it is kept.
-    for signer in [0, 1] {
-        let change = view_change(signer, 2, vec![prepared_in_view_0(&[1])]);
-        let bytes = Message::ViewChange(change).encode();
-        backup.handle_message(NOW, &key_of(signer), &bytes).unwrap();
+    // Also when it prepared the batch and restarted from a compacted log, which keeps the
+    // batch only inside the prepared certificate's record.
+    for prepared_and_restarted in [false, true] {
+        // Without the fast path, one more prepare prepares the slot but commits nothing.
+        let mut backup = pbft_core::testing::replica(3, config(false));
+        let proposal = pre_prepare(0, (0, 1), &batch(&[1]));
+        backup.handle_message(NOW, &key_of(0), &proposal).unwrap();
+        if prepared_and_restarted {
+            votes(&mut backup, Phase::Prepare, &[1]);
+            backup = restored_backup(backup.durable_records());
+        }
+        drain(&mut backup);
+        // View 1 re-proposes batch [2] at seq 1, from a certificate backup 3 never saw.
+        let changes = vec![
+            view_change(0, 1, vec![prepared_other()]),
+            view_change(1, 1, vec![]),
+            view_change(2, 1, vec![]),
+        ];
+        let reproposal = vote(1, Phase::PrePrepare, (1, 1), &batch(&[2]));
+        let first = pbft_core::testing::new_view(1, 1, changes, vec![reproposal]);
+        backup
+            .handle_message(NOW, &key_of(1), &Message::NewView(first).encode())
+            .unwrap();
+        assert_eq!((backup.view(), backup.in_view()), (1, true));
+        assert!(
+            !drain(&mut backup).iter().any(
+                |o| matches!(o, Output::Persist(Record::Signed(v)) if v.phase == Phase::Prepare)
+            ),
+            "no prepare without the batch"
+        );
+        // A restart from its compacted log keeps the batch too.
+        let mut backup = restored_backup(backup.durable_records());
+        drain(&mut backup);
+        // Validators 0 and 1 move it to view 2, whose primary asks for batch [1]: it is kept.
+        for signer in [0, 1] {
+            let change = view_change(signer, 2, vec![prepared_in_view_0(&[1])]);
+            let bytes = Message::ViewChange(change).encode();
+            backup.handle_message(NOW, &key_of(signer), &bytes).unwrap();
+        }
+        drain(&mut backup);
+        let one = batch(&[1]).digest(&chain());
+        assert_eq!(served_to_view_2s_primary(&mut backup, one), [batch(&[1])]);
+        // View 2 re-proposes batch [1] from the old certificate: the backup prepares it at once.
+        let changes = (0..3)
+            .map(|signer| view_change(signer, 2, vec![prepared_in_view_0(&[1])]))
+            .collect();
+        let reproposal = vote(2, Phase::PrePrepare, (2, 1), &batch(&[1]));
+        let second = pbft_core::testing::new_view(2, 2, changes, vec![reproposal]);
+        backup
+            .handle_message(NOW, &key_of(2), &Message::NewView(second).encode())
+            .unwrap();
+        assert_eq!((backup.view(), backup.in_view()), (2, true));
+        let outputs = drain(&mut backup);
+        assert!(
+            outputs
+                .iter()
+                .any(|o| matches!(o, Output::Persist(Record::Signed(v))
+                if v.phase == Phase::Prepare && (v.view, v.seq, v.digest) == (2, 1, one))),
+            "the backup prepares the batch it kept: {outputs:?}"
+        );
     }
-    drain(&mut backup);
-    let one = batch(&[1]).digest(&chain());
-    assert_eq!(served_to_view_2s_primary(&mut backup, one), [batch(&[1])]);
-    // View 2 re-proposes batch [1] from the old certificate: the backup prepares it at once.
-    let changes = (0..3)
-        .map(|signer| view_change(signer, 2, vec![prepared_in_view_0(&[1])]))
-        .collect();
-    let reproposal = vote(2, Phase::PrePrepare, (2, 1), &batch(&[1]));
-    let second = pbft_core::testing::new_view(2, 2, changes, vec![reproposal]);
-    backup
-        .handle_message(NOW, &key_of(2), &Message::NewView(second).encode())
-        .unwrap();
-    assert_eq!((backup.view(), backup.in_view()), (2, true));
-    let outputs = drain(&mut backup);
-    assert!(
-        outputs
-            .iter()
-            .any(|o| matches!(o, Output::Persist(Record::Signed(v))
-            if v.phase == Phase::Prepare && (v.view, v.seq, v.digest) == (2, 1, one))),
-        "the backup prepares the batch it kept: {outputs:?}"
-    );
 }

@@ -2,8 +2,9 @@
 //!
 //! A new view names its re-proposals by digest, so someone honest must hold each batch it can
 //! name ([`crate::view_change`], "Why a re-proposed batch can be found, and when it cannot").
-//! Two rules see to it. An honest replica signs a vote of the prepare phase only while it holds the batch and
-//! after the batch is logged: a backup prepares a re-proposal once the batch is in
+//! Two rules see to it. An honest replica signs a vote of the prepare phase only while it
+//! holds the batch and after the batch is logged: a backup prepares a re-proposal once the
+//! batch is in
 //! ([`Replica::fill_batch`]), and a new primary signs its new view once it holds every batch
 //! the plan re-proposes, asking first the validators whose view changes reported one it lacks
 //! and then all of them ([`FetchBatches`]), at most once per `retransmit_ms`; if none comes,
@@ -51,22 +52,22 @@ impl Replica {
         let null = null_digest(&self.config.chain_id);
         let stable = self.checkpoints.stable().seq;
         let view = self.view;
-        let fetch = self.batch_fetch.get_or_insert_with(|| BatchFetch {
-            view,
-            wanted: BTreeSet::new(),
-            fetched: BTreeMap::new(),
-            asked_at: None,
-            attempts: 0,
-        });
-        if fetch.view != view {
-            *fetch = BatchFetch {
+        if self
+            .batch_fetch
+            .as_ref()
+            .is_none_or(|fetch| fetch.view != view)
+        {
+            self.batch_fetch = Some(BatchFetch {
                 view,
                 wanted: BTreeSet::new(),
                 fetched: BTreeMap::new(),
                 asked_at: None,
                 attempts: 0,
-            };
+            });
         }
+        let Some(fetch) = self.batch_fetch.as_mut() else {
+            return false;
+        };
         // Batches at or below the stable checkpoint are final here: no vote there is ever
         // reported, so nothing needs them.
         fetch.wanted = plan
@@ -181,16 +182,21 @@ impl Replica {
     pub(super) fn keep_voted_batches(&mut self, proposed: &BTreeMap<u64, Digest>) {
         let low = self.low;
         for (&seq, slot) in self.log.range(low + 1..) {
-            let (Some(digest), Some(batch), Some(proposal)) =
-                (slot.digest, &slot.batch, &slot.proposal)
+            // The accepted pre-prepare, or after a restore from a compacted log the prepared
+            // certificate's (the only record of the batch).
+            let proposal = slot
+                .proposal
+                .as_ref()
+                .or(slot.prepared.as_ref().map(|p| &p.proposal));
+            let (Some(digest), Some(batch), Some(proposal)) = (slot.digest, &slot.batch, proposal)
             else {
                 continue;
             };
             let leaving = slot.certificate.is_none() && proposed.get(&seq) != Some(&digest);
             let voted = self
                 .signer
-                .latest_votes()
-                .any(|vote| vote.seq == seq && vote.digest == digest);
+                .latest_at(seq)
+                .is_some_and(|vote| vote.digest == digest);
             if leaving && voted && proposal.digest == digest {
                 self.kept.insert(seq, (proposal.clone(), batch.clone()));
             }

@@ -134,6 +134,15 @@ impl Replica {
                     let view = prepared.proposal.view;
                     in_view = in_view.max(view);
                     let digest = prepared.proposal.digest;
+                    // A batch logged only here (compaction writes no accepted record beside
+                    // the certificate of the same digest) is an accepted batch too: a vote,
+                    // a kept batch or a re-proposal may need it.
+                    if let Some(batch) = &batch {
+                        let key = (prepared.proposal.seq, digest);
+                        accepted
+                            .entry(key)
+                            .or_insert_with(|| (prepared.proposal.clone(), batch.clone()));
+                    }
                     let slot = replica.log.entry(prepared.proposal.seq).or_default();
                     if slot
                         .prepared
@@ -509,7 +518,8 @@ impl Replica {
         if self.mode != Mode::Normal {
             return 0;
         }
-        let null = null_digest(&self.config.chain_id);
+        let chain = self.config.chain_id;
+        let null = null_digest(&chain);
         let mut highest = 0;
         for proposal in &new_view.proposals {
             let seq = proposal.seq;
@@ -524,14 +534,16 @@ impl Replica {
             {
                 continue;
             }
-            // The null batch, or the proposal's batch if a record of this replica has it.
+            // The null batch, or the proposal's batch if a record of this replica has it (and
+            // it is whole: its root is the digest).
             let batch = match proposal.digest == null {
                 true => Some(Batch::default()),
                 false => accepted
                     .get(&(seq, proposal.digest))
-                    .map(|(_, batch)| batch.clone()),
+                    .map(|(_, batch)| batch)
+                    .filter(|batch| crate::merkle::root(&batch.leaves(&chain)) == proposal.digest)
+                    .cloned(),
             };
-            let chain = self.config.chain_id;
             let slot = self.log.entry(seq).or_default();
             slot.repropose(&chain, proposal.clone(), batch);
             for phase in [Phase::Prepare, Phase::Commit] {

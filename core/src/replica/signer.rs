@@ -105,6 +105,11 @@ impl Signer {
         self.latest.values()
     }
 
+    /// Its latest pre-prepare or prepare at `seq`, if it keeps one.
+    pub(super) fn latest_at(&self, seq: u64) -> Option<&Vote> {
+        self.latest.get(&seq)
+    }
+
     /// Signs a statement digest that needs no index (a reply root: replies repeat freely).
     pub(super) fn sign(&self, metrics: &mut Metrics, digest: &Digest) -> Signature {
         metrics.signatures_created += 1;

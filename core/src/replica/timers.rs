@@ -215,7 +215,7 @@ impl Timers {
     /// a new primary also sends statuses); if so, starts its interval. The interval is half
     /// the one the asker waits between asks, so a retry that comes a little early is served.
     pub(super) fn may_serve_batches(&mut self, peer: ReplicaId) -> bool {
-        let interval = self.retransmit_ms / 2;
+        let interval = (self.retransmit_ms / 2).max(1);
         Self::open_interval(&mut self.batches_served, peer, self.now, interval)
     }
 

@@ -377,8 +377,9 @@ impl Replica {
         Ok(())
     }
 
-    /// As a backup, prepares the re-proposal of the current view at `seq` once it holds the
-    /// batch, persisting the batch first if no record has it: a vote of the prepare phase may
+    /// As a backup, prepares the current view's proposal at `seq` once it holds the batch (a
+    /// re-proposal whose batch came late, or a proposal a restore brought back), persisting
+    /// the batch first if no record has it: a vote of the prepare phase may
     /// decide a later view, so it must come from a replica that can hand the batch on, also
     /// after a crash ([`crate::view_change`], "Why a re-proposed batch can be found").
     pub(super) fn prepare_reproposal(&mut self, seq: u64) {
@@ -448,7 +449,8 @@ impl Replica {
         self.log
             .retain(|&seq, slot| seq <= max_s || slot.certificate.is_some());
         self.signer.forget_votes_left(view, &proposed);
-        let null = null_digest(&self.config.chain_id);
+        let chain = self.config.chain_id;
+        let null = null_digest(&chain);
         let mut reproposed = Vec::new();
         for proposal in &new_view.proposals {
             let seq = proposal.seq;
@@ -463,7 +465,6 @@ impl Replica {
                     .take_fetched(seq, proposal.digest)
                     .or_else(|| self.take_kept(seq, proposal.digest)),
             };
-            let chain = self.config.chain_id;
             self.log
                 .entry(seq)
                 .or_default()
