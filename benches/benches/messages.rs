@@ -3,7 +3,8 @@
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use pbft_benches::{batch_of, signed_by_distinct_keys};
 use pbft_core::testing::{chain, client_key, round_robin_request, vote};
-use pbft_core::{Batch, BatchVerifier, Keypair, Message, Phase, PrePrepare, Request};
+use pbft_core::{Batch, BatchVerifier, CheckPool, Keypair, Message, Phase, PrePrepare, Request};
+use pbft_host::checks::ThreadChecks;
 
 /// `count` requests of 128 bytes, each from another client.
 fn requests(count: usize) -> Vec<Request> {
@@ -83,6 +84,24 @@ fn signatures(c: &mut Criterion) {
             b.iter_batched(
                 || batch_of(&signed, &digest),
                 BatchVerifier::verify,
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    // A batch of 256 cut into one piece per thread, as a replica with a host's thread pool
+    // checks a pre-prepare ([`pbft_core::CheckPool`]).
+    let signed = signed_by_distinct_keys(256, &digest);
+    group.throughput(Throughput::Elements(256));
+    for threads in [1, 2] {
+        let checks = ThreadChecks::new(threads).expect("the system starts threads");
+        let pieces = signed.len().div_ceil(threads);
+        group.bench_function(format!("verify-batch-on-threads/256/{threads}"), |b| {
+            b.iter_batched(
+                || {
+                    let chunks = signed.chunks(pieces);
+                    chunks.map(|chunk| batch_of(chunk, &digest)).collect()
+                },
+                |pieces| assert!(checks.verify_all(pieces)),
                 BatchSize::SmallInput,
             )
         });

@@ -137,8 +137,8 @@ pub use client::{
 // Identities, the validator set and limits.
 pub use config::{ChainId, Config, ConfigError, ReplicaId, ValidatorSet};
 pub use crypto::{
-    BatchVerifier, CryptoError, CurveBackend, Digest, Hasher, Keypair, PublicKey, Signature,
-    VerifyingKey, curve_backend, verify_all,
+    BatchVerifier, CheckPool, CryptoError, CurveBackend, Digest, Hasher, InlineChecks, Keypair,
+    PublicKey, Signature, VerifyingKey, curve_backend, verify_all,
 };
 
 // Signed statements and the wire.

@@ -246,6 +246,7 @@ struct ConfigFile {
     data_dir: Option<PathBuf>,
     listen: Option<String>,
     metrics: Option<String>,
+    verify_threads: Option<usize>,
     validators: Vec<ValidatorEntry>,
     /// Every field of the core's [`Config`] may be set here; the rest keep their defaults.
     /// The chain id comes from `chain`.
@@ -285,6 +286,11 @@ pub struct NodeConfig {
     pub listen: SocketAddr,
     /// Where its log lives.
     pub data_dir: PathBuf,
+    /// How many threads check the pieces of a large batch of signatures: the config's
+    /// `verify_threads`, else every core this process may use
+    /// ([`crate::checks::default_threads`]). Nodes sharing a machine's cores (a local
+    /// testnet) do better with 1 each.
+    pub verify_threads: usize,
 }
 
 fn read_config_file(path: &Path) -> Result<ConfigFile, FileError> {
@@ -346,6 +352,11 @@ pub fn load_config(path: &Path) -> Result<NodeConfig, FileError> {
             ),
         ));
     }
+    let verify_threads = match file.verify_threads {
+        None => crate::checks::default_threads(),
+        Some(0) => return Err(field_error(path, "verify_threads", "must be at least 1")),
+        Some(threads) => threads,
+    };
     Ok(NodeConfig {
         metrics,
         core,
@@ -354,6 +365,7 @@ pub fn load_config(path: &Path) -> Result<NodeConfig, FileError> {
         addresses,
         listen,
         data_dir: base.join(data_dir),
+        verify_threads,
     })
 }
 
@@ -468,6 +480,13 @@ mod tests {
         assert_eq!(config.addresses[3].port(), 7003);
         assert_eq!(config.core.window, 16);
         assert_eq!(config.data_dir, fixture.dir.path().join("data"));
+        assert_eq!(config.verify_threads, crate::checks::default_threads());
+        let pinned = load(
+            &fixture,
+            &config_text(&fixture.keys, "verify_threads = 3\n"),
+        )
+        .unwrap();
+        assert_eq!(pinned.verify_threads, 3);
     }
 
     #[test]
@@ -518,6 +537,8 @@ mod tests {
         assert_eq!(field_of(load(&fixture, &too_wide)), "limits");
         let error = load(&fixture, &too_wide).unwrap_err().to_string();
         assert!(error.contains("max_message_bytes"), "{error}");
+        let no_threads = config_text(&fixture.keys, "verify_threads = 0\n");
+        assert_eq!(field_of(load(&fixture, &no_threads)), "verify_threads");
         let unknown = config_text(&fixture.keys, "colour = \"blue\"\n");
         let message = field_of(load(&fixture, &unknown));
         assert!(message.contains("colour"), "{message}");

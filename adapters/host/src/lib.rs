@@ -6,6 +6,7 @@
 //! it accepted, keep a [`link`] to one it dials.
 
 pub mod application;
+pub mod checks;
 pub mod config;
 pub mod driver;
 pub mod framing;

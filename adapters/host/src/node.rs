@@ -18,9 +18,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use pbft_core::{
-    Config, ConfigError, DecodeError, Delivery, Destination, Digest, Error, Evidence, Hasher,
-    Install, Keypair, Metrics, Output, PROTOCOL_VERSION, PublicKey, Record, Replica, Request,
-    ValidatorSet, Vote,
+    CheckPool, Config, ConfigError, DecodeError, Delivery, Destination, Digest, Error, Evidence,
+    Hasher, Install, Keypair, Metrics, Output, PROTOCOL_VERSION, PublicKey, Record, Replica,
+    Request, ValidatorSet, Vote,
 };
 use redb::ReadTransaction;
 
@@ -624,6 +624,12 @@ impl<A: Application> Node<A> {
     /// The replica (view, watermarks, metrics).
     pub fn replica(&self) -> &Replica {
         &self.replica
+    }
+
+    /// Runs the replica's large batch signature checks on `pool`
+    /// ([`Replica::set_check_pool`]).
+    pub fn check_signatures_on(&mut self, pool: Box<dyn CheckPool>) {
+        self.replica.set_check_pool(pool);
     }
 
     /// The core's counters.

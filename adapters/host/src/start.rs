@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 
 use pbft_core::{Keypair, PublicKey, ReplicaId};
 
+use crate::checks::ThreadChecks;
 use crate::config::NodeConfig;
 use crate::driver::admission::ConnectionLimits;
 use crate::driver::{self, Driver, Router};
@@ -37,6 +38,9 @@ pub enum RunError {
     /// The node's thread panicked (nothing it signed after the panic left it).
     #[error("the node thread panicked")]
     Panicked,
+    /// The threads that check signatures (`verify_threads`) cannot be started.
+    #[error("signature check threads: {0}")]
+    Threads(rayon::ThreadPoolBuildError),
 }
 
 /// Another validator, as a transport's link to it needs it.
@@ -104,6 +108,10 @@ pub fn start(config: &NodeConfig) -> Result<Started, RunError> {
         KvStore::new(),
     )
     .map_err(RunError::Node)?;
+    if config.verify_threads > 1 {
+        let checks = ThreadChecks::new(config.verify_threads).map_err(RunError::Threads)?;
+        node.check_signatures_on(Box::new(checks));
+    }
     // After the data dir's lock: a second node on the same dir says so, not "port in use".
     let metrics = Arc::new(NodeMetrics::new());
     if let Some(addr) = config.metrics {

@@ -4,15 +4,33 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use pbft_core::{
-    ChainId, Client, Config, Destination, Keypair, Phase, PublicKey, Record, ValidatorSet,
+    BatchVerifier, ChainId, CheckPool, Client, Config, Destination, Keypair, Phase, PublicKey,
+    Record, ValidatorSet,
 };
+use pbft_host::checks::ThreadChecks;
 use pbft_host::kv::{KvStore, Op, OpResult};
 use pbft_host::node::{Application, Node};
 use pbft_host::wal::{Wal, WalOptions};
 
 const N: usize = 4;
+
+/// A check pool that counts the batches handed to it.
+struct Counted(ThreadChecks, Arc<AtomicUsize>);
+
+impl CheckPool for Counted {
+    fn width(&self) -> usize {
+        self.0.width()
+    }
+
+    fn verify_all(&self, pieces: Vec<BatchVerifier>) -> bool {
+        self.1.fetch_add(1, Ordering::Relaxed);
+        self.0.verify_all(pieces)
+    }
+}
 
 fn chain() -> ChainId {
     ChainId::from_name("node-tests")
@@ -45,6 +63,8 @@ struct Cluster {
     /// The view each killed node was in, to compare with what it restores.
     views_at_kill: Vec<Option<u64>>,
     restores: u32,
+    /// Batches the nodes with a thread pool handed to it.
+    pool_calls: Arc<AtomicUsize>,
 }
 
 impl Cluster {
@@ -63,6 +83,7 @@ impl Cluster {
             kill_after: None,
             views_at_kill: vec![None; N],
             restores: 0,
+            pool_calls: Arc::default(),
         };
         for index in 0..N {
             cluster.start(index);
@@ -77,7 +98,7 @@ impl Cluster {
     /// Starts (or restarts) a node from its data dir: its log and its application store.
     fn start(&mut self, index: usize) {
         let key = keys().remove(index);
-        let node = Node::open(
+        let mut node = Node::open(
             &self.dir(index),
             config(),
             self.set.clone(),
@@ -85,6 +106,12 @@ impl Cluster {
             KvStore::new(),
         )
         .expect("the node opens its log");
+        if index % 2 == 1 {
+            // Half the nodes check large batches on a thread pool, as a node alone on a
+            // machine does by default.
+            let checks = ThreadChecks::new(2).expect("the system starts threads");
+            node.check_signatures_on(Box::new(Counted(checks, self.pool_calls.clone())));
+        }
         if let Some(view) = self.views_at_kill[index].take() {
             // Every flush synced, so the log knows the view the node was in.
             assert_eq!(
@@ -327,6 +354,49 @@ fn writes_commit_read_back_and_survive_killed_nodes() {
         let (_, records) = Wal::open(&cluster.dir(index), WalOptions::default()).unwrap();
         assert!(!records.is_empty(), "node {index} logged what it signed");
     }
+}
+
+#[test]
+fn a_burst_of_writes_commits_with_backups_checking_on_a_thread_pool() {
+    let mut cluster = Cluster::new();
+    // 100 clients write at once, to the primary only: the backups first meet the requests
+    // in pre-prepares, whose client signatures nodes 1 and 3 check on their pools.
+    let mut clients: Vec<Client> = (0..100).map(|seed| cluster.client(seed)).collect();
+    for (index, client) in clients.iter_mut().enumerate() {
+        let put = Op::Put {
+            key: format!("burst-{index}").into_bytes(),
+            value: vec![index as u8; 64],
+        };
+        let request = client.request(cluster.now, put.encode());
+        cluster.nodes[0]
+            .as_mut()
+            .unwrap()
+            .submit(cluster.now, request)
+            .unwrap();
+    }
+    cluster.flush(0);
+    let mut done = vec![false; clients.len()];
+    cluster.run_until(|cluster| {
+        for (client, done) in clients.iter_mut().zip(done.iter_mut()) {
+            for reply in cluster
+                .to_clients
+                .remove(&client.public_key())
+                .unwrap_or_default()
+            {
+                if let Ok(Some(outcome)) = client.handle_reply(&reply) {
+                    assert_eq!(OpResult::decode(&outcome.result), Some(OpResult::Done));
+                    *done = true;
+                }
+            }
+        }
+        done.iter().all(|&d| d)
+    });
+    assert!(
+        cluster.pool_calls.load(Ordering::Relaxed) > 0,
+        "the pools checked a batch"
+    );
+    // Every node executes every write.
+    cluster.run_until(|cluster| cluster.nodes.iter().flatten().all(|n| keys_in(n) == 100));
 }
 
 #[test]

@@ -558,5 +558,9 @@ pub(crate) fn digest_of(domain: &[u8], bytes: &[u8]) -> Digest {
     Hasher::new(domain).bytes(bytes).finish()
 }
 
+mod parallel;
 #[cfg(test)]
 mod tests;
+
+pub(crate) use parallel::Pool;
+pub use parallel::{CheckPool, InlineChecks};

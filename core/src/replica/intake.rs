@@ -15,7 +15,7 @@ use super::output::{Destination, Record};
 use super::signatures::check_signatures;
 use super::{Mode, Replica};
 use crate::config::ChainId;
-use crate::crypto::{BatchVerifier, CryptoError, Digest};
+use crate::crypto::{CheckPool, CryptoError, Digest, Pool, Signature, VerifyingKey};
 use crate::error::Error;
 use crate::merkle;
 use crate::message::Message;
@@ -39,6 +39,8 @@ pub(super) struct Intake {
     in_flight: BTreeSet<Digest>,
     /// Requests clients sent to this backup, by digest: each must commit before its deadline.
     watched: BTreeMap<Digest, Watched>,
+    /// Where large batch signature checks run.
+    pub(super) pool: Pool,
 }
 
 impl Intake {
@@ -185,7 +187,7 @@ impl Intake {
         requests: Vec<Request>,
     ) -> (Vec<Request>, Vec<Digest>) {
         let leaves: Vec<Digest> = requests.iter().map(|r| r.digest(chain)).collect();
-        let verdicts = check_signatures(metrics, &requests, &leaves);
+        let verdicts = check_signatures(metrics, &self.pool, &requests, &leaves);
         let mut good = (Vec::new(), Vec::new());
         for ((request, leaf), verdict) in requests.into_iter().zip(leaves).zip(verdicts) {
             match verdict {
@@ -216,6 +218,14 @@ pub(super) enum Admitted {
 }
 
 impl Replica {
+    /// Runs this replica's large batch signature checks (a pre-prepare's client signatures,
+    /// arrivals in [`Replica::submit_all`]) on `pool`, cut into up to its width of pieces of
+    /// at least 32 signatures each. Verdicts do not change (see [`CheckPool`]); the default
+    /// is [`crate::InlineChecks`], every check on the caller's thread.
+    pub fn set_check_pool(&mut self, pool: Box<dyn CheckPool>) {
+        self.intake.pool = Pool::new(pool);
+    }
+
     /// A client request, from the host or a peer; `forward` if this copy may be forwarded to
     /// the primary (a validator's forwarded copy never is again, or two replicas in different
     /// views would bounce it forever).
@@ -224,7 +234,8 @@ impl Replica {
         match self.admit(request, digest, forward, 0)? {
             None => Ok(()),
             Some((request, next)) => {
-                let verdicts = check_signatures(&mut self.metrics, &[&request], &[digest]);
+                let pool = &self.intake.pool;
+                let verdicts = check_signatures(&mut self.metrics, pool, &[&request], &[digest]);
                 verdicts.into_iter().try_for_each(|verdict| verdict)?;
                 self.finish(request, digest, next)
             }
@@ -272,7 +283,7 @@ impl Replica {
         }
         let (checked, leaves): (Vec<&Request>, Vec<Digest>) =
             waiting.iter().map(|(_, r, d, _)| (r, *d)).unzip();
-        let checks = check_signatures(&mut self.metrics, &checked, &leaves);
+        let checks = check_signatures(&mut self.metrics, &self.intake.pool, &checked, &leaves);
         for ((index, request, digest, next), check) in waiting.into_iter().zip(checks) {
             let verdict = check
                 .map_err(Error::Crypto)
@@ -408,24 +419,26 @@ impl Replica {
     /// the proposal holds.
     pub(super) fn verify_proposal(
         &mut self,
-        mut verifier: BatchVerifier,
+        (key, signed, signature): (&VerifyingKey, &Digest, &Signature),
         requests: &[Request],
         leaves: &[Digest],
     ) -> Result<(), CryptoError> {
         let mut cached = 0;
+        let mut batch = self.intake.pool.batch(requests.len() + 1);
+        batch.queue(key, signed, signature);
         for (request, leaf) in requests.iter().zip(leaves) {
             if self.intake.verified_on_arrival(leaf, request) {
                 cached += 1;
             } else {
-                verifier.queue_key(&request.client, leaf, &request.signature)?;
+                batch.queue_key(&request.client, leaf, &request.signature)?;
             }
         }
-        let checked = verifier.len() as u64;
+        let checked = batch.len() as u64;
         self.metrics.signatures_verified += checked;
         if checked > 1 {
             self.metrics.signatures_batch_verified += checked;
         }
-        verifier.verify()?;
+        self.intake.pool.verify(batch)?;
         self.metrics.signatures_cached += cached;
         Ok(())
     }

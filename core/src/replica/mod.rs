@@ -38,7 +38,7 @@ use alloc::vec::Vec;
 
 use crate::certificate::{CommitPath, Committed};
 use crate::config::{Config, ConfigError, ReplicaId, ValidatorSet};
-use crate::crypto::{BatchVerifier, Keypair, PublicKey};
+use crate::crypto::{Keypair, PublicKey};
 use crate::error::Error;
 use crate::merkle;
 use crate::message::Message;
@@ -380,9 +380,7 @@ impl Replica {
         }
         // One batch check for the primary's signature and every client's not verified here
         // on arrival.
-        let mut verifier = BatchVerifier::new();
-        verifier.queue(&primary_key, &signed, &vote.signature);
-        self.verify_proposal(verifier, requests, &leaves)?;
+        self.verify_proposal((&primary_key, &signed, &vote.signature), requests, &leaves)?;
         self.intake.track_all(&leaves);
         let slot = self.log.entry(seq).or_default();
         slot.digest = Some(vote.digest);

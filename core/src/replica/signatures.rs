@@ -5,7 +5,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::borrow::Borrow;
 
-use crate::crypto::{BatchVerifier, CryptoError, Digest};
+use crate::crypto::{CryptoError, Digest, Pool};
 use crate::metrics::Metrics;
 use crate::statement::Request;
 
@@ -15,6 +15,7 @@ use crate::statement::Request;
 /// in `signatures_verified` (and `signatures_batch_verified` when in a batch of several).
 pub(super) fn check_signatures<R: Borrow<Request>>(
     metrics: &mut Metrics,
+    pool: &Pool,
     requests: &[R],
     leaves: &[Digest],
 ) -> Vec<Result<(), CryptoError>> {
@@ -31,7 +32,7 @@ pub(super) fn check_signatures<R: Borrow<Request>>(
     if count > 1 {
         metrics.signatures_batch_verified += count;
     }
-    if batch_check(requests, leaves) {
+    if batch_check(pool, requests, leaves) {
         return vec![Ok(()); requests.len()];
     }
     let (verdicts, cost) = find_forged(requests, leaves);
@@ -52,14 +53,14 @@ pub(super) struct SearchCost {
 }
 
 /// Whether every signature of `requests` (over `leaves`) holds, in one batch check (a key
-/// that breaks the key rule fails it).
-fn batch_check<R: Borrow<Request>>(requests: &[R], leaves: &[Digest]) -> bool {
-    let mut batch = BatchVerifier::new();
+/// that breaks the key rule fails it), cut into pieces for `pool`.
+fn batch_check<R: Borrow<Request>>(pool: &Pool, requests: &[R], leaves: &[Digest]) -> bool {
+    let mut batch = pool.batch(requests.len());
     let queued = requests.iter().zip(leaves).all(|(r, leaf)| {
         let r = r.borrow();
         batch.queue_key(&r.client, leaf, &r.signature).is_ok()
     });
-    queued && batch.verify().is_ok()
+    queued && pool.verify(batch).is_ok()
 }
 
 /// The verdict on each request of a batch whose batch check failed, in order, and what
@@ -120,7 +121,8 @@ impl Search {
         if !failing {
             self.cost.batch_checks += 1;
             self.cost.batched += requests.len() as u64;
-            if batch_check(requests, leaves) {
+            // The search stays on this thread: what it costs is charged to the forger's group.
+            if batch_check(&Pool::default(), requests, leaves) {
                 return false;
             }
         }
