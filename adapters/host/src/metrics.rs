@@ -43,6 +43,7 @@ pub struct NodeMetrics {
     rejected: Family<Reason, Counter>,
     fsync_latency: Histogram,
     store_commit_latency: Histogram,
+    checkpoint_latency: Histogram,
     void_deliveries: Counter,
     state_transfers: Counter,
     checkpoint_mismatches: Counter,
@@ -84,6 +85,7 @@ impl NodeMetrics {
             rejected: Family::default(),
             fsync_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             store_commit_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            checkpoint_latency: Histogram::new(exponential_buckets(0.000_5, 2.0, 16)),
             void_deliveries: Counter::default(),
             state_transfers: Counter::default(),
             checkpoint_mismatches: Counter::default(),
@@ -167,6 +169,11 @@ impl NodeMetrics {
             "store_commit_seconds",
             "Duration of each durable commit of the application store (one per round that executed)",
             m.store_commit_latency.clone(),
+        );
+        registry.register(
+            "checkpoint_seconds",
+            "Time each checkpoint held the node's thread: the application snapshot, the state digest and the copy kept for peers (grows with the state)",
+            m.checkpoint_latency.clone(),
         );
         registry.register(
             "void_deliveries",
@@ -305,6 +312,9 @@ impl NodeMetrics {
         }
         for &size in &samples.batch_sizes {
             self.batch_size.observe(size as f64);
+        }
+        for &seconds in &samples.checkpoint_seconds {
+            self.checkpoint_latency.observe(seconds);
         }
         *last = (core.clone(), stats);
     }

@@ -207,6 +207,10 @@ pub struct Samples {
     pub store_commit_seconds: Vec<f64>,
     /// Requests in each delivered batch.
     pub batch_sizes: Vec<usize>,
+    /// Seconds each checkpoint held the node's thread: the application's snapshot, the
+    /// replica's state digest over it and the copy kept for peers, all proportional to the
+    /// state's size.
+    pub checkpoint_seconds: Vec<f64>,
 }
 
 impl Samples {
@@ -492,6 +496,7 @@ impl<A: Application> Node<A> {
                 .map_err(NodeError::Core)?;
             return Ok(Some(round));
         }
+        let started = Instant::now();
         self.store.commit_unsynced(round)?;
         let read = self.store.read()?;
         let snapshot = self.app.snapshot(&read).map_err(app_error)?;
@@ -503,6 +508,8 @@ impl<A: Application> Node<A> {
         if let Some(state) = self.replica.checkpoint_state(delivery.seq) {
             round.record_checkpoint(&state)?;
         }
+        let seconds = started.elapsed().as_secs_f64();
+        Samples::push(&mut self.samples.checkpoint_seconds, seconds);
         Ok(Some(round))
     }
 

@@ -397,6 +397,23 @@ fn a_burst_of_writes_commits_with_backups_checking_on_a_thread_pool() {
     );
     // Every node executes every write.
     cluster.run_until(|cluster| cluster.nodes.iter().flatten().all(|n| keys_in(n) == 100));
+    // Each checkpoint's time on the node's thread is sampled for the metrics: a few more
+    // writes take the log past one.
+    let mut client = cluster.client(200);
+    let mut written = BTreeMap::new();
+    for round in 0..4 {
+        cluster.put(
+            &mut client,
+            &mut written,
+            format!("more-{round}"),
+            "v".into(),
+        );
+    }
+    let node = cluster.nodes[0].as_mut().unwrap();
+    let checkpoints = node.replica().executed_seq() / config().checkpoint_interval;
+    assert!(checkpoints > 0, "seq {}", node.replica().executed_seq());
+    let samples = node.take_samples().checkpoint_seconds;
+    assert_eq!(samples.len() as u64, checkpoints, "{samples:?}");
 }
 
 #[test]
