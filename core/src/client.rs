@@ -7,7 +7,7 @@ use alloc::vec::Vec;
 use crate::config::{ChainId, ReplicaId, ValidatorSet};
 use crate::crypto::{Digest, Keypair, PublicKey, digest_of};
 use crate::envelope::DecodeError;
-use crate::merkle;
+use crate::merkle::{self, InclusionProof};
 use crate::message::Message;
 use crate::statement::{Reply, Request, reply_root_digest};
 
@@ -53,6 +53,18 @@ struct Outstanding {
     /// The first valid reply of each validator: (seq, result digest). The view is left out:
     /// replicas may have committed the same batch in different views.
     replies: BTreeMap<ReplicaId, (u64, Digest)>,
+    /// The first valid reply's inclusion in its batch's reply tree, so that a matching reply
+    /// of another validator costs no hashing: the same result and path lead to the same root.
+    proved: Option<Proved>,
+}
+
+/// A result and Merkle path whose root was computed, with that root and the result's digest.
+#[derive(Debug)]
+struct Proved {
+    result: Vec<u8>,
+    proof: InclusionProof,
+    root: Digest,
+    result_digest: Digest,
 }
 
 /// How long a client waits for f + 1 replies before it broadcasts its request to every
@@ -171,6 +183,7 @@ impl Client {
         self.outstanding = Some(Outstanding {
             request,
             replies: BTreeMap::new(),
+            proved: None,
         });
     }
 
@@ -206,8 +219,28 @@ impl Client {
         {
             return Err(ClientError::NotOutstanding);
         }
-        verify_reply_cached(&self.chain, &self.validators, &reply, cache)?;
-        let result_digest = digest_of(b"pbft/v1/result", &reply.result);
+        // Another validator's reply with the same result and path: its root is known.
+        let known = outstanding
+            .proved
+            .as_ref()
+            .filter(|p| p.result == reply.result && p.proof == reply.proof)
+            .map(|p| (p.root, p.result_digest));
+        let (root, result_digest) = match known {
+            Some(known) => known,
+            None => (
+                reply_root(&self.chain, &reply)?,
+                digest_of(b"pbft/v1/result", &reply.result),
+            ),
+        };
+        check_root_signature(&self.chain, &self.validators, &reply, &root, cache)?;
+        if outstanding.proved.is_none() {
+            outstanding.proved = Some(Proved {
+                result: reply.result.clone(),
+                proof: reply.proof.clone(),
+                root,
+                result_digest,
+            });
+        }
         let vote = (reply.seq, result_digest);
         outstanding.replies.entry(reply.replica).or_insert(vote);
         let agreeing = outstanding.replies.values().filter(|v| **v == vote).count();
@@ -276,12 +309,28 @@ pub fn verify_reply_cached(
     reply: &Reply,
     cache: &mut ReplyCache,
 ) -> Result<(), ClientError> {
+    let root = reply_root(chain, reply)?;
+    check_root_signature(chain, validators, reply, &root, cache)
+}
+
+/// The root of the reply tree `reply`'s Merkle path leads to from its leaf.
+fn reply_root(chain: &ChainId, reply: &Reply) -> Result<Digest, ClientError> {
+    merkle::root_from_proof(&reply.leaf(chain), &reply.proof).ok_or(ClientError::BadSignature)
+}
+
+/// Checks that `reply`'s validator signed `root` for its view and seq, unless `cache` holds
+/// that statement; adds it to `cache` once checked.
+fn check_root_signature(
+    chain: &ChainId,
+    validators: &ValidatorSet,
+    reply: &Reply,
+    root: &Digest,
+    cache: &mut ReplyCache,
+) -> Result<(), ClientError> {
     let key = validators
         .key(reply.replica)
         .ok_or(ClientError::UnknownReplica(reply.replica))?;
-    let root = merkle::root_from_proof(&reply.leaf(chain), &reply.proof)
-        .ok_or(ClientError::BadSignature)?;
-    let signed = reply_root_digest(chain, validators.epoch(), reply.view, reply.seq, &root);
+    let signed = reply_root_digest(chain, validators.epoch(), reply.view, reply.seq, root);
     let statement = (reply.replica, signed);
     if cache.known.contains(&statement) {
         return Ok(());

@@ -241,3 +241,38 @@ fn a_retransmitted_request_gets_the_cached_reply_and_never_runs_twice() {
     let stale = Request::new(&chain(), &client_key(7), 1, b"old".to_vec());
     assert_eq!(cluster.submit(0, stale), Err(Error::StaleRequest));
 }
+
+#[test]
+fn a_matching_reply_reuses_the_proven_root_but_not_the_signature_check() {
+    let mut cluster = cluster();
+    let mut client = new_client(&cluster, 7);
+    let (_, replies) = round_trip(&mut cluster, &mut client, b"x");
+    assert_eq!(client.handle_reply(&replies[0]), Ok(None));
+    let Ok(Message::Reply(second)) = Message::decode(&replies[1], 1 << 20) else {
+        panic!("not a reply");
+    };
+    // Validator 0's result and path, now proven, under validator 1's name: the root is
+    // known, and validator 1 never signed it with that signature.
+    let mut unsigned = second.clone();
+    unsigned.signature = pbft_core::Signature([7; 64]);
+    assert_eq!(
+        client.handle_reply(&Message::Reply(unsigned).encode()),
+        Err(ClientError::BadSignature)
+    );
+    // Another path with the same result is not the proven one: its root is computed.
+    let mut rerouted = second.clone();
+    if let Some(sibling) = rerouted.proof.path.first_mut() {
+        sibling.0[0] ^= 1;
+    } else {
+        rerouted.proof.count += 1;
+    }
+    assert_eq!(
+        client.handle_reply(&Message::Reply(rerouted).encode()),
+        Err(ClientError::BadSignature)
+    );
+    let outcome = client
+        .handle_reply(&replies[1])
+        .unwrap()
+        .expect("f + 1 matching replies");
+    assert_eq!(outcome.result, b"x");
+}
