@@ -14,7 +14,6 @@ use super::exactly_once::Freshness;
 use super::output::{Destination, Record};
 use super::signatures::check_signatures;
 use super::{Mode, Replica};
-use crate::config::ChainId;
 use crate::crypto::{CheckPool, CryptoError, Digest, Pool, Signature, VerifyingKey};
 use crate::error::Error;
 use crate::merkle;
@@ -33,8 +32,9 @@ struct Watched {
 /// Requests waiting to be proposed, proposed and not yet executed, and watched.
 #[derive(Debug, Default)]
 pub(super) struct Intake {
-    /// At the primary: admitted requests not yet in a batch, oldest first.
-    pending: VecDeque<Request>,
+    /// At the primary: admitted requests not yet in a batch, oldest first, with their
+    /// digests (computed once, on admission).
+    pending: VecDeque<(Request, Digest)>,
     /// Request digests in a proposal of the log, or pending at the primary.
     in_flight: BTreeSet<Digest>,
     /// Requests clients sent to this backup, by digest: each must commit before its deadline.
@@ -74,24 +74,24 @@ impl Intake {
         self.pending.len()
     }
 
-    /// Queues an admitted request for the next batch.
-    pub(super) fn enqueue(&mut self, request: Request) {
-        self.pending.push_back(request);
+    /// Queues an admitted request, with its digest, for the next batch.
+    pub(super) fn enqueue(&mut self, request: Request, digest: Digest) {
+        self.pending.push_back((request, digest));
     }
 
-    /// Puts a batch's requests back at the front, in their order.
-    pub(super) fn requeue_front(&mut self, requests: Vec<Request>) {
-        for request in requests.into_iter().rev() {
-            self.pending.push_front(request);
+    /// Puts a batch's requests (with their digests) back at the front, in their order.
+    pub(super) fn requeue_front(&mut self, requests: Vec<Request>, digests: Vec<Digest>) {
+        for pending in requests.into_iter().zip(digests).rev() {
+            self.pending.push_front(pending);
         }
     }
 
     /// Takes the oldest pending requests that fit one batch: at most `max_ops`, and at most
     /// `max_bytes` of encoded requests unless a single one is larger.
-    pub(super) fn cut(&mut self, max_ops: usize, max_bytes: usize) -> Vec<Request> {
+    pub(super) fn cut(&mut self, max_ops: usize, max_bytes: usize) -> Vec<(Request, Digest)> {
         let mut requests = Vec::new();
         let mut bytes = 0;
-        while let Some(request) = self.pending.front() {
+        while let Some((request, _)) = self.pending.front() {
             let len = request.encoded_len();
             let full =
                 requests.len() >= max_ops || (!requests.is_empty() && bytes + len > max_bytes);
@@ -108,7 +108,7 @@ impl Intake {
 
     /// Every pending request, oldest first, leaving none.
     pub(super) fn drain_pending(&mut self) -> Vec<Request> {
-        self.pending.drain(..).collect()
+        self.pending.drain(..).map(|(request, _)| request).collect()
     }
 
     /// Whether a request with this digest is watched.
@@ -177,16 +177,15 @@ impl Intake {
         self.pending.len() + self.in_flight.len() + self.watched.len()
     }
 
-    /// The requests about to be proposed whose client signatures hold, with their digests
-    /// (the batch's Merkle leaves), in their order ([`check_signatures`]). The forged ones are
-    /// dropped (no longer in flight) and counted.
+    /// The requests about to be proposed (with their digests, the batch's Merkle leaves)
+    /// whose client signatures hold, in their order ([`check_signatures`]). The forged ones
+    /// are dropped (no longer in flight) and counted.
     pub(super) fn verified(
         &mut self,
         metrics: &mut Metrics,
-        chain: &ChainId,
-        requests: Vec<Request>,
+        pending: Vec<(Request, Digest)>,
     ) -> (Vec<Request>, Vec<Digest>) {
-        let leaves: Vec<Digest> = requests.iter().map(|r| r.digest(chain)).collect();
+        let (requests, leaves): (Vec<Request>, Vec<Digest>) = pending.into_iter().unzip();
         let verdicts = check_signatures(metrics, &self.pool, &requests, &leaves);
         let mut good = (Vec::new(), Vec::new());
         for ((request, leaf), verdict) in requests.into_iter().zip(leaves).zip(verdicts) {
@@ -354,7 +353,7 @@ impl Replica {
             // rest of its batch (a third of the cost of checking each alone).
             request.client.check()?;
             self.intake.track(digest);
-            self.intake.enqueue(request);
+            self.intake.enqueue(request, digest);
             self.propose(false);
             return Ok(None);
         }
@@ -468,8 +467,7 @@ impl Replica {
             let requests = self
                 .intake
                 .cut(self.config.max_batch_ops, self.config.max_batch_bytes);
-            let chain = self.config.chain_id;
-            let (requests, leaves) = self.intake.verified(&mut self.metrics, &chain, requests);
+            let (requests, leaves) = self.intake.verified(&mut self.metrics, requests);
             if requests.is_empty() {
                 continue;
             }
@@ -480,7 +478,7 @@ impl Replica {
             let Some(vote) = self.sign_vote(Phase::PrePrepare, seq, digest) else {
                 // This seq was proposed before a restart with another batch: skip it (the
                 // view change will fill it) and keep the requests for the next one.
-                self.intake.requeue_front(batch.requests);
+                self.intake.requeue_front(batch.requests, leaves);
                 continue;
             };
             let slot = self.log.entry(seq).or_default();
@@ -509,6 +507,7 @@ impl Replica {
 mod tests {
     use super::super::signatures::{SearchCost, find_forged};
     use super::*;
+    use crate::config::ChainId;
     use crate::crypto::Keypair;
 
     fn request(seed: u8, op_len: usize) -> Request {
@@ -525,7 +524,7 @@ mod tests {
     fn a_batch_is_cut_by_ops_and_by_bytes_but_never_empty() {
         let mut intake = Intake::default();
         for seed in 1..=5 {
-            intake.enqueue(request(seed, 100));
+            intake.enqueue(request(seed, 100), Digest([seed; 32]));
         }
         assert_eq!(intake.cut(2, usize::MAX).len(), 2);
         let one = request(9, 0).encoded_len() + 100;
@@ -549,7 +548,7 @@ mod tests {
             intake.track(r.digest(&chain));
         }
         let forged = requests[2].digest(&chain);
-        let (good, leaves) = intake.verified(&mut metrics, &chain, requests.clone());
+        let (good, leaves) = intake.verified(&mut metrics, with_digests(&chain, &requests));
         assert_eq!(
             good,
             [
@@ -561,6 +560,12 @@ mod tests {
         assert_eq!(leaves.len(), 3);
         assert!(!intake.is_in_flight(&forged), "no longer in flight");
         assert_eq!(metrics.rejected_total(), 1);
+    }
+
+    /// `requests` with their digests, as the primary queues them.
+    fn with_digests(chain: &ChainId, requests: &[Request]) -> Vec<(Request, Digest)> {
+        let digests = requests.iter().map(|r| r.digest(chain));
+        requests.iter().cloned().zip(digests).collect()
     }
 
     /// A batch of `n` requests from distinct clients with the ones at `forged` forged (their
@@ -589,7 +594,7 @@ mod tests {
         let leaves: Vec<Digest> = requests.iter().map(|r| r.digest(&chain)).collect();
         let (_, cost) = find_forged(&requests, &leaves);
         let mut metrics = Metrics::default();
-        let (good, good_leaves) = intake.verified(&mut metrics, &chain, requests.clone());
+        let (good, good_leaves) = intake.verified(&mut metrics, with_digests(&chain, &requests));
         let expected: Vec<Request> = (0..requests.len())
             .filter(|index| !forged.contains(index))
             .map(|index| requests[index].clone())

@@ -507,7 +507,7 @@ impl Replica {
                 let fresh =
                     self.clients.freshness(&request.client, request.client_seq) == Freshness::Fresh;
                 if fresh && self.intake.track(digest) {
-                    self.intake.enqueue(request);
+                    self.intake.enqueue(request, digest);
                 }
             }
             self.propose(false);
