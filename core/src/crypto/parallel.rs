@@ -106,7 +106,6 @@ impl SplitBatch {
     /// The piece whose turn it is.
     fn piece(&mut self) -> &mut BatchVerifier {
         let turn = self.len % (self.others.len() + 1);
-        self.len += 1;
         match turn
             .checked_sub(1)
             .and_then(|index| self.others.get_mut(index))
@@ -119,6 +118,7 @@ impl SplitBatch {
     /// Adds a signature by a key that passed the key rule ([`BatchVerifier::queue`]).
     pub(crate) fn queue(&mut self, key: &VerifyingKey, digest: &Digest, signature: &Signature) {
         self.piece().queue(key, digest, signature);
+        self.len += 1;
     }
 
     /// Adds a signature by a key not yet checked ([`BatchVerifier::queue_key`]).
@@ -128,8 +128,8 @@ impl SplitBatch {
         digest: &Digest,
         signature: &Signature,
     ) -> Result<(), CryptoError> {
-        key.check()?;
-        self.piece().queue_bytes(key, digest, signature);
+        self.piece().queue_key(key, digest, signature)?;
+        self.len += 1;
         Ok(())
     }
 
