@@ -5,13 +5,15 @@
 use std::sync::{Arc, Mutex};
 
 use pbft_core::testing::{NOW, chain, client_key, key_of, pre_prepare, replica, small_config};
-use pbft_core::{Batch, BatchVerifier, CheckPool, Error, Replica, Request};
+use pbft_core::{Batch, BatchVerifier, CheckPool, CryptoError, Error, Replica, Request};
 
 /// Checks pieces on the caller's thread and records how many signatures each call's pieces
 /// held.
 struct Recording {
     width: usize,
     calls: Arc<Mutex<Vec<Vec<usize>>>>,
+    /// A faulty pool that answers for one piece fewer than it was given.
+    loses_a_piece: bool,
 }
 
 impl CheckPool for Recording {
@@ -19,10 +21,14 @@ impl CheckPool for Recording {
         self.width
     }
 
-    fn verify_all(&self, pieces: Vec<BatchVerifier>) -> bool {
+    fn verify_all(&self, pieces: Vec<BatchVerifier>) -> Vec<Result<(), CryptoError>> {
         let sizes = pieces.iter().map(BatchVerifier::len).collect();
         self.calls.lock().unwrap().push(sizes);
-        pieces.into_iter().all(|piece| piece.verify().is_ok())
+        let mut verdicts: Vec<_> = pieces.into_iter().map(BatchVerifier::verify).collect();
+        if self.loses_a_piece {
+            verdicts.pop();
+        }
+        verdicts
     }
 }
 
@@ -35,6 +41,7 @@ fn backup_with_pool(width: usize) -> (Replica, Arc<Mutex<Vec<Vec<usize>>>>) {
     backup.set_check_pool(Box::new(Recording {
         width,
         calls: calls.clone(),
+        loses_a_piece: false,
     }));
     (backup, calls)
 }
@@ -108,4 +115,48 @@ fn a_batch_too_small_to_cut_stays_on_the_callers_thread() {
         "63 signatures make one piece"
     );
     assert_eq!(backup.metrics().signatures_verified, 63);
+}
+
+#[test]
+fn pieces_are_cut_for_the_signatures_left_after_the_cached_ones() {
+    let batch = Batch {
+        requests: requests(100, None),
+    };
+    for (arrived, calls_after) in [(90, 1), (40, 1), (20, 2)] {
+        let (mut backup, calls) = backup_with_pool(4);
+        // Some of the batch's requests arrive at the backup first and are checked there.
+        let arrivals = requests(100, None)[..arrived].to_vec();
+        assert!(backup.submit_all(NOW, arrivals).iter().all(Result::is_ok));
+        let before = calls.lock().unwrap().len();
+        backup
+            .handle_message(NOW, &key_of(0), &pre_prepare(0, (0, 1), &batch))
+            .unwrap();
+        assert_eq!(backup.metrics().signatures_cached, arrived as u64);
+        // What is left (the primary's and the uncached clients') is cut on its own size: 11
+        // and 61 stay on this thread, 81 go in two pieces of at least 32.
+        let calls = calls.lock().unwrap();
+        assert_eq!(
+            calls.len() - before,
+            calls_after - 1,
+            "{arrived}: {calls:?}"
+        );
+        assert!(calls.iter().flatten().all(|&size| size >= 32), "{calls:?}");
+    }
+}
+
+#[test]
+fn a_pool_that_answers_for_fewer_pieces_than_it_got_vouches_for_nothing() {
+    let mut config = small_config();
+    config.max_batch_ops = 1024;
+    let mut backup = replica(1, config);
+    backup.set_check_pool(Box::new(Recording {
+        width: 2,
+        calls: Arc::default(),
+        loses_a_piece: true,
+    }));
+    let batch = Batch {
+        requests: requests(100, None),
+    };
+    let result = backup.handle_message(NOW, &key_of(0), &pre_prepare(0, (0, 1), &batch));
+    assert!(matches!(result, Err(Error::Crypto(_))), "{result:?}");
 }

@@ -1,7 +1,7 @@
 //! Batch signature checks on a thread pool: a validator alone on a machine checks the pieces
 //! of a large batch on all its cores ([`pbft_core::CheckPool`]).
 
-use pbft_core::{BatchVerifier, CheckPool};
+use pbft_core::{BatchVerifier, CheckPool, CryptoError};
 use rayon::iter::{IntoParallelIterator, ParallelIterator};
 
 /// A [`CheckPool`] of `threads` rayon threads. The node's thread waits while the pool checks
@@ -34,16 +34,22 @@ impl CheckPool for ThreadChecks {
         self.threads
     }
 
-    fn verify_all(&self, pieces: Vec<BatchVerifier>) -> bool {
+    fn verify_all(&self, pieces: Vec<BatchVerifier>) -> Vec<Result<(), CryptoError>> {
         self.pool
-            .install(|| pieces.into_par_iter().all(|piece| piece.verify().is_ok()))
+            .install(|| pieces.into_par_iter().map(BatchVerifier::verify).collect())
     }
 }
 
+/// The most threads a node checks signatures on: a batch of `max_batch_ops` (1,024 by
+/// default) makes at most 32 pieces, so more threads than this would only wait.
+pub const MAX_THREADS: usize = 256;
+
 /// The threads a node checks signatures on when its config does not say: the cores this
-/// process may run on (1 if the system will not tell).
+/// process may run on (1 if the system will not tell), at most [`MAX_THREADS`].
 pub fn default_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, usize::from)
+    std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(MAX_THREADS)
 }
 
 #[cfg(test)]
@@ -75,10 +81,14 @@ mod tests {
     fn every_piece_must_hold_on_any_thread() {
         let checks = ThreadChecks::new(3).unwrap();
         assert_eq!(checks.width(), 3);
-        assert!(checks.verify_all(pieces(3, 4, None)));
+        assert_eq!(checks.verify_all(pieces(3, 4, None)), vec![Ok(()); 3]);
         for forged in 0..3 {
-            assert!(!checks.verify_all(pieces(3, 4, Some(forged))), "{forged}");
+            let verdicts = checks.verify_all(pieces(3, 4, Some(forged)));
+            for (piece, verdict) in verdicts.iter().enumerate() {
+                assert_eq!(verdict.is_err(), piece == forged, "{forged}: {verdicts:?}");
+            }
         }
-        assert!(ThreadChecks::new(0).unwrap().verify_all(pieces(2, 2, None)));
+        let one = ThreadChecks::new(0).unwrap();
+        assert_eq!(one.verify_all(pieces(2, 2, None)), vec![Ok(()); 2]);
     }
 }

@@ -354,7 +354,14 @@ pub fn load_config(path: &Path) -> Result<NodeConfig, FileError> {
     }
     let verify_threads = match file.verify_threads {
         None => crate::checks::default_threads(),
-        Some(0) => return Err(field_error(path, "verify_threads", "must be at least 1")),
+        Some(threads) if !(1..=crate::checks::MAX_THREADS).contains(&threads) => {
+            let max = crate::checks::MAX_THREADS;
+            return Err(field_error(
+                path,
+                "verify_threads",
+                format!("must be 1 to {max}"),
+            ));
+        }
         Some(threads) => threads,
     };
     Ok(NodeConfig {
@@ -537,8 +544,10 @@ mod tests {
         assert_eq!(field_of(load(&fixture, &too_wide)), "limits");
         let error = load(&fixture, &too_wide).unwrap_err().to_string();
         assert!(error.contains("max_message_bytes"), "{error}");
-        let no_threads = config_text(&fixture.keys, "verify_threads = 0\n");
-        assert_eq!(field_of(load(&fixture, &no_threads)), "verify_threads");
+        for threads in [0, 257] {
+            let text = config_text(&fixture.keys, &format!("verify_threads = {threads}\n"));
+            assert_eq!(field_of(load(&fixture, &text)), "verify_threads");
+        }
         let unknown = config_text(&fixture.keys, "colour = \"blue\"\n");
         let message = field_of(load(&fixture, &unknown));
         assert!(message.contains("colour"), "{message}");

@@ -172,7 +172,7 @@ impl NodeMetrics {
         );
         registry.register(
             "checkpoint_seconds",
-            "Time each checkpoint held the node's thread: the application snapshot, the state digest and the copy kept for peers (grows with the state)",
+            "Time each checkpoint held the node's thread, from committing its round (unsynced) through the application snapshot, the replica's execution report (its batch's replies, the state digest and checkpoint vote) to the copy kept for peers; grows with the state",
             m.checkpoint_latency.clone(),
         );
         registry.register(

@@ -207,9 +207,10 @@ pub struct Samples {
     pub store_commit_seconds: Vec<f64>,
     /// Requests in each delivered batch.
     pub batch_sizes: Vec<usize>,
-    /// Seconds each checkpoint held the node's thread: the application's snapshot, the
-    /// replica's state digest over it and the copy kept for peers, all proportional to the
-    /// state's size.
+    /// Seconds each checkpoint held the node's thread: committing its round (unsynced), the
+    /// application's snapshot, the replica's report of the batch (its replies, and the state
+    /// digest over the snapshot) and the copy kept for peers. All but the replies grow with
+    /// the state.
     pub checkpoint_seconds: Vec<f64>,
 }
 

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use pbft_core::{
-    BatchVerifier, ChainId, CheckPool, Client, Config, Destination, Keypair, Phase, PublicKey,
-    Record, ValidatorSet,
+    BatchVerifier, ChainId, CheckPool, Client, Config, CryptoError, Destination, Keypair, Phase,
+    PublicKey, Record, ValidatorSet,
 };
 use pbft_host::checks::ThreadChecks;
 use pbft_host::kv::{KvStore, Op, OpResult};
@@ -26,7 +26,7 @@ impl CheckPool for Counted {
         self.0.width()
     }
 
-    fn verify_all(&self, pieces: Vec<BatchVerifier>) -> bool {
+    fn verify_all(&self, pieces: Vec<BatchVerifier>) -> Vec<Result<(), CryptoError>> {
         self.1.fetch_add(1, Ordering::Relaxed);
         self.0.verify_all(pieces)
     }

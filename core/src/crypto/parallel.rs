@@ -15,15 +15,16 @@ use super::{BatchVerifier, CryptoError, Digest, PublicKey, Signature, VerifyingK
 
 /// Where a replica's batch signature checks run.
 ///
-/// Implementations must check every piece in full and answer `true` only if all verify;
-/// they may run pieces in any order and on any thread (each piece is `Send`).
+/// Implementations may run pieces in any order and on any thread (each piece is `Send`), and
+/// must answer for each piece with its own verdict: the replica accepts a batch only when it
+/// gets one `Ok` per piece it handed over.
 pub trait CheckPool: Send {
     /// How many pieces a large batch may be cut into: the threads that will run them. 1 keeps
     /// every check on the caller's thread, in one piece.
     fn width(&self) -> usize;
 
-    /// Whether every piece verifies.
-    fn verify_all(&self, pieces: Vec<BatchVerifier>) -> bool;
+    /// Each piece's verdict ([`BatchVerifier::verify`]), in the pieces' order.
+    fn verify_all(&self, pieces: Vec<BatchVerifier>) -> Vec<Result<(), CryptoError>>;
 }
 
 /// The default pool: every piece on the caller's thread, one after another.
@@ -35,8 +36,8 @@ impl CheckPool for InlineChecks {
         1
     }
 
-    fn verify_all(&self, pieces: Vec<BatchVerifier>) -> bool {
-        pieces.into_iter().all(|piece| piece.verify().is_ok())
+    fn verify_all(&self, pieces: Vec<BatchVerifier>) -> Vec<Result<(), CryptoError>> {
+        pieces.into_iter().map(BatchVerifier::verify).collect()
     }
 }
 
@@ -48,22 +49,26 @@ impl Pool {
         Pool(pool)
     }
 
-    /// An empty batch for `count` signatures, cut into as many pieces as pay: each of at
-    /// least [`SplitBatch::MIN_PIECE`] signatures, at most the pool's width.
+    /// An empty batch for exactly `count` signatures, cut into as many pieces as pay: each
+    /// of at least [`SplitBatch::MIN_PIECE`] of them, at most the pool's width. Queue exactly
+    /// `count`, or pieces come out smaller than that (or empty).
     pub(crate) fn batch(&self, count: usize) -> SplitBatch {
         SplitBatch::new(self.0.width(), count)
     }
 
     /// Whether every signature queued in `batch` verifies.
     pub(crate) fn verify(&self, batch: SplitBatch) -> Result<(), CryptoError> {
-        let ok = if batch.others.is_empty() {
+        if batch.others.is_empty() {
             // One piece stays on this thread: no hand-over for a batch too small to cut.
-            batch.first.verify().is_ok()
-        } else {
-            let pieces = core::iter::once(batch.first).chain(batch.others);
-            self.0.verify_all(pieces.collect())
-        };
-        ok.then_some(()).ok_or(CryptoError::BadSignature)
+            return batch.first.verify();
+        }
+        let pieces: Vec<BatchVerifier> =
+            core::iter::once(batch.first).chain(batch.others).collect();
+        let handed = pieces.len();
+        let verdicts = self.0.verify_all(pieces);
+        // A pool that lost a piece has not vouched for its signatures.
+        let every = verdicts.len() == handed && verdicts.iter().all(Result::is_ok);
+        every.then_some(()).ok_or(CryptoError::BadSignature)
     }
 }
 

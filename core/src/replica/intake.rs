@@ -14,7 +14,7 @@ use super::exactly_once::Freshness;
 use super::output::{Destination, Record};
 use super::signatures::check_signatures;
 use super::{Mode, Replica};
-use crate::crypto::{CheckPool, CryptoError, Digest, Pool, Signature, VerifyingKey};
+use crate::crypto::{CryptoError, Digest, Pool, Signature, VerifyingKey};
 use crate::error::Error;
 use crate::merkle;
 use crate::message::Message;
@@ -69,6 +69,13 @@ impl Intake {
         self.in_flight.clear();
     }
 
+    /// Marks the pending requests in flight again, after [`Intake::clear_in_flight`] where
+    /// they stay pending: a copy arriving later must be refused, or it would be queued twice.
+    pub(super) fn track_pending(&mut self) {
+        self.in_flight
+            .extend(self.pending.iter().map(|(_, digest)| *digest));
+    }
+
     /// Requests waiting for a batch.
     pub(super) fn pending_len(&self) -> usize {
         self.pending.len()
@@ -80,8 +87,8 @@ impl Intake {
     }
 
     /// Puts a batch's requests (with their digests) back at the front, in their order.
-    pub(super) fn requeue_front(&mut self, requests: Vec<Request>, digests: Vec<Digest>) {
-        for pending in requests.into_iter().zip(digests).rev() {
+    pub(super) fn requeue_front(&mut self, requests: Vec<(Request, Digest)>) {
+        for pending in requests.into_iter().rev() {
             self.pending.push_front(pending);
         }
     }
@@ -217,14 +224,6 @@ pub(super) enum Admitted {
 }
 
 impl Replica {
-    /// Runs this replica's large batch signature checks (a pre-prepare's client signatures,
-    /// arrivals in [`Replica::submit_all`]) on `pool`, cut into up to its width of pieces of
-    /// at least 32 signatures each. Verdicts do not change (see [`CheckPool`]); the default
-    /// is [`crate::InlineChecks`], every check on the caller's thread.
-    pub fn set_check_pool(&mut self, pool: Box<dyn CheckPool>) {
-        self.intake.pool = Pool::new(pool);
-    }
-
     /// A client request, from the host or a peer; `forward` if this copy may be forwarded to
     /// the primary (a validator's forwarded copy never is again, or two replicas in different
     /// views would bounce it forever).
@@ -422,15 +421,17 @@ impl Replica {
         requests: &[Request],
         leaves: &[Digest],
     ) -> Result<(), CryptoError> {
-        let mut cached = 0;
-        let mut batch = self.intake.pool.batch(requests.len() + 1);
+        // Cut for what is left after the cached ones, so that no piece comes out small.
+        let unchecked: Vec<(&Request, &Digest)> = requests
+            .iter()
+            .zip(leaves)
+            .filter(|(request, leaf)| !self.intake.verified_on_arrival(leaf, request))
+            .collect();
+        let cached = (requests.len() - unchecked.len()) as u64;
+        let mut batch = self.intake.pool.batch(unchecked.len() + 1);
         batch.queue(key, signed, signature);
-        for (request, leaf) in requests.iter().zip(leaves) {
-            if self.intake.verified_on_arrival(leaf, request) {
-                cached += 1;
-            } else {
-                batch.queue_key(&request.client, leaf, &request.signature)?;
-            }
+        for (request, leaf) in unchecked {
+            batch.queue_key(&request.client, leaf, &request.signature)?;
         }
         let checked = batch.len() as u64;
         self.metrics.signatures_verified += checked;
@@ -478,7 +479,8 @@ impl Replica {
             let Some(vote) = self.sign_vote(Phase::PrePrepare, seq, digest) else {
                 // This seq was proposed before a restart with another batch: skip it (the
                 // view change will fill it) and keep the requests for the next one.
-                self.intake.requeue_front(batch.requests, leaves);
+                let requests = batch.requests.into_iter().zip(leaves).collect();
+                self.intake.requeue_front(requests);
                 continue;
             };
             let slot = self.log.entry(seq).or_default();
@@ -504,195 +506,4 @@ impl Replica {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::super::signatures::{SearchCost, find_forged};
-    use super::*;
-    use crate::config::ChainId;
-    use crate::crypto::Keypair;
-
-    fn request(seed: u8, op_len: usize) -> Request {
-        let chain = ChainId::from_name("test");
-        Request::new(
-            &chain,
-            &Keypair::from_seed(&[seed; 32]),
-            1,
-            alloc::vec![0; op_len],
-        )
-    }
-
-    #[test]
-    fn a_batch_is_cut_by_ops_and_by_bytes_but_never_empty() {
-        let mut intake = Intake::default();
-        for seed in 1..=5 {
-            intake.enqueue(request(seed, 100), Digest([seed; 32]));
-        }
-        assert_eq!(intake.cut(2, usize::MAX).len(), 2);
-        let one = request(9, 0).encoded_len() + 100;
-        assert_eq!(intake.cut(10, 2 * one).len(), 2, "two fit the bytes");
-        assert_eq!(
-            intake.cut(10, 1).len(),
-            1,
-            "one larger than the limit still goes"
-        );
-        assert_eq!(intake.pending_len(), 0);
-    }
-
-    #[test]
-    fn a_forged_request_is_dropped_and_the_rest_kept_in_order() {
-        let chain = ChainId::from_name("test");
-        let mut metrics = Metrics::default();
-        let mut intake = Intake::default();
-        let mut requests: Vec<Request> = (1..=4).map(|seed| request(seed, 8)).collect();
-        requests[2].signature = requests[1].signature;
-        for r in &requests {
-            intake.track(r.digest(&chain));
-        }
-        let forged = requests[2].digest(&chain);
-        let (good, leaves) = intake.verified(&mut metrics, with_digests(&chain, &requests));
-        assert_eq!(
-            good,
-            [
-                requests[0].clone(),
-                requests[1].clone(),
-                requests[3].clone()
-            ]
-        );
-        assert_eq!(leaves.len(), 3);
-        assert!(!intake.is_in_flight(&forged), "no longer in flight");
-        assert_eq!(metrics.rejected_total(), 1);
-    }
-
-    /// `requests` with their digests, as the primary queues them.
-    fn with_digests(chain: &ChainId, requests: &[Request]) -> Vec<(Request, Digest)> {
-        let digests = requests.iter().map(|r| r.digest(chain));
-        requests.iter().cloned().zip(digests).collect()
-    }
-
-    /// A batch of `n` requests from distinct clients with the ones at `forged` forged (their
-    /// client's signature over something else: well formed, it costs a full check), all in
-    /// flight.
-    fn batch_with_forgeries(intake: &mut Intake, n: u8, forged: &[usize]) -> Vec<Request> {
-        let chain = ChainId::from_name("test");
-        let mut requests: Vec<Request> = (1..=n).map(|seed| request(seed, 8)).collect();
-        for &index in forged {
-            let client = Keypair::from_seed(&[index as u8 + 1; 32]);
-            requests[index].signature = client.sign(&Digest([0xab; 32]));
-        }
-        for r in &requests {
-            intake.track(r.digest(&chain));
-        }
-        requests
-    }
-
-    /// Runs [`Intake::verified`] on a batch of `n` with `forged` forged; checks the forged
-    /// are dropped and counted and the rest kept in order, and returns the metrics and what
-    /// the search cost.
-    fn verify_with_forgeries(n: u8, forged: &[usize]) -> (Metrics, SearchCost) {
-        let chain = ChainId::from_name("test");
-        let mut intake = Intake::default();
-        let requests = batch_with_forgeries(&mut intake, n, forged);
-        let leaves: Vec<Digest> = requests.iter().map(|r| r.digest(&chain)).collect();
-        let (_, cost) = find_forged(&requests, &leaves);
-        let mut metrics = Metrics::default();
-        let (good, good_leaves) = intake.verified(&mut metrics, with_digests(&chain, &requests));
-        let expected: Vec<Request> = (0..requests.len())
-            .filter(|index| !forged.contains(index))
-            .map(|index| requests[index].clone())
-            .collect();
-        assert_eq!(good, expected, "forged {forged:?}: the rest kept, in order");
-        assert_eq!(good_leaves.len(), good.len());
-        for (index, leaf) in leaves.iter().enumerate() {
-            assert_eq!(intake.is_in_flight(leaf), !forged.contains(&index));
-        }
-        assert_eq!(metrics.rejected_total(), forged.len() as u64);
-        assert_eq!(
-            metrics.rejected.get("bad_signature"),
-            Some(&(forged.len() as u64))
-        );
-        // The metrics count the batch check that failed and every check of the search; a
-        // single request is checked alone, once, with no search.
-        if n == 1 {
-            assert_eq!(metrics.signatures_verified, 1);
-            assert_eq!(metrics.signatures_batch_verified, 0);
-            return (metrics, SearchCost::default());
-        }
-        let first = u64::from(n);
-        assert_eq!(metrics.signatures_batch_verified, first + cost.batched);
-        assert_eq!(
-            metrics.signatures_verified,
-            first + cost.batched + cost.single
-        );
-        (metrics, cost)
-    }
-
-    #[test]
-    fn one_forged_request_in_64_is_found_by_bisection_with_two_checks_alone() {
-        // Checking each alone after the failed batch check made 64 checks alone. Bisection:
-        // at most 2·(log2 64 − 1) = 10 more batch checks, 2·(32+16+8+4+2) = 124 signatures
-        // in them, and exactly 2 checks alone (the forged request and its neighbour).
-        for position in [0, 1, 31, 32, 47, 62, 63] {
-            let (metrics, cost) = verify_with_forgeries(64, &[position]);
-            assert_eq!(cost.single, 2, "forged at {position}: {cost:?}");
-            assert!(cost.batch_checks <= 10, "forged at {position}: {cost:?}");
-            assert!(cost.batched <= 124, "forged at {position}: {cost:?}");
-            assert_eq!(
-                metrics.signatures_verified - metrics.signatures_batch_verified,
-                2,
-                "checks alone, as the metrics count them"
-            );
-        }
-    }
-
-    #[test]
-    fn two_forged_requests_in_64_are_both_found() {
-        // Neighbours share their path down the tree: found as one forgery is.
-        for forged in [[10, 11], [32, 33], [62, 63]] {
-            let (_, cost) = verify_with_forgeries(64, &forged);
-            assert_eq!(cost.single, 2, "forged {forged:?}: {cost:?}");
-            assert!(cost.batch_checks <= 10, "forged {forged:?}: {cost:?}");
-        }
-        // Far apart, two paths: once n signatures are batch-checked, failing sets are
-        // checked alone, each request at most once.
-        for forged in [[0, 63], [5, 40], [31, 32]] {
-            let (_, cost) = verify_with_forgeries(64, &forged);
-            assert!(cost.batched <= 128, "forged {forged:?}: {cost:?}");
-            assert!(cost.single < 64, "forged {forged:?}: {cost:?}");
-        }
-    }
-
-    #[test]
-    fn an_all_forged_batch_costs_a_bounded_search_and_each_check_alone_once() {
-        let all: Vec<usize> = (0..64).collect();
-        let (_, cost) = verify_with_forgeries(64, &all);
-        // Bisecting every level would batch-check 64 signatures per level (320 below the
-        // root); splitting stops once 64 are batch-checked, and the rest go alone, once.
-        assert!(cost.batched <= 128, "{cost:?}");
-        assert_eq!(cost.single, 64, "{cost:?}");
-        // Odd sizes split unevenly and still find every forgery.
-        let (_, cost) = verify_with_forgeries(7, &[0, 1, 2, 3, 4, 5, 6]);
-        assert_eq!(cost.single, 7, "{cost:?}");
-        verify_with_forgeries(7, &[6]);
-        verify_with_forgeries(3, &[1]);
-        verify_with_forgeries(2, &[0]);
-        verify_with_forgeries(1, &[0]);
-    }
-
-    #[test]
-    fn watched_requests_get_new_deadlines_together() {
-        let chain = ChainId::from_name("test");
-        let mut intake = Intake::default();
-        let (a, b) = (request(1, 4), request(2, 4));
-        intake.watch(a.digest(&chain), &a, 500);
-        intake.watch(b.digest(&chain), &b, 300);
-        intake.watch(b.digest(&chain), &b, 100);
-        assert_eq!(
-            intake.watch_deadline(),
-            Some(300),
-            "the first deadline stays"
-        );
-        assert_eq!(intake.rewatch(900).len(), 2);
-        assert_eq!(intake.watch_deadline(), Some(900));
-        intake.unwatch(&a.digest(&chain));
-        assert_eq!(intake.watched_len(), 1);
-    }
-}
+mod tests;

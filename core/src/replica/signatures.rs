@@ -1,13 +1,26 @@
-//! Checking the client signatures of many requests at once, and finding the forged ones
-//! when the batch check fails.
+//! Checking the client signatures of many requests at once (in pieces on the host's
+//! [`CheckPool`] when it gave one), and finding the forged ones when the batch check fails.
 
+use alloc::boxed::Box;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::borrow::Borrow;
 
-use crate::crypto::{CryptoError, Digest, Pool};
+use super::Replica;
+use crate::crypto::{CheckPool, CryptoError, Digest, Pool};
 use crate::metrics::Metrics;
 use crate::statement::Request;
+
+impl Replica {
+    /// Runs this replica's large batch signature checks (a pre-prepare's client signatures
+    /// not checked on arrival, a primary's batch, a group of arrivals in
+    /// [`Replica::submit_all`]) on `pool`, cut into up to its width of pieces of at least 32
+    /// signatures each; a check of fewer than 64 stays on the caller's thread. Verdicts do not
+    /// change (see [`CheckPool`]); the default is [`crate::InlineChecks`].
+    pub fn set_check_pool(&mut self, pool: Box<dyn CheckPool>) {
+        self.intake.pool = Pool::new(pool);
+    }
+}
 
 /// The verdict on each signature of `requests` (over `leaves`), in order: one check alone
 /// for a single request, else one batch check, bisected ([`find_forged`]) only if it fails.

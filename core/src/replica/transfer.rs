@@ -352,6 +352,9 @@ impl Replica {
         // Batches below the installed state are no longer a run ending at the window.
         self.archive.clear();
         self.intake.clear_in_flight();
+        // A primary keeps its pending requests across the install (they are checked for
+        // freshness when executed): still in flight, so a retransmitted copy is no second one.
+        self.intake.track_pending();
         let executed = self.executed;
         let chain = self.config.chain_id;
         for (_, slot) in self.log.range_mut(executed + 1..) {
