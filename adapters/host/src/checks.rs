@@ -40,8 +40,9 @@ impl CheckPool for ThreadChecks {
     }
 }
 
-/// The most threads a node checks signatures on: a batch of `max_batch_ops` (1,024 by
-/// default) makes at most 32 pieces, so more threads than this would only wait.
+/// The most threads a node checks signatures on. A batch of the default `max_batch_ops`
+/// (1,024) makes at most 32 pieces of 32 signatures, so more threads than 32 wait unless
+/// batches are larger; 256 serves batches up to 8,192 and refuses a mistyped count.
 pub const MAX_THREADS: usize = 256;
 
 /// The threads a node checks signatures on when its config does not say: the cores this

@@ -17,7 +17,9 @@ use super::{BatchVerifier, CryptoError, Digest, PublicKey, Signature, VerifyingK
 ///
 /// Implementations may run pieces in any order and on any thread (each piece is `Send`), and
 /// must answer for each piece with its own verdict: the replica accepts a batch only when it
-/// gets one `Ok` per piece it handed over.
+/// gets one `Ok` per piece it handed over. A pool that answers for more or fewer pieces
+/// fails closed: the batch is refused as if a signature were bad, which a backup counts
+/// against the proposal's primary, so such a pool is a host bug that costs views.
 pub trait CheckPool: Send {
     /// How many pieces a large batch may be cut into: the threads that will run them. 1 keeps
     /// every check on the caller's thread, in one piece.

@@ -69,6 +69,11 @@ impl Intake {
         self.in_flight.clear();
     }
 
+    /// Keeps the pending requests for which `keep` holds, dropping the others.
+    pub(super) fn retain_pending(&mut self, mut keep: impl FnMut(&Request) -> bool) {
+        self.pending.retain(|(request, _)| keep(request));
+    }
+
     /// Marks the pending requests in flight again, after [`Intake::clear_in_flight`] where
     /// they stay pending: a copy arriving later must be refused, or it would be queued twice.
     pub(super) fn track_pending(&mut self) {

@@ -11,7 +11,7 @@ use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 
 use super::Replica;
-use super::exactly_once::ClientTable;
+use super::exactly_once::{ClientTable, Freshness};
 use super::output::{Destination, Install, Output};
 use crate::config::ReplicaId;
 use crate::error::Error;
@@ -352,8 +352,11 @@ impl Replica {
         // Batches below the installed state are no longer a run ending at the window.
         self.archive.clear();
         self.intake.clear_in_flight();
-        // A primary keeps its pending requests across the install (they are checked for
-        // freshness when executed): still in flight, so a retransmitted copy is no second one.
+        // A primary keeps its pending requests across the install, but those the installed
+        // state executed already: the rest stay in flight, so a retransmitted copy is refused.
+        let clients = &self.clients;
+        self.intake
+            .retain_pending(|r| clients.freshness(&r.client, r.client_seq) == Freshness::Fresh);
         self.intake.track_pending();
         let executed = self.executed;
         let chain = self.config.chain_id;
