@@ -9,9 +9,10 @@ use pbft_core::testing::{
     view_change, view_change_with_votes, vote, vote_for,
 };
 use pbft_core::{
-    BatchAt, CertificateError, CommitPath, Config, Destination, Error, ExecutedState, FetchBatches,
-    Message, NewView, Output, Phase, Prepared, PreparedClaim, QuorumCertificate, Record, Replica,
-    ReplicaId, ViewChange, ViewChangeError, null_digest, plan, verify_new_view, verify_qc,
+    Batch, BatchAt, CertificateError, CommitPath, Config, Destination, Error, ExecutedState,
+    FetchBatches, Message, NewView, Output, Phase, Prepared, PreparedClaim, QuorumCertificate,
+    Record, Replica, ReplicaId, ViewChange, ViewChangeError, null_digest, plan, verify_new_view,
+    verify_qc,
 };
 
 fn config(fast_path: bool) -> Config {
@@ -448,6 +449,23 @@ fn a_new_primary_fetches_the_batch_it_re_proposes_and_keeps_it_across_a_restart(
 /// seq (whose batch it never got, so it voted for nothing there), and across a restart: an
 /// old prepared certificate brings the batch back in a later view, and then the backup serves
 /// it and prepares it.
+/// Hands `backup` the new view of `view` (from its primary, `view` mod 4) built on `changes`
+/// and re-proposing `reproposed` at seq 1; checks that the backup entered it.
+fn enter_reproposing(
+    backup: &mut Replica,
+    view: u64,
+    changes: Vec<ViewChange>,
+    reproposed: &Batch,
+) {
+    let primary = view as usize % 4;
+    let reproposal = vote(primary, Phase::PrePrepare, (view, 1), reproposed);
+    let new_view = pbft_core::testing::new_view(primary, view, changes, vec![reproposal]);
+    backup
+        .handle_message(NOW, &key_of(primary), &Message::NewView(new_view).encode())
+        .unwrap();
+    assert_eq!((backup.view(), backup.in_view()), (view, true));
+}
+
 #[test]
 fn the_batch_of_a_backups_latest_vote_outlives_a_view_that_proposed_another() {
     // Also when it prepared the batch and restarted from a compacted log, which keeps the
@@ -468,12 +486,7 @@ fn the_batch_of_a_backups_latest_vote_outlives_a_view_that_proposed_another() {
             view_change(1, 1, vec![]),
             view_change(2, 1, vec![]),
         ];
-        let reproposal = vote(1, Phase::PrePrepare, (1, 1), &batch(&[2]));
-        let first = pbft_core::testing::new_view(1, 1, changes, vec![reproposal]);
-        backup
-            .handle_message(NOW, &key_of(1), &Message::NewView(first).encode())
-            .unwrap();
-        assert_eq!((backup.view(), backup.in_view()), (1, true));
+        enter_reproposing(&mut backup, 1, changes, &batch(&[2]));
         assert!(
             !drain(&mut backup).iter().any(
                 |o| matches!(o, Output::Persist(Record::Signed(v)) if v.phase == Phase::Prepare)
@@ -496,12 +509,7 @@ fn the_batch_of_a_backups_latest_vote_outlives_a_view_that_proposed_another() {
         let changes = (0..3)
             .map(|signer| view_change(signer, 2, vec![prepared_in_view_0(&[1])]))
             .collect();
-        let reproposal = vote(2, Phase::PrePrepare, (2, 1), &batch(&[1]));
-        let second = pbft_core::testing::new_view(2, 2, changes, vec![reproposal]);
-        backup
-            .handle_message(NOW, &key_of(2), &Message::NewView(second).encode())
-            .unwrap();
-        assert_eq!((backup.view(), backup.in_view()), (2, true));
+        enter_reproposing(&mut backup, 2, changes, &batch(&[1]));
         let outputs = drain(&mut backup);
         assert!(
             outputs

@@ -52,21 +52,16 @@ impl Replica {
         let null = null_digest(&self.config.chain_id);
         let stable = self.checkpoints.stable().seq;
         let view = self.view;
-        if self
-            .batch_fetch
-            .as_ref()
-            .is_none_or(|fetch| fetch.view != view)
-        {
-            self.batch_fetch = Some(BatchFetch {
+        // What was fetched for another view is of no use to this one.
+        let fetch = match &mut self.batch_fetch {
+            Some(fetch) if fetch.view == view => fetch,
+            other => other.insert(BatchFetch {
                 view,
                 wanted: BTreeSet::new(),
                 fetched: BTreeMap::new(),
                 asked_at: None,
                 attempts: 0,
-            });
-        }
-        let Some(fetch) = self.batch_fetch.as_mut() else {
-            return false;
+            }),
         };
         // Batches at or below the stable checkpoint are final here: no vote there is ever
         // reported, so nothing needs them.

@@ -82,6 +82,21 @@ pub struct CheckpointState {
     pub clients: Vec<u8>,
 }
 
+/// Notes an accepted batch at (seq, digest) from a record, in whatever order the records
+/// come: the entry keeps the latest view's pre-prepare (a batch proposed again at its seq),
+/// whichever record, an accepted one or a certificate's, carried it.
+fn note_accepted(
+    accepted: &mut BTreeMap<(u64, Digest), (Vote, Batch)>,
+    proposal: &Vote,
+    batch: impl FnOnce() -> Batch,
+) {
+    let entry = accepted.entry((proposal.seq, proposal.digest));
+    let kept = entry.or_insert_with(|| (proposal.clone(), batch()));
+    if kept.0.view < proposal.view {
+        kept.0 = proposal.clone();
+    }
+}
+
 impl Replica {
     /// A replica rebuilt from every record it persisted (in any order; repeats are fine) and
     /// from its host's application store as of `executed.executed`.
@@ -123,12 +138,7 @@ impl Replica {
                         // replica changing to that view, not in it without its new view.
                         replica.signer.remember(proposal.clone());
                     }
-                    // The latest view's, where a batch was proposed again at its seq.
-                    let entry = accepted.entry((proposal.seq, proposal.digest));
-                    let kept = entry.or_insert_with(|| (proposal.clone(), batch));
-                    if kept.0.view < proposal.view {
-                        kept.0 = proposal;
-                    }
+                    note_accepted(&mut accepted, &proposal, || batch);
                 }
                 Record::Prepared(prepared, batch) => {
                     let view = prepared.proposal.view;
@@ -138,10 +148,7 @@ impl Replica {
                     // the certificate of the same digest) is an accepted batch too: a vote,
                     // a kept batch or a re-proposal may need it.
                     if let Some(batch) = &batch {
-                        let key = (prepared.proposal.seq, digest);
-                        accepted
-                            .entry(key)
-                            .or_insert_with(|| (prepared.proposal.clone(), batch.clone()));
+                        note_accepted(&mut accepted, &prepared.proposal, || batch.clone());
                     }
                     let slot = replica.log.entry(prepared.proposal.seq).or_default();
                     if slot
