@@ -118,7 +118,7 @@ async fn idle_connections_with_throwaway_keys_do_not_keep_a_validator_out(transp
     );
     let Some(reconnected) = reconnected else {
         for index in 0..VALIDATORS {
-            let rejected: Vec<String> = common::scrape(cluster.testnet.metrics[index])
+            let rejected: Vec<String> = common::scrape_whole(cluster.testnet.metrics[index])
                 .lines()
                 .filter(|line| {
                     line.starts_with("pbft_messages_rejected_total{")

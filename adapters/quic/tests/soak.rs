@@ -308,8 +308,20 @@ async fn a_relay_claim_flood_does_not_slow_consensus(transport: Transport) {
     assert!(!flooded.is_empty(), "no write completed under the flood");
     assert!(
         checked.iter().all(|&checks| checks == 1),
-        "signature checks of one repeated claim, per node: {checked:?}"
+        "signature checks of one repeated claim, per node: {checked:?}; refusals per node: {:?}",
+        (0..VALIDATORS)
+            .map(|index| refusals(&cluster, index))
+            .collect::<Vec<_>>()
     );
+}
+
+/// A node's nonzero `pbft_messages_rejected_total` lines, to say why a check went missing.
+fn refusals(cluster: &Cluster, index: usize) -> Vec<String> {
+    common::scrape_whole(cluster.testnet.metrics[index])
+        .lines()
+        .filter(|line| line.starts_with("pbft_messages_rejected_total{") && !line.ends_with(" 0"))
+        .map(str::to_string)
+        .collect()
 }
 
 over_both_transports! {
@@ -413,7 +425,7 @@ async fn a_soak_under_every_flood_at_once_loses_nothing_and_stays_bounded(transp
         baseline.iter().map(|kib| kib >> 10).collect::<Vec<_>>(),
     );
     for index in 0..VALIDATORS {
-        let rejected: Vec<String> = common::scrape(cluster.testnet.metrics[index])
+        let rejected: Vec<String> = common::scrape_whole(cluster.testnet.metrics[index])
             .lines()
             .filter(|line| line.starts_with("pbft_messages_rejected_total{"))
             .map(String::from)

@@ -154,7 +154,7 @@ impl Cluster {
     }
 
     pub(crate) fn metric(&self, index: usize, name: &str) -> u64 {
-        scrape(self.testnet.metrics[index])
+        scrape_whole(self.testnet.metrics[index])
             .lines()
             .find(|line| line.starts_with(name))
             .and_then(|line| line.rsplit(' ').next()?.parse().ok())
@@ -175,6 +175,8 @@ impl Drop for Cluster {
     }
 }
 
+/// One scrape, as a scraper sees it: empty if the node is down, possibly cut short if the
+/// node is too busy to answer within its timeouts.
 pub(crate) fn scrape(addr: SocketAddr) -> String {
     let Ok(mut stream) = TcpStream::connect(addr) else {
         return String::new();
@@ -183,6 +185,23 @@ pub(crate) fn scrape(addr: SocketAddr) -> String {
     let mut text = String::new();
     let _ = stream.read_to_string(&mut text);
     text
+}
+
+/// The whole exposition of a running node (it ends in `# EOF`): a scrape a busy node cut
+/// short is retried, so a missing line means a zero, not a timeout. Empty if the node is
+/// down, or if 20 tries in about 2 s all came back short.
+pub(crate) fn scrape_whole(addr: SocketAddr) -> String {
+    for _ in 0..20 {
+        if TcpStream::connect(addr).is_err() {
+            return String::new();
+        }
+        let text = scrape(addr);
+        if text.contains("# EOF") {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    String::new()
 }
 
 pub(crate) fn put(key: &str, value: &str) -> Vec<u8> {
