@@ -144,7 +144,7 @@ pub use crypto::{
 // Signed statements and the wire.
 pub use envelope::{BATCH_OVERHEAD, DecodeError, PROTOCOL_VERSION, REQUEST_OVERHEAD};
 pub use message::{BatchAt, COMMITTED, FetchBatches, HAVE_BATCH, Message, PREPARED, Status};
-pub use state::{FetchState, Manifest, StateChunk};
+pub use state::{FetchState, Manifest, SnapshotJob, StateChunk, TakenSnapshot};
 pub use statement::{
     Batch, Phase, PrePrepare, Reply, Request, Vote, reply_leaf, reply_root_digest, vote_digest,
 };

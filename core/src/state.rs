@@ -134,6 +134,62 @@ impl Snapshot {
     }
 }
 
+/// A checkpoint's state without its digest yet: the replica's own part (the exactly-once
+/// table as of `seq`), waiting for the application's bytes as of `seq`. From
+/// [`Replica::executed_deferring`](crate::Replica::executed_deferring); `Send`, so a host may
+/// take the snapshot and digest it on a thread of its own ([`SnapshotJob::finish`]) while the
+/// replica goes on, and hand the result back with
+/// [`Replica::snapshot_taken`](crate::Replica::snapshot_taken).
+#[derive(Debug)]
+pub struct SnapshotJob {
+    pub(crate) seq: u64,
+    pub(crate) clients: Vec<u8>,
+    pub(crate) chunk_bytes: u32,
+}
+
+impl SnapshotJob {
+    /// The checkpoint's seq: the application's bytes must be its state after this seq.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Cuts `app` (the application's canonical bytes at [`SnapshotJob::seq`]) into chunks
+    /// and digests it all: the work that grows with the state, O(`app.len()`) of hashing.
+    pub fn finish(self, app: Vec<u8>) -> TakenSnapshot {
+        TakenSnapshot(Snapshot::new(self.seq, app, self.clients, self.chunk_bytes))
+    }
+}
+
+/// A checkpoint's state, digested ([`SnapshotJob::finish`]), for
+/// [`Replica::snapshot_taken`](crate::Replica::snapshot_taken).
+pub struct TakenSnapshot(pub(crate) Snapshot);
+
+impl TakenSnapshot {
+    /// The checkpoint's seq.
+    pub fn seq(&self) -> u64 {
+        self.0.manifest.seq
+    }
+
+    /// The application's bytes.
+    pub fn app(&self) -> &[u8] {
+        &self.0.app
+    }
+
+    /// The encoded exactly-once table.
+    pub fn clients(&self) -> &[u8] {
+        &self.0.manifest.clients
+    }
+}
+
+impl core::fmt::Debug for TakenSnapshot {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("TakenSnapshot")
+            .field("seq", &self.0.manifest.seq)
+            .field("app_len", &self.0.manifest.app_len)
+            .finish()
+    }
+}
+
 /// Whether `chunk` is chunk `chunk.index` of the snapshot `manifest` describes.
 pub(crate) fn chunk_matches(manifest: &Manifest, chunk: &StateChunk) -> bool {
     let index = u64::from(chunk.index);

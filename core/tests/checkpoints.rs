@@ -244,3 +244,164 @@ fn a_replica_that_reaches_another_state_at_a_checkpoint_already_stable_fetches_i
     let outputs = run_to_checkpoint(&mut subject, b"corrupted");
     refetches_and_resumes(&mut subject, &mut peer, outputs);
 }
+
+/// Commits seq `seq` on `replica` and executes what it delivers; a checkpoint's snapshot is
+/// deferred ([`Replica::executed_deferring`]) and its job returned with the outputs.
+fn run_deferring(replica: &mut Replica, seq: u64) -> (Vec<Output>, Option<pbft_core::SnapshotJob>) {
+    commit(replica, seq);
+    let mut outputs = Vec::new();
+    let mut job = None;
+    let mut pending = drain(replica);
+    while !pending.is_empty() {
+        for output in std::mem::take(&mut pending) {
+            if let Output::Deliver(delivery) = &output {
+                let results = delivery.execute.iter().map(|_| b"ok".to_vec()).collect();
+                match delivery.checkpoint {
+                    true => {
+                        let deferred = replica.executed_deferring(NOW, delivery.seq, results);
+                        job = deferred.unwrap();
+                    }
+                    false => replica.executed(NOW, delivery.seq, results, None).unwrap(),
+                }
+                pending.extend(drain(replica));
+            }
+            outputs.push(output);
+        }
+    }
+    (outputs, job)
+}
+
+fn has_checkpoint_vote(outputs: &[Output]) -> bool {
+    outputs.iter().any(|output| {
+        matches!(output, Output::Persist(Record::Signed(vote)) if vote.phase == Phase::Checkpoint)
+    })
+}
+
+#[test]
+fn a_deferred_snapshot_is_signed_when_it_comes_back_as_of_its_seq() {
+    let mut peer = replica(2);
+    let good = checkpoint_vote(&run_to_checkpoint(&mut peer, GOOD));
+    let mut subject = replica(3);
+    assert!(
+        run_deferring(&mut subject, 1).1.is_none(),
+        "no checkpoint at 1"
+    );
+    let (outputs, job) = run_deferring(&mut subject, 2);
+    let job = job.expect("a job at the checkpoint");
+    assert_eq!(job.seq(), 2);
+    assert!(
+        !has_checkpoint_vote(&outputs),
+        "nothing to sign before the snapshot"
+    );
+    assert!(!subject.holds_checkpoint_state(2));
+    // The replica goes on: seq 3 executes (and changes the exactly-once table) before the
+    // snapshot of seq 2 is back. The job holds the table as of seq 2.
+    let (outputs, _) = run_deferring(&mut subject, 3);
+    assert_eq!(subject.executed_seq(), 3, "{:?}", kinds(&outputs));
+    subject
+        .snapshot_taken(NOW, job.finish(GOOD.to_vec()))
+        .unwrap();
+    let vote = checkpoint_vote(&drain(&mut subject));
+    assert_eq!(
+        vote.digest, good.digest,
+        "the deferred state digest equals the one taken within the execution report"
+    );
+    assert_eq!(
+        subject.checkpoint_state(2).map(|state| state.app),
+        Some(GOOD.to_vec())
+    );
+}
+
+#[test]
+fn a_deferral_is_refused_off_a_checkpoint_and_a_result_not_awaited_is_dropped() {
+    let mut subject = replica(3);
+    commit(&mut subject, 1);
+    drain(&mut subject);
+    assert!(matches!(
+        subject.executed_deferring(NOW, 1, vec![b"ok".to_vec()]),
+        Err(pbft_core::Error::HostContract(_))
+    ));
+    // Refused without a change: the same report, made right, is taken.
+    subject
+        .executed(NOW, 1, vec![b"ok".to_vec()], None)
+        .unwrap();
+    assert_eq!(subject.executed_seq(), 1);
+    let (_, job) = run_deferring(&mut subject, 2);
+    subject
+        .snapshot_taken(NOW, job.expect("a job at seq 2").finish(GOOD.to_vec()))
+        .unwrap();
+    let kept = subject.checkpoint_state(2);
+    assert!(kept.is_some());
+    drain(&mut subject);
+    // A result at seq 2 that is no longer awaited (a second one; one an install cancelled)
+    // changes nothing and signs nothing.
+    let mut other = replica(2);
+    run_deferring(&mut other, 1);
+    let (_, other_job) = run_deferring(&mut other, 2);
+    let stray = other_job
+        .expect("a job at seq 2")
+        .finish(b"another state".to_vec());
+    subject.snapshot_taken(NOW, stray).unwrap();
+    assert_eq!(subject.checkpoint_state(2), kept);
+    assert!(!has_checkpoint_vote(&drain(&mut subject)));
+}
+
+#[test]
+fn a_deferred_snapshot_of_a_diverged_state_fetches_the_stable_one() {
+    let mut peer = replica(2);
+    let good = checkpoint_vote(&run_to_checkpoint(&mut peer, GOOD));
+    let mut subject = replica(3);
+    run_deferring(&mut subject, 1);
+    let (_, job) = run_deferring(&mut subject, 2);
+    let job = job.expect("a job at seq 2");
+    // The quorum's checkpoint becomes stable while this replica's snapshot is being taken:
+    // nothing to compare yet.
+    for (signer, bytes) in quorum_votes(&good) {
+        subject.handle_message(NOW, &signer, &bytes).unwrap();
+    }
+    assert_eq!(subject.stable_checkpoint().seq, 2);
+    let quiet = drain(&mut subject);
+    assert!(
+        !quiet
+            .iter()
+            .any(|o| matches!(o, Output::StateDiverged { .. })),
+        "{:?}",
+        kinds(&quiet)
+    );
+    // The snapshot comes back with another state: compared then.
+    subject
+        .snapshot_taken(NOW, job.finish(b"corrupted".to_vec()))
+        .unwrap();
+    let outputs = drain(&mut subject);
+    refetches_and_resumes(&mut subject, &mut peer, outputs);
+}
+
+#[test]
+fn a_snapshot_of_a_state_found_diverged_meanwhile_is_never_signed() {
+    let mut peer = replica(2);
+    let good = checkpoint_vote(&run_to_checkpoint(&mut peer, GOOD));
+    let mut subject = replica(3);
+    // Its state at seq 2 is wrong (taken at once); the snapshot at 4 is being taken.
+    run_to_checkpoint(&mut subject, b"corrupted");
+    run_deferring(&mut subject, 3);
+    let (_, job) = run_deferring(&mut subject, 4);
+    let job = job.expect("a job at seq 4");
+    // The quorum's checkpoint at 2 proves this replica's state wrong from there on.
+    for (signer, bytes) in quorum_votes(&good) {
+        subject.handle_message(NOW, &signer, &bytes).unwrap();
+    }
+    let outputs = drain(&mut subject);
+    assert!(
+        outputs
+            .iter()
+            .any(|output| matches!(output, Output::StateDiverged { seq: 2, .. })),
+        "{:?}",
+        kinds(&outputs)
+    );
+    // The snapshot at 4 comes back: a state after the divergence, never signed nor served.
+    subject
+        .snapshot_taken(NOW, job.finish(b"later".to_vec()))
+        .unwrap();
+    assert!(!has_checkpoint_vote(&drain(&mut subject)));
+    assert!(!subject.holds_checkpoint_state(4));
+}

@@ -143,6 +143,7 @@ impl Scenario {
             checkpoint_interval: rng.range(1, window),
             fast_path: true,
             twins: None,
+            snapshot_delay_ms: crate::scenario::draw_snapshot_delay(&mut rng),
         }
     }
 }

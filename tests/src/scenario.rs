@@ -215,6 +215,11 @@ pub struct Scenario {
     pub fast_path: bool,
     /// Twins' instances and the cuts per view, for [`Kind::Twins`].
     pub twins: Option<Twins>,
+    /// Most virtual ms a checkpoint's snapshot takes (each one draws its time up to it),
+    /// while the replica goes on ([`pbft_core::Replica::executed_deferring`]); 0: taken
+    /// within the report of execution ([`pbft_core::Replica::executed`]). Drawn in half
+    /// the runs.
+    pub snapshot_delay_ms: u64,
 }
 
 /// Where the replicas of a Twins run stand in each view (Bano et al. 2020, section 4).
@@ -290,6 +295,7 @@ impl Scenario {
             checkpoint_interval: 4,
             fast_path: true,
             twins: None,
+            snapshot_delay_ms: 0,
         }
     }
 
@@ -332,6 +338,7 @@ impl Scenario {
             checkpoint_interval: 2,
             fast_path: true,
             twins: None,
+            snapshot_delay_ms: 0,
         }
     }
 
@@ -478,6 +485,17 @@ impl Scenario {
             checkpoint_interval: rng.range(1, window),
             fast_path: true,
             twins: None,
+            snapshot_delay_ms: draw_snapshot_delay(&mut rng),
         }
+    }
+}
+
+/// [`Scenario::snapshot_delay_ms`] for a drawn scenario: half the runs take snapshots within
+/// the execution report, half take up to 1 to 150 ms (a few message delays to dozens: past
+/// the quorum's stable checkpoint, past later checkpoints).
+pub(crate) fn draw_snapshot_delay(rng: &mut Rng) -> u64 {
+    match rng.chance(50) {
+        true => rng.range(1, 150),
+        false => 0,
     }
 }

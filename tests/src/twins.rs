@@ -86,6 +86,7 @@ impl Scenario {
                 views,
                 heal_ms: rng.range(4_000, 12_000),
             }),
+            snapshot_delay_ms: crate::scenario::draw_snapshot_delay(&mut rng),
         }
     }
 }

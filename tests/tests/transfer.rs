@@ -32,6 +32,7 @@ fn scenario(drip_feeder: Fault) -> Scenario {
         checkpoint_interval: 2,
         fast_path: true,
         twins: None,
+        snapshot_delay_ms: 0,
     }
 }
 

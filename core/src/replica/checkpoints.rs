@@ -33,6 +33,9 @@ pub(super) struct Checkpoints {
     /// The state at checkpoints from the stable one up, and the one before it, to serve peers
     /// that fetch it.
     snapshots: BTreeMap<u64, Snapshot>,
+    /// Checkpoints executed whose snapshot the host is still taking
+    /// ([`Replica::executed_deferring`]).
+    deferred: BTreeSet<u64>,
     /// The older state each peer is fetching, with when it last asked (ms): kept while in
     /// use, so a transfer slower than a checkpoint interval under load still finishes. At
     /// most one per peer: n - 1 old states at worst, at most f of them held by Byzantine
@@ -48,6 +51,7 @@ impl Default for Checkpoints {
             reported: BTreeSet::new(),
             own: BTreeMap::new(),
             snapshots: BTreeMap::new(),
+            deferred: BTreeSet::new(),
             pins: BTreeMap::new(),
         }
     }
@@ -150,6 +154,21 @@ impl Checkpoints {
         self.snapshots.insert(seq, snapshot);
     }
 
+    /// Notes that the host takes the snapshot at checkpoint `seq` later.
+    pub(super) fn defer(&mut self, seq: u64) {
+        self.deferred.insert(seq);
+    }
+
+    /// Whether the snapshot at `seq` was awaited (it is not any more).
+    pub(super) fn undefer(&mut self, seq: u64) -> bool {
+        self.deferred.remove(&seq)
+    }
+
+    /// Stops awaiting every deferred snapshot: the state they were taken of was replaced.
+    pub(super) fn cancel_deferred(&mut self) {
+        self.deferred.clear();
+    }
+
     /// The checkpoint seqs whose state is held.
     pub(super) fn snapshot_seqs(&self) -> impl Iterator<Item = &u64> {
         self.snapshots.keys()
@@ -160,6 +179,7 @@ impl Checkpoints {
     pub(super) fn forget_own_from(&mut self, seq: u64) {
         self.own.retain(|&at, _| at < seq);
         self.snapshots.retain(|&at, _| at < seq);
+        self.deferred.retain(|&at| at < seq);
     }
 
     /// Notes that `peer` fetched the state at `seq` at `now` (ms): it stays held while the
@@ -189,11 +209,12 @@ impl Checkpoints {
         });
     }
 
-    /// Entries held for the network: votes, reports and snapshots.
+    /// Entries held for the network: votes, reports, snapshots (held and awaited) and pins.
     pub(super) fn footprint(&self) -> usize {
         self.votes.values().map(BTreeMap::len).sum::<usize>()
             + self.reported.len()
             + self.snapshots.len()
+            + self.deferred.len()
             + self.pins.len()
     }
 }

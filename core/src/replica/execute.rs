@@ -11,7 +11,7 @@ use crate::crypto::Digest;
 use crate::error::Error;
 use crate::merkle;
 use crate::message::Message;
-use crate::state::Snapshot;
+use crate::state::{SnapshotJob, TakenSnapshot};
 use crate::statement::{Reply, Request, reply_leaf, reply_root_digest};
 
 impl Replica {
@@ -89,24 +89,132 @@ impl Replica {
         }
     }
 
-    pub(super) fn on_executed(
+    /// The host executed the delivery at `seq` and reports one result per executed request,
+    /// and, when the delivery was a checkpoint, the application's snapshot after it (its
+    /// canonical bytes: equal on every honest replica).
+    ///
+    /// Calls come in delivery order. The replica signs the replies and, at a checkpoint,
+    /// digests the state and signs the digest: work that grows with the state, on the
+    /// caller's thread. [`Replica::executed_deferring`] takes that work off it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::HostContract`] when the call breaks the order or shape above; nothing changes.
+    pub fn executed(
         &mut self,
+        now: u64,
         seq: u64,
         results: Vec<Vec<u8>>,
         snapshot: Option<Vec<u8>>,
     ) -> Result<(), Error> {
+        self.enter(now);
+        let take = match snapshot {
+            Some(app) => Take::Now(app),
+            None => Take::No,
+        };
+        let result = self.on_executed(seq, results, take).map(|_| ());
+        self.count(result)
+    }
+
+    /// As [`Replica::executed`] for a checkpoint's delivery, with the state's snapshot to
+    /// come later: the replica signs the replies now and hands back the checkpoint's
+    /// [`SnapshotJob`]; the host adds the application's bytes as of `seq` and digests them
+    /// ([`SnapshotJob::finish`], on any thread) while later deliveries execute, then hands
+    /// the result to [`Replica::snapshot_taken`]. The checkpoint is signed then. `None`:
+    /// no checkpoint is taken there (the state is being replaced by a fetched one).
+    ///
+    /// A job whose result never comes back (the host restarted) costs this replica its own
+    /// checkpoint vote at `seq`, nothing else: a quorum of the others makes it stable.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::HostContract`] when the call breaks the order or shape of
+    /// [`Replica::executed`], or `seq` is not a checkpoint seq; nothing changes.
+    pub fn executed_deferring(
+        &mut self,
+        now: u64,
+        seq: u64,
+        results: Vec<Vec<u8>>,
+    ) -> Result<Option<SnapshotJob>, Error> {
+        self.enter(now);
+        match self.on_executed(seq, results, Take::Later) {
+            Ok(job) => Ok(job),
+            Err(err) => self.count(Err(err)).map(|()| None),
+        }
+    }
+
+    /// The state of a checkpoint whose snapshot [`Replica::executed_deferring`] deferred,
+    /// digested: the replica keeps it to serve peers and signs its checkpoint vote. One
+    /// that no longer matters (the replica installed a fetched state since, or found its own
+    /// state diverged there) is dropped.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::HostContract`] for a seq off the checkpoint interval, or an application
+    /// snapshot above `max_snapshot_bytes`; nothing changes.
+    pub fn snapshot_taken(&mut self, now: u64, snapshot: TakenSnapshot) -> Result<(), Error> {
+        self.enter(now);
+        let result = self.on_snapshot_taken(snapshot);
+        self.count(result)
+    }
+
+    /// The job of the checkpoint at `seq`: the exactly-once table as of now (just after
+    /// executing `seq`).
+    fn job(&self, seq: u64) -> SnapshotJob {
+        SnapshotJob {
+            seq,
+            clients: self.clients.export(),
+            chunk_bytes: self.config.snapshot_chunk_bytes,
+        }
+    }
+
+    fn on_snapshot_taken(&mut self, snapshot: TakenSnapshot) -> Result<(), Error> {
+        let seq = snapshot.seq();
+        if snapshot.app().len() as u64 > self.config.max_snapshot_bytes {
+            return Err(Error::HostContract(
+                "the application snapshot exceeds max_snapshot_bytes",
+            ));
+        }
+        if !seq.is_multiple_of(self.config.checkpoint_interval) {
+            return Err(Error::HostContract("snapshot_taken() off a checkpoint seq"));
+        }
+        if !self.checkpoints.undefer(seq) {
+            // Cancelled by an install or a divergence since (or taken already): its state no
+            // longer counts. An install may even have moved `executed` below it.
+            return Ok(());
+        }
+        self.take_snapshot(snapshot);
+        self.update_low();
+        Ok(())
+    }
+
+    /// Keeps the state at a checkpoint to serve it and signs its digest.
+    fn take_snapshot(&mut self, snapshot: TakenSnapshot) {
+        let seq = snapshot.seq();
+        let state = snapshot.0.manifest.digest(&self.config.chain_id);
+        self.checkpoints.keep_snapshot(seq, snapshot.0);
+        self.checkpoint(seq, state);
+    }
+
+    /// Reports the execution of `seq`; at a checkpoint, takes its snapshot as `take` says
+    /// and returns the job when it is deferred.
+    fn on_executed(
+        &mut self,
+        seq: u64,
+        results: Vec<Vec<u8>>,
+        take: Take,
+    ) -> Result<Option<SnapshotJob>, Error> {
         if seq != self.executed + 1 || seq > self.last_delivered {
             return Err(Error::HostContract("executed() must follow delivery order"));
         }
         let checkpoint = seq.is_multiple_of(self.config.checkpoint_interval);
-        if checkpoint != snapshot.is_some() {
+        if checkpoint == matches!(take, Take::No) {
             return Err(Error::HostContract(
                 "executed() takes a snapshot exactly at checkpoint seqs",
             ));
         }
-        if snapshot
-            .as_ref()
-            .is_some_and(|app| app.len() as u64 > self.config.max_snapshot_bytes)
+        if let Take::Now(app) = &take
+            && app.len() as u64 > self.config.max_snapshot_bytes
         {
             return Err(Error::HostContract(
                 "the application snapshot exceeds max_snapshot_bytes",
@@ -132,7 +240,7 @@ impl Replica {
                 self.intake.release(&leaf);
             }
             self.executed = seq;
-            return Ok(());
+            return Ok(None);
         }
         let view = certificate.view;
         let executing = core::mem::take(&mut slot.executing);
@@ -175,19 +283,23 @@ impl Replica {
             self.intake.release(leaf);
         }
         self.executed = seq;
-        if let Some(app) = snapshot {
-            let clients = self.clients.export();
-            let snapshot = Snapshot::new(seq, app, clients, self.config.snapshot_chunk_bytes);
-            let state = snapshot.manifest.digest(&chain);
-            self.checkpoints.keep_snapshot(seq, snapshot);
-            self.checkpoint(seq, state);
-        }
+        let deferred = match take {
+            Take::No => None,
+            Take::Now(app) => {
+                self.take_snapshot(self.job(seq).finish(app));
+                None
+            }
+            Take::Later => {
+                self.checkpoints.defer(seq);
+                Some(self.job(seq))
+            }
+        };
         self.update_low();
         if self.is_primary() && self.intake.pending_len() > 0 {
             self.propose(false);
         }
         self.deliver_ready();
-        Ok(())
+        Ok(deferred)
     }
 
     /// Answers a retransmission of a client's last executed request for which no reply is
@@ -219,4 +331,14 @@ impl Replica {
         self.clients.store_reply(reply);
         Ok(())
     }
+}
+
+/// What a report of execution does about the checkpoint's snapshot.
+enum Take {
+    /// Not a checkpoint.
+    No,
+    /// Digest these application bytes now.
+    Now(Vec<u8>),
+    /// The host digests it and hands it over later ([`Replica::snapshot_taken`]).
+    Later,
 }

@@ -102,6 +102,12 @@ impl Replica {
         self.executed
     }
 
+    /// Whether this replica holds the state at checkpoint `seq` ([`Replica::checkpoint_state`]
+    /// without the copy).
+    pub fn holds_checkpoint_state(&self, seq: u64) -> bool {
+        self.checkpoints.snapshot(seq).is_some()
+    }
+
     /// The state this replica holds at checkpoint `seq` (its own after executing there, or
     /// one it installed), for the host to keep durably beside its application (see
     /// [`ExecutedState::checkpoints`]): after a restart the replica can still serve it.

@@ -34,7 +34,6 @@ pub use output::{Delivery, Destination, Install, Output, Record};
 pub use restore::{CheckpointState, ExecutedState};
 
 use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
-use alloc::vec::Vec;
 
 use crate::certificate::{CommitPath, Committed};
 use crate::config::{Config, ConfigError, ReplicaId, ValidatorSet};
@@ -235,32 +234,10 @@ impl Replica {
         self.count(result)
     }
 
-    /// The host executed the delivery at `seq` and reports one result per executed request,
-    /// and, when the delivery was a checkpoint, the application's snapshot after it (its
-    /// canonical bytes: equal on every honest replica).
-    ///
-    /// Calls come in delivery order. The replica signs the replies and, at a checkpoint,
-    /// signs the state's digest.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::HostContract`] when the call breaks the order or shape above; nothing changes.
-    pub fn executed(
-        &mut self,
-        now: u64,
-        seq: u64,
-        results: Vec<Vec<u8>>,
-        snapshot: Option<Vec<u8>>,
-    ) -> Result<(), Error> {
-        self.enter(now);
-        let result = self.on_executed(seq, results, snapshot);
-        self.count(result)
-    }
-
     /// Notes the time of an input: the one way `now` comes in. The first input arms the
     /// status timer and hands the host what a restore left to deliver (the log's redo records
     /// past the store).
-    fn enter(&mut self, now: u64) {
+    pub(super) fn enter(&mut self, now: u64) {
         if self.timers.enter(now) {
             if let Mode::ViewChange { since } = &mut self.mode {
                 // Restored mid view change: count its time from the restart.
@@ -271,7 +248,7 @@ impl Replica {
         }
     }
 
-    fn count(&mut self, result: Result<(), Error>) -> Result<(), Error> {
+    pub(super) fn count(&mut self, result: Result<(), Error>) -> Result<(), Error> {
         if let Err(err) = &result {
             *self.metrics.rejected.entry(err.label()).or_default() += 1;
         }

@@ -343,6 +343,8 @@ impl Replica {
             clients: self.clients.records(),
             client_floor: self.clients.floor(),
         }));
+        // Snapshots still being taken were of the state this one replaces.
+        self.checkpoints.cancel_deferred();
         let chunk_bytes = manifest.chunk_bytes;
         let snapshot = Snapshot::new(seq, app, manifest.clients, chunk_bytes);
         self.checkpoints

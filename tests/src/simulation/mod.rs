@@ -57,6 +57,13 @@ enum Event {
         from: NodeId,
         bytes: Vec<u8>,
     },
+    /// A validator's host finished a checkpoint's snapshot, unless the validator crashed
+    /// since (`life` counts its crashes).
+    Snapshot {
+        node: NodeId,
+        life: u64,
+        taken: pbft_core::TakenSnapshot,
+    },
 }
 
 /// The simulation: nodes, network and checker.
@@ -221,6 +228,7 @@ impl Simulation {
                 }
                 Event::Restart { node } => self.restart(node),
                 Event::Send { to, from, bytes } => self.send(to, from, bytes),
+                Event::Snapshot { node, life, taken } => self.snapshot_taken(node, life, taken),
             }
             if self.settled() {
                 break;

@@ -35,6 +35,14 @@ pub(super) struct Validator {
     pub(super) crash_armed: bool,
     /// Crashed, waiting to restart.
     pub(super) down: bool,
+    /// Crashes so far: a snapshot taken before one is lost with it.
+    pub(super) life: u64,
+    /// Checkpoint snapshots its host is taking: while any is, the store is not made durable
+    /// (past a checkpoint whose vote is not logged, a restart could never sign it) and the
+    /// log is not compacted, as `pbft_host::node::Node::flush` does.
+    snapshots_pending: usize,
+    /// A stable checkpoint was logged: compact once no snapshot is pending.
+    compact_due: bool,
     /// When a drip-feeder sends its next state chunk, virtual ms.
     pub(super) drip_next: u64,
     /// The checkpoint a peer last asked a state spammer's state of.
@@ -93,6 +101,9 @@ impl Validator {
             durable: Vec::new(),
             crash_armed: false,
             down: false,
+            life: 0,
+            snapshots_pending: 0,
+            compact_due: false,
             drip_next: 0,
             fetched: 0,
             ops: Vec::new(),
@@ -211,7 +222,12 @@ impl Simulation {
             self.crash(index);
             return;
         }
+        let node = &mut self.validators[index];
+        node.compact_due |= compact;
+        let settled = node.snapshots_pending == 0;
+        let compact = node.compact_due && settled;
         if compact {
+            self.validators[index].compact_due = false;
             // What a host does with its WAL after a stable checkpoint, and with the batches in
             // its store that no peer can still need.
             let node = &mut self.validators[index];
@@ -229,7 +245,7 @@ impl Simulation {
         // it lags the log, whose redo records replay what it lacks after a crash.
         let lazy = self.rng.chance(70);
         let node = &mut self.validators[index];
-        if compact || (node.dirty && !lazy) {
+        if settled && (compact || (node.dirty && !lazy)) {
             // The host's durable commit, after its records.
             node.store = Store {
                 table: node.table.clone(),
@@ -335,6 +351,31 @@ impl Simulation {
         if honest && !self.validators[index].diverged {
             self.check_state(index, seq);
         }
+        let delay = self.scenario.snapshot_delay_ms;
+        if checkpoint && delay > 0 {
+            // The host takes the snapshot (of the state now) away from the replica, which
+            // goes on; it comes back a drawn time later, unless the validator crashes first.
+            let node = &mut self.validators[index];
+            match node.replica.executed_deferring(self.now, seq, results) {
+                Ok(Some(job)) => {
+                    node.snapshots_pending += 1;
+                    let taken = job.finish(encode_app(&node.ops));
+                    let life = node.life;
+                    let wait = self.rng.range(0, delay);
+                    let event = Event::Snapshot {
+                        node: index,
+                        life,
+                        taken,
+                    };
+                    self.schedule(wait, event);
+                }
+                Ok(None) => {}
+                Err(err) => {
+                    self.violation(format!("replica {index} refused its own execution: {err}"))
+                }
+            }
+            return;
+        }
         let snapshot = checkpoint.then(|| encode_app(&self.validators[index].ops));
         if let Err(err) = self.validators[index]
             .replica
@@ -346,6 +387,33 @@ impl Simulation {
         if checkpoint && let Some(state) = node.replica.checkpoint_state(seq) {
             node.table.checkpoints.insert(seq, state);
         }
+    }
+
+    /// Hands a validator the checkpoint snapshot its host finished, and keeps the state it
+    /// signs in the store, as a host does.
+    pub(super) fn snapshot_taken(
+        &mut self,
+        index: NodeId,
+        life: u64,
+        taken: pbft_core::TakenSnapshot,
+    ) {
+        let node = &mut self.validators[index];
+        if node.life != life || self.is_down(index) {
+            return;
+        }
+        let node = &mut self.validators[index];
+        node.snapshots_pending -= 1;
+        let seq = taken.seq();
+        if let Err(err) = node.replica.snapshot_taken(self.now, taken) {
+            self.violation(format!("replica {index} refused its own snapshot: {err}"));
+            return;
+        }
+        let node = &mut self.validators[index];
+        if let Some(state) = node.replica.checkpoint_state(seq) {
+            node.table.checkpoints.insert(seq, state);
+            node.dirty = true;
+        }
+        self.drain(index);
     }
 
     /// Replaces a validator's application with a fetched snapshot, and checks it against
@@ -404,6 +472,9 @@ impl Simulation {
         while node.replica.poll_output().is_some() {}
         node.crash_armed = false;
         node.down = true;
+        node.life += 1;
+        node.snapshots_pending = 0;
+        node.compact_due = false;
         node.timer = None;
     }
 
