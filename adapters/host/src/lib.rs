@@ -18,6 +18,7 @@ pub mod queue;
 mod race;
 pub mod serve;
 pub mod session;
+pub mod snapshots;
 pub mod start;
 pub mod store;
 #[cfg(test)]

@@ -28,6 +28,7 @@ use redb::ReadTransaction;
 // embedders found it first.
 pub use crate::application::{AppError, Application};
 use crate::kv::SnapshotError;
+use crate::snapshots::{Outcome as SnapshotOutcome, Snapshots};
 use crate::store::{Round, Store, StoreError};
 use crate::wal::{Wal, WalError, WalOptions};
 use crate::wire::{NodeStatus, ProofBundle};
@@ -68,6 +69,8 @@ pub enum NodeError {
     /// The core asked for an output this host does not know (`Output` is non-exhaustive):
     /// carrying on could break its contract, so the node stops.
     UnhandledOutput(String),
+    /// The thread that takes checkpoint snapshots is gone (it panicked).
+    SnapshotThread,
 }
 
 // Written by hand, not derived: `thiserror` would make the `source` field of `App` the error's
@@ -104,6 +107,7 @@ impl fmt::Display for NodeError {
             NodeError::Locked(dir) => {
                 write!(f, "{} is in use by another process", dir.display())
             }
+            NodeError::SnapshotThread => write!(f, "the checkpoint snapshot thread stopped"),
             NodeError::UnhandledOutput(output) => write!(
                 f,
                 "the core asked for an output this host does not handle: {output} (build the host with its core)"
@@ -207,11 +211,14 @@ pub struct Samples {
     pub store_commit_seconds: Vec<f64>,
     /// Requests in each delivered batch.
     pub batch_sizes: Vec<usize>,
-    /// Seconds each checkpoint held the node's thread: committing its round (unsynced), the
-    /// application's snapshot, the replica's report of the batch (its replies, and the state
-    /// digest over the snapshot) and the copy kept for peers. All but the replies grow with
-    /// the state.
+    /// Seconds each checkpoint held the node's thread: committing its round (unsynced) and
+    /// the replica's report of the batch (its replies); without a snapshot thread, also the
+    /// application's snapshot, the state digest over it and the copy kept for peers, which
+    /// grow with the state.
     pub checkpoint_seconds: Vec<f64>,
+    /// Seconds the snapshot thread took per checkpoint: reading the application's snapshot,
+    /// digesting it, encoding the copy kept for peers.
+    pub snapshot_seconds: Vec<f64>,
 }
 
 impl Samples {
@@ -248,6 +255,100 @@ pub struct Node<A> {
     chain: pbft_core::ChainId,
     /// The last state digest taken for a status query: (seq, digest, when).
     state_digest: Option<(u64, Digest, u64)>,
+    /// The thread that takes checkpoint snapshots, if the node was given one
+    /// ([`Node::snapshots_on_thread`]); without, they are taken on the node's thread.
+    snapshots: Option<Snapshots>,
+    /// Checkpoint states the replica signed since the last flush, encoded for the store:
+    /// (seq, record).
+    to_record: Vec<(u64, Vec<u8>)>,
+    /// Snapshot jobs handed to the thread and not finished.
+    snapshots_pending: usize,
+    /// The driver's clock at the last flush, ms: for snapshots finished while dropping.
+    last_now: u64,
+    /// A stable checkpoint was logged: the log is to be compacted (and the store made
+    /// durable first) once no snapshot is outstanding.
+    compact_due: bool,
+}
+
+/// Finished checkpoint snapshots, whatever the application (a dropped node needs them too).
+impl<A> Node<A> {
+    /// Where the snapshot thread's results arrive, if the node has one: wait on it beside
+    /// the other inputs, and hand each to [`Node::snapshot_finished`].
+    pub fn finished_snapshots(&self) -> Option<flume::Receiver<SnapshotOutcome>> {
+        self.snapshots.as_ref().map(|s| s.done().clone())
+    }
+
+    /// A checkpoint snapshot the thread finished: the replica signs the checkpoint, and the
+    /// next flush keeps the state in the store (if the replica kept it: one a fetched state
+    /// replaced meanwhile is dropped).
+    ///
+    /// # Errors
+    ///
+    /// The application could not read its snapshot, or the core refused it (a driver bug).
+    /// Both are fatal, as for a snapshot taken on the node's thread.
+    pub fn snapshot_finished(
+        &mut self,
+        now: u64,
+        outcome: SnapshotOutcome,
+    ) -> Result<(), NodeError> {
+        self.snapshots_pending = self.snapshots_pending.saturating_sub(1);
+        let finished = outcome.map_err(|source| NodeError::App {
+            path: self.store.path().to_path_buf(),
+            source,
+        })?;
+        let seq = finished.taken.seq();
+        self.replica
+            .snapshot_taken(now, finished.taken)
+            .map_err(NodeError::Core)?;
+        if self.replica.holds_checkpoint_state(seq) {
+            self.to_record.push((seq, finished.record));
+        }
+        Samples::push(&mut self.samples.snapshot_seconds, finished.seconds);
+        Ok(())
+    }
+
+    /// Waits for the snapshot thread to finish every job handed to it, and reports each
+    /// ([`Node::snapshot_finished`]); the next flush logs and sends the checkpoint votes.
+    ///
+    /// # Errors
+    ///
+    /// As [`Node::snapshot_finished`], and [`NodeError::SnapshotThread`] if the thread is
+    /// gone (it panicked).
+    pub fn wait_for_snapshots(&mut self, now: u64) -> Result<(), NodeError> {
+        while self.snapshots_pending > 0 {
+            let Some(done) = self.finished_snapshots() else {
+                break;
+            };
+            let outcome = done.recv().map_err(|_| NodeError::SnapshotThread)?;
+            self.snapshot_finished(now, outcome)?;
+        }
+        Ok(())
+    }
+}
+
+impl<A> Drop for Node<A> {
+    /// A store closed cleanly makes its unsynced commits durable (redb does): it must not
+    /// become durable past a checkpoint whose vote is not logged, which a restart could never
+    /// sign (its state is gone). So a node dropped with snapshots outstanding (it stopped on
+    /// an error) finishes them and logs their votes first. Best effort: an error here leaves
+    /// the vote out, as a crash would.
+    fn drop(&mut self) {
+        // Not while unwinding from a panic: that thread may never finish.
+        if self.snapshots_pending == 0
+            || std::thread::panicking()
+            || self.wait_for_snapshots(self.last_now).is_err()
+        {
+            return;
+        }
+        while let Some(output) = self.replica.poll_output() {
+            if let Output::Persist(record) = output
+                && self.wal.append(&record.encode()).is_err()
+            {
+                return;
+            }
+        }
+        let _ = self.wal.sync();
+    }
 }
 
 impl<A: Application> Node<A> {
@@ -296,6 +397,11 @@ impl<A: Application> Node<A> {
             max_message_bytes,
             chain,
             state_digest: None,
+            snapshots: None,
+            to_record: Vec::new(),
+            snapshots_pending: 0,
+            last_now: 0,
+            compact_due: false,
         })
     }
 
@@ -342,14 +448,41 @@ impl<A: Application> Node<A> {
     /// Runs everything the inputs so far produced, makes it durable (the log, then the
     /// application store), and returns what to send.
     pub fn flush(&mut self, now: u64) -> Result<Vec<Transmit>, NodeError> {
+        self.last_now = now;
         let mut transmits = Vec::new();
-        let mut compact = false;
         let mut round = self.round.take();
-        while let Some(output) = self.replica.poll_output() {
-            compact |= matches!(output, Output::Persist(Record::Stable(_)));
-            round = self.carry_out(now, output, round, &mut transmits)?;
+        let overdue =
+            |synced: Option<u64>, ms: u64| synced.is_none_or(|at| now >= at.saturating_add(ms));
+        loop {
+            if !self.to_record.is_empty() {
+                // States signed off the node's thread, kept so peers can fetch them after a
+                // restart (as `execute` keeps those signed on it).
+                let mut open = match round.take() {
+                    Some(open) => open,
+                    None => self.store.begin()?,
+                };
+                for (seq, record) in self.to_record.drain(..) {
+                    open.record_checkpoint_encoded(seq, &record)?;
+                }
+                round = Some(open);
+            }
+            while let Some(output) = self.replica.poll_output() {
+                self.compact_due |= matches!(output, Output::Persist(Record::Stable(_)));
+                round = self.carry_out(now, output, round, &mut transmits)?;
+            }
+            // The store is made durable only with no snapshot outstanding: past a checkpoint
+            // whose vote is not in the log, a restart could never sign that checkpoint (its
+            // state is gone), and with too few votes the window would not move again. It waits
+            // (the log's redo records cover it) unless it waited too long already.
+            if self.snapshots_pending == 0 || !overdue(self.store_synced_at, 4 * STORE_SYNC_MS) {
+                break;
+            }
+            self.wait_for_snapshots(now)?;
         }
+        let settled = self.snapshots_pending == 0;
+        let compact = self.compact_due && settled;
         if compact {
+            self.compact_due = false;
             // The store keeps the batches peers a little behind may still ask for.
             let mut open = match round.take() {
                 Some(open) => open,
@@ -373,10 +506,7 @@ impl<A: Application> Node<A> {
         // Then the store, after the log so it never says more was executed than the log can
         // vouch for: visible now, durable only before the log is compacted (or when it has
         // lagged a while), since until then the log's redo records replay what it lacks.
-        let durable = compact
-            || self
-                .store_synced_at
-                .is_none_or(|at| now >= at.saturating_add(STORE_SYNC_MS));
+        let durable = settled && (compact || overdue(self.store_synced_at, STORE_SYNC_MS));
         let started = Instant::now();
         match (round, durable) {
             (Some(round), true) => self.store.commit(round)?,
@@ -500,14 +630,25 @@ impl<A: Application> Node<A> {
         let started = Instant::now();
         self.store.commit_unsynced(round)?;
         let read = self.store.read()?;
-        let snapshot = self.app.snapshot(&read).map_err(app_error)?;
-        self.replica
-            .executed(now, delivery.seq, results, Some(snapshot))
-            .map_err(NodeError::Core)?;
-        // The state the replica signed there, kept so peers can fetch it after a restart.
         let mut round = self.store.begin()?;
-        if let Some(state) = self.replica.checkpoint_state(delivery.seq) {
-            round.record_checkpoint(&state)?;
+        if let Some(snapshots) = &self.snapshots {
+            let job = self
+                .replica
+                .executed_deferring(now, delivery.seq, results)
+                .map_err(NodeError::Core)?;
+            if let Some(job) = job {
+                snapshots.submit(read, job);
+                self.snapshots_pending += 1;
+            }
+        } else {
+            let snapshot = self.app.snapshot(&read).map_err(app_error)?;
+            self.replica
+                .executed(now, delivery.seq, results, Some(snapshot))
+                .map_err(NodeError::Core)?;
+            // The state the replica signed there, kept so peers can fetch it after a restart.
+            if let Some(state) = self.replica.checkpoint_state(delivery.seq) {
+                round.record_checkpoint(&state)?;
+            }
         }
         let seconds = started.elapsed().as_secs_f64();
         Samples::push(&mut self.samples.checkpoint_seconds, seconds);
@@ -544,8 +685,14 @@ impl<A: Application> Node<A> {
     }
 
     /// Makes the application store durable as of everything executed (a clean stop: the
-    /// next start then has nothing to replay from the log).
+    /// next start then has nothing to replay from the log), unless a snapshot is still
+    /// outstanding ([`Node::wait_for_snapshots`] and a flush first).
     pub fn sync_store(&mut self) -> Result<(), NodeError> {
+        if self.snapshots_pending > 0 {
+            // Not past a checkpoint whose vote is not logged (see `flush`): the log's redo
+            // records replay the rest.
+            return Ok(());
+        }
         match self.round.take() {
             Some(round) => self.store.commit(round)?,
             None => self.store.sync()?,
@@ -632,6 +779,22 @@ impl<A: Application> Node<A> {
     /// The replica (view, watermarks, metrics).
     pub fn replica(&self) -> &Replica {
         &self.replica
+    }
+
+    /// Takes checkpoint snapshots on a thread of their own ([`Snapshots`]), which reads
+    /// them with a copy of the application: at a checkpoint the node's thread only commits
+    /// its round and hands the state over, and goes on executing. Each finished snapshot
+    /// comes back through [`Node::finished_snapshots`], for [`Node::snapshot_finished`].
+    ///
+    /// # Errors
+    ///
+    /// The thread cannot be spawned.
+    pub fn snapshots_on_thread(&mut self) -> std::io::Result<()>
+    where
+        A: Clone + Send + 'static,
+    {
+        self.snapshots = Some(Snapshots::start(self.app.clone())?);
+        Ok(())
     }
 
     /// Runs the replica's large batch signature checks on `pool`

@@ -41,6 +41,9 @@ pub enum RunError {
     /// The threads that check signatures (`verify_threads`) cannot be started.
     #[error("signature check threads: {0}")]
     Threads(rayon::ThreadPoolBuildError),
+    /// The thread that takes checkpoint snapshots cannot be started.
+    #[error("checkpoint snapshot thread: {0}")]
+    SnapshotThread(std::io::Error),
 }
 
 /// Another validator, as a transport's link to it needs it.
@@ -108,6 +111,10 @@ pub fn start(config: &NodeConfig) -> Result<Started, RunError> {
         KvStore::new(),
     )
     .map_err(RunError::Node)?;
+    // A checkpoint's snapshot (as long as the state) is read and hashed beside the node's
+    // thread, which goes on ordering and executing.
+    node.snapshots_on_thread()
+        .map_err(RunError::SnapshotThread)?;
     if config.verify_threads > 1 {
         let checks = ThreadChecks::new(config.verify_threads).map_err(RunError::Threads)?;
         node.check_signatures_on(Box::new(checks));

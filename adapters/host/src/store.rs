@@ -35,6 +35,17 @@ const CLIENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pbft.client
 const BATCHES: TableDefinition<u64, &[u8]> = TableDefinition::new("pbft.batches");
 /// Checkpoint states by seq: postcard `(app, clients)` (see [`CheckpointState`]).
 const CHECKPOINTS: TableDefinition<u64, &[u8]> = TableDefinition::new("pbft.checkpoints");
+
+/// The store's record of a checkpoint's state: the application's bytes and the encoded
+/// exactly-once table, as one postcard pair. As long as the state: worth encoding away from
+/// the node's thread.
+pub fn checkpoint_record(app: &[u8], clients: &[u8]) -> Vec<u8> {
+    postcard::to_allocvec(&(
+        serde_bytes::Bytes::new(app),
+        serde_bytes::Bytes::new(clients),
+    ))
+    .unwrap_or_default()
+}
 /// The chain id the data dir belongs to, under the key `"chain"` (32 bytes).
 const CHAIN: TableDefinition<&str, &[u8]> = TableDefinition::new("pbft.chain");
 
@@ -398,15 +409,15 @@ impl Round {
     /// Keeps the state at a checkpoint (the replica's own, or one it installed), so peers
     /// can fetch it from this replica after it restarted.
     pub fn record_checkpoint(&mut self, state: &CheckpointState) -> Result<(), StoreError> {
-        let bytes = postcard::to_allocvec(&(
-            serde_bytes::Bytes::new(&state.app),
-            serde_bytes::Bytes::new(&state.clients),
-        ))
-        .unwrap_or_default();
+        let record = checkpoint_record(&state.app, &state.clients);
+        self.record_checkpoint_encoded(state.seq, &record)
+    }
+
+    /// [`Round::record_checkpoint`] with the record encoded already ([`checkpoint_record`],
+    /// off the node's thread).
+    pub fn record_checkpoint_encoded(&mut self, seq: u64, record: &[u8]) -> Result<(), StoreError> {
         let mut table = self.tx.open_table(CHECKPOINTS).map_err(|e| self.fail(e))?;
-        table
-            .insert(state.seq, &bytes[..])
-            .map_err(|e| self.fail(e))?;
+        table.insert(seq, record).map_err(|e| self.fail(e))?;
         Ok(())
     }
 

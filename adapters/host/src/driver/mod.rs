@@ -35,6 +35,7 @@ pub use self::router::{
 use crate::application::Application;
 use crate::metrics::NodeMetrics;
 use crate::node::{Node, NodeError};
+use crate::snapshots::Outcome as SnapshotOutcome;
 
 /// Validators' inputs waiting for the node's thread, at most.
 pub const PEER_INPUTS: usize = 8192;
@@ -159,10 +160,21 @@ impl Driver {
     }
 }
 
-/// The node thread's ends of the two queues.
+/// What the node thread takes next.
+enum Next {
+    /// An input from a transport.
+    Input(Input),
+    /// A checkpoint snapshot the node's snapshot thread finished.
+    Snapshot(SnapshotOutcome),
+}
+
+/// The node thread's ends of the two queues, and of its snapshot thread's results.
 struct Inputs {
     peers: flume::Receiver<Queued>,
     clients: flume::Receiver<Queued>,
+    /// Finished checkpoint snapshots ([`Node::finished_snapshots`]), if the node takes them
+    /// on a thread.
+    snapshots: Option<flume::Receiver<SnapshotOutcome>>,
     /// Validators' inputs taken in a row since the last client's.
     peers_in_a_row: std::cell::Cell<usize>,
     /// The queues' byte budgets, closed when the node stops: a sender waiting for bytes
@@ -179,30 +191,49 @@ impl Drop for Inputs {
 }
 
 impl Inputs {
-    /// The next input from either queue, validators' first; waits up to `wait` (forever
-    /// with `None`).
-    fn wait(&self, wait: Option<Duration>) -> Result<Input, RecvTimeoutError> {
-        if let Some(input) = self.next() {
-            return Ok(input);
+    /// A finished snapshot first (it signs a checkpoint, which frees the log), then the
+    /// next input from either queue, validators' first; waits up to `wait` (forever with
+    /// `None`).
+    fn wait(&self, wait: Option<Duration>) -> Result<Next, RecvTimeoutError> {
+        if let Some(next) = self.next() {
+            return Ok(next);
         }
-        let selector = flume::Selector::new()
-            .recv(&self.peers, |queued| queued)
-            .recv(&self.clients, |queued| queued);
-        let queued = match wait {
+        let input = |queued: Result<Queued, flume::RecvError>| {
+            // Both senders live in every `Driver`: one disconnected means both are.
+            queued
+                .map(|queued| Next::Input(queued.input))
+                .map_err(|_| RecvTimeoutError::Disconnected)
+        };
+        let mut selector = flume::Selector::new()
+            .recv(&self.peers, input)
+            .recv(&self.clients, input);
+        if let Some(snapshots) = &self.snapshots {
+            // The snapshot thread lives as long as the node, which is waiting here.
+            selector = selector.recv(snapshots, |outcome| {
+                outcome
+                    .map(Next::Snapshot)
+                    .map_err(|_| RecvTimeoutError::Disconnected)
+            });
+        }
+        match wait {
             Some(wait) => selector
                 .wait_timeout(wait)
                 .map_err(|_| RecvTimeoutError::Timeout)?,
             None => selector.wait(),
-        };
-        // Both senders live in every `Driver`: one disconnected means both are.
-        queued
-            .map(|queued| queued.input)
-            .map_err(|_| RecvTimeoutError::Disconnected)
+        }
+    }
+
+    /// A finished snapshot if one waits, else [`Inputs::next_input`].
+    fn next(&self) -> Option<Next> {
+        if let Some(outcome) = self.snapshots.as_ref().and_then(|s| s.try_recv().ok()) {
+            return Some(Next::Snapshot(outcome));
+        }
+        self.next_input().map(Next::Input)
     }
 
     /// A validator's input if one waits, else a client's; a client's first after
     /// [`PEERS_PER_CLIENT`] validators' in a row.
-    fn next(&self) -> Option<Input> {
+    fn next_input(&self) -> Option<Input> {
         let client_first = self.peers_in_a_row.get() >= PEERS_PER_CLIENT;
         if client_first && let Ok(queued) = self.clients.try_recv() {
             self.peers_in_a_row.set(0);
@@ -233,6 +264,7 @@ impl Driver {
         let inputs = Inputs {
             peers: peer_rx,
             clients: client_rx,
+            snapshots: None,
             peers_in_a_row: Default::default(),
             budgets,
         };
@@ -247,7 +279,7 @@ pub(crate) struct DetachedInputs(Inputs);
 #[cfg(test)]
 impl DetachedInputs {
     pub(crate) fn try_recv(&self) -> Option<Input> {
-        self.0.next()
+        self.0.next_input()
     }
 }
 
@@ -269,6 +301,7 @@ pub fn spawn<A: Application + Send + 'static>(
     let inputs = Inputs {
         peers: peer_rx,
         clients: client_rx,
+        snapshots: node.finished_snapshots(),
         peers_in_a_row: Default::default(),
         budgets: [peers.bytes.clone(), clients.bytes.clone()],
     };
@@ -324,9 +357,14 @@ fn run<A: Application>(
             }
         };
         for _ in 0..ROUND {
-            let Some(input) = next.take() else { break };
+            match next.take() {
+                None => break,
+                Some(Next::Input(input)) => {
+                    stop |= handle(&mut node, router, &mut queries, &mut requests, input, now());
+                }
+                Some(Next::Snapshot(outcome)) => node.snapshot_finished(now(), outcome)?,
+            }
             stale = true;
-            stop |= handle(&mut node, router, &mut queries, &mut requests, input, now());
             if stop {
                 break;
             }
@@ -355,6 +393,12 @@ fn run<A: Application>(
             stale = false;
         }
         if stop {
+            // Checkpoints whose snapshots are being taken are signed and logged first, so
+            // the store can be made durable as of everything executed.
+            node.wait_for_snapshots(now())?;
+            for transmit in node.flush(now())? {
+                router.route(transmit);
+            }
             return node.sync_store();
         }
     }
