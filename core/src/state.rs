@@ -143,6 +143,9 @@ impl Snapshot {
 #[derive(Debug)]
 pub struct SnapshotJob {
     pub(crate) seq: u64,
+    /// Which deferral this is: a job the replica cancelled and deferred again at the same
+    /// seq (after a repair) is told from the new one by it.
+    pub(crate) id: u64,
     pub(crate) clients: Vec<u8>,
     pub(crate) chunk_bytes: u32,
 }
@@ -156,36 +159,43 @@ impl SnapshotJob {
     /// Cuts `app` (the application's canonical bytes at [`SnapshotJob::seq`]) into chunks
     /// and digests it all: the work that grows with the state, O(`app.len()`) of hashing.
     pub fn finish(self, app: Vec<u8>) -> TakenSnapshot {
-        TakenSnapshot(Snapshot::new(self.seq, app, self.clients, self.chunk_bytes))
+        TakenSnapshot {
+            snapshot: Snapshot::new(self.seq, app, self.clients, self.chunk_bytes),
+            job: self.id,
+        }
     }
 }
 
 /// A checkpoint's state, digested ([`SnapshotJob::finish`]), for
 /// [`Replica::snapshot_taken`](crate::Replica::snapshot_taken).
-pub struct TakenSnapshot(pub(crate) Snapshot);
+pub struct TakenSnapshot {
+    pub(crate) snapshot: Snapshot,
+    /// [`SnapshotJob::id`].
+    pub(crate) job: u64,
+}
 
 impl TakenSnapshot {
     /// The checkpoint's seq.
     pub fn seq(&self) -> u64 {
-        self.0.manifest.seq
+        self.snapshot.manifest.seq
     }
 
     /// The application's bytes.
     pub fn app(&self) -> &[u8] {
-        &self.0.app
+        &self.snapshot.app
     }
 
     /// The encoded exactly-once table.
     pub fn clients(&self) -> &[u8] {
-        &self.0.manifest.clients
+        &self.snapshot.manifest.clients
     }
 }
 
 impl core::fmt::Debug for TakenSnapshot {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("TakenSnapshot")
-            .field("seq", &self.0.manifest.seq)
-            .field("app_len", &self.0.manifest.app_len)
+            .field("seq", &self.snapshot.manifest.seq)
+            .field("app_len", &self.snapshot.manifest.app_len)
             .finish()
     }
 }

@@ -249,9 +249,19 @@ fn a_replica_that_reaches_another_state_at_a_checkpoint_already_stable_fetches_i
 /// deferred ([`Replica::executed_deferring`]) and its job returned with the outputs.
 fn run_deferring(replica: &mut Replica, seq: u64) -> (Vec<Output>, Option<pbft_core::SnapshotJob>) {
     commit(replica, seq);
-    let mut outputs = Vec::new();
+    let delivered = drain(replica);
+    execute_deferring(replica, delivered)
+}
+
+/// Executes every delivery among `outputs` (and those they lead to), deferring checkpoint
+/// snapshots; the outputs, and the last job.
+fn execute_deferring(
+    replica: &mut Replica,
+    outputs: Vec<Output>,
+) -> (Vec<Output>, Option<pbft_core::SnapshotJob>) {
+    let mut all = Vec::new();
     let mut job = None;
-    let mut pending = drain(replica);
+    let mut pending = outputs;
     while !pending.is_empty() {
         for output in std::mem::take(&mut pending) {
             if let Output::Deliver(delivery) = &output {
@@ -265,10 +275,10 @@ fn run_deferring(replica: &mut Replica, seq: u64) -> (Vec<Output>, Option<pbft_c
                 }
                 pending.extend(drain(replica));
             }
-            outputs.push(output);
+            all.push(output);
         }
     }
-    (outputs, job)
+    (all, job)
 }
 
 fn has_checkpoint_vote(outputs: &[Output]) -> bool {
@@ -404,4 +414,81 @@ fn a_snapshot_of_a_state_found_diverged_meanwhile_is_never_signed() {
         .unwrap();
     assert!(!has_checkpoint_vote(&drain(&mut subject)));
     assert!(!subject.holds_checkpoint_state(4));
+}
+
+#[test]
+fn a_job_from_before_a_repair_is_not_taken_for_the_one_after_it() {
+    let mut peer = replica(2);
+    let good = checkpoint_vote(&run_to_checkpoint(&mut peer, GOOD));
+    let mut subject = replica(3);
+    run_to_checkpoint(&mut subject, b"corrupted");
+    run_deferring(&mut subject, 3);
+    let (_, stale) = run_deferring(&mut subject, 4);
+    let stale = stale.expect("a job at seq 4, on the diverged state");
+    for (signer, bytes) in quorum_votes(&good) {
+        subject.handle_message(NOW, &signer, &bytes).unwrap();
+    }
+    let outputs = drain(&mut subject);
+    // The repair installs the quorum's state at 2 and executes 3 and 4 again: a new job at 4.
+    let outputs = transfer(&mut subject, &mut peer, outputs);
+    assert!(
+        outputs.iter().any(|o| matches!(o, Output::Install(_))),
+        "{:?}",
+        kinds(&outputs)
+    );
+    let (_, fresh) = execute_deferring(&mut subject, outputs);
+    let fresh = fresh.expect("a job at seq 4 again");
+    assert_eq!((stale.seq(), fresh.seq()), (4, 4));
+    // The job from before the repair comes back first (the host's thread runs them in
+    // order): its state is the diverged one, never signed nor kept.
+    subject
+        .snapshot_taken(NOW, stale.finish(b"diverged at 4".to_vec()))
+        .unwrap();
+    assert!(!has_checkpoint_vote(&drain(&mut subject)));
+    assert!(!subject.holds_checkpoint_state(4));
+    subject
+        .snapshot_taken(NOW, fresh.finish(b"repaired at 4".to_vec()))
+        .unwrap();
+    assert!(has_checkpoint_vote(&drain(&mut subject)));
+    assert_eq!(
+        subject.checkpoint_state(4).map(|state| state.app),
+        Some(b"repaired at 4".to_vec())
+    );
+}
+
+#[test]
+fn a_snapshot_back_after_the_quorum_moved_past_it_is_still_compared() {
+    let mut peer = replica(2);
+    let good = checkpoint_vote(&run_to_checkpoint(&mut peer, GOOD));
+    let mut subject = replica(3);
+    run_deferring(&mut subject, 1);
+    let (_, job) = run_deferring(&mut subject, 2);
+    let job = job.expect("a job at seq 2");
+    // The checkpoints at 2 and then 4 become stable while this replica's snapshot at 2 is
+    // still being taken.
+    for (signer, bytes) in quorum_votes(&good) {
+        subject.handle_message(NOW, &signer, &bytes).unwrap();
+    }
+    for signer in 0..3 {
+        let vote = vote_for(signer, Phase::Checkpoint, (0, 4), Digest([4; 32]));
+        let bytes = Message::Vote(vote).encode();
+        subject
+            .handle_message(NOW, &key_of(signer), &bytes)
+            .unwrap();
+    }
+    assert_eq!(subject.stable_checkpoint().seq, 4);
+    drain(&mut subject);
+    // Its state at 2 comes back, and is not the quorum's there.
+    subject
+        .snapshot_taken(NOW, job.finish(b"corrupted".to_vec()))
+        .unwrap();
+    let outputs = drain(&mut subject);
+    assert!(
+        outputs
+            .iter()
+            .any(|output| matches!(output, Output::StateDiverged { seq: 2, .. })),
+        "{:?}",
+        kinds(&outputs)
+    );
+    assert_eq!(subject.metrics().checkpoint_mismatches, 1);
 }

@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use pbft_core::{
     CheckPool, Config, ConfigError, DecodeError, Delivery, Destination, Digest, Error, Evidence,
-    Hasher, Install, Keypair, Metrics, Output, PROTOCOL_VERSION, PublicKey, Record, Replica,
+    Hasher, Install, Keypair, Metrics, Output, PROTOCOL_VERSION, Phase, PublicKey, Record, Replica,
     Request, ValidatorSet, Vote,
 };
 use redb::ReadTransaction;
@@ -197,6 +197,10 @@ pub const STORE_SYNC_MS: u64 = 1000;
 /// Least time between two digests of the whole application state for status queries, ms.
 pub const STATE_DIGEST_EVERY_MS: u64 = 1000;
 
+/// Checkpoint snapshots the node lets its thread queue; at one more, the node waits for the
+/// oldest (each holds a read transaction, whose pages the store keeps, and a client table).
+pub const MAX_SNAPSHOTS_PENDING: usize = 2;
+
 /// Latency samples kept between two [`Node::take_samples`].
 const SAMPLES_KEPT: usize = 4096;
 
@@ -316,13 +320,40 @@ impl<A> Node<A> {
     /// gone (it panicked).
     pub fn wait_for_snapshots(&mut self, now: u64) -> Result<(), NodeError> {
         while self.snapshots_pending > 0 {
-            let Some(done) = self.finished_snapshots() else {
-                break;
-            };
-            let outcome = done.recv().map_err(|_| NodeError::SnapshotThread)?;
-            self.snapshot_finished(now, outcome)?;
+            self.wait_for_snapshot(now)?;
         }
         Ok(())
+    }
+
+    /// Waits for the oldest snapshot outstanding, if any, and reports it.
+    fn wait_for_snapshot(&mut self, now: u64) -> Result<(), NodeError> {
+        let Some(done) = self.finished_snapshots() else {
+            return Ok(());
+        };
+        let outcome = done.recv().map_err(|_| NodeError::SnapshotThread)?;
+        self.snapshot_finished(now, outcome)
+    }
+
+    /// Logs (and syncs) the checkpoint votes and stable checkpoints among the replica's
+    /// outputs, and drops the rest: for a node going away, whose other outputs no one carries
+    /// out. A logged vote that is never sent is harmless. False if the log failed.
+    fn log_checkpoint_votes(&mut self) -> bool {
+        while let Some(output) = self.replica.poll_output() {
+            let Output::Persist(record) = output else {
+                continue;
+            };
+            let keep = match &record {
+                Record::Signed(vote) => vote.phase == Phase::Checkpoint,
+                // A quorum's certificate, true whatever else happened (its vote may be the
+                // one that completed it).
+                Record::Stable(_) => true,
+                _ => false,
+            };
+            if keep && self.wal.append(&record.encode()).is_err() {
+                return false;
+            }
+        }
+        self.wal.sync().is_ok()
     }
 }
 
@@ -330,24 +361,19 @@ impl<A> Drop for Node<A> {
     /// A store closed cleanly makes its unsynced commits durable (redb does): it must not
     /// become durable past a checkpoint whose vote is not logged, which a restart could never
     /// sign (its state is gone). So a node dropped with snapshots outstanding (it stopped on
-    /// an error) finishes them and logs their votes first. Best effort: an error here leaves
-    /// the vote out, as a crash would.
+    /// an error) finishes them and logs their checkpoint votes first; failing that, it lets
+    /// go of its store as a crash would ([`Store::abandon`]).
     fn drop(&mut self) {
-        // Not while unwinding from a panic: that thread may never finish.
-        if self.snapshots_pending == 0
-            || std::thread::panicking()
-            || self.wait_for_snapshots(self.last_now).is_err()
-        {
+        if self.snapshots_pending == 0 {
             return;
         }
-        while let Some(output) = self.replica.poll_output() {
-            if let Output::Persist(record) = output
-                && self.wal.append(&record.encode()).is_err()
-            {
-                return;
-            }
+        // Not while unwinding from a panic: the snapshot thread may never finish.
+        let logged = !std::thread::panicking()
+            && self.wait_for_snapshots(self.last_now).is_ok()
+            && self.log_checkpoint_votes();
+        if !logged {
+            self.store.abandon();
         }
-        let _ = self.wal.sync();
     }
 }
 
@@ -639,6 +665,12 @@ impl<A: Application> Node<A> {
             if let Some(job) = job {
                 snapshots.submit(read, job);
                 self.snapshots_pending += 1;
+            }
+            if self.snapshots_pending > MAX_SNAPSHOTS_PENDING {
+                // A thread slower than the checkpoints (a replica the quorum does not wait
+                // for executes on) would queue read transactions, which pin their pages,
+                // and client tables without end: wait for the oldest instead.
+                self.wait_for_snapshot(now)?;
             }
         } else {
             let snapshot = self.app.snapshot(&read).map_err(app_error)?;

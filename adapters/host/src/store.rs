@@ -101,7 +101,8 @@ pub enum StoreError {
 
 /// The store of one validator.
 pub struct Store {
-    db: Database,
+    /// `None` once abandoned ([`Store::abandon`]).
+    db: Option<Database>,
     path: PathBuf,
     /// Commits made since the last durable one (to let a round be read mid-way).
     unsynced: bool,
@@ -123,7 +124,7 @@ impl Store {
         };
         let db = Database::create(&path).map_err(|e| fail(e.into()))?;
         let mut store = Store {
-            db,
+            db: Some(db),
             path,
             unsynced: false,
             synced: false,
@@ -189,7 +190,7 @@ impl Store {
     /// Starts a round: one write transaction for everything the node executes until
     /// [`Store::commit`].
     pub fn begin(&self) -> Result<Round, StoreError> {
-        let tx = self.db.begin_write().map_err(|e| self.fail(e))?;
+        let tx = self.db()?.begin_write().map_err(|e| self.fail(e))?;
         tx.open_table(META).map_err(|e| self.fail(e))?;
         tx.open_table(CLIENTS).map_err(|e| self.fail(e))?;
         tx.open_table(BATCHES).map_err(|e| self.fail(e))?;
@@ -202,7 +203,20 @@ impl Store {
 
     /// A consistent read of the last commit (durable or not).
     pub fn read(&self) -> Result<ReadTransaction, StoreError> {
-        self.db.begin_read().map_err(|e| self.fail(e))
+        self.db()?.begin_read().map_err(|e| self.fail(e))
+    }
+
+    fn db(&self) -> Result<&Database, StoreError> {
+        self.db
+            .as_ref()
+            .ok_or_else(|| self.fail(redb::Error::DatabaseClosed))
+    }
+
+    /// Lets go of the store as a crash would: redb makes a store's unsynced commits durable
+    /// when it closes, and this one is never closed (its file stays open until the process
+    /// exits). For a node that must not leave them durable; every call after fails.
+    pub fn abandon(&mut self) {
+        std::mem::forget(self.db.take());
     }
 
     /// Whether the last call that could sync did (and takes the answer): for counting fsyncs.

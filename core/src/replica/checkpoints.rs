@@ -34,8 +34,13 @@ pub(super) struct Checkpoints {
     /// that fetch it.
     snapshots: BTreeMap<u64, Snapshot>,
     /// Checkpoints executed whose snapshot the host is still taking
-    /// ([`Replica::executed_deferring`]).
-    deferred: BTreeSet<u64>,
+    /// ([`Replica::executed_deferring`]), with the id of the job that takes it.
+    deferred: BTreeMap<u64, u64>,
+    /// The id of the next deferral.
+    next_job: u64,
+    /// The quorum's digest at checkpoints that became stable while this replica's own
+    /// snapshot there was still being taken: compared when it comes back.
+    stable_while_deferred: BTreeMap<u64, Digest>,
     /// The older state each peer is fetching, with when it last asked (ms): kept while in
     /// use, so a transfer slower than a checkpoint interval under load still finishes. At
     /// most one per peer: n - 1 old states at worst, at most f of them held by Byzantine
@@ -51,7 +56,9 @@ impl Default for Checkpoints {
             reported: BTreeSet::new(),
             own: BTreeMap::new(),
             snapshots: BTreeMap::new(),
-            deferred: BTreeSet::new(),
+            deferred: BTreeMap::new(),
+            next_job: 0,
+            stable_while_deferred: BTreeMap::new(),
             pins: BTreeMap::new(),
         }
     }
@@ -68,6 +75,10 @@ impl Checkpoints {
     pub(super) fn take(&mut self, checkpoint: StableCheckpoint) -> bool {
         if checkpoint.seq <= self.stable.seq {
             return false;
+        }
+        if self.deferred.contains_key(&checkpoint.seq) {
+            self.stable_while_deferred
+                .insert(checkpoint.seq, checkpoint.digest);
         }
         self.stable = checkpoint;
         let stable = self.stable.seq;
@@ -154,19 +165,28 @@ impl Checkpoints {
         self.snapshots.insert(seq, snapshot);
     }
 
-    /// Notes that the host takes the snapshot at checkpoint `seq` later.
-    pub(super) fn defer(&mut self, seq: u64) {
-        self.deferred.insert(seq);
+    /// Notes that the host takes the snapshot at checkpoint `seq` later; the job's id.
+    pub(super) fn defer(&mut self, seq: u64) -> u64 {
+        let id = self.next_job;
+        self.next_job += 1;
+        self.deferred.insert(seq, id);
+        id
     }
 
-    /// Whether the snapshot at `seq` was awaited (it is not any more).
-    pub(super) fn undefer(&mut self, seq: u64) -> bool {
-        self.deferred.remove(&seq)
+    /// Whether job `id`'s snapshot at `seq` was awaited (it is not any more), and the
+    /// quorum's digest there if the checkpoint became stable meanwhile.
+    pub(super) fn undefer(&mut self, seq: u64, id: u64) -> Option<Option<Digest>> {
+        if self.deferred.get(&seq) != Some(&id) {
+            return None;
+        }
+        self.deferred.remove(&seq);
+        Some(self.stable_while_deferred.remove(&seq))
     }
 
     /// Stops awaiting every deferred snapshot: the state they were taken of was replaced.
     pub(super) fn cancel_deferred(&mut self) {
         self.deferred.clear();
+        self.stable_while_deferred.clear();
     }
 
     /// The checkpoint seqs whose state is held.
@@ -179,7 +199,8 @@ impl Checkpoints {
     pub(super) fn forget_own_from(&mut self, seq: u64) {
         self.own.retain(|&at, _| at < seq);
         self.snapshots.retain(|&at, _| at < seq);
-        self.deferred.retain(|&at| at < seq);
+        self.deferred.retain(|&at, _| at < seq);
+        self.stable_while_deferred.retain(|&at, _| at < seq);
     }
 
     /// Notes that `peer` fetched the state at `seq` at `now` (ms): it stays held while the
@@ -215,6 +236,7 @@ impl Checkpoints {
             + self.reported.len()
             + self.snapshots.len()
             + self.deferred.len()
+            + self.stable_while_deferred.len()
             + self.pins.len()
     }
 }
@@ -313,15 +335,17 @@ impl Replica {
         let Some(own) = self.checkpoints.own(seq) else {
             return;
         };
-        if own == digest || self.repairing() {
+        self.compare_state(seq, own, digest);
+    }
+
+    /// Compares this replica's `own` state digest at checkpoint `seq` with the quorum's
+    /// (`stable`), and acts on a divergence as [`Replica::check_diverged`] says.
+    pub(super) fn compare_state(&mut self, seq: u64, own: Digest, stable: Digest) {
+        if own == stable || self.repairing() {
             return;
         }
         self.metrics.checkpoint_mismatches += 1;
-        self.outbox.push(Output::StateDiverged {
-            seq,
-            own,
-            stable: digest,
-        });
+        self.outbox.push(Output::StateDiverged { seq, own, stable });
         self.checkpoints.forget_own_from(seq);
         self.start_repair();
     }

@@ -158,11 +158,12 @@ impl Replica {
         self.count(result)
     }
 
-    /// The job of the checkpoint at `seq`: the exactly-once table as of now (just after
-    /// executing `seq`).
-    fn job(&self, seq: u64) -> SnapshotJob {
+    /// The job of the checkpoint at `seq` (deferral `id`): the exactly-once table as of now
+    /// (just after executing `seq`).
+    fn job(&self, seq: u64, id: u64) -> SnapshotJob {
         SnapshotJob {
             seq,
+            id,
             clients: self.clients.export(),
             chunk_bytes: self.config.snapshot_chunk_bytes,
         }
@@ -178,12 +179,21 @@ impl Replica {
         if !seq.is_multiple_of(self.config.checkpoint_interval) {
             return Err(Error::HostContract("snapshot_taken() off a checkpoint seq"));
         }
-        if !self.checkpoints.undefer(seq) {
-            // Cancelled by an install or a divergence since (or taken already): its state no
-            // longer counts. An install may even have moved `executed` below it.
+        // Not awaited: cancelled by an install or a divergence since, or a job of an earlier
+        // deferral at this seq (before a repair re-executed it). Its state no longer counts;
+        // an install may even have moved `executed` below it.
+        let Some(quorum) = self.checkpoints.undefer(seq, snapshot.job) else {
             return Ok(());
+        };
+        match quorum {
+            // Stable, and passed, before the snapshot came back: its state is compared here,
+            // where nothing else would compare it (at the stable seq, `checkpoint` does).
+            Some(stable) if seq < self.checkpoints.stable().seq => {
+                let own = snapshot.snapshot.manifest.digest(&self.config.chain_id);
+                self.compare_state(seq, own, stable);
+            }
+            _ => self.take_snapshot(snapshot),
         }
-        self.take_snapshot(snapshot);
         self.update_low();
         Ok(())
     }
@@ -191,8 +201,8 @@ impl Replica {
     /// Keeps the state at a checkpoint to serve it and signs its digest.
     fn take_snapshot(&mut self, snapshot: TakenSnapshot) {
         let seq = snapshot.seq();
-        let state = snapshot.0.manifest.digest(&self.config.chain_id);
-        self.checkpoints.keep_snapshot(seq, snapshot.0);
+        let state = snapshot.snapshot.manifest.digest(&self.config.chain_id);
+        self.checkpoints.keep_snapshot(seq, snapshot.snapshot);
         self.checkpoint(seq, state);
     }
 
@@ -286,12 +296,12 @@ impl Replica {
         let deferred = match take {
             Take::No => None,
             Take::Now(app) => {
-                self.take_snapshot(self.job(seq).finish(app));
+                self.take_snapshot(self.job(seq, u64::MAX).finish(app));
                 None
             }
             Take::Later => {
-                self.checkpoints.defer(seq);
-                Some(self.job(seq))
+                let id = self.checkpoints.defer(seq);
+                Some(self.job(seq, id))
             }
         };
         self.update_low();

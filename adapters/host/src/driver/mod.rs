@@ -348,7 +348,7 @@ fn run<A: Application>(
             wait = Some(wait.map_or(METRICS_EVERY, |wait| wait.min(METRICS_EVERY)));
         }
         let mut stop = false;
-        let mut next = match inputs.wait(wait) {
+        let mut first = match inputs.wait(wait) {
             Ok(input) => Some(input),
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => {
@@ -356,8 +356,13 @@ fn run<A: Application>(
                 None
             }
         };
-        for _ in 0..ROUND {
-            match next.take() {
+        for taken in 0..ROUND {
+            // Each is taken only to be handled: one taken past the round's end would be lost.
+            let next = match taken {
+                0 => first.take(),
+                _ => inputs.next(),
+            };
+            match next {
                 None => break,
                 Some(Next::Input(input)) => {
                     stop |= handle(&mut node, router, &mut queries, &mut requests, input, now());
@@ -368,7 +373,6 @@ fn run<A: Application>(
             if stop {
                 break;
             }
-            next = inputs.next();
         }
         let time = now();
         client_protocol::submit(&mut node, router, &mut requests, time);
