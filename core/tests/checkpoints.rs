@@ -351,7 +351,7 @@ fn a_deferral_is_refused_off_a_checkpoint_and_a_result_not_awaited_is_dropped() 
     let stray = other_job
         .expect("a job at seq 2")
         .finish(b"another state".to_vec());
-    subject.snapshot_taken(NOW, stray).unwrap();
+    assert!(!subject.snapshot_taken(NOW, stray).unwrap(), "not kept");
     assert_eq!(subject.checkpoint_state(2), kept);
     assert!(!has_checkpoint_vote(&drain(&mut subject)));
 }
@@ -441,14 +441,16 @@ fn a_job_from_before_a_repair_is_not_taken_for_the_one_after_it() {
     assert_eq!((stale.seq(), fresh.seq()), (4, 4));
     // The job from before the repair comes back first (the host's thread runs them in
     // order): its state is the diverged one, never signed nor kept.
-    subject
+    let kept = subject
         .snapshot_taken(NOW, stale.finish(b"diverged at 4".to_vec()))
         .unwrap();
+    assert!(!kept);
     assert!(!has_checkpoint_vote(&drain(&mut subject)));
     assert!(!subject.holds_checkpoint_state(4));
-    subject
+    let kept = subject
         .snapshot_taken(NOW, fresh.finish(b"repaired at 4".to_vec()))
         .unwrap();
+    assert!(kept);
     assert!(has_checkpoint_vote(&drain(&mut subject)));
     assert_eq!(
         subject.checkpoint_state(4).map(|state| state.app),
@@ -491,4 +493,40 @@ fn a_snapshot_back_after_the_quorum_moved_past_it_is_still_compared() {
         kinds(&outputs)
     );
     assert_eq!(subject.metrics().checkpoint_mismatches, 1);
+}
+
+#[test]
+fn a_snapshot_deferred_at_a_checkpoint_already_stable_is_compared_after_the_quorum_moves_on() {
+    let mut peer = replica(2);
+    let good = checkpoint_vote(&run_to_checkpoint(&mut peer, GOOD));
+    let mut subject = replica(3);
+    // Behind: the checkpoint at 2 is stable before this replica executes it.
+    for (signer, bytes) in quorum_votes(&good) {
+        subject.handle_message(NOW, &signer, &bytes).unwrap();
+    }
+    drain(&mut subject);
+    run_deferring(&mut subject, 1);
+    let (_, job) = run_deferring(&mut subject, 2);
+    let job = job.expect("a job at seq 2");
+    for signer in 0..3 {
+        let vote = vote_for(signer, Phase::Checkpoint, (0, 4), Digest([4; 32]));
+        let bytes = Message::Vote(vote).encode();
+        subject
+            .handle_message(NOW, &key_of(signer), &bytes)
+            .unwrap();
+    }
+    assert_eq!(subject.stable_checkpoint().seq, 4);
+    drain(&mut subject);
+    let kept = subject
+        .snapshot_taken(NOW, job.finish(b"corrupted".to_vec()))
+        .unwrap();
+    assert!(!kept, "below the stable checkpoint: compared, not kept");
+    let outputs = drain(&mut subject);
+    assert!(
+        outputs
+            .iter()
+            .any(|output| matches!(output, Output::StateDiverged { seq: 2, .. })),
+        "{:?}",
+        kinds(&outputs)
+    );
 }

@@ -10,6 +10,7 @@ pub mod checks;
 pub mod config;
 pub mod driver;
 pub mod framing;
+mod fused;
 pub mod kv;
 pub mod link;
 pub mod metrics;

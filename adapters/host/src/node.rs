@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use pbft_core::{
     CheckPool, Config, ConfigError, DecodeError, Delivery, Destination, Digest, Error, Evidence,
-    Hasher, Install, Keypair, Metrics, Output, PROTOCOL_VERSION, Phase, PublicKey, Record, Replica,
+    Hasher, Install, Keypair, Metrics, Output, PROTOCOL_VERSION, PublicKey, Record, Replica,
     Request, ValidatorSet, Vote,
 };
 use redb::ReadTransaction;
@@ -267,8 +267,9 @@ pub struct Node<A> {
     to_record: Vec<(u64, Vec<u8>)>,
     /// Snapshot jobs handed to the thread and not finished.
     snapshots_pending: usize,
-    /// The driver's clock at the last flush, ms: for snapshots finished while dropping.
-    last_now: u64,
+    /// The store was made durable as of everything executed, the last thing a node does
+    /// before a clean stop.
+    stopped_cleanly: bool,
     /// A stable checkpoint was logged: the log is to be compacted (and the store made
     /// durable first) once no snapshot is outstanding.
     compact_due: bool,
@@ -301,10 +302,11 @@ impl<A> Node<A> {
             source,
         })?;
         let seq = finished.taken.seq();
-        self.replica
+        let kept = self
+            .replica
             .snapshot_taken(now, finished.taken)
             .map_err(NodeError::Core)?;
-        if self.replica.holds_checkpoint_state(seq) {
+        if kept {
             self.to_record.push((seq, finished.record));
         }
         Samples::push(&mut self.samples.snapshot_seconds, finished.seconds);
@@ -333,45 +335,15 @@ impl<A> Node<A> {
         let outcome = done.recv().map_err(|_| NodeError::SnapshotThread)?;
         self.snapshot_finished(now, outcome)
     }
-
-    /// Logs (and syncs) the checkpoint votes and stable checkpoints among the replica's
-    /// outputs, and drops the rest: for a node going away, whose other outputs no one carries
-    /// out. A logged vote that is never sent is harmless. False if the log failed.
-    fn log_checkpoint_votes(&mut self) -> bool {
-        while let Some(output) = self.replica.poll_output() {
-            let Output::Persist(record) = output else {
-                continue;
-            };
-            let keep = match &record {
-                Record::Signed(vote) => vote.phase == Phase::Checkpoint,
-                // A quorum's certificate, true whatever else happened (its vote may be the
-                // one that completed it).
-                Record::Stable(_) => true,
-                _ => false,
-            };
-            if keep && self.wal.append(&record.encode()).is_err() {
-                return false;
-            }
-        }
-        self.wal.sync().is_ok()
-    }
 }
 
 impl<A> Drop for Node<A> {
-    /// A store closed cleanly makes its unsynced commits durable (redb does): it must not
-    /// become durable past a checkpoint whose vote is not logged, which a restart could never
-    /// sign (its state is gone). So a node dropped with snapshots outstanding (it stopped on
-    /// an error) finishes them and logs their checkpoint votes first; failing that, it lets
-    /// go of its store as a crash would ([`Store::abandon`]).
+    /// A node that did not stop cleanly ([`Node::sync_store`]) leaves its store as a crash
+    /// would ([`Store::abandon`]): redb would make its unsynced commits durable on close, and
+    /// they may run past what the log vouches for (a checkpoint whose vote never reached the
+    /// log, which a restart could then never sign). Its log's redo records replay them.
     fn drop(&mut self) {
-        if self.snapshots_pending == 0 {
-            return;
-        }
-        // Not while unwinding from a panic: the snapshot thread may never finish.
-        let logged = !std::thread::panicking()
-            && self.wait_for_snapshots(self.last_now).is_ok()
-            && self.log_checkpoint_votes();
-        if !logged {
+        if !self.stopped_cleanly {
             self.store.abandon();
         }
     }
@@ -426,7 +398,7 @@ impl<A: Application> Node<A> {
             snapshots: None,
             to_record: Vec::new(),
             snapshots_pending: 0,
-            last_now: 0,
+            stopped_cleanly: false,
             compact_due: false,
         })
     }
@@ -474,7 +446,6 @@ impl<A: Application> Node<A> {
     /// Runs everything the inputs so far produced, makes it durable (the log, then the
     /// application store), and returns what to send.
     pub fn flush(&mut self, now: u64) -> Result<Vec<Transmit>, NodeError> {
-        self.last_now = now;
         let mut transmits = Vec::new();
         let mut round = self.round.take();
         let overdue =
@@ -729,6 +700,7 @@ impl<A: Application> Node<A> {
             Some(round) => self.store.commit(round)?,
             None => self.store.sync()?,
         }
+        self.stopped_cleanly = true;
         Ok(())
     }
 

@@ -55,7 +55,6 @@ impl Snapshots {
         let thread = std::thread::Builder::new()
             .name("pbft-snapshots".into())
             .spawn(move || {
-                yield_to_consensus();
                 for (read, job) in queue.iter() {
                     let started = Instant::now();
                     let outcome = app.snapshot(&read).map(|app| {
@@ -94,14 +93,6 @@ impl Snapshots {
     pub fn done(&self) -> &flume::Receiver<Outcome> {
         &self.done
     }
-}
-
-/// Lowers this thread's scheduling priority (nice 10): where cores are short, the node's
-/// thread (ordering, replies) runs first and the snapshot takes the time left over. Linux
-/// applies `setpriority(PRIO_PROCESS, 0)` to the calling thread alone. Best effort.
-fn yield_to_consensus() {
-    #[cfg(target_os = "linux")]
-    let _ = rustix::process::setpriority_process(None, 10);
 }
 
 impl Drop for Snapshots {

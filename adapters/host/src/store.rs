@@ -14,7 +14,10 @@
 //! without a second fsync.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::fused::Fused;
 use pbft_core::{
     ChainId, CheckpointState, ClientRecord, Committed, Delivery, Digest, ExecutedState, Install,
     PublicKey,
@@ -101,8 +104,9 @@ pub enum StoreError {
 
 /// The store of one validator.
 pub struct Store {
-    /// `None` once abandoned ([`Store::abandon`]).
-    db: Option<Database>,
+    db: Database,
+    /// Blown by [`Store::abandon`].
+    fuse: Arc<AtomicBool>,
     path: PathBuf,
     /// Commits made since the last durable one (to let a round be read mid-way).
     unsynced: bool,
@@ -122,9 +126,20 @@ impl Store {
             path: path.clone(),
             source,
         };
-        let db = Database::create(&path).map_err(|e| fail(e.into()))?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| fail(redb::Error::Io(e)))?;
+        let (backend, fuse) = Fused::new(file).map_err(|e| fail(e.into()))?;
+        let db = redb::Builder::new()
+            .create_with_backend(backend)
+            .map_err(|e| fail(e.into()))?;
         let mut store = Store {
-            db: Some(db),
+            db,
+            fuse,
             path,
             unsynced: false,
             synced: false,
@@ -190,7 +205,7 @@ impl Store {
     /// Starts a round: one write transaction for everything the node executes until
     /// [`Store::commit`].
     pub fn begin(&self) -> Result<Round, StoreError> {
-        let tx = self.db()?.begin_write().map_err(|e| self.fail(e))?;
+        let tx = self.db.begin_write().map_err(|e| self.fail(e))?;
         tx.open_table(META).map_err(|e| self.fail(e))?;
         tx.open_table(CLIENTS).map_err(|e| self.fail(e))?;
         tx.open_table(BATCHES).map_err(|e| self.fail(e))?;
@@ -203,20 +218,15 @@ impl Store {
 
     /// A consistent read of the last commit (durable or not).
     pub fn read(&self) -> Result<ReadTransaction, StoreError> {
-        self.db()?.begin_read().map_err(|e| self.fail(e))
+        self.db.begin_read().map_err(|e| self.fail(e))
     }
 
-    fn db(&self) -> Result<&Database, StoreError> {
-        self.db
-            .as_ref()
-            .ok_or_else(|| self.fail(redb::Error::DatabaseClosed))
-    }
-
-    /// Lets go of the store as a crash would: redb makes a store's unsynced commits durable
-    /// when it closes, and this one is never closed (its file stays open until the process
-    /// exits). For a node that must not leave them durable; every call after fails.
-    pub fn abandon(&mut self) {
-        std::mem::forget(self.db.take());
+    /// Leaves the file as a crash would: redb makes unsynced commits durable when it closes,
+    /// and after this nothing more is written (every write to the file fails), so
+    /// the next open starts from the last durable commit. For a node that stops on an
+    /// error.
+    pub fn abandon(&self) {
+        self.fuse.store(true, Ordering::Release);
     }
 
     /// Whether the last call that could sync did (and takes the answer): for counting fsyncs.

@@ -170,6 +170,11 @@ impl Checkpoints {
         let id = self.next_job;
         self.next_job += 1;
         self.deferred.insert(seq, id);
+        if seq == self.stable.seq {
+            // Stable already (this replica is behind): the quorum's digest is kept for the
+            // comparison, in case the stable checkpoint moves on before the snapshot is back.
+            self.stable_while_deferred.insert(seq, self.stable.digest);
+        }
         id
     }
 

@@ -144,18 +144,24 @@ impl Replica {
     }
 
     /// The state of a checkpoint whose snapshot [`Replica::executed_deferring`] deferred,
-    /// digested: the replica keeps it to serve peers and signs its checkpoint vote. One
-    /// that no longer matters (the replica installed a fetched state since, or found its own
-    /// state diverged there) is dropped.
+    /// digested: the replica keeps it to serve peers and signs its checkpoint vote (true:
+    /// the host keeps it durably too, see [`ExecutedState::checkpoints`]). One that no
+    /// longer matters is dropped (false): the replica installed a fetched state since,
+    /// found its own state diverged there, or moved past it (it is then only compared with
+    /// the quorum's).
     ///
     /// # Errors
     ///
     /// [`Error::HostContract`] for a seq off the checkpoint interval, or an application
     /// snapshot above `max_snapshot_bytes`; nothing changes.
-    pub fn snapshot_taken(&mut self, now: u64, snapshot: TakenSnapshot) -> Result<(), Error> {
+    ///
+    /// [`ExecutedState::checkpoints`]: crate::ExecutedState::checkpoints
+    pub fn snapshot_taken(&mut self, now: u64, snapshot: TakenSnapshot) -> Result<bool, Error> {
         self.enter(now);
-        let result = self.on_snapshot_taken(snapshot);
-        self.count(result)
+        match self.on_snapshot_taken(snapshot) {
+            Ok(kept) => Ok(kept),
+            Err(err) => self.count(Err(err)).map(|()| false),
+        }
     }
 
     /// The job of the checkpoint at `seq` (deferral `id`): the exactly-once table as of now
@@ -169,7 +175,7 @@ impl Replica {
         }
     }
 
-    fn on_snapshot_taken(&mut self, snapshot: TakenSnapshot) -> Result<(), Error> {
+    fn on_snapshot_taken(&mut self, snapshot: TakenSnapshot) -> Result<bool, Error> {
         let seq = snapshot.seq();
         if snapshot.app().len() as u64 > self.config.max_snapshot_bytes {
             return Err(Error::HostContract(
@@ -183,19 +189,23 @@ impl Replica {
         // deferral at this seq (before a repair re-executed it). Its state no longer counts;
         // an install may even have moved `executed` below it.
         let Some(quorum) = self.checkpoints.undefer(seq, snapshot.job) else {
-            return Ok(());
+            return Ok(false);
         };
-        match quorum {
+        let kept = match quorum {
             // Stable, and passed, before the snapshot came back: its state is compared here,
             // where nothing else would compare it (at the stable seq, `checkpoint` does).
             Some(stable) if seq < self.checkpoints.stable().seq => {
                 let own = snapshot.snapshot.manifest.digest(&self.config.chain_id);
                 self.compare_state(seq, own, stable);
+                false
             }
-            _ => self.take_snapshot(snapshot),
-        }
+            _ => {
+                self.take_snapshot(snapshot);
+                self.checkpoints.snapshot(seq).is_some()
+            }
+        };
         self.update_low();
-        Ok(())
+        Ok(kept)
     }
 
     /// Keeps the state at a checkpoint to serve it and signs its digest.

@@ -404,14 +404,18 @@ impl Simulation {
         let node = &mut self.validators[index];
         node.snapshots_pending -= 1;
         let seq = taken.seq();
-        if let Err(err) = node.replica.snapshot_taken(self.now, taken) {
-            self.violation(format!("replica {index} refused its own snapshot: {err}"));
-            return;
-        }
-        let node = &mut self.validators[index];
-        if let Some(state) = node.replica.checkpoint_state(seq) {
-            node.table.checkpoints.insert(seq, state);
-            node.dirty = true;
+        match node.replica.snapshot_taken(self.now, taken) {
+            Ok(true) => {
+                if let Some(state) = node.replica.checkpoint_state(seq) {
+                    node.table.checkpoints.insert(seq, state);
+                    node.dirty = true;
+                }
+            }
+            Ok(false) => {}
+            Err(err) => {
+                self.violation(format!("replica {index} refused its own snapshot: {err}"));
+                return;
+            }
         }
         self.drain(index);
     }
