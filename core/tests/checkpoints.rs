@@ -386,21 +386,40 @@ fn a_deferred_snapshot_of_a_diverged_state_fetches_the_stable_one() {
     refetches_and_resumes(&mut subject, &mut peer, outputs);
 }
 
-#[test]
-fn a_snapshot_of_a_state_found_diverged_meanwhile_is_never_signed() {
-    let mut peer = replica(2);
-    let good = checkpoint_vote(&run_to_checkpoint(&mut peer, GOOD));
+/// A replica whose state at seq 2 is wrong (taken at once) and whose snapshot at 4 is being
+/// taken when `peer`'s quorum at 2 proves it wrong: the replica, its job at 4, and the
+/// outputs of the quorum's votes.
+fn diverged_while_taking_4(peer: &mut Replica) -> (Replica, pbft_core::SnapshotJob, Vec<Output>) {
+    let good = checkpoint_vote(&run_to_checkpoint(peer, GOOD));
     let mut subject = replica(3);
-    // Its state at seq 2 is wrong (taken at once); the snapshot at 4 is being taken.
     run_to_checkpoint(&mut subject, b"corrupted");
     run_deferring(&mut subject, 3);
     let (_, job) = run_deferring(&mut subject, 4);
-    let job = job.expect("a job at seq 4");
-    // The quorum's checkpoint at 2 proves this replica's state wrong from there on.
+    let job = job.expect("a job at seq 4, on the diverged state");
     for (signer, bytes) in quorum_votes(&good) {
         subject.handle_message(NOW, &signer, &bytes).unwrap();
     }
     let outputs = drain(&mut subject);
+    (subject, job, outputs)
+}
+
+/// Validators 0 to 2 sign another state at seq 4: it becomes stable at `replica`.
+fn stabilize_4(replica: &mut Replica) {
+    for signer in 0..3 {
+        let vote = vote_for(signer, Phase::Checkpoint, (0, 4), Digest([4; 32]));
+        let bytes = Message::Vote(vote).encode();
+        replica
+            .handle_message(NOW, &key_of(signer), &bytes)
+            .unwrap();
+    }
+    assert_eq!(replica.stable_checkpoint().seq, 4);
+    drain(replica);
+}
+
+#[test]
+fn a_snapshot_of_a_state_found_diverged_meanwhile_is_never_signed() {
+    let mut peer = replica(2);
+    let (mut subject, job, outputs) = diverged_while_taking_4(&mut peer);
     assert!(
         outputs
             .iter()
@@ -419,16 +438,7 @@ fn a_snapshot_of_a_state_found_diverged_meanwhile_is_never_signed() {
 #[test]
 fn a_job_from_before_a_repair_is_not_taken_for_the_one_after_it() {
     let mut peer = replica(2);
-    let good = checkpoint_vote(&run_to_checkpoint(&mut peer, GOOD));
-    let mut subject = replica(3);
-    run_to_checkpoint(&mut subject, b"corrupted");
-    run_deferring(&mut subject, 3);
-    let (_, stale) = run_deferring(&mut subject, 4);
-    let stale = stale.expect("a job at seq 4, on the diverged state");
-    for (signer, bytes) in quorum_votes(&good) {
-        subject.handle_message(NOW, &signer, &bytes).unwrap();
-    }
-    let outputs = drain(&mut subject);
+    let (mut subject, stale, outputs) = diverged_while_taking_4(&mut peer);
     // The repair installs the quorum's state at 2 and executes 3 and 4 again: a new job at 4.
     let outputs = transfer(&mut subject, &mut peer, outputs);
     assert!(
@@ -471,15 +481,7 @@ fn a_snapshot_back_after_the_quorum_moved_past_it_is_still_compared() {
     for (signer, bytes) in quorum_votes(&good) {
         subject.handle_message(NOW, &signer, &bytes).unwrap();
     }
-    for signer in 0..3 {
-        let vote = vote_for(signer, Phase::Checkpoint, (0, 4), Digest([4; 32]));
-        let bytes = Message::Vote(vote).encode();
-        subject
-            .handle_message(NOW, &key_of(signer), &bytes)
-            .unwrap();
-    }
-    assert_eq!(subject.stable_checkpoint().seq, 4);
-    drain(&mut subject);
+    stabilize_4(&mut subject);
     // Its state at 2 comes back, and is not the quorum's there.
     subject
         .snapshot_taken(NOW, job.finish(b"corrupted".to_vec()))
@@ -508,15 +510,7 @@ fn a_snapshot_deferred_at_a_checkpoint_already_stable_is_compared_after_the_quor
     run_deferring(&mut subject, 1);
     let (_, job) = run_deferring(&mut subject, 2);
     let job = job.expect("a job at seq 2");
-    for signer in 0..3 {
-        let vote = vote_for(signer, Phase::Checkpoint, (0, 4), Digest([4; 32]));
-        let bytes = Message::Vote(vote).encode();
-        subject
-            .handle_message(NOW, &key_of(signer), &bytes)
-            .unwrap();
-    }
-    assert_eq!(subject.stable_checkpoint().seq, 4);
-    drain(&mut subject);
+    stabilize_4(&mut subject);
     let kept = subject
         .snapshot_taken(NOW, job.finish(b"corrupted".to_vec()))
         .unwrap();
