@@ -156,6 +156,17 @@ fn transfer(subject: &mut Replica, peer: &mut Replica, first: Vec<Output>) -> Ve
     seen
 }
 
+/// Checks that `outputs` report the replica's state at seq 2 as diverged.
+fn reports_divergence_at_2(outputs: &[Output]) {
+    assert!(
+        outputs
+            .iter()
+            .any(|output| matches!(output, Output::StateDiverged { seq: 2, .. })),
+        "the divergence is an output: {:?}",
+        kinds(outputs)
+    );
+}
+
 /// Checks that `outputs` report the divergence at seq 2 and fetch the state, then that the
 /// transfer installs the quorum's state, after which execution resumes at seq 3.
 fn refetches_and_resumes(subject: &mut Replica, peer: &mut Replica, outputs: Vec<Output>) {
@@ -165,13 +176,7 @@ fn refetches_and_resumes(subject: &mut Replica, peer: &mut Replica, outputs: Vec
          the quorum's: {:?}",
         kinds(&outputs)
     );
-    assert!(
-        outputs
-            .iter()
-            .any(|output| matches!(output, Output::StateDiverged { seq: 2, .. })),
-        "the divergence is an output: {:?}",
-        kinds(&outputs)
-    );
+    reports_divergence_at_2(&outputs);
     assert_eq!(subject.metrics().checkpoint_mismatches, 1);
     assert_eq!(
         subject.checkpoint_state(2),
@@ -356,20 +361,26 @@ fn a_deferral_is_refused_off_a_checkpoint_and_a_result_not_awaited_is_dropped() 
     assert!(!has_checkpoint_vote(&drain(&mut subject)));
 }
 
-#[test]
-fn a_deferred_snapshot_of_a_diverged_state_fetches_the_stable_one() {
-    let mut peer = replica(2);
-    let good = checkpoint_vote(&run_to_checkpoint(&mut peer, GOOD));
+/// A replica that executed seq 2 and is taking its snapshot when `peer`'s quorum makes the
+/// checkpoint at 2 stable: the replica and its job at 2.
+fn stable_while_taking_2(peer: &mut Replica) -> (Replica, pbft_core::SnapshotJob) {
+    let good = checkpoint_vote(&run_to_checkpoint(peer, GOOD));
     let mut subject = replica(3);
     run_deferring(&mut subject, 1);
     let (_, job) = run_deferring(&mut subject, 2);
-    let job = job.expect("a job at seq 2");
-    // The quorum's checkpoint becomes stable while this replica's snapshot is being taken:
-    // nothing to compare yet.
     for (signer, bytes) in quorum_votes(&good) {
         subject.handle_message(NOW, &signer, &bytes).unwrap();
     }
     assert_eq!(subject.stable_checkpoint().seq, 2);
+    (subject, job.expect("a job at seq 2"))
+}
+
+#[test]
+fn a_deferred_snapshot_of_a_diverged_state_fetches_the_stable_one() {
+    let mut peer = replica(2);
+    // The quorum's checkpoint becomes stable while this replica's snapshot is being taken:
+    // nothing to compare yet.
+    let (mut subject, job) = stable_while_taking_2(&mut peer);
     let quiet = drain(&mut subject);
     assert!(
         !quiet
@@ -420,13 +431,7 @@ fn stabilize_4(replica: &mut Replica) {
 fn a_snapshot_of_a_state_found_diverged_meanwhile_is_never_signed() {
     let mut peer = replica(2);
     let (mut subject, job, outputs) = diverged_while_taking_4(&mut peer);
-    assert!(
-        outputs
-            .iter()
-            .any(|output| matches!(output, Output::StateDiverged { seq: 2, .. })),
-        "{:?}",
-        kinds(&outputs)
-    );
+    reports_divergence_at_2(&outputs);
     // The snapshot at 4 comes back: a state after the divergence, never signed nor served.
     subject
         .snapshot_taken(NOW, job.finish(b"later".to_vec()))
@@ -471,29 +476,16 @@ fn a_job_from_before_a_repair_is_not_taken_for_the_one_after_it() {
 #[test]
 fn a_snapshot_back_after_the_quorum_moved_past_it_is_still_compared() {
     let mut peer = replica(2);
-    let good = checkpoint_vote(&run_to_checkpoint(&mut peer, GOOD));
-    let mut subject = replica(3);
-    run_deferring(&mut subject, 1);
-    let (_, job) = run_deferring(&mut subject, 2);
-    let job = job.expect("a job at seq 2");
     // The checkpoints at 2 and then 4 become stable while this replica's snapshot at 2 is
     // still being taken.
-    for (signer, bytes) in quorum_votes(&good) {
-        subject.handle_message(NOW, &signer, &bytes).unwrap();
-    }
+    let (mut subject, job) = stable_while_taking_2(&mut peer);
     stabilize_4(&mut subject);
     // Its state at 2 comes back, and is not the quorum's there.
     subject
         .snapshot_taken(NOW, job.finish(b"corrupted".to_vec()))
         .unwrap();
     let outputs = drain(&mut subject);
-    assert!(
-        outputs
-            .iter()
-            .any(|output| matches!(output, Output::StateDiverged { seq: 2, .. })),
-        "{:?}",
-        kinds(&outputs)
-    );
+    reports_divergence_at_2(&outputs);
     assert_eq!(subject.metrics().checkpoint_mismatches, 1);
 }
 
@@ -516,11 +508,5 @@ fn a_snapshot_deferred_at_a_checkpoint_already_stable_is_compared_after_the_quor
         .unwrap();
     assert!(!kept, "below the stable checkpoint: compared, not kept");
     let outputs = drain(&mut subject);
-    assert!(
-        outputs
-            .iter()
-            .any(|output| matches!(output, Output::StateDiverged { seq: 2, .. })),
-        "{:?}",
-        kinds(&outputs)
-    );
+    reports_divergence_at_2(&outputs);
 }
