@@ -275,7 +275,7 @@ pub struct Node<A> {
     compact_due: bool,
 }
 
-/// Finished checkpoint snapshots, whatever the application (a dropped node needs them too).
+/// Finished checkpoint snapshots: nothing here needs the application.
 impl<A> Node<A> {
     /// Where the snapshot thread's results arrive, if the node has one: wait on it beside
     /// the other inputs, and hand each to [`Node::snapshot_finished`].
