@@ -327,6 +327,11 @@ impl<A> Node<A> {
         Ok(())
     }
 
+    /// Snapshot jobs handed to the thread and not reported yet.
+    pub fn snapshots_pending(&self) -> usize {
+        self.snapshots_pending
+    }
+
     /// Waits for the oldest snapshot outstanding, if any, and reports it.
     fn wait_for_snapshot(&mut self, now: u64) -> Result<(), NodeError> {
         let Some(done) = self.finished_snapshots() else {

@@ -48,8 +48,8 @@ impl Snapshots {
     ///
     /// The thread cannot be spawned.
     pub fn start<A: Application + Send + 'static>(app: A) -> std::io::Result<Snapshots> {
-        // Unbounded, yet bounded by the protocol: one job per checkpoint the replica has
-        // executed and not heard back about, at most a window's worth.
+        // Unbounded, yet bounded by the node: past `MAX_SNAPSHOTS_PENDING` jobs it waits
+        // for the oldest before it goes on.
         let (jobs, queue) = flume::unbounded::<(ReadTransaction, SnapshotJob)>();
         let (finished, done) = flume::unbounded();
         let thread = std::thread::Builder::new()

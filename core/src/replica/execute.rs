@@ -191,21 +191,22 @@ impl Replica {
         let Some(quorum) = self.checkpoints.undefer(seq, snapshot.job) else {
             return Ok(false);
         };
-        let kept = match quorum {
+        match quorum {
             // Stable, and passed, before the snapshot came back: its state is compared here,
             // where nothing else would compare it (at the stable seq, `checkpoint` does).
             Some(stable) if seq < self.checkpoints.stable().seq => {
                 let own = snapshot.snapshot.manifest.digest(&self.config.chain_id);
                 self.compare_state(seq, own, stable);
-                false
+                self.update_low();
+                Ok(false)
             }
             _ => {
                 self.take_snapshot(snapshot);
-                self.checkpoints.snapshot(seq).is_some()
+                self.update_low();
+                // Unless the window's move just pruned it (or a divergence found there).
+                Ok(self.checkpoints.snapshot(seq).is_some())
             }
-        };
-        self.update_low();
-        Ok(kept)
+        }
     }
 
     /// Keeps the state at a checkpoint to serve it and signs its digest.

@@ -151,8 +151,9 @@ impl Replica {
     /// however long it runs and whatever its peers send: two windows of slots with two votes
     /// per validator each (the window, and as far again while catching up), the archive,
     /// per-peer buffers, pending and watched requests with their index entries, one view
-    /// change per validator, checkpoint votes and reports, own checkpoints and snapshots for
-    /// every checkpoint in reach, the votes it signed (three phases per slot), a kept batch per
+    /// change per validator, checkpoint votes and reports, own checkpoints and snapshots (held,
+    /// or awaited from the host with the quorum's digest kept for each) for every checkpoint
+    /// in reach, the votes it signed (three phases per slot), a kept batch per
     /// seq of the window, and the client table.
     pub fn memory_bound(&self) -> usize {
         let config = &self.config;
@@ -165,7 +166,7 @@ impl Replica {
             + 3 * config.max_pending_requests
             + 2 * window * config.max_batch_ops
             + n
-            + checkpoints * (2 * n + 2)
+            + checkpoints * (2 * n + 4)
             + 3 * 2 * window
             + window
             + config.max_clients

@@ -398,10 +398,16 @@ fn run<A: Application>(
         }
         if stop {
             // Checkpoints whose snapshots are being taken are signed and logged first, so
-            // the store can be made durable as of everything executed.
-            node.wait_for_snapshots(now())?;
-            for transmit in node.flush(now())? {
-                router.route(transmit);
+            // the store can be made durable as of everything executed (a flush may execute
+            // another checkpoint: until none is left).
+            loop {
+                node.wait_for_snapshots(now())?;
+                for transmit in node.flush(now())? {
+                    router.route(transmit);
+                }
+                if node.snapshots_pending() == 0 {
+                    break;
+                }
             }
             return node.sync_store();
         }
