@@ -696,9 +696,10 @@ impl<A: Application> Node<A> {
     /// next start then has nothing to replay from the log), unless a snapshot is still
     /// outstanding ([`Node::wait_for_snapshots`] and a flush first).
     pub fn sync_store(&mut self) -> Result<(), NodeError> {
-        if self.snapshots_pending > 0 {
-            // Not past a checkpoint whose vote is not logged (see `flush`): the log's redo
-            // records replay the rest.
+        if self.snapshots_pending > 0 || !self.to_record.is_empty() {
+            // Not past a checkpoint whose vote is not logged yet (see `flush`, which logs a
+            // finished snapshot's vote and records its state): the log's redo records replay
+            // the rest.
             return Ok(());
         }
         match self.round.take() {

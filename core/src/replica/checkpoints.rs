@@ -178,14 +178,16 @@ impl Checkpoints {
         id
     }
 
-    /// Whether job `id`'s snapshot at `seq` was awaited (it is not any more), and the
-    /// quorum's digest there if the checkpoint became stable meanwhile.
-    pub(super) fn undefer(&mut self, seq: u64, id: u64) -> Option<Option<Digest>> {
-        if self.deferred.get(&seq) != Some(&id) {
-            return None;
-        }
+    /// Whether job `id`'s snapshot at `seq` is awaited.
+    pub(super) fn awaits_job(&self, seq: u64, id: u64) -> bool {
+        self.deferred.get(&seq) == Some(&id)
+    }
+
+    /// Stops awaiting the snapshot at `seq`; the quorum's digest there if the checkpoint
+    /// became stable while it was awaited.
+    pub(super) fn undefer(&mut self, seq: u64) -> Option<Digest> {
         self.deferred.remove(&seq);
-        Some(self.stable_while_deferred.remove(&seq))
+        self.stable_while_deferred.remove(&seq)
     }
 
     /// Stops awaiting every deferred snapshot: the state they were taken of was replaced.

@@ -123,8 +123,12 @@ impl Replica {
     /// the result to [`Replica::snapshot_taken`]. The checkpoint is signed then. `None`:
     /// no checkpoint is taken there (the state is being replaced by a fetched one).
     ///
-    /// A job whose result never comes back (the host restarted) costs this replica its own
-    /// checkpoint vote at `seq`, nothing else: a quorum of the others makes it stable.
+    /// The host must not make its store durable past `seq` before the checkpoint vote
+    /// [`Replica::snapshot_taken`] signs is durable in its log: a replica restored past a
+    /// checkpoint it never signed cannot sign it any more (its state there is gone), and if
+    /// too few signed it (the whole cluster crashed meanwhile) the window never moves again.
+    /// Within that rule, a job whose result never comes back (the host crashed) costs
+    /// nothing: the restored replica executes `seq` again from its log and signs then.
     ///
     /// # Errors
     ///
@@ -177,21 +181,21 @@ impl Replica {
 
     fn on_snapshot_taken(&mut self, snapshot: TakenSnapshot) -> Result<bool, Error> {
         let seq = snapshot.seq();
+        if !seq.is_multiple_of(self.config.checkpoint_interval) {
+            return Err(Error::HostContract("snapshot_taken() off a checkpoint seq"));
+        }
+        // Not awaited: cancelled by an install or a divergence since, or a job of an earlier
+        // deferral at this seq (before a repair re-executed it). Its state no longer counts,
+        // whatever its size; an install may even have moved `executed` below it.
+        if !self.checkpoints.awaits_job(seq, snapshot.job) {
+            return Ok(false);
+        }
         if snapshot.app().len() as u64 > self.config.max_snapshot_bytes {
             return Err(Error::HostContract(
                 "the application snapshot exceeds max_snapshot_bytes",
             ));
         }
-        if !seq.is_multiple_of(self.config.checkpoint_interval) {
-            return Err(Error::HostContract("snapshot_taken() off a checkpoint seq"));
-        }
-        // Not awaited: cancelled by an install or a divergence since, or a job of an earlier
-        // deferral at this seq (before a repair re-executed it). Its state no longer counts;
-        // an install may even have moved `executed` below it.
-        let Some(quorum) = self.checkpoints.undefer(seq, snapshot.job) else {
-            return Ok(false);
-        };
-        match quorum {
+        match self.checkpoints.undefer(seq) {
             // Stable, and passed, before the snapshot came back: its state is compared here,
             // where nothing else would compare it (at the stable seq, `checkpoint` does).
             Some(stable) if seq < self.checkpoints.stable().seq => {
