@@ -13,10 +13,12 @@ pub struct Metrics {
     pub signatures_verified: u64,
     /// Of those, the ones checked in a batch of several.
     pub signatures_batch_verified: u64,
-    /// Client signatures in accepted pre-prepares not checked again: this replica had
-    /// verified the request, with the same signature, when the client sent it (the signature
-    /// cache of the reference design; with n validators and every request sent to all of
-    /// them, a backup's hit rate is this over the requests it saw committed).
+    /// Client signatures not checked again because this replica had verified the request,
+    /// with the same signature, before: on arrival (then found in an accepted pre-prepare),
+    /// in a pre-prepare or a batch it proposed (then found in a copy the client sent again,
+    /// or proposed again). The signature cache of the reference design; with n validators
+    /// and every request sent to all of them, a backup's hit rate is about this over the
+    /// requests it saw committed.
     pub signatures_cached: u64,
     /// Signatures made.
     pub signatures_created: u64,

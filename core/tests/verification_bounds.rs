@@ -429,3 +429,59 @@ fn a_forged_copy_neither_stands_for_nor_hides_the_genuine_request() {
     assert_eq!(backup.metrics().signatures_verified, before + 1);
     assert_eq!(backup.metrics().signatures_cached, 1);
 }
+
+#[test]
+fn a_copy_sent_again_after_its_pre_prepare_costs_no_check_and_a_forged_one_does() {
+    let mut backup = replica(1);
+    // The requests reach the backup first inside the primary's pre-prepare.
+    let batch = Batch {
+        requests: arrivals(None),
+    };
+    let pre_prepare = pbft_core::testing::pre_prepare(0, (0, 1), &batch);
+    backup
+        .handle_message(NOW, &key_of(0), &pre_prepare)
+        .unwrap();
+    assert_eq!(
+        backup.metrics().signatures_verified,
+        9,
+        "8 clients' and the primary's"
+    );
+    assert_eq!(forwarded(&mut backup), 0);
+    // A copy carrying another signature is no copy: checked, and refused.
+    let forged = arrivals(Some(5))[5].clone();
+    assert!(matches!(
+        backup.submit(NOW + 250, forged),
+        Err(pbft_core::Error::Crypto(_))
+    ));
+    assert_eq!(backup.metrics().signatures_verified, 10);
+    // Their clients, with no reply yet, send them again: held against the primary and
+    // forwarded to it, not checked; alone or in a group.
+    backup.submit(NOW + 250, arrivals(None)[2].clone()).unwrap();
+    assert_eq!(backup.metrics().signatures_cached, 1);
+    assert_eq!(forwarded(&mut backup), 1);
+    let verdicts = backup.submit_all(NOW + 300, arrivals(None));
+    assert!(verdicts.iter().all(Result::is_ok), "{verdicts:?}");
+    assert_eq!(backup.metrics().signatures_verified, 10);
+    assert_eq!(backup.metrics().signatures_cached, 8);
+    assert_eq!(
+        forwarded(&mut backup),
+        8,
+        "seven new, and the watched one again"
+    );
+}
+
+/// Requests the replica sent to the primary (validator 0) since last asked.
+fn forwarded(replica: &mut Replica) -> usize {
+    let mut count = 0;
+    while let Some(output) = replica.poll_output() {
+        if let pbft_core::Output::Send {
+            to: pbft_core::Destination::Validator(pbft_core::ReplicaId(0)),
+            bytes,
+        } = output
+            && let Ok(Message::Request(_)) = Message::decode(&bytes, usize::MAX)
+        {
+            count += 1;
+        }
+    }
+    count
+}

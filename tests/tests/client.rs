@@ -223,11 +223,21 @@ fn a_retransmitted_request_gets_the_cached_reply_and_never_runs_twice() {
     let (request, replies) = round_trip(&mut cluster, &mut client, b"once");
     assert_eq!(replies.len(), 4);
     let executed = cluster.replicas[0].metrics().requests_executed;
-    // The same request again, to every validator: each answers from its table.
+    let checks = |cluster: &Cluster| -> Vec<(u64, u64)> {
+        let metrics = cluster.replicas.iter().map(|r| r.metrics());
+        metrics
+            .map(|m| (m.signatures_verified, m.signatures_cached))
+            .collect()
+    };
+    let before = checks(&cluster);
+    // The same request again, to every validator: each answers from its table, and checks
+    // no signature, having verified this one (in its batch) before.
     for to in 0..4 {
         cluster.submit(to, request.clone()).unwrap();
     }
     cluster.run();
+    let after: Vec<(u64, u64)> = before.iter().map(|&(v, c)| (v, c + 1)).collect();
+    assert_eq!(checks(&cluster), after);
     // The same replies, byte for byte, in whatever order the replicas answer.
     let (mut first, mut again) = (replies.clone(), cluster.take_replies(&request.client));
     first.sort();

@@ -12,6 +12,7 @@ use alloc::vec::Vec;
 
 use super::exactly_once::Freshness;
 use super::output::{Destination, Record};
+use super::signature_cache::SignatureCache;
 use super::signatures::check_signatures;
 use super::{Mode, Replica};
 use crate::crypto::{CryptoError, Digest, Pool, Signature, VerifyingKey};
@@ -39,6 +40,8 @@ pub(super) struct Intake {
     in_flight: BTreeSet<Digest>,
     /// Requests clients sent to this backup, by digest: each must commit before its deadline.
     watched: BTreeMap<Digest, Watched>,
+    /// Client signatures verified here, so that none is checked twice.
+    signatures: SignatureCache,
     /// Where large batch signature checks run.
     pub(super) pool: Pool,
 }
@@ -128,14 +131,21 @@ impl Intake {
         self.watched.contains_key(digest)
     }
 
-    /// Whether `request` (whose digest is `digest`) was verified here already: it is watched
-    /// with this very signature, and only a request whose signature verified is watched. The
-    /// reference design's signature cache: a backup checks a client's signature on arrival and
-    /// not again when the request comes back inside a pre-prepare.
-    pub(super) fn verified_on_arrival(&self, digest: &Digest, request: &Request) -> bool {
+    /// Whether `request` (whose digest is `digest`) was verified here already, with this very
+    /// signature: it is watched (only a request whose signature verified is), or the
+    /// [`SignatureCache`] remembers it. The reference design's signature cache: a backup
+    /// checks a client's signature on arrival and not again inside a pre-prepare, nor a copy
+    /// the client sends again after the pre-prepare or the execution.
+    pub(super) fn verified_before(&self, digest: &Digest, request: &Request) -> bool {
         self.watched
             .get(digest)
             .is_some_and(|watched| watched.request.signature == request.signature)
+            || self.signatures.holds(digest, &request.signature)
+    }
+
+    /// Remembers that `request`'s signature (over `digest`) verified.
+    pub(super) fn verified_now(&mut self, digest: &Digest, request: &Request) {
+        self.signatures.insert(digest, &request.signature);
     }
 
     /// Requests watched.
@@ -144,7 +154,7 @@ impl Intake {
     }
 
     /// Watches a request until `deadline` (ms), unless it is watched already. Only a request
-    /// whose signature verified may be watched ([`Intake::verified_on_arrival`] relies on it).
+    /// whose signature verified may be watched ([`Intake::verified_before`] relies on it).
     pub(super) fn watch(&mut self, digest: Digest, request: &Request, deadline: u64) {
         self.watched.entry(digest).or_insert_with(|| Watched {
             request: request.clone(),
@@ -198,11 +208,35 @@ impl Intake {
         pending: Vec<(Request, Digest)>,
     ) -> (Vec<Request>, Vec<Digest>) {
         let (requests, leaves): (Vec<Request>, Vec<Digest>) = pending.into_iter().unzip();
-        let verdicts = check_signatures(metrics, &self.pool, &requests, &leaves);
+        // Requests verified here before (proposed in an earlier view, say) are not checked.
+        let cached: Vec<bool> = requests
+            .iter()
+            .zip(&leaves)
+            .map(|(request, leaf)| self.verified_before(leaf, request))
+            .collect();
+        let (unchecked, unchecked_leaves): (Vec<&Request>, Vec<Digest>) = requests
+            .iter()
+            .zip(&leaves)
+            .zip(&cached)
+            .filter(|(_, cached)| !**cached)
+            .map(|((request, leaf), _)| (request, *leaf))
+            .unzip();
+        metrics.signatures_cached += (requests.len() - unchecked.len()) as u64;
+        let mut checked =
+            check_signatures(metrics, &self.pool, &unchecked, &unchecked_leaves).into_iter();
+        // One verdict per unchecked request; a missing one would be a refusal, never a pass.
+        let verdicts: Vec<Result<(), CryptoError>> = cached
+            .iter()
+            .map(|&cached| match cached {
+                true => Ok(()),
+                false => checked.next().unwrap_or(Err(CryptoError::BadSignature)),
+            })
+            .collect();
         let mut good = (Vec::new(), Vec::new());
         for ((request, leaf), verdict) in requests.into_iter().zip(leaves).zip(verdicts) {
             match verdict {
                 Ok(()) => {
+                    self.signatures.insert(&leaf, &request.signature);
                     good.0.push(request);
                     good.1.push(leaf);
                 }
@@ -237,9 +271,14 @@ impl Replica {
         match self.admit(request, digest, forward, 0)? {
             None => Ok(()),
             Some((request, next)) => {
+                if self.intake.verified_before(&digest, &request) {
+                    self.metrics.signatures_cached += 1;
+                    return self.finish(request, digest, next);
+                }
                 let pool = &self.intake.pool;
                 let verdicts = check_signatures(&mut self.metrics, pool, &[&request], &[digest]);
                 verdicts.into_iter().try_for_each(|verdict| verdict)?;
+                self.intake.verified_now(&digest, &request);
                 self.finish(request, digest, next)
             }
         }
@@ -276,6 +315,11 @@ impl Replica {
             // Requests this group will watch count against the bound before their checks.
             match self.admit(request, digest, true, waiting.len()) {
                 Ok(None) => verdicts.push(Ok(())),
+                Ok(Some((request, next))) if self.intake.verified_before(&digest, &request) => {
+                    self.metrics.signatures_cached += 1;
+                    let verdict = self.finish(request, digest, next);
+                    verdicts.push(verdict);
+                }
                 Ok(Some((request, next))) => {
                     verdicts.push(Ok(()));
                     first.insert(copy, index);
@@ -288,6 +332,9 @@ impl Replica {
             waiting.iter().map(|(_, r, d, _)| (r, *d)).unzip();
         let checks = check_signatures(&mut self.metrics, &self.intake.pool, &checked, &leaves);
         for ((index, request, digest, next), check) in waiting.into_iter().zip(checks) {
+            if check.is_ok() {
+                self.intake.verified_now(&digest, &request);
+            }
             let verdict = check
                 .map_err(Error::Crypto)
                 .and_then(|()| self.finish(request, digest, next));
@@ -430,12 +477,12 @@ impl Replica {
         let unchecked: Vec<(&Request, &Digest)> = requests
             .iter()
             .zip(leaves)
-            .filter(|(request, leaf)| !self.intake.verified_on_arrival(leaf, request))
+            .filter(|(request, leaf)| !self.intake.verified_before(leaf, request))
             .collect();
         let cached = (requests.len() - unchecked.len()) as u64;
         let mut batch = self.intake.pool.batch(unchecked.len() + 1);
         batch.queue(key, signed, signature);
-        for (request, leaf) in unchecked {
+        for (request, leaf) in &unchecked {
             batch.queue_key(&request.client, leaf, &request.signature)?;
         }
         let checked = batch.len() as u64;
@@ -445,6 +492,9 @@ impl Replica {
         }
         self.intake.pool.verify(batch)?;
         self.metrics.signatures_cached += cached;
+        for (request, leaf) in unchecked {
+            self.intake.verified_now(leaf, request);
+        }
         Ok(())
     }
 

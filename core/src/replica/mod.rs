@@ -21,6 +21,7 @@ mod outbox;
 mod output;
 mod restore;
 mod retransmit;
+mod signature_cache;
 mod signatures;
 mod signer;
 mod slot;
