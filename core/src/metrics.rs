@@ -17,8 +17,8 @@ pub struct Metrics {
     /// with the same signature, before: on arrival (then found in an accepted pre-prepare),
     /// in a pre-prepare or a batch it proposed (then found in a copy the client sent again,
     /// or proposed again). The signature cache of the reference design; with n validators
-    /// and every request sent to all of them, a backup's hit rate is about this over the
-    /// requests it saw committed.
+    /// and every request sent to all of them once, a backup's hit rate is about this over
+    /// the requests it saw committed (retransmitted copies count too, so it may pass 1).
     pub signatures_cached: u64,
     /// Signatures made.
     pub signatures_created: u64,

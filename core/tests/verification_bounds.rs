@@ -485,3 +485,49 @@ fn forwarded(replica: &mut Replica) -> usize {
     }
     count
 }
+
+/// Whether a verdict is a refused signature (or key).
+fn refused(verdict: &Result<(), pbft_core::Error>) -> bool {
+    matches!(verdict, Err(pbft_core::Error::Crypto(_)))
+}
+
+#[test]
+fn a_forged_request_is_never_remembered_as_verified() {
+    let forged = || arrivals(Some(3))[3].clone();
+    // Inside a pre-prepare whose check fails, nothing is remembered: not the forgery, and not
+    // the genuine requests beside it.
+    let mut backup = replica(1);
+    let batch = Batch {
+        requests: arrivals(Some(3)),
+    };
+    let pre_prepare = pbft_core::testing::pre_prepare(0, (0, 1), &batch);
+    assert!(
+        backup
+            .handle_message(NOW, &key_of(0), &pre_prepare)
+            .is_err()
+    );
+    let before = backup.metrics().signatures_verified;
+    assert!(refused(&backup.submit(NOW, forged())));
+    backup.submit(NOW, arrivals(None)[0].clone()).unwrap();
+    assert_eq!(backup.metrics().signatures_verified, before + 2);
+    assert_eq!(backup.metrics().signatures_cached, 0);
+    // In a group of arrivals that fails its batch check: refused each time it comes again,
+    // alone or in a group.
+    let mut backup = replica(1);
+    assert!(refused(&backup.submit_all(NOW, arrivals(Some(3)))[3]));
+    assert!(refused(&backup.submit(NOW, forged())));
+    assert!(refused(
+        &backup.submit_all(NOW, vec![forged(), forged()])[1]
+    ));
+    assert_eq!(backup.metrics().rejected.get("bad_signature"), Some(&4));
+    // In a primary's batch, found by bisection: checked again when its client sends it again.
+    let mut primary = replica(0);
+    primary.submit_all(NOW, arrivals(Some(3)));
+    primary.handle_timeout(NOW + 10);
+    assert_eq!(primary.metrics().rejected.get("bad_signature"), Some(&1));
+    let before = primary.metrics().signatures_verified;
+    primary.submit(NOW + 10, forged()).unwrap();
+    primary.handle_timeout(NOW + 20);
+    assert_eq!(primary.metrics().rejected.get("bad_signature"), Some(&2));
+    assert_eq!(primary.metrics().signatures_verified, before + 1);
+}

@@ -126,7 +126,17 @@ async fn a_wiped_validator_catches_up_every_time(transport: Transport) {
     let wiped = VALIDATORS - 1;
     for attempt in 0..TRIES {
         cluster.kill(wiped);
-        std::fs::remove_dir_all(cluster.data_dir(wiped)).unwrap();
+        let dir = cluster.data_dir(wiped);
+        if let Err(err) = std::fs::remove_dir_all(&dir) {
+            // Once seen failing in a full run and never alone: say why, and what is there.
+            let left: Vec<_> = std::fs::read_dir(&dir)
+                .map(|entries| entries.flatten().map(|e| e.file_name()).collect())
+                .unwrap_or_default();
+            panic!(
+                "try {attempt}: removing {} failed: {err}; left: {left:?}",
+                dir.display()
+            );
+        }
         let until = Instant::now() + Duration::from_secs(3);
         let mut load = tokio::task::JoinSet::new();
         for (index, mut writer) in writers.drain(..).enumerate() {

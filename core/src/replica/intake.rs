@@ -316,6 +316,8 @@ impl Replica {
             match self.admit(request, digest, true, waiting.len()) {
                 Ok(None) => verdicts.push(Ok(())),
                 Ok(Some((request, next))) if self.intake.verified_before(&digest, &request) => {
+                    // Copies later in the group get its verdict, as a checked one's do.
+                    first.insert(copy, index);
                     self.metrics.signatures_cached += 1;
                     let verdict = self.finish(request, digest, next);
                     verdicts.push(verdict);
@@ -464,9 +466,10 @@ impl Replica {
     }
 
     /// Checks the primary's signature (queued in `verifier`) and the client signatures of its
-    /// proposed batch (`requests`, with their `leaves`) that this replica did not verify on
-    /// arrival, in one batch check; counts the checks, and the signatures found cached when
-    /// the proposal holds.
+    /// proposed batch (`requests`, with their `leaves`) that this replica did not verify
+    /// before ([`Intake::verified_before`]), in one batch check; counts the checks, and the
+    /// signatures found cached when the proposal holds. Only when it holds are the checked
+    /// ones remembered.
     pub(super) fn verify_proposal(
         &mut self,
         (key, signed, signature): (&VerifyingKey, &Digest, &Signature),

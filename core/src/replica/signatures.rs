@@ -13,7 +13,7 @@ use crate::statement::Request;
 
 impl Replica {
     /// Runs this replica's large batch signature checks (a pre-prepare's client signatures
-    /// not checked on arrival, a primary's batch, a group of arrivals in
+    /// not verified here before, a primary's batch, a group of arrivals in
     /// [`Replica::submit_all`]) on `pool`, cut into up to its width of pieces of at least 32
     /// signatures each; a check of fewer than 64 stays on the caller's thread. Verdicts do not
     /// change (see [`CheckPool`]); the default is [`crate::InlineChecks`].

@@ -51,7 +51,8 @@ impl Simulation {
             ));
         }
         for request in &batch.requests {
-            if !self.submitted.contains(&request.digest(&chain())) {
+            let signed = (request.digest(&chain()), request.signature.0);
+            if !self.submitted.contains(&signed) {
                 self.violation(format!(
                     "replica {index} delivered a request no client signed"
                 ));

@@ -27,7 +27,8 @@ impl Simulation {
         let op = format!("client {index} op {}", client.remaining).into_bytes();
         let request = client.client.request(now, op);
         client.outstanding = Some(request.clone());
-        self.submitted.insert(request.digest(&chain()));
+        self.submitted
+            .insert((request.digest(&chain()), request.signature.0));
         let from = self.validators.len() + index;
         let primary = client.client.primary().0 as usize;
         let bytes = Message::Request(request).encode();

@@ -84,8 +84,9 @@ pub struct Simulation {
     keys: Vec<PublicKey>,
     /// The clients' keys, by index.
     client_keys: Vec<PublicKey>,
-    /// The digest of every request a client signed.
-    submitted: BTreeSet<Digest>,
+    /// Every request a client signed, as (digest, signature): a delivered request must be one
+    /// of them with its very signature, not a forged copy of one.
+    submitted: BTreeSet<(Digest, [u8; 64])>,
     /// Every batch committed, as the first honest replica delivered it.
     committed: BTreeMap<u64, Committed>,
     /// Result digest per (client, client_seq), as the first honest replica computed it.
