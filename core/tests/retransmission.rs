@@ -127,3 +127,35 @@ fn a_status_claiming_more_than_a_window_of_slots_is_refused() {
         Err(Error::UnexpectedMessage(_))
     ));
 }
+
+#[test]
+fn a_committed_copy_with_other_client_signatures_leaves_the_checked_batch_in_place() {
+    let mut backup = replica(1, small_config());
+    let batch = pbft_core::Batch {
+        requests: vec![request(1), request(2)],
+    };
+    let pre_prepare = pbft_core::testing::pre_prepare(0, (0, 1), &batch);
+    backup
+        .handle_message(NOW, &key_of(0), &pre_prepare)
+        .unwrap();
+    // The same requests under junk signatures have the same digest (it leaves signatures
+    // out), so a peer can send them under the slot's real QC.
+    let mut junk = batch.clone();
+    for request in &mut junk.requests {
+        request.signature = pbft_core::Signature([5; 64]);
+    }
+    assert_eq!(junk.digest(&chain()), batch.digest(&chain()));
+    let committed = Message::Committed(pbft_core::testing::committed(1, &junk)).encode();
+    backup.handle_message(NOW, &key_of(2), &committed).unwrap();
+    let delivered: Vec<_> = std::iter::from_fn(|| backup.poll_output())
+        .filter_map(|output| match output {
+            Output::Deliver(delivery) => Some(delivery.batch),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        delivered,
+        vec![batch],
+        "the batch whose signatures were checked"
+    );
+}

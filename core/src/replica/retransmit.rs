@@ -262,9 +262,14 @@ impl Replica {
             // No record holds this batch yet.
             slot.batch_logged = false;
         }
+        // A batch held for this digest stays: request digests leave client signatures out, so
+        // a peer's copy may carry others (junk ones) under the same QC, and the held batch is
+        // the one whose signatures were checked here, which this replica relays and serves.
+        if slot.digest != Some(certificate.digest) || slot.batch.is_none() {
+            slot.batch = Some(batch);
+        }
         slot.digest = Some(certificate.digest);
         slot.leaves = leaves;
-        slot.batch = Some(batch);
         slot.certificate = Some(certificate);
         self.deliver_ready();
         Ok(())

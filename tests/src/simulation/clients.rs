@@ -27,8 +27,7 @@ impl Simulation {
         let op = format!("client {index} op {}", client.remaining).into_bytes();
         let request = client.client.request(now, op);
         client.outstanding = Some(request.clone());
-        self.submitted
-            .insert((request.digest(&chain()), request.signature.0));
+        self.submitted.insert(request.digest(&chain()));
         let from = self.validators.len() + index;
         let primary = client.client.primary().0 as usize;
         let bytes = Message::Request(request).encode();
