@@ -312,13 +312,7 @@ fn a_backup_checks_arriving_requests_in_one_batch_and_not_again_in_their_pre_pre
     assert_eq!(metrics.signatures_verified, 8, "one check per signature");
     assert_eq!(metrics.signatures_batch_verified, 8, "all in one batch");
     // The primary proposes them: only its own signature is checked, the clients' are cached.
-    let batch = Batch {
-        requests: arrivals(None),
-    };
-    let pre_prepare = pbft_core::testing::pre_prepare(0, (0, 1), &batch);
-    backup
-        .handle_message(NOW, &key_of(0), &pre_prepare)
-        .unwrap();
+    propose(&mut backup, arrivals(None)).unwrap();
     let metrics = backup.metrics();
     assert_eq!(metrics.signatures_cached, 8);
     assert_eq!(
@@ -344,16 +338,8 @@ fn a_forged_arrival_is_refused_alone_and_its_copy_in_a_pre_prepare_is_checked() 
     assert_eq!(backup.metrics().rejected.get("bad_signature"), Some(&1));
     // A pre-prepare carrying the forged request fails its batch check: a cached signature
     // is only ever the very one that verified.
-    let batch = Batch {
-        requests: arrivals(Some(3)),
-    };
-    let pre_prepare = pbft_core::testing::pre_prepare(0, (0, 1), &batch);
     let before = backup.metrics().signatures_verified;
-    assert!(
-        backup
-            .handle_message(NOW, &key_of(0), &pre_prepare)
-            .is_err()
-    );
+    assert!(propose(&mut backup, arrivals(Some(3))).is_err());
     assert_eq!(
         backup.metrics().signatures_cached,
         0,
@@ -361,13 +347,7 @@ fn a_forged_arrival_is_refused_alone_and_its_copy_in_a_pre_prepare_is_checked() 
     );
     assert_eq!(backup.metrics().signatures_verified, before + 2);
     // And a genuine request whose arrival copy was forged is checked when proposed.
-    let genuine = Batch {
-        requests: arrivals(None),
-    };
-    let pre_prepare = pbft_core::testing::pre_prepare(0, (0, 1), &genuine);
-    backup
-        .handle_message(NOW, &key_of(0), &pre_prepare)
-        .unwrap();
+    propose(&mut backup, arrivals(None)).unwrap();
     assert_eq!(backup.metrics().signatures_verified, before + 4);
     assert_eq!(backup.metrics().signatures_cached, 7);
     assert_eq!(
@@ -418,14 +398,8 @@ fn a_forged_copy_neither_stands_for_nor_hides_the_genuine_request() {
     );
     // The genuine copy is the one watched: a pre-prepare carrying it checks no client
     // signature.
-    let batch = Batch {
-        requests: vec![genuine],
-    };
-    let pre_prepare = pbft_core::testing::pre_prepare(0, (0, 1), &batch);
     let before = backup.metrics().signatures_verified;
-    backup
-        .handle_message(NOW, &key_of(0), &pre_prepare)
-        .unwrap();
+    propose(&mut backup, vec![genuine]).unwrap();
     assert_eq!(backup.metrics().signatures_verified, before + 1);
     assert_eq!(backup.metrics().signatures_cached, 1);
 }
@@ -434,13 +408,7 @@ fn a_forged_copy_neither_stands_for_nor_hides_the_genuine_request() {
 fn a_copy_sent_again_after_its_pre_prepare_costs_no_check_and_a_forged_one_does() {
     let mut backup = replica(1);
     // The requests reach the backup first inside the primary's pre-prepare.
-    let batch = Batch {
-        requests: arrivals(None),
-    };
-    let pre_prepare = pbft_core::testing::pre_prepare(0, (0, 1), &batch);
-    backup
-        .handle_message(NOW, &key_of(0), &pre_prepare)
-        .unwrap();
+    propose(&mut backup, arrivals(None)).unwrap();
     assert_eq!(
         backup.metrics().signatures_verified,
         9,
@@ -497,15 +465,7 @@ fn a_forged_request_is_never_remembered_as_verified() {
     // Inside a pre-prepare whose check fails, nothing is remembered: not the forgery, and not
     // the genuine requests beside it.
     let mut backup = replica(1);
-    let batch = Batch {
-        requests: arrivals(Some(3)),
-    };
-    let pre_prepare = pbft_core::testing::pre_prepare(0, (0, 1), &batch);
-    assert!(
-        backup
-            .handle_message(NOW, &key_of(0), &pre_prepare)
-            .is_err()
-    );
+    assert!(propose(&mut backup, arrivals(Some(3))).is_err());
     let before = backup.metrics().signatures_verified;
     assert!(refused(&backup.submit(NOW, forged())));
     backup.submit(NOW, arrivals(None)[0].clone()).unwrap();
@@ -530,4 +490,10 @@ fn a_forged_request_is_never_remembered_as_verified() {
     primary.handle_timeout(NOW + 20);
     assert_eq!(primary.metrics().rejected.get("bad_signature"), Some(&2));
     assert_eq!(primary.metrics().signatures_verified, before + 1);
+}
+
+/// The primary's (validator 0's) pre-prepare of `requests` at seq 1, handled by `backup`.
+fn propose(backup: &mut Replica, requests: Vec<Request>) -> Result<(), pbft_core::Error> {
+    let pre_prepare = pbft_core::testing::pre_prepare(0, (0, 1), &Batch { requests });
+    backup.handle_message(NOW, &key_of(0), &pre_prepare)
 }
