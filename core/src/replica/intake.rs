@@ -1,8 +1,8 @@
 //! Request intake: client requests from arrival to proposal (at the primary) or to commit
 //! (watched at a backup), with the batch signature checks that admit them.
 //!
-//! The primary checks a request's signature only when it cuts a batch, in one batch check
-//! with the rest (and bisects a batch that fails to find the forged ones); a backup checks it
+//! The primary checks a request's signature only when it cuts a batch (unless it verified
+//! that very signature before), in one batch check with the rest (and bisects a batch that fails to find the forged ones); a backup checks it
 //! on arrival, holds it against a deadline and forwards it to the primary, so a primary that
 //! censors it is replaced.
 

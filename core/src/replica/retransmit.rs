@@ -263,8 +263,9 @@ impl Replica {
             slot.batch_logged = false;
         }
         // A batch held for this digest stays: request digests leave client signatures out, so
-        // a peer's copy may carry others (junk ones) under the same QC, and the held batch is
-        // the one whose signatures were checked here, which this replica relays and serves.
+        // a peer's copy may carry others (junk ones) under the same QC. A held batch that came
+        // in a pre-prepare had its signatures checked here; one taken by digest was not, and
+        // the peer's copy is no better. This replica relays and serves the batch it holds.
         if slot.digest != Some(certificate.digest) || slot.batch.is_none() {
             slot.batch = Some(batch);
         }

@@ -17,8 +17,9 @@ const SLOTS: usize = 1 << 13;
 
 /// Request signatures that verified here: a direct-mapped table of [`SLOTS`] slots, each
 /// holding the last (request digest, signature) that verified among the digests indexing it
-/// (by their first 8 bytes: uniform, as a hash's output). Allocated at the first insert;
-/// nothing after.
+/// (by their first 8 bytes: uniform for honest clients; a client that grinds its op can aim
+/// at a slot, each eviction costing it a valid request this replica checks anyway).
+/// Allocated at the first insert; nothing after.
 ///
 /// A hit is exact: the request digest covers the chain, the client's key, its request number
 /// and the operation, so an equal (digest, signature) pair is the very check that held, and a
