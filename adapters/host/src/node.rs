@@ -9,10 +9,16 @@
 //! commit), and only then returns the messages to send. Nothing signed leaves before its record
 //! is durable, and no reply before the redo record of the batch it reports. The application
 //! store (its state, the exactly-once table, the executed seq and the committed batches, in one
-//! transaction) is committed after the log, durably once a second and before every compaction
-//! of the log, so it never runs ahead of the log and the log always covers what it lacks.
+//! transaction) is committed after the log, durably at least once a second and before every
+//! compaction of the log, so it never runs ahead of the log and the log always covers what it
+//! lacks.
+//!
+//! A durable commit of the store takes two fsyncs of scattered pages (tens of ms on a busy
+//! disk). With a sync thread ([`Node::syncs_on_thread`]) it runs there while the node goes
+//! on ordering, logging and sending; only what writes the store (deliveries, installs)
+//! waits for it, so only this replica's replies wait, and a client needs f + 1 of them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -29,7 +35,7 @@ use redb::ReadTransaction;
 pub use crate::application::{AppError, Application};
 use crate::kv::SnapshotError;
 use crate::snapshots::{Outcome as SnapshotOutcome, Snapshots};
-use crate::store::{Round, Store, StoreError};
+use crate::store::{Round, Store, StoreError, SyncOutcome};
 use crate::wal::{Wal, WalError, WalOptions};
 use crate::wire::{NodeStatus, ProofBundle};
 
@@ -71,6 +77,8 @@ pub enum NodeError {
     UnhandledOutput(String),
     /// The thread that takes checkpoint snapshots is gone (it panicked).
     SnapshotThread,
+    /// The thread that makes the store durable is gone (it panicked).
+    SyncThread,
 }
 
 // Written by hand, not derived: `thiserror` would make the `source` field of `App` the error's
@@ -108,6 +116,7 @@ impl fmt::Display for NodeError {
                 write!(f, "{} is in use by another process", dir.display())
             }
             NodeError::SnapshotThread => write!(f, "the checkpoint snapshot thread stopped"),
+            NodeError::SyncThread => write!(f, "the store's sync thread stopped"),
             NodeError::UnhandledOutput(output) => write!(
                 f,
                 "the core asked for an output this host does not handle: {output} (build the host with its core)"
@@ -155,7 +164,8 @@ pub struct NodeStats {
     /// Deliveries an install overtook before they ran (void by the `Install` contract).
     pub void_deliveries: u64,
     /// Durable commits of the application store (at most one per round: before each log
-    /// compaction, and at least every [`STORE_SYNC_MS`] while executing).
+    /// compaction, and at least every [`STORE_SYNC_MS`] or [`STORE_SYNC_ON_THREAD_MS`] while
+    /// executing).
     pub store_commits: u64,
 }
 
@@ -190,12 +200,23 @@ const EVIDENCE_KEPT: usize = 64;
 const TIMED_REQUESTS: usize = 4096;
 
 /// Most time the application store goes without a durable commit while the node executes,
-/// ms: what a restart replays from the log's redo records (it is also made durable before
-/// every compaction of the log).
+/// ms, when the commit runs on the node's thread: what a restart replays from the log's redo
+/// records (it is also made durable before every compaction of the log).
 pub const STORE_SYNC_MS: u64 = 1000;
+
+/// [`STORE_SYNC_MS`] when the commit runs on the store's sync thread
+/// ([`Node::syncs_on_thread`]), ms. More often, so each commit writes less: its burst of
+/// writes slows the log's fsyncs on the same disk (the node's, and other nodes' there), and
+/// a smaller burst slows them less (README, "the tail is the store's fsync").
+pub const STORE_SYNC_ON_THREAD_MS: u64 = 100;
 
 /// Least time between two digests of the whole application state for status queries, ms.
 pub const STATE_DIGEST_EVERY_MS: u64 = 1000;
+
+/// Most bytes of log records a node copies while its store syncs on the sync thread for a
+/// compaction of the log (they follow the compacted records); past it that compaction waits
+/// for the next durable commit, so a disk that syncs slowly costs no memory without bound.
+const COMPACTION_TAIL_BYTES: usize = 64 << 20;
 
 /// Checkpoint snapshots the node lets its thread queue; at one more, the node waits for the
 /// oldest (each holds a read transaction, whose pages the store keeps, and a client table).
@@ -273,6 +294,22 @@ pub struct Node<A> {
     /// A stable checkpoint was logged: the log is to be compacted (and the store made
     /// durable first) once no snapshot is outstanding.
     compact_due: bool,
+    /// Deliveries and installs the core emitted while the store synced on its thread, in
+    /// order: they write the store, so they wait for that commit. At most one install and
+    /// one delivery after it ([`Node::defer`]).
+    deferred: VecDeque<Output>,
+    /// The compaction of the log a sync on the store's thread is for, carried out when it
+    /// reports.
+    compaction: Option<Compaction>,
+}
+
+/// A compaction of the log waiting for the store to be durable: the records a restart
+/// needed when the sync started, then copies of every record logged since, in order, so
+/// that replaying them is replaying the log from that point on.
+struct Compaction {
+    records: Vec<Vec<u8>>,
+    /// Bytes of records logged since the sync started.
+    tail_bytes: usize,
 }
 
 /// Finished checkpoint snapshots: nothing here needs the application.
@@ -340,6 +377,96 @@ impl<A> Node<A> {
         let outcome = done.recv().map_err(|_| NodeError::SnapshotThread)?;
         self.snapshot_finished(now, outcome)
     }
+
+    /// Makes the store durable on a thread of its own ([`Store::sync_on_thread`]): a durable
+    /// commit no longer holds the node's thread, only what writes the store waits for it.
+    /// Each report comes back through [`Node::finished_syncs`], for [`Node::store_synced`].
+    ///
+    /// # Errors
+    ///
+    /// The thread cannot be spawned.
+    pub fn syncs_on_thread(&mut self) -> std::io::Result<()> {
+        self.store.sync_on_thread()
+    }
+
+    /// Where the store's sync thread reports, if the node has one: wait on it beside the
+    /// other inputs, and hand each report to [`Node::store_synced`].
+    pub fn finished_syncs(&self) -> Option<flume::Receiver<SyncOutcome>> {
+        self.store.finished_syncs()
+    }
+
+    /// The store's sync thread made it durable (as of when the sync started): the log is
+    /// compacted now if that sync was for it, and the next flush executes what waited.
+    ///
+    /// # Errors
+    ///
+    /// The durable commit failed (a full disk, an I/O error), or the log cannot be
+    /// compacted: fatal, the node stops.
+    pub fn store_synced(&mut self, outcome: SyncOutcome) -> Result<(), NodeError> {
+        let seconds = self.store.sync_finished(outcome)?;
+        self.synced(seconds);
+        if let Some(compaction) = self.compaction.take() {
+            self.compact_log(&compaction.records)?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the durable commit running on the store's thread, if any, and reports it
+    /// ([`Node::store_synced`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`Node::store_synced`], and [`NodeError::SyncThread`] if the thread is gone.
+    pub fn wait_for_sync(&mut self) -> Result<(), NodeError> {
+        if !self.store.syncing() {
+            return Ok(());
+        }
+        let Some(done) = self.finished_syncs() else {
+            return Ok(());
+        };
+        let outcome = done.recv().map_err(|_| NodeError::SyncThread)?;
+        self.store_synced(outcome)
+    }
+
+    /// The records a restart needs now, encoded for the log.
+    fn live_records(&self) -> Vec<Vec<u8>> {
+        self.replica
+            .durable_records()
+            .iter()
+            .map(Record::encode)
+            .collect()
+    }
+
+    /// Replaces the log by `records`, the store being durable as of everything they do not
+    /// cover.
+    fn compact_log(&mut self, records: &[Vec<u8>]) -> Result<(), NodeError> {
+        self.wal.compact(records)?;
+        self.stats.compactions += 1;
+        Ok(())
+    }
+
+    /// Counts a durable commit of the store that took `seconds`.
+    fn synced(&mut self, seconds: f64) {
+        self.stats.store_commits += 1;
+        Samples::push(&mut self.samples.store_commit_seconds, seconds);
+    }
+
+    /// Logs `record`, and keeps a copy for the compaction waiting for the store's sync.
+    fn log(&mut self, record: &Record) -> Result<(), NodeError> {
+        let bytes = record.encode();
+        self.wal.append(&bytes)?;
+        if let Some(compaction) = self.compaction.as_mut() {
+            compaction.tail_bytes += bytes.len();
+            if compaction.tail_bytes > COMPACTION_TAIL_BYTES {
+                // A sync that slow: the next durable commit compacts instead.
+                self.compaction = None;
+                self.compact_due = true;
+            } else {
+                compaction.records.push(bytes);
+            }
+        }
+        Ok(())
+    }
 }
 
 impl<A> Drop for Node<A> {
@@ -351,6 +478,9 @@ impl<A> Drop for Node<A> {
         if !self.stopped_cleanly {
             self.store.abandon();
         }
+        // An open round (a write transaction) goes before the store, whose sync thread may
+        // be waiting to begin one.
+        drop(self.round.take());
     }
 }
 
@@ -405,6 +535,8 @@ impl<A: Application> Node<A> {
             snapshots_pending: 0,
             stopped_cleanly: false,
             compact_due: false,
+            deferred: VecDeque::new(),
+            compaction: None,
         })
     }
 
@@ -455,8 +587,17 @@ impl<A: Application> Node<A> {
         let mut round = self.round.take();
         let overdue =
             |synced: Option<u64>, ms: u64| synced.is_none_or(|at| now >= at.saturating_add(ms));
+        // Until the store's sync thread reports, nothing writes the store (no snapshot is
+        // outstanding either: a sync starts only with none, and only an execution starts one).
+        let syncing = self.store.syncing();
+        if !syncing {
+            // What the core emitted during the sync came before anything it emits now.
+            while let Some(output) = self.deferred.pop_front() {
+                round = self.carry_out(now, output, round, &mut transmits)?;
+            }
+        }
         loop {
-            if !self.to_record.is_empty() {
+            if !self.to_record.is_empty() && !syncing {
                 // States signed off the node's thread, kept so peers can fetch them after a
                 // restart (as `execute` keeps those signed on it).
                 let mut open = match round.take() {
@@ -470,6 +611,10 @@ impl<A: Application> Node<A> {
             }
             while let Some(output) = self.replica.poll_output() {
                 self.compact_due |= matches!(output, Output::Persist(Record::Stable(_)));
+                if syncing && matches!(output, Output::Deliver(_) | Output::Install(_)) {
+                    self.defer(output);
+                    continue;
+                }
                 round = self.carry_out(now, output, round, &mut transmits)?;
             }
             // The store is made durable only with no snapshot outstanding: past a checkpoint
@@ -481,7 +626,7 @@ impl<A: Application> Node<A> {
             }
             self.wait_for_snapshots(now)?;
         }
-        let settled = self.snapshots_pending == 0;
+        let settled = self.snapshots_pending == 0 && !syncing;
         let compact = self.compact_due && settled;
         if compact {
             self.compact_due = false;
@@ -508,36 +653,59 @@ impl<A: Application> Node<A> {
         // Then the store, after the log so it never says more was executed than the log can
         // vouch for: visible now, durable only before the log is compacted (or when it has
         // lagged a while), since until then the log's redo records replay what it lacks.
-        let durable = settled && (compact || overdue(self.store_synced_at, STORE_SYNC_MS));
-        let started = Instant::now();
-        match (round, durable) {
-            (Some(round), true) => self.store.commit(round)?,
-            (round, false) => self.round = round,
-            (None, true) => self.store.sync()?,
+        let every = match self.store.has_sync_thread() {
+            true => STORE_SYNC_ON_THREAD_MS,
+            false => STORE_SYNC_MS,
+        };
+        let durable = settled && (compact || overdue(self.store_synced_at, every));
+        if !durable {
+            self.round = round;
+            return Ok(transmits);
         }
-        if durable {
-            self.store_synced_at = Some(now);
+        self.store_synced_at = Some(now);
+        if self.store.has_sync_thread() {
+            // The records a restart needs as of now: the log becomes them, and what is logged
+            // from now on, once the store is durable as of now.
+            let records = compact.then(|| self.live_records());
+            if self.store.start_sync(round)? {
+                self.compaction = records.map(|records| Compaction {
+                    records,
+                    tail_bytes: 0,
+                });
+                return Ok(transmits);
+            }
+        } else {
+            let started = Instant::now();
+            match round {
+                Some(round) => self.store.commit(round)?,
+                None => self.store.sync()?,
+            }
             if self.store.synced_now() {
-                self.stats.store_commits += 1;
-                Samples::push(
-                    &mut self.samples.store_commit_seconds,
-                    started.elapsed().as_secs_f64(),
-                );
+                self.synced(started.elapsed().as_secs_f64());
             }
         }
         if compact {
             // Everything below the stable checkpoint is final, and the store is durable: the
             // log keeps what a restart needs, written and synced before the old segments go.
-            let live: Vec<Vec<u8>> = self
-                .replica
-                .durable_records()
-                .iter()
-                .map(Record::encode)
-                .collect();
-            self.wal.compact(&live)?;
-            self.stats.compactions += 1;
+            let live = self.live_records();
+            self.compact_log(&live)?;
         }
         Ok(transmits)
+    }
+
+    /// Keeps a delivery or an install for after the store's sync. An install voids every
+    /// delivery not executed yet (the `Install` contract: the core hands out the next one
+    /// against the installed state) and replaces an earlier install's state, so what waits
+    /// is at most one install and the one delivery the core handed out after it.
+    fn defer(&mut self, output: Output) {
+        if matches!(output, Output::Install(_)) {
+            for void in self.deferred.drain(..) {
+                if matches!(void, Output::Deliver(_)) {
+                    self.stats.void_deliveries += 1;
+                }
+            }
+        }
+        self.deferred.push_back(output);
     }
 
     /// Carries out one output of the core, in order, inside the round's store transaction
@@ -550,7 +718,7 @@ impl<A: Application> Node<A> {
         transmits: &mut Vec<Transmit>,
     ) -> Result<Option<Round>, NodeError> {
         match output {
-            Output::Persist(record) => self.wal.append(&record.encode())?,
+            Output::Persist(record) => self.log(&record)?,
             Output::Send { to, bytes } => transmits.push(Transmit { to, bytes }),
             Output::Deliver(delivery) => {
                 if delivery.seq != self.replica.executed_seq() + 1 {
@@ -693,9 +861,11 @@ impl<A: Application> Node<A> {
     }
 
     /// Makes the application store durable as of everything executed (a clean stop: the
-    /// next start then has nothing to replay from the log), unless a snapshot is still
+    /// next start replays from the log only what waited for a sync in flight), unless a snapshot is still
     /// outstanding ([`Node::wait_for_snapshots`] and a flush first).
     pub fn sync_store(&mut self) -> Result<(), NodeError> {
+        // What waits for a sync in flight stays unexecuted: the log replays it.
+        self.wait_for_sync()?;
         if self.snapshots_pending > 0 || !self.to_record.is_empty() {
             // Not past a checkpoint whose vote is not logged yet (see `flush`, which logs a
             // finished snapshot's vote and records its state): the log's redo records replay
@@ -721,10 +891,13 @@ impl<A: Application> Node<A> {
     /// at least [`STATE_DIGEST_EVERY_MS`] old (`now` is the driver's clock).
     pub fn status(&mut self, now: u64) -> NodeStatus {
         let executed = self.replica.executed_seq();
-        let stale = match self.state_digest {
-            Some((seq, _, at)) => seq != executed && now >= at + STATE_DIGEST_EVERY_MS,
-            None => true,
-        };
+        // An install waiting for the store's sync moved the replica's executed seq, not yet
+        // the store's state: no digest is taken until the store caught up.
+        let stale = self.deferred.is_empty()
+            && match self.state_digest {
+                Some((seq, _, at)) => seq != executed && now >= at + STATE_DIGEST_EVERY_MS,
+                None => true,
+            };
         if stale {
             // A store that cannot be read now leaves the last digest: the next round that
             // writes will stop the node with the error.
@@ -882,7 +1055,136 @@ pub fn logged_votes(dir: &Path) -> Result<Vec<Vote>, NodeError> {
 mod tests {
     use super::*;
     use crate::kv::KvStore;
+    use pbft_core::Request;
     use pbft_core::{Batch, ChainId, CommitPath, QuorumCertificate};
+
+    #[test]
+    fn deliveries_wait_for_a_sync_on_the_thread_and_a_crash_then_loses_none() {
+        // One validator, a checkpoint every 2 seqs: seq 2's stable checkpoint compacts the
+        // log while seq 3 waits for the store's sync.
+        let dir = tempfile::tempdir().unwrap();
+        let key = Keypair::from_seed(&[6; 32]);
+        let set = ValidatorSet::new(0, &[key.public_key()]).unwrap();
+        let chain = ChainId::from_name("node-sync");
+        let mut config = Config::new(chain);
+        config.checkpoint_interval = 2;
+        let open = || {
+            let key = Keypair::from_seed(&[6; 32]);
+            Node::open(dir.path(), config.clone(), set.clone(), key, KvStore).unwrap()
+        };
+        let client = Keypair::from_seed(&[7; 32]);
+        let put = |n: u64| {
+            let op = crate::kv::Op::Put {
+                key: format!("key-{n}").into_bytes(),
+                value: b"v".to_vec(),
+            };
+            Request::new(&chain, &client, n, op.encode())
+        };
+        let write = |node: &mut Node<KvStore>, n: u64| {
+            let now = n * 10;
+            node.submit(now, put(n)).unwrap();
+            node.handle_timeout(now + 5);
+            node.flush(now + 5).unwrap();
+        };
+        let mut node = open();
+        node.syncs_on_thread().unwrap();
+
+        // The first flush makes the store durable at once, on the thread.
+        write(&mut node, 1);
+        assert_eq!(node.replica().executed_seq(), 1);
+        assert!(node.store().syncing());
+        node.wait_for_sync().unwrap();
+        assert_eq!(node.stats().store_commits, 1);
+
+        // Seq 2 is a stable checkpoint: the store syncs for the log's compaction.
+        write(&mut node, 2);
+        assert_eq!(node.replica().executed_seq(), 2);
+        assert!(node.store().syncing());
+        assert_eq!(
+            node.stats().compactions,
+            0,
+            "not before the store is durable"
+        );
+
+        // Seq 3 commits meanwhile: logged, not executed.
+        write(&mut node, 3);
+        assert_eq!(node.replica().executed_seq(), 2, "seq 3 waits for the sync");
+        assert_eq!(node.deferred.len(), 1);
+        node.wait_for_sync().unwrap();
+        assert_eq!(node.stats().compactions, 1);
+
+        // Killed before the next flush: seq 3 is in no store, only in the compacted log.
+        drop(node);
+        let mut node = open();
+        node.handle_timeout(36);
+        node.flush(36).unwrap();
+        assert_eq!(node.replica().executed_seq(), 3, "the log replays seq 3");
+        let read = node.read().unwrap();
+        for n in 1..=3 {
+            let value = KvStore::get(&read, format!("key-{n}").as_bytes()).unwrap();
+            assert_eq!(value.as_deref(), Some(&b"v"[..]), "key-{n} is there");
+        }
+        drop(read);
+
+        // And a node that goes on executes what waited, in order, at its next flush (seq 4
+        // is a stable checkpoint: its compaction syncs the store, within 100 ms of the last).
+        node.syncs_on_thread().unwrap();
+        write(&mut node, 4);
+        assert!(node.store().syncing());
+        write(&mut node, 5);
+        assert_eq!(node.replica().executed_seq(), 4);
+        node.wait_for_sync().unwrap();
+        node.flush(60).unwrap();
+        assert_eq!(node.replica().executed_seq(), 5);
+        assert!(node.deferred.is_empty());
+    }
+
+    #[test]
+    fn an_install_waiting_for_a_sync_voids_the_delivery_before_it() {
+        // Repair while the store syncs: the core hands out seq 5 on a diverged state, installs
+        // the quorum's checkpoint 4 and hands out seq 5 again. The first is void.
+        let dir = tempfile::tempdir().unwrap();
+        let key = Keypair::from_seed(&[8; 32]);
+        let set = ValidatorSet::new(0, &[key.public_key()]).unwrap();
+        let chain = ChainId::from_name("node-defer");
+        let mut node = Node::open(dir.path(), Config::new(chain), set, key, KvStore).unwrap();
+        let delivery = |seq| {
+            Output::Deliver(Delivery {
+                seq,
+                batch: Batch::default(),
+                certificate: QuorumCertificate {
+                    chain_id: chain,
+                    epoch: 0,
+                    view: 0,
+                    seq,
+                    digest: Batch::default().digest(&chain),
+                    path: CommitPath::ThreePhase,
+                    signatures: vec![],
+                },
+                execute: vec![],
+                checkpoint: false,
+                forgotten: vec![],
+                client_floor: 0,
+            })
+        };
+        let install = |seq| {
+            Output::Install(Install {
+                seq,
+                snapshot: vec![],
+                clients: vec![],
+                client_floor: 0,
+            })
+        };
+        node.defer(delivery(5));
+        node.defer(install(4));
+        node.defer(delivery(5));
+        assert_eq!(node.stats().void_deliveries, 1);
+        assert_eq!(node.deferred, [install(4), delivery(5)]);
+        // A later install replaces the earlier one and voids what came after it.
+        node.defer(install(8));
+        assert_eq!(node.stats().void_deliveries, 2);
+        assert_eq!(node.deferred, [install(8)]);
+    }
 
     #[test]
     fn a_delivery_an_install_overtook_is_void_and_the_node_goes_on() {

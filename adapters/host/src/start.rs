@@ -44,6 +44,9 @@ pub enum RunError {
     /// The thread that takes checkpoint snapshots cannot be started.
     #[error("checkpoint snapshot thread: {0}")]
     SnapshotThread(std::io::Error),
+    /// The thread that makes the application store durable cannot be started.
+    #[error("store sync thread: {0}")]
+    SyncThread(std::io::Error),
 }
 
 /// Another validator, as a transport's link to it needs it.
@@ -115,6 +118,8 @@ pub fn start(config: &NodeConfig) -> Result<Started, RunError> {
     // thread, which goes on ordering and executing.
     node.snapshots_on_thread()
         .map_err(RunError::SnapshotThread)?;
+    // The store's durable commit (two fsyncs) too: only what writes the store waits for it.
+    node.syncs_on_thread().map_err(RunError::SyncThread)?;
     if config.verify_threads > 1 {
         let checks = ThreadChecks::new(config.verify_threads).map_err(RunError::Threads)?;
         node.check_signatures_on(Box::new(checks));

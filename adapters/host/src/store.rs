@@ -16,6 +16,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Instant;
 
 use crate::fused::Fused;
 use pbft_core::{
@@ -104,7 +106,7 @@ pub enum StoreError {
 
 /// The store of one validator.
 pub struct Store {
-    db: Database,
+    db: Arc<Database>,
     /// Blown by [`Store::abandon`].
     fuse: Arc<AtomicBool>,
     path: PathBuf,
@@ -112,6 +114,68 @@ pub struct Store {
     unsynced: bool,
     /// A durable commit happened since [`Store::synced_now`] was last asked.
     synced: bool,
+    /// The thread durable commits run on, if the store was given one
+    /// ([`Store::sync_on_thread`]).
+    syncer: Option<Syncer>,
+    /// A durable commit is running on the sync thread: until it reports, a new write
+    /// transaction would wait for it.
+    syncing: bool,
+}
+
+/// What the sync thread reports for each durable commit: how long it took (s), or what redb
+/// said.
+pub type SyncOutcome = Result<f64, redb::Error>;
+
+/// The thread that makes the store durable while the node's thread goes on: an empty
+/// commit with redb's default durability, which makes every unsynced commit before it
+/// durable (redb's `Durability::None`). Dropping it lets the thread finish the commit at
+/// hand and end.
+struct Syncer {
+    jobs: Option<flume::Sender<()>>,
+    done: flume::Receiver<SyncOutcome>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Syncer {
+    fn start(db: Arc<Database>) -> std::io::Result<Syncer> {
+        // One job at a time: the store starts none while one runs.
+        let (jobs, queue) = flume::bounded::<()>(1);
+        let (finished, done) = flume::bounded(1);
+        let thread = std::thread::Builder::new()
+            .name("pbft-store-sync".into())
+            .spawn(move || {
+                for () in queue.iter() {
+                    let started = Instant::now();
+                    let outcome = db
+                        .begin_write()
+                        .map_err(redb::Error::from)
+                        .and_then(|tx| tx.commit().map_err(redb::Error::from))
+                        .map(|()| started.elapsed().as_secs_f64());
+                    if finished.send(outcome).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        Ok(Syncer {
+            jobs: Some(jobs),
+            done,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        self.jobs = None;
+        // Joined, so the database closes with the store (its last handle is the thread's);
+        // not while unwinding from a panic.
+        if std::thread::panicking() {
+            return;
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl Store {
@@ -138,11 +202,13 @@ impl Store {
             .create_with_backend(backend)
             .map_err(|e| fail(e.into()))?;
         let mut store = Store {
-            db,
+            db: Arc::new(db),
             fuse,
             path,
             unsynced: false,
             synced: false,
+            syncer: None,
+            syncing: false,
         };
         // Create the tables once, so reads never meet a missing one.
         let round = store.begin()?;
@@ -249,6 +315,86 @@ impl Store {
         self.unsynced = false;
         self.synced = true;
         Ok(())
+    }
+
+    /// Runs the durable commits [`Store::start_sync`] starts on a thread of their own.
+    ///
+    /// # Errors
+    ///
+    /// The thread cannot be spawned.
+    pub fn sync_on_thread(&mut self) -> std::io::Result<()> {
+        if self.syncer.is_none() {
+            self.syncer = Some(Syncer::start(self.db.clone())?);
+        }
+        Ok(())
+    }
+
+    /// Where the sync thread reports, if the store has one: wait on it beside the node's
+    /// other inputs, and hand each outcome to [`Store::sync_finished`].
+    pub fn finished_syncs(&self) -> Option<flume::Receiver<SyncOutcome>> {
+        self.syncer.as_ref().map(|syncer| syncer.done.clone())
+    }
+
+    /// Commits `round` (unsynced) and starts making every commit so far durable on the sync
+    /// thread; a read sees them at once. Until [`Store::sync_finished`], a new round would
+    /// wait for that commit ([`Store::syncing`]). `false` if nothing was started: no thread,
+    /// nothing unsynced, or a thread gone (it panicked), when the commit is made here
+    /// instead; in each case nothing is to wait for.
+    ///
+    /// # Errors
+    ///
+    /// The commit of `round` failed.
+    pub fn start_sync(&mut self, round: Option<Round>) -> Result<bool, StoreError> {
+        if let Some(round) = round {
+            self.commit_unsynced(round)?;
+        }
+        let Some(syncer) = self
+            .syncer
+            .as_ref()
+            .filter(|_| self.unsynced && !self.syncing)
+        else {
+            return Ok(false);
+        };
+        match syncer.jobs.as_ref().map(|jobs| jobs.send(())) {
+            Some(Ok(())) => {
+                self.syncing = true;
+                // What it makes durable; a commit made meanwhile sets it again.
+                self.unsynced = false;
+                Ok(true)
+            }
+            // The thread is gone (it panicked): sync here instead.
+            _ => self.sync().map(|()| false),
+        }
+    }
+
+    /// Whether durable commits run on a sync thread ([`Store::sync_on_thread`]).
+    pub fn has_sync_thread(&self) -> bool {
+        self.syncer.is_some()
+    }
+
+    /// A durable commit runs on the sync thread and has not been reported yet.
+    pub fn syncing(&self) -> bool {
+        self.syncing
+    }
+
+    /// The sync thread's report of the commit [`Store::start_sync`] started: how long it
+    /// took (s). Every commit before it is durable now.
+    ///
+    /// # Errors
+    ///
+    /// What redb reported: the store may not be durable (a full disk, an I/O error).
+    pub fn sync_finished(&mut self, outcome: SyncOutcome) -> Result<f64, StoreError> {
+        self.syncing = false;
+        match outcome {
+            Ok(seconds) => {
+                self.synced = true;
+                Ok(seconds)
+            }
+            Err(source) => {
+                self.unsynced = true;
+                Err(self.fail(source))
+            }
+        }
     }
 
     /// Commits `round` without making it durable, so a read sees it (a checkpoint's

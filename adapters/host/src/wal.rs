@@ -360,7 +360,8 @@ impl Wal {
 
     /// Replaces the log by `live`: writes them to a new segment, makes it durable, then
     /// deletes every older segment. A crash in between leaves both, and recovery reads the
-    /// live records twice, which the core tolerates (restoring a record is idempotent).
+    /// live records twice (and any logged after them that `live` repeats), which the core
+    /// tolerates (restoring a record is idempotent).
     pub fn compact(&mut self, live: &[Vec<u8>]) -> Result<(), WalError> {
         self.sync()?;
         let old = segments(&self.dir)?;

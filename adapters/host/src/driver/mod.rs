@@ -36,6 +36,7 @@ use crate::application::Application;
 use crate::metrics::NodeMetrics;
 use crate::node::{Node, NodeError};
 use crate::snapshots::Outcome as SnapshotOutcome;
+use crate::store::SyncOutcome;
 
 /// Validators' inputs waiting for the node's thread, at most.
 pub const PEER_INPUTS: usize = 8192;
@@ -166,15 +167,20 @@ enum Next {
     Input(Input),
     /// A checkpoint snapshot the node's snapshot thread finished.
     Snapshot(SnapshotOutcome),
+    /// A durable commit the store's sync thread finished.
+    Synced(SyncOutcome),
 }
 
-/// The node thread's ends of the two queues, and of its snapshot thread's results.
+/// The node thread's ends of the two queues, and of its snapshot and sync threads' results.
 struct Inputs {
     peers: flume::Receiver<Queued>,
     clients: flume::Receiver<Queued>,
     /// Finished checkpoint snapshots ([`Node::finished_snapshots`]), if the node takes them
     /// on a thread.
     snapshots: Option<flume::Receiver<SnapshotOutcome>>,
+    /// Durable commits the store's sync thread finished ([`Node::finished_syncs`]), if it
+    /// has one.
+    syncs: Option<flume::Receiver<SyncOutcome>>,
     /// Validators' inputs taken in a row since the last client's.
     peers_in_a_row: std::cell::Cell<usize>,
     /// The queues' byte budgets, closed when the node stops: a sender waiting for bytes
@@ -191,9 +197,9 @@ impl Drop for Inputs {
 }
 
 impl Inputs {
-    /// A finished snapshot first (it signs a checkpoint, which frees the log), then the
-    /// next input from either queue, validators' first; waits up to `wait` (forever with
-    /// `None`).
+    /// A finished sync first (what waits for it executes), then a finished snapshot (it
+    /// signs a checkpoint, which frees the log), then the next input from either queue,
+    /// validators' first; waits up to `wait` (forever with `None`).
     fn wait(&self, wait: Option<Duration>) -> Result<Next, RecvTimeoutError> {
         if let Some(next) = self.next() {
             return Ok(next);
@@ -215,6 +221,14 @@ impl Inputs {
                     .map_err(|_| RecvTimeoutError::Disconnected)
             });
         }
+        if let Some(syncs) = &self.syncs {
+            // The sync thread, too, lives as long as the node.
+            selector = selector.recv(syncs, |outcome| {
+                outcome
+                    .map(Next::Synced)
+                    .map_err(|_| RecvTimeoutError::Disconnected)
+            });
+        }
         match wait {
             Some(wait) => selector
                 .wait_timeout(wait)
@@ -223,8 +237,11 @@ impl Inputs {
         }
     }
 
-    /// A finished snapshot if one waits, else [`Inputs::next_input`].
+    /// A finished sync or snapshot if one waits, else [`Inputs::next_input`].
     fn next(&self) -> Option<Next> {
+        if let Some(outcome) = self.syncs.as_ref().and_then(|s| s.try_recv().ok()) {
+            return Some(Next::Synced(outcome));
+        }
         if let Some(outcome) = self.snapshots.as_ref().and_then(|s| s.try_recv().ok()) {
             return Some(Next::Snapshot(outcome));
         }
@@ -265,6 +282,7 @@ impl Driver {
             peers: peer_rx,
             clients: client_rx,
             snapshots: None,
+            syncs: None,
             peers_in_a_row: Default::default(),
             budgets,
         };
@@ -302,6 +320,7 @@ pub fn spawn<A: Application + Send + 'static>(
         peers: peer_rx,
         clients: client_rx,
         snapshots: node.finished_snapshots(),
+        syncs: node.finished_syncs(),
         peers_in_a_row: Default::default(),
         budgets: [peers.bytes.clone(), clients.bytes.clone()],
     };
@@ -368,6 +387,7 @@ fn run<A: Application>(
                     stop |= handle(&mut node, router, &mut queries, &mut requests, input, now());
                 }
                 Some(Next::Snapshot(outcome)) => node.snapshot_finished(now(), outcome)?,
+                Some(Next::Synced(outcome)) => node.store_synced(outcome)?,
             }
             stale = true;
             if stop {
