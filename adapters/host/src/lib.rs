@@ -27,3 +27,4 @@ mod testing;
 pub mod testnet;
 pub mod wal;
 pub mod wire;
+mod worker;

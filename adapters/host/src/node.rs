@@ -1048,6 +1048,27 @@ mod tests {
     use pbft_core::Request;
     use pbft_core::{Batch, ChainId, CommitPath, QuorumCertificate};
 
+    /// A delivery of the empty batch at `seq`, under a QC no one signed.
+    fn empty_delivery(chain: ChainId, seq: u64) -> Delivery {
+        Delivery {
+            seq,
+            batch: Batch::default(),
+            certificate: QuorumCertificate {
+                chain_id: chain,
+                epoch: 0,
+                view: 0,
+                seq,
+                digest: Batch::default().digest(&chain),
+                path: CommitPath::ThreePhase,
+                signatures: vec![],
+            },
+            execute: vec![],
+            checkpoint: false,
+            forgotten: vec![],
+            client_floor: 0,
+        }
+    }
+
     #[test]
     fn deliveries_wait_for_a_sync_on_the_thread_and_a_crash_then_loses_none() {
         // One validator, a checkpoint every 2 seqs: seq 2's stable checkpoint compacts the
@@ -1138,25 +1159,7 @@ mod tests {
         let set = ValidatorSet::new(0, &[key.public_key()]).unwrap();
         let chain = ChainId::from_name("node-defer");
         let mut node = Node::open(dir.path(), Config::new(chain), set, key, KvStore).unwrap();
-        let delivery = |seq| {
-            Output::Deliver(Delivery {
-                seq,
-                batch: Batch::default(),
-                certificate: QuorumCertificate {
-                    chain_id: chain,
-                    epoch: 0,
-                    view: 0,
-                    seq,
-                    digest: Batch::default().digest(&chain),
-                    path: CommitPath::ThreePhase,
-                    signatures: vec![],
-                },
-                execute: vec![],
-                checkpoint: false,
-                forgotten: vec![],
-                client_floor: 0,
-            })
-        };
+        let delivery = |seq| Output::Deliver(empty_delivery(chain, seq));
         let install = |seq| {
             Output::Install(Install {
                 seq,
@@ -1186,23 +1189,7 @@ mod tests {
         let set = ValidatorSet::new(0, &[key.public_key()]).unwrap();
         let chain = ChainId::from_name("node-unit");
         let mut node = Node::open(dir.path(), Config::new(chain), set, key, KvStore).unwrap();
-        let stale = Delivery {
-            seq: 7,
-            batch: Batch::default(),
-            certificate: QuorumCertificate {
-                chain_id: chain,
-                epoch: 0,
-                view: 0,
-                seq: 7,
-                digest: Batch::default().digest(&chain),
-                path: CommitPath::ThreePhase,
-                signatures: vec![],
-            },
-            execute: vec![],
-            checkpoint: false,
-            forgotten: vec![],
-            client_floor: 0,
-        };
+        let stale = empty_delivery(chain, 7);
         let mut transmits = Vec::new();
         let round = node
             .carry_out(1, Output::Deliver(stale), None, &mut transmits)

@@ -9,7 +9,6 @@
 //! the result to the replica, which signs the checkpoint then
 //! ([`pbft_core::Replica::snapshot_taken`]). Jobs run one at a time, in order.
 
-use std::thread::JoinHandle;
 use std::time::Instant;
 
 use pbft_core::{SnapshotJob, TakenSnapshot};
@@ -17,6 +16,7 @@ use redb::ReadTransaction;
 
 use crate::application::{AppError, Application};
 use crate::store::checkpoint_record;
+use crate::worker::Worker;
 
 /// A checkpoint's state, digested and encoded for the store.
 #[derive(Debug)]
@@ -32,80 +32,48 @@ pub struct Finished {
 /// What the thread sends back for each job.
 pub type Outcome = Result<Finished, AppError>;
 
-/// The thread and its two queues. Dropping it lets the thread finish the job at hand and
-/// end.
-pub struct Snapshots {
-    jobs: Option<flume::Sender<(ReadTransaction, SnapshotJob)>>,
-    done: flume::Receiver<Outcome>,
-    thread: Option<JoinHandle<()>>,
-}
+/// The thread and its two queues ([`Worker`]).
+pub struct Snapshots(Worker<(ReadTransaction, SnapshotJob), Outcome>);
 
 impl Snapshots {
     /// Starts the thread with `app`, a copy of the node's application that only takes
-    /// snapshots (see [`Application::snapshot`]).
+    /// snapshots (see [`Application::snapshot`]). Its queue is bounded by the node: past
+    /// `MAX_SNAPSHOTS_PENDING` jobs it waits for the oldest before it goes on.
     ///
     /// # Errors
     ///
     /// The thread cannot be spawned.
     pub fn start<A: Application + Send + 'static>(app: A) -> std::io::Result<Snapshots> {
-        // Unbounded, yet bounded by the node: past `MAX_SNAPSHOTS_PENDING` jobs it waits
-        // for the oldest before it goes on.
-        let (jobs, queue) = flume::unbounded::<(ReadTransaction, SnapshotJob)>();
-        let (finished, done) = flume::unbounded();
-        let thread = std::thread::Builder::new()
-            .name("pbft-snapshots".into())
-            .spawn(move || {
-                for (read, job) in queue.iter() {
-                    let started = Instant::now();
-                    let outcome = app.snapshot(&read).map(|app| {
-                        // The transaction pins the pages of its state: let them go first.
-                        drop(read);
-                        let taken = job.finish(app);
-                        let record = checkpoint_record(taken.app(), taken.clients());
-                        Finished {
-                            taken,
-                            record,
-                            seconds: started.elapsed().as_secs_f64(),
-                        }
-                    });
-                    if finished.send(outcome).is_err() {
-                        return;
+        let worker = Worker::start(
+            "pbft-snapshots",
+            move |(read, job): (ReadTransaction, SnapshotJob)| {
+                let started = Instant::now();
+                app.snapshot(&read).map(|app| {
+                    // The transaction pins the pages of its state: let them go first.
+                    drop(read);
+                    let taken = job.finish(app);
+                    let record = checkpoint_record(taken.app(), taken.clients());
+                    Finished {
+                        taken,
+                        record,
+                        seconds: started.elapsed().as_secs_f64(),
                     }
-                }
-            })?;
-        Ok(Snapshots {
-            jobs: Some(jobs),
-            done,
-            thread: Some(thread),
-        })
+                })
+            },
+        )?;
+        Ok(Snapshots(worker))
     }
 
-    /// Queues a job on the state `read` sees (the state right after the job's seq).
+    /// Queues a job on the state `read` sees (the state right after the job's seq). Lost
+    /// only if the thread is gone, which the node learns from [`Snapshots::done`].
     pub fn submit(&self, read: ReadTransaction, job: SnapshotJob) {
-        if let Some(jobs) = &self.jobs {
-            // Fails only once the thread is gone, which it never is while `jobs` lives.
-            let _ = jobs.send((read, job));
-        }
+        self.0.submit((read, job));
     }
 
     /// Where finished jobs arrive, in the order they were submitted: a driver waits on it
     /// beside its other inputs.
     pub fn done(&self) -> &flume::Receiver<Outcome> {
-        &self.done
-    }
-}
-
-impl Drop for Snapshots {
-    fn drop(&mut self) {
-        self.jobs = None;
-        // Joined, so the thread's read transaction is gone with the store; but not while
-        // unwinding from a panic, when the job at hand may never finish.
-        if std::thread::panicking() {
-            return;
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        self.0.done()
     }
 }
 

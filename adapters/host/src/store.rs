@@ -16,10 +16,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::time::Instant;
 
 use crate::fused::Fused;
+use crate::worker::Worker;
 use pbft_core::{
     ChainId, CheckpointState, ClientRecord, Committed, Delivery, Digest, ExecutedState, Install,
     PublicKey,
@@ -128,53 +128,19 @@ pub type SyncOutcome = Result<f64, redb::Error>;
 
 /// The thread that makes the store durable while the node's thread goes on: an empty
 /// commit with redb's default durability, which makes every unsynced commit before it
-/// durable (redb's `Durability::None`). Dropping it lets the thread finish the commit at
-/// hand and end.
-struct Syncer {
-    jobs: Option<flume::Sender<()>>,
-    done: flume::Receiver<SyncOutcome>,
-    thread: Option<JoinHandle<()>>,
-}
+/// durable (redb's `Durability::None`). The store starts one at a time.
+struct Syncer(Worker<(), SyncOutcome>);
 
 impl Syncer {
     fn start(db: Arc<Database>) -> std::io::Result<Syncer> {
-        // One job at a time: the store starts none while one runs.
-        let (jobs, queue) = flume::bounded::<()>(1);
-        let (finished, done) = flume::bounded(1);
-        let thread = std::thread::Builder::new()
-            .name("pbft-store-sync".into())
-            .spawn(move || {
-                for () in queue.iter() {
-                    let started = Instant::now();
-                    let outcome = db
-                        .begin_write()
-                        .map_err(redb::Error::from)
-                        .and_then(|tx| tx.commit().map_err(redb::Error::from))
-                        .map(|()| started.elapsed().as_secs_f64());
-                    if finished.send(outcome).is_err() {
-                        return;
-                    }
-                }
-            })?;
-        Ok(Syncer {
-            jobs: Some(jobs),
-            done,
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for Syncer {
-    fn drop(&mut self) {
-        self.jobs = None;
-        // Joined, so the database closes with the store (its last handle is the thread's);
-        // not while unwinding from a panic.
-        if std::thread::panicking() {
-            return;
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        let worker = Worker::start("pbft-store-sync", move |()| {
+            let started = Instant::now();
+            db.begin_write()
+                .map_err(redb::Error::from)
+                .and_then(|tx| tx.commit().map_err(redb::Error::from))
+                .map(|()| started.elapsed().as_secs_f64())
+        })?;
+        Ok(Syncer(worker))
     }
 }
 
@@ -332,7 +298,7 @@ impl Store {
     /// Where the sync thread reports, if the store has one: wait on it beside the node's
     /// other inputs, and hand each outcome to [`Store::sync_finished`].
     pub fn finished_syncs(&self) -> Option<flume::Receiver<SyncOutcome>> {
-        self.syncer.as_ref().map(|syncer| syncer.done.clone())
+        self.syncer.as_ref().map(|syncer| syncer.0.done().clone())
     }
 
     /// Commits `round` (unsynced) and starts making every commit so far durable on the sync
@@ -355,16 +321,14 @@ impl Store {
         else {
             return Ok(false);
         };
-        match syncer.jobs.as_ref().map(|jobs| jobs.send(())) {
-            Some(Ok(())) => {
-                self.syncing = true;
-                // What it makes durable; a commit made meanwhile sets it again.
-                self.unsynced = false;
-                Ok(true)
-            }
+        if !syncer.0.submit(()) {
             // The thread is gone (it panicked): sync here instead.
-            _ => self.sync().map(|()| false),
+            return self.sync().map(|()| false);
         }
+        self.syncing = true;
+        // What it makes durable; a commit made meanwhile sets it again.
+        self.unsynced = false;
+        Ok(true)
     }
 
     /// Whether durable commits run on a sync thread ([`Store::sync_on_thread`]).
