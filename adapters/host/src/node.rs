@@ -9,7 +9,7 @@
 //! commit), and only then returns the messages to send. Nothing signed leaves before its record
 //! is durable, and no reply before the redo record of the batch it reports. The application
 //! store (its state, the exactly-once table, the executed seq and the committed batches, in one
-//! transaction) is committed after the log, durably at least once a second and before every
+//! transaction) is committed after the log, durably about once a second and before every
 //! compaction of the log, so it never runs ahead of the log and the log always covers what it
 //! lacks.
 //!
@@ -260,8 +260,8 @@ pub struct Node<A> {
     evidence: Vec<Evidence>,
     /// Batches the store keeps below the stable checkpoint, for peers a little behind.
     retained_batches: u64,
-    /// When the store was last made durable (the driver's clock, ms); `None` until the first
-    /// flush, which makes the replay of the log's redo records durable at once.
+    /// When the store's last durable commit started (the driver's clock, ms); `None` until
+    /// the first flush, which makes the replay of the log's redo records durable at once.
     store_synced_at: Option<u64>,
     /// The store transaction rounds write into until it is committed: rounds between two
     /// durable commits share it (the log's redo records cover them), so a B-tree page is
@@ -286,7 +286,8 @@ pub struct Node<A> {
     /// before a clean stop.
     stopped_cleanly: bool,
     /// A stable checkpoint was logged: the log is to be compacted (and the store made
-    /// durable first) once no snapshot is outstanding.
+    /// durable first) once no snapshot is outstanding and no sync is in flight; with a sync
+    /// thread, when the sync started for it reports.
     compact_due: bool,
     /// Deliveries and installs the core emitted while the store synced on its thread, in
     /// order: they write the store, so they wait for that commit. At most one install and
@@ -575,7 +576,8 @@ impl<A: Application> Node<A> {
     }
 
     /// Runs everything the inputs so far produced, makes it durable (the log, then the
-    /// application store), and returns what to send.
+    /// application store: with a sync thread its durable commit is started, and deliveries
+    /// and installs wait for it), and returns what to send.
     pub fn flush(&mut self, now: u64) -> Result<Vec<Transmit>, NodeError> {
         let mut transmits = Vec::new();
         let mut round = self.round.take();

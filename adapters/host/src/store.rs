@@ -110,7 +110,7 @@ pub struct Store {
     /// Blown by [`Store::abandon`].
     fuse: Arc<AtomicBool>,
     path: PathBuf,
-    /// Commits made since the last durable one (to let a round be read mid-way).
+    /// Commits made since the last durable one started (to let a round be read mid-way).
     unsynced: bool,
     /// A durable commit happened since [`Store::synced_now`] was last asked.
     synced: bool,
@@ -303,9 +303,10 @@ impl Store {
 
     /// Commits `round` (unsynced) and starts making every commit so far durable on the sync
     /// thread; a read sees them at once. Until [`Store::sync_finished`], a new round would
-    /// wait for that commit ([`Store::syncing`]). `false` if nothing was started: no thread,
-    /// nothing unsynced, or a thread gone (it panicked), when the commit is made here
-    /// instead; in each case nothing is to wait for.
+    /// wait for that commit ([`Store::syncing`]). `false` if nothing was started: with no
+    /// thread (then the round is committed unsynced only: use [`Store::commit`]), with
+    /// nothing unsynced, or with the thread gone (it panicked), when the durable commit is
+    /// made here instead.
     ///
     /// # Errors
     ///
