@@ -406,6 +406,11 @@ impl<A> Node<A> {
         Ok(())
     }
 
+    /// Deliveries and installs waiting for the durable commit running on the store's thread.
+    pub fn waiting_for_sync(&self) -> usize {
+        self.deferred.len()
+    }
+
     /// Waits for the durable commit running on the store's thread, if any, and reports it
     /// ([`Node::store_synced`]).
     ///
@@ -659,12 +664,17 @@ impl<A: Application> Node<A> {
             // The records a restart needs as of now: the log becomes them, and what is logged
             // from now on, once the store is durable as of now.
             let records = compact.then(|| self.live_records());
+            let started = Instant::now();
             if self.store.start_sync(round)? {
                 self.compaction = records.map(|records| Compaction {
                     records,
                     tail_bytes: 0,
                 });
                 return Ok(transmits);
+            }
+            // Nothing was unsynced, or the thread is gone and the commit was made here.
+            if self.store.synced_now() {
+                self.synced(started.elapsed().as_secs_f64());
             }
         } else {
             let started = Instant::now();
@@ -883,23 +893,22 @@ impl<A: Application> Node<A> {
     /// at least [`STATE_DIGEST_EVERY_MS`] old (`now` is the driver's clock).
     pub fn status(&mut self, now: u64) -> NodeStatus {
         let executed = self.replica.executed_seq();
-        // An install waiting for the store's sync moved the replica's executed seq, not yet
-        // the store's state: no digest is taken until the store caught up.
-        let stale = self.deferred.is_empty()
-            && match self.state_digest {
-                Some((seq, _, at)) => seq != executed && now >= at + STATE_DIGEST_EVERY_MS,
-                None => true,
-            };
+        let stale = match self.state_digest {
+            Some((seq, _, at)) => seq != executed && now >= at + STATE_DIGEST_EVERY_MS,
+            None => true,
+        };
         if stale {
-            // A store that cannot be read now leaves the last digest: the next round that
-            // writes will stop the node with the error.
-            let snapshot = self
-                .read()
-                .ok()
-                .and_then(|read| self.app.snapshot(&read).ok());
-            if let Some(snapshot) = snapshot {
+            // The seq comes from the read that gives the state: the replica's executed seq
+            // moves at an install before the store's state does (at the next flush, or after
+            // the store's sync). A store that cannot be read now leaves the last digest: the
+            // next round that writes will stop the node with the error.
+            let taken = self.read().ok().and_then(|read| {
+                let seq = self.store.executed_in(&read).ok()?;
+                Some((seq, self.app.snapshot(&read).ok()?))
+            });
+            if let Some((seq, snapshot)) = taken {
                 let digest = Hasher::new(b"pbft/v1/app-state").bytes(&snapshot).finish();
-                self.state_digest = Some((executed, digest, now));
+                self.state_digest = Some((seq, digest, now));
             }
         }
         let (state_seq, state, _) = self.state_digest.unwrap_or_default();

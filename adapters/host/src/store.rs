@@ -386,6 +386,17 @@ impl Store {
             .map_err(|_| self.corrupt(format!("batch {seq}")))
     }
 
+    /// The executed seq `read` sees: the seq its application state is as of.
+    ///
+    /// # Errors
+    ///
+    /// The table cannot be read.
+    pub fn executed_in(&self, read: &ReadTransaction) -> Result<u64, StoreError> {
+        let meta = read.open_table(META).map_err(|e| self.fail(e))?;
+        let executed = meta.get("executed").map_err(|e| self.fail(e))?;
+        Ok(executed.map_or(0, |v| v.value()))
+    }
+
     /// What the replica needs back after a crash: the executed seq, the exactly-once table
     /// and the batches.
     pub fn executed_state(&self) -> Result<ExecutedState, StoreError> {

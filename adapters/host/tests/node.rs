@@ -64,8 +64,10 @@ struct Cluster {
     views_at_kill: Vec<Option<u64>>,
     restores: u32,
     /// Nodes killed with a durable commit of their store started on its thread and not
-    /// reported yet (the commit itself may have finished), deliveries waiting for it.
+    /// reported yet (the commit itself may have finished).
     kills_mid_sync: u32,
+    /// Of those, nodes killed with a delivery or an install waiting for that commit.
+    kills_with_waiting: u32,
     /// Batches the nodes with a thread pool handed to it.
     pool_calls: Arc<AtomicUsize>,
 }
@@ -87,6 +89,7 @@ impl Cluster {
             views_at_kill: vec![None; N],
             restores: 0,
             kills_mid_sync: 0,
+            kills_with_waiting: 0,
             pool_calls: Arc::default(),
         };
         for index in 0..N {
@@ -141,6 +144,7 @@ impl Cluster {
         if let Some(node) = self.nodes[index].take() {
             self.views_at_kill[index] = Some(node.replica().view());
             self.kills_mid_sync += u32::from(node.store().syncing());
+            self.kills_with_waiting += u32::from(node.waiting_for_sync() > 0);
         }
     }
 
@@ -356,7 +360,7 @@ fn writes_commit_read_back_and_survive_killed_nodes() {
     );
     assert!(
         cluster.kills_mid_sync > 0,
-        "some were killed with a sync of their store in flight"
+        "some were killed with a sync of their store unreported"
     );
     let compactions: u64 = cluster
         .nodes
@@ -560,6 +564,10 @@ fn every_node_killed_at_once_loses_no_acknowledged_write() {
             );
         }
     }
+    assert!(
+        cluster.kills_with_waiting > 0,
+        "some were cut with a delivery waiting for their store's sync"
+    );
     for (key, value) in &written {
         let read = cluster.call(&mut client, Op::Get { key: key.clone() });
         assert_eq!(read, OpResult::Value(Some(value.clone())));

@@ -421,6 +421,8 @@ fn run<A: Application>(
             // the store can be made durable as of everything executed (a flush may execute
             // another checkpoint: until none is left).
             loop {
+                // What waited for a sync in flight executes, and its replies leave.
+                node.wait_for_sync()?;
                 node.wait_for_snapshots(now())?;
                 for transmit in node.flush(now())? {
                     router.route(transmit);
