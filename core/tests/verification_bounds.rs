@@ -497,3 +497,25 @@ fn propose(backup: &mut Replica, requests: Vec<Request>) -> Result<(), pbft_core
     let pre_prepare = pbft_core::testing::pre_prepare(0, (0, 1), &Batch { requests });
     backup.handle_message(NOW, &key_of(0), &pre_prepare)
 }
+
+#[test]
+fn a_copy_of_a_watched_request_with_other_signature_bytes_is_refused_unchecked_and_not_relayed() {
+    let mut backup = replica(1);
+    propose(&mut backup, arrivals(None)).unwrap();
+    forwarded(&mut backup);
+    let verified = backup.metrics().signatures_verified;
+    let genuine = arrivals(None)[5].clone();
+    let forged = arrivals(Some(5))[5].clone();
+    // The genuine copy's cache hit makes it watched; the forged one after it in the group
+    // is not relayed on its strength.
+    let verdicts = backup.submit_all(NOW + 250, vec![genuine, forged.clone()]);
+    assert_eq!(verdicts[0], Ok(()));
+    assert_eq!(verdicts[1], Err(pbft_core::Error::DuplicateRequest));
+    // Nor alone, later.
+    assert_eq!(
+        backup.submit(NOW + 300, forged),
+        Err(pbft_core::Error::DuplicateRequest)
+    );
+    assert_eq!(backup.metrics().signatures_verified, verified, "no check");
+    assert_eq!(forwarded(&mut backup), 1, "the genuine copy only");
+}

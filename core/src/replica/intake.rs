@@ -126,9 +126,11 @@ impl Intake {
         self.pending.drain(..).map(|(request, _)| request).collect()
     }
 
-    /// Whether a request with this digest is watched.
-    pub(super) fn is_watched(&self, digest: &Digest) -> bool {
-        self.watched.contains_key(digest)
+    /// The signature of the request watched with this digest (it verified), if one is.
+    pub(super) fn watched_signature(&self, digest: &Digest) -> Option<&Signature> {
+        self.watched
+            .get(digest)
+            .map(|watched| &watched.request.signature)
     }
 
     /// Whether `request` (whose digest is `digest`) was verified here already, with this very
@@ -390,7 +392,13 @@ impl Replica {
         if leads && self.intake.pending_len() >= self.config.max_pending_requests {
             return Err(Error::Overloaded);
         }
-        if !leads && self.intake.is_watched(&digest) {
+        if !leads && let Some(watched) = self.intake.watched_signature(&digest) {
+            // The watched copy's signature verified. Another one's did not: a client signs
+            // deterministically (RFC 8032), so its copies carry the same bytes, and one with
+            // other bytes is refused rather than relayed unchecked.
+            if *watched != request.signature {
+                return Err(Error::DuplicateRequest);
+            }
             // The client asks again: the primary may have lost it. One forward per copy
             // received, to the primary only: nothing to amplify.
             if forward && self.mode == Mode::Normal {

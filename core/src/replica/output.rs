@@ -82,7 +82,11 @@ impl Record {
 pub struct Delivery {
     /// The sequence number; deliveries come in strictly increasing order without gaps.
     pub seq: u64,
-    /// The whole batch, as certified.
+    /// The whole batch, as certified: the certificate covers each request's digest (chain,
+    /// client, client seq, op), which is what its client signed, not the signature bytes. A
+    /// batch this replica took by digest (fetched, re-proposed) may carry other valid or
+    /// invalid signature bytes than a peer's copy: execute on client, client seq and op, and
+    /// never hash the signatures into the state.
     pub batch: Batch,
     /// The quorum certificate over the batch digest.
     pub certificate: QuorumCertificate,
