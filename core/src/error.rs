@@ -71,8 +71,10 @@ pub enum Error {
     /// The batch is empty, has too many requests or too many bytes.
     #[error("batch is empty or over the size limits")]
     BatchTooLarge,
-    /// The batch carries the same request twice, or one already in another slot.
-    #[error("request is already in the log")]
+    /// The batch carries the same request twice, or one already in another slot; or a
+    /// request arrives that this replica holds already (in flight at the primary, or watched
+    /// at a backup, where a copy with other signature bytes is refused unchecked).
+    #[error("request is already in the log or held")]
     DuplicateRequest,
     /// The request's operation exceeds the configured maximum.
     #[error("operation of {len} bytes exceeds {max}")]

@@ -126,11 +126,9 @@ impl Intake {
         self.pending.drain(..).map(|(request, _)| request).collect()
     }
 
-    /// The signature of the request watched with this digest (it verified), if one is.
-    pub(super) fn watched_signature(&self, digest: &Digest) -> Option<&Signature> {
-        self.watched
-            .get(digest)
-            .map(|watched| &watched.request.signature)
+    /// The request watched with this digest (its signature verified), if one is.
+    pub(super) fn watched(&self, digest: &Digest) -> Option<&Request> {
+        self.watched.get(digest).map(|watched| &watched.request)
     }
 
     /// Whether `request` (whose digest is `digest`) was verified here already, with this very
@@ -392,19 +390,21 @@ impl Replica {
         if leads && self.intake.pending_len() >= self.config.max_pending_requests {
             return Err(Error::Overloaded);
         }
-        if !leads && let Some(watched) = self.intake.watched_signature(&digest) {
-            // The watched copy's signature verified. Another one's did not: a client signs
-            // deterministically (RFC 8032), so its copies carry the same bytes, and one with
-            // other bytes is refused rather than relayed unchecked.
-            if *watched != request.signature {
-                return Err(Error::DuplicateRequest);
-            }
-            // The client asks again: the primary may have lost it. One forward per copy
-            // received, to the primary only: nothing to amplify.
+        if !leads && let Some(watched) = self.intake.watched(&digest) {
+            // The client asks again: the primary may have lost it. The watched copy goes, one
+            // forward per copy received, to the primary only: nothing to amplify. A copy with
+            // other signature bytes was not checked (a forgery, or a client that signs afresh
+            // each time; RFC 8032 signing is deterministic): refused, and never relayed.
+            let same = watched.signature == request.signature;
             if forward && self.mode == Mode::Normal {
-                self.forward_to_primary(request);
+                let watched = watched.clone();
+                self.forward_to_primary(watched);
             }
-            return Ok(None);
+            return if same {
+                Ok(None)
+            } else {
+                Err(Error::DuplicateRequest)
+            };
         }
         if !leads && self.intake.watched_len() + reserved >= self.config.max_pending_requests {
             return Err(Error::Overloaded);
