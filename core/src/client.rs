@@ -314,13 +314,13 @@ pub fn verify_reply_cached(
 }
 
 /// The root of the reply tree `reply`'s Merkle path leads to from its leaf.
-fn reply_root(chain: &ChainId, reply: &Reply) -> Result<Digest, ClientError> {
+pub(crate) fn reply_root(chain: &ChainId, reply: &Reply) -> Result<Digest, ClientError> {
     merkle::root_from_proof(&reply.leaf(chain), &reply.proof).ok_or(ClientError::BadSignature)
 }
 
 /// Checks that `reply`'s validator signed `root` for its view and seq, unless `cache` holds
 /// that statement; adds it to `cache` once checked.
-fn check_root_signature(
+pub(crate) fn check_root_signature(
     chain: &ChainId,
     validators: &ValidatorSet,
     reply: &Reply,

@@ -106,6 +106,7 @@ mod config;
 mod crypto;
 pub mod envelope;
 mod error;
+mod gateway;
 mod merkle;
 mod message;
 mod metrics;
@@ -133,6 +134,9 @@ pub use client::{
     Client, ClientError, DEFAULT_MAX_REPLY_BYTES, DEFAULT_RETRANSMIT_MS, Outcome, ReplyCache,
     verify_reply, verify_reply_cached,
 };
+
+// The gateway role.
+pub use gateway::{Gateway, GatewayConfig, GatewayMetrics, GatewayOutput, Shed};
 
 // Identities, the validator set and limits.
 pub use config::{ChainId, Config, ConfigError, ReplicaId, ValidatorSet};

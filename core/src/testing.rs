@@ -14,7 +14,8 @@ use alloc::{format, vec, vec::Vec};
 use crate::{
     Batch, ChainId, CommitPath, Committed, Config, Digest, Hasher, Keypair, Message, NewView,
     Output, Phase, PrePrepare, Prepared, PreparedClaim, PublicKey, QuorumCertificate, Replica,
-    ReplicaId, Request, StableCheckpoint, ValidatorSet, ViewChange, Vote,
+    ReplicaId, Reply, Request, StableCheckpoint, ValidatorSet, ViewChange, Vote, reply_leaf,
+    reply_root_digest,
 };
 
 /// A fixed virtual time, ms, for tests that need a `now` but never move it.
@@ -182,6 +183,31 @@ pub fn committed(seq: u64, batch: &Batch) -> Committed {
             path: CommitPath::ThreePhase,
             signatures,
         },
+    }
+}
+
+/// What a batch's requests got: (client, client seq, result) each, in batch order.
+pub type Answered<'a> = [(PublicKey, u64, &'a [u8])];
+
+/// Validator `signer`'s reply in `view` at `seq` to request `index` of a batch whose requests
+/// got `answered`: its Merkle path to the batch's reply root, and its signature over that root.
+pub fn reply(signer: usize, (view, seq): (u64, u64), answered: &Answered, index: usize) -> Reply {
+    let leaves: Vec<Digest> = answered
+        .iter()
+        .map(|(client, client_seq, result)| reply_leaf(&chain(), client, *client_seq, result))
+        .collect();
+    let root = crate::merkle::root(&leaves);
+    let (client, client_seq, result) = *answered.get(index).expect("index in the batch");
+    let signed = reply_root_digest(&chain(), 0, view, seq, &root);
+    Reply {
+        view,
+        seq,
+        client,
+        client_seq,
+        result: result.to_vec(),
+        proof: crate::merkle::prove(&leaves, index).expect("index in the batch"),
+        replica: ReplicaId(signer as u16),
+        signature: validator_key(signer).sign(&signed),
     }
 }
 

@@ -4,12 +4,13 @@ use std::time::Duration;
 
 use bolero::check;
 use pbft_core::testing::{
-    batch, chain, client_key, committed, key_of, new_view, pre_prepare, request, small_config,
-    validator_set, view_change, vote,
+    self, batch, chain, client_key, committed, key_of, new_view, pre_prepare, request,
+    small_config, validator_set, view_change, vote,
 };
 use pbft_core::{
-    Client, Config, FetchState, Manifest, Message, Phase, PublicKey, QuorumCertificate, Replica,
-    StateChunk, Status, ValidatorSet, ViewChange, verify_qc,
+    Client, Config, FetchState, Gateway, GatewayConfig, GatewayOutput, Manifest, Message, Phase,
+    PublicKey, QuorumCertificate, Replica, Request, StateChunk, Status, ValidatorSet, ViewChange,
+    verify_qc, verify_reply,
 };
 use pbft_host::driver::client_protocol::{self, ClientInput};
 use pbft_host::framing;
@@ -174,6 +175,85 @@ fn client_survives_any_reply() {
         client.request(0, b"op".to_vec());
         let _ = client.handle_reply(bytes);
     });
+}
+
+/// Gateway inputs, for the fuzzer to pick from: requests of two clients (one forged), and
+/// validators' replies to them, true and false.
+fn gateway_inputs() -> (Vec<Request>, Vec<Vec<u8>>) {
+    let mut requests = Vec::new();
+    let mut replies = Vec::new();
+    for seq in 1..=4u64 {
+        let mine = request(seq);
+        let mut forged = Request::new(&chain(), &client_key(1), seq, b"op".to_vec());
+        forged.signature = mine.signature;
+        let answered = [
+            (mine.client, seq, &b"ok"[..]),
+            (forged.client, seq, &b"no"[..]),
+        ];
+        for signer in 0..=VALIDATORS {
+            for index in 0..answered.len() {
+                let reply = testing::reply(signer, (seq % 2, seq), &answered, index);
+                replies.push(Message::Reply(reply).encode());
+            }
+        }
+        requests.extend([mine, forged]);
+    }
+    (requests, replies)
+}
+
+#[test]
+fn gateway_survives_any_input_sequence() {
+    let (requests, replies) = gateway_inputs();
+    let clients = [client_key(0).public_key(), client_key(1).public_key()];
+    check!()
+        .with_test_time(TEST_TIME)
+        .with_type::<Vec<(u8, u8, u8, Vec<u8>)>>()
+        .for_each(|inputs| {
+            let mut config = GatewayConfig::new(chain());
+            config.max_sessions = 1;
+            config.max_outstanding = 4;
+            config.max_outstanding_per_client = 3;
+            config.max_batch_ops = 2;
+            config.client_burst = 5;
+            config.request_timeout_ms = 2_000;
+            let mut gateway = Gateway::new(config.clone(), set()).expect("a valid config");
+            let mut now = 0u64;
+            for (selector, index, step, raw) in inputs {
+                now += u64::from(*step);
+                let client = &clients[*index as usize % clients.len()];
+                match selector % 6 {
+                    0 => {
+                        let _ = gateway.open(now, *client);
+                    }
+                    1 => gateway.close(client),
+                    2 => {
+                        let request = requests[*index as usize % requests.len()].clone();
+                        let _ = gateway.submit(now, client, request);
+                    }
+                    3 => {
+                        let _ = gateway.handle_reply(&replies[*index as usize % replies.len()]);
+                    }
+                    4 => {
+                        let _ = gateway.handle_reply(raw);
+                    }
+                    _ => gateway.handle_timeout(now),
+                }
+                while let Some(output) = gateway.poll_output() {
+                    let GatewayOutput::Answered { replies, .. } = output else {
+                        continue;
+                    };
+                    // What a client gets proves itself: f + 1 signers, one result.
+                    assert_eq!(replies.len(), VALIDATORS / 3 + 1);
+                    for reply in &replies {
+                        assert_eq!(reply.result, replies[0].result);
+                        assert!(verify_reply(&chain(), &set(), reply).is_ok());
+                    }
+                }
+                assert!(gateway.sessions() <= config.max_sessions);
+                assert!(gateway.outstanding() <= config.max_outstanding);
+                assert!(gateway.queued() < config.max_batch_ops);
+            }
+        });
 }
 
 #[test]

@@ -144,6 +144,7 @@ impl Scenario {
             fast_path: true,
             twins: None,
             snapshot_delay_ms: crate::scenario::draw_snapshot_delay(&mut rng),
+            via_gateway: false,
         }
     }
 }

@@ -49,6 +49,11 @@ struct Args {
     /// latency with it.
     #[arg(long)]
     no_fast_path: bool,
+    /// Sends every client's requests through one honest gateway (`pbft_core::Gateway`), which
+    /// batches them, routes them to the primary, fails over to every validator and hands each
+    /// client the f + 1 replies that prove its result.
+    #[arg(long)]
+    via_gateway: bool,
 }
 
 /// A planted bug, when the binary is built with them.
@@ -120,11 +125,12 @@ impl Mode {
     fn run(
         self,
         number: u64,
-        (validators, fast_path): (usize, bool),
+        (validators, fast_path, via_gateway): (usize, bool, bool),
         mutant: Planted,
     ) -> (Scenario, Report) {
         let mut scenario = self.scenario(number, validators);
         scenario.fast_path = fast_path;
+        scenario.via_gateway = via_gateway;
         let report = match (self, mutant) {
             #[cfg(feature = "mutants")]
             (_, Some(mutant)) => Simulation::with_mutant(number, scenario.clone(), mutant).run(),
@@ -193,6 +199,8 @@ fn main() -> ExitCode {
     let mut batches_fetched = 0u64;
     let validators = args.validators;
     let no_fast_path = args.no_fast_path;
+    let via_gateway = args.via_gateway;
+    let mut gateway = (0u64, 0u64, 0u64);
     let mutant = args.planted();
     let (mut deliveries, mut fast_deliveries) = (0u64, 0u64);
     let mut commit_delays: Vec<f64> = Vec::new();
@@ -207,7 +215,7 @@ fn main() -> ExitCode {
                     if seed >= seeds.end {
                         break;
                     }
-                    let run = mode.run(seed, (validators, !no_fast_path), mutant);
+                    let run = mode.run(seed, (validators, !no_fast_path, via_gateway), mutant);
                     if results.send((seed, run)).is_err() {
                         break;
                     }
@@ -231,6 +239,11 @@ fn main() -> ExitCode {
             deliveries += report.deliveries;
             fast_deliveries += report.fast_deliveries;
             commit_delays.extend(&report.commit_delays);
+            if let Some((answered, retransmitted, refused)) = report.gateway {
+                gateway.0 += answered;
+                gateway.1 += retransmitted;
+                gateway.2 += refused;
+            }
             if !report.violations.is_empty() {
                 failed += 1;
                 tally.failed += 1;
@@ -242,7 +255,11 @@ fn main() -> ExitCode {
                     eprintln!("  {violation}");
                 }
                 let flag = if no_fast_path { " --no-fast-path" } else { "" };
-                eprintln!("  replay: {}{flag}", mode.replay(seed, args.validators));
+                let route = if via_gateway { " --via-gateway" } else { "" };
+                eprintln!(
+                    "  replay: {}{flag}{route}",
+                    mode.replay(seed, args.validators)
+                );
             }
             done += 1;
             let progress =
@@ -298,6 +315,12 @@ fn main() -> ExitCode {
         delays(0.9),
         if no_fast_path { "off" } else { "on" }
     );
+    if via_gateway {
+        println!(
+            "gateway: {} requests answered with f + 1 matching replies, {} sent again to every validator, {} replies not counted (most came after f + 1 agreed)",
+            gateway.0, gateway.1, gateway.2
+        );
+    }
     let runs = match mode {
         Mode::Twins => "one run",
         Mode::Scripted | Mode::Generated => "two runs",

@@ -48,6 +48,9 @@ pub struct Report {
     /// its first signed pre-prepare to the delivery, in message delays (the scenario's mean
     /// one-way delay). A replica that restarted delivers again, late; medians are robust to it.
     pub commit_delays: Vec<f64>,
+    /// With clients behind a gateway: the requests it answered with f + 1 matching replies,
+    /// the requests it sent again to every validator, and the replies it refused.
+    pub gateway: Option<(u64, u64, u64)>,
     /// Digest of every output of every node, in order: equal across runs of one seed.
     pub trace: Digest,
 }

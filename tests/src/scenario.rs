@@ -220,6 +220,11 @@ pub struct Scenario {
     /// within the report of execution ([`pbft_core::Replica::executed`]). Drawn in half
     /// the runs.
     pub snapshot_delay_ms: u64,
+    /// Clients send through one honest [`pbft_core::Gateway`], which batches their requests,
+    /// sends them to the primary (to every validator when replies are late) and hands each
+    /// client the f + 1 replies that prove its result: false in every drawn scenario;
+    /// `pbft-sim --via-gateway` sets it.
+    pub via_gateway: bool,
 }
 
 /// Where the replicas of a Twins run stand in each view (Bano et al. 2020, section 4).
@@ -296,6 +301,7 @@ impl Scenario {
             fast_path: true,
             twins: None,
             snapshot_delay_ms: 0,
+            via_gateway: false,
         }
     }
 
@@ -339,6 +345,7 @@ impl Scenario {
             fast_path: true,
             twins: None,
             snapshot_delay_ms: 0,
+            via_gateway: false,
         }
     }
 
@@ -486,6 +493,7 @@ impl Scenario {
             fast_path: true,
             twins: None,
             snapshot_delay_ms: draw_snapshot_delay(&mut rng),
+            via_gateway: false,
         }
     }
 }

@@ -87,6 +87,7 @@ impl Scenario {
                 heal_ms: rng.range(4_000, 12_000),
             }),
             snapshot_delay_ms: crate::scenario::draw_snapshot_delay(&mut rng),
+            via_gateway: false,
         }
     }
 }

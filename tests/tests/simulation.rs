@@ -101,6 +101,37 @@ fn four_validators_stay_safe_and_live_over_500_seeds_of_every_scenario() {
     traces_match_golden(&reports[..GOLDEN_SEEDS]);
 }
 
+/// Clients behind one honest gateway, over every scenario kind: it batches their requests,
+/// routes them to the primary, sends late ones to every validator, and hands each client the
+/// f + 1 replies it checks itself; every invariant holds as with clients talking directly.
+#[test]
+fn clients_behind_a_gateway_stay_safe_and_live_over_200_seeds_of_every_scenario() {
+    let run = |seed| {
+        let mut scenario = Scenario::for_seed(seed, 4);
+        scenario.via_gateway = true;
+        run_checked(seed, &scenario)
+    };
+    let reports = run_all((0..200).collect(), run, |seed| {
+        format!("{} --via-gateway", replay_command(seed, 4))
+    });
+    exercised(&reports);
+    let gateway = |pick: fn(&(u64, u64, u64)) -> u64| -> u64 {
+        reports
+            .iter()
+            .filter_map(|r| r.gateway.as_ref())
+            .map(pick)
+            .sum()
+    };
+    assert!(
+        gateway(|g| g.0) >= committed(&reports),
+        "every accepted result came through the gateway"
+    );
+    assert!(
+        gateway(|g| g.1) > 0,
+        "late replies sent requests to every validator"
+    );
+}
+
 /// Seeds 0..GOLDEN_SEEDS at n = 4 whose trace digests (every output of every replica, every
 /// byte sent) are kept in `tests/traces/n4.txt`.
 const GOLDEN_SEEDS: usize = 200;

@@ -33,6 +33,7 @@ fn scenario(drip_feeder: Fault) -> Scenario {
         fast_path: true,
         twins: None,
         snapshot_delay_ms: 0,
+        via_gateway: false,
     }
 }
 

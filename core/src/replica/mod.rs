@@ -22,7 +22,7 @@ mod output;
 mod restore;
 mod retransmit;
 mod signature_cache;
-mod signatures;
+pub(crate) mod signatures;
 mod signer;
 mod slot;
 mod timers;

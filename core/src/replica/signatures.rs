@@ -32,26 +32,50 @@ pub(super) fn check_signatures<R: Borrow<Request>>(
     requests: &[R],
     leaves: &[Digest],
 ) -> Vec<Result<(), CryptoError>> {
+    let (verdicts, checked) = check_request_signatures(pool, requests, leaves);
+    metrics.signatures_verified += checked.signatures;
+    metrics.signatures_batch_verified += checked.batched;
+    verdicts
+}
+
+/// Signature checks one call of [`check_request_signatures`] made.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Checked {
+    /// Signatures checked, each time it was checked (in a batch or alone).
+    pub(crate) signatures: u64,
+    /// Of those, the ones checked in a batch of several.
+    pub(crate) batched: u64,
+}
+
+/// [`check_signatures`] for any role: the verdicts, and what they cost.
+pub(crate) fn check_request_signatures<R: Borrow<Request>>(
+    pool: &Pool,
+    requests: &[R],
+    leaves: &[Digest],
+) -> (Vec<Result<(), CryptoError>>, Checked) {
     let count = requests.len() as u64;
-    metrics.signatures_verified += count;
+    let mut checked = Checked {
+        signatures: count,
+        batched: 0,
+    };
     if let ([request], [leaf]) = (requests, leaves) {
         let request = request.borrow();
         let verdict = request
             .client
             .verifying_key()
             .and_then(|key| key.verify(leaf, &request.signature));
-        return vec![verdict];
+        return (vec![verdict], checked);
     }
     if count > 1 {
-        metrics.signatures_batch_verified += count;
+        checked.batched += count;
     }
     if batch_check(pool, requests, leaves) {
-        return vec![Ok(()); requests.len()];
+        return (vec![Ok(()); requests.len()], checked);
     }
     let (verdicts, cost) = find_forged(requests, leaves);
-    metrics.signatures_verified += cost.batched + cost.single;
-    metrics.signatures_batch_verified += cost.batched;
-    verdicts
+    checked.signatures += cost.batched + cost.single;
+    checked.batched += cost.batched;
+    (verdicts, checked)
 }
 
 /// What finding the forged requests of a batch cost, beyond the batch check that failed.

@@ -31,7 +31,10 @@ impl Simulation {
         let from = self.validators.len() + index;
         let primary = client.client.primary().0 as usize;
         let bytes = Message::Request(request).encode();
-        let replicas: Vec<usize> = self.instances_of(primary).collect();
+        let replicas: Vec<usize> = match self.gateway_node() {
+            Some(gateway) => vec![gateway],
+            None => self.instances_of(primary).collect(),
+        };
         for replica in replicas {
             self.send(replica, from, bytes.clone());
         }
@@ -54,7 +57,8 @@ impl Simulation {
         self.next_request(index);
     }
 
-    /// Client `index`'s timer set for `at`: it retransmits its request to every validator.
+    /// Client `index`'s timer set for `at`: it retransmits its request to every validator, or
+    /// to its gateway (which sends it to every validator when their replies are late).
     pub(super) fn client_timer(&mut self, index: usize, at: u64) {
         if self.clients[index].client.poll_timeout() != Some(at) {
             return;
@@ -62,8 +66,12 @@ impl Simulation {
         if let Some(request) = self.clients[index].client.handle_timeout(self.now) {
             let bytes = Message::Request(request.clone()).encode();
             let from = self.validators.len() + index;
-            for replica in 0..self.validators.len() {
-                self.send(replica, from, bytes.clone());
+            let targets: Vec<usize> = match self.gateway_node() {
+                Some(gateway) => vec![gateway],
+                None => (0..self.validators.len()).collect(),
+            };
+            for target in targets {
+                self.send(target, from, bytes.clone());
             }
         }
         self.schedule_client_timer(index);

@@ -3,7 +3,7 @@
 //! Its parts, one job each: [`network`] carries messages (loss, duplication, delay,
 //! partitions) and routes what validators send; [`validator`] is the host of each simulated
 //! validator (its application, store, crashes and restarts); [`clients`] are the closed-loop
-//! clients; [`byzantine`] corrupts what faulty validators send as scripted, [`generated`] as a
+//! clients, and [`gateway`] the gateway they may send through; [`byzantine`] corrupts what faulty validators send as scripted, [`generated`] as a
 //! seeded policy draws; [`checks`] holds the
 //! invariants checked after every step and at the end.
 //!
@@ -21,16 +21,19 @@ use crate::{Fault, Rng, Scenario, chain, validator_keys};
 mod byzantine;
 mod checks;
 mod clients;
+mod gateway;
 mod generated;
 mod network;
 mod validator;
 
 use checks::Committed;
 use clients::SimClient;
+use gateway::SimGateway;
 use validator::Validator;
 
 /// A node in the simulation: the validators' replicas first (each validator in id order, then
-/// the second replica of each twinned validator), then the clients.
+/// the second replica of each twinned validator), then the clients, then the gateway if the
+/// scenario has one.
 type NodeId = usize;
 
 /// Something that happens at a point of virtual time.
@@ -45,6 +48,8 @@ enum Event {
     Timer { node: NodeId, at: u64 },
     /// A client's timer set for `at` fires, unless it was reset since.
     ClientTimer { client: usize, at: u64 },
+    /// The gateway's timer set for `at` fires, unless it was reset since.
+    GatewayTimer { at: u64 },
     /// A validator is armed to crash at a random point of its next step.
     Crash { node: NodeId },
     /// An armed crash that found no step to interrupt happens now, between steps.
@@ -79,6 +84,8 @@ pub struct Simulation {
     queue: BTreeMap<(u64, u64), Event>,
     validators: Vec<Validator>,
     clients: Vec<SimClient>,
+    /// The gateway the clients send through, in a scenario [`Scenario::via_gateway`].
+    gateway: Option<SimGateway>,
     set: ValidatorSet,
     /// The validators' keys, by index.
     keys: Vec<PublicKey>,
@@ -163,7 +170,10 @@ impl Simulation {
                 outstanding: None,
             })
             .collect();
-        let client_keys = clients.iter().map(|c| c.client.public_key()).collect();
+        let client_keys: Vec<PublicKey> = clients.iter().map(|c| c.client.public_key()).collect();
+        let gateway = scenario
+            .via_gateway
+            .then(|| SimGateway::new(&set, &client_keys));
         Simulation {
             rng: Rng::new(seed),
             now: 0,
@@ -171,6 +181,7 @@ impl Simulation {
             queue: BTreeMap::new(),
             validators,
             clients,
+            gateway,
             set,
             keys,
             client_keys,
@@ -223,6 +234,7 @@ impl Simulation {
                     }
                 }
                 Event::ClientTimer { client, at } => self.client_timer(client, at),
+                Event::GatewayTimer { at } => self.gateway_timer(at),
                 Event::Crash { node } => self.validators[node].crash_armed = true,
                 Event::CrashNow { node } => {
                     if self.validators[node].crash_armed {
@@ -330,6 +342,14 @@ impl Simulation {
             .filter(|node| node.fault.is_none())
             .map(|node| node.replica.metrics().batches_fetched)
             .sum();
+        self.report.gateway = self.gateway.as_ref().map(|gateway| {
+            let metrics = gateway.gateway.metrics();
+            (
+                metrics.requests_answered,
+                metrics.retransmissions,
+                metrics.replies_rejected,
+            )
+        });
         self.check_liveness();
         if std::env::var_os("PBFT_SIM_DEBUG").is_some() {
             for (index, node) in self.validators.iter().enumerate() {

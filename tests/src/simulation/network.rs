@@ -69,17 +69,24 @@ impl Simulation {
             .is_some_and(|sides| sides.get(a) != sides.get(b))
     }
 
-    /// The key node `from` sends with: its validator's, or its client's.
+    /// The key node `from` sends with: its validator's, its client's, or the gateway's.
     fn key_of(&self, from: NodeId) -> PublicKey {
         match self.validators.get(from) {
             Some(node) => self.keys[node.id],
-            None => self.client_keys[from - self.validators.len()],
+            None => match self.client_keys.get(from - self.validators.len()) {
+                Some(key) => *key,
+                None => self.gateway_key(),
+            },
         }
     }
 
     /// A message arrives at node `to`: a client, or a validator that is up (and, if faulty,
     /// lets its core see it), which then carries out what its replica outputs.
     pub(super) fn deliver(&mut self, to: NodeId, from: PublicKey, bytes: Vec<u8>) {
+        if Some(to) == self.gateway_node() {
+            self.gateway_receives(from, &bytes);
+            return;
+        }
         if to >= self.validators.len() {
             self.client_receives(to - self.validators.len(), &bytes);
             return;
@@ -103,8 +110,12 @@ impl Simulation {
             Destination::AllValidators => (0..self.validators.len())
                 .filter(|&i| self.validators[i].id != own)
                 .collect(),
+            // Clients behind the gateway get their replies through it.
             Destination::Client(key) => match self.client_keys.iter().position(|k| *k == key) {
-                Some(client) => vec![self.validators.len() + client],
+                Some(client) => vec![
+                    self.gateway_node()
+                        .unwrap_or(self.validators.len() + client),
+                ],
                 None => return,
             },
         };

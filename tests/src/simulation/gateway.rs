@@ -1,0 +1,132 @@
+//! The gateway clients may send through ([`Scenario::via_gateway`](crate::Scenario)): an honest
+//! [`Gateway`] on the simulated network like any node, its messages lost, duplicated and
+//! delayed like the others. Clients still check every result themselves, from the f + 1
+//! replies it hands them.
+
+use pbft_core::testing::chain;
+use pbft_core::{
+    Gateway, GatewayConfig, GatewayOutput, Hasher, Keypair, Message, PublicKey, ValidatorSet,
+};
+
+use super::{Event, NodeId, Simulation};
+
+/// The simulated gateway.
+pub(super) struct SimGateway {
+    pub(super) gateway: Gateway,
+    /// The key it connects to validators with (its transport identity; it signs nothing).
+    key: PublicKey,
+    /// When its timer is set for.
+    timer: Option<u64>,
+}
+
+impl SimGateway {
+    /// A gateway in front of `set`, with a session open for each of `clients`.
+    pub(super) fn new(set: &ValidatorSet, clients: &[PublicKey]) -> Self {
+        let mut config = GatewayConfig::new(chain());
+        config.max_batch_ops = 8;
+        let mut gateway = Gateway::new(config, set.clone()).expect("a valid gateway config");
+        for client in clients {
+            gateway
+                .open(0, *client)
+                .expect("room for every simulated client");
+        }
+        let key = Keypair::from_seed(&Hasher::new(b"sim/gateway").finish().0).public_key();
+        SimGateway {
+            gateway,
+            key,
+            timer: None,
+        }
+    }
+}
+
+impl Simulation {
+    /// The gateway's node, if the clients send through one.
+    pub(super) fn gateway_node(&self) -> Option<NodeId> {
+        self.gateway
+            .as_ref()
+            .map(|_| self.validators.len() + self.clients.len())
+    }
+
+    /// The gateway's transport key (a key no validator or client has, if there is none).
+    pub(super) fn gateway_key(&self) -> PublicKey {
+        self.gateway
+            .as_ref()
+            .map_or(PublicKey([0; 32]), |gateway| gateway.key)
+    }
+
+    /// Bytes reach the gateway: a validator's reply, or a client's request.
+    pub(super) fn gateway_receives(&mut self, from: PublicKey, bytes: &[u8]) {
+        let now = self.now;
+        let from_validator = self.keys.contains(&from);
+        let Some(sim) = self.gateway.as_mut() else {
+            return;
+        };
+        // Refusals are expected: late and duplicated replies, a client's retransmission of a
+        // request the gateway still holds. Counted in its metrics, not fatal.
+        if from_validator {
+            let _ = sim.gateway.handle_reply(bytes);
+        } else if let Ok(Message::Request(request)) = Message::decode(bytes, usize::MAX) {
+            let _ = sim.gateway.submit(now, &from, request);
+        }
+        self.gateway_drain();
+    }
+
+    /// The gateway's timer set for `at` fires, unless it was reset since.
+    pub(super) fn gateway_timer(&mut self, at: u64) {
+        let now = self.now;
+        let Some(sim) = self.gateway.as_mut() else {
+            return;
+        };
+        if sim.timer != Some(at) {
+            return;
+        }
+        sim.timer = None;
+        sim.gateway.handle_timeout(now);
+        self.gateway_drain();
+    }
+
+    /// Carries out what the gateway output: requests to validators, proven replies to
+    /// clients (a refused request is retransmitted by its client's own timer); then sets its
+    /// timer.
+    fn gateway_drain(&mut self) {
+        let Some(node) = self.gateway_node() else {
+            return;
+        };
+        while let Some(output) = self
+            .gateway
+            .as_mut()
+            .and_then(|sim| sim.gateway.poll_output())
+        {
+            match output {
+                GatewayOutput::Transmit { to, bytes } => {
+                    let replicas: Vec<NodeId> = self.instances_of(to.0 as usize).collect();
+                    for replica in replicas {
+                        self.send(replica, node, bytes.clone());
+                    }
+                }
+                GatewayOutput::Answered {
+                    client, replies, ..
+                } => {
+                    let Some(index) = self.client_keys.iter().position(|k| *k == client) else {
+                        continue;
+                    };
+                    for reply in replies {
+                        let bytes = Message::Reply(reply).encode();
+                        self.send(self.validators.len() + index, node, bytes);
+                    }
+                }
+                GatewayOutput::Refused { .. } => {}
+            }
+        }
+        let Some(sim) = self.gateway.as_mut() else {
+            return;
+        };
+        let next = sim.gateway.poll_timeout();
+        if next.is_some() && next != sim.timer {
+            sim.timer = next;
+            if let Some(at) = next {
+                self.schedule_at(at.max(self.now), Event::GatewayTimer { at });
+            }
+        }
+    }
+}
