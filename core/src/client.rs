@@ -1,11 +1,11 @@
 //! The client role: signs requests, and accepts a result once f + 1 validators signed the
 //! same one, so at least one honest validator vouches for it.
 
-use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
+use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec::Vec;
 
 use crate::config::{ChainId, ReplicaId, ValidatorSet};
-use crate::crypto::{Digest, Keypair, PublicKey, digest_of};
+use crate::crypto::{Digest, Keypair, PublicKey, Signature, digest_of};
 use crate::envelope::DecodeError;
 use crate::merkle::{self, InclusionProof};
 use crate::message::Message;
@@ -42,6 +42,14 @@ pub enum ClientError {
     /// The Merkle path or the signature does not verify.
     #[error("reply signature does not verify")]
     BadSignature,
+    /// The reply names another signer than the validator whose connection it came on.
+    #[error("reply signed as {claimed} came from validator {from}")]
+    NotFromSigner {
+        /// The signer the reply names.
+        claimed: ReplicaId,
+        /// The validator that sent it.
+        from: ReplicaId,
+    },
 }
 
 /// Largest reply a client decodes by default: a result and its Merkle path. 4 MiB, the same
@@ -268,35 +276,46 @@ pub fn verify_reply(
     verify_reply_cached(chain, validators, reply, &mut ReplyCache::new(0))
 }
 
-/// Statements (validator, signed reply root) whose signature was checked, most recent
-/// first out of the way: once a validator is known to have signed a root, any reply whose
-/// Merkle path leads to that root is its reply, whichever valid signature it carries.
+/// Statements (validator, signed reply root) whose signature was checked, with that
+/// signature: once a validator is known to have signed a root, a reply whose Merkle path
+/// leads to that root and that carries the same signature bytes is its reply, at the cost of
+/// a comparison. A reply with other bytes is checked (a copy with a forged signature must not
+/// pass for the validator's, or a gateway would forward it to clients that refuse it).
+///
+/// Each validator has its own `capacity` statements, its oldest out first, so one validator
+/// signing many roots cannot push the others' out.
 #[derive(Debug, Default)]
 pub struct ReplyCache {
     capacity: usize,
-    known: BTreeSet<(ReplicaId, Digest)>,
-    order: VecDeque<(ReplicaId, Digest)>,
+    known: BTreeMap<(ReplicaId, Digest), Signature>,
+    order: BTreeMap<ReplicaId, VecDeque<Digest>>,
 }
 
 impl ReplyCache {
-    /// A cache of at most `capacity` statements (0 caches nothing).
+    /// A cache of at most `capacity` statements per validator (0 caches nothing).
     pub fn new(capacity: usize) -> Self {
         ReplyCache {
             capacity,
-            known: BTreeSet::new(),
-            order: VecDeque::new(),
+            known: BTreeMap::new(),
+            order: BTreeMap::new(),
         }
     }
 
-    fn insert(&mut self, statement: (ReplicaId, Digest)) {
-        if self.capacity == 0 || !self.known.insert(statement) {
+    /// Whether `replica` is known to have made `signature` over `signed`.
+    fn holds(&self, replica: ReplicaId, signed: &Digest, signature: &Signature) -> bool {
+        self.known.get(&(replica, *signed)) == Some(signature)
+    }
+
+    fn insert(&mut self, replica: ReplicaId, signed: Digest, signature: Signature) {
+        if self.capacity == 0 || self.known.insert((replica, signed), signature).is_some() {
             return;
         }
-        self.order.push_back(statement);
-        if self.order.len() > self.capacity
-            && let Some(oldest) = self.order.pop_front()
+        let order = self.order.entry(replica).or_default();
+        order.push_back(signed);
+        if order.len() > self.capacity
+            && let Some(oldest) = order.pop_front()
         {
-            self.known.remove(&oldest);
+            self.known.remove(&(replica, oldest));
         }
     }
 }
@@ -331,12 +350,11 @@ pub(crate) fn check_root_signature(
         .key(reply.replica)
         .ok_or(ClientError::UnknownReplica(reply.replica))?;
     let signed = reply_root_digest(chain, validators.epoch(), reply.view, reply.seq, root);
-    let statement = (reply.replica, signed);
-    if cache.known.contains(&statement) {
+    if cache.holds(reply.replica, &signed, &reply.signature) {
         return Ok(());
     }
     key.verify(&signed, &reply.signature)
         .map_err(|_| ClientError::BadSignature)?;
-    cache.insert(statement);
+    cache.insert(reply.replica, signed, reply.signature);
     Ok(())
 }

@@ -14,11 +14,16 @@
 //! once), and outstanding requests per client and in all. Every refusal is a [`Shed`] the host
 //! shows the client, counted by reason in [`GatewayMetrics::shed`].
 //!
+//! A client that forges signatures pays for it: each forgery costs it a whole burst of its
+//! bucket (the balance goes below zero), and its bucket outlives its session, so
+//! reconnecting buys nothing.
+//!
 //! Replies: a validator signs one root per batch, so the gateway checks one signature per
-//! (validator, batch), not per reply ([`ReplyCache`]). Replies are counted by (seq, result,
-//! reply root): the f + 1 that agree are rebuilt around the result and Merkle path of the one
-//! that completed them, and each still verifies for the client, which need not trust the
-//! gateway ([`crate::Client::handle_reply`] takes them as they are).
+//! (validator, batch), not per reply ([`ReplyCache`], a slice per validator). A reply counts
+//! only from the validator that signed it, once, and replies are counted by (seq, result):
+//! the f + 1 that agree are handed over each with its own signature and Merkle path, so each
+//! verifies for the client, which need not trust the gateway
+//! ([`crate::Client::handle_reply`] takes them as they are).
 
 use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::vec::Vec;
@@ -26,6 +31,7 @@ use alloc::vec::Vec;
 use crate::client::{ClientError, ReplyCache, check_root_signature, reply_root};
 use crate::config::{ChainId, ConfigError, ReplicaId, ValidatorSet};
 use crate::crypto::{Digest, Pool, PublicKey, Signature, digest_of};
+use crate::merkle::InclusionProof;
 use crate::message::Message;
 use crate::replica::signatures::check_request_signatures;
 use crate::statement::{Reply, Request};
@@ -57,7 +63,8 @@ pub struct GatewayConfig {
     /// How long a request waits for f + 1 replies before it goes to every validator, in ms;
     /// each retry doubles it, up to 8×.
     pub retransmit_ms: u64,
-    /// How long a request may go unanswered before the gateway gives up on it, in ms.
+    /// How long a request may go unanswered before the gateway gives up on it, in ms
+    /// (checked at each retransmission, so it fires up to one back-off interval later).
     pub request_timeout_ms: u64,
     /// Largest reply decoded, in bytes.
     pub max_reply_bytes: usize,
@@ -230,13 +237,16 @@ pub struct GatewayMetrics {
     pub replies_rejected: u64,
 }
 
-/// A client's session: its token bucket and its outstanding requests.
+/// A client key's state: its token bucket, whether a session is open, and its outstanding
+/// requests.
 #[derive(Debug)]
 struct Session {
-    /// Thousandths of a request the client may send now.
-    tokens: u64,
+    /// Thousandths of a request the client may send now; below zero after a forgery.
+    tokens: i64,
     /// When `tokens` was last refilled, in ms.
     refilled: u64,
+    /// Whether a session is open (a closed one is kept for its bucket, a while).
+    open: bool,
     /// Client seqs queued or awaiting replies.
     outstanding: BTreeSet<u64>,
 }
@@ -259,14 +269,17 @@ struct Pending {
 /// One validator's reply, as counted: what it says and what proves it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Vote {
-    /// (seq, result digest, reply root): what f + 1 must agree on.
-    says: (u64, Digest, Digest),
+    /// (seq, result digest): what f + 1 must agree on. Not the reply root: an honest
+    /// validator that answers a retransmission after a state transfer signs a root of its
+    /// own for it.
+    says: (u64, Digest),
     view: u64,
+    proof: InclusionProof,
     signature: Signature,
 }
 
-/// Reply statements a gateway remembers as checked: a few batches' worth per validator.
-const REPLY_CACHE: usize = 4096;
+/// Reply statements a gateway remembers as checked per validator: a few batches' worth.
+const REPLY_CACHE: usize = 1024;
 
 /// The gateway: sans-IO like [`crate::Replica`]. The host opens a session per client
 /// connection whose key the handshake proved ([`Gateway::open`]), hands over requests
@@ -276,7 +289,11 @@ const REPLY_CACHE: usize = 4096;
 pub struct Gateway {
     config: GatewayConfig,
     validators: ValidatorSet,
+    /// Every key with an open session, and closed ones still remembered.
     sessions: BTreeMap<PublicKey, Session>,
+    open_sessions: usize,
+    /// Keys whose sessions closed, oldest first: at most `max_sessions` are remembered.
+    closed: VecDeque<PublicKey>,
     pending: BTreeMap<(PublicKey, u64), Pending>,
     /// Requests waiting for the next batch, oldest first, and their encoded bytes.
     queue: VecDeque<(PublicKey, u64)>,
@@ -304,6 +321,8 @@ impl Gateway {
             config,
             validators,
             sessions: BTreeMap::new(),
+            open_sessions: 0,
+            closed: VecDeque::new(),
             pending: BTreeMap::new(),
             queue: VecDeque::new(),
             queued_bytes: 0,
@@ -317,16 +336,21 @@ impl Gateway {
     }
 
     /// Opens a session for `client` at `now` (ms), whose key the transport's handshake
-    /// proved; opening one that is open already keeps it as it is.
+    /// proved; opening one that is open already keeps it as it is. A key whose session
+    /// closed lately gets its bucket back as it was.
     ///
     /// # Errors
     ///
     /// [`Shed::SessionsFull`] at [`GatewayConfig::max_sessions`]; [`Shed::BadKey`].
     pub fn open(&mut self, now: u64, client: PublicKey) -> Result<(), Shed> {
-        if self.sessions.contains_key(&client) {
+        if self
+            .sessions
+            .get(&client)
+            .is_some_and(|session| session.open)
+        {
             return Ok(());
         }
-        let refused = if self.sessions.len() >= self.config.max_sessions {
+        let refused = if self.open_sessions >= self.config.max_sessions {
             Some(Shed::SessionsFull)
         } else {
             client.check().err().map(|_| Shed::BadKey)
@@ -334,30 +358,57 @@ impl Gateway {
         if let Some(reason) = refused {
             return Err(self.shed(reason));
         }
-        let tokens = self.config.client_burst.saturating_mul(1000);
-        self.sessions.insert(
-            client,
-            Session {
-                tokens,
-                refilled: now,
-                outstanding: BTreeSet::new(),
-            },
-        );
+        let full = self.burst();
+        let session = self.sessions.entry(client).or_insert(Session {
+            tokens: full,
+            refilled: now,
+            open: false,
+            outstanding: BTreeSet::new(),
+        });
+        session.open = true;
+        self.open_sessions += 1;
         Ok(())
     }
 
     /// Closes `client`'s session and forgets its outstanding requests (they may still
     /// execute: the client learns their results by sending them again, here or elsewhere).
+    /// Its bucket is remembered until `max_sessions` more sessions have closed.
     pub fn close(&mut self, client: &PublicKey) {
-        let Some(session) = self.sessions.remove(client) else {
+        let Some(session) = self.sessions.get_mut(client).filter(|session| session.open) else {
             return;
         };
+        session.open = false;
+        let outstanding = core::mem::take(&mut session.outstanding);
+        self.open_sessions = self.open_sessions.saturating_sub(1);
         self.queue.retain(|(queued, _)| queued != client);
-        for client_seq in session.outstanding {
+        for client_seq in outstanding {
             if let Some(pending) = self.pending.remove(&(*client, client_seq)) {
+                if pending.deadline.is_none() {
+                    let len = pending.request.encoded_len();
+                    self.queued_bytes = self.queued_bytes.saturating_sub(len);
+                }
                 self.forget(*client, client_seq, &pending);
             }
         }
+        self.closed.push_back(*client);
+        while self.closed.len() > self.config.max_sessions {
+            let Some(oldest) = self.closed.pop_front() else {
+                break;
+            };
+            // Unless it reopened since (and may close again: then it is queued again).
+            if self
+                .sessions
+                .get(&oldest)
+                .is_some_and(|session| !session.open)
+            {
+                self.sessions.remove(&oldest);
+            }
+        }
+    }
+
+    /// A whole bucket, in thousandths of a request.
+    fn burst(&self) -> i64 {
+        i64::try_from(self.config.client_burst.saturating_mul(1000)).unwrap_or(i64::MAX)
     }
 
     /// A request from `client`'s session at `now` (ms): queued for the next batch, which goes
@@ -383,9 +434,16 @@ impl Gateway {
 
     fn admit(&mut self, now: u64, client: &PublicKey, request: Request) -> Result<(), Shed> {
         let config = &self.config;
-        let session = self.sessions.get_mut(client).ok_or(Shed::NoSession)?;
+        let session = self
+            .sessions
+            .get_mut(client)
+            .filter(|session| session.open)
+            .ok_or(Shed::NoSession)?;
         refill(session, now, config.client_rate, config.client_burst);
-        session.tokens = session.tokens.checked_sub(1000).ok_or(Shed::RateLimited)?;
+        if session.tokens < 1000 {
+            return Err(Shed::RateLimited);
+        }
+        session.tokens -= 1000;
         if request.client != *client {
             return Err(Shed::WrongClient);
         }
@@ -426,28 +484,36 @@ impl Gateway {
         Ok(())
     }
 
-    /// A reply from a validator's connection.
+    /// A reply from validator `from`'s connection.
     ///
     /// # Errors
     ///
     /// Why it was not counted ([`ClientError`]): undecodable or over
-    /// [`GatewayConfig::max_reply_bytes`], not a reply, for no outstanding request, from no
-    /// validator, or a path or signature that does not verify.
-    pub fn handle_reply(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
-        let verdict = self.count_reply(bytes);
+    /// [`GatewayConfig::max_reply_bytes`], not a reply, signed by another validator than
+    /// `from`, for no outstanding request, or a path or signature that does not verify.
+    pub fn handle_reply(&mut self, from: ReplicaId, bytes: &[u8]) -> Result<(), ClientError> {
+        let verdict = self.count_reply(from, bytes);
         if verdict.is_err() {
             self.metrics.replies_rejected += 1;
         }
         verdict
     }
 
-    fn count_reply(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+    fn count_reply(&mut self, from: ReplicaId, bytes: &[u8]) -> Result<(), ClientError> {
         let reply = match Message::decode(bytes, self.config.max_reply_bytes)
             .map_err(ClientError::Decode)?
         {
             Message::Reply(reply) => reply,
             _ => return Err(ClientError::NotAReply),
         };
+        // A validator sends its own replies: one naming another signer would let the sender
+        // stand in for that signer's vote.
+        if reply.replica != from {
+            return Err(ClientError::NotFromSigner {
+                claimed: reply.replica,
+                from,
+            });
+        }
         let key = (reply.client, reply.client_seq);
         let pending = self
             .pending
@@ -460,22 +526,22 @@ impl Gateway {
         let chain = &self.config.chain_id;
         let root = reply_root(chain, &reply)?;
         check_root_signature(chain, &self.validators, &reply, &root, &mut self.replies)?;
-        let says = (reply.seq, digest_of(b"pbft/v1/result", &reply.result), root);
+        let says = (reply.seq, digest_of(b"pbft/v1/result", &reply.result));
         pending.votes.insert(
             reply.replica,
             Vote {
                 says,
                 view: reply.view,
+                proof: reply.proof.clone(),
                 signature: reply.signature,
             },
         );
-        let agreeing: Vec<(ReplicaId, u64, Signature)> = pending
+        let agreeing = pending
             .votes
-            .iter()
-            .filter(|(_, vote)| vote.says == says)
-            .map(|(replica, vote)| (*replica, vote.view, vote.signature))
-            .collect();
-        if agreeing.len() < self.validators.reply_quorum() {
+            .values()
+            .filter(|vote| vote.says == says)
+            .count();
+        if agreeing < self.validators.reply_quorum() {
             return Ok(());
         }
         let Some(pending) = self.pending.remove(&key) else {
@@ -485,17 +551,23 @@ impl Gateway {
         if let Some(session) = self.sessions.get_mut(&reply.client) {
             session.outstanding.remove(&reply.client_seq);
         }
-        self.view = self.view.max(reply.view);
-        self.metrics.requests_answered += 1;
-        let replies = agreeing
+        let replies: Vec<Reply> = pending
+            .votes
             .into_iter()
-            .map(|(replica, view, signature)| Reply {
-                view,
+            .filter(|(_, vote)| vote.says == says)
+            .map(|(replica, vote)| Reply {
+                view: vote.view,
                 replica,
-                signature,
+                proof: vote.proof,
+                signature: vote.signature,
                 ..reply.clone()
             })
             .collect();
+        // The primary is where f + 1 say it is: the lowest of their views, so one validator
+        // signing a high view cannot send every batch to a primary of its choosing.
+        let view = replies.iter().map(|reply| reply.view).min().unwrap_or(0);
+        self.view = self.view.max(view);
+        self.metrics.requests_answered += 1;
         self.outputs.push_back(GatewayOutput::Answered {
             client: reply.client,
             client_seq: reply.client_seq,
@@ -569,7 +641,7 @@ impl Gateway {
 
     /// Client sessions open.
     pub fn sessions(&self) -> usize {
-        self.sessions.len()
+        self.open_sessions
     }
 
     /// Requests queued for a batch or awaiting replies.
@@ -616,22 +688,28 @@ impl Gateway {
     }
 
     fn send_batch(&mut self, now: u64, keys: &[(PublicKey, u64)]) {
-        let (requests, leaves): (Vec<&Request>, Vec<Digest>) = keys
+        // Keys, requests and digests kept together, so each verdict meets its own key.
+        let found: Vec<((PublicKey, u64), &Pending)> = keys
             .iter()
-            .filter_map(|key| self.pending.get(key))
-            .map(|pending| (&pending.request, pending.digest))
-            .unzip();
+            .filter_map(|key| self.pending.get(key).map(|pending| (*key, pending)))
+            .collect();
+        let requests: Vec<&Request> = found.iter().map(|(_, p)| &p.request).collect();
+        let leaves: Vec<Digest> = found.iter().map(|(_, p)| p.digest).collect();
+        let keys: Vec<(PublicKey, u64)> = found.iter().map(|(key, _)| *key).collect();
         let (verdicts, checked) = check_request_signatures(&Pool::default(), &requests, &leaves);
         self.metrics.signatures_verified += checked.signatures;
         let primary = self.primary();
         let deadline = now.saturating_add(self.config.retransmit_ms);
         let mut sent = 0;
-        for (&(client, client_seq), verdict) in keys.iter().zip(verdicts) {
+        let penalty = self.burst();
+        for ((client, client_seq), verdict) in keys.into_iter().zip(verdicts) {
             let key = (client, client_seq);
             if verdict.is_err() {
                 self.pending.remove(&key);
                 if let Some(session) = self.sessions.get_mut(&client) {
                     session.outstanding.remove(&client_seq);
+                    // A forgery costs the client a whole burst of requests.
+                    session.tokens = session.tokens.saturating_sub(penalty);
                 }
                 self.refuse(client, client_seq, Shed::BadSignature);
                 continue;
@@ -681,8 +759,8 @@ impl Gateway {
 fn refill(session: &mut Session, now: u64, rate: u64, burst: u64) {
     let elapsed = now.saturating_sub(session.refilled);
     session.refilled = session.refilled.max(now);
-    let cap = burst.saturating_mul(1000);
-    let added = elapsed.saturating_mul(rate);
+    let cap = i64::try_from(burst.saturating_mul(1000)).unwrap_or(i64::MAX);
+    let added = i64::try_from(elapsed.saturating_mul(rate)).unwrap_or(i64::MAX);
     session.tokens = session.tokens.saturating_add(added).min(cap);
 }
 

@@ -9,8 +9,8 @@ use pbft_core::testing::{
 };
 use pbft_core::{
     Client, Config, FetchState, Gateway, GatewayConfig, GatewayOutput, Manifest, Message, Phase,
-    PublicKey, QuorumCertificate, Replica, Request, StateChunk, Status, ValidatorSet, ViewChange,
-    verify_qc, verify_reply,
+    PublicKey, QuorumCertificate, Replica, ReplicaId, Request, StateChunk, Status, ValidatorSet,
+    ViewChange, verify_qc, verify_reply,
 };
 use pbft_host::driver::client_protocol::{self, ClientInput};
 use pbft_host::framing;
@@ -178,8 +178,9 @@ fn client_survives_any_reply() {
 }
 
 /// Gateway inputs, for the fuzzer to pick from: requests of two clients (one forged), and
-/// validators' replies to them, true and false.
-fn gateway_inputs() -> (Vec<Request>, Vec<Vec<u8>>) {
+/// validators' replies to them with the validator each comes from: true and false results,
+/// views far apart, signature bytes zeroed, and replies handed in by another validator.
+fn gateway_inputs() -> (Vec<Request>, Vec<(ReplicaId, Vec<u8>)>) {
     let mut requests = Vec::new();
     let mut replies = Vec::new();
     for seq in 1..=4u64 {
@@ -192,8 +193,15 @@ fn gateway_inputs() -> (Vec<Request>, Vec<Vec<u8>>) {
         ];
         for signer in 0..=VALIDATORS {
             for index in 0..answered.len() {
-                let reply = testing::reply(signer, (seq % 2, seq), &answered, index);
-                replies.push(Message::Reply(reply).encode());
+                let view = (seq % 2) * 1_000;
+                let reply = testing::reply(signer, (view, seq), &answered, index);
+                let id = ReplicaId(signer as u16);
+                let mut zeroed = reply.clone();
+                zeroed.signature = pbft_core::Signature([0; 64]);
+                let other = ReplicaId(((signer + 1) % VALIDATORS) as u16);
+                replies.push((id, Message::Reply(zeroed).encode()));
+                replies.push((other, Message::Reply(reply.clone()).encode()));
+                replies.push((id, Message::Reply(reply).encode()));
             }
         }
         requests.extend([mine, forged]);
@@ -231,10 +239,12 @@ fn gateway_survives_any_input_sequence() {
                         let _ = gateway.submit(now, client, request);
                     }
                     3 => {
-                        let _ = gateway.handle_reply(&replies[*index as usize % replies.len()]);
+                        let (from, reply) = &replies[*index as usize % replies.len()];
+                        let _ = gateway.handle_reply(*from, reply);
                     }
                     4 => {
-                        let _ = gateway.handle_reply(raw);
+                        let from = ReplicaId(u16::from(*step) % 5);
+                        let _ = gateway.handle_reply(from, raw);
                     }
                     _ => gateway.handle_timeout(now),
                 }

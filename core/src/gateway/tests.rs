@@ -94,17 +94,25 @@ fn f_plus_one_matching_replies_answer_and_each_verifies_for_the_client() {
     let honest: &Answered = &[(other, 3, b"theirs"), (key, 7, b"ok")];
     let lying: &Answered = &[(key, 7, b"forged result")];
     // Validator 1 signs a false result: it counts for nothing until f + 1 agree with it.
-    gateway.handle_reply(&reply(1, 4, 9, lying, 0)).unwrap();
-    gateway.handle_reply(&reply(2, 4, 9, honest, 1)).unwrap();
+    gateway
+        .handle_reply(ReplicaId(1), &reply(1, 4, 9, lying, 0))
+        .unwrap();
+    gateway
+        .handle_reply(ReplicaId(2), &reply(2, 4, 9, honest, 1))
+        .unwrap();
     assert!(
         outputs(&mut gateway).is_empty(),
         "one lie and one truth decide nothing"
     );
     // A second reply from validator 2 is not counted twice.
-    gateway.handle_reply(&reply(2, 4, 9, honest, 1)).unwrap();
+    gateway
+        .handle_reply(ReplicaId(2), &reply(2, 4, 9, honest, 1))
+        .unwrap();
     assert!(outputs(&mut gateway).is_empty());
     // Validator 3 committed the same batch in another view: its reply still matches.
-    gateway.handle_reply(&reply(3, 5, 9, honest, 1)).unwrap();
+    gateway
+        .handle_reply(ReplicaId(3), &reply(3, 5, 9, honest, 1))
+        .unwrap();
     let answered = outputs(&mut gateway);
     let [
         GatewayOutput::Answered {
@@ -138,12 +146,12 @@ fn f_plus_one_matching_replies_answer_and_each_verifies_for_the_client() {
     assert_eq!(gateway.outstanding(), 0);
     assert_eq!(
         gateway.primary(),
-        ReplicaId(1),
-        "view 5's primary takes the next batch"
+        ReplicaId(0),
+        "the lower of the two views (4) says where the primary is"
     );
     assert_eq!(gateway.poll_timeout(), None, "nothing left to retransmit");
     assert_eq!(
-        gateway.handle_reply(&reply(0, 4, 9, honest, 1)),
+        gateway.handle_reply(ReplicaId(0), &reply(0, 4, 9, honest, 1)),
         Err(ClientError::NotOutstanding)
     );
 }
@@ -160,23 +168,31 @@ fn replies_that_do_not_prove_themselves_are_refused_and_counted() {
     let last = forged.len() - 1;
     forged[last] ^= 1;
     assert!(
-        gateway.handle_reply(&forged).is_err(),
+        gateway.handle_reply(ReplicaId(1), &forged).is_err(),
         "a bit of the signature flipped"
     );
     assert!(matches!(
-        gateway.handle_reply(b"junk"),
+        gateway.handle_reply(ReplicaId(1), b"junk"),
         Err(ClientError::Decode(_))
     ));
     let not_a_reply = Message::Request(request(0, 1)).encode();
     assert_eq!(
-        gateway.handle_reply(&not_a_reply),
+        gateway.handle_reply(ReplicaId(1), &not_a_reply),
         Err(ClientError::NotAReply)
     );
     assert_eq!(
-        gateway.handle_reply(&reply(9, 0, 1, answered, 0)),
+        gateway.handle_reply(ReplicaId(9), &reply(9, 0, 1, answered, 0)),
         Err(ClientError::UnknownReplica(ReplicaId(9)))
     );
-    assert_eq!(gateway.metrics().replies_rejected, 4);
+    assert_eq!(
+        gateway.handle_reply(ReplicaId(1), &reply(2, 0, 1, answered, 0)),
+        Err(ClientError::NotFromSigner {
+            claimed: ReplicaId(2),
+            from: ReplicaId(1)
+        }),
+        "validator 1 cannot hand in validator 2's vote"
+    );
+    assert_eq!(gateway.metrics().replies_rejected, 5);
     assert_eq!(gateway.outstanding(), 1);
 }
 
@@ -346,7 +362,7 @@ fn closing_a_session_forgets_its_requests() {
     assert_eq!(gateway.poll_timeout(), None);
     let answered: &Answered = &[(key, 1, b"ok")];
     assert_eq!(
-        gateway.handle_reply(&reply(1, 0, 1, answered, 0)),
+        gateway.handle_reply(ReplicaId(1), &reply(1, 0, 1, answered, 0)),
         Err(ClientError::NotOutstanding)
     );
 }
@@ -359,4 +375,116 @@ fn a_config_with_a_zero_limit_is_refused() {
         Gateway::new(config, validator_set(4)),
         Err(ConfigError::Invalid("client_burst must be positive"))
     ));
+}
+
+#[test]
+fn a_copy_of_a_checked_statement_with_other_signature_bytes_is_checked_again() {
+    let mut gateway = gateway(config());
+    let (a, b) = (client_key(0).public_key(), client_key(1).public_key());
+    for key in [a, b] {
+        gateway.open(0, key).unwrap();
+    }
+    gateway.submit(0, &a, request(0, 1)).unwrap();
+    gateway.submit(0, &b, request(1, 1)).unwrap();
+    gateway.handle_timeout(2);
+    outputs(&mut gateway);
+    let batch: &Answered = &[(a, 1, b"ok a"), (b, 1, b"ok b")];
+    // Validator 1's statement over the batch's reply root is checked and remembered ...
+    gateway
+        .handle_reply(ReplicaId(1), &reply(1, 0, 1, batch, 0))
+        .unwrap();
+    // ... and its reply to b, the same statement with zeroed signature bytes, is refused.
+    let mut copy = testing::reply(1, (0, 1), batch, 1);
+    copy.signature = Signature([0; 64]);
+    let copy = Message::Reply(copy).encode();
+    assert_eq!(
+        gateway.handle_reply(ReplicaId(1), &copy),
+        Err(ClientError::BadSignature)
+    );
+    // Its genuine reply to b still counts, at no signature check.
+    gateway
+        .handle_reply(ReplicaId(1), &reply(1, 0, 1, batch, 1))
+        .unwrap();
+    gateway
+        .handle_reply(ReplicaId(2), &reply(2, 0, 1, batch, 1))
+        .unwrap();
+    let answered = outputs(&mut gateway);
+    let [GatewayOutput::Answered { replies, .. }] = &answered[..] else {
+        panic!("b is answered, got {answered:?}");
+    };
+    for reply in replies {
+        crate::client::verify_reply(&chain(), &validator_set(4), reply).unwrap();
+    }
+}
+
+#[test]
+fn replies_under_different_reply_roots_agree_on_their_result() {
+    let mut gateway = gateway(config());
+    let key = client_key(0).public_key();
+    gateway.open(0, key).unwrap();
+    gateway.submit(0, &key, request(0, 1)).unwrap();
+    gateway.handle_timeout(2);
+    outputs(&mut gateway);
+    let other = client_key(1).public_key();
+    // Validator 1 answers from the batch; validator 2, caught up by state transfer, answers a
+    // retransmission under a root of that reply alone.
+    let batch: &Answered = &[(other, 5, b"theirs"), (key, 1, b"ok")];
+    let alone: &Answered = &[(key, 1, b"ok")];
+    gateway
+        .handle_reply(ReplicaId(1), &reply(1, 0, 3, batch, 1))
+        .unwrap();
+    gateway
+        .handle_reply(ReplicaId(2), &reply(2, 0, 3, alone, 0))
+        .unwrap();
+    let answered = outputs(&mut gateway);
+    let [GatewayOutput::Answered { replies, .. }] = &answered[..] else {
+        panic!("answered, got {answered:?}");
+    };
+    let mut client = Client::new(chain(), client_key(0), validator_set(4), 1);
+    client.track(0, request(0, 1));
+    let last = replies
+        .iter()
+        .map(|r| {
+            client
+                .handle_reply(&Message::Reply(r.clone()).encode())
+                .unwrap()
+        })
+        .last();
+    assert_eq!(last.flatten().map(|o| o.result), Some(b"ok".to_vec()));
+}
+
+#[test]
+fn a_bucket_outlives_its_session_and_a_forgery_costs_a_whole_burst() {
+    let mut config = config();
+    config.client_rate = 100;
+    config.client_burst = 4;
+    config.max_batch_ops = 1;
+    let mut gateway = gateway(config);
+    let key = client_key(0).public_key();
+    gateway.open(0, key).unwrap();
+    for seq in 1..=4 {
+        gateway.submit(0, &key, request(0, seq)).unwrap();
+    }
+    assert_eq!(
+        gateway.submit(0, &key, request(0, 5)),
+        Err(Shed::RateLimited)
+    );
+    gateway.close(&key);
+    gateway.open(0, key).unwrap();
+    assert_eq!(
+        gateway.submit(0, &key, request(0, 5)),
+        Err(Shed::RateLimited),
+        "reconnecting refills nothing"
+    );
+    // 10 ms at 100 requests/s is one request: a forged one.
+    let mut forged = request(0, 5);
+    forged.signature = request(0, 6).signature;
+    gateway.submit(10, &key, forged).unwrap();
+    assert_eq!(gateway.metrics().shed.get("bad_signature"), Some(&1));
+    // The forgery cost 4 more: the next request waits 50 ms, not 10.
+    assert_eq!(
+        gateway.submit(50, &key, request(0, 6)),
+        Err(Shed::RateLimited)
+    );
+    gateway.submit(60, &key, request(0, 6)).unwrap();
 }

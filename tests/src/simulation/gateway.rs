@@ -1,11 +1,14 @@
 //! The gateway clients may send through ([`Scenario::via_gateway`](crate::Scenario)): an honest
 //! [`Gateway`] on the simulated network like any node, its messages lost, duplicated and
 //! delayed like the others. Clients still check every result themselves, from the f + 1
-//! replies it hands them.
+//! replies it hands them, and the run checks that each of those verifies on its own: a
+//! gateway that forwards a reply its client refuses has lost that client's answer. Faulty
+//! validators lie to it ([`Simulation::lie_to_gateway`]).
 
-use pbft_core::testing::chain;
+use pbft_core::testing::{self, chain};
 use pbft_core::{
-    Gateway, GatewayConfig, GatewayOutput, Hasher, Keypair, Message, PublicKey, ValidatorSet,
+    Gateway, GatewayConfig, GatewayOutput, Hasher, Keypair, Message, PublicKey, ReplicaId, Reply,
+    Signature, ValidatorSet, verify_reply,
 };
 
 use super::{Event, NodeId, Simulation};
@@ -57,14 +60,14 @@ impl Simulation {
     /// Bytes reach the gateway: a validator's reply, or a client's request.
     pub(super) fn gateway_receives(&mut self, from: PublicKey, bytes: &[u8]) {
         let now = self.now;
-        let from_validator = self.keys.contains(&from);
+        let validator = self.keys.iter().position(|key| *key == from);
         let Some(sim) = self.gateway.as_mut() else {
             return;
         };
         // Refusals are expected: late and duplicated replies, a client's retransmission of a
-        // request the gateway still holds. Counted in its metrics, not fatal.
-        if from_validator {
-            let _ = sim.gateway.handle_reply(bytes);
+        // request the gateway still holds, faulty validators' lies. Counted, not fatal.
+        if let Some(id) = validator {
+            let _ = sim.gateway.handle_reply(ReplicaId(id as u16), bytes);
         } else if let Ok(Message::Request(request)) = Message::decode(bytes, usize::MAX) {
             let _ = sim.gateway.submit(now, &from, request);
         }
@@ -110,6 +113,15 @@ impl Simulation {
                     let Some(index) = self.client_keys.iter().position(|k| *k == client) else {
                         continue;
                     };
+                    let agree = replies.iter().all(|r| r.result == replies[0].result);
+                    let verify = replies
+                        .iter()
+                        .all(|r| verify_reply(&chain(), &self.set, r).is_ok());
+                    if !agree || !verify || replies.len() != self.set.reply_quorum() {
+                        self.violation(format!(
+                            "the gateway answered client {index} with replies that do not prove one result"
+                        ));
+                    }
                     for reply in replies {
                         let bytes = Message::Reply(reply).encode();
                         self.send(self.validators.len() + index, node, bytes);
@@ -127,6 +139,25 @@ impl Simulation {
             if let Some(at) = next {
                 self.schedule_at(at.max(self.now), Event::GatewayTimer { at });
             }
+        }
+    }
+}
+
+impl Simulation {
+    /// Faulty validator `index`'s lies about its `reply` to the gateway: the reply with its
+    /// signature bytes zeroed, the reply under another validator's id, and a false result it
+    /// signs itself in a view far ahead (which would steer the gateway's batches to a
+    /// primary of its choosing if one validator's view counted). Then the reply itself.
+    pub(super) fn lie_to_gateway(&mut self, index: NodeId, gateway: NodeId, reply: Reply) {
+        let id = self.validators[index].id;
+        let mut zeroed = reply.clone();
+        zeroed.signature = Signature([0; 64]);
+        let mut posing = reply.clone();
+        posing.replica = ReplicaId(((id + 1) % self.scenario.validators) as u16);
+        let answered = [(reply.client, reply.client_seq, &b"forged result"[..])];
+        let false_result = testing::reply(id, (reply.view + 1_000, reply.seq), &answered, 0);
+        for lie in [false_result, zeroed, posing, reply] {
+            self.send(gateway, index, Message::Reply(lie).encode());
         }
     }
 }

@@ -2,7 +2,7 @@
 //! routing of what a validator sends (through [`byzantine`](super::byzantine) if it is
 //! faulty).
 
-use pbft_core::{Destination, PublicKey};
+use pbft_core::{Destination, Message, PublicKey};
 
 use super::{Event, NodeId, Simulation};
 use crate::Fault;
@@ -129,6 +129,15 @@ impl Simulation {
                 for target in targets {
                     self.send(target, from, bytes.clone());
                 }
+            }
+            // A faulty validator lies to the gateway about its replies.
+            Some(fault)
+                if fault != Fault::Silent
+                    && targets.len() == 1
+                    && Some(targets[0]) == self.gateway_node()
+                    && let Ok(Message::Reply(reply)) = Message::decode(&bytes, usize::MAX) =>
+            {
+                self.lie_to_gateway(index, targets[0], reply);
             }
             Some(fault) => self.misbehave(index, fault, targets, bytes),
         }
