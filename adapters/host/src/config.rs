@@ -247,6 +247,7 @@ struct ConfigFile {
     listen: Option<String>,
     metrics: Option<String>,
     verify_threads: Option<usize>,
+    compress_above_bytes: Option<usize>,
     validators: Vec<ValidatorEntry>,
     /// Every field of the core's [`Config`] may be set here; the rest keep their defaults.
     /// The chain id comes from `chain`.
@@ -291,6 +292,10 @@ pub struct NodeConfig {
     /// ([`crate::checks::default_threads`]). Nodes sharing a machine's cores (a local
     /// testnet) do better with 1 each.
     pub verify_threads: usize,
+    /// Messages to validators of at least this many bytes go LZ4-compressed: the config's
+    /// `compress_above_bytes`; off without it. Pays only on links slower than about
+    /// 2 Gbit/s ([`crate::compression`]). Nodes need not agree: each reads both kinds.
+    pub compress_above: Option<usize>,
 }
 
 fn read_config_file(path: &Path) -> Result<ConfigFile, FileError> {
@@ -373,6 +378,7 @@ pub fn load_config(path: &Path) -> Result<NodeConfig, FileError> {
         listen,
         data_dir: base.join(data_dir),
         verify_threads,
+        compress_above: file.compress_above_bytes,
     })
 }
 

@@ -7,6 +7,7 @@
 
 pub mod application;
 pub mod checks;
+pub mod compression;
 pub mod config;
 pub mod driver;
 pub mod framing;

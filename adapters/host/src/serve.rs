@@ -325,7 +325,13 @@ mod tests {
 
     fn router() -> Arc<Router> {
         let set = ValidatorSet::new(0, &[key()]).unwrap();
-        Router::new(&set, ReplicaId(0), 1 << 20, Arc::new(NodeMetrics::new())).0
+        Router::new(
+            &set,
+            ReplicaId(0),
+            (1 << 20, None),
+            Arc::new(NodeMetrics::new()),
+        )
+        .0
     }
 
     fn limits() -> ServeLimits {

@@ -143,7 +143,8 @@ pub fn start(config: &NodeConfig) -> Result<Started, RunError> {
         config.data_dir.display()
     );
     let max_frame = config.core.max_message_bytes + CLIENT_FRAME_OVERHEAD;
-    let (router, queues) = Router::new(&config.validators, me, max_frame, metrics);
+    let framing = (max_frame, config.compress_above);
+    let (router, queues) = Router::new(&config.validators, me, framing, metrics);
     let peers = queues
         .into_iter()
         .map(|(id, queue)| Peer {

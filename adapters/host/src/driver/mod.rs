@@ -450,6 +450,11 @@ fn handle<A: Application>(
             // Client requests that came first go first (a pre-prepare then finds their
             // signatures checked, and checks none of them again).
             client_protocol::submit(node, router, requests, now);
+            let max = node.replica().config().max_message_bytes;
+            let Ok(bytes) = crate::compression::expand(bytes, max) else {
+                router.metrics().reject("bad_compressed_frame");
+                return false;
+            };
             // Rejections are counted in the core's metrics; the node goes on.
             let _ = node.handle_message(now, &from, &bytes);
         }
@@ -486,8 +491,12 @@ mod tests {
         let key = Keypair::from_seed(&[5; 32]);
         let set = ValidatorSet::new(0, &[key.public_key()]).unwrap();
         let node = Node::open(dir, Config::new(chain()), set.clone(), key, KvStore::new()).unwrap();
-        let (router, queues) =
-            Router::new(&set, ReplicaId(0), 1 << 20, Arc::new(NodeMetrics::new()));
+        let (router, queues) = Router::new(
+            &set,
+            ReplicaId(0),
+            (1 << 20, None),
+            Arc::new(NodeMetrics::new()),
+        );
         assert!(queues.is_empty(), "no peers to send to");
         let (driver, thread) = spawn(node, router.clone()).unwrap();
         (driver, thread, router)
@@ -654,8 +663,12 @@ mod tests {
         let set = ValidatorSet::new(0, &publics).unwrap();
         let key = keys.swap_remove(1);
         let node = Node::open(dir, Config::new(chain()), set.clone(), key, KvStore::new()).unwrap();
-        let (router, _peers) =
-            Router::new(&set, ReplicaId(1), 1 << 20, Arc::new(NodeMetrics::new()));
+        let (router, _peers) = Router::new(
+            &set,
+            ReplicaId(1),
+            (1 << 20, None),
+            Arc::new(NodeMetrics::new()),
+        );
         let (driver, thread) = spawn(node, router.clone()).unwrap();
         (driver, thread, router)
     }

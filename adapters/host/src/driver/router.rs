@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 
 use pbft_core::{Destination, PublicKey, ReplicaId, ValidatorSet};
 
+use crate::compression;
 use crate::metrics::NodeMetrics;
 use crate::node::Transmit;
 use crate::queue::{self, Budget, Frames};
@@ -57,6 +58,8 @@ pub struct Router {
     validators: Vec<Option<queue::Sender>>,
     clients: Mutex<Clients>,
     client_bytes: Arc<Budget>,
+    /// Messages to validators of at least this many bytes go compressed.
+    compress_above: Option<usize>,
     metrics: Arc<NodeMetrics>,
 }
 
@@ -232,10 +235,12 @@ pub struct ClientQueue {
 impl Router {
     /// A router for validator `me` whose largest frame is `max_frame` bytes, and the
     /// receiving end of each other validator's queue, for the transport's sender tasks.
+    /// Messages to validators of at least `compress_above` bytes go compressed
+    /// ([`crate::compression`]).
     pub fn new(
         validators: &ValidatorSet,
         me: ReplicaId,
-        max_frame: usize,
+        (max_frame, compress_above): (usize, Option<usize>),
         metrics: Arc<NodeMetrics>,
     ) -> (Arc<Router>, Vec<PeerQueue>) {
         let mut senders = Vec::new();
@@ -256,6 +261,7 @@ impl Router {
             validators: senders,
             clients: Mutex::new(Clients::default()),
             client_bytes: Budget::new(CLIENT_QUEUES_BYTES),
+            compress_above,
             metrics,
         };
         (Arc::new(router), receivers)
@@ -479,11 +485,14 @@ impl Router {
 
     /// Puts a message the node sends on its destination's queue.
     pub(crate) fn route(&self, transmit: Transmit) {
+        let to_validators = |bytes| compression::compress(bytes, self.compress_above);
         match transmit.to {
-            Destination::Validator(id) => self.to_validator(id, transmit.bytes),
+            Destination::Validator(id) => self.to_validator(id, to_validators(transmit.bytes)),
             Destination::AllValidators => {
+                // Compressed once for every validator.
+                let bytes = to_validators(transmit.bytes);
                 for index in 0..self.validators.len() {
-                    self.to_validator(ReplicaId(index as u16), transmit.bytes.clone());
+                    self.to_validator(ReplicaId(index as u16), bytes.clone());
                 }
             }
             Destination::Client(key) => {
@@ -503,7 +512,12 @@ mod tests {
             .map(|i| Keypair::from_seed(&[i + 1; 32]).public_key())
             .collect();
         let set = ValidatorSet::new(0, &keys).unwrap();
-        Router::new(&set, ReplicaId(0), 1 << 20, Arc::new(NodeMetrics::new()))
+        Router::new(
+            &set,
+            ReplicaId(0),
+            (1 << 20, None),
+            Arc::new(NodeMetrics::new()),
+        )
     }
 
     fn key(seed: u32) -> PublicKey {
@@ -525,6 +539,36 @@ mod tests {
         assert_eq!(queues[0].1.len(), PEER_QUEUE);
         assert_eq!(queues[1].1.len(), 0, "other peers are not affected");
         assert_eq!(router.metrics().rejected("peer_queue_full"), 10);
+    }
+
+    #[test]
+    fn a_large_message_goes_to_every_validator_compressed_once_and_expands_to_itself() {
+        let keys: Vec<_> = (0..3u8)
+            .map(|i| Keypair::from_seed(&[i + 1; 32]).public_key())
+            .collect();
+        let set = ValidatorSet::new(0, &keys).unwrap();
+        let metrics = Arc::new(NodeMetrics::new());
+        let (router, queues) = Router::new(&set, ReplicaId(0), (1 << 20, Some(4096)), metrics);
+        let message: Vec<u8> = (0..64 << 10).map(|i| (i % 7) as u8 + 2).collect();
+        router.route(Transmit {
+            to: Destination::AllValidators,
+            bytes: message.clone(),
+        });
+        router.route(Transmit {
+            to: Destination::Validator(ReplicaId(1)),
+            bytes: vec![2; 100],
+        });
+        for (_, queue) in &queues {
+            let frame = queue.try_recv().unwrap();
+            assert_eq!(frame[0], crate::compression::COMPRESSED);
+            assert!(frame.len() < message.len() / 10);
+            assert_eq!(crate::compression::expand(frame, 1 << 20).unwrap(), message);
+        }
+        assert_eq!(
+            queues[0].1.try_recv(),
+            Some(vec![2; 100]),
+            "a small one goes as it is"
+        );
     }
 
     #[test]
