@@ -132,6 +132,36 @@ fn clients_behind_a_gateway_stay_safe_and_live_over_200_seeds_of_every_scenario(
     );
 }
 
+/// A thousand clients behind one gateway, with a Byzantine backup lying to it, loss and
+/// duplication: every request commits once and every client accepts its results from the
+/// replies the gateway hands it; the gateway's batches carry many clients' requests.
+#[test]
+fn a_thousand_clients_behind_one_gateway_all_commit() {
+    for seed in 0..2 {
+        let mut scenario = Scenario::new(Kind::ByzantineBackups, seed, 4);
+        scenario.restarts.clear();
+        scenario.partitions.clear();
+        scenario.clients = 1_000;
+        scenario.requests_per_client = 2;
+        scenario.max_batch_ops = 64;
+        scenario.window = 8;
+        scenario.loss_percent = 5;
+        scenario.via_gateway = true;
+        let report = run_checked(seed, &scenario);
+        assert!(
+            report.violations.is_empty(),
+            "seed {seed}: {:?}",
+            report.violations
+        );
+        assert_eq!(report.requests_completed, 2_000, "seed {seed}");
+        assert!(
+            report.batches < 2_000 / 4,
+            "seed {seed}: {} batches for 2,000 requests",
+            report.batches
+        );
+    }
+}
+
 /// Seeds 0..GOLDEN_SEEDS at n = 4 whose trace digests (every output of every replica, every
 /// byte sent) are kept in `tests/traces/n4.txt`.
 const GOLDEN_SEEDS: usize = 200;
