@@ -15,8 +15,9 @@
 //! shows the client, counted by reason in [`GatewayMetrics::shed`].
 //!
 //! A client that forges signatures pays for it: each forgery costs it a whole burst of its
-//! bucket (the balance goes below zero), and its bucket outlives its session, so
-//! reconnecting buys nothing.
+//! bucket (the balance goes below zero, down to one burst of debt), and its bucket outlives
+//! its session, so reconnecting buys nothing (a fresh key starts with a fresh bucket: keys
+//! cost nothing to make, so `max_sessions` bounds what many keys can take).
 //!
 //! Replies: a validator signs one root per batch, so the gateway checks one signature per
 //! (validator, batch), not per reply ([`ReplyCache`], a slice per validator). A reply counts
@@ -25,217 +26,19 @@
 //! verifies for the client, which need not trust the gateway
 //! ([`crate::Client::handle_reply`] takes them as they are).
 
+mod config;
+
 use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::vec::Vec;
 
+pub use self::config::{GatewayConfig, GatewayMetrics, GatewayOutput, Shed};
 use crate::client::{ClientError, ReplyCache, check_root_signature, reply_root};
-use crate::config::{ChainId, ConfigError, ReplicaId, ValidatorSet};
+use crate::config::{ConfigError, ReplicaId, ValidatorSet};
 use crate::crypto::{Digest, Pool, PublicKey, Signature, digest_of};
 use crate::merkle::InclusionProof;
 use crate::message::Message;
 use crate::replica::signatures::check_request_signatures;
 use crate::statement::{Reply, Request};
-
-/// A gateway's limits and timers.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct GatewayConfig {
-    /// The network the requests are signed for.
-    pub chain_id: ChainId,
-    /// Client sessions open at once, at most.
-    pub max_sessions: usize,
-    /// Requests one client may have queued or awaiting replies at once.
-    pub max_outstanding_per_client: usize,
-    /// Requests queued or awaiting replies across all clients, at most.
-    pub max_outstanding: usize,
-    /// Requests per second a client may send, sustained (its token bucket's refill rate).
-    pub client_rate: u64,
-    /// Requests a client may send at once above its rate (its token bucket's size, >= 1).
-    pub client_burst: u64,
-    /// Requests in one batch sent to a validator, at most.
-    pub max_batch_ops: usize,
-    /// Encoded request bytes in one batch, at most (a single larger request goes alone).
-    pub max_batch_bytes: usize,
-    /// Longest a request waits for its batch to fill, in ms.
-    pub batch_delay_ms: u64,
-    /// Largest operation, in bytes: the network's `max_request_bytes` (a larger one would be
-    /// refused by every validator, so the gateway refuses it first).
-    pub max_request_bytes: usize,
-    /// How long a request waits for f + 1 replies before it goes to every validator, in ms;
-    /// each retry doubles it, up to 8×.
-    pub retransmit_ms: u64,
-    /// How long a request may go unanswered before the gateway gives up on it, in ms
-    /// (checked at each retransmission, so it fires up to one back-off interval later).
-    pub request_timeout_ms: u64,
-    /// Largest reply decoded, in bytes.
-    pub max_reply_bytes: usize,
-}
-
-impl GatewayConfig {
-    /// Defaults for `chain_id`: 16,384 sessions; per client 64 outstanding, 1,000 requests/s
-    /// and a burst of 200; 65,536 outstanding in all; batches of 256 requests or 1 MiB after
-    /// at most 2 ms; 64 KiB operations; retransmission after 250 ms; give up after 30 s.
-    pub fn new(chain_id: ChainId) -> Self {
-        GatewayConfig {
-            chain_id,
-            max_sessions: 16_384,
-            max_outstanding_per_client: 64,
-            max_outstanding: 65_536,
-            client_rate: 1_000,
-            client_burst: 200,
-            max_batch_ops: 256,
-            max_batch_bytes: 1 << 20,
-            batch_delay_ms: 2,
-            max_request_bytes: 64 << 10,
-            retransmit_ms: crate::client::DEFAULT_RETRANSMIT_MS,
-            request_timeout_ms: 30_000,
-            max_reply_bytes: crate::client::DEFAULT_MAX_REPLY_BYTES,
-        }
-    }
-
-    fn check(&self) -> Result<(), ConfigError> {
-        let positive = [
-            (self.max_sessions as u64, "max_sessions must be positive"),
-            (
-                self.max_outstanding_per_client as u64,
-                "max_outstanding_per_client must be positive",
-            ),
-            (
-                self.max_outstanding as u64,
-                "max_outstanding must be positive",
-            ),
-            (self.client_rate, "client_rate must be positive"),
-            (self.client_burst, "client_burst must be positive"),
-            (self.max_batch_ops as u64, "max_batch_ops must be positive"),
-            (self.retransmit_ms, "retransmit_ms must be positive"),
-            (
-                self.request_timeout_ms,
-                "request_timeout_ms must be positive",
-            ),
-        ];
-        match positive.iter().find(|(value, _)| *value == 0) {
-            Some((_, why)) => Err(ConfigError::Invalid(why)),
-            None => Ok(()),
-        }
-    }
-}
-
-/// Why the gateway refused a client's session or request. The host answers the client with
-/// it; every refusal of a request counts in [`GatewayMetrics::shed`] under [`Shed::label`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum Shed {
-    /// The gateway holds [`GatewayConfig::max_sessions`] sessions.
-    #[error("the gateway serves as many clients as it may; try another gateway")]
-    SessionsFull,
-    /// The client's key breaks the key rule (non-canonical or small order).
-    #[error("the client key is not a valid ed25519 key")]
-    BadKey,
-    /// No session is open for the request's client.
-    #[error("no session is open for this client")]
-    NoSession,
-    /// The request is signed by another key than the session's.
-    #[error("the request is signed by another client than the session's")]
-    WrongClient,
-    /// The client sent faster than [`GatewayConfig::client_rate`] allows.
-    #[error("over the client's rate limit; slow down")]
-    RateLimited,
-    /// The client has [`GatewayConfig::max_outstanding_per_client`] requests outstanding.
-    #[error("the client has as many requests outstanding as it may; wait for replies")]
-    ClientBusy,
-    /// The gateway holds [`GatewayConfig::max_outstanding`] requests.
-    #[error("the gateway is overloaded; retry later")]
-    Overloaded,
-    /// The operation is over [`GatewayConfig::max_request_bytes`].
-    #[error("operation of {len} bytes; the network takes at most {max}")]
-    TooLarge {
-        /// The operation's size, in bytes.
-        len: usize,
-        /// The limit, in bytes.
-        max: usize,
-    },
-    /// A request with this client seq is outstanding already.
-    #[error("a request with this number is outstanding already")]
-    Duplicate,
-    /// The client's signature does not verify.
-    #[error("the request's signature does not verify")]
-    BadSignature,
-    /// No f + 1 matching replies came within [`GatewayConfig::request_timeout_ms`].
-    #[error("no result within the gateway's timeout; the request may still execute")]
-    TimedOut,
-}
-
-impl Shed {
-    /// A short stable name for metrics.
-    pub fn label(&self) -> &'static str {
-        match self {
-            Shed::SessionsFull => "sessions_full",
-            Shed::BadKey => "bad_key",
-            Shed::NoSession => "no_session",
-            Shed::WrongClient => "wrong_client",
-            Shed::RateLimited => "rate_limited",
-            Shed::ClientBusy => "client_busy",
-            Shed::Overloaded => "overloaded",
-            Shed::TooLarge { .. } => "too_large",
-            Shed::Duplicate => "duplicate",
-            Shed::BadSignature => "bad_signature",
-            Shed::TimedOut => "timed_out",
-        }
-    }
-}
-
-/// What the gateway hands its host, in order.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum GatewayOutput {
-    /// Send these bytes (an encoded [`Message::Request`]) to validator `to`.
-    Transmit {
-        /// The validator.
-        to: ReplicaId,
-        /// The encoded message.
-        bytes: Vec<u8>,
-    },
-    /// A client's request has its result: hand the client these f + 1 matching replies
-    /// (each a [`Message::Reply`] to encode), which it verifies itself.
-    Answered {
-        /// The client.
-        client: PublicKey,
-        /// The request answered.
-        client_seq: u64,
-        /// The seq whose batch held it.
-        seq: u64,
-        /// f + 1 signed replies with one result, from distinct validators.
-        replies: Vec<Reply>,
-    },
-    /// A request the gateway accepted was refused later: tell the client why.
-    Refused {
-        /// The client.
-        client: PublicKey,
-        /// The request refused.
-        client_seq: u64,
-        /// Why.
-        reason: Shed,
-    },
-}
-
-/// What a gateway has done and refused, since it started.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct GatewayMetrics {
-    /// Requests accepted from clients.
-    pub requests_accepted: u64,
-    /// Requests refused, by [`Shed::label`] (sessions refused count under `sessions_full`
-    /// and `bad_key`).
-    pub shed: BTreeMap<&'static str, u64>,
-    /// Batches sent to a primary.
-    pub batches_sent: u64,
-    /// Requests in them.
-    pub requests_sent: u64,
-    /// Requests sent again to every validator because their replies were late.
-    pub retransmissions: u64,
-    /// Requests answered with f + 1 matching replies.
-    pub requests_answered: u64,
-    /// Client signatures checked (each time checked, in a batch or alone).
-    pub signatures_verified: u64,
-    /// Replies not counted, by reason (undecodable, not outstanding, bad signature, ...).
-    pub replies_rejected: u64,
-}
 
 /// A client key's state: its token bucket, whether a session is open, and its outstanding
 /// requests.
@@ -247,6 +50,8 @@ struct Session {
     refilled: u64,
     /// Whether a session is open (a closed one is kept for its bucket, a while).
     open: bool,
+    /// How many times its sessions closed.
+    closes: u64,
     /// Client seqs queued or awaiting replies.
     outstanding: BTreeSet<u64>,
 }
@@ -292,8 +97,9 @@ pub struct Gateway {
     /// Every key with an open session, and closed ones still remembered.
     sessions: BTreeMap<PublicKey, Session>,
     open_sessions: usize,
-    /// Keys whose sessions closed, oldest first: at most `max_sessions` are remembered.
-    closed: VecDeque<PublicKey>,
+    /// Sessions closed, oldest first, each with its key's count of closes then: a key is
+    /// forgotten when its latest close leaves the queue, after `max_sessions` more.
+    closed: VecDeque<(PublicKey, u64)>,
     pending: BTreeMap<(PublicKey, u64), Pending>,
     /// Requests waiting for the next batch, oldest first, and their encoded bytes.
     queue: VecDeque<(PublicKey, u64)>,
@@ -302,7 +108,11 @@ pub struct Gateway {
     batch_deadline: Option<u64>,
     /// (deadline, client, client seq) of each sent request awaiting replies.
     deadlines: BTreeSet<(u64, PublicKey, u64)>,
-    /// The highest view a result came from: where the primary is.
+    /// Each validator's highest view among its replies that verified (at most n entries).
+    views: BTreeMap<ReplicaId, u64>,
+    /// The (f + 1)-th highest of `views`: where the primary is. At least one honest
+    /// validator has reached it, so no f validators can raise it, and honest views only
+    /// grow, so none can hold it back either.
     view: u64,
     replies: ReplyCache,
     outputs: VecDeque<GatewayOutput>,
@@ -323,6 +133,7 @@ impl Gateway {
             sessions: BTreeMap::new(),
             open_sessions: 0,
             closed: VecDeque::new(),
+            views: BTreeMap::new(),
             pending: BTreeMap::new(),
             queue: VecDeque::new(),
             queued_bytes: 0,
@@ -363,6 +174,7 @@ impl Gateway {
             tokens: full,
             refilled: now,
             open: false,
+            closes: 0,
             outstanding: BTreeSet::new(),
         });
         session.open = true;
@@ -378,6 +190,8 @@ impl Gateway {
             return;
         };
         session.open = false;
+        session.closes += 1;
+        let closes = session.closes;
         let outstanding = core::mem::take(&mut session.outstanding);
         self.open_sessions = self.open_sessions.saturating_sub(1);
         self.queue.retain(|(queued, _)| queued != client);
@@ -390,16 +204,16 @@ impl Gateway {
                 self.forget(*client, client_seq, &pending);
             }
         }
-        self.closed.push_back(*client);
+        self.closed.push_back((*client, closes));
         while self.closed.len() > self.config.max_sessions {
-            let Some(oldest) = self.closed.pop_front() else {
+            let Some((oldest, at)) = self.closed.pop_front() else {
                 break;
             };
-            // Unless it reopened since (and may close again: then it is queued again).
+            // Only its latest close forgets it, and only if it did not reopen since.
             if self
                 .sessions
                 .get(&oldest)
-                .is_some_and(|session| !session.open)
+                .is_some_and(|session| !session.open && session.closes == at)
             {
                 self.sessions.remove(&oldest);
             }
@@ -417,7 +231,8 @@ impl Gateway {
     ///
     /// # Errors
     ///
-    /// The [`Shed`] that refused it: checked in order of cost, the rate limit first.
+    /// The [`Shed`] that refused it: checked in order of cost, the rate limit first (a copy
+    /// of an outstanding request is [`Shed::Duplicate`] and costs no token).
     pub fn submit(&mut self, now: u64, client: &PublicKey, request: Request) -> Result<(), Shed> {
         let verdict = self.admit(now, client, request);
         if let Err(reason) = verdict {
@@ -439,6 +254,11 @@ impl Gateway {
             .get_mut(client)
             .filter(|session| session.open)
             .ok_or(Shed::NoSession)?;
+        // A copy of a request it carries already costs nothing: clients retransmit, and a
+        // link that connects late delivers them all at once.
+        if request.client == *client && session.outstanding.contains(&request.client_seq) {
+            return Err(Shed::Duplicate);
+        }
         refill(session, now, config.client_rate, config.client_burst);
         if session.tokens < 1000 {
             return Err(Shed::RateLimited);
@@ -452,9 +272,6 @@ impl Gateway {
                 len: request.op.len(),
                 max: config.max_request_bytes,
             });
-        }
-        if session.outstanding.contains(&request.client_seq) {
-            return Err(Shed::Duplicate);
         }
         if session.outstanding.len() >= config.max_outstanding_per_client {
             return Err(Shed::ClientBusy);
@@ -527,6 +344,8 @@ impl Gateway {
         let root = reply_root(chain, &reply)?;
         check_root_signature(chain, &self.validators, &reply, &root, &mut self.replies)?;
         let says = (reply.seq, digest_of(b"pbft/v1/result", &reply.result));
+        let highest = self.views.entry(reply.replica).or_default();
+        *highest = (*highest).max(reply.view);
         pending.votes.insert(
             reply.replica,
             Vote {
@@ -541,6 +360,9 @@ impl Gateway {
             .values()
             .filter(|vote| vote.says == says)
             .count();
+        self.view = self
+            .view
+            .max(quorum_view(&self.views, self.validators.reply_quorum()));
         if agreeing < self.validators.reply_quorum() {
             return Ok(());
         }
@@ -563,10 +385,6 @@ impl Gateway {
                 ..reply.clone()
             })
             .collect();
-        // The primary is where f + 1 say it is: the lowest of their views, so one validator
-        // signing a high view cannot send every batch to a primary of its choosing.
-        let view = replies.iter().map(|reply| reply.view).min().unwrap_or(0);
-        self.view = self.view.max(view);
         self.metrics.requests_answered += 1;
         self.outputs.push_back(GatewayOutput::Answered {
             client: reply.client,
@@ -634,7 +452,8 @@ impl Gateway {
         self.outputs.pop_front()
     }
 
-    /// The validator new batches go to: the primary of the highest view a result came from.
+    /// The validator new batches go to: the primary of the (f + 1)-th highest view among the
+    /// validators' verified replies.
     pub fn primary(&self) -> ReplicaId {
         self.validators.primary(self.view)
     }
@@ -642,6 +461,14 @@ impl Gateway {
     /// Client sessions open.
     pub fn sessions(&self) -> usize {
         self.open_sessions
+    }
+
+    /// The keys of the clients with a session open.
+    pub fn clients(&self) -> impl Iterator<Item = &PublicKey> + '_ {
+        self.sessions
+            .iter()
+            .filter(|(_, session)| session.open)
+            .map(|(key, _)| key)
     }
 
     /// Requests queued for a batch or awaiting replies.
@@ -708,8 +535,9 @@ impl Gateway {
                 self.pending.remove(&key);
                 if let Some(session) = self.sessions.get_mut(&client) {
                     session.outstanding.remove(&client_seq);
-                    // A forgery costs the client a whole burst of requests.
-                    session.tokens = session.tokens.saturating_sub(penalty);
+                    // A forgery costs the client a whole burst of requests, down to a debt of
+                    // one burst: at most burst / rate seconds of silence.
+                    session.tokens = session.tokens.saturating_sub(penalty).max(-penalty);
                 }
                 self.refuse(client, client_seq, Shed::BadSignature);
                 continue;
@@ -752,6 +580,13 @@ impl Gateway {
         *self.metrics.shed.entry(reason.label()).or_default() += 1;
         reason
     }
+}
+
+/// The `quorum`-th highest of the validators' `views` (0 while fewer have replied).
+fn quorum_view(views: &BTreeMap<ReplicaId, u64>, quorum: usize) -> u64 {
+    let mut highest: Vec<u64> = views.values().copied().collect();
+    highest.sort_unstable_by(|a, b| b.cmp(a));
+    highest.get(quorum.saturating_sub(1)).copied().unwrap_or(0)
 }
 
 /// Refills `session`'s bucket for the time since its last refill: `rate` requests a second,

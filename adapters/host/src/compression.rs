@@ -8,9 +8,17 @@
 //!
 //! A compressed frame is [`COMPRESSED`], then LZ4's block format with the original length in
 //! front (4 bytes, little-endian). [`COMPRESSED`] is no protocol version of the core's
-//! envelope, so every node reads both kinds whatever its own setting, and a frame that did
-//! not shrink goes as it was. A compressed frame that would expand past the largest message
-//! is refused before anything is allocated for it.
+//! envelope, so every node that runs this code reads both kinds whatever its own setting
+//! (a node from before it refuses compressed frames: turn it on once all are upgraded), and
+//! a frame that did not shrink goes as it was. A compressed frame that would expand past the
+//! largest message, or more than [`MAX_RATIO`] times, is refused before anything is
+//! allocated for it: a peer's bytes buy at most that much expansion work. Decoding checks
+//! every offset (lz4_flex's `safe-decode`).
+
+/// The most a compressed frame may expand: a sender compresses only what shrinks less, so
+/// an honest frame never does (realistic batches shrink 1.1–2.9x; a run of one byte would
+/// reach LZ4's 255x).
+pub const MAX_RATIO: usize = 64;
 
 use pbft_core::PROTOCOL_VERSION;
 
@@ -44,7 +52,8 @@ pub fn compress(message: Vec<u8>, above: Option<usize>) -> Vec<u8> {
     let mut frame = Vec::with_capacity(1 + 4 + message.len() / 2);
     frame.push(COMPRESSED);
     frame.extend_from_slice(&lz4_flex::compress_prepend_size(&message));
-    if frame.len() < message.len() {
+    let shrinks = frame.len() < message.len();
+    if shrinks && frame.len().saturating_mul(MAX_RATIO) >= message.len() {
         frame
     } else {
         message
@@ -66,6 +75,9 @@ pub fn expand(frame: Vec<u8>, max: usize) -> Result<Vec<u8>, ExpandError> {
         lz4_flex::block::uncompressed_size(packed).map_err(|_| ExpandError::Damaged)?;
     if len > max {
         return Err(ExpandError::TooLarge { len, max });
+    }
+    if len > frame.len().saturating_mul(MAX_RATIO) {
+        return Err(ExpandError::Damaged);
     }
     let mut message = vec![0; len];
     match lz4_flex::block::decompress_into(data, &mut message) {
@@ -132,6 +144,14 @@ mod tests {
             expand(bomb, 4 << 20),
             Err(ExpandError::TooLarge { .. })
         ));
+        // Within the limit, but more than MAX_RATIO times its size: refused unread.
+        let mut dense = vec![COMPRESSED];
+        dense.extend_from_slice(&(1u32 << 20).to_le_bytes());
+        dense.extend_from_slice(&[0; 100]);
+        assert_eq!(expand(dense, 4 << 20), Err(ExpandError::Damaged));
+        // And a sender never makes one: a run of one byte goes as it is.
+        let run = vec![7; 64 << 10];
+        assert_eq!(compress(run.clone(), Some(1)), run);
         let mut cut = frame.clone();
         cut.truncate(frame.len() / 2);
         assert_eq!(expand(cut, 1 << 20), Err(ExpandError::Damaged));

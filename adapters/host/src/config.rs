@@ -230,12 +230,29 @@ fn open_key_file(path: &Path) -> Result<fs::File, FileError> {
     })
 }
 
-/// One validator in a config file.
+/// One validator (or gateway) in a config file.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ValidatorEntry {
     key: String,
     address: String,
+}
+
+/// A gateway's `[gateway]` table: any of [`pbft_core::GatewayConfig`]'s limits and timers;
+/// the rest keep their defaults.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GatewayTable {
+    max_sessions: Option<usize>,
+    max_outstanding_per_client: Option<usize>,
+    max_outstanding: Option<usize>,
+    client_rate: Option<u64>,
+    client_burst: Option<u64>,
+    max_batch_ops: Option<usize>,
+    max_batch_bytes: Option<usize>,
+    batch_delay_ms: Option<u64>,
+    retransmit_ms: Option<u64>,
+    request_timeout_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -249,6 +266,11 @@ struct ConfigFile {
     verify_threads: Option<usize>,
     compress_above_bytes: Option<usize>,
     validators: Vec<ValidatorEntry>,
+    /// The network's gateways, which clients may send through (`pbft client --via-gateway`).
+    #[serde(default)]
+    gateways: Vec<ValidatorEntry>,
+    /// A gateway's own limits (a gateway's config only).
+    gateway: Option<GatewayTable>,
     /// Every field of the core's [`Config`] may be set here; the rest keep their defaults.
     /// The chain id comes from `chain`.
     #[serde(default)]
@@ -264,6 +286,23 @@ pub struct Network {
     pub validators: ValidatorSet,
     /// Each validator's address, by id.
     pub addresses: Vec<SocketAddr>,
+    /// The network's gateways: each one's key and address.
+    pub gateways: Vec<(PublicKey, SocketAddr)>,
+}
+
+/// A gateway's configuration, checked.
+#[derive(Debug)]
+pub struct GatewayNodeConfig {
+    /// The network the gateway serves (its `gateways` list is not the gateway's concern).
+    pub network: Network,
+    /// The gateway's key: its transport identity towards clients and validators (it signs
+    /// nothing). Never a validator's.
+    pub keypair: Keypair,
+    /// Where it listens for clients.
+    pub listen: SocketAddr,
+    /// Its limits and timers: [`crate::gateway::config_for`] the network, then the config's
+    /// `[gateway]` table.
+    pub gateway: pbft_core::GatewayConfig,
 }
 
 /// A node's configuration, checked.
@@ -294,7 +333,8 @@ pub struct NodeConfig {
     pub verify_threads: usize,
     /// Messages to validators of at least this many bytes go LZ4-compressed: the config's
     /// `compress_above_bytes`; off without it. Pays only on links slower than about
-    /// 2 Gbit/s ([`crate::compression`]). Nodes need not agree: each reads both kinds.
+    /// 2 Gbit/s ([`crate::compression`]). Nodes need not agree: each reads both kinds (once
+    /// every node runs a build that does).
     pub compress_above: Option<usize>,
 }
 
@@ -339,10 +379,18 @@ pub fn load_config(path: &Path) -> Result<NodeConfig, FileError> {
         .transpose()?;
     let key_file = required(path, "key_file", &file.key_file)?;
     let data_dir = required(path, "data_dir", &file.data_dir)?;
+    if file.gateway.is_some() {
+        return Err(field_error(
+            path,
+            "gateway",
+            "a validator's config has no [gateway] table",
+        ));
+    }
     let Network {
         core,
         validators,
         addresses,
+        ..
     } = network(path, &file)?;
     let key_path = base.join(key_file);
     let keypair = read_key_file(&key_path)?;
@@ -379,6 +427,62 @@ pub fn load_config(path: &Path) -> Result<NodeConfig, FileError> {
         data_dir: base.join(data_dir),
         verify_threads,
         compress_above: file.compress_above_bytes,
+    })
+}
+
+/// Reads and checks a gateway's config file: the network's fields, `key_file` (not a
+/// validator's key), `listen`, and an optional `[gateway]` table of limits.
+pub fn load_gateway_config(path: &Path) -> Result<GatewayNodeConfig, FileError> {
+    let file = read_config_file(path)?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let listen = parse_address(path, "listen", required(path, "listen", &file.listen)?)?;
+    let key_file = required(path, "key_file", &file.key_file)?;
+    let unused = [
+        ("data_dir", file.data_dir.is_some()),
+        ("verify_threads", file.verify_threads.is_some()),
+        ("compress_above_bytes", file.compress_above_bytes.is_some()),
+    ];
+    if let Some((field, _)) = unused.iter().find(|(_, set)| *set) {
+        return Err(field_error(
+            path,
+            *field,
+            "a gateway has none (it keeps no data and checks no batches of validators)",
+        ));
+    }
+    let network = network(path, &file)?;
+    let keypair = read_key_file(&base.join(key_file))?;
+    if network.validators.id_of(&keypair.public_key()).is_some() {
+        return Err(field_error(
+            path,
+            "key_file",
+            "is a validator's key; a gateway needs a key of its own",
+        ));
+    }
+    let mut gateway = crate::gateway::config_for(&network.core);
+    let table = file.gateway.clone().unwrap_or_default();
+    let set = |value: &mut usize, from: Option<usize>| *value = from.unwrap_or(*value);
+    set(&mut gateway.max_sessions, table.max_sessions);
+    set(
+        &mut gateway.max_outstanding_per_client,
+        table.max_outstanding_per_client,
+    );
+    set(&mut gateway.max_outstanding, table.max_outstanding);
+    set(&mut gateway.max_batch_ops, table.max_batch_ops);
+    set(&mut gateway.max_batch_bytes, table.max_batch_bytes);
+    gateway.client_rate = table.client_rate.unwrap_or(gateway.client_rate);
+    gateway.client_burst = table.client_burst.unwrap_or(gateway.client_burst);
+    gateway.batch_delay_ms = table.batch_delay_ms.unwrap_or(gateway.batch_delay_ms);
+    gateway.retransmit_ms = table.retransmit_ms.unwrap_or(gateway.retransmit_ms);
+    gateway.request_timeout_ms = table
+        .request_timeout_ms
+        .unwrap_or(gateway.request_timeout_ms);
+    pbft_core::Gateway::new(gateway.clone(), network.validators.clone())
+        .map_err(|err| field_error(path, "gateway", err.to_string()))?;
+    Ok(GatewayNodeConfig {
+        network,
+        keypair,
+        listen,
+        gateway,
     })
 }
 
@@ -425,10 +529,19 @@ fn network(path: &Path, file: &ConfigFile) -> Result<Network, FileError> {
     // a full window of prepared certificates) must fit max_message_bytes.
     core.validate_for(&validators)
         .map_err(|err| field_error(path, "limits", err.to_string()))?;
+    let mut gateways = Vec::with_capacity(file.gateways.len());
+    for (index, entry) in file.gateways.iter().enumerate() {
+        let key = parse_public_key(&entry.key).ok_or_else(|| {
+            field_error(path, format!("gateways[{index}].key"), "not 64 hex digits")
+        })?;
+        let address = parse_address(path, &format!("gateways[{index}].address"), &entry.address)?;
+        gateways.push((key, address));
+    }
     Ok(Network {
         core,
         validators,
         addresses,
+        gateways,
     })
 }
 
@@ -500,6 +613,52 @@ mod tests {
         )
         .unwrap();
         assert_eq!(pinned.verify_threads, 3);
+    }
+
+    #[test]
+    fn a_gateway_config_loads_with_its_limits_and_refuses_what_a_gateway_has_not() {
+        let fixture = fixture();
+        let gateway_key = Keypair::from_seed(&[9; 32]);
+        write_key_file(&fixture.dir.path().join("gateway.key"), &gateway_key).unwrap();
+        let text = |extra: &str| {
+            let node = config_text(&fixture.keys, "");
+            let validators = &node[node.find("\n[[validators]]").unwrap()..];
+            format!(
+                "chain = \"testnet\"\nkey_file = \"gateway.key\"\nlisten = \"127.0.0.1:7100\"\n{extra}{validators}"
+            )
+        };
+        let path = fixture.dir.path().join("gateway.toml");
+        let load = |text: String| {
+            fs::write(&path, text).unwrap();
+            load_gateway_config(&path)
+        };
+        let config = load(text("[gateway]\nclient_rate = 50\nmax_sessions = 7\n")).unwrap();
+        assert_eq!(config.keypair.public_key(), gateway_key.public_key());
+        assert_eq!(
+            (config.gateway.client_rate, config.gateway.max_sessions),
+            (50, 7)
+        );
+        assert_eq!(
+            config.gateway.max_request_bytes,
+            config.network.core.max_request_bytes
+        );
+        let refused = |extra: &str, field: &str| {
+            let err = load(text(extra)).unwrap_err().to_string();
+            assert!(err.contains(field), "{extra}: {err}");
+        };
+        refused("data_dir = \"data\"\n", "data_dir");
+        refused(
+            "[gateway]\nclient_burst = 0\n",
+            "client_burst must be positive",
+        );
+        refused("[gateway]\nbatch_size = 3\n", "unknown field");
+        // A validator's key is refused, and a validator's config takes no [gateway] table.
+        write_key_file(&fixture.dir.path().join("node-copy.key"), &fixture.keys[0]).unwrap();
+        let err = load(text("").replace("gateway.key", "node-copy.key")).unwrap_err();
+        assert!(err.to_string().contains("validator's key"), "{err}");
+        let node = config_text(&fixture.keys, "[gateway]\nclient_rate = 5\n");
+        let err = super::tests::load(&fixture, &node).unwrap_err();
+        assert!(err.to_string().contains("[gateway]"), "{err}");
     }
 
     #[test]

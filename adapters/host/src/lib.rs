@@ -12,6 +12,7 @@ pub mod config;
 pub mod driver;
 pub mod framing;
 mod fused;
+pub mod gateway;
 pub mod kv;
 pub mod link;
 pub mod metrics;

@@ -18,6 +18,8 @@ pub struct Testnet {
     pub network: PathBuf,
     /// Each validator's metrics address, by id.
     pub metrics: Vec<SocketAddr>,
+    /// Each gateway's config file (none unless asked for).
+    pub gateways: Vec<PathBuf>,
 }
 
 /// A loopback port free for both UDP and TCP right now (the OS may hand it out again
@@ -37,6 +39,17 @@ pub fn free_port() -> std::io::Result<u16> {
 pub fn create(
     dir: &Path,
     validators: usize,
+    chain: &str,
+    seed_of: impl Fn(usize) -> [u8; 32],
+) -> Result<Testnet, FileError> {
+    create_with_gateways(dir, (validators, 0), chain, seed_of)
+}
+
+/// [`create`] with `gateways` gateways too: their keys (seeds `seed_of(validators + i)`),
+/// their configs (`gateway<i>.toml`), and each listed in `network.toml`, which clients use.
+pub fn create_with_gateways(
+    dir: &Path,
+    (validators, gateways): (usize, usize),
     chain: &str,
     seed_of: impl Fn(usize) -> [u8; 32],
 ) -> Result<Testnet, FileError> {
@@ -68,8 +81,27 @@ pub fn create(
             key.public_key()
         );
     }
+    let mut listed = String::new();
+    let mut gateway_files = Vec::new();
+    for index in 0..gateways {
+        let key = Keypair::from_seed(&seed_of(validators + index));
+        let port = free_port().map_err(io(dir))?;
+        let _ = write!(
+            listed,
+            "\n[[gateways]]\nkey = \"{}\"\naddress = \"127.0.0.1:{port}\"\n",
+            key.public_key()
+        );
+        let key_file = dir.join(format!("gateway{index}.key"));
+        write_key_file(&key_file, &key)?;
+        let config = dir.join(format!("gateway{index}.toml"));
+        let text = format!(
+            "chain = \"{chain}\"\nkey_file = \"gateway{index}.key\"\nlisten = \"127.0.0.1:{port}\"\n{set}"
+        );
+        fs::write(&config, text).map_err(io(&config))?;
+        gateway_files.push(config);
+    }
     let network = dir.join("network.toml");
-    fs::write(&network, format!("chain = \"{chain}\"\n{set}")).map_err(io(&network))?;
+    fs::write(&network, format!("chain = \"{chain}\"\n{set}{listed}")).map_err(io(&network))?;
     let mut nodes = Vec::new();
     for (index, key) in keys.iter().enumerate() {
         let key_file = dir.join(format!("node{index}.key"));
@@ -86,5 +118,6 @@ pub fn create(
         nodes,
         network,
         metrics,
+        gateways: gateway_files,
     })
 }

@@ -89,6 +89,14 @@ pub enum ServerFrame {
     Status(NodeStatus),
     /// The answer to [`ClientFrame::Proof`]: `None` if the node no longer holds that batch.
     Proof(Option<Box<ProofBundle>>),
+    /// A gateway will not carry request `client_seq` (0: no request in particular), and
+    /// says why (a [`pbft_core::Shed`]'s words): an answer the client can show.
+    Refused {
+        /// The request refused.
+        client_seq: u64,
+        /// Why, for a person.
+        reason: String,
+    },
 }
 
 /// What a client signs to name `relay` as the connection its replies go through.

@@ -4,7 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use pbft_core::{Client, Digest, Keypair, Message, Outcome, ValidatorSet};
+use std::net::SocketAddr;
+
+use pbft_core::{Client, Digest, Keypair, Message, Outcome, PublicKey, ReplicaId, ValidatorSet};
 use pbft_host::config::Network;
 use pbft_host::session::Session;
 use pbft_host::wire::{ClientFrame, NodeStatus, ProofBundle, ServerFrame};
@@ -33,19 +35,31 @@ impl Drop for QuicLinks {
 /// A session over QUIC to every validator of `network`, authenticated as `keypair`. Links
 /// connect (and reconnect) in the background on the current tokio runtime.
 pub fn connect(network: &Network, keypair: &Keypair) -> Result<Session, TransportError> {
-    let endpoint = transport::client_endpoint(network.addresses[0])?;
-    let (mut links, ends) = Session::channels(network.addresses.len());
+    let validators: Vec<(PublicKey, SocketAddr)> = (0..network.validators.len())
+        .filter_map(|index| network.validators.key(ReplicaId(index as u16)))
+        .map(|key| key.public_key())
+        .zip(network.addresses.iter().copied())
+        .collect();
+    connect_to(network, &validators, keypair)
+}
+
+/// A session over QUIC to `targets` (each a key and address: validators, or a gateway),
+/// link `i` to `targets[i]`, authenticated as `keypair`.
+pub fn connect_to(
+    network: &Network,
+    targets: &[(PublicKey, SocketAddr)],
+    keypair: &Keypair,
+) -> Result<Session, TransportError> {
+    let Some((_, first)) = targets.first() else {
+        return Err(TransportError::Quic("nothing to connect to".into()));
+    };
+    let endpoint = transport::client_endpoint(*first)?;
+    let (mut links, ends) = Session::channels(targets.len());
     let outgoing = std::mem::take(&mut links.outgoing);
     let max = network.core.max_message_bytes + 64;
     let mut tasks = Vec::new();
-    for ((index, addr), queue) in network.addresses.iter().enumerate().zip(outgoing) {
-        let id = pbft_core::ReplicaId(index as u16);
-        let key = network
-            .validators
-            .key(id)
-            .expect("one address per validator")
-            .public_key();
-        let config = transport::client_config(keypair, key, ALPN_CLIENT)?;
+    for ((index, (key, addr)), queue) in targets.iter().enumerate().zip(outgoing) {
+        let config = transport::client_config(keypair, *key, ALPN_CLIENT)?;
         let inbound = links.inbound_for(index);
         tasks.push(tokio::spawn(link(
             endpoint.clone(),
@@ -84,12 +98,24 @@ pub fn connect_over(
 /// Why a client operation did not complete.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientFailure {
-    /// No result within the time allowed.
-    #[error("no result in time (is the cluster up?)")]
-    Timeout,
+    /// No result within the time allowed; says what to check (the cluster, or the gateway).
+    #[error("no result in time (is {0} up?)")]
+    Timeout(&'static str),
+    /// The operation is over the network's `max_request_bytes`: every validator would refuse
+    /// it, so it is not sent.
+    #[error("operation of {len} bytes; the network takes at most {max}")]
+    TooLarge {
+        /// The operation's size, in bytes.
+        len: usize,
+        /// The network's limit, in bytes.
+        max: usize,
+    },
     /// The links are gone.
     #[error("connections closed")]
     Closed,
+    /// The gateway refused the request, and said why.
+    #[error("the gateway refused the request: {0}")]
+    Refused(String),
 }
 
 /// A client of a pbft cluster, over either transport.
@@ -97,6 +123,10 @@ pub struct ClusterClient {
     session: Session,
     client: Client,
     start: Instant,
+    /// The session's one link goes to a gateway, which routes and retransmits.
+    via_gateway: bool,
+    /// The network's largest operation, in bytes.
+    max_request_bytes: usize,
 }
 
 /// First request number of a new client key: microseconds since the epoch, so numbers keep
@@ -125,6 +155,32 @@ impl ClusterClient {
             session,
             client,
             start: Instant::now(),
+            via_gateway: false,
+            max_request_bytes: network.core.max_request_bytes,
+        })
+    }
+
+    /// A client of `network` with `keypair` that sends through `gateway` (its key and
+    /// address), over QUIC: the gateway routes its requests and hands it the f + 1 replies
+    /// it checks itself.
+    pub fn connect_via_gateway(
+        network: &Network,
+        gateway: (PublicKey, SocketAddr),
+        keypair: Keypair,
+    ) -> Result<ClusterClient, TransportError> {
+        let session = connect_to(network, &[gateway], &keypair)?;
+        let client = Client::new(
+            network.core.chain_id,
+            keypair,
+            network.validators.clone(),
+            first_client_seq(),
+        );
+        Ok(ClusterClient {
+            session,
+            client,
+            start: Instant::now(),
+            via_gateway: true,
+            max_request_bytes: network.core.max_request_bytes,
         })
     }
 
@@ -138,11 +194,22 @@ impl ClusterClient {
         op: Vec<u8>,
         timeout: Duration,
     ) -> Result<(Outcome, Digest), ClientFailure> {
+        if op.len() > self.max_request_bytes {
+            return Err(ClientFailure::TooLarge {
+                len: op.len(),
+                max: self.max_request_bytes,
+            });
+        }
         let give_up = tokio::time::Instant::now() + timeout;
         let request = self.client.request(self.now(), op);
         let digest = request.digest(&self.client_chain());
+        let client_seq = request.client_seq;
         let frame = ClientFrame::Message(Message::Request(request).encode());
-        self.session.send(self.client.primary().0 as usize, &frame);
+        let to = match self.via_gateway {
+            true => 0,
+            false => self.client.primary().0 as usize,
+        };
+        self.session.send(to, &frame);
         loop {
             let retry = self.client.poll_timeout().map_or(give_up, |at| {
                 tokio::time::Instant::from_std(self.start + Duration::from_millis(at))
@@ -154,12 +221,21 @@ impl ClusterClient {
                             return Ok((outcome, digest));
                         }
                     }
+                    Some((_, ServerFrame::Refused { client_seq: refused, reason }))
+                        if self.via_gateway && (refused == client_seq || refused == 0) =>
+                    {
+                        return Err(ClientFailure::Refused(reason));
+                    }
                     Some(_) => {}
                     None => return Err(ClientFailure::Closed),
                 },
                 () = tokio::time::sleep_until(retry.min(give_up)) => {
                     if tokio::time::Instant::now() >= give_up {
-                        return Err(ClientFailure::Timeout);
+                        let what = match self.via_gateway {
+                            true => "the gateway",
+                            false => "the cluster",
+                        };
+                        return Err(ClientFailure::Timeout(what));
                     }
                     if let Some(request) = self.client.handle_timeout(self.now()) {
                         self.session.broadcast(&ClientFrame::Message(Message::Request(request).encode()));

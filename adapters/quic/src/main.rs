@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use pbft_core::Keypair;
-use pbft_host::config::{load_config, load_network, random_seed, read_key_file, write_key_file};
+use pbft_host::config::{
+    load_config, load_gateway_config, load_network, random_seed, read_key_file, write_key_file,
+};
 use pbft_host::kv::{Op, OpResult};
 use pbft_host::wire::ProofBundle;
 use pbft_quic::bench::{self, BenchOptions};
@@ -44,6 +46,15 @@ enum Command {
         /// The transport the printed commands use (ports are free for both).
         #[arg(long, value_enum, default_value_t)]
         transport: TransportArg,
+        /// Gateways to write configs for too (listed in network.toml for clients).
+        #[arg(long, default_value_t = 0)]
+        gateways: usize,
+    },
+    /// Run a gateway between clients and the validators (QUIC).
+    Gateway {
+        /// The gateway's config file.
+        #[arg(long)]
+        config: PathBuf,
     },
     /// Run a validator.
     Node {
@@ -71,6 +82,10 @@ enum Command {
         /// What carries the messages.
         #[arg(long, value_enum, default_value_t, global = true)]
         transport: TransportArg,
+        /// Send through gateway N of the config's `[[gateways]]` (QUIC) instead of to the
+        /// validators.
+        #[arg(long, value_name = "N", global = true)]
+        via_gateway: Option<usize>,
         #[command(subcommand)]
         op: ClientOp,
     },
@@ -203,8 +218,9 @@ async fn run(command: Command) -> Result<(), Failure> {
             dir,
             chain,
             transport,
+            gateways,
         } => {
-            let testnet = testnet(&dir, validators, &chain)?;
+            let testnet = testnet(&dir, (validators, gateways), &chain)?;
             let flag = match transport {
                 TransportArg::Quic => "",
                 TransportArg::Tcp => " --transport tcp",
@@ -216,7 +232,14 @@ async fn run(command: Command) -> Result<(), Failure> {
                     testnet.metrics[index]
                 );
             }
+            for config in &testnet.gateways {
+                println!("pbft gateway --config {}", config.display());
+            }
             println!("clients: --config {}{flag}", testnet.network.display());
+        }
+        Command::Gateway { config } => {
+            let config = load_gateway_config(&config)?;
+            pbft_quic::gateway::run(config, shutdown_signal()).await?;
         }
         Command::Node { config, transport } => {
             let config = load_config(&config)?;
@@ -228,11 +251,12 @@ async fn run(command: Command) -> Result<(), Failure> {
             proof,
             timeout,
             transport,
+            via_gateway,
             op,
         } => {
             let config = config.ok_or("--config is required (a node's config or network.toml)")?;
             let files = (config.as_path(), key_file.as_deref(), proof.as_deref());
-            client(files, timeout, transport.into(), op).await?;
+            client(files, timeout, (transport.into(), via_gateway), op).await?;
         }
         Command::VerifyQc { config, proof } => {
             let network = load_network(&config)?;
@@ -263,13 +287,13 @@ async fn run(command: Command) -> Result<(), Failure> {
 
 fn testnet(
     dir: &Path,
-    validators: usize,
+    nodes: (usize, usize),
     chain: &str,
 ) -> Result<pbft_host::testnet::Testnet, Failure> {
     let base = random_seed()?;
-    Ok(pbft_host::testnet::create(
+    Ok(pbft_host::testnet::create_with_gateways(
         dir,
-        validators,
+        nodes,
         chain,
         |index| {
             let mut seed = base;
@@ -311,7 +335,7 @@ async fn run_node(
 async fn client(
     (config, key, proof): (&Path, Option<&Path>, Option<&Path>),
     timeout: u64,
-    transport: Transport,
+    (transport, via_gateway): (Transport, Option<usize>),
     op: ClientOp,
 ) -> Result<(), Failure> {
     let network = load_network(config)?;
@@ -331,7 +355,22 @@ async fn client(
             key: key.into_bytes(),
         },
     };
-    let mut client = ClusterClient::connect(transport, &network, keypair)?;
+    let mut client = match via_gateway {
+        None => ClusterClient::connect(transport, &network, keypair)?,
+        Some(_) if matches!(transport, Transport::Tcp) => {
+            return Err("gateways serve QUIC clients only; drop --transport tcp".into());
+        }
+        Some(index) => {
+            let gateway = *network.gateways.get(index).ok_or_else(|| {
+                format!(
+                    "{} lists {} gateways; --via-gateway {index} names none",
+                    config.display(),
+                    network.gateways.len()
+                )
+            })?;
+            ClusterClient::connect_via_gateway(&network, gateway, keypair)?
+        }
+    };
     let (outcome, digest) = client
         .execute(op.encode(), Duration::from_secs(timeout))
         .await?;
@@ -383,7 +422,7 @@ async fn shutdown_signal() {
 
 async fn demo(load: &Load) -> Result<(), Failure> {
     let dir = tempfile::tempdir()?;
-    let testnet = testnet(dir.path(), 4, "demo")?;
+    let testnet = testnet(dir.path(), (4, 0), "demo")?;
     println!("starting 4 validators in {}", dir.path().display());
     let mut stops = Vec::new();
     let mut nodes = Vec::new();

@@ -91,7 +91,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     result.unwrap_or(Err(RunError::Panicked))
 }
 
-async fn accept_loop(
+pub(crate) async fn accept_loop(
     endpoint: Endpoint,
     driver: Driver,
     router: Arc<Router>,

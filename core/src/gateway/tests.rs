@@ -147,7 +147,7 @@ fn f_plus_one_matching_replies_answer_and_each_verifies_for_the_client() {
     assert_eq!(
         gateway.primary(),
         ReplicaId(0),
-        "the lower of the two views (4) says where the primary is"
+        "views 4, 4 and 5: the second highest (f + 1 = 2) is 4"
     );
     assert_eq!(gateway.poll_timeout(), None, "nothing left to retransmit");
     assert_eq!(
@@ -487,4 +487,34 @@ fn a_bucket_outlives_its_session_and_a_forgery_costs_a_whole_burst() {
         Err(Shed::RateLimited)
     );
     gateway.submit(60, &key, request(0, 6)).unwrap();
+}
+
+#[test]
+fn one_validator_can_neither_raise_nor_hold_back_the_view_batches_go_to() {
+    let mut config = config();
+    config.max_batch_ops = 1;
+    let mut gateway = gateway(config);
+    let key = client_key(0).public_key();
+    gateway.open(0, key).unwrap();
+    let answer = |gateway: &mut Gateway, seq: u64, votes: &[(usize, u64)]| {
+        gateway.submit(0, &key, request(0, seq)).unwrap();
+        outputs(gateway);
+        let answered: &Answered = &[(key, seq, b"ok")];
+        for &(replica, view) in votes {
+            gateway
+                .handle_reply(
+                    ReplicaId(replica as u16),
+                    &reply(replica, view, seq, answered, 0),
+                )
+                .unwrap();
+        }
+        outputs(gateway);
+        gateway.primary()
+    };
+    // Validator 3 signs view 100: the second highest of {100, 8} is 8.
+    assert_eq!(answer(&mut gateway, 1, &[(3, 100), (1, 8)]), ReplicaId(0));
+    // Validator 2, stuck in view 0, answers first and fast: the view does not fall.
+    assert_eq!(answer(&mut gateway, 2, &[(2, 0), (3, 100)]), ReplicaId(0));
+    // An honest validator moves on: it moves the view.
+    assert_eq!(answer(&mut gateway, 3, &[(1, 9), (2, 0)]), ReplicaId(1));
 }

@@ -265,10 +265,9 @@ impl Inputs {
     }
 }
 
-#[cfg(test)]
 impl Driver {
-    /// A driver with no node behind it: the test takes the inputs itself, validators'
-    /// first.
+    /// A driver with no node behind it: whoever holds the [`DetachedInputs`] takes the
+    /// inputs, validators' first, with the node's queue bounds (a gateway's thread; tests).
     pub(crate) fn detached(metrics: Arc<NodeMetrics>) -> (Driver, DetachedInputs) {
         let (peers, peer_rx) = Lane::new(PEER_INPUTS, PEER_INPUT_BYTES);
         let (clients, client_rx) = Lane::new(CLIENT_INPUTS, CLIENT_INPUT_BYTES);
@@ -290,14 +289,23 @@ impl Driver {
     }
 }
 
-/// What a test takes a detached driver's inputs from.
-#[cfg(test)]
+/// The inputs of a [`Driver::detached`], for the thread that takes them.
 pub(crate) struct DetachedInputs(Inputs);
 
-#[cfg(test)]
 impl DetachedInputs {
+    /// The next input if one waits.
+    #[cfg(test)]
     pub(crate) fn try_recv(&self) -> Option<Input> {
         self.0.next_input()
+    }
+
+    /// The next input, waiting up to `wait` (forever with `None`).
+    pub(crate) fn wait(&self, wait: Option<Duration>) -> Result<Input, RecvTimeoutError> {
+        match self.0.wait(wait)? {
+            Next::Input(input) => Ok(input),
+            // A detached driver has no snapshot or sync thread.
+            Next::Snapshot(_) | Next::Synced(_) => Err(RecvTimeoutError::Timeout),
+        }
     }
 }
 
@@ -575,7 +583,9 @@ mod tests {
             match next(&relayed) {
                 ServerFrame::Message(bytes) => reply = Some(bytes),
                 ServerFrame::Status(answer) => status = Some(answer),
-                ServerFrame::Proof(_) => panic!("no proof was asked for"),
+                ServerFrame::Proof(_) | ServerFrame::Refused { .. } => {
+                    panic!("nothing else was asked for")
+                }
             }
         }
         let outcome = behind

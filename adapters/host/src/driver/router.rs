@@ -478,6 +478,11 @@ impl Router {
             .map(|attached| MAX_FORGERIES_PER_CONNECTION.saturating_sub(attached.forgeries))
     }
 
+    /// Whether a connection of `key`'s is attached now.
+    pub fn is_attached(&self, key: &PublicKey) -> bool {
+        self.clients().queues.contains_key(key)
+    }
+
     /// Clients whose replies go through another connection, now.
     pub fn relayed_clients(&self) -> usize {
         self.clients().via.len()
@@ -549,7 +554,10 @@ mod tests {
         let set = ValidatorSet::new(0, &keys).unwrap();
         let metrics = Arc::new(NodeMetrics::new());
         let (router, queues) = Router::new(&set, ReplicaId(0), (1 << 20, Some(4096)), metrics);
-        let message: Vec<u8> = (0..64 << 10).map(|i| (i % 7) as u8 + 2).collect();
+        // A batch-like message: repeated field names around counters.
+        let message: Vec<u8> = (0u32..4096)
+            .flat_map(|i| [&b"put key value "[..], &i.to_le_bytes()].concat())
+            .collect();
         router.route(Transmit {
             to: Destination::AllValidators,
             bytes: message.clone(),
@@ -561,7 +569,7 @@ mod tests {
         for (_, queue) in &queues {
             let frame = queue.try_recv().unwrap();
             assert_eq!(frame[0], crate::compression::COMPRESSED);
-            assert!(frame.len() < message.len() / 10);
+            assert!(frame.len() < message.len() / 2);
             assert_eq!(crate::compression::expand(frame, 1 << 20).unwrap(), message);
         }
         assert_eq!(

@@ -24,6 +24,8 @@ use pbft_tcp::secure::{Role, initiate};
 use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
 
 pub(crate) const VALIDATORS: usize = 4;
+/// Gateways each test cluster has configs for (started only by the tests that use them).
+pub(crate) const GATEWAYS: usize = 3;
 
 /// How a node's process is started.
 #[derive(Clone, Debug)]
@@ -66,7 +68,10 @@ impl Cluster {
     ) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let testnet =
-            testnet::create(dir.path(), VALIDATORS, name, |index| [index as u8 + 40; 32]).unwrap();
+            testnet::create_with_gateways(dir.path(), (VALIDATORS, GATEWAYS), name, |index| {
+                [index as u8 + 40; 32]
+            })
+            .unwrap();
         let network = load_network(&testnet.network).unwrap();
         let mut cluster = Cluster {
             transport,
@@ -143,6 +148,23 @@ impl Cluster {
             Keypair::from_seed(&[seed; 32]),
         )
         .unwrap()
+    }
+
+    /// Starts `pbft gateway` number `index`; its log goes to `gateway<index>.log`.
+    pub(crate) fn spawn_gateway(&self, index: usize) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("gateway{index}.log")))
+            .unwrap();
+        Command::new(env!("CARGO_BIN_EXE_pbft"))
+            .args(["gateway", "--config"])
+            .arg(&self.testnet.gateways[index])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap()
     }
 
     pub(crate) fn data_dir(&self, index: usize) -> PathBuf {

@@ -1,0 +1,98 @@
+//! Runs a gateway over QUIC: the gateway thread of `pbft-host` ([`pbft_host::gateway`]), a
+//! reconnecting client link to every validator (the gateway connects as a client, with its
+//! own key, and its requests' replies come back on the same link), and the node's accept
+//! loop for the clients it serves (Retry, bounded handshakes, the same per-connection limits
+//! as a validator's clients).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pbft_core::Gateway;
+use pbft_host::config::GatewayNodeConfig;
+use pbft_host::driver::{Connections, Router};
+use pbft_host::gateway::{self, NOT_A_VALIDATOR, Running};
+use pbft_host::metrics::NodeMetrics;
+use pbft_host::serve::ServeLimits;
+use pbft_host::start::{CLIENT_FRAME_OVERHEAD, RunError, Sockets, connection_limits};
+use quinn::{Endpoint, VarInt};
+
+use crate::identity::ALPN_CLIENT;
+use crate::node::accept_loop;
+use crate::transport::{self, TransportError, close, link};
+
+/// Runs the gateway `config` describes until `shutdown` completes (then it stops accepting
+/// and closes every connection with a reason).
+///
+/// # Errors
+///
+/// The endpoint cannot be set up or bound, or the gateway's thread cannot start.
+pub async fn run(
+    config: GatewayNodeConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    let transport_error = |err: TransportError| RunError::Transport(Box::new(err));
+    let network = &config.network;
+    let server = transport::server_config(&config.keypair).map_err(transport_error)?;
+    let caps = connection_limits(network.validators.len(), Sockets::Shared);
+    let endpoint = Endpoint::server(server, config.listen).map_err(|err| {
+        RunError::Transport(format!("listening on {}: {err}", config.listen).into())
+    })?;
+    let metrics = Arc::new(NodeMetrics::new());
+    let max_frame = network.core.max_message_bytes + CLIENT_FRAME_OVERHEAD;
+    let (router, queues) = Router::new(
+        &network.validators,
+        NOT_A_VALIDATOR,
+        (max_frame, None),
+        metrics.clone(),
+    );
+    let core = Gateway::new(config.gateway.clone(), network.validators.clone())
+        .map_err(|err| RunError::Transport(err.to_string().into()))?;
+    let Running {
+        driver,
+        router,
+        thread,
+    } = gateway::spawn(core, network.validators.clone(), router, metrics)
+        .map_err(|err| RunError::Transport(Box::new(err)))?;
+    tracing::info!(listen = %config.listen, key = %config.keypair.public_key(), "gateway listening");
+    let mut links = Vec::new();
+    for (id, queue) in queues {
+        let Some(key) = network.validators.key(id).map(|key| key.public_key()) else {
+            continue;
+        };
+        let tls =
+            transport::client_config(&config.keypair, key, ALPN_CLIENT).map_err(transport_error)?;
+        let addr = network.addresses[usize::from(id.0)];
+        let inbound = gateway::inbound_for(&driver, key);
+        let connected = driver.metrics().peers_connected.clone();
+        links.push(tokio::spawn(link(
+            endpoint.clone(),
+            addr,
+            tls,
+            queue,
+            max_frame,
+            Some(inbound),
+            Some(connected),
+        )));
+    }
+    let connections = Connections::new(network.validators.clone(), caps);
+    let limits = ServeLimits::new(&network.core, max_frame);
+    let accept = tokio::spawn(accept_loop(
+        endpoint.clone(),
+        driver.clone(),
+        router,
+        connections,
+        limits,
+    ));
+    shutdown.await;
+    tracing::info!("shutting down");
+    accept.abort();
+    driver.shutdown();
+    let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    endpoint.close(VarInt::from_u32(close::SHUTDOWN), b"shutting down");
+    for link in links {
+        link.abort();
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    Ok(())
+}

@@ -1,0 +1,121 @@
+//! Clients through `pbft gateway` processes in front of four `pbft node` processes: what an
+//! operator does to a gateway (kill it) and what a client sends it (too much).
+
+#[allow(unused_macros)] // The over-both-transports macro: gateways serve QUIC only.
+mod common;
+
+use std::time::Duration;
+
+use common::Cluster;
+use pbft_core::Keypair;
+use pbft_host::kv::{Op, OpResult};
+use pbft_quic::client::{ClientFailure, ClusterClient, Transport};
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+fn put(key: &str, value: &str) -> Vec<u8> {
+    Op::Put {
+        key: key.as_bytes().to_vec(),
+        value: value.as_bytes().to_vec(),
+    }
+    .encode()
+}
+
+/// A client writes through gateway 0, which is SIGKILLed; it connects through gateway 1 and
+/// goes on. Every acknowledged write reads back, through the gateway and from the
+/// validators directly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_gateways_clients_go_on_through_another_and_lose_no_acknowledged_write() {
+    let cluster = Cluster::start("gateways", Transport::Quic);
+    let mut first = cluster.spawn_gateway(0);
+    let mut second = cluster.spawn_gateway(1);
+    let gateways = cluster.network.gateways.clone();
+    let mut client = ClusterClient::connect_via_gateway(
+        &cluster.network,
+        gateways[0],
+        Keypair::from_seed(&[77; 32]),
+    )
+    .unwrap();
+    let mut acknowledged = Vec::new();
+    for i in 0..20 {
+        let (key, value) = (format!("k{i}"), format!("v{i}"));
+        client.execute(put(&key, &value), TIMEOUT).await.unwrap();
+        acknowledged.push((key, value));
+    }
+    // An operation over the network's limit is not even sent.
+    let over = vec![0; cluster.network.core.max_request_bytes + 1];
+    assert!(matches!(
+        client.execute(over, TIMEOUT).await,
+        Err(ClientFailure::TooLarge { .. })
+    ));
+    first.kill().unwrap();
+    first.wait().unwrap();
+    drop(client);
+    let mut client = ClusterClient::connect_via_gateway(
+        &cluster.network,
+        gateways[1],
+        Keypair::from_seed(&[77; 32]),
+    )
+    .unwrap();
+    for i in 20..40 {
+        let (key, value) = (format!("k{i}"), format!("v{i}"));
+        client.execute(put(&key, &value), TIMEOUT).await.unwrap();
+        acknowledged.push((key, value));
+    }
+    let mut direct = cluster.client(78);
+    for (key, value) in &acknowledged {
+        let get = Op::Get {
+            key: key.as_bytes().to_vec(),
+        }
+        .encode();
+        let expected = Some(OpResult::Value(Some(value.as_bytes().to_vec())));
+        let (through, _) = client.execute(get.clone(), TIMEOUT).await.unwrap();
+        assert_eq!(
+            OpResult::decode(&through.result),
+            expected,
+            "{key} through the gateway"
+        );
+        let (outcome, _) = direct.execute(get, TIMEOUT).await.unwrap();
+        assert_eq!(
+            OpResult::decode(&outcome.result),
+            expected,
+            "{key} from the validators"
+        );
+    }
+    second.kill().unwrap();
+    second.wait().unwrap();
+}
+
+/// A client over its gateway's rate limit gets the gateway's reason, not a timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_over_its_rate_gets_the_gateways_reason() {
+    let cluster = Cluster::start("gateway-rate", Transport::Quic);
+    let config = &cluster.testnet.gateways[2];
+    let mut text = std::fs::read_to_string(config).unwrap();
+    text.push_str("\n[gateway]\nclient_rate = 1\nclient_burst = 2\n");
+    std::fs::write(config, text).unwrap();
+    let mut gateway = cluster.spawn_gateway(2);
+    let mut client = ClusterClient::connect_via_gateway(
+        &cluster.network,
+        cluster.network.gateways[2],
+        Keypair::from_seed(&[79; 32]),
+    )
+    .unwrap();
+    // The bucket holds 2 requests (copies of one outstanding take none); the third is refused.
+    let mut refused = None;
+    for i in 0..10 {
+        match client.execute(put(&format!("r{i}"), "v"), TIMEOUT).await {
+            Ok(_) => {}
+            Err(ClientFailure::Refused(reason)) => {
+                refused = Some((i, reason));
+                break;
+            }
+            Err(other) => panic!("refused with the gateway's reason, got {other:?}"),
+        }
+    }
+    let (at, reason) = refused.expect("refused within 10 requests at 1 a second");
+    assert!(reason.contains("rate limit"), "{reason}");
+    assert_eq!(at, 2, "two requests fit the bucket, the third does not");
+    gateway.kill().unwrap();
+    gateway.wait().unwrap();
+}
