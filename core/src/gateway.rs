@@ -101,6 +101,8 @@ pub struct Gateway {
     /// forgotten when its latest close leaves the queue, after `max_sessions` more.
     closed: VecDeque<(PublicKey, u64)>,
     pending: BTreeMap<(PublicKey, u64), Pending>,
+    /// Encoded bytes of the requests in `pending`.
+    pending_bytes: usize,
     /// Requests waiting for the next batch, oldest first, and their encoded bytes.
     queue: VecDeque<(PublicKey, u64)>,
     queued_bytes: usize,
@@ -135,6 +137,7 @@ impl Gateway {
             closed: VecDeque::new(),
             views: BTreeMap::new(),
             pending: BTreeMap::new(),
+            pending_bytes: 0,
             queue: VecDeque::new(),
             queued_bytes: 0,
             batch_deadline: None,
@@ -196,7 +199,7 @@ impl Gateway {
         self.open_sessions = self.open_sessions.saturating_sub(1);
         self.queue.retain(|(queued, _)| queued != client);
         for client_seq in outstanding {
-            if let Some(pending) = self.pending.remove(&(*client, client_seq)) {
+            if let Some(pending) = self.take_pending(&(*client, client_seq)) {
                 if pending.deadline.is_none() {
                     let len = pending.request.encoded_len();
                     self.queued_bytes = self.queued_bytes.saturating_sub(len);
@@ -276,7 +279,10 @@ impl Gateway {
         if session.outstanding.len() >= config.max_outstanding_per_client {
             return Err(Shed::ClientBusy);
         }
-        if self.pending.len() >= config.max_outstanding {
+        let len = request.encoded_len();
+        if self.pending.len() >= config.max_outstanding
+            || self.pending_bytes.saturating_add(len) > config.max_outstanding_bytes
+        {
             return Err(Shed::Overloaded);
         }
         session.outstanding.insert(request.client_seq);
@@ -287,6 +293,7 @@ impl Gateway {
             self.batch_deadline = Some(now.saturating_add(config.batch_delay_ms));
         }
         let digest = request.digest(&config.chain_id);
+        self.pending_bytes += len;
         self.pending.insert(
             key,
             Pending {
@@ -366,7 +373,7 @@ impl Gateway {
         if agreeing < self.validators.reply_quorum() {
             return Ok(());
         }
-        let Some(pending) = self.pending.remove(&key) else {
+        let Some(pending) = self.take_pending(&key) else {
             return Ok(());
         };
         self.forget(reply.client, reply.client_seq, &pending);
@@ -422,7 +429,7 @@ impl Gateway {
                 continue;
             };
             if now.saturating_sub(pending.accepted) >= self.config.request_timeout_ms {
-                if let Some(pending) = self.pending.remove(&key) {
+                if let Some(pending) = self.take_pending(&key) {
                     self.forget(client, client_seq, &pending);
                 }
                 if let Some(session) = self.sessions.get_mut(&client) {
@@ -441,6 +448,8 @@ impl Gateway {
             for to in self.validators.ids() {
                 self.outputs.push_back(GatewayOutput::Transmit {
                     to,
+                    client,
+                    again: true,
                     bytes: bytes.clone(),
                 });
             }
@@ -532,7 +541,7 @@ impl Gateway {
         for ((client, client_seq), verdict) in keys.into_iter().zip(verdicts) {
             let key = (client, client_seq);
             if verdict.is_err() {
-                self.pending.remove(&key);
+                self.take_pending(&key);
                 if let Some(session) = self.sessions.get_mut(&client) {
                     session.outstanding.remove(&client_seq);
                     // A forgery costs the client a whole burst of requests, down to a debt of
@@ -548,14 +557,26 @@ impl Gateway {
             pending.deadline = Some(deadline);
             self.deadlines.insert((deadline, client, client_seq));
             let bytes = Message::Request(pending.request.clone()).encode();
-            self.outputs
-                .push_back(GatewayOutput::Transmit { to: primary, bytes });
+            self.outputs.push_back(GatewayOutput::Transmit {
+                to: primary,
+                client,
+                again: false,
+                bytes,
+            });
             sent += 1;
         }
         if sent > 0 {
             self.metrics.batches_sent += 1;
             self.metrics.requests_sent += sent;
         }
+    }
+
+    /// Removes a pending request, and its bytes from the count.
+    fn take_pending(&mut self, key: &(PublicKey, u64)) -> Option<Pending> {
+        let pending = self.pending.remove(key)?;
+        let len = pending.request.encoded_len();
+        self.pending_bytes = self.pending_bytes.saturating_sub(len);
+        Some(pending)
     }
 
     /// Drops what indexes a request no longer pending.

@@ -6,27 +6,40 @@
 //! validator's link, as a client's frames; replies and refusals to each client's
 //! connection.
 //!
-//! A client's session opens with its first request and closes once none of its connections
-//! is attached (checked every [`SWEEP_EVERY`]); the core keeps its bucket a while after.
+//! A client's session opens with its relay claim or its first request, and closes once none
+//! of its connections is attached (checked every [`SWEEP_EVERY`]); the core keeps its
+//! bucket a while after.
+//!
+//! Replies come back through the gateway because each client signs a relay claim naming
+//! the gateway's key ([`ClientFrame::Relay`]), which the gateway checks and forwards to every
+//! validator: a backup that sees the client's request only inside a pre-prepare then knows
+//! where to send its reply, and a claim cannot be displaced by someone replaying the
+//! client's requests. A validator forgets relays with the connection that carried them, so
+//! the gateway sends a client's claim again before every late request it sends to all, and
+//! keeps its links busy with an empty frame every [`KEEP_ALIVE`] (a validator closes a
+//! client connection idle for 30 s).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use flume::RecvTimeoutError;
 use pbft_core::{
-    Destination, Gateway, GatewayConfig, GatewayOutput, Message, PublicKey, ReplicaId, Shed,
-    ValidatorSet,
+    ChainId, Destination, Gateway, GatewayConfig, GatewayOutput, Message, PublicKey, ReplicaId,
+    Shed, ValidatorSet,
 };
 
 use crate::driver::{Driver, Input, Router};
 use crate::metrics::NodeMetrics;
 use crate::node::Transmit;
 use crate::session::Inbound;
-use crate::wire::{ClientFrame, ServerFrame};
+use crate::wire::{ClientFrame, ServerFrame, relay_digest};
 
 /// How often sessions whose clients left are closed.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// How often the gateway sends every validator an empty frame, so its links never idle out.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(10);
 
 /// The id a gateway's [`Router`] is built for: no validator's, so it keeps a queue for
 /// every validator (a set holds at most `u16::MAX` validators, ids below it).
@@ -42,6 +55,16 @@ pub struct Running {
     pub thread: JoinHandle<()>,
 }
 
+/// Who the gateway is: the network it serves and its own key (which clients' relay claims
+/// name).
+#[derive(Clone, Copy, Debug)]
+pub struct Identity {
+    /// The network's chain id.
+    pub chain: ChainId,
+    /// The gateway's key.
+    pub key: PublicKey,
+}
+
 /// Starts a gateway in front of `validators` on its own thread. `router` must come from
 /// [`Router::new`] for [`NOT_A_VALIDATOR`], without compression (validators read a client's
 /// frames as they are); its validator queues are the transport's links.
@@ -50,7 +73,7 @@ pub struct Running {
 ///
 /// The thread cannot be started.
 pub fn spawn(
-    gateway: Gateway,
+    (gateway, identity): (Gateway, Identity),
     validators: ValidatorSet,
     router: Arc<Router>,
     metrics: Arc<NodeMetrics>,
@@ -59,7 +82,14 @@ pub fn spawn(
     let thread_router = router.clone();
     let thread = std::thread::Builder::new()
         .name("pbft-gateway".into())
-        .spawn(move || run(gateway, &validators, &inputs, &thread_router))?;
+        .spawn(move || {
+            let mut state = State {
+                gateway,
+                identity,
+                claims: HashMap::new(),
+            };
+            run(&mut state, &validators, &inputs, &thread_router);
+        })?;
     Ok(Running {
         driver,
         router,
@@ -88,23 +118,33 @@ pub fn config_for(core: &pbft_core::Config) -> GatewayConfig {
     config
 }
 
+/// The gateway thread's state.
+struct State {
+    gateway: Gateway,
+    identity: Identity,
+    /// Each client's relay claim as it sent it (a frame to forward as is), while its session
+    /// is open.
+    claims: HashMap<PublicKey, Vec<u8>>,
+}
+
 fn run(
-    mut gateway: Gateway,
+    state: &mut State,
     validators: &ValidatorSet,
     inputs: &crate::driver::DetachedInputs,
     router: &Router,
 ) {
     let start = Instant::now();
     let now = || start.elapsed().as_millis() as u64 + 1;
-    let mut swept = Instant::now();
+    let (mut swept, mut kept_alive) = (Instant::now(), Instant::now());
     loop {
-        let due = gateway
+        let due = state
+            .gateway
             .poll_timeout()
             .map(|at| Duration::from_millis(at.saturating_sub(now())));
         let wait = due.unwrap_or(SWEEP_EVERY).min(SWEEP_EVERY);
         match inputs.wait(Some(wait)) {
             Ok(Input::Client { from, bytes, .. }) => {
-                client_frame(&mut gateway, router, from, &bytes, now())
+                state.client_frame(router, validators, from, bytes, now());
             }
             Ok(Input::Peer { from, bytes }) => {
                 // Replies reach the gateway in the client protocol's frames; a validator's
@@ -115,7 +155,7 @@ fn run(
                 };
                 match reply {
                     Some((id, message)) => {
-                        if gateway.handle_reply(id, &message).is_err() {
+                        if state.gateway.handle_reply(id, &message).is_err() {
                             router.metrics().reject("gateway_reply_refused");
                         }
                     }
@@ -126,55 +166,162 @@ fn run(
             Err(RecvTimeoutError::Timeout) => {}
         }
         let time = now();
-        if gateway.poll_timeout().is_some_and(|at| at <= time) {
-            gateway.handle_timeout(time);
+        if state.gateway.poll_timeout().is_some_and(|at| at <= time) {
+            state.gateway.handle_timeout(time);
         }
         if swept.elapsed() >= SWEEP_EVERY {
-            let gone: Vec<PublicKey> = gateway
-                .clients()
-                .filter(|key| !router.is_attached(key))
-                .copied()
-                .collect();
-            for key in gone {
-                gateway.close(&key);
-            }
+            state.sweep(router);
             swept = Instant::now();
         }
-        while let Some(output) = gateway.poll_output() {
-            route(router, output);
+        if kept_alive.elapsed() >= KEEP_ALIVE {
+            to_every_validator(router, validators, &[]);
+            kept_alive = Instant::now();
+        }
+        while let Some(output) = state.gateway.poll_output() {
+            state.route(router, output);
         }
     }
 }
 
-/// A frame from `client`'s connection: a request for the gateway to carry.
-fn client_frame(gateway: &mut Gateway, router: &Router, client: PublicKey, bytes: &[u8], now: u64) {
-    let request = match ClientFrame::decode(bytes) {
-        Ok(ClientFrame::Message(message)) => match Message::decode(&message, usize::MAX) {
-            Ok(Message::Request(request)) => request,
-            _ => return refuse(router, client, 0, "not a request"),
-        },
-        // The gateway orders and answers requests; status and proofs come from validators.
-        Ok(_) => {
+impl State {
+    /// A frame from `client`'s connection: its relay claim, or a request to carry.
+    fn client_frame(
+        &mut self,
+        router: &Router,
+        validators: &ValidatorSet,
+        client: PublicKey,
+        bytes: Vec<u8>,
+        now: u64,
+    ) {
+        let request = match ClientFrame::decode(&bytes) {
+            Ok(ClientFrame::Message(message)) => match Message::decode(&message, usize::MAX) {
+                Ok(Message::Request(request)) => request,
+                _ => return refuse(router, client, 0, "not a request"),
+            },
+            Ok(ClientFrame::Relay {
+                client: claimed,
+                signature,
+            }) => return self.claim(router, validators, (client, claimed, signature), bytes, now),
+            // The gateway orders and answers requests; status and proofs come from validators.
+            Ok(ClientFrame::Status | ClientFrame::Proof { .. }) => {
+                return refuse(
+                    router,
+                    client,
+                    0,
+                    "a gateway carries requests only; ask a validator",
+                );
+            }
+            Err(_) => return refuse(router, client, 0, "undecodable frame"),
+        };
+        let client_seq = request.client_seq;
+        let verdict = match self.gateway.submit(now, &client, request.clone()) {
+            Err(Shed::NoSession) => self
+                .gateway
+                .open(now, client)
+                .and_then(|()| self.gateway.submit(now, &client, request)),
+            verdict => verdict,
+        };
+        match verdict {
+            // The client sent again a request the gateway holds: it is being carried.
+            Ok(()) | Err(Shed::Duplicate) => {}
+            Err(shed) => refuse(router, client, client_seq, &shed.to_string()),
+        }
+    }
+
+    /// `client`'s claim naming this gateway as the relay of `claimed`'s replies: checked,
+    /// kept, and forwarded to every validator.
+    fn claim(
+        &mut self,
+        router: &Router,
+        validators: &ValidatorSet,
+        (client, claimed, signature): (PublicKey, PublicKey, pbft_core::Signature),
+        frame: Vec<u8>,
+        now: u64,
+    ) {
+        if claimed != client {
             return refuse(
                 router,
                 client,
                 0,
-                "a gateway takes requests only; ask a validator",
+                "a client names a relay for its own replies only",
             );
         }
-        Err(_) => return refuse(router, client, 0, "undecodable frame"),
-    };
-    let client_seq = request.client_seq;
-    let verdict = match gateway.submit(now, &client, request.clone()) {
-        Err(Shed::NoSession) => gateway
-            .open(now, client)
-            .and_then(|()| gateway.submit(now, &client, request)),
-        verdict => verdict,
-    };
-    match verdict {
-        // The client sent again a request the gateway holds: it is being carried.
-        Ok(()) | Err(Shed::Duplicate) => {}
-        Err(shed) => refuse(router, client, client_seq, &shed.to_string()),
+        let digest = relay_digest(&self.identity.chain, &self.identity.key);
+        let valid = client
+            .verifying_key()
+            .and_then(|key| key.verify(&digest, &signature));
+        if valid.is_err() {
+            return refuse(
+                router,
+                client,
+                0,
+                "the relay claim's signature does not verify",
+            );
+        }
+        if let Err(shed) = self.gateway.open(now, client) {
+            return refuse(router, client, 0, &shed.to_string());
+        }
+        to_every_validator(router, validators, &frame);
+        self.claims.insert(client, frame);
+    }
+
+    /// Closes the sessions of clients that left, and forgets their claims.
+    fn sweep(&mut self, router: &Router) {
+        let gone: Vec<PublicKey> = self
+            .gateway
+            .clients()
+            .filter(|key| !router.is_attached(key))
+            .copied()
+            .collect();
+        for key in gone {
+            self.gateway.close(&key);
+            self.claims.remove(&key);
+        }
+    }
+
+    fn route(&self, router: &Router, output: GatewayOutput) {
+        match output {
+            GatewayOutput::Transmit {
+                to,
+                client,
+                again,
+                bytes,
+            } => {
+                // The validator may have lost the claim with a connection: it goes first.
+                if let Some(claim) = self.claims.get(&client).filter(|_| again) {
+                    router.route(Transmit {
+                        to: Destination::Validator(to),
+                        bytes: claim.clone(),
+                    });
+                }
+                router.route(Transmit {
+                    to: Destination::Validator(to),
+                    bytes: ClientFrame::Message(bytes).encode(),
+                });
+            }
+            GatewayOutput::Answered {
+                client, replies, ..
+            } => {
+                for reply in replies {
+                    let frame = ServerFrame::Message(Message::Reply(reply).encode());
+                    router.to_client(&client, &frame);
+                }
+            }
+            GatewayOutput::Refused {
+                client,
+                client_seq,
+                reason,
+            } => refuse(router, client, client_seq, &reason.to_string()),
+        }
+    }
+}
+
+fn to_every_validator(router: &Router, validators: &ValidatorSet, frame: &[u8]) {
+    for to in validators.ids() {
+        router.route(Transmit {
+            to: Destination::Validator(to),
+            bytes: frame.to_vec(),
+        });
     }
 }
 
@@ -184,26 +331,4 @@ fn refuse(router: &Router, client: PublicKey, client_seq: u64, reason: &str) {
         reason: reason.to_string(),
     };
     router.to_client(&client, &frame);
-}
-
-fn route(router: &Router, output: GatewayOutput) {
-    match output {
-        GatewayOutput::Transmit { to, bytes } => router.route(Transmit {
-            to: Destination::Validator(to),
-            bytes: ClientFrame::Message(bytes).encode(),
-        }),
-        GatewayOutput::Answered {
-            client, replies, ..
-        } => {
-            for reply in replies {
-                let frame = ServerFrame::Message(Message::Reply(reply).encode());
-                router.to_client(&client, &frame);
-            }
-        }
-        GatewayOutput::Refused {
-            client,
-            client_seq,
-            reason,
-        } => refuse(router, client, client_seq, &reason.to_string()),
-    }
 }

@@ -169,6 +169,11 @@ impl ClusterClient {
         keypair: Keypair,
     ) -> Result<ClusterClient, TransportError> {
         let session = connect_to(network, &[gateway], &keypair)?;
+        // The claim goes first: validators send this client's replies to the gateway.
+        session.send(
+            0,
+            &ClientFrame::relay(&network.core.chain_id, &keypair, &gateway.0),
+        );
         let client = Client::new(
             network.core.chain_id,
             keypair,

@@ -34,7 +34,9 @@ pub async fn run(
     let transport_error = |err: TransportError| RunError::Transport(Box::new(err));
     let network = &config.network;
     let server = transport::server_config(&config.keypair).map_err(transport_error)?;
-    let caps = connection_limits(network.validators.len(), Sockets::Shared);
+    let mut caps = connection_limits(network.validators.len(), Sockets::Shared);
+    // Validators never dial a gateway: their keys get no place as peers here.
+    caps.per_validator = 0;
     let endpoint = Endpoint::server(server, config.listen).map_err(|err| {
         RunError::Transport(format!("listening on {}: {err}", config.listen).into())
     })?;
@@ -48,12 +50,21 @@ pub async fn run(
     );
     let core = Gateway::new(config.gateway.clone(), network.validators.clone())
         .map_err(|err| RunError::Transport(err.to_string().into()))?;
+    let identity = gateway::Identity {
+        chain: network.core.chain_id,
+        key: config.keypair.public_key(),
+    };
     let Running {
         driver,
         router,
         thread,
-    } = gateway::spawn(core, network.validators.clone(), router, metrics)
-        .map_err(|err| RunError::Transport(Box::new(err)))?;
+    } = gateway::spawn(
+        (core, identity),
+        network.validators.clone(),
+        router,
+        metrics,
+    )
+    .map_err(|err| RunError::Transport(Box::new(err)))?;
     tracing::info!(listen = %config.listen, key = %config.keypair.public_key(), "gateway listening");
     let mut links = Vec::new();
     for (id, queue) in queues {
@@ -88,11 +99,14 @@ pub async fn run(
     tracing::info!("shutting down");
     accept.abort();
     driver.shutdown();
-    let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    let joined = tokio::task::spawn_blocking(move || thread.join()).await;
     endpoint.close(VarInt::from_u32(close::SHUTDOWN), b"shutting down");
     for link in links {
         link.abort();
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
-    Ok(())
+    match joined {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(RunError::Panicked),
+    }
 }

@@ -355,6 +355,9 @@ async fn client(
             key: key.into_bytes(),
         },
     };
+    if via_gateway.is_some() && proof.is_some() {
+        return Err("--proof asks the validators for the QC; drop --via-gateway to use it".into());
+    }
     let mut client = match via_gateway {
         None => ClusterClient::connect(transport, &network, keypair)?,
         Some(_) if matches!(transport, Transport::Tcp) => {

@@ -19,6 +19,8 @@ pub struct GatewayConfig {
     pub max_outstanding_per_client: usize,
     /// Requests queued or awaiting replies across all clients, at most.
     pub max_outstanding: usize,
+    /// Bytes of requests queued or awaiting replies across all clients, at most.
+    pub max_outstanding_bytes: usize,
     /// Requests per second a client may send, sustained (its token bucket's refill rate).
     pub client_rate: u64,
     /// Requests a client may send at once above its rate (its token bucket's size, >= 1).
@@ -52,6 +54,7 @@ impl GatewayConfig {
             max_sessions: 16_384,
             max_outstanding_per_client: 64,
             max_outstanding: 65_536,
+            max_outstanding_bytes: 64 << 20,
             client_rate: 1_000,
             client_burst: 200,
             max_batch_ops: 256,
@@ -74,6 +77,10 @@ impl GatewayConfig {
             (
                 self.max_outstanding as u64,
                 "max_outstanding must be positive",
+            ),
+            (
+                self.max_outstanding_bytes as u64,
+                "max_outstanding_bytes must be positive",
             ),
             (self.client_rate, "client_rate must be positive"),
             (self.client_burst, "client_burst must be positive"),
@@ -113,7 +120,8 @@ pub enum Shed {
     /// The client has [`GatewayConfig::max_outstanding_per_client`] requests outstanding.
     #[error("the client has as many requests outstanding as it may; wait for replies")]
     ClientBusy,
-    /// The gateway holds [`GatewayConfig::max_outstanding`] requests.
+    /// The gateway holds [`GatewayConfig::max_outstanding`] requests, or
+    /// [`GatewayConfig::max_outstanding_bytes`] of them.
     #[error("the gateway is overloaded; retry later")]
     Overloaded,
     /// The operation is over [`GatewayConfig::max_request_bytes`].
@@ -161,6 +169,12 @@ pub enum GatewayOutput {
     Transmit {
         /// The validator.
         to: ReplicaId,
+        /// The client whose request it is.
+        client: PublicKey,
+        /// Whether it goes again, to every validator, because its replies are late: a host
+        /// that relays replies by the client's claim sends the claim again first (the
+        /// validator may have lost it with a connection).
+        again: bool,
         /// The encoded message.
         bytes: Vec<u8>,
     },

@@ -101,7 +101,7 @@ impl Simulation {
             .and_then(|sim| sim.gateway.poll_output())
         {
             match output {
-                GatewayOutput::Transmit { to, bytes } => {
+                GatewayOutput::Transmit { to, bytes, .. } => {
                     let replicas: Vec<NodeId> = self.instances_of(to.0 as usize).collect();
                     for replica in replicas {
                         self.send(replica, node, bytes.clone());
