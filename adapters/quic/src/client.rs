@@ -145,19 +145,7 @@ impl ClusterClient {
         keypair: Keypair,
     ) -> Result<ClusterClient, TransportError> {
         let session = connect_over(transport, network, &keypair)?;
-        let client = Client::new(
-            network.core.chain_id,
-            keypair,
-            network.validators.clone(),
-            first_client_seq(),
-        );
-        Ok(ClusterClient {
-            session,
-            client,
-            start: Instant::now(),
-            via_gateway: false,
-            max_request_bytes: network.core.max_request_bytes,
-        })
+        Ok(ClusterClient::over(session, network, keypair, false))
     }
 
     /// A client of `network` with `keypair` that sends through `gateway` (its key and
@@ -174,19 +162,23 @@ impl ClusterClient {
             0,
             &ClientFrame::relay(&network.core.chain_id, &keypair, &gateway.0),
         );
+        Ok(ClusterClient::over(session, network, keypair, true))
+    }
+
+    fn over(session: Session, network: &Network, keypair: Keypair, via_gateway: bool) -> Self {
         let client = Client::new(
             network.core.chain_id,
             keypair,
             network.validators.clone(),
             first_client_seq(),
         );
-        Ok(ClusterClient {
+        ClusterClient {
             session,
             client,
             start: Instant::now(),
-            via_gateway: true,
+            via_gateway,
             max_request_bytes: network.core.max_request_bytes,
-        })
+        }
     }
 
     fn now(&self) -> u64 {
