@@ -300,6 +300,8 @@ pub struct GatewayNodeConfig {
     pub keypair: Keypair,
     /// Where it listens for clients.
     pub listen: SocketAddr,
+    /// Where it serves Prometheus metrics, if anywhere (the config's `metrics`).
+    pub metrics: Option<SocketAddr>,
     /// Its limits and timers: [`crate::gateway::config_for`] the network, then the config's
     /// `[gateway]` table.
     pub gateway: pbft_core::GatewayConfig,
@@ -436,6 +438,11 @@ pub fn load_gateway_config(path: &Path) -> Result<GatewayNodeConfig, FileError> 
     let file = read_config_file(path)?;
     let base = path.parent().unwrap_or(Path::new("."));
     let listen = parse_address(path, "listen", required(path, "listen", &file.listen)?)?;
+    let metrics = file
+        .metrics
+        .as_ref()
+        .map(|text| parse_address(path, "metrics", text))
+        .transpose()?;
     let key_file = required(path, "key_file", &file.key_file)?;
     let unused = [
         ("data_dir", file.data_dir.is_some()),
@@ -482,6 +489,7 @@ pub fn load_gateway_config(path: &Path) -> Result<GatewayNodeConfig, FileError> 
         network,
         keypair,
         listen,
+        metrics,
         gateway,
     })
 }

@@ -38,6 +38,8 @@ use crate::wire::{ClientFrame, ServerFrame, relay_digest};
 
 /// How often sessions whose clients left are closed.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// How often the gateway's metrics are copied out, at most.
+const METRICS_EVERY: Duration = Duration::from_millis(100);
 /// How often the gateway sends every validator an empty frame, so its links never idle out.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(10);
 
@@ -135,7 +137,7 @@ fn run(
 ) {
     let start = Instant::now();
     let now = || start.elapsed().as_millis() as u64 + 1;
-    let (mut swept, mut kept_alive) = (Instant::now(), Instant::now());
+    let (mut swept, mut kept_alive, mut counted) = (Instant::now(), Instant::now(), Instant::now());
     loop {
         let due = state
             .gateway
@@ -156,7 +158,7 @@ fn run(
                 match reply {
                     Some((id, message)) => {
                         if state.gateway.handle_reply(id, &message).is_err() {
-                            router.metrics().reject("gateway_reply_refused");
+                            router.metrics().reject("gateway_reply_not_counted");
                         }
                     }
                     None => router.metrics().reject("gateway_not_a_reply"),
@@ -172,6 +174,12 @@ fn run(
         if swept.elapsed() >= SWEEP_EVERY {
             state.sweep(router);
             swept = Instant::now();
+        }
+        if counted.elapsed() >= METRICS_EVERY {
+            let gateway = &state.gateway;
+            let gauges = (gateway.sessions(), gateway.outstanding(), gateway.queued());
+            router.metrics().update_gateway(gateway.metrics(), gauges);
+            counted = Instant::now();
         }
         if kept_alive.elapsed() >= KEEP_ALIVE {
             to_every_validator(router, validators, &[]);

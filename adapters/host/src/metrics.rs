@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pbft_core::Metrics;
+use pbft_core::{GatewayMetrics, Metrics};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -54,8 +54,27 @@ pub struct NodeMetrics {
     pub peers_connected: Gauge,
     /// Clients connected to this node.
     pub clients_connected: Gauge,
+    /// A gateway's own metrics (registered only by [`NodeMetrics::gateway`]).
+    gateway: GatewayCounters,
     /// The core's counters as last copied, to add only what changed.
     last: Mutex<(Metrics, NodeStats)>,
+}
+
+/// What a gateway exports beside the transport's counters.
+#[derive(Debug, Default)]
+struct GatewayCounters {
+    sessions: Gauge,
+    outstanding: Gauge,
+    queued: Gauge,
+    shed: Family<Reason, Counter>,
+    accepted: Counter,
+    batches_sent: Counter,
+    requests_sent: Counter,
+    answered: Counter,
+    retransmissions: Counter,
+    signatures_verified: Counter,
+    replies_refused: Counter,
+    last: Mutex<GatewayMetrics>,
 }
 
 impl Default for NodeMetrics {
@@ -95,6 +114,7 @@ impl NodeMetrics {
             relay_claims_verified: Counter::default(),
             peers_connected: Gauge::default(),
             clients_connected: Gauge::default(),
+            gateway: GatewayCounters::default(),
             last: Mutex::new(Default::default()),
             registry: Registry::default(),
         };
@@ -217,6 +237,125 @@ impl NodeMetrics {
             registry,
             ..metrics
         }
+    }
+
+    /// A gateway's metrics: what its transport refuses and its connections (as a node's),
+    /// and the gateway's sessions, queue, batches, answers and refusals by reason, under
+    /// `pbft_gateway_`.
+    pub fn gateway() -> Self {
+        let mut registry = Registry::with_prefix("pbft");
+        let m = NodeMetrics::new();
+        registry.register(
+            "messages_rejected",
+            "Inputs refused, by reason",
+            m.rejected.clone(),
+        );
+        registry.register(
+            "peers_connected",
+            "Validators connected",
+            m.peers_connected.clone(),
+        );
+        registry.register(
+            "clients_connected",
+            "Clients connected",
+            m.clients_connected.clone(),
+        );
+        let g = &m.gateway;
+        let gateway = registry.sub_registry_with_prefix("gateway");
+        gateway.register("sessions", "Client sessions open", g.sessions.clone());
+        gateway.register(
+            "outstanding",
+            "Requests queued or awaiting replies",
+            g.outstanding.clone(),
+        );
+        gateway.register(
+            "queued",
+            "Requests waiting for the next batch",
+            g.queued.clone(),
+        );
+        gateway.register(
+            "shed",
+            "Requests and sessions refused, by reason",
+            g.shed.clone(),
+        );
+        gateway.register(
+            "accepted",
+            "Requests accepted from clients",
+            g.accepted.clone(),
+        );
+        gateway.register(
+            "batches_sent",
+            "Batches sent to a primary",
+            g.batches_sent.clone(),
+        );
+        gateway.register(
+            "requests_sent",
+            "Requests in batches sent",
+            g.requests_sent.clone(),
+        );
+        gateway.register(
+            "requests_answered",
+            "Requests answered with f + 1 matching replies",
+            g.answered.clone(),
+        );
+        gateway.register(
+            "retransmissions",
+            "Requests sent again to every validator, their replies late",
+            g.retransmissions.clone(),
+        );
+        gateway.register(
+            "signatures_verified",
+            "Client signatures checked",
+            g.signatures_verified.clone(),
+        );
+        gateway.register(
+            "replies_refused",
+            "Replies not counted (late, duplicated, or not proving themselves)",
+            g.replies_refused.clone(),
+        );
+        NodeMetrics { registry, ..m }
+    }
+
+    /// Copies in a gateway's counters, and its sessions, outstanding and queued requests.
+    pub fn update_gateway(
+        &self,
+        core: &GatewayMetrics,
+        (sessions, outstanding, queued): (usize, usize, usize),
+    ) {
+        let g = &self.gateway;
+        let mut last = g.last.lock().unwrap_or_else(|e| e.into_inner());
+        let add = |counter: &Counter, new: u64, old: u64| {
+            counter.inc_by(new.saturating_sub(old));
+        };
+        add(&g.accepted, core.requests_accepted, last.requests_accepted);
+        add(&g.batches_sent, core.batches_sent, last.batches_sent);
+        add(&g.requests_sent, core.requests_sent, last.requests_sent);
+        add(&g.answered, core.requests_answered, last.requests_answered);
+        add(
+            &g.retransmissions,
+            core.retransmissions,
+            last.retransmissions,
+        );
+        add(
+            &g.signatures_verified,
+            core.signatures_verified,
+            last.signatures_verified,
+        );
+        add(
+            &g.replies_refused,
+            core.replies_rejected,
+            last.replies_rejected,
+        );
+        for (reason, count) in &core.shed {
+            let before = last.shed.get(reason).copied().unwrap_or(0);
+            g.shed
+                .get_or_create(&vec![("reason", *reason)])
+                .inc_by(count.saturating_sub(before));
+        }
+        g.sessions.set(sessions as i64);
+        g.outstanding.set(outstanding as i64);
+        g.queued.set(queued as i64);
+        *last = core.clone();
     }
 
     /// Counts an input a transport refused before the core saw it.

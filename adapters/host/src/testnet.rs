@@ -20,6 +20,8 @@ pub struct Testnet {
     pub metrics: Vec<SocketAddr>,
     /// Each gateway's config file (none unless asked for).
     pub gateways: Vec<PathBuf>,
+    /// Each gateway's metrics address.
+    pub gateway_metrics: Vec<SocketAddr>,
 }
 
 /// A loopback port free for both UDP and TCP right now (the OS may hand it out again
@@ -83,9 +85,12 @@ pub fn create_with_gateways(
     }
     let mut listed = String::new();
     let mut gateway_files = Vec::new();
+    let mut gateway_metrics = Vec::new();
     for index in 0..gateways {
         let key = Keypair::from_seed(&seed_of(validators + index));
         let port = free_port().map_err(io(dir))?;
+        let metrics = SocketAddr::from(([127, 0, 0, 1], free_port().map_err(io(dir))?));
+        gateway_metrics.push(metrics);
         let _ = write!(
             listed,
             "\n[[gateways]]\nkey = \"{}\"\naddress = \"127.0.0.1:{port}\"\n",
@@ -95,7 +100,7 @@ pub fn create_with_gateways(
         write_key_file(&key_file, &key)?;
         let config = dir.join(format!("gateway{index}.toml"));
         let text = format!(
-            "chain = \"{chain}\"\nkey_file = \"gateway{index}.key\"\nlisten = \"127.0.0.1:{port}\"\n{set}"
+            "chain = \"{chain}\"\nkey_file = \"gateway{index}.key\"\nlisten = \"127.0.0.1:{port}\"\nmetrics = \"{metrics}\"\n{set}"
         );
         fs::write(&config, text).map_err(io(&config))?;
         gateway_files.push(config);
@@ -119,5 +124,6 @@ pub fn create_with_gateways(
         network,
         metrics,
         gateways: gateway_files,
+        gateway_metrics,
     })
 }

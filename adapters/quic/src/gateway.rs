@@ -40,7 +40,11 @@ pub async fn run(
     let endpoint = Endpoint::server(server, config.listen).map_err(|err| {
         RunError::Transport(format!("listening on {}: {err}", config.listen).into())
     })?;
-    let metrics = Arc::new(NodeMetrics::new());
+    let metrics = Arc::new(NodeMetrics::gateway());
+    if let Some(addr) = config.metrics {
+        let bound = pbft_host::metrics::serve(addr, metrics.clone()).map_err(RunError::Metrics)?;
+        tracing::info!(%bound, "metrics");
+    }
     let max_frame = network.core.max_message_bytes + CLIENT_FRAME_OVERHEAD;
     let (router, queues) = Router::new(
         &network.validators,

@@ -88,6 +88,9 @@ async fn a_killed_gateways_clients_go_on_through_another_and_lose_no_acknowledge
             "{key} from the validators"
         );
     }
+    // Gateway 1 answered the 20 puts and 40 reads, and exports it.
+    let answered = cluster.gateway_metric(1, "pbft_gateway_requests_answered_total", 60);
+    assert!(answered >= 60, "gateway 1 answered {answered}");
     second.kill().unwrap();
     second.wait().unwrap();
 }
@@ -121,6 +124,11 @@ async fn a_client_over_its_rate_gets_the_gateways_reason() {
     }
     let (at, reason) = refused.expect("refused within 10 requests at 1 a second");
     assert!(reason.contains("rate limit"), "{reason}");
+    let shed = r#"pbft_gateway_shed_total{reason="rate_limited"}"#;
+    assert!(
+        cluster.gateway_metric(2, shed, 1) >= 1,
+        "the refusal is counted by reason"
+    );
     // Two fit the bucket; one more may fit if the first two took over a second.
     assert!(at >= 2, "refused at request {at}, within the burst");
     gateway.kill().unwrap();

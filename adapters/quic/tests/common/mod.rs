@@ -183,6 +183,24 @@ impl Cluster {
             .unwrap_or(0)
     }
 
+    /// A metric of gateway `index` once it reaches `at_least` (the gateway copies its
+    /// counters out every 100 ms), or its last value after 5 s.
+    pub(crate) fn gateway_metric(&self, index: usize, name: &str, at_least: u64) -> u64 {
+        let mut value = 0;
+        for _ in 0..50 {
+            value = scrape_whole(self.testnet.gateway_metrics[index])
+                .lines()
+                .find(|line| line.starts_with(name))
+                .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+                .unwrap_or(0);
+            if value >= at_least {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        value
+    }
+
     pub(crate) fn log(&self, index: usize) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("node{index}.log")))
             .unwrap_or_default()
