@@ -1,4 +1,4 @@
-//! The Grafana dashboard only plots metrics a node exports.
+//! The Grafana dashboard only plots metrics a node or a gateway exports.
 
 use pbft_host::metrics::NodeMetrics;
 
@@ -8,7 +8,11 @@ fn every_metric_on_the_dashboard_is_exported() {
     let metrics = NodeMetrics::new();
     // A family is exported once it has a member.
     metrics.reject("oversized_frame");
-    let exported = metrics.encode();
+    let gateway = NodeMetrics::gateway();
+    let mut counted = pbft_core::GatewayMetrics::default();
+    counted.shed.insert("rate_limited", 1);
+    gateway.update_gateway(&counted, (0, 0, 0));
+    let exported = metrics.encode() + &gateway.encode();
     let mut checked = 0;
     for (at, _) in dashboard.match_indices("pbft_") {
         let name: String = dashboard[at..]
