@@ -373,12 +373,7 @@ pub fn load_network(path: &Path) -> Result<Network, FileError> {
 pub fn load_config(path: &Path) -> Result<NodeConfig, FileError> {
     let file = read_config_file(path)?;
     let base = path.parent().unwrap_or(Path::new("."));
-    let listen = parse_address(path, "listen", required(path, "listen", &file.listen)?)?;
-    let metrics = file
-        .metrics
-        .as_ref()
-        .map(|text| parse_address(path, "metrics", text))
-        .transpose()?;
+    let (listen, metrics) = endpoints(path, &file)?;
     let key_file = required(path, "key_file", &file.key_file)?;
     let data_dir = required(path, "data_dir", &file.data_dir)?;
     if file.gateway.is_some() {
@@ -432,17 +427,27 @@ pub fn load_config(path: &Path) -> Result<NodeConfig, FileError> {
     })
 }
 
-/// Reads and checks a gateway's config file: the network's fields, `key_file` (not a
-/// validator's key), `listen`, and an optional `[gateway]` table of limits.
-pub fn load_gateway_config(path: &Path) -> Result<GatewayNodeConfig, FileError> {
-    let file = read_config_file(path)?;
-    let base = path.parent().unwrap_or(Path::new("."));
+/// The `listen` address (required) and the `metrics` one (optional) of a node's or a
+/// gateway's config file.
+fn endpoints(
+    path: &Path,
+    file: &ConfigFile,
+) -> Result<(SocketAddr, Option<SocketAddr>), FileError> {
     let listen = parse_address(path, "listen", required(path, "listen", &file.listen)?)?;
     let metrics = file
         .metrics
         .as_ref()
         .map(|text| parse_address(path, "metrics", text))
         .transpose()?;
+    Ok((listen, metrics))
+}
+
+/// Reads and checks a gateway's config file: the network's fields, `key_file` (not a
+/// validator's key), `listen`, and an optional `[gateway]` table of limits.
+pub fn load_gateway_config(path: &Path) -> Result<GatewayNodeConfig, FileError> {
+    let file = read_config_file(path)?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let (listen, metrics) = endpoints(path, &file)?;
     let key_file = required(path, "key_file", &file.key_file)?;
     let unused = [
         ("data_dir", file.data_dir.is_some()),

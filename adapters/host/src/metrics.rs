@@ -77,6 +77,11 @@ struct GatewayCounters {
     last: Mutex<GatewayMetrics>,
 }
 
+/// Adds to `counter` what a cumulative count grew by since it was `old`.
+fn add(counter: &Counter, new: u64, old: u64) {
+    counter.inc_by(new.saturating_sub(old));
+}
+
 impl Default for NodeMetrics {
     fn default() -> Self {
         Self::new()
@@ -178,11 +183,6 @@ impl NodeMetrics {
             m.fast_commits.clone(),
         );
         registry.register(
-            "messages_rejected",
-            "Inputs refused, by reason",
-            m.rejected.clone(),
-        );
-        registry.register(
             "wal_fsync_seconds",
             "Duration of each log sync",
             m.fsync_latency.clone(),
@@ -223,20 +223,31 @@ impl NodeMetrics {
             "Relay claims whose signature was checked (a claim for a relay already held is not)",
             m.relay_claims_verified.clone(),
         );
-        registry.register(
-            "peers_connected",
-            "Validators connected",
-            m.peers_connected.clone(),
-        );
-        registry.register(
-            "clients_connected",
-            "Clients connected",
-            m.clients_connected.clone(),
-        );
+        m.register_transport(&mut registry);
         NodeMetrics {
             registry,
             ..metrics
         }
+    }
+
+    /// Registers what a transport counts, the same for a node and a gateway: inputs refused
+    /// by reason, and the connections.
+    fn register_transport(&self, registry: &mut Registry) {
+        registry.register(
+            "messages_rejected",
+            "Inputs refused, by reason",
+            self.rejected.clone(),
+        );
+        registry.register(
+            "peers_connected",
+            "Validators connected",
+            self.peers_connected.clone(),
+        );
+        registry.register(
+            "clients_connected",
+            "Clients connected",
+            self.clients_connected.clone(),
+        );
     }
 
     /// A gateway's metrics: what its transport refuses and its connections (as a node's),
@@ -245,21 +256,7 @@ impl NodeMetrics {
     pub fn gateway() -> Self {
         let mut registry = Registry::with_prefix("pbft");
         let m = NodeMetrics::new();
-        registry.register(
-            "messages_rejected",
-            "Inputs refused, by reason",
-            m.rejected.clone(),
-        );
-        registry.register(
-            "peers_connected",
-            "Validators connected",
-            m.peers_connected.clone(),
-        );
-        registry.register(
-            "clients_connected",
-            "Clients connected",
-            m.clients_connected.clone(),
-        );
+        m.register_transport(&mut registry);
         let g = &m.gateway;
         let gateway = registry.sub_registry_with_prefix("gateway");
         gateway.register("sessions", "Client sessions open", g.sessions.clone());
@@ -324,9 +321,6 @@ impl NodeMetrics {
     ) {
         let g = &self.gateway;
         let mut last = g.last.lock().unwrap_or_else(|e| e.into_inner());
-        let add = |counter: &Counter, new: u64, old: u64| {
-            counter.inc_by(new.saturating_sub(old));
-        };
         add(&g.accepted, core.requests_accepted, last.requests_accepted);
         add(&g.batches_sent, core.batches_sent, last.batches_sent);
         add(&g.requests_sent, core.requests_sent, last.requests_sent);
@@ -383,9 +377,6 @@ impl NodeMetrics {
     ) {
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         let (old, old_stats) = &*last;
-        let add = |counter: &Counter, new: u64, old: u64| {
-            counter.inc_by(new.saturating_sub(old));
-        };
         add(
             &self.ops_committed,
             core.requests_committed,
