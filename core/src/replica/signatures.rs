@@ -47,12 +47,18 @@ pub(crate) struct Checked {
     pub(crate) batched: u64,
 }
 
-/// [`check_signatures`] for any role: the verdicts, and what they cost.
+/// [`check_signatures`] for any role: the verdicts, and what they cost. Requests and leaves
+/// of different lengths are all refused, unchecked.
 pub(crate) fn check_request_signatures<R: Borrow<Request>>(
     pool: &Pool,
     requests: &[R],
     leaves: &[Digest],
 ) -> (Vec<Result<(), CryptoError>>, Checked) {
+    // One leaf per request, or nothing is checked and nothing passes.
+    if requests.len() != leaves.len() {
+        let refused = vec![Err(CryptoError::BadSignature); requests.len()];
+        return (refused, Checked::default());
+    }
     let count = requests.len() as u64;
     let mut checked = Checked {
         signatures: count,

@@ -208,3 +208,16 @@ fn watched_requests_get_new_deadlines_together() {
     intake.unwatch(&a.digest(&chain));
     assert_eq!(intake.watched_len(), 1);
 }
+
+#[test]
+fn requests_without_a_leaf_each_are_all_refused_unchecked() {
+    let requests: Vec<Request> = (1..=2).map(|seed| request(seed, 8)).collect();
+    let leaves = [requests[0].digest(&ChainId::from_name("test"))];
+    let (verdicts, checked) = super::super::signatures::check_request_signatures(
+        &crate::crypto::Pool::default(),
+        &requests,
+        &leaves,
+    );
+    assert_eq!(verdicts, alloc::vec![Err(CryptoError::BadSignature); 2]);
+    assert_eq!(checked.signatures, 0);
+}
