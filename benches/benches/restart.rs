@@ -45,6 +45,7 @@ fn fill(dir: &std::path::Path, keys: usize, retained: u64) -> u64 {
                     }
                     .encode(),
                     signature: Signature([0; 64]),
+                    attestation: None,
                 }
             })
             .collect();

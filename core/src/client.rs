@@ -98,6 +98,8 @@ pub struct Client {
     retries: u32,
     /// The highest view a result was accepted in: where the primary is.
     view: u64,
+    /// Requests go unsigned, for a gateway to attest ([`Client::unsigned`]).
+    unsigned: bool,
 }
 
 impl Client {
@@ -117,7 +119,18 @@ impl Client {
             deadline: None,
             retries: 0,
             view: 0,
+            unsigned: false,
         }
+    }
+
+    /// Gateway-attested mode: requests go unsigned (their signature all zero bytes), since
+    /// the gateway the client connects to attests them; the client's key is proved by the
+    /// transport's handshake instead. Saves the client a signature per request; validators
+    /// refuse such a request sent to them directly.
+    #[must_use]
+    pub fn unsigned(mut self) -> Self {
+        self.unsigned = true;
+        self
     }
 
     /// Changes the first retransmission delay (see [`DEFAULT_RETRANSMIT_MS`]).
@@ -175,10 +188,19 @@ impl Client {
         request
     }
 
-    /// Signs the next request without sending it: a load generator signs ahead, then hands
-    /// each to [`Client::track`] in the order signed.
+    /// Signs the next request without sending it (unless [`Client::unsigned`]): a load
+    /// generator signs ahead, then hands each to [`Client::track`] in the order signed.
     pub fn sign(&mut self, op: Vec<u8>) -> Request {
-        let request = Request::new(&self.chain, &self.keypair, self.next_seq, op);
+        let request = match self.unsigned {
+            false => Request::new(&self.chain, &self.keypair, self.next_seq, op),
+            true => Request {
+                client: self.keypair.public_key(),
+                client_seq: self.next_seq,
+                op,
+                signature: crate::crypto::Signature([0; 64]),
+                attestation: None,
+            },
+        };
         self.next_seq += 1;
         request
     }

@@ -32,13 +32,16 @@ impl ChainId {
     /// exactly-once decisions.
     pub fn for_network(name: &str, config: &Config) -> Self {
         let agreed = config.agreed();
-        if agreed == Config::default().agreed() {
+        if agreed == Config::default().agreed() && config.attesting_gateways.is_empty() {
             return ChainId::from_name(name);
         }
         let mut hasher = Hasher::new(b"pbft/v1/chain-id+parameters");
         hasher.bytes(name.as_bytes());
         for value in agreed {
             hasher.u64(value);
+        }
+        for gateway in &config.attesting_gateways {
+            hasher.bytes(&gateway.0);
         }
         ChainId(hasher.finish())
     }
@@ -275,6 +278,14 @@ pub struct Config {
     /// validators are up and prompt, and nothing otherwise; each replica may choose alone,
     /// since every QC verifies either way ([`crate::CommitPath`]).
     pub fast_path: bool,
+    /// The gateways whose attested requests this validator orders (gateway-attested mode,
+    /// issue 14): one signature per group of requests instead of one per request
+    /// ([`crate::Attestation`]). Empty (the default) is end to end: every request carries
+    /// its client's signature, and an attested one is refused as
+    /// [`crate::Error::UnknownGateway`]. Part of the chain id
+    /// ([`ChainId::for_network`]): validators that list different gateways sign for
+    /// different chains, so a mismatch fails closed.
+    pub attesting_gateways: Vec<PublicKey>,
     /// The bug planted in this replica, for the mutation test only ([`crate::mutants`]).
     #[cfg(feature = "mutants")]
     #[serde(skip)]
@@ -305,6 +316,7 @@ impl Default for Config {
             snapshot_chunk_bytes: 256 << 10,
             max_snapshot_bytes: 256 << 20,
             fast_path: true,
+            attesting_gateways: Vec::new(),
             #[cfg(feature = "mutants")]
             mutant: None,
         }
@@ -376,8 +388,9 @@ impl Config {
         low
     }
 
-    /// [`Config::validate`], and that the largest message `validators` make fits
-    /// `max_message_bytes` (and so the host's log records, whose limit is derived from it).
+    /// [`Config::validate`]; that each attesting gateway's key is valid, listed once and no
+    /// validator's; and that the largest message `validators` make fits `max_message_bytes`
+    /// (and so the host's log records, whose limit is derived from it).
     ///
     /// # Errors
     ///
@@ -385,6 +398,20 @@ impl Config {
     /// when the set is too large for the window and message size.
     pub fn validate_for(&self, validators: &ValidatorSet) -> Result<(), ConfigError> {
         self.validate()?;
+        for (index, gateway) in self.attesting_gateways.iter().enumerate() {
+            if validators.id_of(gateway).is_some()
+                || self
+                    .attesting_gateways
+                    .iter()
+                    .take(index)
+                    .any(|g| g == gateway)
+                || gateway.check().is_err()
+            {
+                return Err(ConfigError::Invalid(
+                    "attesting_gateways: each gateway key must be valid, listed once, and no validator's",
+                ));
+            }
+        }
         let needed = self.largest_message_bytes(validators.len());
         if needed > self.max_message_bytes {
             return Err(ConfigError::MessagesTooLarge {
@@ -474,7 +501,7 @@ impl Config {
             > self.max_batch_bytes
         {
             return Err(ConfigError::Invalid(
-                "max_request_bytes plus a request's 116 bytes of key, signature and numbers must fit max_batch_bytes, or a request never fits a batch",
+                "max_request_bytes plus a request's 117 bytes of key, signature and numbers must fit max_batch_bytes, or a request never fits a batch",
             ));
         }
         if self.max_message_bytes < self.max_batch_bytes + crate::envelope::BATCH_OVERHEAD {

@@ -9,14 +9,19 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 /// The envelope version this build speaks; the first byte of every envelope.
-pub const PROTOCOL_VERSION: u8 = 2;
+pub const PROTOCOL_VERSION: u8 = 3;
 
 /// Room for a pre-prepare's fields and envelope around its batch, in bytes.
 pub const BATCH_OVERHEAD: usize = 4096;
 
 /// Most bytes a request's encoding adds to its operation: the client key (32), the
-/// signature (64) and two varints (at most 10 each). A batch's size counts requests this way.
-pub const REQUEST_OVERHEAD: usize = 32 + 64 + 10 + 10;
+/// signature (64), two varints (at most 10 each) and the attestation's tag (1). A batch's
+/// size counts requests this way.
+pub const REQUEST_OVERHEAD: usize = 32 + 64 + 10 + 10 + 1;
+
+/// Most bytes an attestation adds to a request besides its path's hashes (32 each): the
+/// gateway's key (32), the proof's two numbers (at most 5 each) and the path's length (5).
+pub const ATTESTATION_OVERHEAD: usize = 32 + 5 + 5 + 5;
 
 /// Why bytes are not an envelope of the expected value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]

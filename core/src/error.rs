@@ -84,6 +84,13 @@ pub enum Error {
         /// The limit.
         max: usize,
     },
+    /// An attested request names a gateway the config does not list
+    /// ([`crate::Config::attesting_gateways`]; none are in end-to-end mode).
+    #[error("request attested by a gateway this network does not list")]
+    UnknownGateway,
+    /// An attested request's path to its gateway's signed root is malformed.
+    #[error("malformed gateway attestation")]
+    BadAttestation,
     /// The client already executed a request with this number or a higher one.
     #[error("request number already executed for this client")]
     StaleRequest,
@@ -140,6 +147,8 @@ impl Error {
             Error::BatchTooLarge => "batch_too_large",
             Error::DuplicateRequest => "duplicate_request",
             Error::RequestTooLarge { .. } => "request_too_large",
+            Error::UnknownGateway => "unknown_gateway",
+            Error::BadAttestation => "bad_attestation",
             Error::StaleRequest => "stale_request",
             Error::ConflictsWithCommit { .. } => "conflicts_with_commit",
             Error::Overloaded => "overloaded",

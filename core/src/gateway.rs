@@ -3,10 +3,15 @@
 //! f + 1 matching signed replies that prove its result. A gateway never takes part in
 //! consensus: it holds no validator key, and validators take only requests from it.
 //!
-//! Authentication is end to end: every request carries its client's signature, and every
-//! validator checks it. The gateway checks it too, in one batch check per batch it sends
-//! (bisected only if it fails), so that a forging client costs only the gateway: a validator
-//! closes a connection after a few forgeries, and one client must not cut the others off.
+//! Authentication is end to end or gateway-attested. End to end, every request carries its
+//! client's signature, and every validator checks it. The gateway checks it too, in one
+//! batch check per batch it sends (bisected only if it fails), so that a forging client costs
+//! only the gateway: a validator closes a connection after a few forgeries, and one client
+//! must not cut the others off. Gateway-attested ([`Gateway::attesting`]), a client sends
+//! unsigned requests on a connection whose handshake proved its key
+//! ([`Gateway::submit_unsigned`]), and the gateway signs one Merkle root over each batch it
+//! sends ([`crate::attest`]): validators check one signature per batch instead of one per
+//! request, and the gateway answers for what it signed.
 //!
 //! What a client can cost is bounded before any hashing: a session per client key (at most
 //! [`GatewayConfig::max_sessions`]), a token bucket per session
@@ -26,6 +31,7 @@
 //! verifies for the client, which need not trust the gateway
 //! ([`crate::Client::handle_reply`] takes them as they are).
 
+mod attested;
 mod config;
 
 use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -34,7 +40,7 @@ use alloc::vec::Vec;
 pub use self::config::{GatewayConfig, GatewayMetrics, GatewayOutput, Shed};
 use crate::client::{ClientError, ReplyCache, check_root_signature, reply_root};
 use crate::config::{ConfigError, ReplicaId, ValidatorSet};
-use crate::crypto::{Digest, Pool, PublicKey, Signature, digest_of};
+use crate::crypto::{Digest, Keypair, Pool, PublicKey, Signature, digest_of};
 use crate::merkle::InclusionProof;
 use crate::message::Message;
 use crate::replica::signatures::check_request_signatures;
@@ -59,9 +65,14 @@ struct Session {
 /// A request queued for a batch or awaiting replies.
 #[derive(Debug)]
 struct Pending {
+    /// The request: as the client sent it, and attested once sent if it came unsigned.
     request: Request,
-    /// The request's digest, which its client signed.
+    /// The request's digest, which its client signed (or the gateway attests).
     digest: Digest,
+    /// Bytes it counts in `pending_bytes` and `queued_bytes`: its encoding on arrival.
+    bytes: usize,
+    /// Whether it came unsigned, for the gateway to attest.
+    unsigned: bool,
     /// When the gateway accepted it, in ms.
     accepted: u64,
     /// When it goes to every validator, once sent (in ms).
@@ -119,6 +130,8 @@ pub struct Gateway {
     replies: ReplyCache,
     outputs: VecDeque<GatewayOutput>,
     metrics: GatewayMetrics,
+    /// The key it attests unsigned requests with, in gateway-attested mode.
+    attester: Option<Keypair>,
 }
 
 impl Gateway {
@@ -146,6 +159,7 @@ impl Gateway {
             replies: ReplyCache::new(REPLY_CACHE),
             outputs: VecDeque::new(),
             metrics: GatewayMetrics::default(),
+            attester: None,
         })
     }
 
@@ -201,8 +215,7 @@ impl Gateway {
         for client_seq in outstanding {
             if let Some(pending) = self.take_pending(&(*client, client_seq)) {
                 if pending.deadline.is_none() {
-                    let len = pending.request.encoded_len();
-                    self.queued_bytes = self.queued_bytes.saturating_sub(len);
+                    self.queued_bytes = self.queued_bytes.saturating_sub(pending.bytes);
                 }
                 self.forget(*client, client_seq, &pending);
             }
@@ -237,7 +250,17 @@ impl Gateway {
     /// The [`Shed`] that refused it: checked in order of cost, the rate limit first (a copy
     /// of an outstanding request is [`Shed::Duplicate`] and costs no token).
     pub fn submit(&mut self, now: u64, client: &PublicKey, request: Request) -> Result<(), Shed> {
-        let verdict = self.admit(now, client, request);
+        self.accept(now, client, request, false)
+    }
+
+    pub(super) fn accept(
+        &mut self,
+        now: u64,
+        client: &PublicKey,
+        request: Request,
+        unsigned: bool,
+    ) -> Result<(), Shed> {
+        let verdict = self.admit(now, client, request, unsigned);
         if let Err(reason) = verdict {
             return Err(self.shed(reason));
         }
@@ -250,7 +273,13 @@ impl Gateway {
         Ok(())
     }
 
-    fn admit(&mut self, now: u64, client: &PublicKey, request: Request) -> Result<(), Shed> {
+    fn admit(
+        &mut self,
+        now: u64,
+        client: &PublicKey,
+        request: Request,
+        unsigned: bool,
+    ) -> Result<(), Shed> {
         let config = &self.config;
         let session = self
             .sessions
@@ -287,7 +316,7 @@ impl Gateway {
         }
         session.outstanding.insert(request.client_seq);
         let key = (*client, request.client_seq);
-        self.queued_bytes += request.encoded_len();
+        self.queued_bytes += len;
         self.queue.push_back(key);
         if self.batch_deadline.is_none() {
             self.batch_deadline = Some(now.saturating_add(config.batch_delay_ms));
@@ -299,6 +328,8 @@ impl Gateway {
             Pending {
                 request,
                 digest,
+                bytes: len,
+                unsigned,
                 accepted: now,
                 deadline: None,
                 retries: 0,
@@ -507,7 +538,7 @@ impl Gateway {
                     self.queue.pop_front();
                     continue;
                 };
-                let len = pending.request.encoded_len();
+                let len = pending.bytes;
                 let full = batch.len() >= self.config.max_batch_ops
                     || (!batch.is_empty() && bytes + len > self.config.max_batch_bytes);
                 if full {
@@ -524,23 +555,33 @@ impl Gateway {
     }
 
     fn send_batch(&mut self, now: u64, keys: &[(PublicKey, u64)]) {
-        // Keys, requests and digests kept together, so each verdict meets its own key.
-        let found: Vec<((PublicKey, u64), &Pending)> = keys
+        self.attest(keys);
+        // The signed requests' signatures, checked together (attested ones carry the
+        // gateway's own); keys kept beside them, so each verdict meets its own key.
+        let signed: Vec<((PublicKey, u64), &Pending)> = keys
             .iter()
             .filter_map(|key| self.pending.get(key).map(|pending| (*key, pending)))
+            .filter(|(_, pending)| !pending.unsigned)
             .collect();
-        let requests: Vec<&Request> = found.iter().map(|(_, p)| &p.request).collect();
-        let leaves: Vec<Digest> = found.iter().map(|(_, p)| p.digest).collect();
-        let keys: Vec<(PublicKey, u64)> = found.iter().map(|(key, _)| *key).collect();
-        let (verdicts, checked) = check_request_signatures(&Pool::default(), &requests, &leaves);
+        let requests: Vec<&Request> = signed.iter().map(|(_, p)| &p.request).collect();
+        let leaves: Vec<Digest> = signed.iter().map(|(_, p)| p.digest).collect();
+        let chain = self.config.chain_id;
+        let (verdicts, checked) =
+            check_request_signatures(&Pool::default(), &chain, &requests, &leaves);
         self.metrics.signatures_verified += checked.signatures;
+        let forged: BTreeSet<(PublicKey, u64)> = signed
+            .iter()
+            .zip(verdicts)
+            .filter(|(_, verdict)| verdict.is_err())
+            .map(|((key, _), _)| *key)
+            .collect();
         let primary = self.primary();
         let deadline = now.saturating_add(self.config.retransmit_ms);
         let mut sent = 0;
         let penalty = self.burst();
-        for ((client, client_seq), verdict) in keys.into_iter().zip(verdicts) {
+        for &(client, client_seq) in keys {
             let key = (client, client_seq);
-            if verdict.is_err() {
+            if forged.contains(&key) {
                 self.take_pending(&key);
                 if let Some(session) = self.sessions.get_mut(&client) {
                     session.outstanding.remove(&client_seq);
@@ -574,8 +615,7 @@ impl Gateway {
     /// Removes a pending request, and its bytes from the count.
     fn take_pending(&mut self, key: &(PublicKey, u64)) -> Option<Pending> {
         let pending = self.pending.remove(key)?;
-        let len = pending.request.encoded_len();
-        self.pending_bytes = self.pending_bytes.saturating_sub(len);
+        self.pending_bytes = self.pending_bytes.saturating_sub(pending.bytes);
         Some(pending)
     }
 
@@ -597,7 +637,7 @@ impl Gateway {
     }
 
     /// Counts a refusal; returns it.
-    fn shed(&mut self, reason: Shed) -> Shed {
+    pub(super) fn shed(&mut self, reason: Shed) -> Shed {
         *self.metrics.shed.entry(reason.label()).or_default() += 1;
         reason
     }

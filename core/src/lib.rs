@@ -150,7 +150,8 @@ pub use envelope::{BATCH_OVERHEAD, DecodeError, PROTOCOL_VERSION, REQUEST_OVERHE
 pub use message::{BatchAt, COMMITTED, FetchBatches, HAVE_BATCH, Message, PREPARED, Status};
 pub use state::{FetchState, Manifest, SnapshotJob, StateChunk, TakenSnapshot};
 pub use statement::{
-    Batch, Phase, PrePrepare, Reply, Request, Vote, reply_leaf, reply_root_digest, vote_digest,
+    Attestation, Batch, Phase, PrePrepare, Reply, Request, Vote, attest, attestation_digest,
+    reply_leaf, reply_root_digest, vote_digest,
 };
 
 // Certificates and evidence.

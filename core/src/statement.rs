@@ -14,21 +14,84 @@ use crate::config::{ChainId, ReplicaId};
 use crate::crypto::{Digest, Hasher, Keypair, PublicKey, Signature};
 use crate::merkle::{self, InclusionProof};
 
-/// A client's signed operation.
+/// A client's operation, signed by the client (end to end) or attested by a gateway.
 ///
 /// `client_seq` orders one client's requests: each executes once, only if its number is
 /// above every number of that client executed before.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
-    /// The client's key, which signed the request.
+    /// The client's key: the request is this client's, whoever signed it.
     pub client: PublicKey,
     /// Strictly increasing per client.
     pub client_seq: u64,
     /// The operation for the application, opaque to consensus.
     #[serde(with = "serde_bytes")]
     pub op: Vec<u8>,
-    /// The client's signature over [`Request::digest`].
+    /// End to end (`attestation` is `None`): the client's signature over
+    /// [`Request::digest`]. Gateway-attested: the gateway's signature over
+    /// [`attestation_digest`] of the root its attestation's path leads to.
     pub signature: Signature,
+    /// The gateway that attested this request in a batch of its clients' requests, with
+    /// the request's path to that batch's signed root; `None` for a request its client
+    /// signed. Validators take only attestations by the gateways their config lists
+    /// ([`crate::Config::attesting_gateways`]).
+    pub attestation: Option<Attestation>,
+}
+
+/// A gateway's word that its client, authenticated by the transport, sent this request:
+/// the gateway signed the Merkle root over the digests ([`Request::digest`]) of the
+/// requests it forwarded together, and this is one request's place in that tree. One
+/// signature check covers the whole group; the signature is evidence of what the gateway
+/// attested, so a gateway that makes up a client's request is caught by its own signature.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attestation {
+    /// The gateway's key.
+    pub gateway: PublicKey,
+    /// The path from [`Request::digest`] to the signed root.
+    pub proof: InclusionProof,
+}
+
+/// What a gateway signs for a group of requests it attests: their Merkle root, under the
+/// chain and its own key. Requests carry no epoch, and neither does their attestation.
+pub fn attestation_digest(chain: &ChainId, gateway: &PublicKey, root: &Digest) -> Digest {
+    Hasher::new(b"pbft/v1/gateway-attestation")
+        .digest(&chain.0)
+        .bytes(&gateway.0)
+        .digest(root)
+        .finish()
+}
+
+/// Builds the requests a gateway attests together: one Merkle tree over their digests, its
+/// root signed once by `gateway`, each request given its path. `requests` are
+/// `(client, client_seq, op)`; the output keeps their order.
+pub fn attest(
+    chain: &ChainId,
+    gateway: &Keypair,
+    requests: Vec<(PublicKey, u64, Vec<u8>)>,
+) -> Vec<Request> {
+    let leaves: Vec<Digest> = requests
+        .iter()
+        .map(|(client, client_seq, op)| request_digest(chain, client, *client_seq, op))
+        .collect();
+    let tree = merkle::Tree::new(&leaves);
+    let key = gateway.public_key();
+    let signature = gateway.sign(&attestation_digest(chain, &key, &tree.root()));
+    requests
+        .into_iter()
+        .enumerate()
+        .filter_map(|(index, (client, client_seq, op))| {
+            Some(Request {
+                client,
+                client_seq,
+                op,
+                signature,
+                attestation: Some(Attestation {
+                    gateway: key,
+                    proof: tree.prove(index)?,
+                }),
+            })
+        })
+        .collect()
 }
 
 impl Request {
@@ -40,6 +103,7 @@ impl Request {
             client_seq,
             op,
             signature: client.sign(&digest),
+            attestation: None,
         }
     }
 
@@ -50,9 +114,32 @@ impl Request {
         request_digest(chain, &self.client, self.client_seq, &self.op)
     }
 
-    /// Bytes this request adds to a batch, for the batch size limit.
+    /// Who signed `signature`, and over what: the client over `leaf` (this request's
+    /// [`Request::digest`]), or the attesting gateway over [`attestation_digest`] of the root
+    /// the path leads to from `leaf`. `None` if the attestation's path is malformed.
+    pub fn signed(&self, chain: &ChainId, leaf: &Digest) -> Option<(&PublicKey, Digest)> {
+        match &self.attestation {
+            None => Some((&self.client, *leaf)),
+            Some(attestation) => {
+                let root = merkle::root_from_proof(leaf, &attestation.proof)?;
+                let digest = attestation_digest(chain, &attestation.gateway, &root);
+                Some((&attestation.gateway, digest))
+            }
+        }
+    }
+
+    /// Whether `other` carries the same authentication: signature and attestation.
+    pub fn same_authentication(&self, other: &Request) -> bool {
+        self.signature == other.signature && self.attestation == other.attestation
+    }
+
+    /// Bytes this request adds to a batch, for the batch size limit: the operation,
+    /// [`crate::envelope::REQUEST_OVERHEAD`], and an attestation's key, numbers and path.
     pub fn encoded_len(&self) -> usize {
-        crate::envelope::REQUEST_OVERHEAD + self.op.len()
+        let attestation = self.attestation.as_ref().map_or(0, |attestation| {
+            crate::envelope::ATTESTATION_OVERHEAD + 32 * attestation.proof.path.len()
+        });
+        crate::envelope::REQUEST_OVERHEAD + self.op.len() + attestation
     }
 }
 

@@ -128,6 +128,7 @@ fn full_batch(config: &Config, n: usize) -> Committed {
             client_seq: u64::MAX,
             op: vec![0xff; op],
             signature: Signature([0xff; 64]),
+            attestation: None,
         };
         left -= request.encoded_len();
         requests.push(request);

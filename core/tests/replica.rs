@@ -428,7 +428,7 @@ fn a_config_without_a_chain_id_or_with_a_zero_bound_is_refused() {
     assert!(Replica::new(no_buffer, validator_set(4), validator_key(0)).is_err());
     // A request as large as allowed must fit a batch with its key, signature and numbers.
     let mut tight = config();
-    tight.max_batch_bytes = tight.max_request_bytes + 115;
+    tight.max_batch_bytes = tight.max_request_bytes + 116;
     assert!(Replica::new(tight.clone(), validator_set(4), validator_key(0)).is_err());
     tight.max_batch_bytes += 1;
     assert!(Replica::new(tight, validator_set(4), validator_key(0)).is_ok());

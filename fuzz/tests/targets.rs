@@ -34,6 +34,8 @@ fn config() -> Config {
     config.max_pending_requests = 16;
     config.max_batch_ops = 4;
     config.max_clients = 8;
+    // Gateway-attested requests by this key are valid inputs too.
+    config.attesting_gateways = vec![client_key(9).public_key()];
     config
 }
 
@@ -74,6 +76,19 @@ fn valid_messages() -> Vec<Vec<u8>> {
             })
             .encode(),
         );
+    }
+    // Requests a listed gateway attested together, alone and proposed (seqs 7 and 8).
+    let attested = pbft_core::attest(
+        &chain(),
+        &client_key(9),
+        (0..3).map(|i| (client_key(i).public_key(), 100, vec![i as u8; 8])).collect(),
+    );
+    for request in &attested {
+        messages.push(Message::Request(request.clone()).encode());
+    }
+    for (seq, requests) in [(7, attested.clone()), (8, attested[1..].to_vec())] {
+        let batch = pbft_core::Batch { requests };
+        messages.push(pre_prepare(0, (0, seq), &batch));
     }
     // View changes to view 1 from every validator, and the new view they make.
     let changes: Vec<ViewChange> = (0..VALIDATORS)
@@ -225,11 +240,18 @@ fn gateway_survives_any_input_sequence() {
             config.client_burst = 5;
             config.request_timeout_ms = 2_000;
             let mut gateway = Gateway::new(config.clone(), set()).expect("a valid config");
+            // Half the inputs run gateway-attested: unsigned requests, attested in batches.
+            if inputs.first().is_some_and(|(selector, ..)| selector % 2 == 1) {
+                gateway = gateway.attesting(client_key(9));
+            }
             let mut now = 0u64;
             for (selector, index, step, raw) in inputs {
                 now += u64::from(*step);
                 let client = &clients[*index as usize % clients.len()];
-                match selector % 6 {
+                match selector % 7 {
+                    6 => {
+                        let _ = gateway.submit_unsigned(now, client, u64::from(*step), raw.clone());
+                    }
                     0 => {
                         let _ = gateway.open(now, *client);
                     }
@@ -249,6 +271,17 @@ fn gateway_survives_any_input_sequence() {
                     _ => gateway.handle_timeout(now),
                 }
                 while let Some(output) = gateway.poll_output() {
+                    // What an attesting gateway sends verifies at validators that list it.
+                    if let GatewayOutput::Transmit { bytes, .. } = &output
+                        && let Ok(Message::Request(request)) = Message::decode(bytes, 1 << 20)
+                        && let Some(attestation) = &request.attestation
+                    {
+                        let leaf = request.digest(&chain());
+                        let (signer, signed) = request.signed(&chain(), &leaf).expect("a path");
+                        assert_eq!(attestation.gateway, client_key(9).public_key());
+                        let key = signer.verifying_key().expect("a valid key");
+                        assert!(key.verify(&signed, &request.signature).is_ok());
+                    }
                     let GatewayOutput::Answered { replies, .. } = output else {
                         continue;
                     };

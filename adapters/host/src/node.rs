@@ -272,6 +272,8 @@ pub struct Node<A> {
     samples: Samples,
     max_message_bytes: usize,
     chain: pbft_core::ChainId,
+    /// The gateways whose attestations the replica takes ([`Config::attesting_gateways`]).
+    attesting_gateways: Vec<PublicKey>,
     /// The last state digest taken for a status query: (seq, digest, when).
     state_digest: Option<(u64, Digest, u64)>,
     /// The thread that takes checkpoint snapshots, if the node was given one
@@ -511,6 +513,7 @@ impl<A: Application> Node<A> {
         store.bind_chain(&config.chain_id)?;
         let max_message_bytes = config.max_message_bytes;
         let chain = config.chain_id;
+        let attesting_gateways = config.attesting_gateways.clone();
         let retained_batches = config.retained_batches as u64;
         let replica = Replica::restore(config, validators, keypair, records, executed)
             .map_err(NodeError::Config)?;
@@ -529,6 +532,7 @@ impl<A: Application> Node<A> {
             samples: Samples::default(),
             max_message_bytes,
             chain,
+            attesting_gateways,
             state_digest: None,
             snapshots: None,
             to_record: Vec::new(),
@@ -948,6 +952,11 @@ impl<A: Application> Node<A> {
     /// The network the node is in.
     pub fn chain(&self) -> pbft_core::ChainId {
         self.chain
+    }
+
+    /// Whether `key` is a gateway whose attestations this node takes.
+    pub fn attests(&self, key: &PublicKey) -> bool {
+        self.attesting_gateways.contains(key)
     }
 
     /// The largest consensus message the node accepts.

@@ -124,6 +124,7 @@ async fn thief(cluster: &Cluster, victim: PublicKey, running: Arc<AtomicBool>) -
                 client_seq: base + i,
                 op: put("stolen", "x"),
                 signature: Signature([i as u8; 64]),
+                attestation: None,
             };
             ClientFrame::Message(Message::Request(request).encode())
         })

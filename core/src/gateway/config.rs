@@ -138,6 +138,9 @@ pub enum Shed {
     /// The client's signature does not verify.
     #[error("the request's signature does not verify")]
     BadSignature,
+    /// An unsigned request reached a gateway in end-to-end mode.
+    #[error("this gateway forwards only signed requests (the network is end to end)")]
+    NotAttesting,
     /// No f + 1 matching replies came within [`GatewayConfig::request_timeout_ms`].
     #[error("no result within the gateway's timeout; the request may still execute")]
     TimedOut,
@@ -157,6 +160,7 @@ impl Shed {
             Shed::TooLarge { .. } => "too_large",
             Shed::Duplicate => "duplicate",
             Shed::BadSignature => "bad_signature",
+            Shed::NotAttesting => "not_attesting",
             Shed::TimedOut => "timed_out",
         }
     }
@@ -217,6 +221,8 @@ pub struct GatewayMetrics {
     pub retransmissions: u64,
     /// Requests answered with f + 1 matching replies.
     pub requests_answered: u64,
+    /// Batches of unsigned requests attested, one signature each (gateway-attested mode).
+    pub batches_attested: u64,
     /// Client signatures checked (each time checked, in a batch or alone).
     pub signatures_verified: u64,
     /// Replies not counted, by reason (undecodable, not outstanding, bad signature, ...).

@@ -15,6 +15,7 @@ use super::output::{Destination, Record};
 use super::signature_cache::SignatureCache;
 use super::signatures::check_signatures;
 use super::{Mode, Replica};
+use crate::config::ChainId;
 use crate::crypto::{CryptoError, Digest, Pool, Signature, VerifyingKey};
 use crate::error::Error;
 use crate::merkle;
@@ -136,16 +137,35 @@ impl Intake {
     /// [`SignatureCache`] remembers it. The reference design's signature cache: a backup
     /// checks a client's signature on arrival and not again inside a pre-prepare, nor a copy
     /// the client sends again after the pre-prepare or the execution.
-    pub(super) fn verified_before(&self, digest: &Digest, request: &Request) -> bool {
-        self.watched
-            .get(digest)
-            .is_some_and(|watched| watched.request.signature == request.signature)
-            || self.signatures.holds(digest, &request.signature)
+    ///
+    /// The cache holds what the signature covers: the leaf for a client's signature, the
+    /// attested root for a gateway's (so the requests a gateway attested together cost one
+    /// check, and a copy whose path leads elsewhere misses). A malformed path is never
+    /// verified.
+    pub(super) fn verified_before(
+        &self,
+        chain: &ChainId,
+        leaf: &Digest,
+        request: &Request,
+    ) -> bool {
+        if self
+            .watched
+            .get(leaf)
+            .is_some_and(|watched| watched.request.same_authentication(request))
+        {
+            return true;
+        }
+        match request.signed(chain, leaf) {
+            Some((_, signed)) => self.signatures.holds(&signed, &request.signature),
+            None => false,
+        }
     }
 
-    /// Remembers that `request`'s signature (over `digest`) verified.
-    pub(super) fn verified_now(&mut self, digest: &Digest, request: &Request) {
-        self.signatures.insert(digest, &request.signature);
+    /// Remembers that `request`'s signature (its leaf is `leaf`) verified.
+    pub(super) fn verified_now(&mut self, chain: &ChainId, leaf: &Digest, request: &Request) {
+        if let Some((_, signed)) = request.signed(chain, leaf) {
+            self.signatures.insert(&signed, &request.signature);
+        }
     }
 
     /// Requests watched.
@@ -205,6 +225,7 @@ impl Intake {
     pub(super) fn verified(
         &mut self,
         metrics: &mut Metrics,
+        chain: &ChainId,
         pending: Vec<(Request, Digest)>,
     ) -> (Vec<Request>, Vec<Digest>) {
         let (requests, leaves): (Vec<Request>, Vec<Digest>) = pending.into_iter().unzip();
@@ -212,7 +233,7 @@ impl Intake {
         let cached: Vec<bool> = requests
             .iter()
             .zip(&leaves)
-            .map(|(request, leaf)| self.verified_before(leaf, request))
+            .map(|(request, leaf)| self.verified_before(chain, leaf, request))
             .collect();
         let (unchecked, unchecked_leaves): (Vec<&Request>, Vec<Digest>) = requests
             .iter()
@@ -223,7 +244,7 @@ impl Intake {
             .unzip();
         metrics.signatures_cached += (requests.len() - unchecked.len()) as u64;
         let mut checked =
-            check_signatures(metrics, &self.pool, &unchecked, &unchecked_leaves).into_iter();
+            check_signatures(metrics, &self.pool, chain, &unchecked, &unchecked_leaves).into_iter();
         // One verdict per unchecked request; a missing one would be a refusal, never a pass.
         let verdicts: Vec<Result<(), CryptoError>> = cached
             .iter()
@@ -236,7 +257,7 @@ impl Intake {
         for ((request, leaf), verdict) in requests.into_iter().zip(leaves).zip(verdicts) {
             match verdict {
                 Ok(()) => {
-                    self.signatures.insert(&leaf, &request.signature);
+                    self.verified_now(chain, &leaf, &request);
                     good.0.push(request);
                     good.1.push(leaf);
                 }
@@ -271,14 +292,16 @@ impl Replica {
         match self.admit(request, digest, forward, 0)? {
             None => Ok(()),
             Some((request, next)) => {
-                if self.intake.verified_before(&digest, &request) {
+                let chain = self.config.chain_id;
+                if self.intake.verified_before(&chain, &digest, &request) {
                     self.metrics.signatures_cached += 1;
                     return self.finish(request, digest, next);
                 }
                 let pool = &self.intake.pool;
-                let verdicts = check_signatures(&mut self.metrics, pool, &[&request], &[digest]);
+                let verdicts =
+                    check_signatures(&mut self.metrics, pool, &chain, &[&request], &[digest]);
                 verdicts.into_iter().try_for_each(|verdict| verdict)?;
-                self.intake.verified_now(&digest, &request);
+                self.intake.verified_now(&chain, &digest, &request);
                 self.finish(request, digest, next)
             }
         }
@@ -315,7 +338,9 @@ impl Replica {
             // Requests this group will watch count against the bound before their checks.
             match self.admit(request, digest, true, waiting.len()) {
                 Ok(None) => verdicts.push(Ok(())),
-                Ok(Some((request, next))) if self.intake.verified_before(&digest, &request) => {
+                Ok(Some((request, next)))
+                    if self.intake.verified_before(&chain, &digest, &request) =>
+                {
                     // Copies later in the group get its verdict, as a checked one's do.
                     first.insert(copy, index);
                     self.metrics.signatures_cached += 1;
@@ -332,10 +357,11 @@ impl Replica {
         }
         let (checked, leaves): (Vec<&Request>, Vec<Digest>) =
             waiting.iter().map(|(_, r, d, _)| (r, *d)).unzip();
-        let checks = check_signatures(&mut self.metrics, &self.intake.pool, &checked, &leaves);
+        let pool = &self.intake.pool;
+        let checks = check_signatures(&mut self.metrics, pool, &chain, &checked, &leaves);
         for ((index, request, digest, next), check) in waiting.into_iter().zip(checks) {
             if check.is_ok() {
-                self.intake.verified_now(&digest, &request);
+                self.intake.verified_now(&chain, &digest, &request);
             }
             let verdict = check
                 .map_err(Error::Crypto)
@@ -372,6 +398,15 @@ impl Replica {
                 max: self.config.max_request_bytes,
             });
         }
+        self.check_attestation(&request)?;
+        // An attested request's path adds to it: one that fits no batch would be proposed
+        // alone and refused by every backup.
+        if request.encoded_len() > self.config.max_batch_bytes {
+            return Err(Error::RequestTooLarge {
+                len: request.encoded_len(),
+                max: self.config.max_batch_bytes,
+            });
+        }
         match self.clients.freshness(&request.client, request.client_seq) {
             Freshness::Fresh => {}
             // The reply again, to a request that proves it is the client's: an unsigned
@@ -395,7 +430,7 @@ impl Replica {
             // forward per copy received, to the primary only: nothing to amplify. A copy with
             // other signature bytes was not checked (a forgery, or a client that signs afresh
             // each time; RFC 8032 signing is deterministic): refused, and never relayed.
-            let same = watched.signature == request.signature;
+            let same = watched.same_authentication(&request);
             if forward && self.mode == Mode::Normal {
                 let watched = watched.clone();
                 self.forward_to_primary(watched);
@@ -412,7 +447,10 @@ impl Replica {
         if leads {
             // The signature is checked when the request is proposed, in one batch with the
             // rest of its batch (a third of the cost of checking each alone).
-            request.client.check()?;
+            match &request.attestation {
+                None => request.client.check()?,
+                Some(attestation) => attestation.gateway.check()?,
+            }
             self.intake.track(digest);
             self.intake.enqueue(request, digest);
             self.propose(false);
@@ -454,6 +492,9 @@ impl Replica {
     /// `max_batch_bytes`; [`Error::RequestTooLarge`] for an op over `max_request_bytes`.
     pub(super) fn check_batch_limits(&self, batch: &Batch) -> Result<(), Error> {
         let requests = &batch.requests;
+        requests
+            .iter()
+            .try_for_each(|request| self.check_attestation(request))?;
         let bytes: usize = requests.iter().map(Request::encoded_len).sum();
         if requests.is_empty()
             || requests.len() > self.config.max_batch_ops
@@ -473,6 +514,31 @@ impl Replica {
         Ok(())
     }
 
+    /// Checks, before any signature, that an attested request names a gateway of
+    /// [`crate::Config::attesting_gateways`], with a path no longer than a tree of `u32`
+    /// leaves has (32 hashes), so that nothing else costs this replica a check.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownGateway`] for any other key, or for every attested request in end to
+    /// end mode; [`Error::BadAttestation`] for a path too long.
+    pub(super) fn check_attestation(&self, request: &Request) -> Result<(), Error> {
+        let Some(attestation) = &request.attestation else {
+            return Ok(());
+        };
+        if !self
+            .config
+            .attesting_gateways
+            .contains(&attestation.gateway)
+        {
+            return Err(Error::UnknownGateway);
+        }
+        if attestation.proof.path.len() > 32 {
+            return Err(Error::BadAttestation);
+        }
+        Ok(())
+    }
+
     /// Checks the primary's signature (queued in `verifier`) and the client signatures of its
     /// proposed batch (`requests`, with their `leaves`) that this replica did not verify
     /// before ([`Intake::verified_before`]), in one batch check; counts the checks, and the
@@ -484,17 +550,29 @@ impl Replica {
         requests: &[Request],
         leaves: &[Digest],
     ) -> Result<(), CryptoError> {
+        let chain = self.config.chain_id;
         // Cut for what is left after the cached ones, so that no piece comes out small.
         let unchecked: Vec<(&Request, &Digest)> = requests
             .iter()
             .zip(leaves)
-            .filter(|(request, leaf)| !self.intake.verified_before(leaf, request))
+            .filter(|(request, leaf)| !self.intake.verified_before(&chain, leaf, request))
             .collect();
         let cached = (requests.len() - unchecked.len()) as u64;
-        let mut batch = self.intake.pool.batch(unchecked.len() + 1);
-        batch.queue(key, signed, signature);
+        // Requests a gateway attested together share one check.
+        let mut distinct = BTreeSet::new();
+        let mut checks = Vec::with_capacity(unchecked.len());
         for (request, leaf) in &unchecked {
-            batch.queue_key(&request.client, leaf, &request.signature)?;
+            let (signer, digest) = request
+                .signed(&chain, leaf)
+                .ok_or(CryptoError::BadSignature)?;
+            if request.attestation.is_none() || distinct.insert((digest, request.signature.0)) {
+                checks.push((signer, digest, &request.signature));
+            }
+        }
+        let mut batch = self.intake.pool.batch(checks.len() + 1);
+        batch.queue(key, signed, signature);
+        for (signer, digest, signature) in &checks {
+            batch.queue_key(signer, digest, signature)?;
         }
         let checked = batch.len() as u64;
         self.metrics.signatures_verified += checked;
@@ -504,7 +582,7 @@ impl Replica {
         self.intake.pool.verify(batch)?;
         self.metrics.signatures_cached += cached;
         for (request, leaf) in unchecked {
-            self.intake.verified_now(leaf, request);
+            self.intake.verified_now(&chain, leaf, request);
         }
         Ok(())
     }
@@ -534,7 +612,8 @@ impl Replica {
             let requests = self
                 .intake
                 .cut(self.config.max_batch_ops, self.config.max_batch_bytes);
-            let (requests, leaves) = self.intake.verified(&mut self.metrics, requests);
+            let chain = self.config.chain_id;
+            let (requests, leaves) = self.intake.verified(&mut self.metrics, &chain, requests);
             if requests.is_empty() {
                 continue;
             }

@@ -1,13 +1,16 @@
-//! Checking the client signatures of many requests at once (in pieces on the host's
-//! [`CheckPool`] when it gave one), and finding the forged ones when the batch check fails.
+//! Checking the signatures of many requests at once (their clients', or those of the
+//! gateways that attested them), in pieces on the host's [`CheckPool`] when it gave one, and
+//! finding the forged ones when the batch check fails.
 
 use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::borrow::Borrow;
 
 use super::Replica;
-use crate::crypto::{CheckPool, CryptoError, Digest, Pool};
+use crate::config::ChainId;
+use crate::crypto::{CheckPool, CryptoError, Digest, Pool, PublicKey, Signature};
 use crate::metrics::Metrics;
 use crate::statement::Request;
 
@@ -23,16 +26,18 @@ impl Replica {
 }
 
 /// The verdict on each signature of `requests` (over `leaves`), in order: one check alone
-/// for a single request, else one batch check, bisected ([`find_forged`]) only if it fails.
-/// Every signature check, each time a signature is checked again during the search, counts
-/// in `signatures_verified` (and `signatures_batch_verified` when in a batch of several).
+/// for a single signature, else one batch check, bisected ([`find_forged`]) only if it fails.
+/// Requests attested together by a gateway share one check. Every signature check, each
+/// time a signature is checked again during the search, counts in `signatures_verified`
+/// (and `signatures_batch_verified` when in a batch of several).
 pub(super) fn check_signatures<R: Borrow<Request>>(
     metrics: &mut Metrics,
     pool: &Pool,
+    chain: &ChainId,
     requests: &[R],
     leaves: &[Digest],
 ) -> Vec<Result<(), CryptoError>> {
-    let (verdicts, checked) = check_request_signatures(pool, requests, leaves);
+    let (verdicts, checked) = check_request_signatures(pool, chain, requests, leaves);
     metrics.signatures_verified += checked.signatures;
     metrics.signatures_batch_verified += checked.batched;
     verdicts
@@ -47,10 +52,15 @@ pub(crate) struct Checked {
     pub(crate) batched: u64,
 }
 
+/// One signature to check: who signed, what, and the signature.
+pub(super) type Check<'a> = (&'a PublicKey, Digest, &'a Signature);
+
 /// [`check_signatures`] for any role: the verdicts, and what they cost. Requests and leaves
-/// of different lengths are all refused, unchecked.
+/// of different lengths are all refused, unchecked, and so is an attested request whose path
+/// is malformed ([`Request::signed`]).
 pub(crate) fn check_request_signatures<R: Borrow<Request>>(
     pool: &Pool,
+    chain: &ChainId,
     requests: &[R],
     leaves: &[Digest],
 ) -> (Vec<Result<(), CryptoError>>, Checked) {
@@ -59,26 +69,58 @@ pub(crate) fn check_request_signatures<R: Borrow<Request>>(
         let refused = vec![Err(CryptoError::BadSignature); requests.len()];
         return (refused, Checked::default());
     }
-    let count = requests.len() as u64;
+    // Each request's check, the ones a gateway attested together checked once.
+    let mut checks: Vec<Check<'_>> = Vec::with_capacity(requests.len());
+    let mut attested = BTreeMap::new();
+    let of: Vec<Option<usize>> = requests
+        .iter()
+        .zip(leaves)
+        .map(|(request, leaf)| {
+            let request = request.borrow();
+            let (signer, signed) = request.signed(chain, leaf)?;
+            if request.attestation.is_none() {
+                checks.push((signer, signed, &request.signature));
+                return Some(checks.len() - 1);
+            }
+            let key = (*signer, signed, request.signature.0);
+            Some(*attested.entry(key).or_insert_with(|| {
+                checks.push((signer, signed, &request.signature));
+                checks.len() - 1
+            }))
+        })
+        .collect();
+    let (verdicts, checked) = check_all(pool, &checks);
+    let verdicts = of
+        .into_iter()
+        .map(|check| {
+            check
+                .and_then(|check| verdicts.get(check).copied())
+                .unwrap_or(Err(CryptoError::BadSignature))
+        })
+        .collect();
+    (verdicts, checked)
+}
+
+/// The verdict on each of `checks`, in order, and what they cost.
+fn check_all(pool: &Pool, checks: &[Check<'_>]) -> (Vec<Result<(), CryptoError>>, Checked) {
+    let count = checks.len() as u64;
     let mut checked = Checked {
         signatures: count,
         batched: 0,
     };
-    if let ([request], [leaf]) = (requests, leaves) {
-        let request = request.borrow();
-        let verdict = request
-            .client
+    if let [(signer, signed, signature)] = checks {
+        let verdict = signer
             .verifying_key()
-            .and_then(|key| key.verify(leaf, &request.signature));
+            .and_then(|key| key.verify(signed, signature));
         return (vec![verdict], checked);
     }
     if count > 1 {
         checked.batched += count;
     }
-    if batch_check(pool, requests, leaves) {
-        return (vec![Ok(()); requests.len()], checked);
+    if batch_check(pool, checks) {
+        return (vec![Ok(()); checks.len()], checked);
     }
-    let (verdicts, cost) = find_forged(requests, leaves);
+    let (verdicts, cost) = find_forged(checks);
     checked.signatures += cost.batched + cost.single;
     checked.batched += cost.batched;
     (verdicts, checked)
@@ -95,14 +137,13 @@ pub(super) struct SearchCost {
     pub(super) single: u64,
 }
 
-/// Whether every signature of `requests` (over `leaves`) holds, in one batch check (a key
-/// that breaks the key rule fails it), cut into pieces for `pool`.
-fn batch_check<R: Borrow<Request>>(pool: &Pool, requests: &[R], leaves: &[Digest]) -> bool {
-    let mut batch = pool.batch(requests.len());
-    let queued = requests.iter().zip(leaves).all(|(r, leaf)| {
-        let r = r.borrow();
-        batch.queue_key(&r.client, leaf, &r.signature).is_ok()
-    });
+/// Whether every one of `checks` holds, in one batch check (a key that breaks the key rule
+/// fails it), cut into pieces for `pool`.
+fn batch_check(pool: &Pool, checks: &[Check<'_>]) -> bool {
+    let mut batch = pool.batch(checks.len());
+    let queued = checks
+        .iter()
+        .all(|(signer, signed, signature)| batch.queue_key(signer, signed, signature).is_ok());
     queued && pool.verify(batch).is_ok()
 }
 
@@ -127,16 +168,13 @@ fn batch_check<R: Borrow<Request>>(pool: &Pool, requests: &[R], leaves: &[Digest
 /// that fails is checked alone instead of split (a single forgery is found before that:
 /// its path takes at most n − 2): the search then batch-checks fewer than 2.5n signatures
 /// and checks each at most once alone, about 1.7 times the old cost at worst.
-pub(super) fn find_forged<R: Borrow<Request>>(
-    requests: &[R],
-    leaves: &[Digest],
-) -> (Vec<Result<(), CryptoError>>, SearchCost) {
-    let mut verdicts = vec![Ok(()); requests.len()];
+pub(super) fn find_forged(checks: &[Check<'_>]) -> (Vec<Result<(), CryptoError>>, SearchCost) {
+    let mut verdicts = vec![Ok(()); checks.len()];
     let mut search = Search {
-        split_until: requests.len() as u64,
+        split_until: checks.len() as u64,
         cost: SearchCost::default(),
     };
-    search.run(requests, leaves, &mut verdicts, true);
+    search.run(checks, &mut verdicts, true);
     (verdicts, search.cost)
 }
 
@@ -148,53 +186,49 @@ struct Search {
 }
 
 impl Search {
-    /// Finds the forged among `requests` (with their `leaves`), writing a verdict on each
-    /// into `verdicts`; `failing` says the set is known to hold a forgery. Returns whether
-    /// it holds one. Recursion depth is log2 of the batch size.
-    fn run<R: Borrow<Request>>(
+    /// Finds the forged among `checks`, writing a verdict on each into `verdicts`;
+    /// `failing` says the set is known to hold a forgery. Returns whether it holds one.
+    /// Recursion depth is log2 of the batch size.
+    fn run(
         &mut self,
-        requests: &[R],
-        leaves: &[Digest],
+        checks: &[Check<'_>],
         verdicts: &mut [Result<(), CryptoError>],
         failing: bool,
     ) -> bool {
-        if requests.len() < 2 {
-            return self.each_alone(requests, leaves, verdicts);
+        if checks.len() < 2 {
+            return self.each_alone(checks, verdicts);
         }
         if !failing {
             self.cost.batch_checks += 1;
-            self.cost.batched += requests.len() as u64;
+            self.cost.batched += checks.len() as u64;
             // The search stays on this thread: what it costs is charged to the forger's group.
-            if batch_check(&Pool::default(), requests, leaves) {
+            if batch_check(&Pool::default(), checks) {
                 return false;
             }
         }
         if self.cost.batched >= self.split_until {
-            return self.each_alone(requests, leaves, verdicts);
+            return self.each_alone(checks, verdicts);
         }
-        let middle = requests.len() / 2;
-        let (requests, leaves) = (requests.split_at(middle), leaves.split_at(middle));
+        let middle = checks.len() / 2;
+        let checks = checks.split_at(middle);
         let verdicts = verdicts.split_at_mut(middle);
-        let left = self.run(requests.0, leaves.0, verdicts.0, false);
-        let right = self.run(requests.1, leaves.1, verdicts.1, !left);
+        let left = self.run(checks.0, verdicts.0, false);
+        let right = self.run(checks.1, verdicts.1, !left);
         left || right
     }
 
-    /// Checks each request alone, every one (none skipped); whether any is forged.
-    fn each_alone<R: Borrow<Request>>(
+    /// Checks each alone, every one (none skipped); whether any is forged.
+    fn each_alone(
         &mut self,
-        requests: &[R],
-        leaves: &[Digest],
+        checks: &[Check<'_>],
         verdicts: &mut [Result<(), CryptoError>],
     ) -> bool {
         let mut forged = false;
-        for ((request, leaf), verdict) in requests.iter().zip(leaves).zip(verdicts) {
+        for ((signer, signed, signature), verdict) in checks.iter().zip(verdicts) {
             self.cost.single += 1;
-            let request = request.borrow();
-            *verdict = request
-                .client
+            *verdict = signer
                 .verifying_key()
-                .and_then(|key| key.verify(leaf, &request.signature));
+                .and_then(|key| key.verify(signed, signature));
             forged |= verdict.is_err();
         }
         forged

@@ -61,7 +61,7 @@ fn a_forged_request_is_dropped_and_the_rest_kept_in_order() {
         intake.track(r.digest(&chain));
     }
     let forged = requests[2].digest(&chain);
-    let (good, leaves) = intake.verified(&mut metrics, with_digests(&chain, &requests));
+    let (good, leaves) = intake.verified(&mut metrics, &chain, with_digests(&chain, &requests));
     assert_eq!(
         good,
         [
@@ -105,9 +105,15 @@ fn verify_with_forgeries(n: u8, forged: &[usize]) -> (Metrics, SearchCost) {
     let mut intake = Intake::default();
     let requests = batch_with_forgeries(&mut intake, n, forged);
     let leaves: Vec<Digest> = requests.iter().map(|r| r.digest(&chain)).collect();
-    let (_, cost) = find_forged(&requests, &leaves);
+    let checks: Vec<_> = requests
+        .iter()
+        .zip(&leaves)
+        .map(|(r, leaf)| (&r.client, *leaf, &r.signature))
+        .collect();
+    let (_, cost) = find_forged(&checks);
     let mut metrics = Metrics::default();
-    let (good, good_leaves) = intake.verified(&mut metrics, with_digests(&chain, &requests));
+    let (good, good_leaves) =
+        intake.verified(&mut metrics, &chain, with_digests(&chain, &requests));
     let expected: Vec<Request> = (0..requests.len())
         .filter(|index| !forged.contains(index))
         .map(|index| requests[index].clone())
@@ -215,6 +221,7 @@ fn requests_without_a_leaf_each_are_all_refused_unchecked() {
     let leaves = [requests[0].digest(&ChainId::from_name("test"))];
     let (verdicts, checked) = super::super::signatures::check_request_signatures(
         &crate::crypto::Pool::default(),
+        &ChainId::from_name("test"),
         &requests,
         &leaves,
     );
