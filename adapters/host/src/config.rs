@@ -269,6 +269,10 @@ struct ConfigFile {
     /// The network's gateways, which clients may send through (`pbft client --via-gateway`).
     #[serde(default)]
     gateways: Vec<ValidatorEntry>,
+    /// How requests are authenticated: `end-to-end` (the default: every client signs, every
+    /// validator checks) or `gateway-attested` (the gateways listed sign one root per
+    /// batch; validators check that one signature).
+    authentication: Option<String>,
     /// A gateway's own limits (a gateway's config only).
     gateway: Option<GatewayTable>,
     /// Every field of the core's [`Config`] may be set here; the rest keep their defaults.
@@ -288,6 +292,14 @@ pub struct Network {
     pub addresses: Vec<SocketAddr>,
     /// The network's gateways: each one's key and address.
     pub gateways: Vec<(PublicKey, SocketAddr)>,
+}
+
+impl Network {
+    /// Whether requests are gateway-attested: the gateways sign one root per batch and
+    /// clients send unsigned requests to them (the config's `authentication`).
+    pub fn attested(&self) -> bool {
+        !self.core.attesting_gateways.is_empty()
+    }
 }
 
 /// A gateway's configuration, checked.
@@ -531,17 +543,13 @@ fn network(path: &Path, file: &ConfigFile) -> Result<Network, FileError> {
     }
     // The chain id commits to the parameters validators must agree on: a node whose file
     // differs from its peers' signs for another chain and is refused, never half-agreed with.
-    let mut core = Config {
-        chain_id: ChainId::for_network(&file.chain, &file.limits),
-        ..file.limits.clone()
-    };
-    // A window above the default needs as many retained batches; raising both by hand is
-    // an easy thing to forget.
-    core.retained_batches = core.retained_batches.max(core.window as usize);
-    // The limits must fit together, and the largest message this set makes (a new view with
-    // a full window of prepared certificates) must fit max_message_bytes.
-    core.validate_for(&validators)
-        .map_err(|err| field_error(path, "limits", err.to_string()))?;
+    if !file.limits.attesting_gateways.is_empty() {
+        return Err(field_error(
+            path,
+            "limits.attesting_gateways",
+            "set `authentication = \"gateway-attested\"` and list the `[[gateways]]` instead",
+        ));
+    }
     let mut gateways = Vec::with_capacity(file.gateways.len());
     for (index, entry) in file.gateways.iter().enumerate() {
         let key = parse_public_key(&entry.key).ok_or_else(|| {
@@ -550,6 +558,38 @@ fn network(path: &Path, file: &ConfigFile) -> Result<Network, FileError> {
         let address = parse_address(path, &format!("gateways[{index}].address"), &entry.address)?;
         gateways.push((key, address));
     }
+    let mut limits = file.limits.clone();
+    match file.authentication.as_deref() {
+        None | Some("end-to-end") => {}
+        Some("gateway-attested") if gateways.is_empty() => {
+            return Err(field_error(
+                path,
+                "authentication",
+                "gateway-attested needs at least one `[[gateways]]` entry to attest",
+            ));
+        }
+        Some("gateway-attested") => {
+            limits.attesting_gateways = gateways.iter().map(|(key, _)| *key).collect();
+        }
+        Some(other) => {
+            return Err(field_error(
+                path,
+                "authentication",
+                format!("`{other}`: expected `end-to-end` or `gateway-attested`"),
+            ));
+        }
+    }
+    let mut core = Config {
+        chain_id: ChainId::for_network(&file.chain, &limits),
+        ..limits
+    };
+    // A window above the default needs as many retained batches; raising both by hand is
+    // an easy thing to forget.
+    core.retained_batches = core.retained_batches.max(core.window as usize);
+    // The limits must fit together, and the largest message this set makes (a new view with
+    // a full window of prepared certificates) must fit max_message_bytes.
+    core.validate_for(&validators)
+        .map_err(|err| field_error(path, "limits", err.to_string()))?;
     Ok(Network {
         core,
         validators,

@@ -120,6 +120,30 @@ pub fn config_for(core: &pbft_core::Config) -> GatewayConfig {
     config
 }
 
+/// The core gateway `config` describes: in a gateway-attested network it attests with its
+/// own key, which the network's `[[gateways]]` must list.
+///
+/// # Errors
+///
+/// A limit of zero, or (gateway-attested) a key the network does not list: validators
+/// would refuse every batch it attests.
+pub fn core_for(config: &crate::config::GatewayNodeConfig) -> Result<Gateway, String> {
+    let network = &config.network;
+    let gateway = Gateway::new(config.gateway.clone(), network.validators.clone())
+        .map_err(|err| err.to_string())?;
+    if !network.attested() {
+        return Ok(gateway);
+    }
+    let key = config.keypair.public_key();
+    if !network.core.attesting_gateways.contains(&key) {
+        return Err(format!(
+            "the network is gateway-attested and this gateway's key {key} is not among its [[gateways]]: validators would refuse what it attests"
+        ));
+    }
+    let keypair = pbft_core::Keypair::from_seed(&config.keypair.seed());
+    Ok(gateway.attesting(keypair))
+}
+
 /// The gateway thread's state.
 struct State {
     gateway: Gateway,
@@ -177,7 +201,12 @@ fn run(
         }
         if counted.elapsed() >= METRICS_EVERY {
             let gateway = &state.gateway;
-            let gauges = (gateway.sessions(), gateway.outstanding(), gateway.queued());
+            let gauges = (
+                gateway.sessions(),
+                gateway.outstanding(),
+                gateway.queued(),
+                gateway.is_attesting(),
+            );
             router.metrics().update_gateway(gateway.metrics(), gauges);
             counted = Instant::now();
         }
@@ -222,11 +251,21 @@ impl State {
             Err(_) => return refuse(router, client, 0, "undecodable frame"),
         };
         let client_seq = request.client_seq;
-        let verdict = match self.gateway.submit(now, &client, request.clone()) {
+        // Gateway-attested, the connection's key is the client's (the handshake proved it)
+        // and the gateway signs for what it carries: the client's signature is not needed.
+        if self.gateway.is_attesting() && request.client != client {
+            let shed = Shed::WrongClient;
+            return refuse(router, client, client_seq, &shed.to_string());
+        }
+        let submit = |gateway: &mut Gateway| match gateway.is_attesting() {
+            true => gateway.submit_unsigned(now, &client, client_seq, request.op.clone()),
+            false => gateway.submit(now, &client, request.clone()),
+        };
+        let verdict = match submit(&mut self.gateway) {
             Err(Shed::NoSession) => self
                 .gateway
                 .open(now, client)
-                .and_then(|()| self.gateway.submit(now, &client, request)),
+                .and_then(|()| submit(&mut self.gateway)),
             verdict => verdict,
         };
         match verdict {

@@ -74,6 +74,8 @@ struct GatewayCounters {
     retransmissions: Counter,
     signatures_verified: Counter,
     replies_refused: Counter,
+    batches_attested: Counter,
+    attesting: Gauge,
     last: Mutex<GatewayMetrics>,
 }
 
@@ -310,14 +312,25 @@ impl NodeMetrics {
             "Replies not counted (late, duplicated, or not proving themselves)",
             g.replies_refused.clone(),
         );
+        gateway.register(
+            "batches_attested",
+            "Batches of unsigned requests attested, one signature each",
+            g.batches_attested.clone(),
+        );
+        gateway.register(
+            "attesting",
+            "1 if the gateway attests requests (gateway-attested), 0 if end to end",
+            g.attesting.clone(),
+        );
         NodeMetrics { registry, ..m }
     }
 
-    /// Copies in a gateway's counters, and its sessions, outstanding and queued requests.
+    /// Copies in a gateway's counters, its sessions, outstanding and queued requests, and
+    /// whether it attests.
     pub fn update_gateway(
         &self,
         core: &GatewayMetrics,
-        (sessions, outstanding, queued): (usize, usize, usize),
+        (sessions, outstanding, queued, attesting): (usize, usize, usize, bool),
     ) {
         let g = &self.gateway;
         let mut last = g.last.lock().unwrap_or_else(|e| e.into_inner());
@@ -340,6 +353,12 @@ impl NodeMetrics {
             core.replies_rejected,
             last.replies_rejected,
         );
+        add(
+            &g.batches_attested,
+            core.batches_attested,
+            last.batches_attested,
+        );
+        g.attesting.set(i64::from(attesting));
         for (reason, count) in &core.shed {
             let before = last.shed.get(reason).copied().unwrap_or(0);
             g.shed

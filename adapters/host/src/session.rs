@@ -55,7 +55,10 @@ impl Session {
     /// The queues of a session to `validators` validators: the transport takes the
     /// [`SessionLinks`], then hands its guard to [`Session::new`] with the rest.
     pub fn channels(validators: usize) -> (SessionLinks, SessionEnds) {
-        let (inbound_tx, inbound_rx) = async_channel::bounded(LINK_QUEUE * validators.max(1));
+        // Bounded like one link's queue per link, up to 16 links' worth: a load generator's
+        // session of a link per client would otherwise reserve millions of slots.
+        let inbound = LINK_QUEUE * validators.clamp(1, 16);
+        let (inbound_tx, inbound_rx) = async_channel::bounded(inbound);
         let (senders, receivers) = (0..validators)
             .map(|_| queue::bounded(LINK_QUEUE, LINK_QUEUE_BYTES, None))
             .unzip();

@@ -51,8 +51,20 @@ pub fn create(
 /// their configs (`gateway<i>.toml`), and each listed in `network.toml`, which clients use.
 pub fn create_with_gateways(
     dir: &Path,
-    (validators, gateways): (usize, usize),
+    nodes: (usize, usize),
     chain: &str,
+    seed_of: impl Fn(usize) -> [u8; 32],
+) -> Result<Testnet, FileError> {
+    create_with(dir, nodes, (chain, false), seed_of)
+}
+
+/// [`create_with_gateways`], gateway-attested if `attested`: every config (the nodes', the
+/// gateways' and `network.toml`) then says `authentication = "gateway-attested"` and lists
+/// the gateways, which are part of the chain id.
+pub fn create_with(
+    dir: &Path,
+    (validators, gateways): (usize, usize),
+    (chain, attested): (&str, bool),
     seed_of: impl Fn(usize) -> [u8; 32],
 ) -> Result<Testnet, FileError> {
     let io = |path: &Path| {
@@ -84,26 +96,39 @@ pub fn create_with_gateways(
         );
     }
     let mut listed = String::new();
-    let mut gateway_files = Vec::new();
-    let mut gateway_metrics = Vec::new();
+    let mut gateway_keys = Vec::new();
+    let mut gateway_ports = Vec::new();
     for index in 0..gateways {
         let key = Keypair::from_seed(&seed_of(validators + index));
         let port = free_port().map_err(io(dir))?;
-        let metrics = SocketAddr::from(([127, 0, 0, 1], free_port().map_err(io(dir))?));
-        gateway_metrics.push(metrics);
         let _ = write!(
             listed,
             "\n[[gateways]]\nkey = \"{}\"\naddress = \"127.0.0.1:{port}\"\n",
             key.public_key()
         );
+        gateway_keys.push(key);
+        gateway_ports.push(port);
+    }
+    // Gateway-attested, every member must know the gateways: they are part of the chain id.
+    if attested {
+        set = format!("authentication = \"gateway-attested\"\n{set}{listed}");
+    }
+    let mut gateway_files = Vec::new();
+    let mut gateway_metrics = Vec::new();
+    for (index, (key, port)) in gateway_keys.iter().zip(gateway_ports).enumerate() {
+        let metrics = SocketAddr::from(([127, 0, 0, 1], free_port().map_err(io(dir))?));
+        gateway_metrics.push(metrics);
         let key_file = dir.join(format!("gateway{index}.key"));
-        write_key_file(&key_file, &key)?;
+        write_key_file(&key_file, key)?;
         let config = dir.join(format!("gateway{index}.toml"));
         let text = format!(
             "chain = \"{chain}\"\nkey_file = \"gateway{index}.key\"\nlisten = \"127.0.0.1:{port}\"\nmetrics = \"{metrics}\"\n{set}"
         );
         fs::write(&config, text).map_err(io(&config))?;
         gateway_files.push(config);
+    }
+    if attested {
+        listed.clear();
     }
     let network = dir.join("network.toml");
     fs::write(&network, format!("chain = \"{chain}\"\n{set}{listed}")).map_err(io(&network))?;

@@ -1,5 +1,6 @@
 //! A closed-loop load generator: many clients, each with one request outstanding, over one
-//! session to every validator (as a gateway would carry them).
+//! session to every validator (as a gateway would carry them), or through a gateway, each
+//! client on a connection of its own ([`BenchOptions::via_gateway`]).
 //!
 //! Every request is signed before the clock starts: in a deployment clients sign on their
 //! own machines, and here the signing would take the cores the validators need. The
@@ -9,6 +10,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -19,7 +21,7 @@ use pbft_host::wire::{ClientFrame, ServerFrame};
 
 use pbft_host::session::Session;
 
-use crate::client::{Transport, connect_over, first_client_seq};
+use crate::client::{Transport, connect_as, connect_over, first_client_seq};
 use crate::transport::TransportError;
 
 /// What to run.
@@ -37,6 +39,34 @@ pub struct BenchOptions {
     pub progress: bool,
     /// What carries the load.
     pub transport: Transport,
+    /// Send through this gateway (its key and address, QUIC) instead of to the validators;
+    /// gateway-attested if the network is, end to end otherwise.
+    pub via_gateway: Option<(PublicKey, SocketAddr)>,
+}
+
+/// How the bench's requests reach the validators, and who signs them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// Clients' signed requests straight to the validators.
+    Direct,
+    /// Clients' signed requests through a gateway, which checks and forwards them.
+    GatewayEndToEnd,
+    /// Unsigned requests through a gateway, which signs one root per batch.
+    GatewayAttested,
+}
+
+impl fmt::Display for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Route::Direct => "direct to the validators, every request signed by its client",
+            Route::GatewayEndToEnd => {
+                "through a gateway, end to end: every request signed by its client"
+            }
+            Route::GatewayAttested => {
+                "through a gateway, gateway-attested: one gateway signature per batch"
+            }
+        })
+    }
 }
 
 /// What a run measured.
@@ -58,6 +88,8 @@ pub struct BenchReport {
     pub cores: usize,
     /// Measured cost of one signature check alone and in a batch of 64, in µs.
     pub verify_us: (f64, f64),
+    /// How the requests went.
+    pub route: Route,
 }
 
 impl BenchReport {
@@ -93,18 +125,30 @@ impl fmt::Display for BenchReport {
             self.verify_us.1,
             pbft_core::curve_backend()
         )?;
-        writeln!(
-            f,
-            "limit        {:.0} ops/s = {} cores / ({} validators × {:.1} µs); reached {:.0} %",
-            self.limit(),
-            self.cores,
-            self.validators,
-            self.verify_us.1,
-            100.0 * self.throughput() / self.limit()
-        )?;
+        writeln!(f, "route        {}", self.route)?;
+        if self.route == Route::GatewayAttested {
+            writeln!(
+                f,
+                "limit        not bound by client signatures: validators check one per batch"
+            )?;
+        } else {
+            writeln!(
+                f,
+                "limit        {:.0} ops/s = {} cores / ({} validators × {:.1} µs); reached {:.0} %",
+                self.limit(),
+                self.cores,
+                self.validators,
+                self.verify_us.1,
+                100.0 * self.throughput() / self.limit()
+            )?;
+        }
+        let made = match self.route {
+            Route::GatewayAttested => "made (unsigned)",
+            Route::Direct | Route::GatewayEndToEnd => "signed",
+        };
         write!(
             f,
-            "note         {} requests signed before the clock started ({:.1} s); {} retransmissions",
+            "note         {} requests {made} before the clock started ({:.1} s); {} retransmissions",
             self.presigned.0,
             self.presigned.1.as_secs_f64(),
             self.retransmissions
@@ -139,11 +183,15 @@ pub fn signature_cost() -> (f64, f64) {
 }
 
 struct Loop {
+    /// The client's key, which a gateway's connection for it authenticates as.
+    keypair: Keypair,
     client: Client,
     /// Names the bench's session as this client's relay (see `ClientFrame::Relay`).
     relay: ClientFrame,
     signed: VecDeque<Request>,
     sent_at: Option<Instant>,
+    /// Its link in a session through a gateway: one connection per client.
+    link: usize,
 }
 
 fn put(client: usize, number: usize, op_bytes: usize) -> Vec<u8> {
@@ -152,11 +200,12 @@ fn put(client: usize, number: usize, op_bytes: usize) -> Vec<u8> {
     Op::Put { key, value }.encode()
 }
 
-/// Signs `per_client` requests for each of `concurrency` new clients, on every core.
+/// Signs `per_client` requests for each of `concurrency` new clients, on every core (makes
+/// them unsigned if `unsigned`). Each client's claim names `relay` as its replies' relay.
 fn presign(
     network: &Network,
     options: &BenchOptions,
-    per_client: usize,
+    (per_client, unsigned): (usize, bool),
     relay: &PublicKey,
 ) -> Vec<Loop> {
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
@@ -167,20 +216,26 @@ fn presign(
         seed[..8].copy_from_slice(&(index as u64).to_le_bytes());
         let keypair = Keypair::from_seed(&seed);
         let relay = ClientFrame::relay(&network.core.chain_id, &keypair, relay);
-        let mut client = Client::new(
+        let client = Client::new(
             network.core.chain_id,
-            keypair,
+            Keypair::from_seed(&seed),
             network.validators.clone(),
             first,
         );
+        let mut client = match unsigned {
+            true => client.unsigned(),
+            false => client,
+        };
         let signed = (0..per_client)
             .map(|n| client.sign(put(index, n, options.op_bytes)))
             .collect();
         Loop {
+            keypair,
             client,
             relay,
             signed,
             sent_at: None,
+            link: index,
         }
     };
     let chunk = options.concurrency.div_ceil(cores);
@@ -213,8 +268,18 @@ pub async fn run(network: &Network, options: &BenchOptions) -> Result<BenchRepor
             per_client * options.concurrency.max(1)
         );
     }
+    let route = match options.via_gateway {
+        None => Route::Direct,
+        Some(_) if network.attested() => Route::GatewayAttested,
+        Some(_) => Route::GatewayEndToEnd,
+    };
     let relay = Keypair::from_seed(&random_seed().unwrap_or([2; 32]));
-    let mut loops = presign(network, options, per_client, &relay.public_key());
+    // Through a gateway, each client's replies come back through the gateway.
+    let relay_key = options
+        .via_gateway
+        .map_or(relay.public_key(), |(key, _)| key);
+    let unsigned = route == Route::GatewayAttested;
+    let mut loops = presign(network, options, (per_client, unsigned), &relay_key);
     if options.progress {
         eprint!("\r{:60}\r", "");
     }
@@ -224,14 +289,35 @@ pub async fn run(network: &Network, options: &BenchOptions) -> Result<BenchRepor
         .enumerate()
         .map(|(index, l)| (l.client.public_key(), index))
         .collect();
-    let mut session = connect_over(options.transport, network, &relay)?;
-    wait_until_ready(&mut session, network.addresses.len()).await;
-    // Every validator learns that this session relays each client's replies, then answers
-    // a status query after them (frames on a link arrive in order).
-    for l in &loops {
-        session.broadcast(&l.relay);
-    }
-    wait_until_ready(&mut session, network.addresses.len()).await;
+    let mut session = match options.via_gateway {
+        None => {
+            let mut session = connect_over(options.transport, network, &relay)?;
+            wait_until_ready(&mut session, network.addresses.len()).await;
+            // Every validator learns that this session relays each client's replies, then
+            // answers a status query after them (frames on a link arrive in order).
+            for l in &loops {
+                session.broadcast(&l.relay);
+            }
+            session
+        }
+        Some(gateway) => {
+            let keypairs: Vec<Keypair> = loops
+                .iter()
+                .map(|l| Keypair::from_seed(&l.keypair.seed()))
+                .collect();
+            let session = connect_as(network, gateway, &keypairs)?;
+            // End to end, each client's claim goes first (the gateway forwards it to every
+            // validator); attested, the gateway's own signature routes the replies.
+            if route == Route::GatewayEndToEnd {
+                for (index, l) in loops.iter().enumerate() {
+                    session.send(index, &l.relay);
+                }
+            }
+            session
+        }
+    };
+    let links = session.validators();
+    wait_until_ready(&mut session, links).await;
 
     // Measured with the cluster up and idle, just before the clock starts.
     let verify_us = signature_cost();
@@ -245,8 +331,12 @@ pub async fn run(network: &Network, options: &BenchOptions) -> Result<BenchRepor
         };
         l.client.track(now_ms(at), request.clone());
         l.sent_at = Some(at);
+        let link = match route {
+            Route::Direct => l.client.primary().0 as usize,
+            Route::GatewayEndToEnd | Route::GatewayAttested => l.link,
+        };
         session.send(
-            l.client.primary().0 as usize,
+            link,
             &ClientFrame::Message(Message::Request(request).encode()),
         )
     };
@@ -281,7 +371,14 @@ pub async fn run(network: &Network, options: &BenchOptions) -> Result<BenchRepor
                 for l in &mut loops {
                     if let Some(request) = l.client.handle_timeout(now_ms(now)) {
                         retransmissions += 1;
-                        session.broadcast(&ClientFrame::Message(Message::Request(request).encode()));
+                        let frame = ClientFrame::Message(Message::Request(request).encode());
+                        // A gateway retransmits to every validator itself.
+                        match route {
+                            Route::Direct => session.broadcast(&frame),
+                            _ => {
+                                session.send(l.link, &frame);
+                            }
+                        }
                     }
                 }
                 if options.progress && now.duration_since(last_progress) >= Duration::from_secs(1) {
@@ -318,13 +415,15 @@ pub async fn run(network: &Network, options: &BenchOptions) -> Result<BenchRepor
         validators: network.addresses.len(),
         cores: std::thread::available_parallelism().map_or(1, usize::from),
         verify_us,
+        route,
     })
 }
 
-/// Waits (up to 30 s) until every validator answers a status query.
-pub async fn wait_until_ready(session: &mut Session, validators: usize) {
+/// Waits (up to 30 s) until each of the session's `links` answers a status query: a
+/// validator with its status, a gateway with its refusal (it answers requests only).
+pub async fn wait_until_ready(session: &mut Session, links: usize) {
     let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
-    let mut ready = vec![false; validators];
+    let mut ready = vec![false; links];
     while !ready.iter().all(|r| *r) {
         for (index, ready) in ready.iter().enumerate() {
             if !ready {
@@ -335,8 +434,10 @@ pub async fn wait_until_ready(session: &mut Session, validators: usize) {
         loop {
             tokio::select! {
                 frame = session.recv() => {
-                    if let Some((index, ServerFrame::Status(_))) = frame {
-                        ready[index] = true;
+                    if let Some((index, ServerFrame::Status(_) | ServerFrame::Refused { .. })) = frame
+                        && let Some(ready) = ready.get_mut(index)
+                    {
+                        *ready = true;
                     }
                 }
                 () = tokio::time::sleep_until(round) => break,

@@ -50,17 +50,46 @@ pub fn connect_to(
     targets: &[(PublicKey, SocketAddr)],
     keypair: &Keypair,
 ) -> Result<Session, TransportError> {
-    let Some((_, first)) = targets.first() else {
+    let links: Vec<_> = targets
+        .iter()
+        .map(|(key, addr)| (*key, *addr, keypair))
+        .collect();
+    open(network, &links)
+}
+
+/// A session of one link per key of `keypairs`, all to `target` (a gateway's key and
+/// address): link `i` is authenticated as `keypairs[i]`, so a load generator carries many
+/// clients, each on a connection of its own (a gateway serves a client on the connection
+/// whose handshake proved the client's key).
+pub fn connect_as(
+    network: &Network,
+    target: (PublicKey, SocketAddr),
+    keypairs: &[Keypair],
+) -> Result<Session, TransportError> {
+    let links: Vec<_> = keypairs
+        .iter()
+        .map(|keypair| (target.0, target.1, keypair))
+        .collect();
+    open(network, &links)
+}
+
+/// A session of a link per entry of `links` (the peer's key and address, and the key to
+/// authenticate as), all over one UDP socket.
+fn open(
+    network: &Network,
+    links: &[(PublicKey, SocketAddr, &Keypair)],
+) -> Result<Session, TransportError> {
+    let Some((_, first, _)) = links.first() else {
         return Err(TransportError::Quic("nothing to connect to".into()));
     };
     let endpoint = transport::client_endpoint(*first)?;
-    let (mut links, ends) = Session::channels(targets.len());
-    let outgoing = std::mem::take(&mut links.outgoing);
+    let (mut queues, ends) = Session::channels(links.len());
+    let outgoing = std::mem::take(&mut queues.outgoing);
     let max = network.core.max_message_bytes + 64;
     let mut tasks = Vec::new();
-    for ((index, (key, addr)), queue) in targets.iter().enumerate().zip(outgoing) {
+    for ((index, (key, addr, keypair)), queue) in links.iter().enumerate().zip(outgoing) {
         let config = transport::client_config(keypair, *key, ALPN_CLIENT)?;
-        let inbound = links.inbound_for(index);
+        let inbound = queues.inbound_for(index);
         tasks.push(tokio::spawn(link(
             endpoint.clone(),
             *addr,
@@ -172,6 +201,11 @@ impl ClusterClient {
             network.validators.clone(),
             first_client_seq(),
         );
+        // Through a gateway of an attested network, the gateway signs: the client need not.
+        let client = match via_gateway && network.attested() {
+            true => client.unsigned(),
+            false => client,
+        };
         ClusterClient {
             session,
             client,
@@ -197,8 +231,57 @@ impl ClusterClient {
                 max: self.max_request_bytes,
             });
         }
-        let give_up = tokio::time::Instant::now() + timeout;
         let request = self.client.request(self.now(), op);
+        self.send_and_wait(request, timeout).await
+    }
+
+    /// Sends the outstanding request again (the one an [`ClusterClient::execute`] that
+    /// failed left, with its number) and waits for its result: after a gateway failed,
+    /// through another ([`ClusterClient::switch_gateway`]). The number is the same, so the
+    /// request executes at most once: if it did already, the validators answer with the
+    /// result it had.
+    ///
+    /// # Errors
+    ///
+    /// As [`ClusterClient::execute`]; [`ClientFailure::Closed`] if nothing is outstanding.
+    pub async fn resume(&mut self, timeout: Duration) -> Result<(Outcome, Digest), ClientFailure> {
+        let request = self
+            .client
+            .outstanding()
+            .cloned()
+            .ok_or(ClientFailure::Closed)?;
+        self.client.track(self.now(), request.clone());
+        self.send_and_wait(request, timeout).await
+    }
+
+    /// Connects through `gateway` (its key and address) instead, keeping the client's
+    /// numbering and its outstanding request (send it with [`ClusterClient::resume`]).
+    ///
+    /// # Errors
+    ///
+    /// The transport cannot open the connection.
+    pub fn switch_gateway(
+        &mut self,
+        network: &Network,
+        gateway: (PublicKey, SocketAddr),
+        keypair: &Keypair,
+    ) -> Result<(), TransportError> {
+        let session = connect_to(network, &[gateway], keypair)?;
+        session.send(
+            0,
+            &ClientFrame::relay(&network.core.chain_id, keypair, &gateway.0),
+        );
+        self.session = session;
+        self.via_gateway = true;
+        Ok(())
+    }
+
+    async fn send_and_wait(
+        &mut self,
+        request: pbft_core::Request,
+        timeout: Duration,
+    ) -> Result<(Outcome, Digest), ClientFailure> {
+        let give_up = tokio::time::Instant::now() + timeout;
         let digest = request.digest(&self.client_chain());
         let client_seq = request.client_seq;
         let frame = ClientFrame::Message(Message::Request(request).encode());

@@ -8,7 +8,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pbft_core::Gateway;
 use pbft_host::config::GatewayNodeConfig;
 use pbft_host::driver::{Connections, Router};
 use pbft_host::gateway::{self, NOT_A_VALIDATOR, Running};
@@ -52,8 +51,7 @@ pub async fn run(
         (max_frame, None),
         metrics.clone(),
     );
-    let core = Gateway::new(config.gateway.clone(), network.validators.clone())
-        .map_err(|err| RunError::Transport(err.to_string().into()))?;
+    let core = gateway::core_for(&config).map_err(|err| RunError::Transport(err.into()))?;
     let identity = gateway::Identity {
         chain: network.core.chain_id,
         key: config.keypair.public_key(),

@@ -49,6 +49,9 @@ enum Command {
         /// Gateways to write configs for too (listed in network.toml for clients).
         #[arg(long, default_value_t = 0)]
         gateways: usize,
+        /// How requests are authenticated (gateway-attested needs --gateways).
+        #[arg(long, value_enum, default_value_t)]
+        authentication: Authentication,
     },
     /// Run a gateway between clients and the validators (QUIC).
     Gateway {
@@ -109,7 +112,23 @@ enum Command {
     Demo {
         #[command(flatten)]
         load: Load,
+        /// Start a gateway too, and send the load through it.
+        #[arg(long)]
+        gateway: bool,
+        /// How requests are authenticated (gateway-attested needs --gateway).
+        #[arg(long, value_enum, default_value_t)]
+        authentication: Authentication,
     },
+}
+
+/// How requests are authenticated (a network config's `authentication`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+enum Authentication {
+    /// Every client signs its requests; every validator checks every signature.
+    #[default]
+    EndToEnd,
+    /// Clients send unsigned requests to a gateway, which signs one root per batch.
+    GatewayAttested,
 }
 
 #[derive(clap::Args)]
@@ -129,18 +148,40 @@ struct Load {
     /// What carries the messages.
     #[arg(long, value_enum, default_value_t)]
     transport: TransportArg,
+    /// Send through gateway N of the config's `[[gateways]]` (QUIC), each client on its own
+    /// connection (`pbft bench` only; `pbft demo --gateway` starts one).
+    #[arg(long, value_name = "N")]
+    via_gateway: Option<usize>,
 }
 
 impl Load {
-    fn options(&self) -> BenchOptions {
-        BenchOptions {
+    /// The bench's options against `network`.
+    ///
+    /// # Errors
+    ///
+    /// `--via-gateway` names no gateway of the network, or is combined with TCP.
+    fn options(&self, network: &pbft_host::config::Network) -> Result<BenchOptions, Failure> {
+        let via_gateway = match self.via_gateway {
+            None => None,
+            Some(_) if matches!(self.transport, TransportArg::Tcp) => {
+                return Err("gateways serve QUIC clients only; drop --transport tcp".into());
+            }
+            Some(index) => Some(*network.gateways.get(index).ok_or_else(|| {
+                format!(
+                    "the network lists {} gateways; --via-gateway {index} names none",
+                    network.gateways.len()
+                )
+            })?),
+        };
+        Ok(BenchOptions {
             concurrency: self.concurrency.max(1),
             op_bytes: self.op_bytes,
             duration: Duration::from_secs(self.duration),
             ops: self.ops,
             progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
             transport: self.transport.into(),
-        }
+            via_gateway,
+        })
     }
 }
 
@@ -219,8 +260,13 @@ async fn run(command: Command) -> Result<(), Failure> {
             chain,
             transport,
             gateways,
+            authentication,
         } => {
-            let testnet = testnet(&dir, (validators, gateways), &chain)?;
+            let attested = authentication == Authentication::GatewayAttested;
+            if attested && gateways == 0 {
+                return Err("--authentication gateway-attested needs --gateways N (N >= 1)".into());
+            }
+            let testnet = testnet(&dir, (validators, gateways), (&chain, attested))?;
             let flag = match transport {
                 TransportArg::Quic => "",
                 TransportArg::Tcp => " --transport tcp",
@@ -277,10 +323,14 @@ async fn run(command: Command) -> Result<(), Failure> {
         }
         Command::Bench { config, load } => {
             let network = load_network(&config)?;
-            let report = bench::run(&network, &load.options()).await?;
+            let report = bench::run(&network, &load.options(&network)?).await?;
             println!("{report}");
         }
-        Command::Demo { load } => demo(&load).await?,
+        Command::Demo {
+            load,
+            gateway,
+            authentication,
+        } => demo(&load, (gateway, authentication)).await?,
     }
     Ok(())
 }
@@ -288,10 +338,10 @@ async fn run(command: Command) -> Result<(), Failure> {
 fn testnet(
     dir: &Path,
     nodes: (usize, usize),
-    chain: &str,
+    chain: (&str, bool),
 ) -> Result<pbft_host::testnet::Testnet, Failure> {
     let base = random_seed()?;
-    Ok(pbft_host::testnet::create_with_gateways(
+    Ok(pbft_host::testnet::create_with(
         dir,
         nodes,
         chain,
@@ -423,10 +473,31 @@ async fn shutdown_signal() {
     let _ = interrupt.await;
 }
 
-async fn demo(load: &Load) -> Result<(), Failure> {
+async fn demo(
+    load: &Load,
+    (gateway, authentication): (bool, Authentication),
+) -> Result<(), Failure> {
+    let attested = authentication == Authentication::GatewayAttested;
+    if attested && !gateway {
+        return Err("--authentication gateway-attested needs --gateway".into());
+    }
+    if load.via_gateway.is_some() {
+        return Err("pbft demo starts its own gateway: use --gateway".into());
+    }
     let dir = tempfile::tempdir()?;
-    let testnet = testnet(dir.path(), (4, 0), "demo")?;
-    println!("starting 4 validators in {}", dir.path().display());
+    let testnet = testnet(dir.path(), (4, usize::from(gateway)), ("demo", attested))?;
+    match gateway {
+        true => println!(
+            "starting 4 validators and a gateway ({}) in {}",
+            if attested {
+                "gateway-attested"
+            } else {
+                "end to end"
+            },
+            dir.path().display()
+        ),
+        false => println!("starting 4 validators in {}", dir.path().display()),
+    }
     let mut stops = Vec::new();
     let mut nodes = Vec::new();
     for path in &testnet.nodes {
@@ -442,12 +513,29 @@ async fn demo(load: &Load) -> Result<(), Failure> {
             .map_err(|err| err.to_string())
         }));
     }
+    for path in &testnet.gateways {
+        if matches!(load.transport, TransportArg::Tcp) {
+            return Err("gateways serve QUIC clients only; drop --transport tcp".into());
+        }
+        let config = load_gateway_config(path)?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        stops.push(stop);
+        nodes.push(tokio::spawn(async move {
+            pbft_quic::gateway::run(config, async {
+                let _ = stopped.await;
+            })
+            .await
+            .map_err(|err| err.to_string())
+        }));
+    }
     let network = load_network(&testnet.network)?;
     println!(
         "running {} clients with {}-byte puts for {} s",
         load.concurrency, load.op_bytes, load.duration
     );
-    let report = bench::run(&network, &load.options()).await?;
+    let mut options = load.options(&network)?;
+    options.via_gateway = network.gateways.first().copied();
+    let report = bench::run(&network, &options).await?;
     println!("{report}");
     let mut probe = ClusterClient::connect(
         load.transport.into(),

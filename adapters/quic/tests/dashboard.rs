@@ -11,7 +11,7 @@ fn every_metric_on_the_dashboard_is_exported() {
     let gateway = NodeMetrics::gateway();
     let mut counted = pbft_core::GatewayMetrics::default();
     counted.shed.insert("rate_limited", 1);
-    gateway.update_gateway(&counted, (0, 0, 0));
+    gateway.update_gateway(&counted, (0, 0, 0, false));
     let exported = metrics.encode() + &gateway.encode();
     let mut checked = 0;
     for (at, _) in dashboard.match_indices("pbft_") {

@@ -95,6 +95,87 @@ async fn a_killed_gateways_clients_go_on_through_another_and_lose_no_acknowledge
     second.wait().unwrap();
 }
 
+/// Gateway-attested: a client's compare-and-swap executes, but its gateway is SIGKILLed
+/// before the client hears; the client sends it again, same number, through another gateway.
+/// It executes once (a second execution would find the value set and answer a mismatch), every acknowledged
+/// write reads back from the validators, and the gateways attested batches, one signature
+/// each, for clients that signed nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attested_request_in_flight_through_a_killed_gateway_executes_once_through_another() {
+    let cluster = Cluster::start_attested("attested");
+    let mut first = cluster.spawn_gateway(0);
+    let mut second = cluster.spawn_gateway(1);
+    let gateways = cluster.network.gateways.clone();
+    let key = || Keypair::from_seed(&[81; 32]);
+    let mut client =
+        ClusterClient::connect_via_gateway(&cluster.network, gateways[0], key()).unwrap();
+    let mut acknowledged = Vec::new();
+    for i in 0..20 {
+        let (key, value) = (format!("a{i}"), format!("v{i}"));
+        client.execute(put(&key, &value), TIMEOUT).await.unwrap();
+        acknowledged.push((key, value));
+    }
+    let cas = Op::CompareAndSwap {
+        key: b"once".to_vec(),
+        expected: None,
+        new: Some(b"1".to_vec()),
+    }
+    .encode();
+    // Sent; the client stops listening, and the validators execute it.
+    let _ = tokio::time::timeout(Duration::from_millis(5), client.execute(cas, TIMEOUT)).await;
+    let mut direct = cluster.client(82);
+    let get = |key: &str| {
+        Op::Get {
+            key: key.as_bytes().to_vec(),
+        }
+        .encode()
+    };
+    let mut executed = false;
+    for _ in 0..50 {
+        let (outcome, _) = direct.execute(get("once"), TIMEOUT).await.unwrap();
+        if OpResult::decode(&outcome.result) == Some(OpResult::Value(Some(b"1".to_vec()))) {
+            executed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        executed,
+        "the compare-and-swap executed before its gateway died"
+    );
+    first.kill().unwrap();
+    first.wait().unwrap();
+    client
+        .switch_gateway(&cluster.network, gateways[1], &key())
+        .unwrap();
+    let (outcome, _) = client.resume(TIMEOUT).await.unwrap();
+    assert_eq!(
+        OpResult::decode(&outcome.result),
+        Some(OpResult::Done),
+        "executed once: a second execution would have found the value"
+    );
+    acknowledged.push(("once".to_string(), "1".to_string()));
+    for i in 20..30 {
+        let (key, value) = (format!("a{i}"), format!("v{i}"));
+        client.execute(put(&key, &value), TIMEOUT).await.unwrap();
+        acknowledged.push((key, value));
+    }
+    // Read back from the validators directly, by a client that signs its requests: an
+    // attested network takes those too.
+    for (key, value) in &acknowledged {
+        let (outcome, _) = direct.execute(get(key), TIMEOUT).await.unwrap();
+        let expected = Some(OpResult::Value(Some(value.as_bytes().to_vec())));
+        assert_eq!(OpResult::decode(&outcome.result), expected, "{key}");
+    }
+    assert_eq!(cluster.gateway_metric(1, "pbft_gateway_attesting", 1), 1);
+    let attested = cluster.gateway_metric(1, "pbft_gateway_batches_attested_total", 1);
+    assert!(attested >= 1, "gateway 1 attested {attested} batches");
+    let checked = cluster.gateway_metric(1, "pbft_gateway_signatures_verified_total", 0);
+    assert_eq!(checked, 0, "no client signature to check");
+    second.kill().unwrap();
+    second.wait().unwrap();
+}
+
 /// A client over its gateway's rate limit gets the gateway's reason, not a timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_over_its_rate_gets_the_gateways_reason() {

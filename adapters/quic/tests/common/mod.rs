@@ -60,18 +60,32 @@ impl Cluster {
         Cluster::start_with(name, transport, |_| Launch::default())
     }
 
+    /// A gateway-attested cluster over QUIC: its gateways sign for their clients.
+    #[allow(dead_code)] // Used by the gateway tests only.
+    pub(crate) fn start_attested(name: &str) -> Cluster {
+        Cluster::start_full((name, true), Transport::Quic, |_| Launch::default())
+    }
+
     /// A cluster whose node `index` is started as `launch(index)` says (on every restart).
     pub(crate) fn start_with(
         name: &str,
         transport: Transport,
         launch: impl Fn(usize) -> Launch,
     ) -> Cluster {
+        Cluster::start_full((name, false), transport, launch)
+    }
+
+    fn start_full(
+        (name, attested): (&str, bool),
+        transport: Transport,
+        launch: impl Fn(usize) -> Launch,
+    ) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let testnet =
-            testnet::create_with_gateways(dir.path(), (VALIDATORS, GATEWAYS), name, |index| {
-                [index as u8 + 40; 32]
-            })
-            .unwrap();
+        let nodes = (VALIDATORS, GATEWAYS);
+        let testnet = testnet::create_with(dir.path(), nodes, (name, attested), |index| {
+            [index as u8 + 40; 32]
+        })
+        .unwrap();
         let network = load_network(&testnet.network).unwrap();
         let mut cluster = Cluster {
             transport,
