@@ -36,6 +36,10 @@ pub enum ClientError {
     /// The reply is for another client or another request than the outstanding one.
     #[error("reply is not for the outstanding request")]
     NotOutstanding,
+    /// The reply answers another request under the outstanding one's client and number (a
+    /// gateway attested another operation in its place): not this request's result.
+    #[error("reply answers another request under this client's number")]
+    AnotherRequest,
     /// The signer is not a validator.
     #[error("reply from {0}, not a validator")]
     UnknownReplica(ReplicaId),
@@ -58,6 +62,8 @@ pub const DEFAULT_MAX_REPLY_BYTES: usize = 4 << 20;
 
 struct Outstanding {
     request: Request,
+    /// Its digest, which a reply must name.
+    digest: Digest,
     /// The first valid reply of each validator: (seq, result digest). The view is left out:
     /// replicas may have committed the same batch in different views.
     replies: BTreeMap<ReplicaId, (u64, Digest)>,
@@ -211,6 +217,7 @@ impl Client {
         self.deadline = Some(now.saturating_add(self.retransmit_ms));
         self.retries = 0;
         self.outstanding = Some(Outstanding {
+            digest: request.digest(&self.chain),
             request,
             replies: BTreeMap::new(),
             proved: None,
@@ -248,6 +255,9 @@ impl Client {
             || reply.client_seq != outstanding.request.client_seq
         {
             return Err(ClientError::NotOutstanding);
+        }
+        if reply.request != outstanding.digest {
+            return Err(ClientError::AnotherRequest);
         }
         // Another validator's reply with the same result and path: its root is known.
         let known = outstanding

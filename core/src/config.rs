@@ -398,6 +398,16 @@ impl Config {
     /// when the set is too large for the window and message size.
     pub fn validate_for(&self, validators: &ValidatorSet) -> Result<(), ConfigError> {
         self.validate()?;
+        // An attested request carries its path too (at most 32 hashes): the largest must
+        // still fit a batch, or a gateway would forward what every validator refuses.
+        let attested = crate::envelope::REQUEST_OVERHEAD + crate::envelope::ATTESTATION_OVERHEAD;
+        if !self.attesting_gateways.is_empty()
+            && self.max_request_bytes.saturating_add(attested + 32 * 32) > self.max_batch_bytes
+        {
+            return Err(ConfigError::Invalid(
+                "gateway-attested: max_request_bytes plus an attested request's 1,188 bytes of key, signature, numbers and path must fit max_batch_bytes",
+            ));
+        }
         for (index, gateway) in self.attesting_gateways.iter().enumerate() {
             if validators.id_of(gateway).is_some()
                 || self

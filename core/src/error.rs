@@ -91,6 +91,9 @@ pub enum Error {
     /// An attested request's path to its gateway's signed root is malformed.
     #[error("malformed gateway attestation")]
     BadAttestation,
+    /// Another request of this client executed under this number: this one never will.
+    #[error("another request of this client executed under this number")]
+    NumberTaken,
     /// The client already executed a request with this number or a higher one.
     #[error("request number already executed for this client")]
     StaleRequest,
@@ -149,6 +152,7 @@ impl Error {
             Error::RequestTooLarge { .. } => "request_too_large",
             Error::UnknownGateway => "unknown_gateway",
             Error::BadAttestation => "bad_attestation",
+            Error::NumberTaken => "number_taken",
             Error::StaleRequest => "stale_request",
             Error::ConflictsWithCommit { .. } => "conflicts_with_commit",
             Error::Overloaded => "overloaded",

@@ -299,6 +299,10 @@ impl Gateway {
         if request.client != *client {
             return Err(Shed::WrongClient);
         }
+        // Attestations are gateways' to make: a client's would only be refused downstream.
+        if request.attestation.is_some() {
+            return Err(Shed::Attested);
+        }
         if request.op.len() > config.max_request_bytes {
             return Err(Shed::TooLarge {
                 len: request.op.len(),
@@ -374,6 +378,10 @@ impl Gateway {
             .pending
             .get_mut(&key)
             .ok_or(ClientError::NotOutstanding)?;
+        // A reply to another request under this number is not this request's answer.
+        if reply.request != pending.digest {
+            return Err(ClientError::AnotherRequest);
+        }
         if pending.votes.contains_key(&reply.replica) {
             // A validator's first valid reply counts; a second would cost a check for nothing.
             return Ok(());

@@ -27,16 +27,20 @@ pub enum Mutant {
     /// A state transfer installs the application's snapshot but keeps the replica's own
     /// exactly-once table, so requests in the transferred range can execute again.
     InstallKeepsClientTable,
+    /// Attestations are taken from any gateway, listed or not: a stranger's requests execute
+    /// as if a client had signed them.
+    AcceptUnlistedGateway,
 }
 
 impl Mutant {
     /// Every planted bug, in the order the mutation test tries them.
-    pub const ALL: [Mutant; 6] = [
+    pub const ALL: [Mutant; 7] = [
         Mutant::RestoreWithoutSignedIndex,
         Mutant::AcceptBelowLowWatermark,
         Mutant::ViewChangeOmitsHighestPrepared,
         Mutant::ViewChangeOmitsVotes,
         Mutant::QuorumOf2f,
         Mutant::InstallKeepsClientTable,
+        Mutant::AcceptUnlistedGateway,
     ];
 }

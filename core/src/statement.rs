@@ -292,6 +292,10 @@ pub struct Reply {
     pub client: PublicKey,
     /// The request this answers.
     pub client_seq: u64,
+    /// The digest ([`Request::digest`]) of the request that executed under `client_seq`: a
+    /// client accepts the reply only for the request it sent, so one executed in its place
+    /// (a listed gateway may attest any client's requests) never passes for it.
+    pub request: Digest,
     /// The application's result.
     #[serde(with = "serde_bytes")]
     pub result: Vec<u8>,
@@ -306,16 +310,26 @@ pub struct Reply {
 impl Reply {
     /// The leaf digest of this reply in its batch's reply tree.
     pub fn leaf(&self, chain: &ChainId) -> Digest {
-        reply_leaf(chain, &self.client, self.client_seq, &self.result)
+        reply_leaf(
+            chain,
+            (&self.client, self.client_seq, &self.request),
+            &self.result,
+        )
     }
 }
 
-/// The leaf for one reply in a batch's reply tree.
-pub fn reply_leaf(chain: &ChainId, client: &PublicKey, client_seq: u64, result: &[u8]) -> Digest {
+/// The leaf for one reply in a batch's reply tree: the request (its client, number and
+/// digest) and the result.
+pub fn reply_leaf(
+    chain: &ChainId,
+    (client, client_seq, request): (&PublicKey, u64, &Digest),
+    result: &[u8],
+) -> Digest {
     Hasher::new(b"pbft/v1/reply")
         .digest(&chain.0)
         .bytes(&client.0)
         .u64(client_seq)
+        .digest(request)
         .bytes(result)
         .finish()
 }

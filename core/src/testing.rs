@@ -186,24 +186,28 @@ pub fn committed(seq: u64, batch: &Batch) -> Committed {
     }
 }
 
-/// What a batch's requests got: (client, client seq, result) each, in batch order.
-pub type Answered<'a> = [(PublicKey, u64, &'a [u8])];
+/// What a batch's requests got: (client, client seq, request digest, result) each, in batch
+/// order.
+pub type Answered<'a> = [(PublicKey, u64, Digest, &'a [u8])];
 
 /// Validator `signer`'s reply in `view` at `seq` to request `index` of a batch whose requests
 /// got `answered`: its Merkle path to the batch's reply root, and its signature over that root.
 pub fn reply(signer: usize, (view, seq): (u64, u64), answered: &Answered, index: usize) -> Reply {
     let leaves: Vec<Digest> = answered
         .iter()
-        .map(|(client, client_seq, result)| reply_leaf(&chain(), client, *client_seq, result))
+        .map(|(client, client_seq, request, result)| {
+            reply_leaf(&chain(), (client, *client_seq, request), result)
+        })
         .collect();
     let root = crate::merkle::root(&leaves);
-    let (client, client_seq, result) = *answered.get(index).expect("index in the batch");
+    let (client, client_seq, request, result) = *answered.get(index).expect("index in the batch");
     let signed = reply_root_digest(&chain(), 0, view, seq, &root);
     Reply {
         view,
         seq,
         client,
         client_seq,
+        request,
         result: result.to_vec(),
         proof: crate::merkle::prove(&leaves, index).expect("index in the batch"),
         replica: ReplicaId(signer as u16),

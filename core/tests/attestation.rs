@@ -245,7 +245,7 @@ fn an_attested_request_answered_verifies_for_its_client() {
         })
         .collect();
     assert_eq!(sent.len(), 1);
-    let answered = [(key, 5, &b"ok"[..])];
+    let answered = [(key, 5, sent[0].digest(&chain()), &b"ok"[..])];
     for replica in 0..2 {
         let reply = Message::Reply(reply(replica, (0, 1), &answered, 0)).encode();
         gateway

@@ -17,7 +17,13 @@ fn config() -> Config {
     config.checkpoint_interval = 64;
     config.retained_batches = 64;
     config.max_clients = 3;
+    config.attesting_gateways = vec![gateway().public_key()];
     config
+}
+
+/// A listed gateway's key.
+fn gateway() -> pbft_core::Keypair {
+    pbft_core::Keypair::from_seed(&[0x6b; 32])
 }
 
 /// Client `index`'s request numbered `client_seq`.
@@ -69,6 +75,7 @@ impl Host {
             self.store.clients.push(ClientRecord {
                 client: request.client,
                 client_seq: request.client_seq,
+                request: request.digest(&pbft_core::testing::chain()),
                 seq: delivery.seq,
                 result: Some(b"ok".to_vec()),
             });
@@ -118,6 +125,45 @@ fn one_client_numbering_near_u64_max_cannot_lock_new_clients_out() {
     assert_eq!(host.commit(vec![attack]).execute, Vec::<u32>::new());
     let floor = host.commit(vec![request(51, NOW_US + 20)]).client_floor;
     assert!(floor <= NOW_US + 20, "floor {floor}");
+}
+
+/// A listed gateway attests another operation under a client's next number, and it
+/// executes: the client's own request under that number is refused (it never runs), a copy of
+/// the one that ran gets its reply again, and that reply names the request that ran, so the
+/// client refuses it as an answer to its own.
+#[test]
+fn a_request_executed_in_a_clients_place_never_passes_for_the_clients_own() {
+    let mut host = Host::new();
+    let client = client_key(0).public_key();
+    let forged = (client, NOW_US, b"put k forged".to_vec());
+    let forged = pbft_core::attest(&chain(), &gateway(), vec![forged]).remove(0);
+    assert_eq!(host.commit(vec![forged.clone()]).execute, [0]);
+    let own = Request::new(&chain(), &client_key(0), NOW_US, b"put k mine".to_vec());
+    assert_eq!(
+        host.replica.submit(NOW, own.clone()),
+        Err(Error::NumberTaken)
+    );
+    assert_eq!(host.commit(vec![own.clone()]).execute, Vec::<u32>::new());
+    // The copy of what ran is answered again, with a reply that names it.
+    host.replica.submit(NOW, forged.clone()).unwrap();
+    let reply = drain(&mut host.replica)
+        .into_iter()
+        .find_map(|output| match output {
+            Output::Send { bytes, .. } => Some(bytes),
+            _ => None,
+        })
+        .expect("the reply again");
+    let mut client = pbft_core::Client::new(
+        chain(),
+        client_key(0),
+        pbft_core::testing::validator_set(4),
+        NOW_US,
+    );
+    client.track(NOW, own);
+    assert_eq!(
+        client.handle_reply(&reply),
+        Err(pbft_core::ClientError::AnotherRequest)
+    );
 }
 
 #[test]

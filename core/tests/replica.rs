@@ -385,6 +385,7 @@ fn replies_are_not_for_validators_and_execution_follows_delivery() {
         seq: 1,
         client: client_key(0).public_key(),
         client_seq: 1,
+        request: pbft_core::Digest([0; 32]),
         result: vec![],
         proof: pbft_core::InclusionProof {
             index: 0,

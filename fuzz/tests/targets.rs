@@ -81,7 +81,9 @@ fn valid_messages() -> Vec<Vec<u8>> {
     let attested = pbft_core::attest(
         &chain(),
         &client_key(9),
-        (0..3).map(|i| (client_key(i).public_key(), 100, vec![i as u8; 8])).collect(),
+        (0..3)
+            .map(|i| (client_key(i).public_key(), 100, vec![i as u8; 8]))
+            .collect(),
     );
     for request in &attested {
         messages.push(Message::Request(request.clone()).encode());
@@ -203,8 +205,8 @@ fn gateway_inputs() -> (Vec<Request>, Vec<(ReplicaId, Vec<u8>)>) {
         let mut forged = Request::new(&chain(), &client_key(1), seq, b"op".to_vec());
         forged.signature = mine.signature;
         let answered = [
-            (mine.client, seq, &b"ok"[..]),
-            (forged.client, seq, &b"no"[..]),
+            (mine.client, seq, mine.digest(&chain()), &b"ok"[..]),
+            (forged.client, seq, forged.digest(&chain()), &b"no"[..]),
         ];
         for signer in 0..=VALIDATORS {
             for index in 0..answered.len() {
@@ -241,7 +243,10 @@ fn gateway_survives_any_input_sequence() {
             config.request_timeout_ms = 2_000;
             let mut gateway = Gateway::new(config.clone(), set()).expect("a valid config");
             // Half the inputs run gateway-attested: unsigned requests, attested in batches.
-            if inputs.first().is_some_and(|(selector, ..)| selector % 2 == 1) {
+            if inputs
+                .first()
+                .is_some_and(|(selector, ..)| selector % 2 == 1)
+            {
                 gateway = gateway.attesting(client_key(9));
             }
             let mut now = 0u64;

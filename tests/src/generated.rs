@@ -145,6 +145,8 @@ impl Scenario {
             twins: None,
             snapshot_delay_ms: crate::scenario::draw_snapshot_delay(&mut rng),
             via_gateway: false,
+            attested: false,
+            rogue_gateway: false,
         }
     }
 }

@@ -54,6 +54,38 @@ struct Args {
     /// client the f + 1 replies that prove its result.
     #[arg(long)]
     via_gateway: bool,
+    /// Gateway-attested mode (implies --via-gateway): clients send unsigned requests, the
+    /// gateway signs one root per batch, validators check one signature per batch.
+    #[arg(long)]
+    attested: bool,
+    /// Adds a Byzantine gateway that forges, equivocates, replays, reorders, drops and sends
+    /// junk attestations (listed by the validators with --attested, a stranger without).
+    #[arg(long)]
+    rogue_gateway: bool,
+}
+
+/// How the clients' requests reach the validators, and who else sends them.
+#[derive(Clone, Copy)]
+struct Route {
+    via_gateway: bool,
+    attested: bool,
+    rogue_gateway: bool,
+}
+
+impl Route {
+    /// The flags that replay this route.
+    fn flags(self) -> String {
+        let mut flags = String::new();
+        if self.attested {
+            flags.push_str(" --attested");
+        } else if self.via_gateway {
+            flags.push_str(" --via-gateway");
+        }
+        if self.rogue_gateway {
+            flags.push_str(" --rogue-gateway");
+        }
+        flags
+    }
 }
 
 /// A planted bug, when the binary is built with them.
@@ -125,12 +157,14 @@ impl Mode {
     fn run(
         self,
         number: u64,
-        (validators, fast_path, via_gateway): (usize, bool, bool),
+        (validators, fast_path, route): (usize, bool, Route),
         mutant: Planted,
     ) -> (Scenario, Report) {
         let mut scenario = self.scenario(number, validators);
         scenario.fast_path = fast_path;
-        scenario.via_gateway = via_gateway;
+        scenario.via_gateway = route.via_gateway;
+        scenario.attested = route.attested;
+        scenario.rogue_gateway = route.rogue_gateway;
         let report = match (self, mutant) {
             #[cfg(feature = "mutants")]
             (_, Some(mutant)) => Simulation::with_mutant(number, scenario.clone(), mutant).run(),
@@ -199,8 +233,14 @@ fn main() -> ExitCode {
     let mut batches_fetched = 0u64;
     let validators = args.validators;
     let no_fast_path = args.no_fast_path;
-    let via_gateway = args.via_gateway;
+    let route = Route {
+        via_gateway: args.via_gateway || args.attested,
+        attested: args.attested,
+        rogue_gateway: args.rogue_gateway,
+    };
+    let via_gateway = route.via_gateway;
     let mut gateway = (0u64, 0u64, 0u64);
+    let mut forgeries = 0u64;
     let mutant = args.planted();
     let (mut deliveries, mut fast_deliveries) = (0u64, 0u64);
     let mut commit_delays: Vec<f64> = Vec::new();
@@ -215,7 +255,7 @@ fn main() -> ExitCode {
                     if seed >= seeds.end {
                         break;
                     }
-                    let run = mode.run(seed, (validators, !no_fast_path, via_gateway), mutant);
+                    let run = mode.run(seed, (validators, !no_fast_path, route), mutant);
                     if results.send((seed, run)).is_err() {
                         break;
                     }
@@ -239,6 +279,7 @@ fn main() -> ExitCode {
             deliveries += report.deliveries;
             fast_deliveries += report.fast_deliveries;
             commit_delays.extend(&report.commit_delays);
+            forgeries += report.attested_forgeries;
             if let Some((answered, retransmitted, refused)) = report.gateway {
                 gateway.0 += answered;
                 gateway.1 += retransmitted;
@@ -255,7 +296,7 @@ fn main() -> ExitCode {
                     eprintln!("  {violation}");
                 }
                 let flag = if no_fast_path { " --no-fast-path" } else { "" };
-                let route = if via_gateway { " --via-gateway" } else { "" };
+                let route = route.flags();
                 eprintln!(
                     "  replay: {}{flag}{route}",
                     mode.replay(seed, args.validators)
@@ -319,6 +360,16 @@ fn main() -> ExitCode {
         println!(
             "gateway: {} requests answered with f + 1 matching replies, {} sent again to every validator, {} replies not counted (most came after f + 1 agreed)",
             gateway.0, gateway.1, gateway.2
+        );
+    }
+    if args.rogue_gateway {
+        println!(
+            "rogue gateway: {forgeries} requests no client sent executed on a listed gateway's attestation (each answerable by its signature){}",
+            if args.attested {
+                ""
+            } else {
+                "; end to end, none may"
+            }
         );
     }
     let runs = match mode {

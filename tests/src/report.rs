@@ -51,6 +51,9 @@ pub struct Report {
     /// With clients behind a gateway: the requests it answered with f + 1 matching replies,
     /// the requests it sent again to every validator, and the replies it refused.
     pub gateway: Option<(u64, u64, u64)>,
+    /// Requests no client sent that executed on a listed gateway's attestation (the rogue
+    /// gateway's forgeries, in gateway-attested mode), counted once per committed seq.
+    pub attested_forgeries: u64,
     /// Digest of every output of every node, in order: equal across runs of one seed.
     pub trace: Digest,
 }

@@ -225,6 +225,18 @@ pub struct Scenario {
     /// client the f + 1 replies that prove its result: false in every drawn scenario;
     /// `pbft-sim --via-gateway` sets it.
     pub via_gateway: bool,
+    /// Gateway-attested mode (with `via_gateway`): the validators list the gateways, clients
+    /// send unsigned requests (their key proved by the transport), and the gateway signs
+    /// one root per batch; `pbft-sim --attested` sets it.
+    pub attested: bool,
+    /// A Byzantine gateway beside the honest one: it forges requests (for clients that do not
+    /// exist, and for real clients' keys at numbers they never use), equivocates (two
+    /// different requests under one client and number, each to half the validators),
+    /// replays and reorders what it sent, drops, and sends junk attestations. Listed among
+    /// the attesting gateways in gateway-attested mode (its forgeries then execute,
+    /// provably its own), a stranger end to end (nothing of it may execute);
+    /// `pbft-sim --rogue-gateway` sets it.
+    pub rogue_gateway: bool,
 }
 
 /// Where the replicas of a Twins run stand in each view (Bano et al. 2020, section 4).
@@ -302,6 +314,8 @@ impl Scenario {
             twins: None,
             snapshot_delay_ms: 0,
             via_gateway: false,
+            attested: false,
+            rogue_gateway: false,
         }
     }
 
@@ -346,6 +360,8 @@ impl Scenario {
             twins: None,
             snapshot_delay_ms: 0,
             via_gateway: false,
+            attested: false,
+            rogue_gateway: false,
         }
     }
 
@@ -494,6 +510,8 @@ impl Scenario {
             twins: None,
             snapshot_delay_ms: draw_snapshot_delay(&mut rng),
             via_gateway: false,
+            attested: false,
+            rogue_gateway: false,
         }
     }
 }

@@ -88,6 +88,8 @@ impl Scenario {
             }),
             snapshot_delay_ms: crate::scenario::draw_snapshot_delay(&mut rng),
             via_gateway: false,
+            attested: false,
+            rogue_gateway: false,
         }
     }
 }

@@ -132,6 +132,38 @@ fn clients_behind_a_gateway_stay_safe_and_live_over_200_seeds_of_every_scenario(
     );
 }
 
+/// A Byzantine gateway beside the honest one, over every scenario kind, in both modes. It
+/// forges (for clients that do not exist, and for real clients at numbers they do not use),
+/// equivocates, replays, reorders, drops and sends junk attestations. Gateway-attested, it is
+/// listed: its forgeries execute, answerable by its signature, and the honest clients lose
+/// nothing. End to end, it is a stranger: nothing it attested executes.
+#[test]
+fn a_byzantine_gateway_forges_only_what_its_own_signature_answers_for() {
+    for attested in [true, false] {
+        let run = |seed| {
+            let mut scenario = Scenario::for_seed(seed, 4);
+            scenario.via_gateway = true;
+            scenario.attested = attested;
+            scenario.rogue_gateway = true;
+            run_checked(seed, &scenario)
+        };
+        let mode = if attested {
+            "--attested"
+        } else {
+            "--via-gateway"
+        };
+        let reports = run_all((0..100).collect(), run, |seed| {
+            format!("{} {mode} --rogue-gateway", replay_command(seed, 4))
+        });
+        exercised(&reports);
+        let forgeries: u64 = reports.iter().map(|r| r.attested_forgeries).sum();
+        match attested {
+            true => assert!(forgeries > 0, "a listed gateway's forgeries execute"),
+            false => assert_eq!(forgeries, 0, "a stranger's attestations never execute"),
+        }
+    }
+}
+
 /// A thousand clients behind one gateway, with a Byzantine backup lying to it, loss and
 /// duplication: every request commits once and every client accepts its results from the
 /// replies the gateway hands it; the gateway's batches carry many clients' requests.

@@ -34,6 +34,8 @@ fn scenario(drip_feeder: Fault) -> Scenario {
         twins: None,
         snapshot_delay_ms: 0,
         via_gateway: false,
+        attested: false,
+        rogue_gateway: false,
     }
 }
 

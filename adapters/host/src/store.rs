@@ -34,7 +34,8 @@ pub const STORE_FILE: &str = "state.redb";
 
 /// Counters: `executed`, `client_floor`.
 const META: TableDefinition<&str, u64> = TableDefinition::new("pbft.meta");
-/// The exactly-once table: client key (32 bytes) to postcard `(client_seq, seq, result)`.
+/// The exactly-once table: client key (32 bytes) to postcard `(client_seq, request digest,
+/// seq, result)`.
 const CLIENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pbft.clients");
 /// Committed batches by seq: postcard [`Committed`].
 const BATCHES: TableDefinition<u64, &[u8]> = TableDefinition::new("pbft.batches");
@@ -416,12 +417,13 @@ impl Store {
             let (key, value) = entry.map_err(|e| self.fail(e))?;
             let client = <[u8; 32]>::try_from(key.value())
                 .map_err(|_| self.corrupt("a client key".to_string()))?;
-            let (client_seq, seq, result): (u64, u64, Option<Vec<u8>>) =
+            let (client_seq, request, seq, result): (u64, Digest, u64, Option<Vec<u8>>) =
                 postcard::from_bytes(value.value())
                     .map_err(|_| self.corrupt("a client row".to_string()))?;
             clients.push(ClientRecord {
                 client: PublicKey(client),
                 client_seq,
+                request,
                 seq,
                 result,
             });
@@ -490,12 +492,14 @@ impl Round {
         let store = &*self;
         let tx = &self.tx;
         let mut clients = tx.open_table(CLIENTS).map_err(|e| store.fail(e))?;
+        let chain = &delivery.certificate.chain_id;
         for (&index, result) in delivery.execute.iter().zip(results) {
             let Some(request) = delivery.batch.requests.get(index as usize) else {
                 continue;
             };
-            let row = postcard::to_allocvec(&(request.client_seq, delivery.seq, Some(result)))
-                .unwrap_or_default();
+            let digest = request.digest(chain);
+            let row = (request.client_seq, digest, delivery.seq, Some(result));
+            let row = postcard::to_allocvec(&row).unwrap_or_default();
             clients
                 .insert(&request.client.0[..], &row[..])
                 .map_err(|e| store.fail(e))?;
@@ -527,8 +531,13 @@ impl Round {
         let mut clients = tx.open_table(CLIENTS).map_err(|e| store.fail(e))?;
         clients.retain(|_, _| false).map_err(|e| store.fail(e))?;
         for record in &install.clients {
-            let row = postcard::to_allocvec(&(record.client_seq, record.seq, &record.result))
-                .unwrap_or_default();
+            let row = (
+                record.client_seq,
+                record.request,
+                record.seq,
+                &record.result,
+            );
+            let row = postcard::to_allocvec(&row).unwrap_or_default();
             clients
                 .insert(&record.client.0[..], &row[..])
                 .map_err(|e| store.fail(e))?;

@@ -8,7 +8,7 @@
 //! validator checks every client signature, so no cluster of `n` validators sharing
 //! `cores` cores can order more than `cores / (n × cost of one check)` requests a second.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -42,6 +42,10 @@ pub struct BenchOptions {
     /// Send through this gateway (its key and address, QUIC) instead of to the validators;
     /// gateway-attested if the network is, end to end otherwise.
     pub via_gateway: Option<(PublicKey, SocketAddr)>,
+    /// With a gateway: one more client floods it with this many requests a second while
+    /// the load runs (forged signatures end to end; unsigned, far over its rate limit,
+    /// gateway-attested).
+    pub flood: u64,
 }
 
 /// How the bench's requests reach the validators, and who signs them.
@@ -90,6 +94,8 @@ pub struct BenchReport {
     pub verify_us: (f64, f64),
     /// How the requests went.
     pub route: Route,
+    /// The flood, if one ran: requests sent, and the gateway's refusals of them by reason.
+    pub flood: Option<(u64, BTreeMap<String, u64>)>,
 }
 
 impl BenchReport {
@@ -140,6 +146,21 @@ impl fmt::Display for BenchReport {
                 self.validators,
                 self.verify_us.1,
                 100.0 * self.throughput() / self.limit()
+            )?;
+        }
+        if let Some((sent, refused)) = &self.flood {
+            let reasons: Vec<String> = refused
+                .iter()
+                .map(|(reason, count)| format!("{count} {reason}"))
+                .collect();
+            writeln!(
+                f,
+                "flood        {sent} requests from one client; the gateway refused: {}",
+                if reasons.is_empty() {
+                    "none".to_string()
+                } else {
+                    reasons.join(", ")
+                }
             )?;
         }
         let made = match self.route {
@@ -319,6 +340,10 @@ pub async fn run(network: &Network, options: &BenchOptions) -> Result<BenchRepor
     let links = session.validators();
     wait_until_ready(&mut session, links).await;
 
+    let flood = match options.via_gateway {
+        Some(gateway) if options.flood > 0 => Some(Flood::start(network, gateway, options.flood)?),
+        _ => None,
+    };
     // Measured with the cluster up and idle, just before the clock starts.
     let verify_us = signature_cost();
     let max_reply = network.core.max_message_bytes;
@@ -401,6 +426,10 @@ pub async fn run(network: &Network, options: &BenchOptions) -> Result<BenchRepor
         eprintln!();
     }
     let elapsed = start.elapsed();
+    let flood = match flood {
+        Some(flood) => Some(flood.stop().await),
+        None => None,
+    };
     Ok(BenchReport {
         ops: done,
         elapsed,
@@ -416,7 +445,70 @@ pub async fn run(network: &Network, options: &BenchOptions) -> Result<BenchRepor
         cores: std::thread::available_parallelism().map_or(1, usize::from),
         verify_us,
         route,
+        flood,
     })
+}
+
+/// One client flooding a gateway on a task of its own: `rate` requests a second, in bursts
+/// every 10 ms, forged (end to end) or unsigned (attested), each with a number of its own.
+struct Flood {
+    task: tokio::task::JoinHandle<(u64, BTreeMap<String, u64>)>,
+    stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Flood {
+    fn start(
+        network: &Network,
+        gateway: (PublicKey, SocketAddr),
+        rate: u64,
+    ) -> Result<Flood, TransportError> {
+        let keypair = Keypair::from_seed(&random_seed().unwrap_or([3; 32]));
+        let mut session = crate::client::connect_to(network, &[gateway], &keypair)?;
+        let client = keypair.public_key();
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let (mut sent, mut refused) = (0u64, BTreeMap::<String, u64>::new());
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            let per_tick = rate.div_ceil(100);
+            let first = first_client_seq();
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => break,
+                    frame = session.recv() => match frame {
+                        Some((_, ServerFrame::Refused { reason, .. })) => {
+                            *refused.entry(reason).or_default() += 1;
+                        }
+                        Some(_) => {}
+                        None => break,
+                    },
+                    _ = tick.tick() => {
+                        for _ in 0..per_tick {
+                            // Its signature is no signature: a forgery end to end, and
+                            // nothing anyone checks gateway-attested.
+                            let request = Request {
+                                client,
+                                client_seq: first + sent,
+                                op: put(usize::MAX, sent as usize, 128),
+                                signature: pbft_core::Signature([0; 64]),
+                                attestation: None,
+                            };
+                            let frame = ClientFrame::Message(Message::Request(request).encode());
+                            session.send(0, &frame);
+                            sent += 1;
+                        }
+                    }
+                }
+            }
+            (sent, refused)
+        });
+        Ok(Flood { task, stop })
+    }
+
+    /// Stops the flood: what it sent, and what the gateway refused, by reason.
+    async fn stop(self) -> (u64, BTreeMap<String, u64>) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap_or_default()
+    }
 }
 
 /// Waits (up to 30 s) until each of the session's `links` answers a status query: a

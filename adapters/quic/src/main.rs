@@ -152,6 +152,10 @@ struct Load {
     /// connection (`pbft bench` only; `pbft demo --gateway` starts one).
     #[arg(long, value_name = "N")]
     via_gateway: Option<usize>,
+    /// With --via-gateway (or demo --gateway): one more client floods the gateway with this
+    /// many requests a second (forged end to end, unsigned over its rate limit attested).
+    #[arg(long, value_name = "PER_SEC", default_value_t = 0)]
+    flood: u64,
 }
 
 impl Load {
@@ -181,6 +185,7 @@ impl Load {
             progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
             transport: self.transport.into(),
             via_gateway,
+            flood: self.flood,
         })
     }
 }

@@ -138,6 +138,9 @@ pub enum Shed {
     /// The client's signature does not verify.
     #[error("the request's signature does not verify")]
     BadSignature,
+    /// The client sent a request carrying an attestation: only gateways attest.
+    #[error("the request carries an attestation; clients sign or send unsigned requests")]
+    Attested,
     /// An unsigned request reached a gateway in end-to-end mode.
     #[error("this gateway forwards only signed requests (the network is end to end)")]
     NotAttesting,
@@ -160,6 +163,7 @@ impl Shed {
             Shed::TooLarge { .. } => "too_large",
             Shed::Duplicate => "duplicate",
             Shed::BadSignature => "bad_signature",
+            Shed::Attested => "attested",
             Shed::NotAttesting => "not_attesting",
             Shed::TimedOut => "timed_out",
         }

@@ -27,6 +27,17 @@ fn request(client: usize, client_seq: u64) -> Request {
     )
 }
 
+/// Client `client`'s request `client_seq` ([`request`]) got `result`: a row of [`Answered`].
+fn row(client: usize, client_seq: u64, result: &[u8]) -> (PublicKey, u64, Digest, &[u8]) {
+    let key = client_key(client).public_key();
+    (
+        key,
+        client_seq,
+        request(client, client_seq).digest(&chain()),
+        result,
+    )
+}
+
 fn outputs(gateway: &mut Gateway) -> Vec<GatewayOutput> {
     core::iter::from_fn(|| gateway.poll_output()).collect()
 }
@@ -90,9 +101,8 @@ fn f_plus_one_matching_replies_answer_and_each_verifies_for_the_client() {
     gateway.submit(0, &key, sent.clone()).unwrap();
     gateway.handle_timeout(2);
     outputs(&mut gateway);
-    let other = client_key(1).public_key();
-    let honest: &Answered = &[(other, 3, b"theirs"), (key, 7, b"ok")];
-    let lying: &Answered = &[(key, 7, b"forged result")];
+    let honest: &Answered = &[row(1, 3, b"theirs"), row(0, 7, b"ok")];
+    let lying: &Answered = &[row(0, 7, b"forged result")];
     // Validator 1 signs a false result: it counts for nothing until f + 1 agree with it.
     gateway
         .handle_reply(ReplicaId(1), &reply(1, 4, 9, lying, 0))
@@ -163,7 +173,7 @@ fn replies_that_do_not_prove_themselves_are_refused_and_counted() {
     gateway.open(0, key).unwrap();
     gateway.submit(0, &key, request(0, 1)).unwrap();
     gateway.handle_timeout(2);
-    let answered: &Answered = &[(key, 1, b"ok")];
+    let answered: &Answered = &[row(0, 1, b"ok")];
     let mut forged = reply(1, 0, 1, answered, 0);
     let last = forged.len() - 1;
     forged[last] ^= 1;
@@ -360,7 +370,7 @@ fn closing_a_session_forgets_its_requests() {
         "the queued request is not sent"
     );
     assert_eq!(gateway.poll_timeout(), None);
-    let answered: &Answered = &[(key, 1, b"ok")];
+    let answered: &Answered = &[row(0, 1, b"ok")];
     assert_eq!(
         gateway.handle_reply(ReplicaId(1), &reply(1, 0, 1, answered, 0)),
         Err(ClientError::NotOutstanding)
@@ -388,7 +398,7 @@ fn a_copy_of_a_checked_statement_with_other_signature_bytes_is_checked_again() {
     gateway.submit(0, &b, request(1, 1)).unwrap();
     gateway.handle_timeout(2);
     outputs(&mut gateway);
-    let batch: &Answered = &[(a, 1, b"ok a"), (b, 1, b"ok b")];
+    let batch: &Answered = &[row(0, 1, b"ok a"), row(1, 1, b"ok b")];
     // Validator 1's statement over the batch's reply root is checked and remembered ...
     gateway
         .handle_reply(ReplicaId(1), &reply(1, 0, 1, batch, 0))
@@ -425,11 +435,10 @@ fn replies_under_different_reply_roots_agree_on_their_result() {
     gateway.submit(0, &key, request(0, 1)).unwrap();
     gateway.handle_timeout(2);
     outputs(&mut gateway);
-    let other = client_key(1).public_key();
     // Validator 1 answers from the batch; validator 2, caught up by state transfer, answers a
     // retransmission under a root of that reply alone.
-    let batch: &Answered = &[(other, 5, b"theirs"), (key, 1, b"ok")];
-    let alone: &Answered = &[(key, 1, b"ok")];
+    let batch: &Answered = &[row(1, 5, b"theirs"), row(0, 1, b"ok")];
+    let alone: &Answered = &[row(0, 1, b"ok")];
     gateway
         .handle_reply(ReplicaId(1), &reply(1, 0, 3, batch, 1))
         .unwrap();
@@ -499,7 +508,7 @@ fn one_validator_can_neither_raise_nor_hold_back_the_view_batches_go_to() {
     let answer = |gateway: &mut Gateway, seq: u64, votes: &[(usize, u64)]| {
         gateway.submit(0, &key, request(0, seq)).unwrap();
         outputs(gateway);
-        let answered: &Answered = &[(key, seq, b"ok")];
+        let answered: &Answered = &[row(0, seq, b"ok")];
         for &(replica, view) in votes {
             gateway
                 .handle_reply(

@@ -34,7 +34,7 @@
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 
-use crate::crypto::PublicKey;
+use crate::crypto::{Digest, PublicKey};
 use crate::statement::Reply;
 
 /// What the table says about a request (client, number).
@@ -42,7 +42,8 @@ use crate::statement::Reply;
 pub(crate) enum Freshness<'a> {
     /// Never executed: it may run.
     Fresh,
-    /// The client's last executed request; its reply if already produced.
+    /// The client's last executed request (or another under its number: see
+    /// [`ClientTable::executed_request`]); its reply if already produced.
     LastExecuted(Option<&'a Reply>),
     /// Older than the client's last executed request, or at or below the floor.
     Stale,
@@ -56,6 +57,8 @@ pub struct ClientRecord {
     pub client: PublicKey,
     /// The number of its last executed request.
     pub client_seq: u64,
+    /// That request's digest ([`crate::Request::digest`]).
+    pub request: Digest,
     /// The seq of the batch that executed it (of two clients with the same number, the table
     /// forgets the one that executed first).
     pub seq: u64,
@@ -65,6 +68,8 @@ pub struct ClientRecord {
 
 struct ClientEntry {
     last_client_seq: u64,
+    /// The digest of the request executed under `last_client_seq`.
+    request: Digest,
     /// The sequence number that executed it: the eviction order.
     executed_at: u64,
     /// Its result: replicated state, so a replica that installed a checkpoint can still
@@ -114,18 +119,19 @@ impl ClientTable {
         }
     }
 
-    /// Records that (client, number) executes at `seq`; the caller checked it is fresh.
-    /// Returns the client forgotten to stay within `max_clients`, if any.
+    /// Records that (client, number), whose digest is `request`, executes at `seq`; the
+    /// caller checked it is fresh. Returns the client forgotten to stay within
+    /// `max_clients`, if any.
     pub(crate) fn record_execution(
         &mut self,
-        client: PublicKey,
-        client_seq: u64,
+        (client, client_seq, request): (PublicKey, u64, Digest),
         seq: u64,
     ) -> Option<PublicKey> {
         self.insert(
             client,
             ClientEntry {
                 last_client_seq: client_seq,
+                request,
                 executed_at: seq,
                 result: None,
                 reply: None,
@@ -162,6 +168,7 @@ impl ClientTable {
             .map(|(client, entry)| ClientRecord {
                 client: *client,
                 client_seq: entry.last_client_seq,
+                request: entry.request,
                 seq: entry.executed_at,
                 result: entry.result.clone(),
             })
@@ -182,6 +189,7 @@ impl ClientTable {
                 record.client,
                 ClientEntry {
                     last_client_seq: record.client_seq,
+                    request: record.request,
                     executed_at: record.seq,
                     result: record.result,
                     reply: None,
@@ -202,11 +210,17 @@ impl ClientTable {
         }
     }
 
-    /// The seq and result of the client's last executed request, when no reply is cached
-    /// (after a state transfer), to sign a reply anew.
-    pub(crate) fn last_result(&self, client: &PublicKey) -> Option<(u64, Vec<u8>)> {
+    /// The seq, request digest and result of the client's last executed request, when no
+    /// reply is cached (after a state transfer), to sign a reply anew.
+    pub(crate) fn last_result(&self, client: &PublicKey) -> Option<(u64, Digest, Vec<u8>)> {
         let entry = self.entries.get(client)?;
-        Some((entry.executed_at, entry.result.clone()?))
+        Some((entry.executed_at, entry.request, entry.result.clone()?))
+    }
+
+    /// The digest of the client's last executed request: a request under the same number
+    /// with another digest is not the one that executed.
+    pub(crate) fn executed_request(&self, client: &PublicKey) -> Option<Digest> {
+        self.entries.get(client).map(|entry| entry.request)
     }
 
     /// Whether the table holds a row for `client`.
@@ -219,16 +233,19 @@ impl ClientTable {
     }
 
     /// The replicated part of the table, canonically encoded for a checkpoint: the floor and
-    /// (client, last number, seq it executed at, result) in key order. Signed replies are
-    /// left out: each replica signs its own, so they differ between replicas.
+    /// (client, last number, its request's digest, seq it executed at, result) in key order.
+    /// Signed replies are left out: each replica signs its own, so they differ between
+    /// replicas.
     pub(crate) fn export(&self) -> Vec<u8> {
-        let entries: Vec<(PublicKey, u64, u64, &Option<Vec<u8>>)> = self
+        type Row<'a> = (PublicKey, u64, Digest, u64, &'a Option<Vec<u8>>);
+        let entries: Vec<Row<'_>> = self
             .entries
             .iter()
             .map(|(key, entry)| {
                 (
                     *key,
                     entry.last_client_seq,
+                    entry.request,
                     entry.executed_at,
                     &entry.result,
                 )
@@ -239,18 +256,19 @@ impl ClientTable {
 
     /// A table rebuilt from [`ClientTable::export`], for a replica that installs a snapshot.
     pub(crate) fn import(bytes: &[u8], max_clients: usize) -> Option<ClientTable> {
-        type Entry = (PublicKey, u64, u64, Option<Vec<u8>>);
+        type Entry = (PublicKey, u64, Digest, u64, Option<Vec<u8>>);
         let (floor, entries): (u64, Vec<Entry>) = postcard::from_bytes(bytes).ok()?;
         if entries.len() > max_clients {
             return None;
         }
         let mut table = ClientTable::new(max_clients);
         table.floor = floor;
-        for (client, last_client_seq, executed_at, result) in entries {
+        for (client, last_client_seq, request, executed_at, result) in entries {
             table.insert(
                 client,
                 ClientEntry {
                     last_client_seq,
+                    request,
                     executed_at,
                     result,
                     reply: None,
@@ -273,7 +291,7 @@ mod tests {
     fn requests_run_once_and_in_increasing_order() {
         let mut table = ClientTable::new(10);
         assert_eq!(table.freshness(&key(1), 5), Freshness::Fresh);
-        table.record_execution(key(1), 5, 1);
+        table.record_execution((key(1), 5, Digest::default()), 1);
         assert_eq!(table.freshness(&key(1), 5), Freshness::LastExecuted(None));
         assert_eq!(table.freshness(&key(1), 4), Freshness::Stale);
         assert_eq!(table.freshness(&key(1), 6), Freshness::Fresh);
@@ -282,9 +300,12 @@ mod tests {
     #[test]
     fn at_the_bound_the_lowest_numbered_client_is_forgotten_and_its_requests_stay_stale() {
         let mut table = ClientTable::new(2);
-        table.record_execution(key(1), 100, 1);
-        table.record_execution(key(2), 7, 2);
-        assert_eq!(table.record_execution(key(3), 50, 3), Some(key(2)));
+        table.record_execution((key(1), 100, Digest::default()), 1);
+        table.record_execution((key(2), 7, Digest::default()), 2);
+        assert_eq!(
+            table.record_execution((key(3), 50, Digest::default()), 3),
+            Some(key(2))
+        );
         assert_eq!(table.len(), 2, "bounded");
         // Client 2 is forgotten; its executed request 7 must not run again.
         assert_eq!(table.floor(), 7);
@@ -293,7 +314,10 @@ mod tests {
         // Remembered clients are unaffected by the floor.
         assert_eq!(table.freshness(&key(1), 101), Freshness::Fresh);
         // A newcomer numbered below everyone is forgotten at once, and stays refused.
-        assert_eq!(table.record_execution(key(4), 9, 4), Some(key(4)));
+        assert_eq!(
+            table.record_execution((key(4), 9, Digest::default()), 4),
+            Some(key(4))
+        );
         assert_eq!(table.freshness(&key(4), 9), Freshness::Stale);
         assert_eq!(table.floor(), 9);
     }
@@ -301,10 +325,10 @@ mod tests {
     #[test]
     fn one_client_near_the_top_never_becomes_the_floor() {
         let mut table = ClientTable::new(3);
-        table.record_execution(key(0), u64::MAX - 1, 1);
+        table.record_execution((key(0), u64::MAX - 1, Digest::default()), 1);
         for n in 1..=200u8 {
             let seq = u64::from(n) + 1;
-            table.record_execution(key(n), 1_000 + u64::from(n), seq);
+            table.record_execution((key(n), 1_000 + u64::from(n), Digest::default()), seq);
             assert!(
                 table.floor() <= 1_000 + u64::from(n),
                 "floor {}",
@@ -341,7 +365,7 @@ mod tests {
                 if table.freshness(&client, number) != Freshness::Fresh {
                     continue;
                 }
-                table.record_execution(client, number, seq);
+                table.record_execution((client, number, Digest::default()), seq);
                 executed.push((client, number));
                 for (client, number) in &executed {
                     assert_ne!(table.freshness(client, *number), Freshness::Fresh);

@@ -42,13 +42,15 @@ impl Replica {
             let mut forgotten = Vec::new();
             for (index, request) in batch.requests.iter().enumerate() {
                 if self.clients.freshness(&request.client, request.client_seq) == Freshness::Fresh {
-                    forgotten.extend(self.clients.record_execution(
-                        request.client,
-                        request.client_seq,
-                        seq,
-                    ));
+                    let digest = slot
+                        .leaves
+                        .get(index)
+                        .copied()
+                        .unwrap_or_else(|| request.digest(&self.config.chain_id));
+                    let executed = (request.client, request.client_seq, digest);
+                    forgotten.extend(self.clients.record_execution(executed, seq));
                     execute.push(index as u32);
-                    slot.executing.push((request.client, request.client_seq));
+                    slot.executing.push(executed);
                 } else {
                     self.metrics.requests_skipped += 1;
                 }
@@ -274,7 +276,9 @@ impl Replica {
         let leaves: Vec<Digest> = executing
             .iter()
             .zip(&results)
-            .map(|((client, client_seq), result)| reply_leaf(&chain, client, *client_seq, result))
+            .map(|((client, client_seq, request), result)| {
+                reply_leaf(&chain, (client, *client_seq, request), result)
+            })
             .collect();
         let tree = merkle::Tree::new(&leaves);
         let signed = reply_root_digest(&chain, self.validators.epoch(), view, seq, &tree.root());
@@ -283,7 +287,9 @@ impl Replica {
             true => crate::crypto::Signature([0; 64]),
             false => self.signer.sign(&mut self.metrics, &signed),
         };
-        for (index, (&(client, client_seq), result)) in executing.iter().zip(results).enumerate() {
+        for (index, (&(client, client_seq, request), result)) in
+            executing.iter().zip(results).enumerate()
+        {
             let Some(proof) = tree.prove(index) else {
                 continue;
             };
@@ -292,6 +298,7 @@ impl Replica {
                 seq,
                 client,
                 client_seq,
+                request,
                 result,
                 proof,
                 replica: self.id,
@@ -331,11 +338,15 @@ impl Replica {
     /// cached (this replica installed the state that executed it): signs a reply of its own
     /// from the replicated result, once, and caches it.
     pub(super) fn reply_again(&mut self, request: &Request) -> Result<(), Error> {
-        let Some((seq, result)) = self.clients.last_result(&request.client) else {
+        let Some((seq, executed, result)) = self.clients.last_result(&request.client) else {
             return Err(Error::Duplicate);
         };
         let chain = self.config.chain_id;
-        let leaf = reply_leaf(&chain, &request.client, request.client_seq, &result);
+        let leaf = reply_leaf(
+            &chain,
+            (&request.client, request.client_seq, &executed),
+            &result,
+        );
         let (Some(proof), root) = (merkle::prove(&[leaf], 0), merkle::root(&[leaf])) else {
             return Err(Error::Duplicate);
         };
@@ -346,6 +357,7 @@ impl Replica {
             seq,
             client: request.client,
             client_seq: request.client_seq,
+            request: executed,
             result,
             proof,
             replica: self.id,

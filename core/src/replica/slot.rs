@@ -49,8 +49,8 @@ pub(crate) struct Slot {
     pub(crate) prepared: Option<Prepared>,
     /// The QC, once a quorum committed.
     pub(crate) certificate: Option<QuorumCertificate>,
-    /// Once delivered: (client, number) of each request the host executes, in order.
-    pub(crate) executing: Vec<(PublicKey, u64)>,
+    /// Once delivered: (client, number, digest) of each request the host executes, in order.
+    pub(crate) executing: Vec<(PublicKey, u64, crate::crypto::Digest)>,
 }
 
 impl Slot {

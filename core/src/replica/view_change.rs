@@ -361,6 +361,11 @@ impl Replica {
     /// re-proposed it, and the batch had not reached this replica), then prepares it as a
     /// backup: the prepare waited for the batch.
     pub(super) fn fill_batch(&mut self, seq: u64, batch: Batch) -> Result<(), Error> {
+        // The digest covers requests, not their signatures or attestations: their shape and
+        // size are checked here, so a copy padded by its sender is never kept or served.
+        if !batch.requests.is_empty() {
+            self.check_batch_limits(&batch)?;
+        }
         let leaves = batch.leaves(&self.config.chain_id);
         let Some(slot) = self.log.get_mut(&seq) else {
             return Err(Error::Duplicate);

@@ -51,9 +51,10 @@ impl Simulation {
             ));
         }
         for request in &batch.requests {
-            if !self.submitted.contains(&request.digest(&chain())) {
+            let digest = request.digest(&chain());
+            if !self.submitted.contains(&digest) && !self.attested.contains(&digest) {
                 self.violation(format!(
-                    "replica {index} delivered a request no client signed"
+                    "replica {index} delivered a request no client signed and no listed gateway attested"
                 ));
             }
         }
@@ -65,6 +66,11 @@ impl Simulation {
             }
             Some(_) => {}
             None => {
+                self.report.attested_forgeries += batch
+                    .requests
+                    .iter()
+                    .filter(|request| !self.submitted.contains(&request.digest(&chain())))
+                    .count() as u64;
                 self.committed.insert(
                     seq,
                     Committed {
@@ -108,6 +114,12 @@ impl Simulation {
         let expected = *self.results.entry(key).or_insert(digest);
         if expected != digest {
             self.violation(format!("replicas computed different results at seq {seq}"));
+        }
+        let request = request.digest(&chain());
+        if *self.executed_requests.entry(key).or_insert(request) != request {
+            self.violation(format!(
+                "replicas executed different requests under one client number at seq {seq}"
+            ));
         }
     }
 
@@ -188,7 +200,14 @@ impl Simulation {
     /// A result a client accepted is the one the honest replicas computed for its request.
     pub(super) fn check_accepted(&mut self, client: usize, request: &Request, result: &[u8]) {
         let digest = Hasher::new(b"sim/result").bytes(result).finish();
-        match self.results.get(&(request.client, request.client_seq)) {
+        let key = (request.client, request.client_seq);
+        if self.executed_requests.get(&key) != Some(&request.digest(&chain())) {
+            self.violation(format!(
+                "client {client} accepted the result of another request under its number {}",
+                request.client_seq
+            ));
+        }
+        match self.results.get(&key) {
             Some(expected) if *expected == digest => {}
             _ => self.violation(format!(
                 "client {client} accepted a result no honest replica computed for request {}",

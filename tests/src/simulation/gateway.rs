@@ -16,7 +16,8 @@ use super::{Event, NodeId, Simulation};
 /// The simulated gateway.
 pub(super) struct SimGateway {
     pub(super) gateway: Gateway,
-    /// The key it connects to validators with (its transport identity; it signs nothing).
+    /// The key it connects to validators with (its transport identity, which attests in
+    /// gateway-attested mode).
     key: PublicKey,
     /// When its timer is set for.
     timer: Option<u64>,
@@ -24,21 +25,32 @@ pub(super) struct SimGateway {
 
 impl SimGateway {
     /// A gateway in front of `set`, with a session open for each of `clients`.
-    pub(super) fn new(set: &ValidatorSet, clients: &[PublicKey]) -> Self {
+    /// `attesting`: gateway-attested mode, its key listed by the validators.
+    pub(super) fn new(set: &ValidatorSet, clients: &[PublicKey], attesting: bool) -> Self {
         let mut config = GatewayConfig::new(chain());
         config.max_batch_ops = 8;
         let mut gateway = Gateway::new(config, set.clone()).expect("a valid gateway config");
+        if attesting {
+            gateway = gateway.attesting(Self::keypair());
+        }
         for client in clients {
             gateway
                 .open(0, *client)
                 .expect("room for every simulated client");
         }
-        let key = Keypair::from_seed(&Hasher::new(b"sim/gateway").finish().0).public_key();
+        let key = Self::keypair().public_key();
         SimGateway {
             gateway,
             key,
             timer: None,
         }
+    }
+}
+
+impl SimGateway {
+    /// Its key: its transport identity, and what it attests with in gateway-attested mode.
+    pub(super) fn keypair() -> Keypair {
+        Keypair::from_seed(&Hasher::new(b"sim/gateway").finish().0)
     }
 }
 
@@ -69,7 +81,14 @@ impl Simulation {
         if let Some(id) = validator {
             let _ = sim.gateway.handle_reply(ReplicaId(id as u16), bytes);
         } else if let Ok(Message::Request(request)) = Message::decode(bytes, usize::MAX) {
-            let _ = sim.gateway.submit(now, &from, request);
+            // Gateway-attested, the client's key is what the transport proved (`from`): its
+            // signature is not needed, and not sent on.
+            let _ = match sim.gateway.is_attesting() {
+                true => sim
+                    .gateway
+                    .submit_unsigned(now, &from, request.client_seq, request.op),
+                false => sim.gateway.submit(now, &from, request),
+            };
         }
         self.gateway_drain();
     }
@@ -154,7 +173,12 @@ impl Simulation {
         zeroed.signature = Signature([0; 64]);
         let mut posing = reply.clone();
         posing.replica = ReplicaId(((id + 1) % self.scenario.validators) as u16);
-        let answered = [(reply.client, reply.client_seq, &b"forged result"[..])];
+        let answered = [(
+            reply.client,
+            reply.client_seq,
+            reply.request,
+            &b"forged result"[..],
+        )];
         let false_result = testing::reply(id, (reply.view + 1_000, reply.seq), &answered, 0);
         for lie in [false_result, zeroed, posing, reply] {
             self.send(gateway, index, Message::Reply(lie).encode());

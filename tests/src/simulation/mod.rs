@@ -24,11 +24,13 @@ mod clients;
 mod gateway;
 mod generated;
 mod network;
+mod rogue_gateway;
 mod validator;
 
 use checks::Committed;
 use clients::SimClient;
 use gateway::SimGateway;
+use rogue_gateway::RogueGateway;
 use validator::Validator;
 
 /// A node in the simulation: the validators' replicas first (each validator in id order, then
@@ -50,6 +52,8 @@ enum Event {
     ClientTimer { client: usize, at: u64 },
     /// The gateway's timer set for `at` fires, unless it was reset since.
     GatewayTimer { at: u64 },
+    /// The rogue gateway acts.
+    RogueGateway,
     /// A validator is armed to crash at a random point of its next step.
     Crash { node: NodeId },
     /// An armed crash that found no step to interrupt happens now, between steps.
@@ -86,6 +90,8 @@ pub struct Simulation {
     clients: Vec<SimClient>,
     /// The gateway the clients send through, in a scenario [`Scenario::via_gateway`].
     gateway: Option<SimGateway>,
+    /// The Byzantine gateway, in a scenario [`Scenario::rogue_gateway`].
+    rogue: Option<RogueGateway>,
     set: ValidatorSet,
     /// The validators' keys, by index.
     keys: Vec<PublicKey>,
@@ -96,10 +102,16 @@ pub struct Simulation {
     /// bytes: a batch a replica fetched or took by digest may carry others under the same
     /// digest and QC (seed 2054 at n = 10 delivers such a copy), which prove nothing more.
     submitted: BTreeSet<Digest>,
+    /// The digest of every request a listed gateway attested that no client sent (the
+    /// rogue gateway's, in gateway-attested mode): it may execute, its gateway answerable.
+    attested: BTreeSet<Digest>,
     /// Every batch committed, as the first honest replica delivered it.
     committed: BTreeMap<u64, Committed>,
     /// Result digest per (client, client_seq), as the first honest replica computed it.
     results: BTreeMap<(PublicKey, u64), Digest>,
+    /// The digest of the request executed under each (client, client_seq), as the first
+    /// honest replica executed it: a client must accept only its own request's result.
+    executed_requests: BTreeMap<(PublicKey, u64), Digest>,
     report: Report,
     /// Every output of every validator, in order ([`crate::report::observe`]).
     trace: Hasher,
@@ -147,6 +159,12 @@ impl Simulation {
         // for long must fetch a checkpoint's state; small chunks make that several messages.
         config.retained_batches = scenario.window as usize;
         config.snapshot_chunk_bytes = 64;
+        if scenario.attested {
+            config.attesting_gateways = vec![
+                SimGateway::keypair().public_key(),
+                RogueGateway::keypair().public_key(),
+            ];
+        }
         let replica_config = config.clone();
         // Each validator, then the second replica of each twin: the same key, its own state.
         let twinned = scenario
@@ -163,9 +181,14 @@ impl Simulation {
                 Validator::new(id, replica, keypair, scenario.faults.get(&id).copied())
             })
             .collect();
+        // Below the honest clients' numbers, a rogue gateway's forgeries take none of theirs.
+        let first_seq = match scenario.rogue_gateway {
+            true => rogue_gateway::HONEST_FIRST_SEQ,
+            false => 1,
+        };
         let clients: Vec<SimClient> = (0..scenario.clients)
             .map(|j| SimClient {
-                client: Client::new(chain(), client_key(j), set.clone(), 1),
+                client: Client::new(chain(), client_key(j), set.clone(), first_seq),
                 remaining: scenario.requests_per_client,
                 outstanding: None,
             })
@@ -173,7 +196,8 @@ impl Simulation {
         let client_keys: Vec<PublicKey> = clients.iter().map(|c| c.client.public_key()).collect();
         let gateway = scenario
             .via_gateway
-            .then(|| SimGateway::new(&set, &client_keys));
+            .then(|| SimGateway::new(&set, &client_keys, scenario.attested));
+        let rogue = scenario.rogue_gateway.then(|| RogueGateway::new(seed));
         Simulation {
             rng: Rng::new(seed),
             now: 0,
@@ -182,12 +206,15 @@ impl Simulation {
             validators,
             clients,
             gateway,
+            rogue,
             set,
             keys,
             client_keys,
             submitted: BTreeSet::new(),
+            attested: BTreeSet::new(),
             committed: BTreeMap::new(),
             results: BTreeMap::new(),
+            executed_requests: BTreeMap::new(),
             report: Report {
                 seed,
                 ..Report::default()
@@ -210,6 +237,9 @@ impl Simulation {
         }
         for index in 0..self.validators.len() {
             self.drain(index);
+        }
+        if self.rogue.is_some() {
+            self.schedule_at(1, Event::RogueGateway);
         }
         for restart in self.scenario.restarts.clone() {
             self.schedule_at(restart.at, Event::Crash { node: restart.node });
@@ -235,6 +265,7 @@ impl Simulation {
                 }
                 Event::ClientTimer { client, at } => self.client_timer(client, at),
                 Event::GatewayTimer { at } => self.gateway_timer(at),
+                Event::RogueGateway => self.rogue_acts(),
                 Event::Crash { node } => self.validators[node].crash_armed = true,
                 Event::CrashNow { node } => {
                     if self.validators[node].crash_armed {

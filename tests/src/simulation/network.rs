@@ -75,6 +75,7 @@ impl Simulation {
             Some(node) => self.keys[node.id],
             None => match self.client_keys.get(from - self.validators.len()) {
                 Some(key) => *key,
+                None if Some(from) == self.rogue_node() => self.rogue_key(),
                 None => self.gateway_key(),
             },
         }

@@ -10,8 +10,8 @@ use pbft_core::{
 };
 
 use super::{Event, NodeId, Simulation};
-use crate::Fault;
 use crate::report::observe;
+use crate::{Fault, chain};
 
 /// A simulated validator: the replica and everything its host keeps beside it.
 pub(super) struct Validator {
@@ -324,6 +324,7 @@ impl Simulation {
                 ClientRecord {
                     client: request.client,
                     client_seq: request.client_seq,
+                    request: request.digest(&chain()),
                     seq,
                     result: Some(result.clone()),
                 },

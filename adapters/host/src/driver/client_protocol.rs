@@ -222,9 +222,31 @@ pub(super) fn submit<A: Application>(
                 }
             };
             let chunk: Vec<Request> = group.by_ref().take(size).collect();
-            for verdict in node.submit_all(now, chunk) {
-                if let Err(pbft_core::Error::Crypto(_)) = verdict {
-                    router.forged(&from.key, from.connection);
+            // Requests this connection attested as a listed gateway: it relays their clients'
+            // replies once the core took them (their attestations verified).
+            let attested: Vec<Option<(PublicKey, u64)>> = chunk
+                .iter()
+                .map(|request| {
+                    let attestation = request.attestation.as_ref()?;
+                    let own = attestation.gateway == from.key && node.attests(&from.key);
+                    own.then_some((request.client, request.client_seq))
+                })
+                .collect();
+            for (verdict, attested) in node.submit_all(now, chunk).into_iter().zip(attested) {
+                match (verdict, attested) {
+                    (Err(pbft_core::Error::Crypto(_)), _) => {
+                        router.forged(&from.key, from.connection);
+                    }
+                    (Ok(()), Some((client, client_seq))) => {
+                        let proof = RelayProof::Request(client_seq);
+                        if router
+                            .may_relay(&client, &from.key, from.connection, proof)
+                            .is_ok()
+                        {
+                            router.relay(client, from.key, from.connection, proof, now);
+                        }
+                    }
+                    _ => {}
                 }
             }
         }
@@ -257,14 +279,11 @@ fn relay_request<A: Application>(
             return false;
         }
     }
-    // A listed gateway's attestation is its own signed word for the client, which the core
-    // checks: the gateway relays its clients on it. Attested by anyone else, the request
-    // goes to consensus (a forgery there closes this connection) and its replies elsewhere.
-    if let Some(attestation) = &request.attestation {
-        if attestation.gateway != from.key || !node.attests(&from.key) {
-            return true;
-        }
-        router.relay(request.client, from.key, from.connection, proof, now);
+    // A listed gateway's attestation is its own signed word for the client: the gateway
+    // relays its clients on it, once the core took the request ([`submit`]). Attested by
+    // anyone else, the request goes to consensus (a forgery there closes this connection)
+    // and its replies elsewhere.
+    if request.attestation.is_some() {
         return true;
     }
     let digest = request.digest(&node.chain());
