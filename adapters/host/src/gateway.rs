@@ -89,6 +89,7 @@ pub fn spawn(
                 gateway,
                 identity,
                 claims: HashMap::new(),
+                told_rate: HashMap::new(),
             };
             run(&mut state, &validators, &inputs, &thread_router);
         })?;
@@ -151,7 +152,14 @@ struct State {
     /// Each client's relay claim as it sent it (a frame to forward as is), while its session
     /// is open.
     claims: HashMap<PublicKey, Vec<u8>>,
+    /// When each client was last told it is over its rate (ms): a flooder gets one such
+    /// answer per [`RATE_REFUSALS_EVERY_MS`], not one per request (answers would cost what
+    /// the flood costs). Cleared at every sweep.
+    told_rate: HashMap<PublicKey, u64>,
 }
+
+/// At most one "over the rate limit" answer per client this often, in ms.
+pub const RATE_REFUSALS_EVERY_MS: u64 = 100;
 
 fn run(
     state: &mut State,
@@ -271,6 +279,13 @@ impl State {
         match verdict {
             // The client sent again a request the gateway holds: it is being carried.
             Ok(()) | Err(Shed::Duplicate) => {}
+            Err(Shed::RateLimited) => {
+                let told = self.told_rate.entry(client).or_insert(0);
+                if *told == 0 || now.saturating_sub(*told) >= RATE_REFUSALS_EVERY_MS {
+                    *told = now.max(1);
+                    refuse(router, client, client_seq, &Shed::RateLimited.to_string());
+                }
+            }
             Err(shed) => refuse(router, client, client_seq, &shed.to_string()),
         }
     }
@@ -324,6 +339,7 @@ impl State {
             self.gateway.close(&key);
             self.claims.remove(&key);
         }
+        self.told_rate.clear();
     }
 
     fn route(&self, router: &Router, output: GatewayOutput) {
@@ -339,11 +355,13 @@ impl State {
                     router.route(Transmit {
                         to: Destination::Validator(to),
                         bytes: claim.clone(),
+                        via: None,
                     });
                 }
                 router.route(Transmit {
                     to: Destination::Validator(to),
                     bytes: ClientFrame::Message(bytes).encode(),
+                    via: None,
                 });
             }
             GatewayOutput::Answered {
@@ -368,6 +386,7 @@ fn to_every_validator(router: &Router, validators: &ValidatorSet, frame: &[u8]) 
         router.route(Transmit {
             to: Destination::Validator(to),
             bytes: frame.to_vec(),
+            via: None,
         });
     }
 }

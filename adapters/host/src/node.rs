@@ -18,7 +18,7 @@
 //! on ordering, logging and sending; only what writes the store (deliveries, installs)
 //! waits for it, so only this replica's replies wait, and a client needs f + 1 of them.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -146,7 +146,14 @@ pub struct Transmit {
     pub to: Destination,
     /// The encoded message.
     pub bytes: Vec<u8>,
+    /// For a reply: the listed gateway that attested the request it answers, which carries
+    /// it when the client has no connection or relay here (a backup sees an attested
+    /// request only inside a pre-prepare).
+    pub via: Option<PublicKey>,
 }
+
+/// Clients whose attesting gateway a node remembers for their replies (about 2 MiB).
+pub const ATTESTED_BY_KEPT: usize = 1 << 15;
 
 /// Counters of the driver, beside the core's [`Metrics`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -274,6 +281,9 @@ pub struct Node<A> {
     chain: pbft_core::ChainId,
     /// The gateways whose attestations the replica takes ([`Config::attesting_gateways`]).
     attesting_gateways: Vec<PublicKey>,
+    /// The gateway that attested each client's latest executed request, for its reply
+    /// ([`Transmit::via`]); at most [`ATTESTED_BY_KEPT`] clients, then it starts afresh.
+    attested_by: HashMap<PublicKey, PublicKey>,
     /// The last state digest taken for a status query: (seq, digest, when).
     state_digest: Option<(u64, Digest, u64)>,
     /// The thread that takes checkpoint snapshots, if the node was given one
@@ -533,6 +543,7 @@ impl<A: Application> Node<A> {
             max_message_bytes,
             chain,
             attesting_gateways,
+            attested_by: HashMap::new(),
             state_digest: None,
             snapshots: None,
             to_record: Vec::new(),
@@ -725,7 +736,13 @@ impl<A: Application> Node<A> {
     ) -> Result<Option<Round>, NodeError> {
         match output {
             Output::Persist(record) => self.log(&record)?,
-            Output::Send { to, bytes } => transmits.push(Transmit { to, bytes }),
+            Output::Send { to, bytes } => {
+                let via = match to {
+                    Destination::Client(client) => self.attested_by.get(&client).copied(),
+                    _ => None,
+                };
+                transmits.push(Transmit { to, bytes, via });
+            }
             Output::Deliver(delivery) => {
                 if delivery.seq != self.replica.executed_seq() + 1 {
                     // An install the core emitted after it (in the same round) replaced the
@@ -782,6 +799,18 @@ impl<A: Application> Node<A> {
             }
         }
         Samples::push(&mut self.samples.batch_sizes, delivery.batch.requests.len());
+        if self.attested_by.len() > ATTESTED_BY_KEPT {
+            self.attested_by.clear();
+        }
+        for &index in &delivery.execute {
+            let Some(request) = delivery.batch.requests.get(index as usize) else {
+                continue;
+            };
+            match &request.attestation {
+                Some(attestation) => self.attested_by.insert(request.client, attestation.gateway),
+                None => self.attested_by.remove(&request.client),
+            };
+        }
         let ops: Vec<&[u8]> = delivery
             .execute
             .iter()

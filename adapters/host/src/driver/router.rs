@@ -431,16 +431,25 @@ impl Router {
 
     /// Sends a frame to a client, if it is connected here (directly or through a relay).
     pub fn to_client(&self, key: &PublicKey, frame: &ServerFrame) {
+        self.to_client_via(key, frame, None);
+    }
+
+    /// [`Router::to_client`], or through `gateway` (the listed gateway that attested the
+    /// request a reply answers) when the client has neither a connection nor a relay here.
+    fn to_client_via(&self, key: &PublicKey, frame: &ServerFrame, gateway: Option<&PublicKey>) {
         let mut clients = self.clients();
         let clients = &mut *clients;
         let attached = match clients.queues.get(key) {
             Some(attached) => Some(attached),
-            None => clients.via.get_mut(key).and_then(|via| {
-                // A relay that carries replies is in use, though the client's requests
-                // reach this node only through another.
-                via.used_ms = clients.now_ms.max(via.used_ms);
-                clients.queues.get(&via.through)
-            }),
+            None => match clients.via.get_mut(key) {
+                Some(via) => {
+                    // A relay that carries replies is in use, though the client's requests
+                    // reach this node only through another.
+                    via.used_ms = clients.now_ms.max(via.used_ms);
+                    clients.queues.get(&via.through)
+                }
+                None => gateway.and_then(|gateway| clients.queues.get(gateway)),
+            },
         };
         if let Some(attached) = attached
             && attached.queue.try_send(frame.encode()).is_err()
@@ -501,7 +510,8 @@ impl Router {
                 }
             }
             Destination::Client(key) => {
-                self.to_client(&key, &ServerFrame::Message(transmit.bytes));
+                let frame = ServerFrame::Message(transmit.bytes);
+                self.to_client_via(&key, &frame, transmit.via.as_ref());
             }
         }
     }
@@ -539,6 +549,7 @@ mod tests {
             router.route(Transmit {
                 to: Destination::Validator(ReplicaId(1)),
                 bytes: vec![1],
+                via: None,
             });
         }
         assert_eq!(queues[0].1.len(), PEER_QUEUE);
@@ -561,10 +572,12 @@ mod tests {
         router.route(Transmit {
             to: Destination::AllValidators,
             bytes: message.clone(),
+            via: None,
         });
         router.route(Transmit {
             to: Destination::Validator(ReplicaId(1)),
             bytes: vec![2; 100],
+            via: None,
         });
         for (_, queue) in &queues {
             let frame = queue.try_recv().unwrap();
@@ -586,6 +599,7 @@ mod tests {
             router.route(Transmit {
                 to: Destination::Validator(ReplicaId(1)),
                 bytes: vec![0; 1 << 20],
+                via: None,
             });
         }
         assert_eq!(queues[0].1.bytes(), PEER_QUEUE_BYTES);
