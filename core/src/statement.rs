@@ -128,6 +128,13 @@ impl Request {
         }
     }
 
+    /// The key whose signature `signature` is: the attesting gateway's, or the client's.
+    pub fn signer(&self) -> &PublicKey {
+        self.attestation
+            .as_ref()
+            .map_or(&self.client, |attestation| &attestation.gateway)
+    }
+
     /// Whether `other` carries the same authentication: signature and attestation.
     pub fn same_authentication(&self, other: &Request) -> bool {
         self.signature == other.signature && self.attestation == other.attestation

@@ -178,6 +178,19 @@ fn gateway(attesting: bool) -> Gateway {
     }
 }
 
+/// The requests `gateway` sent to validators, in order.
+fn sent(gateway: &mut Gateway) -> Vec<Request> {
+    core::iter::from_fn(|| gateway.poll_output())
+        .filter_map(|output| match output {
+            GatewayOutput::Transmit { bytes, .. } => match Message::decode(&bytes, 1 << 20) {
+                Ok(Message::Request(request)) => Some(request),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
 #[test]
 fn an_attesting_gateway_signs_each_batch_once_and_its_requests_verify_at_validators() {
     let mut gateway = gateway(true);
@@ -190,15 +203,7 @@ fn an_attesting_gateway_signs_each_batch_once_and_its_requests_verify_at_validat
             .unwrap();
         clients.push(key);
     }
-    let requests: Vec<Request> = core::iter::from_fn(|| gateway.poll_output())
-        .filter_map(|output| match output {
-            GatewayOutput::Transmit { bytes, .. } => match Message::decode(&bytes, 1 << 20) {
-                Ok(Message::Request(request)) => Some(request),
-                _ => None,
-            },
-            _ => None,
-        })
-        .collect();
+    let requests = sent(&mut gateway);
     assert_eq!(requests.len(), 4);
     assert_eq!(gateway.metrics().batches_attested, 1);
     assert_eq!(gateway.metrics().signatures_verified, 0);
@@ -235,15 +240,7 @@ fn an_attested_request_answered_verifies_for_its_client() {
         .submit_unsigned(NOW, &key, 5, b"put k v".to_vec())
         .unwrap();
     gateway.handle_timeout(NOW + 10);
-    let sent: Vec<Request> = core::iter::from_fn(|| gateway.poll_output())
-        .filter_map(|output| match output {
-            GatewayOutput::Transmit { bytes, .. } => match Message::decode(&bytes, 1 << 20) {
-                Ok(Message::Request(request)) => Some(request),
-                _ => None,
-            },
-            _ => None,
-        })
-        .collect();
+    let sent = sent(&mut gateway);
     assert_eq!(sent.len(), 1);
     let answered = [(key, 5, sent[0].digest(&chain()), &b"ok"[..])];
     for replica in 0..2 {

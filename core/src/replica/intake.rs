@@ -13,7 +13,7 @@ use alloc::vec::Vec;
 use super::exactly_once::Freshness;
 use super::output::{Destination, Record};
 use super::signature_cache::SignatureCache;
-use super::signatures::check_signatures;
+use super::signatures::{check_signatures, signed_digests};
 use super::{Mode, Replica};
 use crate::config::ChainId;
 use crate::crypto::{CryptoError, Digest, Pool, Signature, VerifyingKey};
@@ -132,20 +132,20 @@ impl Intake {
         self.watched.get(digest).map(|watched| &watched.request)
     }
 
-    /// Whether `request` (whose digest is `digest`) was verified here already, with this very
+    /// Whether `request` (whose digest is `leaf`) was verified here already, with this very
     /// signature: it is watched (only a request whose signature verified is), or the
     /// [`SignatureCache`] remembers it. The reference design's signature cache: a backup
     /// checks a client's signature on arrival and not again inside a pre-prepare, nor a copy
     /// the client sends again after the pre-prepare or the execution.
     ///
-    /// The cache holds what the signature covers: the leaf for a client's signature, the
-    /// attested root for a gateway's (so the requests a gateway attested together cost one
-    /// check, and a copy whose path leads elsewhere misses). A malformed path is never
-    /// verified.
+    /// The cache holds what the signature covers (`signed`, [`Request::signed`]): the leaf
+    /// for a client's signature, the attested root for a gateway's (so the requests a gateway
+    /// attested together cost one check, and a copy whose path leads elsewhere misses). A
+    /// malformed path (`None`) is never verified.
     pub(super) fn verified_before(
         &self,
-        chain: &ChainId,
         leaf: &Digest,
+        signed: Option<&Digest>,
         request: &Request,
     ) -> bool {
         if self
@@ -155,16 +155,13 @@ impl Intake {
         {
             return true;
         }
-        match request.signed(chain, leaf) {
-            Some((_, signed)) => self.signatures.holds(&signed, &request.signature),
-            None => false,
-        }
+        signed.is_some_and(|signed| self.signatures.holds(signed, &request.signature))
     }
 
-    /// Remembers that `request`'s signature (its leaf is `leaf`) verified.
-    pub(super) fn verified_now(&mut self, chain: &ChainId, leaf: &Digest, request: &Request) {
-        if let Some((_, signed)) = request.signed(chain, leaf) {
-            self.signatures.insert(&signed, &request.signature);
+    /// Remembers that `request`'s signature over `signed` (what it covers) verified.
+    pub(super) fn verified_now(&mut self, signed: Option<&Digest>, request: &Request) {
+        if let Some(signed) = signed {
+            self.signatures.insert(signed, &request.signature);
         }
     }
 
@@ -229,22 +226,24 @@ impl Intake {
         pending: Vec<(Request, Digest)>,
     ) -> (Vec<Request>, Vec<Digest>) {
         let (requests, leaves): (Vec<Request>, Vec<Digest>) = pending.into_iter().unzip();
+        let signed = signed_digests(chain, &requests, &leaves);
         // Requests verified here before (proposed in an earlier view, say) are not checked.
         let cached: Vec<bool> = requests
             .iter()
             .zip(&leaves)
-            .map(|(request, leaf)| self.verified_before(chain, leaf, request))
+            .zip(&signed)
+            .map(|((request, leaf), signed)| self.verified_before(leaf, signed.as_ref(), request))
             .collect();
-        let (unchecked, unchecked_leaves): (Vec<&Request>, Vec<Digest>) = requests
+        let (unchecked, unchecked_signed): (Vec<&Request>, Vec<Option<Digest>>) = requests
             .iter()
-            .zip(&leaves)
+            .zip(&signed)
             .zip(&cached)
             .filter(|(_, cached)| !**cached)
-            .map(|((request, leaf), _)| (request, *leaf))
+            .map(|((request, signed), _)| (request, *signed))
             .unzip();
         metrics.signatures_cached += (requests.len() - unchecked.len()) as u64;
         let mut checked =
-            check_signatures(metrics, &self.pool, chain, &unchecked, &unchecked_leaves).into_iter();
+            check_signatures(metrics, &self.pool, &unchecked, &unchecked_signed).into_iter();
         // One verdict per unchecked request; a missing one would be a refusal, never a pass.
         let verdicts: Vec<Result<(), CryptoError>> = cached
             .iter()
@@ -254,10 +253,11 @@ impl Intake {
             })
             .collect();
         let mut good = (Vec::new(), Vec::new());
-        for ((request, leaf), verdict) in requests.into_iter().zip(leaves).zip(verdicts) {
+        let each = requests.into_iter().zip(leaves).zip(signed);
+        for (((request, leaf), signed), verdict) in each.zip(verdicts) {
             match verdict {
                 Ok(()) => {
-                    self.verified_now(chain, &leaf, &request);
+                    self.verified_now(signed.as_ref(), &request);
                     good.0.push(request);
                     good.1.push(leaf);
                 }
@@ -293,15 +293,18 @@ impl Replica {
             None => Ok(()),
             Some((request, next)) => {
                 let chain = self.config.chain_id;
-                if self.intake.verified_before(&chain, &digest, &request) {
+                let signed = request.signed(&chain, &digest).map(|(_, d)| d);
+                if self
+                    .intake
+                    .verified_before(&digest, signed.as_ref(), &request)
+                {
                     self.metrics.signatures_cached += 1;
                     return self.finish(request, digest, next);
                 }
                 let pool = &self.intake.pool;
-                let verdicts =
-                    check_signatures(&mut self.metrics, pool, &chain, &[&request], &[digest]);
+                let verdicts = check_signatures(&mut self.metrics, pool, &[&request], &[signed]);
                 verdicts.into_iter().try_for_each(|verdict| verdict)?;
-                self.intake.verified_now(&chain, &digest, &request);
+                self.intake.verified_now(signed.as_ref(), &request);
                 self.finish(request, digest, next)
             }
         }
@@ -330,7 +333,7 @@ impl Replica {
             let digest = request.digest(&chain);
             // Keyed by what the signature covers and the signature: a forged copy, or one
             // attested along another path, must not stand for a genuine one.
-            let signed = request.signed(&chain, &digest).map_or(digest, |(_, d)| d);
+            let signed = request.signed(&chain, &digest).map(|(_, d)| d);
             let copy = (digest, signed, request.signature.0);
             if let Some(&of) = first.get(&copy) {
                 verdicts.push(Ok(()));
@@ -341,7 +344,9 @@ impl Replica {
             match self.admit(request, digest, true, waiting.len()) {
                 Ok(None) => verdicts.push(Ok(())),
                 Ok(Some((request, next)))
-                    if self.intake.verified_before(&chain, &digest, &request) =>
+                    if self
+                        .intake
+                        .verified_before(&digest, signed.as_ref(), &request) =>
                 {
                     // Copies later in the group get its verdict, as a checked one's do.
                     first.insert(copy, index);
@@ -352,18 +357,18 @@ impl Replica {
                 Ok(Some((request, next))) => {
                     verdicts.push(Ok(()));
                     first.insert(copy, index);
-                    waiting.push((index, request, digest, next));
+                    waiting.push((index, request, (digest, signed), next));
                 }
                 Err(err) => verdicts.push(Err(err)),
             }
         }
-        let (checked, leaves): (Vec<&Request>, Vec<Digest>) =
-            waiting.iter().map(|(_, r, d, _)| (r, *d)).unzip();
+        let (checked, signed): (Vec<&Request>, Vec<Option<Digest>>) =
+            waiting.iter().map(|(_, r, (_, s), _)| (r, *s)).unzip();
         let pool = &self.intake.pool;
-        let checks = check_signatures(&mut self.metrics, pool, &chain, &checked, &leaves);
-        for ((index, request, digest, next), check) in waiting.into_iter().zip(checks) {
+        let checks = check_signatures(&mut self.metrics, pool, &checked, &signed);
+        for ((index, request, (digest, signed), next), check) in waiting.into_iter().zip(checks) {
             if check.is_ok() {
-                self.intake.verified_now(&chain, &digest, &request);
+                self.intake.verified_now(signed.as_ref(), &request);
             }
             let verdict = check
                 .map_err(Error::Crypto)
@@ -559,23 +564,26 @@ impl Replica {
         requests: &[Request],
         leaves: &[Digest],
     ) -> Result<(), CryptoError> {
-        let chain = self.config.chain_id;
+        let covered = signed_digests(&self.config.chain_id, requests, leaves);
         // Cut for what is left after the cached ones, so that no piece comes out small.
-        let unchecked: Vec<(&Request, &Digest)> = requests
+        let unchecked: Vec<(&Request, Option<Digest>)> = requests
             .iter()
             .zip(leaves)
-            .filter(|(request, leaf)| !self.intake.verified_before(&chain, leaf, request))
+            .zip(&covered)
+            .filter(|((request, leaf), signed)| {
+                !self.intake.verified_before(leaf, signed.as_ref(), request)
+            })
+            .map(|((request, _), signed)| (request, *signed))
             .collect();
         let cached = (requests.len() - unchecked.len()) as u64;
         // Requests a gateway attested together share one check.
         let mut distinct = BTreeSet::new();
         let mut checks = Vec::with_capacity(unchecked.len());
-        for (request, leaf) in &unchecked {
-            let (signer, digest) = request
-                .signed(&chain, leaf)
-                .ok_or(CryptoError::BadSignature)?;
-            if request.attestation.is_none() || distinct.insert((digest, request.signature.0)) {
-                checks.push((signer, digest, &request.signature));
+        for (request, signed) in &unchecked {
+            let digest = signed.ok_or(CryptoError::BadSignature)?;
+            let key = (*request.signer(), digest, request.signature.0);
+            if request.attestation.is_none() || distinct.insert(key) {
+                checks.push((request.signer(), digest, &request.signature));
             }
         }
         let mut batch = self.intake.pool.batch(checks.len() + 1);
@@ -590,8 +598,8 @@ impl Replica {
         }
         self.intake.pool.verify(batch)?;
         self.metrics.signatures_cached += cached;
-        for (request, leaf) in unchecked {
-            self.intake.verified_now(&chain, leaf, request);
+        for (request, signed) in unchecked {
+            self.intake.verified_now(signed.as_ref(), request);
         }
         Ok(())
     }

@@ -25,22 +25,40 @@ impl Replica {
     }
 }
 
-/// The verdict on each signature of `requests` (over `leaves`), in order: one check alone
+/// The verdict on each signature of `requests`, in order, given what each signature covers
+/// (`signed`, from [`signed_digests`]; `None` for a malformed path, refused): one check alone
 /// for a single signature, else one batch check, bisected ([`find_forged`]) only if it fails.
-/// Requests attested together by a gateway share one check. Every signature check, each
-/// time a signature is checked again during the search, counts in `signatures_verified`
-/// (and `signatures_batch_verified` when in a batch of several).
+/// Requests attested together by a gateway share one check. Every signature check, each time
+/// a signature is checked again during the search, counts in `signatures_verified` (and
+/// `signatures_batch_verified` when in a batch of several).
 pub(super) fn check_signatures<R: Borrow<Request>>(
     metrics: &mut Metrics,
     pool: &Pool,
-    chain: &ChainId,
     requests: &[R],
-    leaves: &[Digest],
+    signed: &[Option<Digest>],
 ) -> Vec<Result<(), CryptoError>> {
-    let (verdicts, checked) = check_request_signatures(pool, chain, requests, leaves);
+    let (verdicts, checked) = check_signed(pool, requests, signed);
     metrics.signatures_verified += checked.signatures;
     metrics.signatures_batch_verified += checked.batched;
     verdicts
+}
+
+/// What each request's signature covers ([`Request::signed`]), computed once: hashing an
+/// attested request's path is most of what checking it costs once its group's signature is
+/// known. Requests and leaves of different lengths give `None` for every request.
+pub(crate) fn signed_digests<R: Borrow<Request>>(
+    chain: &ChainId,
+    requests: &[R],
+    leaves: &[Digest],
+) -> Vec<Option<Digest>> {
+    if requests.len() != leaves.len() {
+        return vec![None; requests.len()];
+    }
+    requests
+        .iter()
+        .zip(leaves)
+        .map(|(request, leaf)| request.borrow().signed(chain, leaf).map(|(_, d)| d))
+        .collect()
 }
 
 /// Signature checks one call of [`check_request_signatures`] made.
@@ -55,17 +73,26 @@ pub(crate) struct Checked {
 /// One signature to check: who signed, what, and the signature.
 pub(super) type Check<'a> = (&'a PublicKey, Digest, &'a Signature);
 
-/// [`check_signatures`] for any role: the verdicts, and what they cost. Requests and leaves
-/// of different lengths are all refused, unchecked, and so is an attested request whose path
-/// is malformed ([`Request::signed`]).
+/// [`check_signatures`] for any role, from the requests and their `leaves`: the verdicts,
+/// and what they cost. Requests and leaves of different lengths are all refused, unchecked,
+/// and so is an attested request whose path is malformed ([`Request::signed`]).
 pub(crate) fn check_request_signatures<R: Borrow<Request>>(
     pool: &Pool,
     chain: &ChainId,
     requests: &[R],
     leaves: &[Digest],
 ) -> (Vec<Result<(), CryptoError>>, Checked) {
-    // One leaf per request, or nothing is checked and nothing passes.
-    if requests.len() != leaves.len() {
+    check_signed(pool, requests, &signed_digests(chain, requests, leaves))
+}
+
+/// [`check_request_signatures`] given what each signature covers.
+fn check_signed<R: Borrow<Request>>(
+    pool: &Pool,
+    requests: &[R],
+    signed: &[Option<Digest>],
+) -> (Vec<Result<(), CryptoError>>, Checked) {
+    // One digest per request, or nothing is checked and nothing passes.
+    if requests.len() != signed.len() {
         let refused = vec![Err(CryptoError::BadSignature); requests.len()];
         return (refused, Checked::default());
     }
@@ -74,17 +101,17 @@ pub(crate) fn check_request_signatures<R: Borrow<Request>>(
     let mut attested = BTreeMap::new();
     let of: Vec<Option<usize>> = requests
         .iter()
-        .zip(leaves)
-        .map(|(request, leaf)| {
+        .zip(signed)
+        .map(|(request, signed)| {
             let request = request.borrow();
-            let (signer, signed) = request.signed(chain, leaf)?;
+            let signed = (*signed)?;
             if request.attestation.is_none() {
-                checks.push((signer, signed, &request.signature));
+                checks.push((request.signer(), signed, &request.signature));
                 return Some(checks.len() - 1);
             }
-            let key = (*signer, signed, request.signature.0);
+            let key = (*request.signer(), signed, request.signature.0);
             Some(*attested.entry(key).or_insert_with(|| {
-                checks.push((signer, signed, &request.signature));
+                checks.push((request.signer(), signed, &request.signature));
                 checks.len() - 1
             }))
         })
