@@ -223,7 +223,8 @@ type Failure = Box<dyn std::error::Error>;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let default_level = if matches!(cli.command, Command::Node { .. }) {
+    // Long-running processes say what they are doing; one-shot commands print their result.
+    let default_level = if matches!(cli.command, Command::Node { .. } | Command::Gateway { .. }) {
         "info"
     } else {
         "warn"
@@ -283,10 +284,20 @@ async fn run(command: Command) -> Result<(), Failure> {
                     testnet.metrics[index]
                 );
             }
-            for config in &testnet.gateways {
-                println!("pbft gateway --config {}", config.display());
+            for (index, config) in testnet.gateways.iter().enumerate() {
+                println!(
+                    "pbft gateway --config {}    # metrics on http://{}/metrics",
+                    config.display(),
+                    testnet.gateway_metrics[index]
+                );
             }
             println!("clients: --config {}{flag}", testnet.network.display());
+            if !testnet.gateways.is_empty() {
+                println!(
+                    "through a gateway: --config {} --via-gateway 0",
+                    testnet.network.display()
+                );
+            }
         }
         Command::Gateway { config } => {
             let config = load_gateway_config(&config)?;
