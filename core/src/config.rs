@@ -40,7 +40,10 @@ impl ChainId {
         for value in agreed {
             hasher.u64(value);
         }
-        for gateway in &config.attesting_gateways {
+        // As a set: configs that list the same gateways in another order agree.
+        let mut gateways: Vec<&PublicKey> = config.attesting_gateways.iter().collect();
+        gateways.sort_unstable();
+        for gateway in gateways {
             hasher.bytes(&gateway.0);
         }
         ChainId(hasher.finish())

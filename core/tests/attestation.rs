@@ -166,6 +166,20 @@ fn listed_gateways_change_the_chain_id() {
         pbft_core::ChainId::for_network("net", &plain),
         pbft_core::ChainId::for_network("net", &attested),
     );
+    // The same gateways in another order are the same network.
+    let other = Keypair::from_seed(&[0x6c; 32]).public_key();
+    let both = Config {
+        attesting_gateways: vec![gateway_key().public_key(), other],
+        ..plain.clone()
+    };
+    let reversed = Config {
+        attesting_gateways: vec![other, gateway_key().public_key()],
+        ..plain.clone()
+    };
+    assert_eq!(
+        pbft_core::ChainId::for_network("net", &both),
+        pbft_core::ChainId::for_network("net", &reversed),
+    );
 }
 
 fn gateway(attesting: bool) -> Gateway {
