@@ -86,7 +86,7 @@ fn batch(value: &Value) -> Vec<u8> {
             Request::new(&chain(), &clients[client], n, put(client, n, value))
         })
         .collect();
-    pre_prepare(0, (0, 1), &Batch { requests })
+    pre_prepare(0, (0, 1), &Batch::of(requests))
 }
 
 /// Megabytes per second of raw input `f` handles, over at least 0.3 s of repetitions.

@@ -61,14 +61,12 @@ impl Flood {
         // prepares of two backups for each seq.
         let prepared: Vec<Prepared> = (1..=window)
             .map(|seq| {
-                let batch = Batch {
-                    requests: vec![Request::new(
-                        &chain(),
-                        &client_key(0),
-                        seq,
-                        vec![seq as u8; 8],
-                    )],
-                };
+                let batch = Batch::of(vec![Request::new(
+                    &chain(),
+                    &client_key(0),
+                    seq,
+                    vec![seq as u8; 8],
+                )]);
                 Prepared {
                     proposal: vote(0, Phase::PrePrepare, (0, seq), &batch),
                     prepares: vec![

@@ -19,9 +19,7 @@ fn requests(count: usize) -> Vec<Request> {
 }
 
 fn samples() -> Vec<(&'static str, Message)> {
-    let batch = Batch {
-        requests: requests(100),
-    };
+    let batch = Batch::of(requests(100));
     let proposal = vote(0, Phase::PrePrepare, (0, 1), &batch);
     let commit = vote(0, Phase::Commit, (0, 1), &batch);
     vec![
@@ -55,9 +53,7 @@ fn digests(c: &mut Criterion) {
     let request = requests(1).remove(0);
     group.bench_function("request-128B", |b| b.iter(|| request.digest(&chain())));
     for size in [10, 100, 1000] {
-        let batch = Batch {
-            requests: requests(size),
-        };
+        let batch = Batch::of(requests(size));
         group.throughput(Throughput::Elements(size as u64));
         group.bench_function(format!("batch-merkle-root/{size}"), |b| {
             b.iter(|| batch.digest(&chain()))

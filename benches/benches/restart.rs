@@ -49,7 +49,7 @@ fn fill(dir: &std::path::Path, keys: usize, retained: u64) -> u64 {
                 }
             })
             .collect();
-        let batch = Batch { requests };
+        let batch = Batch::of(requests);
         let delivery = Delivery {
             seq,
             certificate: QuorumCertificate {

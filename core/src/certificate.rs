@@ -1,4 +1,4 @@
-//! Quorum certificates and equivocation evidence: proofs anyone holding the validator set can
+//! Quorum certificates and the check of equivocation evidence: proofs anyone holding the validator set can
 //! check offline, without trusting the replica that handed them out.
 
 use alloc::vec::Vec;
@@ -6,9 +6,9 @@ use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{ChainId, ReplicaId, ValidatorSet};
-use crate::crypto::{BatchVerifier, Digest, Signature};
+use crate::crypto::{BatchVerifier, Digest, Signature, VerifyingKey};
 use crate::merkle::{self, InclusionProof};
-use crate::statement::{Batch, Phase, Request, Vote, vote_digest};
+use crate::statement::{Batch, Evidence, Phase, Request, Vote, vote_digest};
 
 /// Proof that a batch committed: a quorum of commit signatures on one
 /// (chain, epoch, view, seq, batch digest), or, on the fast path, the vote of every validator
@@ -214,23 +214,6 @@ pub fn verify_inclusion(
     }
 }
 
-/// Two conflicting signed votes by one validator: transferable proof that it is Byzantine.
-///
-/// The votes conflict when one validator signed two digests for the very same statement:
-/// the same phase, view and seq (a checkpoint is one statement per seq, always made in view
-/// 0), in the same chain and epoch (both signatures cover `epoch` and the chain id). Votes
-/// of two views are no conflict: a new view may order another batch at a seq (Castro and
-/// Liskov, section 4.4), and every honest validator then votes for it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Evidence {
-    /// The epoch whose set the signer belongs to; both signatures cover it.
-    pub epoch: u64,
-    /// One vote.
-    pub first: Vote,
-    /// A vote of the same phase, view and seq by the same signer, with another digest.
-    pub second: Vote,
-}
-
 /// Whether two votes, if both validly signed, prove their signer equivocated: one signer, one
 /// statement (phase, view, seq; checkpoints only in view 0), two digests. Replicas report
 /// evidence only for pairs this accepts, and [`verify_evidence`] accepts no other.
@@ -253,6 +236,20 @@ pub fn verify_evidence(
     validators: &ValidatorSet,
     evidence: &Evidence,
 ) -> Result<(), CertificateError> {
+    let mut batch = BatchVerifier::new();
+    for (key, digest, signature) in evidence_checks(chain, validators, evidence)? {
+        batch.queue(key, &digest, signature);
+    }
+    batch.verify().map_err(|_| CertificateError::BadSignature)
+}
+
+/// What [`verify_evidence`] checks before its signatures, and the two signature checks left:
+/// (signer's key, signed digest, signature) for each vote, for a caller to batch with others.
+pub(crate) fn evidence_checks<'a>(
+    chain: &ChainId,
+    validators: &'a ValidatorSet,
+    evidence: &'a Evidence,
+) -> Result<[(&'a VerifyingKey, Digest, &'a Signature); 2], CertificateError> {
     let (a, b) = (&evidence.first, &evidence.second);
     if evidence.epoch != validators.epoch() {
         return Err(CertificateError::WrongEpoch {
@@ -266,12 +263,8 @@ pub fn verify_evidence(
     let key = validators
         .key(a.replica)
         .ok_or(CertificateError::UnknownSigner(a.replica))?;
-    let mut batch = BatchVerifier::new();
-    let (da, db) = (
-        a.signed_digest(chain, evidence.epoch),
-        b.signed_digest(chain, evidence.epoch),
-    );
-    batch.queue(key, &da, &a.signature);
-    batch.queue(key, &db, &b.signature);
-    batch.verify().map_err(|_| CertificateError::BadSignature)
+    Ok([
+        (key, a.signed_digest(chain, evidence.epoch), &a.signature),
+        (key, b.signed_digest(chain, evidence.epoch), &b.signature),
+    ])
 }

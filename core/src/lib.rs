@@ -150,12 +150,12 @@ pub use envelope::{BATCH_OVERHEAD, DecodeError, PROTOCOL_VERSION, REQUEST_OVERHE
 pub use message::{BatchAt, COMMITTED, FetchBatches, HAVE_BATCH, Message, PREPARED, Status};
 pub use state::{FetchState, Manifest, SnapshotJob, StateChunk, TakenSnapshot};
 pub use statement::{
-    Attestation, Batch, Phase, PrePrepare, Reply, Request, Vote, attest, attestation_digest,
-    reply_leaf, reply_root_digest, vote_digest,
+    Attestation, Batch, Evidence, MAX_BATCH_EVIDENCE, Phase, PrePrepare, Reply, Request, Vote,
+    attest, attestation_digest, reply_leaf, reply_root_digest, vote_digest,
 };
 
 // Certificates and evidence.
-pub use certificate::{CertificateError, CommitPath, Committed, Evidence, QuorumCertificate};
+pub use certificate::{CertificateError, CommitPath, Committed, QuorumCertificate};
 pub use merkle::InclusionProof;
 pub use new_view::{NewView, Plan, null_digest, plan};
 pub use view_change::{

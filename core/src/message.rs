@@ -11,6 +11,7 @@ use crate::crypto::Digest;
 use crate::envelope::{self, DecodeError};
 use crate::new_view::NewView;
 use crate::state::{FetchState, Manifest, StateChunk};
+use crate::statement::Evidence;
 use crate::statement::{Batch, Phase, PrePrepare, Reply, Request, Vote};
 use crate::view_change::{StableCheckpoint, ViewChange};
 
@@ -92,6 +93,8 @@ pub enum Message {
     FetchBatches(FetchBatches),
     /// A batch a new primary asked for.
     Batch(BatchAt),
+    /// Equivocation evidence, forwarded so that it reaches the primary and is committed.
+    Evidence(Evidence),
 }
 impl Message {
     /// Encodes into the versioned [`crate::envelope`].
@@ -159,6 +162,7 @@ impl Message {
             Message::StateChunk(_) => "state-chunk",
             Message::FetchBatches(_) => "fetch-batches",
             Message::Batch(_) => "batch",
+            Message::Evidence(_) => "evidence",
         }
     }
 }
@@ -178,9 +182,7 @@ mod tests {
         let client = Keypair::from_seed(&[7; 32]);
         let validator = Keypair::from_seed(&[1; 32]);
         let request = Request::new(&chain(), &client, 3, b"put k v".to_vec());
-        let batch = Batch {
-            requests: alloc::vec![request.clone()],
-        };
+        let batch = Batch::of(alloc::vec![request.clone()]);
         let digest = batch.digest(&chain());
         let vote = |phase| Vote::new(&chain(), 0, phase, (2, 9), digest, ReplicaId(1), &validator);
         alloc::vec![
@@ -197,9 +199,7 @@ mod tests {
             }),
             Message::Batch(BatchAt {
                 seq: 9,
-                batch: Batch {
-                    requests: alloc::vec![request],
-                },
+                batch: Batch::of(alloc::vec![request]),
             }),
         ]
     }

@@ -33,8 +33,11 @@ pub struct Metrics {
     pub requests_executed: u64,
     /// Requests in delivered batches skipped as already executed.
     pub requests_skipped: u64,
-    /// Equivocations reported as evidence.
+    /// Equivocations reported as evidence: found here or received, once per offender and
+    /// phase.
     pub evidence_reported: u64,
+    /// Pieces of evidence in delivered batches.
+    pub evidence_committed: u64,
     /// Encoded bytes handed to the host for sending (a broadcast counts once per peer).
     pub bytes_sent: u64,
     /// New views this replica entered.

@@ -30,11 +30,14 @@ pub enum Mutant {
     /// Attestations are taken from any gateway, listed or not: a stranger's requests execute
     /// as if a client had signed them.
     AcceptUnlistedGateway,
+    /// The primary never puts evidence into its batches: equivocation is reported, and
+    /// never committed (so no replicated decision can punish it).
+    PrimaryOmitsEvidence,
 }
 
 impl Mutant {
     /// Every planted bug, in the order the mutation test tries them.
-    pub const ALL: [Mutant; 7] = [
+    pub const ALL: [Mutant; 8] = [
         Mutant::RestoreWithoutSignedIndex,
         Mutant::AcceptBelowLowWatermark,
         Mutant::ViewChangeOmitsHighestPrepared,
@@ -42,5 +45,6 @@ impl Mutant {
         Mutant::QuorumOf2f,
         Mutant::InstallKeepsClientTable,
         Mutant::AcceptUnlistedGateway,
+        Mutant::PrimaryOmitsEvidence,
     ];
 }

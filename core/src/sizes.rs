@@ -70,8 +70,12 @@ pub(crate) fn new_view(quorum: usize, window: usize) -> usize {
         .saturating_add(SIGNATURE)
 }
 
-/// A full batch (at most `max_batch_ops` requests of at most `max_batch_bytes` encoded, as
-/// backups enforce) with the larger of its certificates, in an envelope: the `Committed`
+/// Evidence: the epoch and two votes.
+const EVIDENCE: usize = U64 + 2 * VOTE;
+
+/// A full batch (at most `max_batch_ops` requests of at most `max_batch_bytes` encoded, and
+/// [`crate::MAX_BATCH_EVIDENCE`] pieces of evidence, as backups enforce) with the larger of
+/// its certificates, in an envelope: the `Committed`
 /// message, and the `Committed` and `Prepared` records (an option tag before the batch). A
 /// QC holds up to all `validators` signatures (the fast path's), a prepared certificate
 /// `quorum` votes.
@@ -80,7 +84,10 @@ pub(crate) fn max_certified_batch_bytes(
     max_batch_ops: usize,
     max_batch_bytes: usize,
 ) -> usize {
-    let batch = len_prefix(max_batch_ops).saturating_add(max_batch_bytes);
+    let evidence = crate::MAX_BATCH_EVIDENCE;
+    let batch = len_prefix(max_batch_ops)
+        .saturating_add(max_batch_bytes)
+        .saturating_add(len_prefix(evidence) + evidence * EVIDENCE);
     let certificate = quorum_certificate(validators).max(prepared(quorum));
     (ENVELOPE + 1)
         .saturating_add(batch)

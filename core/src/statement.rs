@@ -1,5 +1,5 @@
-//! The signed statements of the protocol: client requests, batches, votes and replies, and
-//! the digests their signatures cover.
+//! The signed statements of the protocol: client requests, batches, votes, replies and
+//! equivocation evidence, and the digests their signatures cover.
 //!
 //! Signatures never cover encoded bytes: each covers a sha3-256 digest of a domain tag (the
 //! statement's kind), the chain id, the epoch and the fields, built field by field, so
@@ -159,20 +159,44 @@ fn request_digest(chain: &ChainId, client: &PublicKey, client_seq: u64, op: &[u8
         .finish()
 }
 
-/// An ordered list of requests decided together at one sequence number.
+/// An ordered list of requests decided together at one sequence number, and the
+/// equivocation evidence the primary put in to have it committed.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Batch {
     /// The requests, in execution order.
     pub requests: Vec<Request>,
+    /// Evidence against validators, at most [`MAX_BATCH_EVIDENCE`]; each verified by every
+    /// backup before it prepares, and delivered to the application with the batch.
+    pub evidence: Vec<Evidence>,
 }
 
+/// The most evidence one batch carries, so a proposal's checks stay bounded: two signatures
+/// each.
+pub const MAX_BATCH_EVIDENCE: usize = 4;
+
 impl Batch {
-    /// The request digests, in order: the Merkle tree's leaves.
-    pub fn leaves(&self, chain: &ChainId) -> Vec<Digest> {
-        self.requests.iter().map(|r| r.digest(chain)).collect()
+    /// A batch of requests and no evidence.
+    pub fn of(requests: Vec<Request>) -> Self {
+        Batch {
+            requests,
+            evidence: Vec::new(),
+        }
     }
 
-    /// The batch digest: the Merkle root over the request digests.
+    /// Whether the batch holds neither requests nor evidence.
+    pub fn is_empty(&self) -> bool {
+        self.requests.is_empty() && self.evidence.is_empty()
+    }
+
+    /// The Merkle tree's leaves: the request digests in order, then the evidence digests
+    /// ([`Evidence::digest`]). Requests come first, so request `i` is leaf `i`.
+    pub fn leaves(&self, chain: &ChainId) -> Vec<Digest> {
+        let requests = self.requests.iter().map(|r| r.digest(chain));
+        let evidence = self.evidence.iter().map(|e| e.digest(chain));
+        requests.chain(evidence).collect()
+    }
+
+    /// The batch digest: the Merkle root over [`Batch::leaves`].
     pub fn digest(&self, chain: &ChainId) -> Digest {
         merkle::root(&self.leaves(chain))
     }
@@ -180,6 +204,9 @@ impl Batch {
     /// Proof that request `index` is in this batch, checked against a QC's digest with
     /// [`crate::verify_inclusion`].
     pub fn prove(&self, chain: &ChainId, index: usize) -> Option<InclusionProof> {
+        if index >= self.requests.len() {
+            return None;
+        }
         merkle::prove(&self.leaves(chain), index)
     }
 }
@@ -356,6 +383,44 @@ pub fn reply_root_digest(
         .u64(seq)
         .digest(root)
         .finish()
+}
+
+/// Two conflicting signed votes by one validator: transferable proof that it is Byzantine.
+///
+/// The votes conflict when one validator signed two digests for the very same statement:
+/// the same phase, view and seq (a checkpoint is one statement per seq, always made in view
+/// 0), in the same chain and epoch (both signatures cover `epoch` and the chain id). Votes
+/// of two views are no conflict: a new view may order another batch at a seq (Castro and
+/// Liskov, section 4.4), and every honest validator then votes for it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Evidence {
+    /// The epoch whose set the signer belongs to; both signatures cover it.
+    pub epoch: u64,
+    /// One vote.
+    pub first: Vote,
+    /// A vote of the same phase, view and seq by the same signer, with another digest.
+    pub second: Vote,
+}
+
+impl Evidence {
+    /// The validator both votes are by.
+    pub fn offender(&self) -> ReplicaId {
+        self.first.replica
+    }
+
+    /// The batch leaf that commits this evidence: both votes whole, signatures included, so
+    /// a copy a replica took by digest (fetched, re-proposed) is exactly the verified one.
+    pub fn digest(&self, chain: &ChainId) -> Digest {
+        let mut hasher = Hasher::new(b"pbft/v1/evidence");
+        hasher.digest(&chain.0).u64(self.epoch);
+        for vote in [&self.first, &self.second] {
+            hasher
+                .digest(&vote.signed_digest(chain, self.epoch))
+                .u64(u64::from(vote.replica.0))
+                .bytes(&vote.signature.0);
+        }
+        hasher.finish()
+    }
 }
 
 #[cfg(test)]

@@ -79,9 +79,7 @@ pub fn request(client_seq: u64) -> Request {
 
 /// Client 0's requests with these numbers ([`request`]), as one batch.
 pub fn batch(client_seqs: &[u64]) -> Batch {
-    Batch {
-        requests: client_seqs.iter().map(|&seq| request(seq)).collect(),
-    }
+    Batch::of(client_seqs.iter().map(|&seq| request(seq)).collect())
 }
 
 /// Request `i` of a load spread round-robin over `clients`: from client `i` mod their number,

@@ -36,7 +36,7 @@ fn attested(gateway: &Keypair, count: usize) -> Vec<Request> {
 }
 
 fn propose(requests: Vec<Request>) -> Vec<u8> {
-    let batch = Batch { requests };
+    let batch = Batch::of(requests);
     testing::pre_prepare(0, (0, 1), &batch)
 }
 

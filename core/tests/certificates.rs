@@ -23,9 +23,12 @@ fn batch_a() -> Batch {
 
 /// Another batch, with requests of its own.
 fn batch_b() -> Batch {
-    Batch {
-        requests: vec![Request::new(&chain(), &client_key(7), 9, b"other".to_vec())],
-    }
+    Batch::of(vec![Request::new(
+        &chain(),
+        &client_key(7),
+        9,
+        b"other".to_vec(),
+    )])
 }
 
 fn digest(batch: &Batch) -> Digest {
@@ -130,8 +133,8 @@ fn votes_of_one_validator_in_two_views_are_not_evidence() {
         let result = send_vote(&mut replica, vote(3, phase, (1, 1), &batch_a()));
         assert_eq!(result, Err(Error::Equivocation(ReplicaId(3))), "{phase:?}");
         let outputs = drain(&mut replica);
-        let [Output::Evidence(evidence)] = outputs.as_slice() else {
-            panic!("{phase:?}: expected one evidence output, got {outputs:?}");
+        let [Output::Send { .. }, Output::Evidence(evidence)] = outputs.as_slice() else {
+            panic!("{phase:?}: expected the evidence forwarded and reported, got {outputs:?}");
         };
         assert_eq!(
             verify_evidence(&chain(), &validator_set(4), evidence),

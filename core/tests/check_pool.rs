@@ -61,9 +61,7 @@ fn requests(count: usize, forged: Option<usize>) -> Vec<Request> {
 #[test]
 fn a_pre_prepare_of_100_requests_is_checked_in_three_pieces_that_all_must_hold() {
     let (mut backup, calls) = backup_with_pool(4);
-    let batch = Batch {
-        requests: requests(100, None),
-    };
+    let batch = Batch::of(requests(100, None));
     backup
         .handle_message(NOW, &key_of(0), &pre_prepare(0, (0, 1), &batch))
         .unwrap();
@@ -74,9 +72,7 @@ fn a_pre_prepare_of_100_requests_is_checked_in_three_pieces_that_all_must_hold()
     // One forged request, in whichever piece it falls, fails the pre-prepare.
     for forged in [0, 1, 2, 50, 99] {
         let (mut backup, calls) = backup_with_pool(4);
-        let batch = Batch {
-            requests: requests(100, Some(forged)),
-        };
+        let batch = Batch::of(requests(100, Some(forged)));
         let result = backup.handle_message(NOW, &key_of(0), &pre_prepare(0, (0, 1), &batch));
         assert!(
             matches!(result, Err(Error::Crypto(_))),
@@ -119,9 +115,7 @@ fn a_batch_too_small_to_cut_stays_on_the_callers_thread() {
 
 #[test]
 fn pieces_are_cut_for_the_signatures_left_after_the_cached_ones() {
-    let batch = Batch {
-        requests: requests(100, None),
-    };
+    let batch = Batch::of(requests(100, None));
     for (arrived, calls_after) in [(90, 1), (40, 1), (20, 2)] {
         let (mut backup, calls) = backup_with_pool(4);
         // Some of the batch's requests arrive at the backup first and are checked there.
@@ -154,9 +148,7 @@ fn a_pool_that_answers_for_fewer_pieces_than_it_got_vouches_for_nothing() {
         calls: Arc::default(),
         loses_a_piece: true,
     }));
-    let batch = Batch {
-        requests: requests(100, None),
-    };
+    let batch = Batch::of(requests(100, None));
     let result = backup.handle_message(NOW, &key_of(0), &pre_prepare(0, (0, 1), &batch));
     assert!(matches!(result, Err(Error::Crypto(_))), "{result:?}");
 }

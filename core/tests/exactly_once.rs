@@ -51,7 +51,7 @@ impl Host {
     /// what the replica says to execute, and returns the delivery.
     fn commit(&mut self, requests: Vec<Request>) -> Delivery {
         self.seq += 1;
-        let batch = Batch { requests };
+        let batch = Batch::of(requests);
         let bytes = Message::Committed(committed(self.seq, &batch)).encode();
         self.replica
             .handle_message(NOW, &key_of(0), &bytes)

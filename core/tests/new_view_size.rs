@@ -134,7 +134,7 @@ fn full_batch(config: &Config, n: usize) -> Committed {
         requests.push(request);
     }
     Committed {
-        batch: Batch { requests },
+        batch: Batch::of(requests),
         certificate: QuorumCertificate {
             chain_id: chain(),
             epoch: u64::MAX,

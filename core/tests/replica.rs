@@ -210,9 +210,7 @@ fn batches_are_checked_request_by_request() {
         backup.handle_message(NOW, &from, &pre_prepare(0, (0, 1), &batch(&[]))),
         Err(Error::BatchTooLarge)
     );
-    let big = Batch {
-        requests: vec![Request::new(&chain(), &client_key(0), 1, vec![0; 65])],
-    };
+    let big = Batch::of(vec![Request::new(&chain(), &client_key(0), 1, vec![0; 65])]);
     assert_eq!(
         backup.handle_message(NOW, &from, &pre_prepare(0, (0, 1), &big)),
         Err(Error::RequestTooLarge { len: 65, max: 64 })
@@ -266,8 +264,8 @@ fn a_second_proposal_for_a_slot_is_evidence_against_the_primary() {
         Err(Error::Equivocation(ReplicaId(0)))
     );
     let outputs = drain(&mut backup);
-    let [Output::Evidence(evidence)] = outputs.as_slice() else {
-        panic!("expected one evidence output, got {outputs:?}");
+    let [Output::Send { .. }, Output::Evidence(evidence)] = outputs.as_slice() else {
+        panic!("expected the evidence forwarded and reported, got {outputs:?}");
     };
     assert_eq!(
         pbft_core::verify_evidence(&chain(), &validator_set(4), evidence),
@@ -295,7 +293,7 @@ fn conflicting_votes_are_evidence_and_the_first_vote_stands() {
     );
     assert!(matches!(
         drain(&mut backup).as_slice(),
-        [Output::Evidence(_)]
+        [Output::Send { .. }, Output::Evidence(_)]
     ));
 }
 

@@ -131,9 +131,7 @@ fn a_status_claiming_more_than_a_window_of_slots_is_refused() {
 #[test]
 fn a_committed_copy_with_other_client_signatures_leaves_the_checked_batch_in_place() {
     let mut backup = replica(1, small_config());
-    let batch = pbft_core::Batch {
-        requests: vec![request(1), request(2)],
-    };
+    let batch = pbft_core::Batch::of(vec![request(1), request(2)]);
     let pre_prepare = pbft_core::testing::pre_prepare(0, (0, 1), &batch);
     backup
         .handle_message(NOW, &key_of(0), &pre_prepare)

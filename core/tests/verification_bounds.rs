@@ -25,14 +25,12 @@ fn replica(index: usize) -> Replica {
 
 /// A batch of one request, different for every seq.
 fn batch_at(seq: u64) -> Batch {
-    Batch {
-        requests: vec![Request::new(
-            &chain(),
-            &pbft_core::testing::client_key(0),
-            seq,
-            format!("op {seq}").into_bytes(),
-        )],
-    }
+    Batch::of(vec![Request::new(
+        &chain(),
+        &pbft_core::testing::client_key(0),
+        seq,
+        format!("op {seq}").into_bytes(),
+    )])
 }
 
 /// A full window of prepared certificates from view 0 (primary 0, prepares of 1 and 2):
@@ -494,7 +492,7 @@ fn a_forged_request_is_never_remembered_as_verified() {
 
 /// The primary's (validator 0's) pre-prepare of `requests` at seq 1, handled by `backup`.
 fn propose(backup: &mut Replica, requests: Vec<Request>) -> Result<(), pbft_core::Error> {
-    let pre_prepare = pbft_core::testing::pre_prepare(0, (0, 1), &Batch { requests });
+    let pre_prepare = pbft_core::testing::pre_prepare(0, (0, 1), &Batch::of(requests));
     backup.handle_message(NOW, &key_of(0), &pre_prepare)
 }
 

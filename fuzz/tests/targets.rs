@@ -89,7 +89,7 @@ fn valid_messages() -> Vec<Vec<u8>> {
         messages.push(Message::Request(request.clone()).encode());
     }
     for (seq, requests) in [(7, attested.clone()), (8, attested[1..].to_vec())] {
-        let batch = pbft_core::Batch { requests };
+        let batch = pbft_core::Batch::of(requests);
         messages.push(pre_prepare(0, (0, seq), &batch));
     }
     // View changes to view 1 from every validator, and the new view they make.

@@ -213,6 +213,8 @@ struct Tally {
     requests: u64,
     views_changed: u64,
     restarts: u64,
+    /// Seeds in which some equivocator's evidence committed.
+    convicting: u64,
     recoveries: Vec<u64>,
 }
 
@@ -244,6 +246,8 @@ fn main() -> ExitCode {
     let mutant = args.planted();
     let (mut deliveries, mut fast_deliveries) = (0u64, 0u64);
     let mut commit_delays: Vec<f64> = Vec::new();
+    let mut conviction_ms: Vec<u64> = Vec::new();
+    let mut undetected = 0u64;
     let next = AtomicU64::new(seeds.start);
     let (results, finished) = mpsc::channel();
     std::thread::scope(|scope| {
@@ -270,6 +274,7 @@ fn main() -> ExitCode {
             tally.requests += report.requests_completed;
             tally.views_changed += report.views_changed;
             tally.restarts += report.restarts;
+            tally.convicting += u64::from(report.convictions > 0);
             tally.recoveries.extend(report.recovery_ms);
             completed += report.requests_completed;
             evidence += report.evidence;
@@ -279,6 +284,8 @@ fn main() -> ExitCode {
             deliveries += report.deliveries;
             fast_deliveries += report.fast_deliveries;
             commit_delays.extend(&report.commit_delays);
+            conviction_ms.extend(&report.conviction_ms);
+            undetected += report.undetected;
             forgeries += report.attested_forgeries;
             if let Some((answered, retransmitted, refused)) = report.gateway {
                 gateway.0 += answered;
@@ -320,8 +327,8 @@ fn main() -> ExitCode {
     }
     eprintln!();
     println!(
-        "{:<24} {:>9} {:>7} {:>9} {:>13} {:>9}   primary crash -> first commit in a new view",
-        "scenario", unit, "failed", "requests", "views changed", "restarts"
+        "{:<24} {:>9} {:>7} {:>9} {:>13} {:>9} {:>9}   primary crash -> first commit in a new view",
+        "scenario", unit, "failed", "requests", "views changed", "restarts", "convicted"
     );
     for (kind, tally) in &mut tallies {
         tally.recoveries.sort_unstable();
@@ -337,14 +344,29 @@ fn main() -> ExitCode {
             ),
         };
         println!(
-            "{kind:<24} {:>9} {:>7} {:>9} {:>13} {:>9}   {recovery}",
-            tally.seeds, tally.failed, tally.requests, tally.views_changed, tally.restarts
+            "{kind:<24} {:>9} {:>7} {:>9} {:>13} {:>9} {:>9}   {recovery}",
+            tally.seeds,
+            tally.failed,
+            tally.requests,
+            tally.views_changed,
+            tally.restarts,
+            tally.convicting
         );
     }
     println!(
         "validators={} {unit}={count} failed={failed} requests_committed={completed} evidence={evidence} state_transfers={transfers} batches_fetched={batches_fetched}",
         args.validators
     );
+    conviction_ms.sort_unstable();
+    if !conviction_ms.is_empty() {
+        println!(
+            "equivocators convicted: {}, never detected: {undetected}; first conflicting statement to committed evidence: p50 {} ms, p90 {} ms, max {} ms",
+            conviction_ms.len(),
+            percentile(&conviction_ms, 0.5),
+            percentile(&conviction_ms, 0.9),
+            percentile(&conviction_ms, 1.0),
+        );
+    }
     commit_delays.sort_unstable_by(f64::total_cmp);
     let delays = |p: f64| {
         let index = ((commit_delays.len() as f64 - 1.0) * p).round() as usize;

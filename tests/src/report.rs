@@ -15,6 +15,13 @@ pub struct Report {
     pub batches: u64,
     /// Evidence outputs that verified.
     pub evidence: u64,
+    /// Validators whose evidence committed (once each).
+    pub convictions: u64,
+    /// For each conviction: virtual ms from the offender's first conflicting statement (or
+    /// the first report of it, for a Twins pair) to its evidence's first commit.
+    pub conviction_ms: Vec<u64>,
+    /// Validators that sent conflicting statements no honest replica ever held both of.
+    pub undetected: u64,
     /// Messages put on the simulated network.
     pub messages: u64,
     /// Virtual time at the end, ms.

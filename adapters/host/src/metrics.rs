@@ -49,6 +49,7 @@ pub struct NodeMetrics {
     state_transfers: Counter,
     checkpoint_mismatches: Counter,
     evidence: Counter,
+    evidence_committed: Counter,
     relay_claims_verified: Counter,
     /// Validators this node has a live connection with.
     pub peers_connected: Gauge,
@@ -118,6 +119,7 @@ impl NodeMetrics {
             state_transfers: Counter::default(),
             checkpoint_mismatches: Counter::default(),
             evidence: Counter::default(),
+            evidence_committed: Counter::default(),
             relay_claims_verified: Counter::default(),
             peers_connected: Gauge::default(),
             clients_connected: Gauge::default(),
@@ -220,6 +222,11 @@ impl NodeMetrics {
             m.checkpoint_mismatches.clone(),
         );
         registry.register("evidence", "Equivocation evidence seen", m.evidence.clone());
+        registry.register(
+            "evidence_committed",
+            "Equivocation evidence in committed batches (every correct node counts the same)",
+            m.evidence_committed.clone(),
+        );
         registry.register(
             "relay_claims_verified",
             "Relay claims whose signature was checked (a claim for a relay already held is not)",
@@ -440,6 +447,11 @@ impl NodeMetrics {
             old.checkpoint_mismatches,
         );
         add(&self.evidence, stats.evidence, old_stats.evidence);
+        add(
+            &self.evidence_committed,
+            core.evidence_committed,
+            old.evidence_committed,
+        );
         add(
             &self.void_deliveries,
             stats.void_deliveries,

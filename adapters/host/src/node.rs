@@ -799,6 +799,16 @@ impl<A: Application> Node<A> {
             }
         }
         Samples::push(&mut self.samples.batch_sizes, delivery.batch.requests.len());
+        for evidence in &delivery.batch.evidence {
+            tracing::warn!(
+                seq = delivery.seq,
+                offender = evidence.offender().0,
+                phase = ?evidence.first.phase,
+                view = evidence.first.view,
+                at = evidence.first.seq,
+                "committed evidence: a validator signed two conflicting votes"
+            );
+        }
         if self.attested_by.len() > ATTESTED_BY_KEPT {
             self.attested_by.clear();
         }

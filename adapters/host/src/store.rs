@@ -615,11 +615,11 @@ mod tests {
     fn a_stored_batch_is_encoded_as_committed_without_a_copy() {
         let chain = ChainId::from_name("store");
         let client = Keypair::from_seed(&[1; 32]);
-        let batch = Batch {
-            requests: (1..=3)
+        let batch = Batch::of(
+            (1..=3)
                 .map(|seq| Request::new(&chain, &client, seq, vec![seq as u8; 40]))
                 .collect(),
-        };
+        );
         let certificate = QuorumCertificate {
             chain_id: chain,
             epoch: 0,

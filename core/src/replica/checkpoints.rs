@@ -11,12 +11,13 @@ use alloc::vec::Vec;
 
 use super::Replica;
 use super::output::{Output, Record};
-use crate::certificate::{Evidence, conflicting};
+use crate::certificate::conflicting;
 use crate::config::ReplicaId;
 use crate::crypto::Digest;
 use crate::error::Error;
 use crate::message::Message;
 use crate::state::Snapshot;
+use crate::statement::Evidence;
 use crate::statement::{Phase, Vote};
 use crate::view_change::{StableCheckpoint, verify_checkpoint};
 
@@ -315,12 +316,11 @@ impl Replica {
             // Two states signed for one seq: evidence, reported once; the first vote stays.
             let culprit = vote.replica;
             self.checkpoints.report(seq, culprit);
-            self.metrics.evidence_reported += 1;
-            self.outbox.push(Output::Evidence(Evidence {
+            self.found_evidence(Evidence {
                 epoch: self.validators.epoch(),
                 first,
                 second: vote,
-            }));
+            });
             return Err(Error::Equivocation(culprit));
         }
         self.checkpoints.add_vote(vote);

@@ -63,6 +63,8 @@ impl Replica {
             self.metrics.batches_committed += 1;
             self.metrics.requests_committed += batch.requests.len() as u64;
             self.metrics.requests_executed += execute.len() as u64;
+            self.metrics.evidence_committed += batch.evidence.len() as u64;
+            self.evidence.commit(&batch.evidence);
             self.last_delivered = seq;
             // The batch is in the log already if this replica's accepted or prepared record
             // carried it and no compaction dropped that record (it keeps them above the

@@ -16,12 +16,12 @@ use super::signature_cache::SignatureCache;
 use super::signatures::{check_signatures, signed_digests};
 use super::{Mode, Replica};
 use crate::config::ChainId;
-use crate::crypto::{CryptoError, Digest, Pool, Signature, VerifyingKey};
+use crate::crypto::{CryptoError, Digest, Pool};
 use crate::error::Error;
 use crate::merkle;
 use crate::message::Message;
 use crate::metrics::Metrics;
-use crate::statement::{Batch, Phase, PrePrepare, Request};
+use crate::statement::{Batch, MAX_BATCH_EVIDENCE, Phase, PrePrepare, Request};
 
 /// A client request a backup holds while it waits for the primary to order it.
 #[derive(Debug)]
@@ -502,15 +502,17 @@ impl Replica {
     ///
     /// # Errors
     ///
-    /// [`Error::BatchTooLarge`] for an empty batch or one over `max_batch_ops` or
-    /// `max_batch_bytes`; [`Error::RequestTooLarge`] for an op over `max_request_bytes`.
+    /// [`Error::BatchTooLarge`] for an empty batch or one over `max_batch_ops`,
+    /// `max_batch_bytes` or [`MAX_BATCH_EVIDENCE`]; [`Error::RequestTooLarge`] for an op
+    /// over `max_request_bytes`.
     pub(super) fn check_batch_limits(&self, batch: &Batch) -> Result<(), Error> {
         let requests = &batch.requests;
         requests
             .iter()
             .try_for_each(|request| self.check_attestation(request))?;
         let bytes: usize = requests.iter().map(Request::encoded_len).sum();
-        if requests.is_empty()
+        if batch.is_empty()
+            || batch.evidence.len() > MAX_BATCH_EVIDENCE
             || requests.len() > self.config.max_batch_ops
             || bytes > self.config.max_batch_bytes
         {
@@ -553,57 +555,6 @@ impl Replica {
         Ok(())
     }
 
-    /// Checks the primary's signature (queued in `verifier`) and the client signatures of its
-    /// proposed batch (`requests`, with their `leaves`) that this replica did not verify
-    /// before ([`Intake::verified_before`]), in one batch check; counts the checks, and the
-    /// signatures found cached when the proposal holds. Only when it holds are the checked
-    /// ones remembered.
-    pub(super) fn verify_proposal(
-        &mut self,
-        (key, signed, signature): (&VerifyingKey, &Digest, &Signature),
-        requests: &[Request],
-        leaves: &[Digest],
-    ) -> Result<(), CryptoError> {
-        let covered = signed_digests(&self.config.chain_id, requests, leaves);
-        // Cut for what is left after the cached ones, so that no piece comes out small.
-        let unchecked: Vec<(&Request, Option<Digest>)> = requests
-            .iter()
-            .zip(leaves)
-            .zip(&covered)
-            .filter(|((request, leaf), signed)| {
-                !self.intake.verified_before(leaf, signed.as_ref(), request)
-            })
-            .map(|((request, _), signed)| (request, *signed))
-            .collect();
-        let cached = (requests.len() - unchecked.len()) as u64;
-        // Requests a gateway attested together share one check.
-        let mut distinct = BTreeSet::new();
-        let mut checks = Vec::with_capacity(unchecked.len());
-        for (request, signed) in &unchecked {
-            let digest = signed.ok_or(CryptoError::BadSignature)?;
-            let key = (*request.signer(), digest, request.signature.0);
-            if request.attestation.is_none() || distinct.insert(key) {
-                checks.push((request.signer(), digest, &request.signature));
-            }
-        }
-        let mut batch = self.intake.pool.batch(checks.len() + 1);
-        batch.queue(key, signed, signature);
-        for (signer, digest, signature) in &checks {
-            batch.queue_key(signer, digest, signature)?;
-        }
-        let checked = batch.len() as u64;
-        self.metrics.signatures_verified += checked;
-        if checked > 1 {
-            self.metrics.signatures_batch_verified += checked;
-        }
-        self.intake.pool.verify(batch)?;
-        self.metrics.signatures_cached += cached;
-        for (request, signed) in unchecked {
-            self.intake.verified_now(signed.as_ref(), request);
-        }
-        Ok(())
-    }
-
     /// Sends a client's request to the current view's primary.
     pub(super) fn forward_to_primary(&mut self, request: Request) {
         let primary = self.validators.primary(self.view);
@@ -613,15 +564,20 @@ impl Replica {
         );
     }
 
-    /// Cuts batches from the pending requests while the window has room. Without `force`
-    /// (the delay has not run out) only full batches go, unless nothing is in flight. Arms
-    /// the batch timer for what is left, or disarms it when nothing can be proposed.
+    /// Cuts batches from the pending requests, with the pending evidence, while the window
+    /// has room. Without `force` (the delay has not run out) only full batches go, unless
+    /// nothing is in flight. Arms the batch timer for what is left, or disarms it when
+    /// nothing can be proposed.
     pub(super) fn propose(&mut self, force: bool) {
         if self.mode != Mode::Normal || !self.is_primary() {
             self.timers.set_batch(false);
             return;
         }
-        while self.intake.pending_len() > 0 && self.next_seq <= self.high() {
+        while self.next_seq <= self.high() {
+            let evidence = self.evidence_to_propose();
+            if self.intake.pending_len() == 0 && evidence.is_empty() {
+                break;
+            }
             let idle = self.next_seq == self.low + 1;
             if !force && !idle && self.intake.pending_len() < self.config.max_batch_ops {
                 break;
@@ -630,21 +586,25 @@ impl Replica {
                 .intake
                 .cut(self.config.max_batch_ops, self.config.max_batch_bytes);
             let chain = self.config.chain_id;
-            let (requests, leaves) = self.intake.verified(&mut self.metrics, &chain, requests);
-            if requests.is_empty() {
+            let (requests, mut leaves) = self.intake.verified(&mut self.metrics, &chain, requests);
+            if requests.is_empty() && evidence.is_empty() {
                 continue;
             }
-            let batch = Batch { requests };
+            let batch = Batch { requests, evidence };
+            leaves.extend(batch.evidence.iter().map(|e| e.digest(&chain)));
             let digest = merkle::root(&leaves);
             let seq = self.next_seq;
             self.next_seq += 1;
             let Some(vote) = self.sign_vote(Phase::PrePrepare, seq, digest) else {
                 // This seq was proposed before a restart with another batch: skip it (the
-                // view change will fill it) and keep the requests for the next one.
+                // view change will fill it) and keep the requests for the next one (the
+                // evidence stays pending in its pool).
                 let requests = batch.requests.into_iter().zip(leaves).collect();
                 self.intake.requeue_front(requests);
                 continue;
             };
+            self.intake
+                .track_all(leaves.get(batch.requests.len()..).unwrap_or_default());
             let slot = self.log.entry(seq).or_default();
             slot.digest = Some(digest);
             slot.proposal = Some(vote.clone());
@@ -662,8 +622,9 @@ impl Replica {
             self.timers.start_waiting();
             self.advance(seq);
         }
-        let room = self.intake.pending_len() > 0 && self.next_seq <= self.high();
-        self.timers.set_batch(room);
+        let waiting = self.intake.pending_len() > 0 || !self.evidence_to_propose().is_empty();
+        self.timers
+            .set_batch(waiting && self.next_seq <= self.high());
     }
 }
 

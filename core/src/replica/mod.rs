@@ -12,6 +12,7 @@
 
 mod budget;
 mod checkpoints;
+mod evidence;
 mod exactly_once;
 mod execute;
 mod held_batches;
@@ -109,6 +110,8 @@ pub struct Replica {
     timers: Timers,
     intake: Intake,
     checkpoints: Checkpoints,
+    /// Evidence found or received, until a batch commits it.
+    evidence: evidence::EvidencePool,
     metrics: Metrics,
 }
 
@@ -138,6 +141,7 @@ impl Replica {
             budget: CheckBudget::new(config.view_change_checks_per_sec),
             intake: Intake::default(),
             checkpoints: Checkpoints::default(),
+            evidence: evidence::EvidencePool::default(),
             config,
             validators,
             id,
@@ -285,6 +289,7 @@ impl Replica {
             Message::StateChunk(chunk) => self.on_chunk(peer, chunk),
             Message::FetchBatches(fetch) => self.on_fetch_batches(peer, fetch),
             Message::Batch(batch) => self.on_batch(batch),
+            Message::Evidence(evidence) => self.on_evidence(evidence),
             Message::Request(_) | Message::Reply(_) => {
                 Err(Error::UnexpectedMessage(message.kind()))
             }
@@ -344,7 +349,6 @@ impl Replica {
             }
         }
         self.check_batch_limits(&batch)?;
-        let requests = &batch.requests;
         let leaves = batch.leaves(&self.config.chain_id);
         if merkle::root(&leaves) != vote.digest {
             return Err(Error::BatchDigestMismatch);
@@ -358,7 +362,7 @@ impl Replica {
         }
         // One batch check for the primary's signature and every client's not verified here
         // on arrival.
-        self.verify_proposal((&primary_key, &signed, &vote.signature), requests, &leaves)?;
+        self.verify_proposal((&primary_key, &signed, &vote.signature), &batch, &leaves)?;
         self.intake.track_all(&leaves);
         let slot = self.log.entry(seq).or_default();
         slot.digest = Some(vote.digest);
@@ -430,8 +434,7 @@ impl Replica {
             .get_mut(&seq)
             .and_then(|slot| slot.evidence(epoch, first, second))
         {
-            self.metrics.evidence_reported += 1;
-            self.outbox.push(Output::Evidence(evidence));
+            self.found_evidence(evidence);
         }
         Err(Error::Equivocation(culprit))
     }

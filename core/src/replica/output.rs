@@ -6,11 +6,12 @@ use alloc::vec::Vec;
 use super::exactly_once::ClientRecord;
 #[cfg(doc)]
 use super::{Replica, restore::ExecutedState};
-use crate::certificate::{Evidence, QuorumCertificate};
+use crate::certificate::QuorumCertificate;
 use crate::config::ReplicaId;
 use crate::crypto::{Digest, PublicKey};
 use crate::envelope::{self, DecodeError};
 use crate::new_view::NewView;
+use crate::statement::Evidence;
 use crate::statement::{Batch, Vote};
 use crate::view_change::{Prepared, StableCheckpoint, ViewChange};
 

@@ -29,6 +29,7 @@ impl Replica {
             || self.log.range(self.last_delivered + 1..).next().is_some()
             || self.checkpoints.awaits(self.id)
             || (self.is_primary() && self.intake.pending_len() > 0)
+            || self.evidence.deadline().is_some()
     }
 
     /// When to send the next status (see [`super::timers::Timers::status_deadline`]).
@@ -237,7 +238,7 @@ impl Replica {
         }
         // The digest covers requests, not their signatures or attestations: a copy padded by
         // its sender is refused, never kept or served (a null batch is empty).
-        if !batch.requests.is_empty() {
+        if !batch.is_empty() {
             self.check_batch_limits(&batch)?;
         }
         let leaves = batch.leaves(&self.config.chain_id);

@@ -8,11 +8,15 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::borrow::Borrow;
 
+use alloc::collections::BTreeSet;
+
 use super::Replica;
+use crate::certificate::evidence_checks;
 use crate::config::ChainId;
-use crate::crypto::{CheckPool, CryptoError, Digest, Pool, PublicKey, Signature};
+use crate::crypto::{CheckPool, CryptoError, Digest, Pool, PublicKey, Signature, VerifyingKey};
+use crate::error::Error;
 use crate::metrics::Metrics;
-use crate::statement::Request;
+use crate::statement::{Batch, Request};
 
 impl Replica {
     /// Runs this replica's large batch signature checks (a pre-prepare's client signatures
@@ -22,6 +26,75 @@ impl Replica {
     /// change (see [`CheckPool`]); the default is [`crate::InlineChecks`].
     pub fn set_check_pool(&mut self, pool: Box<dyn CheckPool>) {
         self.intake.pool = Pool::new(pool);
+    }
+
+    /// Checks the primary's signature (queued in `verifier`), the client signatures of its
+    /// proposed batch (`requests`, with their `leaves`) that this replica did not verify
+    /// before ([`Intake::verified_before`]) and the batch's evidence, in one batch check;
+    /// counts the checks, and the signatures found cached when the proposal holds. Only when
+    /// it holds are the checked ones remembered.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Crypto`] when a signature fails; [`Error::Certificate`] for evidence that is
+    /// not two conflicting votes of a validator of this epoch.
+    pub(super) fn verify_proposal(
+        &mut self,
+        (key, signed, signature): (&VerifyingKey, &Digest, &Signature),
+        batch: &Batch,
+        leaves: &[Digest],
+    ) -> Result<(), Error> {
+        let requests = &batch.requests;
+        let leaves = leaves.get(..requests.len()).unwrap_or(leaves);
+        let mut evidence = Vec::with_capacity(2 * batch.evidence.len());
+        for piece in &batch.evidence {
+            evidence.extend(evidence_checks(
+                &self.config.chain_id,
+                &self.validators,
+                piece,
+            )?);
+        }
+        let covered = signed_digests(&self.config.chain_id, requests, leaves);
+        // Cut for what is left after the cached ones, so that no piece comes out small.
+        let unchecked: Vec<(&Request, Option<Digest>)> = requests
+            .iter()
+            .zip(leaves)
+            .zip(&covered)
+            .filter(|((request, leaf), signed)| {
+                !self.intake.verified_before(leaf, signed.as_ref(), request)
+            })
+            .map(|((request, _), signed)| (request, *signed))
+            .collect();
+        let cached = (requests.len() - unchecked.len()) as u64;
+        // Requests a gateway attested together share one check.
+        let mut distinct = BTreeSet::new();
+        let mut checks = Vec::with_capacity(unchecked.len());
+        for (request, signed) in &unchecked {
+            let digest = signed.ok_or(CryptoError::BadSignature)?;
+            let key = (*request.signer(), digest, request.signature.0);
+            if request.attestation.is_none() || distinct.insert(key) {
+                checks.push((request.signer(), digest, &request.signature));
+            }
+        }
+        let mut batch = self.intake.pool.batch(checks.len() + evidence.len() + 1);
+        batch.queue(key, signed, signature);
+        for (key, digest, signature) in &evidence {
+            batch.queue(key, digest, signature);
+        }
+        for (signer, digest, signature) in &checks {
+            batch.queue_key(signer, digest, signature)?;
+        }
+        let checked = batch.len() as u64;
+        self.metrics.signatures_verified += checked;
+        if checked > 1 {
+            self.metrics.signatures_batch_verified += checked;
+        }
+        self.intake.pool.verify(batch)?;
+        self.metrics.signatures_cached += cached;
+        for (request, signed) in unchecked {
+            self.intake.verified_now(signed.as_ref(), request);
+        }
+        Ok(())
     }
 }
 

@@ -6,10 +6,11 @@
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
-use crate::certificate::{CommitPath, Evidence, QuorumCertificate, conflicting};
+use crate::certificate::{CommitPath, QuorumCertificate, conflicting};
 use crate::config::{ChainId, ReplicaId};
 use crate::crypto::{Digest, PublicKey};
 use crate::message::{COMMITTED, HAVE_BATCH, PREPARED};
+use crate::statement::Evidence;
 use crate::statement::{Batch, Phase, Vote};
 use crate::view_change::Prepared;
 
@@ -243,7 +244,7 @@ impl Slot {
         if !keep {
             self.leaves = batch.as_ref().map_or_else(Vec::new, |b| b.leaves(chain));
             // Logged with a record already; the null batch needs none.
-            self.batch_logged = batch.as_ref().is_some_and(|b| !b.requests.is_empty());
+            self.batch_logged = batch.as_ref().is_some_and(|b| !b.is_empty());
             self.batch = batch;
         }
         self.digest = Some(proposal.digest);

@@ -28,14 +28,15 @@ pub(super) struct HeldViewChange {
 }
 
 impl Replica {
-    /// When a view timer fires next: in a view, the oldest uncommitted proposal or watched
-    /// request; while changing view, the deadline for the new view.
+    /// When a view timer fires next: in a view, the oldest uncommitted proposal, watched
+    /// request or pending evidence; while changing view, the deadline for the new view.
     pub(super) fn view_deadline(&self) -> Option<u64> {
         match self.mode {
             Mode::Normal => {
                 let proposal = self.timers.proposal_deadline();
                 let request = self.intake.watch_deadline();
-                proposal.into_iter().chain(request).min()
+                let evidence = self.evidence.deadline();
+                proposal.into_iter().chain(request).chain(evidence).min()
             }
             Mode::ViewChange { .. } => self.timers.new_view_deadline(),
         }
@@ -363,7 +364,7 @@ impl Replica {
     pub(super) fn fill_batch(&mut self, seq: u64, batch: Batch) -> Result<(), Error> {
         // The digest covers requests, not their signatures or attestations: their shape and
         // size are checked here, so a copy padded by its sender is never kept or served.
-        if !batch.requests.is_empty() {
+        if !batch.is_empty() {
             self.check_batch_limits(&batch)?;
         }
         let leaves = batch.leaves(&self.config.chain_id);
@@ -505,6 +506,7 @@ impl Replica {
         let mut requests: Vec<Request> = self.intake.drain_pending();
         let deadline = self.timers.timeout_from_now();
         requests.extend(self.intake.rewatch(deadline));
+        let evidence = self.evidence.rearm(deadline);
         if self.is_primary() {
             self.intake.clear_watched();
             for request in requests {
@@ -519,6 +521,10 @@ impl Replica {
         } else {
             for request in requests {
                 self.forward_to_primary(request);
+            }
+            let primary = Destination::Validator(self.validators.primary(self.view));
+            for evidence in evidence {
+                self.send(primary.clone(), Message::Evidence(evidence).encode());
             }
         }
     }

@@ -221,7 +221,7 @@ impl Simulation {
         }
         requests.reverse();
         requests.truncate(self.scenario.max_batch_ops);
-        let batch = Batch { requests };
+        let batch = Batch::of(requests);
         let digest = batch.digest(&chain());
         if batch.requests.is_empty() || digest == at.digest {
             return;
@@ -305,6 +305,10 @@ impl Simulation {
     /// Equivocation on the wire: odd targets get `other`, even ones `bytes`, and the first
     /// target gets both, so someone holds the evidence.
     fn split_send(&mut self, targets: &[NodeId], from: NodeId, bytes: &[u8], other: Option<&[u8]>) {
+        if other.is_some() && !targets.is_empty() {
+            let offender = self.validators[from].replica.id().0;
+            self.conflict_at.entry(offender).or_insert(self.now);
+        }
         for (position, &target) in targets.iter().enumerate() {
             match other {
                 Some(other) if position % 2 == 1 => self.send(target, from, other.to_vec()),

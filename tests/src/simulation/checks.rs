@@ -37,6 +37,7 @@ impl Simulation {
         qc: &QuorumCertificate,
     ) {
         let digest = batch.digest(&chain());
+        self.check_committed_evidence(index, seq, batch);
         if self.validators[index].delivered + 1 != seq {
             self.violation(format!("replica {index} delivered seq {seq} out of order"));
         }
@@ -185,7 +186,14 @@ impl Simulation {
     pub(super) fn check_evidence(&mut self, index: NodeId, evidence: &Evidence) {
         let culprit = evidence.second.replica.0 as usize;
         match verify_evidence(&chain(), &self.set, evidence) {
-            Ok(()) if self.validators[culprit].fault.is_some() => self.report.evidence += 1,
+            Ok(()) if self.validators[culprit].fault.is_some() => {
+                self.report.evidence += 1;
+                let offender = evidence.offender().0;
+                self.conflict_at.entry(offender).or_insert(self.now);
+                if self.validators[index].fault.is_none() {
+                    self.reported.insert(offender);
+                }
+            }
             Ok(()) => self.violation(format!("evidence against honest validator {culprit}")),
             Err(err) => {
                 let (a, b) = (&evidence.first, &evidence.second);
@@ -194,6 +202,56 @@ impl Simulation {
                     a.phase, a.view, a.seq, a.replica, b.phase, b.view, b.seq, b.replica
                 ))
             }
+        }
+    }
+
+    /// Evidence an honest replica delivered in a committed batch verifies, is against a faulty
+    /// validator, and convicts it from now on.
+    fn check_committed_evidence(&mut self, index: NodeId, seq: u64, batch: &Batch) {
+        for evidence in &batch.evidence {
+            let offender = evidence.offender();
+            let faulty = self
+                .validators
+                .get(usize::from(offender.0))
+                .is_some_and(|node| node.fault.is_some());
+            match verify_evidence(&chain(), &self.set, evidence) {
+                Ok(()) if faulty => {
+                    if self.convicted_at.insert(offender.0, self.now).is_none() {
+                        self.report.convictions += 1;
+                        let since = self.conflict_at.get(&offender.0).copied();
+                        self.report
+                            .conviction_ms
+                            .push(self.now.saturating_sub(since.unwrap_or(self.now)));
+                    }
+                }
+                Ok(()) => self.violation(format!(
+                    "replica {index} committed evidence against honest validator {offender} at seq {seq}"
+                )),
+                Err(err) => self.violation(format!(
+                    "replica {index} committed invalid evidence at seq {seq}: {err}"
+                )),
+            }
+        }
+    }
+
+    /// Every equivocation an honest replica reported was committed by the end of the run.
+    pub(super) fn check_convictions(&mut self) {
+        self.report.undetected = self
+            .conflict_at
+            .keys()
+            .filter(|offender| !self.reported.contains(offender))
+            .count() as u64;
+        let unconvicted: Vec<u16> = self
+            .reported
+            .iter()
+            .filter(|offender| !self.convicted_at.contains_key(offender))
+            .copied()
+            .collect();
+        for offender in unconvicted {
+            let at = self.conflict_at.get(&offender).copied().unwrap_or(0);
+            self.violation(format!(
+                "evidence against validator {offender} (first conflict at {at} ms) never committed"
+            ));
         }
     }
 

@@ -210,9 +210,7 @@ impl Simulation {
             .iter()
             .filter_map(|bytes| match Message::decode(bytes, usize::MAX) {
                 Ok(Message::PrePrepare(pre_prepare)) => Some(pre_prepare.batch),
-                Ok(Message::Request(request)) => Some(Batch {
-                    requests: vec![request],
-                }),
+                Ok(Message::Request(request)) => Some(Batch::of(vec![request])),
                 _ => None,
             })
             .collect();

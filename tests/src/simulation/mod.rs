@@ -125,6 +125,13 @@ pub struct Simulation {
     signed: BTreeMap<(usize, pbft_core::Phase, u64, u64), Digest>,
     /// The application state after each seq, as the first honest replica computed it.
     states: BTreeMap<u64, Digest>,
+    /// Per offender (validator id): when it first sent two conflicting statements, or when a
+    /// replica first reported evidence against it, whichever came first (virtual ms).
+    conflict_at: BTreeMap<u16, u64>,
+    /// Offenders an honest replica reported evidence against: each must see it committed.
+    reported: BTreeSet<u16>,
+    /// Per offender: when evidence against it first committed at an honest replica (ms).
+    convicted_at: BTreeMap<u16, u64>,
 }
 
 /// Virtual time after which a run stops.
@@ -224,6 +231,9 @@ impl Simulation {
             config: replica_config,
             proposed_at: BTreeMap::new(),
             signed: BTreeMap::new(),
+            conflict_at: BTreeMap::new(),
+            reported: BTreeSet::new(),
+            convicted_at: BTreeMap::new(),
             states: BTreeMap::new(),
             scenario,
         }
@@ -382,6 +392,7 @@ impl Simulation {
             )
         });
         self.check_liveness();
+        self.check_convictions();
         if std::env::var_os("PBFT_SIM_DEBUG").is_some() {
             for (index, node) in self.validators.iter().enumerate() {
                 eprintln!(
