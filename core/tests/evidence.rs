@@ -173,18 +173,76 @@ fn the_primary_commits_evidence_in_a_batch_and_delivers_it_with_the_batch() {
     assert_eq!(delivery.batch.evidence, vec![evidence.clone()]);
     assert!(delivery.execute.is_empty());
     assert_eq!(primary.metrics().evidence_committed, 1);
-    // Committed: a new copy is dropped unchecked, and no batch carries it again.
     primary
         .executed(NOW, delivery.seq, Vec::new(), None)
         .unwrap();
+    drain(&mut primary);
+    // Committed. A peer that sends it again may have restarted and hold it pending: the
+    // primary proposes it once more in this view, and no more.
+    // Proposed once the batch delay runs out (the window is not idle).
+    let proposals = |primary: &mut Replica| {
+        let mut count = 0;
+        let until = NOW + small_config().batch_delay_ms + 1;
+        loop {
+            count += drain(primary)
+                .iter()
+                .filter(|o| matches!(o, Output::Persist(Record::Accepted(..))))
+                .count();
+            match primary.poll_timeout().filter(|&at| at <= until) {
+                Some(at) => primary.handle_timeout(at),
+                None => return count,
+            }
+        }
+    };
+    primary
+        .handle_message(NOW, &key_of(2), &evidence_message(&evidence))
+        .unwrap();
+    assert_eq!(proposals(&mut primary), 1);
     assert_eq!(
-        primary.handle_message(NOW, &key_of(2), &evidence_message(&evidence)),
+        primary.handle_message(NOW, &key_of(1), &evidence_message(&evidence)),
         Err(Error::Duplicate)
     );
-    assert!(
-        !drain(&mut primary)
-            .iter()
-            .any(|o| matches!(o, Output::Persist(Record::Accepted(..))))
+    assert_eq!(proposals(&mut primary), 0);
+}
+
+#[test]
+fn a_backup_drops_committed_evidence_and_a_peer_pays_for_evidence_that_fails() {
+    let mut backup = replica(1);
+    let proposed = Batch {
+        requests: Vec::new(),
+        evidence: vec![equivocation(3, 1)],
+    };
+    backup
+        .handle_message(NOW, &key_of(0), &pre_prepare(0, (0, 1), &proposed))
+        .unwrap();
+    for signer in [2, 3] {
+        let prepare = vote(signer, Phase::Prepare, (0, 1), &proposed);
+        let _ = backup.handle_message(NOW, &key_of(signer), &Message::Vote(prepare).encode());
+    }
+    for signer in [0, 2, 3] {
+        let commit = vote(signer, Phase::Commit, (0, 1), &proposed);
+        let _ = backup.handle_message(NOW, &key_of(signer), &Message::Vote(commit).encode());
+    }
+    let delivered = drain(&mut backup)
+        .iter()
+        .any(|o| matches!(o, Output::Deliver(d) if d.batch == proposed));
+    assert!(delivered);
+    assert_eq!(
+        backup.handle_message(NOW, &key_of(2), &evidence_message(&equivocation(3, 1))),
+        Err(Error::Duplicate)
+    );
+    // Evidence whose signature fails costs its sender two checks of its share: it runs out.
+    let mut forged = equivocation(2, 1);
+    forged.second.signature = forged.first.signature;
+    let refused = (0..1_000)
+        .map(|_| backup.handle_message(NOW, &key_of(3), &evidence_message(&forged)))
+        .position(|result| result == Err(Error::OverBudget));
+    let checks = small_config().view_change_checks_per_sec as usize;
+    assert_eq!(refused, Some(checks.div_ceil(2)));
+    // Another peer keeps its own share.
+    assert_eq!(
+        backup.handle_message(NOW, &key_of(0), &evidence_message(&forged)),
+        Err(Error::Certificate(CertificateError::BadSignature))
     );
 }
 

@@ -133,8 +133,24 @@ fn full_batch(config: &Config, n: usize) -> Committed {
         left -= request.encoded_len();
         requests.push(request);
     }
+    // The most evidence a batch carries, every varint at its longest.
+    let vote = |digest| Vote {
+        phase: Phase::Checkpoint,
+        view: u64::MAX,
+        seq: u64::MAX,
+        digest: Digest([digest; 32]),
+        replica: ReplicaId(u16::MAX),
+        signature: Signature([0xff; 64]),
+    };
+    let evidence = (0..pbft_core::MAX_BATCH_EVIDENCE)
+        .map(|_| pbft_core::Evidence {
+            epoch: u64::MAX,
+            first: vote(0xfe),
+            second: vote(0xff),
+        })
+        .collect();
     Committed {
-        batch: Batch::of(requests),
+        batch: Batch { requests, evidence },
         certificate: QuorumCertificate {
             chain_id: chain(),
             epoch: u64::MAX,

@@ -224,7 +224,7 @@ impl NodeMetrics {
         registry.register("evidence", "Equivocation evidence seen", m.evidence.clone());
         registry.register(
             "evidence_committed",
-            "Equivocation evidence in committed batches (every correct node counts the same)",
+            "Equivocation evidence in the batches this node delivered (one piece may commit more than once)",
             m.evidence_committed.clone(),
         );
         registry.register(

@@ -9,9 +9,14 @@
 //! same misbehaviour at the same seq, and punishment can be a replicated decision rather
 //! than one replica's view.
 //!
-//! Bounded: the pool keeps one piece of evidence per (offender, phase), pending or
-//! committed, so an epoch's set of n validators costs at most 4n entries, forwards and
-//! checks however many copies peers send.
+//! Bounded: the pool keeps one piece of evidence per (epoch, offender, phase), pending or
+//! committed, so an epoch's set of n validators costs at most 4n entries and forwards
+//! however many copies peers send; a peer whose evidence fails its check pays for the two
+//! checks from its share of the replica's checks, as for view changes.
+//!
+//! Committed evidence is delivered, not deduplicated: a batch may carry evidence committed
+//! before (two pieces for one offender and phase, or one proposed again for a peer that
+//! restarted). An application punishes per (epoch, offender), whatever the count.
 
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
@@ -19,47 +24,53 @@ use alloc::vec::Vec;
 use super::{Destination, Output, Replica};
 use crate::certificate::verify_evidence;
 use crate::config::ReplicaId;
+use crate::crypto::Digest;
 use crate::error::Error;
 use crate::message::Message;
-use crate::statement::Evidence;
-use crate::statement::{MAX_BATCH_EVIDENCE, Phase};
+use crate::statement::{Evidence, MAX_BATCH_EVIDENCE, Phase};
 
-/// Evidence this replica holds: pending until a batch carrying it commits.
+/// What one piece of evidence is about: (epoch, offender, phase).
+type Key = (u64, ReplicaId, Phase);
+
+fn key(evidence: &Evidence) -> Key {
+    (evidence.epoch, evidence.offender(), evidence.first.phase)
+}
+
+/// Evidence this replica holds until a batch carrying it commits.
 ///
 /// Pending evidence holds the primary to a deadline as a watched request does: a primary
 /// that leaves it out (evidence against itself, say) is replaced by a view change.
 #[derive(Debug, Default)]
 pub(super) struct EvidencePool {
-    /// (offender, phase) → evidence not yet committed, and when it must have committed (ms).
-    pending: BTreeMap<(ReplicaId, Phase), (Evidence, u64)>,
-    /// (offender, phase) of evidence committed in this epoch.
-    committed: BTreeSet<(ReplicaId, Phase)>,
-}
-
-fn key(evidence: &Evidence) -> (ReplicaId, Phase) {
-    (evidence.offender(), evidence.first.phase)
+    /// Evidence not yet committed: the evidence, its batch leaf, and when it must have
+    /// committed (ms).
+    pending: BTreeMap<Key, (Evidence, Digest, u64)>,
+    /// Evidence this replica saw committed. Not replicated state: a replica that restarted
+    /// or fetched a checkpoint may not know what committed before.
+    committed: BTreeSet<Key>,
+    /// The view in which `recommitted` holds, and the committed keys this replica, as its
+    /// primary, proposed again in it for a peer that did not know they had committed.
+    recommitted: (u64, BTreeSet<Key>),
 }
 
 impl EvidencePool {
-    /// Whether evidence of this kind against this validator is held or committed already.
-    pub(super) fn knows(&self, evidence: &Evidence) -> bool {
-        let key = key(evidence);
-        self.pending.contains_key(&key) || self.committed.contains(&key)
-    }
-
     /// Keeps `evidence` until it commits, or until `deadline` (ms) passes and the view
-    /// changes, unless [`EvidencePool::knows`] one like it; whether it was new.
-    fn add(&mut self, evidence: Evidence, deadline: u64) -> bool {
-        if self.knows(&evidence) {
+    /// changes, unless one of its key is pending; whether it was new.
+    fn add(&mut self, evidence: Evidence, leaf: Digest, deadline: u64) -> bool {
+        let key = key(&evidence);
+        if self.pending.contains_key(&key) {
             return false;
         }
-        self.pending.insert(key(&evidence), (evidence, deadline));
+        self.pending.insert(key, (evidence, leaf, deadline));
         true
     }
 
     /// The earliest deadline of pending evidence.
     pub(super) fn deadline(&self) -> Option<u64> {
-        self.pending.values().map(|(_, deadline)| *deadline).min()
+        self.pending
+            .values()
+            .map(|(_, _, deadline)| *deadline)
+            .min()
     }
 
     /// Gives all pending evidence a new `deadline` (a new view's primary gets its time) and
@@ -67,22 +78,10 @@ impl EvidencePool {
     pub(super) fn rearm(&mut self, deadline: u64) -> Vec<Evidence> {
         self.pending
             .values_mut()
-            .map(|(evidence, due)| {
+            .map(|(evidence, _, due)| {
                 *due = deadline;
                 evidence.clone()
             })
-            .collect()
-    }
-
-    /// Pending evidence for a batch: at most [`MAX_BATCH_EVIDENCE`], skipping what
-    /// `in_flight` says an uncommitted batch carries already.
-    fn proposable(&self, in_flight: impl Fn(&Evidence) -> bool) -> Vec<Evidence> {
-        self.pending
-            .values()
-            .map(|(evidence, _)| evidence)
-            .filter(|evidence| !in_flight(evidence))
-            .take(MAX_BATCH_EVIDENCE)
-            .cloned()
             .collect()
     }
 
@@ -100,10 +99,13 @@ impl Replica {
     /// Reports evidence this replica verified (found itself or received), forwards it to
     /// every peer the first time, and, as the primary, proposes it.
     pub(super) fn found_evidence(&mut self, evidence: Evidence) {
-        let deadline = self.timers.timeout_from_now();
-        if !self.evidence.add(evidence.clone(), deadline) {
+        let key = key(&evidence);
+        if self.evidence.pending.contains_key(&key) || self.evidence.committed.contains(&key) {
             return;
         }
+        let leaf = evidence.digest(&self.config.chain_id);
+        let deadline = self.timers.timeout_from_now();
+        self.evidence.add(evidence.clone(), leaf, deadline);
         self.metrics.evidence_reported += 1;
         self.send(
             Destination::AllValidators,
@@ -115,29 +117,87 @@ impl Replica {
         }
     }
 
-    /// A peer's evidence: checked against this epoch's set unless one like it is known.
+    /// A peer's evidence: checked against this epoch's set unless one of its kind is held.
+    ///
+    /// Evidence this replica saw committed is dropped, except at the primary, which proposes
+    /// it again once per view: the peer may hold it pending because it restarted or fetched a
+    /// checkpoint since it committed, and only a commit it sees clears it.
     ///
     /// # Errors
     ///
-    /// [`Error::Duplicate`] for evidence of a kind and offender known already (unchecked);
-    /// [`Error::Certificate`] when it does not verify ([`verify_evidence`]).
-    pub(super) fn on_evidence(&mut self, evidence: Evidence) -> Result<(), Error> {
-        if self.evidence.knows(&evidence) {
+    /// [`Error::Duplicate`] for evidence of a kind held or committed (unchecked);
+    /// [`Error::OverBudget`] when `peer` spent its share of checks on evidence that failed;
+    /// [`Error::Certificate`] when it does not verify ([`verify_evidence`]), which costs
+    /// `peer` two checks of its share.
+    pub(super) fn on_evidence(&mut self, peer: ReplicaId, evidence: Evidence) -> Result<(), Error> {
+        let key = key(&evidence);
+        let committed = self.evidence.committed.contains(&key);
+        if committed {
+            let primary = self.is_primary();
+            let view = self.view;
+            let recommitted = &mut self.evidence.recommitted;
+            if recommitted.0 != view {
+                *recommitted = (view, BTreeSet::new());
+            }
+            if !primary || recommitted.1.contains(&key) {
+                return Err(Error::Duplicate);
+            }
+        }
+        if self.evidence.pending.contains_key(&key) {
             return Err(Error::Duplicate);
         }
+        let now = self.timers.now();
+        if !self.budget.allows(peer, now) {
+            return Err(Error::OverBudget);
+        }
         self.metrics.signatures_verified += 2;
-        verify_evidence(&self.config.chain_id, &self.validators, &evidence)?;
-        self.found_evidence(evidence);
+        if let Err(err) = verify_evidence(&self.config.chain_id, &self.validators, &evidence) {
+            self.budget.charge(peer, 2, now);
+            return Err(err.into());
+        }
+        if !committed {
+            self.found_evidence(evidence);
+            return Ok(());
+        }
+        self.evidence.recommitted.1.insert(key);
+        let leaf = evidence.digest(&self.config.chain_id);
+        let deadline = self.timers.timeout_from_now();
+        self.evidence.add(evidence, leaf, deadline);
+        self.propose(false);
         Ok(())
     }
 
-    /// The evidence for the next batch: pending, and in no batch in flight here.
+    /// The evidence for the next batch: pending, of this epoch, and in no batch in flight
+    /// here; at most [`MAX_BATCH_EVIDENCE`].
     pub(super) fn evidence_to_propose(&self) -> Vec<Evidence> {
         if planted!(self.config, PrimaryOmitsEvidence) {
             return Vec::new();
         }
-        let chain = self.config.chain_id;
+        let epoch = self.validators.epoch();
         self.evidence
-            .proposable(|evidence| self.intake.is_in_flight(&evidence.digest(&chain)))
+            .pending
+            .iter()
+            .filter(|((of, _, _), (_, leaf, _))| *of == epoch && !self.intake.is_in_flight(leaf))
+            .take(MAX_BATCH_EVIDENCE)
+            .map(|(_, (evidence, _, _))| evidence.clone())
+            .collect()
+    }
+
+    /// Whether the primary has anything to propose: requests, or evidence.
+    pub(super) fn has_proposable(&self) -> bool {
+        self.intake.pending_len() > 0 || !self.evidence_to_propose().is_empty()
+    }
+
+    /// After a state transfer: pending evidence goes to the primary again, with a fresh
+    /// deadline (the batch that carried it may be below the installed checkpoint, which the
+    /// primary, knowing it committed, then proposes again).
+    pub(super) fn hand_over_evidence(&mut self) {
+        let deadline = self.timers.timeout_from_now();
+        let primary = Destination::Validator(self.validators.primary(self.view));
+        for evidence in self.evidence.rearm(deadline) {
+            if !self.is_primary() {
+                self.send(primary.clone(), Message::Evidence(evidence).encode());
+            }
+        }
     }
 }

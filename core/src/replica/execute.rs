@@ -329,7 +329,7 @@ impl Replica {
             }
         };
         self.update_low();
-        if self.is_primary() && self.intake.pending_len() > 0 {
+        if self.is_primary() && self.has_proposable() {
             self.propose(false);
         }
         self.deliver_ready();

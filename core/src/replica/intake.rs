@@ -622,7 +622,7 @@ impl Replica {
             self.timers.start_waiting();
             self.advance(seq);
         }
-        let waiting = self.intake.pending_len() > 0 || !self.evidence_to_propose().is_empty();
+        let waiting = self.has_proposable();
         self.timers
             .set_batch(waiting && self.next_seq <= self.high());
     }

@@ -289,7 +289,7 @@ impl Replica {
             Message::StateChunk(chunk) => self.on_chunk(peer, chunk),
             Message::FetchBatches(fetch) => self.on_fetch_batches(peer, fetch),
             Message::Batch(batch) => self.on_batch(batch),
-            Message::Evidence(evidence) => self.on_evidence(evidence),
+            Message::Evidence(evidence) => self.on_evidence(peer, evidence),
             Message::Request(_) | Message::Reply(_) => {
                 Err(Error::UnexpectedMessage(message.kind()))
             }

@@ -374,6 +374,7 @@ impl Replica {
         self.take_checkpoint(checkpoint);
         self.update_low();
         self.timers.progress();
+        self.hand_over_evidence();
         self.deliver_ready();
     }
 }

@@ -101,7 +101,7 @@ impl Replica {
         self.kept.retain(|&seq, _| seq > target);
         self.low = target;
         self.replay_ahead();
-        if self.is_primary() && self.intake.pending_len() > 0 {
+        if self.is_primary() && self.has_proposable() {
             self.propose(false);
         }
     }
