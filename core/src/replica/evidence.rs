@@ -85,6 +85,14 @@ impl EvidencePool {
             .collect()
     }
 
+    /// Forgets pending evidence, at a backup after a state transfer: the batches it skipped
+    /// may have committed it, and it cannot tell (what committed is not in the checkpoint's
+    /// state), so its deadline would time out the view alone. Its peers hold it too (it was
+    /// forwarded to all), so it is not lost; a primary keeps it and commits it again.
+    pub(super) fn forget_pending(&mut self) {
+        self.pending.clear();
+    }
+
     /// Records that a batch carrying `evidence` committed.
     pub(super) fn commit(&mut self, evidence: &[Evidence]) {
         for evidence in evidence {
@@ -186,18 +194,5 @@ impl Replica {
     /// Whether the primary has anything to propose: requests, or evidence.
     pub(super) fn has_proposable(&self) -> bool {
         self.intake.pending_len() > 0 || !self.evidence_to_propose().is_empty()
-    }
-
-    /// After a state transfer: pending evidence goes to the primary again, with a fresh
-    /// deadline (the batch that carried it may be below the installed checkpoint, which the
-    /// primary, knowing it committed, then proposes again).
-    pub(super) fn hand_over_evidence(&mut self) {
-        let deadline = self.timers.timeout_from_now();
-        let primary = Destination::Validator(self.validators.primary(self.view));
-        for evidence in self.evidence.rearm(deadline) {
-            if !self.is_primary() {
-                self.send(primary.clone(), Message::Evidence(evidence).encode());
-            }
-        }
     }
 }

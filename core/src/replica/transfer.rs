@@ -374,7 +374,9 @@ impl Replica {
         self.take_checkpoint(checkpoint);
         self.update_low();
         self.timers.progress();
-        self.hand_over_evidence();
+        if !self.is_primary() {
+            self.evidence.forget_pending();
+        }
         self.deliver_ready();
     }
 }
