@@ -1,6 +1,7 @@
 //! The contract between a node and what it replicates: [`Application`] executes committed
 //! batches inside the node's store transaction, and [`AppError`] says why it could not.
 
+use pbft_core::Evidence;
 use redb::{ReadTransaction, WriteTransaction};
 
 use crate::kv::SnapshotError;
@@ -15,6 +16,17 @@ pub trait Application {
     /// Executes a batch's operations in order, writing through `tx`; one result per
     /// operation.
     fn execute(&mut self, tx: &WriteTransaction, ops: &[&[u8]]) -> Result<Vec<Vec<u8>>, AppError>;
+    /// Takes the equivocation evidence committed in batch `seq` (never empty), before the
+    /// batch's operations execute, in the same transaction. Every correct replica gets the same
+    /// evidence at the same seq, so what the application decides from it (its punishment
+    /// policy) is replicated state like the rest. A piece may come again in a later batch
+    /// ([`pbft_core::Batch::evidence`]): decide per (epoch, offender), not per piece.
+    fn convict(
+        &mut self,
+        tx: &WriteTransaction,
+        seq: u64,
+        evidence: &[Evidence],
+    ) -> Result<(), AppError>;
     /// The state's canonical bytes as of `tx`.
     fn snapshot(&self, tx: &ReadTransaction) -> Result<Vec<u8>, AppError>;
     /// Replaces the state with a snapshot fetched from peers (checked against their signed

@@ -832,6 +832,12 @@ impl<A: Application> Node<A> {
             path: path.clone(),
             source,
         };
+        if !delivery.batch.evidence.is_empty() {
+            let evidence = &delivery.batch.evidence;
+            self.app
+                .convict(round.tx(), delivery.seq, evidence)
+                .map_err(app_error)?;
+        }
         let results = self.app.execute(round.tx(), &ops).map_err(app_error)?;
         round.record_delivery(&delivery, &results)?;
         self.stats.batches_executed += 1;

@@ -5,7 +5,7 @@
 
 use std::sync::{Arc, Condvar, Mutex};
 
-use pbft_core::{ChainId, Client, Config, Keypair, Message, Outcome, ValidatorSet};
+use pbft_core::{ChainId, Client, Config, Evidence, Keypair, Message, Outcome, ValidatorSet};
 use pbft_host::kv::SnapshotError;
 use pbft_host::node::{AppError, Application, Node};
 use redb::{
@@ -45,6 +45,10 @@ impl Application for Counter {
         Ok(results)
     }
 
+    /// A counter punishes no one: committed evidence leaves its state as it is.
+    fn convict(&mut self, _: &WriteTransaction, _: u64, _: &[Evidence]) -> Result<(), AppError> {
+        Ok(())
+    }
     fn snapshot(&self, tx: &ReadTransaction) -> Result<Vec<u8>, AppError> {
         Ok(Counter::total(tx).to_le_bytes().to_vec())
     }
@@ -168,6 +172,15 @@ struct Gated(Arc<Gate>);
 impl Application for Gated {
     fn execute(&mut self, tx: &WriteTransaction, ops: &[&[u8]]) -> Result<Vec<Vec<u8>>, AppError> {
         Counter.execute(tx, ops)
+    }
+
+    fn convict(
+        &mut self,
+        tx: &WriteTransaction,
+        seq: u64,
+        evidence: &[Evidence],
+    ) -> Result<(), AppError> {
+        Counter.convict(tx, seq, evidence)
     }
 
     fn snapshot(&self, tx: &ReadTransaction) -> Result<Vec<u8>, AppError> {

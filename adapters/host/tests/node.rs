@@ -586,3 +586,73 @@ fn every_node_killed_at_once_loses_no_acknowledged_write() {
     let proof = node.proof(seq, &digest).expect("a proof");
     pbft_core::verify_inclusion(&proof.certificate, &proof.request, &proof.proof).unwrap();
 }
+
+/// Validator `offender`'s two commits at `seq` for different digests: what a node that
+/// double-signs sends.
+fn equivocation(offender: usize, seq: u64) -> pbft_core::Evidence {
+    let vote = |digest| {
+        pbft_core::Vote::new(
+            &chain(),
+            0,
+            Phase::Commit,
+            (0, seq),
+            pbft_core::Digest([digest; 32]),
+            pbft_core::ReplicaId(offender as u16),
+            &keys()[offender],
+        )
+    };
+    pbft_core::Evidence {
+        epoch: 0,
+        first: vote(1),
+        second: vote(2),
+    }
+}
+
+fn convicted(node: &Node<KvStore>) -> Vec<pbft_host::kv::Conviction> {
+    KvStore::convicted(&node.store().read().unwrap()).unwrap()
+}
+
+#[test]
+fn evidence_a_backup_forwards_convicts_its_offender_on_every_node_and_survives_a_power_cut() {
+    let mut cluster = Cluster::new();
+    let mut client = cluster.client(97);
+    let mut written = BTreeMap::new();
+    cluster.put(&mut client, &mut written, "a".into(), "1".into());
+    // Node 2 holds validator 3's two commits and forwards them, as a replica that saw both.
+    let evidence = pbft_core::Message::Evidence(equivocation(3, 1)).encode();
+    cluster
+        .network
+        .push_back((0, cluster.public[2], evidence.clone()));
+    cluster.run_until(|cluster| {
+        cluster
+            .nodes
+            .iter()
+            .flatten()
+            .all(|node| !convicted(node).is_empty())
+    });
+    let seq = convicted(cluster.nodes[0].as_ref().unwrap())[0].2;
+    for node in cluster.nodes.iter().flatten() {
+        assert_eq!(
+            convicted(node),
+            vec![(0, 3, seq)],
+            "one conviction, at the same seq"
+        );
+        assert_eq!(node.metrics().evidence_committed, 1);
+    }
+    // Sent again (a replica that restarted may): the primary commits it once more in this
+    // view, and the conviction keeps its first seq.
+    cluster.network.push_back((0, cluster.public[1], evidence));
+    cluster.put(&mut client, &mut written, "b".into(), "2".into());
+    for index in 0..N {
+        cluster.nodes[index].as_mut().unwrap().sync_store().unwrap();
+        cluster.kill(index);
+    }
+    cluster.network.clear();
+    for index in 0..N {
+        cluster.start(index);
+        let node = cluster.nodes[index].as_ref().unwrap();
+        assert_eq!(convicted(node), vec![(0, 3, seq)], "node {index} keeps it");
+    }
+    let read = cluster.call(&mut client, Op::Get { key: b"b".to_vec() });
+    assert_eq!(read, OpResult::Value(Some(b"2".to_vec())));
+}
