@@ -488,11 +488,21 @@ async fn bad_input_at_every_port_is_refused_and_counted(transport: Transport) {
     // replayed votes, an oversized length prefix, a truncated frame. The votes to replay
     // come from its log, so it must have voted: a validator that joined late catches up
     // by fetching committed batches and signs nothing for them, so write until its log
-    // holds votes (each round restarts it).
+    // holds votes (each round restarts it), each round once it caught up with validator 0
+    // (on a loaded machine a restarted validator still fetching signs nothing).
     let mut replayed: Vec<Vec<u8>> = Vec::new();
-    for round in 0..4 {
+    for round in 0..8 {
         let connected = Instant::now() + TIMEOUT;
         while cluster.metric(3, "pbft_peers_connected") < 3 && Instant::now() < connected {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let target = client.status(0, TIMEOUT).await.map_or(0, |s| s.executed);
+        while client
+            .status(3, TIMEOUT)
+            .await
+            .is_none_or(|status| status.executed < target)
+            && Instant::now() < connected
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let mut last = 0;
