@@ -68,6 +68,10 @@ pub enum CertificateError {
         /// The set's epoch.
         expected: u64,
     },
+    /// An epoch change ([`crate::EpochChange`]) that proves no change, or a QC its epoch's
+    /// change rules out; the text says which.
+    #[error("epoch change: {0}")]
+    BadEpochChange(&'static str),
     /// Fewer distinct signers than a quorum.
     #[error("{got} signatures, a quorum is {needed}")]
     TooFewSignatures {

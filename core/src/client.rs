@@ -4,6 +4,7 @@
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec::Vec;
 
+use crate::certificate::CertificateError;
 use crate::config::{ChainId, ReplicaId, ValidatorSet};
 use crate::crypto::{Digest, Keypair, PublicKey, Signature, digest_of};
 use crate::envelope::DecodeError;
@@ -54,6 +55,9 @@ pub enum ClientError {
         /// The validator that sent it.
         from: ReplicaId,
     },
+    /// A validator handed over an epoch change that does not verify.
+    #[error("epoch change: {0}")]
+    EpochChange(CertificateError),
 }
 
 /// Largest reply a client decodes by default: a result and its Merkle path. 4 MiB, the same
@@ -143,6 +147,30 @@ impl Client {
     pub fn with_retransmit_ms(mut self, ms: u64) -> Self {
         self.retransmit_ms = ms.max(1);
         self
+    }
+
+    /// Follows the validator set into the epoch `change` starts ([`crate::EpochChange`], as
+    /// a validator hands it out): checks it with the current set, then checks replies with
+    /// the new one. Replies counted so far for the outstanding request are dropped (ids are
+    /// positions in a set, and the set changed); its retransmission gathers them again.
+    ///
+    /// # Errors
+    ///
+    /// [`CertificateError`] from [`crate::verify_epoch_change`]: a change of another epoch,
+    /// or one that does not verify. Nothing changes then.
+    pub fn enter_epoch(&mut self, change: &crate::EpochChange) -> Result<(), CertificateError> {
+        self.validators = crate::verify_epoch_change(&self.chain, &self.validators, change)?;
+        self.view = 0;
+        if let Some(outstanding) = &mut self.outstanding {
+            outstanding.replies.clear();
+            outstanding.proved = None;
+        }
+        Ok(())
+    }
+
+    /// The validator set this client checks replies with; ids are positions in it.
+    pub fn validators(&self) -> &ValidatorSet {
+        &self.validators
     }
 
     /// The validator to send a new request to: the primary of the latest view a result came
@@ -245,6 +273,15 @@ impl Client {
         let reply =
             match Message::decode(bytes, self.max_message_bytes).map_err(ClientError::Decode)? {
                 Message::Reply(reply) => reply,
+                // A validator (or gateway) hands over the change that ended this client's
+                // epoch, once per epoch; one of an epoch passed is a repeat.
+                Message::EpochChange(change) => {
+                    if change.state.epoch == self.validators.epoch() {
+                        self.enter_epoch(&change)
+                            .map_err(ClientError::EpochChange)?;
+                    }
+                    return Ok(None);
+                }
                 _ => return Err(ClientError::NotAReply),
             };
         let outstanding = self

@@ -66,6 +66,9 @@ pub struct ValidatorSet {
     epoch: u64,
     keys: Vec<VerifyingKey>,
     ids: BTreeMap<PublicKey, ReplicaId>,
+    /// The checkpoint (seq, state digest) the epoch started from: its genesis, which needs
+    /// no signatures of this set (the previous epoch's certified it). (0, zero) at genesis.
+    base: (u64, Digest),
 }
 
 /// Why a validator set or config cannot be used.
@@ -83,6 +86,13 @@ pub enum ConfigError {
     /// A key fails the signature acceptance rule.
     #[error("validator key {0}: {1}")]
     BadValidatorKey(PublicKey, crate::crypto::CryptoError),
+    /// This validator's key is not in the set of the epoch its log says it entered: a
+    /// committed decision removed it ([`crate::EpochChange`]).
+    #[error("this validator was removed from the validator set at epoch {epoch}")]
+    Removed {
+        /// The first epoch without it.
+        epoch: u64,
+    },
     /// A field is out of its range; the text says which and why.
     #[error("{0}")]
     Invalid(&'static str),
@@ -129,7 +139,20 @@ impl ValidatorSet {
             epoch,
             keys: checked,
             ids,
+            base: (0, Digest::default()),
         })
+    }
+
+    /// The set starting from the checkpoint at `seq` with state `digest`, which the previous
+    /// epoch certified ([`crate::EpochChange`]).
+    pub(crate) fn starting_at(mut self, seq: u64, digest: Digest) -> Self {
+        self.base = (seq, digest);
+        self
+    }
+
+    /// The checkpoint (seq, state digest) the epoch started from; (0, zero) at genesis.
+    pub fn base(&self) -> (u64, Digest) {
+        self.base
     }
 
     /// The epoch this set governs.
@@ -188,6 +211,11 @@ impl ValidatorSet {
     /// The checked key of validator `id`.
     pub fn key(&self, id: ReplicaId) -> Option<&VerifyingKey> {
         self.keys.get(usize::from(id.0))
+    }
+
+    /// Every validator key, in id order.
+    pub fn public_keys(&self) -> impl Iterator<Item = PublicKey> + '_ {
+        self.keys.iter().map(VerifyingKey::public_key)
     }
 
     /// Every validator id, in order.
@@ -289,6 +317,12 @@ pub struct Config {
     /// ([`ChainId::for_network`]): validators that list different gateways sign for
     /// different chains, so a mismatch fails closed.
     pub attesting_gateways: Vec<PublicKey>,
+    /// Whether a committed conviction removes the offender from the set at the next epoch
+    /// boundary ([`crate::NextEpoch`]). Default true: equivocation is the one fault a
+    /// validator cannot commit by accident (its signer refuses a second vote for a slot, also
+    /// across restarts), so evidence of it is proof of a faulty or compromised key. Part of
+    /// [`Config::agreed`]: every validator must decide the same.
+    pub slash_equivocators: bool,
     /// The bug planted in this replica, for the mutation test only ([`crate::mutants`]).
     #[cfg(feature = "mutants")]
     #[serde(skip)]
@@ -320,6 +354,7 @@ impl Default for Config {
             max_snapshot_bytes: 256 << 20,
             fast_path: true,
             attesting_gateways: Vec::new(),
+            slash_equivocators: true,
             #[cfg(feature = "mutants")]
             mutant: None,
         }
@@ -340,9 +375,10 @@ impl Config {
     /// `snapshot_chunk_bytes`, `max_clients`, which decides the exactly-once floor), what a
     /// pre-prepare may hold (`max_batch_ops`, `max_batch_bytes`, `max_request_bytes`), the
     /// window view changes are checked against (`window`), and the largest message and
-    /// snapshot a replica takes (`max_message_bytes`, `max_snapshot_bytes`). The others are
-    /// each node's own (timeouts, buffers, retention).
-    pub fn agreed(&self) -> [u64; 9] {
+    /// snapshot a replica takes (`max_message_bytes`, `max_snapshot_bytes`), and whether
+    /// convictions change the set (`slash_equivocators`). The others are each node's own
+    /// (timeouts, buffers, retention).
+    pub fn agreed(&self) -> [u64; 10] {
         [
             self.checkpoint_interval,
             u64::from(self.snapshot_chunk_bytes),
@@ -353,6 +389,7 @@ impl Config {
             self.window,
             self.max_message_bytes as u64,
             self.max_snapshot_bytes,
+            u64::from(self.slash_equivocators),
         ]
     }
 

@@ -116,6 +116,17 @@ pub enum Error {
     /// A certificate (QC or stable checkpoint) that does not verify.
     #[error("invalid certificate: {0}")]
     Certificate(#[from] CertificateError),
+    /// This validator was removed from the set by an epoch change and takes no more part.
+    #[error("this validator was removed from the validator set")]
+    Retired,
+    /// A message of another epoch than this replica's.
+    #[error("message of epoch {got}, this replica is in epoch {current}")]
+    OtherEpoch {
+        /// The message's epoch.
+        got: u64,
+        /// This replica's.
+        current: u64,
+    },
     /// A message of the current view while this replica waits for the view's new view.
     #[error("waiting for the new view")]
     ViewChanging,
@@ -159,6 +170,8 @@ impl Error {
             Error::HostContract(_) => "host_contract",
             Error::ViewChange(_) => "invalid_view_change",
             Error::Certificate(_) => "invalid_certificate",
+            Error::Retired => "retired",
+            Error::OtherEpoch { .. } => "other_epoch",
             Error::ViewChanging => "view_changing",
             Error::RateLimited => "rate_limited",
             Error::OverBudget => "over_budget",

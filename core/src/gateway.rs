@@ -33,6 +33,7 @@
 
 mod attested;
 mod config;
+mod epochs;
 
 use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::vec::Vec;
@@ -363,6 +364,7 @@ impl Gateway {
             .map_err(ClientError::Decode)?
         {
             Message::Reply(reply) => reply,
+            Message::EpochChange(change) => return self.on_epoch_change(&change),
             _ => return Err(ClientError::NotAReply),
         };
         // A validator sends its own replies: one naming another signer would let the sender

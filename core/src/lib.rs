@@ -105,6 +105,7 @@ mod client;
 mod config;
 mod crypto;
 pub mod envelope;
+mod epoch;
 mod error;
 mod gateway;
 mod merkle;
@@ -152,6 +153,12 @@ pub use state::{FetchState, Manifest, SnapshotJob, StateChunk, TakenSnapshot};
 pub use statement::{
     Attestation, Batch, Evidence, MAX_BATCH_EVIDENCE, Phase, PrePrepare, Reply, Request, Vote,
     attest, attestation_digest, reply_leaf, reply_root_digest, vote_digest,
+};
+
+// Epochs: the validator set as replicated state, and the proof of each change.
+pub use epoch::{
+    EpochChange, EpochState, NextEpoch, boundary_after, verify_epoch_change,
+    verify_qc_across_epochs,
 };
 
 // Certificates and evidence.

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::certificate::Committed;
 use crate::crypto::Digest;
 use crate::envelope::{self, DecodeError};
+use crate::epoch::EpochChange;
 use crate::new_view::NewView;
 use crate::state::{FetchState, Manifest, StateChunk};
 use crate::statement::Evidence;
@@ -27,6 +28,8 @@ pub const COMMITTED: u8 = 4;
 /// only costs the liar the answers it did not get.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
+    /// The sender's epoch: views, seqs and checkpoints below are of it.
+    pub epoch: u64,
     /// The sender's view.
     pub view: u64,
     /// Whether the sender runs `view` (false while it waits for its new view).
@@ -95,6 +98,8 @@ pub enum Message {
     Batch(BatchAt),
     /// Equivocation evidence, forwarded so that it reaches the primary and is committed.
     Evidence(Evidence),
+    /// Proof that the receiver's epoch ended, for a validator still in it.
+    EpochChange(EpochChange),
 }
 impl Message {
     /// Encodes into the versioned [`crate::envelope`].
@@ -163,6 +168,7 @@ impl Message {
             Message::FetchBatches(_) => "fetch-batches",
             Message::Batch(_) => "batch",
             Message::Evidence(_) => "evidence",
+            Message::EpochChange(_) => "epoch change",
         }
     }
 }

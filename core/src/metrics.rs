@@ -38,6 +38,10 @@ pub struct Metrics {
     pub evidence_reported: u64,
     /// Pieces of evidence in delivered batches.
     pub evidence_committed: u64,
+    /// Committed convictions that changed the scheduled validator set ([`crate::NextEpoch`]).
+    pub validators_convicted: u64,
+    /// Epochs this replica entered ([`crate::EpochChange`]).
+    pub epochs_entered: u64,
     /// Encoded bytes handed to the host for sending (a broadcast counts once per peer).
     pub bytes_sent: u64,
     /// New views this replica entered.

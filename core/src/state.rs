@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::ChainId;
 use crate::crypto::{Digest, Hasher};
+use crate::epoch::{EpochState, checkpoint_digest};
 use crate::merkle::{self, InclusionProof};
 
 /// What a checkpoint's digest commits to: everything but the application's bytes, which are
@@ -27,16 +28,23 @@ pub struct Manifest {
     pub app_len: u64,
     /// Bytes per chunk (the last may be shorter).
     pub chunk_bytes: u32,
-    /// The core's replicated state (the exactly-once table), encoded.
+    /// The exactly-once table, encoded.
     pub clients: Vec<u8>,
+    /// The validator set's part of the replicated state: the epoch and any scheduled change.
+    pub epoch: EpochState,
 }
 
 impl Manifest {
-    /// The checkpoint digest the replicas sign.
+    /// The checkpoint digest the replicas sign: the seq, [`Manifest::body_digest`] and the
+    /// epoch state, so an [`crate::EpochChange`] proves the epoch state without the rest.
     pub fn digest(&self, chain: &ChainId) -> Digest {
-        Hasher::new(b"pbft/v1/checkpoint-state")
-            .digest(&chain.0)
-            .u64(self.seq)
+        checkpoint_digest(chain, self.seq, &self.body_digest(), &self.epoch)
+    }
+
+    /// The digest of everything but the epoch state: the application's chunks and the
+    /// exactly-once table.
+    pub fn body_digest(&self) -> Digest {
+        Hasher::new(b"pbft/v2/checkpoint-body")
             .digest(&self.app_root)
             .u64(self.app_len)
             .u64(u64::from(self.chunk_bytes))
@@ -101,7 +109,12 @@ pub(crate) struct Snapshot {
 
 impl Snapshot {
     /// Cuts `app` into chunks and digests everything.
-    pub(crate) fn new(seq: u64, app: Vec<u8>, clients: Vec<u8>, chunk_bytes: u32) -> Snapshot {
+    pub(crate) fn new(
+        seq: u64,
+        app: Vec<u8>,
+        (clients, epoch): (Vec<u8>, EpochState),
+        chunk_bytes: u32,
+    ) -> Snapshot {
         let leaves: Vec<Digest> = app
             .chunks(chunk_bytes.max(1) as usize)
             .enumerate()
@@ -115,6 +128,7 @@ impl Snapshot {
                 app_len: app.len() as u64,
                 chunk_bytes,
                 clients,
+                epoch,
             },
             app,
             tree,
@@ -147,6 +161,7 @@ pub struct SnapshotJob {
     /// seq (after a repair) is told from the new one by it.
     pub(crate) id: u64,
     pub(crate) clients: Vec<u8>,
+    pub(crate) epoch: EpochState,
     pub(crate) chunk_bytes: u32,
 }
 
@@ -160,7 +175,7 @@ impl SnapshotJob {
     /// and digests it all: the work that grows with the state, O(`app.len()`) of hashing.
     pub fn finish(self, app: Vec<u8>) -> TakenSnapshot {
         TakenSnapshot {
-            snapshot: Snapshot::new(self.seq, app, self.clients, self.chunk_bytes),
+            snapshot: Snapshot::new(self.seq, app, (self.clients, self.epoch), self.chunk_bytes),
             job: self.id,
         }
     }
@@ -185,9 +200,11 @@ impl TakenSnapshot {
         &self.snapshot.app
     }
 
-    /// The encoded exactly-once table.
-    pub fn clients(&self) -> &[u8] {
-        &self.snapshot.manifest.clients
+    /// The core's replicated state there (the exactly-once table and the epoch state), in
+    /// the canonical encoding [`crate::CheckpointState::core`] takes back: opaque to hosts.
+    pub fn core_state(&self) -> Vec<u8> {
+        let manifest = &self.snapshot.manifest;
+        encode_core_state(&manifest.clients, &manifest.epoch)
     }
 }
 
@@ -198,6 +215,18 @@ impl core::fmt::Debug for TakenSnapshot {
             .field("app_len", &self.snapshot.manifest.app_len)
             .finish()
     }
+}
+
+/// The core's replicated state at a checkpoint as hosts keep it: the exactly-once table and
+/// the epoch state.
+pub(crate) fn encode_core_state(clients: &[u8], epoch: &EpochState) -> Vec<u8> {
+    postcard::to_allocvec(&(serde_bytes::Bytes::new(clients), epoch)).unwrap_or_default()
+}
+
+/// Reads [`encode_core_state`]'s bytes back.
+pub(crate) fn decode_core_state(bytes: &[u8]) -> Option<(Vec<u8>, EpochState)> {
+    let (clients, epoch): (serde_bytes::ByteBuf, EpochState) = postcard::from_bytes(bytes).ok()?;
+    Some((clients.into_vec(), epoch))
 }
 
 /// Whether `chunk` is chunk `chunk.index` of the snapshot `manifest` describes.
@@ -223,7 +252,8 @@ mod tests {
     #[test]
     fn every_chunk_verifies_and_any_change_is_caught() {
         let app: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
-        let snapshot = Snapshot::new(64, app.clone(), alloc::vec![1, 2, 3], 96);
+        let epoch = EpochState::default();
+        let snapshot = Snapshot::new(64, app.clone(), (alloc::vec![1, 2, 3], epoch), 96);
         let manifest = &snapshot.manifest;
         assert_eq!(manifest.chunks(), 11);
         let mut rebuilt = Vec::new();
@@ -254,5 +284,16 @@ mod tests {
         let mut other = manifest.clone();
         other.chunk_bytes = 97;
         assert_ne!(other.digest(&chain()), digest);
+        let mut other = manifest.clone();
+        other.epoch.next = Some(crate::epoch::NextEpoch {
+            boundary: 128,
+            validators: alloc::vec::Vec::new(),
+        });
+        assert_ne!(other.digest(&chain()), digest);
+        let core = encode_core_state(&manifest.clients, &manifest.epoch);
+        assert_eq!(
+            decode_core_state(&core),
+            Some((manifest.clients.clone(), manifest.epoch.clone()))
+        );
     }
 }

@@ -128,11 +128,12 @@ impl StableCheckpoint {
         validators: &ValidatorSet,
         verifier: &mut BatchVerifier,
     ) -> Result<(), CertificateError> {
-        if self.seq == 0 {
-            return match *self == Self::genesis() {
-                true => Ok(()),
-                false => Err(CertificateError::BadSignature),
-            };
+        if is_epoch_start(validators, self) {
+            return Ok(());
+        }
+        if self.seq <= validators.base().0 {
+            // Certified by an earlier epoch's set, if at all.
+            return Err(CertificateError::BadSignature);
         }
         let signed = vote_digest(
             chain,
@@ -518,11 +519,20 @@ pub(crate) fn check_checkpoint_shape(
     validators: &ValidatorSet,
     checkpoint: &StableCheckpoint,
 ) -> Result<(), CertificateError> {
-    match checkpoint.seq {
-        0 if *checkpoint == StableCheckpoint::genesis() => Ok(()),
-        0 => Err(CertificateError::BadSignature),
-        _ => check_quorum(validators, &checkpoint.signatures),
+    if is_epoch_start(validators, checkpoint) {
+        return Ok(());
     }
+    match checkpoint.seq <= validators.base().0 {
+        true => Err(CertificateError::BadSignature),
+        false => check_quorum(validators, &checkpoint.signatures),
+    }
+}
+
+/// Whether `checkpoint` is where the epoch of `validators` started, without signatures: the
+/// genesis at seq 0, or the boundary the previous epoch certified ([`crate::EpochChange`]),
+/// which the replicas of this epoch carry bare.
+pub(crate) fn is_epoch_start(validators: &ValidatorSet, checkpoint: &StableCheckpoint) -> bool {
+    (checkpoint.seq, checkpoint.digest) == validators.base() && checkpoint.signatures.is_empty()
 }
 
 /// Checks a view change's own signature (one check), after its shape. Its certificates are

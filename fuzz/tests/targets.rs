@@ -68,6 +68,7 @@ fn valid_messages() -> Vec<Vec<u8>> {
         );
         messages.push(
             Message::Status(Status {
+                epoch: 0,
                 view: seq % 3,
                 normal: seq % 2 == 0,
                 stable: 0,
@@ -112,6 +113,7 @@ fn valid_messages() -> Vec<Vec<u8>> {
             app_len: 100,
             chunk_bytes: 64,
             clients: vec![0, 0],
+            epoch: pbft_core::EpochState::default(),
         })
         .encode(),
     );

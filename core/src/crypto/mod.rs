@@ -308,6 +308,15 @@ impl Keypair {
         self.public.bytes
     }
 
+    /// A second handle on the same key (a replica rebuilding itself for a new epoch); the
+    /// secret is copied inside `ed25519-dalek`, which wipes each copy when it is dropped.
+    pub(crate) fn duplicate(&self) -> Keypair {
+        Keypair {
+            signing: self.signing.clone(),
+            public: self.public,
+        }
+    }
+
     /// The public half, ready for verification.
     pub fn verifying_key(&self) -> &VerifyingKey {
         &self.public

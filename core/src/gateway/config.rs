@@ -198,6 +198,11 @@ pub enum GatewayOutput {
         /// f + 1 signed replies with one result, from distinct validators.
         replies: Vec<Reply>,
     },
+    /// The gateway entered the epoch `change` starts: hand it (as a
+    /// [`Message::EpochChange`](crate::Message::EpochChange)) to every connected client,
+    /// whose [`crate::Client::enter_epoch`] checks it; replies are signed in that epoch from
+    /// now on.
+    EpochStarted(crate::EpochChange),
     /// A request the gateway accepted was refused later: tell the client why.
     Refused {
         /// The client.

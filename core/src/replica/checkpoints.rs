@@ -221,8 +221,9 @@ impl Checkpoints {
     /// may still fetch the stable one) that no peer fetched within `idle_ms` of `now`, but
     /// the newest of them: a peer that learned of the stable checkpoint a message delay ago
     /// asks for that one, and under load the checkpoint moves on in less (a checkpoint every
-    /// few ms made every first request of a transfer miss).
-    pub(super) fn prune(&mut self, low: u64, now: u64, idle_ms: u64) {
+    /// few ms made every first request of a transfer miss). The state at `base` (where the
+    /// epoch started) stays too: a replica still in the previous epoch can only reach it.
+    pub(super) fn prune(&mut self, (low, base): (u64, u64), now: u64, idle_ms: u64) {
         self.own.retain(|&seq, _| seq > low);
         self.pins
             .retain(|_, &mut (_, at)| now < at.saturating_add(idle_ms));
@@ -234,7 +235,10 @@ impl Checkpoints {
             .map(|(&seq, _)| seq);
         let pins = &self.pins;
         self.snapshots.retain(|&seq, _| {
-            seq >= stable || Some(seq) == previous || pins.values().any(|&(at, _)| at == seq)
+            seq >= stable
+                || seq == base
+                || Some(seq) == previous
+                || pins.values().any(|&(at, _)| at == seq)
         });
     }
 
@@ -316,11 +320,12 @@ impl Replica {
             // Two states signed for one seq: evidence, reported once; the first vote stays.
             let culprit = vote.replica;
             self.checkpoints.report(seq, culprit);
-            self.found_evidence(Evidence {
+            let evidence = Evidence {
                 epoch: self.validators.epoch(),
                 first,
                 second: vote,
-            });
+            };
+            self.found_evidence(evidence, key.public_key());
             return Err(Error::Equivocation(culprit));
         }
         self.checkpoints.add_vote(vote);
@@ -375,6 +380,11 @@ impl Replica {
         }
         self.metrics.signatures_verified += checkpoint.signatures.len() as u64;
         self.metrics.signatures_batch_verified += checkpoint.signatures.len() as u64;
+        if self.changes_ahead.len() > 1 {
+            // More than an epoch behind: a checkpoint of the last epoch the changes reach is
+            // where this replica jumps to.
+            return self.jump_target(checkpoint);
+        }
         verify_checkpoint(&self.config.chain_id, &self.validators, &checkpoint)?;
         self.adopt_checkpoint(checkpoint);
         Ok(())

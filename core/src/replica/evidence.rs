@@ -24,7 +24,7 @@ use alloc::vec::Vec;
 use super::{Destination, Output, Replica};
 use crate::certificate::verify_evidence;
 use crate::config::ReplicaId;
-use crate::crypto::Digest;
+use crate::crypto::{Digest, PublicKey, VerifyingKey};
 use crate::error::Error;
 use crate::message::Message;
 use crate::statement::{Evidence, MAX_BATCH_EVIDENCE, Phase};
@@ -36,15 +36,19 @@ fn key(evidence: &Evidence) -> Key {
     (evidence.epoch, evidence.offender(), evidence.first.phase)
 }
 
+/// A piece of evidence waiting for a batch: the evidence, its batch leaf, when it must have
+/// committed (ms), and the key it convicts.
+type Pending = (Evidence, Digest, u64, PublicKey);
+
 /// Evidence this replica holds until a batch carrying it commits.
 ///
 /// Pending evidence holds the primary to a deadline as a watched request does: a primary
 /// that leaves it out (evidence against itself, say) is replaced by a view change.
 #[derive(Debug, Default)]
 pub(super) struct EvidencePool {
-    /// Evidence not yet committed: the evidence, its batch leaf, and when it must have
-    /// committed (ms).
-    pending: BTreeMap<Key, (Evidence, Digest, u64)>,
+    /// Evidence not yet committed: the evidence, its batch leaf, when it must have
+    /// committed (ms), and the offender's key.
+    pending: BTreeMap<Key, Pending>,
     /// Evidence this replica saw committed. Not replicated state: a replica that restarted
     /// or fetched a checkpoint may not know what committed before.
     committed: BTreeSet<Key>,
@@ -56,20 +60,42 @@ pub(super) struct EvidencePool {
 impl EvidencePool {
     /// Keeps `evidence` until it commits, or until `deadline` (ms) passes and the view
     /// changes, unless one of its key is pending; whether it was new.
-    fn add(&mut self, evidence: Evidence, leaf: Digest, deadline: u64) -> bool {
+    fn add(
+        &mut self,
+        evidence: Evidence,
+        leaf: Digest,
+        deadline: u64,
+        offender: PublicKey,
+    ) -> bool {
         let key = key(&evidence);
         if self.pending.contains_key(&key) {
             return false;
         }
-        self.pending.insert(key, (evidence, leaf, deadline));
+        self.pending
+            .insert(key, (evidence, leaf, deadline, offender));
         true
+    }
+
+    /// Drops pending evidence against keys `keep` refuses (scheduled out of the set: nothing
+    /// more to decide, so nothing to hold a primary to).
+    pub(super) fn retain_pending(&mut self, mut keep: impl FnMut(&PublicKey) -> bool) {
+        self.pending.retain(|_, (_, _, _, offender)| keep(offender));
+    }
+
+    /// Takes every pending piece with the key it convicts (a replica entering the next epoch
+    /// keeps what is still to commit).
+    pub(super) fn take_pending(&mut self) -> Vec<(Evidence, PublicKey)> {
+        core::mem::take(&mut self.pending)
+            .into_values()
+            .map(|(evidence, _, _, offender)| (evidence, offender))
+            .collect()
     }
 
     /// The earliest deadline of pending evidence.
     pub(super) fn deadline(&self) -> Option<u64> {
         self.pending
             .values()
-            .map(|(_, _, deadline)| *deadline)
+            .map(|(_, _, deadline, _)| *deadline)
             .min()
     }
 
@@ -78,7 +104,7 @@ impl EvidencePool {
     pub(super) fn rearm(&mut self, deadline: u64) -> Vec<Evidence> {
         self.pending
             .values_mut()
-            .map(|(evidence, _, due)| {
+            .map(|(evidence, _, due, _)| {
                 *due = deadline;
                 evidence.clone()
             })
@@ -106,14 +132,20 @@ impl EvidencePool {
 impl Replica {
     /// Reports evidence this replica verified (found itself or received), forwards it to
     /// every peer the first time, and, as the primary, proposes it.
-    pub(super) fn found_evidence(&mut self, evidence: Evidence) {
+    /// `offender` is the key it convicts; evidence against a key no longer punishable (out
+    /// of the set, or scheduled out) is dropped.
+    pub(super) fn found_evidence(&mut self, evidence: Evidence, offender: PublicKey) {
         let key = key(&evidence);
-        if self.evidence.pending.contains_key(&key) || self.evidence.committed.contains(&key) {
+        if self.evidence.pending.contains_key(&key)
+            || self.evidence.committed.contains(&key)
+            || !self.punishable(&offender)
+        {
             return;
         }
         let leaf = evidence.digest(&self.config.chain_id);
         let deadline = self.timers.timeout_from_now();
-        self.evidence.add(evidence.clone(), leaf, deadline);
+        self.evidence
+            .add(evidence.clone(), leaf, deadline, offender);
         self.metrics.evidence_reported += 1;
         self.send(
             Destination::AllValidators,
@@ -154,45 +186,57 @@ impl Replica {
         if self.evidence.pending.contains_key(&key) {
             return Err(Error::Duplicate);
         }
+        // Against the set of its epoch (an earlier one's evidence still convicts its key),
+        // and only while it can still change the set.
+        let set = self.set_of_epoch(evidence.epoch)?;
+        let offender = set
+            .key(evidence.offender())
+            .map(VerifyingKey::public_key)
+            .ok_or(Error::NotAValidator)?;
+        if !self.punishable(&offender) {
+            return Err(Error::Duplicate);
+        }
         let now = self.timers.now();
         if !self.budget.allows(peer, now) {
             return Err(Error::OverBudget);
         }
         self.metrics.signatures_verified += 2;
-        if let Err(err) = verify_evidence(&self.config.chain_id, &self.validators, &evidence) {
+        if let Err(err) = verify_evidence(&self.config.chain_id, &set, &evidence) {
             self.budget.charge(peer, 2, now);
             return Err(err.into());
         }
         if !committed {
-            self.found_evidence(evidence);
+            self.found_evidence(evidence, offender);
             return Ok(());
         }
         self.evidence.recommitted.1.insert(key);
         let leaf = evidence.digest(&self.config.chain_id);
         let deadline = self.timers.timeout_from_now();
-        self.evidence.add(evidence, leaf, deadline);
+        self.evidence.add(evidence, leaf, deadline, offender);
         self.propose(false);
         Ok(())
     }
 
-    /// The evidence for the next batch: pending, of this epoch, and in no batch in flight
-    /// here; at most [`MAX_BATCH_EVIDENCE`].
+    /// The evidence for the next batch: pending, against a key still punishable, and in no
+    /// batch in flight here; at most [`MAX_BATCH_EVIDENCE`].
     pub(super) fn evidence_to_propose(&self) -> Vec<Evidence> {
         if planted!(self.config, PrimaryOmitsEvidence) {
             return Vec::new();
         }
-        let epoch = self.validators.epoch();
         self.evidence
             .pending
-            .iter()
-            .filter(|((of, _, _), (_, leaf, _))| *of == epoch && !self.intake.is_in_flight(leaf))
+            .values()
+            .filter(|(_, leaf, _, offender)| {
+                self.punishable(offender) && !self.intake.is_in_flight(leaf)
+            })
             .take(MAX_BATCH_EVIDENCE)
-            .map(|(_, (evidence, _, _))| evidence.clone())
+            .map(|(evidence, _, _, _)| evidence.clone())
             .collect()
     }
 
-    /// Whether the primary has anything to propose: requests, or evidence.
+    /// Whether the primary has anything to propose: requests, evidence, or empty batches up
+    /// to a scheduled boundary.
     pub(super) fn has_proposable(&self) -> bool {
-        self.intake.pending_len() > 0 || !self.evidence_to_propose().is_empty()
+        self.intake.pending_len() > 0 || !self.evidence_to_propose().is_empty() || self.must_pad()
     }
 }

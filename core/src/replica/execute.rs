@@ -23,8 +23,10 @@ impl Replica {
         // Nothing executes on a state that diverged from the stable checkpoint: the install
         // of the stable state comes first (see `check_diverged`).
         let repairing = self.repairing();
+        // Nothing past a scheduled boundary: the next epoch orders it (nothing honest got there).
         while self.last_delivered == self.executed
             && !repairing
+            && self.last_delivered < self.epoch_end()
             && let Some(slot) = self.log.get_mut(&(self.last_delivered + 1))
         {
             let Some(certificate) = slot.certificate.clone() else {
@@ -76,6 +78,7 @@ impl Replica {
                     .as_ref()
                     .is_some_and(|p| p.digest == certificate.digest);
             let redo = (!logged).then(|| batch.clone());
+            self.convict(seq, &batch.evidence);
             self.outbox
                 .persist(Record::Committed(certificate.clone(), redo));
             self.outbox.push(Output::Deliver(Delivery {
@@ -179,6 +182,7 @@ impl Replica {
             seq,
             id,
             clients: self.clients.export(),
+            epoch: self.epoch_state(seq),
             chunk_bytes: self.config.snapshot_chunk_bytes,
         }
     }
@@ -306,6 +310,7 @@ impl Replica {
                 replica: self.id,
                 signature,
             };
+            self.tell_epoch(client);
             // Encoded, then kept: the reply moves into the message and back, uncopied.
             let message = Message::Reply(reply);
             self.send(Destination::Client(client), message.encode());
@@ -365,6 +370,7 @@ impl Replica {
             replica: self.id,
             signature,
         };
+        self.tell_epoch(request.client);
         let bytes = Message::Reply(reply.clone()).encode();
         self.send(Destination::Client(request.client), bytes);
         self.clients.store_reply(reply);

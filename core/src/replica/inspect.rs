@@ -7,7 +7,7 @@ use alloc::vec::Vec;
 use super::restore::CheckpointState;
 use super::slot::Slot;
 use super::{Mode, Replica};
-use crate::config::{Config, ReplicaId};
+use crate::config::{Config, ReplicaId, ValidatorSet};
 use crate::metrics::Metrics;
 use crate::view_change::StableCheckpoint;
 
@@ -67,9 +67,15 @@ impl Replica {
         &self.config
     }
 
-    /// This replica's id.
+    /// This replica's id in its epoch's set.
     pub fn id(&self) -> ReplicaId {
         self.id
+    }
+
+    /// The validator set of this replica's epoch ([`ValidatorSet::epoch`]): ids in outputs
+    /// are positions in it.
+    pub fn validators(&self) -> &ValidatorSet {
+        &self.validators
     }
 
     /// The current view.
@@ -116,7 +122,10 @@ impl Replica {
         Some(CheckpointState {
             seq,
             app: snapshot.app.clone(),
-            clients: snapshot.manifest.clients.clone(),
+            core: crate::state::encode_core_state(
+                &snapshot.manifest.clients,
+                &snapshot.manifest.epoch,
+            ),
         })
     }
 

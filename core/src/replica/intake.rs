@@ -506,12 +506,14 @@ impl Replica {
     /// `max_batch_bytes` or [`MAX_BATCH_EVIDENCE`]; [`Error::RequestTooLarge`] for an op
     /// over `max_request_bytes`.
     pub(super) fn check_batch_limits(&self, batch: &Batch) -> Result<(), Error> {
+        // An empty batch fills a seq up to a scheduled boundary, and nothing else.
+        let empty_allowed = self.schedule.is_some();
         let requests = &batch.requests;
         requests
             .iter()
             .try_for_each(|request| self.check_attestation(request))?;
         let bytes: usize = requests.iter().map(Request::encoded_len).sum();
-        if batch.is_empty()
+        if (batch.is_empty() && !empty_allowed)
             || batch.evidence.len() > MAX_BATCH_EVIDENCE
             || requests.len() > self.config.max_batch_ops
             || bytes > self.config.max_batch_bytes
@@ -575,11 +577,13 @@ impl Replica {
         }
         while self.next_seq <= self.high() {
             let evidence = self.evidence_to_propose();
-            if self.intake.pending_len() == 0 && evidence.is_empty() {
+            // Up to a scheduled boundary every seq is filled, with an empty batch if need be.
+            let pad = self.must_pad();
+            if self.intake.pending_len() == 0 && evidence.is_empty() && !pad {
                 break;
             }
             let idle = self.next_seq == self.low + 1;
-            if !force && !idle && self.intake.pending_len() < self.config.max_batch_ops {
+            if !force && !idle && !pad && self.intake.pending_len() < self.config.max_batch_ops {
                 break;
             }
             let requests = self
@@ -587,7 +591,7 @@ impl Replica {
                 .cut(self.config.max_batch_ops, self.config.max_batch_bytes);
             let chain = self.config.chain_id;
             let (requests, mut leaves) = self.intake.verified(&mut self.metrics, &chain, requests);
-            if requests.is_empty() && evidence.is_empty() {
+            if requests.is_empty() && evidence.is_empty() && !pad {
                 continue;
             }
             let batch = Batch { requests, evidence };

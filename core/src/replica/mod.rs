@@ -12,6 +12,7 @@
 
 mod budget;
 mod checkpoints;
+mod epoch;
 mod evidence;
 mod exactly_once;
 mod execute;
@@ -36,10 +37,12 @@ pub use output::{Delivery, Destination, Install, Output, Record};
 pub use restore::{CheckpointState, ExecutedState};
 
 use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
+use alloc::vec::Vec;
 
 use crate::certificate::{CommitPath, Committed};
 use crate::config::{Config, ConfigError, ReplicaId, ValidatorSet};
 use crate::crypto::{Keypair, PublicKey};
+use crate::epoch::{EpochChange, NextEpoch};
 use crate::error::Error;
 use crate::merkle;
 use crate::message::Message;
@@ -112,6 +115,19 @@ pub struct Replica {
     checkpoints: Checkpoints,
     /// Evidence found or received, until a batch commits it.
     evidence: evidence::EvidencePool,
+    /// The change of the validator set a committed conviction scheduled ([`epoch`]).
+    schedule: Option<NextEpoch>,
+    /// The seq whose delivery last changed `schedule` (or the installed state's seq).
+    scheduled_at: u64,
+    /// The changes from genesis to this epoch, oldest first.
+    epoch_changes: Vec<EpochChange>,
+    /// Changes after this epoch, verified in order from it: a replica more than an epoch
+    /// behind jumps to the last one's epoch through them ([`epoch`]).
+    changes_ahead: Vec<EpochChange>,
+    /// Removed from the set by an epoch change: takes no more part.
+    retired: bool,
+    /// Clients this replica handed the chain of changes in this epoch.
+    epoch_told: BTreeSet<PublicKey>,
     metrics: Metrics,
 }
 
@@ -142,6 +158,12 @@ impl Replica {
             intake: Intake::default(),
             checkpoints: Checkpoints::default(),
             evidence: evidence::EvidencePool::default(),
+            schedule: None,
+            scheduled_at: 0,
+            epoch_changes: Vec::new(),
+            changes_ahead: Vec::new(),
+            retired: false,
+            epoch_told: BTreeSet::new(),
             config,
             validators,
             id,
@@ -175,6 +197,9 @@ impl Replica {
     /// and heartbeats.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<u64> {
+        if self.retired {
+            return None;
+        }
         [
             self.timers.batch(),
             self.view_deadline(),
@@ -188,6 +213,9 @@ impl Replica {
     /// Time passed (`now`, ms): cuts a batch whose delay ran out, gives up on a primary that
     /// did not deliver in time, and asks peers for what is missing.
     pub fn handle_timeout(&mut self, now: u64) {
+        if self.retired {
+            return;
+        }
         self.enter(now);
         if self.timers.take_batch_due() {
             self.propose(true);
@@ -205,6 +233,7 @@ impl Replica {
                 self.request_state(true);
             }
         }
+        self.maybe_enter_epoch();
     }
 
     /// Bytes arrived at `now` (ms) from `from`, the peer key the transport authenticated.
@@ -219,6 +248,9 @@ impl Replica {
         from: &PublicKey,
         bytes: &[u8],
     ) -> Result<(), Error> {
+        if self.retired {
+            return Err(Error::Retired);
+        }
         self.enter(now);
         self.metrics.messages_received += 1;
         let result = Message::decode(bytes, self.config.max_message_bytes)
@@ -234,6 +266,9 @@ impl Replica {
     /// Why the request was refused (too large, stale, a duplicate, overloaded, a bad key or
     /// signature): an answer for the client.
     pub fn submit(&mut self, now: u64, request: Request) -> Result<(), Error> {
+        if self.retired {
+            return Err(Error::Retired);
+        }
         self.enter(now);
         let result = self.on_request(request, true);
         self.count(result)
@@ -253,10 +288,12 @@ impl Replica {
         }
     }
 
+    /// Counts a refused input, and starts the next epoch if the input completed this one.
     pub(super) fn count(&mut self, result: Result<(), Error>) -> Result<(), Error> {
         if let Err(err) = &result {
             *self.metrics.rejected.entry(err.label()).or_default() += 1;
         }
+        self.maybe_enter_epoch();
         result
     }
 
@@ -290,6 +327,7 @@ impl Replica {
             Message::FetchBatches(fetch) => self.on_fetch_batches(peer, fetch),
             Message::Batch(batch) => self.on_batch(batch),
             Message::Evidence(evidence) => self.on_evidence(peer, evidence),
+            Message::EpochChange(change) => self.on_epoch_change(change),
             Message::Request(_) | Message::Reply(_) => {
                 Err(Error::UnexpectedMessage(message.kind()))
             }
@@ -429,12 +467,14 @@ impl Replica {
     fn report(&mut self, seq: u64, first: Vote, second: Vote) -> Result<(), Error> {
         let culprit = second.replica;
         let epoch = self.validators.epoch();
+        let offender = self.validators.key(culprit).map(|key| key.public_key());
         if let Some(evidence) = self
             .log
             .get_mut(&seq)
             .and_then(|slot| slot.evidence(epoch, first, second))
+            && let Some(offender) = offender
         {
-            self.found_evidence(evidence);
+            self.found_evidence(evidence, offender);
         }
         Err(Error::Equivocation(culprit))
     }

@@ -57,6 +57,12 @@ impl Outbox {
         self.queue.push_back(output);
     }
 
+    /// Moves `other`'s outputs, in order, behind this one's (a replica that rebuilt itself
+    /// for a new epoch keeps what its old self queued).
+    pub(super) fn take_from(&mut self, other: &mut Outbox) {
+        self.queue.append(&mut other.queue);
+    }
+
     /// The next output, oldest first.
     pub(super) fn pop(&mut self) -> Option<Output> {
         self.queue.pop_front()
@@ -83,6 +89,7 @@ mod tests {
 
     fn status() -> Message {
         Message::Status(Status {
+            epoch: 0,
             view: 0,
             normal: true,
             stable: 0,

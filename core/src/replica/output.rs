@@ -10,6 +10,7 @@ use crate::certificate::QuorumCertificate;
 use crate::config::ReplicaId;
 use crate::crypto::{Digest, PublicKey};
 use crate::envelope::{self, DecodeError};
+use crate::epoch::{EpochChange, NextEpoch};
 use crate::new_view::NewView;
 use crate::statement::Evidence;
 use crate::statement::{Batch, Vote};
@@ -60,6 +61,19 @@ pub enum Record {
     /// durable. Such a host must make its store durable before it compacts its log to
     /// [`Replica::durable_records`] (which leaves these out).
     Committed(QuorumCertificate, Option<Batch>),
+    /// The delivery of the batch at `seq` scheduled a change of the validator set (or changed
+    /// the scheduled one), persisted before the delivery: a replica restored with that batch
+    /// executed must still vote on nothing of its epoch beyond the boundary.
+    Scheduled {
+        /// The batch's seq.
+        seq: u64,
+        /// The change as of that batch.
+        next: NextEpoch,
+    },
+    /// This replica entered the epoch `change` starts: after a restart it runs that epoch,
+    /// with its set. A host keeps every one (they are the chain a client follows), and may
+    /// drop every other record persisted before the newest.
+    EpochStarted(EpochChange),
 }
 
 impl Record {
@@ -149,6 +163,13 @@ pub enum Output {
     /// A validator signed two conflicting votes; the evidence verifies offline with
     /// [`crate::verify_evidence`]. Forward it to whatever decides on punishment.
     Evidence(Evidence),
+    /// The epoch `change` starts began, after its [`Record::EpochStarted`] (already queued):
+    /// from here on [`Destination::Validator`] ids are positions in its set
+    /// ([`EpochChange::validators`]), the transport must admit its keys, and clients need
+    /// `change` to check this replica's replies ([`crate::Client::enter_epoch`]). When this
+    /// replica's key is not in the set, it was removed: it takes no more part
+    /// ([`Replica::is_retired`]).
+    EpochStarted(EpochChange),
     /// This replica was too far behind to replay batches, or its state diverged, and fetched
     /// a checkpoint's state: replace the application's state with the snapshot, and the
     /// persisted exactly-once table and executed seq with the install's (in the same atomic

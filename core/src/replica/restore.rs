@@ -28,9 +28,11 @@ use super::{HeldViewChange, Mode, Replica};
 use crate::certificate::Committed;
 use crate::config::{Config, ConfigError, ValidatorSet};
 use crate::crypto::{Digest, Keypair};
+use crate::epoch::EpochChange;
 use crate::new_view::null_digest;
-use crate::state::Snapshot;
+use crate::state::{Snapshot, decode_core_state};
 use crate::statement::{Batch, Phase, Vote};
+use crate::view_change::StableCheckpoint;
 
 /// What a host keeps durably beside its application state, as of the last batch it executed,
 /// and hands to [`Replica::restore`] after a crash.
@@ -78,8 +80,10 @@ pub struct CheckpointState {
     pub seq: u64,
     /// The application's snapshot bytes there.
     pub app: Vec<u8>,
-    /// The exactly-once table there, in the replica's canonical encoding (opaque to hosts).
-    pub clients: Vec<u8>,
+    /// The core's replicated state there (the exactly-once table and the validator set's
+    /// part), in the replica's canonical encoding ([`crate::TakenSnapshot::core_state`]):
+    /// opaque to hosts.
+    pub core: Vec<u8>,
 }
 
 /// Notes an accepted batch at (seq, digest) from a record, in whatever order the records
@@ -111,14 +115,65 @@ impl Replica {
         records: impl IntoIterator<Item = Record>,
         executed: ExecutedState,
     ) -> Result<Replica, ConfigError> {
+        let records: Vec<Record> = records.into_iter().collect();
+        // The epoch it last entered, and the chain of changes since genesis: records before
+        // that entry are of older epochs, and only the final ones among them still count.
+        let mut changes: Vec<EpochChange> = records
+            .iter()
+            .filter_map(|record| match record {
+                Record::EpochStarted(change) => Some(change.clone()),
+                _ => None,
+            })
+            .collect();
+        changes.sort_by_key(EpochChange::epoch);
+        changes.dedup_by_key(|change| change.epoch());
+        let validators = match changes.last().filter(|c| c.epoch() > validators.epoch()) {
+            Some(latest) => latest.validator_set().map_err(|_| {
+                ConfigError::Invalid("an epoch change in the log names an invalid validator set")
+            })?,
+            None => validators,
+        };
+        let base = validators.base().0;
+        if base > 0 && validators.id_of(&keypair.public_key()).is_none() {
+            return Err(ConfigError::Removed {
+                epoch: validators.epoch(),
+            });
+        }
         let mut replica = Replica::new(config, validators, keypair)?;
+        if let Some(latest) = changes.last() {
+            // The epoch's start, bare: its certificate is the previous epoch's, which this
+            // epoch's set cannot check (the change in `epoch_changes` keeps it).
+            replica.checkpoints.take(StableCheckpoint {
+                seq: latest.checkpoint.seq,
+                digest: latest.checkpoint.digest,
+                signatures: Vec::new(),
+            });
+        }
+        replica.epoch_changes = changes;
+        let of_this_epoch =
+            |replica: &Replica, record: &Record| base == 0 || replica.signed_in_epoch(record);
+        let mut scheduled_at = None;
         let mut view_change_view = None;
         let mut in_view = 0;
         let mut redo = Vec::new();
         // The accepted pre-prepares with their batches, by (seq, digest).
         let mut accepted: BTreeMap<(u64, Digest), (Vote, Batch)> = BTreeMap::new();
         for record in records {
+            if !of_this_epoch(&replica, &record) {
+                continue;
+            }
             match record {
+                Record::EpochStarted(_) => {}
+                Record::Scheduled { seq, next } => {
+                    // The latest decision the store executed: a later one is made again when
+                    // its batch is delivered again (the checkpoints before it must not see it).
+                    let newer = scheduled_at.is_none_or(|at| at < seq);
+                    if seq > base && seq <= executed.executed && newer {
+                        scheduled_at = Some(seq);
+                        replica.scheduled_at = seq;
+                        replica.schedule = Some(next);
+                    }
+                }
                 Record::Committed(certificate, batch) => redo.push((certificate, batch)),
                 Record::Signed(_) if planted!(replica.config, RestoreWithoutSignedIndex) => {}
                 Record::Signed(vote) => {
@@ -500,12 +555,10 @@ impl Replica {
             if seq < stable.seq || seq > self.executed || expected.is_none() {
                 continue;
             }
-            let snapshot = Snapshot::new(
-                seq,
-                state.app,
-                state.clients,
-                self.config.snapshot_chunk_bytes,
-            );
+            let Some(core) = decode_core_state(&state.core) else {
+                continue;
+            };
+            let snapshot = Snapshot::new(seq, state.app, core, self.config.snapshot_chunk_bytes);
             if Some(snapshot.manifest.digest(&chain)) == expected {
                 self.checkpoints
                     .set_own(seq, snapshot.manifest.digest(&chain));
@@ -570,7 +623,16 @@ impl Replica {
     /// batches, the votes signed in this view and the latest vote of the prepare phase at each
     /// seq.
     pub fn durable_records(&self) -> Vec<Record> {
-        let mut records = Vec::new();
+        let mut records: Vec<Record> = self
+            .epoch_changes
+            .iter()
+            .cloned()
+            .map(Record::EpochStarted)
+            .collect();
+        records.extend(self.schedule.clone().map(|next| Record::Scheduled {
+            seq: self.scheduled_at,
+            next,
+        }));
         let stable = self.checkpoints.stable();
         if stable.seq > 0 {
             records.push(Record::Stable(stable.clone()));

@@ -30,6 +30,7 @@ impl Replica {
             || self.checkpoints.awaits(self.id)
             || (self.is_primary() && self.intake.pending_len() > 0)
             || self.evidence.deadline().is_some()
+            || self.awaits_boundary()
     }
 
     /// When to send the next status (see [`super::timers::Timers::status_deadline`]).
@@ -45,7 +46,7 @@ impl Replica {
         self.send(Destination::AllValidators, bytes);
     }
 
-    fn status(&self) -> Status {
+    pub(super) fn status(&self) -> Status {
         let from = self.executed + 1;
         let to = self.executed + self.config.window;
         let mut slots: Vec<u8> = (from..=to)
@@ -59,11 +60,33 @@ impl Replica {
             slots.pop();
         }
         Status {
+            epoch: self.validators.epoch(),
             view: self.view,
             normal: self.mode == Mode::Normal,
             stable: self.checkpoints.stable().seq,
             executed: self.executed,
             slots,
+        }
+    }
+
+    /// Sends the peer each committed batch after its executed seq up to `last` that its status
+    /// does not flag as committed.
+    pub(super) fn send_committed(&mut self, peer: ReplicaId, status: &Status, last: u64) {
+        let to = Destination::Validator(peer);
+        let first = status.executed.saturating_add(1);
+        for seq in first..=last {
+            let index = seq.saturating_sub(first);
+            let flags = usize::try_from(index)
+                .ok()
+                .and_then(|index| status.slots.get(index).copied())
+                .unwrap_or(0);
+            if flags & COMMITTED != 0 {
+                continue;
+            }
+            if let Some(committed) = self.committed_at(seq) {
+                self.metrics.retransmitted += 1;
+                self.send(to.clone(), Message::Committed(committed).encode());
+            }
         }
     }
 
@@ -77,6 +100,15 @@ impl Replica {
             return Err(Error::UnexpectedMessage(
                 "status from this replica's own key",
             ));
+        }
+        if status.epoch != self.validators.epoch() {
+            // Views, seqs and checkpoints of another epoch say nothing here: a peer an epoch
+            // behind gets the changes it missed, one ahead gets our status to answer with them.
+            if !self.timers.may_serve(peer) {
+                return Err(Error::RateLimited);
+            }
+            self.send_epoch_changes(peer, &status);
+            return Ok(());
         }
         let peer_ahead = status.executed > self.executed
             || status.stable > self.checkpoints.stable().seq
@@ -136,6 +168,10 @@ impl Replica {
     fn send_missing(&mut self, peer: ReplicaId, status: &Status) {
         let to = Destination::Validator(peer);
         let window = self.config.window;
+        let last = self
+            .last_delivered
+            .min(status.executed.saturating_add(window));
+        self.send_committed(peer, status, last);
         let flags_at = |seq: u64| {
             let index = seq.saturating_sub(status.executed.saturating_add(1));
             usize::try_from(index)
@@ -143,19 +179,6 @@ impl Replica {
                 .and_then(|index| status.slots.get(index).copied())
                 .unwrap_or(0)
         };
-        let first = status.executed.saturating_add(1);
-        let last = self
-            .last_delivered
-            .min(status.executed.saturating_add(window));
-        for seq in first..=last {
-            if flags_at(seq) & COMMITTED != 0 {
-                continue;
-            }
-            if let Some(committed) = self.committed_at(seq) {
-                self.metrics.retransmitted += 1;
-                self.send(to.clone(), Message::Committed(committed).encode());
-            }
-        }
         let shared_view = self.mode == Mode::Normal && status.normal && status.view == self.view;
         if !shared_view {
             return;
@@ -248,7 +271,17 @@ impl Replica {
         let signatures = certificate.signatures.len() as u64;
         self.metrics.signatures_verified += signatures;
         self.metrics.signatures_batch_verified += signatures;
-        verify_qc(&self.config.chain_id, &self.validators, &certificate)?;
+        // At or below the epoch's start, a batch the previous epoch committed (a replica
+        // restored behind the boundary executes it again).
+        let earlier;
+        let set = match seq <= self.validators.base().0 {
+            true => {
+                earlier = self.set_of_epoch(certificate.epoch)?;
+                &earlier
+            }
+            false => &self.validators,
+        };
+        verify_qc(&self.config.chain_id, set, &certificate)?;
         self.metrics.batches_caught_up += 1;
         let slot = self.log.entry(seq).or_default();
         if slot

@@ -37,7 +37,8 @@ impl Replica {
     /// # Errors
     ///
     /// [`Error::Crypto`] when a signature fails; [`Error::Certificate`] for evidence that is
-    /// not two conflicting votes of a validator of this epoch.
+    /// not two conflicting votes of a validator of its epoch; [`Error::OtherEpoch`] for
+    /// evidence of a later epoch.
     pub(super) fn verify_proposal(
         &mut self,
         (key, signed, signature): (&VerifyingKey, &Digest, &Signature),
@@ -46,13 +47,16 @@ impl Replica {
     ) -> Result<(), Error> {
         let requests = &batch.requests;
         let leaves = leaves.get(..requests.len()).unwrap_or(leaves);
+        // Each piece against the set of its epoch: this one's, or an earlier one's (evidence
+        // found before a boundary and committed after it still convicts the key).
+        let sets = batch
+            .evidence
+            .iter()
+            .map(|piece| self.set_of_epoch(piece.epoch))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut evidence = Vec::with_capacity(2 * batch.evidence.len());
-        for piece in &batch.evidence {
-            evidence.extend(evidence_checks(
-                &self.config.chain_id,
-                &self.validators,
-                piece,
-            )?);
+        for (piece, set) in batch.evidence.iter().zip(&sets) {
+            evidence.extend(evidence_checks(&self.config.chain_id, set, piece)?);
         }
         let covered = signed_digests(&self.config.chain_id, requests, leaves);
         // Cut for what is left after the cached ones, so that no piece comes out small.

@@ -110,6 +110,11 @@ impl Signer {
         self.latest.get(&seq)
     }
 
+    /// The key it signs with.
+    pub(super) fn keypair(&self) -> &Keypair {
+        &self.keypair
+    }
+
     /// Signs a statement digest that needs no index (a reply root: replies repeat freely).
     pub(super) fn sign(&self, metrics: &mut Metrics, digest: &Digest) -> Signature {
         metrics.signatures_created += 1;

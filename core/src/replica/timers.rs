@@ -86,6 +86,11 @@ impl Timers {
         self.view_timeout_ms.saturating_mul(factor)
     }
 
+    /// The last progress (a delivery, a view entered, the first input) plus the view timeout.
+    pub(super) fn progress_deadline(&self) -> u64 {
+        self.progress_at.saturating_add(self.timeout())
+    }
+
     /// `now` plus the view timeout.
     pub(super) fn timeout_from_now(&self) -> u64 {
         self.now.saturating_add(self.timeout())

@@ -12,7 +12,7 @@ use alloc::vec::Vec;
 
 use super::Replica;
 use super::exactly_once::{ClientTable, Freshness};
-use super::output::{Destination, Install, Output};
+use super::output::{Destination, Install, Output, Record};
 use crate::config::ReplicaId;
 use crate::error::Error;
 use crate::message::Message;
@@ -72,7 +72,10 @@ impl Replica {
     /// the same way, whether behind or not. Returns whether it sent requests.
     pub(super) fn maybe_start_transfer(&mut self) -> bool {
         let stable = self.checkpoints.stable();
-        let behind = stable.seq.saturating_sub(self.executed) > self.config.window;
+        // Or behind the end of its epoch, which a peer proved: the next epoch's replicas keep
+        // the state there, not necessarily the batches before it.
+        let behind = stable.seq.saturating_sub(self.executed) > self.config.window
+            || (!self.changes_ahead.is_empty() && stable.seq > self.executed);
         let repair = self.repairing();
         let newer = self
             .transfer
@@ -98,7 +101,7 @@ impl Replica {
     }
 
     /// Starts fetching the stable checkpoint's state from the first peer after this replica.
-    fn fetch_stable_state(&mut self, repair: bool) {
+    pub(super) fn fetch_stable_state(&mut self, repair: bool) {
         self.transfer = Some(Transfer {
             target: self.checkpoints.stable().clone(),
             manifest: None,
@@ -346,7 +349,22 @@ impl Replica {
         // Snapshots still being taken were of the state this one replaces.
         self.checkpoints.cancel_deferred();
         let chunk_bytes = manifest.chunk_bytes;
-        let snapshot = Snapshot::new(seq, app, manifest.clients, chunk_bytes);
+        // The installed state's validator set part: a change scheduled before it.
+        if manifest.epoch.epoch == self.validators.epoch() {
+            self.schedule = manifest.epoch.next.clone();
+            self.scheduled_at = seq;
+            if let Some(next) = &self.schedule {
+                self.evidence
+                    .retain_pending(|offender| next.validators.contains(offender));
+                // As a delivery that schedules does: a restart from the installed state
+                // must know it.
+                self.outbox.persist(Record::Scheduled {
+                    seq,
+                    next: next.clone(),
+                });
+            }
+        }
+        let snapshot = Snapshot::new(seq, app, (manifest.clients, manifest.epoch), chunk_bytes);
         self.checkpoints
             .set_own(seq, snapshot.manifest.digest(&self.config.chain_id));
         self.checkpoints.keep_snapshot(seq, snapshot);

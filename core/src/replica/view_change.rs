@@ -36,7 +36,15 @@ impl Replica {
                 let proposal = self.timers.proposal_deadline();
                 let request = self.intake.watch_deadline();
                 let evidence = self.evidence.deadline();
-                proposal.into_iter().chain(request).chain(evidence).min()
+                // A primary that does not fill the slots up to a scheduled boundary is
+                // replaced like one that leaves a request out.
+                let boundary = self
+                    .awaits_boundary()
+                    .then(|| self.timers.progress_deadline());
+                [proposal, request, evidence, boundary]
+                    .into_iter()
+                    .flatten()
+                    .min()
             }
             Mode::ViewChange { .. } => self.timers.new_view_deadline(),
         }

@@ -13,9 +13,12 @@ use crate::error::Error;
 use crate::message::Message;
 
 impl Replica {
-    /// The high watermark: the last seq in the window.
+    /// The high watermark: the last seq in the window, and never past the epoch's scheduled
+    /// boundary ([`crate::epoch`]: no quorum of this epoch signs a slot after it).
     pub(super) fn high(&self) -> u64 {
-        self.low.saturating_add(self.config.window)
+        self.low
+            .saturating_add(self.config.window)
+            .min(self.epoch_end())
     }
 
     /// Checks view and window; buffers messages above the window.
@@ -96,7 +99,9 @@ impl Replica {
         // return only n - 1 intervals later; ten more for slow rounds.
         let passes = self.validators.len().saturating_sub(1) as u64 + 10;
         let idle = self.config.retransmit_ms.saturating_mul(passes);
-        self.checkpoints.prune(target, self.timers.now(), idle);
+        let base = self.validators.base().0;
+        self.checkpoints
+            .prune((target, base), self.timers.now(), idle);
         self.signer.forget_through(target);
         self.kept.retain(|&seq, _| seq > target);
         self.low = target;

@@ -1,0 +1,46 @@
+//! The gateway follows the validator set across epochs ([`crate::EpochChange`]): a validator
+//! hands it each change once per epoch; the gateway checks it with the set it holds, checks
+//! replies with the new set from then on, and passes the change on to its clients
+//! ([`GatewayOutput::EpochStarted`]), which check it again.
+
+use super::{Gateway, GatewayOutput, REPLY_CACHE};
+use crate::certificate::CertificateError;
+use crate::client::{ClientError, ReplyCache};
+use crate::config::ValidatorSet;
+use crate::epoch::{EpochChange, verify_epoch_change};
+
+impl Gateway {
+    /// Follows the validator set into the epoch `change` starts, as
+    /// [`crate::Client::enter_epoch`] does: replies gathered so far are dropped (ids moved)
+    /// and come again with retries.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::verify_epoch_change`]'s; nothing changes then.
+    pub fn enter_epoch(&mut self, change: &EpochChange) -> Result<(), CertificateError> {
+        let chain = self.config.chain_id;
+        self.validators = verify_epoch_change(&chain, &self.validators, change)?;
+        self.views.clear();
+        self.view = 0;
+        self.replies = ReplyCache::new(REPLY_CACHE);
+        self.pending.values_mut().for_each(|p| p.votes.clear());
+        Ok(())
+    }
+
+    /// The validator set replies are checked with; ids are positions in it.
+    pub fn validators(&self) -> &ValidatorSet {
+        &self.validators
+    }
+
+    /// A change a validator handed over: followed if it ends this gateway's epoch (one of an
+    /// epoch passed already is a repeat), and passed on to the clients.
+    pub(super) fn on_epoch_change(&mut self, change: &EpochChange) -> Result<(), ClientError> {
+        if change.state.epoch != self.validators.epoch() {
+            return Ok(());
+        }
+        self.enter_epoch(change).map_err(ClientError::EpochChange)?;
+        self.outputs
+            .push_back(GatewayOutput::EpochStarted(change.clone()));
+        Ok(())
+    }
+}

@@ -1,0 +1,484 @@
+//! The replica's side of epochs ([`crate::epoch`]): a committed conviction schedules the
+//! next set, the epoch orders nothing past its boundary (the primary fills the slots up to it
+//! with empty batches), and once the boundary checkpoint is stable and this replica's state
+//! there is the quorum's, the next epoch starts from it.
+//!
+//! Starting an epoch is a restore from memory: the replica rebuilds itself with
+//! [`Replica::restore`] from its executed state at the boundary, the boundary's certificate as
+//! its stable checkpoint and the chain of epoch changes as its only records. Everything the
+//! old epoch held above the boundary (nothing an honest replica signed) is left behind; the
+//! requests still waiting to be ordered are taken up again.
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+use super::output::{Destination, Output, Record};
+use super::restore::ExecutedState;
+use super::{Mode, Replica};
+use crate::certificate::Committed;
+use crate::config::ReplicaId;
+use crate::config::ValidatorSet;
+use crate::crypto::{PublicKey, VerifyingKey};
+use crate::epoch::{EpochChange, EpochState, NextEpoch, boundary_after, verify_epoch_change};
+use crate::error::Error;
+use crate::message::{Message, Status};
+use crate::statement::{Evidence, Request};
+use crate::view_change::{StableCheckpoint, verify_checkpoint};
+
+/// Epoch changes sent to a peer per status it sends: it asks again for the rest.
+const CHANGES_PER_STATUS: usize = 4;
+
+impl Replica {
+    /// The validator set's part of the replicated state at checkpoint `seq`, just executed: the
+    /// current one, or at the boundary this epoch started from (executed again after a
+    /// restart whose store was behind it) the previous epoch's, which the change proves.
+    pub(super) fn epoch_state(&self, seq: u64) -> EpochState {
+        if let Some(change) = self.epoch_changes.last()
+            && change.boundary() == seq
+        {
+            return change.state.clone();
+        }
+        EpochState {
+            epoch: self.validators.epoch(),
+            validators: self.validators.public_keys().collect(),
+            next: self.schedule.clone(),
+        }
+    }
+
+    /// The set of `epoch`, this one or an earlier one (from the change that ended it), to
+    /// check its evidence with.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::OtherEpoch`] for an epoch after this one.
+    pub(super) fn set_of_epoch(&self, epoch: u64) -> Result<ValidatorSet, Error> {
+        if epoch == self.validators.epoch() {
+            return Ok(self.validators.clone());
+        }
+        self.epoch_changes
+            .iter()
+            .find(|change| change.state.epoch == epoch)
+            .and_then(|change| ValidatorSet::new(epoch, &change.state.validators).ok())
+            .ok_or(Error::OtherEpoch {
+                got: epoch,
+                current: self.validators.epoch(),
+            })
+    }
+
+    /// Whether a committed conviction of `key` could still change the set: it is in this
+    /// epoch's set and not already out of the scheduled one.
+    pub(super) fn punishable(&self, key: &PublicKey) -> bool {
+        self.validators.id_of(key).is_some()
+            && self
+                .schedule
+                .as_ref()
+                .is_none_or(|next| next.validators.contains(key))
+    }
+
+    /// The last seq this epoch orders: the scheduled boundary, or none (`u64::MAX`).
+    pub(super) fn epoch_end(&self) -> u64 {
+        self.schedule
+            .as_ref()
+            .map_or(u64::MAX, |next| next.boundary)
+    }
+
+    /// Whether this replica waits for the slots up to a scheduled boundary to commit.
+    pub(super) fn awaits_boundary(&self) -> bool {
+        self.schedule
+            .as_ref()
+            .is_some_and(|next| self.last_delivered < next.boundary)
+    }
+
+    /// Whether the primary must propose an empty batch at its next seq to reach the boundary.
+    pub(super) fn must_pad(&self) -> bool {
+        self.schedule
+            .as_ref()
+            .is_some_and(|next| self.next_seq <= next.boundary)
+    }
+
+    /// Schedules the removal of the validators `evidence` convicts, as the delivery of the
+    /// batch at `seq` that carries it: the same decision on every replica, made from the
+    /// committed batch alone. The first conviction of an epoch fixes the boundary; later ones
+    /// join the same change. The record precedes the delivery.
+    pub(super) fn convict(&mut self, seq: u64, evidence: &[Evidence]) {
+        if !self.config.slash_equivocators || evidence.is_empty() {
+            return;
+        }
+        let boundary = boundary_after(seq, self.config.window, self.config.checkpoint_interval);
+        let mut next = self.schedule.clone().unwrap_or_else(|| NextEpoch {
+            boundary,
+            validators: self.validators.public_keys().collect(),
+        });
+        for evidence in evidence {
+            // The key its epoch's set names, which may have been proven before this epoch.
+            let Some(key) = self
+                .set_of_epoch(evidence.epoch)
+                .ok()
+                .and_then(|set| set.key(evidence.offender()).map(VerifyingKey::public_key))
+            else {
+                continue;
+            };
+            // Never the last validator: more convictions than f mean the fault assumption
+            // failed, and an empty set could not even order its own repair.
+            if next.validators.len() > 1 {
+                next.validators.retain(|k| *k != key);
+            }
+        }
+        let changed = match &self.schedule {
+            Some(scheduled) => *scheduled != next,
+            None => next.validators.len() < self.validators.len(),
+        };
+        if changed {
+            self.metrics.validators_convicted += 1;
+            self.outbox.persist(Record::Scheduled {
+                seq,
+                next: next.clone(),
+            });
+            self.evidence
+                .retain_pending(|offender| next.validators.contains(offender));
+            self.schedule = Some(next);
+            self.scheduled_at = seq;
+        }
+    }
+
+    /// Starts the next epoch if its boundary checkpoint is stable, this replica executed up
+    /// to it, and its own state there is the quorum's (a diverged one is repaired first).
+    pub(super) fn maybe_enter_epoch(&mut self) {
+        self.maybe_jump();
+        let Some(boundary) = self.schedule.as_ref().map(|next| next.boundary) else {
+            return;
+        };
+        let stable = self.checkpoints.stable();
+        if self.retired || stable.seq != boundary || self.executed < boundary || self.repairing() {
+            return;
+        }
+        // Its own state there, or one it installed: the quorum's (a diverged one was found
+        // when the checkpoint became stable, and is being repaired).
+        let Some(snapshot) = self.checkpoints.snapshot(boundary) else {
+            return;
+        };
+        let manifest = &snapshot.manifest;
+        if manifest.digest(&self.config.chain_id) != stable.digest {
+            return;
+        }
+        let change = EpochChange {
+            checkpoint: stable.clone(),
+            body: manifest.body_digest(),
+            state: manifest.epoch.clone(),
+        };
+        self.enter_epoch(vec![change], None);
+    }
+
+    /// Jumps to the epoch the changes ahead reach once this replica installed the state of
+    /// the checkpoint of that epoch it fetched ([`Replica::jump_target`]).
+    fn maybe_jump(&mut self) {
+        let Some(last) = self.changes_ahead.last() else {
+            return;
+        };
+        let stable = self.checkpoints.stable().clone();
+        if self.changes_ahead.len() < 2
+            || stable.seq < last.boundary()
+            || self.executed != stable.seq
+            || self.repairing()
+        {
+            return;
+        }
+        // The state of a checkpoint of the last epoch (its start included), which its set
+        // certified: installed, not executed here.
+        let installed = self
+            .checkpoints
+            .snapshot(stable.seq)
+            .is_some_and(|snapshot| {
+                snapshot.manifest.digest(&self.config.chain_id) == stable.digest
+            });
+        if installed {
+            let changes = core::mem::take(&mut self.changes_ahead);
+            self.enter_epoch(changes, Some(stable));
+        }
+    }
+
+    /// Leaves this epoch for the last one `changes` start (in order, the first ending this
+    /// one), from the boundary's state, or from `jump` (a checkpoint of that last epoch whose
+    /// state this replica installed).
+    fn enter_epoch(&mut self, changes: Vec<EpochChange>, jump: Option<StableCheckpoint>) {
+        let Some(change) = changes.last().cloned() else {
+            return;
+        };
+        let seq = jump.as_ref().map_or(change.boundary(), |stable| stable.seq);
+        let Some(state) = self.checkpoint_state(seq) else {
+            return;
+        };
+        self.metrics.epochs_entered += changes.len() as u64;
+        for change in &changes {
+            self.outbox.persist(Record::EpochStarted(change.clone()));
+            self.outbox.push(Output::EpochStarted(change.clone()));
+        }
+        let own = self.signer.keypair().public_key();
+        if !change.validators().contains(&own) {
+            self.retire();
+            return;
+        }
+        let mut history = core::mem::take(&mut self.epoch_changes);
+        history.extend(changes);
+        let executed = ExecutedState {
+            executed: self.executed,
+            client_floor: self.clients.floor(),
+            clients: self.clients.records(),
+            committed: self.committed_through(seq),
+            checkpoints: vec![state],
+        };
+        let waiting = self.unordered_requests();
+        let evidence = self.evidence.take_pending();
+        let mut records: Vec<Record> = history.into_iter().map(Record::EpochStarted).collect();
+        records.extend(jump.clone().map(Record::Stable));
+        let keypair = self.signer.keypair().duplicate();
+        let next = Replica::restore(
+            self.config.clone(),
+            self.validators.clone(),
+            keypair,
+            records,
+            executed,
+        );
+        let Ok(mut next) = next else {
+            // The set is checked when the change is made (never empty, keys checked), and the
+            // config held for the old set; a set the config cannot run is the one way here.
+            self.retire();
+            return;
+        };
+        next.outbox.take_from(&mut self.outbox);
+        if let Some(stable) = jump {
+            // Where it jumped to, after the changes that lead there.
+            next.outbox.persist(Record::Stable(stable));
+        }
+        next.metrics = core::mem::take(&mut self.metrics);
+        let now = self.timers.now();
+        *self = next;
+        self.enter(now);
+        for request in waiting {
+            // Refusals (executed meanwhile, over a limit) are counted like any input's.
+            let result = self.on_request(request, true);
+            let _ = self.count(result);
+        }
+        // Evidence of the old epoch still convicts its key, if the new set holds it.
+        for (evidence, offender) in evidence {
+            self.found_evidence(evidence, offender);
+        }
+    }
+
+    /// Hands `client` the chain of changes, once per epoch, before this epoch's first reply
+    /// to it: the reply is signed in this epoch, which the client checks only with the set
+    /// the chain proves. At most `max_clients` remembered, then they start over.
+    pub(super) fn tell_epoch(&mut self, client: PublicKey) {
+        if self.epoch_changes.is_empty() || self.epoch_told.contains(&client) {
+            return;
+        }
+        if self.epoch_told.len() >= self.config.max_clients {
+            self.epoch_told.clear();
+        }
+        self.epoch_told.insert(client);
+        let chain: Vec<Vec<u8>> = self
+            .epoch_changes
+            .iter()
+            .map(|change| Message::EpochChange(change.clone()).encode())
+            .collect();
+        for bytes in chain {
+            self.send(Destination::Client(client), bytes);
+        }
+    }
+
+    /// Takes no more part: this replica's key is not in the new set.
+    fn retire(&mut self) {
+        self.retired = true;
+        self.log.clear();
+        self.ahead.clear();
+        self.view_changes.clear();
+        self.transfer = None;
+        self.intake.clear_watched();
+        let _ = self.intake.drain_pending();
+        self.mode = Mode::Normal;
+    }
+
+    /// The committed batches at or below `boundary` this replica holds, for the next epoch's
+    /// archive (to serve peers still catching up to the boundary).
+    fn committed_through(&self, boundary: u64) -> Vec<Committed> {
+        let logged = self.log.range(..=boundary).filter_map(|(_, slot)| {
+            Some(Committed {
+                batch: slot.batch.clone()?,
+                certificate: slot.certificate.clone()?,
+            })
+        });
+        self.archive.iter().cloned().chain(logged).collect()
+    }
+
+    /// Requests this replica holds that no batch ordered yet: the primary's queue and the
+    /// watched ones.
+    fn unordered_requests(&mut self) -> Vec<Request> {
+        let mut requests = self.intake.drain_pending();
+        requests.extend(self.intake.rewatch(0));
+        self.intake.clear_watched();
+        requests
+    }
+
+    /// A peer's proof that this replica's epoch ended: the boundary's certificate becomes
+    /// the stable checkpoint, which this replica reaches by replaying batches or fetching the
+    /// state, and then starts the next epoch. The changes of later epochs, each checked with
+    /// the set the one before proved, are kept: a replica more than an epoch behind jumps to
+    /// the last one's epoch by fetching the state of a checkpoint of it
+    /// ([`Replica::jump_target`]), since its peers keep neither the batches nor the states of
+    /// epochs long gone.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::OtherEpoch`] for a change that does not continue the chain from this epoch
+    /// (an older one is done, a later one needs the ones before it first);
+    /// [`Error::Duplicate`] when this replica holds it already; [`Error::Certificate`] when
+    /// it does not verify.
+    pub(super) fn on_epoch_change(&mut self, change: EpochChange) -> Result<(), Error> {
+        let current = self.validators.epoch();
+        let expected = current + self.changes_ahead.len() as u64;
+        if change.state.epoch < expected {
+            return Err(Error::Duplicate);
+        }
+        if change.state.epoch > expected {
+            return Err(Error::OtherEpoch {
+                got: change.state.epoch,
+                current,
+            });
+        }
+        if let Some(last) = self.changes_ahead.last() {
+            let set = last.validator_set()?;
+            let signers = change.checkpoint.signatures.len() as u64;
+            self.metrics.signatures_verified += signers;
+            verify_epoch_change(&self.config.chain_id, &set, &change)?;
+            self.changes_ahead.push(change);
+            return Ok(());
+        }
+        let boundary = change.boundary();
+        if boundary < self.checkpoints.stable().seq {
+            return Err(Error::Duplicate);
+        }
+        let signers = change.checkpoint.signatures.len() as u64;
+        self.metrics.signatures_verified += signers;
+        self.metrics.signatures_batch_verified += signers;
+        verify_epoch_change(&self.config.chain_id, &self.validators, &change)?;
+        self.changes_ahead.push(change.clone());
+        self.adopt_checkpoint(change.checkpoint);
+        // The next epoch's replicas keep the state at the boundary but not necessarily the
+        // batches before it: fetch the state rather than wait for them (a fetch of an older
+        // state gives way).
+        let fetching = self
+            .transfer
+            .as_ref()
+            .is_some_and(|t| t.target_seq() >= boundary);
+        if self.executed < boundary && !fetching {
+            self.fetch_stable_state(false);
+        }
+        Ok(())
+    }
+
+    /// A stable checkpoint of the last epoch the changes ahead reach, at a replica more than
+    /// an epoch behind: checked with that epoch's set (which the chain proved), it becomes the
+    /// state to fetch. Once installed, the replica enters that epoch ([`Replica::maybe_jump`]).
+    /// It is not logged: after a restart the replica starts over from its own epoch.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Duplicate`] for one not above the target held; [`Error::Certificate`] when it
+    /// does not verify with that set.
+    pub(super) fn jump_target(&mut self, checkpoint: StableCheckpoint) -> Result<(), Error> {
+        let Some(last) = self.changes_ahead.last() else {
+            return Err(Error::UnexpectedMessage("checkpoint of another epoch"));
+        };
+        let set = last.validator_set()?;
+        if checkpoint.seq < last.boundary() {
+            return Err(Error::Duplicate);
+        }
+        verify_checkpoint(&self.config.chain_id, &set, &checkpoint)?;
+        self.checkpoints.take(checkpoint);
+        self.fetch_stable_state(false);
+        Ok(())
+    }
+
+    /// Answers a peer's status of another epoch: a peer behind gets the changes since its
+    /// epoch (a few per status) and, when it is in the epoch just before this one, the
+    /// committed batches up to its boundary it lacks (a window at most; its QCs are of the
+    /// peer's epoch); one ahead gets this replica's status to answer with them.
+    pub(super) fn send_epoch_changes(&mut self, peer: ReplicaId, status: &Status) {
+        let to = Destination::Validator(peer);
+        let epoch = status.epoch;
+        if epoch > self.validators.epoch() {
+            let bytes = Message::Status(self.status()).encode();
+            self.send(to, bytes);
+            return;
+        }
+        let missed: Vec<Vec<u8>> = self
+            .epoch_changes
+            .iter()
+            .filter(|change| change.state.epoch >= epoch)
+            .take(CHANGES_PER_STATUS)
+            .map(|change| Message::EpochChange(change.clone()).encode())
+            .collect();
+        for bytes in missed {
+            self.metrics.retransmitted += 1;
+            self.send(to.clone(), bytes);
+        }
+        if epoch + 1 < self.validators.epoch() {
+            // More than an epoch behind: where to jump to, once it holds the changes.
+            let stable = Message::Checkpoint(self.checkpoints.stable().clone()).encode();
+            self.send(to.clone(), stable);
+        }
+        if epoch + 1 == self.validators.epoch() {
+            let base = self.validators.base().0;
+            let last = base.min(status.executed.saturating_add(self.config.window));
+            self.send_committed(peer, status, last);
+        }
+    }
+
+    /// Whether `record` belongs to this replica's epoch, which started from a checkpoint above
+    /// 0: votes, proposals and certificates at or below that checkpoint are of an older epoch
+    /// (or final either way), and a view change or new view is this epoch's only if its
+    /// signature verifies over this epoch's statement.
+    pub(super) fn signed_in_epoch(&self, record: &Record) -> bool {
+        let chain = &self.config.chain_id;
+        let epoch = self.validators.epoch();
+        let base = self.validators.base().0;
+        match record {
+            Record::Signed(vote) | Record::Accepted(vote, _) => vote.seq > base,
+            Record::Prepared(prepared, _) => prepared.proposal.seq > base,
+            Record::ViewChange(change) => self
+                .signer
+                .keypair()
+                .verifying_key()
+                .verify(&change.signed_digest(chain, epoch), &change.signature)
+                .is_ok(),
+            Record::NewView(new_view) => self
+                .validators
+                .key(self.validators.primary(new_view.view))
+                .is_some_and(|key| {
+                    key.verify(&new_view.signed_digest(chain, epoch), &new_view.signature)
+                        .is_ok()
+                }),
+            Record::Stable(_)
+            | Record::Committed(..)
+            | Record::Scheduled { .. }
+            | Record::EpochStarted(_) => true,
+        }
+    }
+
+    /// The epoch changes from genesis to the current epoch, oldest first: the chain a client
+    /// holding the genesis set follows ([`crate::verify_qc_across_epochs`]).
+    pub fn epoch_changes(&self) -> &[EpochChange] {
+        &self.epoch_changes
+    }
+
+    /// The change a committed decision scheduled, if any.
+    pub fn scheduled_epoch(&self) -> Option<&NextEpoch> {
+        self.schedule.as_ref()
+    }
+
+    /// Whether this replica was removed from the validator set: it takes no more part, and
+    /// every input is refused with [`Error::Retired`].
+    pub fn is_retired(&self) -> bool {
+        self.retired
+    }
+}
