@@ -110,19 +110,17 @@ fn a_peers_evidence_is_checked_kept_once_and_forwarded() {
         (forged, CertificateError::BadSignature),
         (agreeing, CertificateError::NotConflicting),
         (two_views, CertificateError::NotConflicting),
-        (
-            other_epoch,
-            CertificateError::WrongEpoch {
-                got: 1,
-                expected: 0,
-            },
-        ),
     ] {
         assert_eq!(
             backup.handle_message(NOW, &key_of(0), &evidence_message(&evidence)),
             Err(Error::Certificate(expected))
         );
     }
+    // An epoch this replica has not reached has no set to check it with.
+    assert_eq!(
+        backup.handle_message(NOW, &key_of(0), &evidence_message(&other_epoch)),
+        Err(Error::OtherEpoch { got: 1, current: 0 })
+    );
     assert!(drain(&mut backup).is_empty(), "nothing kept or forwarded");
 }
 
@@ -138,7 +136,16 @@ fn commits(seq: u64, batch: &Batch) -> Vec<(usize, Vec<u8>)> {
 
 #[test]
 fn the_primary_commits_evidence_in_a_batch_and_delivers_it_with_the_batch() {
-    let mut primary = replica(0);
+    commits_evidence(true);
+    commits_evidence(false);
+}
+
+/// The primary commits evidence sent to it; with `slash`, the conviction schedules the
+/// offender's removal, and the evidence is never proposed again.
+fn commits_evidence(slash: bool) {
+    let mut config = small_config();
+    config.slash_equivocators = slash;
+    let mut primary = replica_with(0, config.clone());
     let evidence = equivocation(3, 1);
     primary
         .handle_message(NOW, &key_of(1), &evidence_message(&evidence))
@@ -177,16 +184,16 @@ fn the_primary_commits_evidence_in_a_batch_and_delivers_it_with_the_batch() {
         .executed(NOW, delivery.seq, Vec::new(), None)
         .unwrap();
     drain(&mut primary);
-    // Committed. A peer that sends it again may have restarted and hold it pending: the
-    // primary proposes it once more in this view, and no more.
-    // Proposed once the batch delay runs out (the window is not idle).
+    // Proposals of the evidence, once the batch delay runs out (the window is not idle).
     let proposals = |primary: &mut Replica| {
         let mut count = 0;
         let until = NOW + small_config().batch_delay_ms + 1;
         loop {
             count += drain(primary)
                 .iter()
-                .filter(|o| matches!(o, Output::Persist(Record::Accepted(..))))
+                .filter(|o| {
+                    matches!(o, Output::Persist(Record::Accepted(_, batch)) if !batch.evidence.is_empty())
+                })
                 .count();
             match primary.poll_timeout().filter(|&at| at <= until) {
                 Some(at) => primary.handle_timeout(at),
@@ -194,6 +201,29 @@ fn the_primary_commits_evidence_in_a_batch_and_delivers_it_with_the_batch() {
             }
         }
     };
+    if slash {
+        // Validator 3 leaves the set at the first checkpoint a window after seq 1; evidence
+        // against it can change nothing more, and is dropped unchecked.
+        let next = primary
+            .scheduled_epoch()
+            .expect("the conviction schedules a change");
+        assert_eq!(
+            next.boundary,
+            pbft_core::boundary_after(1, config.window, config.checkpoint_interval)
+        );
+        let set = validator_set(4);
+        let remaining: Vec<_> = set.public_keys().filter(|k| *k != key_of(3)).collect();
+        assert_eq!(next.validators, remaining);
+        assert_eq!(
+            primary.handle_message(NOW, &key_of(2), &evidence_message(&evidence)),
+            Err(Error::Duplicate)
+        );
+        assert_eq!(proposals(&mut primary), 0);
+        return;
+    }
+    assert!(primary.scheduled_epoch().is_none());
+    // Committed. A peer that sends it again may have restarted and hold it pending: the
+    // primary proposes it once more in this view, and no more.
     primary
         .handle_message(NOW, &key_of(2), &evidence_message(&evidence))
         .unwrap();

@@ -52,6 +52,7 @@ fn drain(replicas: &mut [Replica], index: usize, queue: &mut Vec<(usize, usize, 
 
 fn status(executed: u64) -> Vec<u8> {
     Message::Status(Status {
+        epoch: 0,
         view: 0,
         normal: true,
         stable: 0,
@@ -115,6 +116,7 @@ fn a_replica_that_missed_a_commit_gets_it_from_one_answer_to_its_status() {
 fn a_status_claiming_more_than_a_window_of_slots_is_refused() {
     let mut replicas = cluster();
     let bytes = Message::Status(Status {
+        epoch: 0,
         view: 0,
         normal: true,
         stable: 0,

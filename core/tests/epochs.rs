@@ -1,0 +1,338 @@
+//! Epochs end to end on seven real replicas in memory: committed evidence removes its
+//! offender at the next boundary, twice (the second time with evidence of an epoch already
+//! over), a client and a light client holding only the genesis set follow the chain of
+//! changes, and restarts after the changes come back in the right epoch.
+
+use std::collections::VecDeque;
+
+use pbft_core::testing::{
+    chain, client_key, key_of, small_config, validator_key, validator_set, vote,
+};
+use pbft_core::{
+    CertificateError, Client, Config, ConfigError, Destination, EpochChange, Evidence,
+    ExecutedState, Message, Output, Phase, PublicKey, QuorumCertificate, Record, Replica,
+    ValidatorSet, verify_epoch_change, verify_qc_across_epochs,
+};
+
+const N: usize = 7;
+
+/// Seven validators and one client, wired in memory: FIFO delivery, 1 ms steps.
+struct Net {
+    replicas: Vec<Option<Replica>>,
+    /// Each validator's log, as its host keeps it.
+    logs: Vec<Vec<Record>>,
+    /// Each validator's application: the operations it executed, in order.
+    apps: Vec<Vec<u8>>,
+    queue: VecDeque<(usize, PublicKey, Vec<u8>)>,
+    client: Client,
+    replies: Vec<Vec<u8>>,
+    completed: u64,
+    /// QCs as validator 0 delivered them.
+    qcs: Vec<QuorumCertificate>,
+    now: u64,
+}
+
+impl Net {
+    fn new(config: &Config) -> Self {
+        let set = validator_set(N);
+        Net {
+            replicas: (0..N)
+                .map(|i| Some(Replica::new(config.clone(), set.clone(), validator_key(i)).unwrap()))
+                .collect(),
+            logs: vec![Vec::new(); N],
+            apps: vec![Vec::new(); N],
+            queue: VecDeque::new(),
+            client: Client::new(chain(), client_key(0), set, 1),
+            replies: Vec::new(),
+            completed: 0,
+            qcs: Vec::new(),
+            now: 1,
+        }
+    }
+
+    fn index_of(&self, key: &PublicKey) -> Option<usize> {
+        (0..N).find(|&i| key_of(i) == *key)
+    }
+
+    /// Carries out validator `i`'s outputs as its host does.
+    fn drain(&mut self, i: usize) {
+        while let Some(output) = self.replicas[i].as_mut().and_then(Replica::poll_output) {
+            match output {
+                Output::Persist(record) => self.logs[i].push(record),
+                Output::Send { to, bytes } => {
+                    let set = self.replicas[i].as_ref().unwrap().validators().clone();
+                    let targets: Vec<usize> = match to {
+                        Destination::Validator(id) => set
+                            .key(id)
+                            .and_then(|key| self.index_of(&key.public_key()))
+                            .into_iter()
+                            .collect(),
+                        Destination::AllValidators => (0..N).filter(|&j| j != i).collect(),
+                        Destination::Client(_) => {
+                            self.replies.push(bytes);
+                            continue;
+                        }
+                    };
+                    for to in targets {
+                        self.queue.push_back((to, key_of(i), bytes.clone()));
+                    }
+                }
+                Output::Deliver(delivery) => {
+                    let mut results = Vec::new();
+                    for index in &delivery.execute {
+                        let op = &delivery.batch.requests[*index as usize].op;
+                        self.apps[i].extend_from_slice(op);
+                        results.push(op.clone());
+                    }
+                    if i == 0 {
+                        self.qcs.push(delivery.certificate.clone());
+                    }
+                    let snapshot = delivery.checkpoint.then(|| self.apps[i].clone());
+                    let replica = self.replicas[i].as_mut().unwrap();
+                    replica
+                        .executed(self.now, delivery.seq, results, snapshot)
+                        .unwrap();
+                }
+                Output::Install(install) => self.apps[i] = install.snapshot,
+                // A client is handed each change as a validator enters it (by its gateway, say).
+                Output::EpochStarted(change)
+                    if self.client.validators().epoch() == change.state.epoch =>
+                {
+                    self.client.enter_epoch(&change).unwrap();
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Runs `ms` of virtual time: every message sent is delivered within its step.
+    fn run(&mut self, ms: u64) {
+        for _ in 0..ms {
+            while let Some((to, from, bytes)) = self.queue.pop_front() {
+                if let Some(replica) = self.replicas[to].as_mut() {
+                    let _ = replica.handle_message(self.now, &from, &bytes);
+                    self.drain(to);
+                }
+            }
+            for bytes in std::mem::take(&mut self.replies) {
+                if let Ok(Some(_)) = self.client.handle_reply(&bytes) {
+                    self.completed += 1;
+                }
+            }
+            self.now += 1;
+            for i in 0..N {
+                let due = self.replicas[i]
+                    .as_ref()
+                    .and_then(Replica::poll_timeout)
+                    .is_some_and(|at| at <= self.now);
+                if due {
+                    self.replicas[i].as_mut().unwrap().handle_timeout(self.now);
+                    self.drain(i);
+                }
+            }
+            if let Some(request) = self.client.handle_timeout(self.now) {
+                self.broadcast(&Message::Request(request).encode());
+            }
+        }
+    }
+
+    fn broadcast(&mut self, bytes: &[u8]) {
+        let client = self.client.public_key();
+        for i in 0..N {
+            self.queue.push_back((i, client, bytes.to_vec()));
+        }
+    }
+
+    /// The client's next request, sent to every validator, run until it completes.
+    fn request(&mut self, op: &str) {
+        let done = self.completed;
+        let request = self.client.request(self.now, op.as_bytes().to_vec());
+        self.broadcast(&Message::Request(request).encode());
+        for _ in 0..200 {
+            self.run(10);
+            if self.completed > done {
+                return;
+            }
+        }
+        panic!("request {op} never completed");
+    }
+
+    /// Hands validator 1 evidence against `offender` from a peer, as a forwarded report.
+    fn report(&mut self, evidence: &Evidence) {
+        let bytes = Message::Evidence(evidence.clone()).encode();
+        self.queue.push_back((1, key_of(2), bytes));
+    }
+
+    fn replica(&self, i: usize) -> &Replica {
+        self.replicas[i].as_ref().unwrap()
+    }
+}
+
+/// Validator `offender`'s two commits for one slot of epoch 0 with different batches.
+fn equivocation(offender: usize) -> Evidence {
+    Evidence {
+        epoch: 0,
+        first: vote(
+            offender,
+            Phase::Commit,
+            (0, 1),
+            &pbft_core::testing::batch(&[1]),
+        ),
+        second: vote(
+            offender,
+            Phase::Commit,
+            (0, 1),
+            &pbft_core::testing::batch(&[2]),
+        ),
+    }
+}
+
+fn keys(set: &ValidatorSet) -> Vec<PublicKey> {
+    set.public_keys().collect()
+}
+
+#[test]
+fn convicted_validators_leave_at_the_boundary_and_clients_follow_the_chain() {
+    let config = small_config();
+    let mut net = Net::new(&config);
+    let genesis = validator_set(N);
+    net.request("before");
+
+    // Validator 6 equivocated in epoch 0: its evidence commits, and at the next boundary
+    // epoch 1 starts without it.
+    net.report(&equivocation(6));
+    for round in 0..10 {
+        net.request(&format!("epoch 0 → 1, {round}"));
+    }
+    for i in 0..6 {
+        let replica = net.replica(i);
+        assert_eq!(replica.validators().epoch(), 1, "validator {i}");
+        assert_eq!(replica.epoch_changes().len(), 1);
+        assert!(replica.scheduled_epoch().is_none());
+    }
+    let after_first: Vec<PublicKey> = (0..6).map(key_of).collect();
+    assert_eq!(keys(net.replica(0).validators()), after_first);
+    assert!(net.replica(6).is_retired());
+    assert_eq!(
+        net.replicas[6]
+            .as_mut()
+            .unwrap()
+            .handle_message(net.now, &key_of(0), &[]),
+        Err(pbft_core::Error::Retired)
+    );
+
+    // Evidence of epoch 0 against validator 5, reported only now: it still convicts the key,
+    // and epoch 2 starts without it.
+    net.report(&equivocation(5));
+    for round in 0..10 {
+        net.request(&format!("epoch 1 → 2, {round}"));
+    }
+    for i in 0..5 {
+        assert_eq!(net.replica(i).validators().epoch(), 2, "validator {i}");
+    }
+    let after_second: Vec<PublicKey> = (0..5).map(key_of).collect();
+    assert_eq!(keys(net.replica(0).validators()), after_second);
+    assert!(net.replica(5).is_retired());
+
+    // A client that knows only the genesis set takes the chain now, each link checked with
+    // the set before, and its requests complete in epoch 2.
+    let changes: Vec<EpochChange> = net.replica(0).epoch_changes().to_vec();
+    assert_eq!(changes.len(), 2);
+    let mut late = Client::new(chain(), client_key(1), genesis.clone(), 1);
+    assert!(
+        late.enter_epoch(&changes[1]).is_err(),
+        "links in order only"
+    );
+    for change in &changes {
+        late.enter_epoch(change).unwrap();
+    }
+    assert_eq!(late.validators().epoch(), 2);
+    assert_eq!(net.client.validators().epoch(), 2);
+    net.client = late;
+    net.request("epoch 2, from a client that took the chain");
+    // The replicas' epochs never ordered past their boundaries, and every QC of the run
+    // verifies with the genesis set and the chain alone.
+    for qc in &net.qcs {
+        let set = verify_qc_across_epochs(&chain(), &genesis, &changes, qc).unwrap();
+        assert_eq!(set.epoch(), qc.epoch);
+        if let Some(change) = changes.iter().find(|c| c.state.epoch == qc.epoch) {
+            assert!(qc.seq <= change.boundary());
+        }
+    }
+    let latest = net.qcs.last().unwrap().clone();
+    assert_eq!(latest.epoch, 2);
+    assert_eq!(
+        verify_qc_across_epochs(&chain(), &genesis, &[], &latest).err(),
+        Some(CertificateError::WrongEpoch {
+            got: 2,
+            expected: 0
+        })
+    );
+    // A QC of epoch 0 claimed past its boundary is refused before any signature.
+    let mut late = net.qcs.first().unwrap().clone();
+    late.seq = changes[0].boundary() + 1;
+    assert_eq!(
+        verify_qc_across_epochs(&chain(), &genesis, &changes, &late).err(),
+        Some(CertificateError::BadEpochChange(
+            "the QC is above its epoch's boundary"
+        ))
+    );
+    // A change whose state was altered does not verify: the checkpoint signs the state.
+    let mut forged = changes[0].clone();
+    if let Some(next) = forged.state.next.as_mut() {
+        next.validators.push(key_of(6));
+    }
+    assert_eq!(
+        verify_epoch_change(&chain(), &genesis, &forged).err(),
+        Some(CertificateError::BadEpochChange(
+            "the certificate signs another state"
+        ))
+    );
+    // A link out of order is another epoch's.
+    assert!(matches!(
+        verify_epoch_change(&chain(), &genesis, &changes[1]),
+        Err(CertificateError::WrongEpoch {
+            got: 1,
+            expected: 0
+        })
+    ));
+
+    // Validator 3 restarts from its log alone (its store lost): it comes back in epoch 2 and
+    // catches up from its peers.
+    let records = net.logs[3].clone();
+    let restored = Replica::restore(
+        config.clone(),
+        genesis.clone(),
+        validator_key(3),
+        records,
+        ExecutedState::default(),
+    )
+    .unwrap();
+    assert_eq!(restored.validators().epoch(), 2);
+    net.replicas[3] = Some(restored);
+    net.apps[3].clear();
+    // As a host does on start: a first tick, then what the restore left to carry out.
+    net.replicas[3].as_mut().unwrap().handle_timeout(net.now);
+    net.drain(3);
+    for round in 0..6 {
+        net.request(&format!("after the restart, {round}"));
+    }
+    // Its status timer asks its peers for what it lacks.
+    net.run(2_000);
+    assert_eq!(
+        net.replica(3).executed_seq(),
+        net.replica(0).executed_seq(),
+        "the restarted validator caught up"
+    );
+    assert_eq!(net.apps[3], net.apps[0]);
+
+    // A removed validator's log says it is out.
+    let removed = Replica::restore(
+        config,
+        genesis,
+        validator_key(6),
+        net.logs[6].clone(),
+        ExecutedState::default(),
+    );
+    assert_eq!(removed.err(), Some(ConfigError::Removed { epoch: 1 }));
+}
