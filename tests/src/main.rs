@@ -248,6 +248,7 @@ fn main() -> ExitCode {
     let mut commit_delays: Vec<f64> = Vec::new();
     let mut conviction_ms: Vec<u64> = Vec::new();
     let mut undetected = 0u64;
+    let (mut removed, mut changed_sets, mut highest_epoch) = (0u64, 0u64, 0u64);
     let next = AtomicU64::new(seeds.start);
     let (results, finished) = mpsc::channel();
     std::thread::scope(|scope| {
@@ -286,6 +287,9 @@ fn main() -> ExitCode {
             commit_delays.extend(&report.commit_delays);
             conviction_ms.extend(&report.conviction_ms);
             undetected += report.undetected;
+            removed += report.removed;
+            changed_sets += u64::from(report.epochs > 0);
+            highest_epoch = highest_epoch.max(report.epochs);
             forgeries += report.attested_forgeries;
             if let Some((answered, retransmitted, refused)) = report.gateway {
                 gateway.0 += answered;
@@ -365,6 +369,9 @@ fn main() -> ExitCode {
             percentile(&conviction_ms, 0.5),
             percentile(&conviction_ms, 0.9),
             percentile(&conviction_ms, 1.0),
+        );
+        println!(
+            "removed from the set at the next epoch boundary: {removed} convicted validators; {changed_sets} runs changed the set (up to epoch {highest_epoch})"
         );
     }
     commit_delays.sort_unstable_by(f64::total_cmp);

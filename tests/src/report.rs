@@ -22,6 +22,10 @@ pub struct Report {
     pub conviction_ms: Vec<u64>,
     /// Validators that sent conflicting statements no honest replica ever held both of.
     pub undetected: u64,
+    /// The highest epoch an honest replica entered (0: the set never changed).
+    pub epochs: u64,
+    /// Convicted validators out of the last epoch's set.
+    pub removed: u64,
     /// Messages put on the simulated network.
     pub messages: u64,
     /// Virtual time at the end, ms.
@@ -104,6 +108,15 @@ pub(crate) fn observe(trace: &mut Hasher, index: usize, output: &Output) {
         }
         Output::StateDiverged { seq, own, stable } => {
             trace.u64(*seq).digest(own).digest(stable);
+        }
+        Output::Persist(Record::Scheduled { seq, next }) => {
+            trace
+                .u64(*seq)
+                .u64(next.boundary)
+                .u64(next.validators.len() as u64);
+        }
+        Output::Persist(Record::EpochStarted(change)) | Output::EpochStarted(change) => {
+            trace.u64(change.epoch()).digest(&change.checkpoint.digest);
         }
         other => panic!("the simulator does not trace {other:?}"),
     }

@@ -20,6 +20,15 @@ pub(super) struct Committed {
 }
 
 impl Simulation {
+    /// The set of `epoch` as the run learned it (the genesis set for one never entered, which
+    /// then fails the check it is used for).
+    pub(super) fn set_of(&self, epoch: u64) -> pbft_core::ValidatorSet {
+        self.sets
+            .get(&epoch)
+            .cloned()
+            .unwrap_or_else(|| self.set.clone())
+    }
+
     /// Records a violation with the virtual time it was seen.
     pub(super) fn violation(&mut self, what: String) {
         let line = format!("t={}ms: {what}", self.now);
@@ -46,10 +55,18 @@ impl Simulation {
                 "replica {index}: QC at seq {seq} does not match its batch"
             ));
         }
-        if let Err(err) = verify_qc(&chain(), &self.set, qc) {
-            self.violation(format!(
-                "replica {index}: QC at seq {seq} does not verify: {err}"
-            ));
+        match self.sets.get(&qc.epoch) {
+            Some(set) => {
+                if let Err(err) = verify_qc(&chain(), set, qc) {
+                    self.violation(format!(
+                        "replica {index}: QC at seq {seq} does not verify: {err}"
+                    ));
+                }
+            }
+            None => self.violation(format!(
+                "replica {index}: QC at seq {seq} of epoch {}, which no replica entered",
+                qc.epoch
+            )),
         }
         for request in &batch.requests {
             let digest = request.digest(&chain());
@@ -155,7 +172,12 @@ impl Simulation {
     /// shared key relays them as its own, which no honest validator's key ever does.
     pub(super) fn check_signed(&mut self, index: NodeId, vote: &Vote) {
         let node = &self.validators[index];
-        if node.fault.is_some() || vote.replica.0 as usize != node.id {
+        let own = node
+            .replica
+            .validators()
+            .key(vote.replica)
+            .map(|k| k.public_key());
+        if node.fault.is_some() || own != Some(self.keys[node.id]) {
             return;
         }
         let key = (index, vote.phase, vote.view, vote.seq);
@@ -184,11 +206,17 @@ impl Simulation {
 
     /// Evidence a replica reported must verify, and be against a faulty validator.
     pub(super) fn check_evidence(&mut self, index: NodeId, evidence: &Evidence) {
-        let culprit = evidence.second.replica.0 as usize;
-        match verify_evidence(&chain(), &self.set, evidence) {
+        let set = self.set_of(evidence.epoch);
+        let Some(culprit) = self.genesis_index(&set, evidence.offender()) else {
+            self.violation(format!(
+                "replica {index} reported evidence against no validator"
+            ));
+            return;
+        };
+        match verify_evidence(&chain(), &set, evidence) {
             Ok(()) if self.validators[culprit].fault.is_some() => {
                 self.report.evidence += 1;
-                let offender = evidence.offender().0;
+                let offender = culprit as u16;
                 self.conflict_at.entry(offender).or_insert(self.now);
                 if self.validators[index].fault.is_none() {
                     self.reported.insert(offender);
@@ -209,16 +237,21 @@ impl Simulation {
     /// validator, and convicts it from now on.
     fn check_committed_evidence(&mut self, index: NodeId, seq: u64, batch: &Batch) {
         for evidence in &batch.evidence {
-            let offender = evidence.offender();
+            let set = self.set_of(evidence.epoch);
+            let offender = self
+                .genesis_index(&set, evidence.offender())
+                .unwrap_or(usize::MAX);
             let faulty = self
                 .validators
-                .get(usize::from(offender.0))
+                .get(offender)
                 .is_some_and(|node| node.fault.is_some());
-            match verify_evidence(&chain(), &self.set, evidence) {
+            let offender = offender as u16;
+            match verify_evidence(&chain(), &set, evidence) {
                 Ok(()) if faulty => {
-                    if self.convicted_at.insert(offender.0, self.now).is_none() {
+                    self.convicted_in.entry(offender).or_insert(evidence.epoch);
+                    if self.convicted_at.insert(offender, self.now).is_none() {
                         self.report.convictions += 1;
-                        let since = self.conflict_at.get(&offender.0).copied();
+                        let since = self.conflict_at.get(&offender).copied();
                         self.report
                             .conviction_ms
                             .push(self.now.saturating_sub(since.unwrap_or(self.now)));
@@ -291,8 +324,9 @@ impl Simulation {
             .iter()
             .position(|r| r.digest(&chain()) == digest);
         let proof = position.and_then(|index| committed.batch.prove(&chain(), index));
+        let set = self.set_of(committed.certificate.epoch);
         let ok = proof.is_some_and(|proof| {
-            verify_qc(&chain(), &self.set, &committed.certificate).is_ok()
+            verify_qc(&chain(), &set, &committed.certificate).is_ok()
                 && verify_inclusion(&committed.certificate, request, &proof).is_ok()
         });
         if !ok {

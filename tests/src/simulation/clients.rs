@@ -29,11 +29,12 @@ impl Simulation {
         client.outstanding = Some(request.clone());
         self.submitted.insert(request.digest(&chain()));
         let from = self.validators.len() + index;
-        let primary = client.client.primary().0 as usize;
+        let primary = client.client.primary();
+        let set = client.client.validators().clone();
         let bytes = Message::Request(request).encode();
         let replicas: Vec<usize> = match self.gateway_node() {
             Some(gateway) => vec![gateway],
-            None => self.instances_of(primary).collect(),
+            None => self.instances_in(&set, primary),
         };
         for replica in replicas {
             self.send(replica, from, bytes.clone());

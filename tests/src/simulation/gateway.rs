@@ -72,14 +72,17 @@ impl Simulation {
     /// Bytes reach the gateway: a validator's reply, or a client's request.
     pub(super) fn gateway_receives(&mut self, from: PublicKey, bytes: &[u8]) {
         let now = self.now;
-        let validator = self.keys.iter().position(|key| *key == from);
+        let validator = self.keys.contains(&from);
         let Some(sim) = self.gateway.as_mut() else {
             return;
         };
         // Refusals are expected: late and duplicated replies, a client's retransmission of a
         // request the gateway still holds, faulty validators' lies. Counted, not fatal.
-        if let Some(id) = validator {
-            let _ = sim.gateway.handle_reply(ReplicaId(id as u16), bytes);
+        if validator {
+            // By its id in the set the gateway follows (a removed validator has none).
+            if let Some(id) = sim.gateway.validators().id_of(&from) {
+                let _ = sim.gateway.handle_reply(id, bytes);
+            }
         } else if let Ok(Message::Request(request)) = Message::decode(bytes, usize::MAX) {
             // Gateway-attested, the client's key is what the transport proved (`from`): its
             // signature is not needed, and not sent on.
@@ -121,7 +124,12 @@ impl Simulation {
         {
             match output {
                 GatewayOutput::Transmit { to, bytes, .. } => {
-                    let replicas: Vec<NodeId> = self.instances_of(to.0 as usize).collect();
+                    let set = self
+                        .gateway
+                        .as_ref()
+                        .map(|sim| sim.gateway.validators().clone())
+                        .unwrap_or_else(|| self.set.clone());
+                    let replicas: Vec<NodeId> = self.instances_in(&set, to);
                     for replica in replicas {
                         self.send(replica, node, bytes.clone());
                     }
@@ -133,10 +141,15 @@ impl Simulation {
                         continue;
                     };
                     let agree = replies.iter().all(|r| r.result == replies[0].result);
+                    let set = self
+                        .gateway
+                        .as_ref()
+                        .map(|sim| sim.gateway.validators().clone())
+                        .unwrap_or_else(|| self.set.clone());
                     let verify = replies
                         .iter()
-                        .all(|r| verify_reply(&chain(), &self.set, r).is_ok());
-                    if !agree || !verify || replies.len() != self.set.reply_quorum() {
+                        .all(|r| verify_reply(&chain(), &set, r).is_ok());
+                    if !agree || !verify || replies.len() != set.reply_quorum() {
                         self.violation(format!(
                             "the gateway answered client {index} with replies that do not prove one result"
                         ));
@@ -147,6 +160,12 @@ impl Simulation {
                     }
                 }
                 GatewayOutput::Refused { .. } => {}
+                GatewayOutput::EpochStarted(change) => {
+                    let bytes = Message::EpochChange(change).encode();
+                    for client in 0..self.clients.len() {
+                        self.send(self.validators.len() + client, node, bytes.clone());
+                    }
+                }
             }
         }
         let Some(sim) = self.gateway.as_mut() else {

@@ -13,7 +13,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use pbft_core::testing::client_key;
-use pbft_core::{Client, Config, Digest, Hasher, Keypair, PublicKey, Replica, ValidatorSet};
+use pbft_core::{
+    Client, Config, Digest, Hasher, Keypair, PublicKey, Replica, ReplicaId, ValidatorSet,
+};
 
 use crate::report::Report;
 use crate::{Fault, Rng, Scenario, chain, validator_keys};
@@ -21,6 +23,7 @@ use crate::{Fault, Rng, Scenario, chain, validator_keys};
 mod byzantine;
 mod checks;
 mod clients;
+mod epochs;
 mod gateway;
 mod generated;
 mod network;
@@ -92,7 +95,11 @@ pub struct Simulation {
     gateway: Option<SimGateway>,
     /// The Byzantine gateway, in a scenario [`Scenario::rogue_gateway`].
     rogue: Option<RogueGateway>,
+    /// The genesis validator set.
     set: ValidatorSet,
+    /// Each epoch's set, as the first validator to enter it proved it: ids in an epoch's
+    /// statements are positions in its set, node indices are positions in the genesis one.
+    sets: BTreeMap<u64, ValidatorSet>,
     /// The validators' keys, by index.
     keys: Vec<PublicKey>,
     /// The clients' keys, by index.
@@ -132,6 +139,8 @@ pub struct Simulation {
     reported: BTreeSet<u16>,
     /// Per offender: when evidence against it first committed at an honest replica (ms).
     convicted_at: BTreeMap<u16, u64>,
+    /// Per offender: the epoch of the first committed evidence against it.
+    convicted_in: BTreeMap<u16, u64>,
 }
 
 /// Virtual time after which a run stops.
@@ -214,6 +223,7 @@ impl Simulation {
             clients,
             gateway,
             rogue,
+            sets: BTreeMap::from([(0, set.clone())]),
             set,
             keys,
             client_keys,
@@ -234,6 +244,7 @@ impl Simulation {
             conflict_at: BTreeMap::new(),
             reported: BTreeSet::new(),
             convicted_at: BTreeMap::new(),
+            convicted_in: BTreeMap::new(),
             states: BTreeMap::new(),
             scenario,
         }
@@ -307,13 +318,30 @@ impl Simulation {
             && answered
             && self.validators.iter().all(|node| {
                 !node.held_to_liveness()
-                    || (node.replica.is_idle() && node.delivered == self.report.batches)
+                    || (node.replica.is_idle()
+                        && node.delivered == self.report.batches
+                        && node.replica.scheduled_epoch().is_none())
             })
     }
 
     /// The replicas that run validator `id`'s key: the validator, and its twin if it has one.
     fn instances_of(&self, id: usize) -> impl Iterator<Item = NodeId> + '_ {
         (0..self.validators.len()).filter(move |&node| self.validators[node].id == id)
+    }
+
+    /// The genesis index of validator `id` of `set` (an epoch's set): where its key is in
+    /// the genesis set.
+    fn genesis_index(&self, set: &ValidatorSet, id: ReplicaId) -> Option<usize> {
+        let key = set.key(id)?.public_key();
+        self.keys.iter().position(|k| *k == key)
+    }
+
+    /// The replicas that run validator `id` of `set`.
+    fn instances_in(&self, set: &ValidatorSet, id: ReplicaId) -> Vec<NodeId> {
+        match self.genesis_index(set, id) {
+            Some(index) => self.instances_of(index).collect(),
+            None => Vec::new(),
+        }
     }
 
     /// Whether a validator is crashed (waiting to restart, or stopped for good).
@@ -393,6 +421,7 @@ impl Simulation {
         });
         self.check_liveness();
         self.check_convictions();
+        self.check_removals();
         if std::env::var_os("PBFT_SIM_DEBUG").is_some() {
             for (index, node) in self.validators.iter().enumerate() {
                 eprintln!(

@@ -97,7 +97,17 @@ impl Simulation {
         }
         // Rejections are expected (garbage, replays, duplicates); they are counted, not fatal.
         let node = &mut self.validators[to];
-        let _ = node.replica.handle_message(self.now, &from, &bytes);
+        let result = node.replica.handle_message(self.now, &from, &bytes);
+        if std::env::var_os("PBFT_SIM_TRACE_ERRORS").is_some()
+            && let Err(err) = &result
+        {
+            let what = match Message::decode(&bytes, usize::MAX) {
+                Ok(Message::FetchState(f)) => format!(" (fetch {} {:?})", f.seq, f.chunk),
+                Ok(m) => format!(" ({})", m.kind()),
+                _ => String::new(),
+            };
+            eprintln!("t={} replica {to}: {err}{what}", self.now);
+        }
         self.drain(to);
     }
 
@@ -107,7 +117,10 @@ impl Simulation {
         let from = index;
         let own = self.validators[index].id;
         let targets: Vec<NodeId> = match to {
-            Destination::Validator(id) => self.instances_of(id.0 as usize).collect(),
+            Destination::Validator(id) => {
+                let set = self.validators[index].replica.validators().clone();
+                self.instances_in(&set, id)
+            }
             Destination::AllValidators => (0..self.validators.len())
                 .filter(|&i| self.validators[i].id != own)
                 .collect(),

@@ -215,6 +215,7 @@ impl Simulation {
                 Output::Install(install) => self.install(index, install),
                 Output::Evidence(evidence) => self.check_evidence(index, &evidence),
                 Output::StateDiverged { seq, .. } => self.note_divergence(index, seq),
+                Output::EpochStarted(change) => self.epoch_started(index, &change),
                 other => panic!("the simulator does not handle {other:?}"),
             }
         }
@@ -461,6 +462,13 @@ impl Simulation {
     /// A validator's core found its state at the stable checkpoint `seq` is not the quorum's:
     /// expected only of one whose application was made to diverge.
     fn note_divergence(&mut self, index: NodeId, seq: u64) {
+        if std::env::var_os("PBFT_SIM_TRACE_ERRORS").is_some() {
+            eprintln!(
+                "DIVERGED replica {index} at {seq}: schedule {:?}, store executed {}",
+                self.validators[index].replica.scheduled_epoch(),
+                self.validators[index].store.table.executed
+            );
+        }
         match self.validators[index].fault {
             Some(Fault::DivergeAt(_)) if self.validators[index].corrupted => {
                 self.report.state_repairs += 1;
@@ -493,6 +501,22 @@ impl Simulation {
         }
         let keypair = Keypair::from_seed(&node.keypair.seed());
         let table = &node.store.table;
+        if std::env::var_os("PBFT_SIM_TRACE_ERRORS").is_some() {
+            let scheduled: Vec<_> = node
+                .durable
+                .iter()
+                .filter(|r| matches!(r, Record::Scheduled { .. } | Record::Committed(..)))
+                .map(|r| match r {
+                    Record::Scheduled { seq, .. } => format!("S{seq}"),
+                    Record::Committed(qc, _) => format!("C{}", qc.seq),
+                    _ => String::new(),
+                })
+                .collect();
+            eprintln!(
+                "RESTART replica {index} at {}: store executed {}, records {scheduled:?}",
+                self.now, table.executed
+            );
+        }
         let executed = ExecutedState {
             executed: table.executed,
             client_floor: table.floor,
@@ -508,6 +532,12 @@ impl Simulation {
             executed,
         ) {
             Ok(replica) => node.replica = replica,
+            // Removed from the set while it was down (or before it crashed): it stays down.
+            Err(pbft_core::ConfigError::Removed { .. })
+                if !self.validators[index].held_to_liveness() =>
+            {
+                return;
+            }
             Err(err) => {
                 let what = format!("replica {index} cannot restore: {err}");
                 self.violation(what);
