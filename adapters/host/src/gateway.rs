@@ -183,7 +183,9 @@ fn run(
             Ok(Input::Peer { from, bytes }) => {
                 // Replies reach the gateway in the client protocol's frames; a validator's
                 // key the transport admitted names the signer they must carry.
-                let reply = match (validators.id_of(&from), ServerFrame::decode(&bytes)) {
+                // By its id in the set the gateway follows now (which a removed one is not in).
+                let id = state.gateway.validators().id_of(&from);
+                let reply = match (id, ServerFrame::decode(&bytes)) {
                     (Some(id), Ok(ServerFrame::Message(message))) => Some((id, message)),
                     _ => None,
                 };
@@ -223,7 +225,7 @@ fn run(
             kept_alive = Instant::now();
         }
         while let Some(output) = state.gateway.poll_output() {
-            state.route(router, output);
+            state.route(router, validators, output);
         }
     }
 }
@@ -342,7 +344,9 @@ impl State {
         self.told_rate.clear();
     }
 
-    fn route(&self, router: &Router, output: GatewayOutput) {
+    /// Carries out one output. `genesis` is the network config's set, whose positions the
+    /// transport's links are; the gateway's ids are positions in the set of its epoch.
+    fn route(&self, router: &Router, genesis: &ValidatorSet, output: GatewayOutput) {
         match output {
             GatewayOutput::Transmit {
                 to,
@@ -350,6 +354,10 @@ impl State {
                 again,
                 bytes,
             } => {
+                let key = self.gateway.validators().key(to).map(|k| k.public_key());
+                let Some(to) = key.and_then(|key| genesis.id_of(&key)) else {
+                    return;
+                };
                 // The validator may have lost the claim with a connection: it goes first.
                 if let Some(claim) = self.claims.get(&client).filter(|_| again) {
                     router.route(Transmit {
@@ -377,6 +385,17 @@ impl State {
                 client_seq,
                 reason,
             } => refuse(router, client, client_seq, &reason.to_string()),
+            GatewayOutput::EpochStarted(change) => {
+                tracing::warn!(
+                    epoch = change.epoch(),
+                    validators = change.validators().len(),
+                    "the gateway entered a new epoch"
+                );
+                let frame = ServerFrame::Message(Message::EpochChange(change).encode());
+                for client in self.gateway.clients() {
+                    router.to_client(client, &frame);
+                }
+            }
         }
     }
 }

@@ -260,6 +260,11 @@ pub struct Node<A> {
     /// Holds the data dir's lock for as long as the node lives.
     _lock: std::fs::File,
     replica: Replica,
+    /// The validator set of the network config: the transport's peers are its positions.
+    genesis: ValidatorSet,
+    /// The set of the epoch the outputs being carried out were made in: a
+    /// [`Destination::Validator`] id is a position in it, until an [`Output::EpochStarted`].
+    output_set: ValidatorSet,
     wal: Wal,
     store: Store,
     app: A,
@@ -525,10 +530,14 @@ impl<A: Application> Node<A> {
         let chain = config.chain_id;
         let attesting_gateways = config.attesting_gateways.clone();
         let retained_batches = config.retained_batches as u64;
+        let genesis = validators.clone();
         let replica = Replica::restore(config, validators, keypair, records, executed)
             .map_err(NodeError::Config)?;
+        let output_set = replica.validators().clone();
         Ok(Node {
             _lock: lock,
+            genesis,
+            output_set,
             replica,
             wal,
             store,
@@ -741,7 +750,43 @@ impl<A: Application> Node<A> {
                     Destination::Client(client) => self.attested_by.get(&client).copied(),
                     _ => None,
                 };
+                // The transport's peers are the config's validators: an id of a later
+                // epoch's set goes to the same key's position there.
+                let to = match to {
+                    Destination::Validator(id) => {
+                        let key = self.output_set.key(id).map(|key| key.public_key());
+                        match key.and_then(|key| self.genesis.id_of(&key)) {
+                            Some(id) => Destination::Validator(id),
+                            None => return Ok(round),
+                        }
+                    }
+                    other => other,
+                };
                 transmits.push(Transmit { to, bytes, via });
+            }
+            Output::EpochStarted(change) => {
+                let removed: Vec<String> = self
+                    .output_set
+                    .public_keys()
+                    .filter(|key| !change.validators().contains(key))
+                    .map(|key| key.to_string())
+                    .collect();
+                self.output_set = change
+                    .validator_set()
+                    .map_err(|err| NodeError::UnhandledOutput(format!("epoch change: {err}")))?;
+                tracing::warn!(
+                    epoch = change.epoch(),
+                    boundary = change.boundary(),
+                    validators = change.validators().len(),
+                    removed = ?removed,
+                    "entered a new epoch"
+                );
+                if self.replica.is_retired() {
+                    tracing::error!(
+                        epoch = change.epoch(),
+                        "this validator was removed from the validator set; it takes no more part"
+                    );
+                }
             }
             Output::Deliver(delivery) => {
                 if delivery.seq != self.replica.executed_seq() + 1 {

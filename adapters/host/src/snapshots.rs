@@ -52,7 +52,7 @@ impl Snapshots {
                     // The transaction pins the pages of its state: let them go first.
                     drop(read);
                     let taken = job.finish(app);
-                    let record = checkpoint_record(taken.app(), taken.clients());
+                    let record = checkpoint_record(taken.app(), &taken.core_state());
                     Finished {
                         taken,
                         record,
@@ -139,7 +139,7 @@ mod tests {
         assert_eq!(finished.taken.app(), &expected[..]);
         assert_eq!(
             finished.record,
-            checkpoint_record(&expected, finished.taken.clients())
+            checkpoint_record(&expected, &finished.taken.core_state())
         );
         replica.snapshot_taken(11, finished.taken).unwrap();
         let state = replica.checkpoint_state(delivery.seq).expect("kept");

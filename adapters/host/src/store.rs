@@ -39,18 +39,15 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("pbft.meta");
 const CLIENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pbft.clients");
 /// Committed batches by seq: postcard [`Committed`].
 const BATCHES: TableDefinition<u64, &[u8]> = TableDefinition::new("pbft.batches");
-/// Checkpoint states by seq: postcard `(app, clients)` (see [`CheckpointState`]).
+/// Checkpoint states by seq: postcard `(app, core state)` (see [`CheckpointState`]).
 const CHECKPOINTS: TableDefinition<u64, &[u8]> = TableDefinition::new("pbft.checkpoints");
 
-/// The store's record of a checkpoint's state: the application's bytes and the encoded
-/// exactly-once table, as one postcard pair. As long as the state: worth encoding away from
+/// The store's record of a checkpoint's state: the application's bytes and the core's
+/// replicated state (opaque), as one postcard pair. As long as the state: worth encoding away from
 /// the node's thread.
-pub fn checkpoint_record(app: &[u8], clients: &[u8]) -> Vec<u8> {
-    postcard::to_allocvec(&(
-        serde_bytes::Bytes::new(app),
-        serde_bytes::Bytes::new(clients),
-    ))
-    .unwrap_or_default()
+pub fn checkpoint_record(app: &[u8], core: &[u8]) -> Vec<u8> {
+    postcard::to_allocvec(&(serde_bytes::Bytes::new(app), serde_bytes::Bytes::new(core)))
+        .unwrap_or_default()
 }
 /// The chain id the data dir belongs to, under the key `"chain"` (32 bytes).
 const CHAIN: TableDefinition<&str, &[u8]> = TableDefinition::new("pbft.chain");
@@ -441,13 +438,13 @@ impl Store {
         for entry in table.iter().map_err(|e| self.fail(e))? {
             let (seq, value) = entry.map_err(|e| self.fail(e))?;
             let seq = seq.value();
-            let (app, clients): (serde_bytes::ByteBuf, serde_bytes::ByteBuf) =
+            let (app, core): (serde_bytes::ByteBuf, serde_bytes::ByteBuf) =
                 postcard::from_bytes(value.value())
                     .map_err(|_| self.corrupt(format!("checkpoint {seq}")))?;
             checkpoints.push(CheckpointState {
                 seq,
                 app: app.into_vec(),
-                clients: clients.into_vec(),
+                core: core.into_vec(),
             });
         }
         Ok(ExecutedState {
@@ -564,7 +561,7 @@ impl Round {
     /// Keeps the state at a checkpoint (the replica's own, or one it installed), so peers
     /// can fetch it from this replica after it restarted.
     pub fn record_checkpoint(&mut self, state: &CheckpointState) -> Result<(), StoreError> {
-        let record = checkpoint_record(&state.app, &state.clients);
+        let record = checkpoint_record(&state.app, &state.core);
         self.record_checkpoint_encoded(state.seq, &record)
     }
 
