@@ -213,6 +213,11 @@ pub fn verify_qc_across_epochs(
         }
         set = next;
     }
+    if qc.seq <= set.base().0 {
+        return Err(CertificateError::BadEpochChange(
+            "the QC is at or below its epoch's start",
+        ));
+    }
     verify_qc(chain, &set, qc)?;
     Ok(set)
 }

@@ -362,10 +362,14 @@ fn a_validator_catches_up_by_replay_while_the_primary_reproposes_committed_seqs(
             report.violations
         );
         assert_eq!(report.requests_completed, 6, "seed {seed}");
+        // When the primary's stale proposals convicted it, the set changed while the
+        // validator was down: past the boundary its peers keep the boundary's state, not
+        // every batch before it, so it fetches that state once.
+        let transfers = u64::from(report.epochs > 0);
         assert_eq!(
             (report.restarts, report.state_transfers),
-            (1, 0),
-            "seed {seed}: the validator came back and caught up by replay"
+            (1, transfers),
+            "seed {seed}: the validator came back and caught up"
         );
     }
 }

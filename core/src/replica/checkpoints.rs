@@ -380,14 +380,16 @@ impl Replica {
         }
         self.metrics.signatures_verified += checkpoint.signatures.len() as u64;
         self.metrics.signatures_batch_verified += checkpoint.signatures.len() as u64;
-        if self.changes_ahead.len() > 1 {
-            // More than an epoch behind: a checkpoint of the last epoch the changes reach is
-            // where this replica jumps to.
-            return self.jump_target(checkpoint);
+        match verify_checkpoint(&self.config.chain_id, &self.validators, &checkpoint) {
+            Ok(()) => {
+                self.adopt_checkpoint(checkpoint);
+                Ok(())
+            }
+            // Its epoch is over: a checkpoint of the last epoch the changes reach is where
+            // this replica jumps to when its peers no longer hold what it lacks.
+            Err(_) if !self.epochs.ahead.is_empty() => self.jump_target(checkpoint),
+            Err(err) => Err(err.into()),
         }
-        verify_checkpoint(&self.config.chain_id, &self.validators, &checkpoint)?;
-        self.adopt_checkpoint(checkpoint);
-        Ok(())
     }
 
     /// Takes a verified stable checkpoint if it is newer than the one held, and moves the

@@ -9,6 +9,7 @@
 //! old epoch held above the boundary (nothing an honest replica signed) is left behind; the
 //! requests still waiting to be ordered are taken up again.
 
+use alloc::collections::BTreeSet;
 use alloc::vec;
 use alloc::vec::Vec;
 
@@ -25,15 +26,30 @@ use crate::message::{Message, Status};
 use crate::statement::{Evidence, Request};
 use crate::view_change::{StableCheckpoint, verify_checkpoint};
 
-/// Epoch changes sent to a peer per status it sends: it asks again for the rest.
-const CHANGES_PER_STATUS: usize = 4;
+/// Where a replica stands in the chain of epochs.
+#[derive(Debug, Default)]
+pub(super) struct Epochs {
+    /// The change of the validator set a committed conviction scheduled.
+    pub(super) schedule: Option<NextEpoch>,
+    /// The seq whose delivery last changed `schedule` (or the installed state's seq).
+    pub(super) scheduled_at: u64,
+    /// The changes from genesis to this epoch, oldest first.
+    pub(super) changes: Vec<EpochChange>,
+    /// Changes after this epoch, verified in order from it: a replica behind jumps to the
+    /// last one's epoch through them when its peers no longer hold what it lacks.
+    pub(super) ahead: Vec<EpochChange>,
+    /// Clients this replica handed the chain of changes in this epoch.
+    pub(super) told: BTreeSet<PublicKey>,
+    /// Removed from the set by an epoch change: takes no more part.
+    pub(super) retired: bool,
+}
 
 impl Replica {
     /// The validator set's part of the replicated state at checkpoint `seq`, just executed: the
     /// current one, or at the boundary this epoch started from (executed again after a
     /// restart whose store was behind it) the previous epoch's, which the change proves.
     pub(super) fn epoch_state(&self, seq: u64) -> EpochState {
-        if let Some(change) = self.epoch_changes.last()
+        if let Some(change) = self.epochs.changes.last()
             && change.boundary() == seq
         {
             return change.state.clone();
@@ -41,7 +57,7 @@ impl Replica {
         EpochState {
             epoch: self.validators.epoch(),
             validators: self.validators.public_keys().collect(),
-            next: self.schedule.clone(),
+            next: self.epochs.schedule.clone(),
         }
     }
 
@@ -55,7 +71,8 @@ impl Replica {
         if epoch == self.validators.epoch() {
             return Ok(self.validators.clone());
         }
-        self.epoch_changes
+        self.epochs
+            .changes
             .iter()
             .find(|change| change.state.epoch == epoch)
             .and_then(|change| ValidatorSet::new(epoch, &change.state.validators).ok())
@@ -70,6 +87,7 @@ impl Replica {
     pub(super) fn punishable(&self, key: &PublicKey) -> bool {
         self.validators.id_of(key).is_some()
             && self
+                .epochs
                 .schedule
                 .as_ref()
                 .is_none_or(|next| next.validators.contains(key))
@@ -77,21 +95,24 @@ impl Replica {
 
     /// The last seq this epoch orders: the scheduled boundary, or none (`u64::MAX`).
     pub(super) fn epoch_end(&self) -> u64 {
-        self.schedule
+        self.epochs
+            .schedule
             .as_ref()
             .map_or(u64::MAX, |next| next.boundary)
     }
 
     /// Whether this replica waits for the slots up to a scheduled boundary to commit.
     pub(super) fn awaits_boundary(&self) -> bool {
-        self.schedule
+        self.epochs
+            .schedule
             .as_ref()
             .is_some_and(|next| self.last_delivered < next.boundary)
     }
 
     /// Whether the primary must propose an empty batch at its next seq to reach the boundary.
     pub(super) fn must_pad(&self) -> bool {
-        self.schedule
+        self.epochs
+            .schedule
             .as_ref()
             .is_some_and(|next| self.next_seq <= next.boundary)
     }
@@ -105,7 +126,7 @@ impl Replica {
             return;
         }
         let boundary = boundary_after(seq, self.config.window, self.config.checkpoint_interval);
-        let mut next = self.schedule.clone().unwrap_or_else(|| NextEpoch {
+        let mut next = self.epochs.schedule.clone().unwrap_or_else(|| NextEpoch {
             boundary,
             validators: self.validators.public_keys().collect(),
         });
@@ -124,7 +145,7 @@ impl Replica {
                 next.validators.retain(|k| *k != key);
             }
         }
-        let changed = match &self.schedule {
+        let changed = match &self.epochs.schedule {
             Some(scheduled) => *scheduled != next,
             None => next.validators.len() < self.validators.len(),
         };
@@ -136,8 +157,8 @@ impl Replica {
             });
             self.evidence
                 .retain_pending(|offender| next.validators.contains(offender));
-            self.schedule = Some(next);
-            self.scheduled_at = seq;
+            self.epochs.schedule = Some(next);
+            self.epochs.scheduled_at = seq;
         }
     }
 
@@ -145,11 +166,15 @@ impl Replica {
     /// to it, and its own state there is the quorum's (a diverged one is repaired first).
     pub(super) fn maybe_enter_epoch(&mut self) {
         self.maybe_jump();
-        let Some(boundary) = self.schedule.as_ref().map(|next| next.boundary) else {
+        let Some(boundary) = self.epochs.schedule.as_ref().map(|next| next.boundary) else {
             return;
         };
         let stable = self.checkpoints.stable();
-        if self.retired || stable.seq != boundary || self.executed < boundary || self.repairing() {
+        if self.epochs.retired
+            || stable.seq != boundary
+            || self.executed < boundary
+            || self.repairing()
+        {
             return;
         }
         // Its own state there, or one it installed: the quorum's (a diverged one was found
@@ -172,15 +197,16 @@ impl Replica {
     /// Jumps to the epoch the changes ahead reach once this replica installed the state of
     /// the checkpoint of that epoch it fetched ([`Replica::jump_target`]).
     fn maybe_jump(&mut self) {
-        let Some(last) = self.changes_ahead.last() else {
+        let Some(last) = self.epochs.ahead.last() else {
             return;
         };
         let stable = self.checkpoints.stable().clone();
-        if self.changes_ahead.len() < 2
-            || stable.seq < last.boundary()
-            || self.executed != stable.seq
-            || self.repairing()
-        {
+        // A checkpoint inside the last epoch, or its start when that is more than one epoch
+        // on (one epoch on, the start is this epoch's boundary: the next epoch is entered as
+        // usual from there).
+        let inside = stable.seq > last.boundary()
+            || (self.epochs.ahead.len() > 1 && stable.seq == last.boundary());
+        if !inside || self.executed != stable.seq || self.repairing() {
             return;
         }
         // The state of a checkpoint of the last epoch (its start included), which its set
@@ -192,7 +218,7 @@ impl Replica {
                 snapshot.manifest.digest(&self.config.chain_id) == stable.digest
             });
         if installed {
-            let changes = core::mem::take(&mut self.changes_ahead);
+            let changes = core::mem::take(&mut self.epochs.ahead);
             self.enter_epoch(changes, Some(stable));
         }
     }
@@ -218,7 +244,7 @@ impl Replica {
             self.retire();
             return;
         }
-        let mut history = core::mem::take(&mut self.epoch_changes);
+        let mut history = core::mem::take(&mut self.epochs.changes);
         history.extend(changes);
         let executed = ExecutedState {
             executed: self.executed,
@@ -230,7 +256,22 @@ impl Replica {
         let waiting = self.unordered_requests();
         let evidence = self.evidence.take_pending();
         let mut records: Vec<Record> = history.into_iter().map(Record::EpochStarted).collect();
+        // A state jumped to may have a change of its own epoch scheduled already.
+        let scheduled = jump.as_ref().and_then(|stable| {
+            let next = self
+                .checkpoints
+                .snapshot(stable.seq)?
+                .manifest
+                .epoch
+                .next
+                .clone()?;
+            Some(Record::Scheduled {
+                seq: stable.seq,
+                next,
+            })
+        });
         records.extend(jump.clone().map(Record::Stable));
+        records.extend(scheduled.clone());
         let keypair = self.signer.keypair().duplicate();
         let next = Replica::restore(
             self.config.clone(),
@@ -249,6 +290,7 @@ impl Replica {
         if let Some(stable) = jump {
             // Where it jumped to, after the changes that lead there.
             next.outbox.persist(Record::Stable(stable));
+            next.outbox.extend_persist(scheduled);
         }
         next.metrics = core::mem::take(&mut self.metrics);
         let now = self.timers.now();
@@ -268,16 +310,19 @@ impl Replica {
     /// Hands `client` the chain of changes, once per epoch, before this epoch's first reply
     /// to it: the reply is signed in this epoch, which the client checks only with the set
     /// the chain proves. At most `max_clients` remembered, then they start over.
-    pub(super) fn tell_epoch(&mut self, client: PublicKey) {
-        if self.epoch_changes.is_empty() || self.epoch_told.contains(&client) {
+    /// `again`: the client retransmitted, so it may have missed the chain (it restarted,
+    /// or the messages came out of order): it is sent whatever was sent before.
+    pub(super) fn tell_epoch(&mut self, client: PublicKey, again: bool) {
+        if self.epochs.changes.is_empty() || (self.epochs.told.contains(&client) && !again) {
             return;
         }
-        if self.epoch_told.len() >= self.config.max_clients {
-            self.epoch_told.clear();
+        if self.epochs.told.len() >= self.config.max_clients {
+            self.epochs.told.clear();
         }
-        self.epoch_told.insert(client);
+        self.epochs.told.insert(client);
         let chain: Vec<Vec<u8>> = self
-            .epoch_changes
+            .epochs
+            .changes
             .iter()
             .map(|change| Message::EpochChange(change.clone()).encode())
             .collect();
@@ -288,7 +333,7 @@ impl Replica {
 
     /// Takes no more part: this replica's key is not in the new set.
     fn retire(&mut self) {
-        self.retired = true;
+        self.epochs.retired = true;
         self.log.clear();
         self.ahead.clear();
         self.view_changes.clear();
@@ -335,7 +380,7 @@ impl Replica {
     /// it does not verify.
     pub(super) fn on_epoch_change(&mut self, change: EpochChange) -> Result<(), Error> {
         let current = self.validators.epoch();
-        let expected = current + self.changes_ahead.len() as u64;
+        let expected = current + self.epochs.ahead.len() as u64;
         if change.state.epoch < expected {
             return Err(Error::Duplicate);
         }
@@ -345,12 +390,12 @@ impl Replica {
                 current,
             });
         }
-        if let Some(last) = self.changes_ahead.last() {
+        if let Some(last) = self.epochs.ahead.last() {
             let set = last.validator_set()?;
             let signers = change.checkpoint.signatures.len() as u64;
             self.metrics.signatures_verified += signers;
             verify_epoch_change(&self.config.chain_id, &set, &change)?;
-            self.changes_ahead.push(change);
+            self.epochs.ahead.push(change);
             return Ok(());
         }
         let boundary = change.boundary();
@@ -361,16 +406,16 @@ impl Replica {
         self.metrics.signatures_verified += signers;
         self.metrics.signatures_batch_verified += signers;
         verify_epoch_change(&self.config.chain_id, &self.validators, &change)?;
-        self.changes_ahead.push(change.clone());
+        self.epochs.ahead.push(change.clone());
         self.adopt_checkpoint(change.checkpoint);
-        // The next epoch's replicas keep the state at the boundary but not necessarily the
-        // batches before it: fetch the state rather than wait for them (a fetch of an older
-        // state gives way).
-        let fetching = self
+        // A fetch of an older state gives way to the boundary's. Without one, the batches up
+        // to the boundary come with the change; if they do not, the state at the boundary is
+        // fetched once replay stalls ([`Replica::maybe_start_transfer`]).
+        if self
             .transfer
             .as_ref()
-            .is_some_and(|t| t.target_seq() >= boundary);
-        if self.executed < boundary && !fetching {
+            .is_some_and(|t| t.target_seq() < boundary)
+        {
             self.fetch_stable_state(false);
         }
         Ok(())
@@ -386,7 +431,7 @@ impl Replica {
     /// [`Error::Duplicate`] for one not above the target held; [`Error::Certificate`] when it
     /// does not verify with that set.
     pub(super) fn jump_target(&mut self, checkpoint: StableCheckpoint) -> Result<(), Error> {
-        let Some(last) = self.changes_ahead.last() else {
+        let Some(last) = self.epochs.ahead.last() else {
             return Err(Error::UnexpectedMessage("checkpoint of another epoch"));
         };
         let set = last.validator_set()?;
@@ -395,12 +440,15 @@ impl Replica {
         }
         verify_checkpoint(&self.config.chain_id, &set, &checkpoint)?;
         self.checkpoints.take(checkpoint);
-        self.fetch_stable_state(false);
+        // A transfer under way goes on unless it is exhausted: under load each status would
+        // otherwise bring a newer checkpoint and restart it before it ends.
+        self.maybe_start_transfer();
         Ok(())
     }
 
-    /// Answers a peer's status of another epoch: a peer behind gets the changes since its
-    /// epoch (a few per status) and, when it is in the epoch just before this one, the
+    /// Answers a peer's status of another epoch: a peer behind gets every change since its
+    /// epoch (about a kilobyte each at n = 7), this replica's stable checkpoint to jump to,
+    /// and, when it is in the epoch just before this one, the
     /// committed batches up to its boundary it lacks (a window at most; its QCs are of the
     /// peer's epoch); one ahead gets this replica's status to answer with them.
     pub(super) fn send_epoch_changes(&mut self, peer: ReplicaId, status: &Status) {
@@ -412,18 +460,18 @@ impl Replica {
             return;
         }
         let missed: Vec<Vec<u8>> = self
-            .epoch_changes
+            .epochs
+            .changes
             .iter()
             .filter(|change| change.state.epoch >= epoch)
-            .take(CHANGES_PER_STATUS)
             .map(|change| Message::EpochChange(change.clone()).encode())
             .collect();
         for bytes in missed {
             self.metrics.retransmitted += 1;
             self.send(to.clone(), bytes);
         }
-        if epoch + 1 < self.validators.epoch() {
-            // More than an epoch behind: where to jump to, once it holds the changes.
+        if epoch < self.validators.epoch() {
+            // Where to jump to, once it holds the changes, if what it lacks is gone.
             let stable = Message::Checkpoint(self.checkpoints.stable().clone()).encode();
             self.send(to.clone(), stable);
         }
@@ -468,17 +516,17 @@ impl Replica {
     /// The epoch changes from genesis to the current epoch, oldest first: the chain a client
     /// holding the genesis set follows ([`crate::verify_qc_across_epochs`]).
     pub fn epoch_changes(&self) -> &[EpochChange] {
-        &self.epoch_changes
+        &self.epochs.changes
     }
 
     /// The change a committed decision scheduled, if any.
     pub fn scheduled_epoch(&self) -> Option<&NextEpoch> {
-        self.schedule.as_ref()
+        self.epochs.schedule.as_ref()
     }
 
     /// Whether this replica was removed from the validator set: it takes no more part, and
     /// every input is refused with [`Error::Retired`].
     pub fn is_retired(&self) -> bool {
-        self.retired
+        self.epochs.retired
     }
 }

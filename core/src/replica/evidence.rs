@@ -186,6 +186,10 @@ impl Replica {
         if self.evidence.pending.contains_key(&key) {
             return Err(Error::Duplicate);
         }
+        let now = self.timers.now();
+        if !self.budget.allows(peer, now) {
+            return Err(Error::OverBudget);
+        }
         // Against the set of its epoch (an earlier one's evidence still convicts its key),
         // and only while it can still change the set.
         let set = self.set_of_epoch(evidence.epoch)?;
@@ -195,10 +199,6 @@ impl Replica {
             .ok_or(Error::NotAValidator)?;
         if !self.punishable(&offender) {
             return Err(Error::Duplicate);
-        }
-        let now = self.timers.now();
-        if !self.budget.allows(peer, now) {
-            return Err(Error::OverBudget);
         }
         self.metrics.signatures_verified += 2;
         if let Err(err) = verify_evidence(&self.config.chain_id, &set, &evidence) {

@@ -310,7 +310,7 @@ impl Replica {
                 replica: self.id,
                 signature,
             };
-            self.tell_epoch(client);
+            self.tell_epoch(client, false);
             // Encoded, then kept: the reply moves into the message and back, uncopied.
             let message = Message::Reply(reply);
             self.send(Destination::Client(client), message.encode());
@@ -370,7 +370,7 @@ impl Replica {
             replica: self.id,
             signature,
         };
-        self.tell_epoch(request.client);
+        self.tell_epoch(request.client, true);
         let bytes = Message::Reply(reply.clone()).encode();
         self.send(Destination::Client(request.client), bytes);
         self.clients.store_reply(reply);

@@ -477,6 +477,7 @@ impl Replica {
     fn finish(&mut self, request: Request, digest: Digest, next: Admitted) -> Result<(), Error> {
         match next {
             Admitted::ReplyAgain(Some(reply)) => {
+                self.tell_epoch(request.client, true);
                 self.send(Destination::Client(request.client), reply.encode());
                 Ok(())
             }
@@ -507,7 +508,7 @@ impl Replica {
     /// over `max_request_bytes`.
     pub(super) fn check_batch_limits(&self, batch: &Batch) -> Result<(), Error> {
         // An empty batch fills a seq up to a scheduled boundary, and nothing else.
-        let empty_allowed = self.schedule.is_some();
+        let empty_allowed = self.epochs.schedule.is_some();
         let requests = &batch.requests;
         requests
             .iter()

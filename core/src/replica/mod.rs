@@ -37,12 +37,10 @@ pub use output::{Delivery, Destination, Install, Output, Record};
 pub use restore::{CheckpointState, ExecutedState};
 
 use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
-use alloc::vec::Vec;
 
 use crate::certificate::{CommitPath, Committed};
 use crate::config::{Config, ConfigError, ReplicaId, ValidatorSet};
 use crate::crypto::{Keypair, PublicKey};
-use crate::epoch::{EpochChange, NextEpoch};
 use crate::error::Error;
 use crate::merkle;
 use crate::message::Message;
@@ -115,19 +113,8 @@ pub struct Replica {
     checkpoints: Checkpoints,
     /// Evidence found or received, until a batch commits it.
     evidence: evidence::EvidencePool,
-    /// The change of the validator set a committed conviction scheduled ([`epoch`]).
-    schedule: Option<NextEpoch>,
-    /// The seq whose delivery last changed `schedule` (or the installed state's seq).
-    scheduled_at: u64,
-    /// The changes from genesis to this epoch, oldest first.
-    epoch_changes: Vec<EpochChange>,
-    /// Changes after this epoch, verified in order from it: a replica more than an epoch
-    /// behind jumps to the last one's epoch through them ([`epoch`]).
-    changes_ahead: Vec<EpochChange>,
-    /// Removed from the set by an epoch change: takes no more part.
-    retired: bool,
-    /// Clients this replica handed the chain of changes in this epoch.
-    epoch_told: BTreeSet<PublicKey>,
+    /// Where this replica stands in the chain of epochs ([`epoch`]).
+    epochs: epoch::Epochs,
     metrics: Metrics,
 }
 
@@ -158,12 +145,7 @@ impl Replica {
             intake: Intake::default(),
             checkpoints: Checkpoints::default(),
             evidence: evidence::EvidencePool::default(),
-            schedule: None,
-            scheduled_at: 0,
-            epoch_changes: Vec::new(),
-            changes_ahead: Vec::new(),
-            retired: false,
-            epoch_told: BTreeSet::new(),
+            epochs: epoch::Epochs::default(),
             config,
             validators,
             id,
@@ -197,9 +179,6 @@ impl Replica {
     /// and heartbeats.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<u64> {
-        if self.retired {
-            return None;
-        }
         [
             self.timers.batch(),
             self.view_deadline(),
@@ -208,12 +187,13 @@ impl Replica {
         .into_iter()
         .flatten()
         .min()
+        .filter(|_| !self.epochs.retired)
     }
 
     /// Time passed (`now`, ms): cuts a batch whose delay ran out, gives up on a primary that
     /// did not deliver in time, and asks peers for what is missing.
     pub fn handle_timeout(&mut self, now: u64) {
-        if self.retired {
+        if self.epochs.retired {
             return;
         }
         self.enter(now);
@@ -248,7 +228,7 @@ impl Replica {
         from: &PublicKey,
         bytes: &[u8],
     ) -> Result<(), Error> {
-        if self.retired {
+        if self.epochs.retired {
             return Err(Error::Retired);
         }
         self.enter(now);
@@ -266,7 +246,7 @@ impl Replica {
     /// Why the request was refused (too large, stale, a duplicate, overloaded, a bad key or
     /// signature): an answer for the client.
     pub fn submit(&mut self, now: u64, request: Request) -> Result<(), Error> {
-        if self.retired {
+        if self.epochs.retired {
             return Err(Error::Retired);
         }
         self.enter(now);

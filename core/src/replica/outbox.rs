@@ -57,6 +57,13 @@ impl Outbox {
         self.queue.push_back(output);
     }
 
+    /// Queues `record`, if any, as [`Outbox::persist`] does.
+    pub(super) fn extend_persist(&mut self, record: Option<Record>) {
+        if let Some(record) = record {
+            self.persist(record);
+        }
+    }
+
     /// Moves `other`'s outputs, in order, behind this one's (a replica that rebuilt itself
     /// for a new epoch keeps what its old self queued).
     pub(super) fn take_from(&mut self, other: &mut Outbox) {

@@ -149,7 +149,7 @@ impl Replica {
                 signatures: Vec::new(),
             });
         }
-        replica.epoch_changes = changes;
+        replica.epochs.changes = changes;
         let of_this_epoch =
             |replica: &Replica, record: &Record| base == 0 || replica.signed_in_epoch(record);
         let mut scheduled_at = None;
@@ -160,6 +160,17 @@ impl Replica {
         let mut accepted: BTreeMap<(u64, Digest), (Vote, Batch)> = BTreeMap::new();
         for record in records {
             if !of_this_epoch(&replica, &record) {
+                // Of an older epoch: only the batches it carried still count, for the redo
+                // records of the boundary's epoch (a store behind the boundary replays them).
+                match &record {
+                    Record::Accepted(proposal, batch) => {
+                        note_accepted(&mut accepted, proposal, || batch.clone());
+                    }
+                    Record::Prepared(prepared, Some(batch)) => {
+                        note_accepted(&mut accepted, &prepared.proposal, || batch.clone());
+                    }
+                    _ => {}
+                }
                 continue;
             }
             match record {
@@ -170,8 +181,8 @@ impl Replica {
                     let newer = scheduled_at.is_none_or(|at| at < seq);
                     if seq > base && seq <= executed.executed && newer {
                         scheduled_at = Some(seq);
-                        replica.scheduled_at = seq;
-                        replica.schedule = Some(next);
+                        replica.epochs.scheduled_at = seq;
+                        replica.epochs.schedule = Some(next);
                     }
                 }
                 Record::Committed(certificate, batch) => redo.push((certificate, batch)),
@@ -624,13 +635,14 @@ impl Replica {
     /// seq.
     pub fn durable_records(&self) -> Vec<Record> {
         let mut records: Vec<Record> = self
-            .epoch_changes
+            .epochs
+            .changes
             .iter()
             .cloned()
             .map(Record::EpochStarted)
             .collect();
-        records.extend(self.schedule.clone().map(|next| Record::Scheduled {
-            seq: self.scheduled_at,
+        records.extend(self.epochs.schedule.clone().map(|next| Record::Scheduled {
+            seq: self.epochs.scheduled_at,
             next,
         }));
         let stable = self.checkpoints.stable();

@@ -275,9 +275,16 @@ impl Replica {
         // restored behind the boundary executes it again).
         let earlier;
         let set = match seq <= self.validators.base().0 {
-            true => {
+            // Only an earlier epoch certifies a seq at or below this one's start.
+            true if certificate.epoch < self.validators.epoch() => {
                 earlier = self.set_of_epoch(certificate.epoch)?;
                 &earlier
+            }
+            true => {
+                return Err(Error::OtherEpoch {
+                    got: certificate.epoch,
+                    current: self.validators.epoch(),
+                });
             }
             false => &self.validators,
         };

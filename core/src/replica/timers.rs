@@ -86,6 +86,11 @@ impl Timers {
         self.view_timeout_ms.saturating_mul(factor)
     }
 
+    /// Whether nothing progressed (a delivery, a view entered, the first input) for `ms`.
+    pub(super) fn idle_for(&self, ms: u64) -> bool {
+        self.now >= self.progress_at.saturating_add(ms)
+    }
+
     /// The last progress (a delivery, a view entered, the first input) plus the view timeout.
     pub(super) fn progress_deadline(&self) -> u64 {
         self.progress_at.saturating_add(self.timeout())

@@ -72,10 +72,11 @@ impl Replica {
     /// the same way, whether behind or not. Returns whether it sent requests.
     pub(super) fn maybe_start_transfer(&mut self) -> bool {
         let stable = self.checkpoints.stable();
-        // Or behind the end of its epoch, which a peer proved: the next epoch's replicas keep
-        // the state there, not necessarily the batches before it.
+        // Or behind the end of its epoch, which a peer proved, with replay stalled for an
+        // interval: the next epoch's replicas keep the state there, not always the batches.
+        let stalled = self.timers.idle_for(self.config.retransmit_ms);
         let behind = stable.seq.saturating_sub(self.executed) > self.config.window
-            || (!self.changes_ahead.is_empty() && stable.seq > self.executed);
+            || (!self.epochs.ahead.is_empty() && stable.seq > self.executed && stalled);
         let repair = self.repairing();
         let newer = self
             .transfer
@@ -340,6 +341,20 @@ impl Replica {
         // Deliveries not executed yet are void, those above `seq` too: their exactly-once
         // decisions were made against the replaced table. They are delivered again below.
         self.last_delivered = seq;
+        // The installed state's validator set part: a change scheduled before it. Its record
+        // goes first: a host may make the installed store durable before later records.
+        if manifest.epoch.epoch == self.validators.epoch() {
+            self.epochs.schedule = manifest.epoch.next.clone();
+            self.epochs.scheduled_at = seq;
+            if let Some(next) = &self.epochs.schedule {
+                self.evidence
+                    .retain_pending(|offender| next.validators.contains(offender));
+                self.outbox.persist(Record::Scheduled {
+                    seq,
+                    next: next.clone(),
+                });
+            }
+        }
         self.outbox.push(Output::Install(Install {
             seq,
             snapshot: app.clone(),
@@ -349,21 +364,6 @@ impl Replica {
         // Snapshots still being taken were of the state this one replaces.
         self.checkpoints.cancel_deferred();
         let chunk_bytes = manifest.chunk_bytes;
-        // The installed state's validator set part: a change scheduled before it.
-        if manifest.epoch.epoch == self.validators.epoch() {
-            self.schedule = manifest.epoch.next.clone();
-            self.scheduled_at = seq;
-            if let Some(next) = &self.schedule {
-                self.evidence
-                    .retain_pending(|offender| next.validators.contains(offender));
-                // As a delivery that schedules does: a restart from the installed state
-                // must know it.
-                self.outbox.persist(Record::Scheduled {
-                    seq,
-                    next: next.clone(),
-                });
-            }
-        }
         let snapshot = Snapshot::new(seq, app, (manifest.clients, manifest.epoch), chunk_bytes);
         self.checkpoints
             .set_own(seq, snapshot.manifest.digest(&self.config.chain_id));

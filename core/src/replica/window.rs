@@ -43,7 +43,9 @@ impl Replica {
                 current: self.view,
             });
         }
-        if seq <= self.low && !planted!(self.config, AcceptBelowLowWatermark) {
+        // Nor at or below the epoch's start: those seqs are the previous epoch's, final.
+        let floor = self.low.max(self.validators.base().0);
+        if seq <= floor && !planted!(self.config, AcceptBelowLowWatermark) {
             return Err(Error::OutOfWindow {
                 seq,
                 low: self.low + 1,
