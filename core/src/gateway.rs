@@ -133,6 +133,8 @@ pub struct Gateway {
     metrics: GatewayMetrics,
     /// The key it attests unsigned requests with, in gateway-attested mode.
     attester: Option<Keypair>,
+    /// The epoch changes it followed, and the clients handed them ([`epochs`]).
+    epochs: epochs::Chain,
 }
 
 impl Gateway {
@@ -161,6 +163,7 @@ impl Gateway {
             outputs: VecDeque::new(),
             metrics: GatewayMetrics::default(),
             attester: None,
+            epochs: epochs::Chain::default(),
         })
     }
 
@@ -434,11 +437,13 @@ impl Gateway {
             })
             .collect();
         self.metrics.requests_answered += 1;
+        let chain = self.chain_for(reply.client);
         self.outputs.push_back(GatewayOutput::Answered {
             client: reply.client,
             client_seq: reply.client_seq,
             seq: reply.seq,
             replies,
+            chain,
         });
         Ok(())
     }

@@ -9,9 +9,9 @@ use pbft_core::testing::{
     chain, client_key, key_of, small_config, validator_key, validator_set, vote,
 };
 use pbft_core::{
-    CertificateError, Client, Config, ConfigError, Destination, EpochChange, Evidence,
-    ExecutedState, Message, Output, Phase, PublicKey, QuorumCertificate, Record, Replica,
-    ValidatorSet, verify_epoch_change, verify_qc_across_epochs,
+    CertificateError, Client, ClientError, Config, ConfigError, Destination, EpochChange, Evidence,
+    ExecutedState, Gateway, GatewayConfig, Message, Output, Phase, PublicKey, QuorumCertificate,
+    Record, Replica, ReplicaId, ValidatorSet, verify_epoch_change, verify_qc_across_epochs,
 };
 
 const N: usize = 7;
@@ -288,6 +288,21 @@ fn convicted_validators_leave_at_the_boundary_and_clients_follow_the_chain() {
             "the certificate signs another state"
         ))
     );
+    // A gateway that knows only the genesis set follows the chain as validators hand it over
+    // (repeats ignored), and refuses a forged change.
+    let mut gateway = Gateway::new(GatewayConfig::new(chain()), genesis.clone()).unwrap();
+    let handed = |change: &EpochChange| Message::EpochChange(change.clone()).encode();
+    for change in changes.iter().chain(&changes) {
+        gateway.handle_reply(ReplicaId(0), &handed(change)).unwrap();
+    }
+    assert_eq!(gateway.validators().epoch(), 2);
+    assert_eq!(keys(gateway.validators()), after_second);
+    let mut fresh = Gateway::new(GatewayConfig::new(chain()), genesis.clone()).unwrap();
+    assert!(matches!(
+        fresh.handle_reply(ReplicaId(0), &handed(&forged)),
+        Err(ClientError::EpochChange(_))
+    ));
+    assert_eq!(fresh.validators().epoch(), 0);
     // A link out of order is another epoch's.
     assert!(matches!(
         verify_epoch_change(&chain(), &genesis, &changes[1]),
@@ -298,7 +313,7 @@ fn convicted_validators_leave_at_the_boundary_and_clients_follow_the_chain() {
     ));
 
     // Validator 3 restarts from its log alone (its store lost): it comes back in epoch 2 and
-    // catches up from its peers.
+    // catches up.
     let records = net.logs[3].clone();
     let restored = Replica::restore(
         config.clone(),
@@ -311,9 +326,16 @@ fn convicted_validators_leave_at_the_boundary_and_clients_follow_the_chain() {
     assert_eq!(restored.validators().epoch(), 2);
     net.replicas[3] = Some(restored);
     net.apps[3].clear();
-    // As a host does on start: a first tick, then what the restore left to carry out.
+    // As a host does on start: a first tick, then what the restore left to carry out. Its log
+    // alone takes it through both boundaries: the batches of the old epochs' records still
+    // serve the redo records that name them.
     net.replicas[3].as_mut().unwrap().handle_timeout(net.now);
     net.drain(3);
+    assert!(
+        net.replica(3).executed_seq() >= changes[1].boundary(),
+        "replayed from its own log to {}",
+        net.replica(3).executed_seq()
+    );
     for round in 0..6 {
         net.request(&format!("after the restart, {round}"));
     }

@@ -373,8 +373,16 @@ impl State {
                 });
             }
             GatewayOutput::Answered {
-                client, replies, ..
+                client,
+                replies,
+                chain,
+                ..
             } => {
+                // The changes first: the replies are signed in the last one's epoch.
+                for change in chain {
+                    let frame = ServerFrame::Message(Message::EpochChange(change).encode());
+                    router.to_client(&client, &frame);
+                }
                 for reply in replies {
                     let frame = ServerFrame::Message(Message::Reply(reply).encode());
                     router.to_client(&client, &frame);
@@ -385,17 +393,6 @@ impl State {
                 client_seq,
                 reason,
             } => refuse(router, client, client_seq, &reason.to_string()),
-            GatewayOutput::EpochStarted(change) => {
-                tracing::warn!(
-                    epoch = change.epoch(),
-                    validators = change.validators().len(),
-                    "the gateway entered a new epoch"
-                );
-                let frame = ServerFrame::Message(Message::EpochChange(change).encode());
-                for client in self.gateway.clients() {
-                    router.to_client(client, &frame);
-                }
-            }
         }
     }
 }

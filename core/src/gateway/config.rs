@@ -197,12 +197,11 @@ pub enum GatewayOutput {
         seq: u64,
         /// f + 1 signed replies with one result, from distinct validators.
         replies: Vec<Reply>,
+        /// The epoch changes this client was not handed yet, oldest first: send each (as a
+        /// [`Message::EpochChange`](crate::Message::EpochChange)) before the replies, which are
+        /// signed in the last one's epoch ([`crate::Client::enter_epoch`] checks them).
+        chain: Vec<crate::EpochChange>,
     },
-    /// The gateway entered the epoch `change` starts: hand it (as a
-    /// [`Message::EpochChange`](crate::Message::EpochChange)) to every connected client,
-    /// whose [`crate::Client::enter_epoch`] checks it; replies are signed in that epoch from
-    /// now on.
-    EpochStarted(crate::EpochChange),
     /// A request the gateway accepted was refused later: tell the client why.
     Refused {
         /// The client.

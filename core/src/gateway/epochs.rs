@@ -1,13 +1,27 @@
 //! The gateway follows the validator set across epochs ([`crate::EpochChange`]): a validator
 //! hands it each change once per epoch; the gateway checks it with the set it holds, checks
-//! replies with the new set from then on, and passes the change on to its clients
-//! ([`GatewayOutput::EpochStarted`]), which check it again.
+//! replies with the new set from then on, and hands each client the changes it lacks with
+//! its next answer ([`super::GatewayOutput::Answered`]), which the client checks again.
 
-use super::{Gateway, GatewayOutput, REPLY_CACHE};
+use alloc::collections::BTreeSet;
+use alloc::vec::Vec;
+
+use super::{Gateway, REPLY_CACHE};
 use crate::certificate::CertificateError;
 use crate::client::{ClientError, ReplyCache};
 use crate::config::ValidatorSet;
+use crate::crypto::PublicKey;
 use crate::epoch::{EpochChange, verify_epoch_change};
+
+/// The changes a gateway followed, and the clients it handed them to.
+#[derive(Debug, Default)]
+pub(super) struct Chain {
+    /// Every change since genesis the gateway checked, oldest first.
+    changes: Vec<EpochChange>,
+    /// Clients handed the whole chain; at most `max_sessions`, then they start over (a
+    /// client handed a change twice ignores the repeat).
+    told: BTreeSet<PublicKey>,
+}
 
 impl Gateway {
     /// Follows the validator set into the epoch `change` starts, as
@@ -39,8 +53,21 @@ impl Gateway {
             return Ok(());
         }
         self.enter_epoch(change).map_err(ClientError::EpochChange)?;
-        self.outputs
-            .push_back(GatewayOutput::EpochStarted(change.clone()));
+        self.epochs.changes.push(change.clone());
+        self.epochs.told.clear();
         Ok(())
+    }
+
+    /// The changes `client` was not handed yet, for its answer: the whole chain, once per
+    /// epoch (a client that connected late, or restarted, starts from genesis).
+    pub(super) fn chain_for(&mut self, client: PublicKey) -> Vec<EpochChange> {
+        if self.epochs.changes.is_empty() || !self.epochs.told.insert(client) {
+            return Vec::new();
+        }
+        if self.epochs.told.len() > self.config.max_sessions {
+            self.epochs.told.clear();
+            self.epochs.told.insert(client);
+        }
+        self.epochs.changes.clone()
     }
 }

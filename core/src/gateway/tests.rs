@@ -130,12 +130,14 @@ fn f_plus_one_matching_replies_answer_and_each_verifies_for_the_client() {
             client_seq: 7,
             seq: 9,
             replies,
+            chain: handed,
         },
     ] = &answered[..]
     else {
         panic!("one answer, got {answered:?}");
     };
     assert_eq!(*client, key);
+    assert!(handed.is_empty(), "no epoch changed");
     let signers: Vec<u16> = replies.iter().map(|r| r.replica.0).collect();
     assert_eq!(signers, vec![2, 3]);
     let mut verifier = Client::new(chain(), client_key(0), validator_set(4), 1);

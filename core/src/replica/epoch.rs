@@ -9,7 +9,7 @@
 //! old epoch held above the boundary (nothing an honest replica signed) is left behind; the
 //! requests still waiting to be ordered are taken up again.
 
-use alloc::collections::BTreeSet;
+use alloc::collections::BTreeMap;
 use alloc::vec;
 use alloc::vec::Vec;
 
@@ -38,8 +38,10 @@ pub(super) struct Epochs {
     /// Changes after this epoch, verified in order from it: a replica behind jumps to the
     /// last one's epoch through them when its peers no longer hold what it lacks.
     pub(super) ahead: Vec<EpochChange>,
-    /// Clients this replica handed the chain of changes in this epoch.
-    pub(super) told: BTreeSet<PublicKey>,
+    /// The set of each ended epoch, its keys checked once (from `changes`).
+    pub(super) sets: Vec<ValidatorSet>,
+    /// Clients this replica handed the chain of changes in this epoch, and when (ms).
+    pub(super) told: BTreeMap<PublicKey, u64>,
     /// Removed from the set by an epoch change: takes no more part.
     pub(super) retired: bool,
 }
@@ -72,14 +74,23 @@ impl Replica {
             return Ok(self.validators.clone());
         }
         self.epochs
-            .changes
+            .sets
             .iter()
-            .find(|change| change.state.epoch == epoch)
-            .and_then(|change| ValidatorSet::new(epoch, &change.state.validators).ok())
+            .find(|set| set.epoch() == epoch)
+            .cloned()
             .ok_or(Error::OtherEpoch {
                 got: epoch,
                 current: self.validators.epoch(),
             })
+    }
+
+    /// The last seq `epoch` ordered, if it ended.
+    pub(super) fn epoch_boundary(&self, epoch: u64) -> Option<u64> {
+        self.epochs
+            .changes
+            .iter()
+            .find(|change| change.state.epoch == epoch)
+            .map(EpochChange::boundary)
     }
 
     /// Whether a committed conviction of `key` could still change the set: it is in this
@@ -166,6 +177,21 @@ impl Replica {
     /// to it, and its own state there is the quorum's (a diverged one is repaired first).
     pub(super) fn maybe_enter_epoch(&mut self) {
         self.maybe_jump();
+        // A peer proved the epoch over, and this replica's own state at the boundary is the
+        // one proved: enter as usual, whatever newer checkpoint it took to jump to meanwhile.
+        if let Some(first) = self.epochs.ahead.first().cloned()
+            && self.executed == first.boundary()
+            && !self.repairing()
+            && self
+                .checkpoints
+                .snapshot(first.boundary())
+                .is_some_and(|s| {
+                    s.manifest.digest(&self.config.chain_id) == first.checkpoint.digest
+                })
+        {
+            self.enter_epoch(vec![first], None);
+            return;
+        }
         let Some(boundary) = self.epochs.schedule.as_ref().map(|next| next.boundary) else {
             return;
         };
@@ -311,15 +337,21 @@ impl Replica {
     /// to it: the reply is signed in this epoch, which the client checks only with the set
     /// the chain proves. At most `max_clients` remembered, then they start over.
     /// `again`: the client retransmitted, so it may have missed the chain (it restarted,
-    /// or the messages came out of order): it is sent whatever was sent before.
+    /// or the messages came out of order): it is sent again, at most once per retransmit
+    /// interval (anyone can replay a client's request to make replicas send it).
     pub(super) fn tell_epoch(&mut self, client: PublicKey, again: bool) {
-        if self.epochs.changes.is_empty() || (self.epochs.told.contains(&client) && !again) {
+        let now = self.timers.now();
+        let due = match self.epochs.told.get(&client) {
+            None => true,
+            Some(&at) => again && now >= at.saturating_add(self.config.retransmit_ms),
+        };
+        if self.epochs.changes.is_empty() || !due {
             return;
         }
         if self.epochs.told.len() >= self.config.max_clients {
             self.epochs.told.clear();
         }
-        self.epochs.told.insert(client);
+        self.epochs.told.insert(client, now);
         let chain: Vec<Vec<u8>> = self
             .epochs
             .changes
@@ -378,7 +410,11 @@ impl Replica {
     /// (an older one is done, a later one needs the ones before it first);
     /// [`Error::Duplicate`] when this replica holds it already; [`Error::Certificate`] when
     /// it does not verify.
-    pub(super) fn on_epoch_change(&mut self, change: EpochChange) -> Result<(), Error> {
+    pub(super) fn on_epoch_change(
+        &mut self,
+        peer: ReplicaId,
+        change: EpochChange,
+    ) -> Result<(), Error> {
         let current = self.validators.epoch();
         let expected = current + self.epochs.ahead.len() as u64;
         if change.state.epoch < expected {
@@ -390,11 +426,19 @@ impl Replica {
                 current,
             });
         }
+        // A change that fails its check costs its sender its signatures from its share.
+        let now = self.timers.now();
+        if !self.budget.allows(peer, now) {
+            return Err(Error::OverBudget);
+        }
+        let signers = change.checkpoint.signatures.len() as u64;
         if let Some(last) = self.epochs.ahead.last() {
             let set = last.validator_set()?;
-            let signers = change.checkpoint.signatures.len() as u64;
             self.metrics.signatures_verified += signers;
-            verify_epoch_change(&self.config.chain_id, &set, &change)?;
+            if let Err(err) = verify_epoch_change(&self.config.chain_id, &set, &change) {
+                self.budget.charge(peer, signers, now);
+                return Err(err.into());
+            }
             self.epochs.ahead.push(change);
             return Ok(());
         }
@@ -402,10 +446,12 @@ impl Replica {
         if boundary < self.checkpoints.stable().seq {
             return Err(Error::Duplicate);
         }
-        let signers = change.checkpoint.signatures.len() as u64;
         self.metrics.signatures_verified += signers;
         self.metrics.signatures_batch_verified += signers;
-        verify_epoch_change(&self.config.chain_id, &self.validators, &change)?;
+        if let Err(err) = verify_epoch_change(&self.config.chain_id, &self.validators, &change) {
+            self.budget.charge(peer, signers, now);
+            return Err(err.into());
+        }
         self.epochs.ahead.push(change.clone());
         self.adopt_checkpoint(change.checkpoint);
         // A fetch of an older state gives way to the boundary's. Without one, the batches up

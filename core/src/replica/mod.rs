@@ -307,7 +307,7 @@ impl Replica {
             Message::FetchBatches(fetch) => self.on_fetch_batches(peer, fetch),
             Message::Batch(batch) => self.on_batch(batch),
             Message::Evidence(evidence) => self.on_evidence(peer, evidence),
-            Message::EpochChange(change) => self.on_epoch_change(change),
+            Message::EpochChange(change) => self.on_epoch_change(peer, change),
             Message::Request(_) | Message::Reply(_) => {
                 Err(Error::UnexpectedMessage(message.kind()))
             }

@@ -71,8 +71,10 @@ pub enum Record {
         next: NextEpoch,
     },
     /// This replica entered the epoch `change` starts: after a restart it runs that epoch,
-    /// with its set. A host keeps every one (they are the chain a client follows), and may
-    /// drop every other record persisted before the newest.
+    /// with its set. A host keeps every one (they are the chain a client follows). The
+    /// records before it still hold the batches the redo records up to the boundary need:
+    /// a host compacts them away only once its store is durable at or above the boundary
+    /// (as for any compaction, [`Replica::durable_records`]).
     EpochStarted(EpochChange),
 }
 

@@ -149,6 +149,15 @@ impl Replica {
                 signatures: Vec::new(),
             });
         }
+        // Each ended epoch's set, checked once: evidence and QCs of those epochs name it.
+        replica.epochs.sets = changes
+            .iter()
+            .enumerate()
+            .filter_map(|(index, change)| match index.checked_sub(1) {
+                None => ValidatorSet::new(change.state.epoch, &change.state.validators).ok(),
+                Some(previous) => changes.get(previous)?.validator_set().ok(),
+            })
+            .collect();
         replica.epochs.changes = changes;
         let of_this_epoch =
             |replica: &Replica, record: &Record| base == 0 || replica.signed_in_epoch(record);

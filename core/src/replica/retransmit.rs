@@ -278,6 +278,14 @@ impl Replica {
             // Only an earlier epoch certifies a seq at or below this one's start.
             true if certificate.epoch < self.validators.epoch() => {
                 earlier = self.set_of_epoch(certificate.epoch)?;
+                // And within that epoch's seqs: after its start, at most its boundary.
+                let ended_at = self.epoch_boundary(certificate.epoch);
+                if seq <= earlier.base().0 || ended_at.is_none_or(|end| seq > end) {
+                    return Err(Error::OtherEpoch {
+                        got: certificate.epoch,
+                        current: self.validators.epoch(),
+                    });
+                }
                 &earlier
             }
             true => {

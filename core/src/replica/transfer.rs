@@ -355,6 +355,14 @@ impl Replica {
                 });
             }
         }
+        // A jump's state is of a later epoch: the changes that lead there and the checkpoint
+        // go first, or a restart from the installed store would not know its epoch.
+        if manifest.epoch.epoch != self.validators.epoch() {
+            for change in self.epochs.ahead.clone() {
+                self.outbox.persist(Record::EpochStarted(change));
+            }
+            self.outbox.persist(Record::Stable(checkpoint.clone()));
+        }
         self.outbox.push(Output::Install(Install {
             seq,
             snapshot: app.clone(),

@@ -135,11 +135,20 @@ impl Simulation {
                     }
                 }
                 GatewayOutput::Answered {
-                    client, replies, ..
+                    client,
+                    replies,
+                    chain: changes,
+                    ..
                 } => {
                     let Some(index) = self.client_keys.iter().position(|k| *k == client) else {
                         continue;
                     };
+                    // The changes first, as a gateway host sends them (the simulated clients
+                    // were handed them already, and ignore repeats).
+                    for change in changes {
+                        let bytes = Message::EpochChange(change).encode();
+                        self.send(self.validators.len() + index, node, bytes);
+                    }
                     let agree = replies.iter().all(|r| r.result == replies[0].result);
                     let set = self
                         .gateway
@@ -160,12 +169,6 @@ impl Simulation {
                     }
                 }
                 GatewayOutput::Refused { .. } => {}
-                GatewayOutput::EpochStarted(change) => {
-                    let bytes = Message::EpochChange(change).encode();
-                    for client in 0..self.clients.len() {
-                        self.send(self.validators.len() + client, node, bytes.clone());
-                    }
-                }
             }
         }
         let Some(sim) = self.gateway.as_mut() else {
