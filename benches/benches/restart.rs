@@ -62,6 +62,7 @@ fn fill(dir: &std::path::Path, keys: usize, retained: u64) -> u64 {
                 signatures: vec![],
             },
             execute: (0..BATCH as u32).collect(),
+            decided: vec![],
             checkpoint: false,
             forgotten: vec![],
             client_floor: 0,

@@ -209,6 +209,12 @@ impl Client {
         self.chain
     }
 
+    /// The number the next request signed takes: what governors approving a
+    /// [`crate::Reconfiguration`] this client carries sign ([`crate::approval_digest`]).
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
     /// The client's key, which replies are addressed to.
     pub fn public_key(&self) -> PublicKey {
         self.keypair.public_key()

@@ -25,14 +25,17 @@ impl ChainId {
     }
 
     /// The chain id of network `name` whose validators run with `config`'s agreed parameters
-    /// ([`Config::agreed`]): [`ChainId::from_name`] when they are the defaults, otherwise a
-    /// digest that also covers them. Validators that disagree on one of them then sign for
+    /// ([`Config::agreed`]), attesting gateways and governors: [`ChainId::from_name`] when
+    /// they are the defaults, otherwise a digest that also covers them. Validators that disagree on one of them then sign for
     /// different chains and never count each other's signatures: a misconfigured validator
     /// fails closed (it is one of the f faulty) instead of splitting checkpoints or
     /// exactly-once decisions.
     pub fn for_network(name: &str, config: &Config) -> Self {
         let agreed = config.agreed();
-        if agreed == Config::default().agreed() && config.attesting_gateways.is_empty() {
+        if agreed == Config::default().agreed()
+            && config.attesting_gateways.is_empty()
+            && config.governors.is_empty()
+        {
             return ChainId::from_name(name);
         }
         let mut hasher = Hasher::new(b"pbft/v1/chain-id+parameters");
@@ -45,6 +48,15 @@ impl ChainId {
         gateways.sort_unstable();
         for gateway in gateways {
             hasher.bytes(&gateway.0);
+        }
+        // Marked and counted, so no key moves between the two lists unnoticed.
+        let mut governors: Vec<&PublicKey> = config.governors.iter().collect();
+        governors.sort_unstable();
+        if !governors.is_empty() {
+            hasher.bytes(b"governors").u64(governors.len() as u64);
+        }
+        for governor in governors {
+            hasher.bytes(&governor.0);
         }
         ChainId(hasher.finish())
     }
@@ -323,6 +335,11 @@ pub struct Config {
     /// across restarts), so evidence of it is proof of a faulty or compromised key. Part of
     /// [`Config::agreed`]: every validator must decide the same.
     pub slash_equivocators: bool,
+    /// Who approves a change of the validator set ([`crate::Reconfiguration`]). Empty (the
+    /// default): 2f + 1 validators of the current epoch, the quorum that commits anything.
+    /// Otherwise these operator keys, a strict majority of them. Part of the chain id
+    /// ([`ChainId::for_network`]), as a set.
+    pub governors: Vec<PublicKey>,
     /// The bug planted in this replica, for the mutation test only ([`crate::mutants`]).
     #[cfg(feature = "mutants")]
     #[serde(skip)]
@@ -355,6 +372,7 @@ impl Default for Config {
             fast_path: true,
             attesting_gateways: Vec::new(),
             slash_equivocators: true,
+            governors: Vec::new(),
             #[cfg(feature = "mutants")]
             mutant: None,
         }
@@ -459,6 +477,15 @@ impl Config {
             {
                 return Err(ConfigError::Invalid(
                     "attesting_gateways: each gateway key must be valid, listed once, and no validator's",
+                ));
+            }
+        }
+        for (index, governor) in self.governors.iter().enumerate() {
+            if self.governors.iter().take(index).any(|g| g == governor)
+                || governor.verifying_key().is_err()
+            {
+                return Err(ConfigError::Invalid(
+                    "governors: each key must be a valid Ed25519 key, listed once",
                 ));
             }
         }

@@ -1,7 +1,8 @@
 //! Epochs: the validator set as replicated state, the boundary where a committed change of it
 //! takes effect, and the proof of each change that lets anyone follow the set from genesis.
 //!
-//! A change is decided by consensus, never by one replica: today the one decision is the
+//! A change is decided by consensus, never by one replica: a committed reconfiguration the
+//! governance rule approves ([`crate::Reconfiguration`]: add, remove, rotate a key), or the
 //! removal of a validator convicted by committed equivocation evidence
 //! ([`crate::Config::slash_equivocators`]). The batch at seq `s` that commits the first such
 //! decision of an epoch schedules the change ([`NextEpoch`]) at the boundary
@@ -38,7 +39,8 @@ use crate::view_change::{StableCheckpoint, verify_checkpoint};
 pub struct NextEpoch {
     /// The last seq of the current epoch: a checkpoint seq ([`boundary_after`]).
     pub boundary: u64,
-    /// The next epoch's validators, in id order (the current order, less those removed).
+    /// The next epoch's validators, in id order: the current order with removed keys taken
+    /// out, added ones appended, and a rotated key's replacement in its place.
     pub validators: Vec<PublicKey>,
 }
 

@@ -108,6 +108,7 @@ pub mod envelope;
 mod epoch;
 mod error;
 mod gateway;
+mod governance;
 mod merkle;
 mod message;
 mod metrics;
@@ -126,8 +127,8 @@ mod view_change;
 
 // The validator and the contract on what it hands its host.
 pub use replica::{
-    CheckpointState, ClientRecord, Delivery, Destination, ExecutedState, Install, Output, Record,
-    Replica,
+    CheckpointState, ClientRecord, Delivery, Destination, ExecutedState, Install, JoinError,
+    Output, Record, Replica,
 };
 
 // The client role.
@@ -159,6 +160,12 @@ pub use statement::{
 pub use epoch::{
     EpochChange, EpochState, NextEpoch, boundary_after, verify_epoch_change,
     verify_qc_across_epochs,
+};
+
+// Reconfiguration by governance: changes of the set, approved and decided when committed.
+pub use governance::{
+    Approval, Decision, MAX_SET_CHANGES, Misfit, RECONFIGURATION_TAG, Reconfiguration, Refusal,
+    SetChange, approval_digest, approve,
 };
 
 // Certificates and evidence.

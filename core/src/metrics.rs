@@ -40,6 +40,8 @@ pub struct Metrics {
     pub evidence_committed: u64,
     /// Committed convictions that changed the scheduled validator set ([`crate::NextEpoch`]).
     pub validators_convicted: u64,
+    /// Committed reconfigurations the governance rule accepted ([`crate::Reconfiguration`]).
+    pub reconfigurations_scheduled: u64,
     /// Epochs this replica entered ([`crate::EpochChange`]).
     pub epochs_entered: u64,
     /// Encoded bytes handed to the host for sending (a broadcast counts once per peer).

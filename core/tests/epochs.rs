@@ -1,7 +1,9 @@
-//! Epochs end to end on seven real replicas in memory: committed evidence removes its
-//! offender at the next boundary, twice (the second time with evidence of an epoch already
-//! over), a client and a light client holding only the genesis set follow the chain of
-//! changes, and restarts after the changes come back in the right epoch.
+//! Epochs end to end on real replicas in memory: committed evidence removes its offender at
+//! the next boundary, twice (the second time with evidence of an epoch already over);
+//! reconfigurations approved by the governance rule add, rotate and remove validators
+//! (4 → 7 → 4), the new ones joining by state transfer; a client and a light client holding
+//! only the genesis set follow the chain of changes; and restarts after the changes come back
+//! in the right epoch.
 
 use std::collections::VecDeque;
 
@@ -9,14 +11,16 @@ use pbft_core::testing::{
     chain, client_key, key_of, small_config, validator_key, validator_set, vote,
 };
 use pbft_core::{
-    CertificateError, Client, ClientError, Config, ConfigError, Destination, EpochChange, Evidence,
-    ExecutedState, Gateway, GatewayConfig, Message, Output, Phase, PublicKey, QuorumCertificate,
-    Record, Replica, ReplicaId, ValidatorSet, verify_epoch_change, verify_qc_across_epochs,
+    CertificateError, Client, ClientError, Config, ConfigError, Decision, Destination, EpochChange,
+    Evidence, ExecutedState, Gateway, GatewayConfig, JoinError, Message, Misfit, Output, Phase,
+    PublicKey, QuorumCertificate, RECONFIGURATION_TAG, Reconfiguration, Record, Refusal, Replica,
+    ReplicaId, SetChange, ValidatorSet, approve, verify_epoch_change, verify_qc_across_epochs,
 };
 
 const N: usize = 7;
 
-/// Seven validators and one client, wired in memory: FIFO delivery, 1 ms steps.
+/// Validators and one client, wired in memory: FIFO delivery, 1 ms steps. Validator `i` holds
+/// [`validator_key`]`(i)`; those not in the genesis set start without a replica (they join).
 struct Net {
     replicas: Vec<Option<Replica>>,
     /// Each validator's log, as its host keeps it.
@@ -26,32 +30,38 @@ struct Net {
     queue: VecDeque<(usize, PublicKey, Vec<u8>)>,
     client: Client,
     replies: Vec<Vec<u8>>,
-    completed: u64,
+    /// The result of the request that completed last, until taken.
+    result: Option<Vec<u8>>,
     /// QCs as validator 0 delivered them.
     qcs: Vec<QuorumCertificate>,
     now: u64,
 }
 
 impl Net {
-    fn new(config: &Config) -> Self {
-        let set = validator_set(N);
+    /// `genesis` validators in the genesis set, room for `total`.
+    fn new(config: &Config, genesis: usize, total: usize) -> Self {
+        let set = validator_set(genesis);
         Net {
-            replicas: (0..N)
-                .map(|i| Some(Replica::new(config.clone(), set.clone(), validator_key(i)).unwrap()))
+            replicas: (0..total)
+                .map(|i| {
+                    (i < genesis).then(|| {
+                        Replica::new(config.clone(), set.clone(), validator_key(i)).unwrap()
+                    })
+                })
                 .collect(),
-            logs: vec![Vec::new(); N],
-            apps: vec![Vec::new(); N],
+            logs: vec![Vec::new(); total],
+            apps: vec![Vec::new(); total],
             queue: VecDeque::new(),
             client: Client::new(chain(), client_key(0), set, 1),
             replies: Vec::new(),
-            completed: 0,
+            result: None,
             qcs: Vec::new(),
             now: 1,
         }
     }
 
     fn index_of(&self, key: &PublicKey) -> Option<usize> {
-        (0..N).find(|&i| key_of(i) == *key)
+        (0..self.replicas.len()).find(|&i| key_of(i) == *key)
     }
 
     /// Carries out validator `i`'s outputs as its host does.
@@ -67,7 +77,11 @@ impl Net {
                             .and_then(|key| self.index_of(&key.public_key()))
                             .into_iter()
                             .collect(),
-                        Destination::AllValidators => (0..N).filter(|&j| j != i).collect(),
+                        Destination::AllValidators => set
+                            .public_keys()
+                            .filter_map(|key| self.index_of(&key))
+                            .filter(|&j| j != i)
+                            .collect(),
                         Destination::Client(_) => {
                             self.replies.push(bytes);
                             continue;
@@ -79,6 +93,7 @@ impl Net {
                 }
                 Output::Deliver(delivery) => {
                     let mut results = Vec::new();
+                    // The replica decided reconfigurations itself: the application sees none.
                     for index in &delivery.execute {
                         let op = &delivery.batch.requests[*index as usize].op;
                         self.apps[i].extend_from_slice(op);
@@ -115,12 +130,12 @@ impl Net {
                 }
             }
             for bytes in std::mem::take(&mut self.replies) {
-                if let Ok(Some(_)) = self.client.handle_reply(&bytes) {
-                    self.completed += 1;
+                if let Ok(Some(outcome)) = self.client.handle_reply(&bytes) {
+                    self.result = Some(outcome.result);
                 }
             }
             self.now += 1;
-            for i in 0..N {
+            for i in 0..self.replicas.len() {
                 let due = self.replicas[i]
                     .as_ref()
                     .and_then(Replica::poll_timeout)
@@ -138,23 +153,27 @@ impl Net {
 
     fn broadcast(&mut self, bytes: &[u8]) {
         let client = self.client.public_key();
-        for i in 0..N {
+        for i in 0..self.replicas.len() {
             self.queue.push_back((i, client, bytes.to_vec()));
         }
     }
 
     /// The client's next request, sent to every validator, run until it completes.
     fn request(&mut self, op: &str) {
-        let done = self.completed;
-        let request = self.client.request(self.now, op.as_bytes().to_vec());
+        self.request_op(op.as_bytes().to_vec());
+    }
+
+    /// As [`Net::request`], for any operation; returns its result.
+    fn request_op(&mut self, op: Vec<u8>) -> Vec<u8> {
+        let request = self.client.request(self.now, op);
         self.broadcast(&Message::Request(request).encode());
-        for _ in 0..200 {
+        for _ in 0..300 {
             self.run(10);
-            if self.completed > done {
-                return;
+            if let Some(result) = self.result.take() {
+                return result;
             }
         }
-        panic!("request {op} never completed");
+        panic!("a request never completed");
     }
 
     /// Hands validator 1 evidence against `offender` from a peer, as a forwarded report.
@@ -194,7 +213,7 @@ fn keys(set: &ValidatorSet) -> Vec<PublicKey> {
 #[test]
 fn convicted_validators_leave_at_the_boundary_and_clients_follow_the_chain() {
     let config = small_config();
-    let mut net = Net::new(&config);
+    let mut net = Net::new(&config, N, N);
     let genesis = validator_set(N);
     net.request("before");
 
@@ -357,4 +376,224 @@ fn convicted_validators_leave_at_the_boundary_and_clients_follow_the_chain() {
         ExecutedState::default(),
     );
     assert_eq!(removed.err(), Some(ConfigError::Removed { epoch: 1 }));
+}
+
+/// The operation of a reconfiguration `changes` approved by validators `approvers` (keys
+/// [`validator_key`]) in `epoch`, for the net's client's next request.
+fn reconfiguration(
+    net: &Net,
+    epoch: u64,
+    changes: Vec<SetChange>,
+    approvers: impl IntoIterator<Item = usize>,
+) -> Vec<u8> {
+    let (client, client_seq) = (net.client.public_key(), net.client.next_seq());
+    let approvals = approvers
+        .into_iter()
+        .map(|i| {
+            approve(
+                &validator_key(i),
+                &chain(),
+                &client,
+                client_seq,
+                epoch,
+                &changes,
+            )
+        })
+        .collect();
+    Reconfiguration {
+        epoch,
+        changes,
+        approvals,
+    }
+    .encode_op()
+}
+
+fn decision(result: &[u8]) -> Decision {
+    Decision::decode(result).expect("a reconfiguration's reply carries its decision")
+}
+
+/// Runs requests until validators `members` are all in `epoch`.
+fn until_epoch(net: &mut Net, epoch: u64, members: &[usize]) {
+    for round in 0..40 {
+        if members
+            .iter()
+            .all(|&i| net.replica(i).validators().epoch() == epoch)
+        {
+            return;
+        }
+        net.request(&format!("towards epoch {epoch}, {round}"));
+    }
+    panic!("validators {members:?} never reached epoch {epoch}");
+}
+
+/// Validators `joining` join with the chain validator 0 holds, and the cluster runs until
+/// they executed what it executed.
+fn join(net: &mut Net, config: &Config, genesis: &ValidatorSet, joining: &[usize]) {
+    let changes = net.replica(0).epoch_changes().to_vec();
+    for &i in joining {
+        let joined = Replica::join(
+            config.clone(),
+            genesis.clone(),
+            validator_key(i),
+            changes.clone(),
+        );
+        net.replicas[i] = Some(joined.unwrap());
+        net.drain(i);
+    }
+    for round in 0..6 {
+        net.request(&format!("after joining {joining:?}, {round}"));
+    }
+    net.run(2_000);
+    for &i in joining {
+        assert_eq!(
+            net.replica(i).executed_seq(),
+            net.replica(0).executed_seq(),
+            "validator {i} caught up by state transfer"
+        );
+        assert_eq!(net.apps[i], net.apps[0], "validator {i}'s state");
+        assert!(
+            net.replica(i).metrics().state_transfers > 0,
+            "validator {i} fetched no state"
+        );
+    }
+}
+
+#[test]
+fn governance_adds_rotates_and_removes_validators_and_joiners_catch_up() {
+    let mut config = small_config();
+    // Peers keep a window of batches: a new validator must fetch the state.
+    config.retained_batches = 4;
+    let genesis = validator_set(4);
+    let mut net = Net::new(&config, 4, 8);
+    net.request("before");
+
+    // Refused, each with its reason, and nothing changes: too few approvals (a quorum of 4 is
+    // 3), approvals of another epoch, a change that does not fit the set, a tagged op that
+    // is not a reconfiguration.
+    let add = |keys: &[usize]| keys.iter().map(|&i| SetChange::Add(key_of(i))).collect();
+    let op = reconfiguration(&net, 0, add(&[4]), [0, 1]);
+    assert_eq!(
+        decision(&net.request_op(op)),
+        Decision::Refused(Refusal::NotAuthorized {
+            valid: 2,
+            needed: 3
+        })
+    );
+    let op = reconfiguration(&net, 1, add(&[4]), [0, 1, 2]);
+    assert_eq!(
+        decision(&net.request_op(op)),
+        Decision::Refused(Refusal::WrongEpoch {
+            approved: 1,
+            current: 0
+        })
+    );
+    let op = reconfiguration(&net, 0, vec![SetChange::Remove(key_of(5))], [0, 1, 2]);
+    assert_eq!(
+        decision(&net.request_op(op)),
+        Decision::Refused(Refusal::Invalid {
+            index: 0,
+            why: Misfit::NotValidator
+        })
+    );
+    let mut garbage = RECONFIGURATION_TAG.to_vec();
+    garbage.extend_from_slice(b"not a reconfiguration");
+    assert_eq!(
+        decision(&net.request_op(garbage)),
+        Decision::Refused(Refusal::Malformed)
+    );
+    // Approvals sign the request they ride in: the same op in the next request is refused.
+    let op = reconfiguration(&net, 0, add(&[4]), [0, 1, 2]);
+    net.request("another request takes the approved number");
+    assert_eq!(
+        decision(&net.request_op(op)),
+        Decision::Refused(Refusal::NotAuthorized {
+            valid: 0,
+            needed: 3
+        })
+    );
+    for i in 0..4 {
+        assert!(net.replica(i).scheduled_epoch().is_none(), "validator {i}");
+        assert_eq!(net.replica(i).metrics().reconfigurations_scheduled, 0);
+    }
+
+    // 4 → 7: three validators added by one reconfiguration that 3 of 4 approved. Epoch 1
+    // starts with seven (quorum 5), so it commits only once a new one caught up.
+    let op = reconfiguration(&net, 0, add(&[4, 5, 6]), [3, 1, 0]);
+    assert_eq!(
+        decision(&net.request_op(op)),
+        Decision::Scheduled { epoch: 1 }
+    );
+    until_epoch(&mut net, 1, &[0, 1, 2, 3]);
+    let seven: Vec<PublicKey> = (0..7).map(key_of).collect();
+    assert_eq!(keys(net.replica(0).validators()), seven);
+    // Too early for a key the chain does not add yet.
+    let early = Replica::join(
+        config.clone(),
+        genesis.clone(),
+        validator_key(7),
+        net.replica(0).epoch_changes().to_vec(),
+    );
+    assert_eq!(early.err(), Some(JoinError::NotInSet { epoch: 1 }));
+    join(&mut net, &config, &genesis, &[4, 5, 6]);
+    // They take part: four validators cannot commit in epoch 1 alone, so every QC of it
+    // carries a new one's commit, and each new one signed commits.
+    for qc in net.qcs.iter().filter(|qc| qc.epoch == 1) {
+        assert!(
+            qc.signatures.iter().any(|(id, _)| id.0 >= 4),
+            "QC at {}",
+            qc.seq
+        );
+    }
+    let base = net.replica(0).validators().base().0;
+    for i in 4..7 {
+        // A commit vote is made durable as the prepared certificate it follows.
+        let commits = net.logs[i]
+            .iter()
+            .filter(|r| matches!(r, Record::Prepared(p, _) if p.proposal.seq > base))
+            .count();
+        assert!(commits > 0, "validator {i} committed nothing in epoch 1");
+    }
+
+    // 7 → 4: validator 1 rotates its key to validator 7's, and the three added leave; 5 of 7
+    // approve, two of them new validators.
+    let changes = vec![
+        SetChange::Rotate {
+            old: key_of(1),
+            new: key_of(7),
+        },
+        SetChange::Remove(key_of(4)),
+        SetChange::Remove(key_of(5)),
+        SetChange::Remove(key_of(6)),
+    ];
+    let op = reconfiguration(&net, 1, changes, [0, 2, 3, 4, 6]);
+    assert_eq!(
+        decision(&net.request_op(op)),
+        Decision::Scheduled { epoch: 2 }
+    );
+    until_epoch(&mut net, 2, &[0, 2, 3]);
+    let rotated = vec![key_of(0), key_of(7), key_of(2), key_of(3)];
+    assert_eq!(keys(net.replica(0).validators()), rotated);
+    for i in [1, 4, 5, 6] {
+        assert!(net.replica(i).is_retired(), "validator {i} left");
+    }
+    join(&mut net, &config, &genesis, &[7]);
+    net.request("epoch 2, four validators again");
+
+    // A light client holding only the genesis set verifies a QC two epochs on through the
+    // chain, and the joiner's restart from its own log comes back in epoch 2.
+    let changes = net.replica(0).epoch_changes().to_vec();
+    assert_eq!(changes.len(), 2);
+    let latest = net.qcs.last().unwrap();
+    assert_eq!(latest.epoch, 2);
+    let set = verify_qc_across_epochs(&chain(), &genesis, &changes, latest).unwrap();
+    assert_eq!(keys(&set), rotated);
+    let restored = Replica::restore(
+        config,
+        genesis,
+        validator_key(7),
+        net.logs[7].clone(),
+        ExecutedState::default(),
+    )
+    .unwrap();
+    assert_eq!(restored.validators().epoch(), 2);
 }

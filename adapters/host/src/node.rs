@@ -1173,6 +1173,7 @@ mod tests {
                 signatures: vec![],
             },
             execute: vec![],
+            decided: vec![],
             checkpoint: false,
             forgotten: vec![],
             client_floor: 0,

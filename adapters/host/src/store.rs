@@ -479,7 +479,7 @@ impl Round {
     }
 
     /// Records an executed delivery: one row per executed request (`results` in the order of
-    /// `delivery.execute`), then the forgotten clients' rows deleted, the floor, the executed
+    /// `delivery.execute`, then the replica's own in `delivery.decided`), then the forgotten clients' rows deleted, the floor, the executed
     /// seq and the batch with its QC.
     pub fn record_delivery(
         &mut self,
@@ -490,7 +490,17 @@ impl Round {
         let tx = &self.tx;
         let mut clients = tx.open_table(CLIENTS).map_err(|e| store.fail(e))?;
         let chain = &delivery.certificate.chain_id;
-        for (&index, result) in delivery.execute.iter().zip(results) {
+        // In batch order: of two requests of one client, the later one's row stays.
+        let mut rows: Vec<(u32, &Vec<u8>)> =
+            delivery.execute.iter().copied().zip(results).collect();
+        rows.extend(
+            delivery
+                .decided
+                .iter()
+                .map(|(index, result)| (*index, result)),
+        );
+        rows.sort_by_key(|(index, _)| *index);
+        for (index, result) in rows {
             let Some(request) = delivery.batch.requests.get(index as usize) else {
                 continue;
             };
@@ -633,6 +643,7 @@ mod tests {
             batch: batch.clone(),
             certificate: certificate.clone(),
             execute: vec![0, 1, 2],
+            decided: vec![],
             checkpoint: false,
             forgotten: Vec::new(),
             client_floor: 0,

@@ -1,5 +1,5 @@
-//! The replica's side of epochs ([`crate::epoch`]): a committed conviction schedules the
-//! next set, the epoch orders nothing past its boundary (the primary fills the slots up to it
+//! The replica's side of epochs ([`crate::epoch`]): a committed decision schedules the next
+//! set ([`super::governance`]), the epoch orders nothing past its boundary (the primary fills the slots up to it
 //! with empty batches), and once the boundary checkpoint is stable and this replica's state
 //! there is the quorum's, the next epoch starts from it.
 //!
@@ -19,17 +19,17 @@ use super::{Mode, Replica};
 use crate::certificate::Committed;
 use crate::config::ReplicaId;
 use crate::config::ValidatorSet;
-use crate::crypto::{PublicKey, VerifyingKey};
-use crate::epoch::{EpochChange, EpochState, NextEpoch, boundary_after, verify_epoch_change};
+use crate::crypto::PublicKey;
+use crate::epoch::{EpochChange, EpochState, NextEpoch, verify_epoch_change};
 use crate::error::Error;
 use crate::message::{Message, Status};
-use crate::statement::{Evidence, Request};
+use crate::statement::Request;
 use crate::view_change::{StableCheckpoint, verify_checkpoint};
 
 /// Where a replica stands in the chain of epochs.
 #[derive(Debug, Default)]
 pub(super) struct Epochs {
-    /// The change of the validator set a committed conviction scheduled.
+    /// The change of the validator set committed decisions scheduled (reconfigurations, convictions).
     pub(super) schedule: Option<NextEpoch>,
     /// The seq whose delivery last changed `schedule` (or the installed state's seq).
     pub(super) scheduled_at: u64,
@@ -126,51 +126,6 @@ impl Replica {
             .schedule
             .as_ref()
             .is_some_and(|next| self.next_seq <= next.boundary)
-    }
-
-    /// Schedules the removal of the validators `evidence` convicts, as the delivery of the
-    /// batch at `seq` that carries it: the same decision on every replica, made from the
-    /// committed batch alone. The first conviction of an epoch fixes the boundary; later ones
-    /// join the same change. The record precedes the delivery.
-    pub(super) fn convict(&mut self, seq: u64, evidence: &[Evidence]) {
-        if !self.config.slash_equivocators || evidence.is_empty() {
-            return;
-        }
-        let boundary = boundary_after(seq, self.config.window, self.config.checkpoint_interval);
-        let mut next = self.epochs.schedule.clone().unwrap_or_else(|| NextEpoch {
-            boundary,
-            validators: self.validators.public_keys().collect(),
-        });
-        for evidence in evidence {
-            // The key its epoch's set names, which may have been proven before this epoch.
-            let Some(key) = self
-                .set_of_epoch(evidence.epoch)
-                .ok()
-                .and_then(|set| set.key(evidence.offender()).map(VerifyingKey::public_key))
-            else {
-                continue;
-            };
-            // Never the last validator: more convictions than f mean the fault assumption
-            // failed, and an empty set could not even order its own repair.
-            if next.validators.len() > 1 {
-                next.validators.retain(|k| *k != key);
-            }
-        }
-        let changed = match &self.epochs.schedule {
-            Some(scheduled) => *scheduled != next,
-            None => next.validators.len() < self.validators.len(),
-        };
-        if changed {
-            self.metrics.validators_convicted += 1;
-            self.outbox.persist(Record::Scheduled {
-                seq,
-                next: next.clone(),
-            });
-            self.evidence
-                .retain_pending(|offender| next.validators.contains(offender));
-            self.epochs.schedule = Some(next);
-            self.epochs.scheduled_at = seq;
-        }
     }
 
     /// Starts the next epoch if its boundary checkpoint is stable, this replica executed up

@@ -9,6 +9,7 @@ use super::exactly_once::Freshness;
 use super::output::{Delivery, Destination, Output, Record};
 use crate::crypto::Digest;
 use crate::error::Error;
+use crate::governance::RECONFIGURATION_TAG;
 use crate::merkle;
 use crate::message::Message;
 use crate::state::{SnapshotJob, TakenSnapshot};
@@ -42,6 +43,8 @@ impl Replica {
             slot.executing.clear();
             let mut execute = Vec::new();
             let mut forgotten = Vec::new();
+            // Reconfigurations: (index in the batch, position in `executing`, the request).
+            let mut tagged = Vec::new();
             for (index, request) in batch.requests.iter().enumerate() {
                 if self.clients.freshness(&request.client, request.client_seq) == Freshness::Fresh {
                     let digest = slot
@@ -51,7 +54,10 @@ impl Replica {
                         .unwrap_or_else(|| request.digest(&self.config.chain_id));
                     let executed = (request.client, request.client_seq, digest);
                     forgotten.extend(self.clients.record_execution(executed, seq));
-                    execute.push(index as u32);
+                    match request.op.starts_with(RECONFIGURATION_TAG) {
+                        true => tagged.push((index, slot.executing.len(), request)),
+                        false => execute.push(index as u32),
+                    }
                     slot.executing.push(executed);
                 } else {
                     self.metrics.requests_skipped += 1;
@@ -78,7 +84,16 @@ impl Replica {
                     .as_ref()
                     .is_some_and(|p| p.digest == certificate.digest);
             let redo = (!logged).then(|| batch.clone());
-            self.convict(seq, &batch.evidence);
+            let requests: Vec<&Request> = tagged.iter().map(|&(_, _, request)| request).collect();
+            let results = self.decide_next_set(seq, &requests, &batch.evidence);
+            let decided: Vec<(u32, Vec<u8>)> = tagged
+                .iter()
+                .zip(&results)
+                .map(|(&(index, _, _), result)| (index as u32, result.clone()))
+                .collect();
+            if let Some(slot) = self.log.get_mut(&seq) {
+                slot.decided = tagged.iter().map(|&(_, at, _)| at).zip(results).collect();
+            }
             self.outbox
                 .persist(Record::Committed(certificate.clone(), redo));
             self.outbox.push(Output::Deliver(Delivery {
@@ -86,6 +101,7 @@ impl Replica {
                 batch,
                 certificate,
                 execute,
+                decided,
                 checkpoint,
                 forgotten,
                 client_floor: self.clients.floor(),
@@ -260,11 +276,12 @@ impl Replica {
         let Some(certificate) = slot.certificate.as_ref() else {
             return Err(Error::HostContract("executed() for a seq never delivered"));
         };
-        if results.len() != slot.executing.len() {
+        if results.len() + slot.decided.len() != slot.executing.len() {
             return Err(Error::HostContract(
                 "executed() needs one result per executed request",
             ));
         }
+        let results = merge_decided(results, core::mem::take(&mut slot.decided));
         if repairing {
             // Executed on a state the stable checkpoint proved wrong, which the coming install
             // replaces: no reply is signed from it, and no checkpoint.
@@ -376,6 +393,27 @@ impl Replica {
         self.clients.store_reply(reply);
         Ok(())
     }
+}
+
+/// The results of every executed request in order: the host's, with the ones the replica
+/// decided itself put in at their positions.
+fn merge_decided(host: Vec<Vec<u8>>, decided: Vec<(usize, Vec<u8>)>) -> Vec<Vec<u8>> {
+    if decided.is_empty() {
+        return host;
+    }
+    let mut merged = Vec::with_capacity(host.len() + decided.len());
+    let mut host = host.into_iter();
+    for (at, result) in decided {
+        while merged.len() < at {
+            match host.next() {
+                Some(next) => merged.push(next),
+                None => break,
+            }
+        }
+        merged.push(result);
+    }
+    merged.extend(host);
+    merged
 }
 
 /// What a report of execution does about the checkpoint's snapshot.

@@ -16,6 +16,7 @@ mod epoch;
 mod evidence;
 mod exactly_once;
 mod execute;
+mod governance;
 mod held_batches;
 mod inspect;
 mod intake;
@@ -33,6 +34,7 @@ mod view_change;
 mod window;
 
 pub use exactly_once::ClientRecord;
+pub use governance::JoinError;
 pub use output::{Delivery, Destination, Install, Output, Record};
 pub use restore::{CheckpointState, ExecutedState};
 

@@ -110,6 +110,10 @@ pub struct Delivery {
     /// Indices into `batch.requests` of the requests to execute, in order; the others
     /// already executed (exactly-once) and must be skipped.
     pub execute: Vec<u32>,
+    /// Requests the replica executed itself, each with its result: reconfigurations
+    /// ([`crate::Reconfiguration`]), as (index into `batch.requests`, result). The host never
+    /// hands them to the application, and stores their exactly-once rows as for `execute`.
+    pub decided: Vec<(u32, Vec<u8>)>,
     /// A checkpoint seq: pass a snapshot of the application state after this batch to
     /// [`Replica::executed`].
     pub checkpoint: bool,

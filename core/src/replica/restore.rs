@@ -39,7 +39,8 @@ use crate::view_change::StableCheckpoint;
 ///
 /// A host keeps it up to date from the outputs: for each [`super::Delivery`] it executes, in
 /// one atomic write with the application's changes, it stores one [`ClientRecord`] per
-/// executed request (the result it returned), deletes the rows of `forgotten` clients, sets
+/// executed request (the result it returned, or the replica's for a request in
+/// [`super::Delivery::decided`]), deletes the rows of `forgotten` clients, sets
 /// the floor to `client_floor` and `executed` to the delivery's seq, and keeps the batch with
 /// its QC; an [`super::Install`] replaces the table and `executed` wholesale. The write may
 /// be durable only after the records (`Output::Persist`) that came before it, never before.

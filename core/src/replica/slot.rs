@@ -52,6 +52,9 @@ pub(crate) struct Slot {
     pub(crate) certificate: Option<QuorumCertificate>,
     /// Once delivered: (client, number, digest) of each request the host executes, in order.
     pub(crate) executing: Vec<(PublicKey, u64, crate::crypto::Digest)>,
+    /// Once delivered: the results this replica decided itself (reconfigurations, which the
+    /// host does not execute), by position in `executing`.
+    pub(crate) decided: Vec<(usize, Vec<u8>)>,
 }
 
 impl Slot {

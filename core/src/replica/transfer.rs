@@ -75,8 +75,13 @@ impl Replica {
         // Or behind the end of its epoch, which a peer proved, with replay stalled for an
         // interval: the next epoch's replicas keep the state there, not always the batches.
         let stalled = self.timers.idle_for(self.config.retransmit_ms);
+        // Or below its own epoch's start (a validator that joined), whose batches are of an
+        // epoch its peers need not keep.
+        let below_start = self.executed < self.validators.base().0;
         let behind = stable.seq.saturating_sub(self.executed) > self.config.window
-            || (!self.epochs.ahead.is_empty() && stable.seq > self.executed && stalled);
+            || ((!self.epochs.ahead.is_empty() || below_start)
+                && stable.seq > self.executed
+                && stalled);
         let repair = self.repairing();
         let newer = self
             .transfer

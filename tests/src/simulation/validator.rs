@@ -287,6 +287,7 @@ impl Simulation {
             batch,
             certificate,
             execute,
+            decided,
             checkpoint,
             forgotten,
             client_floor,
@@ -299,7 +300,11 @@ impl Simulation {
             self.note_recovery(certificate.view);
         }
         let mut results = Vec::with_capacity(execute.len());
-        for position in execute {
+        // In batch order, the replica's own results (reconfigurations) among the application's.
+        let mut order: Vec<(u32, Option<Vec<u8>>)> = execute.iter().map(|&p| (p, None)).collect();
+        order.extend(decided.into_iter().map(|(p, result)| (p, Some(result))));
+        order.sort_by_key(|(position, _)| *position);
+        for (position, decided) in order {
             let Some(request) = batch.requests.get(position as usize) else {
                 self.violation(format!(
                     "replica {index} asked to execute a request outside the batch"
@@ -307,6 +312,20 @@ impl Simulation {
                 continue;
             };
             let node = &mut self.validators[index];
+            if let Some(result) = decided {
+                let row = ClientRecord {
+                    client: request.client,
+                    client_seq: request.client_seq,
+                    request: request.digest(&chain()),
+                    seq,
+                    result: Some(result.clone()),
+                };
+                node.table.clients.insert(request.client, row);
+                if honest && !self.validators[index].diverged {
+                    self.check_executed(index, seq, request, &result);
+                }
+                continue;
+            }
             match node.fault {
                 Some(Fault::DivergeAt(at)) if self.now >= at && !node.corrupted => {
                     // The application gets this operation wrong: its state is no longer the

@@ -1,0 +1,455 @@
+//! Reconfiguration by governance: adding, removing and rotating validators through requests
+//! like any other, authorized by the network's governance rule and decided when they commit.
+//!
+//! A [`Reconfiguration`] travels as the operation of an ordinary client request, marked by
+//! [`RECONFIGURATION_TAG`]: it is ordered, executed exactly once and answered with a reply
+//! and QC like every request. Replicas decide it themselves when its batch is delivered (the
+//! application never sees it): from the committed request alone, against the set of the
+//! epoch it committed in, so every correct replica decides the same. An accepted change joins
+//! the change scheduled for the next epoch boundary ([`crate::boundary_after`]), like a
+//! conviction ([`crate::Config::slash_equivocators`]).
+//!
+//! The governance rule ([`crate::Config::governors`]): by default 2f + 1 validators of the
+//! current epoch approve, the quorum that commits anything; or a strict majority of an
+//! operator key set. An approval signs the chain, the epoch, the changes, and the request's
+//! client and number ([`approval_digest`]): the exactly-once table then refuses any replay of
+//! the approved request, and a request approved in one epoch is refused in the next.
+
+use alloc::vec::Vec;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{ChainId, ValidatorSet};
+use crate::crypto::{Digest, Hasher, Keypair, PublicKey, Signature};
+use crate::statement::Request;
+
+/// The bytes a request's operation starts with when it carries a [`Reconfiguration`]:
+/// reserved, so an application op must not start with them (the key-value store's ops start
+/// with the envelope's version byte).
+pub const RECONFIGURATION_TAG: &[u8] = b"\0pbft/reconfigure\0";
+
+/// Most changes one reconfiguration makes.
+pub const MAX_SET_CHANGES: usize = 16;
+
+/// One change of the validator set.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SetChange {
+    /// A new validator, appended to the set (its id is the next free position).
+    Add(PublicKey),
+    /// A validator leaves the set; those after it move down one id.
+    Remove(PublicKey),
+    /// A validator's key is replaced in place: same id, new key (the old key's holder stops
+    /// at the boundary, the new key's joins there, [`crate::Replica::join`]).
+    Rotate {
+        /// The key that leaves.
+        old: PublicKey,
+        /// The key that takes its place.
+        new: PublicKey,
+    },
+}
+
+/// A signature of one governor (a validator, or an operator key) on a reconfiguration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approval {
+    /// Who approves.
+    pub signer: PublicKey,
+    /// The signer's signature over [`approval_digest`].
+    pub signature: Signature,
+}
+
+/// Changes of the validator set, with the approvals that authorize them: the operation of a
+/// request ([`Reconfiguration::encode_op`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reconfiguration {
+    /// The epoch whose governors approve; the request must commit in it.
+    pub epoch: u64,
+    /// The changes, applied in order, at most [`MAX_SET_CHANGES`].
+    pub changes: Vec<SetChange>,
+    /// The approvals, each by a distinct governor.
+    pub approvals: Vec<Approval>,
+}
+
+/// Why a committed reconfiguration changed nothing: the reply's result says it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Refusal {
+    /// The operation starts with [`RECONFIGURATION_TAG`] but is not a reconfiguration.
+    #[error("the operation is not a valid reconfiguration")]
+    Malformed,
+    /// No changes, or more than [`MAX_SET_CHANGES`].
+    #[error("a reconfiguration makes between 1 and {MAX_SET_CHANGES} changes")]
+    ChangeCount,
+    /// Approved for another epoch than the one it committed in: approve it again in this one.
+    #[error("approved for epoch {approved}, committed in epoch {current}: approve it again")]
+    WrongEpoch {
+        /// The epoch the approvals name.
+        approved: u64,
+        /// The epoch it committed in.
+        current: u64,
+    },
+    /// A change that does not fit the epoch's set: adding a member, removing or rotating a
+    /// non-member, an invalid key, a key changed twice, or removing every validator.
+    #[error("change {index} does not fit the epoch's validator set: {why}")]
+    Invalid {
+        /// Its position in `changes`.
+        index: u32,
+        /// Why.
+        why: Misfit,
+    },
+    /// Too few valid approvals of distinct governors.
+    #[error("{valid} valid approvals of {needed} needed")]
+    NotAuthorized {
+        /// Valid approvals by distinct governors.
+        valid: u32,
+        /// The rule's threshold.
+        needed: u32,
+    },
+}
+
+/// Why a change does not fit the epoch's validator set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Misfit {
+    /// The key to add is not a valid Ed25519 key.
+    #[error("the new key is not a valid Ed25519 key")]
+    InvalidKey,
+    /// The key to add is a validator already.
+    #[error("the new key is a validator already")]
+    AlreadyValidator,
+    /// The key to remove or rotate is not a validator.
+    #[error("the key is not a validator")]
+    NotValidator,
+    /// An earlier change of the same reconfiguration names the key.
+    #[error("a key changed twice in one reconfiguration")]
+    ChangedTwice,
+    /// Removing it would leave no validator.
+    #[error("the set would be empty")]
+    EmptySet,
+}
+
+/// What a committed reconfiguration decided: the result in its reply
+/// ([`Decision::decode`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Decision {
+    /// Scheduled: the changes take effect when epoch `epoch` starts, at the next boundary.
+    Scheduled {
+        /// The epoch that starts with them.
+        epoch: u64,
+    },
+    /// Refused; nothing changes.
+    Refused(Refusal),
+}
+
+impl Decision {
+    /// The reply result's bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        crate::envelope::encode(self)
+    }
+
+    /// A reply result's decision, if it is one.
+    pub fn decode(bytes: &[u8]) -> Option<Decision> {
+        crate::envelope::decode(bytes, 1024).ok()
+    }
+}
+
+/// What a governor signs to approve `changes` in `epoch`, carried by the request numbered
+/// `client_seq` of `client`.
+pub fn approval_digest(
+    chain: &ChainId,
+    client: &PublicKey,
+    client_seq: u64,
+    epoch: u64,
+    changes: &[SetChange],
+) -> Digest {
+    let mut hasher = Hasher::new(b"pbft/v1/reconfiguration");
+    hasher
+        .digest(&chain.0)
+        .bytes(&client.0)
+        .u64(client_seq)
+        .u64(epoch)
+        .u64(changes.len() as u64);
+    for change in changes {
+        match change {
+            SetChange::Add(key) => hasher.u64(0).bytes(&key.0),
+            SetChange::Remove(key) => hasher.u64(1).bytes(&key.0),
+            SetChange::Rotate { old, new } => hasher.u64(2).bytes(&old.0).bytes(&new.0),
+        };
+    }
+    hasher.finish()
+}
+
+/// One governor's approval of `changes` in `epoch` for the request `client_seq` of `client`.
+pub fn approve(
+    keypair: &Keypair,
+    chain: &ChainId,
+    client: &PublicKey,
+    client_seq: u64,
+    epoch: u64,
+    changes: &[SetChange],
+) -> Approval {
+    let digest = approval_digest(chain, client, client_seq, epoch, changes);
+    Approval {
+        signer: keypair.public_key(),
+        signature: keypair.sign(&digest),
+    }
+}
+
+impl Reconfiguration {
+    /// The operation of a request carrying it: [`RECONFIGURATION_TAG`], then its envelope.
+    pub fn encode_op(&self) -> Vec<u8> {
+        let mut op = RECONFIGURATION_TAG.to_vec();
+        op.extend_from_slice(&crate::envelope::encode(self));
+        op
+    }
+
+    /// The reconfiguration an operation carries: `None` for an application's op, a
+    /// [`Refusal::Malformed`] for a tagged one that does not decode.
+    pub fn decode_op(op: &[u8]) -> Option<Result<Reconfiguration, Refusal>> {
+        let body = op.strip_prefix(RECONFIGURATION_TAG)?;
+        Some(crate::envelope::decode(body, usize::MAX).map_err(|_| Refusal::Malformed))
+    }
+
+    /// Decides the reconfiguration `request` carries, committed in the epoch of `set`:
+    /// `governors` empty is the default rule (a quorum of `set` approves), otherwise a strict
+    /// majority of them. Each approval costs one signature check, and at most one per
+    /// governor is checked.
+    ///
+    /// # Errors
+    ///
+    /// The [`Refusal`] that says why it changes nothing.
+    pub fn decide(
+        &self,
+        chain: &ChainId,
+        request: &Request,
+        set: &ValidatorSet,
+        governors: &[PublicKey],
+    ) -> Result<(), Refusal> {
+        self.decide_counting(chain, request, set, governors, &mut 0)
+    }
+
+    /// [`Reconfiguration::decide`], adding the signatures it checks to `checked`.
+    pub(crate) fn decide_counting(
+        &self,
+        chain: &ChainId,
+        request: &Request,
+        set: &ValidatorSet,
+        governors: &[PublicKey],
+        checked: &mut u64,
+    ) -> Result<(), Refusal> {
+        if self.epoch != set.epoch() {
+            return Err(Refusal::WrongEpoch {
+                approved: self.epoch,
+                current: set.epoch(),
+            });
+        }
+        if self.changes.is_empty() || self.changes.len() > MAX_SET_CHANGES {
+            return Err(Refusal::ChangeCount);
+        }
+        self.check_changes(set)?;
+        let (authority, needed): (Vec<PublicKey>, usize) = match governors.is_empty() {
+            true => (set.public_keys().collect(), set.quorum()),
+            false => (governors.to_vec(), governors.len() / 2 + 1),
+        };
+        let digest = approval_digest(
+            chain,
+            &request.client,
+            request.client_seq,
+            self.epoch,
+            &self.changes,
+        );
+        // Each governor's first approval is the one checked: at most one check per governor.
+        let mut seen: Vec<PublicKey> = Vec::new();
+        let mut valid = 0;
+        for approval in &self.approvals {
+            if valid >= needed {
+                break;
+            }
+            if !authority.contains(&approval.signer) || seen.contains(&approval.signer) {
+                continue;
+            }
+            seen.push(approval.signer);
+            *checked += 1;
+            let verified = approval
+                .signer
+                .verifying_key()
+                .is_ok_and(|key| key.verify(&digest, &approval.signature).is_ok());
+            valid += usize::from(verified);
+        }
+        let counted = valid;
+        if counted < needed {
+            return Err(Refusal::NotAuthorized {
+                valid: counted as u32,
+                needed: needed as u32,
+            });
+        }
+        Ok(())
+    }
+
+    /// Each change must fit the set as the ones before it leave it (checked against the
+    /// epoch's set, not the one scheduled, so the decision depends on the committed request
+    /// and the epoch alone).
+    fn check_changes(&self, set: &ValidatorSet) -> Result<(), Refusal> {
+        let mut keys: Vec<PublicKey> = set.public_keys().collect();
+        let mut touched: Vec<PublicKey> = Vec::new();
+        for (index, change) in self.changes.iter().enumerate() {
+            let invalid = |why| Refusal::Invalid {
+                index: index as u32,
+                why,
+            };
+            let named: &[PublicKey] = match change {
+                SetChange::Add(key) | SetChange::Remove(key) => core::slice::from_ref(key),
+                SetChange::Rotate { old, new } => &[*old, *new],
+            };
+            if named.iter().any(|key| touched.contains(key)) {
+                return Err(invalid(Misfit::ChangedTwice));
+            }
+            touched.extend_from_slice(named);
+            match change {
+                SetChange::Add(key) | SetChange::Rotate { new: key, .. }
+                    if key.verifying_key().is_err() =>
+                {
+                    return Err(invalid(Misfit::InvalidKey));
+                }
+                SetChange::Add(key) | SetChange::Rotate { new: key, .. } if keys.contains(key) => {
+                    return Err(invalid(Misfit::AlreadyValidator));
+                }
+                SetChange::Remove(key) | SetChange::Rotate { old: key, .. }
+                    if !keys.contains(key) =>
+                {
+                    return Err(invalid(Misfit::NotValidator));
+                }
+                SetChange::Remove(_) if keys.len() == 1 => {
+                    return Err(invalid(Misfit::EmptySet));
+                }
+                _ => {}
+            }
+            apply(&mut keys, change);
+        }
+        Ok(())
+    }
+}
+
+/// Applies `change` to a set's keys in id order, as far as it fits them (a change that no
+/// longer fits, because a conviction or an earlier change of the same epoch got there first,
+/// changes nothing; the set is never emptied).
+pub(crate) fn apply(keys: &mut Vec<PublicKey>, change: &SetChange) {
+    match change {
+        SetChange::Add(key) => {
+            if !keys.contains(key) {
+                keys.push(*key);
+            }
+        }
+        SetChange::Remove(key) => {
+            if keys.len() > 1 {
+                keys.retain(|k| k != key);
+            }
+        }
+        SetChange::Rotate { old, new } => {
+            if !keys.contains(new)
+                && let Some(slot) = keys.iter_mut().find(|k| *k == old)
+            {
+                *slot = *new;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::Hasher;
+    use alloc::vec;
+
+    fn key(index: u64) -> Keypair {
+        Keypair::from_seed(&Hasher::new(b"governance-test").u64(index).finish().0)
+    }
+
+    fn chain() -> ChainId {
+        ChainId(Hasher::new(b"governance-test-chain").finish())
+    }
+
+    /// A request of client 100 carrying `changes` approved by `approvers` in epoch 0.
+    fn request(changes: Vec<SetChange>, approvers: &[u64]) -> (Request, Reconfiguration) {
+        let client = key(100);
+        let approvals = approvers
+            .iter()
+            .map(|&i| approve(&key(i), &chain(), &client.public_key(), 7, 0, &changes))
+            .collect();
+        let reconfiguration = Reconfiguration {
+            epoch: 0,
+            changes,
+            approvals,
+        };
+        let op = reconfiguration.encode_op();
+        (Request::new(&chain(), &client, 7, op), reconfiguration)
+    }
+
+    fn set(n: u64) -> ValidatorSet {
+        let keys: Vec<PublicKey> = (0..n).map(|i| key(i).public_key()).collect();
+        ValidatorSet::new(0, &keys).unwrap()
+    }
+
+    #[test]
+    fn an_operator_key_set_decides_by_strict_majority_and_validators_do_not_count() {
+        let governors: Vec<PublicKey> = (10..13).map(|i| key(i).public_key()).collect();
+        let add = vec![SetChange::Add(key(4).public_key())];
+        let decide = |approvers: &[u64]| {
+            let (request, reconfiguration) = request(add.clone(), approvers);
+            reconfiguration.decide(&chain(), &request, &set(4), &governors)
+        };
+        assert_eq!(decide(&[10, 12]), Ok(()));
+        let short = Err(Refusal::NotAuthorized {
+            valid: 1,
+            needed: 2,
+        });
+        assert_eq!(decide(&[11]), short);
+        // Validators are no governors here, and one governor counts once.
+        assert_eq!(decide(&[0, 1, 2, 3, 11, 11]), short);
+    }
+
+    #[test]
+    fn changes_must_fit_the_set_in_order() {
+        let invalid = |index, why| Err(Refusal::Invalid { index, why });
+        let decide = |changes: Vec<SetChange>| {
+            let (request, reconfiguration) = request(changes, &[0, 1, 2]);
+            reconfiguration.decide(&chain(), &request, &set(4), &[])
+        };
+        let (k, new) = (key(1).public_key(), key(9).public_key());
+        let rotate = SetChange::Rotate { old: k, new };
+        assert_eq!(decide(vec![rotate.clone()]), Ok(()));
+        assert_eq!(
+            decide(vec![rotate, SetChange::Remove(k)]),
+            invalid(1, Misfit::ChangedTwice)
+        );
+        assert_eq!(
+            decide(vec![SetChange::Add(k)]),
+            invalid(0, Misfit::AlreadyValidator)
+        );
+        let small_order = PublicKey([0; 32]);
+        assert_eq!(
+            decide(vec![SetChange::Add(small_order)]),
+            invalid(0, Misfit::InvalidKey)
+        );
+        let everyone: Vec<SetChange> = (0..4)
+            .map(|i| SetChange::Remove(key(i).public_key()))
+            .collect();
+        assert_eq!(decide(everyone), invalid(3, Misfit::EmptySet));
+        assert_eq!(decide(Vec::new()), Err(Refusal::ChangeCount));
+        let mut keys: Vec<PublicKey> = set(4).public_keys().collect();
+        apply(&mut keys, &SetChange::Rotate { old: k, new });
+        apply(&mut keys, &SetChange::Add(new));
+        assert_eq!(keys[1], new, "a rotated key keeps its id");
+        assert_eq!(keys.len(), 4, "adding a member changes nothing");
+    }
+
+    #[test]
+    fn a_tagged_op_that_does_not_decode_is_malformed_and_others_are_not_ours() {
+        assert_eq!(Reconfiguration::decode_op(b"\x05put"), None);
+        let mut op = RECONFIGURATION_TAG.to_vec();
+        op.push(0xff);
+        assert_eq!(
+            Reconfiguration::decode_op(&op),
+            Some(Err(Refusal::Malformed))
+        );
+        let decision = Decision::Refused(Refusal::ChangeCount);
+        assert_eq!(Decision::decode(&decision.encode()), Some(decision));
+    }
+}
