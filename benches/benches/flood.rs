@@ -210,7 +210,7 @@ fn drain(
                         network.push_back((peer, keys[index], bytes.clone()));
                     }
                 }
-                Destination::Client(_) => {}
+                Destination::Client(_) | Destination::Outside(_) => {}
             },
             Output::Deliver(delivery) => {
                 let results = delivery

@@ -117,7 +117,7 @@ fn cluster(ops: usize, batch: usize) -> (u64, f64, f64, f64) {
                         }
                     }
                 }
-                Destination::Client(_) => {}
+                Destination::Client(_) | Destination::Outside(_) => {}
             }
         }
         if nodes

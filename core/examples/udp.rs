@@ -123,6 +123,12 @@ fn run_replica(
                             .map(|(_, addr)| *addr)
                             .collect(),
                         Destination::Client(_) => vec![directory.clients],
+                        Destination::Outside(to) => directory
+                            .validators
+                            .iter()
+                            .filter(|(key, _)| *key == to)
+                            .map(|(_, addr)| *addr)
+                            .collect(),
                     };
                     for peer in peers {
                         socket.send_to(&bytes, peer)?;

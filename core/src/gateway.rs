@@ -200,6 +200,8 @@ impl Gateway {
         });
         session.open = true;
         self.open_sessions += 1;
+        // A client that connects again may have restarted and lost the chain it was handed.
+        self.epochs.forget(&client);
         Ok(())
     }
 

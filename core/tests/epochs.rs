@@ -82,6 +82,7 @@ impl Net {
                             .filter_map(|key| self.index_of(&key))
                             .filter(|&j| j != i)
                             .collect(),
+                        Destination::Outside(key) => self.index_of(&key).into_iter().collect(),
                         Destination::Client(_) => {
                             self.replies.push(bytes);
                             continue;
@@ -231,12 +232,14 @@ fn convicted_validators_leave_at_the_boundary_and_clients_follow_the_chain() {
     }
     let after_first: Vec<PublicKey> = (0..6).map(key_of).collect();
     assert_eq!(keys(net.replica(0).validators()), after_first);
+    // Retired, it takes part in nothing (it only serves its last epoch's end to laggards).
     assert!(net.replica(6).is_retired());
     assert_eq!(
-        net.replicas[6]
-            .as_mut()
-            .unwrap()
-            .handle_message(net.now, &key_of(0), &[]),
+        net.replicas[6].as_mut().unwrap().handle_message(
+            net.now,
+            &key_of(0),
+            &Message::Evidence(equivocation(5)).encode()
+        ),
         Err(pbft_core::Error::Retired)
     );
 

@@ -751,10 +751,14 @@ impl<A: Application> Node<A> {
                     _ => None,
                 };
                 // The transport's peers are the config's validators: an id of a later
-                // epoch's set goes to the same key's position there.
+                // epoch's set, or a key outside it, goes to the same key's position there.
+                let key = match &to {
+                    Destination::Validator(id) => self.output_set.key(*id).map(|k| k.public_key()),
+                    Destination::Outside(key) => Some(*key),
+                    _ => None,
+                };
                 let to = match to {
-                    Destination::Validator(id) => {
-                        let key = self.output_set.key(id).map(|key| key.public_key());
+                    Destination::Validator(_) | Destination::Outside(_) => {
                         match key.and_then(|key| self.genesis.id_of(&key)) {
                             Some(id) => Destination::Validator(id),
                             None => return Ok(round),

@@ -169,6 +169,8 @@ impl Cluster {
                 Destination::Client(key) => {
                     self.to_clients.entry(key).or_default().push(transmit.bytes)
                 }
+                // No validator leaves the set here.
+                Destination::Outside(_) => {}
             }
         }
     }

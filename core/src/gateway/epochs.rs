@@ -23,6 +23,13 @@ pub(super) struct Chain {
     told: BTreeSet<PublicKey>,
 }
 
+impl Chain {
+    /// `client` connected again: it is handed the chain again with its next answer.
+    pub(super) fn forget(&mut self, client: &PublicKey) {
+        self.told.remove(client);
+    }
+}
+
 impl Gateway {
     /// Follows the validator set into the epoch `change` starts, as
     /// [`crate::Client::enter_epoch`] does: replies gathered so far are dropped (ids moved)
@@ -59,7 +66,8 @@ impl Gateway {
     }
 
     /// The changes `client` was not handed yet, for its answer: the whole chain, once per
-    /// epoch (a client that connected late, or restarted, starts from genesis).
+    /// epoch and session (a client that connected late, or connects again after a restart,
+    /// starts from genesis).
     pub(super) fn chain_for(&mut self, client: PublicKey) -> Vec<EpochChange> {
         if self.epochs.changes.is_empty() || !self.epochs.told.insert(client) {
             return Vec::new();
@@ -69,5 +77,40 @@ impl Gateway {
             self.epochs.told.insert(client);
         }
         self.epochs.changes.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::epoch::EpochState;
+    use crate::gateway::GatewayConfig;
+    use crate::testing::{chain, client_key, validator_set};
+    use crate::view_change::StableCheckpoint;
+
+    #[test]
+    fn a_client_is_handed_the_chain_once_per_epoch_and_again_when_it_reconnects() {
+        let mut gateway = Gateway::new(GatewayConfig::new(chain()), validator_set(4)).unwrap();
+        let client = client_key(0).public_key();
+        gateway.open(0, client).unwrap();
+        assert!(gateway.chain_for(client).is_empty(), "no epoch changed");
+        // The chain's contents are checked where it is followed; here only who gets it.
+        gateway.epochs.changes.push(EpochChange {
+            checkpoint: StableCheckpoint::genesis(),
+            body: crate::crypto::Digest::default(),
+            state: EpochState::default(),
+        });
+        assert_eq!(gateway.chain_for(client).len(), 1);
+        assert!(gateway.chain_for(client).is_empty(), "once per epoch");
+        // Reopening an open session changes nothing; a new session gets it again.
+        gateway.open(1, client).unwrap();
+        assert!(gateway.chain_for(client).is_empty());
+        gateway.close(&client);
+        gateway.open(2, client).unwrap();
+        assert_eq!(
+            gateway.chain_for(client).len(),
+            1,
+            "handed again after reconnecting"
+        );
     }
 }

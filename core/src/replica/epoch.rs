@@ -13,9 +13,9 @@ use alloc::collections::BTreeMap;
 use alloc::vec;
 use alloc::vec::Vec;
 
+use super::Replica;
 use super::output::{Destination, Output, Record};
 use super::restore::ExecutedState;
-use super::{Mode, Replica};
 use crate::certificate::Committed;
 use crate::config::ReplicaId;
 use crate::config::ValidatorSet;
@@ -40,7 +40,8 @@ pub(super) struct Epochs {
     pub(super) ahead: Vec<EpochChange>,
     /// The set of each ended epoch, its keys checked once (from `changes`).
     pub(super) sets: Vec<ValidatorSet>,
-    /// Clients this replica handed the chain of changes in this epoch, and when (ms).
+    /// Clients (and removed validators) this replica handed the chain of changes in this
+    /// epoch, and when (ms).
     pub(super) told: BTreeMap<PublicKey, u64>,
     /// Removed from the set by an epoch change: takes no more part.
     pub(super) retired: bool,
@@ -222,6 +223,7 @@ impl Replica {
         }
         let own = self.signer.keypair().public_key();
         if !change.validators().contains(&own) {
+            self.epochs.changes.extend(changes);
             self.retire();
             return;
         }
@@ -318,18 +320,6 @@ impl Replica {
         }
     }
 
-    /// Takes no more part: this replica's key is not in the new set.
-    fn retire(&mut self) {
-        self.epochs.retired = true;
-        self.log.clear();
-        self.ahead.clear();
-        self.view_changes.clear();
-        self.transfer = None;
-        self.intake.clear_watched();
-        let _ = self.intake.drain_pending();
-        self.mode = Mode::Normal;
-    }
-
     /// The committed batches at or below `boundary` this replica holds, for the next epoch's
     /// archive (to serve peers still catching up to the boundary).
     fn committed_through(&self, boundary: u64) -> Vec<Committed> {
@@ -367,7 +357,7 @@ impl Replica {
     /// it does not verify.
     pub(super) fn on_epoch_change(
         &mut self,
-        peer: ReplicaId,
+        peer: Option<ReplicaId>,
         change: EpochChange,
     ) -> Result<(), Error> {
         let current = self.validators.epoch();
@@ -383,7 +373,8 @@ impl Replica {
         }
         // A change that fails its check costs its sender its signatures from its share.
         let now = self.timers.now();
-        if !self.budget.allows(peer, now) {
+        // A newcomer's (`None`) is rate-limited by its caller instead.
+        if peer.is_some_and(|peer| !self.budget.allows(peer, now)) {
             return Err(Error::OverBudget);
         }
         let signers = change.checkpoint.signatures.len() as u64;
@@ -391,10 +382,13 @@ impl Replica {
             let set = last.validator_set()?;
             self.metrics.signatures_verified += signers;
             if let Err(err) = verify_epoch_change(&self.config.chain_id, &set, &change) {
-                self.budget.charge(peer, signers, now);
+                if let Some(peer) = peer {
+                    self.budget.charge(peer, signers, now);
+                }
                 return Err(err.into());
             }
             self.epochs.ahead.push(change);
+            self.retire_if_removed();
             return Ok(());
         }
         let boundary = change.boundary();
@@ -404,10 +398,15 @@ impl Replica {
         self.metrics.signatures_verified += signers;
         self.metrics.signatures_batch_verified += signers;
         if let Err(err) = verify_epoch_change(&self.config.chain_id, &self.validators, &change) {
-            self.budget.charge(peer, signers, now);
+            if let Some(peer) = peer {
+                self.budget.charge(peer, signers, now);
+            }
             return Err(err.into());
         }
         self.epochs.ahead.push(change.clone());
+        if self.retire_if_removed() {
+            return Ok(());
+        }
         self.adopt_checkpoint(change.checkpoint);
         // A fetch of an older state gives way to the boundary's. Without one, the batches up
         // to the boundary come with the change; if they do not, the state at the boundary is
@@ -452,8 +451,7 @@ impl Replica {
     /// and, when it is in the epoch just before this one, the
     /// committed batches up to its boundary it lacks (a window at most; its QCs are of the
     /// peer's epoch); one ahead gets this replica's status to answer with them.
-    pub(super) fn send_epoch_changes(&mut self, peer: ReplicaId, status: &Status) {
-        let to = Destination::Validator(peer);
+    pub(super) fn send_epoch_changes(&mut self, to: Destination, status: &Status) {
         let epoch = status.epoch;
         if epoch > self.validators.epoch() {
             let bytes = Message::Status(self.status()).encode();
@@ -479,7 +477,7 @@ impl Replica {
         if epoch + 1 == self.validators.epoch() {
             let base = self.validators.base().0;
             let last = base.min(status.executed.saturating_add(self.config.window));
-            self.send_committed(peer, status, last);
+            self.send_committed(&to, status, last);
         }
     }
 

@@ -1,14 +1,12 @@
 //! The validator: a sans-IO PBFT state machine (Castro and Liskov, OSDI 1999 and TOCS 2002).
 //!
-//! Feed it with [`Replica::handle_message`], [`Replica::submit`], [`Replica::handle_timeout`] and
-//! [`Replica::executed`]; drain [`Replica::poll_output`] after each call and obey the order of
+//! Feed it inputs, drain [`Replica::poll_output`] after each call and obey the order of
 //! what comes out. It never reads a clock, does I/O or draws randomness.
 //!
 //! `Replica` holds its components and ties them together, as str0m's `Rtc` does: the
 //! [`outbox`] (outputs in their durability order), the [`signer`] (never signs twice), the
-//! [`timers`], request [`intake`] and [`checkpoints`]. This module keeps the entry points,
-//! the dispatch of messages and the three phases (pre-prepare, prepare, commit); execution,
-//! view changes, retransmission, state transfer and restore live in their own files.
+//! [`timers`], request [`intake`] and [`checkpoints`]. This module keeps the entry points, the
+//! dispatch of messages and the three phases; the rest live in their own files.
 
 mod budget;
 mod checkpoints;
@@ -20,6 +18,7 @@ mod governance;
 mod held_batches;
 mod inspect;
 mod intake;
+mod membership;
 mod outbox;
 mod output;
 mod restore;
@@ -231,7 +230,7 @@ impl Replica {
         bytes: &[u8],
     ) -> Result<(), Error> {
         if self.epochs.retired {
-            return Err(Error::Retired);
+            return self.retired_input(now, from, bytes);
         }
         self.enter(now);
         self.metrics.messages_received += 1;
@@ -283,10 +282,11 @@ impl Replica {
         if let Message::Request(request) = message {
             // Only a client's own copy is forwarded: a copy a validator forwarded is never
             // forwarded again, or two replicas in different views would bounce it forever.
-            let from_client = self.validators.id_of(from).is_none();
-            return self.on_request(request, from_client);
+            return self.on_request(request, self.validators.id_of(from).is_none());
         }
-        let peer = self.validators.id_of(from).ok_or(Error::NotAValidator)?;
+        let Some(peer) = self.validators.id_of(from) else {
+            return self.on_outsider(from, message);
+        };
         // A validator sends only its own votes (retransmission included): one under another
         // signer is refused before its signature costs a check, so a peer cannot buy checks
         // with forged votes in an honest validator's name.
@@ -309,7 +309,7 @@ impl Replica {
             Message::FetchBatches(fetch) => self.on_fetch_batches(peer, fetch),
             Message::Batch(batch) => self.on_batch(batch),
             Message::Evidence(evidence) => self.on_evidence(peer, evidence),
-            Message::EpochChange(change) => self.on_epoch_change(peer, change),
+            Message::EpochChange(change) => self.on_epoch_change(Some(peer), change),
             Message::Request(_) | Message::Reply(_) => {
                 Err(Error::UnexpectedMessage(message.kind()))
             }

@@ -25,6 +25,12 @@ pub enum Destination {
     AllValidators,
     /// A client (or the gateway that speaks for it), by key.
     Client(PublicKey),
+    /// A validator outside this epoch's set, by key: one an epoch change removed, still in an
+    /// earlier epoch (told how its epoch ended, so it reaches the boundary and retires), or
+    /// one the scheduled change adds (told where this replica stands, so it hands over the
+    /// change this replica lacks). A host sends it over that validator's peer connection if
+    /// it has one, and drops it otherwise.
+    Outside(PublicKey),
 }
 
 /// A record the host must make durable; [`Record::encode`] gives the bytes to store.

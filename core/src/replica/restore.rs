@@ -655,7 +655,12 @@ impl Replica {
             seq: self.epochs.scheduled_at,
             next,
         }));
-        let stable = self.checkpoints.stable();
+        // A later epoch's checkpoint it fetches to jump to is not of its epoch (a restart
+        // comes back in its own): the certificate that ended its epoch stands in for it.
+        let stable = match self.epochs.ahead.first() {
+            Some(first) if self.checkpoints.stable().seq > first.boundary() => &first.checkpoint,
+            _ => self.checkpoints.stable(),
+        };
         if stable.seq > 0 {
             records.push(Record::Stable(stable.clone()));
         }

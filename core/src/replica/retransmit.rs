@@ -43,6 +43,11 @@ impl Replica {
         self.timers.status_sent();
         self.metrics.status_sent += 1;
         let bytes = Message::Status(self.status()).encode();
+        // At the boundary, the validators the next epoch adds too: one that already entered
+        // it holds the change this replica waits for.
+        for key in self.newcomers() {
+            self.send(Destination::Outside(key), bytes.clone());
+        }
         self.send(Destination::AllValidators, bytes);
     }
 
@@ -71,8 +76,7 @@ impl Replica {
 
     /// Sends the peer each committed batch after its executed seq up to `last` that its status
     /// does not flag as committed.
-    pub(super) fn send_committed(&mut self, peer: ReplicaId, status: &Status, last: u64) {
-        let to = Destination::Validator(peer);
+    pub(super) fn send_committed(&mut self, to: &Destination, status: &Status, last: u64) {
         let first = status.executed.saturating_add(1);
         for seq in first..=last {
             let index = seq.saturating_sub(first);
@@ -107,7 +111,7 @@ impl Replica {
             if !self.timers.may_serve(peer) {
                 return Err(Error::RateLimited);
             }
-            self.send_epoch_changes(peer, &status);
+            self.send_epoch_changes(Destination::Validator(peer), &status);
             return Ok(());
         }
         let peer_ahead = status.executed > self.executed
@@ -171,7 +175,7 @@ impl Replica {
         let last = self
             .last_delivered
             .min(status.executed.saturating_add(window));
-        self.send_committed(peer, status, last);
+        self.send_committed(&Destination::Validator(peer), status, last);
         let flags_at = |seq: u64| {
             let index = seq.saturating_sub(status.executed.saturating_add(1));
             usize::try_from(index)

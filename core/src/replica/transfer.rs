@@ -225,7 +225,8 @@ impl Replica {
             ),
         };
         self.metrics.retransmitted += 1;
-        self.send(Destination::Validator(peer), message.encode());
+        let to = self.answer_to(peer);
+        self.send(to, message.encode());
         Ok(())
     }
 

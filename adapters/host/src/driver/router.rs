@@ -513,6 +513,8 @@ impl Router {
                 let frame = ServerFrame::Message(transmit.bytes);
                 self.to_client_via(&key, &frame, transmit.via.as_ref());
             }
+            // The node maps a key to its peer's id before it gets here.
+            Destination::Outside(_) => {}
         }
     }
 }
