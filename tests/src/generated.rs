@@ -147,6 +147,8 @@ impl Scenario {
             via_gateway: false,
             attested: false,
             rogue_gateway: false,
+            spares: 0,
+            reconfigurations: Vec::new(),
         }
     }
 }

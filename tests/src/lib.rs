@@ -17,6 +17,7 @@
 
 pub mod cluster;
 mod generated;
+mod reconfiguration;
 mod report;
 mod rng;
 mod scenario;
@@ -26,6 +27,7 @@ mod twins;
 pub use generated::{ACTIONS, Action, Policy};
 /// The chain id and validator keys of every simulation: the shared test fixtures'.
 pub use pbft_core::testing::{chain, validator_keys};
+pub use reconfiguration::{ADDED, Change, Reconfig, reconfiguration_replay_command};
 pub use report::Report;
 pub use rng::Rng;
 pub use scenario::{

@@ -9,7 +9,10 @@ use std::sync::mpsc;
 use std::time::Instant;
 
 use clap::Parser;
-use pbft_sim::{Report, Scenario, Simulation, replay_command, run_checked, twins_replay_command};
+use pbft_sim::{
+    ADDED, Report, Scenario, Simulation, reconfiguration_replay_command, replay_command,
+    run_checked, twins_replay_command,
+};
 
 /// Runs simulator seeds (each twice, checking every invariant) and prints a summary per
 /// scenario kind; a failing seed prints the command that replays it.
@@ -38,6 +41,12 @@ struct Args {
     /// all of them included, crashes and restarts.
     #[arg(long, value_name = "COUNT", conflicts_with_all = ["seeds", "seed"])]
     generated: Option<u64>,
+    /// Runs COUNT reconfiguration scenarios from `--first` (each twice): an operator adds
+    /// three validators by governance (4 -> 7 at n = 4), they join by state transfer, then
+    /// it rotates a validator's key and removes the three (7 -> 4), under the faults of a
+    /// scripted kind.
+    #[arg(long, value_name = "COUNT", conflicts_with_all = ["seeds", "seed", "generated", "twins"])]
+    reconfigure: Option<u64>,
     /// Threads running scenarios at once (default: one per core).
     #[arg(long, value_name = "N")]
     jobs: Option<usize>,
@@ -100,6 +109,7 @@ enum Mode {
     Scripted,
     Twins,
     Generated,
+    Reconfiguration,
 }
 
 impl Args {
@@ -134,6 +144,9 @@ impl Args {
 
     /// What to run and which numbers.
     fn plan(&self) -> (Mode, std::ops::Range<u64>) {
+        if let Some(count) = self.reconfigure {
+            return (Mode::Reconfiguration, self.first..self.first + count);
+        }
         match (self.twins, self.generated, self.seed) {
             (Some(count), _, _) => (Mode::Twins, self.first..self.first + count),
             (_, Some(count), _) => (Mode::Generated, self.first..self.first + count),
@@ -150,6 +163,7 @@ impl Mode {
             Mode::Scripted => Scenario::for_seed(number, validators),
             Mode::Generated => Scenario::generated(number, validators),
             Mode::Twins => Scenario::twins(number, validators),
+            Mode::Reconfiguration => Scenario::reconfiguration(number, validators),
         }
     }
 
@@ -181,6 +195,7 @@ impl Mode {
         match self {
             Mode::Scripted => replay_command(number, validators),
             Mode::Twins => twins_replay_command(number, validators),
+            Mode::Reconfiguration => reconfiguration_replay_command(number, validators),
             Mode::Generated => format!(
                 "cargo run --release -p pbft-sim -- --validators {validators} --generated 1 --first {number}"
             ),
@@ -191,7 +206,7 @@ impl Mode {
     fn unit(self) -> &'static str {
         match self {
             Mode::Scripted => "seeds",
-            Mode::Twins | Mode::Generated => "scenarios",
+            Mode::Twins | Mode::Generated | Mode::Reconfiguration => "scenarios",
         }
     }
 }
@@ -249,6 +264,7 @@ fn main() -> ExitCode {
     let mut conviction_ms: Vec<u64> = Vec::new();
     let mut undetected = 0u64;
     let (mut removed, mut changed_sets, mut highest_epoch) = (0u64, 0u64, 0u64);
+    let (mut reconfigurations, mut joined) = (0u64, 0u64);
     let next = AtomicU64::new(seeds.start);
     let (results, finished) = mpsc::channel();
     std::thread::scope(|scope| {
@@ -288,6 +304,8 @@ fn main() -> ExitCode {
             conviction_ms.extend(&report.conviction_ms);
             undetected += report.undetected;
             removed += report.removed;
+            reconfigurations += report.reconfigurations;
+            joined += report.joined;
             changed_sets += u64::from(report.epochs > 0);
             highest_epoch = highest_epoch.max(report.epochs);
             forgeries += report.attested_forgeries;
@@ -361,6 +379,12 @@ fn main() -> ExitCode {
         "validators={} {unit}={count} failed={failed} requests_committed={completed} evidence={evidence} state_transfers={transfers} batches_fetched={batches_fetched}",
         args.validators
     );
+    if mode == Mode::Reconfiguration {
+        println!(
+            "reconfigurations that took effect: {reconfigurations} of {} (n -> n + {ADDED} -> n with a key rotated); validators joined by state transfer: {joined}",
+            2 * count
+        );
+    }
     conviction_ms.sort_unstable();
     if !conviction_ms.is_empty() {
         println!(
@@ -403,7 +427,7 @@ fn main() -> ExitCode {
     }
     let runs = match mode {
         Mode::Twins => "one run",
-        Mode::Scripted | Mode::Generated => "two runs",
+        Mode::Scripted | Mode::Generated | Mode::Reconfiguration => "two runs",
     };
     println!(
         "{secs:.1} s of wall-clock time for {runs} of each ({:.0} {unit}/s), {:.1} s of virtual time",

@@ -26,6 +26,10 @@ pub struct Report {
     pub epochs: u64,
     /// Convicted validators out of the last epoch's set.
     pub removed: u64,
+    /// Reconfigurations that took effect ([`crate::Scenario::reconfiguration`]).
+    pub reconfigurations: u64,
+    /// Validators that joined the set by state transfer.
+    pub joined: u64,
     /// Messages put on the simulated network.
     pub messages: u64,
     /// Virtual time at the end, ms.

@@ -237,6 +237,11 @@ pub struct Scenario {
     /// provably its own), a stranger end to end (nothing of it may execute);
     /// `pbft-sim --rogue-gateway` sets it.
     pub rogue_gateway: bool,
+    /// Validators outside the genesis set, indices from `validators` on: they join when a
+    /// reconfiguration adds them ([`Scenario::reconfiguration`]); 0 in other runs.
+    pub spares: usize,
+    /// The operator's reconfigurations, in order; empty in other runs.
+    pub reconfigurations: Vec<crate::Reconfig>,
 }
 
 /// Where the replicas of a Twins run stand in each view (Bano et al. 2020, section 4).
@@ -316,6 +321,8 @@ impl Scenario {
             via_gateway: false,
             attested: false,
             rogue_gateway: false,
+            spares: 0,
+            reconfigurations: Vec::new(),
         }
     }
 
@@ -362,6 +369,8 @@ impl Scenario {
             via_gateway: false,
             attested: false,
             rogue_gateway: false,
+            spares: 0,
+            reconfigurations: Vec::new(),
         }
     }
 
@@ -512,6 +521,8 @@ impl Scenario {
             via_gateway: false,
             attested: false,
             rogue_gateway: false,
+            spares: 0,
+            reconfigurations: Vec::new(),
         }
     }
 }

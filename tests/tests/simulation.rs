@@ -6,8 +6,8 @@
 //! each with loss up to 20 % and, in some, a partition that heals or a restart on top.
 
 use pbft_sim::{
-    Fault, KINDS, Kind, Report, SCENARIOS_N4, Scenario, Simulation, replay_command, run_checked,
-    twins_replay_command,
+    ADDED, Fault, KINDS, Kind, Report, SCENARIOS_N4, Scenario, Simulation,
+    reconfiguration_replay_command, replay_command, run_checked, twins_replay_command,
 };
 
 /// Runs `seeds` on both cores and fails with every violating seed and its replay command.
@@ -488,4 +488,39 @@ fn generated_adversaries_at_four_validators_over_300_scenarios() {
 #[test]
 fn generated_adversaries_at_seven_validators_over_50_scenarios() {
     generated_exercised(7, &run_generated(7, 1000..1050));
+}
+
+/// Runs reconfiguration scenarios `numbers` at `validators` ([`Scenario::reconfiguration`]):
+/// every one must take both changes (n -> n + 3 -> n, a key rotated on the way back) with the
+/// new validators joining by state transfer, under the faults of its kind.
+fn run_reconfigurations(validators: usize, numbers: Vec<u64>) -> Vec<Report> {
+    let run = |number| run_checked(number, &Scenario::reconfiguration(number, validators));
+    let reports = run_all(numbers, run, |number| {
+        reconfiguration_replay_command(number, validators)
+    });
+    for report in &reports {
+        assert_eq!(report.reconfigurations, 2, "scenario {}", report.seed);
+        // The key rotated in at least (one added may leave again before its turn to join);
+        // the run checks that every validator of the final set joined.
+        assert!(
+            (1..=ADDED as u64 + 1).contains(&report.joined),
+            "scenario {}",
+            report.seed
+        );
+    }
+    assert!(committed(&reports) > 0);
+    reports
+}
+
+#[test]
+fn reconfigurations_at_four_validators_over_120_scenarios() {
+    // 812: a validator restarted while it fetched a later epoch's checkpoint logged that
+    // checkpoint as its own epoch's, and never caught up.
+    let numbers = (0..120).chain([812]).collect();
+    run_reconfigurations(4, numbers);
+}
+
+#[test]
+fn reconfigurations_at_seven_validators_over_24_scenarios() {
+    run_reconfigurations(7, (500..524).collect());
 }

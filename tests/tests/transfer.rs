@@ -36,6 +36,8 @@ fn scenario(drip_feeder: Fault) -> Scenario {
         via_gateway: false,
         attested: false,
         rogue_gateway: false,
+        spares: 0,
+        reconfigurations: Vec::new(),
     }
 }
 

@@ -303,19 +303,28 @@ impl Simulation {
     }
 
     /// Equivocation on the wire: odd targets get `other`, even ones `bytes`, and the first
-    /// target gets both, so someone holds the evidence.
+    /// target in a set gets both, so someone holds the evidence.
     fn split_send(&mut self, targets: &[NodeId], from: NodeId, bytes: &[u8], other: Option<&[u8]>) {
         if other.is_some() && !targets.is_empty() {
             let offender = self.validators[from].replica.id().0;
             self.conflict_at.entry(offender).or_insert(self.now);
         }
+        // Both go to the first target still in a set (not one that left it or never joined),
+        // so the equivocation is seen.
+        let both = targets
+            .iter()
+            .position(|&t| {
+                let node = self.validators.get(t);
+                node.is_none_or(|node| !node.standby && !node.replica.is_retired())
+            })
+            .unwrap_or(0);
         for (position, &target) in targets.iter().enumerate() {
             match other {
-                Some(other) if position % 2 == 1 => self.send(target, from, other.to_vec()),
-                Some(other) if position == 0 => {
+                Some(other) if position == both => {
                     self.send(target, from, bytes.to_vec());
                     self.send(target, from, other.to_vec());
                 }
+                Some(other) if position % 2 == 1 => self.send(target, from, other.to_vec()),
                 _ => self.send(target, from, bytes.to_vec()),
             }
         }

@@ -46,6 +46,7 @@ impl Simulation {
         }
         self.sets.insert(change.epoch(), set);
         self.report.epochs = self.report.epochs.max(change.epoch());
+        self.operator_sees(change);
         for client in &mut self.clients {
             if client.client.validators().epoch() == change.state.epoch
                 && let Err(err) = client.client.enter_epoch(change)

@@ -27,6 +27,7 @@ mod epochs;
 mod gateway;
 mod generated;
 mod network;
+mod operator;
 mod rogue_gateway;
 mod validator;
 
@@ -69,6 +70,10 @@ enum Event {
         from: NodeId,
         bytes: Vec<u8>,
     },
+    /// The operator's next reconfiguration is due.
+    Operator,
+    /// A validator the set gained joins.
+    Join { node: NodeId },
     /// A validator's host finished a checkpoint's snapshot, unless the validator crashed
     /// since (`life` counts its crashes).
     Snapshot {
@@ -141,6 +146,8 @@ pub struct Simulation {
     convicted_at: BTreeMap<u16, u64>,
     /// Per offender: the epoch of the first committed evidence against it.
     convicted_in: BTreeMap<u16, u64>,
+    /// The operator of a reconfiguration run.
+    operator: operator::Operator,
 }
 
 /// Virtual time after which a run stops.
@@ -163,9 +170,11 @@ impl Simulation {
 
     /// Sets up the cluster for `seed`, its replicas' limits set on `config`.
     fn build(seed: u64, scenario: Scenario, mut config: Config) -> Self {
-        let keypairs = validator_keys(scenario.validators);
+        // The genesis validators' keys, then the spares'.
+        let keypairs = validator_keys(scenario.validators + scenario.spares);
         let keys: Vec<PublicKey> = keypairs.iter().map(Keypair::public_key).collect();
-        let set = ValidatorSet::new(0, &keys).expect("simulated keys are valid");
+        let set =
+            ValidatorSet::new(0, &keys[..scenario.validators]).expect("simulated keys are valid");
         config.max_batch_ops = scenario.max_batch_ops;
         config.window = scenario.window;
         config.checkpoint_interval = scenario.checkpoint_interval;
@@ -182,16 +191,20 @@ impl Simulation {
             ];
         }
         let replica_config = config.clone();
-        // Each validator, then the second replica of each twin: the same key, its own state.
+        // Each validator, then the spares, then the second replica of each twin: the same key,
+        // its own state.
         let twinned = scenario
             .twins
             .iter()
             .flat_map(|twins| twins.twinned.clone());
-        let validators = (0..scenario.validators)
+        let validators = (0..scenario.validators + scenario.spares)
             .chain(twinned)
             .map(|id| {
                 let keypair = Keypair::from_seed(&keypairs[id].seed());
                 let same = Keypair::from_seed(&keypair.seed());
+                if id >= scenario.validators && id < scenario.validators + scenario.spares {
+                    return Validator::standby(id, &config, keypair);
+                }
                 let replica =
                     Replica::new(config.clone(), set.clone(), same).expect("valid config");
                 Validator::new(id, replica, keypair, scenario.faults.get(&id).copied())
@@ -245,6 +258,7 @@ impl Simulation {
             reported: BTreeSet::new(),
             convicted_at: BTreeMap::new(),
             convicted_in: BTreeMap::new(),
+            operator: operator::Operator::new(&scenario.reconfigurations),
             states: BTreeMap::new(),
             scenario,
         }
@@ -261,6 +275,9 @@ impl Simulation {
         }
         if self.rogue.is_some() {
             self.schedule_at(1, Event::RogueGateway);
+        }
+        if let Some(first) = self.scenario.reconfigurations.first() {
+            self.schedule_at(first.after_ms, Event::Operator);
         }
         for restart in self.scenario.restarts.clone() {
             self.schedule_at(restart.at, Event::Crash { node: restart.node });
@@ -296,6 +313,8 @@ impl Simulation {
                 Event::Restart { node } => self.restart(node),
                 Event::Send { to, from, bytes } => self.send(to, from, bytes),
                 Event::Snapshot { node, life, taken } => self.snapshot_taken(node, life, taken),
+                Event::Operator => self.operator_due(),
+                Event::Join { node } => self.join(node),
             }
             if self.settled() {
                 break;
@@ -316,6 +335,8 @@ impl Simulation {
             .all(|c| c.remaining == 0 && c.outstanding.is_none());
         healed
             && answered
+            && self.operator.pending.is_empty()
+            && self.operator.joins_due == 0
             && self.validators.iter().all(|node| {
                 !node.held_to_liveness()
                     || (node.replica.is_idle()
@@ -422,6 +443,7 @@ impl Simulation {
         self.check_liveness();
         self.check_convictions();
         self.check_removals();
+        self.check_reconfigured();
         if std::env::var_os("PBFT_SIM_DEBUG").is_some() {
             for (index, node) in self.validators.iter().enumerate() {
                 eprintln!(

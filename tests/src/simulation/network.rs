@@ -103,6 +103,10 @@ impl Simulation {
         {
             let what = match Message::decode(&bytes, usize::MAX) {
                 Ok(Message::FetchState(f)) => format!(" (fetch {} {:?})", f.seq, f.chunk),
+                Ok(Message::EpochChange(c)) => {
+                    format!(" (epoch change {} at {})", c.state.epoch, c.boundary())
+                }
+                Ok(Message::Checkpoint(c)) => format!(" (checkpoint {})", c.seq),
                 Ok(m) => format!(" ({})", m.kind()),
                 _ => String::new(),
             };
@@ -121,8 +125,9 @@ impl Simulation {
                 let set = self.validators[index].replica.validators().clone();
                 self.instances_in(&set, id)
             }
+            // Not to a spare that has not joined: it is in no one's set.
             Destination::AllValidators => (0..self.validators.len())
-                .filter(|&i| self.validators[i].id != own)
+                .filter(|&i| self.validators[i].id != own && !self.validators[i].standby)
                 .collect(),
             // Clients behind the gateway get their replies through it.
             Destination::Client(key) => match self.client_keys.iter().position(|k| *k == key) {
@@ -130,6 +135,10 @@ impl Simulation {
                     self.gateway_node()
                         .unwrap_or(self.validators.len() + client),
                 ],
+                None => return,
+            },
+            Destination::Outside(key) => match self.keys.iter().position(|k| *k == key) {
+                Some(removed) => self.instances_of(removed).collect(),
                 None => return,
             },
         };

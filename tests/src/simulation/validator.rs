@@ -5,8 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use pbft_core::{
-    ClientRecord, Delivery, Digest, ExecutedState, Hasher, Keypair, Output, PublicKey, Record,
-    Replica,
+    ClientRecord, Config, Delivery, Digest, ExecutedState, Hasher, Keypair, Output, PublicKey,
+    Record, Replica, ValidatorSet,
 };
 
 use super::{Event, NodeId, Simulation};
@@ -59,6 +59,11 @@ pub(super) struct Validator {
     corrupted: bool,
     /// Its state is the corrupted one: from the corruption to the install that replaces it.
     pub(super) diverged: bool,
+    /// A spare outside the set: it takes no part until a reconfiguration adds it and it
+    /// joins ([`Simulation::join`]); its replica until then is a stand-in that never runs.
+    pub(super) standby: bool,
+    /// Removed from the set while it was down: it stays down.
+    pub(super) removed: bool,
 }
 
 /// The host's side of [`ExecutedState`]: kept from deliveries and installs.
@@ -112,7 +117,20 @@ impl Validator {
             dirty: false,
             corrupted: false,
             diverged: false,
+            standby: false,
+            removed: false,
         }
+    }
+
+    /// A spare validator `id` with `keypair`, outside the set and down until it joins.
+    pub(super) fn standby(id: usize, config: &Config, keypair: Keypair) -> Self {
+        let own = ValidatorSet::new(0, &[keypair.public_key()]).expect("a valid key");
+        let same = Keypair::from_seed(&keypair.seed());
+        let stand_in = Replica::new(config.clone(), own, same).expect("valid config");
+        let mut spare = Validator::new(id, stand_in, keypair, None);
+        spare.standby = true;
+        spare.down = true;
+        spare
     }
 
     /// Whether its executions are checked as an honest validator's: it has no fault, it is a
@@ -130,8 +148,12 @@ impl Validator {
 
     /// Whether it must have delivered everything by the end of a run: an honest validator,
     /// or one whose application diverged (it must have repaired its state).
+    /// One outside the set (not joined yet, or removed) is not.
     pub(super) fn held_to_liveness(&self) -> bool {
         matches!(self.fault, None | Some(Fault::DivergeAt(_)))
+            && !self.standby
+            && !self.removed
+            && !self.replica.is_retired()
     }
 
     /// The application: a hash chain over the operations, plus their log.
@@ -552,9 +574,12 @@ impl Simulation {
         ) {
             Ok(replica) => node.replica = replica,
             // Removed from the set while it was down (or before it crashed): it stays down.
+            // An honest one only by a reconfiguration (`check_reconfigured` checks the set).
             Err(pbft_core::ConfigError::Removed { .. })
-                if !self.validators[index].held_to_liveness() =>
+                if !self.validators[index].held_to_liveness()
+                    || !self.scenario.reconfigurations.is_empty() =>
             {
+                self.validators[index].removed = true;
                 return;
             }
             Err(err) => {
