@@ -19,7 +19,7 @@ use alloc::vec::Vec;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ChainId, ValidatorSet};
+use crate::config::{ChainId, Config, ValidatorSet};
 use crate::crypto::{Digest, Hasher, Keypair, PublicKey, Signature};
 use crate::statement::Request;
 
@@ -95,6 +95,19 @@ pub enum Refusal {
         /// Why.
         why: Misfit,
     },
+    /// The set it leads to is not one the config runs: too many validators for the message
+    /// size ([`Config::max_validators`]), or a key the config lists as a gateway.
+    #[error("the validator set it leads to is not one the config can run")]
+    Unrunnable,
+    /// Too few of the epoch's validators stay: f + 1 of them must (f of the new set), so an
+    /// honest one that holds the state hands it to the new ones. Change fewer at a time.
+    #[error("{remain} of the current validators would stay, {needed} must")]
+    TooFewRemain {
+        /// The epoch's validators in the set it leads to.
+        remain: u32,
+        /// f + 1 of that set.
+        needed: u32,
+    },
     /// Too few valid approvals of distinct governors.
     #[error("{valid} valid approvals of {needed} needed")]
     NotAuthorized {
@@ -129,7 +142,10 @@ pub enum Misfit {
 /// ([`Decision::decode`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Decision {
-    /// Scheduled: the changes take effect when epoch `epoch` starts, at the next boundary.
+    /// Scheduled: the changes take effect when epoch `epoch` starts, at the next boundary,
+    /// as far as they still fit the change scheduled by then (a conviction, or another
+    /// reconfiguration of the same epoch, may have changed the same keys or left too few
+    /// validators in; [`Reconfiguration::decide`]'s rules hold for the whole change).
     Scheduled {
         /// The epoch that starts with them.
         epoch: u64,
@@ -207,31 +223,32 @@ impl Reconfiguration {
         Some(crate::envelope::decode(body, usize::MAX).map_err(|_| Refusal::Malformed))
     }
 
-    /// Decides the reconfiguration `request` carries, committed in the epoch of `set`:
-    /// `governors` empty is the default rule (a quorum of `set` approves), otherwise a strict
-    /// majority of them. Each approval costs one signature check, and at most one per
-    /// governor is checked.
+    /// Decides the reconfiguration `request` carries, committed in the epoch of `set`, under
+    /// `config` (its chain and governors: empty is the default rule, a quorum of `set`
+    /// approves; otherwise a strict majority of them). The changes must fit `set` in order,
+    /// and the set they lead to must be one `config` runs ([`Config::validate_for`]) and keep
+    /// f + 1 of `set`'s validators (f of the new set), so at least one honest validator that
+    /// holds the state stays to hand it to the new ones. Approvals are checked in order up
+    /// to the threshold; the first that does not verify ends the check.
     ///
     /// # Errors
     ///
     /// The [`Refusal`] that says why it changes nothing.
     pub fn decide(
         &self,
-        chain: &ChainId,
+        config: &Config,
         request: &Request,
         set: &ValidatorSet,
-        governors: &[PublicKey],
     ) -> Result<(), Refusal> {
-        self.decide_counting(chain, request, set, governors, &mut 0)
+        self.decide_counting(config, request, set, &mut 0)
     }
 
     /// [`Reconfiguration::decide`], adding the signatures it checks to `checked`.
     pub(crate) fn decide_counting(
         &self,
-        chain: &ChainId,
+        config: &Config,
         request: &Request,
         set: &ValidatorSet,
-        governors: &[PublicKey],
         checked: &mut u64,
     ) -> Result<(), Refusal> {
         if self.epoch != set.epoch() {
@@ -243,40 +260,53 @@ impl Reconfiguration {
         if self.changes.is_empty() || self.changes.len() > MAX_SET_CHANGES {
             return Err(Refusal::ChangeCount);
         }
-        self.check_changes(set)?;
-        let (authority, needed): (Vec<PublicKey>, usize) = match governors.is_empty() {
-            true => (set.public_keys().collect(), set.quorum()),
-            false => (governors.to_vec(), governors.len() / 2 + 1),
+        let after = self.check_changes(set)?;
+        fits(config, set, &after)?;
+        let governors = &config.governors;
+        let needed = match governors.is_empty() {
+            true => set.quorum(),
+            false => governors.len() / 2 + 1,
         };
         let digest = approval_digest(
-            chain,
+            &config.chain_id,
             &request.client,
             request.client_seq,
             self.epoch,
             &self.changes,
         );
-        // Each governor's first approval is the one checked: at most one check per governor.
-        let mut seen: Vec<PublicKey> = Vec::new();
-        let mut valid = 0;
+        let mut counted: Vec<PublicKey> = Vec::new();
         for approval in &self.approvals {
-            if valid >= needed {
+            if counted.len() >= needed {
                 break;
             }
-            if !authority.contains(&approval.signer) || seen.contains(&approval.signer) {
+            // A validator's key is decompressed already; an operator key is decompressed
+            // here, once per approval (at most one per governor counts).
+            let key = match governors.is_empty() {
+                true => set
+                    .id_of(&approval.signer)
+                    .and_then(|id| set.key(id))
+                    .cloned(),
+                false => governors
+                    .contains(&approval.signer)
+                    .then(|| approval.signer.verifying_key().ok())
+                    .flatten(),
+            };
+            let Some(key) = key else {
+                continue;
+            };
+            if counted.contains(&approval.signer) {
                 continue;
             }
-            seen.push(approval.signer);
             *checked += 1;
-            let verified = approval
-                .signer
-                .verifying_key()
-                .is_ok_and(|key| key.verify(&digest, &approval.signature).is_ok());
-            valid += usize::from(verified);
+            if key.verify(&digest, &approval.signature).is_err() {
+                // No honest operator sends one: the check stops here, so junk costs one.
+                break;
+            }
+            counted.push(approval.signer);
         }
-        let counted = valid;
-        if counted < needed {
+        if counted.len() < needed {
             return Err(Refusal::NotAuthorized {
-                valid: counted as u32,
+                valid: counted.len() as u32,
                 needed: needed as u32,
             });
         }
@@ -285,8 +315,8 @@ impl Reconfiguration {
 
     /// Each change must fit the set as the ones before it leave it (checked against the
     /// epoch's set, not the one scheduled, so the decision depends on the committed request
-    /// and the epoch alone).
-    fn check_changes(&self, set: &ValidatorSet) -> Result<(), Refusal> {
+    /// and the epoch alone). Returns the keys they lead to.
+    fn check_changes(&self, set: &ValidatorSet) -> Result<Vec<PublicKey>, Refusal> {
         let mut keys: Vec<PublicKey> = set.public_keys().collect();
         let mut touched: Vec<PublicKey> = Vec::new();
         for (index, change) in self.changes.iter().enumerate() {
@@ -323,8 +353,35 @@ impl Reconfiguration {
             }
             apply(&mut keys, change);
         }
-        Ok(())
+        Ok(keys)
     }
+}
+
+/// Whether `after`, the keys a change of `set` leads to, is a set `config` runs that keeps
+/// f + 1 of `set`'s validators (f of `after`).
+///
+/// # Errors
+///
+/// [`Refusal::Unrunnable`] or [`Refusal::TooFewRemain`].
+pub(crate) fn fits(
+    config: &Config,
+    set: &ValidatorSet,
+    after: &[PublicKey],
+) -> Result<(), Refusal> {
+    let runs = ValidatorSet::new(set.epoch() + 1, after)
+        .is_ok_and(|next| config.validate_for(&next).is_ok());
+    if !runs {
+        return Err(Refusal::Unrunnable);
+    }
+    let remain = after.iter().filter(|key| set.id_of(key).is_some()).count();
+    let needed = ValidatorSet::max_faulty_of(after.len()) + 1;
+    if remain < needed {
+        return Err(Refusal::TooFewRemain {
+            remain: remain as u32,
+            needed: needed as u32,
+        });
+    }
+    Ok(())
 }
 
 /// Applies `change` to a set's keys in id order, as far as it fits them (a change that no
@@ -391,9 +448,11 @@ mod tests {
     fn an_operator_key_set_decides_by_strict_majority_and_validators_do_not_count() {
         let governors: Vec<PublicKey> = (10..13).map(|i| key(i).public_key()).collect();
         let add = vec![SetChange::Add(key(4).public_key())];
+        let mut config = Config::new(chain());
+        config.governors = governors;
         let decide = |approvers: &[u64]| {
             let (request, reconfiguration) = request(add.clone(), approvers);
-            reconfiguration.decide(&chain(), &request, &set(4), &governors)
+            reconfiguration.decide(&config, &request, &set(4))
         };
         assert_eq!(decide(&[10, 12]), Ok(()));
         let short = Err(Refusal::NotAuthorized {
@@ -408,9 +467,12 @@ mod tests {
     #[test]
     fn changes_must_fit_the_set_in_order() {
         let invalid = |index, why| Err(Refusal::Invalid { index, why });
+        let mut config = Config::new(chain());
+        let gateway = key(50).public_key();
+        config.attesting_gateways = vec![gateway];
         let decide = |changes: Vec<SetChange>| {
             let (request, reconfiguration) = request(changes, &[0, 1, 2]);
-            reconfiguration.decide(&chain(), &request, &set(4), &[])
+            reconfiguration.decide(&config, &request, &set(4))
         };
         let (k, new) = (key(1).public_key(), key(9).public_key());
         let rotate = SetChange::Rotate { old: k, new };
@@ -433,6 +495,35 @@ mod tests {
             .collect();
         assert_eq!(decide(everyone), invalid(3, Misfit::EmptySet));
         assert_eq!(decide(Vec::new()), Err(Refusal::ChangeCount));
+        // The set it leads to must be one the config runs, and keep f + 1 of this one.
+        assert_eq!(
+            decide(vec![SetChange::Add(gateway)]),
+            Err(Refusal::Unrunnable)
+        );
+        let mut replace: Vec<SetChange> = (1..4)
+            .map(|i| SetChange::Remove(key(i).public_key()))
+            .collect();
+        replace.extend((20..23).map(|i| SetChange::Add(key(i).public_key())));
+        assert_eq!(
+            decide(replace),
+            Err(Refusal::TooFewRemain {
+                remain: 1,
+                needed: 2
+            })
+        );
+        // A signature that does not verify ends the check: junk costs one.
+        let (request, mut junk) = request(vec![SetChange::Add(new)], &[0, 1, 2]);
+        junk.approvals[0].signature = Signature([7; 64]);
+        let mut checked = 0;
+        let refused = junk.decide_counting(&config, &request, &set(4), &mut checked);
+        assert_eq!(
+            refused,
+            Err(Refusal::NotAuthorized {
+                valid: 0,
+                needed: 3
+            })
+        );
+        assert_eq!(checked, 1);
         let mut keys: Vec<PublicKey> = set(4).public_keys().collect();
         apply(&mut keys, &SetChange::Rotate { old: k, new });
         apply(&mut keys, &SetChange::Add(new));

@@ -861,7 +861,9 @@ impl<A: Application> Node<A> {
         if self.attested_by.len() > ATTESTED_BY_KEPT {
             self.attested_by.clear();
         }
-        for &index in &delivery.execute {
+        // Reconfigurations the replica decided are answered too, through their gateway.
+        let decided = delivery.decided.iter().map(|(index, _)| index);
+        for &index in delivery.execute.iter().chain(decided) {
             let Some(request) = delivery.batch.requests.get(index as usize) else {
                 continue;
             };
@@ -1012,6 +1014,8 @@ impl<A: Application> Node<A> {
         let (state_seq, state, _) = self.state_digest.unwrap_or_default();
         NodeStatus {
             id: u32::from(self.replica.id().0),
+            epoch: self.replica.validators().epoch(),
+            validators: self.replica.validators().len() as u32,
             view: self.replica.view(),
             executed,
             stable: self.replica.stable_checkpoint().seq,
@@ -1031,10 +1035,19 @@ impl<A: Application> Node<A> {
             .requests
             .iter()
             .position(|r| r.digest(&chain) == *request)?;
+        // The changes up to the QC's epoch: a verifier holding the genesis set follows them.
+        let epochs = self
+            .replica
+            .epoch_changes()
+            .iter()
+            .take_while(|change| change.state.epoch < certificate.epoch)
+            .cloned()
+            .collect();
         Some(ProofBundle {
             request: batch.requests.get(index)?.clone(),
             proof: batch.prove(&chain, index)?,
             certificate,
+            epochs,
         })
     }
 

@@ -7,8 +7,8 @@
 
 use pbft_core::envelope::{self, DecodeError, REQUEST_OVERHEAD};
 use pbft_core::{
-    ChainId, Config, Digest, Hasher, InclusionProof, Keypair, PublicKey, QuorumCertificate,
-    Request, Signature, ValidatorSet, verify_inclusion, verify_qc,
+    ChainId, Config, Digest, EpochChange, Hasher, InclusionProof, Keypair, PublicKey,
+    QuorumCertificate, Request, Signature, ValidatorSet, verify_inclusion, verify_qc_across_epochs,
 };
 use serde::{Deserialize, Serialize};
 
@@ -120,8 +120,12 @@ impl ClientFrame {
 /// Where a node is.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeStatus {
-    /// Its validator id.
+    /// Its validator id (a position in the set of its epoch).
     pub id: u32,
+    /// The epoch it is in ([`pbft_core::EpochChange`]).
+    pub epoch: u64,
+    /// Validators in that epoch's set.
+    pub validators: u32,
     /// Its view.
     pub view: u64,
     /// The last seq it executed.
@@ -135,8 +139,9 @@ pub struct NodeStatus {
     pub state: Digest,
 }
 
-/// Offline proof that a request committed: a QC over its batch and the request's Merkle
-/// path to the batch digest.
+/// Offline proof that a request committed: a QC over its batch, the request's Merkle path to
+/// the batch digest, and the epoch changes since genesis up to the QC's epoch, so a verifier
+/// that holds only the genesis set checks a QC of any epoch.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProofBundle {
     /// The quorum certificate of the batch.
@@ -145,17 +150,26 @@ pub struct ProofBundle {
     pub request: Request,
     /// Its path to `certificate.digest`.
     pub proof: InclusionProof,
+    /// The changes from genesis to the QC's epoch, oldest first (none in epoch 0).
+    pub epochs: Vec<EpochChange>,
 }
 
 impl ProofBundle {
-    /// Checks the QC against the validator set and the request's path to it.
+    /// Checks the QC with the genesis set through the bundle's epoch changes
+    /// ([`verify_qc_across_epochs`]) and the request's path to it; returns the set of the
+    /// QC's epoch.
+    ///
+    /// # Errors
+    ///
+    /// [`verify_qc_across_epochs`]'s and [`verify_inclusion`]'s.
     pub fn verify(
         &self,
         chain: &ChainId,
-        validators: &ValidatorSet,
-    ) -> Result<(), pbft_core::CertificateError> {
-        verify_qc(chain, validators, &self.certificate)?;
-        verify_inclusion(&self.certificate, &self.request, &self.proof)
+        genesis: &ValidatorSet,
+    ) -> Result<ValidatorSet, pbft_core::CertificateError> {
+        let set = verify_qc_across_epochs(chain, genesis, &self.epochs, &self.certificate)?;
+        verify_inclusion(&self.certificate, &self.request, &self.proof)?;
+        Ok(set)
     }
 }
 

@@ -325,16 +325,19 @@ async fn run(command: Command) -> Result<(), Failure> {
             let bytes = std::fs::read(&proof).map_err(|e| format!("{}: {e}", proof.display()))?;
             let bundle = ProofBundle::decode(&bytes)
                 .map_err(|e| format!("{}: not a proof file ({e})", proof.display()))?;
-            bundle
+            let set = bundle
                 .verify(&network.core.chain_id, &network.validators)
                 .map_err(|e| format!("{}: {e}", proof.display()))?;
             println!(
-                "valid: request {} of client {} committed at seq {} in view {} ({} signatures)",
+                "valid: request {} of client {} committed at seq {} in view {} of epoch {} ({} signatures of {} validators; {} epoch changes checked from genesis)",
                 bundle.request.client_seq,
                 bundle.request.client,
                 bundle.certificate.seq,
                 bundle.certificate.view,
-                bundle.certificate.signatures.len()
+                set.epoch(),
+                bundle.certificate.signatures.len(),
+                set.len(),
+                bundle.epochs.len()
             );
         }
         Command::Bench { config, load } => {

@@ -40,9 +40,10 @@ pub(super) struct Epochs {
     pub(super) ahead: Vec<EpochChange>,
     /// The set of each ended epoch, its keys checked once (from `changes`).
     pub(super) sets: Vec<ValidatorSet>,
-    /// Clients (and removed validators) this replica handed the chain of changes in this
-    /// epoch, and when (ms).
+    /// Clients this replica handed the chain of changes in this epoch, and when (ms).
     pub(super) told: BTreeMap<PublicKey, u64>,
+    /// Validators outside the set (removed, or coming) last answered, and when (ms).
+    pub(super) outsiders: BTreeMap<PublicKey, u64>,
     /// Removed from the set by an epoch change: takes no more part.
     pub(super) retired: bool,
 }
@@ -523,8 +524,9 @@ impl Replica {
         self.epochs.schedule.as_ref()
     }
 
-    /// Whether this replica was removed from the validator set: it takes no more part, and
-    /// every input is refused with [`Error::Retired`].
+    /// Whether this replica was removed from the validator set: it takes no more part (it
+    /// only serves the end of its last epoch to that epoch's validators, see
+    /// `Replica::serve_retired`), and every other input is refused with [`Error::Retired`].
     pub fn is_retired(&self) -> bool {
         self.epochs.retired
     }

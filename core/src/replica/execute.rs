@@ -27,6 +27,7 @@ impl Replica {
         // Nothing past a scheduled boundary: the next epoch orders it (nothing honest got there).
         while self.last_delivered == self.executed
             && !repairing
+            && !self.epochs.retired
             && self.last_delivered < self.epoch_end()
             && let Some(slot) = self.log.get_mut(&(self.last_delivered + 1))
         {

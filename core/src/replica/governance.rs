@@ -13,7 +13,7 @@ use crate::certificate::CertificateError;
 use crate::config::{Config, ConfigError, ValidatorSet};
 use crate::crypto::{Keypair, PublicKey, VerifyingKey};
 use crate::epoch::{EpochChange, NextEpoch, boundary_after, verify_epoch_change};
-use crate::governance::{Decision, Reconfiguration, Refusal, apply};
+use crate::governance::{Decision, Reconfiguration, Refusal, apply, fits};
 use crate::statement::{Evidence, Request};
 
 /// Why a validator cannot join at the epoch a chain of changes leads to.
@@ -43,11 +43,14 @@ impl Replica {
     /// A validator that joins the network in the epoch `changes` lead to (from `genesis`,
     /// oldest first; any validator's [`Replica::epoch_changes`]), its key added or rotated
     /// in by a [`crate::Reconfiguration`]. It starts with nothing executed and nothing signed:
-    /// it fetches the state of its epoch's newest stable checkpoint from its peers (the
-    /// epoch's start at least, which they keep), then orders with them.
+    /// it fetches the state of its epoch's newest stable checkpoint from its peers, then
+    /// orders with them.
     ///
     /// The changes come out first as [`Record::EpochStarted`] outputs to persist: a restart
-    /// restores from the log as any validator's.
+    /// restores from the log as any validator's. A replica that starts with nothing signed
+    /// cannot know what its key signed before: join a key once, on an empty data dir, and
+    /// restore it from its log after (a validator whose log is lost may double-sign, joined
+    /// or not; the rollback protection of issue 16 is what closes that).
     ///
     /// # Errors
     ///
@@ -110,13 +113,17 @@ impl Replica {
         for request in requests {
             let decision = match Reconfiguration::decode_op(&request.op) {
                 Some(Ok(reconfiguration)) => {
-                    let (chain, governors) = (&self.config.chain_id, &self.config.governors);
                     let checked = &mut self.metrics.signatures_verified;
-                    match reconfiguration.decide_counting(chain, request, &set, governors, checked)
-                    {
+                    match reconfiguration.decide_counting(&self.config, request, &set, checked) {
                         Ok(()) => {
+                            // Into the change scheduled so far, as far as the whole still
+                            // fits (the same rules, for the sum of the epoch's decisions).
+                            let mut with = next.clone();
                             for change in &reconfiguration.changes {
-                                apply(&mut next, change);
+                                apply(&mut with, change);
+                            }
+                            if fits(&self.config, &set, &with).is_ok() {
+                                next = with;
                             }
                             accepted += 1;
                             Decision::Scheduled {

@@ -5,9 +5,9 @@
 //! stands: it signs nothing more, and serves the end of its last epoch to the validators of
 //! that epoch still in it ([`Replica::serve_retired`]), who may lack the boundary's
 //! certificate, batches or state that only the ones which left hold. One that lags in its old
-//! epoch is told how the epoch ended when it asks ([`Replica::on_outsider`]). And a replica
-//! at its boundary asks the validators the next epoch adds too: one that entered holds the
-//! change ([`Replica::on_newcomer_change`]).
+//! epoch is told how the epoch ended when it asks ([`Replica::on_outsider`]). And while a
+//! change is scheduled, a replica asks the validators it adds too: one that entered the next
+//! epoch holds the change ([`Replica::on_newcomer_change`]).
 
 use alloc::vec::Vec;
 
@@ -19,6 +19,9 @@ use crate::crypto::PublicKey;
 use crate::epoch::EpochChange;
 use crate::error::Error;
 use crate::message::Message;
+
+/// Outsiders whose last answer is remembered (for the once-per-interval limit).
+const MAX_OUTSIDERS: usize = 4096;
 
 impl Replica {
     /// Retires once the changes ahead prove this replica's key out of a later set, wherever
@@ -115,6 +118,7 @@ impl Replica {
     /// ([`Replica::serve_retired`]).
     pub(super) fn retire(&mut self) {
         self.epochs.retired = true;
+        self.epochs.ahead.clear();
         self.log
             .retain(|_, slot| slot.certificate.is_some() && slot.batch.is_some());
         self.ahead.clear();
@@ -126,9 +130,10 @@ impl Replica {
     }
 
     /// A message from a key outside this epoch's set. A status from a validator an epoch
-    /// change removed, still in an earlier epoch, is answered as a laggard's is
-    /// ([`Replica::send_epoch_changes`]), at most once per retransmit interval: it reaches
-    /// the boundary and retires instead of waiting in its old epoch for good. An epoch change
+    /// change removed, still in an earlier epoch, is answered with the changes since its
+    /// epoch up to the one that removed it, and nothing else, at most once per retransmit
+    /// interval: it retires ([`Replica::retire_if_removed`]) instead of waiting in its old
+    /// epoch for good. An epoch change
     /// from a validator the scheduled change adds is taken as a peer's
     /// ([`Replica::on_newcomer_change`]).
     ///
@@ -151,29 +156,50 @@ impl Replica {
         if !removed {
             return Err(Error::NotAValidator);
         }
-        let now = self.timers.now();
-        let interval = self.config.retransmit_ms;
-        if self
-            .epochs
-            .told
-            .get(from)
-            .is_some_and(|&at| now < at.saturating_add(interval))
-        {
+        if !self.outsider_due(from) {
             return Err(Error::RateLimited);
         }
-        if self.epochs.told.len() >= self.config.max_clients {
-            self.epochs.told.clear();
+        let mut proof = Vec::new();
+        for change in &self.epochs.changes {
+            if change.state.epoch < status.epoch {
+                continue;
+            }
+            proof.push(Message::EpochChange(change.clone()).encode());
+            if !change.validators().contains(from) {
+                break;
+            }
         }
-        self.epochs.told.insert(*from, now);
-        self.send_epoch_changes(Destination::Outside(*from), &status);
+        for bytes in proof {
+            self.send(Destination::Outside(*from), bytes);
+        }
         Ok(())
     }
 
-    /// The validators the scheduled change adds, once this replica executed up to its
-    /// boundary and waits for the boundary's certificate.
+    /// Whether `outsider` (a removed or a coming validator) may be answered now: once per
+    /// retransmit interval; if so, starts its interval.
+    fn outsider_due(&mut self, outsider: &PublicKey) -> bool {
+        let now = self.timers.now();
+        let answered = &mut self.epochs.outsiders;
+        if answered
+            .get(outsider)
+            .is_some_and(|&at| now < at.saturating_add(self.config.retransmit_ms))
+        {
+            return false;
+        }
+        // Only keys of some set get here; a long history of them starts over.
+        if answered.len() >= MAX_OUTSIDERS {
+            answered.clear();
+        }
+        answered.insert(*outsider, now);
+        true
+    }
+
+    /// The validators the scheduled change adds: once they entered the next epoch, they hold
+    /// the change that ends this one, which this replica may lack (the validators that
+    /// certified the boundary may have left since).
     pub(super) fn newcomers(&self) -> Vec<PublicKey> {
         match &self.epochs.schedule {
-            Some(next) if self.executed >= next.boundary => next
+            Some(next) => next
                 .validators
                 .iter()
                 .filter(|key| self.validators.id_of(key).is_none())
@@ -190,16 +216,9 @@ impl Replica {
         if !self.newcomers().contains(from) {
             return Err(Error::NotAValidator);
         }
-        let now = self.timers.now();
-        if self
-            .epochs
-            .told
-            .get(from)
-            .is_some_and(|&at| now < at.saturating_add(self.config.retransmit_ms))
-        {
+        if !self.outsider_due(from) {
             return Err(Error::RateLimited);
         }
-        self.epochs.told.insert(*from, now);
         self.on_epoch_change(None, change)
     }
 }

@@ -29,7 +29,8 @@ pub enum Destination {
     /// earlier epoch (told how its epoch ended, so it reaches the boundary and retires), or
     /// one the scheduled change adds (told where this replica stands, so it hands over the
     /// change this replica lacks). A host sends it over that validator's peer connection if
-    /// it has one, and drops it otherwise.
+    /// it has one, and drops it otherwise (pbft-host connects only to the validators its
+    /// config lists).
     Outside(PublicKey),
 }
 

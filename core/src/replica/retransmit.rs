@@ -43,8 +43,8 @@ impl Replica {
         self.timers.status_sent();
         self.metrics.status_sent += 1;
         let bytes = Message::Status(self.status()).encode();
-        // At the boundary, the validators the next epoch adds too: one that already entered
-        // it holds the change this replica waits for.
+        // While a change is scheduled, the validators the next epoch adds too: one that
+        // entered it already holds the change this replica may lack.
         for key in self.newcomers() {
             self.send(Destination::Outside(key), bytes.clone());
         }
