@@ -143,9 +143,9 @@ pub enum Misfit {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Decision {
     /// Scheduled: the changes take effect when epoch `epoch` starts, at the next boundary,
-    /// as far as they still fit the change scheduled by then (a conviction, or another
-    /// reconfiguration of the same epoch, may have changed the same keys or left too few
-    /// validators in; [`Reconfiguration::decide`]'s rules hold for the whole change).
+    /// joined with the epoch's other decisions ([`Reconfiguration::decide`]'s rules hold for
+    /// their sum: one that would break them is refused; a conviction of a key a change
+    /// names may still make that change a no-op).
     Scheduled {
         /// The epoch that starts with them.
         epoch: u64,
@@ -225,11 +225,12 @@ impl Reconfiguration {
 
     /// Decides the reconfiguration `request` carries, committed in the epoch of `set`, under
     /// `config` (its chain and governors: empty is the default rule, a quorum of `set`
-    /// approves; otherwise a strict majority of them). The changes must fit `set` in order,
-    /// and the set they lead to must be one `config` runs ([`Config::validate_for`]) and keep
-    /// f + 1 of `set`'s validators (f of the new set), so at least one honest validator that
-    /// holds the state stays to hand it to the new ones. Approvals are checked in order up
-    /// to the threshold; the first that does not verify ends the check.
+    /// approves; otherwise a strict majority of them). Approvals are checked first, in order
+    /// up to the threshold; the first that does not verify ends the check. Then the changes
+    /// must fit `set` in order, and the set they lead to must be one `config` runs
+    /// ([`Config::validate_for`]) and keep f + 1 of `set`'s validators (f of the new set, the
+    /// bound the network relies on past the boundary), so at least one honest validator that
+    /// holds the state stays to hand it to the new ones.
     ///
     /// # Errors
     ///
@@ -260,8 +261,6 @@ impl Reconfiguration {
         if self.changes.is_empty() || self.changes.len() > MAX_SET_CHANGES {
             return Err(Refusal::ChangeCount);
         }
-        let after = self.check_changes(set)?;
-        fits(config, set, &after)?;
         let governors = &config.governors;
         let needed = match governors.is_empty() {
             true => set.quorum(),
@@ -310,7 +309,9 @@ impl Reconfiguration {
                 needed: needed as u32,
             });
         }
-        Ok(())
+        // Only an authorized change pays for building the set it leads to.
+        let after = self.check_changes(set)?;
+        fits(config, set, &after)
     }
 
     /// Each change must fit the set as the ones before it leave it (checked against the
@@ -374,6 +375,8 @@ pub(crate) fn fits(
         return Err(Refusal::Unrunnable);
     }
     let remain = after.iter().filter(|key| set.id_of(key).is_some()).count();
+    // The new set's bound: past the boundary it is the one the network relies on (a
+    // faulty validator that stays counts against it).
     let needed = ValidatorSet::max_faulty_of(after.len()) + 1;
     if remain < needed {
         return Err(Refusal::TooFewRemain {

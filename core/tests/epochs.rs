@@ -153,7 +153,11 @@ impl Net {
     }
 
     fn broadcast(&mut self, bytes: &[u8]) {
-        let client = self.client.public_key();
+        self.broadcast_from(self.client.public_key(), bytes);
+    }
+
+    /// Sends `bytes` from `client` to every validator.
+    fn broadcast_from(&mut self, client: PublicKey, bytes: &[u8]) {
         for i in 0..self.replicas.len() {
             self.queue.push_back((i, client, bytes.to_vec()));
         }
@@ -592,11 +596,47 @@ fn governance_adds_rotates_and_removes_validators_and_joiners_catch_up() {
     assert_eq!(keys(&set), rotated);
     let restored = Replica::restore(
         config,
-        genesis,
+        genesis.clone(),
         validator_key(7),
         net.logs[7].clone(),
         ExecutedState::default(),
     )
     .unwrap();
     assert_eq!(restored.validators().epoch(), 2);
+
+    // The rules hold for the sum of an epoch's decisions: each of two rotations, committed in
+    // one epoch, keeps two of the four (f + 1); together they would keep one, so whichever
+    // commits second is refused.
+    let rotate = |old: usize, new: usize| SetChange::Rotate {
+        old: key_of(old),
+        new: key_of(new),
+    };
+    let before = net.replica(0).metrics().reconfigurations_scheduled;
+    let mut second = Client::new(chain(), client_key(1), genesis.clone(), 1);
+    for change in &changes {
+        second.enter_epoch(change).unwrap();
+    }
+    let (client, client_seq) = (second.public_key(), second.next_seq());
+    let both = vec![rotate(3, 5), rotate(0, 6)];
+    let approvals = [0, 2, 3]
+        .map(|i| approve(&validator_key(i), &chain(), &client, client_seq, 2, &both))
+        .to_vec();
+    let op = Reconfiguration {
+        epoch: 2,
+        changes: both,
+        approvals,
+    }
+    .encode_op();
+    let request = second.request(net.now, op);
+    net.broadcast_from(client, &Message::Request(request).encode());
+    let op = reconfiguration(&net, 2, vec![rotate(2, 4)], [0, 2, 3]);
+    net.request_op(op);
+    let scheduled = net.replica(0).scheduled_epoch().unwrap().validators.clone();
+    let one = vec![key_of(0), key_of(7), key_of(4), key_of(3)];
+    let other = vec![key_of(6), key_of(7), key_of(2), key_of(5)];
+    assert!(scheduled == one || scheduled == other, "{scheduled:?}");
+    assert_eq!(
+        net.replica(0).metrics().reconfigurations_scheduled,
+        before + 1
+    );
 }

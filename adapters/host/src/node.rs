@@ -1035,12 +1035,13 @@ impl<A: Application> Node<A> {
             .requests
             .iter()
             .position(|r| r.digest(&chain) == *request)?;
-        // The changes up to the QC's epoch: a verifier holding the genesis set follows them.
+        // The changes up to the QC's epoch, and the one that ended it if any (the QC must be
+        // at or below its boundary): a verifier holding the genesis set follows them.
         let epochs = self
             .replica
             .epoch_changes()
             .iter()
-            .take_while(|change| change.state.epoch < certificate.epoch)
+            .take_while(|change| change.state.epoch <= certificate.epoch)
             .cloned()
             .collect();
         Some(ProofBundle {

@@ -150,7 +150,8 @@ pub struct ProofBundle {
     pub request: Request,
     /// Its path to `certificate.digest`.
     pub proof: InclusionProof,
-    /// The changes from genesis to the QC's epoch, oldest first (none in epoch 0).
+    /// The changes from genesis to the QC's epoch, and the one that ended it if it ended,
+    /// oldest first (none for a QC of epoch 0 that is still running).
     pub epochs: Vec<EpochChange>,
 }
 

@@ -102,6 +102,10 @@ impl Replica {
             return Vec::new();
         }
         let set = self.set_at(seq);
+        // A batch of an ended epoch, delivered again: the schedule it joined is gone, so its
+        // decisions are made per request (a refusal of the sum made the first time differs,
+        // the state at the boundary then does, and the replica fetches the quorum's).
+        let replay = seq <= self.validators.base().0;
         let current: Vec<PublicKey> = self.validators.public_keys().collect();
         let mut next = self
             .epochs
@@ -116,18 +120,21 @@ impl Replica {
                     let checked = &mut self.metrics.signatures_verified;
                     match reconfiguration.decide_counting(&self.config, request, &set, checked) {
                         Ok(()) => {
-                            // Into the change scheduled so far, as far as the whole still
-                            // fits (the same rules, for the sum of the epoch's decisions).
+                            // Into the change scheduled so far: the same rules hold for the
+                            // sum of the epoch's decisions.
                             let mut with = next.clone();
                             for change in &reconfiguration.changes {
                                 apply(&mut with, change);
                             }
-                            if fits(&self.config, &set, &with).is_ok() {
-                                next = with;
-                            }
-                            accepted += 1;
-                            Decision::Scheduled {
-                                epoch: set.epoch() + 1,
+                            match fits(&self.config, &set, &with) {
+                                Err(refusal) if !replay => Decision::Refused(refusal),
+                                _ => {
+                                    next = with;
+                                    accepted += 1;
+                                    Decision::Scheduled {
+                                        epoch: set.epoch() + 1,
+                                    }
+                                }
                             }
                         }
                         Err(refusal) => Decision::Refused(refusal),
@@ -138,7 +145,7 @@ impl Replica {
             };
             results.push(decision.encode());
         }
-        if seq <= self.validators.base().0 {
+        if replay {
             return results;
         }
         self.metrics.reconfigurations_scheduled += accepted;
