@@ -90,7 +90,8 @@ impl Replica {
     ///
     /// A batch of an ended epoch (at or below this epoch's start, delivered again after a
     /// restart whose store was behind it) changes nothing: its decisions are in the change
-    /// that started this epoch. Its results are decided again, the same way, for its replies.
+    /// that started this epoch. Its results are decided again for its replies, per request
+    /// (see the comment on `replay` below).
     pub(super) fn decide_next_set(
         &mut self,
         seq: u64,
