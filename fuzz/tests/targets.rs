@@ -461,7 +461,9 @@ fn client_frame(replica: &mut Replica, frame: &[u8], max_message: usize, now: u6
     let expected = match &input {
         ClientInput::Request(_) => FrameKind::Request,
         ClientInput::Relay { .. } => FrameKind::Relay,
-        ClientInput::Status | ClientInput::Proof { .. } => FrameKind::Query,
+        ClientInput::Status | ClientInput::Proof { .. } | ClientInput::Epochs { .. } => {
+            FrameKind::Query
+        }
     };
     assert_eq!(kind, Some(expected), "paced as what it is");
     match input {
@@ -474,6 +476,6 @@ fn client_frame(replica: &mut Replica, frame: &[u8], max_message: usize, now: u6
                 .verifying_key()
                 .and_then(|key| key.verify(&digest, &signature));
         }
-        ClientInput::Status | ClientInput::Proof { .. } => {}
+        ClientInput::Status | ClientInput::Proof { .. } | ClientInput::Epochs { .. } => {}
     }
 }

@@ -269,6 +269,11 @@ struct ConfigFile {
     /// The network's gateways, which clients may send through (`pbft client --via-gateway`).
     #[serde(default)]
     gateways: Vec<ValidatorEntry>,
+    /// Validators a reconfiguration added after genesis, with their addresses: whom a joining
+    /// validator or a client reaches besides the genesis set (validators learn each other's
+    /// addresses from their connections).
+    #[serde(default)]
+    peers: Vec<ValidatorEntry>,
     /// How requests are authenticated: `end-to-end` (the default: every client signs, every
     /// validator checks) or `gateway-attested` (the gateways listed sign one root per
     /// batch; validators check that one signature).
@@ -292,9 +297,17 @@ pub struct Network {
     pub addresses: Vec<SocketAddr>,
     /// The network's gateways: each one's key and address.
     pub gateways: Vec<(PublicKey, SocketAddr)>,
+    /// Validators added after genesis (the config's `[[peers]]`): each one's key and address.
+    pub peers: Vec<(PublicKey, SocketAddr)>,
 }
 
 impl Network {
+    /// Where the validators the config names listen: the genesis set's, then the
+    /// `[[peers]]` added since.
+    pub fn known_addresses(&self) -> Vec<(PublicKey, SocketAddr)> {
+        known_addresses(&self.validators, &self.addresses, &self.peers)
+    }
+
     /// Whether requests are gateway-attested: the gateways sign one root per batch and
     /// clients send unsigned requests to them (the config's `authentication`).
     pub fn attested(&self) -> bool {
@@ -336,6 +349,8 @@ pub struct NodeConfig {
     pub validators: ValidatorSet,
     /// Each validator's address, by id.
     pub addresses: Vec<SocketAddr>,
+    /// Validators added after genesis (the config's `[[peers]]`): each one's key and address.
+    pub peers: Vec<(PublicKey, SocketAddr)>,
     /// Where this node listens.
     pub listen: SocketAddr,
     /// Where its log lives.
@@ -350,6 +365,39 @@ pub struct NodeConfig {
     /// 2 Gbit/s ([`crate::compression`]). Nodes need not agree: each reads both kinds (once
     /// every node runs a build that does).
     pub compress_above: Option<usize>,
+}
+
+/// The genesis validators' addresses, then those of `peers` (validators added since) whose
+/// key is not among them.
+fn known_addresses(
+    validators: &ValidatorSet,
+    addresses: &[SocketAddr],
+    peers: &[(PublicKey, SocketAddr)],
+) -> Vec<(PublicKey, SocketAddr)> {
+    let mut known: Vec<(PublicKey, SocketAddr)> = validators
+        .public_keys()
+        .zip(addresses.iter().copied())
+        .collect();
+    for (key, addr) in peers {
+        if !known.iter().any(|(k, _)| k == key) {
+            known.push((*key, *addr));
+        }
+    }
+    known
+}
+
+impl NodeConfig {
+    /// Where the validators the config names listen: the genesis set's, then the
+    /// `[[peers]]` added since (a key in both keeps its genesis address).
+    pub fn known_addresses(&self) -> Vec<(PublicKey, SocketAddr)> {
+        known_addresses(&self.validators, &self.addresses, &self.peers)
+    }
+
+    /// Whether this node's key is outside the genesis set: a validator a reconfiguration
+    /// adds, which joins with the chain of epoch changes.
+    pub fn outside_genesis(&self) -> bool {
+        self.validators.id_of(&self.keypair.public_key()).is_none()
+    }
 }
 
 fn read_config_file(path: &Path) -> Result<ConfigFile, FileError> {
@@ -399,21 +447,12 @@ pub fn load_config(path: &Path) -> Result<NodeConfig, FileError> {
         core,
         validators,
         addresses,
+        peers,
         ..
     } = network(path, &file)?;
-    let key_path = base.join(key_file);
-    let keypair = read_key_file(&key_path)?;
-    if validators.id_of(&keypair.public_key()).is_none() {
-        return Err(field_error(
-            path,
-            "key_file",
-            format!(
-                "the key in {} ({}) is not in the validator set",
-                key_path.display(),
-                keypair.public_key()
-            ),
-        ));
-    }
+    // A key outside the genesis set is a validator a reconfiguration adds: it joins
+    // (`pbft node` waits for the change, then fetches the chain of epoch changes).
+    let keypair = read_key_file(&base.join(key_file))?;
     let verify_threads = match file.verify_threads {
         None => crate::checks::default_threads(),
         Some(threads) if !(1..=crate::checks::MAX_THREADS).contains(&threads) => {
@@ -432,6 +471,7 @@ pub fn load_config(path: &Path) -> Result<NodeConfig, FileError> {
         keypair,
         validators,
         addresses,
+        peers,
         listen,
         data_dir: base.join(data_dir),
         verify_threads,
@@ -558,6 +598,13 @@ fn network(path: &Path, file: &ConfigFile) -> Result<Network, FileError> {
         let address = parse_address(path, &format!("gateways[{index}].address"), &entry.address)?;
         gateways.push((key, address));
     }
+    let mut peers = Vec::with_capacity(file.peers.len());
+    for (index, entry) in file.peers.iter().enumerate() {
+        let key = parse_public_key(&entry.key)
+            .ok_or_else(|| field_error(path, format!("peers[{index}].key"), "not 64 hex digits"))?;
+        let address = parse_address(path, &format!("peers[{index}].address"), &entry.address)?;
+        peers.push((key, address));
+    }
     let mut limits = file.limits.clone();
     match file.authentication.as_deref() {
         None | Some("end-to-end") => {}
@@ -595,6 +642,7 @@ fn network(path: &Path, file: &ConfigFile) -> Result<Network, FileError> {
         validators,
         addresses,
         gateways,
+        peers,
     })
 }
 

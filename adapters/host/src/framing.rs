@@ -111,6 +111,8 @@ pub enum StreamEnd {
     Idle,
     /// The other side took nothing the node wrote for longer than a write may wait.
     Stalled,
+    /// The validator's key left the set while it was connected (an epoch began without it).
+    Removed,
 }
 
 impl StreamEnd {

@@ -25,14 +25,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use flume::RecvTimeoutError;
-use pbft_core::{
-    ChainId, Destination, Gateway, GatewayConfig, GatewayOutput, Message, PublicKey, ReplicaId,
-    Shed, ValidatorSet,
-};
+use pbft_core::{ChainId, Gateway, GatewayConfig, GatewayOutput, Message, PublicKey, Shed};
 
 use crate::driver::{Driver, Input, Router};
 use crate::metrics::NodeMetrics;
-use crate::node::Transmit;
+use crate::node::{Target, Transmit};
 use crate::session::Inbound;
 use crate::wire::{ClientFrame, ServerFrame, relay_digest};
 
@@ -42,10 +39,6 @@ pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
 const METRICS_EVERY: Duration = Duration::from_millis(100);
 /// How often the gateway sends every validator an empty frame, so its links never idle out.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(10);
-
-/// The id a gateway's [`Router`] is built for: no validator's, so it keeps a queue for
-/// every validator (a set holds at most `u16::MAX` validators, ids below it).
-pub const NOT_A_VALIDATOR: ReplicaId = ReplicaId(u16::MAX);
 
 /// A gateway running on its thread.
 pub struct Running {
@@ -67,16 +60,16 @@ pub struct Identity {
     pub key: PublicKey,
 }
 
-/// Starts a gateway in front of `validators` on its own thread. `router` must come from
-/// [`Router::new`] for [`NOT_A_VALIDATOR`], without compression (validators read a client's
-/// frames as they are); its validator queues are the transport's links.
+/// Starts a gateway on its own thread. `router` must be without compression (validators read
+/// a client's frames as they are), over [`Peers`](crate::peers::Peers) of the gateway's key
+/// whose set is the network's genesis set; its links are the transport's, and they follow
+/// the set as the gateway learns of new epochs.
 ///
 /// # Errors
 ///
 /// The thread cannot be started.
 pub fn spawn(
     (gateway, identity): (Gateway, Identity),
-    validators: ValidatorSet,
     router: Arc<Router>,
     metrics: Arc<NodeMetrics>,
 ) -> std::io::Result<Running> {
@@ -91,7 +84,7 @@ pub fn spawn(
                 claims: HashMap::new(),
                 told_rate: HashMap::new(),
             };
-            run(&mut state, &validators, &inputs, &thread_router);
+            run(&mut state, &inputs, &thread_router);
         })?;
     Ok(Running {
         driver,
@@ -161,15 +154,11 @@ struct State {
 /// At most one "over the rate limit" answer per client this often, in ms.
 pub const RATE_REFUSALS_EVERY_MS: u64 = 100;
 
-fn run(
-    state: &mut State,
-    validators: &ValidatorSet,
-    inputs: &crate::driver::DetachedInputs,
-    router: &Router,
-) {
+fn run(state: &mut State, inputs: &crate::driver::DetachedInputs, router: &Router) {
     let start = Instant::now();
     let now = || start.elapsed().as_millis() as u64 + 1;
     let (mut swept, mut kept_alive, mut counted) = (Instant::now(), Instant::now(), Instant::now());
+    let mut epoch = state.gateway.validators().epoch();
     loop {
         let due = state
             .gateway
@@ -178,7 +167,7 @@ fn run(
         let wait = due.unwrap_or(SWEEP_EVERY).min(SWEEP_EVERY);
         match inputs.wait(Some(wait)) {
             Ok(Input::Client { from, bytes, .. }) => {
-                state.client_frame(router, validators, from, bytes, now());
+                state.client_frame(router, from, bytes, now());
             }
             Ok(Input::Peer { from, bytes }) => {
                 // Replies reach the gateway in the client protocol's frames; a validator's
@@ -221,25 +210,27 @@ fn run(
             counted = Instant::now();
         }
         if kept_alive.elapsed() >= KEEP_ALIVE {
-            to_every_validator(router, validators, &[]);
+            to_every_validator(router, &[]);
             kept_alive = Instant::now();
         }
         while let Some(output) = state.gateway.poll_output() {
-            state.route(router, validators, output);
+            state.route(router, output);
+        }
+        // The links follow the set of the epoch the gateway follows (it learns a new one
+        // from the validators' replies).
+        let validators = state.gateway.validators();
+        if validators.epoch() != epoch {
+            epoch = validators.epoch();
+            router
+                .peers()
+                .set_members(validators.public_keys().collect(), Vec::new());
         }
     }
 }
 
 impl State {
     /// A frame from `client`'s connection: its relay claim, or a request to carry.
-    fn client_frame(
-        &mut self,
-        router: &Router,
-        validators: &ValidatorSet,
-        client: PublicKey,
-        bytes: Vec<u8>,
-        now: u64,
-    ) {
+    fn client_frame(&mut self, router: &Router, client: PublicKey, bytes: Vec<u8>, now: u64) {
         let request = match ClientFrame::decode(&bytes) {
             Ok(ClientFrame::Message(message)) => match Message::decode(&message, usize::MAX) {
                 Ok(Message::Request(request)) => request,
@@ -248,9 +239,9 @@ impl State {
             Ok(ClientFrame::Relay {
                 client: claimed,
                 signature,
-            }) => return self.claim(router, validators, (client, claimed, signature), bytes, now),
+            }) => return self.claim(router, (client, claimed, signature), bytes, now),
             // The gateway orders and answers requests; status and proofs come from validators.
-            Ok(ClientFrame::Status | ClientFrame::Proof { .. }) => {
+            Ok(ClientFrame::Status | ClientFrame::Proof { .. } | ClientFrame::Epochs { .. }) => {
                 return refuse(
                     router,
                     client,
@@ -297,7 +288,6 @@ impl State {
     fn claim(
         &mut self,
         router: &Router,
-        validators: &ValidatorSet,
         (client, claimed, signature): (PublicKey, PublicKey, pbft_core::Signature),
         frame: Vec<u8>,
         now: u64,
@@ -325,7 +315,7 @@ impl State {
         if let Err(shed) = self.gateway.open(now, client) {
             return refuse(router, client, 0, &shed.to_string());
         }
-        to_every_validator(router, validators, &frame);
+        to_every_validator(router, &frame);
         self.claims.insert(client, frame);
     }
 
@@ -344,9 +334,8 @@ impl State {
         self.told_rate.clear();
     }
 
-    /// Carries out one output. `genesis` is the network config's set, whose positions the
-    /// transport's links are; the gateway's ids are positions in the set of its epoch.
-    fn route(&self, router: &Router, genesis: &ValidatorSet, output: GatewayOutput) {
+    /// Carries out one output; the gateway's ids are positions in the set of its epoch.
+    fn route(&self, router: &Router, output: GatewayOutput) {
         match output {
             GatewayOutput::Transmit {
                 to,
@@ -354,20 +343,19 @@ impl State {
                 again,
                 bytes,
             } => {
-                let key = self.gateway.validators().key(to).map(|k| k.public_key());
-                let Some(to) = key.and_then(|key| genesis.id_of(&key)) else {
+                let Some(to) = self.gateway.validators().key(to).map(|k| k.public_key()) else {
                     return;
                 };
                 // The validator may have lost the claim with a connection: it goes first.
                 if let Some(claim) = self.claims.get(&client).filter(|_| again) {
                     router.route(Transmit {
-                        to: Destination::Validator(to),
+                        to: Target::Validator(to),
                         bytes: claim.clone(),
                         via: None,
                     });
                 }
                 router.route(Transmit {
-                    to: Destination::Validator(to),
+                    to: Target::Validator(to),
                     bytes: ClientFrame::Message(bytes).encode(),
                     via: None,
                 });
@@ -397,14 +385,12 @@ impl State {
     }
 }
 
-fn to_every_validator(router: &Router, validators: &ValidatorSet, frame: &[u8]) {
-    for to in validators.ids() {
-        router.route(Transmit {
-            to: Destination::Validator(to),
-            bytes: frame.to_vec(),
-            via: None,
-        });
-    }
+fn to_every_validator(router: &Router, frame: &[u8]) {
+    router.route(Transmit {
+        to: Target::AllValidators,
+        bytes: frame.to_vec(),
+        via: None,
+    });
 }
 
 fn refuse(router: &Router, client: PublicKey, client_seq: u64, reason: &str) {

@@ -17,6 +17,7 @@ pub mod kv;
 pub mod link;
 pub mod metrics;
 pub mod node;
+pub mod peers;
 pub mod queue;
 mod race;
 pub mod serve;

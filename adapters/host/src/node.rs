@@ -24,9 +24,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use pbft_core::{
-    CheckPool, Config, ConfigError, DecodeError, Delivery, Destination, Digest, Error, Evidence,
-    Hasher, Install, Keypair, Metrics, Output, PROTOCOL_VERSION, PublicKey, Record, Replica,
-    Request, ValidatorSet, Vote,
+    CheckPool, Config, ConfigError, DecodeError, Delivery, Destination, Digest, EpochChange, Error,
+    Evidence, ExecutedState, Hasher, Install, JoinError, Keypair, Metrics, Output,
+    PROTOCOL_VERSION, PublicKey, Record, Replica, Request, ValidatorSet, Vote,
 };
 use redb::ReadTransaction;
 
@@ -56,6 +56,8 @@ pub enum NodeError {
     },
     /// The replica cannot start with this config, set and key.
     Config(ConfigError),
+    /// A validator outside the genesis set cannot join with the chain it was given.
+    Join(JoinError),
     /// The core refused a report of this node's own execution: a bug in the driver.
     Core(Error),
     /// A state fetched from peers (and checked against their signed checkpoint) is not a
@@ -104,6 +106,7 @@ impl fmt::Display for NodeError {
                 )
             }
             NodeError::Config(err) => write!(f, "config: {err}"),
+            NodeError::Join(err) => write!(f, "joining the validator set: {err}"),
             NodeError::Core(err) => write!(f, "core refused the node's own execution: {err}"),
             NodeError::Snapshot(err) => write!(f, "installing a fetched state: {err}"),
             NodeError::Store(err) => write!(f, "application store: {err}"),
@@ -139,11 +142,24 @@ impl From<StoreError> for NodeError {
     }
 }
 
+/// Who receives a [`Transmit`]: validators by key, since the set changes by epoch and the
+/// transport's links are to keys ([`crate::peers::Peers`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// The validator holding this key (of the node's epoch, or one outside it the core
+    /// answers: a validator being added, or one removed).
+    Validator(PublicKey),
+    /// Every other validator of the node's epoch.
+    AllValidators,
+    /// A client, on its connection or its relay's.
+    Client(PublicKey),
+}
+
 /// A message to put on the wire, now that what it carries is durable.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Transmit {
     /// Who receives it.
-    pub to: Destination,
+    pub to: Target,
     /// The encoded message.
     pub bytes: Vec<u8>,
     /// For a reply: the listed gateway that attested the request it answers, which carries
@@ -260,8 +276,6 @@ pub struct Node<A> {
     /// Holds the data dir's lock for as long as the node lives.
     _lock: std::fs::File,
     replica: Replica,
-    /// The validator set of the network config: the transport's peers are its positions.
-    genesis: ValidatorSet,
     /// The set of the epoch the outputs being carried out were made in: a
     /// [`Destination::Validator`] id is a position in it, until an [`Output::EpochStarted`].
     output_set: ValidatorSet,
@@ -270,6 +284,8 @@ pub struct Node<A> {
     app: A,
     stats: NodeStats,
     evidence: Vec<Evidence>,
+    /// What [`Node::members_changed`] last answered.
+    members: Option<(Vec<PublicKey>, Vec<PublicKey>)>,
     /// Batches the store keeps below the stable checkpoint, for peers a little behind.
     retained_batches: u64,
     /// When the store's last durable commit started (the driver's clock, ms); `None` until
@@ -512,6 +528,51 @@ impl<A: Application> Node<A> {
         keypair: Keypair,
         app: A,
     ) -> Result<Node<A>, NodeError> {
+        Node::open_with(dir, config, app, |config, records, executed| {
+            Replica::restore(config, validators, keypair, records, executed)
+                .map_err(NodeError::Config)
+        })
+    }
+
+    /// A validator a reconfiguration added, outside the genesis set `genesis`: with an empty
+    /// log in `dir`, starts it from `chain` (the epoch changes from genesis to one whose set
+    /// holds its key, [`Replica::join`]; it fetches the state from its peers); with a log, it
+    /// joined before and is restored from it as [`Node::open`] does, `chain` unused.
+    ///
+    /// # Errors
+    ///
+    /// [`Node::open`]'s, and [`NodeError::Join`] if `chain` does not verify from `genesis`
+    /// or its last set lacks the key.
+    pub fn join(
+        dir: &Path,
+        config: Config,
+        genesis: ValidatorSet,
+        keypair: Keypair,
+        chain: Vec<EpochChange>,
+        app: A,
+    ) -> Result<Node<A>, NodeError> {
+        Node::open_with(dir, config, app, |config, records, executed| {
+            if records.is_empty() && executed.executed == 0 {
+                Replica::join(config, genesis, keypair, chain).map_err(NodeError::Join)
+            } else {
+                Replica::restore(config, genesis, keypair, records, executed)
+                    .map_err(NodeError::Config)
+            }
+        })
+    }
+
+    /// Whether `dir` holds a validator's log: without one, a validator outside the genesis
+    /// set must [`Node::join`].
+    pub fn has_log(dir: &Path) -> bool {
+        Wal::exists(dir)
+    }
+
+    fn open_with(
+        dir: &Path,
+        config: Config,
+        app: A,
+        replica: impl FnOnce(Config, Vec<Record>, ExecutedState) -> Result<Replica, NodeError>,
+    ) -> Result<Node<A>, NodeError> {
         let lock = lock_dir(dir)?;
         let (wal, bytes) = Wal::open(dir, WalOptions::for_messages(config.max_message_bytes))?;
         let mut records = Vec::with_capacity(bytes.len());
@@ -530,14 +591,12 @@ impl<A: Application> Node<A> {
         let chain = config.chain_id;
         let attesting_gateways = config.attesting_gateways.clone();
         let retained_batches = config.retained_batches as u64;
-        let genesis = validators.clone();
-        let replica = Replica::restore(config, validators, keypair, records, executed)
-            .map_err(NodeError::Config)?;
+        let replica = replica(config, records, executed)?;
         let output_set = replica.validators().clone();
         Ok(Node {
             _lock: lock,
-            genesis,
             output_set,
+            members: None,
             replica,
             wal,
             store,
@@ -562,6 +621,30 @@ impl<A: Application> Node<A> {
             deferred: VecDeque::new(),
             compaction: None,
         })
+    }
+
+    /// The validators the transport is to admit and link to, if they changed since the last
+    /// call: the set of the node's epoch, and the validators a scheduled change adds (they
+    /// fetch their state from this set before the boundary is reached).
+    pub fn members_changed(&mut self) -> Option<(Vec<PublicKey>, Vec<PublicKey>)> {
+        let replica = &self.replica;
+        let set: Vec<PublicKey> = replica.validators().public_keys().collect();
+        let newcomers = replica
+            .scheduled_epoch()
+            .map(|next| {
+                next.validators
+                    .iter()
+                    .filter(|key| !set.contains(key))
+                    .copied()
+                    .collect()
+            })
+            .unwrap_or_default();
+        let members = (set, newcomers);
+        if self.members.as_ref() == Some(&members) {
+            return None;
+        }
+        self.members = Some(members.clone());
+        Some(members)
     }
 
     /// Bytes from a peer the transport authenticated as `from`. Rejections are counted in
@@ -750,21 +833,16 @@ impl<A: Application> Node<A> {
                     Destination::Client(client) => self.attested_by.get(&client).copied(),
                     _ => None,
                 };
-                // The transport's peers are the config's validators: an id of a later
-                // epoch's set, or a key outside it, goes to the same key's position there.
-                let key = match &to {
-                    Destination::Validator(id) => self.output_set.key(*id).map(|k| k.public_key()),
-                    Destination::Outside(key) => Some(*key),
-                    _ => None,
-                };
+                // The transport's links are to keys: an id is a position in the set of the
+                // epoch the output was made in.
                 let to = match to {
-                    Destination::Validator(_) | Destination::Outside(_) => {
-                        match key.and_then(|key| self.genesis.id_of(&key)) {
-                            Some(id) => Destination::Validator(id),
-                            None => return Ok(round),
-                        }
-                    }
-                    other => other,
+                    Destination::Validator(id) => match self.output_set.key(id) {
+                        Some(key) => Target::Validator(key.public_key()),
+                        None => return Ok(round),
+                    },
+                    Destination::Outside(key) => Target::Validator(key),
+                    Destination::AllValidators => Target::AllValidators,
+                    Destination::Client(key) => Target::Client(key),
                 };
                 transmits.push(Transmit { to, bytes, via });
             }

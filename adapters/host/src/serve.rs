@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use pbft_core::{Config, PublicKey};
 
+use crate::driver::admission::Members;
 use crate::driver::{Driver, Input, Role, Router};
 use crate::framing::{ReadHalf, StreamEnd, WriteHalf, gather, read_frames};
 use crate::queue::Frames;
@@ -240,14 +241,25 @@ pub async fn serve<R: ReadHalf, W: WriteHalf, T: Timer>(
     };
     let end = match role {
         Role::Validator => {
-            read_frames(&mut reader, limits.frame, |bytes| {
+            // A key that left the set (an epoch began without it) is heard no more: its
+            // connection ends at its next frame.
+            let removed = std::sync::atomic::AtomicBool::new(false);
+            let end = read_frames(&mut reader, limits.frame, |bytes| {
                 framed();
+                let member = router.peers().is_member(&key);
+                removed.store(!member, Ordering::Relaxed);
                 async move {
                     // An empty frame is a keep-alive.
-                    bytes.is_empty() || driver.input(Input::Peer { from: key, bytes }).await
+                    member
+                        && (bytes.is_empty()
+                            || driver.input(Input::Peer { from: key, bytes }).await)
                 }
             })
-            .await
+            .await;
+            match removed.load(Ordering::Relaxed) {
+                true => StreamEnd::Removed,
+                false => end,
+            }
         }
         Role::Client => {
             let queue = router.attach_client(key);
@@ -303,6 +315,7 @@ pub async fn serve<R: ReadHalf, W: WriteHalf, T: Timer>(
         StreamEnd::Oversized => driver.metrics().reject("oversized_frame"),
         StreamEnd::Idle => driver.metrics().reject("idle_connection"),
         StreamEnd::Stalled => driver.metrics().reject("stalled_connection"),
+        StreamEnd::Removed => driver.metrics().reject("validator_removed"),
     }
     end
 }
@@ -311,11 +324,12 @@ pub async fn serve<R: ReadHalf, W: WriteHalf, T: Timer>(
 mod tests {
     use std::sync::Arc;
 
-    use pbft_core::{Keypair, ReplicaId, ValidatorSet};
+    use pbft_core::Keypair;
 
     use super::*;
     use crate::framing::encode;
     use crate::metrics::NodeMetrics;
+    use crate::peers::Peers;
     use crate::testing::{Chunks, Silent, TestTimer, Writes, block_on};
     use crate::wire::ServerFrame;
 
@@ -323,15 +337,13 @@ mod tests {
         Keypair::from_seed(&[3; 32]).public_key()
     }
 
+    /// The router of a node whose one peer is `key()`.
     fn router() -> Arc<Router> {
-        let set = ValidatorSet::new(0, &[key()]).unwrap();
-        Router::new(
-            &set,
-            ReplicaId(0),
-            (1 << 20, None),
-            Arc::new(NodeMetrics::new()),
-        )
-        .0
+        let metrics = Arc::new(NodeMetrics::new());
+        let me = Keypair::from_seed(&[4; 32]).public_key();
+        let (peers, _links) =
+            Peers::new(me, (vec![me, key()], vec![]), [], 1 << 20, metrics.clone());
+        Router::new(peers, None, metrics)
     }
 
     fn limits() -> ServeLimits {

@@ -5,9 +5,7 @@
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use std::net::SocketAddr;
-
-use pbft_core::{Keypair, PublicKey, ReplicaId};
+use pbft_core::{EpochChange, Keypair, ReplicaId};
 
 use crate::checks::ThreadChecks;
 use crate::config::NodeConfig;
@@ -16,7 +14,7 @@ use crate::driver::{self, Driver, Router};
 use crate::kv::KvStore;
 use crate::metrics::{self, NodeMetrics};
 use crate::node::{Node, NodeError};
-use crate::queue::Frames;
+use crate::peers::{Peer, Peers};
 use crate::serve::ServeLimits;
 
 /// Extra bytes a client frame wraps around a consensus message: the largest frame a
@@ -49,16 +47,6 @@ pub enum RunError {
     SyncThread(std::io::Error),
 }
 
-/// Another validator, as a transport's link to it needs it.
-pub struct Peer {
-    /// Where it listens.
-    pub addr: SocketAddr,
-    /// The key it must prove.
-    pub key: PublicKey,
-    /// The frames for it.
-    pub queue: Frames,
-}
-
 /// A validator whose node runs on its thread, waiting for a transport.
 pub struct Started {
     /// This validator's id.
@@ -69,8 +57,11 @@ pub struct Started {
     pub thread: JoinHandle<Result<(), NodeError>>,
     /// Where replies to clients go.
     pub router: Arc<Router>,
-    /// Every other validator.
-    pub peers: Vec<Peer>,
+    /// The validators it admits and links to.
+    pub peers: Arc<Peers>,
+    /// The links to open: one for each peer whose address is known, now and as the set
+    /// changes or addresses are learned ([`Peers`]).
+    pub links: flume::Receiver<Peer>,
     /// The largest frame to send to a validator.
     pub max_frame: usize,
     /// What [`crate::serve::serve`] allows a connection.
@@ -99,21 +90,25 @@ impl Started {
     }
 }
 
-/// Opens the node `config` describes (restoring it from its log), serves its metrics, and
-/// starts its driver.
-pub fn start(config: &NodeConfig) -> Result<Started, RunError> {
-    let me = config
-        .validators
-        .id_of(&config.keypair.public_key())
-        .expect("load_config checked the key is in the set");
-    let mut node = Node::open(
-        &config.data_dir,
-        config.core.clone(),
-        config.validators.clone(),
-        Keypair::from_seed(&config.keypair.seed()),
-        KvStore::new(),
-    )
+/// Opens the node `config` describes (restoring it from its log; a validator outside the
+/// genesis set whose log is empty joins with `chain`, the epoch changes from genesis to one
+/// whose set holds its key: [`Node::join`]), serves its metrics, and starts its driver.
+pub fn start(config: &NodeConfig, chain: Option<Vec<EpochChange>>) -> Result<Started, RunError> {
+    let keypair = Keypair::from_seed(&config.keypair.seed());
+    let (core, genesis) = (config.core.clone(), config.validators.clone());
+    let mut node = match chain {
+        Some(chain) => Node::join(
+            &config.data_dir,
+            core,
+            genesis,
+            keypair,
+            chain,
+            KvStore::new(),
+        ),
+        None => Node::open(&config.data_dir, core, genesis, keypair, KvStore::new()),
+    }
     .map_err(RunError::Node)?;
+    let me: ReplicaId = node.replica().id();
     // A checkpoint's snapshot (as long as the state) is read and hashed beside the node's
     // thread, which goes on ordering and executing.
     node.snapshots_on_thread()
@@ -143,20 +138,15 @@ pub fn start(config: &NodeConfig) -> Result<Started, RunError> {
         config.data_dir.display()
     );
     let max_frame = config.core.max_message_bytes + CLIENT_FRAME_OVERHEAD;
-    let framing = (max_frame, config.compress_above);
-    let (router, queues) = Router::new(&config.validators, me, framing, metrics);
-    let peers = queues
-        .into_iter()
-        .map(|(id, queue)| Peer {
-            addr: config.addresses[usize::from(id.0)],
-            key: config
-                .validators
-                .key(id)
-                .expect("id from the set")
-                .public_key(),
-            queue,
-        })
-        .collect();
+    let members = node.members_changed().unwrap_or_default();
+    let (peers, links) = Peers::new(
+        config.keypair.public_key(),
+        members,
+        config.known_addresses(),
+        max_frame,
+        metrics.clone(),
+    );
+    let router = Router::new(peers.clone(), config.compress_above, metrics);
     let (driver, thread) =
         driver::spawn(node, router.clone()).map_err(|err| RunError::Transport(Box::new(err)))?;
     Ok(Started {
@@ -165,6 +155,7 @@ pub fn start(config: &NodeConfig) -> Result<Started, RunError> {
         thread,
         router,
         peers,
+        links,
         max_frame,
         limits: ServeLimits::new(&config.core, max_frame),
     })

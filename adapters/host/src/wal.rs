@@ -242,6 +242,17 @@ fn read_segment(
 }
 
 impl Wal {
+    /// Whether `dir` holds a log with anything past a segment's magic: false for a missing
+    /// or unreadable directory, or one with only empty segments (a log opened and never
+    /// written, as by a validator whose join failed).
+    pub fn exists(dir: &Path) -> bool {
+        segments(dir).is_ok_and(|found| {
+            found.iter().any(|(_, path)| {
+                fs::metadata(path).is_ok_and(|meta| meta.len() > MAGIC.len() as u64)
+            })
+        })
+    }
+
     /// Opens (or creates) the log in `dir` and returns it with every whole record, oldest
     /// first. A torn tail of the last segment is cut off; corruption anywhere else is an error.
     pub fn open(dir: &Path, options: WalOptions) -> Result<(Wal, Vec<Vec<u8>>), WalError> {

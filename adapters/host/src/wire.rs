@@ -48,7 +48,17 @@ pub enum ClientFrame {
         /// The request's digest.
         request: Digest,
     },
+    /// The epoch changes the node holds that start epochs after `after`, oldest first, at
+    /// most [`MAX_EPOCHS_PER_ANSWER`] (ask again from the last one for more): what a
+    /// validator added by a reconfiguration joins from, and what a client follows.
+    Epochs {
+        /// The last epoch the asker knows (0: only genesis).
+        after: u64,
+    },
 }
+
+/// Epoch changes in one [`ServerFrame::Epochs`], at most.
+pub const MAX_EPOCHS_PER_ANSWER: usize = 16;
 
 /// What a [`ClientFrame`] asks of the node, as far as what it costs goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,7 +67,7 @@ pub enum FrameKind {
     Request,
     /// [`ClientFrame::Relay`].
     Relay,
-    /// [`ClientFrame::Status`] or [`ClientFrame::Proof`].
+    /// [`ClientFrame::Status`], [`ClientFrame::Proof`] or [`ClientFrame::Epochs`].
     Query,
 }
 
@@ -70,10 +80,10 @@ impl ClientFrame {
         if version != envelope::PROTOCOL_VERSION {
             return None;
         }
-        // postcard writes an enum's variant index as a varint first; the four fit one byte.
+        // postcard writes an enum's variant index as a varint first; the five fit one byte.
         match rest.first()? {
             0 => Some(FrameKind::Request),
-            1 | 3 => Some(FrameKind::Query),
+            1 | 3 | 4 => Some(FrameKind::Query),
             2 => Some(FrameKind::Relay),
             _ => None,
         }
@@ -97,6 +107,8 @@ pub enum ServerFrame {
         /// Why, for a person.
         reason: String,
     },
+    /// The answer to [`ClientFrame::Epochs`]: empty if the node knows no later epoch.
+    Epochs(Vec<EpochChange>),
 }
 
 /// What a client signs to name `relay` as the connection its replies go through.

@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use pbft_core::{
-    BatchVerifier, ChainId, CheckPool, Client, Config, CryptoError, Destination, Keypair, Phase,
-    PublicKey, Record, ValidatorSet,
+    BatchVerifier, ChainId, CheckPool, Client, Config, CryptoError, Keypair, Phase, PublicKey,
+    Record, ValidatorSet,
 };
 use pbft_host::checks::ThreadChecks;
 use pbft_host::kv::{KvStore, Op, OpResult};
-use pbft_host::node::{Application, Node};
+use pbft_host::node::{Application, Node, Target};
 use pbft_host::wal::{Wal, WalOptions};
 
 const N: usize = 4;
@@ -157,20 +157,17 @@ impl Cluster {
         let from = self.public[index];
         for transmit in transmits {
             match transmit.to {
-                Destination::Validator(id) => {
-                    self.network
-                        .push_back((id.0 as usize, from, transmit.bytes))
+                Target::Validator(key) => {
+                    if let Some(peer) = self.public.iter().position(|k| *k == key) {
+                        self.network.push_back((peer, from, transmit.bytes));
+                    }
                 }
-                Destination::AllValidators => {
+                Target::AllValidators => {
                     for peer in (0..N).filter(|&p| p != index) {
                         self.network.push_back((peer, from, transmit.bytes.clone()));
                     }
                 }
-                Destination::Client(key) => {
-                    self.to_clients.entry(key).or_default().push(transmit.bytes)
-                }
-                // No validator leaves the set here.
-                Destination::Outside(_) => {}
+                Target::Client(key) => self.to_clients.entry(key).or_default().push(transmit.bytes),
             }
         }
     }

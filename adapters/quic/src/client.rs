@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use std::net::SocketAddr;
 
-use pbft_core::{Client, Digest, Keypair, Message, Outcome, PublicKey, ReplicaId, ValidatorSet};
+use pbft_core::{Client, Digest, EpochChange, Keypair, Message, Outcome, PublicKey, ValidatorSet};
 use pbft_host::config::Network;
 use pbft_host::session::Session;
 use pbft_host::wire::{ClientFrame, NodeStatus, ProofBundle, ServerFrame};
@@ -32,15 +32,12 @@ impl Drop for QuicLinks {
     }
 }
 
-/// A session over QUIC to every validator of `network`, authenticated as `keypair`. Links
-/// connect (and reconnect) in the background on the current tokio runtime.
+/// A session over QUIC to every validator `network` names (link `i` to
+/// [`Network::known_addresses`]`[i]`: the genesis set, then the `[[peers]]` added since),
+/// authenticated as `keypair`. Links connect (and reconnect) in the background on the
+/// current tokio runtime.
 pub fn connect(network: &Network, keypair: &Keypair) -> Result<Session, TransportError> {
-    let validators: Vec<(PublicKey, SocketAddr)> = (0..network.validators.len())
-        .filter_map(|index| network.validators.key(ReplicaId(index as u16)))
-        .map(|key| key.public_key())
-        .zip(network.addresses.iter().copied())
-        .collect();
-    connect_to(network, &validators, keypair)
+    connect_to(network, &network.known_addresses(), keypair)
 }
 
 /// A session over QUIC to `targets` (each a key and address: validators, or a gateway),
@@ -150,6 +147,8 @@ pub enum ClientFailure {
 /// A client of a pbft cluster, over either transport.
 pub struct ClusterClient {
     session: Session,
+    /// The key at the other end of each of the session's links.
+    targets: Vec<PublicKey>,
     client: Client,
     start: Instant,
     /// The session's one link goes to a gateway, which routes and retransmits.
@@ -174,7 +173,14 @@ impl ClusterClient {
         keypair: Keypair,
     ) -> Result<ClusterClient, TransportError> {
         let session = connect_over(transport, network, &keypair)?;
-        Ok(ClusterClient::over(session, network, keypair, false))
+        let targets = network
+            .known_addresses()
+            .iter()
+            .map(|(key, _)| *key)
+            .collect();
+        Ok(ClusterClient::over(
+            session, targets, network, keypair, false,
+        ))
     }
 
     /// A client of `network` with `keypair` that sends through `gateway` (its key and
@@ -191,10 +197,22 @@ impl ClusterClient {
             0,
             &ClientFrame::relay(&network.core.chain_id, &keypair, &gateway.0),
         );
-        Ok(ClusterClient::over(session, network, keypair, true))
+        Ok(ClusterClient::over(
+            session,
+            vec![gateway.0],
+            network,
+            keypair,
+            true,
+        ))
     }
 
-    fn over(session: Session, network: &Network, keypair: Keypair, via_gateway: bool) -> Self {
+    fn over(
+        session: Session,
+        targets: Vec<PublicKey>,
+        network: &Network,
+        keypair: Keypair,
+        via_gateway: bool,
+    ) -> Self {
         let client = Client::new(
             network.core.chain_id,
             keypair,
@@ -208,6 +226,7 @@ impl ClusterClient {
         };
         ClusterClient {
             session,
+            targets,
             client,
             start: Instant::now(),
             via_gateway,
@@ -272,6 +291,7 @@ impl ClusterClient {
             &ClientFrame::relay(&network.core.chain_id, keypair, &gateway.0),
         );
         self.session = session;
+        self.targets = vec![gateway.0];
         self.via_gateway = true;
         Ok(())
     }
@@ -285,11 +305,22 @@ impl ClusterClient {
         let digest = request.digest(&self.client_chain());
         let client_seq = request.client_seq;
         let frame = ClientFrame::Message(Message::Request(request).encode());
+        // To the primary of the epoch the client follows, if it has a link to it; else to
+        // every validator (backups forward it).
+        let primary = self.client.validators().key(self.client.primary());
         let to = match self.via_gateway {
-            true => 0,
-            false => self.client.primary().0 as usize,
+            true => Some(0),
+            false => primary.and_then(|key| {
+                let key = key.public_key();
+                self.targets.iter().position(|target| *target == key)
+            }),
         };
-        self.session.send(to, &frame);
+        match to {
+            Some(to) => {
+                self.session.send(to, &frame);
+            }
+            None => self.session.broadcast(&frame),
+        }
         loop {
             let retry = self.client.poll_timeout().map_or(give_up, |at| {
                 tokio::time::Instant::from_std(self.start + Duration::from_millis(at))
@@ -327,6 +358,66 @@ impl ClusterClient {
 
     fn client_chain(&self) -> pbft_core::ChainId {
         self.client.chain()
+    }
+
+    /// The key requests are signed with.
+    pub fn public_key(&self) -> PublicKey {
+        self.client.public_key()
+    }
+
+    /// The number the next request will carry.
+    pub fn next_client_seq(&self) -> u64 {
+        self.client.next_seq()
+    }
+
+    /// The validator set of the epoch the client follows.
+    pub fn validators(&self) -> &ValidatorSet {
+        self.client.validators()
+    }
+
+    /// The keys at the other ends of the session's links, by link.
+    pub fn targets(&self) -> &[PublicKey] {
+        &self.targets
+    }
+
+    /// Asks every validator for the epoch changes since the one the client follows, checks
+    /// each against the set it ends ([`pbft_core::verify_epoch_change`]) and follows them,
+    /// until no validator that answers within `timeout` knows a later epoch. Returns the
+    /// changes it followed, oldest first. A Byzantine validator can hold back changes (the
+    /// others answer too) but not forge one.
+    pub async fn follow_epochs(&mut self, timeout: Duration) -> Vec<EpochChange> {
+        let mut followed = Vec::new();
+        let give_up = tokio::time::Instant::now() + timeout;
+        'ask: loop {
+            let after = self.client.validators().epoch();
+            self.session.broadcast(&ClientFrame::Epochs { after });
+            let mut answered = 0;
+            while answered < self.targets.len() {
+                tokio::select! {
+                    frame = self.session.recv() => match frame {
+                        Some((_, ServerFrame::Epochs(changes))) => {
+                            answered += 1;
+                            let before = self.client.validators().epoch();
+                            for change in changes {
+                                if change.epoch() == self.client.validators().epoch() + 1
+                                    && self.client.enter_epoch(&change).is_ok()
+                                {
+                                    followed.push(change);
+                                }
+                            }
+                            if self.client.validators().epoch() > before {
+                                continue 'ask;
+                            }
+                        }
+                        Some(_) => {}
+                        None => break 'ask,
+                    },
+                    () = tokio::time::sleep_until(give_up) => break 'ask,
+                }
+            }
+            break;
+        }
+        followed
     }
 
     /// Asks one validator where it is; `None` if it does not answer in time.

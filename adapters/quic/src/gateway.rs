@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use pbft_host::config::GatewayNodeConfig;
 use pbft_host::driver::{Connections, Router};
-use pbft_host::gateway::{self, NOT_A_VALIDATOR, Running};
+use pbft_host::gateway::{self, Running};
 use pbft_host::metrics::NodeMetrics;
+use pbft_host::peers::Peers;
 use pbft_host::serve::ServeLimits;
 use pbft_host::start::{CLIENT_FRAME_OVERHEAD, RunError, Sockets, connection_limits};
 use quinn::{Endpoint, VarInt};
@@ -45,12 +46,11 @@ pub async fn run(
         tracing::info!(%bound, "metrics");
     }
     let max_frame = network.core.max_message_bytes + CLIENT_FRAME_OVERHEAD;
-    let (router, queues) = Router::new(
-        &network.validators,
-        NOT_A_VALIDATOR,
-        (max_frame, None),
-        metrics.clone(),
-    );
+    let known = network.known_addresses();
+    let set = (network.validators.public_keys().collect(), Vec::new());
+    let me = config.keypair.public_key();
+    let (peers, opened) = Peers::new(me, set, known, max_frame, metrics.clone());
+    let router = Router::new(peers, None, metrics.clone());
     let core = gateway::core_for(&config).map_err(|err| RunError::Transport(err.into()))?;
     let identity = gateway::Identity {
         chain: network.core.chain_id,
@@ -60,35 +60,33 @@ pub async fn run(
         driver,
         router,
         thread,
-    } = gateway::spawn(
-        (core, identity),
-        network.validators.clone(),
-        router,
-        metrics,
-    )
-    .map_err(|err| RunError::Transport(Box::new(err)))?;
+    } = gateway::spawn((core, identity), router, metrics)
+        .map_err(|err| RunError::Transport(Box::new(err)))?;
     tracing::info!(listen = %config.listen, key = %config.keypair.public_key(), "gateway listening");
-    let mut links = Vec::new();
-    for (id, queue) in queues {
-        let Some(key) = network.validators.key(id).map(|key| key.public_key()) else {
-            continue;
-        };
-        let tls =
-            transport::client_config(&config.keypair, key, ALPN_CLIENT).map_err(transport_error)?;
-        let addr = network.addresses[usize::from(id.0)];
-        let inbound = gateway::inbound_for(&driver, key);
-        let connected = driver.metrics().peers_connected.clone();
-        links.push(tokio::spawn(link(
-            endpoint.clone(),
-            addr,
-            tls,
-            queue,
-            max_frame,
-            Some(inbound),
-            Some(connected),
-        )));
-    }
-    let connections = Connections::new(network.validators.clone(), caps);
+    // A link to each validator of the set the gateway follows, opened as it changes.
+    let keypair = Arc::new(pbft_core::Keypair::from_seed(&config.keypair.seed()));
+    let links = {
+        let (endpoint, driver) = (endpoint.clone(), driver.clone());
+        tokio::spawn(async move {
+            while let Ok(peer) = opened.recv_async().await {
+                let Ok(tls) = transport::client_config(&keypair, peer.key, ALPN_CLIENT) else {
+                    continue;
+                };
+                let inbound = gateway::inbound_for(&driver, peer.key);
+                let connected = driver.metrics().peers_connected.clone();
+                tokio::spawn(link(
+                    endpoint.clone(),
+                    peer.addr,
+                    tls,
+                    peer.queue,
+                    max_frame,
+                    Some(inbound),
+                    Some(connected),
+                ));
+            }
+        })
+    };
+    let connections = Connections::new(Arc::new(network.validators.clone()), caps);
     let limits = ServeLimits::new(&network.core, max_frame);
     let accept = tokio::spawn(accept_loop(
         endpoint.clone(),
@@ -103,9 +101,7 @@ pub async fn run(
     driver.shutdown();
     let joined = tokio::task::spawn_blocking(move || thread.join()).await;
     endpoint.close(VarInt::from_u32(close::SHUTDOWN), b"shutting down");
-    for link in links {
-        link.abort();
-    }
+    links.abort();
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
     match joined {
         Ok(Ok(())) => Ok(()),

@@ -11,4 +11,5 @@ pub mod client;
 pub mod gateway;
 pub mod identity;
 pub mod node;
+pub mod operator;
 pub mod transport;

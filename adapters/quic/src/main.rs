@@ -6,13 +6,18 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use pbft_core::Keypair;
+use pbft_core::SetChange;
 use pbft_host::config::{
-    load_config, load_gateway_config, load_network, random_seed, read_key_file, write_key_file,
+    load_config, load_gateway_config, load_network, parse_public_key, random_seed, read_key_file,
+    write_key_file,
 };
+use pbft_host::kv::KvStore;
 use pbft_host::kv::{Op, OpResult};
+use pbft_host::node::Node;
 use pbft_host::wire::ProofBundle;
 use pbft_quic::bench::{self, BenchOptions};
 use pbft_quic::client::{ClusterClient, Transport};
+use pbft_quic::operator;
 
 #[derive(Parser)]
 #[command(
@@ -91,6 +96,37 @@ enum Command {
         via_gateway: Option<usize>,
         #[command(subcommand)]
         op: ClientOp,
+    },
+    /// Where each validator is: epoch and set, view, executed seq, stable checkpoint.
+    Status {
+        /// A config naming the network.
+        #[arg(long)]
+        config: PathBuf,
+        /// Seconds to wait for each answer.
+        #[arg(long, default_value_t = 3)]
+        timeout: u64,
+        /// What carries the messages.
+        #[arg(long, value_enum, default_value_t)]
+        transport: TransportArg,
+    },
+    /// Change the validator set by governance: the change is approved, ordered, and takes
+    /// effect at the next checkpoint boundary (a new epoch).
+    Validator {
+        /// A config naming the network.
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        /// A governor's key file (a validator of the current epoch, or one of the network's
+        /// `governors`): repeat until the rule's threshold (2f + 1 validators by default).
+        #[arg(long = "approver", value_name = "KEY_FILE", global = true)]
+        approvers: Vec<PathBuf>,
+        /// Seconds to wait for the decision.
+        #[arg(long, default_value_t = 20, global = true)]
+        timeout: u64,
+        /// What carries the messages.
+        #[arg(long, value_enum, default_value_t, global = true)]
+        transport: TransportArg,
+        #[command(subcommand)]
+        change: ValidatorChange,
     },
     /// Check a saved QC and inclusion proof against a validator set, offline.
     VerifyQc {
@@ -210,6 +246,19 @@ impl From<TransportArg> for Transport {
 }
 
 #[derive(Subcommand)]
+enum ValidatorChange {
+    /// Add a validator (its public key, 64 hex digits): start it (`pbft node` with its key,
+    /// the network's config, and its own `listen`) before or after; it joins once the
+    /// change takes effect, by state transfer.
+    Add { key: String },
+    /// Remove a validator: from the boundary on, its key is refused at the handshake.
+    Remove { key: String },
+    /// Replace a validator's key in place: the old key's node stops at the boundary, a node
+    /// with the new key joins there (with an empty data dir).
+    RotateKey { old: String, new: String },
+}
+
+#[derive(Subcommand)]
 enum ClientOp {
     /// Set a key.
     Put { key: String, value: String },
@@ -304,8 +353,60 @@ async fn run(command: Command) -> Result<(), Failure> {
             pbft_quic::gateway::run(config, shutdown_signal()).await?;
         }
         Command::Node { config, transport } => {
+            let network = load_network(&config)?;
             let config = load_config(&config)?;
-            run_node(config, transport.into(), shutdown_signal()).await?;
+            run_node((config, network), transport.into(), shutdown_signal()).await?;
+        }
+        Command::Status {
+            config,
+            timeout,
+            transport,
+        } => {
+            let network = load_network(&config)?;
+            let timeout = Duration::from_secs(timeout);
+            print!(
+                "{}",
+                operator::status(&network, transport.into(), timeout).await?
+            );
+        }
+        Command::Validator {
+            config,
+            approvers,
+            timeout,
+            transport,
+            change,
+        } => {
+            let config = config.ok_or("--config is required (a node's config or network.toml)")?;
+            let network = load_network(&config)?;
+            let parse = |text: &str| {
+                parse_public_key(text)
+                    .ok_or_else(|| format!("`{text}` is not a public key (64 hex digits)"))
+            };
+            let changes = match &change {
+                ValidatorChange::Add { key } => vec![SetChange::Add(parse(key)?)],
+                ValidatorChange::Remove { key } => vec![SetChange::Remove(parse(key)?)],
+                ValidatorChange::RotateKey { old, new } => vec![SetChange::Rotate {
+                    old: parse(old)?,
+                    new: parse(new)?,
+                }],
+            };
+            let approvers = approvers
+                .iter()
+                .map(|path| read_key_file(path))
+                .collect::<Result<Vec<_>, _>>()?;
+            let timeout = Duration::from_secs(timeout);
+            let scheduled = operator::change_validators(
+                &network,
+                transport.into(),
+                changes,
+                &approvers,
+                timeout,
+            )
+            .await?;
+            println!(
+                "scheduled: committed at seq {} in epoch {}; takes effect when epoch {} starts, at the next checkpoint boundary",
+                scheduled.seq, scheduled.approved_in, scheduled.epoch
+            );
         }
         Command::Client {
             config,
@@ -373,19 +474,32 @@ fn testnet(
     )?)
 }
 
-/// Runs a validator over `transport` until `shutdown`.
+/// Runs a validator over `transport` until `shutdown`. A validator outside the genesis set
+/// with an empty data dir first waits for a committed change that adds its key, and joins
+/// with the chain of epoch changes.
 async fn run_node(
-    config: pbft_host::config::NodeConfig,
+    (config, network): (pbft_host::config::NodeConfig, pbft_host::config::Network),
     transport: Transport,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), Failure> {
+    let mut shutdown = std::pin::pin!(shutdown);
+    let chain = match config.outside_genesis() && !Node::<KvStore>::has_log(&config.data_dir) {
+        false => None,
+        true => {
+            let key = config.keypair.public_key();
+            tokio::select! {
+                chain = operator::wait_to_join(&network, transport, key) => Some(chain?),
+                () = &mut shutdown => return Ok(()),
+            }
+        }
+    };
     match transport {
-        Transport::Quic => pbft_quic::node::run(config, shutdown).await?,
+        Transport::Quic => pbft_quic::node::run(config, chain, shutdown).await?,
         Transport::Tcp => {
             // The TCP node runs smol on a thread of its own; dropping `stop` stops it.
             let (stop, stopped) = async_channel::bounded::<()>(1);
             let mut node =
-                tokio::task::spawn_blocking(move || pbft_tcp::node::run(config, stopped));
+                tokio::task::spawn_blocking(move || pbft_tcp::node::run(config, chain, stopped));
             let early = tokio::select! {
                 () = shutdown => None,
                 result = &mut node => Some(result),
@@ -520,7 +634,7 @@ async fn demo(
     let mut stops = Vec::new();
     let mut nodes = Vec::new();
     for path in &testnet.nodes {
-        let config = load_config(path)?;
+        let config = (load_config(path)?, load_network(path)?);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         stops.push(stop);
         let transport = load.transport.into();

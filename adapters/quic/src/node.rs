@@ -6,6 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use pbft_core::EpochChange;
 use pbft_host::config::NodeConfig;
 use pbft_host::driver::admission::Handshake;
 use pbft_host::driver::{Connections, Driver, Role, Router};
@@ -21,7 +22,11 @@ use crate::transport::{self, Receiving, Sending, TokioTimer, TransportError, clo
 /// Runs the validator `config` describes until `shutdown` completes (then it stops
 /// accepting, makes its log durable, and closes every connection with a reason) or the
 /// node fails.
-pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+pub async fn run(
+    config: NodeConfig,
+    chain: Option<Vec<EpochChange>>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
     let transport_error = |err: TransportError| RunError::Transport(Box::new(err));
     let server = transport::server_config(&config.keypair).map_err(transport_error)?;
     // Before the node opens its files: they count against the limit too.
@@ -32,9 +37,10 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         thread,
         router,
         peers,
+        links,
         max_frame,
         limits,
-    } = start(&config)?;
+    } = start(&config, chain)?;
     let endpoint = match Endpoint::server(server, config.listen) {
         Ok(endpoint) => endpoint,
         Err(err) => {
@@ -43,25 +49,31 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         }
     };
     tracing::info!(listen = %config.listen, id = me.0, "listening");
-    let mut links = Vec::new();
-    for peer in peers {
-        let tls = match transport::client_config(&config.keypair, peer.key, ALPN_PEER) {
-            Ok(tls) => tls,
-            Err(err) => return Err(Started::abandon(&driver, thread, transport_error(err))),
-        };
-        let connected = driver.metrics().peers_connected.clone();
-        let link = link(
-            endpoint.clone(),
-            peer.addr,
-            tls,
-            peer.queue,
-            max_frame,
-            None,
-            Some(connected),
-        );
-        links.push(tokio::spawn(link));
-    }
-    let connections = Connections::new(config.validators.clone(), caps);
+    // A link to each peer whose address is known, opened as the set changes; each ends when
+    // its queue closes (the key left, or a new address replaced it).
+    let keypair = Arc::new(pbft_core::Keypair::from_seed(&config.keypair.seed()));
+    let links = {
+        let (endpoint, metrics) = (endpoint.clone(), driver.metrics().clone());
+        tokio::spawn(async move {
+            while let Ok(peer) = links.recv_async().await {
+                let Ok(tls) = transport::client_config(&keypair, peer.key, ALPN_PEER) else {
+                    continue;
+                };
+                let connected = Some(metrics.peers_connected.clone());
+                let (addr, queue) = (peer.addr, peer.queue);
+                tokio::spawn(link(
+                    endpoint.clone(),
+                    addr,
+                    tls,
+                    queue,
+                    max_frame,
+                    None,
+                    connected,
+                ));
+            }
+        })
+    };
+    let connections = Connections::new(peers.clone(), caps);
     let accept = tokio::spawn(accept_loop(
         endpoint.clone(),
         driver.clone(),
@@ -84,9 +96,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         Some(result) => result,
     };
     endpoint.close(VarInt::from_u32(close::SHUTDOWN), b"shutting down");
-    for link in links {
-        link.abort();
-    }
+    links.abort();
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
     result.unwrap_or(Err(RunError::Panicked))
 }
@@ -150,6 +160,11 @@ async fn accepted(
             return;
         }
     };
+    if role == Role::Validator {
+        // A validator dials from the endpoint it listens on: where a validator added after
+        // genesis is reached.
+        router.peers().learn(&key, connection.remote_address());
+    }
     // A client that opens no stream is never served; it only holds its place.
     let first = match role {
         Role::Client => {
@@ -190,6 +205,9 @@ async fn accepted(
                 }
                 StreamEnd::Idle => served.close(VarInt::from_u32(close::IDLE), b"idle"),
                 StreamEnd::Stalled => served.close(VarInt::from_u32(close::IDLE), b"stalled"),
+                StreamEnd::Removed => {
+                    served.close(VarInt::from_u32(close::UNKNOWN_KEY), b"validator_removed");
+                }
                 StreamEnd::Closed | StreamEnd::Truncated => {}
             }
         });

@@ -18,7 +18,7 @@ async fn keys_are_proven_pinned_and_admitted_by_role() {
     let validator = Keypair::from_seed(&[2; 32]);
     let stranger = Keypair::from_seed(&[3; 32]);
     let set = ValidatorSet::new(0, &[node.public_key(), validator.public_key()]).unwrap();
-    let connections = Connections::new(set, ConnectionLimits::default());
+    let connections = Connections::new(std::sync::Arc::new(set), ConnectionLimits::default());
     // What admission makes of a connection whose handshake completed.
     let admit = |connection: &quinn::Connection| {
         let handshake = connections.handshake(connection.remote_address().ip())?;

@@ -378,7 +378,7 @@ impl Probe {
                 let mut stream = smol::net::TcpStream::connect(addr).await.unwrap();
                 let role = if peer { Role::Peer } else { Role::Client };
                 let chain = cluster.network.core.chain_id;
-                let channel = initiate(&mut stream, &chain, keypair, role, &server)
+                let channel = initiate(&mut stream, &chain, keypair, (role, None), &server)
                     .await
                     .ok()?;
                 Some(Probe::Tcp { stream, channel })

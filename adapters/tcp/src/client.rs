@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use pbft_core::{Keypair, ReplicaId};
+use pbft_core::Keypair;
 use pbft_host::config::Network;
 use pbft_host::session::Session;
 use pbft_host::start::CLIENT_FRAME_OVERHEAD;
@@ -10,29 +10,26 @@ use pbft_host::start::CLIENT_FRAME_OVERHEAD;
 use crate::link::{Identity, link};
 use crate::secure::Role;
 
-/// A session over TCP to every validator of `network`, authenticated as `keypair`. Links
-/// connect (and reconnect) in the background on smol's executor; dropping the session
-/// stops them.
+/// A session over TCP to every validator `network` names (link `i` to
+/// [`Network::known_addresses`]`[i]`), authenticated as `keypair`. Links connect (and
+/// reconnect) in the background on smol's executor; dropping the session stops them.
 pub fn connect(network: &Network, keypair: &Keypair) -> Session {
-    let (mut links, ends) = Session::channels(network.addresses.len());
+    let targets = network.known_addresses();
+    let (mut links, ends) = Session::channels(targets.len());
     let outgoing = std::mem::take(&mut links.outgoing);
     let keypair = Arc::new(Keypair::from_seed(&keypair.seed()));
     let max = network.core.max_message_bytes + CLIENT_FRAME_OVERHEAD;
-    let tasks: Vec<smol::Task<()>> = network
-        .addresses
+    let tasks: Vec<smol::Task<()>> = targets
         .iter()
         .zip(outgoing)
         .enumerate()
-        .map(|(index, (addr, queue))| {
+        .map(|(index, ((expected, addr), queue))| {
             let identity = Identity {
                 chain: network.core.chain_id,
                 keypair: keypair.clone(),
                 role: Role::Client,
-                expected: network
-                    .validators
-                    .key(ReplicaId(index as u16))
-                    .expect("one address per validator")
-                    .public_key(),
+                listens: None,
+                expected: *expected,
             };
             smol::spawn(link(
                 *addr,

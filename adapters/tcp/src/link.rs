@@ -103,6 +103,8 @@ pub struct Identity {
     pub keypair: Arc<Keypair>,
     /// The role this side asks for.
     pub role: Role,
+    /// A validator's listening port, which it tells the node it dials.
+    pub listens: Option<u16>,
     /// The key the other side must prove.
     pub expected: PublicKey,
 }
@@ -126,7 +128,7 @@ impl Dial for Dialer {
             &mut stream,
             &identity.chain,
             &identity.keypair,
-            identity.role,
+            (identity.role, identity.listens),
             &identity.expected,
         )
         .await

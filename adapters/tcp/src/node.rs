@@ -18,13 +18,17 @@ use crate::secure::{Role, respond};
 /// Runs the validator `config` describes until `shutdown` yields or closes (then it stops
 /// accepting, makes its log durable and closes every connection) or the node fails.
 /// Blocks the calling thread, which drives the accept loop.
-pub fn run(config: NodeConfig, shutdown: async_channel::Receiver<()>) -> Result<(), RunError> {
+pub fn run(
+    config: NodeConfig,
+    chain: Option<Vec<pbft_core::EpochChange>>,
+    shutdown: async_channel::Receiver<()>,
+) -> Result<(), RunError> {
     // Before the node opens its files: they count against the limit too.
     let caps = connection_limits(config.validators.len(), Sockets::PerConnection);
-    let started = start(&config)?;
+    let started = start(&config, chain)?;
     let (driver, router, max_frame) = (started.driver, started.router, started.max_frame);
     let limits = started.limits;
-    let (me, thread, peers) = (started.me, started.thread, started.peers);
+    let (me, thread, peers, links) = (started.me, started.thread, started.peers, started.links);
     let keypair = Arc::new(pbft_core::Keypair::from_seed(&config.keypair.seed()));
     let chain = config.core.chain_id;
     smol::block_on(async move {
@@ -37,22 +41,27 @@ pub fn run(config: NodeConfig, shutdown: async_channel::Receiver<()>) -> Result<
             }
         };
         tracing::info!(listen = %config.listen, id = me.0, "listening (tcp)");
-        let tasks: Vec<_> = peers
-            .into_iter()
-            .map(|peer| {
+        // A link to each peer whose address is known, opened as the set changes; each ends
+        // when its queue closes (the key left, or a new address replaced it).
+        let listens = Some(config.listen.port());
+        let (link_keypair, metrics) = (keypair.clone(), driver.metrics().clone());
+        let linking = smol::spawn(async move {
+            while let Ok(peer) = links.recv_async().await {
                 let identity = Identity {
                     chain,
-                    keypair: keypair.clone(),
+                    keypair: link_keypair.clone(),
                     role: Role::Peer,
+                    listens,
                     expected: peer.key,
                 };
-                let gauge = Some(driver.metrics().peers_connected.clone());
+                let gauge = Some(metrics.peers_connected.clone());
                 smol::spawn(link(
                     peer.addr, identity, peer.queue, max_frame, None, gauge,
                 ))
-            })
-            .collect();
-        let connections = Connections::new(config.validators.clone(), caps);
+                .detach();
+            }
+        });
+        let connections = Connections::new(peers, caps);
         let accepting = smol::spawn(accept_loop(
             listener,
             driver.clone(),
@@ -71,7 +80,7 @@ pub fn run(config: NodeConfig, shutdown: async_channel::Receiver<()>) -> Result<
             smol::future::or(failed, stop).await
         };
         drop(accepting);
-        drop(tasks);
+        drop(linking);
         match early {
             Some(result) => result,
             None => {
@@ -167,23 +176,26 @@ async fn accepted(
     // proven; if the handshake fails first, dropping `admit` frees it.
     let admit = |key: &pbft_core::PublicKey, role: Role| handshake.admit(key, admitted_as(role));
     // Held while the connection is served.
-    let (channel, key, role, _slot) = match respond(&mut stream, &chain, &keypair, admit).await {
+    let (channel, proof, _slot) = match respond(&mut stream, &chain, &keypair, admit).await {
         Ok(accepted) => accepted,
         Err(err) => {
             metrics.reject(err.label());
             return;
         }
     };
+    let role = admitted_as(proof.role);
+    // A validator says where it listens (at the address it connects from): where a
+    // validator added after genesis is reached.
+    if let (driver::Role::Validator, Some(port), Ok(from)) =
+        (role, proof.listens, stream.peer_addr())
+    {
+        router
+            .peers()
+            .learn(&proof.key, std::net::SocketAddr::new(from.ip(), port));
+    }
     let (reader, writer) = Secured::halves(stream, channel);
     serve::serve(
-        key,
-        admitted_as(role),
-        reader,
-        writer,
-        &driver,
-        &router,
-        &limits,
-        &SmolTimer,
+        proof.key, role, reader, writer, &driver, &router, &limits, &SmolTimer,
     )
     .await;
 }

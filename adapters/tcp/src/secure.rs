@@ -65,6 +65,10 @@ pub struct Proof {
     pub role: Role,
     /// Its key.
     pub key: PublicKey,
+    /// The port a validator listens on (at the address it connects from): where the
+    /// accepting node reaches a validator added after genesis. Inside the encrypted channel,
+    /// so no one but the prover sets it.
+    pub listens: Option<u16>,
     /// Its signature over [`proof_digest`].
     pub signature: Signature,
 }
@@ -250,11 +254,12 @@ fn sign_proof(
     keypair: &Keypair,
     handshake: &[u8],
     initiator: bool,
-    role: Role,
+    (role, listens): (Role, Option<u16>),
 ) -> Vec<u8> {
     let proof = Proof {
         role,
         key: keypair.public_key(),
+        listens,
         signature: keypair.sign(&proof_digest(chain, handshake, initiator, role)),
     };
     postcard::to_allocvec(&proof).expect("serialising to a Vec cannot fail")
@@ -286,7 +291,8 @@ async fn with_timeout<T>(
     .await
 }
 
-/// Opens a channel to the holder of `expected`, proving `keypair` for `role`.
+/// Opens a channel to the holder of `expected`, proving `keypair` for `role` (a validator
+/// also says the port it `listens` on).
 ///
 /// The listener's proof comes first: if it is not of `expected` in the accepting node's role,
 /// the handshake fails with [`HandshakeError::UnknownKey`] (or [`HandshakeError::BadProof`]
@@ -296,7 +302,7 @@ pub async fn initiate<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     chain: &ChainId,
     keypair: &Keypair,
-    role: Role,
+    (role, listens): (Role, Option<u16>),
     expected: &PublicKey,
 ) -> Result<Channel, HandshakeError> {
     with_timeout(async {
@@ -319,7 +325,10 @@ pub async fn initiate<S: AsyncRead + AsyncWrite + Unpin>(
             return Err(HandshakeError::UnknownKey);
         }
         channel
-            .write(stream, &sign_proof(chain, keypair, &handshake, true, role))
+            .write(
+                stream,
+                &sign_proof(chain, keypair, &handshake, true, (role, listens)),
+            )
             .await?;
         Ok(channel)
     })
@@ -329,13 +338,14 @@ pub async fn initiate<S: AsyncRead + AsyncWrite + Unpin>(
 /// Accepts a channel: proves `keypair` as the accepting node in the same flight as the Noise
 /// reply, then `admit` decides whether the initiator's key may take the role it asked (a
 /// validator's or a client's), before anything else is read from it, and returns what the
-/// admission holds (the connection's place), handed back with the channel.
+/// admission holds (the connection's place), handed back with the channel and the
+/// initiator's proof.
 pub async fn respond<S: AsyncRead + AsyncWrite + Unpin, T>(
     stream: &mut S,
     chain: &ChainId,
     keypair: &Keypair,
     admit: impl FnOnce(&PublicKey, Role) -> Result<T, Refusal>,
-) -> Result<(Channel, PublicKey, Role, T), HandshakeError> {
+) -> Result<(Channel, Proof, T), HandshakeError> {
     with_timeout(async {
         let mut noise = snow::Builder::new(NOISE.parse()?).build_responder()?;
         let mut buffer = vec![0; MAX_HANDSHAKE_MESSAGE];
@@ -349,7 +359,7 @@ pub async fn respond<S: AsyncRead + AsyncWrite + Unpin, T>(
         let channel = Channel {
             state: Arc::new(Mutex::new(noise.into_transport_mode()?)),
         };
-        let proof = sign_proof(chain, keypair, &handshake, false, Role::Server);
+        let proof = sign_proof(chain, keypair, &handshake, false, (Role::Server, None));
         channel.seal(&proof, &mut flight)?;
         stream.write_all(&flight).await?;
         let claim = channel
@@ -361,7 +371,7 @@ pub async fn respond<S: AsyncRead + AsyncWrite + Unpin, T>(
             return Err(HandshakeError::UnknownKey);
         }
         let admitted = admit(&proof.key, proof.role).map_err(HandshakeError::Refused)?;
-        Ok((channel, proof.key, proof.role, admitted))
+        Ok((channel, proof, admitted))
     })
     .await
 }

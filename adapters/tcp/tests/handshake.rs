@@ -73,7 +73,7 @@ async fn serve_once(
     };
     respond(&mut stream, &chain(), node, peers_only)
         .await
-        .map(|(_, key, _, ())| key)
+        .map(|(_, proof, ())| proof.key)
 }
 
 #[test]
@@ -85,17 +85,23 @@ fn both_sides_prove_their_keys_and_talk() {
             let node = Keypair::from_seed(&node.seed());
             async move {
                 let (mut stream, _) = listener.accept().await.unwrap();
-                let (channel, key, role, ()) = respond(&mut stream, &chain(), &node, |_, _| Ok(()))
+                let (channel, proof, ()) = respond(&mut stream, &chain(), &node, |_, _| Ok(()))
                     .await
                     .unwrap();
                 let message = channel.read(&mut stream).await.unwrap().unwrap();
-                (key, role, message)
+                (proof.key, proof.role, message)
             }
         });
         let mut stream = TcpStream::connect(addr).await.unwrap();
-        let channel = initiate(&mut stream, &chain(), &peer, Role::Peer, &node.public_key())
-            .await
-            .unwrap();
+        let channel = initiate(
+            &mut stream,
+            &chain(),
+            &peer,
+            (Role::Peer, None),
+            &node.public_key(),
+        )
+        .await
+        .unwrap();
         // Larger than one Noise message: split and reassembled.
         let long = vec![9u8; 200_000];
         channel.write(&mut stream, &long[..70_000]).await.unwrap();
@@ -109,7 +115,14 @@ fn both_sides_prove_their_keys_and_talk() {
         let impostor = Keypair::from_seed(&[3; 32]);
         let server = smol::spawn(async move { serve_once(&listener, &impostor).await });
         let mut stream = TcpStream::connect(addr).await.unwrap();
-        let outcome = initiate(&mut stream, &chain(), &peer, Role::Peer, &node.public_key()).await;
+        let outcome = initiate(
+            &mut stream,
+            &chain(),
+            &peer,
+            (Role::Peer, None),
+            &node.public_key(),
+        )
+        .await;
         assert!(matches!(outcome, Err(HandshakeError::UnknownKey)));
         // The dialler hangs up without a proof of its own: the impostor sees the stream end.
         drop(stream);
@@ -134,9 +147,15 @@ fn a_recorded_handshake_replayed_is_refused() {
             inner: TcpStream::connect(addr).await.unwrap(),
             written: Vec::new(),
         };
-        let channel = initiate(&mut recording, &chain(), &peer, Role::Peer, &node_key)
-            .await
-            .unwrap();
+        let channel = initiate(
+            &mut recording,
+            &chain(),
+            &peer,
+            (Role::Peer, None),
+            &node_key,
+        )
+        .await
+        .unwrap();
         channel.write(&mut recording, b"hello").await.unwrap();
         // The same bytes again on a new connection: the node's fresh ephemeral key makes
         // the recorded proof undecryptable.
@@ -175,6 +194,7 @@ fn a_listener_with_the_wrong_key_learns_nothing_of_the_dialler() {
             let proof = Proof {
                 role: Role::Server,
                 key: impostor.public_key(),
+                listens: None,
                 signature: impostor.sign(&proof_digest(&chain(), &handshake, false, Role::Server)),
             };
             let proof = postcard::to_allocvec(&proof).unwrap();
@@ -199,7 +219,7 @@ fn a_listener_with_the_wrong_key_learns_nothing_of_the_dialler() {
             &mut stream,
             &chain(),
             &dialler,
-            Role::Peer,
+            (Role::Peer, None),
             &expected.public_key(),
         )
         .await;
@@ -232,7 +252,7 @@ fn a_proof_reflected_to_its_sender_is_refused() {
             // still fail, because the proof says which side made it.
             respond(&mut stream, &chain(), &victim, |_, _| Ok(()))
                 .await
-                .map(|(_, key, _, ())| key)
+                .map(|(_, proof, ())| proof.key)
         });
         // The attacker dials the victim (it can: Noise NN has no static keys), decrypts the
         // proof the listener sends first and sends it back as its own.

@@ -159,12 +159,26 @@ impl Refusal {
     }
 }
 
-/// Whether `key` may ask for `role` at all: a validator's role only with a key of the set;
-/// a client's with any key (every request carries its client's signature). How many may
-/// connect is [`Connections`]' business.
-pub fn admits(validators: &ValidatorSet, key: &PublicKey, role: Role) -> Result<(), Refusal> {
+/// Who may connect as a validator now: the keys of the node's epoch (and of validators a
+/// committed change adds), as [`crate::peers::Peers`] keeps them; a fixed set for a node
+/// whose set never changes (a gateway, tests).
+pub trait Members: Send + Sync + std::fmt::Debug {
+    /// Whether `key` is admitted as a validator.
+    fn is_member(&self, key: &PublicKey) -> bool;
+}
+
+impl Members for ValidatorSet {
+    fn is_member(&self, key: &PublicKey) -> bool {
+        self.id_of(key).is_some()
+    }
+}
+
+/// Whether `key` may ask for `role` at all: a validator's role only with a key of
+/// `members`; a client's with any key (every request carries its client's signature). How
+/// many may connect is [`Connections`]' business.
+pub fn admits(members: &dyn Members, key: &PublicKey, role: Role) -> Result<(), Refusal> {
     match role {
-        Role::Validator if validators.id_of(key).is_none() => Err(Refusal::UnknownKey),
+        Role::Validator if !members.is_member(key) => Err(Refusal::UnknownKey),
         Role::Validator | Role::Client => Ok(()),
     }
 }
@@ -174,12 +188,13 @@ pub fn admits(validators: &ValidatorSet, key: &PublicKey, role: Role) -> Result<
 /// they connect, and no number of clients keeps a validator out.
 #[derive(Debug)]
 pub struct Connections {
-    validators: ValidatorSet,
+    members: Arc<dyn Members>,
     limits: ConnectionLimits,
     handshakes: Mutex<Handshakes>,
     clients: AtomicUsize,
-    /// Established connections of each validator, by id.
-    per_validator: Vec<AtomicUsize>,
+    /// Established connections of each validator key that holds any (members only, so at
+    /// most the set's size).
+    per_validator: Mutex<HashMap<PublicKey, usize>>,
 }
 
 /// The handshakes in progress: how many, and from which addresses (an address is present
@@ -215,8 +230,8 @@ pub struct Handshake {
 #[derive(Debug)]
 pub struct Slot {
     connections: Arc<Connections>,
-    /// `Some(index)`: a place of validator `index`; `None`: a client place.
-    validator: Option<usize>,
+    /// `Some(key)`: a place of validator `key`; `None`: a client place.
+    validator: Option<PublicKey>,
 }
 
 /// Takes one of at most `limit` places counted by `count`.
@@ -229,17 +244,26 @@ fn take(count: &AtomicUsize, limit: usize) -> bool {
 }
 
 impl Connections {
-    /// The connection counts of a node whose validator set is `validators`, held within
+    /// The connection counts of a node that admits `members` as validators, held within
     /// `limits`.
-    pub fn new(validators: ValidatorSet, limits: ConnectionLimits) -> Arc<Connections> {
-        let per_validator = (0..validators.len()).map(|_| AtomicUsize::new(0)).collect();
+    pub fn new(members: Arc<dyn Members>, limits: ConnectionLimits) -> Arc<Connections> {
         Arc::new(Connections {
-            validators,
+            members,
             limits,
             handshakes: Mutex::default(),
             clients: AtomicUsize::new(0),
-            per_validator,
+            per_validator: Mutex::default(),
         })
+    }
+
+    /// Whether `key` is admitted as a validator now: a connection admitted earlier whose key
+    /// has since left the set is closed when this turns false.
+    pub fn is_member(&self, key: &PublicKey) -> bool {
+        self.members.is_member(key)
+    }
+
+    fn per_validator(&self) -> std::sync::MutexGuard<'_, HashMap<PublicKey, usize>> {
+        self.per_validator.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn handshakes(&self) -> std::sync::MutexGuard<'_, Handshakes> {
@@ -291,19 +315,20 @@ impl Handshake {
     /// or refuses, with the reason. The handshake's place is freed either way.
     pub fn admit(self, key: &PublicKey, role: Role) -> Result<Slot, Refusal> {
         let connections = &self.connections;
-        admits(&connections.validators, key, role)?;
+        admits(connections.members.as_ref(), key, role)?;
         let limits = &connections.limits;
         let validator = match role {
-            Role::Validator => connections
-                .validators
-                .id_of(key)
-                .map(|id| usize::from(id.0)),
+            Role::Validator => Some(*key),
             Role::Client => None,
         };
         let taken = match validator {
-            Some(index) => take(&connections.per_validator[index], limits.per_validator)
-                .then_some(())
-                .ok_or(Refusal::TooManyValidatorConnections),
+            Some(key) => {
+                let mut held = connections.per_validator();
+                let count = held.entry(key).or_insert(0);
+                (*count < limits.per_validator)
+                    .then(|| *count += 1)
+                    .ok_or(Refusal::TooManyValidatorConnections)
+            }
             None => take(&connections.clients, limits.clients)
                 .then_some(())
                 .ok_or(Refusal::TooManyClients),
@@ -330,11 +355,20 @@ impl Drop for Handshake {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let count = match self.validator {
-            Some(index) => &self.connections.per_validator[index],
-            None => &self.connections.clients,
-        };
-        count.fetch_sub(1, Ordering::AcqRel);
+        match self.validator {
+            Some(key) => {
+                let mut held = self.connections.per_validator();
+                if let Some(count) = held.get_mut(&key) {
+                    *count -= 1;
+                    if *count == 0 {
+                        held.remove(&key);
+                    }
+                }
+            }
+            None => {
+                self.connections.clients.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
     }
 }
 
@@ -349,7 +383,10 @@ mod tests {
 
     /// Two validators (keys 1 and 2) and small limits.
     fn connections(limits: ConnectionLimits) -> Arc<Connections> {
-        Connections::new(ValidatorSet::new(0, &[key(1), key(2)]).unwrap(), limits)
+        Connections::new(
+            Arc::new(ValidatorSet::new(0, &[key(1), key(2)]).unwrap()),
+            limits,
+        )
     }
 
     const SMALL: ConnectionLimits = ConnectionLimits {
@@ -445,12 +482,7 @@ mod tests {
         let client = handshake().admit(&key(20), Role::Client).unwrap();
         assert_eq!(connections.clients(), 1);
         drop((second, other, third, client));
-        assert!(
-            connections
-                .per_validator
-                .iter()
-                .all(|n| n.load(Ordering::Acquire) == 0)
-        );
+        assert!(connections.per_validator().is_empty(), "every place freed");
     }
 
     #[test]

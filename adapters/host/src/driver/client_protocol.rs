@@ -15,7 +15,7 @@ use pbft_core::{Digest, Message, PublicKey, Request, Signature};
 use super::router::{MAX_FORGERIES_PER_CONNECTION, RelayProof, RelayRefusal, Router};
 use crate::application::Application;
 use crate::node::Node;
-use crate::wire::{ClientFrame, ServerFrame, relay_digest};
+use crate::wire::{ClientFrame, MAX_EPOCHS_PER_ANSWER, ServerFrame, relay_digest};
 
 /// Status and proof queries answered per second, from all clients together: each costs
 /// the node's thread up to a batch of hashes, so they get a bounded share of it.
@@ -117,7 +117,9 @@ pub(super) fn handle<A: Application>(
                 }
             }
         }
-        ClientInput::Status | ClientInput::Proof { .. } if !queries.allow(&from.key, now) => {
+        ClientInput::Status | ClientInput::Proof { .. } | ClientInput::Epochs { .. }
+            if !queries.allow(&from.key, now) =>
+        {
             metrics.reject("queries_rate_limited");
         }
         ClientInput::Status => {
@@ -126,6 +128,17 @@ pub(super) fn handle<A: Application>(
         ClientInput::Proof { seq, request } => {
             let proof = node.proof(seq, &request).map(Box::new);
             router.to_client(&from.key, &ServerFrame::Proof(proof));
+        }
+        ClientInput::Epochs { after } => {
+            let changes = node
+                .replica()
+                .epoch_changes()
+                .iter()
+                .filter(|change| change.epoch() > after)
+                .take(MAX_EPOCHS_PER_ANSWER)
+                .cloned()
+                .collect();
+            router.to_client(&from.key, &ServerFrame::Epochs(changes));
         }
     }
 }
@@ -152,6 +165,11 @@ pub enum ClientInput {
         /// The request's digest.
         request: Digest,
     },
+    /// [`ClientFrame::Epochs`].
+    Epochs {
+        /// The last epoch the asker knows.
+        after: u64,
+    },
 }
 
 /// Decodes a client frame as [`handle`] does, consensus messages of at most `max_message`
@@ -169,6 +187,7 @@ pub fn read(bytes: &[u8], max_message: usize) -> Result<ClientInput, &'static st
         }
         Ok(ClientFrame::Status) => Ok(ClientInput::Status),
         Ok(ClientFrame::Proof { seq, request }) => Ok(ClientInput::Proof { seq, request }),
+        Ok(ClientFrame::Epochs { after }) => Ok(ClientInput::Epochs { after }),
         Err(_) => Err("bad_client_frame"),
     }
 }

@@ -30,7 +30,7 @@ use self::client_protocol::QueryBudget;
 pub use self::client_protocol::{QUERIES_PER_KEY_PER_SECOND, QUERIES_PER_SECOND};
 pub use self::router::{
     CLIENT_QUEUE, CLIENT_QUEUE_BYTES, CLIENT_QUEUES_BYTES, ClientQueue, MAX_RELAYED_CLIENTS,
-    MAX_RELAYED_PER_CONNECTION, PEER_QUEUE, PEER_QUEUE_BYTES, PeerQueue, RELAY_TTL_MS, Router,
+    MAX_RELAYED_PER_CONNECTION, RELAY_TTL_MS, Router,
 };
 use crate::application::Application;
 use crate::metrics::NodeMetrics;
@@ -344,6 +344,21 @@ pub fn spawn<A: Application + Send + 'static>(
     Ok((driver, handle))
 }
 
+/// Makes what the node's inputs produced durable, sends it, and hands the transport the
+/// validators to admit and link to when they changed (an epoch began, or a change was
+/// scheduled whose new validators must reach this set before the boundary).
+fn send<A: Application>(node: &mut Node<A>, router: &Router, now: u64) -> Result<(), NodeError> {
+    let transmits = node.flush(now)?;
+    // Before the sends: a message to a validator the change adds finds its link.
+    if let Some((set, newcomers)) = node.members_changed() {
+        router.peers().set_members(set, newcomers);
+    }
+    for transmit in transmits {
+        router.route(transmit);
+    }
+    Ok(())
+}
+
 fn run<A: Application>(
     mut node: Node<A>,
     inputs: Inputs,
@@ -364,9 +379,7 @@ fn run<A: Application>(
     // and learns the time only from an input: give it one, so it catches up and announces
     // itself even if every peer restarted too and nothing else would wake it.
     node.handle_timeout(now());
-    for transmit in node.flush(now())? {
-        router.route(transmit);
-    }
+    send(&mut node, router, now())?;
     loop {
         let mut wait = node
             .poll_timeout()
@@ -407,9 +420,7 @@ fn run<A: Application>(
         if node.poll_timeout().is_some_and(|at| at <= time) {
             node.handle_timeout(time);
         }
-        for transmit in node.flush(time)? {
-            router.route(transmit);
-        }
+        send(&mut node, router, time)?;
         if stop || last_metrics.elapsed() >= METRICS_EVERY {
             let samples = node.take_samples();
             let replica = node.replica();
@@ -432,9 +443,7 @@ fn run<A: Application>(
                 // What waited for a sync in flight executes, and its replies leave.
                 node.wait_for_sync()?;
                 node.wait_for_snapshots(now())?;
-                for transmit in node.flush(now())? {
-                    router.route(transmit);
-                }
+                send(&mut node, router, now())?;
                 if node.snapshots_pending() == 0 {
                     break;
                 }
@@ -488,7 +497,7 @@ mod tests {
     use crate::kv::{KvStore, Op, OpResult};
     use crate::testing::block_on;
     use crate::wire::{ClientFrame, ServerFrame};
-    use pbft_core::{ChainId, Client, Config, Keypair, Message, ReplicaId, ValidatorSet};
+    use pbft_core::{ChainId, Client, Config, Keypair, Message, ValidatorSet};
 
     fn chain() -> ChainId {
         ChainId::from_name("driver-tests")
@@ -499,15 +508,19 @@ mod tests {
         let key = Keypair::from_seed(&[5; 32]);
         let set = ValidatorSet::new(0, &[key.public_key()]).unwrap();
         let node = Node::open(dir, Config::new(chain()), set.clone(), key, KvStore::new()).unwrap();
-        let (router, queues) = Router::new(
-            &set,
-            ReplicaId(0),
-            (1 << 20, None),
-            Arc::new(NodeMetrics::new()),
-        );
-        assert!(queues.is_empty(), "no peers to send to");
+        let router = test_router(&set, 0);
         let (driver, thread) = spawn(node, router.clone()).unwrap();
         (driver, thread, router)
+    }
+
+    /// The router of validator `me` of `set`, whose links are never opened.
+    fn test_router(set: &ValidatorSet, me: u16) -> Arc<Router> {
+        let keys: Vec<PublicKey> = set.public_keys().collect();
+        let me = keys[usize::from(me)];
+        let metrics = Arc::new(NodeMetrics::new());
+        let (peers, _links) =
+            crate::peers::Peers::new(me, (keys, vec![]), [], 1 << 20, metrics.clone());
+        Router::new(peers, None, metrics)
     }
 
     fn next(queue: &ClientQueue) -> ServerFrame {
@@ -583,7 +596,7 @@ mod tests {
             match next(&relayed) {
                 ServerFrame::Message(bytes) => reply = Some(bytes),
                 ServerFrame::Status(answer) => status = Some(answer),
-                ServerFrame::Proof(_) | ServerFrame::Refused { .. } => {
+                ServerFrame::Proof(_) | ServerFrame::Refused { .. } | ServerFrame::Epochs(_) => {
                     panic!("nothing else was asked for")
                 }
             }
@@ -673,12 +686,7 @@ mod tests {
         let set = ValidatorSet::new(0, &publics).unwrap();
         let key = keys.swap_remove(1);
         let node = Node::open(dir, Config::new(chain()), set.clone(), key, KvStore::new()).unwrap();
-        let (router, _peers) = Router::new(
-            &set,
-            ReplicaId(1),
-            (1 << 20, None),
-            Arc::new(NodeMetrics::new()),
-        );
+        let router = test_router(&set, 1);
         let (driver, thread) = spawn(node, router.clone()).unwrap();
         (driver, thread, router)
     }

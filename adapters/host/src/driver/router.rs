@@ -19,18 +19,14 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use pbft_core::{Destination, PublicKey, ReplicaId, ValidatorSet};
+use pbft_core::PublicKey;
 
 use crate::compression;
 use crate::metrics::NodeMetrics;
-use crate::node::Transmit;
+use crate::node::{Target, Transmit};
+use crate::peers::Peers;
 use crate::queue::{self, Budget, Frames};
 use crate::wire::ServerFrame;
-
-/// Frames waiting for one peer's connection, at most.
-pub const PEER_QUEUE: usize = 4096;
-/// Bytes waiting for one peer's connection, at most (or four of the largest frames, if more).
-pub const PEER_QUEUE_BYTES: usize = 64 << 20;
 
 /// Frames waiting for one client connection, at most (a gateway's carries many clients'
 /// replies; [`CLIENT_QUEUE_BYTES`] is the bound that matters).
@@ -48,14 +44,10 @@ pub const MAX_RELAYED_PER_CONNECTION: usize = 16_384;
 /// to make room, in ms.
 pub const RELAY_TTL_MS: u64 = 120_000;
 
-/// The frames for one validator, for the transport's link to it.
-pub type PeerQueue = (ReplicaId, Frames);
-
 /// Where the node's messages go: one bounded queue per validator and per connected client.
 #[derive(Debug)]
 pub struct Router {
-    me: ReplicaId,
-    validators: Vec<Option<queue::Sender>>,
+    peers: Arc<Peers>,
     clients: Mutex<Clients>,
     client_bytes: Arc<Budget>,
     /// Messages to validators of at least this many bytes go compressed.
@@ -233,38 +225,25 @@ pub struct ClientQueue {
 }
 
 impl Router {
-    /// A router for validator `me` whose largest frame is `max_frame` bytes, and the
-    /// receiving end of each other validator's queue, for the transport's sender tasks.
-    /// Messages to validators of at least `compress_above` bytes go compressed
-    /// ([`crate::compression`]).
+    /// A router whose messages to validators go to `peers`' links, those of at least
+    /// `compress_above` bytes compressed ([`crate::compression`]).
     pub fn new(
-        validators: &ValidatorSet,
-        me: ReplicaId,
-        (max_frame, compress_above): (usize, Option<usize>),
+        peers: Arc<Peers>,
+        compress_above: Option<usize>,
         metrics: Arc<NodeMetrics>,
-    ) -> (Arc<Router>, Vec<PeerQueue>) {
-        let mut senders = Vec::new();
-        let mut receivers = Vec::new();
-        let peer_bytes = PEER_QUEUE_BYTES.max(max_frame.saturating_mul(4));
-        for index in 0..validators.len() {
-            let id = ReplicaId(index as u16);
-            if id == me {
-                senders.push(None);
-            } else {
-                let (tx, rx) = queue::bounded(PEER_QUEUE, peer_bytes, None);
-                senders.push(Some(tx));
-                receivers.push((id, rx));
-            }
-        }
-        let router = Router {
-            me,
-            validators: senders,
+    ) -> Arc<Router> {
+        Arc::new(Router {
+            peers,
             clients: Mutex::new(Clients::default()),
             client_bytes: Budget::new(CLIENT_QUEUES_BYTES),
             compress_above,
             metrics,
-        };
-        (Arc::new(router), receivers)
+        })
+    }
+
+    /// The validators it sends to.
+    pub fn peers(&self) -> &Arc<Peers> {
+        &self.peers
     }
 
     fn clients(&self) -> std::sync::MutexGuard<'_, Clients> {
@@ -322,17 +301,6 @@ impl Router {
     /// The metrics the router counts into.
     pub fn metrics(&self) -> &Arc<NodeMetrics> {
         &self.metrics
-    }
-
-    fn to_validator(&self, id: ReplicaId, bytes: Vec<u8>) {
-        if id == self.me {
-            return;
-        }
-        if let Some(Some(queue)) = self.validators.get(id.0 as usize)
-            && queue.try_send(bytes).is_err()
-        {
-            self.metrics.reject("peer_queue_full");
-        }
     }
 
     /// Whether connection `connection` of `through` carries `client`'s replies already;
@@ -501,20 +469,13 @@ impl Router {
     pub(crate) fn route(&self, transmit: Transmit) {
         let to_validators = |bytes| compression::compress(bytes, self.compress_above);
         match transmit.to {
-            Destination::Validator(id) => self.to_validator(id, to_validators(transmit.bytes)),
-            Destination::AllValidators => {
-                // Compressed once for every validator.
-                let bytes = to_validators(transmit.bytes);
-                for index in 0..self.validators.len() {
-                    self.to_validator(ReplicaId(index as u16), bytes.clone());
-                }
-            }
-            Destination::Client(key) => {
+            Target::Validator(key) => self.peers.send(&key, to_validators(transmit.bytes)),
+            // Compressed once for every validator.
+            Target::AllValidators => self.peers.broadcast(&to_validators(transmit.bytes)),
+            Target::Client(key) => {
                 let frame = ServerFrame::Message(transmit.bytes);
                 self.to_client_via(&key, &frame, transmit.via.as_ref());
             }
-            // The node maps a key to its peer's id before it gets here.
-            Destination::Outside(_) => {}
         }
     }
 }
@@ -522,19 +483,37 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::peers::{PEER_QUEUE, PEER_QUEUE_BYTES};
     use pbft_core::Keypair;
 
-    fn router(validators: u8) -> (Arc<Router>, Vec<PeerQueue>) {
+    /// A router of validator 0 of `validators`, compressing from `compress_above` bytes,
+    /// and the queues of its links to the others, in id order.
+    fn router_compressing(
+        validators: u8,
+        compress_above: Option<usize>,
+    ) -> (Arc<Router>, Vec<(PublicKey, Frames)>) {
         let keys: Vec<_> = (0..validators)
             .map(|i| Keypair::from_seed(&[i + 1; 32]).public_key())
             .collect();
-        let set = ValidatorSet::new(0, &keys).unwrap();
-        Router::new(
-            &set,
-            ReplicaId(0),
-            (1 << 20, None),
-            Arc::new(NodeMetrics::new()),
-        )
+        let addresses: Vec<_> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, key)| (*key, std::net::SocketAddr::from(([127, 0, 0, 1], i as u16))))
+            .collect();
+        let metrics = Arc::new(NodeMetrics::new());
+        let (peers, links) =
+            Peers::new(keys[0], (keys, vec![]), addresses, 1 << 20, metrics.clone());
+        let mut queues: Vec<_> = links.drain().map(|peer| (peer.key, peer.queue)).collect();
+        queues.sort_by_key(|(key, _)| peer_position(&peers, key));
+        (Router::new(peers, compress_above, metrics), queues)
+    }
+
+    fn peer_position(peers: &Peers, key: &PublicKey) -> u16 {
+        peers.address(key).expect("configured").port()
+    }
+
+    fn router(validators: u8) -> (Arc<Router>, Vec<(PublicKey, Frames)>) {
+        router_compressing(validators, None)
     }
 
     fn key(seed: u32) -> PublicKey {
@@ -549,7 +528,7 @@ mod tests {
         assert_eq!(queues.len(), 3);
         for _ in 0..PEER_QUEUE + 10 {
             router.route(Transmit {
-                to: Destination::Validator(ReplicaId(1)),
+                to: Target::Validator(queues[0].0),
                 bytes: vec![1],
                 via: None,
             });
@@ -561,23 +540,18 @@ mod tests {
 
     #[test]
     fn a_large_message_goes_to_every_validator_compressed_once_and_expands_to_itself() {
-        let keys: Vec<_> = (0..3u8)
-            .map(|i| Keypair::from_seed(&[i + 1; 32]).public_key())
-            .collect();
-        let set = ValidatorSet::new(0, &keys).unwrap();
-        let metrics = Arc::new(NodeMetrics::new());
-        let (router, queues) = Router::new(&set, ReplicaId(0), (1 << 20, Some(4096)), metrics);
+        let (router, queues) = router_compressing(3, Some(4096));
         // A batch-like message: repeated field names around counters.
         let message: Vec<u8> = (0u32..4096)
             .flat_map(|i| [&b"put key value "[..], &i.to_le_bytes()].concat())
             .collect();
         router.route(Transmit {
-            to: Destination::AllValidators,
+            to: Target::AllValidators,
             bytes: message.clone(),
             via: None,
         });
         router.route(Transmit {
-            to: Destination::Validator(ReplicaId(1)),
+            to: Target::Validator(queues[0].0),
             bytes: vec![2; 100],
             via: None,
         });
@@ -599,7 +573,7 @@ mod tests {
         let (router, queues) = router(2);
         for _ in 0..100 {
             router.route(Transmit {
-                to: Destination::Validator(ReplicaId(1)),
+                to: Target::Validator(queues[0].0),
                 bytes: vec![0; 1 << 20],
                 via: None,
             });

@@ -377,7 +377,7 @@ async fn open(
             let tcp = socket.connect(addr).await.ok()?.into_std().ok()?;
             let mut tcp = smol::net::TcpStream::try_from(tcp).ok()?;
             let chain = cluster.network.core.chain_id;
-            initiate(&mut tcp, &chain, &throwaway, Role::Client, &server)
+            initiate(&mut tcp, &chain, &throwaway, (Role::Client, None), &server)
                 .await
                 .ok()?;
             Some(Held::Tcp { _stream: tcp })
