@@ -801,8 +801,19 @@ mod tests {
         assert_eq!(field_of(load(&fixture, &bad_key)), "validators[1].key");
         let bad_listen = config_text(&fixture.keys, "").replace("127.0.0.1:7002", "nowhere");
         assert_eq!(field_of(load(&fixture, &bad_listen)), "listen");
+        // A key outside the genesis set loads: the node joins once a change adds it.
         let outsider = config_text(&fixture.keys[..2], "");
-        assert_eq!(field_of(load(&fixture, &outsider)), "key_file");
+        assert!(load(&fixture, &outsider).unwrap().outside_genesis());
+        let bad_peer = format!(
+            "{}
+[[peers]]
+key = \"{}\"
+address = \"nowhere\"
+",
+            config_text(&fixture.keys, ""),
+            fixture.keys[0].public_key()
+        );
+        assert_eq!(field_of(load(&fixture, &bad_peer)), "peers[0].address");
         let bad_limits = config_text(&fixture.keys, "[limits]\nwindow = 0\n");
         assert_eq!(field_of(load(&fixture, &bad_limits)), "limits");
         // A window whose new view could never fit a message, even with four validators.
