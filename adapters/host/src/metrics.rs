@@ -50,6 +50,7 @@ pub struct NodeMetrics {
     checkpoint_mismatches: Counter,
     evidence: Counter,
     evidence_committed: Counter,
+    evidence_commit_latency: Histogram,
     relay_claims_verified: Counter,
     /// Validators this node has a live connection with.
     pub peers_connected: Gauge,
@@ -120,6 +121,7 @@ impl NodeMetrics {
             checkpoint_mismatches: Counter::default(),
             evidence: Counter::default(),
             evidence_committed: Counter::default(),
+            evidence_commit_latency: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             relay_claims_verified: Counter::default(),
             peers_connected: Gauge::default(),
             clients_connected: Gauge::default(),
@@ -226,6 +228,11 @@ impl NodeMetrics {
             "evidence_committed",
             "Equivocation evidence in the batches this node delivered (one piece may commit more than once)",
             m.evidence_committed.clone(),
+        );
+        registry.register(
+            "evidence_commit_seconds",
+            "From the first evidence of a validator's equivocation this node saw to the commit of evidence against it",
+            m.evidence_commit_latency.clone(),
         );
         registry.register(
             "relay_claims_verified",
@@ -486,6 +493,9 @@ impl NodeMetrics {
         }
         for &seconds in &samples.snapshot_seconds {
             self.snapshot_latency.observe(seconds);
+        }
+        for &ms in &samples.evidence_commit_ms {
+            self.evidence_commit_latency.observe(ms as f64 / 1000.0);
         }
         *last = (core.clone(), stats);
     }

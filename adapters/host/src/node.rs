@@ -261,6 +261,10 @@ pub struct Samples {
     /// Seconds the snapshot thread took per checkpoint: reading the application's snapshot,
     /// digesting it, encoding the copy kept for peers.
     pub snapshot_seconds: Vec<f64>,
+    /// Milliseconds from the first evidence of a validator's equivocation this node saw
+    /// (found in the conflicting message that reached it, or received from a peer) to the
+    /// delivery of the batch that commits evidence against that validator.
+    pub evidence_commit_ms: Vec<u64>,
 }
 
 impl Samples {
@@ -297,6 +301,9 @@ pub struct Node<A> {
     round: Option<Round>,
     /// Arrival time of requests submitted here, by (client, number).
     arrivals: BTreeMap<(PublicKey, u64), u64>,
+    /// When this node first saw evidence against each offender (its epoch and id), in ms,
+    /// until evidence against it commits: the start of [`Samples::evidence_commit_ms`].
+    evidence_seen: BTreeMap<(u64, u16), u64>,
     samples: Samples,
     max_message_bytes: usize,
     chain: pbft_core::ChainId,
@@ -607,6 +614,7 @@ impl<A: Application> Node<A> {
             store_synced_at: None,
             round: None,
             arrivals: BTreeMap::new(),
+            evidence_seen: BTreeMap::new(),
             samples: Samples::default(),
             max_message_bytes,
             chain,
@@ -892,6 +900,10 @@ impl<A: Application> Node<A> {
             }
             Output::Evidence(evidence) => {
                 self.stats.evidence += 1;
+                if self.evidence_seen.len() < TIMED_REQUESTS {
+                    let offender = (evidence.epoch, evidence.offender().0);
+                    self.evidence_seen.entry(offender).or_insert(now);
+                }
                 if self.evidence.len() < EVIDENCE_KEPT {
                     self.evidence.push(evidence);
                 }
@@ -927,6 +939,13 @@ impl<A: Application> Node<A> {
         }
         Samples::push(&mut self.samples.batch_sizes, delivery.batch.requests.len());
         for evidence in &delivery.batch.evidence {
+            if let Some(seen) = self
+                .evidence_seen
+                .remove(&(evidence.epoch, evidence.offender().0))
+            {
+                let ms = now.saturating_sub(seen);
+                Samples::push(&mut self.samples.evidence_commit_ms, ms);
+            }
             tracing::warn!(
                 seq = delivery.seq,
                 offender = evidence.offender().0,

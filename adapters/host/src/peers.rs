@@ -130,6 +130,37 @@ impl Peers {
         state.set = set;
     }
 
+    /// As [`Peers::set_members`], but what `send` routes first still reaches the keys that
+    /// leave, and broadcasts reach the old and the new set: the round that ends an epoch
+    /// carries the boundary's checkpoint to the validators it removes (so they learn of
+    /// their removal and retire) and the new epoch's first messages to those it adds. A
+    /// leaving key's queue is closed after `send`: its link writes what is queued, then
+    /// ends.
+    pub fn set_members_around(
+        &self,
+        set: Vec<PublicKey>,
+        newcomers: Vec<PublicKey>,
+        send: impl FnOnce(),
+    ) {
+        let (old_set, old_members) = {
+            let state = self.state();
+            (state.set.clone(), state.members.clone())
+        };
+        let mut union_set = old_set;
+        for key in &set {
+            if !union_set.contains(key) {
+                union_set.push(*key);
+            }
+        }
+        let union_members = old_members
+            .into_iter()
+            .chain(newcomers.iter().copied())
+            .collect();
+        self.set_members(union_set, union_members);
+        send();
+        self.set_members(set, newcomers);
+    }
+
     /// Opens the queue of a link to `key` at `addr`, replacing (closing) any older one, and
     /// hands the link to the transport.
     fn open(&self, state: &mut State, key: PublicKey, addr: SocketAddr) {
@@ -251,6 +282,29 @@ mod tests {
         assert!(!peers.is_member(&key(2)));
         peers.send(&key(2), vec![1]);
         assert_eq!(peers.metrics.rejected("peer_unreachable"), 1);
+    }
+
+    #[test]
+    fn the_round_that_changes_the_set_reaches_the_old_and_the_new_members() {
+        let metrics = Arc::new(NodeMetrics::new());
+        let configured = [(key(1), addr(1)), (key(2), addr(2)), (key(3), addr(3))];
+        let set = (vec![key(0), key(1), key(2)], vec![]);
+        let (peers, links) = Peers::new(key(0), set, configured, 64, metrics);
+        let mut queues: Vec<_> = links.drain().map(|peer| (peer.key, peer.queue)).collect();
+        // Key 2 leaves and key 3 joins: the round's broadcast reaches both.
+        peers.set_members_around(vec![key(0), key(1), key(3)], vec![], || {
+            peers.broadcast(b"boundary");
+        });
+        queues.extend(links.drain().map(|peer| (peer.key, peer.queue)));
+        for (key, queue) in &queues {
+            assert_eq!(queue.try_recv(), Some(b"boundary".to_vec()), "{key}");
+        }
+        assert!(!peers.is_member(&key(2)) && peers.is_member(&key(3)));
+        // The leaver's link ends once it wrote what was queued.
+        let leaver = &queues.iter().find(|(k, _)| *k == key(2)).unwrap().1;
+        assert!(leaver.is_closed() && leaver.is_empty());
+        peers.broadcast(b"next");
+        assert_eq!(leaver.try_recv(), None);
     }
 
     /// A fresh receiver is not at hand here: closing is seen through the sender.

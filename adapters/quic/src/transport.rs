@@ -211,6 +211,10 @@ impl WriteHalf for Sending {
     }
 }
 
+/// How long a link that ended waits for the other side to acknowledge what it wrote
+/// before it closes the connection.
+const LINGER: Duration = Duration::from_secs(2);
+
 /// Dials the holder of a key at `addr` for a [`link`]: one QUIC connection at a time, its
 /// frames on one bidirectional stream.
 struct Dialer {
@@ -246,12 +250,21 @@ impl Dial for Dialer {
         tokio::time::sleep(duration)
     }
 
-    fn hang_up(&mut self, _writer: Sending, for_good: bool) {
+    fn hang_up(&mut self, mut writer: Sending, for_good: bool) {
         // A connection dropped to reconnect closes by itself once its last handle goes.
         if let Some(connection) = self.open.take()
             && for_good
         {
-            connection.close(VarInt::from_u32(close::SHUTDOWN), b"shutting down");
+            // Closing at once would drop what the link wrote but QUIC has not yet delivered:
+            // the last frames of a link that ends because its validator left the set are
+            // the ones that tell it so. The stream is finished, and the connection closed
+            // once the other side acknowledged it all (or after LINGER).
+            let _ = writer.0.finish();
+            let delivered = writer.0.stopped();
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(LINGER, delivered).await;
+                connection.close(VarInt::from_u32(close::SHUTDOWN), b"shutting down");
+            });
         }
     }
 }

@@ -19,7 +19,7 @@ use pbft_tcp::secure::{Role, initiate};
 
 #[macro_use]
 mod common;
-use common::{Cluster, get, put, scrape_whole};
+use common::{Cluster, KilledOnDrop, get, put, scrape_whole};
 
 const TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -174,10 +174,10 @@ async fn write_until(
 }
 
 async fn a_validator_joins_and_one_leaves_losing_no_write(transport: Transport) {
-    let mut cluster = Cluster::start("reconfiguration-test", transport);
+    let cluster = Cluster::start("reconfiguration-test", transport);
     let (fifth, fifth_metrics) = fifth_validator(cluster.dir.path());
     // Started before the change: it waits, asking the validators for epoch changes.
-    let mut joiner = spawn_fifth(&cluster);
+    let _joiner = KilledOnDrop(spawn_fifth(&cluster));
     let mut client = cluster.client(91);
     let mut acknowledged = Vec::new();
     write(&mut client, &mut acknowledged, 20).await;
@@ -241,7 +241,11 @@ async fn a_validator_joins_and_one_leaves_losing_no_write(transport: Transport) 
     // Its process learns of its removal (from the boundary's checkpoint) and retires.
     let deadline = Instant::now() + Duration::from_secs(30);
     while !cluster.log(3).contains("removed from the validator set") {
-        assert!(Instant::now() < deadline, "validator 3 never retired:\n{}", cluster.log(3));
+        assert!(
+            Instant::now() < deadline,
+            "validator 3 never retired:\n{}",
+            cluster.log(3)
+        );
         write(&mut client, &mut acknowledged, 5).await;
     }
 
@@ -259,7 +263,4 @@ async fn a_validator_joins_and_one_leaves_losing_no_write(transport: Transport) 
         "{transport:?}: {} writes acknowledged and read back across two epochs (seq {executed})",
         acknowledged.len()
     );
-    cluster.kill(3);
-    let _ = joiner.kill();
-    let _ = joiner.wait();
 }

@@ -222,6 +222,7 @@ impl Replica {
             self.outbox.persist(Record::EpochStarted(change.clone()));
             self.outbox.push(Output::EpochStarted(change.clone()));
         }
+        self.tell_removed(&changes);
         let own = self.signer.keypair().public_key();
         if !change.validators().contains(&own) {
             self.epochs.changes.extend(changes);
@@ -288,6 +289,27 @@ impl Replica {
         // Evidence of the old epoch still convicts its key, if the new set holds it.
         for (evidence, offender) in evidence {
             self.found_evidence(evidence, offender);
+        }
+    }
+
+    /// Sends the change that ends this epoch to the validators it removes: hosts stop
+    /// admitting their keys once the new epoch starts, and one that had not yet seen the
+    /// boundary's checkpoint learns from this that it is out, and retires.
+    fn tell_removed(&mut self, changes: &[EpochChange]) {
+        let Some(first) = changes.first() else {
+            return;
+        };
+        let removed: Vec<PublicKey> = self
+            .validators
+            .public_keys()
+            .filter(|key| !first.validators().contains(key))
+            .collect();
+        if removed.is_empty() {
+            return;
+        }
+        let bytes = Message::EpochChange(first.clone()).encode();
+        for key in removed {
+            self.send(Destination::Outside(key), bytes.clone());
         }
     }
 

@@ -349,12 +349,16 @@ pub fn spawn<A: Application + Send + 'static>(
 /// scheduled whose new validators must reach this set before the boundary).
 fn send<A: Application>(node: &mut Node<A>, router: &Router, now: u64) -> Result<(), NodeError> {
     let transmits = node.flush(now)?;
-    // Before the sends: a message to a validator the change adds finds its link.
-    if let Some((set, newcomers)) = node.members_changed() {
-        router.peers().set_members(set, newcomers);
-    }
-    for transmit in transmits {
-        router.route(transmit);
+    let route = || {
+        for transmit in transmits {
+            router.route(transmit);
+        }
+    };
+    match node.members_changed() {
+        // The round's messages reach both the validators the change adds and those it
+        // removes (the boundary's checkpoint tells them).
+        Some((set, newcomers)) => router.peers().set_members_around(set, newcomers, route),
+        None => route(),
     }
     Ok(())
 }

@@ -229,6 +229,17 @@ impl Drop for Cluster {
     }
 }
 
+/// A process a test started outside the [`Cluster`], killed when the test ends, passed or
+/// not (a panicking test must not leave a node running).
+pub(crate) struct KilledOnDrop(pub(crate) Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// One scrape, as a scraper sees it: empty if the node is down, possibly cut short if the
 /// node is too busy to answer within its timeouts.
 pub(crate) fn scrape(addr: SocketAddr) -> String {
