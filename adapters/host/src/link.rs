@@ -50,6 +50,11 @@ pub async fn link<D: Dial>(
     let mut backoff = FIRST_BACKOFF;
     while !(queue.is_closed() && queue.is_empty()) {
         let Some((mut reader, mut writer)) = dial.dial().await else {
+            // A link whose queue closed (its validator left the set) tries once to deliver
+            // what is left; a peer that is gone does not keep it dialling for good.
+            if queue.is_closed() {
+                return;
+            }
             dial.pause(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
             continue;

@@ -15,7 +15,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use pbft_core::PublicKey;
 
@@ -45,7 +45,7 @@ pub struct Peer {
 pub struct Peers {
     me: PublicKey,
     peer_bytes: usize,
-    state: Mutex<State>,
+    state: RwLock<State>,
     links: flume::Sender<Peer>,
     metrics: Arc<NodeMetrics>,
 }
@@ -59,8 +59,6 @@ struct State {
     members: HashSet<PublicKey>,
     /// Where keys listen: configured, or learned from their connections.
     addresses: HashMap<PublicKey, SocketAddr>,
-    /// Keys whose address the config gives: learning does not replace it.
-    configured: HashSet<PublicKey>,
     /// The queue of the link to each member with a known address.
     queues: HashMap<PublicKey, queue::Sender>,
 }
@@ -83,8 +81,7 @@ impl Peers {
         let peers = Peers {
             me,
             peer_bytes: PEER_QUEUE_BYTES.max(max_frame.saturating_mul(4)),
-            state: Mutex::new(State {
-                configured: addresses.keys().copied().collect(),
+            state: RwLock::new(State {
                 addresses,
                 ..State::default()
             }),
@@ -95,9 +92,14 @@ impl Peers {
         (Arc::new(peers), opened)
     }
 
-    fn state(&self) -> MutexGuard<'_, State> {
+    fn state(&self) -> RwLockWriteGuard<'_, State> {
         // The maps stay consistent whatever panicked while holding them: take them anyway.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every inbound validator frame asks whether its key is a member: readers share.
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Makes `set` (the validators of the node's epoch) and `newcomers` (those a scheduled
@@ -143,7 +145,7 @@ impl Peers {
         send: impl FnOnce(),
     ) {
         let (old_set, old_members) = {
-            let state = self.state();
+            let state = self.read();
             (state.set.clone(), state.members.clone())
         };
         let mut union_set = old_set;
@@ -177,14 +179,16 @@ impl Peers {
     }
 
     /// A member's authenticated connection says it listens at `addr`: a member whose address
-    /// the config does not give is linked to there (a new link replaces one to an older
-    /// address). Anything else is ignored.
+    /// is not known yet is linked to there. The first address learned for a key stays for
+    /// the life of the process (a validator that moves is reached again once its peers
+    /// restart, or through `[[peers]]`): a validator that kept reconnecting from new
+    /// addresses would otherwise leave a link and a full queue behind at each.
     pub fn learn(&self, key: &PublicKey, addr: SocketAddr) {
+        if !self.read().members.contains(key) {
+            return;
+        }
         let mut state = self.state();
-        if !state.members.contains(key)
-            || state.configured.contains(key)
-            || state.addresses.get(key) == Some(&addr)
-        {
+        if state.addresses.contains_key(key) {
             return;
         }
         tracing::info!(%key, %addr, "learned a validator's address");
@@ -198,8 +202,8 @@ impl Peers {
         if *key == self.me {
             return;
         }
-        let state = self.state();
-        match state.queues.get(key) {
+        let queue = self.read().queues.get(key).cloned();
+        match queue {
             Some(queue) => {
                 if queue.try_send(bytes).is_err() {
                     self.metrics.reject("peer_queue_full");
@@ -211,9 +215,17 @@ impl Peers {
 
     /// Puts `bytes` on the link of every other validator of the node's epoch.
     pub fn broadcast(&self, bytes: &[u8]) {
-        let state = self.state();
-        for key in &state.set {
-            match state.queues.get(key) {
+        // The copies are made outside the lock, which inbound frames wait for.
+        let queues: Vec<Option<queue::Sender>> = {
+            let state = self.read();
+            state
+                .set
+                .iter()
+                .map(|key| state.queues.get(key).cloned())
+                .collect()
+        };
+        for queue in queues {
+            match queue {
                 Some(queue) => {
                     if queue.try_send(bytes.to_vec()).is_err() {
                         self.metrics.reject("peer_queue_full");
@@ -226,13 +238,13 @@ impl Peers {
 
     /// The address a member is linked to, if known.
     pub fn address(&self, key: &PublicKey) -> Option<SocketAddr> {
-        self.state().addresses.get(key).copied()
+        self.read().addresses.get(key).copied()
     }
 }
 
 impl Members for Peers {
     fn is_member(&self, key: &PublicKey) -> bool {
-        self.state().members.contains(key)
+        self.read().members.contains(key)
     }
 }
 
@@ -270,6 +282,10 @@ mod tests {
         peers.learn(&key(3), addr(3));
         peers.learn(&key(3), addr(3));
         assert_eq!(links.drain().count(), 1);
+        // Reconnecting from elsewhere moves nothing: no second link, no stranded queue.
+        peers.learn(&key(3), addr(8));
+        assert!(links.is_empty());
+        assert_eq!(peers.address(&key(3)), Some(addr(3)));
         // A configured address is not replaced by what a connection says.
         peers.learn(&key(1), addr(9));
         assert!(links.is_empty());
@@ -309,6 +325,6 @@ mod tests {
 
     /// A fresh receiver is not at hand here: closing is seen through the sender.
     fn opened_queue(peers: &Peers, key: &PublicKey) -> queue::Sender {
-        peers.state().queues.get(key).expect("a queue").clone()
+        peers.read().queues.get(key).expect("a queue").clone()
     }
 }

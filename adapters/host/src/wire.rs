@@ -107,8 +107,14 @@ pub enum ServerFrame {
         /// Why, for a person.
         reason: String,
     },
-    /// The answer to [`ClientFrame::Epochs`]: empty if the node knows no later epoch.
-    Epochs(Vec<EpochChange>),
+    /// The answer to [`ClientFrame::Epochs`]: the changes after epoch `after` (as asked),
+    /// none if the node knows no later epoch.
+    Epochs {
+        /// The `after` of the question this answers.
+        after: u64,
+        /// The changes, oldest first.
+        changes: Vec<EpochChange>,
+    },
 }
 
 /// What a client signs to name `relay` as the connection its replies go through.

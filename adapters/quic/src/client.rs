@@ -382,22 +382,25 @@ impl ClusterClient {
 
     /// Asks every validator for the epoch changes since the one the client follows, checks
     /// each against the set it ends ([`pbft_core::verify_epoch_change`]) and follows them,
-    /// until no validator that answers within `timeout` knows a later epoch. Returns the
-    /// changes it followed, oldest first. A Byzantine validator can hold back changes (the
-    /// others answer too) but not forge one.
-    pub async fn follow_epochs(&mut self, timeout: Duration) -> Vec<EpochChange> {
+    /// until every link answered without a later epoch, or `timeout` passes. An answer counts
+    /// once per link and per question (it echoes the epoch asked after), so a Byzantine
+    /// validator can hold back changes, which the others then give, but neither forge one
+    /// nor end a round early. Returns the changes it followed, oldest first, and how many
+    /// links answered the last question.
+    pub async fn follow_epochs(&mut self, timeout: Duration) -> (Vec<EpochChange>, usize) {
         let mut followed = Vec::new();
         let give_up = tokio::time::Instant::now() + timeout;
+        let mut answered = std::collections::HashSet::new();
         'ask: loop {
-            let after = self.client.validators().epoch();
-            self.session.broadcast(&ClientFrame::Epochs { after });
-            let mut answered = 0;
-            while answered < self.targets.len() {
+            let asked = self.client.validators().epoch();
+            self.session
+                .broadcast(&ClientFrame::Epochs { after: asked });
+            answered.clear();
+            while answered.len() < self.targets.len() {
                 tokio::select! {
                     frame = self.session.recv() => match frame {
-                        Some((_, ServerFrame::Epochs(changes))) => {
-                            answered += 1;
-                            let before = self.client.validators().epoch();
+                        Some((link, ServerFrame::Epochs { after, changes })) if after == asked => {
+                            answered.insert(link);
                             for change in changes {
                                 if change.epoch() == self.client.validators().epoch() + 1
                                     && self.client.enter_epoch(&change).is_ok()
@@ -405,7 +408,7 @@ impl ClusterClient {
                                     followed.push(change);
                                 }
                             }
-                            if self.client.validators().epoch() > before {
+                            if self.client.validators().epoch() > asked {
                                 continue 'ask;
                             }
                         }
@@ -417,7 +420,7 @@ impl ClusterClient {
             }
             break;
         }
-        followed
+        (followed, answered.len())
     }
 
     /// Asks one validator where it is; `None` if it does not answer in time.

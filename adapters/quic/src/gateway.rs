@@ -68,13 +68,20 @@ pub async fn run(
     let links = {
         let (endpoint, driver) = (endpoint.clone(), driver.clone());
         tokio::spawn(async move {
+            // Aborted with this task when the gateway stops.
+            let mut running = tokio::task::JoinSet::new();
             while let Ok(peer) = opened.recv_async().await {
-                let Ok(tls) = transport::client_config(&keypair, peer.key, ALPN_CLIENT) else {
-                    continue;
+                let tls = match transport::client_config(&keypair, peer.key, ALPN_CLIENT) {
+                    Ok(tls) => tls,
+                    Err(err) => {
+                        tracing::error!(key = %peer.key, %err, "no link to a validator");
+                        continue;
+                    }
                 };
                 let inbound = gateway::inbound_for(&driver, peer.key);
                 let connected = driver.metrics().peers_connected.clone();
-                tokio::spawn(link(
+                while running.try_join_next().is_some() {}
+                running.spawn(link(
                     endpoint.clone(),
                     peer.addr,
                     tls,

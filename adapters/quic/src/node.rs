@@ -55,13 +55,21 @@ pub async fn run(
     let links = {
         let (endpoint, metrics) = (endpoint.clone(), driver.metrics().clone());
         tokio::spawn(async move {
+            // Aborted with this task when the node stops.
+            let mut running = tokio::task::JoinSet::new();
             while let Ok(peer) = links.recv_async().await {
-                let Ok(tls) = transport::client_config(&keypair, peer.key, ALPN_PEER) else {
-                    continue;
+                let tls = match transport::client_config(&keypair, peer.key, ALPN_PEER) {
+                    Ok(tls) => tls,
+                    Err(err) => {
+                        tracing::error!(key = %peer.key, %err, "no link to a validator");
+                        continue;
+                    }
                 };
                 let connected = Some(metrics.peers_connected.clone());
                 let (addr, queue) = (peer.addr, peer.queue);
-                tokio::spawn(link(
+                // Links that ended (their validators left) are reaped as new ones start.
+                while running.try_join_next().is_some() {}
+                running.spawn(link(
                     endpoint.clone(),
                     addr,
                     tls,

@@ -117,8 +117,20 @@ pub async fn wait_to_join(
     let mut chain = Vec::new();
     let mut told = None;
     loop {
-        chain.extend(client.follow_epochs(ASK_FOR).await);
+        let (followed, answered) = client.follow_epochs(ASK_FOR).await;
+        chain.extend(followed);
         let set = client.validators();
+        if answered == 0 {
+            // Not "not in the set": nobody said anything (the addresses, the network's
+            // name, or the transport may be wrong; or every validator is down).
+            tracing::warn!(
+                validators = client.targets().len(),
+                "no validator answered; retrying"
+            );
+            told = None;
+            tokio::time::sleep(ASK_FOR).await;
+            continue;
+        }
         if set.id_of(&key).is_some() {
             tracing::info!(
                 epoch = set.epoch(),
@@ -155,7 +167,7 @@ pub async fn status(
     let keypair =
         Keypair::from_seed(&pbft_host::config::random_seed().map_err(TransportError::Io)?);
     let mut client = ClusterClient::connect(transport, network, keypair)?;
-    let followed = client.follow_epochs(timeout).await;
+    let (followed, _) = client.follow_epochs(timeout).await;
     let set = client.validators().clone();
     let mut out = String::new();
     let _ = writeln!(

@@ -174,7 +174,7 @@ async fn write_until(
 }
 
 async fn a_validator_joins_and_one_leaves_losing_no_write(transport: Transport) {
-    let cluster = Cluster::start("reconfiguration-test", transport);
+    let mut cluster = Cluster::start("reconfiguration-test", transport);
     let (fifth, fifth_metrics) = fifth_validator(cluster.dir.path());
     // Started before the change: it waits, asking the validators for epoch changes.
     let _joiner = KilledOnDrop(spawn_fifth(&cluster));
@@ -205,16 +205,20 @@ async fn a_validator_joins_and_one_leaves_losing_no_write(transport: Transport) 
         },
     )
     .await;
+    // It votes: with validator 0 down, a quorum of the five (four) needs it.
+    cluster.kill(0);
     let before = metric_at(fifth_metrics, "pbft_executed_seq");
     write(&mut client, &mut acknowledged, 30).await;
     assert!(
         metric_at(fifth_metrics, "pbft_executed_seq") > before,
         "the fifth validator orders new batches"
     );
+    cluster.spawn(0);
     let log = std::fs::read_to_string(cluster.dir.path().join("node4.log")).unwrap();
     assert!(log.contains("joining"), "{log}");
 
-    // Epoch 1 has five validators; four of them approve removing validator 3.
+    // Epoch 1 has five validators; four of them (a quorum, the fifth's approval needed)
+    // approve removing validator 3.
     let removed = cluster.key(3).public_key();
     let out = governance(
         &cluster,

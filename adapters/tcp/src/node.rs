@@ -46,7 +46,10 @@ pub fn run(
         let listens = Some(config.listen.port());
         let (link_keypair, metrics) = (keypair.clone(), driver.metrics().clone());
         let linking = smol::spawn(async move {
+            // Cancelled with this task when the node stops.
+            let mut running: Vec<smol::Task<()>> = Vec::new();
             while let Ok(peer) = links.recv_async().await {
+                running.retain(|task| !task.is_finished());
                 let identity = Identity {
                     chain,
                     keypair: link_keypair.clone(),
@@ -55,10 +58,9 @@ pub fn run(
                     expected: peer.key,
                 };
                 let gauge = Some(metrics.peers_connected.clone());
-                smol::spawn(link(
+                running.push(smol::spawn(link(
                     peer.addr, identity, peer.queue, max_frame, None, gauge,
-                ))
-                .detach();
+                )));
             }
         });
         let connections = Connections::new(peers, caps);

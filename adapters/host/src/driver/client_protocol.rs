@@ -138,7 +138,7 @@ pub(super) fn handle<A: Application>(
                 .take(MAX_EPOCHS_PER_ANSWER)
                 .cloned()
                 .collect();
-            router.to_client(&from.key, &ServerFrame::Epochs(changes));
+            router.to_client(&from.key, &ServerFrame::Epochs { after, changes });
         }
     }
 }

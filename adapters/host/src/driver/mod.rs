@@ -600,7 +600,9 @@ mod tests {
             match next(&relayed) {
                 ServerFrame::Message(bytes) => reply = Some(bytes),
                 ServerFrame::Status(answer) => status = Some(answer),
-                ServerFrame::Proof(_) | ServerFrame::Refused { .. } | ServerFrame::Epochs(_) => {
+                ServerFrame::Proof(_)
+                | ServerFrame::Refused { .. }
+                | ServerFrame::Epochs { .. } => {
                     panic!("nothing else was asked for")
                 }
             }
