@@ -50,9 +50,10 @@ pub async fn link<D: Dial>(
     let mut backoff = FIRST_BACKOFF;
     while !(queue.is_closed() && queue.is_empty()) {
         let Some((mut reader, mut writer)) = dial.dial().await else {
-            // A link whose queue closed (its validator left the set) tries once to deliver
-            // what is left; a peer that is gone does not keep it dialling for good.
-            if queue.is_closed() {
+            // A link whose queue closed (its validator left the set) tries to deliver what
+            // is left until its backoff reaches the longest (about 3 s of dialling); a peer
+            // that is gone does not keep it dialling for good.
+            if queue.is_closed() && backoff == MAX_BACKOFF {
                 return;
             }
             dial.pause(backoff).await;
@@ -140,5 +141,19 @@ mod tests {
         // Connected once: the queued frame went out, and the link hung up for good.
         assert_eq!(dial.hung_up, [(vec![encode(b"frame", 64).unwrap()], true)]);
         assert_eq!(gauge.get(), 0, "counted while up only");
+
+        // A closed queue whose peer never answers: the link gives up at the longest backoff.
+        let mut gone = Flaky {
+            failures: usize::MAX,
+            pauses: Default::default(),
+            hung_up: Vec::new(),
+        };
+        let (tx, rx) = crate::queue::bounded(4, 1024, None);
+        tx.try_send(b"left".to_vec()).unwrap();
+        tx.close();
+        block_on(link(&mut gone, rx, 64, None, None));
+        let pauses = gone.pauses.lock().unwrap().clone();
+        assert_eq!(pauses.len(), 6, "{pauses:?}");
+        assert!(gone.hung_up.is_empty());
     }
 }

@@ -40,6 +40,9 @@ pub struct Peer {
     pub queue: Frames,
 }
 
+/// The links a transport is to open, as [`Peers::new`] hands them over.
+pub type Links = flume::Receiver<Peer>;
+
 /// The node's peers: see the module doc.
 #[derive(Debug)]
 pub struct Peers {
@@ -75,7 +78,7 @@ impl Peers {
         addresses: impl IntoIterator<Item = (PublicKey, SocketAddr)>,
         max_frame: usize,
         metrics: Arc<NodeMetrics>,
-    ) -> (Arc<Peers>, flume::Receiver<Peer>) {
+    ) -> (Arc<Peers>, Links) {
         let (links, opened) = flume::unbounded();
         let addresses: HashMap<_, _> = addresses.into_iter().collect();
         let peers = Peers {

@@ -19,7 +19,7 @@ use quinn::{Endpoint, VarInt};
 
 use crate::identity::ALPN_CLIENT;
 use crate::node::accept_loop;
-use crate::transport::{self, TransportError, close, link};
+use crate::transport::{self, TransportError, close};
 
 /// Runs the gateway `config` describes until `shutdown` completes (then it stops accepting
 /// and closes every connection with a reason).
@@ -63,36 +63,22 @@ pub async fn run(
     } = gateway::spawn((core, identity), router, metrics)
         .map_err(|err| RunError::Transport(Box::new(err)))?;
     tracing::info!(listen = %config.listen, key = %config.keypair.public_key(), "gateway listening");
-    // A link to each validator of the set the gateway follows, opened as it changes.
+    // A link to each validator of the set the gateway follows, opened as it changes; the
+    // replies to its clients come back on it.
     let keypair = Arc::new(pbft_core::Keypair::from_seed(&config.keypair.seed()));
-    let links = {
-        let (endpoint, driver) = (endpoint.clone(), driver.clone());
-        tokio::spawn(async move {
-            // Aborted with this task when the gateway stops.
-            let mut running = tokio::task::JoinSet::new();
-            while let Ok(peer) = opened.recv_async().await {
-                let tls = match transport::client_config(&keypair, peer.key, ALPN_CLIENT) {
-                    Ok(tls) => tls,
-                    Err(err) => {
-                        tracing::error!(key = %peer.key, %err, "no link to a validator");
-                        continue;
-                    }
-                };
-                let inbound = gateway::inbound_for(&driver, peer.key);
-                let connected = driver.metrics().peers_connected.clone();
-                while running.try_join_next().is_some() {}
-                running.spawn(link(
-                    endpoint.clone(),
-                    peer.addr,
-                    tls,
-                    peer.queue,
-                    max_frame,
-                    Some(inbound),
-                    Some(connected),
-                ));
-            }
-        })
+    let connected = driver.metrics().peers_connected.clone();
+    let inbound = {
+        let driver = driver.clone();
+        move |key| Some(gateway::inbound_for(&driver, key))
     };
+    let links = transport::spawn_links(
+        endpoint.clone(),
+        (keypair, ALPN_CLIENT),
+        opened,
+        max_frame,
+        connected,
+        inbound,
+    );
     let connections = Connections::new(Arc::new(network.validators.clone()), caps);
     let limits = ServeLimits::new(&network.core, max_frame);
     let accept = tokio::spawn(accept_loop(

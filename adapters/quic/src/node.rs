@@ -17,7 +17,7 @@ use pbft_host::start::{Sockets, Started, connection_limits, start};
 use quinn::{Endpoint, Incoming, VarInt};
 
 use crate::identity::ALPN_PEER;
-use crate::transport::{self, Receiving, Sending, TokioTimer, TransportError, close, link, refuse};
+use crate::transport::{self, Receiving, Sending, TokioTimer, TransportError, close, refuse};
 
 /// Runs the validator `config` describes until `shutdown` completes (then it stops
 /// accepting, makes its log durable, and closes every connection with a reason) or the
@@ -50,37 +50,18 @@ pub async fn run(
     };
     tracing::info!(listen = %config.listen, id = me.0, "listening");
     // A link to each peer whose address is known, opened as the set changes; each ends when
-    // its queue closes (the key left, or a new address replaced it).
+    // its queue closes (the key left).
     let keypair = Arc::new(pbft_core::Keypair::from_seed(&config.keypair.seed()));
-    let links = {
-        let (endpoint, metrics) = (endpoint.clone(), driver.metrics().clone());
-        tokio::spawn(async move {
-            // Aborted with this task when the node stops.
-            let mut running = tokio::task::JoinSet::new();
-            while let Ok(peer) = links.recv_async().await {
-                let tls = match transport::client_config(&keypair, peer.key, ALPN_PEER) {
-                    Ok(tls) => tls,
-                    Err(err) => {
-                        tracing::error!(key = %peer.key, %err, "no link to a validator");
-                        continue;
-                    }
-                };
-                let connected = Some(metrics.peers_connected.clone());
-                let (addr, queue) = (peer.addr, peer.queue);
-                // Links that ended (their validators left) are reaped as new ones start.
-                while running.try_join_next().is_some() {}
-                running.spawn(link(
-                    endpoint.clone(),
-                    addr,
-                    tls,
-                    queue,
-                    max_frame,
-                    None,
-                    connected,
-                ));
-            }
-        })
-    };
+    let connected = driver.metrics().peers_connected.clone();
+    let identity = (keypair, ALPN_PEER);
+    let links = transport::spawn_links(
+        endpoint.clone(),
+        identity,
+        links,
+        max_frame,
+        connected,
+        |_| None,
+    );
     let connections = Connections::new(peers.clone(), caps);
     let accept = tokio::spawn(accept_loop(
         endpoint.clone(),

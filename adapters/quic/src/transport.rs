@@ -290,6 +290,43 @@ pub async fn link(
     pbft_host::link::link(dialer, queue, max, inbound, connected).await;
 }
 
+/// Keeps a [`link`] to every peer `opened` hands over (see [`pbft_host::peers::Peers`]),
+/// dialling as `keypair` for `alpn`, until the returned task is aborted (which aborts the
+/// links too). Each link's inbound frames go where `inbound` says for its key (nowhere for
+/// a validator's links: peers answer on their own).
+pub fn spawn_links(
+    endpoint: Endpoint,
+    (keypair, alpn): (Arc<pbft_core::Keypair>, &'static [u8]),
+    opened: pbft_host::peers::Links,
+    max_frame: usize,
+    connected: pbft_host::metrics::Gauge,
+    inbound: impl Fn(PublicKey) -> Option<Inbound> + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut running = tokio::task::JoinSet::new();
+        while let Ok(peer) = opened.recv_async().await {
+            let tls = match client_config(&keypair, peer.key, alpn) {
+                Ok(tls) => tls,
+                Err(err) => {
+                    tracing::error!(key = %peer.key, %err, "no link to a validator");
+                    continue;
+                }
+            };
+            // Links that ended (their validators left) are reaped as new ones start.
+            while running.try_join_next().is_some() {}
+            running.spawn(link(
+                endpoint.clone(),
+                peer.addr,
+                tls,
+                peer.queue,
+                max_frame,
+                inbound(peer.key),
+                Some(connected.clone()),
+            ));
+        }
+    })
+}
+
 /// The key and role a finished handshake admits, with the place it takes, or why it is
 /// refused.
 pub fn admit(

@@ -8,18 +8,17 @@
 //! the time from the first conflicting message a validator saw to the commit of the
 //! evidence; no acknowledged write is lost, and no honest validator is convicted.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use pbft_core::Keypair;
 use pbft_host::config::load_network;
 use pbft_host::kv::OpResult;
-use pbft_host::testnet::free_port;
 use pbft_quic::client::{ClusterClient, Transport};
 
 #[allow(unused_macros)] // Over TCP only, for now.
 mod common;
-use common::{Cluster, KilledOnDrop, get, put, scrape_whole};
+use common::{Cluster, get, metric_at, put, scrape_whole};
 
 const TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -31,48 +30,9 @@ async fn tcp_a_double_signing_validator_is_convicted_and_removed() {
     a_double_signing_validator_is_convicted_and_removed(Transport::Tcp).await;
 }
 
-/// Writes `twin.toml`, validator 0's config with its own data dir, listen and metrics
-/// addresses, and starts `pbft node` on it; returns the process and its listen address.
-fn start_twin(cluster: &Cluster) -> (Child, std::net::SocketAddr) {
-    let dir = cluster.dir.path();
-    let listen = std::net::SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
-    let metrics = format!("127.0.0.1:{}", free_port().unwrap());
-    let config: String = std::fs::read_to_string(dir.join("node0.toml"))
-        .unwrap()
-        .lines()
-        .map(|line| match line.split(" = ").next() {
-            Some("data_dir") => "data_dir = \"twin-data\"".to_string(),
-            Some("listen") => format!("listen = \"{listen}\""),
-            Some("metrics") => format!("metrics = \"{metrics}\""),
-            _ => line.to_string(),
-        })
-        .map(|line| line + "\n")
-        .collect();
-    std::fs::write(dir.join("twin.toml"), config).unwrap();
-    let flag = match cluster.transport {
-        Transport::Quic => "quic",
-        Transport::Tcp => "tcp",
-    };
-    let log = std::fs::File::create(dir.join("twin.log")).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_pbft"))
-        .args(["node", "--config"])
-        .arg(dir.join("twin.toml"))
-        .args(["--transport", flag])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    (child, listen)
-}
-
 /// A metric of validator `index`, from one scrape of its whole exposition.
 fn metric(cluster: &Cluster, index: usize, name: &str) -> f64 {
-    scrape_whole(cluster.testnet.metrics[index])
-        .lines()
-        .find(|line| line.starts_with(name))
-        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0)
+    metric_at(cluster.testnet.metrics[index], name)
 }
 
 /// Writes through `client` until `stop` says so; returns what was acknowledged (a write
@@ -135,8 +95,7 @@ async fn a_double_signing_validator_is_convicted_and_removed(transport: Transpor
     // the copy, as a standby brought up while the original still runs: both go on from the
     // same seq, each proposing its own clients' requests.
     snapshot_validator_0(&cluster);
-    let (twin, twin_addr) = start_twin(&cluster);
-    let _twin = KilledOnDrop(twin);
+    let (_twin, twin_addr, twin_metrics) = cluster.spawn_beside("twin", None, "warn");
     // A client whose link to validator 0 reaches the twin.
     let mut beside = load_network(&cluster.testnet.network).unwrap();
     beside.addresses[0] = twin_addr;
@@ -198,13 +157,7 @@ async fn a_double_signing_validator_is_convicted_and_removed(transport: Transpor
                 .filter(|line| line.starts_with("pbft_messages_rejected_total{"))
                 .map(str::to_string)
                 .collect();
-            let twin_metrics = std::fs::read_to_string(cluster.dir.path().join("twin.toml"))
-                .unwrap()
-                .lines()
-                .find_map(|line| line.strip_prefix("metrics = "))
-                .map(|addr| addr.trim_matches('"').parse().unwrap())
-                .map(scrape_whole)
-                .unwrap_or_default()
+            let twin_metrics = scrape_whole(twin_metrics)
                 .lines()
                 .filter(|l| !l.starts_with('#') && !l.contains("bucket"))
                 .collect::<Vec<_>>()

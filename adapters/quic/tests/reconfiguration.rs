@@ -4,14 +4,12 @@
 //! `pbft validator remove` takes a genesis validator out, and from the next epoch its key is
 //! refused at the handshake. A client writes all along: every acknowledged write reads back.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use pbft_core::Keypair;
 use pbft_host::config::write_key_file;
 use pbft_host::kv::OpResult;
-use pbft_host::testnet::free_port;
 use pbft_quic::client::{ClusterClient, Transport};
 use pbft_quic::identity::ALPN_PEER;
 use pbft_quic::transport::{self, close};
@@ -19,7 +17,7 @@ use pbft_tcp::secure::{Role, initiate};
 
 #[macro_use]
 mod common;
-use common::{Cluster, KilledOnDrop, get, put, scrape_whole};
+use common::{Cluster, get, metric_at, put};
 
 const TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -27,15 +25,6 @@ over_both_transports! {
     quic_a_validator_joins_and_one_leaves_losing_no_write,
     tcp_a_validator_joins_and_one_leaves_losing_no_write
         => a_validator_joins_and_one_leaves_losing_no_write;
-}
-
-/// A metric of the node serving metrics at `addr` (0 if absent or down).
-fn metric_at(addr: std::net::SocketAddr, name: &str) -> u64 {
-    scrape_whole(addr)
-        .lines()
-        .find(|line| line.starts_with(name))
-        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 /// Runs `pbft validator <change...>` against the cluster, approved by the key files of
@@ -65,46 +54,6 @@ fn governance(cluster: &Cluster, change: &[String], approvers: &[&str]) -> Strin
         String::from_utf8_lossy(&output.stderr)
     );
     stdout
-}
-
-/// Writes `node4.key` and `node4.toml`: node 0's config with another key, data dir, listen
-/// address and metrics address. Returns the key and the metrics address.
-fn fifth_validator(dir: &Path) -> (Keypair, std::net::SocketAddr) {
-    let keypair = Keypair::from_seed(&[60; 32]);
-    write_key_file(&dir.join("node4.key"), &keypair).unwrap();
-    let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
-    let listen = format!("127.0.0.1:{}", free_port().unwrap());
-    let config: String = std::fs::read_to_string(dir.join("node0.toml"))
-        .unwrap()
-        .lines()
-        .map(|line| match line.split(" = ").next() {
-            Some("key_file") => "key_file = \"node4.key\"".to_string(),
-            Some("data_dir") => "data_dir = \"node4-data\"".to_string(),
-            Some("listen") => format!("listen = \"{listen}\""),
-            Some("metrics") => format!("metrics = \"{metrics}\""),
-            _ => line.to_string(),
-        })
-        .map(|line| line + "\n")
-        .collect();
-    std::fs::write(dir.join("node4.toml"), config).unwrap();
-    (keypair, metrics)
-}
-
-fn spawn_fifth(cluster: &Cluster) -> Child {
-    let log = std::fs::File::create(cluster.dir.path().join("node4.log")).unwrap();
-    let flag = match cluster.transport {
-        Transport::Quic => "quic",
-        Transport::Tcp => "tcp",
-    };
-    Command::new(env!("CARGO_BIN_EXE_pbft"))
-        .args(["node", "--config"])
-        .arg(cluster.dir.path().join("node4.toml"))
-        .args(["--transport", flag])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap()
 }
 
 /// Writes `count` more keys through `client`, numbered from `acknowledged.len()`.
@@ -175,9 +124,10 @@ async fn write_until(
 
 async fn a_validator_joins_and_one_leaves_losing_no_write(transport: Transport) {
     let mut cluster = Cluster::start("reconfiguration-test", transport);
-    let (fifth, fifth_metrics) = fifth_validator(cluster.dir.path());
+    let fifth = Keypair::from_seed(&[60; 32]);
+    write_key_file(&cluster.dir.path().join("node4.key"), &fifth).unwrap();
     // Started before the change: it waits, asking the validators for epoch changes.
-    let _joiner = KilledOnDrop(spawn_fifth(&cluster));
+    let (_joiner, _, fifth_metrics) = cluster.spawn_beside("node4", Some("node4.key"), "info");
     let mut client = cluster.client(91);
     let mut acknowledged = Vec::new();
     write(&mut client, &mut acknowledged, 20).await;
@@ -201,7 +151,7 @@ async fn a_validator_joins_and_one_leaves_losing_no_write(transport: Transport) 
         "the fifth validator executes with the others",
         || {
             let executed = metric_at(fifth_metrics, "pbft_executed_seq");
-            executed > 0 && executed + 8 >= metric_at(genesis_metrics, "pbft_executed_seq")
+            executed > 0.0 && executed + 8.0 >= metric_at(genesis_metrics, "pbft_executed_seq")
         },
     )
     .await;

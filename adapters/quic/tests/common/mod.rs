@@ -215,6 +215,47 @@ impl Cluster {
         value
     }
 
+    /// Starts one more `pbft node` beside the cluster: `<name>.toml` is validator 0's config
+    /// with the data dir `<name>-data`, fresh listen and metrics addresses and, if given,
+    /// another key file; its log goes to `<name>.log` at `RUST_LOG=log`. Returns the process
+    /// (killed when dropped), its listen and its metrics addresses.
+    pub(crate) fn spawn_beside(
+        &self,
+        name: &str,
+        key_file: Option<&str>,
+        log: &str,
+    ) -> (KilledOnDrop, SocketAddr, SocketAddr) {
+        let dir = self.dir.path();
+        let port = || testnet::free_port().unwrap();
+        let listen = SocketAddr::from(([127, 0, 0, 1], port()));
+        let metrics = SocketAddr::from(([127, 0, 0, 1], port()));
+        let config: String = std::fs::read_to_string(dir.join("node0.toml"))
+            .unwrap()
+            .lines()
+            .map(|line| match (line.split(" = ").next(), key_file) {
+                (Some("key_file"), Some(key_file)) => format!("key_file = \"{key_file}\""),
+                (Some("data_dir"), _) => format!("data_dir = \"{name}-data\""),
+                (Some("listen"), _) => format!("listen = \"{listen}\""),
+                (Some("metrics"), _) => format!("metrics = \"{metrics}\""),
+                _ => line.to_string(),
+            })
+            .map(|line| line + "\n")
+            .collect();
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(&path, config).unwrap();
+        let stderr = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_pbft"))
+            .args(["node", "--config"])
+            .arg(&path)
+            .args(["--transport", self.flag()])
+            .env("RUST_LOG", log)
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        (KilledOnDrop(child), listen, metrics)
+    }
+
     pub(crate) fn log(&self, index: usize) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("node{index}.log")))
             .unwrap_or_default()
@@ -267,6 +308,16 @@ pub(crate) fn scrape_whole(addr: SocketAddr) -> String {
         std::thread::sleep(Duration::from_millis(100));
     }
     String::new()
+}
+
+/// A metric of the node serving metrics at `addr`, from one whole scrape (0 if absent or
+/// down).
+pub(crate) fn metric_at(addr: SocketAddr, name: &str) -> f64 {
+    scrape_whole(addr)
+        .lines()
+        .find(|line| line.starts_with(name))
+        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
 }
 
 pub(crate) fn put(key: &str, value: &str) -> Vec<u8> {
