@@ -211,8 +211,9 @@ pub async fn status(
     for key in set.public_keys().filter(|key| !targets.contains(key)) {
         let _ = writeln!(
             out,
-            "{:<16} in the set, but the config gives no address (add it to [[peers]])",
-            &key.to_string()[..16]
+            "{:<16} in the set, but the config gives no address: add [[peers]] with key = \"{}\" and address = \"host:port\"",
+            &key.to_string()[..16],
+            key
         );
     }
     Ok(out)
