@@ -380,3 +380,50 @@ fn evidence_is_bound_to_its_signatures_in_the_batch_digest() {
     };
     assert_ne!(evidence.digest(&chain()), stripped.digest(&chain()));
 }
+
+/// A double-signing primary whose first proposal for a slot a backup refused: its batch
+/// repeats a request already in flight here (from the primary's other history). The refused
+/// pre-prepare is still the primary's signed statement, so its other proposal for the slot
+/// completes the evidence, whether that one is accepted or refused too.
+#[test]
+fn a_refused_proposal_still_convicts_a_primary_that_signs_another_for_its_slot() {
+    let from = key_of(0);
+    // Accepted later: the second proposal for slot 2 is valid.
+    let mut backup = replica(1);
+    backup
+        .handle_message(NOW, &from, &pre_prepare(0, (0, 1), &batch(&[1])))
+        .unwrap();
+    assert_eq!(
+        backup.handle_message(NOW, &from, &pre_prepare(0, (0, 2), &batch(&[1, 2]))),
+        Err(Error::DuplicateRequest)
+    );
+    assert_eq!(reported(&drain(&mut backup)), 0);
+    backup
+        .handle_message(NOW, &from, &pre_prepare(0, (0, 2), &batch(&[3])))
+        .unwrap();
+    let outputs = drain(&mut backup);
+    assert_eq!(reported(&outputs), 1, "{outputs:?}");
+    let sent = forwarded(&outputs);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].offender(), ReplicaId(0));
+    assert_eq!(
+        pbft_core::verify_evidence(&chain(), &validator_set(4), &sent[0]),
+        Ok(())
+    );
+
+    // Refused too: the second refusal completes it.
+    let mut backup = replica(2);
+    backup
+        .handle_message(NOW, &from, &pre_prepare(0, (0, 1), &batch(&[1])))
+        .unwrap();
+    let _ = backup.handle_message(NOW, &from, &pre_prepare(0, (0, 2), &batch(&[1, 2])));
+    assert_eq!(
+        backup.handle_message(NOW, &from, &pre_prepare(0, (0, 2), &batch(&[1, 3]))),
+        Err(Error::Equivocation(ReplicaId(0)))
+    );
+    assert_eq!(reported(&drain(&mut backup)), 1);
+    // The same refused proposal again costs no check and proves nothing new.
+    let checked = backup.metrics().signatures_verified;
+    let _ = backup.handle_message(NOW, &from, &pre_prepare(0, (0, 2), &batch(&[1, 2])));
+    assert_eq!(backup.metrics().signatures_verified, checked);
+}

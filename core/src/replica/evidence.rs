@@ -27,7 +27,7 @@ use crate::config::ReplicaId;
 use crate::crypto::{Digest, PublicKey, VerifyingKey};
 use crate::error::Error;
 use crate::message::Message;
-use crate::statement::{Evidence, MAX_BATCH_EVIDENCE, Phase};
+use crate::statement::{Evidence, MAX_BATCH_EVIDENCE, Phase, Vote};
 
 /// What one piece of evidence is about: (epoch, offender, phase).
 type Key = (u64, ReplicaId, Phase);
@@ -55,6 +55,10 @@ pub(super) struct EvidencePool {
     /// The view in which `recommitted` holds, and the committed keys this replica, as its
     /// primary, proposed again in it for a peer that did not know they had committed.
     recommitted: (u64, BTreeSet<Key>),
+    /// Pre-prepares of this view or a later one that this replica refused, their primary's
+    /// signature checked, by seq (in the window; one each, the highest view): half of an
+    /// equivocation the primary's other proposal for the slot may complete.
+    refused: BTreeMap<u64, Vote>,
 }
 
 impl EvidencePool {
@@ -117,6 +121,17 @@ impl EvidencePool {
     /// forwarded to all), so it is not lost; a primary keeps it and commits it again.
     pub(super) fn forget_pending(&mut self) {
         self.pending.clear();
+    }
+
+    /// Forgets refused pre-prepares at or below `seq` (the low watermark moved past them).
+    pub(super) fn forget_refused_through(&mut self, seq: u64) {
+        self.refused = self.refused.split_off(&seq.saturating_add(1));
+    }
+
+    /// Whether evidence against `offender` for `phase` in `epoch` is held or committed here.
+    fn holds(&self, epoch: u64, offender: ReplicaId, phase: Phase) -> bool {
+        let key = (epoch, offender, phase);
+        self.pending.contains_key(&key) || self.committed.contains(&key)
     }
 
     /// Records that a batch carrying `evidence` committed.
@@ -215,6 +230,105 @@ impl Replica {
         self.evidence.add(evidence, leaf, deadline, offender);
         self.propose(false);
         Ok(())
+    }
+
+    /// A pre-prepare this replica does not accept (its batch refused, its view over, or a
+    /// view change under way) is still its primary's signed statement. If the slot holds
+    /// another digest the same primary signed for the same view (accepted, prepared, or
+    /// refused earlier), the two are evidence; if not, one of this view or later is kept to
+    /// match the other proposal when it comes. Without this a double-signing primary went
+    /// unconvicted wherever its first proposal was refused (a request in it already in
+    /// flight from its other proposal). Costs at most one signature check per pre-prepare
+    /// in the window, none for a stale one that conflicts with nothing, and none once the
+    /// primary is convicted this epoch.
+    ///
+    /// # Errors
+    ///
+    /// `refusal`; [`Error::Equivocation`] when it completes evidence; the signature's error.
+    pub(super) fn on_unaccepted_proposal(
+        &mut self,
+        vote: Vote,
+        refusal: Error,
+    ) -> Result<(), Error> {
+        let (seq, primary, epoch) = (vote.seq, vote.replica, self.validators.epoch());
+        let floor = self.low.max(self.validators.base().0);
+        let Some(key) = self.validators.key(primary).cloned() else {
+            return Err(refusal);
+        };
+        if vote.phase != Phase::PrePrepare
+            || primary != self.validators.primary(vote.view)
+            || seq <= floor
+            || seq > self.high()
+            || self.evidence.holds(epoch, primary, Phase::PrePrepare)
+        {
+            return Err(refusal);
+        }
+        let slot = self.log.get(&seq);
+        let signed_here = [
+            slot.and_then(|slot| slot.proposal.as_ref()),
+            slot.and_then(|slot| slot.prepared.as_ref().map(|p| &p.proposal)),
+            self.evidence.refused.get(&seq),
+        ];
+        let same_view: Vec<&Vote> = signed_here
+            .into_iter()
+            .flatten()
+            .filter(|first| first.view == vote.view)
+            .collect();
+        let first = same_view
+            .iter()
+            .find(|first| first.digest != vote.digest)
+            .map(|first| (*first).clone());
+        let known = same_view.iter().any(|first| first.digest == vote.digest);
+        if first.is_none() && (known || vote.view < self.view) {
+            return Err(refusal);
+        }
+        self.metrics.signatures_verified += 1;
+        let signed = vote.signed_digest(&self.config.chain_id, epoch);
+        key.verify(&signed, &vote.signature)?;
+        let Some(first) = first else {
+            let refused = &mut self.evidence.refused;
+            if refused.get(&seq).is_none_or(|kept| kept.view < vote.view) {
+                refused.insert(seq, vote);
+            }
+            return Err(refusal);
+        };
+        let evidence = Evidence {
+            epoch,
+            first,
+            second: vote,
+        };
+        self.found_evidence(evidence, key.public_key());
+        Err(Error::Equivocation(primary))
+    }
+
+    /// After accepting the pre-prepare `vote` (its signature checked): evidence if this
+    /// replica refused another digest its primary signed for the same slot and view.
+    pub(super) fn match_refused_proposal(&mut self, vote: &Vote) {
+        let Some(first) = self
+            .evidence
+            .refused
+            .get(&vote.seq)
+            .filter(|first| first.view == vote.view && first.digest != vote.digest)
+            .cloned()
+        else {
+            return;
+        };
+        let epoch = self.validators.epoch();
+        if let Some(key) = self
+            .validators
+            .key(vote.replica)
+            .map(VerifyingKey::public_key)
+        {
+            let second = vote.clone();
+            self.found_evidence(
+                Evidence {
+                    epoch,
+                    first,
+                    second,
+                },
+                key,
+            );
+        }
     }
 
     /// The evidence for the next batch: pending, against a key still punishable, and in no

@@ -21,7 +21,7 @@ use crate::error::Error;
 use crate::merkle;
 use crate::message::Message;
 use crate::metrics::Metrics;
-use crate::statement::{Batch, MAX_BATCH_EVIDENCE, Phase, PrePrepare, Request};
+use crate::statement::{Batch, MAX_BATCH_EVIDENCE, Phase, PrePrepare, Request, Vote};
 
 /// A client request a backup holds while it waits for the primary to order it.
 #[derive(Debug)]
@@ -497,6 +497,34 @@ impl Replica {
                 Ok(())
             }
         }
+    }
+
+    /// Checks a proposed batch before any signature: its limits, that its requests hash to
+    /// the digest `vote` signs, and that none is in it twice or already in flight here (an
+    /// honest primary proposes a request once). Returns its leaves.
+    ///
+    /// # Errors
+    ///
+    /// [`Replica::check_batch_limits`]'s, [`Error::BatchDigestMismatch`] and
+    /// [`Error::DuplicateRequest`].
+    pub(super) fn check_proposed_batch(
+        &self,
+        vote: &Vote,
+        batch: &Batch,
+    ) -> Result<Vec<Digest>, Error> {
+        self.check_batch_limits(batch)?;
+        let leaves = batch.leaves(&self.config.chain_id);
+        if merkle::root(&leaves) != vote.digest {
+            return Err(Error::BatchDigestMismatch);
+        }
+        let mut unique = BTreeSet::new();
+        if leaves
+            .iter()
+            .any(|leaf| !unique.insert(*leaf) || self.intake.is_in_flight(leaf))
+        {
+            return Err(Error::DuplicateRequest);
+        }
+        Ok(leaves)
     }
 
     /// Checks a proposed batch against the config's limits before anything hashes it.

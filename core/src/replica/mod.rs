@@ -37,13 +37,12 @@ pub use governance::JoinError;
 pub use output::{Delivery, Destination, Install, Output, Record};
 pub use restore::{CheckpointState, ExecutedState};
 
-use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
+use alloc::collections::{BTreeMap, VecDeque};
 
 use crate::certificate::{CommitPath, Committed};
 use crate::config::{Config, ConfigError, ReplicaId, ValidatorSet};
 use crate::crypto::{Keypair, PublicKey};
 use crate::error::Error;
-use crate::merkle;
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::new_view::NewView;
@@ -368,18 +367,11 @@ impl Replica {
                 return self.report(seq, first, vote);
             }
         }
-        self.check_batch_limits(&batch)?;
-        let leaves = batch.leaves(&self.config.chain_id);
-        if merkle::root(&leaves) != vote.digest {
-            return Err(Error::BatchDigestMismatch);
-        }
-        let mut unique = BTreeSet::new();
-        if leaves
-            .iter()
-            .any(|leaf| !unique.insert(*leaf) || self.intake.is_in_flight(leaf))
-        {
-            return Err(Error::DuplicateRequest);
-        }
+        let leaves = match self.check_proposed_batch(&vote, &batch) {
+            Ok(leaves) => leaves,
+            // Refused, yet still the primary's statement: kept to match a conflicting one.
+            Err(err) => return self.on_unaccepted_proposal(vote, err),
+        };
         // One batch check for the primary's signature and every client's not verified here
         // on arrival.
         self.verify_proposal((&primary_key, &signed, &vote.signature), &batch, &leaves)?;
@@ -393,6 +385,7 @@ impl Replica {
             let accepted = Record::Accepted(vote.clone(), batch);
             self.cast_after(Phase::Prepare, seq, vote.digest, Some(accepted));
         }
+        self.match_refused_proposal(&vote);
         self.timers.start_waiting();
         self.advance(seq);
         Ok(())

@@ -4,6 +4,7 @@
 //! into the archive of committed batches.
 
 use alloc::vec::Vec;
+use core::cmp::Ordering;
 
 use super::Mode;
 use super::Replica;
@@ -28,14 +29,20 @@ impl Replica {
             Message::Vote(vote) => (vote.view, vote.seq),
             _ => return Err(Error::UnexpectedMessage(message.kind())),
         };
-        if view == self.view && self.mode != Mode::Normal {
-            return Err(Error::ViewChanging);
-        }
-        if view < self.view {
-            return Err(Error::StaleView {
+        let refusal = match view.cmp(&self.view) {
+            Ordering::Equal if self.mode != Mode::Normal => Some(Error::ViewChanging),
+            Ordering::Less => Some(Error::StaleView {
                 got: view,
                 current: self.view,
-            });
+            }),
+            _ => None,
+        };
+        if let Some(refusal) = refusal {
+            // Not ordered here, yet maybe half of its primary's equivocation.
+            return match message {
+                Message::PrePrepare(p) => self.on_unaccepted_proposal(p.vote, refusal),
+                _ => Err(refusal),
+            };
         }
         if view > self.view {
             return Err(Error::FutureView {
@@ -105,6 +112,7 @@ impl Replica {
         self.checkpoints
             .prune((target, base), self.timers.now(), idle);
         self.signer.forget_through(target);
+        self.evidence.forget_refused_through(target);
         self.kept.retain(|&seq, _| seq > target);
         self.low = target;
         self.replay_ahead();
