@@ -55,10 +55,12 @@ pub(super) struct EvidencePool {
     /// The view in which `recommitted` holds, and the committed keys this replica, as its
     /// primary, proposed again in it for a peer that did not know they had committed.
     recommitted: (u64, BTreeSet<Key>),
-    /// Pre-prepares of this view or a later one that this replica refused, their primary's
-    /// signature checked, by seq (in the window; one each, the highest view): half of an
-    /// equivocation the primary's other proposal for the slot may complete.
-    refused: BTreeMap<u64, Vote>,
+    /// Pre-prepares of the current view that this replica refused, their primary's
+    /// signature checked, by (seq, view): half of an equivocation the primary's other
+    /// proposal for the slot may complete. Seqs in the window only, the two highest views of
+    /// each (so a later view's refusal cannot evict the one an earlier primary's stale
+    /// proposal would complete).
+    refused: BTreeMap<(u64, u64), Vote>,
 }
 
 impl EvidencePool {
@@ -125,7 +127,28 @@ impl EvidencePool {
 
     /// Forgets refused pre-prepares at or below `seq` (the low watermark moved past them).
     pub(super) fn forget_refused_through(&mut self, seq: u64) {
-        self.refused = self.refused.split_off(&seq.saturating_add(1));
+        self.refused = self.refused.split_off(&(seq.saturating_add(1), 0));
+    }
+
+    /// Keeps a refused pre-prepare: at most two views per seq, the highest.
+    fn keep_refused(&mut self, vote: Vote) {
+        let seq = vote.seq;
+        self.refused.entry((seq, vote.view)).or_insert(vote);
+        let views: Vec<u64> = self
+            .refused
+            .range((seq, 0)..=(seq, u64::MAX))
+            .map(|(&(_, view), _)| view)
+            .collect();
+        if let Some(&lowest) = views.first()
+            && views.len() > 2
+        {
+            self.refused.remove(&(seq, lowest));
+        }
+    }
+
+    /// Refused pre-prepares held (for the memory accounting).
+    pub(super) fn refused_len(&self) -> usize {
+        self.refused.len()
     }
 
     /// Whether evidence against `offender` for `phase` in `epoch` is held or committed here.
@@ -235,31 +258,44 @@ impl Replica {
     /// A pre-prepare this replica does not accept (its batch refused, its view over, or a
     /// view change under way) is still its primary's signed statement. If the slot holds
     /// another digest the same primary signed for the same view (accepted, prepared, or
-    /// refused earlier), the two are evidence; if not, one of this view or later is kept to
+    /// refused earlier), the two are evidence; if not, one of the current view is kept to
     /// match the other proposal when it comes. Without this a double-signing primary went
     /// unconvicted wherever its first proposal was refused (a request in it already in
-    /// flight from its other proposal). Costs at most one signature check per pre-prepare
-    /// in the window, none for a stale one that conflicts with nothing, and none once the
-    /// primary is convicted this epoch.
+    /// flight from its other proposal).
+    ///
+    /// Costs at most one signature check per such message from `from` (any validator may
+    /// relay a primary's proposal): none for a stale one that conflicts with nothing, none
+    /// once the primary is convicted this epoch or can no longer be punished, and one that
+    /// fails is charged to `from`'s share of checks, as failed evidence is.
+    ///
+    /// Not matched: the refused half is not forwarded (a peer may have accepted the other),
+    /// a slot whose QC arrived first, and a proposal refused for a client signature.
     ///
     /// # Errors
     ///
     /// `refusal`; [`Error::Equivocation`] when it completes evidence; the signature's error.
     pub(super) fn on_unaccepted_proposal(
         &mut self,
+        from: &PublicKey,
         vote: Vote,
         refusal: Error,
     ) -> Result<(), Error> {
         let (seq, primary, epoch) = (vote.seq, vote.replica, self.validators.epoch());
         let floor = self.low.max(self.validators.base().0);
-        let Some(key) = self.validators.key(primary).cloned() else {
+        let (Some(key), Some(peer)) = (
+            self.validators.key(primary).cloned(),
+            self.validators.id_of(from),
+        ) else {
             return Err(refusal);
         };
+        let now = self.timers.now();
         if vote.phase != Phase::PrePrepare
             || primary != self.validators.primary(vote.view)
             || seq <= floor
             || seq > self.high()
             || self.evidence.holds(epoch, primary, Phase::PrePrepare)
+            || !self.punishable(&key.public_key())
+            || !self.budget.allows(peer, now)
         {
             return Err(refusal);
         }
@@ -267,7 +303,7 @@ impl Replica {
         let signed_here = [
             slot.and_then(|slot| slot.proposal.as_ref()),
             slot.and_then(|slot| slot.prepared.as_ref().map(|p| &p.proposal)),
-            self.evidence.refused.get(&seq),
+            self.evidence.refused.get(&(seq, vote.view)),
         ];
         let same_view: Vec<&Vote> = signed_here
             .into_iter()
@@ -284,12 +320,12 @@ impl Replica {
         }
         self.metrics.signatures_verified += 1;
         let signed = vote.signed_digest(&self.config.chain_id, epoch);
-        key.verify(&signed, &vote.signature)?;
+        if let Err(err) = key.verify(&signed, &vote.signature) {
+            self.budget.charge(peer, 1, now);
+            return Err(err.into());
+        }
         let Some(first) = first else {
-            let refused = &mut self.evidence.refused;
-            if refused.get(&seq).is_none_or(|kept| kept.view < vote.view) {
-                refused.insert(seq, vote);
-            }
+            self.evidence.keep_refused(vote);
             return Err(refusal);
         };
         let evidence = Evidence {
@@ -301,14 +337,15 @@ impl Replica {
         Err(Error::Equivocation(primary))
     }
 
-    /// After accepting the pre-prepare `vote` (its signature checked): evidence if this
-    /// replica refused another digest its primary signed for the same slot and view.
+    /// After accepting the pre-prepare `vote` (its signature checked, or a new view's
+    /// re-proposal): evidence if this replica refused another digest its primary signed for
+    /// the same slot and view.
     pub(super) fn match_refused_proposal(&mut self, vote: &Vote) {
         let Some(first) = self
             .evidence
             .refused
-            .get(&vote.seq)
-            .filter(|first| first.view == vote.view && first.digest != vote.digest)
+            .get(&(vote.seq, vote.view))
+            .filter(|first| first.digest != vote.digest)
             .cloned()
         else {
             return;

@@ -141,8 +141,8 @@ impl Replica {
     }
 
     /// Entries held for the network (slots, votes, archived batches, buffered, pending and
-    /// watched messages, view changes, checkpoint votes, signed votes, snapshots, remembered
-    /// clients), to check that memory stays within the config's bounds.
+    /// watched messages, view changes, checkpoint votes, signed votes, snapshots, refused
+    /// proposals, remembered clients), to check that memory stays within the config's bounds.
     pub fn memory_footprint(&self) -> usize {
         self.log.len()
             + self.log.values().map(Slot::vote_count).sum::<usize>()
@@ -154,6 +154,7 @@ impl Replica {
             + self.checkpoints.footprint()
             + self.signer.len()
             + self.kept.len()
+            + self.evidence.refused_len()
     }
 
     /// The most entries [`Replica::memory_footprint`] may count under this replica's config,
@@ -163,7 +164,7 @@ impl Replica {
     /// change per validator, checkpoint votes and reports, own checkpoints and snapshots (held,
     /// or awaited from the host with the quorum's digest kept for each) for every checkpoint
     /// in reach, the votes it signed (three phases per slot), a kept batch per
-    /// seq of the window, and the client table.
+    /// seq of the window, two refused proposals per seq of it, and the client table.
     pub fn memory_bound(&self) -> usize {
         let config = &self.config;
         let n = self.validators.len();
@@ -178,6 +179,7 @@ impl Replica {
             + checkpoints * (2 * n + 4)
             + 3 * 2 * window
             + window
+            + 2 * window
             + config.max_clients
     }
 }

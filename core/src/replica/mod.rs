@@ -315,7 +315,7 @@ impl Replica {
         }
     }
 
-    fn on_pre_prepare(&mut self, pre_prepare: PrePrepare) -> Result<(), Error> {
+    fn on_pre_prepare(&mut self, from: &PublicKey, pre_prepare: PrePrepare) -> Result<(), Error> {
         let PrePrepare { vote, batch } = pre_prepare;
         if vote.phase != Phase::PrePrepare {
             return Err(Error::UnexpectedMessage("pre-prepare with another phase"));
@@ -370,7 +370,7 @@ impl Replica {
         let leaves = match self.check_proposed_batch(&vote, &batch) {
             Ok(leaves) => leaves,
             // Refused, yet still the primary's statement: kept to match a conflicting one.
-            Err(err) => return self.on_unaccepted_proposal(vote, err),
+            Err(err) => return self.on_unaccepted_proposal(from, vote, err),
         };
         // One batch check for the primary's signature and every client's not verified here
         // on arrival.

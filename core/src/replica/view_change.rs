@@ -483,6 +483,7 @@ impl Replica {
                 .entry(seq)
                 .or_default()
                 .repropose(&chain, proposal.clone(), batch);
+            self.match_refused_proposal(proposal);
             reproposed.push((seq, proposal.digest));
         }
         self.next_seq = max_s.max(self.last_delivered) + 1;

@@ -40,7 +40,7 @@ impl Replica {
         if let Some(refusal) = refusal {
             // Not ordered here, yet maybe half of its primary's equivocation.
             return match message {
-                Message::PrePrepare(p) => self.on_unaccepted_proposal(p.vote, refusal),
+                Message::PrePrepare(p) => self.on_unaccepted_proposal(from, p.vote, refusal),
                 _ => Err(refusal),
             };
         }
@@ -68,7 +68,7 @@ impl Replica {
             return Ok(());
         }
         match message {
-            Message::PrePrepare(pre_prepare) => self.on_pre_prepare(pre_prepare),
+            Message::PrePrepare(pre_prepare) => self.on_pre_prepare(from, pre_prepare),
             Message::Vote(vote) => self.on_vote(vote),
             _ => Err(Error::UnexpectedMessage(message.kind())),
         }
