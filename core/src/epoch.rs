@@ -42,6 +42,9 @@ pub struct NextEpoch {
     /// The next epoch's validators, in id order: the current order with removed keys taken
     /// out, added ones appended, and a rotated key's replacement in its place.
     pub validators: Vec<PublicKey>,
+    /// The gateways whose attestations the next epoch takes ([`crate::SetChange::AddGateway`];
+    /// empty in an end-to-end network).
+    pub gateways: Vec<PublicKey>,
 }
 
 /// The validator set as part of the replicated state at a checkpoint: the epoch the
@@ -74,6 +77,10 @@ impl EpochState {
                     .u64(next.boundary)
                     .u64(next.validators.len() as u64);
                 for key in &next.validators {
+                    hasher.bytes(&key.0);
+                }
+                hasher.u64(next.gateways.len() as u64);
+                for key in &next.gateways {
                     hasher.bytes(&key.0);
                 }
             }
@@ -118,6 +125,11 @@ impl EpochChange {
     /// The new epoch's validator keys, in id order.
     pub fn validators(&self) -> &[PublicKey] {
         self.state.next.as_ref().map_or(&[], |n| &n.validators)
+    }
+
+    /// The gateways whose attestations the new epoch takes.
+    pub fn gateways(&self) -> &[PublicKey] {
+        self.state.next.as_ref().map_or(&[], |n| &n.gateways)
     }
 
     /// The new epoch's checked set.

@@ -31,7 +31,7 @@ pub const RECONFIGURATION_TAG: &[u8] = b"\0pbft/reconfigure\0";
 /// Most changes one reconfiguration makes.
 pub const MAX_SET_CHANGES: usize = 16;
 
-/// One change of the validator set.
+/// One change of the validator set, or of the gateways whose attestations it takes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SetChange {
     /// A new validator, appended to the set (its id is the next free position).
@@ -46,6 +46,22 @@ pub enum SetChange {
         /// The key that takes its place.
         new: PublicKey,
     },
+    /// A gateway whose attestations validators take from the boundary on (gateway-attested
+    /// networks only, [`crate::Config::attesting_gateways`] at genesis).
+    AddGateway(PublicKey),
+    /// A gateway whose attestations validators refuse from the boundary on
+    /// ([`crate::Error::UnknownGateway`]); the last one cannot be removed.
+    RemoveGateway(PublicKey),
+}
+
+/// Who an epoch admits: its validators in id order, and the gateways whose attestations it
+/// takes (in the order they were added).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Members {
+    /// The validators' keys.
+    pub(crate) validators: Vec<PublicKey>,
+    /// The attesting gateways' keys.
+    pub(crate) gateways: Vec<PublicKey>,
 }
 
 /// A signature of one governor (a validator, or an operator key) on a reconfiguration.
@@ -136,6 +152,19 @@ pub enum Misfit {
     /// Removing it would leave no validator.
     #[error("the set would be empty")]
     EmptySet,
+    /// The gateway to add attests already.
+    #[error("the gateway attests already")]
+    AlreadyGateway,
+    /// The gateway to remove is not one that attests.
+    #[error("the key is not an attesting gateway")]
+    NotGateway,
+    /// Removing it would leave no attesting gateway.
+    #[error("no attesting gateway would be left")]
+    NoGateway,
+    /// The network is end to end: clients sign their own requests and no gateway attests
+    /// (its config lists no `attesting_gateways`, and that is part of its chain id).
+    #[error("the network is end to end: no gateway attests")]
+    EndToEnd,
 }
 
 /// What a committed reconfiguration decided: the result in its reply
@@ -187,6 +216,8 @@ pub fn approval_digest(
             SetChange::Add(key) => hasher.u64(0).bytes(&key.0),
             SetChange::Remove(key) => hasher.u64(1).bytes(&key.0),
             SetChange::Rotate { old, new } => hasher.u64(2).bytes(&old.0).bytes(&new.0),
+            SetChange::AddGateway(key) => hasher.u64(3).bytes(&key.0),
+            SetChange::RemoveGateway(key) => hasher.u64(4).bytes(&key.0),
         };
     }
     hasher.finish()
@@ -223,11 +254,12 @@ impl Reconfiguration {
         Some(crate::envelope::decode(body, usize::MAX).map_err(|_| Refusal::Malformed))
     }
 
-    /// Decides the reconfiguration `request` carries, committed in the epoch of `set`, under
-    /// `config` (its chain and governors: empty is the default rule, a quorum of `set`
-    /// approves; otherwise a strict majority of them). Approvals are checked first, in order
-    /// up to the threshold; the first that does not verify ends the check. Then the changes
-    /// must fit `set` in order, and the set they lead to must be one `config` runs
+    /// Decides the reconfiguration `request` carries, committed in the epoch of `set` whose
+    /// attesting gateways are `gateways`, under `config` (its chain and governors: empty is
+    /// the default rule, a quorum of `set` approves; otherwise a strict majority of them).
+    /// Approvals are checked first, in order up to the threshold; the first that does not
+    /// verify ends the check. Then the changes must fit `set` and `gateways` in order, and the
+    /// set they lead to must be one `config` runs
     /// ([`Config::validate_for`]) and keep f + 1 of `set`'s validators (f of the new set, the
     /// bound the network relies on past the boundary), so at least one honest validator that
     /// holds the state stays to hand it to the new ones.
@@ -240,18 +272,26 @@ impl Reconfiguration {
         config: &Config,
         request: &Request,
         set: &ValidatorSet,
+        gateways: &[PublicKey],
     ) -> Result<(), Refusal> {
-        self.decide_counting(config, request, set, &mut 0)
+        let members = Members {
+            validators: set.public_keys().collect(),
+            gateways: gateways.to_vec(),
+        };
+        self.decide_counting(config, request, (set, &members), &mut 0)
+            .map(|_| ())
     }
 
     /// [`Reconfiguration::decide`], adding the signatures it checks to `checked`.
+    /// `members` are the epoch's (`set`'s keys and its gateways); returns those the changes
+    /// lead to.
     pub(crate) fn decide_counting(
         &self,
         config: &Config,
         request: &Request,
-        set: &ValidatorSet,
+        (set, members): (&ValidatorSet, &Members),
         checked: &mut u64,
-    ) -> Result<(), Refusal> {
+    ) -> Result<Members, Refusal> {
         if self.epoch != set.epoch() {
             return Err(Refusal::WrongEpoch {
                 approved: self.epoch,
@@ -310,15 +350,16 @@ impl Reconfiguration {
             });
         }
         // Only an authorized change pays for building the set it leads to.
-        let after = self.check_changes(set)?;
-        fits(config, set, &after)
+        let after = self.check_changes(config, members)?;
+        fits(config, set, &after)?;
+        Ok(after)
     }
 
-    /// Each change must fit the set as the ones before it leave it (checked against the
-    /// epoch's set, not the one scheduled, so the decision depends on the committed request
-    /// and the epoch alone). Returns the keys they lead to.
-    fn check_changes(&self, set: &ValidatorSet) -> Result<Vec<PublicKey>, Refusal> {
-        let mut keys: Vec<PublicKey> = set.public_keys().collect();
+    /// Each change must fit the members as the ones before it leave them (checked against
+    /// the epoch's, not the ones scheduled, so the decision depends on the committed request
+    /// and the epoch alone). Returns the members they lead to.
+    fn check_changes(&self, config: &Config, members: &Members) -> Result<Members, Refusal> {
+        let mut after = members.clone();
         let mut touched: Vec<PublicKey> = Vec::new();
         for (index, change) in self.changes.iter().enumerate() {
             let invalid = |why| Refusal::Invalid {
@@ -326,58 +367,84 @@ impl Reconfiguration {
                 why,
             };
             let named: &[PublicKey] = match change {
-                SetChange::Add(key) | SetChange::Remove(key) => core::slice::from_ref(key),
+                SetChange::Add(key)
+                | SetChange::Remove(key)
+                | SetChange::AddGateway(key)
+                | SetChange::RemoveGateway(key) => core::slice::from_ref(key),
                 SetChange::Rotate { old, new } => &[*old, *new],
             };
             if named.iter().any(|key| touched.contains(key)) {
                 return Err(invalid(Misfit::ChangedTwice));
             }
             touched.extend_from_slice(named);
+            let (validators, gateways) = (&after.validators, &after.gateways);
+            let gateway_change = matches!(
+                change,
+                SetChange::AddGateway(_) | SetChange::RemoveGateway(_)
+            );
             match change {
-                SetChange::Add(key) | SetChange::Rotate { new: key, .. }
+                // Whether requests are attested is part of the chain id: governance changes
+                // who attests, never whether anyone does.
+                _ if gateway_change && config.attesting_gateways.is_empty() => {
+                    return Err(invalid(Misfit::EndToEnd));
+                }
+                SetChange::Add(key)
+                | SetChange::Rotate { new: key, .. }
+                | SetChange::AddGateway(key)
                     if key.verifying_key().is_err() =>
                 {
                     return Err(invalid(Misfit::InvalidKey));
                 }
-                SetChange::Add(key) | SetChange::Rotate { new: key, .. } if keys.contains(key) => {
+                SetChange::Add(key) | SetChange::Rotate { new: key, .. }
+                    if validators.contains(key) =>
+                {
                     return Err(invalid(Misfit::AlreadyValidator));
                 }
                 SetChange::Remove(key) | SetChange::Rotate { old: key, .. }
-                    if !keys.contains(key) =>
+                    if !validators.contains(key) =>
                 {
                     return Err(invalid(Misfit::NotValidator));
                 }
-                SetChange::Remove(_) if keys.len() == 1 => {
+                SetChange::Remove(_) if validators.len() == 1 => {
                     return Err(invalid(Misfit::EmptySet));
+                }
+                SetChange::AddGateway(key) if gateways.contains(key) => {
+                    return Err(invalid(Misfit::AlreadyGateway));
+                }
+                SetChange::RemoveGateway(key) if !gateways.contains(key) => {
+                    return Err(invalid(Misfit::NotGateway));
+                }
+                SetChange::RemoveGateway(_) if gateways.len() == 1 => {
+                    return Err(invalid(Misfit::NoGateway));
                 }
                 _ => {}
             }
-            apply(&mut keys, change);
+            apply(&mut after, change);
         }
-        Ok(keys)
+        Ok(after)
     }
 }
 
-/// Whether `after`, the keys a change of `set` leads to, is a set `config` runs that keeps
-/// f + 1 of `set`'s validators (f of `after`).
+/// Whether `after`, the members a change of `set` leads to, is a set `config` runs (no key
+/// both a validator and a gateway) that keeps f + 1 of `set`'s validators (f of `after`'s).
 ///
 /// # Errors
 ///
 /// [`Refusal::Unrunnable`] or [`Refusal::TooFewRemain`].
-pub(crate) fn fits(
-    config: &Config,
-    set: &ValidatorSet,
-    after: &[PublicKey],
-) -> Result<(), Refusal> {
-    let runs = ValidatorSet::new(set.epoch() + 1, after)
+pub(crate) fn fits(config: &Config, set: &ValidatorSet, after: &Members) -> Result<(), Refusal> {
+    let validators = &after.validators;
+    let runs = ValidatorSet::new(set.epoch() + 1, validators)
         .is_ok_and(|next| config.validate_for(&next).is_ok());
-    if !runs {
+    if !runs || after.gateways.iter().any(|key| validators.contains(key)) {
         return Err(Refusal::Unrunnable);
     }
-    let remain = after.iter().filter(|key| set.id_of(key).is_some()).count();
+    let remain = validators
+        .iter()
+        .filter(|key| set.id_of(key).is_some())
+        .count();
     // The new set's bound: past the boundary it is the one the network relies on (a
     // faulty validator that stays counts against it).
-    let needed = ValidatorSet::max_faulty_of(after.len()) + 1;
+    let needed = ValidatorSet::max_faulty_of(validators.len()) + 1;
     if remain < needed {
         return Err(Refusal::TooFewRemain {
             remain: remain as u32,
@@ -387,10 +454,11 @@ pub(crate) fn fits(
     Ok(())
 }
 
-/// Applies `change` to a set's keys in id order, as far as it fits them (a change that no
-/// longer fits, because a conviction or an earlier change of the same epoch got there first,
-/// changes nothing; the set is never emptied).
-pub(crate) fn apply(keys: &mut Vec<PublicKey>, change: &SetChange) {
+/// Applies `change` to members as far as it fits them (a change that no longer fits,
+/// because a conviction or an earlier change of the same epoch got there first, changes
+/// nothing; neither the set nor the gateways are ever emptied).
+pub(crate) fn apply(members: &mut Members, change: &SetChange) {
+    let (keys, gateways) = (&mut members.validators, &mut members.gateways);
     match change {
         SetChange::Add(key) => {
             if !keys.contains(key) {
@@ -407,6 +475,16 @@ pub(crate) fn apply(keys: &mut Vec<PublicKey>, change: &SetChange) {
                 && let Some(slot) = keys.iter_mut().find(|k| *k == old)
             {
                 *slot = *new;
+            }
+        }
+        SetChange::AddGateway(key) => {
+            if !gateways.contains(key) {
+                gateways.push(*key);
+            }
+        }
+        SetChange::RemoveGateway(key) => {
+            if gateways.len() > 1 {
+                gateways.retain(|k| k != key);
             }
         }
     }
@@ -455,7 +533,7 @@ mod tests {
         config.governors = governors;
         let decide = |approvers: &[u64]| {
             let (request, reconfiguration) = request(add.clone(), approvers);
-            reconfiguration.decide(&config, &request, &set(4))
+            reconfiguration.decide(&config, &request, &set(4), &[])
         };
         assert_eq!(decide(&[10, 12]), Ok(()));
         let short = Err(Refusal::NotAuthorized {
@@ -475,7 +553,7 @@ mod tests {
         config.attesting_gateways = vec![gateway];
         let decide = |changes: Vec<SetChange>| {
             let (request, reconfiguration) = request(changes, &[0, 1, 2]);
-            reconfiguration.decide(&config, &request, &set(4))
+            reconfiguration.decide(&config, &request, &set(4), &[gateway])
         };
         let (k, new) = (key(1).public_key(), key(9).public_key());
         let rotate = SetChange::Rotate { old: k, new };
@@ -518,7 +596,11 @@ mod tests {
         let (request, mut junk) = request(vec![SetChange::Add(new)], &[0, 1, 2]);
         junk.approvals[0].signature = Signature([7; 64]);
         let mut checked = 0;
-        let refused = junk.decide_counting(&config, &request, &set(4), &mut checked);
+        let members = Members {
+            validators: set(4).public_keys().collect(),
+            gateways: vec![gateway],
+        };
+        let refused = junk.decide_counting(&config, &request, (&set(4), &members), &mut checked);
         assert_eq!(
             refused,
             Err(Refusal::NotAuthorized {
@@ -527,11 +609,63 @@ mod tests {
             })
         );
         assert_eq!(checked, 1);
-        let mut keys: Vec<PublicKey> = set(4).public_keys().collect();
-        apply(&mut keys, &SetChange::Rotate { old: k, new });
-        apply(&mut keys, &SetChange::Add(new));
-        assert_eq!(keys[1], new, "a rotated key keeps its id");
-        assert_eq!(keys.len(), 4, "adding a member changes nothing");
+        let mut after = members.clone();
+        apply(&mut after, &SetChange::Rotate { old: k, new });
+        apply(&mut after, &SetChange::Add(new));
+        assert_eq!(after.validators[1], new, "a rotated key keeps its id");
+        assert_eq!(after.validators.len(), 4, "adding a member changes nothing");
+    }
+
+    #[test]
+    fn gateway_changes_fit_the_epochs_gateways_and_only_an_attested_network_makes_them() {
+        let invalid = |index, why| Err(Refusal::Invalid { index, why });
+        let (first, second) = (key(50).public_key(), key(51).public_key());
+        let mut config = Config::new(chain());
+        config.attesting_gateways = vec![first];
+        let decide = |config: &Config, gateways: &[PublicKey], changes: Vec<SetChange>| {
+            let (request, reconfiguration) = request(changes, &[0, 1, 2]);
+            reconfiguration.decide(config, &request, &set(4), gateways)
+        };
+        let swap = vec![
+            SetChange::AddGateway(second),
+            SetChange::RemoveGateway(first),
+        ];
+        assert!(decide(&config, &[first], swap.clone()).is_ok());
+        // Against the epoch's gateways, not the genesis list.
+        assert_eq!(
+            decide(&config, &[second], swap.clone()),
+            invalid(0, Misfit::AlreadyGateway)
+        );
+        assert_eq!(
+            decide(&config, &[first], vec![SetChange::RemoveGateway(second)]),
+            invalid(0, Misfit::NotGateway)
+        );
+        assert_eq!(
+            decide(&config, &[first], vec![SetChange::RemoveGateway(first)]),
+            invalid(0, Misfit::NoGateway)
+        );
+        assert_eq!(
+            decide(
+                &config,
+                &[first],
+                vec![SetChange::AddGateway(PublicKey([0; 32]))]
+            ),
+            invalid(0, Misfit::InvalidKey)
+        );
+        // A validator's key attests nothing, and a gateway's validates nothing.
+        let validator = key(1).public_key();
+        assert_eq!(
+            decide(&config, &[first], vec![SetChange::AddGateway(validator)]),
+            Err(Refusal::Unrunnable)
+        );
+        assert_eq!(
+            decide(&config, &[first, second], vec![SetChange::Add(second)]),
+            Err(Refusal::Unrunnable)
+        );
+        assert_eq!(
+            decide(&Config::new(chain()), &[], swap),
+            invalid(0, Misfit::EndToEnd)
+        );
     }
 
     #[test]

@@ -288,8 +288,18 @@ mod tests {
         other.epoch.next = Some(crate::epoch::NextEpoch {
             boundary: 128,
             validators: alloc::vec::Vec::new(),
+            gateways: alloc::vec::Vec::new(),
         });
         assert_ne!(other.digest(&chain()), digest);
+        let scheduled = other.digest(&chain());
+        if let Some(next) = other.epoch.next.as_mut() {
+            next.gateways.push(crate::crypto::PublicKey([9; 32]));
+        }
+        assert_ne!(
+            other.digest(&chain()),
+            scheduled,
+            "the gateways are in the digest"
+        );
         let core = encode_core_state(&manifest.clients, &manifest.epoch);
         assert_eq!(
             decode_core_state(&core),

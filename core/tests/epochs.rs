@@ -12,9 +12,10 @@ use pbft_core::testing::{
 };
 use pbft_core::{
     CertificateError, Client, ClientError, Config, ConfigError, Decision, Destination, EpochChange,
-    Evidence, ExecutedState, Gateway, GatewayConfig, JoinError, Message, Misfit, Output, Phase,
-    PublicKey, QuorumCertificate, RECONFIGURATION_TAG, Reconfiguration, Record, Refusal, Replica,
-    ReplicaId, SetChange, ValidatorSet, approve, verify_epoch_change, verify_qc_across_epochs,
+    Evidence, ExecutedState, Gateway, GatewayConfig, JoinError, Keypair, Message, Misfit, Output,
+    Phase, PublicKey, QuorumCertificate, RECONFIGURATION_TAG, Reconfiguration, Record, Refusal,
+    Replica, ReplicaId, SetChange, ValidatorSet, approve, attest, verify_epoch_change,
+    verify_qc_across_epochs,
 };
 
 const N: usize = 7;
@@ -639,4 +640,95 @@ fn governance_adds_rotates_and_removes_validators_and_joiners_catch_up() {
         net.replica(0).metrics().reconfigurations_scheduled,
         before + 1
     );
+}
+
+/// Whether validator `i` executed an operation `op` (its application's log holds it).
+fn executed(net: &Net, i: usize, op: &[u8]) -> bool {
+    net.apps[i].windows(op.len()).any(|window| window == op)
+}
+
+#[test]
+fn governance_swaps_an_attesting_gateway_at_the_boundary() {
+    let (first, second) = (
+        Keypair::from_seed(&[0x6a; 32]),
+        Keypair::from_seed(&[0x6b; 32]),
+    );
+    let mut config = small_config();
+    config.attesting_gateways = vec![first.public_key()];
+    let mut net = Net::new(&config, 4, 4);
+    // Each op from a client of its own, numbered 1.
+    let attested = |gateway: &Keypair, op: &str| {
+        let client = client_key(op.len()).public_key();
+        let request = (client, 1, op.as_bytes().to_vec());
+        let request = attest(&chain(), gateway, vec![request]).remove(0);
+        Message::Request(request).encode()
+    };
+    let send = |net: &mut Net, gateway: &Keypair, op: &str| {
+        net.broadcast_from(gateway.public_key(), &attested(gateway, op));
+        net.run(500);
+    };
+    send(&mut net, &first, "by the first gateway");
+    assert!(executed(&net, 0, b"by the first gateway"));
+
+    // Refused, each with its reason: a gateway that attests already, one that does not.
+    let changes = vec![SetChange::AddGateway(first.public_key())];
+    let op = reconfiguration(&net, 0, changes, [0, 1, 2]);
+    assert_eq!(
+        decision(&net.request_op(op)),
+        Decision::Refused(Refusal::Invalid {
+            index: 0,
+            why: Misfit::AlreadyGateway
+        })
+    );
+    let swap = vec![
+        SetChange::AddGateway(second.public_key()),
+        SetChange::RemoveGateway(first.public_key()),
+    ];
+    let op = reconfiguration(&net, 0, swap, [0, 1, 2]);
+    assert_eq!(
+        decision(&net.request_op(op)),
+        Decision::Scheduled { epoch: 1 }
+    );
+    // Until the boundary the epoch's gateways attest (the boundary may be past already:
+    // the primary fills the slots up to it with empty batches).
+    if net.replica(0).validators().epoch() == 0 {
+        assert_eq!(net.replica(0).attesting_gateways(), [first.public_key()]);
+    }
+    until_epoch(&mut net, 1, &[0, 1, 2, 3]);
+    for i in 0..4 {
+        assert_eq!(net.replica(i).attesting_gateways(), [second.public_key()]);
+    }
+    // The epoch change proves the new gateways to anyone who follows the chain.
+    let changes = net.replica(0).epoch_changes().to_vec();
+    assert_eq!(changes[0].gateways(), [second.public_key()]);
+
+    send(&mut net, &second, "by the second gateway");
+    for i in 0..4 {
+        assert!(executed(&net, i, b"by the second gateway"), "validator {i}");
+    }
+    let refused = |net: &Net| {
+        net.replica(0)
+            .metrics()
+            .rejected
+            .get("unknown_gateway")
+            .copied()
+    };
+    let before = refused(&net).unwrap_or(0);
+    send(&mut net, &first, "by the removed gateway");
+    assert!(!executed(&net, 0, b"by the removed gateway"));
+    assert!(
+        refused(&net).unwrap_or(0) > before,
+        "refused as an unknown gateway"
+    );
+
+    // A validator restarted from its log takes the epoch's gateways again.
+    let restored = Replica::restore(
+        config,
+        validator_set(4),
+        validator_key(2),
+        net.logs[2].clone(),
+        ExecutedState::default(),
+    )
+    .unwrap();
+    assert_eq!(restored.attesting_gateways(), [second.public_key()]);
 }

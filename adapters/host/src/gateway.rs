@@ -119,8 +119,8 @@ pub fn config_for(core: &pbft_core::Config) -> GatewayConfig {
 ///
 /// # Errors
 ///
-/// A limit of zero, or (gateway-attested) a key the network does not list: validators
-/// would refuse every batch it attests.
+/// A limit of zero. A key the network's genesis does not list is only warned about:
+/// governance may have added it.
 pub fn core_for(config: &crate::config::GatewayNodeConfig) -> Result<Gateway, String> {
     let network = &config.network;
     let gateway = Gateway::new(config.gateway.clone(), network.validators.clone())
@@ -130,9 +130,12 @@ pub fn core_for(config: &crate::config::GatewayNodeConfig) -> Result<Gateway, St
     }
     let key = config.keypair.public_key();
     if !network.core.attesting_gateways.contains(&key) {
-        return Err(format!(
-            "the network is gateway-attested and this gateway's key {key} is not among its [[gateways]]: validators would refuse what it attests"
-        ));
+        // Governance may have added it since genesis; if not, validators refuse what it
+        // attests (`unknown gateway`), which its clients are told.
+        tracing::warn!(
+            %key,
+            "this gateway's key is not among the network's genesis [[gateways]]: validators take its attestations only if a committed reconfiguration added it (pbft validator add-gateway)"
+        );
     }
     let keypair = pbft_core::Keypair::from_seed(&config.keypair.seed());
     Ok(gateway.attesting(keypair))

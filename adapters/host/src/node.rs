@@ -307,8 +307,6 @@ pub struct Node<A> {
     samples: Samples,
     max_message_bytes: usize,
     chain: pbft_core::ChainId,
-    /// The gateways whose attestations the replica takes ([`Config::attesting_gateways`]).
-    attesting_gateways: Vec<PublicKey>,
     /// The gateway that attested each client's latest executed request, for its reply
     /// ([`Transmit::via`]); at most [`ATTESTED_BY_KEPT`] clients, then it starts afresh.
     attested_by: HashMap<PublicKey, PublicKey>,
@@ -596,7 +594,6 @@ impl<A: Application> Node<A> {
         store.bind_chain(&config.chain_id)?;
         let max_message_bytes = config.max_message_bytes;
         let chain = config.chain_id;
-        let attesting_gateways = config.attesting_gateways.clone();
         let retained_batches = config.retained_batches as u64;
         let replica = replica(config, records, executed)?;
         let output_set = replica.validators().clone();
@@ -618,7 +615,6 @@ impl<A: Application> Node<A> {
             samples: Samples::default(),
             max_message_bytes,
             chain,
-            attesting_gateways,
             attested_by: HashMap::new(),
             state_digest: None,
             snapshots: None,
@@ -1159,9 +1155,10 @@ impl<A: Application> Node<A> {
         self.chain
     }
 
-    /// Whether `key` is a gateway whose attestations this node takes.
+    /// Whether `key` is a gateway whose attestations this node takes in its epoch
+    /// ([`Replica::attesting_gateways`]).
     pub fn attests(&self, key: &PublicKey) -> bool {
-        self.attesting_gateways.contains(key)
+        self.replica.attesting_gateways().contains(key)
     }
 
     /// The largest consensus message the node accepts.

@@ -109,8 +109,9 @@ enum Command {
         #[arg(long, value_enum, default_value_t)]
         transport: TransportArg,
     },
-    /// Change the validator set by governance: the change is approved, ordered, and takes
-    /// effect at the next checkpoint boundary (a new epoch).
+    /// Change the validator set (or, gateway-attested, the gateways that attest) by
+    /// governance: the change is approved, ordered, and takes effect at the next checkpoint
+    /// boundary (a new epoch).
     Validator {
         /// A config naming the network.
         #[arg(long, global = true)]
@@ -256,6 +257,11 @@ enum ValidatorChange {
     /// Replace a validator's key in place: the old key's node stops at the boundary, a node
     /// with the new key joins there (with an empty data dir).
     RotateKey { old: String, new: String },
+    /// Let a gateway attest requests (gateway-attested networks): validators take its
+    /// attestations from the boundary on.
+    AddGateway { key: String },
+    /// Stop taking a gateway's attestations from the boundary on (not the last one's).
+    RemoveGateway { key: String },
 }
 
 #[derive(Subcommand)]
@@ -389,6 +395,10 @@ async fn run(command: Command) -> Result<(), Failure> {
                     old: parse(old)?,
                     new: parse(new)?,
                 }],
+                ValidatorChange::AddGateway { key } => vec![SetChange::AddGateway(parse(key)?)],
+                ValidatorChange::RemoveGateway { key } => {
+                    vec![SetChange::RemoveGateway(parse(key)?)]
+                }
             };
             let approvers = approvers
                 .iter()

@@ -86,6 +86,31 @@ impl Replica {
             })
     }
 
+    /// The gateways whose attestations this epoch takes: the genesis config's
+    /// ([`crate::Config::attesting_gateways`]), as the chain of epoch changes has changed them
+    /// since ([`crate::SetChange::AddGateway`]).
+    pub fn attesting_gateways(&self) -> &[PublicKey] {
+        self.gateways_of_epoch(self.validators.epoch())
+    }
+
+    /// The gateways of `epoch`, this one or an earlier one (this one's for an epoch the
+    /// chain does not show).
+    pub(super) fn gateways_of_epoch(&self, epoch: u64) -> &[PublicKey] {
+        if epoch == 0 {
+            return &self.config.attesting_gateways;
+        }
+        let started = |epoch| {
+            self.epochs
+                .changes
+                .iter()
+                .find(|change| change.epoch() == epoch)
+        };
+        match started(epoch).or_else(|| started(self.validators.epoch())) {
+            Some(change) => change.gateways(),
+            None => &self.config.attesting_gateways,
+        }
+    }
+
     /// The last seq `epoch` ordered, if it ended.
     pub(super) fn epoch_boundary(&self, epoch: u64) -> Option<u64> {
         self.epochs

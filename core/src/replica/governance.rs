@@ -13,7 +13,7 @@ use crate::certificate::CertificateError;
 use crate::config::{Config, ConfigError, ValidatorSet};
 use crate::crypto::{Keypair, PublicKey, VerifyingKey};
 use crate::epoch::{EpochChange, NextEpoch, boundary_after, verify_epoch_change};
-use crate::governance::{Decision, Reconfiguration, Refusal, apply, fits};
+use crate::governance::{Decision, Members, Reconfiguration, Refusal, apply, fits};
 use crate::statement::{Evidence, Request};
 
 /// Why a validator cannot join at the epoch a chain of changes leads to.
@@ -107,20 +107,30 @@ impl Replica {
         // decisions are made per request (a refusal of the sum made the first time differs,
         // the state at the boundary then does, and the replica fetches the quorum's).
         let replay = seq <= self.validators.base().0;
-        let current: Vec<PublicKey> = self.validators.public_keys().collect();
-        let mut next = self
-            .epochs
-            .schedule
-            .as_ref()
-            .map_or_else(|| current.clone(), |next| next.validators.clone());
+        let members = Members {
+            validators: set.public_keys().collect(),
+            gateways: self.gateways_of_epoch(set.epoch()).to_vec(),
+        };
+        let current = Members {
+            validators: self.validators.public_keys().collect(),
+            gateways: self.attesting_gateways().to_vec(),
+        };
+        let mut next = self.epochs.schedule.as_ref().map_or_else(
+            || current.clone(),
+            |next| Members {
+                validators: next.validators.clone(),
+                gateways: next.gateways.clone(),
+            },
+        );
         let mut results = Vec::with_capacity(requests.len());
         let mut accepted = 0;
         for request in requests {
             let decision = match Reconfiguration::decode_op(&request.op) {
                 Some(Ok(reconfiguration)) => {
                     let checked = &mut self.metrics.signatures_verified;
-                    match reconfiguration.decide_counting(&self.config, request, &set, checked) {
-                        Ok(()) => {
+                    let epoch = (&set, &members);
+                    match reconfiguration.decide_counting(&self.config, request, epoch, checked) {
+                        Ok(_) => {
                             // Into the change scheduled so far: the same rules hold for the
                             // sum of the epoch's decisions.
                             let mut with = next.clone();
@@ -152,13 +162,15 @@ impl Replica {
         self.metrics.reconfigurations_scheduled += accepted;
         let reconfigured = next.clone();
         if slash {
-            self.convict(&mut next, evidence);
+            self.convict(&mut next.validators, evidence);
         }
         if next != reconfigured {
             self.metrics.validators_convicted += 1;
         }
         let changed = match &self.epochs.schedule {
-            Some(scheduled) => scheduled.validators != next,
+            Some(scheduled) => {
+                (&scheduled.validators, &scheduled.gateways) != (&next.validators, &next.gateways)
+            }
             None => next != current,
         };
         if changed {
@@ -168,7 +180,8 @@ impl Replica {
             );
             let next = NextEpoch {
                 boundary,
-                validators: next,
+                validators: next.validators,
+                gateways: next.gateways,
             };
             self.outbox.persist(Record::Scheduled {
                 seq,

@@ -561,8 +561,8 @@ impl Replica {
         Ok(())
     }
 
-    /// Checks, before any signature, that an attested request names a gateway of
-    /// [`crate::Config::attesting_gateways`], with a path no longer than a tree of `u32`
+    /// Checks, before any signature, that an attested request names a gateway of this
+    /// epoch ([`Replica::attesting_gateways`]), with a path no longer than a tree of `u32`
     /// leaves has (32 hashes), so that nothing else costs this replica a check.
     ///
     /// # Errors
@@ -573,10 +573,7 @@ impl Replica {
         let Some(attestation) = &request.attestation else {
             return Ok(());
         };
-        let listed = self
-            .config
-            .attesting_gateways
-            .contains(&attestation.gateway);
+        let listed = self.attesting_gateways().contains(&attestation.gateway);
         if !listed && !planted!(self.config, AcceptUnlistedGateway) {
             return Err(Error::UnknownGateway);
         }
