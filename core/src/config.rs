@@ -321,13 +321,15 @@ pub struct Config {
     /// validators are up and prompt, and nothing otherwise; each replica may choose alone,
     /// since every QC verifies either way ([`crate::CommitPath`]).
     pub fast_path: bool,
-    /// The gateways whose attested requests this validator orders (gateway-attested mode,
-    /// issue 14): one signature per group of requests instead of one per request
-    /// ([`crate::Attestation`]). Empty (the default) is end to end: every request carries
-    /// its client's signature, and an attested one is refused as
-    /// [`crate::Error::UnknownGateway`]. Part of the chain id
-    /// ([`ChainId::for_network`]): validators that list different gateways sign for
-    /// different chains, so a mismatch fails closed.
+    /// The gateways whose attested requests this validator orders at genesis
+    /// (gateway-attested mode, issue 14): one signature per group of requests instead of
+    /// one per request ([`crate::Attestation`]); governance changes them from epoch to
+    /// epoch ([`crate::SetChange::AddGateway`], [`crate::Replica::attesting_gateways`]).
+    /// Empty (the default) is end to end: every request carries its client's signature,
+    /// and an attested one is refused as [`crate::Error::UnknownGateway`]. Part of the
+    /// chain id ([`ChainId::for_network`]): validators that list different gateways sign
+    /// for different chains, so a mismatch fails closed (keep the genesis list as it was
+    /// when gateways change later).
     pub attesting_gateways: Vec<PublicKey>,
     /// Whether a committed conviction removes the offender from the set at the next epoch
     /// boundary ([`crate::NextEpoch`]). Default true: equivocation is the one fault a

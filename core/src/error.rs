@@ -84,9 +84,9 @@ pub enum Error {
         /// The limit.
         max: usize,
     },
-    /// An attested request names a gateway the config does not list
-    /// ([`crate::Config::attesting_gateways`]; none are in end-to-end mode).
-    #[error("request attested by a gateway this network does not list")]
+    /// An attested request names a gateway that does not attest in its epoch
+    /// ([`crate::Replica::attesting_gateways`]; none do in end-to-end mode).
+    #[error("request attested by a gateway that does not attest in this epoch")]
     UnknownGateway,
     /// An attested request's path to its gateway's signed root is malformed.
     #[error("malformed gateway attestation")]

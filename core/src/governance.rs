@@ -426,7 +426,8 @@ impl Reconfiguration {
 }
 
 /// Whether `after`, the members a change of `set` leads to, is a set `config` runs (no key
-/// both a validator and a gateway) that keeps f + 1 of `set`'s validators (f of `after`'s).
+/// both a validator and a gateway; a gateway-attested network keeps one gateway at least)
+/// that keeps f + 1 of `set`'s validators (f of `after`'s).
 ///
 /// # Errors
 ///
@@ -435,7 +436,11 @@ pub(crate) fn fits(config: &Config, set: &ValidatorSet, after: &Members) -> Resu
     let validators = &after.validators;
     let runs = ValidatorSet::new(set.epoch() + 1, validators)
         .is_ok_and(|next| config.validate_for(&next).is_ok());
-    if !runs || after.gateways.iter().any(|key| validators.contains(key)) {
+    let attested = !config.attesting_gateways.is_empty();
+    if !runs
+        || after.gateways.iter().any(|key| validators.contains(key))
+        || (attested && after.gateways.is_empty())
+    {
         return Err(Refusal::Unrunnable);
     }
     let remain = validators
@@ -454,9 +459,9 @@ pub(crate) fn fits(config: &Config, set: &ValidatorSet, after: &Members) -> Resu
     Ok(())
 }
 
-/// Applies `change` to members as far as it fits them (a change that no longer fits,
-/// because a conviction or an earlier change of the same epoch got there first, changes
-/// nothing; neither the set nor the gateways are ever emptied).
+/// Applies `change` to members as far as it fits them (a validator change that no longer
+/// fits, because a conviction or an earlier change of the same epoch got there first,
+/// changes nothing; the set is never emptied).
 pub(crate) fn apply(members: &mut Members, change: &SetChange) {
     let (keys, gateways) = (&mut members.validators, &mut members.gateways);
     match change {
@@ -482,11 +487,9 @@ pub(crate) fn apply(members: &mut Members, change: &SetChange) {
                 gateways.push(*key);
             }
         }
-        SetChange::RemoveGateway(key) => {
-            if gateways.len() > 1 {
-                gateways.retain(|k| k != key);
-            }
-        }
+        // No conviction removes a gateway: the sum of an epoch's decisions is checked
+        // whole ([`fits`]), never trimmed to fit.
+        SetChange::RemoveGateway(key) => gateways.retain(|k| k != key),
     }
 }
 
@@ -666,6 +669,15 @@ mod tests {
             decide(&Config::new(chain()), &[], swap),
             invalid(0, Misfit::EndToEnd)
         );
+        // Two removals that each fit the epoch's gateways: their sum, which the schedule
+        // checks whole, leaves none.
+        let mut sum = Members {
+            validators: set(4).public_keys().collect(),
+            gateways: vec![first, second],
+        };
+        apply(&mut sum, &SetChange::RemoveGateway(first));
+        apply(&mut sum, &SetChange::RemoveGateway(second));
+        assert_eq!(fits(&config, &set(4), &sum), Err(Refusal::Unrunnable));
     }
 
     #[test]

@@ -33,8 +33,8 @@ pub struct Request {
     pub signature: Signature,
     /// The gateway that attested this request in a batch of its clients' requests, with
     /// the request's path to that batch's signed root; `None` for a request its client
-    /// signed. Validators take only attestations by the gateways their config lists
-    /// ([`crate::Config::attesting_gateways`]).
+    /// signed. Validators take only attestations by the gateways of the request's epoch
+    /// ([`crate::Replica::attesting_gateways`]).
     pub attestation: Option<Attestation>,
 }
 

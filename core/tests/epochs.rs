@@ -721,7 +721,10 @@ fn governance_swaps_an_attesting_gateway_at_the_boundary() {
         "refused as an unknown gateway"
     );
 
-    // A validator restarted from its log takes the epoch's gateways again.
+    // A validator restarted from its log with an empty store takes the epoch's gateways
+    // again, and executes the batches before the boundary again, the removed gateway's
+    // included (from its own log here; batches served by peers are checked under the
+    // gateways of the epoch their QC names).
     let restored = Replica::restore(
         config,
         validator_set(4),
@@ -731,4 +734,13 @@ fn governance_swaps_an_attesting_gateway_at_the_boundary() {
     )
     .unwrap();
     assert_eq!(restored.attesting_gateways(), [second.public_key()]);
+    net.replicas[2] = Some(restored);
+    net.apps[2].clear();
+    net.drain(2);
+    net.request("after the restart");
+    net.run(2_000);
+    let replica = net.replica(2);
+    assert_eq!(replica.executed_seq(), net.replica(0).executed_seq());
+    assert!(executed(&net, 2, b"by the first gateway"));
+    assert_eq!(replica.metrics().rejected.get("unknown_gateway"), None);
 }

@@ -115,7 +115,8 @@ pub fn config_for(core: &pbft_core::Config) -> GatewayConfig {
 }
 
 /// The core gateway `config` describes: in a gateway-attested network it attests with its
-/// own key, which the network's `[[gateways]]` must list.
+/// own key, which must attest in the validators' epoch (the network's genesis `[[gateways]]`,
+/// as governance changed them).
 ///
 /// # Errors
 ///
@@ -131,7 +132,7 @@ pub fn core_for(config: &crate::config::GatewayNodeConfig) -> Result<Gateway, St
     let key = config.keypair.public_key();
     if !network.core.attesting_gateways.contains(&key) {
         // Governance may have added it since genesis; if not, validators refuse what it
-        // attests (`unknown gateway`), which its clients are told.
+        // attests (`unknown_gateway` in their metrics) and its clients time out.
         tracing::warn!(
             %key,
             "this gateway's key is not among the network's genesis [[gateways]]: validators take its attestations only if a committed reconfiguration added it (pbft validator add-gateway)"

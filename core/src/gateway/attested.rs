@@ -9,7 +9,10 @@ use crate::statement::{Request, attest};
 
 impl Gateway {
     /// Gateway-attested mode: unsigned requests ([`Gateway::submit_unsigned`]) are attested
-    /// with `key`, which the validators' [`crate::Config::attesting_gateways`] must list.
+    /// with `key`, which must attest in the validators' epoch
+    /// ([`crate::Replica::attesting_gateways`]: the genesis list, as governance changed it;
+    /// this gateway does not follow those changes, and a removed one's attestations are
+    /// refused as [`crate::Error::UnknownGateway`]).
     /// Signed requests still go as they came, checked first.
     #[must_use]
     pub fn attesting(mut self, key: Keypair) -> Self {

@@ -94,7 +94,8 @@ impl Replica {
     }
 
     /// The gateways of `epoch`, this one or an earlier one (this one's for an epoch the
-    /// chain does not show).
+    /// chain does not show: the chain starts at genesis for every replica a host builds,
+    /// new, restored or joined, so only a wrong epoch number gets there).
     pub(super) fn gateways_of_epoch(&self, epoch: u64) -> &[PublicKey] {
         if epoch == 0 {
             return &self.config.attesting_gateways;

@@ -405,7 +405,7 @@ impl Replica {
                 max: self.config.max_request_bytes,
             });
         }
-        self.check_attestation(&request)?;
+        self.check_attestation(&request, self.validators.epoch())?;
         // An attested request's path adds to it: one that fits no batch would be proposed
         // alone and refused by every backup.
         if request.encoded_len() > self.config.max_batch_bytes {
@@ -535,12 +535,18 @@ impl Replica {
     /// `max_batch_bytes` or [`MAX_BATCH_EVIDENCE`]; [`Error::RequestTooLarge`] for an op
     /// over `max_request_bytes`.
     pub(super) fn check_batch_limits(&self, batch: &Batch) -> Result<(), Error> {
+        self.check_batch_limits_in(batch, self.validators.epoch())
+    }
+
+    /// [`Replica::check_batch_limits`] for a batch of `epoch` (a committed one served to a
+    /// replica behind its boundary): its attestations name that epoch's gateways.
+    pub(super) fn check_batch_limits_in(&self, batch: &Batch, epoch: u64) -> Result<(), Error> {
         // An empty batch fills a seq up to a scheduled boundary, and nothing else.
         let empty_allowed = self.epochs.schedule.is_some();
         let requests = &batch.requests;
         requests
             .iter()
-            .try_for_each(|request| self.check_attestation(request))?;
+            .try_for_each(|request| self.check_attestation(request, epoch))?;
         let bytes: usize = requests.iter().map(Request::encoded_len).sum();
         if (batch.is_empty() && !empty_allowed)
             || batch.evidence.len() > MAX_BATCH_EVIDENCE
@@ -561,19 +567,19 @@ impl Replica {
         Ok(())
     }
 
-    /// Checks, before any signature, that an attested request names a gateway of this
-    /// epoch ([`Replica::attesting_gateways`]), with a path no longer than a tree of `u32`
+    /// Checks, before any signature, that an attested request names a gateway of `epoch`
+    /// ([`Replica::attesting_gateways`] for this one), with a path no longer than a tree of `u32`
     /// leaves has (32 hashes), so that nothing else costs this replica a check.
     ///
     /// # Errors
     ///
     /// [`Error::UnknownGateway`] for any other key, or for every attested request in end to
     /// end mode; [`Error::BadAttestation`] for a path too long.
-    pub(super) fn check_attestation(&self, request: &Request) -> Result<(), Error> {
+    pub(super) fn check_attestation(&self, request: &Request, epoch: u64) -> Result<(), Error> {
         let Some(attestation) = &request.attestation else {
             return Ok(());
         };
-        let listed = self.attesting_gateways().contains(&attestation.gateway);
+        let listed = self.gateways_of_epoch(epoch).contains(&attestation.gateway);
         if !listed && !planted!(self.config, AcceptUnlistedGateway) {
             return Err(Error::UnknownGateway);
         }

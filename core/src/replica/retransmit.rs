@@ -266,7 +266,8 @@ impl Replica {
         // The digest covers requests, not their signatures or attestations: a copy padded by
         // its sender is refused, never kept or served (a null batch is empty).
         if !batch.is_empty() {
-            self.check_batch_limits(&batch)?;
+            // Under the gateways of the epoch that ordered it (one may have left since).
+            self.check_batch_limits_in(&batch, certificate.epoch)?;
         }
         let leaves = batch.leaves(&self.config.chain_id);
         if crate::merkle::root(&leaves) != certificate.digest {
