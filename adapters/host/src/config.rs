@@ -82,7 +82,7 @@ const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 
 /// Decodes exactly `out.len()` bytes of hex (surrounding whitespace ignored) into `out`, in
 /// place, so a secret is never copied through a temporary; false if `text` is not that.
-fn decode_hex(text: &str, out: &mut [u8]) -> bool {
+pub fn decode_hex(text: &str, out: &mut [u8]) -> bool {
     let text = text.trim().as_bytes();
     if text.len() != 2 * out.len() {
         return false;

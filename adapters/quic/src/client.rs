@@ -172,6 +172,17 @@ impl ClusterClient {
         network: &Network,
         keypair: Keypair,
     ) -> Result<ClusterClient, TransportError> {
+        Self::connect_numbered(transport, network, keypair, first_client_seq())
+    }
+
+    /// [`ClusterClient::connect`], its first request numbered `first_seq` (a request
+    /// prepared earlier, whose number approvals signed).
+    pub fn connect_numbered(
+        transport: Transport,
+        network: &Network,
+        keypair: Keypair,
+        first_seq: u64,
+    ) -> Result<ClusterClient, TransportError> {
         let session = connect_over(transport, network, &keypair)?;
         let targets = network
             .known_addresses()
@@ -179,7 +190,11 @@ impl ClusterClient {
             .map(|(key, _)| *key)
             .collect();
         Ok(ClusterClient::over(
-            session, targets, network, keypair, false,
+            session,
+            targets,
+            network,
+            (keypair, first_seq),
+            false,
         ))
     }
 
@@ -201,7 +216,7 @@ impl ClusterClient {
             session,
             vec![gateway.0],
             network,
-            keypair,
+            (keypair, first_client_seq()),
             true,
         ))
     }
@@ -210,14 +225,14 @@ impl ClusterClient {
         session: Session,
         targets: Vec<PublicKey>,
         network: &Network,
-        keypair: Keypair,
+        (keypair, first_seq): (Keypair, u64),
         via_gateway: bool,
     ) -> Self {
         let client = Client::new(
             network.core.chain_id,
             keypair,
             network.validators.clone(),
-            first_client_seq(),
+            first_seq,
         );
         // Through a gateway of an attested network, the gateway signs: the client need not.
         let client = match via_gateway && network.attested() {

@@ -120,6 +120,10 @@ enum Command {
         /// `governors`): repeat until the rule's threshold (2f + 1 validators by default).
         #[arg(long = "approver", value_name = "KEY_FILE", global = true)]
         approvers: Vec<PathBuf>,
+        /// Write the change to this file for each governor to approve where their key is
+        /// (`pbft validator approve`), instead of submitting it.
+        #[arg(long, value_name = "FILE", global = true)]
+        propose: Option<PathBuf>,
         /// Seconds to wait for the decision.
         #[arg(long, default_value_t = 20, global = true)]
         timeout: u64,
@@ -262,6 +266,11 @@ enum ValidatorChange {
     AddGateway { key: String },
     /// Stop taking a gateway's attestations from the boundary on (not the last one's).
     RemoveGateway { key: String },
+    /// Add the `--approver` key files' approvals to a proposal file (`--propose`), after
+    /// printing what they approve.
+    Approve { file: PathBuf },
+    /// Submit a proposal file's change with the approvals it holds.
+    Submit { file: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -378,12 +387,22 @@ async fn run(command: Command) -> Result<(), Failure> {
         Command::Validator {
             config,
             approvers,
+            propose,
             timeout,
             transport,
             change,
         } => {
-            let config = config.ok_or("--config is required (a node's config or network.toml)")?;
-            let network = load_network(&config)?;
+            let approvers = approvers
+                .iter()
+                .map(|path| read_key_file(path))
+                .collect::<Result<Vec<_>, _>>()?;
+            let timeout = Duration::from_secs(timeout);
+            let network = || -> Result<_, Box<dyn std::error::Error>> {
+                let config = config
+                    .as_ref()
+                    .ok_or("--config is required (a node's config or network.toml)")?;
+                Ok(load_network(config)?)
+            };
             let parse = |text: &str| {
                 parse_public_key(text)
                     .ok_or_else(|| format!("`{text}` is not a public key (64 hex digits)"))
@@ -399,12 +418,57 @@ async fn run(command: Command) -> Result<(), Failure> {
                 ValidatorChange::RemoveGateway { key } => {
                     vec![SetChange::RemoveGateway(parse(key)?)]
                 }
+                ValidatorChange::Approve { file } => {
+                    let mut proposal = read_proposal(file)?;
+                    if approvers.is_empty() {
+                        return Err("--approver KEY_FILE: whose approval to add".into());
+                    }
+                    for change in &proposal.changes {
+                        println!(
+                            "approving in epoch {}: {}",
+                            proposal.epoch,
+                            operator::describe(change)
+                        );
+                    }
+                    for governor in &approvers {
+                        proposal.approve(governor);
+                    }
+                    write_proposal(file, &proposal, true)?;
+                    println!(
+                        "{} approvals in {}",
+                        proposal.approvals.len(),
+                        file.display()
+                    );
+                    return Ok(());
+                }
+                ValidatorChange::Submit { file } => {
+                    let proposal = read_proposal(file)?;
+                    let scheduled = proposal
+                        .submit(&network()?, transport.into(), timeout)
+                        .await?;
+                    print_scheduled(&scheduled);
+                    return Ok(());
+                }
             };
-            let approvers = approvers
-                .iter()
-                .map(|path| read_key_file(path))
-                .collect::<Result<Vec<_>, _>>()?;
-            let timeout = Duration::from_secs(timeout);
+            let network = network()?;
+            if let Some(file) = propose {
+                let mut proposal =
+                    operator::Proposal::prepare(&network, transport.into(), changes, timeout)
+                        .await?;
+                for governor in &approvers {
+                    proposal.approve(governor);
+                }
+                write_proposal(&file, &proposal, false)?;
+                println!(
+                    "wrote {} for epoch {} ({} approvals): each governor runs `pbft validator approve {} --approver KEY_FILE`, then `pbft validator submit {} --config ...`",
+                    file.display(),
+                    proposal.epoch,
+                    proposal.approvals.len(),
+                    file.display(),
+                    file.display()
+                );
+                return Ok(());
+            }
             let scheduled = operator::change_validators(
                 &network,
                 transport.into(),
@@ -413,10 +477,7 @@ async fn run(command: Command) -> Result<(), Failure> {
                 timeout,
             )
             .await?;
-            println!(
-                "scheduled: committed at seq {} in epoch {}; takes effect when epoch {} starts, at the next checkpoint boundary",
-                scheduled.seq, scheduled.approved_in, scheduled.epoch
-            );
+            print_scheduled(&scheduled);
         }
         Command::Client {
             config,
@@ -714,5 +775,45 @@ async fn demo(
         node.await??;
     }
     println!("stopped cleanly");
+    Ok(())
+}
+
+fn print_scheduled(scheduled: &operator::Scheduled) {
+    println!(
+        "scheduled: committed at seq {} in epoch {}; takes effect when epoch {} starts, at the next checkpoint boundary",
+        scheduled.seq, scheduled.approved_in, scheduled.epoch
+    );
+}
+
+fn read_proposal(file: &Path) -> Result<operator::Proposal, Box<dyn std::error::Error>> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|err| format!("cannot read {}: {err}", file.display()))?;
+    Ok(operator::Proposal::from_toml(&text).map_err(|err| format!("{}: {err}", file.display()))?)
+}
+
+/// Writes a proposal file (readable by its owner only: its client key submits it), a new one
+/// only where none is, or over the old one in one step (a temporary file renamed).
+fn write_proposal(
+    file: &Path,
+    proposal: &operator::Proposal,
+    replace: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let target = match replace {
+        true => file.with_extension("approving"),
+        false => file.to_path_buf(),
+    };
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&target)
+        .map_err(|err| format!("cannot create {}: {err}", target.display()))?;
+    out.write_all(proposal.to_toml().as_bytes())?;
+    out.sync_all()?;
+    if replace {
+        std::fs::rename(&target, file)?;
+    }
     Ok(())
 }

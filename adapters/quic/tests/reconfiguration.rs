@@ -168,13 +168,31 @@ async fn a_validator_joins_and_one_leaves_losing_no_write(transport: Transport) 
     assert!(log.contains("joining"), "{log}");
 
     // Epoch 1 has five validators; four of them (a quorum, the fifth's approval needed)
-    // approve removing validator 3.
+    // approve removing validator 3, each on its own (`approve` with one key file at a time,
+    // as governors who never share their keys would), then it is submitted.
     let removed = cluster.key(3).public_key();
+    let proposal = cluster
+        .dir
+        .path()
+        .join("remove-3.toml")
+        .display()
+        .to_string();
     let out = governance(
         &cluster,
-        &["remove".into(), removed.to_string()],
-        &["node0.key", "node1.key", "node2.key", "node4.key"],
+        &[
+            "remove".into(),
+            removed.to_string(),
+            "--propose".into(),
+            proposal.clone(),
+        ],
+        &[],
     );
+    assert!(out.contains("for epoch 1 (0 approvals)"), "{out}");
+    for approver in ["node0.key", "node1.key", "node2.key", "node4.key"] {
+        let out = governance(&cluster, &["approve".into(), proposal.clone()], &[approver]);
+        assert!(out.contains(&format!("remove {removed}")), "{out}");
+    }
+    let out = governance(&cluster, &["submit".into(), proposal], &[]);
     assert!(out.contains("takes effect when epoch 2 starts"), "{out}");
     let deadline = Instant::now() + Duration::from_secs(60);
     while client.status(0, TIMEOUT).await.map(|s| s.epoch) != Some(2) {
