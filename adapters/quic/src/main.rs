@@ -419,7 +419,7 @@ async fn run(command: Command) -> Result<(), Failure> {
                     vec![SetChange::RemoveGateway(parse(key)?)]
                 }
                 ValidatorChange::Approve { file } => {
-                    let mut proposal = read_proposal(file)?;
+                    let mut proposal = unspent_proposal(file)?;
                     if approvers.is_empty() {
                         return Err("--approver KEY_FILE: whose approval to add".into());
                     }
@@ -442,10 +442,25 @@ async fn run(command: Command) -> Result<(), Failure> {
                     return Ok(());
                 }
                 ValidatorChange::Submit { file } => {
-                    let proposal = read_proposal(file)?;
-                    let scheduled = proposal
+                    let mut proposal = unspent_proposal(file)?;
+                    let result = proposal
                         .submit(&network()?, transport.into(), timeout)
-                        .await?;
+                        .await;
+                    let committed = match &result {
+                        Ok(scheduled) => Some(scheduled.seq),
+                        Err(operator::ChangeError::Refused { seq, .. }) => Some(*seq),
+                        Err(_) => None,
+                    };
+                    if let Some(seq) = committed {
+                        proposal.committed_at_seq = Some(seq);
+                        write_proposal(file, &proposal, true)?;
+                    }
+                    let scheduled = result.map_err(|err| match committed {
+                        Some(_) => format!(
+                            "{err}\nthe proposal's request number is spent: write a new one with --propose, and have it approved"
+                        ),
+                        None => err.to_string(),
+                    })?;
                     print_scheduled(&scheduled);
                     return Ok(());
                 }
@@ -783,6 +798,19 @@ fn print_scheduled(scheduled: &operator::Scheduled) {
         "scheduled: committed at seq {} in epoch {}; takes effect when epoch {} starts, at the next checkpoint boundary",
         scheduled.seq, scheduled.approved_in, scheduled.epoch
     );
+}
+
+/// A proposal file not yet submitted: one that was is refused with what to do instead.
+fn unspent_proposal(file: &Path) -> Result<operator::Proposal, Box<dyn std::error::Error>> {
+    let proposal = read_proposal(file)?;
+    if let Some(seq) = proposal.committed_at_seq {
+        return Err(format!(
+            "{} was submitted already (committed at seq {seq}) and its request number is spent: write a new proposal with --propose, and have it approved",
+            file.display()
+        )
+        .into());
+    }
+    Ok(proposal)
 }
 
 fn read_proposal(file: &Path) -> Result<operator::Proposal, Box<dyn std::error::Error>> {

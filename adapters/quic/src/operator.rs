@@ -74,6 +74,9 @@ pub struct Proposal {
     pub changes: Vec<SetChange>,
     /// The approvals so far, one per governor.
     pub approvals: Vec<Approval>,
+    /// Where it committed, once submitted (scheduled or refused): its request number is
+    /// spent, and sending it again would be refused as a number taken.
+    pub committed_at_seq: Option<u64>,
 }
 
 /// A proposal file as written: keys and signatures as hex, changes as `pbft validator`'s
@@ -86,6 +89,8 @@ struct ProposalFile {
     client_seed: String,
     client_seq: u64,
     changes: Vec<String>,
+    #[serde(default)]
+    committed_at_seq: Option<u64>,
     #[serde(default)]
     approvals: Vec<ApprovalLine>,
 }
@@ -167,6 +172,7 @@ impl Proposal {
             client_seq: client.next_client_seq(),
             changes,
             approvals: Vec::new(),
+            committed_at_seq: None,
         })
     }
 
@@ -204,6 +210,9 @@ impl Proposal {
             self.client_seq,
             changes.join(", ")
         );
+        if let Some(seq) = self.committed_at_seq {
+            let _ = writeln!(text, "committed_at_seq = {seq}");
+        }
         for approval in &self.approvals {
             let _ = write!(
                 text,
@@ -245,6 +254,7 @@ impl Proposal {
             client_seq: file.client_seq,
             changes,
             approvals,
+            committed_at_seq: file.committed_at_seq,
         })
     }
 
@@ -255,7 +265,7 @@ impl Proposal {
     /// [`ChangeError`]: another network's proposal, no connection, no decision in time, or
     /// the network's refusal (approved for an epoch that is over: approve it again).
     pub async fn submit(
-        self,
+        &self,
         network: &Network,
         transport: Transport,
         timeout: Duration,
@@ -263,15 +273,11 @@ impl Proposal {
         if self.chain != network.core.chain_id {
             return Err(ChangeError::OtherNetwork);
         }
-        let Proposal {
-            epoch,
-            client,
-            client_seq,
-            changes,
-            approvals,
-            ..
-        } = self;
-        let mut client = ClusterClient::connect_numbered(transport, network, client, client_seq)?;
+        let (epoch, changes, approvals) =
+            (self.epoch, self.changes.clone(), self.approvals.clone());
+        let keypair = Keypair::from_seed(&self.client.seed());
+        let mut client =
+            ClusterClient::connect_numbered(transport, network, keypair, self.client_seq)?;
         client.follow_epochs(ASK_FOR.min(timeout)).await;
         let reconfiguration = Reconfiguration {
             epoch,

@@ -192,8 +192,19 @@ async fn a_validator_joins_and_one_leaves_losing_no_write(transport: Transport) 
         let out = governance(&cluster, &["approve".into(), proposal.clone()], &[approver]);
         assert!(out.contains(&format!("remove {removed}")), "{out}");
     }
-    let out = governance(&cluster, &["submit".into(), proposal], &[]);
+    let out = governance(&cluster, &["submit".into(), proposal.clone()], &[]);
     assert!(out.contains("takes effect when epoch 2 starts"), "{out}");
+    // Its request number is spent: the file says so rather than wait for no answer.
+    let again = Command::new(env!("CARGO_BIN_EXE_pbft"))
+        .args(["validator", "submit", &proposal, "--config"])
+        .arg(&cluster.testnet.network)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        !again.status.success() && said.contains("submitted already"),
+        "{said}"
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     while client.status(0, TIMEOUT).await.map(|s| s.epoch) != Some(2) {
         assert!(
