@@ -10,6 +10,7 @@ use crate::crypto::{Digest, Keypair, PublicKey, Signature, digest_of};
 use crate::envelope::DecodeError;
 use crate::merkle::{self, InclusionProof};
 use crate::message::Message;
+use crate::refusal::{RefusalReason, RequestRefusal};
 use crate::statement::{Reply, Request, reply_root_digest};
 
 /// A result the client can rely on.
@@ -74,6 +75,29 @@ struct Outstanding {
     /// The first valid reply's inclusion in its batch's reply tree, so that a matching reply
     /// of another validator costs no hashing: the same result and path lead to the same root.
     proved: Option<Proved>,
+    /// Each validator's latest valid refusal of the request.
+    refusals: BTreeMap<ReplicaId, RefusalReason>,
+}
+
+/// What f + 1 validators answered to the outstanding request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// It executed, with this result.
+    Executed(Outcome),
+    /// They will not order it ([`crate::RequestRefusal`]). The request stays outstanding: a
+    /// retransmission may still be answered (an overloaded validator may take it later).
+    Refused(Refused),
+}
+
+/// A request f + 1 validators refused for the same reason: at least one of them is honest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Refused {
+    /// The refused request's number.
+    pub client_seq: u64,
+    /// Why. For [`RefusalReason::Stale`], `last` is the highest number f + 1 of the refusers
+    /// hold spent, so at least one honest validator does: numbering above it is needed, and a
+    /// Byzantine refuser cannot push the client's numbers higher than honest ones do.
+    pub reason: RefusalReason,
 }
 
 /// A result and Merkle path whose root was computed, with that root and the result's digest.
@@ -164,6 +188,7 @@ impl Client {
         if let Some(outstanding) = &mut self.outstanding {
             outstanding.replies.clear();
             outstanding.proved = None;
+            outstanding.refusals.clear();
         }
         Ok(())
     }
@@ -215,6 +240,12 @@ impl Client {
         self.next_seq
     }
 
+    /// Numbers the next request at least `seq` (numbers only grow): a client that kept its
+    /// last number durably resumes above it whatever its clock says.
+    pub fn number_from(&mut self, seq: u64) {
+        self.next_seq = self.next_seq.max(seq);
+    }
+
     /// The client's key, which replies are addressed to.
     pub fn public_key(&self) -> PublicKey {
         self.keypair.public_key()
@@ -255,7 +286,18 @@ impl Client {
             request,
             replies: BTreeMap::new(),
             proved: None,
+            refusals: BTreeMap::new(),
         });
+    }
+
+    /// After f + 1 validators refused the outstanding request as stale
+    /// ([`RefusalReason::Stale`]): numbers the client's requests above `last` from here on,
+    /// and signs the outstanding operation again under the next number, at `now`; returns it
+    /// to send. `None` if nothing is outstanding.
+    pub fn renumber_above(&mut self, now: u64, last: u64) -> Option<Request> {
+        let op = self.outstanding.take()?.request.op;
+        self.next_seq = self.next_seq.max(last.saturating_add(1));
+        Some(self.request(now, op))
     }
 
     /// The request awaiting replies, to retransmit.
@@ -263,7 +305,8 @@ impl Client {
         self.outstanding.as_ref().map(|o| &o.request)
     }
 
-    /// Counts a reply; returns the outcome once f + 1 validators agree on it.
+    /// Counts a reply; returns the outcome once f + 1 validators agree on it. Refusals are
+    /// counted too, but only [`Client::handle_message`] reports them.
     pub fn handle_reply(&mut self, bytes: &[u8]) -> Result<Option<Outcome>, ClientError> {
         self.handle_reply_cached(bytes, &mut ReplyCache::new(0))
     }
@@ -276,9 +319,28 @@ impl Client {
         bytes: &[u8],
         cache: &mut ReplyCache,
     ) -> Result<Option<Outcome>, ClientError> {
+        match self.handle_message_cached(bytes, cache)? {
+            Some(Answer::Executed(outcome)) => Ok(Some(outcome)),
+            Some(Answer::Refused(_)) | None => Ok(None),
+        }
+    }
+
+    /// Counts a reply or a refusal of the outstanding request; returns the answer once f + 1
+    /// validators agree on it: its result, or why they will not order it.
+    pub fn handle_message(&mut self, bytes: &[u8]) -> Result<Option<Answer>, ClientError> {
+        self.handle_message_cached(bytes, &mut ReplyCache::new(0))
+    }
+
+    /// [`Client::handle_message`] with a [`ReplyCache`] (see [`Client::handle_reply_cached`]).
+    pub fn handle_message_cached(
+        &mut self,
+        bytes: &[u8],
+        cache: &mut ReplyCache,
+    ) -> Result<Option<Answer>, ClientError> {
         let reply =
             match Message::decode(bytes, self.max_message_bytes).map_err(ClientError::Decode)? {
                 Message::Reply(reply) => reply,
+                Message::Refusal(refusal) => return self.handle_refusal(&refusal),
                 // A validator (or gateway) hands over the change that ended this client's
                 // epoch, once per epoch; one of an epoch passed is a repeat.
                 Message::EpochChange(change) => {
@@ -290,6 +352,73 @@ impl Client {
                 }
                 _ => return Err(ClientError::NotAReply),
             };
+        self.count_reply(reply, cache)
+            .map(|outcome| outcome.map(Answer::Executed))
+    }
+
+    /// Counts one validator's refusal of the outstanding request (its latest replaces its
+    /// earlier one); the refusal once f + 1 agree ([`RefusalReason::agrees_with`]).
+    fn handle_refusal(&mut self, refusal: &RequestRefusal) -> Result<Option<Answer>, ClientError> {
+        let outstanding = self
+            .outstanding
+            .as_mut()
+            .ok_or(ClientError::NotOutstanding)?;
+        if refusal.client != outstanding.request.client
+            || refusal.client_seq != outstanding.request.client_seq
+        {
+            return Err(ClientError::NotOutstanding);
+        }
+        if refusal.request != outstanding.digest {
+            return Err(ClientError::AnotherRequest);
+        }
+        let key = self
+            .validators
+            .key(refusal.replica)
+            .ok_or(ClientError::UnknownReplica(refusal.replica))?;
+        let signed = refusal.signed_digest(&self.chain, self.validators.epoch());
+        key.verify(&signed, &refusal.signature)
+            .map_err(|_| ClientError::BadSignature)?;
+        outstanding.refusals.insert(refusal.replica, refusal.reason);
+        let needed = self.validators.reply_quorum();
+        let agreeing: Vec<&RefusalReason> = outstanding
+            .refusals
+            .values()
+            .filter(|reason| reason.agrees_with(&refusal.reason))
+            .collect();
+        if agreeing.len() < needed {
+            return Ok(None);
+        }
+        let reason = match refusal.reason {
+            // The highest `last` that f + 1 refusers hold spent.
+            RefusalReason::Stale { .. } => {
+                let mut lasts: Vec<u64> = agreeing
+                    .iter()
+                    .filter_map(|reason| match reason {
+                        RefusalReason::Stale { last } => Some(*last),
+                        _ => None,
+                    })
+                    .collect();
+                lasts.sort_unstable_by(|a, b| b.cmp(a));
+                let last = lasts
+                    .get(needed.saturating_sub(1))
+                    .copied()
+                    .unwrap_or_default();
+                RefusalReason::Stale { last }
+            }
+            other => other,
+        };
+        Ok(Some(Answer::Refused(Refused {
+            client_seq: refusal.client_seq,
+            reason,
+        })))
+    }
+
+    /// Counts a reply of the outstanding request; the outcome once f + 1 agree.
+    fn count_reply(
+        &mut self,
+        reply: Reply,
+        cache: &mut ReplyCache,
+    ) -> Result<Option<Outcome>, ClientError> {
         let outstanding = self
             .outstanding
             .as_mut()

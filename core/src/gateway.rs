@@ -34,6 +34,7 @@
 mod attested;
 mod config;
 mod epochs;
+mod refusals;
 
 use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::vec::Vec;
@@ -81,6 +82,8 @@ struct Pending {
     retries: u32,
     /// Each validator's first valid reply.
     votes: BTreeMap<ReplicaId, Vote>,
+    /// Each validator's first valid refusal.
+    refusals: BTreeMap<ReplicaId, crate::RequestRefusal>,
 }
 
 /// One validator's reply, as counted: what it says and what proves it.
@@ -344,6 +347,7 @@ impl Gateway {
                 deadline: None,
                 retries: 0,
                 votes: BTreeMap::new(),
+                refusals: BTreeMap::new(),
             },
         );
         Ok(())
@@ -370,6 +374,7 @@ impl Gateway {
         {
             Message::Reply(reply) => reply,
             Message::EpochChange(change) => return self.on_epoch_change(&change),
+            Message::Refusal(refusal) => return self.count_refusal(from, refusal),
             _ => return Err(ClientError::NotAReply),
         };
         // A validator sends its own replies: one naming another signer would let the sender

@@ -116,6 +116,7 @@ mod metrics;
 #[doc(hidden)]
 pub mod mutants;
 mod new_view;
+mod refusal;
 mod replica;
 mod sizes;
 mod state;
@@ -133,8 +134,8 @@ pub use replica::{
 
 // The client role.
 pub use client::{
-    Client, ClientError, DEFAULT_MAX_REPLY_BYTES, DEFAULT_RETRANSMIT_MS, Outcome, ReplyCache,
-    verify_reply, verify_reply_cached,
+    Answer, Client, ClientError, DEFAULT_MAX_REPLY_BYTES, DEFAULT_RETRANSMIT_MS, Outcome, Refused,
+    ReplyCache, verify_reply, verify_reply_cached,
 };
 
 // The gateway role.
@@ -172,6 +173,10 @@ pub use governance::{
 pub use certificate::{CertificateError, CommitPath, Committed, QuorumCertificate};
 pub use merkle::InclusionProof;
 pub use new_view::{NewView, Plan, null_digest, plan};
+pub use refusal::{
+    REFUSALS_PER_CLIENT_PER_SECOND, REFUSALS_PER_SECOND, RefusalReason, RequestRefusal,
+    refusal_digest,
+};
 pub use view_change::{
     Prepared, PreparedClaim, StableCheckpoint, ViewChange, ViewChangeError, ViewChangeSummary,
 };

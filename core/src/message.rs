@@ -11,6 +11,7 @@ use crate::crypto::Digest;
 use crate::envelope::{self, DecodeError};
 use crate::epoch::EpochChange;
 use crate::new_view::NewView;
+use crate::refusal::RequestRefusal;
 use crate::state::{FetchState, Manifest, StateChunk};
 use crate::statement::Evidence;
 use crate::statement::{Batch, Phase, PrePrepare, Reply, Request, Vote};
@@ -100,6 +101,8 @@ pub enum Message {
     Evidence(Evidence),
     /// Proof that the receiver's epoch ended, for a validator still in it.
     EpochChange(EpochChange),
+    /// To a client: a validator will not order its request, and says why.
+    Refusal(RequestRefusal),
 }
 impl Message {
     /// Encodes into the versioned [`crate::envelope`].
@@ -169,6 +172,7 @@ impl Message {
             Message::Batch(_) => "batch",
             Message::Evidence(_) => "evidence",
             Message::EpochChange(_) => "epoch change",
+            Message::Refusal(_) => "refusal",
         }
     }
 }

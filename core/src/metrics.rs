@@ -73,6 +73,8 @@ pub struct Metrics {
     /// Votes not signed because this replica had signed another digest for the same
     /// statement (before a restart): each one a double signature avoided.
     pub refused_to_equivocate: u64,
+    /// Signed refusals sent to clients ([`crate::Refusal`]), within their budget.
+    pub refusals_signed: u64,
 }
 
 impl Metrics {

@@ -225,3 +225,82 @@ fn a_restored_replica_forgets_the_same_clients_as_a_live_one() {
         }
     }
 }
+
+/// The signed refusals a backup sends a client's own copy of a request it will not order.
+fn refusals(outputs: &[Output]) -> Vec<pbft_core::RequestRefusal> {
+    outputs
+        .iter()
+        .filter_map(|output| match output {
+            Output::Send {
+                to: pbft_core::Destination::Client(_),
+                bytes,
+            } => match Message::decode(bytes, usize::MAX) {
+                Ok(Message::Refusal(refusal)) => Some(refusal),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+/// A client whose clock went back sends a request under a spent number: the backup refuses
+/// it with a signed answer naming the request and the highest number spent, so the client
+/// can number above it; a copy a validator forwarded gets no answer (its client is not on
+/// this link), and a flood of refused requests is answered only within the budget.
+#[test]
+fn a_stale_request_is_answered_with_the_number_to_beat() {
+    use pbft_core::{REFUSALS_PER_CLIENT_PER_SECOND, RefusalReason};
+    let mut host = Host::new();
+    assert_eq!(host.commit(vec![request(0, NOW_US)]).execute, [0]);
+    let stale = request(0, NOW_US - 86_400_000_000);
+    assert_eq!(
+        host.replica.submit(NOW, stale.clone()),
+        Err(Error::StaleRequest)
+    );
+    let answers = refusals(&drain(&mut host.replica));
+    let [answer] = &answers[..] else {
+        panic!("one refusal, got {answers:?}");
+    };
+    assert_eq!(answer.reason, RefusalReason::Stale { last: NOW_US });
+    assert_eq!(
+        (answer.client, answer.client_seq, answer.request),
+        (stale.client, stale.client_seq, stale.digest(&chain()))
+    );
+    let set = pbft_core::testing::validator_set(4);
+    let signer = set.key(answer.replica).expect("a validator");
+    assert_eq!(answer.replica, set.id_of(&key_of(3)).unwrap());
+    signer
+        .verify(&answer.signed_digest(&chain(), 0), &answer.signature)
+        .expect("the refusal is signed by the backup");
+
+    // Forwarded by a validator: refused, unanswered.
+    let forwarded = Message::Request(request(0, NOW_US - 1)).encode();
+    assert_eq!(
+        host.replica.handle_message(NOW, &key_of(0), &forwarded),
+        Err(Error::StaleRequest)
+    );
+    assert!(refusals(&drain(&mut host.replica)).is_empty());
+
+    // Over the size limit, from the client itself.
+    let mut large = config().max_request_bytes;
+    large += 1;
+    let oversized = Request::new(&chain(), &client_key(1), NOW_US, vec![7; large]);
+    assert!(host.replica.submit(NOW, oversized).is_err());
+    let answers = refusals(&drain(&mut host.replica));
+    assert!(
+        matches!(answers[..], [ref a] if matches!(a.reason, RefusalReason::TooLarge { .. })),
+        "{answers:?}"
+    );
+
+    // A flood from one key in the same second: answered a few times only.
+    for n in 0..50 {
+        let _ = host.replica.submit(NOW + 1, request(2, n + 1).clone());
+        let _ = host.replica.submit(NOW + 1, request(0, n + 1));
+    }
+    let answered = refusals(&drain(&mut host.replica));
+    let of_client_0 = answered
+        .iter()
+        .filter(|a| a.client == client_key(0).public_key())
+        .count();
+    assert_eq!(of_client_0, usize::from(REFUSALS_PER_CLIENT_PER_SECOND) - 1);
+}

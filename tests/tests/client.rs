@@ -286,3 +286,85 @@ fn a_matching_reply_reuses_the_proven_root_but_not_the_signature_check() {
         .expect("f + 1 matching replies");
     assert_eq!(outcome.result, b"x");
 }
+
+/// A client whose clock went back reuses its key under spent numbers: every validator
+/// refuses it with a signed reason, the client accepts the refusal once f + 1 agree (a
+/// Byzantine refuser can neither forge one nor push its numbering higher than honest ones
+/// do), renumbers above the spent numbers, and the request then executes.
+#[test]
+fn a_client_behind_its_spent_numbers_is_told_and_renumbers() {
+    use pbft_core::testing::validator_key;
+    use pbft_core::{Answer, RefusalReason, Refused, RequestRefusal};
+    let mut cluster = cluster();
+    let mut ahead = Client::new(chain(), client_key(0), cluster.set.clone(), 1_000);
+    let (_, replies) = round_trip(&mut cluster, &mut ahead, b"put");
+    assert!(
+        replies
+            .iter()
+            .any(|r| matches!(ahead.handle_reply(r), Ok(Some(_))))
+    );
+
+    let mut behind = new_client(&cluster, 0);
+    let request = behind.request(0, b"put again".to_vec());
+    for to in 0..4 {
+        let _ = cluster.submit(to, request.clone());
+    }
+    cluster.run();
+    let refusals = cluster.take_replies(&request.client);
+    assert_eq!(refusals.len(), 4, "every validator answers");
+
+    // A forged refusal (another reason under an honest signature) does not count.
+    let Ok(Message::Refusal(honest)) = Message::decode(&refusals[0], usize::MAX) else {
+        panic!("a refusal");
+    };
+    let mut forged = honest.clone();
+    forged.reason = RefusalReason::NumberTaken;
+    assert_eq!(
+        behind.handle_message(&Message::Refusal(forged).encode()),
+        Err(ClientError::BadSignature)
+    );
+    // A Byzantine validator claims the key spent far ahead: one refusal is not enough, and
+    // with an honest one the client numbers above what f + 1 hold spent, not above the lie.
+    let lie = RequestRefusal::new(
+        (&chain(), 0),
+        (request.client, request.client_seq, request.digest(&chain())),
+        RefusalReason::Stale {
+            last: u64::MAX - 10,
+        },
+        ReplicaId(3),
+        &validator_key(3),
+    );
+    assert_eq!(
+        behind.handle_message(&Message::Refusal(lie).encode()),
+        Ok(None)
+    );
+    let answer = refusals
+        .iter()
+        .filter(|bytes| {
+            !matches!(Message::decode(bytes, usize::MAX), Ok(Message::Refusal(r)) if r.replica == ReplicaId(3))
+        })
+        .find_map(|bytes| behind.handle_message(bytes).ok().flatten());
+    assert_eq!(
+        answer,
+        Some(Answer::Refused(Refused {
+            client_seq: 1,
+            reason: RefusalReason::Stale { last: 1_000 },
+        }))
+    );
+
+    let renumbered = behind.renumber_above(0, 1_000).expect("outstanding");
+    assert_eq!(
+        (renumbered.client_seq, &renumbered.op[..]),
+        (1_001, &b"put again"[..])
+    );
+    cluster.submit(0, renumbered.clone()).unwrap();
+    cluster.run();
+    let executed = cluster
+        .take_replies(&renumbered.client)
+        .iter()
+        .find_map(|bytes| behind.handle_message(bytes).ok().flatten());
+    assert!(
+        matches!(executed, Some(Answer::Executed(ref outcome)) if outcome.client_seq == 1_001),
+        "{executed:?}"
+    );
+}

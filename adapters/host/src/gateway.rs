@@ -380,6 +380,14 @@ impl State {
                     router.to_client(&client, &frame);
                 }
             }
+            GatewayOutput::Rejected {
+                client, refusals, ..
+            } => {
+                for refusal in refusals {
+                    let frame = ServerFrame::Message(Message::Refusal(refusal).encode());
+                    router.to_client(&client, &frame);
+                }
+            }
             GatewayOutput::Refused {
                 client,
                 client_seq,

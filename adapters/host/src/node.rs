@@ -671,11 +671,28 @@ impl<A: Application> Node<A> {
     /// for each, with a backup's arrival checks made in one batch
     /// ([`pbft_core::Replica::submit_all`]). One verdict per request, in order.
     pub fn submit_all(&mut self, now: u64, requests: Vec<Request>) -> Vec<Result<(), Error>> {
-        let keys: Vec<_> = requests.iter().map(|r| (r.client, r.client_seq)).collect();
+        let keys: Vec<_> = requests
+            .iter()
+            .map(|r| {
+                (
+                    r.client,
+                    r.client_seq,
+                    r.attestation.as_ref().map(|a| a.gateway),
+                )
+            })
+            .collect();
         let verdicts = self.replica.submit_all(now, requests);
-        for (key, verdict) in keys.into_iter().zip(&verdicts) {
-            if verdict.is_ok() && self.arrivals.len() < TIMED_REQUESTS {
-                self.arrivals.entry(key).or_insert(now);
+        for ((client, client_seq, gateway), verdict) in keys.into_iter().zip(&verdicts) {
+            match (verdict, gateway) {
+                (Ok(()), _) if self.arrivals.len() < TIMED_REQUESTS => {
+                    self.arrivals.entry((client, client_seq)).or_insert(now);
+                }
+                // A refused attested request's signed refusal goes back through its gateway
+                // when the client has no route here of its own (no execution set one yet).
+                (Err(_), Some(gateway)) if self.attested_by.len() < ATTESTED_BY_KEPT => {
+                    self.attested_by.entry(client).or_insert(gateway);
+                }
+                _ => {}
             }
         }
         verdicts

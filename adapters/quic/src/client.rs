@@ -6,7 +6,10 @@ use std::time::{Duration, Instant};
 
 use std::net::SocketAddr;
 
-use pbft_core::{Client, Digest, EpochChange, Keypair, Message, Outcome, PublicKey, ValidatorSet};
+use pbft_core::{
+    Answer, Client, Digest, EpochChange, Keypair, Message, Outcome, PublicKey, RefusalReason,
+    Refused, ValidatorSet,
+};
 use pbft_host::config::Network;
 use pbft_host::session::Session;
 use pbft_host::wire::{ClientFrame, NodeStatus, ProofBundle, ServerFrame};
@@ -142,6 +145,45 @@ pub enum ClientFailure {
     /// The gateway refused the request, and said why.
     #[error("the gateway refused the request: {0}")]
     Refused(String),
+    /// f + 1 validators refused the request for the same reason (signed refusals, so at least
+    /// one honest validator says so); the message says what to do.
+    #[error(
+        "the validators refused request {client_seq}: {reason}{}",
+        advice(reason)
+    )]
+    Rejected {
+        /// The request's number.
+        client_seq: u64,
+        /// Why.
+        reason: RefusalReason,
+    },
+    /// The request's number was spent by another client with the same key while this one
+    /// ran: numbers from two places at once collide, and requests of both get lost.
+    #[error(
+        "request number {client_seq} is spent: this key's requests up to number {last} executed, and not from here; is this key in use by another client at the same time? (each client process needs a key of its own)"
+    )]
+    KeyInUse {
+        /// The number this client used.
+        client_seq: u64,
+        /// The highest number f + 1 validators hold spent.
+        last: u64,
+    },
+}
+
+/// What to do about a refusal, for the person reading it.
+fn advice(reason: &RefusalReason) -> &'static str {
+    match reason {
+        RefusalReason::Stale { .. } | RefusalReason::NumberTaken => {
+            "; is this key in use by another client at the same time? (each client process needs a key of its own)"
+        }
+        RefusalReason::TooLarge { .. } => {
+            "; split the value, or raise max_request_bytes in the network's config"
+        }
+        RefusalReason::UnknownGateway => {
+            "; the validators no longer take this gateway's attestations: use another gateway of network.toml"
+        }
+        RefusalReason::Overloaded => "; retry later",
+    }
 }
 
 /// A client of a pbft cluster, over either transport.
@@ -155,6 +197,10 @@ pub struct ClusterClient {
     via_gateway: bool,
     /// The network's largest operation, in bytes.
     max_request_bytes: usize,
+    /// Whether the validators may still renumber this client: until a request of this
+    /// session executed or was renumbered once. A number found spent after that was spent by
+    /// someone else ([`ClientFailure::KeyInUse`]).
+    may_renumber: bool,
 }
 
 /// First request number of a new client key: microseconds since the epoch, so numbers keep
@@ -246,6 +292,7 @@ impl ClusterClient {
             start: Instant::now(),
             via_gateway,
             max_request_bytes: network.core.max_request_bytes,
+            may_renumber: true,
         }
     }
 
@@ -317,11 +364,65 @@ impl ClusterClient {
         timeout: Duration,
     ) -> Result<(Outcome, Digest), ClientFailure> {
         let give_up = tokio::time::Instant::now() + timeout;
-        let digest = request.digest(&self.client_chain());
-        let client_seq = request.client_seq;
+        let mut digest = request.digest(&self.client_chain());
+        self.send_first(request);
+        // The latest refusal f + 1 validators agreed on that leaves the request outstanding
+        // (an overloaded cluster): what a timeout reports instead of silence.
+        let mut overloaded = None;
+        loop {
+            let retry = self.client.poll_timeout().map_or(give_up, |at| {
+                tokio::time::Instant::from_std(self.start + Duration::from_millis(at))
+            });
+            tokio::select! {
+                frame = self.session.recv() => match frame {
+                    Some((_, ServerFrame::Message(bytes))) => match self.client.handle_message(&bytes) {
+                        Ok(Some(Answer::Executed(outcome))) => {
+                            self.may_renumber = false;
+                            return Ok((outcome, digest));
+                        }
+                        Ok(Some(Answer::Refused(refused))) => {
+                            match self.on_refused(refused)? {
+                                Some(request) => {
+                                    digest = request.digest(&self.client_chain());
+                                    self.send_first(request);
+                                }
+                                None => overloaded = Some(refused),
+                            }
+                        }
+                        Ok(None) | Err(_) => {}
+                    },
+                    Some((_, ServerFrame::Refused { client_seq: refused, reason }))
+                        if self.via_gateway && (refused == self.outstanding_seq() || refused == 0) =>
+                    {
+                        return Err(ClientFailure::Refused(reason));
+                    }
+                    Some(_) => {}
+                    None => return Err(ClientFailure::Closed),
+                },
+                () = tokio::time::sleep_until(retry.min(give_up)) => {
+                    if tokio::time::Instant::now() >= give_up {
+                        if let Some(Refused { client_seq, reason }) = overloaded {
+                            return Err(ClientFailure::Rejected { client_seq, reason });
+                        }
+                        let what = match self.via_gateway {
+                            true => "the gateway",
+                            false => "the cluster",
+                        };
+                        return Err(ClientFailure::Timeout(what));
+                    }
+                    if let Some(request) = self.client.handle_timeout(self.now()) {
+                        self.session.broadcast(&ClientFrame::Message(Message::Request(request).encode()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends a request the first time: through the gateway, or to the primary of the epoch
+    /// the client follows if it has a link to it, else to every validator (backups forward
+    /// it).
+    fn send_first(&mut self, request: pbft_core::Request) {
         let frame = ClientFrame::Message(Message::Request(request).encode());
-        // To the primary of the epoch the client follows, if it has a link to it; else to
-        // every validator (backups forward it).
         let primary = self.client.validators().key(self.client.primary());
         let to = match self.via_gateway {
             true => Some(0),
@@ -336,38 +437,35 @@ impl ClusterClient {
             }
             None => self.session.broadcast(&frame),
         }
-        loop {
-            let retry = self.client.poll_timeout().map_or(give_up, |at| {
-                tokio::time::Instant::from_std(self.start + Duration::from_millis(at))
-            });
-            tokio::select! {
-                frame = self.session.recv() => match frame {
-                    Some((_, ServerFrame::Message(bytes))) => {
-                        if let Ok(Some(outcome)) = self.client.handle_reply(&bytes) {
-                            return Ok((outcome, digest));
-                        }
-                    }
-                    Some((_, ServerFrame::Refused { client_seq: refused, reason }))
-                        if self.via_gateway && (refused == client_seq || refused == 0) =>
-                    {
-                        return Err(ClientFailure::Refused(reason));
-                    }
-                    Some(_) => {}
-                    None => return Err(ClientFailure::Closed),
-                },
-                () = tokio::time::sleep_until(retry.min(give_up)) => {
-                    if tokio::time::Instant::now() >= give_up {
-                        let what = match self.via_gateway {
-                            true => "the gateway",
-                            false => "the cluster",
-                        };
-                        return Err(ClientFailure::Timeout(what));
-                    }
-                    if let Some(request) = self.client.handle_timeout(self.now()) {
-                        self.session.broadcast(&ClientFrame::Message(Message::Request(request).encode()));
-                    }
-                }
+    }
+
+    /// The number of the request awaiting replies (0: none).
+    fn outstanding_seq(&self) -> u64 {
+        self.client
+            .outstanding()
+            .map_or(0, |request| request.client_seq)
+    }
+
+    /// What a refusal f + 1 validators agreed on leads to: the request renumbered above the
+    /// spent numbers, to send (once per session, before anything executed: numbers from a
+    /// clock that was ahead, or from a previous run); `None` to keep waiting (overloaded
+    /// validators may take a retransmission); or the failure to report.
+    fn on_refused(
+        &mut self,
+        refused: Refused,
+    ) -> Result<Option<pbft_core::Request>, ClientFailure> {
+        let Refused { client_seq, reason } = refused;
+        match reason {
+            RefusalReason::Overloaded => Ok(None),
+            RefusalReason::Stale { last } if self.may_renumber => {
+                self.may_renumber = false;
+                tracing::info!(
+                    "request number {client_seq} is spent (this key's requests up to {last} executed): renumbering above it"
+                );
+                Ok(self.client.renumber_above(self.now(), last))
             }
+            RefusalReason::Stale { last } => Err(ClientFailure::KeyInUse { client_seq, last }),
+            reason => Err(ClientFailure::Rejected { client_seq, reason }),
         }
     }
 
@@ -383,6 +481,11 @@ impl ClusterClient {
     /// The number the next request will carry.
     pub fn next_client_seq(&self) -> u64 {
         self.client.next_seq()
+    }
+
+    /// Numbers the next request at least `seq` ([`pbft_core::Client::number_from`]).
+    pub fn number_from(&mut self, seq: u64) {
+        self.client.number_from(seq);
     }
 
     /// The validator set of the epoch the client follows.

@@ -275,10 +275,23 @@ enum ValidatorChange {
 
 #[derive(Subcommand)]
 enum ClientOp {
-    /// Set a key.
-    Put { key: String, value: String },
+    /// Set a key to a value: given here, or read whole from a file (binary-safe).
+    Put {
+        key: String,
+        /// The value, as text.
+        #[arg(required_unless_present = "value_file", conflicts_with = "value_file")]
+        value: Option<String>,
+        /// Read the value from this file (`-`: standard input) instead.
+        #[arg(long, value_name = "FILE")]
+        value_file: Option<PathBuf>,
+    },
     /// Read a key (ordered like a write).
-    Get { key: String },
+    Get {
+        key: String,
+        /// Write the value to this file (created or replaced) instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
     /// Remove a key.
     Delete { key: String },
 }
@@ -612,18 +625,47 @@ async fn client(
         Some(path) => read_key_file(path)?,
         None => Keypair::from_seed(&random_seed()?),
     };
+    let output = match &op {
+        ClientOp::Get { output, .. } => output.clone(),
+        _ => None,
+    };
     let op = match op {
-        ClientOp::Put { key, value } => Op::Put {
+        ClientOp::Put {
+            key,
+            value,
+            value_file,
+        } => Op::Put {
             key: key.into_bytes(),
-            value: value.into_bytes(),
+            value: match (value, value_file) {
+                (Some(value), _) => value.into_bytes(),
+                (None, Some(file)) => read_value(&file)?,
+                (None, None) => return Err("give the value, or --value-file FILE".into()),
+            },
         },
-        ClientOp::Get { key } => Op::Get {
+        ClientOp::Get { key, .. } => Op::Get {
             key: key.into_bytes(),
         },
         ClientOp::Delete { key } => Op::Delete {
             key: key.into_bytes(),
         },
     };
+    let key_name = match &op {
+        Op::Put { key, .. } | Op::Get { key } | Op::Delete { key } => {
+            String::from_utf8_lossy(key).into_owned()
+        }
+        _ => String::new(),
+    };
+    // Refused here, before any connection: every validator would refuse it.
+    let op = op.encode();
+    let max = network.core.max_request_bytes;
+    if op.len() > max {
+        return Err(format!(
+            "the operation is {} bytes (key, value and their encoding); the network takes at most {max} (max_request_bytes in {})",
+            op.len(),
+            config.display()
+        )
+        .into());
+    }
     if via_gateway.is_some() && proof.is_some() {
         return Err("--proof asks the validators for the QC; drop --via-gateway to use it".into());
     }
@@ -643,17 +685,30 @@ async fn client(
             ClusterClient::connect_via_gateway(&network, gateway, keypair)?
         }
     };
-    let (outcome, digest) = client
-        .execute(op.encode(), Duration::from_secs(timeout))
-        .await?;
+    // The numbering kept beside the key file: above it, whatever the clock says.
+    let numbering = key.map(Numbering::beside);
+    if let Some(first) = numbering.as_ref().and_then(Numbering::next) {
+        client.number_from(first);
+    }
+    let executed = client.execute(op, Duration::from_secs(timeout)).await;
+    if let Some(numbering) = &numbering {
+        numbering.keep(client.next_client_seq());
+    }
+    let (outcome, digest) = executed?;
     match OpResult::decode(&outcome.result) {
         Some(OpResult::Done) => println!("ok"),
-        Some(OpResult::Value(Some(value))) => println!("{}", String::from_utf8_lossy(&value)),
-        Some(OpResult::Value(None)) => println!("(absent)"),
+        Some(OpResult::Value(Some(value))) => write_value(&value, output.as_deref())?,
+        Some(OpResult::Value(None)) => {
+            return Err(format!(
+                "{key_name} is absent (read at seq {} in view {})",
+                outcome.seq, outcome.view
+            )
+            .into());
+        }
         Some(other) => println!("{other:?}"),
         None => println!("(undecodable result)"),
     }
-    println!("committed at seq {} in view {}", outcome.seq, outcome.view);
+    eprintln!("committed at seq {} in view {}", outcome.seq, outcome.view);
     if let Some(path) = proof {
         let bundle = client
             .proof(
@@ -666,6 +721,84 @@ async fn client(
             .ok_or("no validator returned a valid proof in time")?;
         std::fs::write(path, bundle.encode()).map_err(|e| format!("{}: {e}", path.display()))?;
         println!("proof saved to {}", path.display());
+    }
+    Ok(())
+}
+
+/// A client key's request numbering, kept in a file beside the key file (`KEY_FILE.seq`):
+/// the next number, so that a client whose clock went back, or ran ahead once, still numbers
+/// above what it used. Best effort: the validators' refusals renumber a client without it
+/// ([`pbft_quic::client::ClientFailure::KeyInUse`] when the key runs in two places).
+struct Numbering {
+    path: PathBuf,
+}
+
+impl Numbering {
+    fn beside(key_file: &Path) -> Numbering {
+        let mut path = key_file.as_os_str().to_owned();
+        path.push(".seq");
+        Numbering { path: path.into() }
+    }
+
+    /// The next number kept, if the file holds one.
+    fn next(&self) -> Option<u64> {
+        std::fs::read_to_string(&self.path)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Keeps `next` (written whole, then renamed into place); a warning if it cannot.
+    fn keep(&self, next: u64) {
+        let temporary = self.path.with_extension("seq.new");
+        let written = std::fs::write(&temporary, format!("{next}\n"))
+            .and_then(|()| std::fs::rename(&temporary, &self.path));
+        if let Err(err) = written {
+            tracing::warn!(
+                "cannot keep the request numbering in {}: {err}",
+                self.path.display()
+            );
+        }
+    }
+}
+
+/// A value read whole from `file` (`-`: standard input).
+fn read_value(file: &Path) -> Result<Vec<u8>, Failure> {
+    use std::io::Read as _;
+    let mut value = Vec::new();
+    match file == Path::new("-") {
+        true => std::io::stdin()
+            .read_to_end(&mut value)
+            .map_err(|err| format!("cannot read standard input: {err}"))?,
+        false => std::fs::File::open(file)
+            .and_then(|mut file| file.read_to_end(&mut value))
+            .map_err(|err| format!("cannot read {}: {err}", file.display()))?,
+    };
+    Ok(value)
+}
+
+/// Writes a value read: to `output` if given; else to standard output, as it is (text gets a
+/// newline; binary goes only where it is not a terminal).
+fn write_value(value: &[u8], output: Option<&Path>) -> Result<(), Failure> {
+    use std::io::Write as _;
+    if let Some(path) = output {
+        std::fs::write(path, value)
+            .map_err(|err| format!("cannot write {}: {err}", path.display()))?;
+        eprintln!("{} bytes written to {}", value.len(), path.display());
+        return Ok(());
+    }
+    let mut stdout = std::io::stdout().lock();
+    match std::str::from_utf8(value) {
+        Ok(text) => writeln!(stdout, "{text}")?,
+        Err(_) if std::io::IsTerminal::is_terminal(&stdout) => {
+            return Err(format!(
+                "the value is {} bytes of binary; write it to a file with --output FILE (or pipe it)",
+                value.len()
+            )
+            .into());
+        }
+        Err(_) => stdout.write_all(value)?,
     }
     Ok(())
 }

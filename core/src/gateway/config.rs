@@ -202,6 +202,17 @@ pub enum GatewayOutput {
         /// signed in the last one's epoch ([`crate::Client::enter_epoch`] checks them).
         chain: Vec<crate::EpochChange>,
     },
+    /// f + 1 validators refused a request the gateway carried, for the same reason: hand the
+    /// client these signed refusals (each a [`Message::Refusal`](crate::Message::Refusal) to
+    /// encode), which it checks itself ([`crate::Client::handle_message`]).
+    Rejected {
+        /// The client.
+        client: PublicKey,
+        /// The request refused.
+        client_seq: u64,
+        /// f + 1 agreeing refusals, from distinct validators.
+        refusals: Vec<crate::RequestRefusal>,
+    },
     /// A request the gateway accepted was refused later: tell the client why.
     Refused {
         /// The client.

@@ -119,6 +119,14 @@ impl ClientTable {
         }
     }
 
+    /// The highest number of `client` this table holds spent: its last executed request's,
+    /// or the floor for a client it does not hold. A fresh request numbers above it.
+    pub(crate) fn spent_up_to(&self, client: &PublicKey) -> u64 {
+        self.entries
+            .get(client)
+            .map_or(self.floor, |entry| entry.last_client_seq.max(self.floor))
+    }
+
     /// Records that (client, number), whose digest is `request`, executes at `seq`; the
     /// caller checked it is fresh. Returns the client forgotten to stay within
     /// `max_clients`, if any.

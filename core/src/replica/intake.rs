@@ -12,6 +12,7 @@ use alloc::vec::Vec;
 
 use super::exactly_once::Freshness;
 use super::output::{Destination, Record};
+use super::refusals::RefusalBudget;
 use super::signature_cache::SignatureCache;
 use super::signatures::{check_signatures, signed_digests};
 use super::{Mode, Replica};
@@ -45,6 +46,8 @@ pub(super) struct Intake {
     signatures: SignatureCache,
     /// Where large batch signature checks run.
     pub(super) pool: Pool,
+    /// What signed refusals this second may still cost.
+    pub(super) refusals: RefusalBudget,
 }
 
 impl Intake {
@@ -392,7 +395,25 @@ impl Replica {
     /// The checks of a request that cost no signature check, and what they decide: done
     /// already (`None`), or what to do once its signature holds. `reserved` requests admitted
     /// with it and not yet watched count against the bound on watched requests.
+    ///
+    /// A client's own copy (`forward`) that is refused gets a signed answer saying why
+    /// ([`Replica::refuse`]), within its budget.
     fn admit(
+        &mut self,
+        request: Request,
+        digest: Digest,
+        forward: bool,
+        reserved: usize,
+    ) -> Result<Option<(Request, Admitted)>, Error> {
+        let id = (request.client, request.client_seq);
+        let admitted = self.admit_unanswered(request, digest, forward, reserved);
+        if let (true, Err(err)) = (forward, &admitted) {
+            self.refuse(id, digest, err);
+        }
+        admitted
+    }
+
+    fn admit_unanswered(
         &mut self,
         request: Request,
         digest: Digest,

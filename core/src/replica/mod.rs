@@ -21,6 +21,7 @@ mod intake;
 mod membership;
 mod outbox;
 mod output;
+mod refusals;
 mod restore;
 mod retransmit;
 mod signature_cache;
@@ -309,7 +310,7 @@ impl Replica {
             Message::Batch(batch) => self.on_batch(batch),
             Message::Evidence(evidence) => self.on_evidence(peer, evidence),
             Message::EpochChange(change) => self.on_epoch_change(Some(peer), change),
-            Message::Request(_) | Message::Reply(_) => {
+            Message::Request(_) | Message::Reply(_) | Message::Refusal(_) => {
                 Err(Error::UnexpectedMessage(message.kind()))
             }
         }

@@ -168,6 +168,17 @@ impl Simulation {
                         self.send(self.validators.len() + index, node, bytes);
                     }
                 }
+                GatewayOutput::Rejected {
+                    client, refusals, ..
+                } => {
+                    let Some(index) = self.client_keys.iter().position(|k| *k == client) else {
+                        continue;
+                    };
+                    for refusal in refusals {
+                        let bytes = Message::Refusal(refusal).encode();
+                        self.send(self.validators.len() + index, node, bytes);
+                    }
+                }
                 GatewayOutput::Refused { .. } => {}
             }
         }
