@@ -47,6 +47,7 @@ pub struct NodeMetrics {
     snapshot_latency: Histogram,
     void_deliveries: Counter,
     state_transfers: Counter,
+    refusals_signed: Counter,
     checkpoint_mismatches: Counter,
     evidence: Counter,
     evidence_committed: Counter,
@@ -118,6 +119,7 @@ impl NodeMetrics {
             snapshot_latency: Histogram::new(exponential_buckets(0.000_5, 2.0, 16)),
             void_deliveries: Counter::default(),
             state_transfers: Counter::default(),
+            refusals_signed: Counter::default(),
             checkpoint_mismatches: Counter::default(),
             evidence: Counter::default(),
             evidence_committed: Counter::default(),
@@ -217,6 +219,11 @@ impl NodeMetrics {
             "state_transfers",
             "Checkpoint states fetched from peers",
             m.state_transfers.clone(),
+        );
+        registry.register(
+            "refusals_signed",
+            "Signed refusals sent to clients whose requests this validator will not order",
+            m.refusals_signed.clone(),
         );
         registry.register(
             "checkpoint_mismatches",
@@ -447,6 +454,11 @@ impl NodeMetrics {
             &self.state_transfers,
             core.state_transfers,
             old.state_transfers,
+        );
+        add(
+            &self.refusals_signed,
+            core.refusals_signed,
+            old.refusals_signed,
         );
         add(
             &self.checkpoint_mismatches,

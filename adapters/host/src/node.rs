@@ -312,6 +312,9 @@ pub struct Node<A> {
     attested_by: HashMap<PublicKey, PublicKey>,
     /// The last state digest taken for a status query: (seq, digest, when).
     state_digest: Option<(u64, Digest, u64)>,
+    /// The executed seq, and when (ms) this node saw it reached (its start, before any
+    /// execution): the age of the last commit a status query reports.
+    progress: (u64, u64),
     /// The thread that takes checkpoint snapshots, if the node was given one
     /// ([`Node::snapshots_on_thread`]); without, they are taken on the node's thread.
     snapshots: Option<Snapshots>,
@@ -617,6 +620,7 @@ impl<A: Application> Node<A> {
             chain,
             attested_by: HashMap::new(),
             state_digest: None,
+            progress: (0, 0),
             snapshots: None,
             to_record: Vec::new(),
             snapshots_pending: 0,
@@ -754,6 +758,10 @@ impl<A: Application> Node<A> {
                 break;
             }
             self.wait_for_snapshots(now)?;
+        }
+        let executed = self.replica.executed_seq();
+        if executed != self.progress.0 {
+            self.progress = (executed, now);
         }
         let settled = self.snapshots_pending == 0 && !syncing;
         let compact = self.compact_due && settled;
@@ -1122,15 +1130,22 @@ impl<A: Application> Node<A> {
             }
         }
         let (state_seq, state, _) = self.state_digest.unwrap_or_default();
+        let set = self.replica.validators();
         NodeStatus {
             id: u32::from(self.replica.id().0),
-            epoch: self.replica.validators().epoch(),
-            validators: self.replica.validators().len() as u32,
+            epoch: set.epoch(),
+            validators: set.len() as u32,
             view: self.replica.view(),
             executed,
             stable: self.replica.stable_checkpoint().seq,
             state_seq,
             state,
+            primary: u32::from(set.primary(self.replica.view()).0),
+            in_view: self.replica.in_view(),
+            retired: self.replica.is_retired(),
+            peers_connected: 0,
+            waiting: !self.replica.is_idle(),
+            since_commit_ms: now.saturating_sub(self.progress.1),
         }
     }
 

@@ -155,6 +155,19 @@ pub struct NodeStatus {
     pub state_seq: u64,
     /// Digest of its application state after `state_seq`.
     pub state: Digest,
+    /// The primary of its view (an id in its epoch's set).
+    pub primary: u32,
+    /// Whether it runs its view (false while it waits for the view's new-view message).
+    pub in_view: bool,
+    /// Whether it was removed from the set by a reconfiguration, and takes no more part.
+    pub retired: bool,
+    /// Validators it has a connection to.
+    pub peers_connected: u32,
+    /// Whether anything waits on it: a request, a slot not yet executed, a view change, a
+    /// checkpoint not yet stable ([`pbft_core::Replica::is_idle`] is false).
+    pub waiting: bool,
+    /// Milliseconds since it last executed a batch (or since it started, if it has not).
+    pub since_commit_ms: u64,
 }
 
 /// Offline proof that a request committed: a QC over its batch, the request's Merkle path to

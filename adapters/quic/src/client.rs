@@ -541,6 +541,29 @@ impl ClusterClient {
         (followed, answered.len())
     }
 
+    /// Asks every validator at once where it is; by link, `None` for each that does not
+    /// answer within `timeout`.
+    pub async fn statuses(&mut self, timeout: Duration) -> Vec<Option<NodeStatus>> {
+        let mut answers = vec![None; self.targets.len()];
+        self.session.broadcast(&ClientFrame::Status);
+        let give_up = tokio::time::Instant::now() + timeout;
+        while answers.iter().any(Option::is_none) {
+            tokio::select! {
+                frame = self.session.recv() => match frame {
+                    Some((from, ServerFrame::Status(status))) => {
+                        if let Some(slot) = answers.get_mut(from) {
+                            *slot = Some(status);
+                        }
+                    }
+                    Some(_) => {}
+                    None => break,
+                },
+                () = tokio::time::sleep_until(give_up) => break,
+            }
+        }
+        answers
+    }
+
     /// Asks one validator where it is; `None` if it does not answer in time.
     pub async fn status(&mut self, validator: usize, timeout: Duration) -> Option<NodeStatus> {
         self.session.send(validator, &ClientFrame::Status);

@@ -12,4 +12,5 @@ pub mod gateway;
 pub mod identity;
 pub mod node;
 pub mod operator;
+pub mod status;
 pub mod transport;

@@ -17,7 +17,7 @@ use pbft_host::node::Node;
 use pbft_host::wire::ProofBundle;
 use pbft_quic::bench::{self, BenchOptions};
 use pbft_quic::client::{ClusterClient, Transport};
-use pbft_quic::operator;
+use pbft_quic::{operator, status};
 
 #[derive(Parser)]
 #[command(
@@ -97,14 +97,23 @@ enum Command {
         #[command(subcommand)]
         op: ClientOp,
     },
-    /// Where each validator is: epoch and set, view, executed seq, stable checkpoint.
+    /// Where each validator is (role, epoch, view, primary, executed seq, stable checkpoint,
+    /// lag, peers, last commit), and whether the cluster can make progress: exits non-zero
+    /// if fewer than 2f + 1 validators answer, or work waits and nothing committed for
+    /// --max-commit-age (a health check).
     Status {
         /// A config naming the network.
         #[arg(long)]
         config: PathBuf,
-        /// Seconds to wait for each answer.
-        #[arg(long, default_value_t = 3)]
+        /// Seconds to wait for the validators' answers.
+        #[arg(long, default_value_t = 1)]
         timeout: u64,
+        /// Seconds without a commit, while work waits, that make the cluster unhealthy.
+        #[arg(long, default_value_t = 30)]
+        max_commit_age: u64,
+        /// Print JSON (for scripts) instead of the table.
+        #[arg(long)]
+        json: bool,
         /// What carries the messages.
         #[arg(long, value_enum, default_value_t)]
         transport: TransportArg,
@@ -388,14 +397,23 @@ async fn run(command: Command) -> Result<(), Failure> {
         Command::Status {
             config,
             timeout,
+            max_commit_age,
+            json,
             transport,
         } => {
             let network = load_network(&config)?;
-            let timeout = Duration::from_secs(timeout);
-            print!(
-                "{}",
-                operator::status(&network, transport.into(), timeout).await?
+            let ages = (
+                Duration::from_secs(timeout),
+                Duration::from_secs(max_commit_age),
             );
+            let status = status::status(&network, transport.into(), ages.0, ages.1).await?;
+            match json {
+                true => println!("{}", serde_json::to_string_pretty(&status)?),
+                false => print!("{}", status.table()),
+            }
+            if !status.healthy {
+                return Err(status.problems.join("; ").into());
+            }
         }
         Command::Validator {
             config,

@@ -1,6 +1,5 @@
 //! What the operator's commands do against a running network: change the validator set by
-//! governance (`pbft validator add|remove|rotate-key`), show where each validator is
-//! (`pbft status`), and wait until a new validator's key is in the set so it can join
+//! governance (`pbft validator add|remove|rotate-key`), and wait until a new validator's key is in the set so it can join
 //! (`pbft node` with a key outside the genesis set).
 
 use std::fmt::Write as _;
@@ -372,72 +371,4 @@ pub async fn wait_to_join(
         }
         tokio::time::sleep(ASK_FOR).await;
     }
-}
-
-/// Asks every validator `network` names where it is, and formats the answers as a table:
-/// one line per validator (its key, then its id, epoch and set size, view, executed seq,
-/// stable checkpoint, or that it did not answer within `timeout`), under the set of the
-/// latest epoch any validator follows.
-///
-/// # Errors
-///
-/// The client cannot connect.
-pub async fn status(
-    network: &Network,
-    transport: Transport,
-    timeout: Duration,
-) -> Result<String, TransportError> {
-    let keypair =
-        Keypair::from_seed(&pbft_host::config::random_seed().map_err(TransportError::Io)?);
-    let mut client = ClusterClient::connect(transport, network, keypair)?;
-    let (followed, _) = client.follow_epochs(timeout).await;
-    let set = client.validators().clone();
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "epoch {} ({} epoch changes since genesis): {} validators, quorum {}",
-        set.epoch(),
-        followed.len(),
-        set.len(),
-        set.quorum()
-    );
-    let _ = writeln!(
-        out,
-        "{:<16} {:>5} {:>6} {:>6} {:>10} {:>10} {:>10}",
-        "validator", "id", "epoch", "set", "view", "executed", "stable"
-    );
-    let targets = client.targets().to_vec();
-    for (index, key) in targets.iter().enumerate() {
-        let short = &key.to_string()[..16];
-        let member = match set.id_of(key) {
-            Some(_) => "",
-            None => "  (not in the set)",
-        };
-        match client.status(index, timeout).await {
-            Some(status) => {
-                let _ = writeln!(
-                    out,
-                    "{short:<16} {:>5} {:>6} {:>6} {:>10} {:>10} {:>10}{member}",
-                    status.id,
-                    status.epoch,
-                    status.validators,
-                    status.view,
-                    status.executed,
-                    status.stable
-                );
-            }
-            None => {
-                let _ = writeln!(out, "{short:<16} no answer in {timeout:?}{member}");
-            }
-        }
-    }
-    for key in set.public_keys().filter(|key| !targets.contains(key)) {
-        let _ = writeln!(
-            out,
-            "{:<16} in the set, but the config gives no address: add [[peers]] with key = \"{}\" and address = \"host:port\"",
-            &key.to_string()[..16],
-            key
-        );
-    }
-    Ok(out)
 }

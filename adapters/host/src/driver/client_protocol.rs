@@ -123,7 +123,9 @@ pub(super) fn handle<A: Application>(
             metrics.reject("queries_rate_limited");
         }
         ClientInput::Status => {
-            router.to_client(&from.key, &ServerFrame::Status(node.status(now)));
+            let mut status = node.status(now);
+            status.peers_connected = u32::try_from(metrics.peers_connected.get()).unwrap_or(0);
+            router.to_client(&from.key, &ServerFrame::Status(status));
         }
         ClientInput::Proof { seq, request } => {
             let proof = node.proof(seq, &request).map(Box::new);
