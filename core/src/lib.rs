@@ -129,7 +129,7 @@ mod view_change;
 // The validator and the contract on what it hands its host.
 pub use replica::{
     CheckpointState, ClientRecord, Delivery, Destination, ExecutedState, Install, JoinError,
-    Output, Record, Replica,
+    Output, Record, RecoveryReport, Replica,
 };
 
 // The client role.
@@ -150,7 +150,10 @@ pub use crypto::{
 
 // Signed statements and the wire.
 pub use envelope::{BATCH_OVERHEAD, DecodeError, PROTOCOL_VERSION, REQUEST_OVERHEAD};
-pub use message::{BatchAt, COMMITTED, FetchBatches, HAVE_BATCH, Message, PREPARED, Status};
+pub use message::{
+    BatchAt, COMMITTED, FetchBatches, HAVE_BATCH, Message, PREPARED, RecoveryAnswer, RecoveryQuery,
+    Status,
+};
 pub use state::{FetchState, Manifest, SnapshotJob, StateChunk, TakenSnapshot};
 pub use statement::{
     Attestation, Batch, Evidence, MAX_BATCH_EVIDENCE, Phase, PrePrepare, Reply, Request, Vote,

@@ -15,7 +15,7 @@ use crate::refusal::RequestRefusal;
 use crate::state::{FetchState, Manifest, StateChunk};
 use crate::statement::Evidence;
 use crate::statement::{Batch, Phase, PrePrepare, Reply, Request, Vote};
-use crate::view_change::{StableCheckpoint, ViewChange};
+use crate::view_change::{StableCheckpoint, ViewChange, ViewChangeSummary};
 
 /// Flag in [`Status::slots`]: the sender holds the slot's proposal and batch.
 pub const HAVE_BATCH: u8 = 1;
@@ -66,6 +66,33 @@ pub struct BatchAt {
     pub batch: Batch,
 }
 
+/// Asked by a validator that started from its data dir: what do you hold signed by my key?
+/// Its data dir may be an old copy (a restored backup, a VM snapshot) that lacks statements it
+/// signed since; it signs nothing until f + 1 peers answered ([`RecoveryAnswer`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoveryQuery {
+    /// The asker's epoch: answers hold statements of it.
+    pub epoch: u64,
+}
+
+/// What the sender holds signed by the asker of a [`RecoveryQuery`], in the asker's epoch:
+/// the statements themselves, so the asker checks its own signatures and no peer can make
+/// one up. At most a window's slots of votes (a proposal, a prepare and a commit each, and
+/// the proposals the sender refused), the checkpoint votes above the sender's stable checkpoint, the asker's latest view change,
+/// and the sender's stable checkpoint (certified).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoveryAnswer {
+    /// The epoch of the statements.
+    pub epoch: u64,
+    /// Votes signed by the asker.
+    pub votes: Vec<Vote>,
+    /// The asker's latest view change the sender holds (its summary: what was signed).
+    pub view_change: Option<ViewChangeSummary>,
+    /// The sender's stable checkpoint: every seq at or below it is final, and the sender no
+    /// longer holds the votes there, so the asker signs nothing there either.
+    pub stable: StableCheckpoint,
+}
+
 /// Every message of the protocol.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
@@ -103,6 +130,10 @@ pub enum Message {
     EpochChange(EpochChange),
     /// To a client: a validator will not order its request, and says why.
     Refusal(RequestRefusal),
+    /// A validator that started from its data dir asks what its peers hold signed by it.
+    RecoveryQuery(RecoveryQuery),
+    /// The answer to a [`RecoveryQuery`].
+    RecoveryAnswer(RecoveryAnswer),
 }
 impl Message {
     /// Encodes into the versioned [`crate::envelope`].
@@ -173,6 +204,8 @@ impl Message {
             Message::Evidence(_) => "evidence",
             Message::EpochChange(_) => "epoch change",
             Message::Refusal(_) => "refusal",
+            Message::RecoveryQuery(_) => "recovery-query",
+            Message::RecoveryAnswer(_) => "recovery-answer",
         }
     }
 }

@@ -73,6 +73,9 @@ pub struct Metrics {
     /// Votes not signed because this replica had signed another digest for the same
     /// statement (before a restart): each one a double signature avoided.
     pub refused_to_equivocate: u64,
+    /// Signatures withheld by rollback protection: while peers had not said what they hold
+    /// signed by this replica, or in views it signed statements in that its log had lost.
+    pub withheld_in_recovery: u64,
     /// Signed refusals sent to clients ([`crate::Refusal`]), within their budget.
     pub refusals_signed: u64,
 }

@@ -133,7 +133,13 @@ fn votes_of_one_validator_in_two_views_are_not_evidence() {
         let result = send_vote(&mut replica, vote(3, phase, (1, 1), &batch_a()));
         assert_eq!(result, Err(Error::Equivocation(ReplicaId(3))), "{phase:?}");
         let outputs = drain(&mut replica);
-        let [Output::Send { .. }, Output::Evidence(evidence)] = outputs.as_slice() else {
+        // Kept in the log first, so a crash does not lose it.
+        let [
+            Output::Persist(pbft_core::Record::Evidence(_)),
+            Output::Send { .. },
+            Output::Evidence(evidence),
+        ] = outputs.as_slice()
+        else {
             panic!("{phase:?}: expected the evidence forwarded and reported, got {outputs:?}");
         };
         assert_eq!(

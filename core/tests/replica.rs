@@ -268,8 +268,13 @@ fn a_second_proposal_for_a_slot_is_evidence_against_the_primary() {
         Err(Error::Equivocation(ReplicaId(0)))
     );
     let outputs = drain(&mut backup);
-    let [Output::Send { .. }, Output::Evidence(evidence)] = outputs.as_slice() else {
-        panic!("expected the evidence forwarded and reported, got {outputs:?}");
+    let [
+        Output::Persist(Record::Evidence(_)),
+        Output::Send { .. },
+        Output::Evidence(evidence),
+    ] = outputs.as_slice()
+    else {
+        panic!("expected the evidence logged, forwarded and reported, got {outputs:?}");
     };
     assert_eq!(
         pbft_core::verify_evidence(&chain(), &validator_set(4), evidence),
@@ -297,7 +302,11 @@ fn conflicting_votes_are_evidence_and_the_first_vote_stands() {
     );
     assert!(matches!(
         drain(&mut backup).as_slice(),
-        [Output::Send { .. }, Output::Evidence(_)]
+        [
+            Output::Persist(Record::Evidence(_)),
+            Output::Send { .. },
+            Output::Evidence(_)
+        ]
     ));
 }
 

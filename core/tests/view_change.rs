@@ -326,9 +326,9 @@ fn a_restored_replica_repeats_its_votes_but_never_signs_a_conflicting_one() {
     );
     let outputs: Vec<Output> = std::iter::from_fn(|| whole.poll_output()).collect();
     assert!(
-        matches!(&outputs[..], [Output::Send { bytes, .. }, Output::Evidence(_)]
+        matches!(&outputs[..], [Output::Persist(Record::Evidence(_)), Output::Send { bytes, .. }, Output::Evidence(_)]
             if matches!(Message::decode(bytes, usize::MAX), Ok(Message::Evidence(_)))),
-        "evidence, forwarded, and no second prepare: {outputs:?}"
+        "evidence, logged, forwarded, and no second prepare: {outputs:?}"
     );
     // From the vote alone (the signed index), the second prepare is refused all the same.
     let votes_only = records

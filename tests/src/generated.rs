@@ -120,6 +120,7 @@ impl Scenario {
                     at,
                     back,
                     surely: rng.chance(50),
+                    from_copy: None,
                 });
             }
             at = last + rng.range(500, 3_000);

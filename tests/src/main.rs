@@ -265,6 +265,8 @@ fn main() -> ExitCode {
     let mut undetected = 0u64;
     let (mut removed, mut changed_sets, mut highest_epoch) = (0u64, 0u64, 0u64);
     let (mut reconfigurations, mut joined) = (0u64, 0u64);
+    let (mut rollbacks, mut rollbacks_detected) = (0u64, 0u64);
+    let mut rolled_back_seqs: Vec<u64> = Vec::new();
     let next = AtomicU64::new(seeds.start);
     let (results, finished) = mpsc::channel();
     std::thread::scope(|scope| {
@@ -306,6 +308,9 @@ fn main() -> ExitCode {
             removed += report.removed;
             reconfigurations += report.reconfigurations;
             joined += report.joined;
+            rollbacks += report.rollbacks;
+            rollbacks_detected += report.rollbacks_detected;
+            rolled_back_seqs.extend(&report.rolled_back_seqs);
             changed_sets += u64::from(report.epochs > 0);
             highest_epoch = highest_epoch.max(report.epochs);
             forgeries += report.attested_forgeries;
@@ -396,6 +401,14 @@ fn main() -> ExitCode {
         );
         println!(
             "removed from the set at the next epoch boundary: {removed} convicted validators; {changed_sets} runs changed the set (up to epoch {highest_epoch})"
+        );
+    }
+    rolled_back_seqs.sort_unstable();
+    if rollbacks > 0 {
+        println!(
+            "restored from an old copy: {rollbacks} validators ({rollbacks_detected} found statements they signed that the copy lacked); the copy's stable checkpoint was p50 {} seqs, max {} behind",
+            percentile(&rolled_back_seqs, 0.5),
+            percentile(&rolled_back_seqs, 1.0),
         );
     }
     commit_delays.sort_unstable_by(f64::total_cmp);

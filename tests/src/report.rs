@@ -41,6 +41,13 @@ pub struct Report {
     pub recovery_ms: Option<u64>,
     /// Validators restarted from their persisted records.
     pub restarts: u64,
+    /// Restarts from an old copy of the records and store ([`crate::Kind::Rollback`]).
+    pub rollbacks: u64,
+    /// For each of them, how many seqs the copy's stable checkpoint was behind the one the
+    /// validator had reached when it crashed.
+    pub rolled_back_seqs: Vec<u64>,
+    /// Restarts whose rollback protection found statements the log had lost.
+    pub rollbacks_detected: u64,
     /// Checkpoint states fetched and installed.
     pub state_transfers: u64,
     /// Re-proposed batches that new primaries fetched before they could sign their new views
@@ -121,6 +128,17 @@ pub(crate) fn observe(trace: &mut Hasher, index: usize, output: &Output) {
         }
         Output::Persist(Record::EpochStarted(change)) | Output::EpochStarted(change) => {
             trace.u64(change.epoch()).digest(&change.checkpoint.digest);
+        }
+        Output::Persist(Record::Evidence(evidence)) => {
+            trace
+                .u64(evidence.epoch)
+                .u64(u64::from(evidence.offender().0));
+        }
+        Output::Recovered(report) => {
+            trace
+                .u64(report.answered as u64)
+                .u64(report.lost as u64)
+                .u64(report.closed_through_view.unwrap_or(0));
         }
         other => panic!("the simulator does not trace {other:?}"),
     }

@@ -109,10 +109,15 @@ pub enum Kind {
     /// f validators are generated adversaries ([`Fault::Generated`]) while any subset of the
     /// honest ones, the whole cluster included, crashes and restarts ([`Scenario::generated`]).
     Generated,
+    /// An honest backup is restored from an old copy of its data dir (records and store,
+    /// taken several checkpoints before it crashes) while the primary re-proposes committed
+    /// seqs with other batches (`Fault::ReproposeCommitted`): rollback protection must keep
+    /// it from signing a statement that conflicts with one it signed after the copy.
+    Rollback,
 }
 
 /// Every kind, in the order seeds cycle through them.
-pub const KINDS: [Kind; 10] = [
+pub const KINDS: [Kind; 11] = [
     Kind::ByzantineBackups,
     Kind::CrashedPrimary,
     Kind::EquivocatingPrimary,
@@ -123,6 +128,7 @@ pub const KINDS: [Kind; 10] = [
     Kind::CrashRestart,
     Kind::WholeCluster,
     Kind::RestartUnderReproposals,
+    Kind::Rollback,
 ];
 
 /// An honest validator that crashes at a random point of its first step at or after `at`
@@ -139,6 +145,9 @@ pub struct Restart {
     /// Crash at `at` + 50 ms between steps if it took no step since `at` (a whole-cluster
     /// crash takes the idle down too).
     pub surely: bool,
+    /// Restart from a copy of its records and store taken at this virtual time instead of
+    /// from what it had at the crash: an operator restoring an old backup.
+    pub from_copy: Option<u64>,
 }
 
 /// Validators cut off from everyone else (validators and clients) for a while.
@@ -311,6 +320,7 @@ impl Scenario {
                 at: 60,
                 back: 3_000,
                 surely: true,
+                from_copy: None,
             }],
             max_batch_ops: 1,
             window: 8,
@@ -359,6 +369,7 @@ impl Scenario {
                 at: 0,
                 back: 2_500,
                 surely: true,
+                from_copy: None,
             }],
             max_batch_ops: 1,
             window: 8,
@@ -403,7 +414,7 @@ impl Scenario {
                 Some(Fault::CrashAt(rng.range(20, 300)))
             }
             Kind::CrashRestart | Kind::WholeCluster | Kind::Twins | Kind::Generated => None,
-            Kind::RestartUnderReproposals => Some(Fault::ReproposeCommitted),
+            Kind::RestartUnderReproposals | Kind::Rollback => Some(Fault::ReproposeCommitted),
         };
         if let Some(fault) = primary_fault {
             faults.insert(0, fault);
@@ -417,7 +428,10 @@ impl Scenario {
             faults.insert(replica, *rng.pick(&BACKUP_FAULTS));
         }
         let mut partitions = Vec::new();
-        let crash = matches!(kind, Kind::CrashedPrimary | Kind::Cascading);
+        let crash = matches!(
+            kind,
+            Kind::CrashedPrimary | Kind::Cascading | Kind::Rollback
+        );
         if kind == Kind::ForgedViewChanges {
             // Cut the first primary off so the cluster must change view through the forger.
             let from = rng.range(0, 300);
@@ -451,9 +465,26 @@ impl Scenario {
                     at,
                     back,
                     surely: false,
+                    from_copy: None,
                 });
                 at = back + rng.range(100, 1_500);
             }
+        }
+        if kind == Kind::Rollback {
+            // A copy early in the run, a crash once several checkpoints passed, and a restart
+            // from the copy while the cluster still runs.
+            let honest: Vec<usize> = (1..validators)
+                .filter(|i| !faults.contains_key(i))
+                .collect();
+            let copy = rng.range(50, 300);
+            let at = copy + rng.range(600, 1_500);
+            restarts.push(Restart {
+                node: *rng.pick(&honest),
+                at,
+                back: at + rng.range(50, 800),
+                surely: true,
+                from_copy: Some(copy),
+            });
         }
         if matches!(kind, Kind::WholeCluster | Kind::RestartUnderReproposals) {
             let mut honest: Vec<usize> = (0..validators)
@@ -484,6 +515,7 @@ impl Scenario {
                         at,
                         back: back + stagger,
                         surely: true,
+                        from_copy: None,
                     });
                 }
             }
@@ -500,12 +532,17 @@ impl Scenario {
         if kind == Kind::CensoringPrimary {
             clients = clients.max(2);
         }
+        // A rollback needs a run long enough for checkpoints to pass between copy and crash.
+        let requests_per_client = match kind {
+            Kind::Rollback => rng.range(12, 20) as usize,
+            _ => rng.range(2, 6) as usize,
+        };
         Scenario {
             kind,
             validators,
             faults,
             clients,
-            requests_per_client: rng.range(2, 6) as usize,
+            requests_per_client,
             delay_ms: (low, low + rng.range(0, 30)),
             duplicate_percent: rng.range(0, 20),
             loss_percent: rng.range(0, 20),

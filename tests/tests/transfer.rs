@@ -26,6 +26,7 @@ fn scenario(drip_feeder: Fault) -> Scenario {
             at: 20,
             back: 4_000,
             surely: true,
+            from_copy: None,
         }],
         max_batch_ops: 1,
         window: 4,
@@ -88,6 +89,7 @@ fn installs_under_load(faults: BTreeMap<usize, Fault>) {
             at: 20,
             back: 1_500,
             surely: true,
+            from_copy: None,
         }],
         ..scenario(Fault::Silent)
     };

@@ -265,6 +265,9 @@ struct ConfigFile {
     metrics: Option<String>,
     verify_threads: Option<usize>,
     compress_above_bytes: Option<usize>,
+    /// Off only for a key whose statements no other data dir ever signed: see
+    /// [`NodeConfig::unsafe_skip_rollback_check`].
+    unsafe_skip_rollback_check: Option<bool>,
     validators: Vec<ValidatorEntry>,
     /// The network's gateways, which clients may send through (`pbft client --via-gateway`).
     #[serde(default)]
@@ -365,6 +368,11 @@ pub struct NodeConfig {
     /// 2 Gbit/s ([`crate::compression`]). Nodes need not agree: each reads both kinds (once
     /// every node runs a build that does).
     pub compress_above: Option<usize>,
+    /// The config's `unsafe_skip_rollback_check`: start signing without asking the peers
+    /// what they hold signed by this key ([`pbft_core::Replica::check_for_rollback`]). A
+    /// data dir restored from an old copy, or a second process with this key, can then sign
+    /// conflicting statements and get the key convicted. For tests of exactly that.
+    pub unsafe_skip_rollback_check: bool,
 }
 
 /// The genesis validators' addresses, then those of `peers` (validators added since) whose
@@ -476,6 +484,7 @@ pub fn load_config(path: &Path) -> Result<NodeConfig, FileError> {
         data_dir: base.join(data_dir),
         verify_threads,
         compress_above: file.compress_above_bytes,
+        unsafe_skip_rollback_check: file.unsafe_skip_rollback_check.unwrap_or(false),
     })
 }
 
@@ -505,6 +514,10 @@ pub fn load_gateway_config(path: &Path) -> Result<GatewayNodeConfig, FileError> 
         ("data_dir", file.data_dir.is_some()),
         ("verify_threads", file.verify_threads.is_some()),
         ("compress_above_bytes", file.compress_above_bytes.is_some()),
+        (
+            "unsafe_skip_rollback_check",
+            file.unsafe_skip_rollback_check.is_some(),
+        ),
     ];
     if let Some((field, _)) = unused.iter().find(|(_, set)| *set) {
         return Err(field_error(

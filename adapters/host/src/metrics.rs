@@ -48,6 +48,7 @@ pub struct NodeMetrics {
     void_deliveries: Counter,
     state_transfers: Counter,
     refusals_signed: Counter,
+    withheld_in_recovery: Counter,
     checkpoint_mismatches: Counter,
     evidence: Counter,
     evidence_committed: Counter,
@@ -120,6 +121,7 @@ impl NodeMetrics {
             void_deliveries: Counter::default(),
             state_transfers: Counter::default(),
             refusals_signed: Counter::default(),
+            withheld_in_recovery: Counter::default(),
             checkpoint_mismatches: Counter::default(),
             evidence: Counter::default(),
             evidence_committed: Counter::default(),
@@ -224,6 +226,11 @@ impl NodeMetrics {
             "refusals_signed",
             "Signed refusals sent to clients whose requests this validator will not order",
             m.refusals_signed.clone(),
+        );
+        registry.register(
+            "withheld_in_recovery",
+            "Signatures rollback protection withheld: before peers said what they hold signed by this key, or in views where the log had lost statements it signed",
+            m.withheld_in_recovery.clone(),
         );
         registry.register(
             "checkpoint_mismatches",
@@ -459,6 +466,11 @@ impl NodeMetrics {
             &self.refusals_signed,
             core.refusals_signed,
             old.refusals_signed,
+        );
+        add(
+            &self.withheld_in_recovery,
+            core.withheld_in_recovery,
+            old.withheld_in_recovery,
         );
         add(
             &self.checkpoint_mismatches,

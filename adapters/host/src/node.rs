@@ -315,6 +315,9 @@ pub struct Node<A> {
     /// The executed seq, and when (ms) this node saw it reached (its start, before any
     /// execution): the age of the last commit a status query reports.
     progress: (u64, u64),
+    /// Whether [`Node::check_for_rollback`] runs (off only by the config's
+    /// `unsafe_skip_rollback_check`).
+    rollback_check: bool,
     /// The thread that takes checkpoint snapshots, if the node was given one
     /// ([`Node::snapshots_on_thread`]); without, they are taken on the node's thread.
     snapshots: Option<Snapshots>,
@@ -525,6 +528,22 @@ impl<A> Drop for Node<A> {
     }
 }
 
+/// Tells the operator what rollback protection found.
+fn log_recovery(report: &pbft_core::RecoveryReport) {
+    match (report.closed_through_view, report.view_changes_from_seq) {
+        (Some(view), Some(seq)) if report.lost > 0 => tracing::error!(
+            answered = report.answered,
+            lost = report.lost,
+            "rollback detected: the other validators hold {} statements this key signed that its log lacks (was the data dir restored from an old copy, or does this key run elsewhere too?); to never sign a conflicting one it signs nothing in views up to {view}, and no view change until its stable checkpoint reaches seq {seq}: it takes part again from the next view change",
+            report.lost
+        ),
+        _ => tracing::info!(
+            answered = report.answered,
+            "rollback protection: the log holds everything the other validators hold signed by this key; signing"
+        ),
+    }
+}
+
 impl<A: Application> Node<A> {
     /// Opens the log and the application store in `dir` (creating them) and restores the
     /// replica from its records and from the store: it resumes at the store's executed seq
@@ -621,6 +640,7 @@ impl<A: Application> Node<A> {
             attested_by: HashMap::new(),
             state_digest: None,
             progress: (0, 0),
+            rollback_check: true,
             snapshots: None,
             to_record: Vec::new(),
             snapshots_pending: 0,
@@ -700,6 +720,29 @@ impl<A: Application> Node<A> {
             }
         }
         verdicts
+    }
+
+    /// Turns rollback protection off ([`crate::config::NodeConfig::unsafe_skip_rollback_check`]),
+    /// with a warning in the log.
+    pub fn skip_rollback_check(&mut self) {
+        self.rollback_check = false;
+        tracing::warn!(
+            "rollback protection is off (unsafe_skip_rollback_check): if this data dir is an old copy, or this key runs elsewhere too, this node can sign conflicting statements and get its key convicted"
+        );
+    }
+
+    /// Starts rollback protection ([`Replica::check_for_rollback`]): call once, before any
+    /// input. Its outcome is logged when it settles.
+    pub fn check_for_rollback(&mut self, now: u64) {
+        if !self.rollback_check {
+            return;
+        }
+        self.replica.check_for_rollback(now);
+        if self.replica.is_recovering() {
+            tracing::info!(
+                "rollback protection: asking the other validators what they hold signed by this key before signing anything"
+            );
+        }
     }
 
     /// Time passed.
@@ -939,6 +982,7 @@ impl<A: Application> Node<A> {
                     "this node's state diverged from the stable checkpoint: fetching the quorum's state"
                 );
             }
+            Output::Recovered(report) => log_recovery(&report),
             other => return Err(NodeError::UnhandledOutput(format!("{other:?}"))),
         }
         Ok(round)

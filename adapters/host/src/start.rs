@@ -108,6 +108,9 @@ pub fn start(config: &NodeConfig, chain: Option<Vec<EpochChange>>) -> Result<Sta
         None => Node::open(&config.data_dir, core, genesis, keypair, KvStore::new()),
     }
     .map_err(RunError::Node)?;
+    if config.unsafe_skip_rollback_check {
+        node.skip_rollback_check();
+    }
     let me: ReplicaId = node.replica().id();
     // A checkpoint's snapshot (as long as the state) is read and hashed beside the node's
     // thread, which goes on ordering and executing.

@@ -127,7 +127,8 @@ async fn a_validator_joins_and_one_leaves_losing_no_write(transport: Transport) 
     let fifth = Keypair::from_seed(&[60; 32]);
     write_key_file(&cluster.dir.path().join("node4.key"), &fifth).unwrap();
     // Started before the change: it waits, asking the validators for epoch changes.
-    let (_joiner, _, fifth_metrics) = cluster.spawn_beside("node4", Some("node4.key"), "info");
+    let (_joiner, _, fifth_metrics) =
+        cluster.spawn_beside("node4", Some("node4.key"), "info", false);
     let mut client = cluster.client(91);
     let mut acknowledged = Vec::new();
     write(&mut client, &mut acknowledged, 20).await;

@@ -146,6 +146,14 @@ impl Checkpoints {
             .collect()
     }
 
+    /// This replica's state digests at the checkpoints above `seq` it reached, oldest first.
+    pub(super) fn own_above(&self, seq: u64) -> Vec<(u64, Digest)> {
+        self.own
+            .range(seq.saturating_add(1)..)
+            .map(|(&seq, &digest)| (seq, digest))
+            .collect()
+    }
+
     /// This replica's state digest at `seq`, if it reached that checkpoint.
     pub(super) fn own(&self, seq: u64) -> Option<Digest> {
         self.own.get(&seq).copied()

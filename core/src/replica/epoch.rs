@@ -305,8 +305,14 @@ impl Replica {
         }
         next.metrics = core::mem::take(&mut self.metrics);
         let now = self.timers.now();
+        let protected = self.recovery.enabled();
         *self = next;
-        self.enter(now);
+        match protected {
+            // A replica restored from an old copy may catch up into an epoch it had signed in
+            // before: what peers hold of it is asked again, of the new epoch.
+            true => self.check_for_rollback(now),
+            false => self.enter(now),
+        }
         for request in waiting {
             // Refusals (executed meanwhile, over a limit) are counted like any input's.
             let result = self.on_request(request, true);
@@ -554,10 +560,12 @@ impl Replica {
                     key.verify(&new_view.signed_digest(chain, epoch), &new_view.signature)
                         .is_ok()
                 }),
+            // Evidence of an older epoch still convicts its key while it is in the set.
             Record::Stable(_)
             | Record::Committed(..)
             | Record::Scheduled { .. }
-            | Record::EpochStarted(_) => true,
+            | Record::EpochStarted(_)
+            | Record::Evidence(_) => true,
         }
     }
 

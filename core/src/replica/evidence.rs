@@ -21,7 +21,7 @@
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 
-use super::{Destination, Output, Replica};
+use super::{Destination, Output, Record, Replica};
 use crate::certificate::verify_evidence;
 use crate::config::ReplicaId;
 use crate::crypto::{Digest, PublicKey, VerifyingKey};
@@ -125,6 +125,18 @@ impl EvidencePool {
         self.pending.clear();
     }
 
+    /// The pending evidence, as records for the log ([`Record::Evidence`]).
+    pub(super) fn pending_records(&self) -> impl Iterator<Item = Record> + '_ {
+        self.pending
+            .values()
+            .map(|(evidence, ..)| Record::Evidence(evidence.clone()))
+    }
+
+    /// The refused pre-prepares `id` signed (rollback protection hands them back to it).
+    pub(super) fn refused_of(&self, id: ReplicaId) -> impl Iterator<Item = &Vote> {
+        self.refused.values().filter(move |vote| vote.replica == id)
+    }
+
     /// Forgets refused pre-prepares at or below `seq` (the low watermark moved past them).
     pub(super) fn forget_refused_through(&mut self, seq: u64) {
         self.refused = self.refused.split_off(&(seq.saturating_add(1), 0));
@@ -168,10 +180,42 @@ impl EvidencePool {
 }
 
 impl Replica {
+    /// Emits evidence of a verified conflicting vote (once per signer and slot).
+    pub(super) fn report(&mut self, seq: u64, first: Vote, second: Vote) -> Result<(), Error> {
+        let culprit = second.replica;
+        let epoch = self.validators.epoch();
+        let offender = self.validators.key(culprit).map(|key| key.public_key());
+        if let Some(evidence) = self
+            .log
+            .get_mut(&seq)
+            .and_then(|slot| slot.evidence(epoch, first, second))
+            && let Some(offender) = offender
+        {
+            self.found_evidence(evidence, offender);
+        }
+        Err(Error::Equivocation(culprit))
+    }
+
     /// Reports evidence this replica verified (found itself or received), forwards it to
     /// every peer the first time, and, as the primary, proposes it.
     /// `offender` is the key it convicts; evidence against a key no longer punishable (out
     /// of the set, or scheduled out) is dropped.
+    /// Evidence from the log at a restart: pending again, against the key of its epoch's set
+    /// (if that set is known and the key still punishable), without a new broadcast.
+    pub(super) fn restore_evidence(&mut self, evidence: Evidence) {
+        let Ok(set) = self.set_of_epoch(evidence.epoch) else {
+            return;
+        };
+        let Some(offender) = set.key(evidence.offender()).map(VerifyingKey::public_key) else {
+            return;
+        };
+        if self.punishable(&offender) {
+            let leaf = evidence.digest(&self.config.chain_id);
+            let deadline = self.timers.timeout_from_now();
+            self.evidence.add(evidence, leaf, deadline, offender);
+        }
+    }
+
     pub(super) fn found_evidence(&mut self, evidence: Evidence, offender: PublicKey) {
         let key = key(&evidence);
         if self.evidence.pending.contains_key(&key)
@@ -185,6 +229,7 @@ impl Replica {
         self.evidence
             .add(evidence.clone(), leaf, deadline, offender);
         self.metrics.evidence_reported += 1;
+        self.outbox.persist(Record::Evidence(evidence.clone()));
         self.send(
             Destination::AllValidators,
             Message::Evidence(evidence.clone()).encode(),

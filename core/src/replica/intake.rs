@@ -624,7 +624,10 @@ impl Replica {
     /// nothing is in flight. Arms the batch timer for what is left, or disarms it when
     /// nothing can be proposed.
     pub(super) fn propose(&mut self, force: bool) {
-        if self.mode != Mode::Normal || !self.is_primary() {
+        // A primary that withholds its signatures (rollback protection) proposes nothing:
+        // each seq it skipped would cost the view a gap.
+        let withholds = self.signer.withholds(Phase::PrePrepare, self.view);
+        if self.mode != Mode::Normal || !self.is_primary() || withholds {
             self.timers.set_batch(false);
             return;
         }

@@ -21,6 +21,7 @@ mod intake;
 mod membership;
 mod outbox;
 mod output;
+mod recovery;
 mod refusals;
 mod restore;
 mod retransmit;
@@ -36,6 +37,7 @@ mod window;
 pub use exactly_once::ClientRecord;
 pub use governance::JoinError;
 pub use output::{Delivery, Destination, Install, Output, Record};
+pub use recovery::RecoveryReport;
 pub use restore::{CheckpointState, ExecutedState};
 
 use alloc::collections::{BTreeMap, VecDeque};
@@ -116,6 +118,8 @@ pub struct Replica {
     evidence: evidence::EvidencePool,
     /// Where this replica stands in the chain of epochs ([`epoch`]).
     epochs: epoch::Epochs,
+    /// Rollback protection at start ([`recovery`]).
+    recovery: recovery::Recovery,
     metrics: Metrics,
 }
 
@@ -147,6 +151,7 @@ impl Replica {
             checkpoints: Checkpoints::default(),
             evidence: evidence::EvidencePool::default(),
             epochs: epoch::Epochs::default(),
+            recovery: recovery::Recovery::default(),
             config,
             validators,
             id,
@@ -184,6 +189,7 @@ impl Replica {
             self.timers.batch(),
             self.view_deadline(),
             self.status_deadline(),
+            self.recovery_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -202,6 +208,7 @@ impl Replica {
             self.propose(true);
         }
         self.check_view_timers();
+        self.recovery_timeout();
         if self.status_deadline().is_some_and(|at| at <= now) {
             self.send_status();
             if self.awaits_batches() {
@@ -310,6 +317,8 @@ impl Replica {
             Message::Batch(batch) => self.on_batch(batch),
             Message::Evidence(evidence) => self.on_evidence(peer, evidence),
             Message::EpochChange(change) => self.on_epoch_change(Some(peer), change),
+            Message::RecoveryQuery(query) => self.on_recovery_query(peer, &query),
+            Message::RecoveryAnswer(answer) => self.on_recovery_answer(peer, answer),
             Message::Request(_) | Message::Reply(_) | Message::Refusal(_) => {
                 Err(Error::UnexpectedMessage(message.kind()))
             }
@@ -437,22 +446,6 @@ impl Replica {
             VoteOutcome::Duplicate => Err(Error::Duplicate),
             VoteOutcome::Conflict(first) => self.report(seq, first, vote),
         }
-    }
-
-    /// Emits evidence of a verified conflicting vote (once per signer and slot).
-    fn report(&mut self, seq: u64, first: Vote, second: Vote) -> Result<(), Error> {
-        let culprit = second.replica;
-        let epoch = self.validators.epoch();
-        let offender = self.validators.key(culprit).map(|key| key.public_key());
-        if let Some(evidence) = self
-            .log
-            .get_mut(&seq)
-            .and_then(|slot| slot.evidence(epoch, first, second))
-            && let Some(offender) = offender
-        {
-            self.found_evidence(evidence, offender);
-        }
-        Err(Error::Equivocation(culprit))
     }
 
     /// Moves slot `seq` forward: prepared → commit sent → committed → delivered.

@@ -83,6 +83,10 @@ pub enum Record {
     /// a host compacts them away only once its store is durable at or above the boundary
     /// (as for any compaction, [`Replica::durable_records`]).
     EpochStarted(EpochChange),
+    /// Evidence this replica holds (found, or received from a peer) until a batch commits
+    /// it: a restart keeps it, so a crash of every validator that saw the conflict does not
+    /// let the equivocator go.
+    Evidence(crate::statement::Evidence),
 }
 
 impl Record {
@@ -204,4 +208,9 @@ pub enum Output {
         /// The digest a quorum signed at `seq`.
         stable: Digest,
     },
+    /// Rollback protection settled ([`Replica::check_for_rollback`]): the replica signs
+    /// again, within what the report says. Tell the operator; a report with lost
+    /// statements means the data dir was restored from an old copy (or the key runs
+    /// elsewhere too).
+    Recovered(super::RecoveryReport),
 }

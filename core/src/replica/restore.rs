@@ -185,6 +185,7 @@ impl Replica {
             }
             match record {
                 Record::EpochStarted(_) => {}
+                Record::Evidence(evidence) => replica.restore_evidence(evidence),
                 Record::Scheduled { seq, next } => {
                     // The latest decision the store executed: a later one is made again when
                     // its batch is delivered again (the checkpoints before it must not see it).
@@ -641,16 +642,16 @@ impl Replica {
     /// The records a restart needs now, to replace the host's log with (after a stable
     /// checkpoint, everything else is garbage): the stable checkpoint, the view, the prepared
     /// certificates and accepted proposals (with their batches) above the checkpoint, the kept
-    /// batches, the votes signed in this view and the latest vote of the prepare phase at each
-    /// seq.
+    /// batches, the votes signed in this view, the latest vote of the prepare phase at each
+    /// seq, and the evidence not yet committed.
     pub fn durable_records(&self) -> Vec<Record> {
-        let mut records: Vec<Record> = self
+        let epochs = self
             .epochs
             .changes
             .iter()
             .cloned()
-            .map(Record::EpochStarted)
-            .collect();
+            .map(Record::EpochStarted);
+        let mut records: Vec<Record> = epochs.chain(self.evidence.pending_records()).collect();
         records.extend(self.epochs.schedule.clone().map(|next| Record::Scheduled {
             seq: self.epochs.scheduled_at,
             next,

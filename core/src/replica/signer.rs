@@ -36,6 +36,23 @@ pub(super) struct Signer {
     signed: BTreeMap<Statement, Vote>,
     /// seq → its latest (highest-view) pre-prepare or prepare, kept when its view is left.
     latest: BTreeMap<u64, Vote>,
+    /// Rollback protection ([`super::recovery`]): until peers said what they hold signed by
+    /// this key, it signs nothing they could hold against it.
+    sealed: bool,
+    /// Set once peers showed statements it signed that its log had lost (it was restored
+    /// from an old copy), so it may have signed others there it cannot know of.
+    fence: Option<Fence>,
+}
+
+/// What rollback protection closes to a replica that lost signed statements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct Fence {
+    /// Votes and view changes in views at or below it are withheld.
+    pub(super) view: u64,
+    /// View changes are withheld until the stable checkpoint reaches it (the highest seq of a
+    /// lost vote): a view change reports the slots above its checkpoint from the log, which
+    /// lost them, so until then it could leave out a batch it helped commit.
+    pub(super) seq: u64,
 }
 
 impl Signer {
@@ -48,7 +65,27 @@ impl Signer {
             epoch,
             signed: BTreeMap::new(),
             latest: BTreeMap::new(),
+            sealed: false,
+            fence: None,
         }
+    }
+
+    /// Signs nothing a peer could hold against this replica until [`Signer::unseal`].
+    pub(super) fn seal(&mut self) {
+        self.sealed = true;
+    }
+
+    /// Signs again, within `fence` if given (checkpoints, which belong to no view, stay
+    /// open: the signed index keeps their digests).
+    pub(super) fn unseal(&mut self, fence: Option<Fence>) {
+        self.sealed = false;
+        self.fence = fence.max(self.fence);
+    }
+
+    /// Whether it withholds a signature of `phase` in `view` ([`Signer::seal`],
+    /// [`Signer::unseal`]).
+    pub(super) fn withholds(&self, phase: Phase, view: u64) -> bool {
+        self.sealed || (phase != Phase::Checkpoint && self.fence.is_some_and(|f| view <= f.view))
     }
 
     /// Signs a vote for `digest` at (`view`, `seq`) unless this replica signed another digest
@@ -67,6 +104,10 @@ impl Signer {
                 return Some(previous.clone());
             }
             metrics.refused_to_equivocate += 1;
+            return None;
+        }
+        if self.withholds(phase, view) {
+            metrics.withheld_in_recovery += 1;
             return None;
         }
         metrics.signatures_created += 1;
@@ -121,26 +162,33 @@ impl Signer {
         self.keypair.sign(digest)
     }
 
-    /// Signs a view change leaving for `view`. One per view: the caller moves only upwards.
+    /// Signs a view change leaving for `view`, unless it withholds signatures in that view.
+    /// One per view: the caller moves only upwards.
     pub(super) fn view_change(
         &self,
         metrics: &mut Metrics,
         view: u64,
         checkpoint: StableCheckpoint,
         claims: (Vec<Prepared>, Vec<PreparedClaim>),
-    ) -> ViewChange {
+    ) -> Option<ViewChange> {
+        let behind = self.fence.is_some_and(|f| checkpoint.seq < f.seq);
+        if self.withholds(Phase::Prepare, view) || behind {
+            metrics.withheld_in_recovery += 1;
+            return None;
+        }
         metrics.signatures_created += 1;
-        ViewChange::new(
+        Some(ViewChange::new(
             &self.chain,
             self.epoch,
             (view, self.id),
             checkpoint,
             claims,
             &self.keypair,
-        )
+        ))
     }
 
-    /// Signs a new view whose proposals this signer signed through [`Signer::vote`].
+    /// Signs a new view whose proposals this signer signed through [`Signer::vote`] (so it
+    /// does not withhold signatures in its view).
     pub(super) fn new_view(&self, metrics: &mut Metrics, new_view: &mut NewView) {
         metrics.signatures_created += 1;
         let digest = new_view.signed_digest(&self.chain, self.epoch);
@@ -150,6 +198,15 @@ impl Signer {
     /// Takes back a vote signed before a restart; the first one for a statement stays.
     pub(super) fn remember(&mut self, vote: Vote) {
         self.note_latest(&vote);
+        self.signed
+            .entry((vote.phase, vote.view, vote.seq))
+            .or_insert(vote);
+    }
+
+    /// Takes a vote this replica signed that a peer held and its log had lost into the
+    /// signed index, so it never signs another digest for that statement. Not into the
+    /// latest votes its view changes report: it may not hold the batch.
+    pub(super) fn remember_lost(&mut self, vote: Vote) {
         self.signed
             .entry((vote.phase, vote.view, vote.seq))
             .or_insert(vote);
@@ -213,6 +270,7 @@ impl Replica {
     /// executed and with what it signed for the statement before.
     pub(super) fn may_sign_vote(&self, phase: Phase, seq: u64, digest: Digest) -> bool {
         self.agrees_with_executed(seq, digest)
+            && !self.signer.withholds(phase, self.view)
             && self
                 .signer
                 .get(phase, self.view, seq)

@@ -66,6 +66,22 @@ impl Slot {
             .is_some_and(|stored| (stored.view, stored.digest) == (vote.view, vote.digest))
     }
 
+    /// The votes `id` signed that this slot holds: its proposal (as the primary), its
+    /// prepare and its commit, and those in the slot's prepared certificate (of an earlier
+    /// view, maybe).
+    pub(crate) fn signed_by(&self, id: ReplicaId) -> impl Iterator<Item = &Vote> {
+        let certified = self
+            .prepared
+            .iter()
+            .flat_map(|prepared| core::iter::once(&prepared.proposal).chain(&prepared.prepares));
+        self.proposal
+            .iter()
+            .chain(self.prepares.get(&id))
+            .chain(self.commits.get(&id))
+            .chain(certified)
+            .filter(move |vote| vote.replica == id)
+    }
+
     fn votes(&self, phase: Phase) -> Option<&BTreeMap<ReplicaId, Vote>> {
         match phase {
             Phase::Prepare => Some(&self.prepares),

@@ -94,6 +94,13 @@ impl Replica {
         self.mode = Mode::ViewChange { since };
         self.timers.left_view();
         self.drop_batch_fetch();
+        self.send_view_change(view);
+    }
+
+    /// Signs, persists and broadcasts this replica's view change for `view`, the view it
+    /// left for, then acts on the view changes held. Rollback protection may withhold it;
+    /// the replica then follows the others, and sends it once it signs again.
+    pub(super) fn send_view_change(&mut self, view: u64) {
         let mut prepared: Vec<_> = self
             .log
             .range(self.checkpoints.stable().seq + 1..)
@@ -117,9 +124,16 @@ impl Replica {
         if planted!(self.config, ViewChangeOmitsVotes) {
             voted.clear();
         }
-        let change =
+        // Withheld by rollback protection: the replica leaves the view silently, as one
+        // whose messages were lost would, and follows the others.
+        let Some(change) =
             self.signer
-                .view_change(&mut self.metrics, view, checkpoint, (prepared, voted));
+                .view_change(&mut self.metrics, view, checkpoint, (prepared, voted))
+        else {
+            self.signer.leave_views_below(view);
+            self.after_view_changes();
+            return;
+        };
         let message = Message::ViewChange(change.clone());
         self.publish(Record::ViewChange(change.clone()), &message);
         // Its certificates come from this replica's own log, each checked as it formed.

@@ -183,8 +183,13 @@ impl Simulation {
         let key = (index, vote.phase, vote.view, vote.seq);
         let first = *self.signed.entry(key).or_insert(vote.digest);
         if first != vote.digest {
+            let epoch = node.replica.validators().epoch();
+            let recovering = node.replica.is_recovering();
+            if std::env::var_os("PBFT_SIM_TRACE_ERRORS").is_some() {
+                eprintln!("DOUBLE {:?}", node.replica);
+            }
             self.violation(format!(
-                "replica {index} signed two digests for {:?} at view {} seq {}",
+                "replica {index} signed two digests for {:?} at view {} seq {} (epoch {epoch}, recovering {recovering})",
                 vote.phase, vote.view, vote.seq
             ));
         }
@@ -192,16 +197,24 @@ impl Simulation {
 
     /// The same invariant on what actually went on the wire.
     pub(super) fn check_sent(&mut self, index: NodeId, bytes: &[u8]) {
-        match Message::decode(bytes, usize::MAX) {
-            Ok(Message::Vote(vote)) => self.check_signed(index, &vote),
-            Ok(Message::PrePrepare(pre_prepare)) => self.check_signed(index, &pre_prepare.vote),
-            Ok(Message::NewView(new_view)) => {
-                for proposal in &new_view.proposals {
-                    self.check_signed(index, proposal);
-                }
-            }
-            _ => {}
+        let votes = match Message::decode(bytes, usize::MAX) {
+            Ok(Message::Vote(vote)) => vec![vote],
+            Ok(Message::PrePrepare(pre_prepare)) => vec![pre_prepare.vote],
+            Ok(Message::NewView(new_view)) => new_view.proposals,
+            _ => Vec::new(),
+        };
+        for vote in &votes {
+            self.check_signed(index, vote);
+            self.sent.insert((index, vote.phase, vote.view, vote.seq));
         }
+    }
+
+    /// Validator `index` was restored from an old copy: the statements it signed and never
+    /// sent are gone with its log, and nobody holds them; the ones it sent still bind it.
+    pub(super) fn forget_unsent(&mut self, index: NodeId) {
+        let sent = &self.sent;
+        self.signed
+            .retain(|key, _| key.0 != index || sent.contains(key));
     }
 
     /// Evidence a replica reported must verify, and be against a faulty validator.
@@ -219,6 +232,12 @@ impl Simulation {
                 let offender = culprit as u16;
                 self.conflict_at.entry(offender).or_insert(self.now);
                 if self.validators[index].fault.is_none() {
+                    if std::env::var_os("PBFT_SIM_TRACE_ERRORS").is_some() {
+                        eprintln!(
+                            "t={} replica {index} reports evidence against {offender}",
+                            self.now
+                        );
+                    }
                     self.reported.insert(offender);
                 }
             }

@@ -64,6 +64,8 @@ enum Event {
     CrashNow { node: NodeId },
     /// A crashed validator restarts from its records and store.
     Restart { node: NodeId },
+    /// A copy of a validator's records and store is taken (an operator's backup).
+    Copy { node: NodeId },
     /// A message a generated adversary held back goes on the network now.
     Send {
         to: NodeId,
@@ -135,6 +137,9 @@ pub struct Simulation {
     proposed_at: BTreeMap<(u64, u64), u64>,
     /// Every statement an honest validator signed: (validator, phase, view, seq) → digest.
     signed: BTreeMap<(usize, pbft_core::Phase, u64, u64), Digest>,
+    /// The statements of `signed` that went on the wire: a validator restored from an old
+    /// copy of its data dir lost the others with its log, and no one else ever held them.
+    sent: BTreeSet<(usize, pbft_core::Phase, u64, u64)>,
     /// The application state after each seq, as the first honest replica computed it.
     states: BTreeMap<u64, Digest>,
     /// Per offender (validator id): when it first sent two conflicting statements, or when a
@@ -254,6 +259,7 @@ impl Simulation {
             config: replica_config,
             proposed_at: BTreeMap::new(),
             signed: BTreeMap::new(),
+            sent: BTreeSet::new(),
             conflict_at: BTreeMap::new(),
             reported: BTreeSet::new(),
             convicted_at: BTreeMap::new(),
@@ -285,6 +291,9 @@ impl Simulation {
                 self.schedule_at(restart.at + 50, Event::CrashNow { node: restart.node });
             }
             self.schedule_at(restart.back, Event::Restart { node: restart.node });
+            if let Some(at) = restart.from_copy {
+                self.schedule_at(at, Event::Copy { node: restart.node });
+            }
         }
         while let Some(((at, _), event)) = self.queue.pop_first() {
             if at > TIME_LIMIT_MS {
@@ -311,6 +320,7 @@ impl Simulation {
                     }
                 }
                 Event::Restart { node } => self.restart(node),
+                Event::Copy { node } => self.copy(node),
                 Event::Send { to, from, bytes } => self.send(to, from, bytes),
                 Event::Snapshot { node, life, taken } => self.snapshot_taken(node, life, taken),
                 Event::Operator => self.operator_due(),
@@ -440,6 +450,21 @@ impl Simulation {
                 metrics.replies_rejected,
             )
         });
+        if std::env::var_os("PBFT_SIM_TRACE_ERRORS").is_some() {
+            for (index, node) in self.validators.iter().enumerate() {
+                let r = &node.replica;
+                eprintln!(
+                    "END replica {index}: view {} in_view {} executed {} stable {} recovering {} withheld {} signed {}",
+                    r.view(),
+                    r.in_view(),
+                    r.executed_seq(),
+                    r.stable_checkpoint().seq,
+                    r.is_recovering(),
+                    r.metrics().withheld_in_recovery,
+                    r.metrics().signatures_created
+                );
+            }
+        }
         self.check_liveness();
         self.check_convictions();
         self.check_removals();

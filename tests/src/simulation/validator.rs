@@ -53,6 +53,9 @@ pub(super) struct Validator {
     table: Table,
     /// The application store as of the last step completed: what survives a crash.
     store: Store,
+    /// A copy of its records and store taken earlier, with its stable checkpoint then: the
+    /// next restart is from it (an operator restoring an old backup).
+    copy: Option<(Vec<Record>, Store, u64)>,
     /// Executed or installed since the store was last written.
     dirty: bool,
     /// Its application corrupted an operation (`Fault::DivergeAt`), once.
@@ -114,6 +117,7 @@ impl Validator {
             ops: Vec::new(),
             table: Table::default(),
             store: Store::default(),
+            copy: None,
             dirty: false,
             corrupted: false,
             diverged: false,
@@ -238,6 +242,15 @@ impl Simulation {
                 Output::Evidence(evidence) => self.check_evidence(index, &evidence),
                 Output::StateDiverged { seq, .. } => self.note_divergence(index, seq),
                 Output::EpochStarted(change) => self.epoch_started(index, &change),
+                Output::Recovered(report) => {
+                    if std::env::var_os("PBFT_SIM_TRACE_ERRORS").is_some() {
+                        eprintln!(
+                            "t={} replica {index} recovered: {report:?} {:?}",
+                            self.now, self.validators[index].replica
+                        );
+                    }
+                    self.report.rollbacks_detected += u64::from(report.lost > 0);
+                }
                 other => panic!("the simulator does not handle {other:?}"),
             }
         }
@@ -541,6 +554,19 @@ impl Simulation {
             return;
         }
         let keypair = Keypair::from_seed(&node.keypair.seed());
+        // Restored from an old copy: what it signed since is gone from its records.
+        if let Some((records, store, stable)) = node.copy.take() {
+            self.forget_unsent(index);
+            let node = &mut self.validators[index];
+            let now_stable = node.replica.stable_checkpoint().seq;
+            node.durable = records;
+            node.store = store;
+            self.report.rollbacks += 1;
+            self.report
+                .rolled_back_seqs
+                .push(now_stable.saturating_sub(stable));
+        }
+        let node = &mut self.validators[index];
         let table = &node.store.table;
         if std::env::var_os("PBFT_SIM_TRACE_ERRORS").is_some() {
             let scheduled: Vec<_> = node
@@ -600,9 +626,24 @@ impl Simulation {
         node.dirty = false;
         node.timer = None;
         self.report.restarts += 1;
-        // As a host does on start: a first tick (the replica learns the time only from its
-        // inputs), then carry out what the restore left (deliveries the log replays).
+        // As a host does on start: rollback protection, a first tick (the replica learns the
+        // time only from its inputs), then carry out what the restore left (deliveries the
+        // log replays).
+        if std::env::var_os("PBFT_SIM_NO_ROLLBACK_CHECK").is_none() {
+            self.validators[index].replica.check_for_rollback(self.now);
+        }
         self.validators[index].replica.handle_timeout(self.now);
         self.drain(index);
+    }
+
+    /// An operator copies a validator's data dir (its records and store as of its last
+    /// completed step); its next restart is from the copy.
+    pub(super) fn copy(&mut self, index: NodeId) {
+        let node = &mut self.validators[index];
+        if node.down {
+            return;
+        }
+        let stable = node.replica.stable_checkpoint().seq;
+        node.copy = Some((node.durable.clone(), node.store.clone(), stable));
     }
 }

@@ -382,6 +382,9 @@ fn run<A: Application>(
     // A restored replica may have deliveries waiting (its log replays what its store lacks),
     // and learns the time only from an input: give it one, so it catches up and announces
     // itself even if every peer restarted too and nothing else would wake it.
+    // Rollback protection: nothing is signed until peers said what they hold signed by
+    // this key (the data dir may be an old copy).
+    node.check_for_rollback(now());
     node.handle_timeout(now());
     send(&mut node, router, now())?;
     loop {

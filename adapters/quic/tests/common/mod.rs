@@ -217,13 +217,15 @@ impl Cluster {
 
     /// Starts one more `pbft node` beside the cluster: `<name>.toml` is validator 0's config
     /// with the data dir `<name>-data`, fresh listen and metrics addresses and, if given,
-    /// another key file; its log goes to `<name>.log` at `RUST_LOG=log`. Returns the process
-    /// (killed when dropped), its listen and its metrics addresses.
+    /// another key file, and rollback protection off if `unprotected`; its log goes to
+    /// `<name>.log` at `RUST_LOG=log`. Returns the process (killed when dropped), its listen
+    /// and its metrics addresses.
     pub(crate) fn spawn_beside(
         &self,
         name: &str,
         key_file: Option<&str>,
         log: &str,
+        unprotected: bool,
     ) -> (KilledOnDrop, SocketAddr, SocketAddr) {
         let dir = self.dir.path();
         let port = || testnet::free_port().unwrap();
@@ -241,6 +243,11 @@ impl Cluster {
             })
             .map(|line| line + "\n")
             .collect();
+        let config = match unprotected {
+            // Top-level fields go before the first table.
+            true => format!("unsafe_skip_rollback_check = true\n{config}"),
+            false => config,
+        };
         let path = dir.join(format!("{name}.toml"));
         std::fs::write(&path, config).unwrap();
         let stderr = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
@@ -254,6 +261,30 @@ impl Cluster {
             .spawn()
             .unwrap();
         (KilledOnDrop(child), listen, metrics)
+    }
+
+    /// Copies validator `index`'s data dir to `to` the way a disk snapshot or a backup
+    /// would: with the process frozen (SIGSTOP), so the copy is what a crash at that moment
+    /// leaves.
+    pub(crate) fn copy_data_dir(&self, index: usize, to: &std::path::Path) {
+        let pid = self.children[index]
+            .as_ref()
+            .expect("running")
+            .id()
+            .to_string();
+        let signal = |name: &str| {
+            let status = Command::new("kill").args([name, &pid]).status().unwrap();
+            assert!(status.success(), "kill {name}");
+        };
+        signal("-STOP");
+        let copied = Command::new("cp")
+            .arg("-r")
+            .arg(self.data_dir(index))
+            .arg(to)
+            .status()
+            .unwrap();
+        signal("-CONT");
+        assert!(copied.success());
     }
 
     pub(crate) fn log(&self, index: usize) -> String {

@@ -1,0 +1,373 @@
+//! Rollback protection: a replica started from its data dir asks its peers what they hold
+//! signed by its key before it signs anything, so that a data dir restored from an old copy
+//! (a backup, a VM snapshot) cannot lead it to sign a statement conflicting with one it
+//! signed after the copy was taken.
+//!
+//! The host calls [`Replica::check_for_rollback`] once, before any input; each epoch the
+//! replica enters afterwards is checked again (a replica restored into an old epoch may
+//! catch up into one it had signed in). Until f + 1 peers
+//! answered ([`RecoveryAnswer`]: the statements themselves, which the replica checks against
+//! its own key, so a peer can withhold but not invent one), and for up to a view timeout
+//! while more than f + 1 may still answer, the signer is sealed: no vote, view change or
+//! checkpoint (replies stay: a reply repeats freely). Then:
+//!
+//! - every statement the answers hold is in the signed index, so none is contradicted;
+//! - if one of them is missing from the log (it signed in the current view or later, above
+//!   its low watermark, and the log does not have it), the log was rolled back, and the
+//!   replica closes to itself every view up to the highest such statement's view, and view
+//!   changes until its stable checkpoint passes the highest such seq: it may have signed
+//!   other statements there that no peer that answered holds. It takes part again from the
+//!   next view change the others make. The closed views cost the cluster one validator until
+//!   then, never safety.
+//!
+//! A normal restart finds nothing missing (every signed statement is logged before it is
+//! sent) and costs one round trip. Compared with CometBFT's `double_sign_check_height`, no
+//! height is configured and nothing is waited out: the check is by content, at every start.
+//! The guarantee is as good as the answers: statements that reached only validators that did
+//! not answer stay unknown (the replica waits up to a view timeout for every peer, not only
+//! the f + 1 it needs).
+
+use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::vec::Vec;
+
+use super::output::{Destination, Output, Record};
+use super::signer::Fence;
+use super::{Mode, Replica};
+use crate::config::ReplicaId;
+use crate::crypto::Digest;
+use crate::error::Error;
+use crate::message::{Message, RecoveryAnswer, RecoveryQuery};
+use crate::statement::Phase;
+use crate::view_change::ViewChangeSummary;
+
+/// What rollback protection found, once f + 1 peers answered
+/// ([`crate::Output::Recovered`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Peers that answered.
+    pub answered: usize,
+    /// Statements signed by this replica that peers held and its log lacked: 0 unless the
+    /// data dir was rolled back (or the key runs in a second place).
+    pub lost: usize,
+    /// With `lost`, the highest view of a lost statement: the replica signs no vote or view
+    /// change in views up to it.
+    pub closed_through_view: Option<u64>,
+    /// With `lost`, the highest seq of a lost vote: no view change until the stable
+    /// checkpoint reaches it.
+    pub view_changes_from_seq: Option<u64>,
+}
+
+/// Where the check stands.
+#[derive(Debug, Default)]
+pub(super) struct Recovery {
+    /// Whether the host asked for it: each epoch entered is checked again.
+    enabled: bool,
+    /// When it started asking (ms); `None` when not asking (settled, or never started).
+    asking_since: Option<u64>,
+    /// When the query last went out (ms).
+    asked_at: u64,
+    answered: BTreeSet<ReplicaId>,
+    lost: usize,
+    fence: Option<Fence>,
+    /// When each peer's query was last answered (ms): at most one answer per retransmit
+    /// interval, since each can hold a window of votes.
+    served: BTreeMap<ReplicaId, u64>,
+}
+
+impl Recovery {
+    /// Whether the host started it ([`Replica::check_for_rollback`]).
+    pub(super) fn enabled(&self) -> bool {
+        self.enabled
+    }
+}
+
+impl Replica {
+    /// Starts rollback protection (see [`self`](crate::replica) `recovery`): seals the signer
+    /// and asks every peer what it holds signed by this replica. Call once, after
+    /// [`Replica::new`] or [`Replica::restore`] and before any input; a replica alone in its
+    /// set has no one to ask and skips it.
+    pub fn check_for_rollback(&mut self, now: u64) {
+        self.recovery.enabled = true;
+        if self.validators.len() < 2 {
+            self.enter(now);
+            return;
+        }
+        // Sealed before time moves: the first tick may vote on held proposals.
+        self.signer.seal();
+        self.enter(now);
+        self.recovery.asking_since = Some(now);
+        self.recovery.answered.clear();
+        self.recovery.lost = 0;
+        self.recovery.fence = None;
+        self.ask_for_own_statements();
+    }
+
+    /// Whether rollback protection still waits for answers (nothing is signed meanwhile).
+    pub fn is_recovering(&self) -> bool {
+        self.recovery.asking_since.is_some()
+    }
+
+    fn ask_for_own_statements(&mut self) {
+        self.recovery.asked_at = self.timers.now();
+        let query = Message::RecoveryQuery(RecoveryQuery {
+            epoch: self.validators.epoch(),
+        })
+        .encode();
+        let peers: Vec<ReplicaId> = (0..self.validators.len())
+            .filter_map(|id| u16::try_from(id).ok().map(ReplicaId))
+            .filter(|id| *id != self.id && !self.recovery.answered.contains(id))
+            .collect();
+        for peer in peers {
+            self.send(Destination::Validator(peer), query.clone());
+        }
+    }
+
+    /// When the check next needs time: to ask again, or to stop waiting for more than
+    /// f + 1 answers.
+    pub(super) fn recovery_deadline(&self) -> Option<u64> {
+        let since = self.recovery.asking_since?;
+        let again = self
+            .recovery
+            .asked_at
+            .saturating_add(self.config.retransmit_ms);
+        // Past the wait for every peer, only answers settle it: no deadline in the past.
+        let enough = since.saturating_add(self.config.view_timeout_ms);
+        Some(match enough > self.timers.now() {
+            true => again.min(enough),
+            false => again,
+        })
+    }
+
+    /// Time passed: settles if enough answered, else asks again those that did not.
+    pub(super) fn recovery_timeout(&mut self) {
+        let now = self.timers.now();
+        if self.recovery.asking_since.is_none() {
+            return;
+        }
+        self.maybe_settle();
+        let again = self
+            .recovery
+            .asked_at
+            .saturating_add(self.config.retransmit_ms);
+        if self.is_recovering() && now >= again {
+            self.ask_for_own_statements();
+        }
+    }
+
+    /// A peer asks what this replica holds signed by it: answers from the log, the
+    /// checkpoint votes and the view changes, once per retransmit interval.
+    pub(super) fn on_recovery_query(
+        &mut self,
+        peer: ReplicaId,
+        query: &RecoveryQuery,
+    ) -> Result<(), Error> {
+        let now = self.timers.now();
+        if query.epoch != self.validators.epoch() {
+            return Err(Error::OtherEpoch {
+                got: query.epoch,
+                current: self.validators.epoch(),
+            });
+        }
+        let last = self.recovery.served.get(&peer).copied();
+        if last.is_some_and(|at| now < at.saturating_add(self.config.retransmit_ms)) {
+            return Err(Error::RateLimited);
+        }
+        self.recovery.served.insert(peer, now);
+        let mut votes: Vec<_> = self
+            .log
+            .values()
+            .flat_map(|slot| slot.signed_by(peer))
+            .cloned()
+            .collect();
+        // Its proposals refused here are its signatures too (a peer may have accepted them),
+        // and so are those of a new view it led.
+        votes.extend(self.evidence.refused_of(peer).cloned());
+        let led = self
+            .new_view
+            .iter()
+            .flat_map(|new_view| &new_view.proposals);
+        votes.extend(led.filter(|vote| vote.replica == peer).cloned());
+        votes.sort_by_key(|vote| (vote.phase, vote.view, vote.seq, vote.digest));
+        votes.dedup();
+        let stable = self.checkpoints.stable().seq;
+        votes.extend(self.checkpoints.own_votes_above(stable, peer));
+        let view_change = self
+            .view_changes
+            .get(&peer)
+            .map(|held| held.change.summary());
+        let answer = Message::RecoveryAnswer(RecoveryAnswer {
+            epoch: self.validators.epoch(),
+            votes,
+            view_change,
+            stable: self.checkpoints.stable().clone(),
+        });
+        self.send(Destination::Validator(peer), answer.encode());
+        Ok(())
+    }
+
+    /// A peer's answer: its statements signed by this replica, each checked against this
+    /// replica's key unless the log holds the very same one. Counted once per peer.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Crypto`] for a statement that is not this replica's signature (the whole
+    /// answer is dropped); [`Error::UnexpectedMessage`] for more votes than a window holds.
+    pub(super) fn on_recovery_answer(
+        &mut self,
+        peer: ReplicaId,
+        answer: RecoveryAnswer,
+    ) -> Result<(), Error> {
+        if !self.is_recovering()
+            || self.recovery.answered.contains(&peer)
+            || answer.epoch != self.validators.epoch()
+        {
+            return Ok(());
+        }
+        // Per slot of the window: a proposal, a prepare and a commit, a prepared
+        // certificate's proposal and prepare, two refused proposals, a new view's proposal;
+        // and the checkpoints.
+        let window = self.config.window as usize;
+        let most = 8 * window + window / self.config.checkpoint_interval.max(1) as usize + 2;
+        if answer.votes.len() > most {
+            return Err(Error::UnexpectedMessage(
+                "recovery answer over a window of votes",
+            ));
+        }
+        // Final at the sender: nothing there is signed again (a certificate, checked).
+        if answer.stable.seq > self.checkpoints.stable().seq {
+            self.on_stable_checkpoint(answer.stable.clone())?;
+        }
+        let chain = self.config.chain_id;
+        let epoch = self.validators.epoch();
+        let key = *self.validators.key(self.id).ok_or(Error::NotAValidator)?;
+        let mut lost = Vec::new();
+        for vote in answer.votes {
+            let held = self.signer.get(vote.phase, vote.view, vote.seq);
+            if held.is_some_and(|held| held.signature == vote.signature) {
+                continue;
+            }
+            if vote.replica != self.id {
+                return Err(Error::WrongSigner(vote.replica));
+            }
+            self.metrics.signatures_verified += 1;
+            key.verify(&vote.signed_digest(&chain, epoch), &vote.signature)?;
+            // Below the low watermark or in a view left, nothing is signed again anyway.
+            let current = vote.phase == Phase::Checkpoint || vote.view >= self.view;
+            if current && vote.seq > self.checkpoints.stable().seq && held.is_none() {
+                lost.push(vote);
+            }
+        }
+        let mut fence = self.recovery.fence;
+        let later =
+            |change: &ViewChangeSummary| change.view > self.view && change.replica == self.id;
+        if let Some(change) = answer.view_change.filter(later) {
+            self.metrics.signatures_verified += 1;
+            key.verify(&change.signed_digest(&chain, epoch), &change.signature)?;
+            {
+                // It had left for a view its log never reached.
+                self.recovery.lost += 1;
+                let seq = fence.map_or(0, |f| f.seq);
+                fence = fence.max(Some(Fence {
+                    view: change.view,
+                    seq,
+                }));
+            }
+        }
+        for vote in lost {
+            self.recovery.lost += 1;
+            let (view, seq) = fence.map_or((0, 0), |f| (f.view, f.seq));
+            let view = match vote.phase {
+                Phase::Checkpoint => view,
+                _ => view.max(vote.view),
+            };
+            fence = Some(Fence {
+                view,
+                seq: seq.max(vote.seq),
+            });
+            self.signer.remember_lost(vote);
+        }
+        self.recovery.fence = fence;
+        self.recovery.answered.insert(peer);
+        self.maybe_settle();
+        Ok(())
+    }
+
+    /// Unseals once every peer answered, or f + 1 did and a view timeout passed.
+    fn maybe_settle(&mut self) {
+        let Some(since) = self.recovery.asking_since else {
+            return;
+        };
+        let others = self.validators.len().saturating_sub(1);
+        let needed = self.validators.reply_quorum().min(others);
+        let answered = self.recovery.answered.len();
+        let waited = self.timers.now() >= since.saturating_add(self.config.view_timeout_ms);
+        if answered < others && !(answered >= needed && waited) {
+            return;
+        }
+        self.recovery.asking_since = None;
+        let fence = self.recovery.fence;
+        self.signer.unseal(fence);
+        // As primary, never propose at or below a final seq, nor at one it proposed before.
+        let proposed = self.signer.highest_proposal(self.view);
+        let stable = self.checkpoints.stable().seq;
+        self.next_seq = self.next_seq.max(stable.max(proposed).saturating_add(1));
+        self.outbox.push(Output::Recovered(RecoveryReport {
+            answered,
+            lost: self.recovery.lost,
+            closed_through_view: fence.map(|f| f.view),
+            view_changes_from_seq: fence.map(|f| f.seq),
+        }));
+        self.sign_what_was_withheld();
+    }
+
+    /// Signs what it withheld while sealed, as far as the fence allows: its checkpoints
+    /// reached meanwhile; the view change of the view it left meanwhile, or the prepares and
+    /// commits of the current view's slots
+    /// it accepted meanwhile; a primary proposes what waits. Without them a cluster that
+    /// needs this replica's vote (another validator down) would wait for a view change that
+    /// needs its view change.
+    fn sign_what_was_withheld(&mut self) {
+        let stable = self.checkpoints.stable().seq;
+        for (seq, state) in self.checkpoints.own_above(stable) {
+            if self.signer.get(Phase::Checkpoint, 0, seq).is_none() {
+                self.checkpoint(seq, state);
+            }
+        }
+        let view = self.view;
+        if let Mode::ViewChange { .. } = self.mode {
+            let sent = self
+                .view_changes
+                .get(&self.id)
+                .is_some_and(|held| held.change.view >= view);
+            if !sent {
+                self.send_view_change(view);
+            }
+            return;
+        }
+        let primary = self.is_primary();
+        let withheld: Vec<(u64, Digest, bool, Option<Record>)> = self
+            .log
+            .iter()
+            .filter_map(|(&seq, slot)| {
+                let proposal = slot.proposal.as_ref().filter(|p| p.view == view)?;
+                let accepted = match (primary, slot.batch_logged, &slot.batch) {
+                    (false, false, Some(batch)) => {
+                        Some(Record::Accepted(proposal.clone(), batch.clone()))
+                    }
+                    _ => None,
+                };
+                Some((seq, proposal.digest, slot.commit_sent, accepted))
+            })
+            .collect();
+        for (seq, digest, commit_sent, accepted) in withheld {
+            if !primary && self.signer.get(Phase::Prepare, view, seq).is_none() {
+                self.cast_after(Phase::Prepare, seq, digest, accepted);
+            }
+            if commit_sent && self.signer.get(Phase::Commit, view, seq).is_none() {
+                self.cast(Phase::Commit, seq, digest);
+            }
+            self.advance(seq);
+        }
+        self.propose(false);
+    }
+}
