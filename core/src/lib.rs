@@ -128,7 +128,7 @@ mod view_change;
 
 // The validator and the contract on what it hands its host.
 pub use replica::{
-    CheckpointState, ClientRecord, Delivery, Destination, ExecutedState, Install, JoinError,
+    CheckpointState, ClientRecord, Delivery, Destination, ExecutedState, Fence, Install, JoinError,
     Output, Record, RecoveryReport, Replica,
 };
 

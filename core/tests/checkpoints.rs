@@ -2,8 +2,12 @@
 //! execution diverged: corruption, a bug, a bad restore) stops executing, says so, and fetches
 //! the stable checkpoint's state by state transfer instead of going on from a wrong state.
 
-use pbft_core::testing::{NOW, batch, committed, drain, key_of, small_config, vote_for};
-use pbft_core::{Destination, Digest, Message, Output, Phase, PublicKey, Record, Replica};
+use pbft_core::testing::{
+    NOW, batch, committed, drain, key_of, small_config, validator_key, validator_set, vote_for,
+};
+use pbft_core::{
+    Destination, Digest, ExecutedState, Message, Output, Phase, PublicKey, Record, Replica,
+};
 
 /// The application state every honest replica reaches at seq 2.
 const GOOD: &[u8] = b"the state at seq 2";
@@ -509,4 +513,40 @@ fn a_snapshot_deferred_at_a_checkpoint_already_stable_is_compared_after_the_quor
     assert!(!kept, "below the stable checkpoint: compared, not kept");
     let outputs = drain(&mut subject);
     reports_divergence_at_2(&outputs);
+}
+
+/// A crash between executing a checkpoint seq and logging its vote (or rollback protection
+/// withholding the vote until the crash): the store kept the state, the log has no vote. The
+/// store will not execute that seq again, so the restored replica signs its vote from the
+/// kept state, or the checkpoint could wait for it forever (a quorum that needs it).
+#[test]
+fn a_checkpoint_state_kept_without_its_vote_is_signed_after_a_restart() {
+    let mut before = replica(2);
+    let outputs = run_to_checkpoint(&mut before, GOOD);
+    let signed = checkpoint_vote(&outputs);
+    let state = before.checkpoint_state(2).expect("the state at seq 2");
+    let executed = ExecutedState {
+        executed: 2,
+        committed: (1..=2).map(|seq| committed(seq, &batch(&[seq]))).collect(),
+        checkpoints: vec![state],
+        ..ExecutedState::default()
+    };
+    let mut restored = Replica::restore(
+        small_config(),
+        validator_set(4),
+        validator_key(2),
+        Vec::new(),
+        executed,
+    )
+    .unwrap();
+    restored.handle_timeout(NOW);
+    let votes: Vec<_> = drain(&mut restored)
+        .into_iter()
+        .filter_map(|output| match output {
+            Output::Persist(Record::Signed(vote)) if vote.phase == Phase::Checkpoint => Some(vote),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(votes, [signed], "the same vote as before the crash");
+    assert!(restored.holds_checkpoint_state(2));
 }

@@ -427,3 +427,44 @@ fn a_refused_proposal_still_convicts_a_primary_that_signs_another_for_its_slot()
     let _ = backup.handle_message(NOW, &from, &pre_prepare(0, (0, 2), &batch(&[1, 2])));
     assert_eq!(backup.metrics().signatures_verified, checked);
 }
+
+/// Evidence logged before a restart is pending again after it, with a full view timeout from
+/// the first input (not from the restore, before the time was known), and goes to the
+/// primary, which proposes it (or again, if it committed while this backup was down).
+#[test]
+fn restored_evidence_gets_its_time_from_the_first_input_and_goes_to_the_primary() {
+    let evidence = equivocation(3, 1);
+    let mut restored = Replica::restore(
+        small_config(),
+        validator_set(4),
+        pbft_core::testing::validator_key(1),
+        vec![Record::Evidence(evidence.clone())],
+        pbft_core::ExecutedState::default(),
+    )
+    .unwrap();
+    // The host's clock counts from its own start: far past a timeout after the restore.
+    let start = 60_000;
+    restored.handle_timeout(start);
+    let outputs = drain(&mut restored);
+    let to_primary = outputs.iter().any(|output| {
+        matches!(output, Output::Send { to: Destination::Validator(id), bytes }
+            if id.0 == 0 && bytes == &evidence_message(&evidence))
+    });
+    assert!(to_primary, "handed to the primary");
+    let timeout = small_config().view_timeout_ms;
+    let mut changed_at = None;
+    while let Some(at) = restored.poll_timeout().filter(|&at| at <= start + timeout) {
+        restored.handle_timeout(at);
+        let left = drain(&mut restored)
+            .into_iter()
+            .any(|output| matches!(output, Output::Persist(Record::ViewChange(_))));
+        if left && changed_at.is_none() {
+            changed_at = Some(at);
+        }
+    }
+    assert_eq!(
+        changed_at,
+        Some(start + timeout),
+        "the primary gets a full view timeout"
+    );
+}

@@ -134,6 +134,9 @@ pub(crate) fn observe(trace: &mut Hasher, index: usize, output: &Output) {
                 .u64(evidence.epoch)
                 .u64(u64::from(evidence.offender().0));
         }
+        Output::Persist(Record::Fenced(fence, lost)) => {
+            trace.u64(fence.view).u64(fence.seq).u64(lost.len() as u64);
+        }
         Output::Recovered(report) => {
             trace
                 .u64(report.answered as u64)

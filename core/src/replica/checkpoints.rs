@@ -287,6 +287,18 @@ impl Replica {
         self.check_stable(seq);
     }
 
+    /// Signs the checkpoint vote of each state it reached above the stable checkpoint and
+    /// did not sign (withheld by rollback protection, or restored from the store after a
+    /// crash before the vote).
+    pub(super) fn sign_own_checkpoints(&mut self) {
+        let stable = self.checkpoints.stable().seq;
+        for (seq, state) in self.checkpoints.own_above(stable) {
+            if self.signer.get(Phase::Checkpoint, 0, seq).is_none() {
+                self.checkpoint(seq, state);
+            }
+        }
+    }
+
     pub(super) fn on_checkpoint_vote(&mut self, vote: Vote) -> Result<(), Error> {
         let seq = vote.seq;
         if vote.view != 0 || !seq.is_multiple_of(self.config.checkpoint_interval) {

@@ -124,12 +124,7 @@ impl Replica {
     /// Whether a committed conviction of `key` could still change the set: it is in this
     /// epoch's set and not already out of the scheduled one.
     pub(super) fn punishable(&self, key: &PublicKey) -> bool {
-        self.validators.id_of(key).is_some()
-            && self
-                .epochs
-                .schedule
-                .as_ref()
-                .is_none_or(|next| next.validators.contains(key))
+        punishable(&self.validators, self.epochs.schedule.as_ref(), key)
     }
 
     /// The last seq this epoch orders: the scheduled boundary, or none (`u64::MAX`).
@@ -560,6 +555,7 @@ impl Replica {
                     key.verify(&new_view.signed_digest(chain, epoch), &new_view.signature)
                         .is_ok()
                 }),
+            Record::Fenced(fence, _) => fence.epoch == epoch,
             // Evidence of an older epoch still convicts its key while it is in the set.
             Record::Stable(_)
             | Record::Committed(..)
@@ -586,4 +582,14 @@ impl Replica {
     pub fn is_retired(&self) -> bool {
         self.epochs.retired
     }
+}
+
+/// Whether a committed conviction of `key` could still change the set: it is in
+/// `validators` and not already out of the `scheduled` next epoch.
+pub(super) fn punishable(
+    validators: &ValidatorSet,
+    scheduled: Option<&NextEpoch>,
+    key: &PublicKey,
+) -> bool {
+    validators.id_of(key).is_some() && scheduled.is_none_or(|next| next.validators.contains(key))
 }

@@ -196,12 +196,9 @@ impl Replica {
         Err(Error::Equivocation(culprit))
     }
 
-    /// Reports evidence this replica verified (found itself or received), forwards it to
-    /// every peer the first time, and, as the primary, proposes it.
-    /// `offender` is the key it convicts; evidence against a key no longer punishable (out
-    /// of the set, or scheduled out) is dropped.
     /// Evidence from the log at a restart: pending again, against the key of its epoch's set
-    /// (if that set is known and the key still punishable), without a new broadcast.
+    /// (if that set is known), without a new broadcast. Its deadline is set, and keys no
+    /// longer punishable dropped, on the first input ([`Replica::resume_evidence`]).
     pub(super) fn restore_evidence(&mut self, evidence: Evidence) {
         let Ok(set) = self.set_of_epoch(evidence.epoch) else {
             return;
@@ -209,13 +206,34 @@ impl Replica {
         let Some(offender) = set.key(evidence.offender()).map(VerifyingKey::public_key) else {
             return;
         };
-        if self.punishable(&offender) {
-            let leaf = evidence.digest(&self.config.chain_id);
-            let deadline = self.timers.timeout_from_now();
-            self.evidence.add(evidence, leaf, deadline, offender);
+        let leaf = evidence.digest(&self.config.chain_id);
+        self.evidence.add(evidence, leaf, u64::MAX, offender);
+    }
+
+    /// On the first input after a restore, once the time and the schedule are known: drops
+    /// restored evidence against keys no longer punishable (the batch that scheduled them out
+    /// committed it), gives the rest a view timeout from now, and as a backup hands it to the
+    /// primary, which proposes it, or proposes it again if it committed while this replica
+    /// was down (a backup cannot tell, and would otherwise time the view out alone).
+    pub(super) fn resume_evidence(&mut self) {
+        let (validators, schedule) = (&self.validators, self.epochs.schedule.as_ref());
+        self.evidence
+            .retain_pending(|key| super::epoch::punishable(validators, schedule, key));
+        let evidence = self.evidence.rearm(self.timers.timeout_from_now());
+        if self.is_primary() {
+            self.propose(false);
+            return;
+        }
+        let primary = Destination::Validator(self.validators.primary(self.view));
+        for evidence in evidence {
+            self.send(primary.clone(), Message::Evidence(evidence).encode());
         }
     }
 
+    /// Reports evidence this replica verified (found itself or received), forwards it to
+    /// every peer the first time, and, as the primary, proposes it.
+    /// `offender` is the key it convicts; evidence against a key no longer punishable (out
+    /// of the set, or scheduled out) is dropped.
     pub(super) fn found_evidence(&mut self, evidence: Evidence, offender: PublicKey) {
         let key = key(&evidence);
         if self.evidence.pending.contains_key(&key)

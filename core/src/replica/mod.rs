@@ -10,6 +10,7 @@
 
 mod budget;
 mod checkpoints;
+mod compaction;
 mod epoch;
 mod evidence;
 mod exactly_once;
@@ -37,7 +38,7 @@ mod window;
 pub use exactly_once::ClientRecord;
 pub use governance::JoinError;
 pub use output::{Delivery, Destination, Install, Output, Record};
-pub use recovery::RecoveryReport;
+pub use recovery::{Fence, RecoveryReport};
 pub use restore::{CheckpointState, ExecutedState};
 
 use alloc::collections::{BTreeMap, VecDeque};
@@ -272,7 +273,9 @@ impl Replica {
                 *since = now;
             }
             self.prepare_held_proposals();
+            self.sign_own_checkpoints();
             self.deliver_ready();
+            self.resume_evidence();
         }
     }
 

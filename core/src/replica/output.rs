@@ -87,6 +87,12 @@ pub enum Record {
     /// it: a restart keeps it, so a crash of every validator that saw the conflict does not
     /// let the equivocator go.
     Evidence(crate::statement::Evidence),
+    /// Rollback protection found statements signed by this replica that its log had lost
+    /// (the data dir was restored from an old copy): the fence it signs within from now on
+    /// in this epoch, and the lost votes, which bind it like its own but are not its log's
+    /// ([`super::recovery`]). A restart keeps both, so the next check need not find them
+    /// again.
+    Fenced(super::recovery::Fence, Vec<Vote>),
 }
 
 impl Record {

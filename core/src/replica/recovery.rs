@@ -31,13 +31,12 @@ use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 
 use super::output::{Destination, Output, Record};
-use super::signer::Fence;
 use super::{Mode, Replica};
 use crate::config::ReplicaId;
-use crate::crypto::Digest;
+use crate::crypto::{Digest, VerifyingKey};
 use crate::error::Error;
 use crate::message::{Message, RecoveryAnswer, RecoveryQuery};
-use crate::statement::Phase;
+use crate::statement::{Phase, Vote};
 use crate::view_change::ViewChangeSummary;
 
 /// What rollback protection found, once f + 1 peers answered
@@ -57,6 +56,32 @@ pub struct RecoveryReport {
     pub view_changes_from_seq: Option<u64>,
 }
 
+/// What rollback protection closes to a replica that lost signed statements, for the rest of
+/// its epoch; logged ([`Record::Fenced`]) so that a restart keeps it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Fence {
+    /// The epoch it holds in.
+    pub epoch: u64,
+    /// Votes, view changes and new views in views at or below it are withheld: the replica
+    /// may have signed others there that no peer that answered holds.
+    pub view: u64,
+    /// View changes are withheld until the stable checkpoint reaches this seq (the highest of
+    /// a lost vote): a view change reports the slots above its checkpoint from the log, which
+    /// lost them, so until then it could leave out a batch it helped commit.
+    pub seq: u64,
+}
+
+impl Fence {
+    /// The fence that closes what either closes (the two are of one epoch).
+    pub(super) fn merge(self, other: Fence) -> Fence {
+        Fence {
+            epoch: self.epoch.max(other.epoch),
+            view: self.view.max(other.view),
+            seq: self.seq.max(other.seq),
+        }
+    }
+}
+
 /// Where the check stands.
 #[derive(Debug, Default)]
 pub(super) struct Recovery {
@@ -66,12 +91,24 @@ pub(super) struct Recovery {
     asking_since: Option<u64>,
     /// When the query last went out (ms).
     asked_at: u64,
+    /// The view, stable checkpoint and signed statements as restored, before answers (or
+    /// anything else) moved them: what is lost is judged against these.
+    restored: Restored,
     answered: BTreeSet<ReplicaId>,
+    /// Peers whose answer failed its checks: an honest peer never sends one, so one try each.
+    refused: BTreeSet<ReplicaId>,
     lost: usize,
     fence: Option<Fence>,
     /// When each peer's query was last answered (ms): at most one answer per retransmit
     /// interval, since each can hold a window of votes.
     served: BTreeMap<ReplicaId, u64>,
+}
+
+#[derive(Debug, Default)]
+struct Restored {
+    view: u64,
+    stable: u64,
+    statements: BTreeSet<(Phase, u64, u64, Digest)>,
 }
 
 impl Recovery {
@@ -96,7 +133,13 @@ impl Replica {
         self.signer.seal();
         self.enter(now);
         self.recovery.asking_since = Some(now);
+        self.recovery.restored = Restored {
+            view: self.view,
+            stable: self.checkpoints.stable().seq,
+            statements: self.signer.statements(),
+        };
         self.recovery.answered.clear();
+        self.recovery.refused.clear();
         self.recovery.lost = 0;
         self.recovery.fence = None;
         self.ask_for_own_statements();
@@ -115,7 +158,10 @@ impl Replica {
         .encode();
         let peers: Vec<ReplicaId> = (0..self.validators.len())
             .filter_map(|id| u16::try_from(id).ok().map(ReplicaId))
-            .filter(|id| *id != self.id && !self.recovery.answered.contains(id))
+            .filter(|id| *id != self.id)
+            .filter(|id| {
+                !self.recovery.answered.contains(id) && !self.recovery.refused.contains(id)
+            })
             .collect();
         for peer in peers {
             self.send(Destination::Validator(peer), query.clone());
@@ -191,10 +237,16 @@ impl Replica {
         votes.dedup();
         let stable = self.checkpoints.stable().seq;
         votes.extend(self.checkpoints.own_votes_above(stable, peer));
-        let view_change = self
-            .view_changes
-            .get(&peer)
-            .map(|held| held.change.summary());
+        // Its latest view change: held, or inside the new view that started this view.
+        let in_new_view = self
+            .new_view
+            .iter()
+            .flat_map(|new_view| &new_view.view_changes)
+            .find(|change| change.replica == peer);
+        let view_change = match self.view_changes.get(&peer) {
+            Some(held) => Some(held.change.summary()),
+            None => in_new_view.cloned(),
+        };
         let answer = Message::RecoveryAnswer(RecoveryAnswer {
             epoch: self.validators.epoch(),
             votes,
@@ -206,12 +258,14 @@ impl Replica {
     }
 
     /// A peer's answer: its statements signed by this replica, each checked against this
-    /// replica's key unless the log holds the very same one. Counted once per peer.
+    /// replica's key unless it held the very same one when the check began. Counted once per
+    /// peer; a peer whose answer fails is not asked again in this check.
     ///
     /// # Errors
     ///
-    /// [`Error::Crypto`] for a statement that is not this replica's signature (the whole
-    /// answer is dropped); [`Error::UnexpectedMessage`] for more votes than a window holds.
+    /// [`Error::Crypto`] or [`Error::WrongSigner`] for a statement that is not this replica's
+    /// signature, [`Error::UnexpectedMessage`] for more votes than a window holds: the whole
+    /// answer is dropped.
     pub(super) fn on_recovery_answer(
         &mut self,
         peer: ReplicaId,
@@ -219,10 +273,59 @@ impl Replica {
     ) -> Result<(), Error> {
         if !self.is_recovering()
             || self.recovery.answered.contains(&peer)
+            || self.recovery.refused.contains(&peer)
             || answer.epoch != self.validators.epoch()
         {
             return Ok(());
         }
+        let key = *self.validators.key(self.id).ok_or(Error::NotAValidator)?;
+        let found = match self.lost_in(&answer, &key) {
+            Ok(found) => found,
+            Err(err) => {
+                self.recovery.refused.insert(peer);
+                return Err(err);
+            }
+        };
+        // Final at the sender: nothing there is signed again (a certificate, checked).
+        if answer.stable.seq > self.checkpoints.stable().seq {
+            self.on_stable_checkpoint(answer.stable)?;
+        }
+        let (votes, view_change) = found;
+        let epoch = self.validators.epoch();
+        let mut fence = self.recovery.fence;
+        let mut close = |view: u64, seq: u64| {
+            let closed = Fence { epoch, view, seq };
+            fence = Some(fence.map_or(closed, |f| f.merge(closed)));
+        };
+        if let Some(change) = view_change {
+            // It had left for a view its log never reached, reporting votes up to there.
+            self.recovery.lost += 1;
+            let reported = change.prepared.iter().chain(&change.voted);
+            close(change.view, reported.map(|c| c.seq).max().unwrap_or(0));
+        }
+        for vote in votes {
+            self.recovery.lost += 1;
+            match vote.phase {
+                Phase::Checkpoint => close(0, vote.seq),
+                _ => close(vote.view, vote.seq),
+            }
+            self.signer.remember_lost(vote);
+        }
+        self.recovery.fence = fence;
+        self.recovery.answered.insert(peer);
+        self.maybe_settle();
+        Ok(())
+    }
+
+    /// The statements of `answer` this replica signed (checked against its `key`) and did not
+    /// hold as restored, where they can bind it: a vote above the restored stable checkpoint,
+    /// of the restored view or later (a checkpoint vote, of any view), and a view change
+    /// beyond the restored view. Earlier ones are final or of views left, signed again never.
+    fn lost_in(
+        &mut self,
+        answer: &RecoveryAnswer,
+        key: &VerifyingKey,
+    ) -> Result<(Vec<Vote>, Option<ViewChangeSummary>), Error> {
         // Per slot of the window: a proposal, a prepare and a commit, a prepared
         // certificate's proposal and prepare, two refused proposals, a new view's proposal;
         // and the checkpoints.
@@ -233,17 +336,14 @@ impl Replica {
                 "recovery answer over a window of votes",
             ));
         }
-        // Final at the sender: nothing there is signed again (a certificate, checked).
-        if answer.stable.seq > self.checkpoints.stable().seq {
-            self.on_stable_checkpoint(answer.stable.clone())?;
-        }
         let chain = self.config.chain_id;
         let epoch = self.validators.epoch();
-        let key = *self.validators.key(self.id).ok_or(Error::NotAValidator)?;
+        let restored = &self.recovery.restored;
         let mut lost = Vec::new();
-        for vote in answer.votes {
-            let held = self.signer.get(vote.phase, vote.view, vote.seq);
-            if held.is_some_and(|held| held.signature == vote.signature) {
+        for vote in &answer.votes {
+            let statement = (vote.phase, vote.view, vote.seq, vote.digest);
+            let binding = vote.phase == Phase::Checkpoint || vote.view >= restored.view;
+            if restored.statements.contains(&statement) || !binding || vote.seq <= restored.stable {
                 continue;
             }
             if vote.replica != self.id {
@@ -251,45 +351,24 @@ impl Replica {
             }
             self.metrics.signatures_verified += 1;
             key.verify(&vote.signed_digest(&chain, epoch), &vote.signature)?;
-            // Below the low watermark or in a view left, nothing is signed again anyway.
-            let current = vote.phase == Phase::Checkpoint || vote.view >= self.view;
-            if current && vote.seq > self.checkpoints.stable().seq && held.is_none() {
-                lost.push(vote);
+            // One its log holds under another digest was signed twice already: nothing to
+            // withhold any more.
+            if self.signer.get(vote.phase, vote.view, vote.seq).is_none() {
+                lost.push(vote.clone());
             }
         }
-        let mut fence = self.recovery.fence;
-        let later =
-            |change: &ViewChangeSummary| change.view > self.view && change.replica == self.id;
-        if let Some(change) = answer.view_change.filter(later) {
-            self.metrics.signatures_verified += 1;
-            key.verify(&change.signed_digest(&chain, epoch), &change.signature)?;
-            {
-                // It had left for a view its log never reached.
-                self.recovery.lost += 1;
-                let seq = fence.map_or(0, |f| f.seq);
-                fence = fence.max(Some(Fence {
-                    view: change.view,
-                    seq,
-                }));
+        let later = |change: &&ViewChangeSummary| {
+            change.replica == self.id && change.view > self.recovery.restored.view
+        };
+        let view_change = match answer.view_change.as_ref().filter(later) {
+            Some(change) => {
+                self.metrics.signatures_verified += 1;
+                key.verify(&change.signed_digest(&chain, epoch), &change.signature)?;
+                Some(change.clone())
             }
-        }
-        for vote in lost {
-            self.recovery.lost += 1;
-            let (view, seq) = fence.map_or((0, 0), |f| (f.view, f.seq));
-            let view = match vote.phase {
-                Phase::Checkpoint => view,
-                _ => view.max(vote.view),
-            };
-            fence = Some(Fence {
-                view,
-                seq: seq.max(vote.seq),
-            });
-            self.signer.remember_lost(vote);
-        }
-        self.recovery.fence = fence;
-        self.recovery.answered.insert(peer);
-        self.maybe_settle();
-        Ok(())
+            None => None,
+        };
+        Ok((lost, view_change))
     }
 
     /// Unseals once every peer answered, or f + 1 did and a view timeout passed.
@@ -306,6 +385,11 @@ impl Replica {
         }
         self.recovery.asking_since = None;
         let fence = self.recovery.fence;
+        if let Some(fence) = fence {
+            // Before any signature it allows: a restart keeps the fence and the lost votes.
+            let lost = self.signer.lost_votes().cloned().collect();
+            self.outbox.persist(Record::Fenced(fence, lost));
+        }
         self.signer.unseal(fence);
         // As primary, never propose at or below a final seq, nor at one it proposed before.
         let proposed = self.signer.highest_proposal(self.view);
@@ -321,51 +405,39 @@ impl Replica {
     }
 
     /// Signs what it withheld while sealed, as far as the fence allows: its checkpoints
-    /// reached meanwhile; the view change of the view it left meanwhile, or the prepares and
-    /// commits of the current view's slots
-    /// it accepted meanwhile; a primary proposes what waits. Without them a cluster that
-    /// needs this replica's vote (another validator down) would wait for a view change that
-    /// needs its view change.
+    /// reached meanwhile; the view change of the view it left meanwhile (and, as the next
+    /// primary, the new view), or the prepares of the current view's proposals whose batches
+    /// it holds and the commits of those prepared meanwhile; a primary proposes what waits.
+    /// Without them a cluster that needs this replica's vote (another validator down) would
+    /// wait for a view change that needs its view change.
     fn sign_what_was_withheld(&mut self) {
-        let stable = self.checkpoints.stable().seq;
-        for (seq, state) in self.checkpoints.own_above(stable) {
-            if self.signer.get(Phase::Checkpoint, 0, seq).is_none() {
-                self.checkpoint(seq, state);
-            }
-        }
+        self.sign_own_checkpoints();
         let view = self.view;
         if let Mode::ViewChange { .. } = self.mode {
             let sent = self
                 .view_changes
                 .get(&self.id)
                 .is_some_and(|held| held.change.view >= view);
-            if !sent {
-                self.send_view_change(view);
+            match sent {
+                // Counted already: acting on the view changes held may start the new view.
+                true => self.after_view_changes(),
+                false => self.send_view_change(view),
             }
             return;
         }
-        let primary = self.is_primary();
-        let withheld: Vec<(u64, Digest, bool, Option<Record>)> = self
+        self.prepare_held_proposals();
+        let prepared: Vec<(u64, Digest)> = self
             .log
             .iter()
+            .filter(|(_, slot)| slot.commit_sent && slot.certificate.is_none())
             .filter_map(|(&seq, slot)| {
                 let proposal = slot.proposal.as_ref().filter(|p| p.view == view)?;
-                let accepted = match (primary, slot.batch_logged, &slot.batch) {
-                    (false, false, Some(batch)) => {
-                        Some(Record::Accepted(proposal.clone(), batch.clone()))
-                    }
-                    _ => None,
-                };
-                Some((seq, proposal.digest, slot.commit_sent, accepted))
+                Some((seq, proposal.digest))
             })
+            .filter(|&(seq, _)| self.signer.get(Phase::Commit, view, seq).is_none())
             .collect();
-        for (seq, digest, commit_sent, accepted) in withheld {
-            if !primary && self.signer.get(Phase::Prepare, view, seq).is_none() {
-                self.cast_after(Phase::Prepare, seq, digest, accepted);
-            }
-            if commit_sent && self.signer.get(Phase::Commit, view, seq).is_none() {
-                self.cast(Phase::Commit, seq, digest);
-            }
+        for (seq, digest) in prepared {
+            self.cast(Phase::Commit, seq, digest);
             self.advance(seq);
         }
         self.propose(false);

@@ -186,6 +186,11 @@ impl Replica {
             match record {
                 Record::EpochStarted(_) => {}
                 Record::Evidence(evidence) => replica.restore_evidence(evidence),
+                Record::Fenced(fence, lost) => {
+                    replica.signer.close(Some(fence));
+                    lost.into_iter()
+                        .for_each(|vote| replica.signer.remember_lost(vote));
+                }
                 Record::Scheduled { seq, next } => {
                     // The latest decision the store executed: a later one is made again when
                     // its batch is delivered again (the checkpoints before it must not see it).
@@ -564,7 +569,10 @@ impl Replica {
     }
 
     /// Takes back the checkpoint states the host kept whose digest is the stable checkpoint's
-    /// or this replica's own signed one there.
+    /// or this replica's own signed one there, or, where it signed none (it crashed, or
+    /// rollback protection withheld the vote, between the delivery and its vote), any at or
+    /// below its executed seq: the store's own state there, which it signs on the first input
+    /// (its store will not execute that seq again, so nothing else would).
     fn restore_checkpoint_states(&mut self, states: Vec<CheckpointState>) {
         let chain = self.config.chain_id;
         let stable = self.checkpoints.stable().clone();
@@ -574,16 +582,17 @@ impl Replica {
                 true => Some(stable.digest),
                 false => self.checkpoints.own(seq),
             };
-            if seq < stable.seq || seq > self.executed || expected.is_none() {
+            let on_interval = seq.is_multiple_of(self.config.checkpoint_interval.max(1));
+            if seq < stable.seq || seq > self.executed || !on_interval {
                 continue;
             }
             let Some(core) = decode_core_state(&state.core) else {
                 continue;
             };
             let snapshot = Snapshot::new(seq, state.app, core, self.config.snapshot_chunk_bytes);
-            if Some(snapshot.manifest.digest(&chain)) == expected {
-                self.checkpoints
-                    .set_own(seq, snapshot.manifest.digest(&chain));
+            let digest = snapshot.manifest.digest(&chain);
+            if expected.is_none_or(|expected| expected == digest) {
+                self.checkpoints.set_own(seq, digest);
                 self.checkpoints.keep_snapshot(seq, snapshot);
             }
         }
@@ -637,62 +646,5 @@ impl Replica {
             }
         }
         highest
-    }
-
-    /// The records a restart needs now, to replace the host's log with (after a stable
-    /// checkpoint, everything else is garbage): the stable checkpoint, the view, the prepared
-    /// certificates and accepted proposals (with their batches) above the checkpoint, the kept
-    /// batches, the votes signed in this view, the latest vote of the prepare phase at each
-    /// seq, and the evidence not yet committed.
-    pub fn durable_records(&self) -> Vec<Record> {
-        let epochs = self
-            .epochs
-            .changes
-            .iter()
-            .cloned()
-            .map(Record::EpochStarted);
-        let mut records: Vec<Record> = epochs.chain(self.evidence.pending_records()).collect();
-        records.extend(self.epochs.schedule.clone().map(|next| Record::Scheduled {
-            seq: self.epochs.scheduled_at,
-            next,
-        }));
-        // A later epoch's checkpoint it fetches to jump to is not of its epoch (a restart
-        // comes back in its own): the certificate that ended its epoch stands in for it.
-        let stable = match self.epochs.ahead.first() {
-            Some(first) if self.checkpoints.stable().seq > first.boundary() => &first.checkpoint,
-            _ => self.checkpoints.stable(),
-        };
-        if stable.seq > 0 {
-            records.push(Record::Stable(stable.clone()));
-        }
-        if let Some(new_view) = &self.new_view {
-            records.push(Record::NewView(new_view.clone()));
-        }
-        if let Some(held) = self.view_changes.get(&self.id) {
-            records.push(Record::ViewChange(held.change.clone()));
-        }
-        for (_, slot) in self.log.range(stable.seq + 1..) {
-            let prepared_digest = slot.prepared.as_ref().map(|p| p.proposal.digest);
-            if let Some(prepared) = &slot.prepared {
-                let batch = slot
-                    .batch
-                    .as_ref()
-                    .filter(|_| slot.digest == prepared_digest);
-                records.push(Record::Prepared(prepared.clone(), batch.cloned()));
-            }
-            // The batch of a proposal this replica accepted but did not prepare: it may have
-            // voted for it.
-            if let (Some(proposal), Some(batch)) = (&slot.proposal, &slot.batch)
-                && slot.digest == Some(proposal.digest)
-                && prepared_digest != slot.digest
-            {
-                records.push(Record::Accepted(proposal.clone(), batch.clone()));
-            }
-        }
-        for (proposal, batch) in self.kept.values() {
-            records.push(Record::Accepted(proposal.clone(), batch.clone()));
-        }
-        records.extend(self.signer.votes().cloned().map(Record::Signed));
-        records
     }
 }

@@ -11,11 +11,12 @@
 //! as primary) across views, until the seq falls below the low watermark: a view change must
 //! report it, or a batch committed on the fast path could be lost ([`crate::view_change`]).
 
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 
 use super::Replica;
 use super::output::Record;
+use super::recovery::Fence;
 use crate::config::{ChainId, ReplicaId};
 use crate::crypto::{Digest, Keypair, Signature};
 use crate::message::Message;
@@ -36,23 +37,17 @@ pub(super) struct Signer {
     signed: BTreeMap<Statement, Vote>,
     /// seq → its latest (highest-view) pre-prepare or prepare, kept when its view is left.
     latest: BTreeMap<u64, Vote>,
+    /// Votes it signed that peers held and its log had lost ([`super::recovery`]): they bind
+    /// like `signed`, but no view change reports them (it may not hold their batches) and
+    /// they are logged apart ([`Record::Fenced`]), so a restart does not take them back as
+    /// votes of its log.
+    lost: BTreeMap<Statement, Vote>,
     /// Rollback protection ([`super::recovery`]): until peers said what they hold signed by
     /// this key, it signs nothing they could hold against it.
     sealed: bool,
     /// Set once peers showed statements it signed that its log had lost (it was restored
     /// from an old copy), so it may have signed others there it cannot know of.
     fence: Option<Fence>,
-}
-
-/// What rollback protection closes to a replica that lost signed statements.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub(super) struct Fence {
-    /// Votes and view changes in views at or below it are withheld.
-    pub(super) view: u64,
-    /// View changes are withheld until the stable checkpoint reaches it (the highest seq of a
-    /// lost vote): a view change reports the slots above its checkpoint from the log, which
-    /// lost them, so until then it could leave out a batch it helped commit.
-    pub(super) seq: u64,
 }
 
 impl Signer {
@@ -65,6 +60,7 @@ impl Signer {
             epoch,
             signed: BTreeMap::new(),
             latest: BTreeMap::new(),
+            lost: BTreeMap::new(),
             sealed: false,
             fence: None,
         }
@@ -79,7 +75,20 @@ impl Signer {
     /// open: the signed index keeps their digests).
     pub(super) fn unseal(&mut self, fence: Option<Fence>) {
         self.sealed = false;
-        self.fence = fence.max(self.fence);
+        self.close(fence);
+    }
+
+    /// Adds `fence` to the one it keeps (a restore brings back a logged one).
+    pub(super) fn close(&mut self, fence: Option<Fence>) {
+        self.fence = match (self.fence, fence) {
+            (Some(kept), Some(new)) => Some(kept.merge(new)),
+            (kept, new) => kept.or(new),
+        };
+    }
+
+    /// The fence it keeps, if rollback protection ever found lost statements in its epoch.
+    pub(super) fn fence(&self) -> Option<Fence> {
+        self.fence
     }
 
     /// Whether it withholds a signature of `phase` in `view` ([`Signer::seal`],
@@ -99,7 +108,7 @@ impl Signer {
         digest: Digest,
     ) -> Option<Vote> {
         let key = (phase, view, seq);
-        if let Some(previous) = self.signed.get(&key) {
+        if let Some(previous) = self.get(phase, view, seq) {
             if previous.digest == digest {
                 return Some(previous.clone());
             }
@@ -203,21 +212,38 @@ impl Signer {
             .or_insert(vote);
     }
 
-    /// Takes a vote this replica signed that a peer held and its log had lost into the
-    /// signed index, so it never signs another digest for that statement. Not into the
-    /// latest votes its view changes report: it may not hold the batch.
+    /// Takes a vote this replica signed that a peer held and its log had lost, so it never
+    /// signs another digest for that statement. Not into the latest votes its view changes
+    /// report: it may not hold the batch.
     pub(super) fn remember_lost(&mut self, vote: Vote) {
-        self.signed
-            .entry((vote.phase, vote.view, vote.seq))
-            .or_insert(vote);
+        let key = (vote.phase, vote.view, vote.seq);
+        if !self.signed.contains_key(&key) {
+            self.lost.entry(key).or_insert(vote);
+        }
     }
 
-    /// The vote signed for a statement, if any.
+    /// The lost votes it keeps ([`Signer::remember_lost`]), by statement.
+    pub(super) fn lost_votes(&self) -> impl Iterator<Item = &Vote> {
+        self.lost.values()
+    }
+
+    /// What it holds signed, by statement and digest: what rollback protection compares the
+    /// peers' answers with, taken before they can move the watermark.
+    pub(super) fn statements(&self) -> BTreeSet<(Phase, u64, u64, Digest)> {
+        self.votes()
+            .chain(self.lost.values())
+            .map(|vote| (vote.phase, vote.view, vote.seq, vote.digest))
+            .collect()
+    }
+
+    /// The vote signed for a statement, if any (a lost one too).
     pub(super) fn get(&self, phase: Phase, view: u64, seq: u64) -> Option<&Vote> {
-        self.signed.get(&(phase, view, seq))
+        let key = (phase, view, seq);
+        self.signed.get(&key).or_else(|| self.lost.get(&key))
     }
 
-    /// Every vote held, by statement, then the latest of each seq (some of them again).
+    /// Every vote of its log held, by statement, then the latest of each seq (some of them
+    /// again); not the lost ones.
     pub(super) fn votes(&self) -> impl Iterator<Item = &Vote> {
         self.signed.values().chain(self.latest.values())
     }
@@ -226,6 +252,7 @@ impl Signer {
     pub(super) fn highest_proposal(&self, view: u64) -> u64 {
         self.signed
             .keys()
+            .chain(self.lost.keys())
             .filter(|(phase, signed_view, _)| *phase == Phase::PrePrepare && *signed_view == view)
             .map(|&(_, _, seq)| seq)
             .max()
@@ -236,6 +263,7 @@ impl Signer {
     pub(super) fn forget_through(&mut self, seq: u64) {
         self.signed
             .retain(|&(_, _, signed_seq), _| signed_seq > seq);
+        self.lost.retain(|&(_, _, lost_seq), _| lost_seq > seq);
         self.latest.retain(|&voted_seq, _| voted_seq > seq);
     }
 
@@ -254,14 +282,16 @@ impl Signer {
     /// Forgets the votes of views below `view` (checkpoints have no view and stay): nothing
     /// is signed in a view once it is left. The latest vote of each seq stays.
     pub(super) fn leave_views_below(&mut self, view: u64) {
-        self.signed.retain(|&(phase, signed_view, _), _| {
+        let current = |&(phase, signed_view, _): &Statement, _: &mut Vote| {
             phase == Phase::Checkpoint || signed_view >= view
-        });
+        };
+        self.signed.retain(current);
+        self.lost.retain(current);
     }
 
     /// Votes held.
     pub(super) fn len(&self) -> usize {
-        self.signed.len() + self.latest.len()
+        self.signed.len() + self.latest.len() + self.lost.len()
     }
 }
 

@@ -151,7 +151,7 @@ impl Replica {
     /// Acts on the view changes held: joins a higher view that f + 1 validators moved to (at
     /// least one of them honest, so no faulty minority can drag the cluster along), arms the
     /// new-view timer once a quorum asked for this view, and as its primary starts it.
-    fn after_view_changes(&mut self) {
+    pub(super) fn after_view_changes(&mut self) {
         let mut higher: Vec<u64> = self
             .view_changes
             .values()
@@ -283,6 +283,10 @@ impl Replica {
     /// in (their certificates checked): signs the proposals they determine and the new view,
     /// and enters it.
     pub(super) fn send_new_view(&mut self) {
+        if self.signer.withholds(Phase::PrePrepare, self.view) {
+            // Rollback protection: it may have signed another new view for this view.
+            return;
+        }
         let quorum = self.validators.quorum();
         let candidates: Vec<ReplicaId> = self
             .view_changes
