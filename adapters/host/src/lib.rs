@@ -9,6 +9,7 @@ pub mod application;
 pub mod checks;
 pub mod compression;
 pub mod config;
+pub mod data_dir;
 pub mod driver;
 pub mod framing;
 mod fused;

@@ -191,13 +191,18 @@ pub struct NodeStats {
     pub store_commits: u64,
 }
 
+/// The file in a data dir whose lock a running node holds (an advisory `flock`, released
+/// when the process dies, however it dies): what tells a second node, or `pbft data`, that the
+/// dir is in use.
+pub const LOCK_FILE: &str = "LOCK";
+
 /// Takes the exclusive lock on `dir/LOCK` (released when the process dies, however it dies).
 fn lock_dir(dir: &Path) -> Result<std::fs::File, NodeError> {
     std::fs::create_dir_all(dir).map_err(|source| WalError::Io {
         path: dir.to_path_buf(),
         source,
     })?;
-    let path = dir.join("LOCK");
+    let path = dir.join(LOCK_FILE);
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)

@@ -102,6 +102,45 @@ pub enum StoreError {
     },
 }
 
+/// What a store holds, read without writing it (`pbft data inspect`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreSummary {
+    /// The store's file.
+    pub path: PathBuf,
+    /// The file's size, bytes.
+    pub bytes: u64,
+    /// The executed seq of its last commit: where a node restarted on it resumes executing
+    /// (its log's redo records replay the batches after it).
+    pub executed: u64,
+    /// The chain the data dir is bound to, once a node started on it.
+    pub chain: Option<Digest>,
+    /// The file was not closed cleanly (its node was killed, crashed, or stopped on an
+    /// error): redb reads such a file only after repairing it, which writes it, so it was
+    /// read from a repaired copy in a temporary directory, now deleted. The node repairs the
+    /// file itself when it next opens it.
+    pub read_from_copy: bool,
+}
+
+/// The executed seq and the chain `db` holds in its last commit (zero and none for a store
+/// whose tables were never created).
+fn summarize(db: &impl ReadableDatabase) -> Result<(u64, Option<Digest>), redb::Error> {
+    let read = db.begin_read()?;
+    let executed = match read.open_table(META) {
+        Ok(meta) => meta.get("executed")?.map_or(0, |v| v.value()),
+        Err(redb::TableError::TableDoesNotExist(_)) => 0,
+        Err(err) => return Err(err.into()),
+    };
+    let chain = match read.open_table(CHAIN) {
+        Ok(table) => table
+            .get("chain")?
+            .and_then(|bytes| <[u8; 32]>::try_from(bytes.value()).ok())
+            .map(Digest),
+        Err(redb::TableError::TableDoesNotExist(_)) => None,
+        Err(err) => return Err(err.into()),
+    };
+    Ok((executed, chain))
+}
+
 /// The store of one validator.
 pub struct Store {
     db: Arc<Database>,
@@ -179,6 +218,47 @@ impl Store {
         store.commit(round)?;
         let executed = store.executed_state()?;
         Ok((store, executed))
+    }
+
+    /// What `dir/state.redb` holds, read without writing it: opened read-only, or, if it
+    /// was not closed cleanly, from a repaired copy in a temporary directory
+    /// ([`StoreSummary::read_from_copy`]). `None` if the data dir has no store. Take the
+    /// data dir's lock first: redb refuses a file a running node holds.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Database`] naming the file if it cannot be read (or copied).
+    pub fn summary(dir: &Path) -> Result<Option<StoreSummary>, StoreError> {
+        let path = dir.join(STORE_FILE);
+        let fail = |source: redb::Error| StoreError::Database {
+            path: path.clone(),
+            source,
+        };
+        let bytes = match std::fs::metadata(&path) {
+            Ok(metadata) => metadata.len(),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(err) => return Err(fail(redb::Error::Io(err))),
+        };
+        let (read, read_from_copy) = match redb::ReadOnlyDatabase::open(&path) {
+            Ok(db) => (summarize(&db), false),
+            // Not closed cleanly: redb would repair it in place, which a look must not do.
+            Err(redb::DatabaseError::RepairAborted) => {
+                let copy = tempfile::tempdir().map_err(|e| fail(redb::Error::Io(e)))?;
+                let copied = copy.path().join(STORE_FILE);
+                std::fs::copy(&path, &copied).map_err(|e| fail(redb::Error::Io(e)))?;
+                let db = Database::create(&copied).map_err(|e| fail(e.into()))?;
+                (summarize(&db), true)
+            }
+            Err(err) => return Err(fail(err.into())),
+        };
+        let (executed, chain) = read.map_err(fail)?;
+        Ok(Some(StoreSummary {
+            path,
+            bytes,
+            executed,
+            chain,
+            read_from_copy,
+        }))
     }
 
     /// Binds the data dir to `chain` on its first start and refuses another chain after.

@@ -16,7 +16,8 @@
 //! the log continues from the last whole record. Anything else that does not check out — a
 //! bad checksum with data after it, a bad segment magic, a torn record in a segment that is
 //! not the last — is corruption: [`WalError::Corrupt`] names the segment and the offset, and
-//! nothing after it is read.
+//! nothing after it is read. [`crate::data_dir`] shows such damage to an operator, with what
+//! lies after it, and cuts the log there when told to (`pbft data repair`).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -97,7 +98,7 @@ pub enum WalError {
     },
 }
 
-fn io_error(path: &Path) -> impl FnOnce(io::Error) -> WalError + '_ {
+pub(crate) fn io_error(path: &Path) -> impl FnOnce(io::Error) -> WalError + '_ {
     move |source| WalError::Io {
         path: path.to_path_buf(),
         source,
@@ -131,8 +132,8 @@ fn segment_name(number: u64) -> String {
     format!("{number:020}.wal")
 }
 
-/// The segments in `dir`, by number.
-fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, WalError> {
+/// The segments in `dir` (files named `<number>.wal`) by number, with their paths.
+pub(crate) fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, WalError> {
     let mut found = Vec::new();
     for entry in fs::read_dir(dir).map_err(io_error(dir))? {
         let entry = entry.map_err(io_error(dir))?;
@@ -150,7 +151,8 @@ fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, WalError> {
     Ok(found)
 }
 
-fn sync_dir(dir: &Path) -> Result<(), WalError> {
+/// Makes `dir`'s entries durable (a created, renamed or removed file).
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), WalError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_error(dir))
@@ -180,26 +182,41 @@ enum End {
     Torn(u64),
 }
 
-/// Reads the records of one segment into `records`.
-fn read_segment(
-    path: &Path,
+/// How a segment's bytes end, as [`Wal::open`] judges them: what [`scan_segment`] says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SegmentEnd {
+    /// After whole records, at the end of the file.
+    Clean,
+    /// At a record cut short (or a short magic at offset 0): a crash's torn write if the
+    /// segment is the last one, corruption if it is not.
+    Torn(u64),
+    /// At data that does not check out and is not a torn write.
+    Corrupt {
+        /// Byte offset of the bad record (or of the magic) in the segment.
+        offset: u64,
+        /// What is wrong.
+        reason: &'static str,
+    },
+}
+
+/// Reads one segment's `bytes` as the log does: calls `record(offset, payload)` for each
+/// whole record in order, and says where and why reading stopped. The one judge of a
+/// segment, shared by [`Wal::open`] and what inspects a data dir ([`crate::data_dir`]), so
+/// an inspection reports exactly what opening the log would meet.
+pub(crate) fn scan_segment(
+    bytes: &[u8],
     options: &WalOptions,
-    records: &mut Vec<Vec<u8>>,
-) -> Result<End, WalError> {
-    let mut bytes = Vec::new();
-    File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut bytes))
-        .map_err(io_error(path))?;
-    let corrupt = |offset: usize, reason| WalError::Corrupt {
-        segment: path.to_path_buf(),
+    mut record: impl FnMut(u64, &[u8]),
+) -> SegmentEnd {
+    let corrupt = |offset: usize, reason| SegmentEnd::Corrupt {
         offset: offset as u64,
         reason,
     };
     match bytes.get(..MAGIC.len()) {
         Some(magic) if magic == MAGIC => {}
         // A crash right after creating the segment can leave a short or empty header.
-        _ if bytes.len() < MAGIC.len() && MAGIC.starts_with(&bytes) => return Ok(End::Torn(0)),
-        _ => return Err(corrupt(0, "not a pbft WAL segment (bad magic)")),
+        _ if bytes.len() < MAGIC.len() && MAGIC.starts_with(bytes) => return SegmentEnd::Torn(0),
+        _ => return corrupt(0, "not a pbft WAL segment (bad magic)"),
     }
     let mut offset = MAGIC.len();
     while offset < bytes.len() {
@@ -211,34 +228,75 @@ fn read_segment(
                 .is_none_or(|tail| tail.iter().all(|&b| b == 0))
         };
         if rest.len() < RECORD_HEADER {
-            return Ok(End::Torn(offset as u64));
+            return SegmentEnd::Torn(offset as u64);
         }
         let len = u32_at(rest, 0);
         let payload_crc = u32_at(rest, 4);
         if crc32c::crc32c(&rest[..8]) != u32_at(rest, 8) {
             return match torn_after(RECORD_HEADER) {
-                true => Ok(End::Torn(offset as u64)),
-                false => Err(corrupt(offset, "record header checksum mismatch")),
+                true => SegmentEnd::Torn(offset as u64),
+                false => corrupt(offset, "record header checksum mismatch"),
             };
         }
         if len > options.max_record_bytes {
-            return Err(corrupt(offset, "record length above the maximum"));
+            return corrupt(offset, "record length above the maximum");
         }
         let end = RECORD_HEADER + len as usize;
         let Some(payload) = rest.get(RECORD_HEADER..end) else {
             // A whole header announcing more than the file holds: the last write, cut short.
-            return Ok(End::Torn(offset as u64));
+            return SegmentEnd::Torn(offset as u64);
         };
         if crc32c::crc32c(payload) != payload_crc {
             return match torn_after(end) {
-                true => Ok(End::Torn(offset as u64)),
-                false => Err(corrupt(offset, "record checksum mismatch")),
+                true => SegmentEnd::Torn(offset as u64),
+                false => corrupt(offset, "record checksum mismatch"),
             };
         }
-        records.push(payload.to_vec());
+        record(offset as u64, payload);
         offset += end;
     }
-    Ok(End::Clean)
+    SegmentEnd::Clean
+}
+
+/// The record that starts at `offset` of `bytes` if it is whole and checks out (header and
+/// payload checksums, length within `max_record_bytes`): its payload.
+pub(crate) fn record_at<'a>(
+    bytes: &'a [u8],
+    offset: usize,
+    options: &WalOptions,
+) -> Option<&'a [u8]> {
+    let rest = bytes.get(offset..)?;
+    let header = rest.get(..RECORD_HEADER)?;
+    if crc32c::crc32c(&header[..8]) != u32_at(header, 8) {
+        return None;
+    }
+    let len = u32_at(header, 0);
+    if len > options.max_record_bytes {
+        return None;
+    }
+    let payload = rest.get(RECORD_HEADER..RECORD_HEADER + len as usize)?;
+    (crc32c::crc32c(payload) == u32_at(header, 4)).then_some(payload)
+}
+
+/// Reads the records of one segment into `records`.
+fn read_segment(
+    path: &Path,
+    options: &WalOptions,
+    records: &mut Vec<Vec<u8>>,
+) -> Result<End, WalError> {
+    let mut bytes = Vec::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .map_err(io_error(path))?;
+    match scan_segment(&bytes, options, |_, payload| records.push(payload.to_vec())) {
+        SegmentEnd::Clean => Ok(End::Clean),
+        SegmentEnd::Torn(offset) => Ok(End::Torn(offset)),
+        SegmentEnd::Corrupt { offset, reason } => Err(WalError::Corrupt {
+            segment: path.to_path_buf(),
+            offset,
+            reason,
+        }),
+    }
 }
 
 impl Wal {
