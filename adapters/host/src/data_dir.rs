@@ -289,6 +289,16 @@ pub struct Damage {
     pub lost: Lost,
 }
 
+impl Damage {
+    /// Whether the damage is a record longer than the limit the log was read with: a log
+    /// written by a node whose `max_message_bytes` is larger reads so, and is not damaged
+    /// under its own limit ([`WalOptions::for_messages`]). Read it with the node's before
+    /// cutting anything.
+    pub fn may_be_a_larger_limit(&self) -> bool {
+        self.reason == wal::LENGTH_ABOVE_MAXIMUM
+    }
+}
+
 /// Whether a node can open the log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Health {
@@ -487,10 +497,7 @@ fn scan_log(dir: &Path, options: &WalOptions) -> Result<LogScan, DataDirError> {
                 continue;
             }
             // The same words `Wal::open` uses for it.
-            SegmentEnd::Torn(offset) => Some((
-                offset,
-                "incomplete record in a segment that is not the last",
-            )),
+            SegmentEnd::Torn(offset) => Some((offset, wal::INCOMPLETE_BEFORE_THE_LAST)),
             SegmentEnd::Corrupt { offset, reason } => Some((offset, reason)),
         };
         let state = match damage {

@@ -29,6 +29,15 @@ pub const MAGIC: &[u8; 8] = b"PBFTWAL\x01";
 /// Bytes before each record's payload: its length, the payload's CRC and the header's CRC.
 pub const RECORD_HEADER: usize = 12;
 
+/// Why a record is corrupt when its header holds and announces more than
+/// [`WalOptions::max_record_bytes`]: a log written under a larger limit (a network whose
+/// `max_message_bytes` is larger than the options read with) reads so too.
+pub const LENGTH_ABOVE_MAXIMUM: &str = "record length above the maximum";
+
+/// Why a segment that is not the last is corrupt when it ends in a record cut short: only
+/// the last write, at the end of the last segment, can be torn by a crash.
+pub const INCOMPLETE_BEFORE_THE_LAST: &str = "incomplete record in a segment that is not the last";
+
 /// Limits of a log.
 #[derive(Clone, Copy, Debug)]
 pub struct WalOptions {
@@ -239,7 +248,7 @@ pub(crate) fn scan_segment(
             };
         }
         if len > options.max_record_bytes {
-            return corrupt(offset, "record length above the maximum");
+            return corrupt(offset, LENGTH_ABOVE_MAXIMUM);
         }
         let end = RECORD_HEADER + len as usize;
         let Some(payload) = rest.get(RECORD_HEADER..end) else {
@@ -337,7 +346,7 @@ impl Wal {
                     return Err(WalError::Corrupt {
                         segment: path.clone(),
                         offset,
-                        reason: "incomplete record in a segment that is not the last",
+                        reason: INCOMPLETE_BEFORE_THE_LAST,
                     });
                 }
             }

@@ -8,6 +8,7 @@
 
 pub mod bench;
 pub mod client;
+pub mod data;
 pub mod gateway;
 pub mod identity;
 pub mod node;

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use pbft_core::Keypair;
 use pbft_core::SetChange;
 use pbft_host::config::{
@@ -158,6 +158,25 @@ enum Command {
         #[command(flatten)]
         load: Load,
     },
+    /// Look at a stopped validator's data dir, or repair its write-ahead log.
+    Data {
+        #[command(subcommand)]
+        action: DataAction,
+    },
+    /// Print a completion script for SHELL to standard output, e.g.
+    /// `pbft completions bash > /usr/share/bash-completion/completions/pbft`.
+    Completions {
+        /// The shell to complete in.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page of `pbft` (roff) to standard output, or write one page per
+    /// command to a directory: `man ./pbft.1`.
+    Man {
+        /// Write pbft.1 and a page per command (pbft-node.1, pbft-data-inspect.1, ...) here
+        /// (created if missing) instead.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// Start a local 4-validator cluster in a temporary directory, load it, and stop it.
     Demo {
         #[command(flatten)]
@@ -168,6 +187,44 @@ enum Command {
         /// How requests are authenticated (gateway-attested needs --gateway).
         #[arg(long, value_enum, default_value_t)]
         authentication: Authentication,
+    },
+}
+
+#[derive(Subcommand)]
+enum DataAction {
+    /// What a stopped validator's data dir holds, read without changing a byte.
+    ///
+    /// The WAL's segments and records by kind, the view and stable checkpoint they show,
+    /// the store's executed seq and size, and whether the WAL is clean or corrupt (where,
+    /// and what a cut there loses). Exits non-zero if it is corrupt.
+    Inspect {
+        /// The data dir (the `data_dir` of the node's config).
+        dir: PathBuf,
+        /// Print JSON (for scripts) instead of the report.
+        #[arg(long)]
+        json: bool,
+        /// The node's config (or network.toml): read the WAL with the record limit the
+        /// node uses (needed only if the network's max_message_bytes is above 15 MiB).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Cut a WAL damaged in its middle at the damage, so the node starts again.
+    ///
+    /// Says where the damage is and what the cut loses, keeps a copy of the damaged segment
+    /// (and moves the later ones) into DIR/damaged-<unix time>, and cuts only when
+    /// confirmed (--yes, or y at the prompt on a terminal); otherwise changes nothing and
+    /// exits non-zero. Start the node with rollback protection on afterwards (the
+    /// default): the records cut may include statements it signed.
+    Repair {
+        /// The data dir (the `data_dir` of the node's config).
+        dir: PathBuf,
+        /// Cut without asking.
+        #[arg(long)]
+        yes: bool,
+        /// The node's config (or network.toml): read the WAL with the record limit the
+        /// node uses (needed only if the network's max_message_bytes is above 15 MiB).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
     },
 }
 
@@ -568,8 +625,136 @@ async fn run(command: Command) -> Result<(), Failure> {
             gateway,
             authentication,
         } => demo(&load, (gateway, authentication)).await?,
+        Command::Data { action } => data(action)?,
+        Command::Completions { shell } => {
+            let mut command = Cli::command();
+            clap_complete::generate(shell, &mut command, "pbft", &mut std::io::stdout());
+        }
+        Command::Man { dir } => man(dir.as_deref())?,
     }
     Ok(())
+}
+
+/// `pbft man`: the page of `pbft` to standard output, or every command's page into `dir`.
+fn man(dir: Option<&Path>) -> Result<(), Failure> {
+    let command = Cli::command();
+    match dir {
+        None => match clap_mangen::Man::new(command).render(&mut std::io::stdout()) {
+            // `pbft man | head` closes the pipe early: not an error.
+            Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => return Err(err.into()),
+            _ => {}
+        },
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .map_err(|err| format!("cannot create {}: {err}", dir.display()))?;
+            clap_mangen::generate_to(command, dir)
+                .map_err(|err| format!("cannot write the pages to {}: {err}", dir.display()))?;
+            println!("man pages written to {}", dir.display());
+        }
+    }
+    Ok(())
+}
+
+/// `pbft data inspect` and `pbft data repair`.
+fn data(action: DataAction) -> Result<(), Failure> {
+    use pbft_host::data_dir::{self, Health, Repair};
+    use pbft_quic::data as report;
+    match action {
+        DataAction::Inspect { dir, json, config } => {
+            let options = report::wal_options(config.as_deref())?;
+            let inspection = data_dir::inspect(&dir, options)?;
+            match json {
+                true => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report::inspection_json(&inspection))?
+                ),
+                false => print!("{}", report::inspection_text(&inspection)),
+            }
+            if inspection.corrupt() {
+                return Err(format!(
+                    "the WAL in {} is corrupt: a node will not start on it; `pbft data repair {}` cuts it at the damage",
+                    dir.display(),
+                    dir.display()
+                )
+                .into());
+            }
+        }
+        DataAction::Repair { dir, yes, config } => {
+            let options = report::wal_options(config.as_deref())?;
+            let asking = !yes
+                && std::io::IsTerminal::is_terminal(&std::io::stdin())
+                && std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let mut refused_limit = false;
+            let outcome = data_dir::repair(&dir, options, |damage| {
+                print!("{}", report::damage_text(damage));
+                eprintln!("{}", report::ROLLBACK_WARNING);
+                // Under a smaller limit than the node's, a whole record reads as damage.
+                if damage.may_be_a_larger_limit() && config.is_none() {
+                    refused_limit = true;
+                    return false;
+                }
+                yes || (asking && confirm_on_terminal(&damage.segment, damage.offset))
+            })?;
+            match outcome {
+                Repair::NothingToRepair(health) => {
+                    println!(
+                        "{}: the WAL is {}: nothing to repair",
+                        dir.display(),
+                        report::health_text(&health, &dir)
+                    );
+                    if let Health::Corrupt(_) = health {
+                        return Err("the WAL is corrupt".into());
+                    }
+                }
+                Repair::Declined(_) if refused_limit => {
+                    return Err(
+                        "nothing was changed: give the node's --config before cutting a record longer than the default limit"
+                            .into(),
+                    );
+                }
+                Repair::Declined(_) if asking => {
+                    return Err("nothing was changed".into());
+                }
+                Repair::Declined(_) => {
+                    return Err(
+                        "nothing was changed: run again with --yes to cut the log at the damage (or on a terminal, to be asked)"
+                            .into(),
+                    );
+                }
+                Repair::Repaired { damage, backup } => {
+                    println!(
+                        "cut {} at byte {}; the segment as it was, and {} later segments, are in {}",
+                        damage.segment.display(),
+                        damage.offset,
+                        damage.lost.later_segments.len(),
+                        backup.display()
+                    );
+                    let after = data_dir::inspect(&dir, options)?;
+                    println!(
+                        "the WAL is {} ({} records); start the node with rollback protection on",
+                        report::health_text(&after.health, &dir),
+                        after.counts.records
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Asks on the terminal whether to cut `segment` at `offset`; only `y` or `yes` agrees.
+fn confirm_on_terminal(segment: &Path, offset: u64) -> bool {
+    use std::io::Write as _;
+    eprint!(
+        "cut {} at byte {offset}, keeping a copy? [y/N] ",
+        segment.display()
+    );
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    if std::io::stdin().read_line(&mut answer).is_err() {
+        return false;
+    }
+    matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes")
 }
 
 fn testnet(
