@@ -42,6 +42,14 @@ fn name(path: &Path) -> String {
         .into_owned()
 }
 
+/// `1 segment`, `2 segments`.
+fn plural(count: u64, noun: &str) -> String {
+    match count {
+        1 => format!("1 {noun}"),
+        _ => format!("{count} {noun}s"),
+    }
+}
+
 /// `7 signed, 2 stable`, in the kinds' order; `none` if empty.
 fn kinds_text(counts: &RecordCounts) -> String {
     let kinds: Vec<String> = counts
@@ -87,8 +95,8 @@ pub fn inspection_text(inspection: &Inspection) -> String {
     let _ = writeln!(out, "data dir           {}", dir.display());
     let _ = writeln!(
         out,
-        "wal                {} segments, {} bytes, {} records a node reads",
-        inspection.segments.len(),
+        "wal                {}, {} bytes, {} records a node reads",
+        plural(inspection.segments.len() as u64, "segment"),
         inspection.wal_bytes(),
         counts.records
     );
@@ -152,12 +160,11 @@ pub fn lost_text(damage: &Damage) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "a cut at the damage loses {} bytes: {} whole records after it ({}), and the damaged \
-         ones ({} records or stretches, {} bytes)",
+        "a cut at the damage loses {} bytes: {} after it ({}), and {} ({} bytes)",
         lost.bytes,
-        lost.counts.records,
+        plural(lost.counts.records, "whole record"),
         kinds_text(&lost.counts),
-        lost.damaged,
+        plural(lost.damaged, "damaged record"),
         lost.damaged_bytes
     );
     if lost.counts.records > 0 {

@@ -169,7 +169,7 @@ async fn a_validator_whose_log_was_damaged_mid_way_is_repaired_and_starts_again(
     let shown = text(&refused.stdout);
     assert!(shown.contains(&format!("at byte {damaged}")), "{shown}");
     assert!(
-        shown.contains(&format!("{after_damage} whole records")),
+        shown.contains(&format!("{after_damage} whole record")),
         "{shown}"
     );
     assert!(
