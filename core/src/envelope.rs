@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 /// The envelope version this build speaks; the first byte of every envelope.
-pub const PROTOCOL_VERSION: u8 = 7;
+pub const PROTOCOL_VERSION: u8 = 8;
 
 /// Room for a pre-prepare's fields and envelope around its batch, in bytes.
 pub const BATCH_OVERHEAD: usize = 4096;

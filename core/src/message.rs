@@ -2,6 +2,7 @@
 //! signed statements a message carries live in [`crate::statement`], the certificates in
 //! [`crate::certificate`] and [`crate::view_change`].
 
+use alloc::boxed::Box;
 use alloc::vec::Vec;
 
 use serde::{Deserialize, Serialize};
@@ -78,8 +79,9 @@ pub struct RecoveryQuery {
 /// What the sender holds signed by the asker of a [`RecoveryQuery`], in the asker's epoch:
 /// the statements themselves, so the asker checks its own signatures and no peer can make
 /// one up. At most a window's slots of votes (a proposal, a prepare and a commit each, and
-/// the proposals the sender refused), the checkpoint votes above the sender's stable checkpoint, the asker's latest view change,
-/// and the sender's stable checkpoint (certified).
+/// the proposals the sender refused), the checkpoint votes above the sender's stable
+/// checkpoint, the asker's latest view change, the view the sender is in and the new view
+/// that started it if the asker led it, and the sender's stable checkpoint (certified).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecoveryAnswer {
     /// The epoch of the statements.
@@ -88,6 +90,12 @@ pub struct RecoveryAnswer {
     pub votes: Vec<Vote>,
     /// The asker's latest view change the sender holds (its summary: what was signed).
     pub view_change: Option<ViewChangeSummary>,
+    /// The last view the sender entered (0 before any new view): once f + 1 senders report
+    /// one, a quorum left the views below it, and the asker signs nothing in those.
+    pub view: u64,
+    /// The new view that started `view`, if the asker was its primary (it signed it; its
+    /// proposals are not repeated in `votes`).
+    pub led: Option<Box<NewView>>,
     /// The sender's stable checkpoint: every seq at or below it is final, and the sender no
     /// longer holds the votes there, so the asker signs nothing there either.
     pub stable: StableCheckpoint,

@@ -5,7 +5,8 @@
 //! multi-process `rollback` test.
 
 use pbft_core::testing::{
-    NOW, drain, key_of, replica, small_config, validator_key, validator_set, view_change, vote_for,
+    NOW, batch, drain, key_of, pre_prepare, replica, small_config, validator_key, validator_set,
+    view_change, vote_for,
 };
 use pbft_core::{
     Destination, Digest, ExecutedState, Message, Output, Phase, Record, RecoveryAnswer, Replica,
@@ -19,12 +20,20 @@ fn checking() -> Replica {
     replica
 }
 
-/// Peer `peer`'s answer holding `view_change` (validator 1's, if any) and `votes`.
+/// An answer holding `view_change` (validator 1's, if any) and `votes`, from a peer in
+/// view 0.
 fn answer(view_change: Option<u64>, votes: Vec<pbft_core::Vote>) -> Vec<u8> {
+    answer_in(0, view_change, votes)
+}
+
+/// [`answer`] from a peer that entered `view`.
+fn answer_in(view: u64, view_change: Option<u64>, votes: Vec<pbft_core::Vote>) -> Vec<u8> {
     Message::RecoveryAnswer(RecoveryAnswer {
         epoch: 0,
         votes,
         view_change: view_change.map(|view| view_change_of(1, view).summary()),
+        view,
+        led: None,
         stable: pbft_core::StableCheckpoint::genesis(),
     })
     .encode()
@@ -87,9 +96,9 @@ fn a_lost_view_change_closes_its_view_even_after_the_replica_moved_there_while_a
     let found = report(&outputs);
     assert_eq!((found.lost, found.closed_through_view), (1, Some(2)));
     assert!(
-        outputs
-            .iter()
-            .any(|o| matches!(o, Output::Persist(Record::Fenced(fence, _)) if fence.view == 2)),
+        outputs.iter().any(
+            |o| matches!(o, Output::Persist(Record::Fenced(fence, _)) if fence.view == Some(2))
+        ),
         "the fence is logged before anything is signed"
     );
     // Comparing with the view it had moved to, it would now sign a second view change for
@@ -116,7 +125,7 @@ fn a_restart_keeps_the_fence_when_peers_no_longer_hold_the_lost_statement() {
         restored
             .durable_records()
             .iter()
-            .any(|record| matches!(record, Record::Fenced(fence, _) if fence.view == 2)),
+            .any(|record| matches!(record, Record::Fenced(fence, _) if fence.view == Some(2))),
         "compaction keeps the fence"
     );
     // Restarted from its log; this time no peer holds the lost view change.
@@ -248,4 +257,60 @@ fn a_peer_whose_answer_fails_is_not_counted_nor_asked_again() {
         !restored.is_recovering(),
         "f + 1 answers and a view timeout settle it"
     );
+}
+
+/// Peers drop a view's slots when they leave it, so a vote the replica signed there before
+/// its copy was taken may survive nowhere: once f + 1 peers say they entered a later view,
+/// it signs nothing in the views a quorum left. One peer alone cannot close a view to it.
+#[test]
+fn views_f_plus_1_peers_left_are_closed_and_one_peer_cannot_close_them() {
+    for peers_in_view_2 in [1, 2] {
+        let mut restored = checking();
+        let mut outputs = Vec::new();
+        for (n, peer) in [0, 2, 3].into_iter().enumerate() {
+            let view = if n < peers_in_view_2 { 2 } else { 0 };
+            let bytes = answer_in(view, None, Vec::new());
+            restored.handle_message(NOW, &key_of(peer), &bytes).unwrap();
+            outputs.extend(drain(&mut restored));
+        }
+        let found = report(&outputs);
+        assert_eq!(found.lost, 0);
+        // The primary of view 0 proposes (it may have proposed another batch there before).
+        let bytes = pre_prepare(0, (0, 1), &batch(&[1]));
+        let _ = restored.handle_message(NOW, &key_of(0), &bytes);
+        let prepared = drain(&mut restored).iter().any(|output| {
+            matches!(output, Output::Persist(Record::Signed(vote)) if vote.phase == Phase::Prepare)
+        });
+        match peers_in_view_2 {
+            1 => assert!(prepared && found.closed_through_view.is_none()),
+            _ => assert!(!prepared && found.closed_through_view == Some(1)),
+        }
+    }
+}
+
+/// A new view the replica led and its log lacks (it may have had no proposals, so no vote
+/// shows it) closes its view: it would otherwise sign a second one for that view.
+#[test]
+fn a_lost_new_view_it_led_closes_its_view() {
+    let mut restored = checking();
+    let changes = [0, 2, 3].map(|signer| view_change_of(signer, 1)).to_vec();
+    let led = pbft_core::testing::new_view(1, 1, changes, Vec::new());
+    let mut outputs = Vec::new();
+    for peer in [0, 2, 3] {
+        let bytes = Message::RecoveryAnswer(RecoveryAnswer {
+            epoch: 0,
+            votes: Vec::new(),
+            view_change: None,
+            view: 1,
+            led: (peer == 0).then(|| Box::new(led.clone())),
+            stable: pbft_core::StableCheckpoint::genesis(),
+        })
+        .encode();
+        restored.handle_message(NOW, &key_of(peer), &bytes).unwrap();
+        outputs.extend(drain(&mut restored));
+    }
+    let found = report(&outputs);
+    assert_eq!((found.lost, found.closed_through_view), (1, Some(1)));
+    let outputs = view_changes(&mut restored, 1, &[0, 2, 3]);
+    assert_eq!(signed_views(&outputs), (vec![], vec![]));
 }

@@ -135,7 +135,8 @@ pub(crate) fn observe(trace: &mut Hasher, index: usize, output: &Output) {
                 .u64(u64::from(evidence.offender().0));
         }
         Output::Persist(Record::Fenced(fence, lost)) => {
-            trace.u64(fence.view).u64(fence.seq).u64(lost.len() as u64);
+            let view = fence.view.map_or(0, |view| view + 1);
+            trace.u64(view).u64(fence.seq).u64(lost.len() as u64);
         }
         Output::Recovered(report) => {
             trace

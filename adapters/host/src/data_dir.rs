@@ -203,7 +203,8 @@ impl RecordCounts {
                 (RecordKind::EpochStarted, None)
             }
             Record::Evidence(_) => (RecordKind::Evidence, None),
-            Record::Fenced(fence, _) => (RecordKind::Fenced, Some(fence.view)),
+            // A closed view, not one it entered.
+            Record::Fenced(..) => (RecordKind::Fenced, None),
         };
         if let Some(view) = view {
             self.view = self.view.max(view);

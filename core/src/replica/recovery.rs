@@ -28,6 +28,7 @@
 //! the f + 1 it needs).
 
 use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::boxed::Box;
 use alloc::vec::Vec;
 
 use super::output::{Destination, Output, Record};
@@ -36,6 +37,7 @@ use crate::config::ReplicaId;
 use crate::crypto::{Digest, VerifyingKey};
 use crate::error::Error;
 use crate::message::{Message, RecoveryAnswer, RecoveryQuery};
+use crate::new_view::NewView;
 use crate::statement::{Phase, Vote};
 use crate::view_change::ViewChangeSummary;
 
@@ -48,8 +50,8 @@ pub struct RecoveryReport {
     /// Statements signed by this replica that peers held and its log lacked: 0 unless the
     /// data dir was rolled back (or the key runs in a second place).
     pub lost: usize,
-    /// With `lost`, the highest view of a lost statement: the replica signs no vote or view
-    /// change in views up to it.
+    /// The highest view it signs nothing in (no vote, view change or new view): that of a
+    /// lost statement, or one a quorum of peers left; a logged fence from before counts too.
     pub closed_through_view: Option<u64>,
     /// With `lost`, the highest seq of a lost vote: no view change until the stable
     /// checkpoint reaches it.
@@ -63,8 +65,9 @@ pub struct Fence {
     /// The epoch it holds in.
     pub epoch: u64,
     /// Votes, view changes and new views in views at or below it are withheld: the replica
-    /// may have signed others there that no peer that answered holds.
-    pub view: u64,
+    /// may have signed others there that no peer that answered holds, or a quorum left them.
+    /// `None` when only checkpoint votes were lost (they belong to no view).
+    pub view: Option<u64>,
     /// View changes are withheld until the stable checkpoint reaches this seq (the highest of
     /// a lost vote): a view change reports the slots above its checkpoint from the log, which
     /// lost them, so until then it could leave out a batch it helped commit.
@@ -97,6 +100,8 @@ pub(super) struct Recovery {
     answered: BTreeSet<ReplicaId>,
     /// Peers whose answer failed its checks: an honest peer never sends one, so one try each.
     refused: BTreeSet<ReplicaId>,
+    /// The last view each answer says its sender entered.
+    entered: Vec<u64>,
     lost: usize,
     fence: Option<Fence>,
     /// When each peer's query was last answered (ms): at most one answer per retransmit
@@ -109,6 +114,16 @@ struct Restored {
     view: u64,
     stable: u64,
     statements: BTreeSet<(Phase, u64, u64, Digest)>,
+    /// The new view it entered, as restored.
+    new_view: Option<NewView>,
+}
+
+/// What one answer shows the replica signed that its log lacks.
+struct Lost {
+    votes: Vec<Vote>,
+    view_change: Option<ViewChangeSummary>,
+    /// The view of a new view it led that its log lacks.
+    led: Option<u64>,
 }
 
 impl Recovery {
@@ -137,9 +152,11 @@ impl Replica {
             view: self.view,
             stable: self.checkpoints.stable().seq,
             statements: self.signer.statements(),
+            new_view: self.new_view.clone(),
         };
         self.recovery.answered.clear();
         self.recovery.refused.clear();
+        self.recovery.entered.clear();
         self.recovery.lost = 0;
         self.recovery.fence = None;
         self.ask_for_own_statements();
@@ -228,11 +245,12 @@ impl Replica {
         // Its proposals refused here are its signatures too (a peer may have accepted them),
         // and so are those of a new view it led.
         votes.extend(self.evidence.refused_of(peer).cloned());
+        // The new view it led goes whole (it signed that too), with its proposals inside.
         let led = self
             .new_view
-            .iter()
-            .flat_map(|new_view| &new_view.proposals);
-        votes.extend(led.filter(|vote| vote.replica == peer).cloned());
+            .clone()
+            .filter(|new_view| self.validators.primary(new_view.view) == peer)
+            .map(Box::new);
         votes.sort_by_key(|vote| (vote.phase, vote.view, vote.seq, vote.digest));
         votes.dedup();
         let stable = self.checkpoints.stable().seq;
@@ -251,6 +269,8 @@ impl Replica {
             epoch: self.validators.epoch(),
             votes,
             view_change,
+            view: self.new_view.as_ref().map_or(0, |new_view| new_view.view),
+            led,
             stable: self.checkpoints.stable().clone(),
         });
         self.send(Destination::Validator(peer), answer.encode());
@@ -279,53 +299,71 @@ impl Replica {
             return Ok(());
         }
         let key = *self.validators.key(self.id).ok_or(Error::NotAValidator)?;
-        let found = match self.lost_in(&answer, &key) {
-            Ok(found) => found,
+        let lost = match self.lost_in(&answer, &key) {
+            Ok(lost) => lost,
             Err(err) => {
                 self.recovery.refused.insert(peer);
                 return Err(err);
             }
         };
-        // Final at the sender: nothing there is signed again (a certificate, checked).
-        if answer.stable.seq > self.checkpoints.stable().seq {
-            self.on_stable_checkpoint(answer.stable)?;
-        }
-        let (votes, view_change) = found;
-        let epoch = self.validators.epoch();
-        let mut fence = self.recovery.fence;
-        let mut close = |view: u64, seq: u64| {
-            let closed = Fence { epoch, view, seq };
-            fence = Some(fence.map_or(closed, |f| f.merge(closed)));
-        };
-        if let Some(change) = view_change {
+        let before = self.recovery.fence;
+        if let Some(change) = &lost.view_change {
             // It had left for a view its log never reached, reporting votes up to there.
             self.recovery.lost += 1;
             let reported = change.prepared.iter().chain(&change.voted);
-            close(change.view, reported.map(|c| c.seq).max().unwrap_or(0));
+            let seq = reported.map(|c| c.seq).max().unwrap_or(0);
+            self.close(Some(change.view), seq);
         }
-        for vote in votes {
+        if let Some(view) = lost.led {
+            // It started a view with a new view its log lacks.
             self.recovery.lost += 1;
-            match vote.phase {
-                Phase::Checkpoint => close(0, vote.seq),
-                _ => close(vote.view, vote.seq),
-            }
+            self.close(Some(view), 0);
+        }
+        for vote in &lost.votes {
+            self.recovery.lost += 1;
+            let view = (vote.phase != Phase::Checkpoint).then_some(vote.view);
+            self.close(view, vote.seq);
+        }
+        if let Some(fence) = self
+            .recovery
+            .fence
+            .filter(|_| self.recovery.fence != before)
+        {
+            // Logged at once: a crash before the check settles must not lose it (the stable
+            // checkpoint adopted next would put the lost votes below what the next check
+            // compares).
+            self.outbox
+                .persist(Record::Fenced(fence, lost.votes.clone()));
+        }
+        for vote in lost.votes {
             self.signer.remember_lost(vote);
         }
-        self.recovery.fence = fence;
+        // Final at the sender: nothing there is signed again (a certificate, checked).
+        if answer.stable.seq > self.checkpoints.stable().seq
+            && let Err(err) = self.on_stable_checkpoint(answer.stable)
+        {
+            self.recovery.refused.insert(peer);
+            return Err(err);
+        }
+        self.recovery.entered.push(answer.view);
         self.recovery.answered.insert(peer);
         self.maybe_settle();
         Ok(())
+    }
+
+    /// Adds (`view`, `seq`) to the fence this check sets.
+    fn close(&mut self, view: Option<u64>, seq: u64) {
+        let epoch = self.validators.epoch();
+        let closed = Fence { epoch, view, seq };
+        let fence = self.recovery.fence.map_or(closed, |f| f.merge(closed));
+        self.recovery.fence = Some(fence);
     }
 
     /// The statements of `answer` this replica signed (checked against its `key`) and did not
     /// hold as restored, where they can bind it: a vote above the restored stable checkpoint,
     /// of the restored view or later (a checkpoint vote, of any view), and a view change
     /// beyond the restored view. Earlier ones are final or of views left, signed again never.
-    fn lost_in(
-        &mut self,
-        answer: &RecoveryAnswer,
-        key: &VerifyingKey,
-    ) -> Result<(Vec<Vote>, Option<ViewChangeSummary>), Error> {
+    fn lost_in(&mut self, answer: &RecoveryAnswer, key: &VerifyingKey) -> Result<Lost, Error> {
         // Per slot of the window: a proposal, a prepare and a commit, a prepared
         // certificate's proposal and prepare, two refused proposals, a new view's proposal;
         // and the checkpoints.
@@ -339,8 +377,17 @@ impl Replica {
         let chain = self.config.chain_id;
         let epoch = self.validators.epoch();
         let restored = &self.recovery.restored;
+        // A new view it led, from the view it was restored into or later: its own signature.
+        let led = answer.led.as_deref().filter(|new_view| {
+            self.validators.primary(new_view.view) == self.id && new_view.view >= restored.view
+        });
+        if let Some(new_view) = led {
+            self.metrics.signatures_verified += 1;
+            key.verify(&new_view.signed_digest(&chain, epoch), &new_view.signature)?;
+        }
+        let led_proposals = led.iter().flat_map(|new_view| &new_view.proposals);
         let mut lost = Vec::new();
-        for vote in &answer.votes {
+        for vote in answer.votes.iter().chain(led_proposals) {
             let statement = (vote.phase, vote.view, vote.seq, vote.digest);
             let binding = vote.phase == Phase::Checkpoint || vote.view >= restored.view;
             if restored.statements.contains(&statement) || !binding || vote.seq <= restored.stable {
@@ -368,7 +415,14 @@ impl Replica {
             }
             None => None,
         };
-        Ok((lost, view_change))
+        let led = led
+            .filter(|&new_view| restored.new_view.as_ref() != Some(new_view))
+            .map(|new_view| new_view.view);
+        Ok(Lost {
+            votes: lost,
+            view_change,
+            led,
+        })
     }
 
     /// Unseals once every peer answered, or f + 1 did and a view timeout passed.
@@ -384,13 +438,30 @@ impl Replica {
             return;
         }
         self.recovery.asking_since = None;
-        let fence = self.recovery.fence;
-        if let Some(fence) = fence {
-            // Before any signature it allows: a restart keeps the fence and the lost votes.
-            let lost = self.signer.lost_votes().cloned().collect();
-            self.outbox.persist(Record::Fenced(fence, lost));
+        // The (f + 1)-th highest view entered: one an honest peer entered, so a quorum left
+        // every view below it (a Byzantine peer cannot push it up). Signing there would
+        // serve no one, and a statement of those views this replica signed may be lost
+        // with no peer left holding it (they drop a view's slots on leaving it).
+        let mut entered = core::mem::take(&mut self.recovery.entered);
+        entered.sort_unstable_by(|a, b| b.cmp(a));
+        let left = entered
+            .get(self.validators.max_faulty())
+            .copied()
+            .unwrap_or(0);
+        if left > self.recovery.restored.view {
+            let before = self.recovery.fence;
+            self.close(Some(left - 1), 0);
+            if let Some(fence) = self
+                .recovery
+                .fence
+                .filter(|_| self.recovery.fence != before)
+            {
+                self.outbox.persist(Record::Fenced(fence, Vec::new()));
+            }
         }
+        let fence = self.recovery.fence;
         self.signer.unseal(fence);
+        let fence = self.signer.fence();
         // As primary, never propose at or below a final seq, nor at one it proposed before.
         let proposed = self.signer.highest_proposal(self.view);
         let stable = self.checkpoints.stable().seq;
@@ -398,7 +469,7 @@ impl Replica {
         self.outbox.push(Output::Recovered(RecoveryReport {
             answered,
             lost: self.recovery.lost,
-            closed_through_view: fence.map(|f| f.view),
+            closed_through_view: fence.and_then(|f| f.view),
             view_changes_from_seq: fence.map(|f| f.seq),
         }));
         self.sign_what_was_withheld();

@@ -94,7 +94,12 @@ impl Signer {
     /// Whether it withholds a signature of `phase` in `view` ([`Signer::seal`],
     /// [`Signer::unseal`]).
     pub(super) fn withholds(&self, phase: Phase, view: u64) -> bool {
-        self.sealed || (phase != Phase::Checkpoint && self.fence.is_some_and(|f| view <= f.view))
+        self.sealed
+            || (phase != Phase::Checkpoint
+                && self
+                    .fence
+                    .and_then(|f| f.view)
+                    .is_some_and(|closed| view <= closed))
     }
 
     /// Signs a vote for `digest` at (`view`, `seq`) unless this replica signed another digest
