@@ -76,6 +76,20 @@ impl Cluster {
     }
 
     fn start_full(
+        name: (&str, bool),
+        transport: Transport,
+        launch: impl Fn(usize) -> Launch,
+    ) -> Cluster {
+        let mut cluster = Cluster::create(name, transport, launch);
+        for index in 0..VALIDATORS {
+            cluster.spawn(index);
+        }
+        cluster
+    }
+
+    /// The cluster's keys and configs, with no node started yet: a test may rewrite the
+    /// configs first (other addresses), then [`Cluster::spawn`] each node.
+    pub(crate) fn create(
         (name, attested): (&str, bool),
         transport: Transport,
         launch: impl Fn(usize) -> Launch,
@@ -87,18 +101,14 @@ impl Cluster {
         })
         .unwrap();
         let network = load_network(&testnet.network).unwrap();
-        let mut cluster = Cluster {
+        Cluster {
             transport,
             dir,
             testnet,
             network,
             children: (0..VALIDATORS).map(|_| None).collect(),
             launches: (0..VALIDATORS).map(launch).collect(),
-        };
-        for index in 0..VALIDATORS {
-            cluster.spawn(index);
         }
-        cluster
     }
 
     pub(crate) fn spawn(&mut self, index: usize) {
@@ -540,6 +550,7 @@ pub(crate) async fn idle_flood(
 }
 
 /// A test per transport, `quic_…` and `tcp_…`, each running one body.
+#[allow(unused_macros)] // Not every test file runs over both transports.
 macro_rules! over_both_transports {
     ($($quic:ident, $tcp:ident => $body:ident;)*) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
