@@ -18,7 +18,16 @@
 //!   changes until its stable checkpoint passes the highest such seq: it may have signed
 //!   other statements there that no peer that answered holds. It takes part again from the
 //!   next view change the others make. The closed views cost the cluster one validator until
-//!   then, never safety.
+//!   then, never safety;
+//! - a new view it led that its log lacks closes that view the same way (one without
+//!   proposals shows in no vote);
+//! - the views below the (f + 1)-th highest view the answers say their senders entered are
+//!   closed too: a quorum left them, and peers drop a view's slots when they leave it, so a
+//!   vote it signed there may survive nowhere.
+//!
+//! What it finds is judged against the view, stable checkpoint and statements as restored
+//! (answers and other traffic move them meanwhile), and logged at once ([`Record::Fenced`]):
+//! a restart keeps the fence.
 //!
 //! A normal restart finds nothing missing (every signed statement is logged before it is
 //! sent) and costs one round trip. Compared with CometBFT's `double_sign_check_height`, no
@@ -27,8 +36,8 @@
 //! not answer stay unknown (the replica waits up to a view timeout for every peer, not only
 //! the f + 1 it needs).
 
-use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::boxed::Box;
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 
 use super::output::{Destination, Output, Record};
