@@ -90,7 +90,7 @@ pub enum Record {
     /// Rollback protection found statements signed by this replica that its log had lost
     /// (the data dir was restored from an old copy): the fence it signs within from now on
     /// in this epoch, and the lost votes, which bind it like its own but are not its log's
-    /// ([`super::recovery`]). A restart keeps both, so the next check need not find them
+    /// ([`Replica::check_for_rollback`]). A restart keeps both, so the next check need not find them
     /// again.
     Fenced(super::recovery::Fence, Vec<Vote>),
 }

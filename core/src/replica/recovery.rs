@@ -143,7 +143,7 @@ impl Recovery {
 }
 
 impl Replica {
-    /// Starts rollback protection (see [`self`](crate::replica) `recovery`): seals the signer
+    /// Starts rollback protection (what it finds: [`RecoveryReport`], [`Fence`]): seals the signer
     /// and asks every peer what it holds signed by this replica. Call once, after
     /// [`Replica::new`] or [`Replica::restore`] and before any input; a replica alone in its
     /// set has no one to ask and skips it.
