@@ -116,6 +116,9 @@ fn a_restart_keeps_the_fence_when_peers_no_longer_hold_the_lost_statement() {
     for (peer, view_change) in [(0, Some(2)), (2, None), (3, None)] {
         let bytes = answer(view_change, Vec::new());
         restored.handle_message(NOW, &key_of(peer), &bytes).unwrap();
+        // A compaction while the check still waits keeps what the first answer showed.
+        let fenced = |record: &Record| matches!(record, Record::Fenced(..));
+        assert!(restored.durable_records().iter().any(fenced));
     }
     records.extend(drain(&mut restored).into_iter().filter_map(|o| match o {
         Output::Persist(record) => Some(record),
@@ -313,4 +316,33 @@ fn a_lost_new_view_it_led_closes_its_view() {
     assert_eq!((found.lost, found.closed_through_view), (1, Some(1)));
     let outputs = view_changes(&mut restored, 1, &[0, 2, 3]);
     assert_eq!(signed_views(&outputs), (vec![], vec![]));
+}
+
+/// A peer that entered a later view dropped the slot's votes, but keeps the quorum
+/// certificate: the asker's commit inside it is reported, so a rolled-back validator that
+/// helped commit a batch finds that out and does not leave the batch out of a view change.
+#[test]
+fn an_answer_reports_the_askers_commit_inside_a_quorum_certificate() {
+    let mut peer = replica(0, small_config());
+    let certified = pbft_core::testing::committed(1, &batch(&[1]));
+    let bytes = Message::Committed(certified.clone()).encode();
+    peer.handle_message(NOW, &key_of(2), &bytes).unwrap();
+    drain(&mut peer);
+    let query = Message::RecoveryQuery(pbft_core::RecoveryQuery { epoch: 0 }).encode();
+    peer.handle_message(NOW, &key_of(1), &query).unwrap();
+    let answers: Vec<RecoveryAnswer> = drain(&mut peer)
+        .into_iter()
+        .filter_map(|output| match output {
+            Output::Send { bytes, .. } => match Message::decode(&bytes, usize::MAX) {
+                Ok(Message::RecoveryAnswer(answer)) => Some(answer),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    let [answer] = answers.as_slice() else {
+        panic!("one answer, got {}", answers.len());
+    };
+    let commit = vote_for(1, Phase::Commit, (0, 1), certified.certificate.digest);
+    assert!(answer.votes.contains(&commit), "{:?}", answer.votes);
 }

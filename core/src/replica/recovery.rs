@@ -42,6 +42,7 @@ use alloc::vec::Vec;
 
 use super::output::{Destination, Output, Record};
 use super::{Mode, Replica};
+use crate::certificate::{CommitPath, QuorumCertificate};
 use crate::config::ReplicaId;
 use crate::crypto::{Digest, VerifyingKey};
 use crate::error::Error;
@@ -251,18 +252,30 @@ impl Replica {
             .flat_map(|slot| slot.signed_by(peer))
             .cloned()
             .collect();
+        // Its signatures inside the quorum certificates held above the stable checkpoint: a
+        // peer that entered a later view dropped the slot's votes but keeps these, and a view
+        // change of the asker must not leave their batches out.
+        let stable = self.checkpoints.stable().seq;
+        let certified = self
+            .log
+            .range(stable.saturating_add(1)..)
+            .filter_map(|(_, slot)| slot.certificate.as_ref());
+        for certificate in certified {
+            let primary = self.validators.primary(certificate.view);
+            votes.extend(vote_in_certificate(certificate, peer, primary));
+        }
         // Its proposals refused here are its signatures too (a peer may have accepted them),
         // and so are those of a new view it led.
         votes.extend(self.evidence.refused_of(peer).cloned());
         // The new view it led goes whole (it signed that too), with its proposals inside.
         let led = self
             .new_view
-            .clone()
+            .as_ref()
             .filter(|new_view| self.validators.primary(new_view.view) == peer)
+            .cloned()
             .map(Box::new);
         votes.sort_by_key(|vote| (vote.phase, vote.view, vote.seq, vote.digest));
         votes.dedup();
-        let stable = self.checkpoints.stable().seq;
         votes.extend(self.checkpoints.own_votes_above(stable, peer));
         // Its latest view change: held, or inside the new view that started this view.
         let in_new_view = self
@@ -347,6 +360,9 @@ impl Replica {
         for vote in lost.votes {
             self.signer.remember_lost(vote);
         }
+        // In the signer at once (sealed meanwhile), so a compaction before the check settles
+        // keeps the fence too (`durable_records`).
+        self.signer.close(self.recovery.fence);
         // Final at the sender: nothing there is signed again (a certificate, checked).
         if answer.stable.seq > self.checkpoints.stable().seq
             && let Err(err) = self.on_stable_checkpoint(answer.stable)
@@ -374,10 +390,10 @@ impl Replica {
     /// beyond the restored view. Earlier ones are final or of views left, signed again never.
     fn lost_in(&mut self, answer: &RecoveryAnswer, key: &VerifyingKey) -> Result<Lost, Error> {
         // Per slot of the window: a proposal, a prepare and a commit, a prepared
-        // certificate's proposal and prepare, two refused proposals, a new view's proposal;
-        // and the checkpoints.
+        // certificate's proposal and prepare, two refused proposals, a new view's proposal,
+        // a quorum certificate's vote; and the checkpoints.
         let window = self.config.window as usize;
-        let most = 8 * window + window / self.config.checkpoint_interval.max(1) as usize + 2;
+        let most = 9 * window + window / self.config.checkpoint_interval.max(1) as usize + 2;
         if answer.votes.len() > most {
             return Err(Error::UnexpectedMessage(
                 "recovery answer over a window of votes",
@@ -471,6 +487,7 @@ impl Replica {
         let fence = self.recovery.fence;
         self.signer.unseal(fence);
         let fence = self.signer.fence();
+        self.recovery.restored = Restored::default();
         // As primary, never propose at or below a final seq, nor at one it proposed before.
         let proposed = self.signer.highest_proposal(self.view);
         let stable = self.checkpoints.stable().seq;
@@ -522,4 +539,30 @@ impl Replica {
         }
         self.propose(false);
     }
+}
+
+/// `signer`'s signature in `certificate`, as the vote it is: a commit, or on the fast path
+/// the pre-prepare of the view's `primary` or a prepare.
+fn vote_in_certificate(
+    certificate: &QuorumCertificate,
+    signer: ReplicaId,
+    primary: ReplicaId,
+) -> Option<Vote> {
+    let (_, signature) = certificate
+        .signatures
+        .iter()
+        .find(|(id, _)| *id == signer)?;
+    let phase = match certificate.path {
+        CommitPath::ThreePhase => Phase::Commit,
+        CommitPath::Fast if signer == primary => Phase::PrePrepare,
+        CommitPath::Fast => Phase::Prepare,
+    };
+    Some(Vote {
+        phase,
+        view: certificate.view,
+        seq: certificate.seq,
+        digest: certificate.digest,
+        replica: signer,
+        signature: *signature,
+    })
 }
