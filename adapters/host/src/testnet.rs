@@ -72,6 +72,23 @@ pub fn create_with(
         move |source| FileError::Io { path, source }
     };
     fs::create_dir_all(dir).map_err(io(dir))?;
+    // All or nothing: a second testnet written over a first would leave configs that name
+    // keys no node holds.
+    let node_files =
+        (0..validators).flat_map(|i| [format!("node{i}.key"), format!("node{i}.toml")]);
+    let gateway_files =
+        (0..gateways).flat_map(|i| [format!("gateway{i}.key"), format!("gateway{i}.toml")]);
+    let mut files = node_files
+        .chain(gateway_files)
+        .chain(["network.toml".to_string()]);
+    if let Some(taken) = files.find(|name| dir.join(name).exists()) {
+        let path = dir.join(taken);
+        let source = std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            "a testnet is already there; nothing was written: use a new --dir",
+        );
+        return Err(FileError::Io { path, source });
+    }
     let keys: Vec<Keypair> = (0..validators)
         .map(|index| Keypair::from_seed(&seed_of(index)))
         .collect();
@@ -151,4 +168,24 @@ pub fn create_with(
         gateways: gateway_files,
         gateway_metrics,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_testnet_is_not_written_over_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = create(dir.path(), 4, "first", |i| [i as u8; 32]).unwrap();
+        let network = fs::read(&first.network).unwrap();
+        let again = create_with_gateways(dir.path(), (4, 2), "second", |i| [i as u8 + 9; 32]);
+        let Err(FileError::Io { path, source }) = again else {
+            panic!("a second testnet over the first was written");
+        };
+        assert_eq!(source.kind(), std::io::ErrorKind::AlreadyExists);
+        assert!(path.ends_with("node0.key"), "{}", path.display());
+        assert_eq!(fs::read(&first.network).unwrap(), network, "network.toml changed");
+        assert!(!dir.path().join("gateway0.toml").exists());
+    }
 }
