@@ -88,6 +88,10 @@ pub enum NodeError {
 impl fmt::Display for NodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            NodeError::Wal(err @ WalError::Corrupt { .. }) => write!(
+                f,
+                "write-ahead log: {err} (`pbft data inspect DATA_DIR` shows what lies behind the damage, `pbft data repair DATA_DIR` cuts it there after keeping a copy)"
+            ),
             NodeError::Wal(err) => write!(f, "write-ahead log: {err}"),
             NodeError::BadRecord {
                 dir,

@@ -863,7 +863,7 @@ async fn client(
     let max = network.core.max_request_bytes;
     if op.len() > max {
         return Err(format!(
-            "the operation is {} bytes (key, value and their encoding); the network takes at most {max} (max_request_bytes in {})",
+            "the operation is {} bytes (key, value and their encoding); the network takes at most {max} (`max_request_bytes` under `[limits]` in {}; 65536 unless set there)",
             op.len(),
             config.display()
         )
