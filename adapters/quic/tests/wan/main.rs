@@ -266,32 +266,36 @@ fn run(transport: Transport, net: u8) {
         for index in 0..VALIDATORS {
             cluster.spawn(index);
         }
-        // Clients connect once: only after every node serves its metrics (and so listens).
-        let listening = Instant::now() + Duration::from_secs(30);
-        while (0..VALIDATORS).any(|i| common::scrape(cluster.testnet.metrics[i]).is_empty()) {
-            assert!(Instant::now() < listening, "the nodes never started");
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        // Ready once every node is linked to every other through the forwarder and a write
+        // commits (each try with a new client: a client connects to each validator once).
+        let ready = Instant::now() + Duration::from_secs(90);
+        let linked = |i: usize| cluster.metric(i, "pbft_peers_connected") as usize + 1;
+        while (0..VALIDATORS).any(|i| linked(i) < VALIDATORS) {
+            assert!(
+                Instant::now() < ready,
+                "the nodes never linked up through the forwarder: {:?} linked",
+                (0..VALIDATORS).map(linked).collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        // The transport binds just after the metrics.
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let mut clients: Vec<ClusterClient> = (0..CLIENTS)
-            .map(|seed| {
-                let key = Keypair::from_seed(&[seed as u8 + 100; 32]);
-                ClusterClient::connect(transport, &cluster.network, key).unwrap()
-            })
-            .collect();
-        // Ready once a write commits.
-        let ready = Instant::now() + Duration::from_secs(60);
-        while clients[0]
-            .execute(common::put("ready", "1"), Duration::from_secs(5))
-            .await
-            .is_err()
-        {
-            if Instant::now() > ready {
-                let logs: Vec<String> = (0..VALIDATORS).map(|i| cluster.log(i)).collect();
-                panic!("the cluster never committed a write; node logs:\n{}", logs.concat());
+        let connect = |seed: usize| {
+            let key = Keypair::from_seed(&[seed as u8 + 100; 32]);
+            ClusterClient::connect(transport, &cluster.network, key).unwrap()
+        };
+        loop {
+            let tried = connect(CLIENTS)
+                .execute(common::put("ready", "1"), Duration::from_secs(5))
+                .await;
+            match tried {
+                Ok(_) => break,
+                Err(err) if Instant::now() > ready => {
+                    let logs: Vec<String> = (0..VALIDATORS).map(|i| cluster.log(i)).collect();
+                    panic!("the cluster never committed a write ({err}); node logs:\n{}", logs.concat());
+                }
+                Err(_) => {}
             }
         }
+        let mut clients: Vec<ClusterClient> = (0..CLIENTS).map(connect).collect();
         println!("{transport:?}: 4 validators on separate hosts, {CLIENTS} clients, puts of a unique key");
         println!(
             "{:<48} {:>9} {:>9} {:>9} {:>7}",
