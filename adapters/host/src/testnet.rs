@@ -185,7 +185,11 @@ mod tests {
         };
         assert_eq!(source.kind(), std::io::ErrorKind::AlreadyExists);
         assert!(path.ends_with("node0.key"), "{}", path.display());
-        assert_eq!(fs::read(&first.network).unwrap(), network, "network.toml changed");
+        assert_eq!(
+            fs::read(&first.network).unwrap(),
+            network,
+            "network.toml changed"
+        );
         assert!(!dir.path().join("gateway0.toml").exists());
     }
 }
