@@ -217,7 +217,16 @@ async fn replies_udp(
     to: End,
 ) {
     let mut buf = vec![0; 65_536];
-    while let Ok(len) = upstream.recv(&mut buf).await {
+    loop {
+        let len = match upstream.recv(&mut buf).await {
+            Ok(len) => len,
+            // A datagram sent before the host listened drew an ICMP port unreachable, which
+            // a connected socket reports on its next receive: the mapping lives on, or the
+            // sender's later datagrams would get no answer for good (a QUIC dial to a peer
+            // that starts later never completed).
+            Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused => continue,
+            Err(_) => return,
+        };
         let fate = links.lock().unwrap().fate(Some(index), to, len);
         if let Fate::At(at) = fate {
             let datagram = buf[..len].to_vec();
