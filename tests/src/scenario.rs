@@ -251,6 +251,10 @@ pub struct Scenario {
     pub spares: usize,
     /// The operator's reconfigurations, in order; empty in other runs.
     pub reconfigurations: Vec<crate::Reconfig>,
+    /// Each link's bandwidth, in bytes per virtual ms (0: unlimited). A message waits for
+    /// the ones sent before it on its link, then takes its size over this rate on top of its
+    /// delay, so a new view with many certificates is slow where a vote is not.
+    pub link_bytes_per_ms: u64,
 }
 
 /// Where the replicas of a Twins run stand in each view (Bano et al. 2020, section 4).
@@ -274,6 +278,45 @@ impl Scenario {
     pub fn for_seed(seed: u64, validators: usize) -> Self {
         let kind = KINDS[(seed % KINDS.len() as u64) as usize];
         Self::new(kind, seed, validators)
+    }
+
+    /// The primary crashes with a full log above the stable checkpoint, on links of limited
+    /// bandwidth: every vote crosses in a few ms, but the view changes and the new view carry
+    /// a certificate for each of those seqs and take longer to cross than a view timeout.
+    /// The first new view reaches the backups too late for its re-proposals to commit before
+    /// the new primary's timer fires; the view timeout must back off (Castro and Liskov 2002,
+    /// section 4.5.2) or every later view fails the same way, and a peer that waits for a
+    /// view change or a new view must not be sent it again every retransmit interval while
+    /// the first copy still crosses (the copies queue on the link ahead of the new view). The
+    /// same happened over QUIC with 25 ms of delay, in the WAN test. No other fault.
+    pub fn slow_links(seed: u64, validators: usize) -> Self {
+        let mut rng = Rng::new(seed ^ 0x5107_11a6);
+        let low = rng.range(5, 10);
+        Scenario {
+            kind: Kind::CrashedPrimary,
+            validators,
+            faults: BTreeMap::from([(0, Fault::CrashAt(rng.range(1_500, 2_500)))]),
+            clients: 8,
+            requests_per_client: 60,
+            delay_ms: (low, low + 5),
+            duplicate_percent: 0,
+            loss_percent: 0,
+            partitions: Vec::new(),
+            links: Vec::new(),
+            restarts: Vec::new(),
+            max_batch_ops: 1,
+            window: 64,
+            checkpoint_interval: 32,
+            fast_path: true,
+            twins: None,
+            snapshot_delay_ms: 0,
+            via_gateway: false,
+            attested: false,
+            rogue_gateway: false,
+            spares: 0,
+            reconfigurations: Vec::new(),
+            link_bytes_per_ms: 40,
+        }
     }
 
     /// One backup alone commits on the fast path, and the view changes without it: the case
@@ -333,6 +376,7 @@ impl Scenario {
             rogue_gateway: false,
             spares: 0,
             reconfigurations: Vec::new(),
+            link_bytes_per_ms: 0,
         }
     }
 
@@ -382,6 +426,7 @@ impl Scenario {
             rogue_gateway: false,
             spares: 0,
             reconfigurations: Vec::new(),
+            link_bytes_per_ms: 0,
         }
     }
 
@@ -560,6 +605,7 @@ impl Scenario {
             rogue_gateway: false,
             spares: 0,
             reconfigurations: Vec::new(),
+            link_bytes_per_ms: 0,
         }
     }
 }

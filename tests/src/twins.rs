@@ -92,6 +92,7 @@ impl Scenario {
             rogue_gateway: false,
             spares: 0,
             reconfigurations: Vec::new(),
+            link_bytes_per_ms: 0,
         }
     }
 }

@@ -39,6 +39,7 @@ fn scenario(drip_feeder: Fault) -> Scenario {
         rogue_gateway: false,
         spares: 0,
         reconfigurations: Vec::new(),
+        link_bytes_per_ms: 0,
     }
 }
 

@@ -153,6 +153,9 @@ pub struct Simulation {
     convicted_in: BTreeMap<u16, u64>,
     /// The operator of a reconfiguration run.
     operator: operator::Operator,
+    /// When each link (from, to) is free again, virtual ms: a link of limited bandwidth
+    /// ([`Scenario::link_bytes_per_ms`]) sends one message after the other.
+    link_free_at: BTreeMap<(NodeId, NodeId), u64>,
 }
 
 /// Virtual time after which a run stops.
@@ -265,6 +268,7 @@ impl Simulation {
             convicted_at: BTreeMap::new(),
             convicted_in: BTreeMap::new(),
             operator: operator::Operator::new(&scenario.reconfigurations),
+            link_free_at: BTreeMap::new(),
             states: BTreeMap::new(),
             scenario,
         }

@@ -20,9 +20,10 @@ impl Simulation {
             1
         };
         let key = self.key_of(from);
+        let sent = self.serialised(from, to, bytes.len());
         for _ in 0..copies {
             let (low, high) = self.scenario.delay_ms;
-            let delay = self.rng.range(low, high);
+            let delay = sent + self.rng.range(low, high);
             self.report.messages += 1;
             self.schedule(
                 delay,
@@ -33,6 +34,20 @@ impl Simulation {
                 },
             );
         }
+    }
+
+    /// How long from now until a message of `len` bytes has left `from` for `to`: 0 on a
+    /// link of unlimited bandwidth, else the wait behind what the link still sends plus the
+    /// message's own time on it.
+    fn serialised(&mut self, from: NodeId, to: NodeId, len: usize) -> u64 {
+        let rate = self.scenario.link_bytes_per_ms;
+        if rate == 0 {
+            return 0;
+        }
+        let free = self.link_free_at.entry((from, to)).or_insert(self.now);
+        let done = (*free).max(self.now) + (len as u64).div_ceil(rate);
+        *free = done;
+        done - self.now
     }
 
     /// Whether a cut separates `a` from `b` now: a partition of the scenario's, or a Twins
