@@ -285,8 +285,10 @@ pub struct Config {
     /// it asks for a new primary, in ms; also how long it waits for the new view once a quorum
     /// asked. Default 500 ms.
     pub view_timeout_ms: u64,
-    /// Each consecutive view that fails doubles the timeout, up to this factor; a delivery
-    /// resets it. Default 8 (4 s with the default timeout).
+    /// Each consecutive view that fails doubles the timeout, up to this factor. A view fails
+    /// when its new view does not come in time, or when it times out before delivering
+    /// anything (Castro and Liskov 2002, section 4.5.2). A delivery in a view that has lasted
+    /// the timeout resets it. Default 8 (4 s with the default timeout).
     pub max_timeout_factor: u64,
     /// How long without progress before a replica tells its peers what it lacks, in ms.
     /// Default 100 ms: well under the view timeout, so a lost message is repaired before it

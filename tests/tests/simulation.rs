@@ -347,6 +347,24 @@ fn batches_only_one_replica_committed_on_the_fast_path_survive_the_view_change()
     }
 }
 
+/// A new view that takes longer to reach the backups than a view timeout
+/// ([`Scenario::slow_links`]): the cluster must still settle in a view and complete every
+/// request, with the view timeout backing off instead of failing view after view.
+#[test]
+fn a_new_view_slower_than_the_view_timeout_still_settles() {
+    for (validators, seeds) in [(4, 0..10), (7, 0..2)] {
+        for seed in seeds {
+            let report = run_checked(seed, &Scenario::slow_links(seed, validators));
+            println!(
+                "n = {validators}, seed {seed}: {} views changed, recovered in {:?} ms, {} virtual ms",
+                report.views_changed, report.recovery_ms, report.virtual_ms
+            );
+            assert!(report.violations.is_empty(), "{:?}", report.violations);
+            assert_eq!(report.requests_completed, 8 * 60);
+        }
+    }
+}
+
 /// A validator that was down catches up by replaying committed batches from its peers while
 /// the primary proposes other batches at seqs they already checkpointed
 /// ([`Scenario::stale_proposals`]): the peers must refuse the stale proposals and keep

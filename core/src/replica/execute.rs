@@ -19,6 +19,7 @@ impl Replica {
     /// Hands committed batches to the host, strictly in sequence order.
     pub(super) fn deliver_ready(&mut self) {
         let before = self.last_delivered;
+        let mut of_this_view = false;
         // One delivery at a time: the next only once the host executed the last, so the
         // exactly-once table a checkpoint snapshots is exactly as of the checkpoint's seq.
         // Nothing executes on a state that diverged from the stable checkpoint: the install
@@ -38,6 +39,7 @@ impl Replica {
                 break;
             };
             let seq = self.last_delivered + 1;
+            of_this_view |= certificate.view == self.view;
             for leaf in &slot.leaves {
                 self.intake.unwatch(leaf);
             }
@@ -109,7 +111,7 @@ impl Replica {
             }));
         }
         if self.last_delivered > before {
-            self.made_progress();
+            self.made_progress(of_this_view);
         }
     }
 

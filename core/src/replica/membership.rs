@@ -68,7 +68,8 @@ impl Replica {
                 if status.slots.len() as u64 > self.config.window {
                     return Err(Error::UnexpectedMessage("status longer than the window"));
                 }
-                if !self.timers.may_serve(peer) {
+                let shown = super::retransmit::status_fingerprint(&status, self.progress_shown());
+                if !self.timers.may_serve(peer, shown) {
                     return Err(Error::RateLimited);
                 }
                 let to = Destination::Outside(*from);

@@ -9,6 +9,7 @@ use alloc::vec::Vec;
 
 use super::Replica;
 use super::output::{Destination, Output, Record};
+use crate::config::ReplicaId;
 use crate::message::Message;
 
 /// Outputs waiting for [`super::Replica::poll_output`], oldest first.
@@ -85,6 +86,12 @@ impl Replica {
     /// Queues `record`, then `message` (which carries its signature) to every peer.
     pub(super) fn publish(&mut self, record: Record, message: &Message) {
         self.metrics.bytes_sent += self.outbox.publish(record, message);
+    }
+
+    /// Every validator of the set but this one.
+    pub(super) fn others(&self) -> Vec<ReplicaId> {
+        let me = self.id;
+        self.validators.ids().filter(|&id| id != me).collect()
     }
 }
 

@@ -246,6 +246,8 @@ impl Replica {
             return Err(Error::RateLimited);
         }
         self.recovery.served.insert(peer, now);
+        // It restarted: what it was sent before is gone with its memory.
+        self.timers.peer_restarted(peer);
         let mut votes: Vec<_> = self
             .log
             .values()
@@ -254,12 +256,16 @@ impl Replica {
             .collect();
         // Its signatures inside the quorum certificates held above the stable checkpoint: a
         // peer that entered a later view dropped the slot's votes but keeps these, and a view
-        // change of the asker must not leave their batches out.
+        // change of the asker must not leave their batches out. Only those of this epoch: an
+        // id in another epoch's certificate names a place in another set, and its vote would
+        // fail the asker's check of this answer.
         let stable = self.checkpoints.stable().seq;
+        let epoch = self.validators.epoch();
         let certified = self
             .log
             .range(stable.saturating_add(1)..)
-            .filter_map(|(_, slot)| slot.certificate.as_ref());
+            .filter_map(|(_, slot)| slot.certificate.as_ref())
+            .filter(|certificate| certificate.epoch == epoch);
         for certificate in certified {
             let primary = self.validators.primary(certificate.view);
             votes.extend(vote_in_certificate(certificate, peer, primary));

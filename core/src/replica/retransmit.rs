@@ -9,6 +9,7 @@
 use alloc::vec::Vec;
 
 use super::output::Destination;
+use super::timers::Resend;
 use super::{Mode, Replica};
 use crate::certificate::{Committed, verify_qc};
 use crate::config::ReplicaId;
@@ -16,7 +17,32 @@ use crate::error::Error;
 use crate::message::{COMMITTED, HAVE_BATCH, Message, PREPARED, Status};
 use crate::statement::{Phase, PrePrepare};
 
+/// What a status shows of its sender's progress, and `own` of this replica's (view, mode,
+/// stable checkpoint, last delivery), for [`super::timers::Timers::may_serve`]: either
+/// changing means the service may help again (this replica may hold what it lacked before).
+pub(super) fn status_fingerprint(status: &Status, own: [u64; 4]) -> u64 {
+    let head = [
+        status.epoch,
+        status.view,
+        u64::from(status.normal),
+        status.stable,
+        status.executed,
+    ];
+    let slots = status.slots.iter().map(|&flags| u64::from(flags));
+    super::timers::fingerprint(head.into_iter().chain(own).chain(slots))
+}
+
 impl Replica {
+    /// This replica's progress as [`status_fingerprint`] takes it.
+    pub(super) fn progress_shown(&self) -> [u64; 4] {
+        [
+            self.view,
+            u64::from(self.mode == Mode::Normal),
+            self.checkpoints.stable().seq,
+            self.last_delivered,
+        ]
+    }
+
     /// Whether anything waits on the network: a view change, a watched request, an
     /// undelivered slot, a stable checkpoint above what it delivered (it is behind: ask now,
     /// not at the next heartbeat), a checkpoint of its own not yet stable, or requests the
@@ -105,10 +131,11 @@ impl Replica {
                 "status from this replica's own key",
             ));
         }
+        let shown = status_fingerprint(&status, self.progress_shown());
         if status.epoch != self.validators.epoch() {
             // Views, seqs and checkpoints of another epoch say nothing here: a peer an epoch
             // behind gets the changes it missed, one ahead gets our status to answer with them.
-            if !self.timers.may_serve(peer) {
+            if !self.timers.may_serve(peer, shown) {
                 return Err(Error::RateLimited);
             }
             self.send_epoch_changes(Destination::Validator(peer), &status);
@@ -129,7 +156,7 @@ impl Replica {
         if !peer_behind && !peer_ahead {
             return Ok(());
         }
-        if !self.timers.may_serve(peer) {
+        if !self.timers.may_serve(peer, shown) {
             return Err(Error::RateLimited);
         }
         let to = Destination::Validator(peer);
@@ -145,8 +172,16 @@ impl Replica {
                 self.send_new_view_to(peer);
             }
             Mode::ViewChange { .. } if status.view <= self.view => {
-                if let Some(held) = self.view_changes.get(&self.id) {
-                    let bytes = Message::ViewChange(held.change.clone()).encode();
+                let held = self
+                    .view_changes
+                    .get(&self.id)
+                    .map(|held| held.change.clone());
+                if let Some(change) = held
+                    && self
+                        .timers
+                        .may_resend(peer, Resend::ViewChange, change.view)
+                {
+                    let bytes = Message::ViewChange(change).encode();
                     self.metrics.retransmitted += 1;
                     self.send(to.clone(), bytes);
                 }

@@ -18,6 +18,11 @@ pub(super) struct Timers {
     batch: Option<u64>,
     /// Views in a row that failed to make progress; doubles the view timeout.
     failed_views: u32,
+    /// Whether the view was entered through a new view and delivered nothing since (the
+    /// view the replica started in was not).
+    undelivered_new_view: bool,
+    /// When the view was entered (0 for the view the replica started in).
+    entered_at: u64,
     /// Since when an accepted proposal has waited to commit, with no delivery since.
     waiting_since: Option<u64>,
     /// While changing view: when to give up on the new primary (armed once a quorum asked).
@@ -27,8 +32,10 @@ pub(super) struct Timers {
     /// When this replica last sent a status; set by the first input (the replica learns the
     /// time only from its inputs), which arms the status timer.
     last_status: Option<u64>,
-    /// When each peer was last served retransmissions.
-    served: BTreeMap<ReplicaId, u64>,
+    /// When each peer was last served retransmissions, and what it showed then.
+    served: BTreeMap<ReplicaId, Served>,
+    /// The last copy of each view-change message of this replica's sent to each peer.
+    resent: BTreeMap<(ReplicaId, Resend), Resent>,
     /// When each peer was last served the batches it asked for as a new primary.
     batches_served: BTreeMap<ReplicaId, u64>,
     view_timeout_ms: u64,
@@ -38,6 +45,42 @@ pub(super) struct Timers {
     batch_delay_ms: u64,
 }
 
+/// When a peer was last served retransmissions, what it showed, and how long it waits
+/// before it is served again while it shows the same.
+#[derive(Clone, Copy, Debug)]
+struct Served {
+    at: u64,
+    shown: u64,
+    gap: u64,
+}
+
+/// The large view-change messages, whose resends to a peer back off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Resend {
+    /// This replica's view change.
+    ViewChange,
+    /// The new view of the view this replica runs.
+    NewView,
+}
+
+/// The last copy of a view-change message sent to a peer: for which view, when, and how
+/// long the next one waits.
+#[derive(Clone, Copy, Debug)]
+struct Resent {
+    view: u64,
+    at: u64,
+    gap: u64,
+}
+
+/// A fingerprint of what a peer shows (FNV-1a over `words`): equal while the peer shows the
+/// same progress. Not a commitment: a peer that varies it gets the base interval, as every
+/// peer did before.
+pub(super) fn fingerprint(words: impl IntoIterator<Item = u64>) -> u64 {
+    words.into_iter().fold(0xcbf2_9ce4_8422_2325, |hash, word| {
+        (hash ^ word).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 impl Timers {
     /// Timers with the config's intervals, none armed; the clock starts at the first input.
     pub(super) fn new(config: &Config) -> Self {
@@ -45,11 +88,14 @@ impl Timers {
             now: 0,
             batch: None,
             failed_views: 0,
+            undelivered_new_view: false,
+            entered_at: 0,
             waiting_since: None,
             new_view: None,
             progress_at: 0,
             last_status: None,
             served: BTreeMap::new(),
+            resent: BTreeMap::new(),
             batches_served: BTreeMap::new(),
             view_timeout_ms: config.view_timeout_ms,
             max_timeout_factor: config.max_timeout_factor,
@@ -140,17 +186,36 @@ impl Timers {
         }
     }
 
-    /// A delivery: the view works. Resets the backoff, and restarts the proposal timer if
-    /// more proposals wait (`waiting`).
-    pub(super) fn made_progress(&mut self, waiting: bool) {
+    /// A delivery; the proposal timer restarts if more proposals wait (`waiting`).
+    ///
+    /// `of_this_view`: the view itself delivered (a batch it certified, while it runs). That
+    /// clears a new view's failure, and resets the backoff once the view has lasted a whole
+    /// (backed-off) timeout or left nothing waiting (`cleared`): a view that delivers once
+    /// and then stalls again on a slow link must not fall back to the base timeout that
+    /// failed it. A catch-up delivery (a batch an earlier view certified, or one delivered
+    /// while changing view) says nothing of the view.
+    pub(super) fn made_progress(&mut self, waiting: bool, of_this_view: bool, cleared: bool) {
         self.progress_at = self.now;
-        self.failed_views = 0;
         self.waiting_since = waiting.then_some(self.now);
+        if !of_this_view {
+            return;
+        }
+        self.undelivered_new_view = false;
+        if cleared || self.now >= self.entered_at.saturating_add(self.timeout()) {
+            self.failed_views = 0;
+        }
     }
 
     /// The new view arrived: its deadline is off.
     pub(super) fn clear_new_view(&mut self) {
         self.new_view = None;
+    }
+
+    /// A new view starts being entered: nothing delivered in it yet. Called before the
+    /// entry replays what waited, which may deliver in the view.
+    pub(super) fn begin_view(&mut self) {
+        self.entered_at = self.now;
+        self.undelivered_new_view = true;
     }
 
     /// A view entered: progress now, and the proposal timer restarts if proposals wait.
@@ -169,7 +234,13 @@ impl Timers {
         self.new_view = None;
     }
 
-    /// A view change timed out: the next view waits twice as long (up to the cap).
+    /// Whether the view was entered through a new view and delivered nothing since.
+    pub(super) fn undelivered_new_view(&self) -> bool {
+        self.undelivered_new_view
+    }
+
+    /// A view failed: its view change timed out, or it was entered and timed out before it
+    /// delivered anything. The next view waits twice as long (up to the cap).
     pub(super) fn view_failed(&mut self) {
         self.failed_views = self.failed_views.saturating_add(1);
     }
@@ -215,10 +286,97 @@ impl Timers {
         self.last_status = Some(self.now);
     }
 
-    /// Whether `peer` may be served retransmissions now (once per retransmit interval); if
-    /// so, starts its interval.
-    pub(super) fn may_serve(&mut self, peer: ReplicaId) -> bool {
-        Self::open_interval(&mut self.served, peer, self.now, self.retransmit_ms)
+    /// Whether `peer`, which shows `shown` (a [`fingerprint`] of the status or message that
+    /// asks), may be served retransmissions now; if so, starts its next interval.
+    ///
+    /// Once per retransmit interval while what the peer shows changes; while it shows the
+    /// same, the interval doubles, up to the longest view timeout. A peer that shows no
+    /// progress may be waiting for what it was sent: a new view or a window of certificates
+    /// takes longer than the interval to cross a slow link, and sending it again every
+    /// interval queues copy after copy on that link ahead of everything else.
+    pub(super) fn may_serve(&mut self, peer: ReplicaId, shown: u64) -> bool {
+        let base = self.retransmit_ms;
+        let longest = self.longest_timeout();
+        let next = match self.served.get(&peer) {
+            None => base,
+            Some(last) if last.shown != shown => {
+                if self.now < last.at.saturating_add(base) {
+                    return false;
+                }
+                base
+            }
+            Some(last) => {
+                if self.now < last.at.saturating_add(last.gap) {
+                    return false;
+                }
+                last.gap.saturating_mul(2).min(longest)
+            }
+        };
+        self.served.insert(
+            peer,
+            Served {
+                at: self.now,
+                shown,
+                gap: next,
+            },
+        );
+        true
+    }
+
+    /// Notes that this replica's `kind` for `view` went to each of `peers` now: a resend to
+    /// one of them waits a retransmit interval, then twice as long each time.
+    pub(super) fn sent_to(
+        &mut self,
+        kind: Resend,
+        view: u64,
+        peers: impl IntoIterator<Item = ReplicaId>,
+    ) {
+        for peer in peers {
+            let sent = Resent {
+                view,
+                at: self.now,
+                gap: self.retransmit_ms,
+            };
+            self.resent.insert((peer, kind), sent);
+        }
+    }
+
+    /// Whether `kind` for `view` may go to `peer` again now; if so, notes it. The first
+    /// resend of a view waits a retransmit interval after the last copy, each later one
+    /// twice as long as the one before, up to the longest view timeout: a view change or a
+    /// new view can take longer than the interval to cross a slow link, and each copy sent
+    /// while the first still crosses queues ahead of everything behind it.
+    pub(super) fn may_resend(&mut self, peer: ReplicaId, kind: Resend, view: u64) -> bool {
+        let gap = match self.resent.get(&(peer, kind)) {
+            Some(last) if last.view == view => {
+                if self.now < last.at.saturating_add(last.gap) {
+                    return false;
+                }
+                last.gap.saturating_mul(2).min(self.longest_timeout())
+            }
+            _ => self.retransmit_ms,
+        };
+        let sent = Resent {
+            view,
+            at: self.now,
+            gap,
+        };
+        self.resent.insert((peer, kind), sent);
+        true
+    }
+
+    /// `peer` restarted (it asked what it signed): it lost what it was sent, so it is served
+    /// again at once, and its backoffs start over.
+    pub(super) fn peer_restarted(&mut self, peer: ReplicaId) {
+        self.served.remove(&peer);
+        self.resent.retain(|&(to, _), _| to != peer);
+    }
+
+    /// The view timeout at its cap.
+    fn longest_timeout(&self) -> u64 {
+        self.view_timeout_ms
+            .saturating_mul(self.max_timeout_factor)
+            .max(self.retransmit_ms)
     }
 
     /// Whether `peer` may be served the batches it asked for now (apart from retransmissions:
@@ -272,8 +430,48 @@ mod tests {
             })
             .collect();
         assert_eq!(seen, [100, 200, 400, 800, 800, 800]);
-        timers.made_progress(false);
-        assert_eq!(timers.timeout(), 100, "a delivery resets the backoff");
+        timers.enter(1_000);
+        assert!(
+            !timers.undelivered_new_view(),
+            "the first view was not entered"
+        );
+        timers.begin_view();
+        timers.entered_view(false);
+        assert!(timers.undelivered_new_view());
+        timers.enter(1_500);
+        timers.made_progress(false, false, true);
+        assert!(
+            timers.undelivered_new_view() && timers.timeout() == 800,
+            "a catch-up delivery says nothing of the view"
+        );
+        timers.enter(1_799);
+        timers.made_progress(false, true, false);
+        assert!(!timers.undelivered_new_view());
+        assert_eq!(
+            timers.timeout(),
+            800,
+            "a delivery before the view lasted its timeout keeps the backoff"
+        );
+        timers.enter(1_800);
+        timers.made_progress(false, true, false);
+        assert_eq!(
+            timers.timeout(),
+            100,
+            "a delivery once it did resets the backoff"
+        );
+        timers.view_failed();
+        timers.begin_view();
+        timers.made_progress(false, true, true);
+        assert_eq!(
+            timers.timeout(),
+            100,
+            "so does one that leaves nothing waiting"
+        );
+        timers.begin_view();
+        assert!(
+            timers.undelivered_new_view(),
+            "a new view starts undelivered"
+        );
     }
 
     #[test]
@@ -309,13 +507,70 @@ mod tests {
     }
 
     #[test]
-    fn a_peer_is_served_once_per_interval() {
+    fn view_change_messages_go_again_less_and_less_often_per_view() {
         let mut timers = timers();
+        let base = Config::default().retransmit_ms;
+        let (peer, other) = (ReplicaId(1), ReplicaId(2));
         timers.enter(0);
-        assert!(timers.may_serve(ReplicaId(1)));
-        assert!(!timers.may_serve(ReplicaId(1)));
-        assert!(timers.may_serve(ReplicaId(2)));
-        timers.enter(Config::default().retransmit_ms);
-        assert!(timers.may_serve(ReplicaId(1)));
+        timers.sent_to(Resend::NewView, 3, [peer, other]);
+        assert!(!timers.may_resend(peer, Resend::NewView, 3), "just sent");
+        assert!(
+            timers.may_resend(peer, Resend::ViewChange, 3),
+            "kinds back off apart"
+        );
+        let mut at = 0;
+        for gap in [1, 2, 4, 8] {
+            at += gap * base;
+            timers.enter(at - 1);
+            assert!(!timers.may_resend(peer, Resend::NewView, 3), "{gap}");
+            timers.enter(at);
+            assert!(timers.may_resend(peer, Resend::NewView, 3), "{gap}");
+        }
+        assert!(
+            timers.may_resend(peer, Resend::NewView, 4),
+            "a new view starts over"
+        );
+        assert!(timers.may_resend(other, Resend::NewView, 3));
+        timers.peer_restarted(other);
+        assert!(
+            timers.may_resend(other, Resend::NewView, 3),
+            "a restarted peer lost what it was sent"
+        );
+    }
+
+    #[test]
+    fn a_peer_is_served_once_per_interval_and_less_often_while_it_shows_the_same() {
+        let mut timers = timers();
+        let base = Config::default().retransmit_ms;
+        timers.enter(0);
+        assert!(timers.may_serve(ReplicaId(1), 7));
+        assert!(!timers.may_serve(ReplicaId(1), 7));
+        assert!(
+            !timers.may_serve(ReplicaId(1), 8),
+            "a new status waits the base interval"
+        );
+        assert!(timers.may_serve(ReplicaId(2), 7));
+        // The same status again: served after the base interval, then after 2, 4 ... times it.
+        let mut at = 0;
+        for gap in [1, 2, 4, 8] {
+            at += gap * base;
+            timers.enter(at - 1);
+            assert!(!timers.may_serve(ReplicaId(1), 7), "{gap} intervals");
+            timers.enter(at);
+            assert!(timers.may_serve(ReplicaId(1), 7), "{gap} intervals");
+        }
+        // Progress: the base interval again.
+        timers.enter(at + base);
+        assert!(timers.may_serve(ReplicaId(1), 9));
+        timers.enter(at + 2 * base);
+        assert!(timers.may_serve(ReplicaId(1), 9));
+        // The doubling stops at the longest view timeout.
+        let longest = Config::default().view_timeout_ms * Config::default().max_timeout_factor;
+        let mut now = at + 2 * base;
+        for _ in 0..20 {
+            now += longest;
+            timers.enter(now);
+            assert!(timers.may_serve(ReplicaId(1), 9));
+        }
     }
 }

@@ -6,6 +6,7 @@ use alloc::vec::Vec;
 
 use super::exactly_once::Freshness;
 use super::output::{Destination, Record};
+use super::timers::Resend;
 use super::{Mode, Replica};
 use crate::config::ReplicaId;
 use crate::error::Error;
@@ -50,14 +51,17 @@ impl Replica {
         }
     }
 
-    /// A delivery: the view works. Restarts the proposal timer if more waits, resets the
-    /// backoff.
-    pub(super) fn made_progress(&mut self) {
+    /// A delivery (`of_this_view`: of a batch this view certified, while it runs). Restarts
+    /// the proposal timer if more waits; see [`super::timers::Timers::made_progress`] for
+    /// the backoff.
+    pub(super) fn made_progress(&mut self, of_this_view: bool) {
         let waiting = self
             .log
             .range(self.last_delivered + 1..)
             .any(|(_, slot)| slot.proposal.is_some());
-        self.timers.made_progress(waiting);
+        let cleared = !waiting && self.intake.watched_len() == 0;
+        self.timers
+            .made_progress(waiting, of_this_view && self.mode == Mode::Normal, cleared);
     }
 
     pub(super) fn check_view_timers(&mut self) {
@@ -72,7 +76,11 @@ impl Replica {
         }
         if self.view_deadline().is_some_and(|deadline| deadline <= now) {
             self.metrics.timeouts_fired += 1;
-            if matches!(self.mode, Mode::ViewChange { .. }) {
+            // A view fails if its new view never came, or if it came and the view timed out
+            // before delivering anything: the next one waits twice as long (Castro and Liskov
+            // 2002, section 4.5.2). Counting only the first kind, a new view that takes about
+            // a timeout to reach the backups fails in every view at the same timeout.
+            if matches!(self.mode, Mode::ViewChange { .. }) || self.timers.undelivered_new_view() {
                 self.timers.view_failed();
             }
             self.start_view_change(self.view.saturating_add(1));
@@ -136,6 +144,8 @@ impl Replica {
         };
         let message = Message::ViewChange(change.clone());
         self.publish(Record::ViewChange(change.clone()), &message);
+        let others = self.others();
+        self.timers.sent_to(Resend::ViewChange, view, others);
         // Its certificates come from this replica's own log, each checked as it formed.
         let held = HeldViewChange {
             change,
@@ -198,7 +208,8 @@ impl Replica {
             change.view < self.view || (change.view == self.view && self.mode == Mode::Normal);
         if behind {
             // The signer has not seen the new view that started this one yet.
-            if self.mode == Mode::Normal && self.timers.may_serve(peer) {
+            // Its signer waits for the new view: the resends back off per view.
+            if self.mode == Mode::Normal {
                 self.send_new_view_to(peer);
             }
             return Err(Error::StaleView {
@@ -340,6 +351,8 @@ impl Replica {
         self.signer.new_view(&mut self.metrics, &mut new_view);
         let message = Message::NewView(new_view.clone());
         self.publish(Record::NewView(new_view.clone()), &message);
+        let others = self.others();
+        self.timers.sent_to(Resend::NewView, self.view, others);
         self.enter_view(new_view, plan);
     }
 
@@ -433,6 +446,12 @@ impl Replica {
 
     /// Sends the new view that started this view to a peer still in an older one.
     pub(super) fn send_new_view_to(&mut self, peer: ReplicaId) {
+        let view = self.view;
+        if self.new_view.as_ref().map(|nv| nv.view) != Some(view)
+            || !self.timers.may_resend(peer, Resend::NewView, view)
+        {
+            return;
+        }
         if let Some(new_view) = &self.new_view {
             let bytes = Message::NewView(new_view.clone()).encode();
             self.metrics.retransmitted += 1;
@@ -448,6 +467,7 @@ impl Replica {
             self.metrics.view_change_ms += self.timers.now().saturating_sub(since);
         }
         self.metrics.views_changed += 1;
+        self.timers.begin_view();
         if self.validators.primary(new_view.view) != self.id {
             // The primary persisted it when it signed it.
             self.outbox.persist(Record::NewView(new_view.clone()));
