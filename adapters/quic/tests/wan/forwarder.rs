@@ -2,6 +2,7 @@
 //! ([`Hosts::forwarded`]) and relays each packet (UDP, for QUIC) or each chunk of a stream
 //! (TCP) to the host's own address after the fate the current [`Faults`] give it: a one-way
 //! delay with jitter, a loss, a bandwidth cap on one host's link, or a cut (partition).
+//! Jitter varies a link's delay, never its order ([`in_order`]).
 //!
 //! It works like a NAT: a host sees the forwarder's end of its link as the peer's address,
 //! which the transports accept (validators authenticate by key, not by address).
@@ -12,6 +13,8 @@
 //! chunks wait, in order), as a partition does to a TCP connection that outlives it.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,6 +33,9 @@ pub(crate) const TCP_RETRANSMIT: Duration = Duration::from_millis(200);
 /// The most a capped link queues before it drops (UDP) or holds the sender (TCP): a
 /// router's buffer.
 const QUEUE: Duration = Duration::from_millis(100);
+
+/// Datagrams due on one link, each with the time it arrives.
+type Datagrams = mpsc::UnboundedSender<(Instant, Vec<u8>)>;
 
 /// What the links do to traffic now. The default is a perfect link.
 #[derive(Clone, Debug, Default)]
@@ -171,13 +177,14 @@ async fn relay_udp(
     hosts: Arc<Hosts>,
     links: Arc<Mutex<Links>>,
 ) {
-    let mut mappings: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
+    // The queue of each sender's own socket towards the host.
+    let mut mappings: HashMap<SocketAddr, Datagrams> = HashMap::new();
     let mut buf = vec![0; 65_536];
     while let Ok((len, source)) = listening.recv_from(&mut buf).await {
         let from = source_host(&hosts, source);
-        let upstream = match mappings.get(&source) {
-            Some(upstream) => Arc::clone(upstream),
-            None => {
+        let queue = match mappings.entry(source) {
+            Entry::Occupied(mapped) => mapped.into_mut(),
+            Entry::Vacant(unmapped) => {
                 let Ok(upstream) = UdpSocket::bind("0.0.0.0:0").await else {
                     continue;
                 };
@@ -185,27 +192,42 @@ async fn relay_udp(
                     continue;
                 }
                 let upstream = Arc::new(upstream);
-                mappings.insert(source, Arc::clone(&upstream));
+                let sending = Arc::clone(&upstream);
                 let back = (Arc::clone(&listening), Arc::clone(&links));
-                tokio::spawn(replies_udp(
-                    Arc::clone(&upstream),
-                    back,
-                    source,
-                    index,
-                    from,
-                ));
-                upstream
+                tokio::spawn(replies_udp(upstream, back, source, index, from));
+                unmapped.insert(in_order(move |datagram| {
+                    let sending = Arc::clone(&sending);
+                    async move {
+                        let _ = sending.send(&datagram).await;
+                    }
+                }))
             }
         };
         let fate = links.lock().unwrap().fate(from, Some(index), len);
         if let Fate::At(at) = fate {
-            let datagram = buf[..len].to_vec();
-            tokio::spawn(async move {
-                sleep_until(at).await;
-                let _ = upstream.send(&datagram).await;
-            });
+            let _ = queue.send((at, buf[..len].to_vec()));
         }
     }
+}
+
+/// A queue that sends each datagram at its time, in the order queued: a path delays and
+/// jitters its packets but does not reorder them (a router's queue is FIFO). Jitter drawn
+/// per datagram and slept on separately would swap datagrams sent microseconds apart, which
+/// QUIC's loss detection takes for losses (RFC 9002 section 6.1.1: three later packets
+/// acknowledged) and answers by shrinking its congestion window.
+fn in_order<F, S>(mut send: F) -> Datagrams
+where
+    F: FnMut(Vec<u8>) -> S + Send + 'static,
+    S: Future<Output = ()> + Send,
+{
+    let (queue, mut due) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+    tokio::spawn(async move {
+        while let Some((at, datagram)) = due.recv().await {
+            sleep_until(at).await;
+            send(datagram).await;
+        }
+    });
+    queue
 }
 
 /// Carries host `index`'s datagrams back to the sender at `source`.
@@ -216,6 +238,12 @@ async fn replies_udp(
     index: usize,
     to: End,
 ) {
+    let queue = in_order(move |datagram| {
+        let listening = Arc::clone(&listening);
+        async move {
+            let _ = listening.send_to(&datagram, source).await;
+        }
+    });
     let mut buf = vec![0; 65_536];
     loop {
         let len = match upstream.recv(&mut buf).await {
@@ -229,12 +257,7 @@ async fn replies_udp(
         };
         let fate = links.lock().unwrap().fate(Some(index), to, len);
         if let Fate::At(at) = fate {
-            let datagram = buf[..len].to_vec();
-            let listening = Arc::clone(&listening);
-            tokio::spawn(async move {
-                sleep_until(at).await;
-                let _ = listening.send_to(&datagram, source).await;
-            });
+            let _ = queue.send((at, buf[..len].to_vec()));
         }
     }
 }
