@@ -287,8 +287,9 @@ pub struct Config {
     pub view_timeout_ms: u64,
     /// Each consecutive view that fails doubles the timeout, up to this factor. A view fails
     /// when its new view does not come in time, or when it times out before delivering
-    /// anything (Castro and Liskov 2002, section 4.5.2). A delivery in a view that has lasted
-    /// the timeout resets it. Default 8 (4 s with the default timeout).
+    /// anything (Castro and Liskov 2002, section 4.5.2). A delivery resets it if the view has
+    /// lasted the timeout, or if it leaves nothing waiting (no proposal, no watched request).
+    /// Default 8 (4 s with the default timeout).
     pub max_timeout_factor: u64,
     /// How long without progress before a replica tells its peers what it lacks, in ms.
     /// Default 100 ms: well under the view timeout, so a lost message is repaired before it

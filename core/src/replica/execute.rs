@@ -39,7 +39,8 @@ impl Replica {
                 break;
             };
             let seq = self.last_delivered + 1;
-            of_this_view |= certificate.view == self.view;
+            of_this_view |=
+                certificate.view == self.view && certificate.epoch == self.validators.epoch();
             for leaf in &slot.leaves {
                 self.intake.unwatch(leaf);
             }

@@ -351,8 +351,6 @@ impl Replica {
         self.signer.new_view(&mut self.metrics, &mut new_view);
         let message = Message::NewView(new_view.clone());
         self.publish(Record::NewView(new_view.clone()), &message);
-        let others = self.others();
-        self.timers.sent_to(Resend::NewView, self.view, others);
         self.enter_view(new_view, plan);
     }
 
@@ -474,6 +472,11 @@ impl Replica {
         }
         self.view = new_view.view;
         self.mode = Mode::Normal;
+        // The primary sent the new view to everyone: a peer that still shows an older view
+        // most likely has a copy on its way, so neither the primary nor a backup relaying it
+        // sends another before a retransmit interval (then backs off).
+        let others = self.others();
+        self.timers.sent_to(Resend::NewView, self.view, others);
         self.signer.leave_views_below(self.view);
         self.timers.clear_new_view();
         self.view_changes
