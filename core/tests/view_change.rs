@@ -298,6 +298,43 @@ fn each_failed_view_doubles_the_timeout_up_to_the_cap() {
 }
 
 #[test]
+fn a_view_whose_new_view_delivered_nothing_before_the_timeout_counts_as_failed() {
+    // The new view of view 1 comes, but the view delivers nothing before its timeout (here
+    // the primary ignores a request): the view failed as surely as one whose new view never
+    // came, and the next waits twice as long (Castro and Liskov 2002, section 4.5.2).
+    let base = config().view_timeout_ms;
+    let mut backup = replica(2);
+    let empty = vec![
+        view_change(0, 1, vec![]),
+        view_change(2, 1, vec![]),
+        view_change(3, 1, vec![]),
+    ];
+    let bytes = Message::NewView(new_view(empty, vec![])).encode();
+    backup.handle_message(NOW, &key_of(1), &bytes).unwrap();
+    assert_eq!((backup.view(), backup.in_view()), (1, true));
+    let bytes = Message::Request(request(1)).encode();
+    backup
+        .handle_message(NOW, &client_key(0).public_key(), &bytes)
+        .unwrap();
+    let mut now = NOW;
+    while backup.view() == 1 {
+        now = backup.poll_timeout().unwrap();
+        backup.handle_timeout(now);
+    }
+    assert_eq!((backup.view(), now - NOW), (2, base));
+    for signer in [0usize, 1, 3] {
+        let bytes = Message::ViewChange(view_change(signer, 2, vec![])).encode();
+        let _ = backup.handle_message(now, &key_of(signer), &bytes);
+    }
+    let start = now;
+    while backup.view() == 2 {
+        now = backup.poll_timeout().unwrap();
+        backup.handle_timeout(now);
+    }
+    assert_eq!(now - start, 2 * base, "view 1 counted as failed");
+}
+
+#[test]
 fn a_restored_replica_repeats_its_votes_but_never_signs_a_conflicting_one() {
     let batch = prepared_batch();
     let mut backup = replica(2);
