@@ -1196,6 +1196,7 @@ impl<A: Application> Node<A> {
             primary: u32::from(set.primary(self.replica.view()).0),
             in_view: self.replica.in_view(),
             retired: self.replica.is_retired(),
+            recovering: self.replica.is_recovering(),
             peers_connected: 0,
             waiting: !self.replica.is_idle(),
             since_commit_ms: now.saturating_sub(self.progress.1),

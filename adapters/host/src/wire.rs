@@ -161,6 +161,10 @@ pub struct NodeStatus {
     pub in_view: bool,
     /// Whether it was removed from the set by a reconfiguration, and takes no more part.
     pub retired: bool,
+    /// Whether its rollback protection still waits for f + 1 peers to say what it signed
+    /// before its last start; it signs nothing meanwhile
+    /// ([`pbft_core::Replica::is_recovering`]). A node that stays so cannot reach its peers.
+    pub recovering: bool,
     /// Validators it has a connection to.
     pub peers_connected: u32,
     /// Whether anything waits on it: a request, a slot not yet executed, a view change, a

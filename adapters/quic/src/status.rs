@@ -59,7 +59,8 @@ pub struct Row {
 /// A validator's answer, with what the client derives from it.
 #[derive(Clone, Debug, Serialize)]
 pub struct Answer {
-    /// Primary, backup, view change (waiting for a new view), or retired.
+    /// Primary, backup, view change (waiting for a new view), recovering (rollback
+    /// protection waits for its peers; it signs nothing), or retired.
     pub role: &'static str,
     /// Its id in its epoch's set.
     pub id: u32,
@@ -197,6 +198,7 @@ fn judge(rows: &[Row], (size, quorum): (usize, usize), max_commit_age: Duration)
 fn role(status: &NodeStatus) -> &'static str {
     match (status.retired, status.in_view, status.id == status.primary) {
         (true, _, _) => "retired",
+        _ if status.recovering => "recovering",
         (false, false, _) => "view change",
         (false, true, true) => "primary",
         (false, true, false) => "backup",
@@ -244,6 +246,12 @@ impl ClusterStatus {
             };
             match &row.answer {
                 Some(a) => {
+                    let note = match a.role {
+                        "recovering" => format!(
+                            "{note}  (started from its data dir, it asks its peers what it signed before and signs nothing until f + 1 answer)"
+                        ),
+                        _ => note,
+                    };
                     let _ = writeln!(
                         out,
                         "{short:<16} {:>3} {:<11} {:>5} {:>6} {:>7} {:>9} {:>9} {:>6} {:>5} {:>11}{note}",
@@ -308,6 +316,32 @@ mod tests {
                 waiting,
             }),
         }
+    }
+
+    #[test]
+    fn a_node_whose_rollback_protection_waits_shows_as_recovering() {
+        let mut status = NodeStatus {
+            id: 1,
+            epoch: 0,
+            validators: 4,
+            view: 1,
+            executed: 0,
+            stable: 0,
+            state_seq: 0,
+            state: Default::default(),
+            primary: 1,
+            in_view: true,
+            retired: false,
+            recovering: false,
+            peers_connected: 0,
+            waiting: false,
+            since_commit_ms: 0,
+        };
+        assert_eq!(role(&status), "primary");
+        status.recovering = true;
+        assert_eq!(role(&status), "recovering", "whatever its view says");
+        status.retired = true;
+        assert_eq!(role(&status), "retired");
     }
 
     #[test]

@@ -152,6 +152,33 @@ async fn an_operator_gets_answers_not_timeouts(transport: Transport) {
     );
     assert_eq!(table.matches("no answer").count(), 2, "{table}");
     println!("{flag}: status of a cluster without a quorum in {took:?}:\n{table}");
+
+    // A validator restarted with one peer left to ask stays in rollback protection (it
+    // needs f + 1 answers before it signs again), and status says so rather than showing
+    // a backup that does nothing.
+    cluster.kill(1);
+    cluster.spawn(2);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let recovering = loop {
+        let (answer, _) = status(true);
+        let report: serde_json::Value = serde_json::from_slice(&answer.stdout).unwrap();
+        let role = report["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|row| row["answer"]["id"] == 2)
+            .map(|row| row["answer"]["role"].clone());
+        if role.is_some() || std::time::Instant::now() > deadline {
+            break role;
+        }
+    };
+    assert_eq!(recovering, Some("recovering".into()));
+    let (table, _) = status(false);
+    assert!(
+        text(&table.stdout).contains("signs nothing until f + 1 answer"),
+        "{}",
+        text(&table.stdout)
+    );
 }
 
 /// One key used by two clients at once: the second is renumbered above the first's spent
