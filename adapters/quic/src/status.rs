@@ -264,7 +264,11 @@ impl ClusterStatus {
                         a.stable,
                         a.lag,
                         a.peers_connected,
-                        format!("{} ago", seconds(a.since_commit_ms)),
+                        match a.executed {
+                            // Its age counts from the node's start: not a commit's.
+                            0 => "never".into(),
+                            _ => format!("{} ago", seconds(a.since_commit_ms)),
+                        },
                     );
                 }
                 None if row.addressed => {
@@ -342,6 +346,29 @@ mod tests {
         assert_eq!(role(&status), "recovering", "whatever its view says");
         status.retired = true;
         assert_eq!(role(&status), "retired");
+    }
+
+    #[test]
+    fn a_validator_that_never_committed_shows_no_commit_age() {
+        let mut fresh = row(12_000, false);
+        if let Some(answer) = &mut fresh.answer {
+            answer.executed = 0;
+        }
+        let status = ClusterStatus {
+            epoch: 0,
+            epoch_changes: 0,
+            validators: 4,
+            quorum: 3,
+            answering: 2,
+            highest_executed: 9,
+            rows: vec![fresh, row(1_500, false)],
+            healthy: true,
+            problems: Vec::new(),
+        };
+        let table = status.table();
+        assert!(table.contains("never"), "{table}");
+        assert!(table.contains("1.5 s ago"), "{table}");
+        assert!(!table.contains("12.0 s ago"), "{table}");
     }
 
     #[test]
