@@ -288,7 +288,8 @@ impl Scenario {
     /// section 4.5.2) or every later view fails the same way, and a peer that waits for a
     /// view change or a new view must not be sent it again every retransmit interval while
     /// the first copy still crosses (the copies queue on the link ahead of the new view). The
-    /// same happened over QUIC with 25 ms of delay, in the WAN test. No other fault.
+    /// same stalled a QUIC cluster in the WAN test, whose links were slow because its
+    /// forwarder reordered datagrams (fixed there). No other fault.
     pub fn slow_links(seed: u64, validators: usize) -> Self {
         let mut rng = Rng::new(seed ^ 0x5107_11a6);
         let low = rng.range(5, 10);
