@@ -2,6 +2,9 @@
 //! [`ClientFrame`]s per validator out, one stream of [`ServerFrame`]s in. A transport fills
 //! and drains the queues; clients, gateways and the bench only see this.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use crate::queue::{self, Frames};
 use crate::wire::{ClientFrame, ServerFrame};
 
@@ -24,19 +27,29 @@ pub struct SessionLinks {
     pub outgoing: Vec<Frames>,
     /// Where frames from validator `i` go, tagged with `i`.
     pub inbound: async_channel::Sender<(usize, ServerFrame)>,
+    /// Whether validator `i` sent a frame that did not decode.
+    unreadable: Arc<[AtomicBool]>,
 }
 
 impl SessionLinks {
     /// What the link to validator `index` does with a frame: decode it and pass it on (a
-    /// frame that does not decode is dropped: a node that sends garbage is not trusted).
+    /// frame that does not decode is dropped: a node that sends garbage is not trusted; the
+    /// session notes it, [`Session::unreadable`]).
     pub fn inbound_for(&self, index: usize) -> Inbound {
         let tx = self.inbound.clone();
+        let unreadable = Arc::clone(&self.unreadable);
         Box::new(move |bytes| {
             let tx = tx.clone();
+            let unreadable = Arc::clone(&unreadable);
             Box::pin(async move {
                 match ServerFrame::decode(&bytes) {
                     Ok(frame) => tx.send((index, frame)).await.is_ok(),
-                    Err(_) => true,
+                    Err(_) => {
+                        if let Some(flag) = unreadable.get(index) {
+                            flag.store(true, Ordering::Relaxed);
+                        }
+                        true
+                    }
                 }
             })
         })
@@ -47,6 +60,7 @@ impl SessionLinks {
 pub struct Session {
     links: Vec<queue::Sender>,
     inbound: async_channel::Receiver<(usize, ServerFrame)>,
+    unreadable: Arc<[AtomicBool]>,
     /// Whatever keeps the transport's tasks alive; dropping it stops them.
     _transport: Box<dyn Send>,
 }
@@ -62,14 +76,18 @@ impl Session {
         let (senders, receivers) = (0..validators)
             .map(|_| queue::bounded(LINK_QUEUE, LINK_QUEUE_BYTES, None))
             .unzip();
+        let unreadable: Arc<[AtomicBool]> =
+            (0..validators).map(|_| AtomicBool::new(false)).collect();
         (
             SessionLinks {
                 outgoing: receivers,
                 inbound: inbound_tx,
+                unreadable: Arc::clone(&unreadable),
             },
             SessionEnds {
                 links: senders,
                 inbound: inbound_rx,
+                unreadable,
             },
         )
     }
@@ -79,8 +97,17 @@ impl Session {
         Session {
             links: ends.links,
             inbound: ends.inbound,
+            unreadable: ends.unreadable,
             _transport: transport,
         }
+    }
+
+    /// Whether validator `validator` sent a frame this build could not decode: most likely
+    /// a node of another protocol version (its frames are dropped, so it looks silent).
+    pub fn unreadable(&self, validator: usize) -> bool {
+        self.unreadable
+            .get(validator)
+            .is_some_and(|flag| flag.load(Ordering::Relaxed))
     }
 
     /// Validators reachable.
@@ -114,4 +141,26 @@ impl Session {
 pub struct SessionEnds {
     links: Vec<queue::Sender>,
     inbound: async_channel::Receiver<(usize, ServerFrame)>,
+    unreadable: Arc<[AtomicBool]>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::block_on;
+
+    #[test]
+    fn a_frame_that_does_not_decode_is_dropped_and_noted() {
+        let (links, ends) = Session::channels(2);
+        let session = Session::new(ends, Box::new(()));
+        let inbound = links.inbound_for(1);
+        // A newer build's envelope version: not a frame this build reads.
+        assert!(
+            block_on(inbound(vec![0xff, 1, 2, 3])),
+            "the link keeps reading"
+        );
+        assert!(session.unreadable(1));
+        assert!(!session.unreadable(0));
+        assert!(session.inbound.is_empty(), "nothing reached the client");
+    }
 }

@@ -161,9 +161,10 @@ pub struct NodeStatus {
     pub in_view: bool,
     /// Whether it was removed from the set by a reconfiguration, and takes no more part.
     pub retired: bool,
-    /// Whether its rollback protection still waits for f + 1 peers to say what it signed
-    /// before its last start; it signs nothing meanwhile
-    /// ([`pbft_core::Replica::is_recovering`]). A node that stays so cannot reach its peers.
+    /// Whether its rollback protection still asks its peers what it signed before its start
+    /// (or the epoch's), and signs nothing until every peer answered, or f + 1 did and a view
+    /// timeout passed ([`pbft_core::Replica::is_recovering`]). A node that stays so cannot
+    /// reach f + 1 peers.
     pub recovering: bool,
     /// Validators it has a connection to.
     pub peers_connected: u32,

@@ -498,6 +498,12 @@ impl ClusterClient {
         &self.targets
     }
 
+    /// Whether the validator at link `index` sent a frame this build could not decode
+    /// ([`Session::unreadable`]).
+    pub fn unreadable(&self, index: usize) -> bool {
+        self.session.unreadable(index)
+    }
+
     /// Asks every validator for the epoch changes since the one the client follows, checks
     /// each against the set it ends ([`pbft_core::verify_epoch_change`]) and follows them,
     /// until every link answered without a later epoch, or `timeout` passes. An answer counts

@@ -54,6 +54,9 @@ pub struct Row {
     pub addressed: bool,
     /// What it said; `None` if it did not answer in time.
     pub answer: Option<Answer>,
+    /// Whether it answered in a form this build cannot read (most likely another protocol
+    /// version): it counts as not answering.
+    pub unreadable: bool,
 }
 
 /// A validator's answer, with what the client derives from it.
@@ -120,10 +123,12 @@ pub async fn status(
     let mut rows: Vec<Row> = targets
         .iter()
         .zip(answers)
-        .map(|(key, answer)| Row {
+        .enumerate()
+        .map(|(index, (key, answer))| Row {
             key: key.to_string(),
             in_set: set.id_of(key).is_some(),
             addressed: true,
+            unreadable: answer.is_none() && client.unreadable(index),
             answer: answer.map(|status| Answer {
                 role: role(&status),
                 id: status.id,
@@ -145,6 +150,7 @@ pub async fn status(
             in_set: true,
             addressed: false,
             answer: None,
+            unreadable: false,
         });
     }
     let answering = rows
@@ -177,6 +183,12 @@ fn judge(rows: &[Row], (size, quorum): (usize, usize), max_commit_age: Duration)
     if answering < quorum {
         problems.push(format!(
             "only {answering} of the set's {size} validators answer; committing needs {quorum}"
+        ));
+    }
+    let unreadable = rows.iter().filter(|row| row.unreadable).count();
+    if unreadable > 0 {
+        problems.push(format!(
+            "{unreadable} answered in a form this pbft cannot read (another version?): run one version on every node and here"
         ));
     }
     let answered = || rows.iter().filter_map(|row| row.answer.as_ref());
@@ -248,7 +260,7 @@ impl ClusterStatus {
                 Some(a) => {
                     let note = match a.role {
                         "recovering" => format!(
-                            "{note}  (started from its data dir, it asks its peers what it signed before and signs nothing until f + 1 answer)"
+                            "{note}  (rollback protection: it asks its peers what it signed before and signs nothing until they answer)"
                         ),
                         _ => note,
                     };
@@ -269,6 +281,12 @@ impl ClusterStatus {
                             0 => "never".into(),
                             _ => format!("{} ago", seconds(a.since_commit_ms)),
                         },
+                    );
+                }
+                None if row.unreadable => {
+                    let _ = writeln!(
+                        out,
+                        "{short:<16} answers in a form this pbft cannot read: another version? (upgrade the nodes and this tool together){note}"
                     );
                 }
                 None if row.addressed => {
@@ -306,6 +324,7 @@ mod tests {
             key: "k".into(),
             in_set: true,
             addressed: true,
+            unreadable: false,
             answer: Some(Answer {
                 role: "backup",
                 id: 0,
@@ -346,6 +365,17 @@ mod tests {
         assert_eq!(role(&status), "recovering", "whatever its view says");
         status.retired = true;
         assert_eq!(role(&status), "retired");
+    }
+
+    #[test]
+    fn a_validator_of_another_version_is_named_not_silent() {
+        let mut other = row(0, false);
+        other.answer = None;
+        other.unreadable = true;
+        let rows = vec![row(100, false), row(100, false), other];
+        let problems = judge(&rows, (4, 3), Duration::from_secs(30));
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[1].starts_with("1 answered in a form this pbft cannot read"));
     }
 
     #[test]
