@@ -78,7 +78,8 @@ enum Command {
         /// A config naming the network (a node's or `network.toml`).
         #[arg(long, global = true)]
         config: Option<PathBuf>,
-        /// The client's key file (a fresh key if absent).
+        /// The client's key file, made by `pbft keygen` (without this flag: a fresh key for
+        /// this command only).
         #[arg(long, global = true)]
         key_file: Option<PathBuf>,
         /// Save the QC and inclusion proof of the request here.
@@ -354,7 +355,8 @@ enum ClientOp {
     /// Read a key (ordered like a write).
     Get {
         key: String,
-        /// Write the value to this file (created or replaced) instead of standard output.
+        /// Write the value to this file (created or replaced) instead of standard output
+        /// (`-`: standard output, even for binary on a terminal).
         #[arg(long, value_name = "FILE")]
         output: Option<PathBuf>,
     },
@@ -825,6 +827,14 @@ async fn client(
 ) -> Result<(), Failure> {
     let network = load_network(config)?;
     let keypair = match key {
+        Some(path) if !path.exists() => {
+            return Err(format!(
+                "{}: no such key file; make one with `pbft keygen {}`",
+                path.display(),
+                path.display()
+            )
+            .into());
+        }
         Some(path) => read_key_file(path)?,
         None => Keypair::from_seed(&random_seed()?),
     };
@@ -981,17 +991,23 @@ fn read_value(file: &Path) -> Result<Vec<u8>, Failure> {
     Ok(value)
 }
 
-/// Writes a value read: to `output` if given; else to standard output, as it is (text gets a
-/// newline; binary goes only where it is not a terminal).
+/// Writes a value read: to `output` if given (`-`: standard output, byte for byte); else to
+/// standard output, as it is (text gets a newline; binary goes only where it is not a
+/// terminal).
 fn write_value(value: &[u8], output: Option<&Path>) -> Result<(), Failure> {
     use std::io::Write as _;
-    if let Some(path) = output {
+    if let Some(path) = output.filter(|path| *path != Path::new("-")) {
         std::fs::write(path, value)
             .map_err(|err| format!("cannot write {}: {err}", path.display()))?;
         eprintln!("{} bytes written to {}", value.len(), path.display());
         return Ok(());
     }
     let mut stdout = std::io::stdout().lock();
+    if output.is_some() {
+        // `--output -`: the bytes as they are, wherever stdout goes.
+        stdout.write_all(value)?;
+        return Ok(());
+    }
     match std::str::from_utf8(value) {
         Ok(text) => writeln!(stdout, "{text}")?,
         Err(_) if std::io::IsTerminal::is_terminal(&stdout) => {

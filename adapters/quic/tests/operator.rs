@@ -5,6 +5,7 @@
 //! commit.
 
 use std::io::Write as _;
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -109,6 +110,28 @@ async fn an_operator_gets_answers_not_timeouts(transport: Transport) {
     assert_eq!(std::fs::read(&out).unwrap(), value);
     let (piped, _) = client(&["get", "bin"], None);
     assert_eq!(piped.stdout, value);
+    let (dashed, _) = client(&["get", "bin", "--output", "-"], None);
+    assert_eq!(dashed.stdout, value, "`--output -` is standard output");
+    assert!(!Path::new("-").exists() && !dir.join("-").exists());
+    let missing = dir.join("missing.key");
+    let (no_key, _) = pbft(
+        &[
+            "client",
+            "--config",
+            &network,
+            "--key-file",
+            missing.to_str().unwrap(),
+            "get",
+            "bin",
+        ],
+        None,
+    );
+    assert!(!no_key.status.success());
+    assert!(
+        text(&no_key.stderr).contains("make one with `pbft keygen"),
+        "{}",
+        text(&no_key.stderr)
+    );
     let (absent, _) = client(&["get", "never-written"], None);
     assert!(!absent.status.success());
     assert!(text(&absent.stderr).contains("is absent"));
