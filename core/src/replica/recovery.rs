@@ -183,9 +183,9 @@ impl Replica {
             epoch: self.validators.epoch(),
         })
         .encode();
-        let peers: Vec<ReplicaId> = (0..self.validators.len())
-            .filter_map(|id| u16::try_from(id).ok().map(ReplicaId))
-            .filter(|id| *id != self.id)
+        let peers: Vec<ReplicaId> = self
+            .others()
+            .into_iter()
             .filter(|id| {
                 !self.recovery.answered.contains(id) && !self.recovery.refused.contains(id)
             })

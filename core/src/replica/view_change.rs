@@ -445,16 +445,15 @@ impl Replica {
     /// Sends the new view that started this view to a peer still in an older one.
     pub(super) fn send_new_view_to(&mut self, peer: ReplicaId) {
         let view = self.view;
-        if self.new_view.as_ref().map(|nv| nv.view) != Some(view)
-            || !self.timers.may_resend(peer, Resend::NewView, view)
-        {
+        let Some(new_view) = self.new_view.as_ref().filter(|nv| nv.view == view) else {
+            return;
+        };
+        if !self.timers.may_resend(peer, Resend::NewView, view) {
             return;
         }
-        if let Some(new_view) = &self.new_view {
-            let bytes = Message::NewView(new_view.clone()).encode();
-            self.metrics.retransmitted += 1;
-            self.send(Destination::Validator(peer), bytes);
-        }
+        let bytes = Message::NewView(new_view.clone()).encode();
+        self.metrics.retransmitted += 1;
+        self.send(Destination::Validator(peer), bytes);
     }
 
     /// Enters the view of a verified new view: adopts its checkpoint, installs its proposals
